@@ -1,0 +1,20 @@
+//! Debezium connector configurations and the Kafka Connect REST client that manages them.
+//!
+//! Keel never dual-writes: services write a row and an outbox row in one SQL transaction, and
+//! Debezium streams both to Kafka. This crate owns *how* those connectors are described and
+//! registered; it knows nothing about the saga or about Keel's runtime.
+//!
+//! Layout:
+//! - [`config`]: typed descriptions of the MariaDB/MySQL and PostgreSQL connectors, rendered to
+//!   the flat string map Kafka Connect expects.
+//! - [`client`]: a small async client for Connect's REST API (create or update, status, pause,
+//!   resume, delete, plugins) with errors that name the connector and the HTTP answer.
+//! - [`error`]: the crate's error enum.
+
+pub mod client;
+pub mod config;
+pub mod error;
+
+pub use client::{ConnectClient, ConnectorState, ConnectorStatus};
+pub use config::{ConnectorConfig, MySqlFlavor, MySqlSource, PostgresSource, PublicationMode};
+pub use error::{Error, Result};

@@ -1,0 +1,135 @@
+//! `keel`: the one command that wires Keel's crates together.
+//!
+//! - `keel stack up|down|status|logs|env|install` drives the local servers (`stack/keel-stack`).
+//! - `keel smoke` checks every server of the stack with the real clients Keel uses.
+//! - `keel connectors plugins|list|status|pause|resume|delete` manages Debezium connectors.
+
+// A command-line tool: printing to stdout is its job.
+#![allow(clippy::print_stdout)]
+
+mod config;
+mod smoke;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use keel_connectors::ConnectClient;
+
+use crate::config::KeelConfig;
+
+#[derive(Debug, Parser)]
+#[command(name = "keel", version, about = "Keel: the checkout saga on Kafka, exactly once")]
+struct Cli {
+    /// A TOML file layered over the built-in defaults (then KEEL__SECTION__KEY variables).
+    #[arg(long, global = true, env = "KEEL_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the local stack without Docker: up, down, status, logs <server>, env, install.
+    Stack {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Check every server of the stack with real clients and print what was verified.
+    Smoke,
+    /// Manage Debezium connectors on Kafka Connect.
+    Connectors {
+        #[command(subcommand)]
+        action: ConnectorsAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConnectorsAction {
+    /// Installed connector plugins.
+    Plugins,
+    /// Registered connectors.
+    List,
+    /// A connector's state and its tasks' states.
+    Status { name: String },
+    /// Pause a connector (it keeps its offsets).
+    Pause { name: String },
+    /// Resume a paused connector.
+    Resume { name: String },
+    /// Delete a connector.
+    Delete { name: String },
+}
+
+/// Where the stack script lives: next to the binary's sources, or `KEEL_STACK_SCRIPT`.
+fn stack_script() -> PathBuf {
+    std::env::var_os("KEEL_STACK_SCRIPT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/stack/keel-stack")))
+}
+
+fn run_stack(args: &[String]) -> anyhow::Result<ExitCode> {
+    let script = stack_script();
+    let status = std::process::Command::new(&script)
+        .args(args)
+        .status()
+        .map_err(|e| anyhow::anyhow!("cannot run {}: {e}", script.display()))?;
+    Ok(ExitCode::from(status.code().unwrap_or(1).clamp(0, 255) as u8))
+}
+
+async fn run_connectors(config: &KeelConfig, action: ConnectorsAction) -> anyhow::Result<()> {
+    let connect = ConnectClient::new(&config.connect.url);
+    match action {
+        ConnectorsAction::Plugins => {
+            for p in connect.plugins().await? {
+                println!("{:<8} {:<60} {}", p.kind, p.class, p.version.unwrap_or_default());
+            }
+        }
+        ConnectorsAction::List => {
+            for name in connect.connectors().await? {
+                println!("{name}");
+            }
+        }
+        ConnectorsAction::Status { name } => {
+            let s = connect.status(&name).await?;
+            println!("{} {:?} on {}", s.name, s.connector.state, s.connector.worker_id);
+            for t in &s.tasks {
+                println!("  task {} {:?} on {}", t.id, t.state, t.worker_id);
+            }
+            if let Some(trace) = s.failure() {
+                println!("failure:\n{trace}");
+            }
+        }
+        ConnectorsAction::Pause { name } => connect.pause(&name).await?,
+        ConnectorsAction::Resume { name } => connect.resume(&name).await?,
+        ConnectorsAction::Delete { name } => connect.delete(&name).await?,
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<ExitCode> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,keel=info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Stack { args } => run_stack(&args),
+        Command::Smoke => {
+            let config = KeelConfig::load(cli.config.as_deref())?;
+            Ok(if smoke::run(&config).await {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::Connectors { action } => {
+            let config = KeelConfig::load(cli.config.as_deref())?;
+            run_connectors(&config, action).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

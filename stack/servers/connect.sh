@@ -1,0 +1,115 @@
+# shellcheck shell=bash
+# Kafka Connect 4.x, one worker in distributed mode, REST on http://127.0.0.1:8083,
+# with the Debezium MySQL, MariaDB and PostgreSQL connectors. Needs the kafka server
+# (127.0.0.1:9092). Sourced by stack/keel-stack; see the module interface there.
+#
+#   jars     $(stack_cache_dir connect)/lib-<version>/   (Maven; ~/.m2 is the cache)
+#   plugins  $(stack_cache_dir connect)/plugins/debezium-connector-{mysql,mariadb,postgres}/
+#   config   $(stack_data_dir connect)/connect-distributed.properties (from stack/conf/connect/)
+#   state    topics keel-connect-{configs,offsets,status} on the broker (group keel-connect)
+#   log      $(stack_log_file connect)
+#
+# Debezium publishes each connector on Maven as a tar.gz with classifier "plugin" that
+# holds the connector and its own dependencies; each is unpacked into its own folder
+# under plugin.path (Connect gives each folder its own class loader), never onto the
+# worker classpath. The MariaDB connector is not served at 3.6.x by the Maven registry we
+# reach (3.6.0-3.6.3 and 3.5.1-3.5.2 are refused): 3.5.0.Final is the newest that resolves.
+# Versions can be overridden with KEEL_CONNECT_VERSION and KEEL_DEBEZIUM_*_VERSION.
+
+connect_VERSION="${KEEL_CONNECT_VERSION:-${KEEL_KAFKA_VERSION:-4.3.1}}"
+connect_LOG4J_VERSION="${KEEL_KAFKA_LOG4J_VERSION:-2.25.4}"
+connect_DEBEZIUM_MYSQL_VERSION="${KEEL_DEBEZIUM_MYSQL_VERSION:-3.6.1.Final}"
+connect_DEBEZIUM_POSTGRES_VERSION="${KEEL_DEBEZIUM_POSTGRES_VERSION:-3.6.1.Final}"
+connect_DEBEZIUM_MARIADB_VERSION="${KEEL_DEBEZIUM_MARIADB_VERSION:-3.5.0.Final}"
+# shellcheck disable=SC2034  # keel-stack reads connect_PORTS and connect_TIMEOUT indirectly
+connect_PORTS="8083"
+# shellcheck disable=SC2034
+connect_TIMEOUT=180
+connect_HEAP="${KEEL_CONNECT_HEAP:--Xms128m -Xmx512m}"
+# The connector classes whose presence in GET /connector-plugins makes the worker healthy.
+connect_REQUIRED_PLUGINS="io.debezium.connector.mysql.MySqlConnector
+io.debezium.connector.mariadb.MariaDbConnector
+io.debezium.connector.postgresql.PostgresConnector"
+
+connect_java() { printf '%s' "${JAVA_HOME:+$JAVA_HOME/bin/}java"; }
+connect_lib_dir() { printf '%s/lib-%s' "$(stack_cache_dir connect)" "$connect_VERSION"; }
+connect_plugin_dir() { printf '%s/plugins' "$(stack_cache_dir connect)"; }
+connect_config_file() { printf '%s/connect-distributed.properties' "$(stack_data_dir connect)"; }
+connect_url() { printf 'http://%s:8083' "$KEEL_STACK_HOST"; }
+
+# Fetch one Debezium plugin archive and unpack it into plugins/<artifact>/, once per version.
+#   connect_install_plugin <artifactId> <version>
+connect_install_plugin() {
+  local artifact="$1" version="$2" cache dest tarball tmp
+  cache="$(stack_cache_dir connect)"
+  dest="$(connect_plugin_dir)/$artifact"
+  if [ -f "$dest/.keel-version" ] && [ "$(cat "$dest/.keel-version")" = "$version" ]; then
+    return 0
+  fi
+  tarball="$cache/downloads/$artifact-$version-plugin.tar.gz"
+  stack_log "connect: fetching io.debezium:$artifact:$version (plugin tar.gz)"
+  # (in a subshell from the cache dir: mvn must not pick up a pom.xml from the caller's
+  # directory, and stack_maven_file's stack_die then fails only this step)
+  (cd "$cache" && stack_maven_file "io.debezium:$artifact:$version:tar.gz:plugin" "$tarball") || return 1
+  mkdir -p "$(connect_plugin_dir)"
+  tmp="$(mktemp -d "$cache/unpack.XXXXXX")" || return 1
+  if ! tar -xzf "$tarball" -C "$tmp" || [ ! -d "$tmp/$artifact" ]; then
+    rm -rf "$tmp" "$tarball"
+    stack_log "connect: $tarball did not unpack to a $artifact/ folder"
+    return 1
+  fi
+  printf '%s\n' "$version" >"$tmp/$artifact/.keel-version"
+  rm -rf "$dest"
+  mv "$tmp/$artifact" "$dest"
+  rm -rf "$tmp" "$tarball"   # ~/.m2 keeps the archive
+}
+
+connect_install() {
+  stack_maven_libs "$(connect_lib_dir)" \
+    "org.apache.kafka:connect-runtime:$connect_VERSION" \
+    "org.apache.kafka:connect-json:$connect_VERSION" \
+    "org.apache.kafka:connect-file:$connect_VERSION" \
+    "org.apache.logging.log4j:log4j-slf4j-impl:$connect_LOG4J_VERSION" \
+    "org.apache.logging.log4j:log4j-core:$connect_LOG4J_VERSION" \
+    "org.apache.logging.log4j:log4j-api:$connect_LOG4J_VERSION" || return 1
+  connect_install_plugin debezium-connector-mysql "$connect_DEBEZIUM_MYSQL_VERSION" || return 1
+  connect_install_plugin debezium-connector-mariadb "$connect_DEBEZIUM_MARIADB_VERSION" || return 1
+  connect_install_plugin debezium-connector-postgres "$connect_DEBEZIUM_POSTGRES_VERSION" || return 1
+}
+
+connect_render_config() {
+  local conf
+  conf="$(connect_config_file)"
+  mkdir -p "$(stack_data_dir connect)"
+  sed -e "s|{{HOST}}|$KEEL_STACK_HOST|g" \
+      -e "s|{{BOOTSTRAP}}|$KEEL_STACK_HOST:9092|g" \
+      -e "s|{{PLUGIN_PATH}}|$(connect_plugin_dir)|g" \
+    "$STACK_ROOT/conf/connect/connect-distributed.properties" >"$conf.tmp" && mv "$conf.tmp" "$conf"
+}
+
+connect_start() {
+  if ! stack_port_open 9092; then
+    stack_log "connect: no Kafka broker on $KEEL_STACK_HOST:9092; start it first (keel-stack up kafka connect)"
+    return 1
+  fi
+  connect_render_config || return 1
+  # shellcheck disable=SC2086  # connect_HEAP is a list of JVM flags
+  stack_spawn connect "$(connect_java)" $connect_HEAP \
+    -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:InitiatingHeapOccupancyPercent=35 \
+    -XX:+ExplicitGCInvokesConcurrent -XX:+ExitOnOutOfMemoryError \
+    -XX:ErrorFile="$(stack_data_dir connect)/hs_err_pid%p.log" \
+    -Djava.awt.headless=true \
+    -Dlog4j2.configurationFile="$STACK_ROOT/conf/connect/log4j2.xml" \
+    -cp "$(connect_lib_dir)/*" org.apache.kafka.connect.cli.ConnectDistributed "$(connect_config_file)"
+}
+
+# Healthy once the worker has joined its group (GET /connectors answers) and the
+# Debezium connectors were loaded from plugin.path (GET /connector-plugins lists them).
+connect_healthy() {
+  local plugins cls
+  plugins="$(curl -fsS --max-time 5 "$(connect_url)/connector-plugins" 2>/dev/null)" || return 1
+  while read -r cls; do
+    [[ "$plugins" == *"\"$cls\""* ]] || return 1
+  done <<<"$connect_REQUIRED_PLUGINS"
+  stack_http_ok "$(connect_url)/connectors"
+}
