@@ -10,6 +10,8 @@ use keel_tests::kafka::{consumer, create_topics, read_topic};
 use keel_tests::{PATIENCE, Stack, unique};
 use rdkafka::Message;
 use serde_json::Value;
+// Table names in these statements come from `unique()` (hex digits), never from input.
+use sqlx::AssertSqlSafe;
 
 /// Register `config`, wait until it runs, then read `topic` until an event with
 /// `after.id == want_id` and `op == want_op` arrives. Deletes the connector afterwards.
@@ -64,12 +66,12 @@ async fn mariadb_connector_streams_a_snapshot_row_and_a_new_insert() -> anyhow::
     create_topics(&stack.kafka_bootstrap, &[&topic], 1).await?;
 
     let db = sqlx::MySqlPool::connect(&stack.mysql_url).await?;
-    sqlx::query(&format!(
+    sqlx::query(AssertSqlSafe(format!(
         "CREATE TABLE {table} (id BIGINT PRIMARY KEY, status VARCHAR(32) NOT NULL)"
-    ))
+    )))
     .execute(&db)
     .await?;
-    sqlx::query(&format!("INSERT INTO {table} VALUES (1, 'PENDING')"))
+    sqlx::query(AssertSqlSafe(format!("INSERT INTO {table} VALUES (1, 'PENDING')")))
         .execute(&db)
         .await?;
 
@@ -91,7 +93,7 @@ async fn mariadb_connector_streams_a_snapshot_row_and_a_new_insert() -> anyhow::
     .with_json_values();
 
     let events = capture(&stack, config, &topic, async || {
-        sqlx::query(&format!("INSERT INTO {table} VALUES (2, 'CONFIRMED')"))
+        sqlx::query(AssertSqlSafe(format!("INSERT INTO {table} VALUES (2, 'CONFIRMED')")))
             .execute(&db)
             .await?;
         Ok(())
@@ -104,7 +106,7 @@ async fn mariadb_connector_streams_a_snapshot_row_and_a_new_insert() -> anyhow::
     );
     assert_eq!(events[1]["after"]["status"], "CONFIRMED");
     assert_eq!(events[1]["source"]["table"], table.as_str());
-    sqlx::query(&format!("DROP TABLE {table}"))
+    sqlx::query(AssertSqlSafe(format!("DROP TABLE {table}")))
         .execute(&db)
         .await?;
     Ok(())
@@ -119,12 +121,12 @@ async fn postgres_connector_streams_a_snapshot_row_and_a_new_insert() -> anyhow:
     create_topics(&stack.kafka_bootstrap, &[&topic], 1).await?;
 
     let db = sqlx::PgPool::connect(&stack.postgres_url).await?;
-    sqlx::query(&format!(
+    sqlx::query(AssertSqlSafe(format!(
         "CREATE TABLE {table} (id BIGINT PRIMARY KEY, amount_minor BIGINT NOT NULL)"
-    ))
+    )))
     .execute(&db)
     .await?;
-    sqlx::query(&format!("INSERT INTO {table} VALUES (1, 1999)"))
+    sqlx::query(AssertSqlSafe(format!("INSERT INTO {table} VALUES (1, 1999)")))
         .execute(&db)
         .await?;
 
@@ -148,7 +150,7 @@ async fn postgres_connector_streams_a_snapshot_row_and_a_new_insert() -> anyhow:
     .set("slot.drop.on.stop", "true");
 
     let events = capture(&stack, config, &topic, async || {
-        sqlx::query(&format!("INSERT INTO {table} VALUES (2, 4500)"))
+        sqlx::query(AssertSqlSafe(format!("INSERT INTO {table} VALUES (2, 4500)")))
             .execute(&db)
             .await?;
         Ok(())
@@ -161,10 +163,10 @@ async fn postgres_connector_streams_a_snapshot_row_and_a_new_insert() -> anyhow:
     );
     assert_eq!(events[1]["after"]["amount_minor"], 4500);
     assert_eq!(events[1]["source"]["table"], table.as_str());
-    sqlx::query(&format!("DROP PUBLICATION IF EXISTS {table}"))
+    sqlx::query(AssertSqlSafe(format!("DROP PUBLICATION IF EXISTS {table}")))
         .execute(&db)
         .await?;
-    sqlx::query(&format!("DROP TABLE {table}"))
+    sqlx::query(AssertSqlSafe(format!("DROP TABLE {table}")))
         .execute(&db)
         .await?;
     Ok(())
