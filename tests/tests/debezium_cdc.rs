@@ -25,8 +25,18 @@ async fn capture(
     connect.apply(&config).await?;
     let result = async {
         connect.wait_running(config.name(), PATIENCE).await?;
+        // RUNNING comes before the snapshot ends: wait for the snapshot event (op "r") so the
+        // next insert is certainly streamed from the log (op "c"), not read by the snapshot.
+        let snapshot = read_topic(
+            &consumer(&stack.kafka_bootstrap, "read_committed")?,
+            topic,
+            1,
+            Duration::from_secs(120),
+            Duration::ZERO,
+        )
+        .await?;
+        anyhow::ensure!(snapshot.len() == 1, "no snapshot event on {topic}");
         insert_after_start().await?;
-        // One snapshot event (op "r") and one streamed insert (op "c").
         let messages = read_topic(
             &consumer(&stack.kafka_bootstrap, "read_committed")?,
             topic,
