@@ -81,7 +81,11 @@ impl KeelConfig {
             ("registry.url", &self.registry.url, &["http", "https"][..]),
             ("connect.url", &self.connect.url, &["http", "https"][..]),
             ("mysql.url", &self.mysql.url, &["mysql", "mariadb"][..]),
-            ("postgres.url", &self.postgres.url, &["postgres", "postgresql"][..]),
+            (
+                "postgres.url",
+                &self.postgres.url,
+                &["postgres", "postgresql"][..],
+            ),
         ] {
             let scheme = url.split_once("://").map(|(s, _)| s);
             if !scheme.is_some_and(|s| schemes.contains(&s)) {
@@ -95,7 +99,10 @@ impl KeelConfig {
             out.push("cassandra.nodes is empty".to_owned());
         }
         for node in &self.cassandra.nodes {
-            if !node.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) {
+            if !node
+                .rsplit_once(':')
+                .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+            {
                 out.push(format!("cassandra.nodes entry {node:?} is not host:port"));
             }
         }

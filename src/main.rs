@@ -19,7 +19,11 @@ use keel_connectors::ConnectClient;
 use crate::config::KeelConfig;
 
 #[derive(Debug, Parser)]
-#[command(name = "keel", version, about = "Keel: the checkout saga on Kafka, exactly once")]
+#[command(
+    name = "keel",
+    version,
+    about = "Keel: the checkout saga on Kafka, exactly once"
+)]
 struct Cli {
     /// A TOML file layered over the built-in defaults (then KEEL__SECTION__KEY variables).
     #[arg(long, global = true, env = "KEEL_CONFIG")]
@@ -73,7 +77,9 @@ fn run_stack(args: &[String]) -> anyhow::Result<ExitCode> {
         .args(args)
         .status()
         .map_err(|e| anyhow::anyhow!("cannot run {}: {e}", script.display()))?;
-    Ok(ExitCode::from(status.code().unwrap_or(1).clamp(0, 255) as u8))
+    Ok(ExitCode::from(
+        status.code().unwrap_or(1).clamp(0, 255) as u8
+    ))
 }
 
 async fn run_connectors(config: &KeelConfig, action: ConnectorsAction) -> anyhow::Result<()> {
@@ -81,7 +87,12 @@ async fn run_connectors(config: &KeelConfig, action: ConnectorsAction) -> anyhow
     match action {
         ConnectorsAction::Plugins => {
             for p in connect.plugins().await? {
-                println!("{:<8} {:<60} {}", p.kind, p.class, p.version.unwrap_or_default());
+                println!(
+                    "{:<8} {:<60} {}",
+                    p.kind,
+                    p.class,
+                    p.version.unwrap_or_default()
+                );
             }
         }
         ConnectorsAction::List => {
@@ -91,7 +102,10 @@ async fn run_connectors(config: &KeelConfig, action: ConnectorsAction) -> anyhow
         }
         ConnectorsAction::Status { name } => {
             let s = connect.status(&name).await?;
-            println!("{} {:?} on {}", s.name, s.connector.state, s.connector.worker_id);
+            println!(
+                "{} {:?} on {}",
+                s.name, s.connector.state, s.connector.worker_id
+            );
             for t in &s.tasks {
                 println!("  task {} {:?} on {}", t.id, t.state, t.worker_id);
             }

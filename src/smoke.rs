@@ -77,7 +77,10 @@ async fn kafka(config: &KeelConfig) -> anyhow::Result<String> {
     let admin: AdminClient<DefaultClientContext> = kafka_client(config).create()?;
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
     for r in admin
-        .create_topics(&[NewTopic::new(&topic, 1, TopicReplication::Fixed(1))], &opts)
+        .create_topics(
+            &[NewTopic::new(&topic, 1, TopicReplication::Fixed(1))],
+            &opts,
+        )
         .await?
     {
         r.map_err(|(t, e)| anyhow::anyhow!("create topic {t}: {e}"))?;
@@ -90,12 +93,16 @@ async fn kafka(config: &KeelConfig) -> anyhow::Result<String> {
             .set("transactional.id", format!("{t}-tx"))
             .create()?;
         let timeout = Duration::from_secs(30);
-        producer.init_transactions(timeout).context("init_transactions")?;
+        producer
+            .init_transactions(timeout)
+            .context("init_transactions")?;
         producer.begin_transaction()?;
         producer
             .send(BaseRecord::to(&t).key("smoke").payload("hello"))
             .map_err(|(e, _)| e)?;
-        producer.commit_transaction(timeout).context("commit_transaction")?;
+        producer
+            .commit_transaction(timeout)
+            .context("commit_transaction")?;
 
         let consumer: BaseConsumer = base
             .clone()
@@ -140,16 +147,24 @@ async fn connect(config: &KeelConfig) -> anyhow::Result<String> {
         .into_iter()
         .filter(|want| !plugins.iter().any(|p| p.class == *want))
         .collect();
-    anyhow::ensure!(missing.is_empty(), "plugins missing: {}", missing.join(", "));
+    anyhow::ensure!(
+        missing.is_empty(),
+        "plugins missing: {}",
+        missing.join(", ")
+    );
     Ok("Debezium MariaDB, MySQL and PostgreSQL plugins loaded".to_owned())
 }
 
 /// MariaDB answers and writes a row-based binlog (what Debezium needs).
 async fn mariadb(config: &KeelConfig) -> anyhow::Result<String> {
     let pool = sqlx::MySqlPool::connect(&config.mysql.url).await?;
-    let (format, log_bin): (String, i64) =
-        sqlx::query_as("SELECT @@binlog_format, @@log_bin").fetch_one(&pool).await?;
-    anyhow::ensure!(format == "ROW" && log_bin == 1, "binlog_format={format}, log_bin={log_bin}");
+    let (format, log_bin): (String, i64) = sqlx::query_as("SELECT @@binlog_format, @@log_bin")
+        .fetch_one(&pool)
+        .await?;
+    anyhow::ensure!(
+        format == "ROW" && log_bin == 1,
+        "binlog_format={format}, log_bin={log_bin}"
+    );
     let (version,): (String,) = sqlx::query_as("SELECT VERSION()").fetch_one(&pool).await?;
     Ok(format!("{version}, binlog ROW"))
 }
@@ -159,7 +174,9 @@ async fn postgres(config: &KeelConfig) -> anyhow::Result<String> {
     let pool = sqlx::PgPool::connect(&config.postgres.url).await?;
     let (wal,): (String,) = sqlx::query_as("SHOW wal_level").fetch_one(&pool).await?;
     anyhow::ensure!(wal == "logical", "wal_level={wal}");
-    let (version,): (String,) = sqlx::query_as("SHOW server_version").fetch_one(&pool).await?;
+    let (version,): (String,) = sqlx::query_as("SHOW server_version")
+        .fetch_one(&pool)
+        .await?;
     Ok(format!("PostgreSQL {version}, wal_level logical"))
 }
 

@@ -63,13 +63,21 @@ impl ConnectorStatus {
     pub fn is_running(&self) -> bool {
         self.connector.state == ConnectorState::Running
             && !self.tasks.is_empty()
-            && self.tasks.iter().all(|t| t.state == ConnectorState::Running)
+            && self
+                .tasks
+                .iter()
+                .all(|t| t.state == ConnectorState::Running)
     }
 
     /// The first failure trace, from the connector or any task.
     pub fn failure(&self) -> Option<&str> {
         if self.connector.state == ConnectorState::Failed {
-            return Some(self.connector.trace.as_deref().unwrap_or("connector failed"));
+            return Some(
+                self.connector
+                    .trace
+                    .as_deref()
+                    .unwrap_or("connector failed"),
+            );
         }
         self.tasks
             .iter()
@@ -141,10 +149,10 @@ impl ConnectClient {
         if status.is_success() {
             return Ok(resp);
         }
-        if status == StatusCode::NOT_FOUND {
-            if let Some(name) = connector {
-                return Err(Error::NotFound(name.to_owned()));
-            }
+        if status == StatusCode::NOT_FOUND
+            && let Some(name) = connector
+        {
+            return Err(Error::NotFound(name.to_owned()));
         }
         let text = resp.text().await.unwrap_or_default();
         let message = serde_json::from_str::<ConnectErrorBody>(&text)
@@ -161,7 +169,13 @@ impl ConnectClient {
     /// Installed connector plugins.
     pub async fn plugins(&self) -> Result<Vec<Plugin>> {
         let resp = self
-            .call("list plugins", None, Method::GET, "/connector-plugins", None)
+            .call(
+                "list plugins",
+                None,
+                Method::GET,
+                "/connector-plugins",
+                None,
+            )
             .await?;
         resp.json().await.map_err(|source| Error::Decode {
             operation: "list plugins",
@@ -230,7 +244,10 @@ impl ConnectClient {
     /// Delete the connector. Deleting one that does not exist is not an error.
     pub async fn delete(&self, name: &str) -> Result<()> {
         let path = format!("/connectors/{name}");
-        match self.call("delete", Some(name), Method::DELETE, &path, None).await {
+        match self
+            .call("delete", Some(name), Method::DELETE, &path, None)
+            .await
+        {
             Ok(_) | Err(Error::NotFound(_)) => Ok(()),
             Err(e) => Err(e),
         }

@@ -49,10 +49,16 @@ impl ConnectorConfig {
 
     /// Values as schemaless JSON (the row image as a JSON object), keys as strings.
     pub fn with_json_values(self) -> Self {
-        self.set("key.converter", "org.apache.kafka.connect.json.JsonConverter")
-            .set("key.converter.schemas.enable", "false")
-            .set("value.converter", "org.apache.kafka.connect.json.JsonConverter")
-            .set("value.converter.schemas.enable", "false")
+        self.set(
+            "key.converter",
+            "org.apache.kafka.connect.json.JsonConverter",
+        )
+        .set("key.converter.schemas.enable", "false")
+        .set(
+            "value.converter",
+            "org.apache.kafka.connect.json.JsonConverter",
+        )
+        .set("value.converter.schemas.enable", "false")
     }
 }
 
@@ -159,20 +165,23 @@ impl PostgresSource {
             PublicationMode::Disabled => "disabled",
             PublicationMode::Filtered => "filtered",
         };
-        ConnectorConfig::new(&self.name, "io.debezium.connector.postgresql.PostgresConnector")
-            .set("tasks.max", "1")
-            .set("plugin.name", "pgoutput")
-            .set("database.hostname", &self.host)
-            .set("database.port", self.port.to_string())
-            .set("database.user", &self.user)
-            .set("database.password", &self.password)
-            .set("database.dbname", &self.database)
-            .set("topic.prefix", &self.topic_prefix)
-            .set("table.include.list", self.tables.join(","))
-            .set("slot.name", &self.slot_name)
-            .set("publication.name", &self.publication_name)
-            .set("publication.autocreate.mode", mode)
-            .set("snapshot.mode", &self.snapshot_mode)
+        ConnectorConfig::new(
+            &self.name,
+            "io.debezium.connector.postgresql.PostgresConnector",
+        )
+        .set("tasks.max", "1")
+        .set("plugin.name", "pgoutput")
+        .set("database.hostname", &self.host)
+        .set("database.port", self.port.to_string())
+        .set("database.user", &self.user)
+        .set("database.password", &self.password)
+        .set("database.dbname", &self.database)
+        .set("topic.prefix", &self.topic_prefix)
+        .set("table.include.list", self.tables.join(","))
+        .set("slot.name", &self.slot_name)
+        .set("publication.name", &self.publication_name)
+        .set("publication.autocreate.mode", mode)
+        .set("snapshot.mode", &self.snapshot_mode)
     }
 }
 

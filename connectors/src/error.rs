@@ -13,7 +13,9 @@ pub enum Error {
         source: reqwest::Error,
     },
     /// Connect answered with an error status; `message` is its own explanation.
-    #[error("Kafka Connect refused {operation} for connector {connector:?}: HTTP {status}: {message}")]
+    #[error(
+        "Kafka Connect refused {operation} for connector {connector:?}: HTTP {status}: {message}"
+    )]
     Rejected {
         operation: &'static str,
         connector: Option<String>,
@@ -24,7 +26,9 @@ pub enum Error {
     #[error("connector {0:?} is not registered")]
     NotFound(String),
     /// A connector did not reach the wanted state in time; `last` is the last status seen.
-    #[error("connector {connector:?} did not become {wanted} in {waited_ms} ms (last seen: {last})")]
+    #[error(
+        "connector {connector:?} did not become {wanted} in {waited_ms} ms (last seen: {last})"
+    )]
     Timeout {
         connector: String,
         wanted: &'static str,

@@ -11,11 +11,7 @@ use rdkafka::message::{Message, OwnedMessage};
 use crate::unique;
 
 /// Create topics (one partition count for all) and wait until the broker has them.
-pub async fn create_topics(
-    bootstrap: &str,
-    names: &[&str],
-    partitions: i32,
-) -> anyhow::Result<()> {
+pub async fn create_topics(bootstrap: &str, names: &[&str], partitions: i32) -> anyhow::Result<()> {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .create()?;

@@ -60,7 +60,14 @@ pub fn unique(prefix: &str) -> String {
 pub const PATIENCE: Duration = Duration::from_secs(60);
 
 /// The servers `stack/keel-stack` manages, in start order.
-pub const STACK_SERVERS: [&str; 6] = ["kafka", "registry", "connect", "mariadb", "postgres", "cassandra"];
+pub const STACK_SERVERS: [&str; 6] = [
+    "kafka",
+    "registry",
+    "connect",
+    "mariadb",
+    "postgres",
+    "cassandra",
+];
 
 /// The path of the stack script in this checkout.
 pub fn stack_script() -> std::path::PathBuf {

@@ -33,7 +33,11 @@ fn local_port(module: &str) -> anyhow::Result<u16> {
 fn published_ports(service: &Value) -> Vec<String> {
     service["ports"]
         .as_sequence()
-        .map(|s| s.iter().filter_map(|p| p.as_str().map(str::to_owned)).collect())
+        .map(|s| {
+            s.iter()
+                .filter_map(|p| p.as_str().map(str::to_owned))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -86,7 +90,12 @@ fn databases_are_configured_for_cdc_and_kafka_for_transactions() -> anyhow::Resu
     let doc = compose()?;
     let s = &doc["services"];
     let mysql = command_line(&s["mysql"]);
-    for flag in ["--server-id=1", "--log-bin", "--binlog-format=ROW", "--binlog-row-image=FULL"] {
+    for flag in [
+        "--server-id=1",
+        "--log-bin",
+        "--binlog-format=ROW",
+        "--binlog-row-image=FULL",
+    ] {
         assert!(mysql.contains(flag), "mysql lacks {flag}: {mysql}");
     }
     let pg = command_line(&s["postgres"]);
@@ -110,11 +119,16 @@ fn mounted_files_exist_and_grafana_provisioning_parses() -> anyhow::Result<()> {
         .ok_or_else(|| anyhow::anyhow!("services is not a mapping"))?;
     for (name, svc) in services {
         for volume in svc["volumes"].as_sequence().into_iter().flatten() {
-            let Some(spec) = volume.as_str() else { continue };
+            let Some(spec) = volume.as_str() else {
+                continue;
+            };
             let host = spec.split(':').next().unwrap_or_default();
             if host.starts_with("./") {
                 let path = repo().join("docker").join(host);
-                assert!(path.exists(), "{name:?} mounts {host}, which does not exist");
+                assert!(
+                    path.exists(),
+                    "{name:?} mounts {host}, which does not exist"
+                );
             }
         }
     }

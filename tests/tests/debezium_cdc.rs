@@ -81,9 +81,11 @@ async fn mariadb_connector_streams_a_snapshot_row_and_a_new_insert() -> anyhow::
     )))
     .execute(&db)
     .await?;
-    sqlx::query(AssertSqlSafe(format!("INSERT INTO {table} VALUES (1, 'PENDING')")))
-        .execute(&db)
-        .await?;
+    sqlx::query(AssertSqlSafe(format!(
+        "INSERT INTO {table} VALUES (1, 'PENDING')"
+    )))
+    .execute(&db)
+    .await?;
 
     let config = MySqlSource {
         name: unique("mariadb_cdc"),
@@ -103,9 +105,11 @@ async fn mariadb_connector_streams_a_snapshot_row_and_a_new_insert() -> anyhow::
     .with_json_values();
 
     let events = capture(&stack, config, &topic, async || {
-        sqlx::query(AssertSqlSafe(format!("INSERT INTO {table} VALUES (2, 'CONFIRMED')")))
-            .execute(&db)
-            .await?;
+        sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO {table} VALUES (2, 'CONFIRMED')"
+        )))
+        .execute(&db)
+        .await?;
         Ok(())
     })
     .await?;
@@ -136,9 +140,11 @@ async fn postgres_connector_streams_a_snapshot_row_and_a_new_insert() -> anyhow:
     )))
     .execute(&db)
     .await?;
-    sqlx::query(AssertSqlSafe(format!("INSERT INTO {table} VALUES (1, 1999)")))
-        .execute(&db)
-        .await?;
+    sqlx::query(AssertSqlSafe(format!(
+        "INSERT INTO {table} VALUES (1, 1999)"
+    )))
+    .execute(&db)
+    .await?;
 
     let config = PostgresSource {
         name: unique("pg_cdc"),
@@ -160,9 +166,11 @@ async fn postgres_connector_streams_a_snapshot_row_and_a_new_insert() -> anyhow:
     .set("slot.drop.on.stop", "true");
 
     let events = capture(&stack, config, &topic, async || {
-        sqlx::query(AssertSqlSafe(format!("INSERT INTO {table} VALUES (2, 4500)")))
-            .execute(&db)
-            .await?;
+        sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO {table} VALUES (2, 4500)"
+        )))
+        .execute(&db)
+        .await?;
         Ok(())
     })
     .await?;

@@ -63,7 +63,10 @@ async fn read_committed_sees_the_committed_batch_and_not_the_aborted_one() -> an
     )
     .await?;
     let seen: Vec<String> = committed.iter().map(payload_str).collect();
-    assert_eq!(seen, COMMITTED, "read_committed must see exactly the committed batch");
+    assert_eq!(
+        seen, COMMITTED,
+        "read_committed must see exactly the committed batch"
+    );
 
     let everything = read_topic(
         &consumer(&stack.kafka_bootstrap, "read_uncommitted")?,

@@ -68,7 +68,10 @@ async fn a_record_round_trips_in_the_confluent_wire_format() -> anyhow::Result<(
 
     assert_eq!(bytes[0], 0, "Confluent framing starts with magic byte 0");
     let id = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]);
-    assert_eq!(id, registered.id, "the frame names the registered schema id");
+    assert_eq!(
+        id, registered.id,
+        "the frame names the registered schema id"
+    );
 
     let decoded = EasyAvroDecoder::new(settings).decode(Some(&bytes)).await?;
     assert_eq!(

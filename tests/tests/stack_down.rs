@@ -32,7 +32,10 @@ fn down_stops_every_server_it_started() -> anyhow::Result<()> {
         let text = std::fs::read_to_string(pids.join(format!("{server}.pid")))
             .map_err(|e| anyhow::anyhow!("{server} has no pid file (was the stack up?): {e}"))?;
         let pid: i32 = text.trim().parse()?;
-        assert!(alive(pid), "{server} (pid {pid}) should be running before down");
+        assert!(
+            alive(pid),
+            "{server} (pid {pid}) should be running before down"
+        );
         started.push((server, pid));
     }
 
@@ -40,14 +43,20 @@ fn down_stops_every_server_it_started() -> anyhow::Result<()> {
     assert!(status.success(), "down exits 0");
 
     for (server, pid) in &started {
-        assert!(!alive(*pid), "{server} (pid {pid}) is still running after down");
+        assert!(
+            !alive(*pid),
+            "{server} (pid {pid}) is still running after down"
+        );
         assert!(
             !pids.join(format!("{server}.pid")).exists(),
             "{server}'s pid file is left behind"
         );
     }
     let status = Command::new(stack_script()).arg("status").output()?;
-    assert!(!status.status.success(), "status must report the stack down");
+    assert!(
+        !status.status.success(),
+        "status must report the stack down"
+    );
     let table = String::from_utf8(status.stdout)?;
     for server in STACK_SERVERS {
         let line = table

@@ -19,6 +19,9 @@ fn status_reports_every_server_healthy() -> anyhow::Result<()> {
             "{server} is not healthy:\n{table}"
         );
     }
-    assert!(out.status.success(), "status exits 0 when all are healthy:\n{table}");
+    assert!(
+        out.status.success(),
+        "status exits 0 when all are healthy:\n{table}"
+    );
     Ok(())
 }
