@@ -99,10 +99,10 @@ impl KeelConfig {
             out.push("cassandra.nodes is empty".to_owned());
         }
         for node in &self.cassandra.nodes {
-            if !node
+            let port_ok = node
                 .rsplit_once(':')
-                .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
-            {
+                .is_some_and(|(_, p)| p.parse::<u16>().is_ok());
+            if !port_ok {
                 out.push(format!("cassandra.nodes entry {node:?} is not host:port"));
             }
         }
@@ -111,6 +111,10 @@ impl KeelConfig {
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::result_large_err,
+    reason = "figment::Jail closures must return figment::Error by value"
+)]
 mod tests {
     use super::*;
     use figment::Jail;
