@@ -2,7 +2,40 @@
 //! with them, and encode/decode in the Confluent wire format through the schema registry
 //! (`schema_registry_converter`), with subject and compatibility setup.
 //!
-//! Must not know about processors, the runtime or HTTP: it turns records into bytes and back.
+//! Must not know about processors, the runtime or HTTP: it turns records into bytes and back,
+//! and says in a typed [`Error`] why bytes could not be read so the runtime can dead-letter them.
 //!
-//! Layout: the schemas and typed records arrive with the Avro contracts work (issue #4); today
-//! the crate pins the one `apache-avro` version shared with `schema_registry_converter`.
+//! Layout:
+//! - `avro/schemas/` — one `.avsc` per topic (`<topic>.avsc`), the source of truth, embedded
+//!   at build time; command topics carry one envelope record whose `command` is a union.
+//! - [`contract`] — the explicit list [`CONTRACTS`] of topic → schema file → Rust type, and the
+//!   [`Record`] trait the typed records implement.
+//! - [`records`] — the typed records (serde + derived Avro schema), checked against their
+//!   `.avsc` by drift tests.
+//! - [`wire`] — the Confluent frame (magic byte, schema id, datum); pure, no registry.
+//! - [`codec`] — [`Codec`]: encode a record for a topic, decode bytes into a record, with
+//!   schema ids cached.
+//! - `resolve` — writer-to-reader schema resolution that keeps union branches by name
+//!   (`apache_avro` 0.22's own picks the first branch that fits, confusing similar records).
+//! - [`registry`] — `keel schemas register` / `keel schemas check`: [`register_all`],
+//!   [`check_all`], [`render_check_table`].
+//! - [`config`] — [`RegistryConfig`]: URL, auto-register, compatibility level, subject prefix.
+//! - [`error`] — [`Error`], [`Result`] and [`Fault`] (dead-letter, retry or stop).
+
+pub mod codec;
+pub mod config;
+pub mod contract;
+pub mod error;
+pub mod records;
+pub mod registry;
+mod resolve;
+pub mod wire;
+
+pub use codec::Codec;
+pub use config::{CompatibilityLevel, DEFAULT_REGISTRY_URL, RegistryConfig};
+pub use contract::{CONTRACTS, Contract, Envelope, Kind, Record, contract_for_topic};
+pub use error::{Error, Fault, FramingError, Result};
+pub use registry::{
+    CheckRow, Registered, SchemaRegistry, Verdict, any_incompatible, check_all, register_all,
+    render_check_table, render_registered_table,
+};

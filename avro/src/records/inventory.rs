@@ -1,0 +1,133 @@
+//! `inventory.commands.v1`, `inventory.reserved.v1`, `inventory.released.v1` and
+//! `inventory.adjusted.v1`.
+
+use apache_avro::AvroSchema;
+use serde::{Deserialize, Serialize};
+
+use super::{optional_timestamp_millis, timestamp_millis};
+
+/// `inventory.commands.v1` (key: SKU): the envelope every inventory command travels in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "dev.keel.v1")]
+pub struct InventoryCommand {
+    pub command_id: String,
+    pub sku: String,
+    #[avro(with = timestamp_millis)]
+    pub issued_at: i64,
+    pub causation_id: String,
+    /// The order id for saga commands; the command id for an operator's adjustment.
+    pub correlation_id: String,
+    pub command: InventoryCommandBody,
+}
+
+/// The inventory commands, in the union's branch order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, AvroSchema)]
+#[avro(repr = "bare_union")]
+pub enum InventoryCommandBody {
+    Reserve(ReserveStock),
+    Release(ReleaseStock),
+    Adjust(AdjustStock),
+    Confirm(ConfirmReservation),
+}
+
+/// Hold `quantity` units of the SKU for an order line (all or nothing).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "dev.keel.v1")]
+pub struct ReserveStock {
+    pub order_id: String,
+    pub quantity: i32,
+}
+
+/// Release the order's hold on the SKU.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "dev.keel.v1")]
+pub struct ReleaseStock {
+    pub order_id: String,
+    pub reason: ReleaseReason,
+}
+
+/// Why a hold goes back to stock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "dev.keel.v1")]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ReleaseReason {
+    OrderCancelled,
+    HoldExpired,
+    Compensation,
+}
+
+/// Change the stock on hand (restock, shrinkage, count correction).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "dev.keel.v1")]
+pub struct AdjustStock {
+    pub delta: i32,
+    pub reason: String,
+}
+
+/// Turn the order's hold on the SKU into a sale (after payment is authorized).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "dev.keel.v1")]
+pub struct ConfirmReservation {
+    pub order_id: String,
+}
+
+/// Whether a reserve command was held or short.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "dev.keel.v1")]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ReservationStatus {
+    Held,
+    Shortage,
+}
+
+/// `inventory.reserved.v1` (key: order id): inventory's answer to a reserve command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "dev.keel.v1")]
+pub struct InventoryReserved {
+    pub event_id: String,
+    pub sku: String,
+    #[avro(with = timestamp_millis)]
+    pub occurred_at: i64,
+    pub causation_id: String,
+    pub correlation_id: String,
+    pub order_id: String,
+    pub status: ReservationStatus,
+    /// Units asked for; held in full when `HELD`, none when `SHORTAGE`.
+    pub quantity: i32,
+    /// Units available after the decision.
+    pub available: i32,
+    /// When an unconfirmed hold lapses (ms since the epoch); `None` for a shortage.
+    #[avro(with = optional_timestamp_millis, default = "null")]
+    pub expires_at: Option<i64>,
+}
+
+/// `inventory.released.v1` (key: order id): a hold was given back to stock.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "dev.keel.v1")]
+pub struct InventoryReleased {
+    pub event_id: String,
+    pub sku: String,
+    #[avro(with = timestamp_millis)]
+    pub occurred_at: i64,
+    pub causation_id: String,
+    pub correlation_id: String,
+    pub order_id: String,
+    pub quantity: i32,
+    pub reason: ReleaseReason,
+}
+
+/// `inventory.adjusted.v1` (key: SKU): the stock on hand changed outside a sale.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "dev.keel.v1")]
+pub struct InventoryAdjusted {
+    pub event_id: String,
+    pub sku: String,
+    #[avro(with = timestamp_millis)]
+    pub occurred_at: i64,
+    pub causation_id: String,
+    pub correlation_id: String,
+    pub delta: i32,
+    /// Units on hand after the adjustment.
+    pub on_hand: i32,
+    pub reason: String,
+}

@@ -1,0 +1,640 @@
+//! Subject setup and the deployment gate: what `keel schemas register` and `keel schemas check`
+//! do. [`register_all`] registers every contract's schema under `<prefix><topic>-value` after
+//! setting the subject's compatibility level; [`check_all`] judges every local schema against
+//! the latest registered version, and [`render_check_table`] prints the verdicts.
+//!
+//! The registry calls go through `schema_registry_converter`'s Confluent API client; only
+//! `PUT /config/{subject}`, which the converter lacks, is a plain HTTP call.
+
+use std::error::Error as StdError;
+use std::fmt::{self, Write as _};
+
+use apache_avro::Schema;
+use apache_avro::schema_compatibility::SchemaCompatibility;
+use schema_registry_converter::async_impl::schema_registry::{
+    SrSettings, get_schema_by_subject_and_version, is_compatible_schema, perform_sr_call,
+    post_schema,
+};
+use schema_registry_converter::error::SRCError;
+use schema_registry_converter::schema_registry_common::{
+    RawError, SchemaType, SrCall, SuppliedSchema,
+};
+
+use crate::config::{CompatibilityLevel, RegistryConfig};
+use crate::contract::{CONTRACTS, subject_for_topic};
+use crate::error::{Error, Result};
+
+/// Confluent error codes the registry answers with.
+const SUBJECT_NOT_FOUND: u32 = 40401;
+const VERSION_NOT_FOUND: u32 = 40402;
+const SCHEMA_NOT_FOUND: u32 = 40403;
+const CONFLICT: u32 = 409;
+
+/// A schema as registered under a subject.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubjectVersion {
+    pub subject: String,
+    /// The registry-wide schema id that framed payloads carry.
+    pub id: u32,
+    /// The subject's version number (`None` if the registry did not say).
+    pub version: Option<u32>,
+}
+
+/// The latest schema registered under a subject.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LatestSchema {
+    pub id: u32,
+    pub version: Option<u32>,
+    pub schema: String,
+}
+
+/// One line of `keel schemas register`'s output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registered {
+    pub topic: &'static str,
+    pub subject: String,
+    pub schema_id: u32,
+    pub version: Option<u32>,
+    pub compatibility: CompatibilityLevel,
+}
+
+/// What the registry thinks of a local schema.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// It can be registered as the next version (or already is).
+    Compatible,
+    /// Registering it would be refused; the reason says which field and why.
+    Incompatible(String),
+    /// Nothing is registered under the subject yet; the schema will be its first version.
+    NewSubject,
+}
+
+impl Verdict {
+    pub fn is_incompatible(&self) -> bool {
+        matches!(self, Self::Incompatible(_))
+    }
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Compatible => f.write_str("compatible"),
+            Self::Incompatible(reason) => write!(f, "INCOMPATIBLE: {reason}"),
+            Self::NewSubject => f.write_str("new subject"),
+        }
+    }
+}
+
+/// One line of `keel schemas check`'s table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckRow {
+    pub topic: &'static str,
+    pub subject: String,
+    /// The subject's version that already holds exactly the local schema, if any.
+    pub local_version: Option<u32>,
+    /// The subject's latest version, if it has one.
+    pub latest_version: Option<u32>,
+    pub verdict: Verdict,
+}
+
+/// The verdict on one schema text, before it is tied to a contract.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubjectCheck {
+    pub local_version: Option<u32>,
+    pub latest_version: Option<u32>,
+    pub verdict: Verdict,
+}
+
+/// Register every contract's schema (`keel schemas register`): for each topic, set the
+/// subject's compatibility to the configured level, then register the `.avsc` (a no-op that
+/// returns the existing id when it is already the registered schema). Stops at the first
+/// refusal with [`Error::Incompatible`], which names the subject and the reason.
+pub async fn register_all(config: &RegistryConfig) -> Result<Vec<Registered>> {
+    let registry = SchemaRegistry::new(config)?;
+    let mut registered = Vec::with_capacity(CONTRACTS.len());
+    for contract in CONTRACTS {
+        contract.schema()?;
+        let subject = registry.subject(contract.topic);
+        registry
+            .set_compatibility(&subject, config.compatibility)
+            .await?;
+        let version = registry.register(&subject, contract.schema_source).await?;
+        tracing::info!(
+            subject = %subject,
+            schema_id = version.id,
+            version = ?version.version,
+            compatibility = %config.compatibility,
+            "schema registered"
+        );
+        registered.push(Registered {
+            topic: contract.topic,
+            subject,
+            schema_id: version.id,
+            version: version.version,
+            compatibility: config.compatibility,
+        });
+    }
+    Ok(registered)
+}
+
+/// Judge every local schema against its subject's latest version (`keel schemas check`).
+/// Only registry failures are errors; an incompatible schema is a row with
+/// [`Verdict::Incompatible`], so the caller can print the whole table and then fail.
+pub async fn check_all(config: &RegistryConfig) -> Result<Vec<CheckRow>> {
+    let registry = SchemaRegistry::new(config)?;
+    let mut rows = Vec::with_capacity(CONTRACTS.len());
+    for contract in CONTRACTS {
+        contract.schema()?;
+        let subject = registry.subject(contract.topic);
+        let check = registry.check(&subject, contract.schema_source).await?;
+        rows.push(CheckRow {
+            topic: contract.topic,
+            subject,
+            local_version: check.local_version,
+            latest_version: check.latest_version,
+            verdict: check.verdict,
+        });
+    }
+    Ok(rows)
+}
+
+/// Whether any row would be refused: the gate's exit status.
+pub fn any_incompatible(rows: &[CheckRow]) -> bool {
+    rows.iter().any(|row| row.verdict.is_incompatible())
+}
+
+/// The check as a table: subject, local version, latest version, verdict.
+pub fn render_check_table(rows: &[CheckRow]) -> String {
+    let version = |v: Option<u32>, none: &str| v.map_or_else(|| none.to_owned(), |v| v.to_string());
+    let cells: Vec<[String; 4]> = rows
+        .iter()
+        .map(|row| {
+            [
+                row.subject.clone(),
+                version(row.local_version, "unregistered"),
+                version(row.latest_version, "-"),
+                row.verdict.to_string(),
+            ]
+        })
+        .collect();
+    render_table(["SUBJECT", "LOCAL VERSION", "LATEST", "VERDICT"], &cells)
+}
+
+/// `keel schemas register`'s output as a table: subject, id, version, level.
+pub fn render_registered_table(rows: &[Registered]) -> String {
+    let cells: Vec<[String; 4]> = rows
+        .iter()
+        .map(|row| {
+            [
+                row.subject.clone(),
+                row.schema_id.to_string(),
+                row.version
+                    .map_or_else(|| "?".to_owned(), |v| v.to_string()),
+                row.compatibility.to_string(),
+            ]
+        })
+        .collect();
+    render_table(["SUBJECT", "SCHEMA ID", "VERSION", "COMPATIBILITY"], &cells)
+}
+
+fn render_table(header: [&str; 4], rows: &[[String; 4]]) -> String {
+    let mut widths = header.map(str::len);
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: [&str; 4]| {
+        let mut text = String::new();
+        for (i, (cell, width)) in cells.iter().zip(widths).enumerate() {
+            if i + 1 == cells.len() {
+                text.push_str(cell);
+            } else {
+                let _ = write!(text, "{cell:<width$}  ");
+            }
+        }
+        out.push_str(text.trim_end());
+        out.push('\n');
+    };
+    line(header);
+    for row in rows {
+        line([&row[0], &row[1], &row[2], &row[3]]);
+    }
+    out
+}
+
+/// The registry's subject and compatibility API, for one configuration.
+#[derive(Debug, Clone)]
+pub struct SchemaRegistry {
+    config: RegistryConfig,
+    settings: SrSettings,
+    http: reqwest::Client,
+}
+
+impl SchemaRegistry {
+    pub fn new(config: &RegistryConfig) -> Result<Self> {
+        let settings = config.sr_settings()?;
+        let http = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_millis(config.timeout_ms))
+            .build()
+            .map_err(|e| Error::Config {
+                problems: vec![format!("cannot build the registry HTTP client: {e}")],
+            })?;
+        Ok(Self {
+            config: config.clone(),
+            settings,
+            http,
+        })
+    }
+
+    pub fn config(&self) -> &RegistryConfig {
+        &self.config
+    }
+
+    /// The subject of a topic's values under this configuration's prefix.
+    pub fn subject(&self, topic: &str) -> String {
+        subject_for_topic(&self.config.subject_prefix, topic)
+    }
+
+    /// `PUT /config/{subject}`: the level every later registration under it is judged by.
+    pub async fn set_compatibility(&self, subject: &str, level: CompatibilityLevel) -> Result<()> {
+        let failed = |detail: String, retriable: bool| Error::Registry {
+            subject: subject.to_owned(),
+            operation: "set compatibility",
+            detail,
+            retriable,
+        };
+        let response = self
+            .http
+            .put(format!("{}/config/{subject}", self.config.url))
+            .header("Content-Type", "application/vnd.schemaregistry.v1+json")
+            .json(&serde_json::json!({ "compatibility": level.as_str() }))
+            .send()
+            .await
+            .map_err(|e| failed(error_chain(&e), true))?;
+        let status = response.status();
+        if status.is_success() {
+            Ok(())
+        } else {
+            let body = response.text().await.unwrap_or_default();
+            Err(failed(
+                format!("HTTP {status}: {body}"),
+                status.is_server_error(),
+            ))
+        }
+    }
+
+    /// `GET /config/{subject}`: the subject's own level, or `None` if it has none (then the
+    /// registry's global default applies).
+    pub async fn compatibility(&self, subject: &str) -> Result<Option<CompatibilityLevel>> {
+        #[derive(serde::Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Config {
+            compatibility_level: CompatibilityLevel,
+        }
+        let failed = |detail: String, retriable: bool| Error::Registry {
+            subject: subject.to_owned(),
+            operation: "get compatibility",
+            detail,
+            retriable,
+        };
+        let response = self
+            .http
+            .get(format!("{}/config/{subject}", self.config.url))
+            .header("Accept", "application/vnd.schemaregistry.v1+json")
+            .send()
+            .await
+            .map_err(|e| failed(error_chain(&e), true))?;
+        let status = response.status();
+        if status == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if !status.is_success() {
+            let body = response.text().await.unwrap_or_default();
+            return Err(failed(
+                format!("HTTP {status}: {body}"),
+                status.is_server_error(),
+            ));
+        }
+        let config: Config = response
+            .json()
+            .await
+            .map_err(|e| failed(error_chain(&e), false))?;
+        Ok(Some(config.compatibility_level))
+    }
+
+    /// Register `schema` (Avro JSON) under `subject`. An incompatible schema is refused with
+    /// [`Error::Incompatible`] saying why, in the registry's words and field by field.
+    pub async fn register(&self, subject: &str, schema: &str) -> Result<SubjectVersion> {
+        match post_schema(&self.settings, subject.to_owned(), supplied(schema)).await {
+            Ok(registered) => {
+                // Apicurio answers a registration with the id only; ask for the version.
+                let version = match self.lookup(subject, schema).await? {
+                    Some(found) => found.version,
+                    None => registered.version,
+                };
+                Ok(SubjectVersion {
+                    subject: subject.to_owned(),
+                    id: registered.id,
+                    version,
+                })
+            }
+            Err(e) if raw_error_code(&e) == Some(CONFLICT) => {
+                let registry_says =
+                    raw_error(&e).map_or_else(|| describe(&e), |raw| raw.message.clone());
+                let local = match self.latest(subject).await {
+                    Ok(Some(latest)) => explain_incompatibility(
+                        &latest.schema,
+                        latest.version,
+                        schema,
+                        self.config.compatibility,
+                    ),
+                    _ => None,
+                };
+                let reason = match local {
+                    Some(local) => format!("{local} (registry: {registry_says})"),
+                    None => registry_says,
+                };
+                Err(Error::Incompatible {
+                    subject: subject.to_owned(),
+                    reason,
+                })
+            }
+            Err(e) => Err(registry_error(subject, "register schema", &e)),
+        }
+    }
+
+    /// The version of `subject` that holds exactly `schema`, if any.
+    pub async fn lookup(&self, subject: &str, schema: &str) -> Result<Option<SubjectVersion>> {
+        let body = serde_json::json!({ "schema": schema, "schemaType": "AVRO" }).to_string();
+        match perform_sr_call(&self.settings, SrCall::PostForVersion(subject, &body)).await {
+            Ok(raw) => match raw.id {
+                Some(id) => Ok(Some(SubjectVersion {
+                    subject: subject.to_owned(),
+                    id,
+                    version: raw.version,
+                })),
+                None => Err(Error::Registry {
+                    subject: subject.to_owned(),
+                    operation: "look up schema",
+                    detail: "the registry's answer has no schema id".to_owned(),
+                    retriable: false,
+                }),
+            },
+            Err(e)
+                if matches!(
+                    raw_error_code(&e),
+                    Some(SUBJECT_NOT_FOUND | SCHEMA_NOT_FOUND)
+                ) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(registry_error(subject, "look up schema", &e)),
+        }
+    }
+
+    /// The latest schema under `subject`, or `None` if the subject has none.
+    pub async fn latest(&self, subject: &str) -> Result<Option<LatestSchema>> {
+        match get_schema_by_subject_and_version(&self.settings, subject, None).await {
+            Ok(registered) => Ok(Some(LatestSchema {
+                id: registered.id,
+                version: registered.version,
+                schema: registered.schema,
+            })),
+            Err(e)
+                if matches!(
+                    raw_error_code(&e),
+                    Some(SUBJECT_NOT_FOUND | VERSION_NOT_FOUND)
+                ) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(registry_error(subject, "get latest schema", &e)),
+        }
+    }
+
+    /// Judge `schema` against the latest version under `subject`. The registry answers for the
+    /// subject's own level; the configured level is also checked locally, so a subject whose
+    /// level was never set (the registry's default may be NONE) still gets a real verdict.
+    pub async fn check(&self, subject: &str, schema: &str) -> Result<SubjectCheck> {
+        let Some(latest) = self.latest(subject).await? else {
+            return Ok(SubjectCheck {
+                local_version: None,
+                latest_version: None,
+                verdict: Verdict::NewSubject,
+            });
+        };
+        let local_version = self
+            .lookup(subject, schema)
+            .await?
+            .and_then(|found| found.version);
+        let registry_accepts =
+            is_compatible_schema(&self.settings, subject.to_owned(), supplied(schema))
+                .await
+                .map_err(|e| registry_error(subject, "check compatibility", &e))?;
+        let local = explain_incompatibility(
+            &latest.schema,
+            latest.version,
+            schema,
+            self.config.compatibility,
+        );
+        let verdict = match (registry_accepts, local) {
+            (_, Some(reason)) => Verdict::Incompatible(reason),
+            (true, None) => Verdict::Compatible,
+            (false, None) => Verdict::Incompatible(format!(
+                "the registry refuses it against {} under the subject's compatibility level",
+                version_name(latest.version)
+            )),
+        };
+        Ok(SubjectCheck {
+            local_version,
+            latest_version: latest.version,
+            verdict,
+        })
+    }
+}
+
+fn supplied(schema: &str) -> SuppliedSchema {
+    SuppliedSchema::new(None, SchemaType::Avro, schema.to_owned())
+}
+
+fn version_name(version: Option<u32>) -> String {
+    version.map_or_else(
+        || "the latest version".to_owned(),
+        |v| format!("version {v}"),
+    )
+}
+
+/// Why `new` may not follow `old` under `level`, field by field, or `None` if it may.
+fn explain_incompatibility(
+    old: &str,
+    old_version: Option<u32>,
+    new: &str,
+    level: CompatibilityLevel,
+) -> Option<String> {
+    let old_schema = match Schema::parse_str(old) {
+        Ok(schema) => schema,
+        Err(e) => return Some(format!("the registered schema does not parse: {e}")),
+    };
+    let new_schema = match Schema::parse_str(new) {
+        Ok(schema) => schema,
+        Err(e) => return Some(format!("the local schema does not parse: {e}")),
+    };
+    let old_name = version_name(old_version);
+    let mut reasons = Vec::new();
+    if level.new_reads_old()
+        && let Err(e) = SchemaCompatibility::can_read(&old_schema, &new_schema)
+    {
+        reasons.push(format!(
+            "{level}: the new schema cannot read data written with {old_name}: {}",
+            error_chain(&e)
+        ));
+    }
+    if level.old_reads_new()
+        && let Err(e) = SchemaCompatibility::can_read(&new_schema, &old_schema)
+    {
+        reasons.push(format!(
+            "{level}: {old_name} cannot read data written with the new schema: {}",
+            error_chain(&e)
+        ));
+    }
+    (!reasons.is_empty()).then(|| reasons.join("; "))
+}
+
+/// The registry's error body, when the converter's error came from one.
+pub(crate) fn raw_error(e: &SRCError) -> Option<&RawError> {
+    e.source()
+        .and_then(|source| source.downcast_ref::<RawError>())
+}
+
+pub(crate) fn raw_error_code(e: &SRCError) -> Option<u32> {
+    raw_error(e).map(|raw| raw.error_code)
+}
+
+/// The converter's error in one line, without its cache bookkeeping.
+pub(crate) fn describe(e: &SRCError) -> String {
+    match &e.cause {
+        Some(cause) => format!("{}: {cause}", e.error),
+        None => e.error.clone(),
+    }
+}
+
+pub(crate) fn registry_error(subject: &str, operation: &'static str, e: &SRCError) -> Error {
+    Error::Registry {
+        subject: subject.to_owned(),
+        operation,
+        detail: describe(e),
+        retriable: e.retriable,
+    }
+}
+
+/// An error and its sources, joined with ": ".
+pub(crate) fn error_chain(e: &dyn StdError) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        let inner_text = inner.to_string();
+        if !text.contains(&inner_text) {
+            text.push_str(": ");
+            text.push_str(&inner_text);
+        }
+        source = inner.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const V1: &str = r#"{"type":"record","name":"T","namespace":"t","fields":[
+        {"name":"a","type":"string"},{"name":"b","type":"long"}]}"#;
+    const V2_OPTIONAL: &str = r#"{"type":"record","name":"T","namespace":"t","fields":[
+        {"name":"a","type":"string"},{"name":"b","type":"long"},
+        {"name":"c","type":["null","string"],"default":null}]}"#;
+    const V2_REQUIRED: &str = r#"{"type":"record","name":"T","namespace":"t","fields":[
+        {"name":"a","type":"string"},{"name":"b","type":"long"},{"name":"c","type":"string"}]}"#;
+    const V2_REMOVED: &str = r#"{"type":"record","name":"T","namespace":"t","fields":[
+        {"name":"a","type":"string"}]}"#;
+
+    #[test]
+    fn a_new_optional_field_is_compatible_at_every_level() {
+        for level in [
+            CompatibilityLevel::Backward,
+            CompatibilityLevel::Forward,
+            CompatibilityLevel::Full,
+        ] {
+            assert_eq!(
+                explain_incompatibility(V1, Some(1), V2_OPTIONAL, level),
+                None,
+                "{level}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_new_required_field_breaks_backward_and_names_the_field() {
+        let reason =
+            explain_incompatibility(V1, Some(1), V2_REQUIRED, CompatibilityLevel::Backward)
+                .expect("a new required field is not BACKWARD compatible");
+        assert!(reason.contains("'c'"), "{reason}");
+        assert!(reason.contains("version 1"), "{reason}");
+        assert_eq!(
+            explain_incompatibility(V1, Some(1), V2_REQUIRED, CompatibilityLevel::Forward),
+            None,
+            "old readers ignore a new field"
+        );
+    }
+
+    #[test]
+    fn a_removed_field_without_default_breaks_forward_and_full_but_not_backward() {
+        assert_eq!(
+            explain_incompatibility(V1, Some(1), V2_REMOVED, CompatibilityLevel::Backward),
+            None,
+            "a new reader ignores the field old data still has"
+        );
+        for level in [CompatibilityLevel::Forward, CompatibilityLevel::Full] {
+            let reason = explain_incompatibility(V1, Some(1), V2_REMOVED, level)
+                .expect("old readers need the removed field");
+            assert!(reason.contains("'b'"), "{level}: {reason}");
+        }
+    }
+
+    #[test]
+    fn the_table_has_a_header_and_aligned_columns() {
+        let rows = vec![
+            CheckRow {
+                topic: "order.created",
+                subject: "order.created-value".to_owned(),
+                local_version: Some(2),
+                latest_version: Some(2),
+                verdict: Verdict::Compatible,
+            },
+            CheckRow {
+                topic: "inventory.adjusted.v1",
+                subject: "inventory.adjusted.v1-value".to_owned(),
+                local_version: None,
+                latest_version: Some(1),
+                verdict: Verdict::Incompatible("field 'x' needs a default".to_owned()),
+            },
+            CheckRow {
+                topic: "payment.failed.v1",
+                subject: "payment.failed.v1-value".to_owned(),
+                local_version: None,
+                latest_version: None,
+                verdict: Verdict::NewSubject,
+            },
+        ];
+        let table = render_check_table(&rows);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 4, "{table}");
+        assert!(lines[0].starts_with("SUBJECT"), "{table}");
+        let verdict_column = lines[0].find("VERDICT").expect("a VERDICT column");
+        assert_eq!(lines[1].find("compatible"), Some(verdict_column), "{table}");
+        assert!(lines[2].contains("unregistered") && lines[2].contains("INCOMPATIBLE: field 'x'"));
+        assert!(lines[3].ends_with("new subject"), "{table}");
+        assert!(any_incompatible(&rows));
+        assert!(!any_incompatible(&rows[..1]));
+    }
+}

@@ -1,0 +1,556 @@
+//! The engine under every store: one RocksDB instance with a pending write set on top.
+//!
+//! Writes go to an in-memory pending set per column family (`BTreeMap<key, Option<value>>`,
+//! `None` = delete) and are visible to reads at once; reads look in the pending set first and
+//! fall back to RocksDB, and iterators merge both. [`StoreCore::commit`] applies the pending set
+//! in one `WriteBatch`; [`StoreCore::abort`] drops it. RocksDB therefore only ever holds writes
+//! whose Kafka transaction committed. The write-ahead log is off: the changelog topic is the
+//! durable log, and a clean close flushes memtables before the checkpoint is written.
+
+use std::collections::{BTreeMap, BTreeSet, btree_map};
+use std::fmt;
+use std::iter::Peekable;
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Weak};
+
+use rocksdb::{
+    ColumnFamily, ColumnFamilyDescriptor, DB, DBRawIteratorWithThreadMode, FlushOptions,
+    ReadOptions, WriteBatch, WriteOptions,
+};
+
+use crate::changelog::ChangelogRecord;
+use crate::env::StoreEnv;
+use crate::error::{Error, Result};
+use crate::restore::RestoreBatch;
+
+/// Index of the primary column family (RocksDB's `default`), the one that is changelogged.
+pub(crate) const PRIMARY: usize = 0;
+
+type Pending = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
+
+pub(crate) struct StoreCore {
+    name: Arc<str>,
+    path: PathBuf,
+    db: Arc<DB>,
+    columns: &'static [&'static str],
+    /// Uncommitted writes, one map per column family.
+    pending: Vec<Pending>,
+    /// Primary keys written since the last `take_changelog`.
+    unlogged: BTreeSet<Vec<u8>>,
+    applied_offset: Option<i64>,
+    write_opts: WriteOptions,
+}
+
+impl fmt::Debug for StoreCore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoreCore")
+            .field("name", &self.name)
+            .field("path", &self.path)
+            .field("pending_writes", &self.pending_writes())
+            .field("unlogged", &self.unlogged.len())
+            .field("applied_offset", &self.applied_offset)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StoreCore {
+    /// Opens (creating) the RocksDB instance at `path` with the given column families; the first
+    /// one must be `default`.
+    pub(crate) fn open(
+        env: &StoreEnv,
+        name: Arc<str>,
+        path: PathBuf,
+        columns: &'static [&'static str],
+        applied_offset: Option<i64>,
+    ) -> Result<Self> {
+        debug_assert_eq!(columns.first(), Some(&rocksdb::DEFAULT_COLUMN_FAMILY_NAME));
+        let descriptors = columns
+            .iter()
+            .map(|c| ColumnFamilyDescriptor::new(*c, env.column_options()));
+        let db =
+            DB::open_cf_descriptors(&env.db_options(), &path, descriptors).map_err(|source| {
+                Error::Rocks {
+                    store: name.to_string(),
+                    path: path.clone(),
+                    op: "open",
+                    source,
+                }
+            })?;
+        let mut write_opts = WriteOptions::default();
+        write_opts.disable_wal(true);
+        let core = StoreCore {
+            name,
+            path,
+            db: Arc::new(db),
+            columns,
+            pending: vec![Pending::new(); columns.len()],
+            unlogged: BTreeSet::new(),
+            applied_offset,
+            write_opts,
+        };
+        for col in 0..columns.len() {
+            core.cf(col)?;
+        }
+        Ok(core)
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub(crate) fn applied_offset(&self) -> Option<i64> {
+        self.applied_offset
+    }
+
+    /// Uncommitted writes to the primary column family.
+    pub(crate) fn pending_writes(&self) -> usize {
+        self.pending[PRIMARY].len()
+    }
+
+    /// Keys whose latest write has not been taken for the changelog yet.
+    pub(crate) fn unlogged_writes(&self) -> usize {
+        self.unlogged.len()
+    }
+
+    fn cf(&self, col: usize) -> Result<&ColumnFamily> {
+        let column = self.columns[col];
+        self.db
+            .cf_handle(column)
+            .ok_or_else(|| Error::MissingColumnFamily {
+                store: self.name.to_string(),
+                path: self.path.clone(),
+                column,
+            })
+    }
+
+    pub(crate) fn rocks_error(&self, op: &'static str, source: rocksdb::Error) -> Error {
+        Error::Rocks {
+            store: self.name.to_string(),
+            path: self.path.clone(),
+            op,
+            source,
+        }
+    }
+
+    /// The current value: pending write if any, else RocksDB.
+    pub(crate) fn get(&self, col: usize, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.get_with(col, key, |v| v.map(<[u8]>::to_vec))
+    }
+
+    /// Like [`get`](Self::get) without copying the value out.
+    pub(crate) fn get_with<R>(
+        &self,
+        col: usize,
+        key: &[u8],
+        f: impl FnOnce(Option<&[u8]>) -> R,
+    ) -> Result<R> {
+        if let Some(pending) = self.pending[col].get(key) {
+            return Ok(f(pending.as_deref()));
+        }
+        let value = self
+            .db
+            .get_pinned_cf(self.cf(col)?, key)
+            .map_err(|e| self.rocks_error("get", e))?;
+        Ok(f(value.as_deref()))
+    }
+
+    /// Records a write. `logged` writes to the primary column family are queued for the
+    /// changelog; index columns and restored records are not.
+    pub(crate) fn write(&mut self, col: usize, key: Vec<u8>, value: Option<Vec<u8>>, logged: bool) {
+        if logged && col == PRIMARY && !self.unlogged.contains(&key) {
+            self.unlogged.insert(key.clone());
+        }
+        self.pending[col].insert(key, value);
+    }
+
+    /// Iterates `[lower, upper)` of a column family, pending writes merged over RocksDB.
+    pub(crate) fn iter(
+        &self,
+        col: usize,
+        lower: Option<&[u8]>,
+        upper: Option<&[u8]>,
+    ) -> Result<StoreIter<'_>> {
+        // An empty or inverted range iterates nothing (and must not reach BTreeMap::range,
+        // which panics on inverted bounds).
+        let upper = match (lower, upper) {
+            (Some(l), Some(u)) if u < l => Some(l),
+            _ => upper,
+        };
+        let mut read_opts = ReadOptions::default();
+        if let Some(l) = lower {
+            read_opts.set_iterate_lower_bound(l.to_vec());
+        }
+        if let Some(u) = upper {
+            read_opts.set_iterate_upper_bound(u.to_vec());
+        }
+        let mut db = self.db.raw_iterator_cf_opt(self.cf(col)?, read_opts);
+        match lower {
+            Some(l) => db.seek(l),
+            None => db.seek_to_first(),
+        }
+        let bounds = (
+            lower.map_or(Bound::Unbounded, Bound::Included),
+            upper.map_or(Bound::Unbounded, Bound::Excluded),
+        );
+        Ok(StoreIter {
+            core: self,
+            pending: self.pending[col].range::<[u8], _>(bounds).peekable(),
+            db,
+            failed: false,
+        })
+    }
+
+    /// Drains the changelog records of writes made since the last call, one per key with its
+    /// latest value.
+    pub(crate) fn take_changelog_into(&mut self, out: &mut Vec<ChangelogRecord>) {
+        let keys = std::mem::take(&mut self.unlogged);
+        out.reserve(keys.len());
+        for key in keys {
+            if let Some(value) = self.pending[PRIMARY].get(&key) {
+                out.push(ChangelogRecord {
+                    store: Arc::clone(&self.name),
+                    key,
+                    value: value.clone(),
+                });
+            }
+        }
+    }
+
+    /// Applies the pending writes to RocksDB in one batch and records `changelog_offset` as
+    /// applied. On error the pending writes are kept, so the commit can be retried.
+    pub(crate) fn commit(&mut self, changelog_offset: Option<i64>) -> Result<()> {
+        if !self.unlogged.is_empty() {
+            return Err(Error::UndrainedChangelog {
+                store: self.name.to_string(),
+                count: self.unlogged.len(),
+            });
+        }
+        if let (Some(offset), Some(applied)) = (changelog_offset, self.applied_offset)
+            && offset < applied
+        {
+            return Err(Error::OffsetRegression {
+                store: self.name.to_string(),
+                offset,
+                applied,
+            });
+        }
+        self.apply_pending(changelog_offset.or(self.applied_offset))
+    }
+
+    fn apply_pending(&mut self, applied_offset: Option<i64>) -> Result<()> {
+        if self.pending.iter().any(|p| !p.is_empty()) {
+            let mut batch = WriteBatch::default();
+            for (col, writes) in self.pending.iter().enumerate() {
+                let cf = self.cf(col)?;
+                for (key, value) in writes {
+                    match value {
+                        Some(value) => batch.put_cf(cf, key, value),
+                        None => batch.delete_cf(cf, key),
+                    }
+                }
+            }
+            self.db
+                .write_opt(batch, &self.write_opts)
+                .map_err(|e| self.rocks_error("write batch", e))?;
+            for writes in &mut self.pending {
+                writes.clear();
+            }
+        }
+        self.applied_offset = applied_offset;
+        Ok(())
+    }
+
+    /// Drops every pending write and every changelog record not yet taken.
+    pub(crate) fn abort(&mut self) {
+        for writes in &mut self.pending {
+            writes.clear();
+        }
+        self.unlogged.clear();
+    }
+
+    pub(crate) fn ensure_restorable(&self) -> Result<()> {
+        let count: usize = self.pending.iter().map(BTreeMap::len).sum();
+        if count == 0 {
+            Ok(())
+        } else {
+            Err(Error::RestoreWithPendingWrites {
+                store: self.name.to_string(),
+                count,
+            })
+        }
+    }
+
+    /// Restore for stores whose changelog records are their primary entries verbatim: one
+    /// `WriteBatch`, straight to RocksDB. Records at or below the applied offset are skipped.
+    pub(crate) fn restore_verbatim<K, V>(
+        &mut self,
+        records: impl IntoIterator<Item = (i64, K, Option<V>)>,
+    ) -> Result<RestoreBatch>
+    where
+        K: AsRef<[u8]>,
+        V: AsRef<[u8]>,
+    {
+        self.ensure_restorable()?;
+        let cf = self.cf(PRIMARY)?;
+        let mut batch = WriteBatch::default();
+        let mut stats = RestoreBatch::default();
+        for (offset, key, value) in records {
+            if self.applied_offset.max(stats.last_offset) >= Some(offset) {
+                stats.skipped += 1;
+                continue;
+            }
+            match value {
+                Some(value) => batch.put_cf(cf, key, value),
+                None => batch.delete_cf(cf, key),
+            }
+            stats.applied += 1;
+            stats.last_offset = Some(offset);
+        }
+        if stats.applied > 0 {
+            self.db
+                .write_opt(batch, &self.write_opts)
+                .map_err(|e| self.rocks_error("write restore batch", e))?;
+            self.applied_offset = stats.last_offset;
+        }
+        Ok(stats)
+    }
+
+    /// Finishes a restore batch that went through the pending set (TTL and timer stores, whose
+    /// index is rebuilt from the entries): applies it and records `last_offset`.
+    pub(crate) fn finish_restore(&mut self, last_offset: Option<i64>) -> Result<()> {
+        debug_assert!(self.unlogged.is_empty());
+        let result = self.apply_pending(last_offset.or(self.applied_offset));
+        if result.is_err() {
+            self.abort();
+        }
+        result
+    }
+
+    /// Flushes memtables of every column family to SST files (atomically), so that what RocksDB
+    /// holds survives a crash without a write-ahead log.
+    pub(crate) fn flush(&self) -> Result<()> {
+        let cfs = (0..self.columns.len())
+            .map(|col| self.cf(col))
+            .collect::<Result<Vec<_>>>()?;
+        self.db
+            .flush_cfs_opt(&cfs, &FlushOptions::default())
+            .map_err(|e| self.rocks_error("flush", e))
+    }
+
+    /// RocksDB's estimate of the number of keys in a column family (committed state only).
+    pub(crate) fn approximate_len(&self, col: usize) -> Result<u64> {
+        self.db
+            .property_int_value_cf(self.cf(col)?, "rocksdb.estimate-num-keys")
+            .map(Option::unwrap_or_default)
+            .map_err(|e| self.rocks_error("read property", e))
+    }
+
+    pub(crate) fn reader(&self) -> CommittedReader {
+        CommittedReader {
+            store: Arc::clone(&self.name),
+            path: self.path.clone(),
+            db: Arc::downgrade(&self.db),
+        }
+    }
+}
+
+/// Iterator over a key range of a store: pending writes merged over RocksDB, in key order,
+/// pending deletes hiding committed entries. Yields an error (once, then ends) if RocksDB fails.
+pub struct StoreIter<'a> {
+    core: &'a StoreCore,
+    pending: Peekable<btree_map::Range<'a, Vec<u8>, Option<Vec<u8>>>>,
+    db: DBRawIteratorWithThreadMode<'a, DB>,
+    failed: bool,
+}
+
+impl fmt::Debug for StoreIter<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoreIter")
+            .field("store", &self.core.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Iterator for StoreIter<'_> {
+    type Item = Result<(Vec<u8>, Vec<u8>)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        use std::cmp::Ordering;
+        if self.failed {
+            return None;
+        }
+        loop {
+            if !self.db.valid()
+                && let Err(e) = self.db.status()
+            {
+                self.failed = true;
+                return Some(Err(self.core.rocks_error("iterate", e)));
+            }
+            let order = match (self.pending.peek(), self.db.key()) {
+                (None, None) => return None,
+                (Some(_), None) => Ordering::Less,
+                (None, Some(_)) => Ordering::Greater,
+                (Some((pending_key, _)), Some(db_key)) => pending_key.as_slice().cmp(db_key),
+            };
+            if order == Ordering::Greater {
+                let item = self.db.item().map(|(k, v)| (k.to_vec(), v.to_vec()));
+                self.db.next();
+                return item.map(Ok);
+            }
+            if order == Ordering::Equal {
+                // The pending write shadows the committed entry.
+                self.db.next();
+            }
+            if let Some((key, Some(value))) = self.pending.next() {
+                return Some(Ok((key.clone(), value.clone())));
+            }
+            // A pending delete: skip it.
+        }
+    }
+}
+
+/// Read-only access to the *committed* state of a key-value store, for interactive queries from
+/// other threads. Sees what RocksDB holds (writes of committed transactions), never the pending
+/// writes of the current commit interval. Holds only a weak reference: once the store closes,
+/// reads fail with [`Error::StoreClosed`] (retry after the rebalance settles).
+#[derive(Clone)]
+pub struct CommittedReader {
+    store: Arc<str>,
+    path: PathBuf,
+    db: Weak<DB>,
+}
+
+impl fmt::Debug for CommittedReader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CommittedReader")
+            .field("store", &self.store)
+            .field("open", &self.is_open())
+            .finish()
+    }
+}
+
+impl CommittedReader {
+    /// The store this reader reads.
+    pub fn store(&self) -> &str {
+        &self.store
+    }
+
+    /// Whether the store is still open.
+    pub fn is_open(&self) -> bool {
+        self.db.strong_count() > 0
+    }
+
+    fn db(&self) -> Result<Arc<DB>> {
+        self.db.upgrade().ok_or_else(|| Error::StoreClosed {
+            store: self.store.to_string(),
+        })
+    }
+
+    fn rocks_error(&self, op: &'static str, source: rocksdb::Error) -> Error {
+        Error::Rocks {
+            store: self.store.to_string(),
+            path: self.path.clone(),
+            op,
+            source,
+        }
+    }
+
+    /// The committed value of `key`.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.db()?
+            .get_pinned(key)
+            .map(|v| v.map(|v| v.to_vec()))
+            .map_err(|e| self.rocks_error("get", e))
+    }
+
+    /// Up to `limit` committed entries whose key starts with `prefix`, in key order.
+    pub fn prefix(&self, prefix: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let db = self.db()?;
+        let mut read_opts = ReadOptions::default();
+        if let Some(upper) = prefix_successor(prefix) {
+            read_opts.set_iterate_upper_bound(upper);
+        }
+        let mut iter = db.raw_iterator_opt(read_opts);
+        iter.seek(prefix);
+        let mut out = Vec::new();
+        while out.len() < limit
+            && let Some((k, v)) = iter.item()
+        {
+            out.push((k.to_vec(), v.to_vec()));
+            iter.next();
+        }
+        iter.status().map_err(|e| self.rocks_error("iterate", e))?;
+        Ok(out)
+    }
+}
+
+/// The smallest key greater than every key starting with `prefix`; `None` if there is none
+/// (empty prefix or all `0xff`).
+pub(crate) fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut upper = prefix.to_vec();
+    while let Some(last) = upper.pop() {
+        if last < u8::MAX {
+            upper.push(last + 1);
+            return Some(upper);
+        }
+    }
+    None
+}
+
+/// Converts `Bound`s to the `[lower, upper)` form RocksDB iterates: the smallest key after `k`
+/// is `k ++ [0]`.
+pub(crate) fn to_half_open(
+    start: Bound<&[u8]>,
+    end: Bound<&[u8]>,
+) -> (Option<Vec<u8>>, Option<Vec<u8>>) {
+    let successor = |k: &[u8]| {
+        let mut k = k.to_vec();
+        k.push(0);
+        k
+    };
+    let lower = match start {
+        Bound::Included(k) => Some(k.to_vec()),
+        Bound::Excluded(k) => Some(successor(k)),
+        Bound::Unbounded => None,
+    };
+    let upper = match end {
+        Bound::Included(k) => Some(successor(k)),
+        Bound::Excluded(k) => Some(k.to_vec()),
+        Bound::Unbounded => None,
+    };
+    (lower, upper)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_successor_is_the_first_key_past_the_prefix() {
+        assert_eq!(prefix_successor(b"ab"), Some(b"ac".to_vec()));
+        assert_eq!(prefix_successor(&[1, 0xff]), Some(vec![2]));
+        assert_eq!(prefix_successor(&[0xff, 0xff]), None);
+        assert_eq!(prefix_successor(b""), None);
+    }
+
+    #[test]
+    fn bounds_become_half_open_ranges() {
+        assert_eq!(
+            to_half_open(Bound::Excluded(b"a"), Bound::Included(b"c")),
+            (Some(b"a\0".to_vec()), Some(b"c\0".to_vec()))
+        );
+        assert_eq!(
+            to_half_open(Bound::Included(b"a"), Bound::Excluded(b"c")),
+            (Some(b"a".to_vec()), Some(b"c".to_vec()))
+        );
+        assert_eq!(
+            to_half_open(Bound::Unbounded, Bound::Unbounded),
+            (None, None)
+        );
+    }
+}
