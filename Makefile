@@ -1,11 +1,11 @@
 # Keel's entry points. A newcomer needs two: `make demo` and `make test`.
-# Builds share one target dir outside the clone so CI and sessions reuse it. Every cargo call
-# selects the whole workspace with all targets: cargo unifies features over the selected
-# packages, and a narrower selection (-p crate) changes RocksDB's features and recompiles
-# its C++ (~14 min on 2 cores).
+# Every cargo call goes through scripts/cargo: one target dir outside the clone, shared by CI
+# and sessions, and RocksDB's C++ built once into a cache (scripts/rocksdb) and linked from
+# there. Calls select the whole workspace with all targets, so the Rust side is built once.
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/keel/target
+CARGO := scripts/cargo
 KEEL := $(CARGO_TARGET_DIR)/debug/keel
-CARGO_TEST := cargo test --workspace --locked
+CARGO_TEST := $(CARGO) test --workspace --locked
 
 .PHONY: demo test test-down lint build bootstrap stack-up stack-down
 
@@ -24,10 +24,10 @@ test-down:
 ## lint: formatting and clippy, warnings are errors.
 lint:
 	cargo fmt --all -- --check
-	cargo clippy --workspace --all-targets --locked -- -D warnings
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
 build:
-	cargo build --workspace --all-targets --locked
+	$(CARGO) build --workspace --all-targets --locked
 
 bootstrap:
 	scripts/bootstrap

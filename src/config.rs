@@ -16,7 +16,8 @@ const DEFAULTS: &str = include_str!("../config/default.toml");
 #[serde(deny_unknown_fields)]
 pub struct KeelConfig {
     pub kafka: KafkaConfig,
-    pub registry: UrlConfig,
+    /// The schema registry: URL, auto-register, compatibility level, subject prefix.
+    pub registry: keel_avro::RegistryConfig,
     pub connect: UrlConfig,
     pub cassandra: CassandraConfig,
     pub mysql: UrlConfig,
@@ -78,7 +79,6 @@ impl KeelConfig {
             out.push("kafka.bootstrap_servers is empty".to_owned());
         }
         for (key, url, schemes) in [
-            ("registry.url", &self.registry.url, &["http", "https"][..]),
             ("connect.url", &self.connect.url, &["http", "https"][..]),
             ("mysql.url", &self.mysql.url, &["mysql", "mariadb"][..]),
             (
@@ -94,6 +94,13 @@ impl KeelConfig {
                     schemes.join(":// or ")
                 ));
             }
+        }
+        match self.registry.validate() {
+            Ok(()) => {}
+            Err(keel_avro::Error::Config { problems }) => {
+                out.extend(problems.iter().map(|p| format!("registry.{p}")));
+            }
+            Err(other) => out.push(format!("registry: {other}")),
         }
         if self.cassandra.nodes.is_empty() {
             out.push("cassandra.nodes is empty".to_owned());

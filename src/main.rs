@@ -3,6 +3,8 @@
 //! - `keel stack up|down|status|logs|env|install` drives the local servers (`stack/keel-stack`).
 //! - `keel smoke` checks every server of the stack with the real clients Keel uses.
 //! - `keel connectors plugins|list|status|pause|resume|delete` manages Debezium connectors.
+//! - `keel schemas register|check` registers Keel's Avro schemas and gates deployments on their
+//!   compatibility with what the registry holds.
 
 // A command-line tool: printing to stdout is its job.
 #![allow(clippy::print_stdout)]
@@ -46,6 +48,21 @@ enum Command {
         #[command(subcommand)]
         action: ConnectorsAction,
     },
+    /// Keel's Avro schemas and the schema registry.
+    Schemas {
+        #[command(subcommand)]
+        action: SchemasAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SchemasAction {
+    /// Register every local schema under `<topic>-value` and set the subject's compatibility
+    /// level (`registry.compatibility`, BACKWARD by default).
+    Register,
+    /// Ask the registry whether each local schema is compatible with the subject's latest
+    /// version; print subject / local version / verdict and exit 1 on any incompatibility.
+    Check,
 }
 
 #[derive(Debug, Subcommand)]
@@ -120,6 +137,26 @@ async fn run_connectors(config: &KeelConfig, action: ConnectorsAction) -> anyhow
     Ok(())
 }
 
+async fn run_schemas(config: &KeelConfig, action: SchemasAction) -> anyhow::Result<ExitCode> {
+    match action {
+        SchemasAction::Register => {
+            let registered = keel_avro::register_all(&config.registry).await?;
+            print!("{}", keel_avro::render_registered_table(&registered));
+            Ok(ExitCode::SUCCESS)
+        }
+        SchemasAction::Check => {
+            let rows = keel_avro::check_all(&config.registry).await?;
+            print!("{}", keel_avro::render_check_table(&rows));
+            if keel_avro::any_incompatible(&rows) {
+                eprintln!("keel schemas check: incompatible schemas; do not deploy");
+                Ok(ExitCode::FAILURE)
+            } else {
+                Ok(ExitCode::SUCCESS)
+            }
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<ExitCode> {
     tracing_subscriber::fmt()
@@ -144,6 +181,10 @@ async fn main() -> anyhow::Result<ExitCode> {
             let config = KeelConfig::load(cli.config.as_deref())?;
             run_connectors(&config, action).await?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Schemas { action } => {
+            let config = KeelConfig::load(cli.config.as_deref())?;
+            run_schemas(&config, action).await
         }
     }
 }

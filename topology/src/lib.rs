@@ -1,7 +1,40 @@
-//! Keel's stream-processing runtime: the topology DSL and Processor API, tasks per partition,
-//! the poll → process → commit loop with exactly-once Kafka transactions, punctuators,
-//! rebalancing, the dead-letter topic, metrics and an in-process test driver.
+//! Keel's stream-processing runtime: the Processor API and topology builder, tasks per
+//! partition, the poll → process → commit loop with exactly-once Kafka transactions,
+//! changelogged RocksDB state (from `keel-state`), punctuators, rebalancing, the dead-letter
+//! topic, metrics and an in-process test driver.
 //!
-//! Must not know about orders or payments: processors plug in through its traits.
+//! Must not know about orders or payments: processors plug in through [`Processor`].
 //!
-//! Layout: arrives with the runtime work (issue #3).
+//! Layout:
+//! - [`topology`] — [`TopologyBuilder`] → [`Topology`]: sources, processors, sinks, stores,
+//!   repartition topics; checked, cut into sub-topologies. **Start here.**
+//! - [`processor`] — the [`Processor`] trait and its [`Context`] (stores, forward, punctuators,
+//!   record metadata).
+//! - [`task`] — [`StreamTask`](task::StreamTask): one partition of one sub-topology; decoding,
+//!   the dead-letter rule, punctuation. No Kafka client in it.
+//! - [`runtime`] — [`KafkaStreams`] / [`StreamsHandle`]: topics, stream threads, the
+//!   exactly-once loop, restore, rebalance, interactive queries.
+//! - [`driver`] — [`TestDriver`]: the same tasks with in-memory topics and a test clock.
+//! - [`serde`], [`record`], [`config`], [`metrics`], [`error`].
+
+pub mod config;
+pub mod driver;
+pub mod error;
+pub mod metrics;
+pub mod processor;
+pub mod record;
+pub mod runtime;
+pub mod serde;
+pub mod task;
+pub mod topology;
+
+pub use config::StreamsConfig;
+pub use driver::{DriverConfig, TestDriver};
+pub use error::{Error, ProcessError, Result, SerdeError};
+pub use keel_state::{Guarantee, StoreKind};
+pub use metrics::Metrics;
+pub use processor::{Context, Processor, Punctuation, PunctuationType};
+pub use record::{Headers, OutRecord, RawRecord, Record, RecordMeta};
+pub use runtime::{KafkaStreams, StreamsHandle, default_partition};
+pub use task::{BadRecordPolicy, dlq_headers};
+pub use topology::{SubTopology, TaskId, TopicName, Topology, TopologyBuilder};

@@ -1,0 +1,154 @@
+//! The runtime's Prometheus metrics, registered in a registry the caller owns (so one process
+//! can expose Keel's metrics next to its own on one `/metrics`).
+
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+};
+
+use crate::error::{Error, Result};
+
+/// Every metric of one application.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    /// Records read, by topic.
+    pub records_in: IntCounterVec,
+    /// Records written to output and repartition topics, by topic.
+    pub records_out: IntCounterVec,
+    /// Time to process one input record through its task, in seconds.
+    pub process_latency: Histogram,
+    /// Commits (transactions committed, or offset commits under at-least-once).
+    pub commits: IntCounter,
+    /// Time to commit, in seconds.
+    pub commit_latency: Histogram,
+    /// Transactions aborted, by reason.
+    pub aborts: IntCounterVec,
+    /// Records sent to the dead-letter topic, by source topic.
+    pub dead_letters: IntCounterVec,
+    /// Changelog records restored, by store.
+    pub restored: IntCounterVec,
+    /// Changelog records left to restore, by store and partition.
+    pub restore_remaining: IntGaugeVec,
+    /// Approximate keys per store and partition.
+    pub store_keys: IntGaugeVec,
+    /// Consumer lag (high watermark - position) per input topic and partition.
+    pub consumer_lag: IntGaugeVec,
+    /// Time records spent between the producer and the processor, in seconds (timestamp to
+    /// processing), by topic.
+    pub end_to_end: HistogramVec,
+}
+
+fn map(e: prometheus::Error) -> Error {
+    Error::Config(vec![format!("cannot register metrics: {e}")])
+}
+
+impl Metrics {
+    /// Creates the metrics with an `application` label and registers them in `registry`.
+    pub fn register(registry: &Registry, application_id: &str) -> Result<Self> {
+        let opts = |name: &str, help: &str| {
+            Opts::new(name, help)
+                .namespace("keel")
+                .const_label("application", application_id)
+        };
+        let hist = |name: &str, help: &str| {
+            HistogramOpts::new(name, help)
+                .namespace("keel")
+                .const_label("application", application_id)
+                .buckets(vec![
+                    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05,
+                    0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                ])
+        };
+        let m = Self {
+            records_in: IntCounterVec::new(opts("records_in_total", "Records read"), &["topic"])
+                .map_err(map)?,
+            records_out: IntCounterVec::new(
+                opts("records_out_total", "Records written"),
+                &["topic"],
+            )
+            .map_err(map)?,
+            process_latency: Histogram::with_opts(hist(
+                "process_seconds",
+                "Time to process one record",
+            ))
+            .map_err(map)?,
+            commits: IntCounter::with_opts(opts("commits_total", "Commits")).map_err(map)?,
+            commit_latency: Histogram::with_opts(hist("commit_seconds", "Time to commit"))
+                .map_err(map)?,
+            aborts: IntCounterVec::new(opts("aborts_total", "Transactions aborted"), &["reason"])
+                .map_err(map)?,
+            dead_letters: IntCounterVec::new(
+                opts("dead_letters_total", "Records dead-lettered"),
+                &["topic"],
+            )
+            .map_err(map)?,
+            restored: IntCounterVec::new(
+                opts("restored_records_total", "Changelog records restored"),
+                &["store"],
+            )
+            .map_err(map)?,
+            restore_remaining: IntGaugeVec::new(
+                opts(
+                    "restore_remaining_records",
+                    "Changelog records left to restore",
+                ),
+                &["store", "partition"],
+            )
+            .map_err(map)?,
+            store_keys: IntGaugeVec::new(
+                opts("store_keys", "Approximate keys per store"),
+                &["store", "partition"],
+            )
+            .map_err(map)?,
+            consumer_lag: IntGaugeVec::new(
+                opts("consumer_lag_records", "High watermark minus position"),
+                &["topic", "partition"],
+            )
+            .map_err(map)?,
+            end_to_end: HistogramVec::new(
+                hist("record_age_seconds", "Record timestamp to processing"),
+                &["topic"],
+            )
+            .map_err(map)?,
+        };
+        registry
+            .register(Box::new(m.records_in.clone()))
+            .map_err(map)?;
+        registry
+            .register(Box::new(m.records_out.clone()))
+            .map_err(map)?;
+        registry
+            .register(Box::new(m.process_latency.clone()))
+            .map_err(map)?;
+        registry
+            .register(Box::new(m.commits.clone()))
+            .map_err(map)?;
+        registry
+            .register(Box::new(m.commit_latency.clone()))
+            .map_err(map)?;
+        registry.register(Box::new(m.aborts.clone())).map_err(map)?;
+        registry
+            .register(Box::new(m.dead_letters.clone()))
+            .map_err(map)?;
+        registry
+            .register(Box::new(m.restored.clone()))
+            .map_err(map)?;
+        registry
+            .register(Box::new(m.restore_remaining.clone()))
+            .map_err(map)?;
+        registry
+            .register(Box::new(m.store_keys.clone()))
+            .map_err(map)?;
+        registry
+            .register(Box::new(m.consumer_lag.clone()))
+            .map_err(map)?;
+        registry
+            .register(Box::new(m.end_to_end.clone()))
+            .map_err(map)?;
+        Ok(m)
+    }
+
+    /// Metrics in a registry of their own (tests, the driver).
+    pub fn unregistered(application_id: &str) -> Result<Self> {
+        Self::register(&Registry::new(), application_id)
+    }
+}

@@ -1,0 +1,107 @@
+//! Records as processors see them, and where they came from.
+
+use std::sync::Arc;
+
+/// Record headers, in order; names may repeat, as in Kafka.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Headers(pub Vec<(String, Vec<u8>)>);
+
+impl Headers {
+    /// Appends a header.
+    pub fn insert(&mut self, name: impl Into<String>, value: impl Into<Vec<u8>>) {
+        self.0.push((name.into(), value.into()));
+    }
+
+    /// The last value of `name`.
+    pub fn get(&self, name: &str) -> Option<&[u8]> {
+        self.0
+            .iter()
+            .rev()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_slice())
+    }
+
+    /// The last value of `name` as UTF-8, if it is.
+    pub fn get_str(&self, name: &str) -> Option<&str> {
+        self.get(name).and_then(|v| std::str::from_utf8(v).ok())
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &[u8])> {
+        self.0.iter().map(|(n, v)| (n.as_str(), v.as_slice()))
+    }
+}
+
+/// A typed record flowing between nodes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record<K, V> {
+    pub key: K,
+    pub value: V,
+    /// Milliseconds since the epoch: the input record's timestamp unless a processor changes it.
+    pub timestamp: i64,
+    pub headers: Headers,
+}
+
+impl<K, V> Record<K, V> {
+    pub fn new(key: K, value: V, timestamp: i64) -> Self {
+        Self {
+            key,
+            value,
+            timestamp,
+            headers: Headers::default(),
+        }
+    }
+
+    /// The same timestamp and headers with another key and value.
+    pub fn with<K2, V2>(self, key: K2, value: V2) -> Record<K2, V2> {
+        Record {
+            key,
+            value,
+            timestamp: self.timestamp,
+            headers: self.headers,
+        }
+    }
+}
+
+/// Where the record being processed came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordMeta {
+    pub topic: Arc<str>,
+    pub partition: i32,
+    pub offset: i64,
+    pub timestamp: i64,
+}
+
+/// An input record as the consumer (or the test driver) hands it over: bytes, not yet decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawRecord {
+    pub topic: Arc<str>,
+    pub partition: i32,
+    pub offset: i64,
+    pub timestamp: i64,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    pub headers: Headers,
+}
+
+impl RawRecord {
+    pub fn meta(&self) -> RecordMeta {
+        RecordMeta {
+            topic: self.topic.clone(),
+            partition: self.partition,
+            offset: self.offset,
+            timestamp: self.timestamp,
+        }
+    }
+}
+
+/// A record a task wants written: to an output, repartition or dead-letter topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutRecord {
+    pub topic: String,
+    /// `None`: Kafka's default partitioner (murmur2 of the key) decides.
+    pub partition: Option<i32>,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    pub timestamp: i64,
+    pub headers: Headers,
+}

@@ -1,0 +1,163 @@
+//! Before the threads start: the source topics must exist and be co-partitioned within each
+//! sub-topology; changelog, repartition and dead-letter topics are created if missing.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::error::RDKafkaErrorCode;
+
+use crate::config::StreamsConfig;
+use crate::error::{Error, Result};
+use crate::runtime::kafka;
+use crate::topology::{TopicName, Topology};
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+fn partition_counts(admin: &AdminClient<DefaultClientContext>) -> Result<HashMap<String, i32>> {
+    let metadata = admin
+        .inner()
+        .fetch_metadata(None, TIMEOUT)
+        .map_err(Error::kafka("fetching metadata"))?;
+    Ok(metadata
+        .topics()
+        .iter()
+        .filter(|t| t.error().is_none() && !t.partitions().is_empty())
+        .map(|t| {
+            (
+                t.name().to_owned(),
+                i32::try_from(t.partitions().len()).unwrap_or(i32::MAX),
+            )
+        })
+        .collect())
+}
+
+/// Returns the partition count of every source topic (internal ones included).
+pub(crate) fn prepare_topics(
+    topology: &Topology,
+    config: &StreamsConfig,
+) -> Result<HashMap<String, i32>> {
+    let app = &config.application_id;
+    let admin: AdminClient<DefaultClientContext> = kafka::client_config(config)
+        .create()
+        .map_err(Error::kafka("creating the admin client"))?;
+    let mut counts = partition_counts(&admin)?;
+
+    let mut external_max = 0;
+    for sub in topology.sub_topologies() {
+        for t in &sub.source_topics {
+            if let TopicName::External(name) = t {
+                let n = *counts
+                    .get(name)
+                    .ok_or_else(|| Error::MissingTopic(name.clone()))?;
+                external_max = external_max.max(n);
+            }
+        }
+    }
+    let repartition_partitions = config.repartition_partitions.unwrap_or(external_max.max(1));
+
+    let mut wanted: Vec<NewTopic<'_>> = Vec::new();
+    let internal = topology.internal_topics(app);
+    for name in &internal {
+        if !counts.contains_key(name) {
+            wanted.push(NewTopic::new(
+                name,
+                repartition_partitions,
+                TopicReplication::Fixed(config.replication_factor),
+            ));
+        }
+    }
+    let dlq = config.dead_letter_topic();
+    if !counts.contains_key(&dlq) {
+        wanted.push(NewTopic::new(
+            &dlq,
+            1,
+            TopicReplication::Fixed(config.replication_factor),
+        ));
+    }
+    // Partitions of each sub-topology (internal topics count as created).
+    let partitions_of = |sub: &crate::topology::SubTopology, counts: &HashMap<String, i32>| {
+        sub.source_topics
+            .iter()
+            .map(|t| {
+                let name = t.resolve(app);
+                let n = counts.get(&name).copied().unwrap_or(repartition_partitions);
+                (name, n)
+            })
+            .collect::<Vec<_>>()
+    };
+    for sub in topology.sub_topologies() {
+        let topics = partitions_of(sub, &counts);
+        let first = topics.first().map_or(1, |(_, n)| *n);
+        if topics.iter().any(|(_, n)| *n != first) {
+            return Err(Error::NotCoPartitioned {
+                sub_topology: sub.id,
+                topics: topics.iter().map(|(t, _)| t.clone()).collect(),
+                counts: topics
+                    .iter()
+                    .map(|(t, n)| format!("{t}={n}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        }
+    }
+    let mut changelogs = Vec::new();
+    for sub in topology.sub_topologies() {
+        let n = partitions_of(sub, &counts).first().map_or(1, |(_, n)| *n);
+        for store in &sub.stores {
+            let name = keel_state::changelog_topic(app, store);
+            if !counts.contains_key(&name) {
+                changelogs.push((name, n));
+            }
+        }
+    }
+    for (name, n) in &changelogs {
+        wanted.push(
+            NewTopic::new(name, *n, TopicReplication::Fixed(config.replication_factor))
+                .set("cleanup.policy", "compact"),
+        );
+    }
+    if !wanted.is_empty() {
+        let names: Vec<String> = wanted.iter().map(|t| t.name.to_owned()).collect();
+        let results = futures::executor::block_on(admin.create_topics(
+            wanted.iter(),
+            &AdminOptions::new().operation_timeout(Some(TIMEOUT)),
+        ))
+        .map_err(Error::kafka("creating internal topics"))?;
+        for result in results {
+            match result {
+                Ok(name) => tracing::info!(topic = %name, "created internal topic"),
+                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((name, code)) => {
+                    return Err(Error::Kafka {
+                        context: format!("creating topic {name}"),
+                        source: rdkafka::error::KafkaError::AdminOp(code),
+                    });
+                }
+            }
+        }
+        // Wait until the new topics show up in metadata.
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            counts = partition_counts(&admin)?;
+            if names.iter().all(|n| counts.contains_key(n)) {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(Error::Topology(format!(
+                    "internal topics {names:?} did not appear"
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    Ok(topology
+        .source_topics(app)
+        .into_iter()
+        .map(|t| {
+            let n = counts.get(&t).copied().unwrap_or(1);
+            (t, n)
+        })
+        .collect())
+}

@@ -1,0 +1,209 @@
+//! Running a topology against Kafka: [`KafkaStreams`] checks the topics, creates the internal
+//! ones, and starts the stream threads; [`StreamsHandle`] stops them and answers interactive
+//! queries.
+
+mod admin;
+pub(crate) mod kafka;
+mod restore;
+mod thread;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use keel_state::StoreEnv;
+use prometheus::Registry;
+
+pub use self::kafka::default_partition;
+use self::thread::{Readers, Shared};
+use crate::config::StreamsConfig;
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+use crate::task;
+use crate::topology::Topology;
+
+/// A topology bound to its configuration, ready to start.
+#[derive(Debug)]
+pub struct KafkaStreams {
+    topology: Topology,
+    config: StreamsConfig,
+    registry: Registry,
+}
+
+impl KafkaStreams {
+    pub fn new(topology: Topology, config: StreamsConfig) -> Result<Self> {
+        config.validate()?;
+        Ok(Self {
+            topology,
+            config,
+            registry: Registry::new(),
+        })
+    }
+
+    /// Registers the runtime's metrics in `registry` instead of a private one.
+    pub fn with_registry(mut self, registry: Registry) -> Self {
+        self.registry = registry;
+        self
+    }
+
+    /// Checks source topics and co-partitioning, creates internal topics, opens the state
+    /// directory and starts the stream threads.
+    pub fn start(self) -> Result<StreamsHandle> {
+        let Self {
+            topology,
+            config,
+            registry,
+        } = self;
+        let partitions = admin::prepare_topics(&topology, &config)?;
+        let env = StoreEnv::new(config.state.clone(), &config.application_id)?;
+        let metrics = Metrics::register(&registry, &config.application_id)?;
+        let shutdown = Arc::new(AtomicBool::new(false));
+        let readers: Readers = Arc::new(RwLock::new(Default::default()));
+        let shared = Arc::new(Shared {
+            config,
+            topology,
+            env,
+            metrics,
+            shutdown: shutdown.clone(),
+            readers: readers.clone(),
+        });
+        let mut threads = Vec::new();
+        for index in 0..shared.config.num_stream_threads {
+            let shared = shared.clone();
+            let handle = std::thread::Builder::new()
+                .name(format!("keel-stream-{index}"))
+                .spawn(move || supervise(index, shared))
+                .map_err(|source| Error::Io {
+                    context: "spawning a stream thread".into(),
+                    source,
+                })?;
+            threads.push(handle);
+        }
+        Ok(StreamsHandle {
+            shutdown,
+            threads,
+            readers,
+            partitions,
+            registry,
+        })
+    }
+}
+
+/// Runs a stream thread, restarting it (fresh clients, tasks restored) after Kafka failures
+/// such as a fenced producer; stops the application on bugs and fatal processor errors.
+fn supervise(index: usize, shared: Arc<Shared>) -> Result<()> {
+    let mut backoff = Duration::from_millis(shared.config.retry_backoff_ms);
+    let max = Duration::from_millis(shared.config.retry_backoff_max_ms);
+    loop {
+        match thread::run(index, shared.clone()) {
+            Ok(()) => return Ok(()),
+            Err(e) if restartable(&e) && !shared.shutdown.load(Ordering::Relaxed) => {
+                tracing::warn!(thread = index, error = %e, ?backoff, "stream thread failed; restarting it");
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(max);
+            }
+            Err(e) => {
+                tracing::error!(thread = index, error = %e, "stream thread stopped; stopping the application");
+                shared.shutdown.store(true, Ordering::Relaxed);
+                return Err(e);
+            }
+        }
+    }
+}
+
+fn restartable(e: &Error) -> bool {
+    matches!(e, Error::Kafka { .. }) || task::is_retryable(e)
+}
+
+/// A running application.
+#[derive(Debug)]
+pub struct StreamsHandle {
+    shutdown: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<Result<()>>>,
+    readers: Readers,
+    /// Partition count per source topic.
+    partitions: std::collections::HashMap<String, i32>,
+    registry: Registry,
+}
+
+impl StreamsHandle {
+    /// Asks every thread to finish its transaction, close its tasks and stop.
+    pub fn request_shutdown(&self) {
+        self.shutdown.store(true, Ordering::Relaxed);
+    }
+
+    /// A flag that stops the application when set (for signal handlers).
+    pub fn shutdown_flag(&self) -> Arc<AtomicBool> {
+        self.shutdown.clone()
+    }
+
+    /// Whether every thread is still running.
+    pub fn is_running(&self) -> bool {
+        self.threads.iter().all(|t| !t.is_finished())
+    }
+
+    /// Stops (if not already stopping) and waits; the first thread error, if any.
+    pub fn shutdown(self) -> Result<()> {
+        self.request_shutdown();
+        self.wait()
+    }
+
+    /// Waits until every thread has stopped; the first thread error, if any.
+    pub fn wait(self) -> Result<()> {
+        let mut first = None;
+        for (i, t) in self.threads.into_iter().enumerate() {
+            let result = t.join().unwrap_or_else(|_| {
+                Err(Error::ThreadStopped {
+                    thread: i,
+                    reason: "panicked".into(),
+                })
+            });
+            if let Err(e) = result {
+                first.get_or_insert(e);
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+
+    /// The runtime's metrics.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// The partition `key` (serialized) lives on for a topic with `partitions` partitions.
+    pub fn partition_for_key(&self, source_topic: &str, key: &[u8]) -> Option<i32> {
+        self.partitions
+            .get(source_topic)
+            .map(|&n| default_partition(key, n))
+    }
+
+    /// Interactive query: the committed value of `key` in key-value store `store`, if this
+    /// instance owns the key's partition (`Err` otherwise: ask the owner).
+    pub fn get(&self, store: &str, source_topic: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let partition = self
+            .partition_for_key(source_topic, key)
+            .ok_or_else(|| Error::MissingTopic(source_topic.to_owned()))?;
+        let readers = self
+            .readers
+            .read()
+            .map_err(|_| Error::Topology("readers poisoned".into()))?;
+        let reader = readers.get(&(store.to_owned(), partition)).ok_or_else(|| {
+            Error::Topology(format!(
+                "store {store:?} partition {partition} is not owned by this instance"
+            ))
+        })?;
+        Ok(reader.get(key)?)
+    }
+
+    /// The (store, partition) pairs this instance serves.
+    pub fn local_stores(&self) -> Vec<(String, i32)> {
+        let mut out: Vec<(String, i32)> = self
+            .readers
+            .read()
+            .map(|r| r.keys().cloned().collect())
+            .unwrap_or_default();
+        out.sort();
+        out
+    }
+}

@@ -1,0 +1,720 @@
+//! A stream thread: one consumer in the application's group, one producer (transactional under
+//! exactly-once), the tasks of the partitions it owns, and the poll → process → commit loop.
+//!
+//! Exactly-once, per commit interval: `begin_transaction`; each polled record runs through its
+//! task and what the task produced is sent; at commit, every task's changelog records are sent
+//! to `<app>-<store>-changelog` (partition = the task's), the input positions go to
+//! `send_offsets_to_transaction`, the producer is flushed (delivery reports give the changelog
+//! offsets) and the transaction commits; only then do the stores apply their pending writes
+//! and remember those offsets. Any failure before that point aborts: the tasks drop their
+//! pending writes and output, and the consumer seeks back to the last committed offsets, so
+//! the interval is replayed as if it never ran.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use keel_state::{CommittedReader, Guarantee, StoreEnv};
+use rdkafka::client::ClientContext;
+use rdkafka::config::FromClientConfigAndContext;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Headers as _, Message};
+use rdkafka::producer::Producer as _;
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::config::StreamsConfig;
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+use crate::processor::PunctuationType;
+use crate::record::{Headers, RawRecord};
+use crate::runtime::kafka::{self, DeliveryLog, Producer};
+use crate::runtime::restore;
+use crate::task::{self, StreamTask};
+use crate::topology::{TaskId, Topology};
+
+const KAFKA_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Read access to the committed contents of the stores this process owns, by (store, partition).
+pub(crate) type Readers = Arc<RwLock<HashMap<(String, i32), CommittedReader>>>;
+
+/// What every thread of an instance shares.
+pub(crate) struct Shared {
+    pub(crate) config: StreamsConfig,
+    pub(crate) topology: Topology,
+    pub(crate) env: StoreEnv,
+    pub(crate) metrics: Metrics,
+    pub(crate) shutdown: Arc<AtomicBool>,
+    pub(crate) readers: Readers,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Everything but the consumer; the rebalance callback reaches it through the consumer's
+/// context (the callback runs inside `poll`, on this thread, while the loop holds no lock).
+struct Core {
+    index: usize,
+    shared: Arc<Shared>,
+    producer: Producer,
+    restore: BaseConsumer,
+    tasks: BTreeMap<TaskId, StreamTask>,
+    /// Next offset to consume per owned input partition, as processed in this interval.
+    positions: HashMap<(String, i32), i64>,
+    /// Last committed position per owned input partition (`None`: nothing committed yet).
+    committed: HashMap<(String, i32), Option<i64>>,
+    /// Partitions assigned by the last rebalance whose tasks are not set up yet.
+    pending_assign: Vec<(String, i32)>,
+    txn_open: bool,
+    dirty: bool,
+    last_commit: Instant,
+    /// An error raised inside the rebalance callback, surfaced by the loop.
+    failure: Option<Error>,
+}
+
+struct ThreadContext {
+    core: Arc<Mutex<Core>>,
+}
+
+impl ClientContext for ThreadContext {}
+
+impl ConsumerContext for ThreadContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            let mut core = lock(&self.core);
+            let revoked: Vec<(String, i32)> = tpl
+                .elements()
+                .iter()
+                .map(|e| (e.topic().to_owned(), e.partition()))
+                .collect();
+            let lost = consumer.assignment_lost();
+            if let Err(e) = core.on_revoke(consumer, &revoked, lost) {
+                core.failure.get_or_insert(e);
+            }
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            let mut core = lock(&self.core);
+            for e in tpl.elements() {
+                core.pending_assign
+                    .push((e.topic().to_owned(), e.partition()));
+            }
+            tracing::info!(
+                thread = core.index,
+                partitions = tpl.count(),
+                "partitions assigned"
+            );
+        }
+    }
+}
+
+fn lock(core: &Mutex<Core>) -> MutexGuard<'_, Core> {
+    core.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+type GroupConsumer = BaseConsumer<ThreadContext>;
+
+/// Runs one stream thread until shutdown or an error it cannot recover from in place.
+pub(crate) fn run(index: usize, shared: Arc<Shared>) -> Result<()> {
+    let config = &shared.config;
+    let eos = config.processing_guarantee == Guarantee::ExactlyOnce;
+    let instance = config.instance_id();
+
+    let mut pc = kafka::client_config(config);
+    pc.set("partitioner", "murmur2_random")
+        .set("linger.ms", "5")
+        .set("enable.idempotence", "true");
+    if eos {
+        pc.set(
+            "transactional.id",
+            format!("{}-{instance}-{index}", config.application_id),
+        )
+        .set(
+            "transaction.timeout.ms",
+            config.transaction_timeout_ms.to_string(),
+        );
+    }
+    let producer = Producer::from_config_and_context(&pc, DeliveryLog::default())
+        .map_err(Error::kafka("creating the producer"))?;
+    if eos {
+        // Also aborts whatever an earlier incarnation of this thread left open.
+        producer
+            .init_transactions(KAFKA_TIMEOUT)
+            .map_err(Error::kafka("init_transactions"))?;
+    }
+
+    let mut rc = kafka::client_config(config);
+    rc.set("group.id", format!("{}-restore", config.application_id))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .set("isolation.level", "read_committed")
+        .set("auto.offset.reset", "earliest");
+    let restore: BaseConsumer = rc
+        .create()
+        .map_err(Error::kafka("creating the restore consumer"))?;
+
+    let core = Arc::new(Mutex::new(Core {
+        index,
+        shared: shared.clone(),
+        producer,
+        restore,
+        tasks: BTreeMap::new(),
+        positions: HashMap::new(),
+        committed: HashMap::new(),
+        pending_assign: Vec::new(),
+        txn_open: false,
+        dirty: false,
+        last_commit: Instant::now(),
+        failure: None,
+    }));
+
+    let mut cc = kafka::client_config(config);
+    cc.set("group.id", &config.application_id)
+        .set("group.instance.id", format!("{instance}-{index}"))
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set(
+            "isolation.level",
+            if eos {
+                "read_committed"
+            } else {
+                "read_uncommitted"
+            },
+        );
+    if !config.client.contains_key("session.timeout.ms") {
+        cc.set("session.timeout.ms", "10000");
+    }
+    let consumer =
+        GroupConsumer::from_config_and_context(&cc, ThreadContext { core: core.clone() })
+            .map_err(Error::kafka("creating the consumer"))?;
+    let topics = shared.topology.source_topics(&config.application_id);
+    let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+    consumer
+        .subscribe(&topic_refs)
+        .map_err(Error::kafka("subscribing"))?;
+    tracing::info!(thread = index, ?topics, "stream thread started");
+
+    let result = run_loop(&consumer, &core);
+    let mut c = lock(&core);
+    let closed = c.close_all(&consumer, result.is_ok());
+    drop(c);
+    drop(consumer);
+    result.and(closed)
+}
+
+fn run_loop(consumer: &GroupConsumer, core: &Mutex<Core>) -> Result<()> {
+    let shared = lock(core).shared.clone();
+    let interval = shared.config.commit_interval();
+    let mut backoff = Duration::from_millis(shared.config.retry_backoff_ms);
+    let max_backoff = Duration::from_millis(shared.config.retry_backoff_max_ms);
+    while !shared.shutdown.load(Ordering::Relaxed) {
+        let polled = consumer.poll(Duration::from_millis(50));
+        let mut c = lock(core);
+        if let Some(e) = c.failure.take() {
+            return Err(e);
+        }
+        let step = c.step(consumer, polled, interval);
+        match step {
+            Ok(()) => backoff = Duration::from_millis(shared.config.retry_backoff_ms),
+            Err(e) if task::is_retryable(&e) || is_abortable(&e) => {
+                tracing::warn!(thread = c.index, error = %e, ?backoff, "aborting and retrying");
+                c.abort(consumer, "retryable")?;
+                drop(c);
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(max_backoff);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Errors after which aborting the transaction and replaying is the cure.
+fn is_abortable(error: &Error) -> bool {
+    match error {
+        Error::Kafka { source, .. } => match source {
+            KafkaError::Transaction(e) => !e.is_fatal(),
+            _ => true,
+        },
+        _ => false,
+    }
+}
+
+impl Core {
+    fn eos(&self) -> bool {
+        self.shared.config.processing_guarantee == Guarantee::ExactlyOnce
+    }
+
+    /// One loop turn: set up newly assigned tasks, process the polled record, punctuate on the
+    /// wall clock, commit when the interval is up.
+    fn step(
+        &mut self,
+        consumer: &GroupConsumer,
+        polled: Option<std::result::Result<rdkafka::message::BorrowedMessage<'_>, KafkaError>>,
+        interval: Duration,
+    ) -> Result<()> {
+        if !self.pending_assign.is_empty() {
+            self.set_up_assigned(consumer)?;
+        }
+        match polled {
+            Some(Ok(m)) => {
+                let raw = to_raw(&m);
+                self.process(raw)?;
+            }
+            Some(Err(KafkaError::PartitionEOF(_))) | None => {}
+            Some(Err(e)) => {
+                tracing::warn!(thread = self.index, error = %e, "consumer error");
+            }
+        }
+        self.punctuate_wall_clock()?;
+        if self.last_commit.elapsed() >= interval {
+            self.commit(consumer)?;
+        }
+        Ok(())
+    }
+
+    fn begin(&mut self) -> Result<()> {
+        if self.eos() && !self.txn_open {
+            self.producer
+                .begin_transaction()
+                .map_err(Error::kafka("begin_transaction"))?;
+            self.producer.context().clear();
+        }
+        self.txn_open = true;
+        Ok(())
+    }
+
+    fn process(&mut self, raw: RawRecord) -> Result<()> {
+        let app = &self.shared.config.application_id;
+        let Some(sub) = self.shared.topology.sub_topology_of(app, &raw.topic) else {
+            return Err(Error::Topology(format!(
+                "no sub-topology reads {:?}",
+                raw.topic
+            )));
+        };
+        let id = TaskId {
+            sub_topology: sub,
+            partition: raw.partition,
+        };
+        self.begin()?;
+        let started = Instant::now();
+        let wall = now_ms();
+        let task = self.tasks.get_mut(&id).ok_or_else(|| {
+            Error::Topology(format!(
+                "record from {}/{} but task {id} is not set up",
+                raw.topic, raw.partition
+            ))
+        })?;
+        task.process(&raw, wall)?;
+        let output = task.take_output();
+        self.shared
+            .metrics
+            .records_in
+            .with_label_values(&[&raw.topic])
+            .inc();
+        self.shared
+            .metrics
+            .process_latency
+            .observe(started.elapsed().as_secs_f64());
+        if raw.timestamp > 0 {
+            let age = (wall - raw.timestamp).max(0) as f64 / 1000.0;
+            self.shared
+                .metrics
+                .end_to_end
+                .with_label_values(&[&raw.topic])
+                .observe(age);
+        }
+        self.send_all(&output)?;
+        self.positions
+            .insert((raw.topic.to_string(), raw.partition), raw.offset + 1);
+        self.dirty = true;
+        Ok(())
+    }
+
+    fn send_all(&mut self, output: &[crate::record::OutRecord]) -> Result<()> {
+        let dlq = self.shared.config.dead_letter_topic();
+        for out in output {
+            kafka::send(&self.producer, out)?;
+            if out.topic == dlq {
+                let source = out
+                    .headers
+                    .get_str(task::dlq_headers::SOURCE_TOPIC)
+                    .unwrap_or("?");
+                self.shared
+                    .metrics
+                    .dead_letters
+                    .with_label_values(&[source])
+                    .inc();
+            } else {
+                self.shared
+                    .metrics
+                    .records_out
+                    .with_label_values(&[&out.topic])
+                    .inc();
+            }
+        }
+        if !output.is_empty() {
+            self.dirty = true;
+        }
+        Ok(())
+    }
+
+    fn punctuate_wall_clock(&mut self) -> Result<()> {
+        if self.tasks.is_empty() {
+            return Ok(());
+        }
+        self.begin()?;
+        let now = now_ms();
+        let mut output = Vec::new();
+        for task in self.tasks.values_mut() {
+            task.punctuate(PunctuationType::WallClock, now, now)?;
+            output.extend(task.take_output());
+        }
+        self.send_all(&output)?;
+        self.producer.poll(Duration::ZERO);
+        Ok(())
+    }
+
+    /// Commits the open transaction (or, under at-least-once, flushes and commits offsets).
+    fn commit(&mut self, consumer: &GroupConsumer) -> Result<()> {
+        let has_changelog = self
+            .tasks
+            .values()
+            .any(|t| t.state().stores().any(|s| s.unlogged_writes() > 0));
+        if !self.dirty && !has_changelog {
+            self.last_commit = Instant::now();
+            return Ok(());
+        }
+        self.begin()?;
+        let started = Instant::now();
+        let env = &self.shared.env;
+        let mut changelog_owner: HashMap<(String, i32), (TaskId, String)> = HashMap::new();
+        for (id, task) in self.tasks.iter_mut() {
+            for record in task.state_mut().take_changelog() {
+                let topic = env.changelog_topic(&record.store);
+                changelog_owner
+                    .entry((topic.clone(), id.partition))
+                    .or_insert((*id, record.store.to_string()));
+                kafka::send(
+                    &self.producer,
+                    &crate::record::OutRecord {
+                        topic,
+                        partition: Some(id.partition),
+                        key: Some(record.key),
+                        value: record.value,
+                        timestamp: now_ms(),
+                        headers: Headers::default(),
+                    },
+                )?;
+            }
+        }
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, partition), offset) in &self.positions {
+            tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset))
+                .map_err(Error::kafka("building the offset list"))?;
+        }
+        if self.eos() {
+            if tpl.count() > 0 {
+                let group = consumer.group_metadata().ok_or_else(|| Error::Kafka {
+                    context: "group metadata".into(),
+                    source: KafkaError::Global(rdkafka::types::RDKafkaErrorCode::State),
+                })?;
+                self.producer
+                    .send_offsets_to_transaction(&tpl, &group, KAFKA_TIMEOUT)
+                    .map_err(Error::kafka("send_offsets_to_transaction"))?;
+            }
+            self.producer
+                .flush(KAFKA_TIMEOUT)
+                .map_err(Error::kafka("flush"))?;
+            if let Some(failure) = self.producer.context().take_failure() {
+                return Err(Error::Kafka {
+                    context: failure,
+                    source: KafkaError::Flush(rdkafka::types::RDKafkaErrorCode::Fail),
+                });
+            }
+            self.producer
+                .commit_transaction(KAFKA_TIMEOUT)
+                .map_err(Error::kafka("commit_transaction"))?;
+            self.txn_open = false;
+        } else {
+            self.producer
+                .flush(KAFKA_TIMEOUT)
+                .map_err(Error::kafka("flush"))?;
+            if let Some(failure) = self.producer.context().take_failure() {
+                return Err(Error::Kafka {
+                    context: failure,
+                    source: KafkaError::Flush(rdkafka::types::RDKafkaErrorCode::Fail),
+                });
+            }
+        }
+        // Committed: the stores may now apply what they held back.
+        let delivered = self.producer.context().take_offsets();
+        let mut per_task: BTreeMap<TaskId, Vec<(String, i64)>> = BTreeMap::new();
+        for (key, offset) in delivered {
+            if let Some((id, store)) = changelog_owner.get(&key) {
+                per_task
+                    .entry(*id)
+                    .or_default()
+                    .push((store.clone(), offset));
+            }
+        }
+        for (id, task) in self.tasks.iter_mut() {
+            let offsets = per_task.remove(id).unwrap_or_default();
+            task.state_mut().commit(offsets)?;
+        }
+        if !self.eos() && tpl.count() > 0 {
+            consumer
+                .commit(&tpl, CommitMode::Sync)
+                .map_err(Error::kafka("committing offsets"))?;
+        }
+        for (key, offset) in self.positions.drain() {
+            self.committed.insert(key, Some(offset));
+        }
+        self.dirty = false;
+        self.last_commit = Instant::now();
+        self.shared.metrics.commits.inc();
+        self.shared
+            .metrics
+            .commit_latency
+            .observe(started.elapsed().as_secs_f64());
+        Ok(())
+    }
+
+    /// Drops the interval's work: aborts the transaction, discards pending store writes and
+    /// unsent output, and seeks every owned partition back to its last committed offset.
+    fn abort(&mut self, consumer: &GroupConsumer, reason: &str) -> Result<()> {
+        if self.eos() && self.txn_open {
+            if let Err(e) = self.producer.abort_transaction(KAFKA_TIMEOUT) {
+                if let KafkaError::Transaction(t) = &e
+                    && t.is_fatal()
+                {
+                    return Err(Error::Kafka {
+                        context: "abort_transaction".into(),
+                        source: e,
+                    });
+                }
+                tracing::warn!(error = %e, "abort_transaction failed");
+            }
+        }
+        self.txn_open = false;
+        self.producer.context().clear();
+        for task in self.tasks.values_mut() {
+            task.abort();
+        }
+        self.rewind(consumer)?;
+        self.dirty = false;
+        self.shared
+            .metrics
+            .aborts
+            .with_label_values(&[reason])
+            .inc();
+        Ok(())
+    }
+
+    fn rewind(&mut self, consumer: &GroupConsumer) -> Result<()> {
+        self.positions.clear();
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, partition), committed) in &self.committed {
+            let offset = committed.map_or(Offset::Beginning, Offset::Offset);
+            tpl.add_partition_offset(topic, *partition, offset)
+                .map_err(Error::kafka("building the rewind list"))?;
+        }
+        if tpl.count() > 0 {
+            consumer
+                .seek_partitions(tpl, KAFKA_TIMEOUT)
+                .map_err(Error::kafka("seeking back to the committed offsets"))?;
+        }
+        Ok(())
+    }
+
+    /// Creates, restores and initialises the tasks of newly assigned partitions.
+    fn set_up_assigned(&mut self, consumer: &GroupConsumer) -> Result<()> {
+        let assigned = std::mem::take(&mut self.pending_assign);
+        let mut tpl = TopicPartitionList::new();
+        for (topic, partition) in &assigned {
+            tpl.add_partition(topic, *partition);
+        }
+        let committed = consumer
+            .committed_offsets(tpl, KAFKA_TIMEOUT)
+            .map_err(Error::kafka("reading committed offsets"))?;
+        for e in committed.elements() {
+            let offset = match e.offset() {
+                Offset::Offset(n) => Some(n),
+                _ => None,
+            };
+            self.committed
+                .insert((e.topic().to_owned(), e.partition()), offset);
+        }
+        let app = self.shared.config.application_id.clone();
+        let mut ids: Vec<TaskId> = assigned
+            .iter()
+            .filter_map(|(topic, partition)| {
+                self.shared
+                    .topology
+                    .sub_topology_of(&app, topic)
+                    .map(|sub| TaskId {
+                        sub_topology: sub,
+                        partition: *partition,
+                    })
+            })
+            .collect();
+        ids.sort();
+        ids.dedup();
+        for id in ids {
+            if self.tasks.contains_key(&id) {
+                continue;
+            }
+            let task = self.open_task(id)?;
+            self.tasks.insert(id, task);
+        }
+        Ok(())
+    }
+
+    fn open_task(&mut self, id: TaskId) -> Result<StreamTask> {
+        let shared = self.shared.clone();
+        let config = &shared.config;
+        // Another thread of this process may still be closing the task it lost to us.
+        let mut attempts = 0;
+        let state = loop {
+            match shared
+                .env
+                .open_task(&id.to_string(), config.processing_guarantee)
+            {
+                Ok(state) => break state,
+                Err(keel_state::Error::TaskLocked { .. }) if attempts < 100 => {
+                    attempts += 1;
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        let mut task = StreamTask::new(
+            id,
+            config.application_id.as_str().into(),
+            shared.topology.graph.clone(),
+            state,
+            config.dead_letter_topic(),
+            config.on_bad_record,
+        )?;
+        restore::restore_task(&mut task, &self.restore, &shared.metrics)?;
+        task.init(now_ms())?;
+        if let Ok(mut readers) = shared.readers.write() {
+            for store in task.state().stores() {
+                if let keel_state::Store::KeyValue(kv) = store {
+                    readers.insert(
+                        (store.name().to_owned(), id.partition),
+                        kv.committed_reader(),
+                    );
+                }
+            }
+        }
+        tracing::info!(thread = self.index, task = %id, "task running");
+        Ok(task)
+    }
+
+    /// Partitions are leaving: commit what was done, then close their tasks cleanly (or, when
+    /// the assignment was lost, abort and close them without a checkpoint).
+    fn on_revoke(
+        &mut self,
+        consumer: &GroupConsumer,
+        revoked: &[(String, i32)],
+        lost: bool,
+    ) -> Result<()> {
+        if lost {
+            self.abort(consumer, "assignment lost")?;
+        } else if let Err(e) = self.commit(consumer) {
+            tracing::warn!(thread = self.index, error = %e, "commit on revoke failed; aborting");
+            self.abort(consumer, "commit on revoke failed")?;
+        }
+        let app = self.shared.config.application_id.clone();
+        let mut gone = HashSet::new();
+        for (topic, partition) in revoked {
+            self.committed.remove(&(topic.clone(), *partition));
+            self.positions.remove(&(topic.clone(), *partition));
+            self.pending_assign
+                .retain(|(t, p)| !(t == topic && p == partition));
+            if let Some(sub) = self.shared.topology.sub_topology_of(&app, topic) {
+                gone.insert(TaskId {
+                    sub_topology: sub,
+                    partition: *partition,
+                });
+            }
+        }
+        for id in gone {
+            if let Some(task) = self.tasks.remove(&id) {
+                self.close_task(task, !lost);
+            }
+        }
+        tracing::info!(
+            thread = self.index,
+            partitions = revoked.len(),
+            lost,
+            "partitions revoked"
+        );
+        Ok(())
+    }
+
+    fn close_task(&mut self, task: StreamTask, clean: bool) {
+        let id = task.id();
+        if let Ok(mut readers) = self.shared.readers.write() {
+            readers.retain(|(_, p), _| *p != id.partition);
+        }
+        let state = task.into_state();
+        if clean {
+            if let Err(e) = state.close() {
+                tracing::warn!(task = %id, error = %e, "closing the task's state failed");
+            }
+        } else {
+            state.close_dirty();
+        }
+    }
+
+    /// Shutdown: commit what is done, then close every task (cleanly only if the commit held).
+    fn close_all(&mut self, consumer: &GroupConsumer, clean: bool) -> Result<()> {
+        let committed = if clean {
+            self.commit(consumer).map_err(|e| {
+                tracing::warn!(thread = self.index, error = %e, "final commit failed");
+                e
+            })
+        } else {
+            Ok(())
+        };
+        if committed.is_err() || !clean {
+            let _ = self.abort(consumer, "shutdown");
+        }
+        let ok = clean && committed.is_ok();
+        let tasks = std::mem::take(&mut self.tasks);
+        for (_, task) in tasks {
+            self.close_task(task, ok);
+        }
+        tracing::info!(thread = self.index, clean = ok, "stream thread stopped");
+        committed
+    }
+}
+
+fn to_raw(m: &rdkafka::message::BorrowedMessage<'_>) -> RawRecord {
+    let mut headers = Headers::default();
+    if let Some(h) = m.headers() {
+        for header in h.iter() {
+            headers.insert(header.key, header.value.unwrap_or_default());
+        }
+    }
+    RawRecord {
+        topic: m.topic().into(),
+        partition: m.partition(),
+        offset: m.offset(),
+        timestamp: m.timestamp().to_millis().unwrap_or(0),
+        key: m.key().map(<[u8]>::to_vec),
+        value: m.payload().map(<[u8]>::to_vec),
+        headers,
+    }
+}

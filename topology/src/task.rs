@@ -1,0 +1,439 @@
+//! [`StreamTask`]: one partition of one sub-topology — its processors, its stores, its
+//! punctuators — turning input records into output records. Knows nothing of Kafka clients:
+//! the stream thread and the test driver feed it and take what it produced.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use keel_state::{Fault, StoreKind, TaskState};
+
+use crate::error::{Error, ProcessError, Result};
+use crate::processor::{
+    Context, ErasedProcessor, NodeFailure, Payload, Punctuation, PunctuationType, Schedule,
+};
+use crate::record::{Headers, OutRecord, RawRecord, RecordMeta};
+use crate::topology::{EncodeFailure, Graph, NodeKind, TaskId};
+
+/// Dead-letter header names (values are UTF-8).
+pub mod dlq_headers {
+    pub const ERROR: &str = "keel.error";
+    pub const SOURCE_TOPIC: &str = "keel.source.topic";
+    pub const SOURCE_PARTITION: &str = "keel.source.partition";
+    pub const SOURCE_OFFSET: &str = "keel.source.offset";
+    pub const PROCESSOR: &str = "keel.processor";
+    pub const TASK: &str = "keel.task";
+}
+
+/// What to do with a record that cannot be decoded or that a processor rejects as bad input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BadRecordPolicy {
+    /// Write it to the dead-letter topic with headers saying why and where from; go on.
+    DeadLetter,
+    /// Stop the application.
+    Stop,
+}
+
+/// Counters of one task since it was created.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TaskCounters {
+    pub processed: u64,
+    pub dead_lettered: u64,
+    pub emitted: u64,
+    pub punctuations: u64,
+}
+
+/// One task.
+pub struct StreamTask {
+    id: TaskId,
+    application_id: Arc<str>,
+    graph: Arc<Graph>,
+    processors: Vec<Option<Box<dyn ErasedProcessor>>>,
+    state: TaskState,
+    schedules: Vec<Schedule>,
+    stream_time: i64,
+    dead_letter_topic: String,
+    policy: BadRecordPolicy,
+    output: Vec<OutRecord>,
+    counters: TaskCounters,
+}
+
+impl std::fmt::Debug for StreamTask {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamTask")
+            .field("id", &self.id)
+            .field("stream_time", &self.stream_time)
+            .field("counters", &self.counters)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StreamTask {
+    /// Makes the task's processors and registers its stores in `state` (not yet restored:
+    /// restore, then call [`StreamTask::init`]).
+    pub(crate) fn new(
+        id: TaskId,
+        application_id: Arc<str>,
+        graph: Arc<Graph>,
+        mut state: TaskState,
+        dead_letter_topic: String,
+        policy: BadRecordPolicy,
+    ) -> Result<Self> {
+        let mut processors = Vec::with_capacity(graph.nodes.len());
+        let mut stores: Vec<&str> = Vec::new();
+        for node in &graph.nodes {
+            let own = node.sub_topology == id.sub_topology;
+            processors.push(match (&node.kind, own) {
+                (NodeKind::Processor { factory }, true) => {
+                    stores.extend(node.stores.iter().map(String::as_str));
+                    Some(factory())
+                }
+                _ => None,
+            });
+        }
+        stores.sort_unstable();
+        stores.dedup();
+        for name in stores {
+            let Some(spec) = graph.store(name) else {
+                continue;
+            };
+            match spec.kind {
+                StoreKind::KeyValue => {
+                    state.register_kv(name)?;
+                }
+                StoreKind::Ttl => {
+                    state.register_ttl(name)?;
+                }
+                StoreKind::Timer => {
+                    state.register_timers(name)?;
+                }
+            }
+        }
+        Ok(Self {
+            id,
+            application_id,
+            graph,
+            processors,
+            state,
+            schedules: Vec::new(),
+            stream_time: i64::MIN,
+            dead_letter_topic,
+            policy,
+            output: Vec::new(),
+            counters: TaskCounters::default(),
+        })
+    }
+
+    pub fn id(&self) -> TaskId {
+        self.id
+    }
+
+    pub fn state(&self) -> &TaskState {
+        &self.state
+    }
+
+    pub fn state_mut(&mut self) -> &mut TaskState {
+        &mut self.state
+    }
+
+    pub fn into_state(self) -> TaskState {
+        self.state
+    }
+
+    pub fn counters(&self) -> TaskCounters {
+        self.counters
+    }
+
+    pub fn stream_time(&self) -> i64 {
+        self.stream_time
+    }
+
+    /// Runs every processor's `init` (after restore).
+    pub(crate) fn init(&mut self, wall_clock: i64) -> Result<()> {
+        for node in 0..self.processors.len() {
+            let Some(mut processor) = self.processors[node].take() else {
+                continue;
+            };
+            let mut emitted = Vec::new();
+            let result = {
+                let mut ctx = self.context(node, None, &mut emitted, wall_clock);
+                processor.init(&mut ctx)
+            };
+            self.processors[node] = Some(processor);
+            result.map_err(|source| Error::Processor {
+                processor: self.graph.node_name(node).to_owned(),
+                source,
+            })?;
+            self.run(emitted, None, wall_clock)?;
+        }
+        Ok(())
+    }
+
+    fn context<'a>(
+        &'a mut self,
+        node: usize,
+        meta: Option<&'a RecordMeta>,
+        emitted: &'a mut Vec<(usize, Payload)>,
+        wall_clock: i64,
+    ) -> Context<'a> {
+        Context {
+            node,
+            graph: &self.graph,
+            task: self.id,
+            state: &mut self.state,
+            meta,
+            emitted,
+            schedules: &mut self.schedules,
+            stream_time: self.stream_time,
+            wall_clock,
+        }
+    }
+
+    /// Decodes `raw` with its topic's source and runs it through the graph. Bad records go to
+    /// the dead-letter output (or stop the task, per policy); retryable and fatal failures come
+    /// back as errors for the thread to handle.
+    pub(crate) fn process(&mut self, raw: &RawRecord, wall_clock: i64) -> Result<()> {
+        let Some(source) = self.graph.nodes.iter().position(|n| match &n.kind {
+            NodeKind::Source { topics, .. } => {
+                n.sub_topology == self.id.sub_topology
+                    && topics
+                        .iter()
+                        .any(|t| t.resolve(&self.application_id) == *raw.topic)
+            }
+            _ => false,
+        }) else {
+            return Err(Error::Topology(format!(
+                "task {} got a record from {:?}, which none of its sources reads",
+                self.id, raw.topic
+            )));
+        };
+        self.counters.processed += 1;
+        self.stream_time = self.stream_time.max(raw.timestamp);
+        let NodeKind::Source { decode, .. } = &self.graph.nodes[source].kind else {
+            unreachable!("position() matched a source");
+        };
+        let meta = raw.meta();
+        match decode(raw) {
+            Ok(payload) => {
+                // A source hands the decoded record to each child; extra children get their own
+                // decode rather than requiring Clone of every record type.
+                let children = self.graph.children(source).to_vec();
+                let mut emitted = Vec::with_capacity(children.len());
+                if let Some((last, rest)) = children.split_last() {
+                    for &child in rest {
+                        match decode(raw) {
+                            Ok(p) => emitted.push((child, p)),
+                            Err(e) => {
+                                return self.bad_record(
+                                    raw,
+                                    self.graph.node_name(source).to_owned(),
+                                    e.0,
+                                );
+                            }
+                        }
+                    }
+                    emitted.push((*last, payload));
+                }
+                match self.run(emitted, Some(&meta), wall_clock) {
+                    Err(Error::Processor {
+                        processor,
+                        source: ProcessError::BadInput(why),
+                    }) => self.bad_record(raw, processor, why)?,
+                    other => other?,
+                }
+            }
+            Err(e) => self.bad_record(raw, self.graph.node_name(source).to_owned(), e.0)?,
+        }
+        self.punctuate(PunctuationType::StreamTime, self.stream_time, wall_clock)
+    }
+
+    fn bad_record(&mut self, raw: &RawRecord, processor: String, why: String) -> Result<()> {
+        if self.policy == BadRecordPolicy::Stop {
+            return Err(Error::Processor {
+                processor,
+                source: ProcessError::Fatal(format!(
+                    "bad record at {}/{}@{} and the policy is to stop: {why}",
+                    raw.topic, raw.partition, raw.offset
+                )),
+            });
+        }
+        tracing::warn!(
+            task = %self.id, topic = %raw.topic, partition = raw.partition, offset = raw.offset,
+            processor = %processor, error = %why, "dead-lettering a bad record"
+        );
+        let mut headers = raw.headers.clone();
+        headers.insert(dlq_headers::ERROR, why);
+        headers.insert(dlq_headers::SOURCE_TOPIC, raw.topic.as_bytes());
+        headers.insert(dlq_headers::SOURCE_PARTITION, raw.partition.to_string());
+        headers.insert(dlq_headers::SOURCE_OFFSET, raw.offset.to_string());
+        headers.insert(dlq_headers::PROCESSOR, processor);
+        headers.insert(dlq_headers::TASK, self.id.to_string());
+        self.output.push(OutRecord {
+            topic: self.dead_letter_topic.clone(),
+            partition: None,
+            key: raw.key.clone(),
+            value: raw.value.clone(),
+            timestamp: raw.timestamp,
+            headers,
+        });
+        self.counters.dead_lettered += 1;
+        Ok(())
+    }
+
+    /// Runs emitted records through the graph until none is left.
+    fn run(
+        &mut self,
+        emitted: Vec<(usize, Payload)>,
+        meta: Option<&RecordMeta>,
+        wall_clock: i64,
+    ) -> Result<()> {
+        let mut queue: VecDeque<(usize, Payload)> = emitted.into();
+        while let Some((node, payload)) = queue.pop_front() {
+            match &self.graph.nodes[node].kind {
+                NodeKind::Sink { topic, encode } => {
+                    let topic = topic.resolve(&self.application_id);
+                    let encoded = encode(&topic, payload).map_err(|e| match e {
+                        EncodeFailure::WrongType { expected } => Error::TypeMismatch {
+                            node: self.graph.node_name(node).to_owned(),
+                            from: self.parent_names(node),
+                            expected: expected.to_owned(),
+                        },
+                        EncodeFailure::Serde(e) => Error::Processor {
+                            processor: self.graph.node_name(node).to_owned(),
+                            source: ProcessError::BadInput(format!(
+                                "cannot serialize for {topic}: {e}"
+                            )),
+                        },
+                    })?;
+                    self.output.push(OutRecord {
+                        topic,
+                        partition: None,
+                        key: encoded.key,
+                        value: encoded.value,
+                        timestamp: encoded.timestamp,
+                        headers: encoded.headers,
+                    });
+                    self.counters.emitted += 1;
+                }
+                NodeKind::Processor { .. } => {
+                    let Some(mut processor) = self.processors[node].take() else {
+                        return Err(Error::Topology(format!(
+                            "{:?} is not part of task {}",
+                            self.graph.node_name(node),
+                            self.id
+                        )));
+                    };
+                    let mut out = Vec::new();
+                    let result = {
+                        let mut ctx = self.context(node, meta, &mut out, wall_clock);
+                        processor.process(&mut ctx, payload)
+                    };
+                    self.processors[node] = Some(processor);
+                    match result {
+                        Ok(()) => queue.extend(out),
+                        Err(NodeFailure::WrongType { expected }) => {
+                            return Err(Error::TypeMismatch {
+                                node: self.graph.node_name(node).to_owned(),
+                                from: self.parent_names(node),
+                                expected: expected.to_owned(),
+                            });
+                        }
+                        Err(NodeFailure::Process(source)) => {
+                            return Err(Error::Processor {
+                                processor: self.graph.node_name(node).to_owned(),
+                                source,
+                            });
+                        }
+                    }
+                }
+                NodeKind::Source { .. } => {
+                    return Err(Error::Topology(format!(
+                        "a record was forwarded to source {:?}",
+                        self.graph.node_name(node)
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn parent_names(&self, node: usize) -> String {
+        self.graph.nodes[node]
+            .parents
+            .iter()
+            .map(|&p| self.graph.node_name(p))
+            .collect::<Vec<_>>()
+            .join(" or ")
+    }
+
+    /// Fires the punctuators of `kind` that are due at `now`.
+    pub(crate) fn punctuate(
+        &mut self,
+        kind: PunctuationType,
+        now: i64,
+        wall_clock: i64,
+    ) -> Result<()> {
+        if kind == PunctuationType::StreamTime && now == i64::MIN {
+            return Ok(());
+        }
+        let mut due = Vec::new();
+        for (i, s) in self.schedules.iter_mut().enumerate() {
+            if s.kind == kind && s.due(now) {
+                due.push(i);
+            }
+        }
+        for i in due {
+            let (node, name) = (self.schedules[i].node, self.schedules[i].name.clone());
+            let Some(mut processor) = self.processors[node].take() else {
+                continue;
+            };
+            let punctuation = Punctuation {
+                name,
+                kind,
+                timestamp: now,
+            };
+            let mut emitted = Vec::new();
+            let result = {
+                let mut ctx = self.context(node, None, &mut emitted, wall_clock);
+                processor.punctuate(&mut ctx, &punctuation)
+            };
+            self.processors[node] = Some(processor);
+            result.map_err(|source| Error::Processor {
+                processor: self.graph.node_name(node).to_owned(),
+                source,
+            })?;
+            self.counters.punctuations += 1;
+            self.run(emitted, None, wall_clock)?;
+        }
+        Ok(())
+    }
+
+    /// Takes the records produced since the last call (outputs, repartition, dead letters).
+    pub(crate) fn take_output(&mut self) -> Vec<OutRecord> {
+        std::mem::take(&mut self.output)
+    }
+
+    /// The transaction aborted: drop unsent output and pending store writes.
+    pub(crate) fn abort(&mut self) {
+        self.output.clear();
+        self.state.abort();
+    }
+}
+
+/// Whether an error is worth retrying (abort, back off, replay from the last commit).
+pub(crate) fn is_retryable(error: &Error) -> bool {
+    match error {
+        Error::Processor { source, .. } => match source {
+            ProcessError::Dependency(_) => true,
+            ProcessError::Store(e) => e.fault() == Fault::Environment,
+            ProcessError::BadInput(_) | ProcessError::Fatal(_) => false,
+        },
+        Error::State(e) => e.fault() == Fault::Environment,
+        _ => false,
+    }
+}
+
+/// Dead-letter headers as a map (for tests and tools).
+pub fn dead_letter_reason(headers: &Headers) -> Option<&str> {
+    headers.get_str(dlq_headers::ERROR)
+}

@@ -1,0 +1,194 @@
+//! The runtime's rules, exercised in-process through the test driver (no broker).
+
+mod common;
+
+use std::time::Duration;
+
+use keel_topology::serde::{I64, Utf8};
+use keel_topology::{DriverConfig, TestDriver, dlq_headers};
+
+fn pipe(d: &mut TestDriver, key: &str, value: i64, ts: i64) {
+    d.pipe("in", &key.to_owned(), &value, ts, &Utf8, &I64)
+        .expect("processed");
+}
+
+#[test]
+fn running_sums_emit_one_output_per_input_and_keep_the_store() {
+    let mut d = TestDriver::new(common::running_sums("in", "out")).expect("driver");
+    let input = [("a", 1), ("b", 10), ("a", 2), ("a", 3), ("b", 5)];
+    for (i, (k, v)) in input.iter().enumerate() {
+        pipe(&mut d, k, *v, 1_000 + i as i64);
+    }
+    let out = d.read_output_as("out", &Utf8, &I64).expect("decodes");
+    let expected: Vec<(String, i64)> = [("a", 1), ("b", 10), ("a", 3), ("a", 6), ("b", 15)]
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), *v))
+        .collect();
+    assert_eq!(out, expected);
+    assert_eq!(
+        d.kv_get("sums", b"a").expect("reads"),
+        Some(6i64.to_be_bytes().to_vec())
+    );
+    assert_eq!(
+        d.changelog("sums", 0).len(),
+        5,
+        "every write is changelogged"
+    );
+}
+
+#[test]
+fn undecodable_and_rejected_records_are_dead_lettered_and_the_stream_goes_on() {
+    let mut d = TestDriver::new(common::running_sums("in", "out")).expect("driver");
+    d.pipe_raw("in", Some(b"a"), Some(b"not-8-bytes"), 5)
+        .expect("dead-lettered, not failed");
+    pipe(&mut d, "a", -4, 6);
+    pipe(&mut d, "a", 7, 7);
+
+    let dead = d.dead_letters();
+    assert_eq!(dead.len(), 2);
+    let first = &dead[0];
+    assert_eq!(
+        first.value.as_deref(),
+        Some(&b"not-8-bytes"[..]),
+        "the original bytes are kept"
+    );
+    assert_eq!(first.headers.get_str(dlq_headers::SOURCE_TOPIC), Some("in"));
+    assert_eq!(first.headers.get_str(dlq_headers::SOURCE_OFFSET), Some("0"));
+    assert_eq!(first.headers.get_str(dlq_headers::PROCESSOR), Some("in"));
+    assert!(
+        first
+            .headers
+            .get_str(dlq_headers::ERROR)
+            .is_some_and(|e| e.contains("8 bytes")),
+        "{:?}",
+        first.headers
+    );
+    let second = &dead[1];
+    assert_eq!(second.headers.get_str(dlq_headers::PROCESSOR), Some("sum"));
+    assert!(
+        second
+            .headers
+            .get_str(dlq_headers::ERROR)
+            .is_some_and(|e| e.contains("negative"))
+    );
+
+    let out = d.read_output_as("out", &Utf8, &I64).expect("decodes");
+    assert_eq!(
+        out,
+        vec![("a".to_owned(), 7)],
+        "the good record after them is processed"
+    );
+}
+
+#[test]
+fn a_stop_policy_turns_a_bad_record_into_an_error() {
+    let config = DriverConfig {
+        on_bad_record: keel_topology::BadRecordPolicy::Stop,
+        ..DriverConfig::default()
+    };
+    let mut d = TestDriver::with_config(common::running_sums("in", "out"), config).expect("driver");
+    let err = d.pipe_raw("in", Some(b"a"), None, 1).expect_err("stops");
+    assert!(err.to_string().contains("policy is to stop"), "{err}");
+}
+
+#[test]
+fn state_comes_back_from_the_changelog_after_the_local_stores_are_wiped() {
+    let config = DriverConfig {
+        partitions: [("in".to_owned(), 4)].into(),
+        ..DriverConfig::default()
+    };
+    let mut d = TestDriver::with_config(common::running_sums("in", "out"), config).expect("driver");
+    for i in 0..200 {
+        pipe(&mut d, &format!("k{}", i % 17), i, i);
+    }
+    d.read_output("out");
+    d.restart(true).expect("restart with wiped state");
+    pipe(&mut d, "k3", 1_000, 500);
+    let out = d.read_output_as("out", &Utf8, &I64).expect("decodes");
+    let before: i64 = (0..200).filter(|i| i % 17 == 3).sum();
+    assert_eq!(out, vec![("k3".to_owned(), before + 1_000)]);
+}
+
+#[test]
+fn punctuators_fire_on_stream_time_and_wall_clock_and_timers_survive_a_restart() {
+    let mut d = TestDriver::new(common::ticker("in", "out")).expect("driver");
+    pipe(&mut d, "a", 1, 0); // arms the stream-time punctuator at 0, next at 10 s
+    pipe(&mut d, "b", 1, 5_000);
+    assert!(
+        d.read_output("out").is_empty(),
+        "nothing is due before 10 s of stream time"
+    );
+
+    pipe(&mut d, "c", 1, 10_000); // stream time 10 s: fires; timers a (1 s), b (6 s) are due
+    let out = d.read_output_as("out", &Utf8, &I64).expect("decodes");
+    assert_eq!(out, vec![("stream:stream".to_owned(), 2)]);
+
+    // Timer c (due 11 s) is durable: it survives a restart with wiped local state.
+    d.restart(true).expect("restart");
+    d.advance_wall_clock(Duration::from_secs(30))
+        .expect("arms the wall-clock punctuator");
+    assert!(d.read_output("out").is_empty());
+    d.advance_wall_clock(Duration::from_secs(60))
+        .expect("fires");
+    let out = d.read_output_as("out", &Utf8, &I64).expect("decodes");
+    assert_eq!(
+        out,
+        vec![("wall:wall".to_owned(), 1)],
+        "timer c fired on the wall clock"
+    );
+}
+
+#[test]
+fn repartitioned_records_reach_the_task_of_their_new_key() {
+    use keel_topology::{Context, ProcessError, Processor, Record, StoreKind, TopologyBuilder};
+
+    /// Re-keys "order:sku" records by sku.
+    struct BySku;
+    impl Processor for BySku {
+        type Key = String;
+        type Value = i64;
+        fn process(
+            &mut self,
+            ctx: &mut Context<'_>,
+            r: Record<String, i64>,
+        ) -> Result<(), ProcessError> {
+            let sku = r.key.split(':').nth(1).unwrap_or("?").to_owned();
+            let v = r.value;
+            ctx.forward(r.with(sku, v));
+            Ok(())
+        }
+    }
+    let mut b = TopologyBuilder::new();
+    b.add_source("in", &["lines"], Utf8, I64)
+        .add_processor("by-sku", || BySku, &["in"])
+        .add_repartition::<String, i64, _, _>("sku", Utf8, I64, &["by-sku"])
+        .add_processor("sum", || common::RunningSum, &["sku"])
+        .add_state_store("sums", StoreKind::KeyValue, &["sum"])
+        .add_sink("out", "totals", Utf8, I64, &["sum"]);
+    let config = DriverConfig {
+        partitions: [("lines".to_owned(), 3)].into(),
+        ..DriverConfig::default()
+    };
+    let mut d = TestDriver::with_config(b.build().expect("valid"), config).expect("driver");
+    for (order, sku, qty) in [
+        ("o1", "mug", 2),
+        ("o2", "mug", 3),
+        ("o3", "plate", 1),
+        ("o4", "mug", 1),
+    ] {
+        d.pipe("lines", &format!("{order}:{sku}"), &qty, 1, &Utf8, &I64)
+            .expect("processed");
+    }
+    let mut out = d.read_output_as("totals", &Utf8, &I64).expect("decodes");
+    out.sort();
+    assert_eq!(
+        out,
+        vec![
+            ("mug".into(), 2),
+            ("mug".into(), 5),
+            ("mug".into(), 6),
+            ("plate".into(), 1)
+        ],
+        "one running total per sku, whatever order partition the lines came from"
+    );
+}
