@@ -44,6 +44,10 @@ pub struct StreamsConfig {
     pub state: StateConfig,
     /// librdkafka settings for every client, passed through as-is.
     pub client: BTreeMap<String, String>,
+    /// librdkafka settings for the consumers only (e.g. `session.timeout.ms`).
+    pub consumer: BTreeMap<String, String>,
+    /// librdkafka settings for the producers only (e.g. `linger.ms`, `compression.type`).
+    pub producer: BTreeMap<String, String>,
 }
 
 impl Default for StreamsConfig {
@@ -64,6 +68,8 @@ impl Default for StreamsConfig {
             retry_backoff_max_ms: 10_000,
             state: StateConfig::default(),
             client: BTreeMap::new(),
+            consumer: BTreeMap::new(),
+            producer: BTreeMap::new(),
         }
     }
 }

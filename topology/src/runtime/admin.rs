@@ -39,7 +39,7 @@ pub(crate) fn prepare_topics(
     config: &StreamsConfig,
 ) -> Result<HashMap<String, i32>> {
     let app = &config.application_id;
-    let admin: AdminClient<DefaultClientContext> = kafka::client_config(config)
+    let admin: AdminClient<DefaultClientContext> = kafka::client_config(config, kafka::Role::Admin)
         .create()
         .map_err(Error::kafka("creating the admin client"))?;
     let mut counts = partition_counts(&admin)?;

@@ -16,15 +16,44 @@ use crate::config::StreamsConfig;
 use crate::error::{Error, Result};
 use crate::record::OutRecord;
 
-/// A client config with the bootstrap servers and the user's pass-through settings.
-pub(crate) fn client_config(config: &StreamsConfig) -> ClientConfig {
+/// Which client a config is for (picks the pass-through section).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Role {
+    Admin,
+    Consumer,
+    Producer,
+}
+
+/// A client config with the bootstrap servers and the user's pass-through settings; `set`s
+/// made after this call are the runtime's and win.
+pub(crate) fn client_config(config: &StreamsConfig, role: Role) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &config.bootstrap_servers);
-    for (k, v) in &config.client {
+    let specific = match role {
+        Role::Admin => None,
+        Role::Consumer => Some(&config.consumer),
+        Role::Producer => Some(&config.producer),
+    };
+    for (k, v) in config.client.iter().chain(specific.into_iter().flatten()) {
         c.set(k, v);
     }
     c
 }
+
+/// A client context that stays quiet about partition EOF (the restore consumer's end signal)
+/// and logs other client errors through `tracing`.
+#[derive(Debug, Default)]
+pub(crate) struct QuietEof;
+
+impl ClientContext for QuietEof {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !matches!(error, KafkaError::PartitionEOF(_)) {
+            tracing::warn!(%error, reason, "kafka client error");
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for QuietEof {}
 
 /// Records the offset of the last record delivered per topic-partition, and the first
 /// delivery failure, for the commit that follows.

@@ -2,13 +2,14 @@
 
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
+use crate::runtime::thread::RestoreConsumer;
 use crate::task::StreamTask;
 
 const BATCH: usize = 10_000;
@@ -19,7 +20,7 @@ const STALL: Duration = Duration::from_secs(120);
 /// its changelog partition, in write batches, reporting progress in logs and metrics.
 pub(crate) fn restore_task(
     task: &mut StreamTask,
-    consumer: &BaseConsumer,
+    consumer: &RestoreConsumer,
     metrics: &Metrics,
 ) -> Result<()> {
     let partition = task.id().partition;
@@ -69,7 +70,14 @@ pub(crate) fn restore_task(
                     });
                 }
                 None => {
-                    if last_progress.elapsed() > STALL {
+                    // Past the last record, only commit markers may be left.
+                    let position = consumer.position().ok().and_then(|p| {
+                        p.find_partition(&topic, partition)
+                            .and_then(|e| e.offset().to_raw())
+                    });
+                    if position.is_some_and(|p| p >= high) {
+                        done = true;
+                    } else if last_progress.elapsed() > STALL {
                         return Err(Error::Topology(format!(
                             "restore of {topic}/{partition} stalled at {} of {high}",
                             progress.position()

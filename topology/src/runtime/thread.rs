@@ -62,7 +62,7 @@ struct Core {
     index: usize,
     shared: Arc<Shared>,
     producer: Producer,
-    restore: BaseConsumer,
+    restore: RestoreConsumer,
     tasks: BTreeMap<TaskId, StreamTask>,
     /// Next offset to consume per owned input partition, as processed in this interval.
     positions: HashMap<(String, i32), i64>,
@@ -121,6 +121,7 @@ fn lock(core: &Mutex<Core>) -> MutexGuard<'_, Core> {
 }
 
 type GroupConsumer = BaseConsumer<ThreadContext>;
+pub(crate) type RestoreConsumer = BaseConsumer<kafka::QuietEof>;
 
 /// Runs one stream thread until shutdown or an error it cannot recover from in place.
 pub(crate) fn run(index: usize, shared: Arc<Shared>) -> Result<()> {
@@ -128,7 +129,7 @@ pub(crate) fn run(index: usize, shared: Arc<Shared>) -> Result<()> {
     let eos = config.processing_guarantee == Guarantee::ExactlyOnce;
     let instance = config.instance_id();
 
-    let mut pc = kafka::client_config(config);
+    let mut pc = kafka::client_config(config, kafka::Role::Producer);
     pc.set("partitioner", "murmur2_random")
         .set("linger.ms", "5")
         .set("enable.idempotence", "true");
@@ -151,14 +152,14 @@ pub(crate) fn run(index: usize, shared: Arc<Shared>) -> Result<()> {
             .map_err(Error::kafka("init_transactions"))?;
     }
 
-    let mut rc = kafka::client_config(config);
+    let mut rc = kafka::client_config(config, kafka::Role::Consumer);
     rc.set("group.id", format!("{}-restore", config.application_id))
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
+        .set("fetch.wait.max.ms", "10")
         .set("isolation.level", "read_committed")
         .set("auto.offset.reset", "earliest");
-    let restore: BaseConsumer = rc
-        .create()
+    let restore = RestoreConsumer::from_config_and_context(&rc, kafka::QuietEof)
         .map_err(Error::kafka("creating the restore consumer"))?;
 
     let core = Arc::new(Mutex::new(Core {
@@ -176,7 +177,7 @@ pub(crate) fn run(index: usize, shared: Arc<Shared>) -> Result<()> {
         failure: None,
     }));
 
-    let mut cc = kafka::client_config(config);
+    let mut cc = kafka::client_config(config, kafka::Role::Consumer);
     cc.set("group.id", &config.application_id)
         .set("group.instance.id", format!("{instance}-{index}"))
         .set("partition.assignment.strategy", "cooperative-sticky")
@@ -190,7 +191,9 @@ pub(crate) fn run(index: usize, shared: Arc<Shared>) -> Result<()> {
                 "read_uncommitted"
             },
         );
-    if !config.client.contains_key("session.timeout.ms") {
+    if !config.client.contains_key("session.timeout.ms")
+        && !config.consumer.contains_key("session.timeout.ms")
+    {
         cc.set("session.timeout.ms", "10000");
     }
     let consumer =

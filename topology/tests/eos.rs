@@ -1,0 +1,329 @@
+//! Exactly-once against the real broker: a stateful topology (running sums per key) is killed
+//! with SIGKILL at random moments, over and over, and restarted; the `read_committed` output
+//! must equal one clean run's — no duplicate, no gap — and so must the store's changelog.
+//!
+//! The application runs in a child process: this test binary started again with
+//! `--exact eos_child` and `KEEL_EOS_CHILD` set. `KEEL_EOS_KILLS` sets how many kills
+//! (default 5; the soak mode runs more: `KEEL_EOS_KILLS=50`), `KEEL_EOS_SEED` replays a run.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use keel_state::StateConfig;
+use keel_tests::kafka::{consumer, create_topics, read_topic};
+use keel_tests::{Stack, unique};
+use keel_topology::{KafkaStreams, StreamsConfig};
+use rand::{Rng, SeedableRng};
+use rdkafka::ClientConfig;
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+const CHILD_ENV: &str = "KEEL_EOS_CHILD";
+
+/// What the child runs: `app,input,output,state_dir,instance,threads`.
+#[derive(Debug, Clone)]
+struct ChildSpec {
+    app: String,
+    input: String,
+    output: String,
+    state_dir: PathBuf,
+    instance: String,
+    threads: usize,
+}
+
+impl ChildSpec {
+    fn encode(&self) -> String {
+        format!(
+            "{},{},{},{},{},{}",
+            self.app,
+            self.input,
+            self.output,
+            self.state_dir.display(),
+            self.instance,
+            self.threads
+        )
+    }
+
+    fn decode(s: &str) -> Self {
+        let p: Vec<&str> = s.split(',').collect();
+        Self {
+            app: p[0].into(),
+            input: p[1].into(),
+            output: p[2].into(),
+            state_dir: p[3].into(),
+            instance: p[4].into(),
+            threads: p[5].parse().unwrap_or(1),
+        }
+    }
+
+    fn stop_file(&self) -> PathBuf {
+        self.state_dir.join(format!("stop-{}", self.instance))
+    }
+
+    fn spawn(&self, log: &Path) -> Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("log file");
+        Command::new(std::env::current_exe().expect("test binary"))
+            .args([
+                "--ignored",
+                "--exact",
+                "eos_child",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD_ENV, self.encode())
+            .env("RUST_LOG", "info,librdkafka=warn")
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("the child starts")
+    }
+}
+
+/// Not a test on its own: the application process the tests below start, kill and restart.
+#[test]
+#[ignore = "child process of the exactly-once tests"]
+fn eos_child() {
+    let Ok(spec) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    let spec = ChildSpec::decode(&spec);
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .try_init();
+    let mut config = StreamsConfig::new(&spec.app, Stack::from_env().kafka_bootstrap);
+    config.state = StateConfig::with_dir(&spec.state_dir);
+    config.instance_id = Some(spec.instance.clone());
+    config.num_stream_threads = spec.threads;
+    config
+        .consumer
+        .insert("session.timeout.ms".into(), "6000".into());
+    let handle = KafkaStreams::new(common::running_sums(&spec.input, &spec.output), config)
+        .expect("valid config")
+        .start()
+        .expect("starts");
+    loop {
+        std::thread::sleep(Duration::from_millis(50));
+        if spec.stop_file().exists() {
+            handle.shutdown().expect("clean shutdown");
+            return;
+        }
+        if !handle.is_running() {
+            panic!("the application stopped: {:?}", handle.wait());
+        }
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio")
+}
+
+/// `per_key` rounds over `keys` keys; values 1, 2, 3, ... so every prefix sum is distinct.
+fn make_input(keys: usize, per_key: usize) -> Vec<(String, i64)> {
+    let mut input = Vec::new();
+    for round in 0..per_key {
+        for k in 0..keys {
+            input.push((format!("key-{k:03}"), (round * keys + k + 1) as i64));
+        }
+    }
+    input
+}
+
+/// Produces `input` in chunks of `chunk` records every `pause`, so that the application is
+/// killed while records keep arriving and it is mid-stream.
+fn feed(bootstrap: &str, topic: &str, input: &[(String, i64)], chunk: usize, pause: Duration) {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("enable.idempotence", "true")
+        .set("partitioner", "murmur2_random")
+        .create()
+        .expect("producer");
+    let rt = runtime();
+    for part in input.chunks(chunk) {
+        rt.block_on(async {
+            let sends = part.iter().map(|(k, v)| {
+                let value = v.to_be_bytes();
+                let producer = &producer;
+                async move {
+                    producer
+                        .send(
+                            FutureRecord::to(topic)
+                                .key(k.as_bytes())
+                                .payload(&value[..]),
+                            Duration::from_secs(30),
+                        )
+                        .await
+                        .map(|_| ())
+                        .map_err(|(e, _)| e)
+                }
+            });
+            for r in futures::future::join_all(sends).await {
+                r.expect("input produced");
+            }
+        });
+        std::thread::sleep(pause);
+    }
+}
+
+/// Every record of `topic` under read_committed, per key in offset order.
+fn committed_by_key(
+    bootstrap: &str,
+    topic: &str,
+    expected: usize,
+    within: Duration,
+) -> BTreeMap<String, Vec<i64>> {
+    runtime().block_on(async {
+        let c = consumer(bootstrap, "read_committed").expect("consumer");
+        let messages = read_topic(&c, topic, expected, within, Duration::from_secs(3))
+            .await
+            .expect("reads");
+        let mut out: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+        for m in messages {
+            let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
+            let value = m
+                .payload()
+                .map(|p| i64::from_be_bytes(p.try_into().expect("8 bytes")))
+                .unwrap_or(i64::MIN);
+            out.entry(key).or_default().push(value);
+        }
+        out
+    })
+}
+
+fn diff(expected: &BTreeMap<String, Vec<i64>>, actual: &BTreeMap<String, Vec<i64>>) -> String {
+    let mut out = String::new();
+    for (k, want) in expected {
+        let got = actual.get(k).cloned().unwrap_or_default();
+        if &got != want {
+            out.push_str(&format!(
+                "{k}: want {} records, got {}; first difference at {:?}\n",
+                want.len(),
+                got.len(),
+                want.iter().zip(&got).position(|(a, b)| a != b)
+            ));
+        }
+    }
+    for k in actual.keys().filter(|k| !expected.contains_key(*k)) {
+        out.push_str(&format!("{k}: unexpected key\n"));
+    }
+    out
+}
+
+fn kills() -> usize {
+    std::env::var("KEEL_EOS_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5)
+}
+
+#[test]
+fn output_and_store_are_exactly_once_across_repeated_kill_9() {
+    let stack = Stack::from_env();
+    let bootstrap = &stack.kafka_bootstrap;
+    let spec = ChildSpec {
+        app: unique("eos_app"),
+        input: unique("eos_in"),
+        output: unique("eos_out"),
+        state_dir: std::env::temp_dir().join(unique("keel_eos_state")),
+        instance: "crashy".into(),
+        threads: 2,
+    };
+    std::fs::create_dir_all(&spec.state_dir).expect("state dir");
+    let log = spec.state_dir.with_extension("log");
+    runtime()
+        .block_on(create_topics(bootstrap, &[&spec.input, &spec.output], 3))
+        .expect("topics");
+    // 20,000 records fed at ~2,000/s while the application is killed and restarted.
+    let input = make_input(40, 500);
+    let expected = common::expected_sums(&input);
+    let feeder = {
+        let (bootstrap, topic, input) = (bootstrap.clone(), spec.input.clone(), input.clone());
+        std::thread::spawn(move || {
+            feed(&bootstrap, &topic, &input, 200, Duration::from_millis(100))
+        })
+    };
+
+    let seed: u64 = std::env::var("KEEL_EOS_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(rand::random);
+    eprintln!("KEEL_EOS_SEED={seed}; child log: {}", log.display());
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    for round in 0..kills() {
+        let mut child = spec.spawn(&log);
+        let after = Duration::from_millis(rng.random_range(1_500..5_000));
+        std::thread::sleep(after);
+        child.kill().expect("SIGKILL");
+        child.wait().expect("reaped");
+        eprintln!("round {round}: killed after {after:?}");
+    }
+
+    feeder.join().expect("the feeder finished");
+
+    let mut child = spec.spawn(&log);
+    let actual = committed_by_key(
+        bootstrap,
+        &spec.output,
+        input.len(),
+        Duration::from_secs(180),
+    );
+    std::fs::write(spec.stop_file(), b"").expect("stop file");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().expect("status").is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the child did not stop; see {}",
+            log.display()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        actual == expected,
+        "read_committed output differs from a clean run (seed {seed}, log {}):\n{}",
+        log.display(),
+        diff(&expected, &actual)
+    );
+
+    // The store's changelog (one record per key per commit: the last write of the interval)
+    // must be a subsequence of the clean run's sums, in order, ending at the final sum: no
+    // value from an aborted transaction, none twice, the final state complete.
+    let changelog = keel_state::changelog_topic(&spec.app, "sums");
+    let store = committed_by_key(
+        bootstrap,
+        &changelog,
+        expected.len(),
+        Duration::from_secs(60),
+    );
+    assert_eq!(
+        store.len(),
+        expected.len(),
+        "every key has a changelog entry"
+    );
+    for (key, sums) in &expected {
+        let logged = &store[key];
+        let mut rest = sums.iter();
+        for value in logged {
+            assert!(
+                rest.any(|s| s == value),
+                "{key}: changelog value {value} is not the next sum of a clean run (seed {seed}): {logged:?}"
+            );
+        }
+        assert_eq!(
+            logged.last(),
+            sums.last(),
+            "{key}: final store value (seed {seed})"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&spec.state_dir);
+}
