@@ -273,7 +273,7 @@ mod tests {
 
     #[test]
     fn index_keys_sort_by_time_then_key_including_negative_times() {
-        let mut keys = vec![
+        let mut keys = [
             index_key(5, b"b"),
             index_key(-3, b"z"),
             index_key(5, b"a"),

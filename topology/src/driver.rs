@@ -358,10 +358,10 @@ impl TestDriver {
     /// The committed value of `key` in key-value store `store`, on the partition that owns it.
     pub fn kv_get(&self, store: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
         for task in self.tasks.values() {
-            if let Ok(kv) = task.state().kv(store) {
-                if let Some(v) = kv.get(key)? {
-                    return Ok(Some(v));
-                }
+            if let Ok(kv) = task.state().kv(store)
+                && let Some(v) = kv.get(key)?
+            {
+                return Ok(Some(v));
             }
         }
         Ok(None)
@@ -381,10 +381,10 @@ impl TestDriver {
         for (_, task) in std::mem::take(&mut self.tasks) {
             task.into_state().close()?;
         }
-        if let Some(env) = self.env.take() {
-            if wipe {
-                env.remove_all_local_state()?;
-            }
+        if let Some(env) = self.env.take()
+            && wipe
+        {
+            env.remove_all_local_state()?;
         }
         self.start_tasks()
     }

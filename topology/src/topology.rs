@@ -447,11 +447,10 @@ impl TopologyBuilder {
             }
         }
         let mut ids: BTreeMap<usize, usize> = BTreeMap::new();
-        for i in 0..nodes.len() {
+        for (i, node) in nodes.iter_mut().enumerate() {
             let r = find(&mut root, i);
             let next = ids.len();
-            let id = *ids.entry(r).or_insert(next);
-            nodes[i].sub_topology = id;
+            node.sub_topology = *ids.entry(r).or_insert(next);
         }
         let mut subs: Vec<SubTopology> = (0..ids.len())
             .map(|id| SubTopology {

@@ -134,10 +134,10 @@ pub fn kv_contents(store: &KeyValueStore) -> keel_state::Result<BTreeMap<Vec<u8>
     store.iter()?.collect()
 }
 
-pub fn ttl_contents(
-    store: &TtlStore,
-    now: i64,
-) -> keel_state::Result<BTreeMap<Vec<u8>, (Vec<u8>, i64)>> {
+/// A TTL store's live entries: key → (value, expiry).
+pub type TtlContents = BTreeMap<Vec<u8>, (Vec<u8>, i64)>;
+
+pub fn ttl_contents(store: &TtlStore, now: i64) -> keel_state::Result<TtlContents> {
     Ok(store
         .prefix(b"", now)?
         .into_iter()

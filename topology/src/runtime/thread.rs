@@ -21,7 +21,7 @@ use rdkafka::config::FromClientConfigAndContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers as _, Message};
-use rdkafka::producer::Producer as _;
+use rdkafka::producer::{Producer as _, PurgeConfig};
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::StreamsConfig;
@@ -239,6 +239,39 @@ fn run_loop(consumer: &GroupConsumer, core: &Mutex<Core>) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Aborts the open transaction. Unsent and in-flight records are purged first and their
+/// delivery reports served (a `BaseProducer` only serves them when polled; abort waits for
+/// them); an abort that times out is resumed, as librdkafka allows. Fatal errors (fenced)
+/// come back for the thread to restart with a new producer.
+fn abort_transaction(producer: &Producer) -> Result<()> {
+    producer.purge(PurgeConfig::default().queue().inflight());
+    let mut last = None;
+    for _ in 0..6 {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while producer.in_flight_count() > 0 && Instant::now() < deadline {
+            producer.poll(Duration::from_millis(10));
+        }
+        match producer.abort_transaction(Duration::from_secs(5)) {
+            Ok(()) => return Ok(()),
+            Err(KafkaError::Transaction(e)) if e.is_fatal() => {
+                return Err(Error::Kafka {
+                    context: "abort_transaction".into(),
+                    source: KafkaError::Transaction(e),
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "abort_transaction did not finish; resuming it");
+                producer.poll(Duration::from_millis(100));
+                last = Some(e);
+            }
+        }
+    }
+    Err(Error::Kafka {
+        context: "abort_transaction kept failing".into(),
+        source: last.unwrap_or(KafkaError::Canceled),
+    })
 }
 
 /// Errors after which aborting the transaction and replaying is the cure.
@@ -496,17 +529,7 @@ impl Core {
     /// unsent output, and seeks every owned partition back to its last committed offset.
     fn abort(&mut self, consumer: &GroupConsumer, reason: &str) -> Result<()> {
         if self.eos() && self.txn_open {
-            if let Err(e) = self.producer.abort_transaction(KAFKA_TIMEOUT) {
-                if let KafkaError::Transaction(t) = &e
-                    && t.is_fatal()
-                {
-                    return Err(Error::Kafka {
-                        context: "abort_transaction".into(),
-                        source: e,
-                    });
-                }
-                tracing::warn!(error = %e, "abort_transaction failed");
-            }
+            abort_transaction(&self.producer)?;
         }
         self.txn_open = false;
         self.producer.context().clear();

@@ -1,0 +1,405 @@
+//! The runtime against the real broker, in-process: dead letters, aborts that leave no trace,
+//! restore from checkpoint and from the changelog alone, scale-out and interactive queries.
+//! Every test uses its own random topics, application id and state directory.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use keel_state::StateConfig;
+use keel_tests::kafka::{consumer, create_topics, read_topic};
+use keel_tests::{Stack, unique};
+use keel_topology::serde::{I64, Utf8};
+use keel_topology::{
+    Context, KafkaStreams, ProcessError, Processor, Record, StoreKind, StreamsConfig,
+    StreamsHandle, Topology, TopologyBuilder, dlq_headers,
+};
+use rdkafka::ClientConfig;
+use rdkafka::message::{Headers as _, Message};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio")
+}
+
+fn bootstrap() -> String {
+    Stack::from_env().kafka_bootstrap
+}
+
+struct Names {
+    app: String,
+    input: String,
+    output: String,
+    dir: PathBuf,
+}
+
+fn names(tag: &str, partitions: i32) -> Names {
+    let n = Names {
+        app: unique(&format!("{tag}_app")),
+        input: unique(&format!("{tag}_in")),
+        output: unique(&format!("{tag}_out")),
+        dir: std::env::temp_dir().join(unique(&format!("keel_{tag}"))),
+    };
+    runtime()
+        .block_on(create_topics(
+            &bootstrap(),
+            &[&n.input, &n.output],
+            partitions,
+        ))
+        .expect("topics");
+    n
+}
+
+fn produce(topic: &str, records: &[(&str, Vec<u8>)]) {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("partitioner", "murmur2_random")
+        .create()
+        .expect("producer");
+    runtime().block_on(async {
+        for (k, v) in records {
+            producer
+                .send(
+                    FutureRecord::to(topic).key(k.as_bytes()).payload(v),
+                    Duration::from_secs(30),
+                )
+                .await
+                .map_err(|(e, _)| e)
+                .expect("produced");
+        }
+    });
+}
+
+fn sums_input(key: &str, values: impl IntoIterator<Item = i64>) -> Vec<(String, Vec<u8>)> {
+    values
+        .into_iter()
+        .map(|v| (key.to_owned(), v.to_be_bytes().to_vec()))
+        .collect()
+}
+
+fn produce_owned(topic: &str, records: &[(String, Vec<u8>)]) {
+    let borrowed: Vec<(&str, Vec<u8>)> = records
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.clone()))
+        .collect();
+    produce(topic, &borrowed);
+}
+
+fn config(n: &Names, instance: &str, dir: &Path) -> StreamsConfig {
+    let mut c = StreamsConfig::new(&n.app, bootstrap());
+    c.state = StateConfig::with_dir(dir);
+    c.instance_id = Some(instance.to_owned());
+    c.consumer
+        .insert("session.timeout.ms".into(), "6000".into());
+    c
+}
+
+fn start(topology: Topology, config: StreamsConfig) -> StreamsHandle {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    KafkaStreams::new(topology, config)
+        .expect("config")
+        .start()
+        .expect("starts")
+}
+
+/// Committed records of `topic` as (key, i64 value), in offset order per partition.
+fn read_sums(topic: &str, expected: usize) -> Vec<(String, i64)> {
+    runtime().block_on(async {
+        let c = consumer(&bootstrap(), "read_committed").expect("consumer");
+        read_topic(
+            &c,
+            topic,
+            expected,
+            Duration::from_secs(60),
+            Duration::from_secs(2),
+        )
+        .await
+        .expect("reads")
+        .into_iter()
+        .map(|m| {
+            let k = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
+            let v = m.payload().map_or(i64::MIN, |p| {
+                i64::from_be_bytes(p.try_into().unwrap_or([0; 8]))
+            });
+            (k, v)
+        })
+        .collect()
+    })
+}
+
+fn by_key(records: &[(String, i64)]) -> BTreeMap<String, Vec<i64>> {
+    let mut out: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    for (k, v) in records {
+        out.entry(k.clone()).or_default().push(*v);
+    }
+    out
+}
+
+fn metric(handle: &StreamsHandle, name: &str) -> f64 {
+    handle
+        .registry()
+        .gather()
+        .iter()
+        .filter(|f| f.name() == name)
+        .flat_map(|f| f.get_metric().iter())
+        .map(|m| m.get_counter().value())
+        .sum()
+}
+
+fn wait_until(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn poison_records_go_to_the_dead_letter_topic_with_headers_and_the_stream_goes_on() {
+    let n = names("dlq", 1);
+    produce(
+        &n.input,
+        &[
+            ("a", 5i64.to_be_bytes().to_vec()),
+            ("a", b"bad".to_vec()),
+            ("a", (-3i64).to_be_bytes().to_vec()),
+            ("a", 7i64.to_be_bytes().to_vec()),
+        ],
+    );
+    let handle = start(
+        common::running_sums(&n.input, &n.output),
+        config(&n, "one", &n.dir),
+    );
+    let out = read_sums(&n.output, 2);
+    assert_eq!(out, vec![("a".to_owned(), 5), ("a".to_owned(), 12)]);
+
+    let dlq = format!("{}-dlq", n.app);
+    let dead = runtime().block_on(async {
+        let c = consumer(&bootstrap(), "read_committed").expect("consumer");
+        read_topic(&c, &dlq, 2, Duration::from_secs(30), Duration::from_secs(1))
+            .await
+            .expect("reads")
+    });
+    assert_eq!(dead.len(), 2);
+    let header = |m: &rdkafka::message::OwnedMessage, name: &str| {
+        m.headers()
+            .and_then(|h| h.iter().find(|x| x.key == name).and_then(|x| x.value))
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+    };
+    assert_eq!(
+        dead[0].payload(),
+        Some(&b"bad"[..]),
+        "the original bytes are kept"
+    );
+    assert_eq!(
+        header(&dead[0], dlq_headers::SOURCE_TOPIC).as_deref(),
+        Some(n.input.as_str())
+    );
+    assert_eq!(
+        header(&dead[0], dlq_headers::SOURCE_PARTITION).as_deref(),
+        Some("0")
+    );
+    assert_eq!(
+        header(&dead[0], dlq_headers::SOURCE_OFFSET).as_deref(),
+        Some("1")
+    );
+    assert!(header(&dead[0], dlq_headers::ERROR).is_some_and(|e| e.contains("8 bytes")));
+    assert_eq!(
+        header(&dead[1], dlq_headers::PROCESSOR).as_deref(),
+        Some("sum")
+    );
+    assert!(header(&dead[1], dlq_headers::ERROR).is_some_and(|e| e.contains("negative")));
+    assert_eq!(metric(&handle, "keel_dead_letters_total"), 2.0);
+    handle.shutdown().expect("clean shutdown");
+    let _ = std::fs::remove_dir_all(&n.dir);
+}
+
+/// A running sum that fails once, retryably, when it first sees `trip_at`.
+struct FlakySum {
+    tripped: Arc<AtomicBool>,
+    trip_at: i64,
+}
+
+impl Processor for FlakySum {
+    type Key = String;
+    type Value = i64;
+
+    fn process(
+        &mut self,
+        ctx: &mut Context<'_>,
+        record: Record<String, i64>,
+    ) -> Result<(), ProcessError> {
+        if record.value == self.trip_at && !self.tripped.swap(true, Ordering::SeqCst) {
+            return Err(ProcessError::Dependency("the ledger timed out".into()));
+        }
+        common::RunningSum.process(ctx, record)
+    }
+}
+
+#[test]
+fn an_aborted_transaction_leaves_no_trace_in_output_or_store() {
+    let n = names("abort", 1);
+    produce_owned(&n.input, &sums_input("a", 1..=20));
+    let tripped = Arc::new(AtomicBool::new(false));
+    let flag = tripped.clone();
+    let mut b = TopologyBuilder::new();
+    b.add_source("in", &[&n.input], Utf8, I64)
+        .add_processor(
+            "sum",
+            move || FlakySum {
+                tripped: flag.clone(),
+                trip_at: 13,
+            },
+            &["in"],
+        )
+        .add_state_store("sums", StoreKind::KeyValue, &["sum"])
+        .add_sink("out", &n.output, Utf8, I64, &["sum"]);
+    let mut c = config(&n, "one", &n.dir);
+    // One long interval: records 1..12 are in the transaction that the failure at 13 aborts.
+    c.commit_interval_ms = Some(5_000);
+    let handle = start(b.build().expect("valid"), c);
+
+    let out = read_sums(&n.output, 20);
+    let expected: Vec<(String, i64)> = (1..=20)
+        .map(|i| ("a".to_owned(), i * (i + 1) / 2))
+        .collect();
+    assert!(tripped.load(Ordering::SeqCst), "the failure happened");
+    assert_eq!(
+        out, expected,
+        "no duplicate, no gap after the abort and replay"
+    );
+    assert!(metric(&handle, "keel_aborts_total") >= 1.0);
+    // Interactive query: the committed store holds the clean run's final sum.
+    wait_until("the final commit", Duration::from_secs(15), || {
+        handle.get("sums", &n.input, b"a").ok().flatten() == Some(210i64.to_be_bytes().to_vec())
+    });
+    handle.shutdown().expect("clean shutdown");
+    let _ = std::fs::remove_dir_all(&n.dir);
+}
+
+#[test]
+fn restart_uses_the_checkpoint_and_a_wiped_state_dir_is_restored_from_the_changelog() {
+    let n = names("restore", 2);
+    let keys = ["k1", "k2", "k3", "k4", "k5"];
+    let batch = |from: i64| -> Vec<(String, Vec<u8>)> {
+        keys.iter()
+            .flat_map(|k| sums_input(k, from..from + 10))
+            .collect()
+    };
+    produce_owned(&n.input, &batch(1));
+    let handle = start(
+        common::running_sums(&n.input, &n.output),
+        config(&n, "one", &n.dir),
+    );
+    read_sums(&n.output, 50);
+    handle
+        .shutdown()
+        .expect("clean shutdown writes checkpoints");
+
+    // Clean restart: the checkpoint vouches for the stores, nothing is replayed.
+    produce_owned(&n.input, &batch(11));
+    let handle = start(
+        common::running_sums(&n.input, &n.output),
+        config(&n, "one", &n.dir),
+    );
+    let out = read_sums(&n.output, 100);
+    assert_eq!(
+        metric(&handle, "keel_restored_records_total"),
+        0.0,
+        "restored from checkpoint"
+    );
+    handle.shutdown().expect("clean shutdown");
+
+    // Local state gone: everything comes back from the changelog before processing resumes.
+    std::fs::remove_dir_all(&n.dir).expect("wipe");
+    produce_owned(&n.input, &batch(21));
+    let handle = start(
+        common::running_sums(&n.input, &n.output),
+        config(&n, "one", &n.dir),
+    );
+    let out2 = read_sums(&n.output, 150);
+    assert!(
+        metric(&handle, "keel_restored_records_total") > 0.0,
+        "restored from the changelog"
+    );
+    handle.shutdown().expect("clean shutdown");
+
+    assert_eq!(out.len(), 100);
+    let got = by_key(&out2);
+    for k in keys {
+        let want: Vec<i64> = (1..=30)
+            .scan(0, |s, v| {
+                *s += v;
+                Some(*s)
+            })
+            .collect();
+        assert_eq!(got[k], want, "{k}: sums continue across both restarts");
+    }
+    let _ = std::fs::remove_dir_all(&n.dir);
+}
+
+#[test]
+fn a_second_instance_takes_half_the_partitions_and_the_survivor_takes_all() {
+    let n = names("scale", 4);
+    let keys: Vec<String> = (0..16).map(|i| format!("key-{i}")).collect();
+    let round = |from: i64| -> Vec<(String, Vec<u8>)> {
+        keys.iter()
+            .flat_map(|k| sums_input(k, from..from + 5))
+            .collect()
+    };
+    let dir_a = n.dir.join("a");
+    let dir_b = n.dir.join("b");
+    let a = start(
+        common::running_sums(&n.input, &n.output),
+        config(&n, "inst-a", &dir_a),
+    );
+    produce_owned(&n.input, &round(1));
+    read_sums(&n.output, 80);
+    wait_until(
+        "a owns all four partitions",
+        Duration::from_secs(30),
+        || a.local_stores().len() == 4,
+    );
+
+    let b = start(
+        common::running_sums(&n.input, &n.output),
+        config(&n, "inst-b", &dir_b),
+    );
+    wait_until(
+        "the partitions are split two and two",
+        Duration::from_secs(60),
+        || a.local_stores().len() == 2 && b.local_stores().len() == 2,
+    );
+    produce_owned(&n.input, &round(6));
+    read_sums(&n.output, 160);
+
+    b.shutdown().expect("b stops cleanly");
+    wait_until("a owns all four again", Duration::from_secs(60), || {
+        a.local_stores().len() == 4
+    });
+    produce_owned(&n.input, &round(11));
+    let out = read_sums(&n.output, 240);
+    a.shutdown().expect("a stops cleanly");
+
+    let got = by_key(&out);
+    let want: Vec<i64> = (1..=15)
+        .scan(0, |s, v| {
+            *s += v;
+            Some(*s)
+        })
+        .collect();
+    for k in &keys {
+        assert_eq!(got[k], want, "{k}: exactly once across the hand-overs");
+    }
+    let _ = std::fs::remove_dir_all(&n.dir);
+}
