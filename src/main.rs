@@ -3,6 +3,7 @@
 //! - `keel stack up|down|status|logs|env|install` drives the local servers (`stack/keel-stack`).
 //! - `keel smoke` checks every server of the stack with the real clients Keel uses.
 //! - `keel connectors plugins|list|status|pause|resume|delete` manages Debezium connectors.
+//! - `keel reset --application-id X --input-topics a,b` rewinds a stopped application.
 //! - `keel schemas register|check` registers Keel's Avro schemas and gates deployments on their
 //!   compatibility with what the registry holds.
 
@@ -53,6 +54,31 @@ enum Command {
         #[command(subcommand)]
         action: SchemasAction,
     },
+    /// Rewind a stopped application so that its next start replays its input: input offsets
+    /// to the beginning (or a time), internal topics deleted, local state removed.
+    Reset(ResetArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ResetArgs {
+    /// The application (consumer group, internal topic prefix, state subdirectory).
+    #[arg(long)]
+    application_id: String,
+    /// The application's input topics, comma-separated.
+    #[arg(long, value_delimiter = ',', required = true)]
+    input_topics: Vec<String>,
+    /// Rewind to the first record at or after this RFC 3339 time instead of the beginning.
+    #[arg(long, value_parser = parse_datetime)]
+    to_datetime: Option<i64>,
+    /// The application's state.dir; its `<application-id>/` directory is removed.
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+}
+
+fn parse_datetime(s: &str) -> Result<i64, String> {
+    chrono::DateTime::parse_from_rfc3339(s)
+        .map(|t| t.timestamp_millis())
+        .map_err(|e| format!("{s:?} is not an RFC 3339 time such as 2026-11-26T09:00:00Z: {e}"))
 }
 
 #[derive(Debug, Subcommand)]
@@ -180,6 +206,21 @@ async fn main() -> anyhow::Result<ExitCode> {
         Command::Connectors { action } => {
             let config = KeelConfig::load(cli.config.as_deref())?;
             run_connectors(&config, action).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Reset(args) => {
+            let config = KeelConfig::load(cli.config.as_deref())?;
+            let options = keel_topology::ResetOptions {
+                application_id: args.application_id,
+                bootstrap_servers: config.kafka.bootstrap_servers.clone(),
+                input_topics: args.input_topics,
+                to_timestamp: args.to_datetime,
+                state_dir: args.state_dir,
+            };
+            let report =
+                tokio::task::spawn_blocking(move || keel_topology::reset_application(&options))
+                    .await??;
+            print!("{report}");
             Ok(ExitCode::SUCCESS)
         }
         Command::Schemas { action } => {

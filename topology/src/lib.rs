@@ -15,6 +15,7 @@
 //! - [`runtime`] — [`KafkaStreams`] / [`StreamsHandle`]: topics, stream threads, the
 //!   exactly-once loop, restore, rebalance, interactive queries.
 //! - [`driver`] — [`TestDriver`]: the same tasks with in-memory topics and a test clock.
+//! - [`reset`] — `keel reset`: rewind input offsets, delete internal topics and local state.
 //! - [`serde`], [`record`], [`config`], [`metrics`], [`error`].
 
 pub mod config;
@@ -23,6 +24,7 @@ pub mod error;
 pub mod metrics;
 pub mod processor;
 pub mod record;
+pub mod reset;
 pub mod runtime;
 pub mod serde;
 pub mod task;
@@ -35,6 +37,7 @@ pub use keel_state::{Guarantee, StoreKind};
 pub use metrics::Metrics;
 pub use processor::{Context, Processor, Punctuation, PunctuationType};
 pub use record::{Headers, OutRecord, RawRecord, Record, RecordMeta};
+pub use reset::{ResetOptions, ResetReport, reset_application};
 pub use runtime::{KafkaStreams, StreamsHandle, default_partition};
 pub use task::{BadRecordPolicy, dlq_headers};
 pub use topology::{SubTopology, TaskId, TopicName, Topology, TopologyBuilder};
