@@ -3,6 +3,7 @@
 //! - `keel stack up|down|status|logs|env|install` drives the local servers (`stack/keel-stack`).
 //! - `keel smoke` checks every server of the stack with the real clients Keel uses.
 //! - `keel connectors plugins|list|status|pause|resume|delete` manages Debezium connectors.
+//! - `keel bench engine` measures the stream runtime (docs/BENCHMARKS.md).
 //! - `keel reset --application-id X --input-topics a,b` rewinds a stopped application.
 //! - `keel schemas register|check` registers Keel's Avro schemas and gates deployments on their
 //!   compatibility with what the registry holds.
@@ -10,6 +11,7 @@
 // A command-line tool: printing to stdout is its job.
 #![allow(clippy::print_stdout)]
 
+mod bench;
 mod config;
 mod smoke;
 
@@ -54,9 +56,20 @@ enum Command {
         #[command(subcommand)]
         action: SchemasAction,
     },
+    /// Benchmarks against the local stack (results belong in docs/BENCHMARKS.md).
+    Bench {
+        #[command(subcommand)]
+        what: BenchWhat,
+    },
     /// Rewind a stopped application so that its next start replays its input: input offsets
     /// to the beginning (or a time), internal topics deleted, local state removed.
     Reset(ResetArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchWhat {
+    /// The stream runtime: throughput, produce-to-visible latency, restore speed, memory.
+    Engine(bench::EngineArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -206,6 +219,16 @@ async fn main() -> anyhow::Result<ExitCode> {
         Command::Connectors { action } => {
             let config = KeelConfig::load(cli.config.as_deref())?;
             run_connectors(&config, action).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            what: BenchWhat::Engine(args),
+        } => {
+            let config = KeelConfig::load(cli.config.as_deref())?;
+            let bootstrap = config.kafka.bootstrap_servers.clone();
+            let report =
+                tokio::task::spawn_blocking(move || bench::engine(&bootstrap, &args)).await??;
+            print!("{report}");
             Ok(ExitCode::SUCCESS)
         }
         Command::Reset(args) => {
