@@ -12,6 +12,10 @@ use crate::error::{Error, Result};
 pub struct Metrics {
     /// Records read, by topic.
     pub records_in: IntCounterVec,
+    /// Records each processor (or sink) was handed, by node.
+    pub processor_in: IntCounterVec,
+    /// Records each processor forwarded, by node.
+    pub processor_out: IntCounterVec,
     /// Records written to output and repartition topics, by topic.
     pub records_out: IntCounterVec,
     /// Time to process one input record through its task, in seconds.
@@ -61,6 +65,22 @@ impl Metrics {
         let m = Self {
             records_in: IntCounterVec::new(opts("records_in_total", "Records read"), &["topic"])
                 .map_err(map)?,
+            processor_in: IntCounterVec::new(
+                opts(
+                    "processor_records_in_total",
+                    "Records handed to a processor or sink",
+                ),
+                &["processor"],
+            )
+            .map_err(map)?,
+            processor_out: IntCounterVec::new(
+                opts(
+                    "processor_records_out_total",
+                    "Records a processor forwarded",
+                ),
+                &["processor"],
+            )
+            .map_err(map)?,
             records_out: IntCounterVec::new(
                 opts("records_out_total", "Records written"),
                 &["topic"],
@@ -110,40 +130,25 @@ impl Metrics {
             )
             .map_err(map)?,
         };
-        registry
-            .register(Box::new(m.records_in.clone()))
-            .map_err(map)?;
-        registry
-            .register(Box::new(m.records_out.clone()))
-            .map_err(map)?;
-        registry
-            .register(Box::new(m.process_latency.clone()))
-            .map_err(map)?;
-        registry
-            .register(Box::new(m.commits.clone()))
-            .map_err(map)?;
-        registry
-            .register(Box::new(m.commit_latency.clone()))
-            .map_err(map)?;
-        registry.register(Box::new(m.aborts.clone())).map_err(map)?;
-        registry
-            .register(Box::new(m.dead_letters.clone()))
-            .map_err(map)?;
-        registry
-            .register(Box::new(m.restored.clone()))
-            .map_err(map)?;
-        registry
-            .register(Box::new(m.restore_remaining.clone()))
-            .map_err(map)?;
-        registry
-            .register(Box::new(m.store_keys.clone()))
-            .map_err(map)?;
-        registry
-            .register(Box::new(m.consumer_lag.clone()))
-            .map_err(map)?;
-        registry
-            .register(Box::new(m.end_to_end.clone()))
-            .map_err(map)?;
+        let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
+            Box::new(m.records_in.clone()),
+            Box::new(m.processor_in.clone()),
+            Box::new(m.processor_out.clone()),
+            Box::new(m.records_out.clone()),
+            Box::new(m.process_latency.clone()),
+            Box::new(m.commits.clone()),
+            Box::new(m.commit_latency.clone()),
+            Box::new(m.aborts.clone()),
+            Box::new(m.dead_letters.clone()),
+            Box::new(m.restored.clone()),
+            Box::new(m.restore_remaining.clone()),
+            Box::new(m.store_keys.clone()),
+            Box::new(m.consumer_lag.clone()),
+            Box::new(m.end_to_end.clone()),
+        ];
+        for collector in collectors {
+            registry.register(collector).map_err(map)?;
+        }
         Ok(m)
     }
 

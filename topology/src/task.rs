@@ -56,6 +56,9 @@ pub struct StreamTask {
     policy: BadRecordPolicy,
     output: Vec<OutRecord>,
     counters: TaskCounters,
+    /// Per node since the last `take_node_counts`: records handed in, records forwarded.
+    node_in: Vec<u64>,
+    node_out: Vec<u64>,
 }
 
 impl std::fmt::Debug for StreamTask {
@@ -93,6 +96,7 @@ impl StreamTask {
         }
         stores.sort_unstable();
         stores.dedup();
+        let graph_len = graph.nodes.len();
         for name in stores {
             let Some(spec) = graph.store(name) else {
                 continue;
@@ -121,6 +125,8 @@ impl StreamTask {
             policy,
             output: Vec::new(),
             counters: TaskCounters::default(),
+            node_in: vec![0; graph_len],
+            node_out: vec![0; graph_len],
         })
     }
 
@@ -289,6 +295,7 @@ impl StreamTask {
     ) -> Result<()> {
         let mut queue: VecDeque<(usize, Payload)> = emitted.into();
         while let Some((node, payload)) = queue.pop_front() {
+            self.node_in[node] += 1;
             match &self.graph.nodes[node].kind {
                 NodeKind::Sink { topic, encode } => {
                     let topic = topic.resolve(&self.application_id);
@@ -330,7 +337,10 @@ impl StreamTask {
                     };
                     self.processors[node] = Some(processor);
                     match result {
-                        Ok(()) => queue.extend(out),
+                        Ok(()) => {
+                            self.node_out[node] += out.len() as u64;
+                            queue.extend(out);
+                        }
                         Err(NodeFailure::WrongType { expected }) => {
                             return Err(Error::TypeMismatch {
                                 node: self.graph.node_name(node).to_owned(),
@@ -403,9 +413,24 @@ impl StreamTask {
                 source,
             })?;
             self.counters.punctuations += 1;
+            self.node_out[node] += emitted.len() as u64;
             self.run(emitted, None, wall_clock)?;
         }
         Ok(())
+    }
+
+    /// Records handed to and forwarded by each node since the last call: (name, in, out).
+    pub(crate) fn take_node_counts(&mut self) -> Vec<(&str, u64, u64)> {
+        let mut out = Vec::new();
+        for (i, node) in self.graph.nodes.iter().enumerate() {
+            let (n_in, n_out) = (self.node_in[i], self.node_out[i]);
+            if n_in > 0 || n_out > 0 {
+                out.push((node.name.as_str(), n_in, n_out));
+            }
+            self.node_in[i] = 0;
+            self.node_out[i] = 0;
+        }
+        out
     }
 
     /// Takes the records produced since the last call (outputs, repartition, dead letters).

@@ -110,6 +110,7 @@ fn eos_child() {
         .expect("valid config")
         .start()
         .expect("starts");
+    keel_topology::shutdown_on_signals(handle.shutdown_flag()).expect("signal handlers");
     loop {
         std::thread::sleep(Duration::from_millis(50));
         if spec.stop_file().exists() {
@@ -117,7 +118,9 @@ fn eos_child() {
             return;
         }
         if !handle.is_running() {
-            panic!("the application stopped: {:?}", handle.wait());
+            // Stopped by SIGTERM (clean) or by an error (the test fails on it).
+            handle.wait().expect("the application stopped cleanly");
+            return;
         }
     }
 }
@@ -324,6 +327,72 @@ fn output_and_store_are_exactly_once_across_repeated_kill_9() {
             sums.last(),
             "{key}: final store value (seed {seed})"
         );
+    }
+    let _ = std::fs::remove_dir_all(&spec.state_dir);
+}
+
+#[test]
+fn sigterm_finishes_the_transaction_and_leaves_checkpoints() {
+    let stack = Stack::from_env();
+    let bootstrap = &stack.kafka_bootstrap;
+    let spec = ChildSpec {
+        app: unique("term_app"),
+        input: unique("term_in"),
+        output: unique("term_out"),
+        state_dir: std::env::temp_dir().join(unique("keel_term_state")),
+        instance: "polite".into(),
+        threads: 1,
+    };
+    std::fs::create_dir_all(&spec.state_dir).expect("state dir");
+    let log = spec.state_dir.with_extension("log");
+    runtime()
+        .block_on(create_topics(bootstrap, &[&spec.input, &spec.output], 3))
+        .expect("topics");
+    let input = make_input(10, 50);
+    feed(bootstrap, &spec.input, &input, 500, Duration::ZERO);
+    let mut child = spec.spawn(&log);
+    let actual = committed_by_key(
+        bootstrap,
+        &spec.output,
+        input.len(),
+        Duration::from_secs(120),
+    );
+    assert_eq!(
+        actual,
+        common::expected_sums(&input),
+        "log {}",
+        log.display()
+    );
+
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let exit = loop {
+        if let Some(exit) = child.try_wait().expect("status") {
+            break exit;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no exit after SIGTERM; see {}",
+            log.display()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        exit.success(),
+        "exit {exit:?} after SIGTERM; see {}",
+        log.display()
+    );
+    for partition in 0..3 {
+        let checkpoint = spec
+            .state_dir
+            .join(&spec.app)
+            .join(format!("0_{partition}"))
+            .join(".checkpoint");
+        assert!(checkpoint.exists(), "{} missing", checkpoint.display());
     }
     let _ = std::fs::remove_dir_all(&spec.state_dir);
 }

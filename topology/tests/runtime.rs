@@ -467,3 +467,169 @@ fn reset_then_restart_reproduces_the_same_output_from_the_same_input() {
     }
     let _ = std::fs::remove_dir_all(&n.dir);
 }
+
+#[test]
+fn at_least_once_gives_the_same_output_on_a_clean_run() {
+    let n = names("alos", 2);
+    let input: Vec<(String, Vec<u8>)> = ["p", "q"]
+        .iter()
+        .flat_map(|k| sums_input(k, 1..=25))
+        .collect();
+    produce_owned(&n.input, &input);
+    let mut c = config(&n, "one", &n.dir);
+    c.processing_guarantee = keel_topology::Guarantee::AtLeastOnce;
+    c.commit_interval_ms = Some(200);
+    let handle = start(common::running_sums(&n.input, &n.output), c);
+    let out = by_key(&read_sums(&n.output, 50));
+    assert!(metric(&handle, "keel_commits_total") >= 1.0);
+    handle.shutdown().expect("clean shutdown");
+    let want: Vec<i64> = (1..=25)
+        .scan(0, |s, v| {
+            *s += v;
+            Some(*s)
+        })
+        .collect();
+    assert_eq!(out["p"], want);
+    assert_eq!(out["q"], want);
+    let _ = std::fs::remove_dir_all(&n.dir);
+}
+
+#[test]
+fn topics_of_one_sub_topology_must_be_co_partitioned() {
+    let n = names("copart", 2);
+    let other = unique("copart_other");
+    runtime()
+        .block_on(create_topics(&bootstrap(), &[&other], 3))
+        .expect("topic");
+    let mut b = TopologyBuilder::new();
+    b.add_source("in", &[&n.input, &other], Utf8, I64)
+        .add_processor("sum", || common::RunningSum, &["in"])
+        .add_state_store("sums", StoreKind::KeyValue, &["sum"]);
+    let err = KafkaStreams::new(b.build().expect("valid graph"), config(&n, "one", &n.dir))
+        .expect("config")
+        .start()
+        .expect_err("2 and 3 partitions cannot be joined");
+    let text = err.to_string();
+    assert!(text.contains("not co-partitioned"), "{text}");
+    assert!(
+        text.contains(&format!("{}=2", n.input)) && text.contains(&format!("{other}=3")),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_missing_source_topic_is_a_clear_error() {
+    let n = names("missing", 1);
+    let ghost = unique("ghost");
+    let err = KafkaStreams::new(
+        common::running_sums(&ghost, &n.output),
+        config(&n, "one", &n.dir),
+    )
+    .expect("config")
+    .start()
+    .expect_err("no such topic");
+    assert!(err.to_string().contains(&ghost), "{err}");
+}
+
+#[test]
+fn punctuators_fire_on_the_broker_and_timers_survive_a_restart_with_wiped_state() {
+    let n = names("punct", 1);
+    let topology = || {
+        common::ticker_every(
+            &n.input,
+            &n.output,
+            Duration::from_secs(10),
+            Duration::from_millis(300),
+        )
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    // Stream time: records at t and t+10 s fire the stream-time punctuator once; timers of the
+    // records are due 1 s after each.
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .create()
+        .expect("producer");
+    let send = |key: &str, ts: i64| {
+        runtime().block_on(async {
+            producer
+                .send(
+                    FutureRecord::to(&n.input)
+                        .key(key)
+                        .payload(&1i64.to_be_bytes()[..])
+                        .timestamp(ts),
+                    Duration::from_secs(30),
+                )
+                .await
+                .map_err(|(e, _)| e)
+                .expect("produced");
+        });
+    };
+    // A timer due 20 minutes ahead (by wall clock it cannot fire before the restart; the
+    // broker refuses timestamps more than an hour ahead)...
+    send("late", now + 1_200_000);
+    let handle = start(topology(), config(&n, "one", &n.dir));
+    wait_until("the wall-clock punctuator", Duration::from_secs(30), || {
+        metric(&handle, "keel_processor_records_out_total") >= 1.0
+    });
+    handle.shutdown().expect("clean shutdown");
+    std::fs::remove_dir_all(&n.dir).expect("wipe local state");
+
+    // ... survives a restart with no local state. After the restart, the first record arms the
+    // stream-time punctuator, the next (25 s later in stream time) fires it: due by then are
+    // the timer of "later" and, only if it survived, the one of "late".
+    send("later", now + 2_400_000);
+    send("last", now + 3_000_000);
+    let handle = start(topology(), config(&n, "one", &n.dir));
+    let fired = wait_for_output(&n.output, "stream:stream");
+    handle.shutdown().expect("clean shutdown");
+    assert_eq!(
+        fired, 2,
+        "the timer from before the restart fired on stream time"
+    );
+    let wall = count_output(&n.output, "wall:wall");
+    assert!(wall >= 2, "wall-clock punctuations were emitted ({wall})");
+    let _ = std::fs::remove_dir_all(&n.dir);
+}
+
+/// Everything committed on `topic` that arrives within `within`.
+fn read_within(topic: &str, within: Duration) -> Vec<(String, i64)> {
+    runtime().block_on(async {
+        let c = consumer(&bootstrap(), "read_committed").expect("consumer");
+        read_topic(&c, topic, usize::MAX, within, Duration::ZERO)
+            .await
+            .expect("reads")
+            .into_iter()
+            .map(|m| {
+                let k = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
+                let v = m.payload().map_or(i64::MIN, |p| {
+                    i64::from_be_bytes(p.try_into().unwrap_or([0; 8]))
+                });
+                (k, v)
+            })
+            .collect()
+    })
+}
+
+/// The value of the first record keyed `key` on `topic` (read_committed), waiting for it.
+fn wait_for_output(topic: &str, key: &str) -> i64 {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some((_, v)) = read_within(topic, Duration::from_secs(3))
+            .iter()
+            .find(|(k, _)| k == key)
+        {
+            return *v;
+        }
+        assert!(Instant::now() < deadline, "no {key} on {topic}");
+    }
+}
+
+fn count_output(topic: &str, key: &str) -> usize {
+    read_within(topic, Duration::from_secs(3))
+        .iter()
+        .filter(|(k, _)| k == key)
+        .count()
+}

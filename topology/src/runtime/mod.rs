@@ -116,6 +116,45 @@ fn restartable(e: &Error) -> bool {
     matches!(e, Error::Kafka { .. }) || task::is_retryable(e)
 }
 
+/// Sets `flag` (e.g. [`StreamsHandle::shutdown_flag`]) when the process gets SIGTERM or SIGINT,
+/// so the threads finish their transaction, close their stores and write checkpoints. The
+/// handlers are installed before this returns.
+pub fn shutdown_on_signals(flag: Arc<AtomicBool>) -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let io = |context: &str| {
+        let context = context.to_owned();
+        move |source| Error::Io { context, source }
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(io("starting the signal runtime"))?;
+    let (mut term, mut int) = {
+        let _guard = rt.enter();
+        (
+            signal(SignalKind::terminate()).map_err(io("installing the SIGTERM handler"))?,
+            signal(SignalKind::interrupt()).map_err(io("installing the SIGINT handler"))?,
+        )
+    };
+    std::thread::Builder::new()
+        .name("keel-signals".into())
+        .spawn(move || {
+            let name = rt.block_on(async {
+                tokio::select! {
+                    _ = term.recv() => "SIGTERM",
+                    _ = int.recv() => "SIGINT",
+                }
+            });
+            tracing::info!(
+                signal = name,
+                "shutting down: finishing transactions, closing stores"
+            );
+            flag.store(true, Ordering::Relaxed);
+        })
+        .map_err(io("spawning the signal thread"))?;
+    Ok(())
+}
+
 /// A running application.
 #[derive(Debug)]
 pub struct StreamsHandle {

@@ -35,6 +35,8 @@ use crate::task::{self, StreamTask};
 use crate::topology::{TaskId, Topology};
 
 const KAFKA_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often store sizes and consumer lag are sampled (each costs a broker round trip).
+const SAMPLE_EVERY: Duration = Duration::from_secs(5);
 
 /// Read access to the committed contents of the stores this process owns, by (store, partition).
 pub(crate) type Readers = Arc<RwLock<HashMap<(String, i32), CommittedReader>>>;
@@ -73,6 +75,8 @@ struct Core {
     txn_open: bool,
     dirty: bool,
     last_commit: Instant,
+    /// When store sizes and consumer lag were last sampled.
+    last_sample: Instant,
     /// An error raised inside the rebalance callback, surfaced by the loop.
     failure: Option<Error>,
 }
@@ -174,6 +178,7 @@ pub(crate) fn run(index: usize, shared: Arc<Shared>) -> Result<()> {
         txn_open: false,
         dirty: false,
         last_commit: Instant::now(),
+        last_sample: Instant::now(),
         failure: None,
     }));
 
@@ -522,7 +527,52 @@ impl Core {
             .metrics
             .commit_latency
             .observe(started.elapsed().as_secs_f64());
+        self.export_counts();
+        if self.last_sample.elapsed() >= SAMPLE_EVERY {
+            self.sample(consumer);
+        }
         Ok(())
+    }
+
+    /// Per-processor record counts since the last commit, into the metrics.
+    fn export_counts(&mut self) {
+        let metrics = &self.shared.metrics;
+        for task in self.tasks.values_mut() {
+            for (name, n_in, n_out) in task.take_node_counts() {
+                metrics.processor_in.with_label_values(&[name]).inc_by(n_in);
+                metrics
+                    .processor_out
+                    .with_label_values(&[name])
+                    .inc_by(n_out);
+            }
+        }
+    }
+
+    /// Store sizes and consumer lag (high watermark minus committed position).
+    fn sample(&mut self, consumer: &GroupConsumer) {
+        self.last_sample = Instant::now();
+        let metrics = &self.shared.metrics;
+        for (id, task) in &self.tasks {
+            for store in task.state().stores() {
+                if let Ok(n) = store.approximate_len() {
+                    metrics
+                        .store_keys
+                        .with_label_values(&[store.name(), &id.partition.to_string()])
+                        .set(i64::try_from(n).unwrap_or(i64::MAX));
+                }
+            }
+        }
+        for ((topic, partition), committed) in &self.committed {
+            if let Ok((_, high)) =
+                consumer.fetch_watermarks(topic, *partition, Duration::from_secs(1))
+            {
+                let lag = high - committed.unwrap_or(0);
+                metrics
+                    .consumer_lag
+                    .with_label_values(&[topic, &partition.to_string()])
+                    .set(lag.max(0));
+            }
+        }
     }
 
     /// Drops the interval's work: aborts the transaction, discards pending store writes and

@@ -53,19 +53,18 @@ pub fn running_sums(input: &str, output: &str) -> Topology {
 
 /// Counts records per key and, on each punctuation, emits `<kind>:<name>` with the count of
 /// keys seen; also keeps a durable timer per key due 1 s after the record.
-pub struct Ticker;
+pub struct Ticker {
+    pub stream: Duration,
+    pub wall: Duration,
+}
 
 impl Processor for Ticker {
     type Key = String;
     type Value = i64;
 
     fn init(&mut self, ctx: &mut Context<'_>) -> Result<(), ProcessError> {
-        ctx.schedule(
-            "stream",
-            Duration::from_secs(10),
-            PunctuationType::StreamTime,
-        );
-        ctx.schedule("wall", Duration::from_secs(60), PunctuationType::WallClock);
+        ctx.schedule("stream", self.stream, PunctuationType::StreamTime);
+        ctx.schedule("wall", self.wall, PunctuationType::WallClock);
         Ok(())
     }
 
@@ -96,10 +95,20 @@ impl Processor for Ticker {
     }
 }
 
+/// `ticker_every(.., 10 s, 60 s)`.
 pub fn ticker(input: &str, output: &str) -> Topology {
+    ticker_every(
+        input,
+        output,
+        Duration::from_secs(10),
+        Duration::from_secs(60),
+    )
+}
+
+pub fn ticker_every(input: &str, output: &str, stream: Duration, wall: Duration) -> Topology {
     let mut b = TopologyBuilder::new();
     b.add_source("in", &[input], Utf8, I64)
-        .add_processor("tick", || Ticker, &["in"])
+        .add_processor("tick", move || Ticker { stream, wall }, &["in"])
         .add_state_store("timers", StoreKind::Timer, &["tick"])
         .add_sink("out", output, Utf8, I64, &["tick"]);
     b.build().expect("a valid topology")
