@@ -41,6 +41,9 @@ pub struct EngineArgs {
     /// Seconds of the latency phase.
     #[arg(long, default_value_t = 10)]
     pub latency_seconds: u64,
+    /// The engine's commit interval (100 ms is the exactly-once default).
+    #[arg(long, default_value_t = 100)]
+    pub commit_interval_ms: u64,
     /// Where the engine keeps its state (removed afterwards).
     #[arg(long)]
     pub state_dir: Option<std::path::PathBuf>,
@@ -203,6 +206,7 @@ pub fn engine(bootstrap: &str, args: &EngineArgs) -> anyhow::Result<String> {
     let mut config = StreamsConfig::new(&app, bootstrap);
     config.state = StateConfig::with_dir(&state_dir);
     config.num_stream_threads = args.threads;
+    config.commit_interval_ms = Some(args.commit_interval_ms);
     config.instance_id = Some(format!("bench-{tag:08x}"));
     let reader = output_consumer(bootstrap, &output, args.partitions)?;
     let started = Instant::now();
@@ -260,6 +264,14 @@ pub fn engine(bootstrap: &str, args: &EngineArgs) -> anyhow::Result<String> {
         }
     }
     latencies.sort_unstable();
+    let (commit_sum, commit_count) = handle
+        .registry()
+        .gather()
+        .iter()
+        .filter(|f| f.name() == "keel_commit_seconds")
+        .flat_map(|f| f.get_metric().iter())
+        .map(|m| (m.get_histogram().get_sample_sum(), m.get_histogram().get_sample_count()))
+        .fold((0.0, 0), |(s, c), (s2, c2)| (s + s2, c + c2));
     handle.shutdown()?;
 
     // Phase 3: restore everything from the changelog into an empty state directory.
@@ -272,23 +284,24 @@ pub fn engine(bootstrap: &str, args: &EngineArgs) -> anyhow::Result<String> {
     std::fs::remove_dir_all(&state_dir)?;
     let restore_start = Instant::now();
     let handle = KafkaStreams::new(topology(&input, &output)?, config)?.start()?;
-    let mut last = -1.0;
-    let mut stable_since = Instant::now();
+    // Done when every partition's store reported its restore and none has records left.
     loop {
-        std::thread::sleep(Duration::from_millis(50));
-        let restored = metric(&handle, "keel_restored_records_total");
-        if restored != last {
-            last = restored;
-            stable_since = Instant::now();
-        } else if restored > 0.0 && stable_since.elapsed() > Duration::from_millis(500) {
+        std::thread::sleep(Duration::from_millis(20));
+        let remaining: Vec<f64> = handle
+            .registry()
+            .gather()
+            .iter()
+            .filter(|f| f.name() == "keel_restore_remaining_records")
+            .flat_map(|f| f.get_metric().iter().map(|m| m.get_gauge().value()))
+            .collect();
+        if remaining.len() == args.partitions as usize && remaining.iter().all(|r| *r == 0.0) {
             break;
         }
-        anyhow::ensure!(
-            restore_start.elapsed() < Duration::from_secs(600),
-            "restore did not finish"
-        );
+        anyhow::ensure!(restore_start.elapsed() < Duration::from_secs(600), "restore did not finish");
     }
-    let restore_secs = (stable_since - restore_start).as_secs_f64();
+    let restored_at = Instant::now();
+    let last = metric(&handle, "keel_restored_records_total");
+    let restore_secs = (restored_at - restore_start).as_secs_f64();
     let (rss_after_restore, _) = rss_mib();
     handle.shutdown()?;
     let _ = std::fs::remove_dir_all(&state_dir);
@@ -300,8 +313,8 @@ pub fn engine(bootstrap: &str, args: &EngineArgs) -> anyhow::Result<String> {
         format!("{} / {}", args.records, args.keys),
     );
     row(
-        "partitions / stream threads",
-        format!("{} / {}", args.partitions, args.threads),
+        "partitions / stream threads / commit interval",
+        format!("{} / {} / {} ms", args.partitions, args.threads, args.commit_interval_ms),
     );
     row(
         "backlog: start to last output visible",
@@ -326,6 +339,13 @@ pub fn engine(bootstrap: &str, args: &EngineArgs) -> anyhow::Result<String> {
             percentile(&latencies, 0.99),
             latencies.last().copied().unwrap_or(0),
             latencies.len()
+        ),
+    );
+    row(
+        "commits / mean commit time",
+        format!(
+            "{commit_count} / {:.1} ms",
+            1000.0 * commit_sum / (commit_count.max(1) as f64)
         ),
     );
     row(

@@ -2,7 +2,7 @@
 //! punctuators — turning input records into output records. Knows nothing of Kafka clients:
 //! the stream thread and the test driver feed it and take what it produced.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use keel_state::{Fault, StoreKind, TaskState};
@@ -56,6 +56,8 @@ pub struct StreamTask {
     policy: BadRecordPolicy,
     output: Vec<OutRecord>,
     counters: TaskCounters,
+    /// Resolved topic → the source node of this task that reads it.
+    sources: HashMap<String, usize>,
     /// Per node since the last `take_node_counts`: records handed in, records forwarded.
     node_in: Vec<u64>,
     node_out: Vec<u64>,
@@ -97,6 +99,16 @@ impl StreamTask {
         stores.sort_unstable();
         stores.dedup();
         let graph_len = graph.nodes.len();
+        let mut sources = HashMap::new();
+        for (i, node) in graph.nodes.iter().enumerate() {
+            if let NodeKind::Source { topics, .. } = &node.kind
+                && node.sub_topology == id.sub_topology
+            {
+                for t in topics {
+                    sources.insert(t.resolve(&application_id), i);
+                }
+            }
+        }
         for name in stores {
             let Some(spec) = graph.store(name) else {
                 continue;
@@ -125,6 +137,7 @@ impl StreamTask {
             policy,
             output: Vec::new(),
             counters: TaskCounters::default(),
+            sources,
             node_in: vec![0; graph_len],
             node_out: vec![0; graph_len],
         })
@@ -199,15 +212,7 @@ impl StreamTask {
     /// the dead-letter output (or stop the task, per policy); retryable and fatal failures come
     /// back as errors for the thread to handle.
     pub(crate) fn process(&mut self, raw: &RawRecord, wall_clock: i64) -> Result<()> {
-        let Some(source) = self.graph.nodes.iter().position(|n| match &n.kind {
-            NodeKind::Source { topics, .. } => {
-                n.sub_topology == self.id.sub_topology
-                    && topics
-                        .iter()
-                        .any(|t| t.resolve(&self.application_id) == *raw.topic)
-            }
-            _ => false,
-        }) else {
+        let Some(&source) = self.sources.get(&*raw.topic) else {
             return Err(Error::Topology(format!(
                 "task {} got a record from {:?}, which none of its sources reads",
                 self.id, raw.topic

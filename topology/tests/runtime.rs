@@ -114,26 +114,24 @@ fn start(topology: Topology, config: StreamsConfig) -> StreamsHandle {
 
 /// Committed records of `topic` as (key, i64 value), in offset order per partition.
 fn read_sums(topic: &str, expected: usize) -> Vec<(String, i64)> {
+    read_decoded(topic, expected, Duration::from_secs(60), Duration::from_secs(2))
+}
+
+/// Committed records of `topic` as (key, i64 value): until `expected` arrived (then `settle`
+/// more) or `within` passed.
+fn read_decoded(topic: &str, expected: usize, within: Duration, settle: Duration) -> Vec<(String, i64)> {
     runtime().block_on(async {
         let c = consumer(&bootstrap(), "read_committed").expect("consumer");
-        read_topic(
-            &c,
-            topic,
-            expected,
-            Duration::from_secs(60),
-            Duration::from_secs(2),
-        )
-        .await
-        .expect("reads")
-        .into_iter()
-        .map(|m| {
-            let k = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
-            let v = m.payload().map_or(i64::MIN, |p| {
-                i64::from_be_bytes(p.try_into().unwrap_or([0; 8]))
-            });
-            (k, v)
-        })
-        .collect()
+        read_topic(&c, topic, expected, within, settle)
+            .await
+            .expect("reads")
+            .into_iter()
+            .map(|m| {
+                let k = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
+                let v = m.payload().map_or(i64::MIN, |p| i64::from_be_bytes(p.try_into().unwrap_or([0; 8])));
+                (k, v)
+            })
+            .collect()
     })
 }
 
@@ -382,6 +380,18 @@ fn a_second_instance_takes_half_the_partitions_and_the_survivor_takes_all() {
     );
     produce_owned(&n.input, &round(6));
     read_sums(&n.output, 160);
+    // Interactive queries: the metadata call names the instance serving each key's store, and
+    // that instance (only) answers with the key's committed sum.
+    for k in &keys {
+        let owner = a.owner_of(&n.input, k.as_bytes()).expect("metadata").expect("an owner");
+        let (serving, other) = if owner == "inst-a" { (&a, &b) } else { (&b, &a) };
+        assert_eq!(owner, serving.instance_id());
+        wait_until("the committed sum", Duration::from_secs(15), || {
+            serving.get("sums", &n.input, k.as_bytes()).ok().flatten()
+                == Some(55i64.to_be_bytes().to_vec())
+        });
+        assert!(other.get("sums", &n.input, k.as_bytes()).is_err(), "{k} is not served by the other");
+    }
 
     b.shutdown().expect("b stops cleanly");
     wait_until("a owns all four again", Duration::from_secs(60), || {
@@ -596,21 +606,7 @@ fn punctuators_fire_on_the_broker_and_timers_survive_a_restart_with_wiped_state(
 
 /// Everything committed on `topic` that arrives within `within`.
 fn read_within(topic: &str, within: Duration) -> Vec<(String, i64)> {
-    runtime().block_on(async {
-        let c = consumer(&bootstrap(), "read_committed").expect("consumer");
-        read_topic(&c, topic, usize::MAX, within, Duration::ZERO)
-            .await
-            .expect("reads")
-            .into_iter()
-            .map(|m| {
-                let k = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
-                let v = m.payload().map_or(i64::MIN, |p| {
-                    i64::from_be_bytes(p.try_into().unwrap_or([0; 8]))
-                });
-                (k, v)
-            })
-            .collect()
-    })
+    read_decoded(topic, usize::MAX, within, Duration::ZERO)
 }
 
 /// The value of the first record keyed `key` on `topic` (read_committed), waiting for it.

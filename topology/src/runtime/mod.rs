@@ -4,6 +4,7 @@
 
 mod admin;
 pub(crate) mod kafka;
+mod owners;
 mod restore;
 mod thread;
 
@@ -60,7 +61,17 @@ impl KafkaStreams {
         let metrics = Metrics::register(&registry, &config.application_id)?;
         let shutdown = Arc::new(AtomicBool::new(false));
         let readers: Readers = Arc::new(RwLock::new(Default::default()));
+        let topic_subs = topology
+            .sub_topologies()
+            .iter()
+            .flat_map(|sub| {
+                sub.source_topics
+                    .iter()
+                    .map(|t| (t.resolve(&config.application_id), sub.id))
+            })
+            .collect();
         let shared = Arc::new(Shared {
+            topic_subs,
             config,
             topology,
             env,
@@ -86,6 +97,7 @@ impl KafkaStreams {
             readers,
             partitions,
             registry,
+            config: shared.config.clone(),
         })
     }
 }
@@ -164,6 +176,7 @@ pub struct StreamsHandle {
     /// Partition count per source topic.
     partitions: std::collections::HashMap<String, i32>,
     registry: Registry,
+    config: StreamsConfig,
 }
 
 impl StreamsHandle {
@@ -233,6 +246,22 @@ impl StreamsHandle {
             ))
         })?;
         Ok(reader.get(key)?)
+    }
+
+    /// Metadata for interactive queries: the instance id that owns `key` (serialized, of
+    /// `source_topic`) right now, from the group's current assignment; `None` while the
+    /// partition is unassigned (a rebalance in progress).
+    pub fn owner_of(&self, source_topic: &str, key: &[u8]) -> Result<Option<String>> {
+        let partition = self
+            .partition_for_key(source_topic, key)
+            .ok_or_else(|| Error::MissingTopic(source_topic.to_owned()))?;
+        let owners = owners::partition_owners(&self.config)?;
+        Ok(owners.get(&(source_topic.to_owned(), partition)).cloned())
+    }
+
+    /// This instance's id (what [`StreamsHandle::owner_of`] answers with).
+    pub fn instance_id(&self) -> String {
+        self.config.instance_id()
     }
 
     /// The (store, partition) pairs this instance serves.

@@ -37,6 +37,8 @@ use crate::topology::{TaskId, Topology};
 const KAFKA_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often store sizes and consumer lag are sampled (each costs a broker round trip).
 const SAMPLE_EVERY: Duration = Duration::from_secs(5);
+/// How often wall-clock punctuators are checked (the resolution of wall-clock punctuation).
+const WALL_CLOCK_CHECK: Duration = Duration::from_millis(10);
 
 /// Read access to the committed contents of the stores this process owns, by (store, partition).
 pub(crate) type Readers = Arc<RwLock<HashMap<(String, i32), CommittedReader>>>;
@@ -49,6 +51,8 @@ pub(crate) struct Shared {
     pub(crate) metrics: Metrics,
     pub(crate) shutdown: Arc<AtomicBool>,
     pub(crate) readers: Readers,
+    /// Resolved source topic → the sub-topology that reads it.
+    pub(crate) topic_subs: HashMap<String, usize>,
 }
 
 fn now_ms() -> i64 {
@@ -67,7 +71,12 @@ struct Core {
     restore: RestoreConsumer,
     tasks: BTreeMap<TaskId, StreamTask>,
     /// Next offset to consume per owned input partition, as processed in this interval.
-    positions: HashMap<(String, i32), i64>,
+    positions: HashMap<(Arc<str>, i32), i64>,
+    /// Per input topic: the records-in counter and the record-age histogram (label lookups
+    /// hash, so they are resolved once, not per record).
+    topic_metrics: HashMap<Arc<str>, (prometheus::IntCounter, prometheus::Histogram)>,
+    /// When wall-clock punctuators were last checked.
+    last_wall_check: Instant,
     /// Last committed position per owned input partition (`None`: nothing committed yet).
     committed: HashMap<(String, i32), Option<i64>>,
     /// Partitions assigned by the last rebalance whose tasks are not set up yet.
@@ -161,6 +170,7 @@ pub(crate) fn run(index: usize, shared: Arc<Shared>) -> Result<()> {
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
         .set("fetch.wait.max.ms", "10")
+        .set("max.partition.fetch.bytes", "16777216")
         .set("isolation.level", "read_committed")
         .set("auto.offset.reset", "earliest");
     let restore = RestoreConsumer::from_config_and_context(&rc, kafka::QuietEof)
@@ -173,6 +183,8 @@ pub(crate) fn run(index: usize, shared: Arc<Shared>) -> Result<()> {
         restore,
         tasks: BTreeMap::new(),
         positions: HashMap::new(),
+        topic_metrics: HashMap::new(),
+        last_wall_check: Instant::now(),
         committed: HashMap::new(),
         pending_assign: Vec::new(),
         txn_open: false,
@@ -184,6 +196,10 @@ pub(crate) fn run(index: usize, shared: Arc<Shared>) -> Result<()> {
 
     let mut cc = kafka::client_config(config, kafka::Role::Consumer);
     cc.set("group.id", &config.application_id)
+        .set(
+            "client.id",
+            super::owners::client_id(&config.application_id, &instance, index),
+        )
         .set("group.instance.id", format!("{instance}-{index}"))
         .set("partition.assignment.strategy", "cooperative-sticky")
         .set("enable.auto.commit", "false")
@@ -335,8 +351,7 @@ impl Core {
     }
 
     fn process(&mut self, raw: RawRecord) -> Result<()> {
-        let app = &self.shared.config.application_id;
-        let Some(sub) = self.shared.topology.sub_topology_of(app, &raw.topic) else {
+        let Some(&sub) = self.shared.topic_subs.get(&*raw.topic) else {
             return Err(Error::Topology(format!(
                 "no sub-topology reads {:?}",
                 raw.topic
@@ -357,26 +372,26 @@ impl Core {
         })?;
         task.process(&raw, wall)?;
         let output = task.take_output();
-        self.shared
-            .metrics
-            .records_in
-            .with_label_values(&[&raw.topic])
-            .inc();
-        self.shared
-            .metrics
+        let metrics = &self.shared.metrics;
+        let (records_in, age) = self
+            .topic_metrics
+            .entry(raw.topic.clone())
+            .or_insert_with(|| {
+                (
+                    metrics.records_in.with_label_values(&[&raw.topic]),
+                    metrics.end_to_end.with_label_values(&[&raw.topic]),
+                )
+            });
+        records_in.inc();
+        if raw.timestamp > 0 {
+            age.observe((wall - raw.timestamp).max(0) as f64 / 1000.0);
+        }
+        metrics
             .process_latency
             .observe(started.elapsed().as_secs_f64());
-        if raw.timestamp > 0 {
-            let age = (wall - raw.timestamp).max(0) as f64 / 1000.0;
-            self.shared
-                .metrics
-                .end_to_end
-                .with_label_values(&[&raw.topic])
-                .observe(age);
-        }
         self.send_all(&output)?;
         self.positions
-            .insert((raw.topic.to_string(), raw.partition), raw.offset + 1);
+            .insert((raw.topic.clone(), raw.partition), raw.offset + 1);
         self.dirty = true;
         Ok(())
     }
@@ -410,9 +425,10 @@ impl Core {
     }
 
     fn punctuate_wall_clock(&mut self) -> Result<()> {
-        if self.tasks.is_empty() {
+        if self.tasks.is_empty() || self.last_wall_check.elapsed() < WALL_CLOCK_CHECK {
             return Ok(());
         }
+        self.last_wall_check = Instant::now();
         self.begin()?;
         let now = now_ms();
         let mut output = Vec::new();
@@ -517,8 +533,8 @@ impl Core {
                 .commit(&tpl, CommitMode::Sync)
                 .map_err(Error::kafka("committing offsets"))?;
         }
-        for (key, offset) in self.positions.drain() {
-            self.committed.insert(key, Some(offset));
+        for ((topic, partition), offset) in self.positions.drain() {
+            self.committed.insert((topic.to_string(), partition), Some(offset));
         }
         self.dirty = false;
         self.last_commit = Instant::now();
@@ -715,7 +731,8 @@ impl Core {
         let mut gone = HashSet::new();
         for (topic, partition) in revoked {
             self.committed.remove(&(topic.clone(), *partition));
-            self.positions.remove(&(topic.clone(), *partition));
+            self.positions
+                .retain(|(t, p), _| !(&**t == topic.as_str() && p == partition));
             self.pending_assign
                 .retain(|(t, p)| !(t == topic && p == partition));
             if let Some(sub) = self.shared.topology.sub_topology_of(&app, topic) {
