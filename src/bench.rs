@@ -270,7 +270,12 @@ pub fn engine(bootstrap: &str, args: &EngineArgs) -> anyhow::Result<String> {
         .iter()
         .filter(|f| f.name() == "keel_commit_seconds")
         .flat_map(|f| f.get_metric().iter())
-        .map(|m| (m.get_histogram().get_sample_sum(), m.get_histogram().get_sample_count()))
+        .map(|m| {
+            (
+                m.get_histogram().get_sample_sum(),
+                m.get_histogram().get_sample_count(),
+            )
+        })
         .fold((0.0, 0), |(s, c), (s2, c2)| (s + s2, c + c2));
     handle.shutdown()?;
 
@@ -297,7 +302,10 @@ pub fn engine(bootstrap: &str, args: &EngineArgs) -> anyhow::Result<String> {
         if remaining.len() == args.partitions as usize && remaining.iter().all(|r| *r == 0.0) {
             break;
         }
-        anyhow::ensure!(restore_start.elapsed() < Duration::from_secs(600), "restore did not finish");
+        anyhow::ensure!(
+            restore_start.elapsed() < Duration::from_secs(600),
+            "restore did not finish"
+        );
     }
     let restored_at = Instant::now();
     let last = metric(&handle, "keel_restored_records_total");
@@ -314,7 +322,10 @@ pub fn engine(bootstrap: &str, args: &EngineArgs) -> anyhow::Result<String> {
     );
     row(
         "partitions / stream threads / commit interval",
-        format!("{} / {} / {} ms", args.partitions, args.threads, args.commit_interval_ms),
+        format!(
+            "{} / {} / {} ms",
+            args.partitions, args.threads, args.commit_interval_ms
+        ),
     );
     row(
         "backlog: start to last output visible",

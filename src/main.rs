@@ -4,7 +4,7 @@
 //! - `keel smoke` checks every server of the stack with the real clients Keel uses.
 //! - `keel connectors plugins|list|status|pause|resume|delete` manages Debezium connectors.
 //! - `keel bench engine` measures the stream runtime (docs/BENCHMARKS.md).
-//! - `keel reset --application-id X --input-topics a,b` rewinds a stopped application.
+//! - `keel reset --application-id X [--to-datetime T]` rewinds a stopped application.
 //! - `keel schemas register|check` registers Keel's Avro schemas and gates deployments on their
 //!   compatibility with what the registry holds.
 
@@ -77,8 +77,9 @@ struct ResetArgs {
     /// The application (consumer group, internal topic prefix, state subdirectory).
     #[arg(long)]
     application_id: String,
-    /// The application's input topics, comma-separated.
-    #[arg(long, value_delimiter = ',', required = true)]
+    /// The application's input topics, comma-separated (default: every topic its group has
+    /// committed offsets for).
+    #[arg(long, value_delimiter = ',')]
     input_topics: Vec<String>,
     /// Rewind to the first record at or after this RFC 3339 time instead of the beginning.
     #[arg(long, value_parser = parse_datetime)]

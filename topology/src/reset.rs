@@ -22,7 +22,8 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 pub struct ResetOptions {
     pub application_id: String,
     pub bootstrap_servers: String,
-    /// The application's input topics (their offsets are rewound).
+    /// The application's input topics (their offsets are rewound). Empty: every topic the
+    /// application's group has committed offsets for, except its own internal topics.
     pub input_topics: Vec<String>,
     /// Rewind to the first offset at or after this time (epoch ms) instead of the beginning.
     pub to_timestamp: Option<i64>,
@@ -54,6 +55,36 @@ impl std::fmt::Display for ResetReport {
     }
 }
 
+/// The topics the consumer's group has a committed offset on (one OffsetFetch for every
+/// partition of the cluster; internal `__` topics skipped).
+fn committed_topics(
+    consumer: &BaseConsumer,
+    metadata: &rdkafka::metadata::Metadata,
+) -> Result<Vec<String>> {
+    let mut all = TopicPartitionList::new();
+    for t in metadata
+        .topics()
+        .iter()
+        .filter(|t| !t.name().starts_with("__"))
+    {
+        for p in t.partitions() {
+            all.add_partition(t.name(), p.id());
+        }
+    }
+    let committed = consumer
+        .committed_offsets(all, TIMEOUT)
+        .map_err(Error::kafka("reading the group's committed offsets"))?;
+    let mut topics: Vec<String> = committed
+        .elements()
+        .iter()
+        .filter(|e| matches!(e.offset(), Offset::Offset(_)))
+        .map(|e| e.topic().to_owned())
+        .collect();
+    topics.sort();
+    topics.dedup();
+    Ok(topics)
+}
+
 /// Resets the application. See the module docs.
 pub fn reset_application(options: &ResetOptions) -> Result<ResetReport> {
     let app = &options.application_id;
@@ -80,8 +111,25 @@ pub fn reset_application(options: &ResetOptions) -> Result<ResetReport> {
     let metadata = consumer
         .fetch_metadata(None, TIMEOUT)
         .map_err(Error::kafka("fetching metadata"))?;
+    let prefix = format!("{app}-");
+    let is_internal = |n: &str| {
+        n.starts_with(&prefix) && (n.ends_with("-changelog") || n.ends_with("-repartition"))
+    };
+    let input_topics: Vec<String> = if options.input_topics.is_empty() {
+        committed_topics(&consumer, &metadata)?
+            .into_iter()
+            .filter(|t| !is_internal(t))
+            .collect()
+    } else {
+        options.input_topics.clone()
+    };
+    if input_topics.is_empty() {
+        return Err(Error::Config(vec![format!(
+            "application {app} has no committed offsets; name its input topics"
+        )]));
+    }
     let mut tpl = TopicPartitionList::new();
-    for topic in &options.input_topics {
+    for topic in &input_topics {
         let t = metadata
             .topics()
             .iter()

@@ -25,12 +25,18 @@ fn instance_of(client_id: &str) -> Option<&str> {
 pub(crate) fn partition_owners(config: &StreamsConfig) -> Result<HashMap<(String, i32), String>> {
     let mut cc = kafka::client_config(config, Role::Consumer);
     cc.set("group.id", format!("{}-metadata", config.application_id));
-    let consumer: BaseConsumer = cc.create().map_err(Error::kafka("creating the metadata client"))?;
+    let consumer: BaseConsumer = cc
+        .create()
+        .map_err(Error::kafka("creating the metadata client"))?;
     let groups = consumer
         .fetch_group_list(Some(&config.application_id), Duration::from_secs(10))
         .map_err(Error::kafka("describing the group"))?;
     let mut owners = HashMap::new();
-    for group in groups.groups().iter().filter(|g| g.name() == config.application_id) {
+    for group in groups
+        .groups()
+        .iter()
+        .filter(|g| g.name() == config.application_id)
+    {
         for member in group.members() {
             let Some(instance) = instance_of(member.client_id()) else {
                 continue;
@@ -83,7 +89,8 @@ impl Reader<'_> {
         self.take(2).map(|b| i16::from_be_bytes([b[0], b[1]]))
     }
     fn i32(&mut self) -> Option<i32> {
-        self.take(4).map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+        self.take(4)
+            .map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
     }
 }
 
@@ -93,9 +100,14 @@ mod tests {
 
     #[test]
     fn decodes_an_assignment_and_refuses_truncated_bytes() {
-        let mut bytes = vec![0, 1, 0, 0, 0, 1, 0, 2, b'i', b'n', 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 3];
+        let mut bytes = vec![
+            0, 1, 0, 0, 0, 1, 0, 2, b'i', b'n', 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 3,
+        ];
         bytes.extend_from_slice(&[0, 0, 0, 0]); // empty user data
-        assert_eq!(decode_assignment(&bytes), Some(vec![("in".to_owned(), vec![0, 3])]));
+        assert_eq!(
+            decode_assignment(&bytes),
+            Some(vec![("in".to_owned(), vec![0, 3])])
+        );
         assert_eq!(decode_assignment(&bytes[..9]), None);
         assert_eq!(instance_of("app@inst-a#0"), Some("inst-a"));
         assert_eq!(instance_of("rdkafka"), None);

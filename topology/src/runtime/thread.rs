@@ -534,7 +534,8 @@ impl Core {
                 .map_err(Error::kafka("committing offsets"))?;
         }
         for ((topic, partition), offset) in self.positions.drain() {
-            self.committed.insert((topic.to_string(), partition), Some(offset));
+            self.committed
+                .insert((topic.to_string(), partition), Some(offset));
         }
         self.dirty = false;
         self.last_commit = Instant::now();
