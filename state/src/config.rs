@@ -38,6 +38,9 @@ pub struct StateConfig {
     /// offsets have advanced this many records since the last one (Kafka Streams uses 10,000).
     /// Under exactly-once the checkpoint is only written on a clean close.
     pub checkpoint_interval_records: u64,
+    /// Keep RocksDB's files in memory (RocksDB's MemEnv) instead of on disk: for tests and the
+    /// test driver. The data is lost with the process; `dir` still holds locks and checkpoints.
+    pub in_memory: bool,
 }
 
 impl Default for StateConfig {
@@ -50,6 +53,7 @@ impl Default for StateConfig {
             max_open_files: -1,
             background_jobs: 2,
             checkpoint_interval_records: 10_000,
+            in_memory: false,
         }
     }
 }
@@ -126,6 +130,7 @@ mod tests {
             max_open_files: 0,
             background_jobs: 0,
             checkpoint_interval_records: 1,
+            in_memory: false,
         };
         let Err(Error::Config { problems }) = config.validate() else {
             panic!("invalid config accepted");

@@ -40,6 +40,8 @@ struct Inner {
     app_dir: PathBuf,
     cache: Cache,
     write_buffers: WriteBufferManager,
+    /// RocksDB's in-memory file system, when `in_memory` is set; shared by every store.
+    mem_env: Option<rocksdb::Env>,
 }
 
 impl fmt::Debug for StoreEnv {
@@ -81,6 +83,16 @@ impl StoreEnv {
             false,
             cache.clone(),
         );
+        let mem_env = if config.in_memory {
+            Some(rocksdb::Env::mem_env().map_err(|source| Error::Rocks {
+                store: String::new(),
+                path: app_dir.clone(),
+                op: "create the in-memory environment",
+                source,
+            })?)
+        } else {
+            None
+        };
         tracing::debug!(
             application_id,
             dir = %app_dir.display(),
@@ -95,6 +107,7 @@ impl StoreEnv {
                 app_dir,
                 cache,
                 write_buffers,
+                mem_env,
             }),
         })
     }
@@ -173,6 +186,12 @@ impl StoreEnv {
             return Ok(false);
         }
         let _lock = lock_task_dir(task_id, &dir)?;
+        let entries = fs::read_dir(&dir).map_err(|e| Error::io("read directory", &dir, e))?;
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                self.destroy_store(&entry.path())?;
+            }
+        }
         fs::remove_dir_all(&dir).map_err(|e| Error::io("remove directory", &dir, e))?;
         tracing::info!(task = task_id, dir = %dir.display(), "removed local task state");
         Ok(true)
@@ -183,6 +202,23 @@ impl StoreEnv {
     pub fn remove_all_local_state(&self) -> Result<()> {
         for task in self.local_tasks()? {
             self.remove_task_state(&task)?;
+        }
+        Ok(())
+    }
+
+    /// Deletes one store's RocksDB files (on disk or in memory) and its directory.
+    pub(crate) fn destroy_store(&self, path: &Path) -> Result<()> {
+        rocksdb::DB::destroy(&self.db_options(), path).map_err(|source| Error::Rocks {
+            store: path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            path: path.to_owned(),
+            op: "destroy",
+            source,
+        })?;
+        if path.exists() {
+            fs::remove_dir_all(path).map_err(|e| Error::io("remove directory", path, e))?;
         }
         Ok(())
     }
@@ -213,6 +249,9 @@ impl StoreEnv {
         let mut opts = self.column_options();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
+        if let Some(env) = &self.inner.mem_env {
+            opts.set_env(env);
+        }
         opts.set_write_buffer_manager(&self.inner.write_buffers);
         // Column families of one store are flushed together, so the time index of a TTL or
         // timer store never disagrees with its entries on disk.

@@ -65,6 +65,9 @@ impl StoreCore {
         applied_offset: Option<i64>,
     ) -> Result<Self> {
         debug_assert_eq!(columns.first(), Some(&rocksdb::DEFAULT_COLUMN_FAMILY_NAME));
+        // The directory exists on disk even when RocksDB keeps its files in memory, so that
+        // "is there local state for this store" has one answer.
+        std::fs::create_dir_all(&path).map_err(|e| Error::io("create directory", &path, e))?;
         let descriptors = columns
             .iter()
             .map(|c| ColumnFamilyDescriptor::new(*c, env.column_options()));

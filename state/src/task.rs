@@ -38,7 +38,7 @@
 //! (after an error, or a fenced producer) writes nothing, so the next owner restores.
 
 use std::fmt;
-use std::fs::{self, File};
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -306,7 +306,7 @@ impl TaskState {
         }
         if offset.is_none() && exists {
             tracing::info!(task = %self.task_id, store = name, "no checkpoint for local store; wiping it for a full restore");
-            fs::remove_dir_all(&path).map_err(|e| Error::io("remove directory", &path, e))?;
+            self.env.destroy_store(&path)?;
         }
         let name: Arc<str> = name.into();
         let store = match kind {

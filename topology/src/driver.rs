@@ -1,8 +1,9 @@
 //! [`TestDriver`]: runs a topology in-process with no broker — topics are in-memory queues,
 //! changelogs are in-memory logs, the wall clock is whatever the test says — so processors can
 //! be unit-tested in milliseconds (Kafka Streams' `TopologyTestDriver`). Stores are the real
-//! RocksDB stores in a temporary directory, committed after every input record, so what a test
-//! sees is what the runtime would commit.
+//! stores with RocksDB's files in memory (only locks and checkpoints go to a temporary
+//! directory), committed after every input record, so what a test sees is what the runtime
+//! would commit.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
@@ -110,15 +111,20 @@ impl TestDriver {
     }
 
     fn start_tasks(&mut self) -> Result<()> {
-        let env = StoreEnv::new(
-            StateConfig {
-                block_cache_bytes: 8 << 20,
-                write_buffer_bytes: 4 << 20,
-                memtable_bytes: 1 << 20,
-                ..StateConfig::with_dir(&self.dir)
-            },
-            &self.config.application_id,
-        )?;
+        let env = match self.env.take() {
+            Some(env) => env,
+            // RocksDB keeps its files in memory; only locks and checkpoints touch the disk.
+            None => StoreEnv::new(
+                StateConfig {
+                    block_cache_bytes: 8 << 20,
+                    write_buffer_bytes: 4 << 20,
+                    memtable_bytes: 1 << 20,
+                    in_memory: true,
+                    ..StateConfig::with_dir(&self.dir)
+                },
+                &self.config.application_id,
+            )?,
+        };
         let app: Arc<str> = self.config.application_id.as_str().into();
         for sub in self.topology.sub_topologies().to_vec() {
             let n = sub
@@ -381,9 +387,7 @@ impl TestDriver {
         for (_, task) in std::mem::take(&mut self.tasks) {
             task.into_state().close()?;
         }
-        if let Some(env) = self.env.take()
-            && wipe
-        {
+        if wipe && let Some(env) = self.env.take() {
             env.remove_all_local_state()?;
         }
         self.start_tasks()

@@ -5,7 +5,7 @@ use std::ops::Bound;
 
 use keel_state::{Error, Fault, Guarantee, RestoreFrom};
 
-use crate::common::{Changelogs, Harness, TestResult, b, kv_contents};
+use crate::common::{Changelogs, Harness, TASK, TestResult, b, kv_contents};
 
 #[test]
 fn pending_writes_are_visible_before_commit_and_absent_from_rocksdb_until_commit() -> TestResult {
@@ -260,5 +260,43 @@ fn get_with_reads_without_copying_and_sees_pending_writes() -> TestResult {
     assert_eq!(read(store, b"a")?, Some(3));
     store.delete(b("a"));
     assert_eq!(read(store, b"a")?, None);
+    Ok(())
+}
+
+#[test]
+fn an_in_memory_environment_keeps_committed_state_across_reopen_and_writes_no_rocksdb_files()
+-> TestResult {
+    let h = Harness::with_config(|c| c.in_memory = true)?;
+    let mut log = Changelogs::default();
+    {
+        let mut task = h.open(Guarantee::ExactlyOnce)?;
+        let store = task.register_kv("counts")?;
+        store.put(b("x"), b("1"));
+        store.put(b("y"), b("2"));
+        log.commit(&mut task)?;
+        task.close()?;
+    }
+    let mut task = h.open(Guarantee::ExactlyOnce)?;
+    let store = task.register_kv("counts")?;
+    assert_eq!(
+        kv_contents(store)?,
+        BTreeMap::from([(b("x"), b("1")), (b("y"), b("2"))]),
+        "the checkpointed store reopens from memory"
+    );
+    let on_disk: Vec<_> = std::fs::read_dir(h.task_dir().join("counts"))?
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(
+        on_disk.is_empty(),
+        "RocksDB wrote files to disk: {on_disk:?}"
+    );
+    task.close()?;
+
+    // Removing the task's state removes the in-memory store too.
+    h.env.remove_task_state(TASK)?;
+    let mut task = h.open(Guarantee::ExactlyOnce)?;
+    let store = task.register_kv("counts")?;
+    assert!(kv_contents(store)?.is_empty());
     Ok(())
 }
