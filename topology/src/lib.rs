@@ -15,11 +15,14 @@
 //! - [`runtime`] — [`KafkaStreams`] / [`StreamsHandle`]: topics, stream threads, the
 //!   exactly-once loop, restore, rebalance, interactive queries.
 //! - [`driver`] — [`TestDriver`]: the same tasks with in-memory topics and a test clock.
+//! - [`dsl`] — `StreamsBuilder`: filter/map, tables from topics, stream–table joins,
+//!   aggregates, on top of the Processor API.
 //! - [`reset`] — `keel reset`: rewind input offsets, delete internal topics and local state.
 //! - [`serde`], [`record`], [`config`], [`metrics`], [`error`].
 
 pub mod config;
 pub mod driver;
+pub mod dsl;
 pub mod error;
 pub mod metrics;
 pub mod processor;

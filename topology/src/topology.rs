@@ -369,6 +369,25 @@ impl TopologyBuilder {
         self
     }
 
+    /// Lets `processor` (added after the store) use `store` too.
+    pub fn connect_store(&mut self, store: &str, processor: &str) -> &mut Self {
+        let Some(spec) = self.stores.iter_mut().find(|s| s.name == store) else {
+            self.problems
+                .push(format!("{processor:?} connects to unknown store {store:?}"));
+            return self;
+        };
+        match self.nodes.iter_mut().find(|n| n.name == processor) {
+            Some(node) if matches!(node.kind, NodeKind::Processor { .. }) => {
+                node.stores.push(store.to_owned());
+                spec.processors.push(processor.to_owned());
+            }
+            _ => self
+                .problems
+                .push(format!("store {store:?}: no processor named {processor:?}")),
+        }
+        self
+    }
+
     /// Checks the whole graph (every problem at once) and cuts it into sub-topologies.
     pub fn build(self) -> Result<Topology> {
         let Self {
