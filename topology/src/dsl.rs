@@ -372,8 +372,10 @@ impl<K: Clone + Send + 'static, V: Clone + Send + 'static> Processor for Filter<
     }
 }
 
+type ValueMapper<K, V, V2> = Arc<dyn Fn(&K, V) -> V2 + Send + Sync>;
+
 struct MapValues<K, V, V2> {
-    f: Arc<dyn Fn(&K, V) -> V2 + Send + Sync>,
+    f: ValueMapper<K, V, V2>,
 }
 
 impl<K: Clone + Send + 'static, V: Send + 'static, V2: Clone + Send + 'static> Processor
@@ -393,8 +395,10 @@ impl<K: Clone + Send + 'static, V: Send + 'static, V2: Clone + Send + 'static> P
     }
 }
 
+type Mapper<K, V, K2, V2> = Arc<dyn Fn(K, V) -> (K2, V2) + Send + Sync>;
+
 struct Map<K, V, K2, V2> {
-    f: Arc<dyn Fn(K, V) -> (K2, V2) + Send + Sync>,
+    f: Mapper<K, V, K2, V2>,
 }
 
 impl<K: Send + 'static, V: Send + 'static, K2: Clone + Send + 'static, V2: Clone + Send + 'static>
