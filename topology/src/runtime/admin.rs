@@ -14,6 +14,8 @@ use crate::runtime::kafka;
 use crate::topology::{TopicName, Topology};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a missing source topic is waited for before the start fails.
+const SOURCE_TOPIC_WAIT: Duration = Duration::from_secs(10);
 
 fn partition_counts(admin: &AdminClient<DefaultClientContext>) -> Result<HashMap<String, i32>> {
     let metadata = admin
@@ -42,7 +44,29 @@ pub(crate) fn prepare_topics(
     let admin: AdminClient<DefaultClientContext> = kafka::client_config(config, kafka::Role::Admin)
         .create()
         .map_err(Error::kafka("creating the admin client"))?;
+    // Topics created just before the application starts may not be in metadata yet.
     let mut counts = partition_counts(&admin)?;
+    let deadline = Instant::now() + SOURCE_TOPIC_WAIT;
+    let external: Vec<String> = topology
+        .sub_topologies()
+        .iter()
+        .flat_map(|s| s.source_topics.iter())
+        .filter_map(|t| match t {
+            TopicName::External(name) => Some(name.clone()),
+            TopicName::Internal(_) => None,
+        })
+        .collect();
+    while let Some(missing) = external
+        .iter()
+        .find(|name| !counts.contains_key(*name))
+        .cloned()
+    {
+        if Instant::now() >= deadline {
+            return Err(Error::MissingTopic(missing));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        counts = partition_counts(&admin)?;
+    }
 
     let mut external_max = 0;
     for sub in topology.sub_topologies() {

@@ -10,7 +10,7 @@ use rdkafka::Message;
 use rdkafka::client::ClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, ProducerContext};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer as _, ProducerContext};
 
 use crate::config::StreamsConfig;
 use crate::error::{Error, Result};
@@ -150,6 +150,29 @@ pub(crate) fn send(producer: &Producer, record: &OutRecord) -> Result<()> {
                 });
             }
         }
+    }
+}
+
+/// Waits until every record sent has its delivery report served. (rdkafka's
+/// `BaseProducer::flush` polls in 100 ms slices that do not return early, which put a fixed
+/// 100 ms into every commit.)
+pub(crate) fn flush(producer: &Producer, timeout: Duration) -> Result<()> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        producer.poll(Duration::ZERO);
+        if producer.in_flight_count() == 0 {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(Error::Kafka {
+                context: format!(
+                    "flush: {} records still in flight",
+                    producer.in_flight_count()
+                ),
+                source: KafkaError::Flush(RDKafkaErrorCode::MessageTimedOut),
+            });
+        }
+        producer.poll(Duration::from_millis(1));
     }
 }
 

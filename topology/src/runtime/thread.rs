@@ -479,6 +479,7 @@ impl Core {
             tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset))
                 .map_err(Error::kafka("building the offset list"))?;
         }
+        let sent = started.elapsed();
         if self.eos() {
             if tpl.count() > 0 {
                 let group = consumer.group_metadata().ok_or_else(|| Error::Kafka {
@@ -489,9 +490,9 @@ impl Core {
                     .send_offsets_to_transaction(&tpl, &group, KAFKA_TIMEOUT)
                     .map_err(Error::kafka("send_offsets_to_transaction"))?;
             }
-            self.producer
-                .flush(KAFKA_TIMEOUT)
-                .map_err(Error::kafka("flush"))?;
+            let offsets_sent = started.elapsed();
+            kafka::flush(&self.producer, KAFKA_TIMEOUT)?;
+            let flushed = started.elapsed();
             if let Some(failure) = self.producer.context().take_failure() {
                 return Err(Error::Kafka {
                     context: failure,
@@ -502,10 +503,16 @@ impl Core {
                 .commit_transaction(KAFKA_TIMEOUT)
                 .map_err(Error::kafka("commit_transaction"))?;
             self.txn_open = false;
+            tracing::debug!(
+                thread = self.index,
+                changelog_sent_ms = sent.as_millis() as u64,
+                offsets_sent_ms = offsets_sent.as_millis() as u64,
+                flushed_ms = flushed.as_millis() as u64,
+                committed_ms = started.elapsed().as_millis() as u64,
+                "transaction committed"
+            );
         } else {
-            self.producer
-                .flush(KAFKA_TIMEOUT)
-                .map_err(Error::kafka("flush"))?;
+            kafka::flush(&self.producer, KAFKA_TIMEOUT)?;
             if let Some(failure) = self.producer.context().take_failure() {
                 return Err(Error::Kafka {
                     context: failure,
