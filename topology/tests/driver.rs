@@ -140,27 +140,11 @@ fn punctuators_fire_on_stream_time_and_wall_clock_and_timers_survive_a_restart()
 
 #[test]
 fn repartitioned_records_reach_the_task_of_their_new_key() {
-    use keel_topology::{Context, ProcessError, Processor, Record, StoreKind, TopologyBuilder};
+    use keel_topology::{StoreKind, TopologyBuilder};
 
-    /// Re-keys "order:sku" records by sku.
-    struct BySku;
-    impl Processor for BySku {
-        type Key = String;
-        type Value = i64;
-        fn process(
-            &mut self,
-            ctx: &mut Context<'_>,
-            r: Record<String, i64>,
-        ) -> Result<(), ProcessError> {
-            let sku = r.key.split(':').nth(1).unwrap_or("?").to_owned();
-            let v = r.value;
-            ctx.forward(r.with(sku, v));
-            Ok(())
-        }
-    }
     let mut b = TopologyBuilder::new();
     b.add_source("in", &["lines"], Utf8, I64)
-        .add_processor("by-sku", || BySku, &["in"])
+        .add_processor("by-sku", || common::BySku, &["in"])
         .add_repartition::<String, i64, _, _>("sku", Utf8, I64, &["by-sku"])
         .add_processor("sum", || common::RunningSum, &["sku"])
         .add_state_store("sums", StoreKind::KeyValue, &["sum"])

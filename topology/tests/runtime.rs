@@ -653,31 +653,12 @@ fn count_output(topic: &str, key: &str) -> usize {
         .count()
 }
 
-/// Re-keys "order:sku" records by sku.
-struct BySku;
-
-impl Processor for BySku {
-    type Key = String;
-    type Value = i64;
-
-    fn process(
-        &mut self,
-        ctx: &mut Context<'_>,
-        r: Record<String, i64>,
-    ) -> Result<(), ProcessError> {
-        let sku = r.key.split(':').nth(1).unwrap_or("?").to_owned();
-        let v = r.value;
-        ctx.forward(r.with(sku, v));
-        Ok(())
-    }
-}
-
 #[test]
 fn a_repartition_topic_brings_re_keyed_records_to_the_task_of_their_new_key() {
     let n = names("repart", 3);
     let mut b = TopologyBuilder::new();
     b.add_source("in", &[&n.input], Utf8, I64)
-        .add_processor("by-sku", || BySku, &["in"])
+        .add_processor("by-sku", || common::BySku, &["in"])
         .add_repartition::<String, i64, _, _>("sku", Utf8, I64, &["by-sku"])
         .add_processor("sum", || common::RunningSum, &["sku"])
         .add_state_store("sums", StoreKind::KeyValue, &["sum"])

@@ -41,6 +41,25 @@ impl Processor for RunningSum {
     }
 }
 
+/// Re-keys "order:sku" records by sku (a key change before a stateful step).
+pub struct BySku;
+
+impl Processor for BySku {
+    type Key = String;
+    type Value = i64;
+
+    fn process(
+        &mut self,
+        ctx: &mut Context<'_>,
+        r: Record<String, i64>,
+    ) -> Result<(), ProcessError> {
+        let sku = r.key.split(':').nth(1).unwrap_or("?").to_owned();
+        let v = r.value;
+        ctx.forward(r.with(sku, v));
+        Ok(())
+    }
+}
+
 /// `input` → running sum per key (store `sums`) → `output`.
 pub fn running_sums(input: &str, output: &str) -> Topology {
     let mut b = TopologyBuilder::new();
