@@ -126,6 +126,16 @@ impl TestDriver {
             )?,
         };
         let app: Arc<str> = self.config.application_id.as_str().into();
+        let sink_partitions: Arc<HashMap<String, i32>> = Arc::new(
+            self.topology
+                .sink_topics(&app)
+                .into_iter()
+                .map(|t| {
+                    let n = self.partitions_of(&t);
+                    (t, n)
+                })
+                .collect(),
+        );
         for sub in self.topology.sub_topologies().to_vec() {
             let n = sub
                 .source_topics
@@ -144,6 +154,7 @@ impl TestDriver {
                     state,
                     format!("{app}-dlq"),
                     self.config.on_bad_record,
+                    sink_partitions.clone(),
                 )?;
                 for plan in task.state().restore_plans() {
                     let log = self
@@ -327,6 +338,8 @@ impl TestDriver {
     }
 
     /// Takes every record written to `topic` so far.
+    ///
+    /// Records keep the partition a custom sink partitioner chose (`None`: the default one).
     pub fn read_output(&mut self, topic: &str) -> Vec<OutRecord> {
         self.outputs
             .get_mut(topic)

@@ -58,6 +58,8 @@ pub struct StreamTask {
     counters: TaskCounters,
     /// Resolved topic → the source node of this task that reads it.
     sources: HashMap<String, usize>,
+    /// Partition counts of the topics sinks write to (for custom partitioners).
+    sink_partitions: Arc<HashMap<String, i32>>,
     /// Per node since the last `take_node_counts`: records handed in, records forwarded.
     node_in: Vec<u64>,
     node_out: Vec<u64>,
@@ -83,6 +85,7 @@ impl StreamTask {
         mut state: TaskState,
         dead_letter_topic: String,
         policy: BadRecordPolicy,
+        sink_partitions: Arc<HashMap<String, i32>>,
     ) -> Result<Self> {
         let mut processors = Vec::with_capacity(graph.nodes.len());
         let mut stores: Vec<&str> = Vec::new();
@@ -138,6 +141,7 @@ impl StreamTask {
             output: Vec::new(),
             counters: TaskCounters::default(),
             sources,
+            sink_partitions,
             node_in: vec![0; graph_len],
             node_out: vec![0; graph_len],
         })
@@ -304,12 +308,17 @@ impl StreamTask {
             match &self.graph.nodes[node].kind {
                 NodeKind::Sink { topic, encode } => {
                     let topic = topic.resolve(&self.application_id);
-                    let encoded = encode(&topic, payload).map_err(|e| match e {
+                    let partitions = self.sink_partitions.get(&topic).copied();
+                    let encoded = encode(&topic, payload, partitions).map_err(|e| match e {
                         EncodeFailure::WrongType { expected } => Error::TypeMismatch {
                             node: self.graph.node_name(node).to_owned(),
                             from: self.parent_names(node),
                             expected: expected.to_owned(),
                         },
+                        EncodeFailure::UnknownPartitions => Error::Topology(format!(
+                            "sink {:?} has a partitioner but the partition count of {topic} is unknown (does the topic exist?)",
+                            self.graph.node_name(node)
+                        )),
                         EncodeFailure::Serde(e) => Error::Processor {
                             processor: self.graph.node_name(node).to_owned(),
                             source: ProcessError::BadInput(format!(
@@ -319,7 +328,7 @@ impl StreamTask {
                     })?;
                     self.output.push(OutRecord {
                         topic,
-                        partition: None,
+                        partition: encoded.partition,
                         key: encoded.key,
                         value: encoded.value,
                         timestamp: encoded.timestamp,

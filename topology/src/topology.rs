@@ -45,10 +45,15 @@ impl TopicName {
 }
 
 pub(crate) type Decode = Arc<dyn Fn(&RawRecord) -> Result<Payload, SerdeError> + Send + Sync>;
-pub(crate) type Encode = Arc<dyn Fn(&str, Payload) -> Result<Encoded, EncodeFailure> + Send + Sync>;
+/// Serializes a sink's record for a topic with the given partition count (when known).
+pub(crate) type Encode =
+    Arc<dyn Fn(&str, Payload, Option<i32>) -> Result<Encoded, EncodeFailure> + Send + Sync>;
+/// Picks a partition from the typed key and value and the topic's partition count.
+pub type Partitioner<K, V> = Arc<dyn Fn(&K, &V, i32) -> i32 + Send + Sync>;
 pub(crate) type Factory = Arc<dyn Fn() -> Box<dyn ErasedProcessor> + Send + Sync>;
 
 pub(crate) struct Encoded {
+    pub(crate) partition: Option<i32>,
     pub(crate) key: Option<Vec<u8>>,
     pub(crate) value: Option<Vec<u8>>,
     pub(crate) timestamp: i64,
@@ -56,8 +61,12 @@ pub(crate) struct Encoded {
 }
 
 pub(crate) enum EncodeFailure {
-    WrongType { expected: &'static str },
+    WrongType {
+        expected: &'static str,
+    },
     Serde(SerdeError),
+    /// A custom partitioner needs the topic's partition count and it is not known.
+    UnknownPartitions,
 }
 
 #[derive(Clone)]
@@ -270,6 +279,32 @@ impl TopologyBuilder {
             TopicName::External(topic.to_owned()),
             key,
             value,
+            None,
+            parents,
+        )
+    }
+
+    /// A sink whose records go to the partition `partitioner(key, value, partitions)` picks
+    /// (taken modulo the topic's partition count).
+    pub fn add_sink_with_partitioner<K, V>(
+        &mut self,
+        name: &str,
+        topic: &str,
+        key: impl Serde<K>,
+        value: impl Serde<V>,
+        partitioner: impl Fn(&K, &V, i32) -> i32 + Send + Sync + 'static,
+        parents: &[&str],
+    ) -> &mut Self
+    where
+        K: Send + 'static,
+        V: Send + 'static,
+    {
+        self.add_sink_named(
+            name,
+            TopicName::External(topic.to_owned()),
+            key,
+            value,
+            Some(Arc::new(partitioner)),
             parents,
         )
     }
@@ -280,13 +315,14 @@ impl TopologyBuilder {
         topic: TopicName,
         key: impl Serde<K>,
         value: impl Serde<V>,
+        partitioner: Option<Partitioner<K, V>>,
         parents: &[&str],
     ) -> &mut Self
     where
         K: Send + 'static,
         V: Send + 'static,
     {
-        let encode: Encode = Arc::new(move |topic: &str, payload: Payload| {
+        let encode: Encode = Arc::new(move |topic: &str, payload: Payload, partitions| {
             let record =
                 payload
                     .downcast::<Record<K, V>>()
@@ -294,7 +330,15 @@ impl TopologyBuilder {
                         expected: type_name::<(K, V)>(),
                     })?;
             let record = *record;
+            let partition = match &partitioner {
+                None => None,
+                Some(p) => {
+                    let n = partitions.ok_or(EncodeFailure::UnknownPartitions)?;
+                    Some(p(&record.key, &record.value, n).rem_euclid(n.max(1)))
+                }
+            };
             Ok(Encoded {
+                partition,
                 key: key
                     .serialize(topic, &record.key)
                     .map_err(EncodeFailure::Serde)?,
@@ -332,7 +376,14 @@ impl TopologyBuilder {
     {
         let topic = TopicName::Internal(format!("{name}-repartition"));
         let sink = format!("{name}-sink");
-        self.add_sink_named(&sink, topic.clone(), key.clone(), value.clone(), parents);
+        self.add_sink_named(
+            &sink,
+            topic.clone(),
+            key.clone(),
+            value.clone(),
+            None,
+            parents,
+        );
         self.add_source_named(name, vec![topic], key, value)
     }
 
@@ -568,6 +619,18 @@ impl Topology {
             .iter()
             .flat_map(|s| s.source_topics.iter().map(|t| t.resolve(application_id)))
             .collect()
+    }
+
+    /// Every topic the sinks write to, resolved.
+    pub fn sink_topics(&self, application_id: &str) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .sub_topologies
+            .iter()
+            .flat_map(|s| s.sink_topics.iter().map(|t| t.resolve(application_id)))
+            .collect();
+        out.sort();
+        out.dedup();
+        out
     }
 
     /// Internal topics the runtime creates, resolved: repartition topics.

@@ -176,3 +176,32 @@ fn repartitioned_records_reach_the_task_of_their_new_key() {
         "one running total per sku, whatever order partition the lines came from"
     );
 }
+
+#[test]
+fn a_sink_partitioner_picks_the_output_partition() {
+    use keel_topology::TopologyBuilder;
+    let mut b = TopologyBuilder::new();
+    b.add_source("in", &["in"], Utf8, I64)
+        .add_sink_with_partitioner(
+            "out",
+            "out",
+            Utf8,
+            I64,
+            |_key: &String, value: &i64, partitions| (*value % i64::from(partitions)) as i32,
+            &["in"],
+        );
+    let config = DriverConfig {
+        partitions: [("out".to_owned(), 3)].into(),
+        ..DriverConfig::default()
+    };
+    let mut d = TestDriver::with_config(b.build().expect("valid"), config).expect("driver");
+    for v in [4, 5, 6, -1] {
+        pipe(&mut d, "k", v, 1);
+    }
+    let partitions: Vec<Option<i32>> = d.read_output("out").iter().map(|r| r.partition).collect();
+    assert_eq!(
+        partitions,
+        vec![Some(1), Some(2), Some(0), Some(2)],
+        "-1 wraps to the last partition"
+    );
+}

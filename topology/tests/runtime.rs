@@ -684,3 +684,47 @@ fn a_repartition_topic_brings_re_keyed_records_to_the_task_of_their_new_key() {
     }
     let _ = std::fs::remove_dir_all(&n.dir);
 }
+
+#[test]
+fn a_sink_partitioner_places_records_on_the_broker() {
+    let n = names("partitioner", 1);
+    let output = unique("partitioner_out3");
+    runtime()
+        .block_on(create_topics(&bootstrap(), &[&output], 3))
+        .expect("topic");
+    let mut b = TopologyBuilder::new();
+    b.add_source("in", &[&n.input], Utf8, I64)
+        .add_sink_with_partitioner(
+            "out",
+            &output,
+            Utf8,
+            I64,
+            |_key: &String, value: &i64, partitions| (*value % i64::from(partitions)) as i32,
+            &["in"],
+        );
+    produce_owned(&n.input, &sums_input("k", 0..9));
+    let handle = start(b.build().expect("valid"), config(&n, "one", &n.dir));
+    let messages = runtime().block_on(async {
+        let c = consumer(&bootstrap(), "read_committed").expect("consumer");
+        read_topic(
+            &c,
+            &output,
+            9,
+            Duration::from_secs(60),
+            Duration::from_secs(1),
+        )
+        .await
+        .expect("reads")
+    });
+    handle.shutdown().expect("clean shutdown");
+    assert_eq!(messages.len(), 9);
+    for m in &messages {
+        let value = i64::from_be_bytes(
+            m.payload()
+                .and_then(|p| p.try_into().ok())
+                .expect("8 bytes"),
+        );
+        assert_eq!(i64::from(m.partition()), value % 3, "value {value}");
+    }
+    let _ = std::fs::remove_dir_all(&n.dir);
+}

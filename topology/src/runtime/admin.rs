@@ -35,7 +35,8 @@ fn partition_counts(admin: &AdminClient<DefaultClientContext>) -> Result<HashMap
         .collect())
 }
 
-/// Returns the partition count of every source topic (internal ones included).
+/// Returns the partition count of every source topic (internal ones included) and of every
+/// sink topic that exists.
 pub(crate) fn prepare_topics(
     topology: &Topology,
     config: &StreamsConfig,
@@ -176,12 +177,17 @@ pub(crate) fn prepare_topics(
             std::thread::sleep(Duration::from_millis(100));
         }
     }
-    Ok(topology
-        .source_topics(app)
-        .into_iter()
-        .map(|t| {
-            let n = counts.get(&t).copied().unwrap_or(1);
-            (t, n)
-        })
-        .collect())
+    // Source topics (all exist now) and the sink topics that exist (custom partitioners need
+    // their partition counts).
+    let mut known = HashMap::new();
+    for t in topology.source_topics(app) {
+        let n = counts.get(&t).copied().unwrap_or(1);
+        known.insert(t, n);
+    }
+    for t in topology.sink_topics(app) {
+        if let Some(n) = counts.get(&t) {
+            known.insert(t, *n);
+        }
+    }
+    Ok(known)
 }

@@ -71,6 +71,7 @@ impl KafkaStreams {
             })
             .collect();
         let shared = Arc::new(Shared {
+            topic_partitions: Arc::new(partitions.clone()),
             topic_subs,
             config,
             topology,

@@ -53,6 +53,8 @@ pub(crate) struct Shared {
     pub(crate) readers: Readers,
     /// Resolved source topic → the sub-topology that reads it.
     pub(crate) topic_subs: HashMap<String, usize>,
+    /// Partition counts of the source and (existing) sink topics.
+    pub(crate) topic_partitions: Arc<HashMap<String, i32>>,
 }
 
 fn now_ms() -> i64 {
@@ -704,6 +706,7 @@ impl Core {
             state,
             config.dead_letter_topic(),
             config.on_bad_record,
+            shared.topic_partitions.clone(),
         )?;
         restore::restore_task(&mut task, &self.restore, &shared.metrics)?;
         task.init(now_ms())?;
