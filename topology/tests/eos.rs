@@ -247,8 +247,9 @@ fn output_and_store_are_exactly_once_across_repeated_kill_9() {
     runtime()
         .block_on(create_topics(bootstrap, &[&spec.input, &spec.output], 3))
         .expect("topics");
-    // 20,000 records fed at ~2,000/s while the application is killed and restarted.
-    let input = make_input(40, 500);
+    // Records fed at ~2,000/s for about as long as the kill rounds last (5,000 per kill), so
+    // every kill lands while input is arriving.
+    let input = make_input(40, 125 * kills().max(1));
     let expected = common::expected_sums(&input);
     let feeder = {
         let (bootstrap, topic, input) = (bootstrap.clone(), spec.input.clone(), input.clone());
