@@ -98,6 +98,37 @@ pub enum Store {
     Timer(TimerStore),
 }
 
+/// A kind of store as a type, so one accessor serves all three.
+trait Variant: Sized {
+    const KIND: StoreKind;
+    fn of(store: &Store) -> Option<&Self>;
+    fn of_mut(store: &mut Store) -> Option<&mut Self>;
+}
+
+macro_rules! variant {
+    ($ty:ty, $variant:ident, $kind:expr) => {
+        impl Variant for $ty {
+            const KIND: StoreKind = $kind;
+            fn of(store: &Store) -> Option<&Self> {
+                match store {
+                    Store::$variant(s) => Some(s),
+                    _ => None,
+                }
+            }
+            fn of_mut(store: &mut Store) -> Option<&mut Self> {
+                match store {
+                    Store::$variant(s) => Some(s),
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+
+variant!(KeyValueStore, KeyValue, StoreKind::KeyValue);
+variant!(TtlStore, Ttl, StoreKind::Ttl);
+variant!(TimerStore, Timer, StoreKind::Timer);
+
 impl Store {
     fn core(&self) -> &StoreCore {
         match self {
@@ -379,71 +410,49 @@ impl TaskState {
 
     /// The key-value store `name`.
     pub fn kv(&self, name: &str) -> Result<&KeyValueStore> {
-        match self.store(name)? {
-            Store::KeyValue(s) => Ok(s),
-            other => Err(self.wrong_kind(other, StoreKind::KeyValue)),
-        }
+        self.typed(name)
     }
 
     /// The key-value store `name`, mutably.
     pub fn kv_mut(&mut self, name: &str) -> Result<&mut KeyValueStore> {
-        let index = self.index(name)?;
-        let task = &self.task_id;
-        match &mut self.stores[index] {
-            Store::KeyValue(s) => Ok(s),
-            other => Err(Error::WrongStoreKind {
-                task: task.clone(),
-                store: name.to_owned(),
-                expected: StoreKind::KeyValue,
-                actual: other.kind(),
-            }),
-        }
+        self.typed_mut(name)
     }
 
     /// The TTL store `name`.
     pub fn ttl(&self, name: &str) -> Result<&TtlStore> {
-        match self.store(name)? {
-            Store::Ttl(s) => Ok(s),
-            other => Err(self.wrong_kind(other, StoreKind::Ttl)),
-        }
+        self.typed(name)
     }
 
     /// The TTL store `name`, mutably.
     pub fn ttl_mut(&mut self, name: &str) -> Result<&mut TtlStore> {
-        let index = self.index(name)?;
-        let task = &self.task_id;
-        match &mut self.stores[index] {
-            Store::Ttl(s) => Ok(s),
-            other => Err(Error::WrongStoreKind {
-                task: task.clone(),
-                store: name.to_owned(),
-                expected: StoreKind::Ttl,
-                actual: other.kind(),
-            }),
-        }
+        self.typed_mut(name)
     }
 
     /// The timer store `name`.
     pub fn timers(&self, name: &str) -> Result<&TimerStore> {
-        match self.store(name)? {
-            Store::Timer(s) => Ok(s),
-            other => Err(self.wrong_kind(other, StoreKind::Timer)),
-        }
+        self.typed(name)
     }
 
     /// The timer store `name`, mutably.
     pub fn timers_mut(&mut self, name: &str) -> Result<&mut TimerStore> {
+        self.typed_mut(name)
+    }
+
+    fn typed<T: Variant>(&self, name: &str) -> Result<&T> {
+        let store = self.store(name)?;
+        T::of(store).ok_or_else(|| self.wrong_kind(store, T::KIND))
+    }
+
+    fn typed_mut<T: Variant>(&mut self, name: &str) -> Result<&mut T> {
         let index = self.index(name)?;
+        let actual = self.stores[index].kind();
         let task = &self.task_id;
-        match &mut self.stores[index] {
-            Store::Timer(s) => Ok(s),
-            other => Err(Error::WrongStoreKind {
-                task: task.clone(),
-                store: name.to_owned(),
-                expected: StoreKind::Timer,
-                actual: other.kind(),
-            }),
-        }
+        T::of_mut(&mut self.stores[index]).ok_or_else(|| Error::WrongStoreKind {
+            task: task.clone(),
+            store: name.to_owned(),
+            expected: T::KIND,
+            actual,
+        })
     }
 
     /// Where each registered store's restore starts.
