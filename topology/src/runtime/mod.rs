@@ -73,6 +73,7 @@ impl KafkaStreams {
         let shared = Arc::new(Shared {
             topic_partitions: Arc::new(partitions.clone()),
             topic_subs,
+            dead_letter_topic: config.dead_letter_topic(),
             config,
             topology,
             env,

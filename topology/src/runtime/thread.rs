@@ -53,6 +53,8 @@ pub(crate) struct Shared {
     pub(crate) readers: Readers,
     /// Resolved source topic → the sub-topology that reads it.
     pub(crate) topic_subs: HashMap<String, usize>,
+    /// `config.dead_letter_topic()`, resolved once.
+    pub(crate) dead_letter_topic: String,
     /// Partition counts of the source and (existing) sink topics.
     pub(crate) topic_partitions: Arc<HashMap<String, i32>>,
 }
@@ -399,10 +401,9 @@ impl Core {
     }
 
     fn send_all(&mut self, output: &[crate::record::OutRecord]) -> Result<()> {
-        let dlq = self.shared.config.dead_letter_topic();
         for out in output {
             kafka::send(&self.producer, out)?;
-            if out.topic == dlq {
+            if out.topic == self.shared.dead_letter_topic {
                 let source = out
                     .headers
                     .get_str(task::dlq_headers::SOURCE_TOPIC)
@@ -482,46 +483,38 @@ impl Core {
                 .map_err(Error::kafka("building the offset list"))?;
         }
         let sent = started.elapsed();
+        if self.eos() && tpl.count() > 0 {
+            let group = consumer.group_metadata().ok_or_else(|| Error::Kafka {
+                context: "group metadata".into(),
+                source: KafkaError::Global(rdkafka::types::RDKafkaErrorCode::State),
+            })?;
+            self.producer
+                .send_offsets_to_transaction(&tpl, &group, KAFKA_TIMEOUT)
+                .map_err(Error::kafka("send_offsets_to_transaction"))?;
+        }
+        let offsets_sent = started.elapsed();
+        kafka::flush(&self.producer, KAFKA_TIMEOUT)?;
+        let flushed = started.elapsed();
+        if let Some(failure) = self.producer.context().take_failure() {
+            return Err(Error::Kafka {
+                context: failure,
+                source: KafkaError::Flush(rdkafka::types::RDKafkaErrorCode::Fail),
+            });
+        }
         if self.eos() {
-            if tpl.count() > 0 {
-                let group = consumer.group_metadata().ok_or_else(|| Error::Kafka {
-                    context: "group metadata".into(),
-                    source: KafkaError::Global(rdkafka::types::RDKafkaErrorCode::State),
-                })?;
-                self.producer
-                    .send_offsets_to_transaction(&tpl, &group, KAFKA_TIMEOUT)
-                    .map_err(Error::kafka("send_offsets_to_transaction"))?;
-            }
-            let offsets_sent = started.elapsed();
-            kafka::flush(&self.producer, KAFKA_TIMEOUT)?;
-            let flushed = started.elapsed();
-            if let Some(failure) = self.producer.context().take_failure() {
-                return Err(Error::Kafka {
-                    context: failure,
-                    source: KafkaError::Flush(rdkafka::types::RDKafkaErrorCode::Fail),
-                });
-            }
             self.producer
                 .commit_transaction(KAFKA_TIMEOUT)
                 .map_err(Error::kafka("commit_transaction"))?;
             self.txn_open = false;
-            tracing::debug!(
-                thread = self.index,
-                changelog_sent_ms = sent.as_millis() as u64,
-                offsets_sent_ms = offsets_sent.as_millis() as u64,
-                flushed_ms = flushed.as_millis() as u64,
-                committed_ms = started.elapsed().as_millis() as u64,
-                "transaction committed"
-            );
-        } else {
-            kafka::flush(&self.producer, KAFKA_TIMEOUT)?;
-            if let Some(failure) = self.producer.context().take_failure() {
-                return Err(Error::Kafka {
-                    context: failure,
-                    source: KafkaError::Flush(rdkafka::types::RDKafkaErrorCode::Fail),
-                });
-            }
         }
+        tracing::debug!(
+            thread = self.index,
+            changelog_sent_ms = sent.as_millis() as u64,
+            offsets_sent_ms = offsets_sent.as_millis() as u64,
+            flushed_ms = flushed.as_millis() as u64,
+            committed_ms = started.elapsed().as_millis() as u64,
+            "committed"
+        );
         // Committed: the stores may now apply what they held back.
         let delivered = self.producer.context().take_offsets();
         let mut per_task: BTreeMap<TaskId, Vec<(String, i64)>> = BTreeMap::new();
@@ -656,17 +649,13 @@ impl Core {
             self.committed
                 .insert((e.topic().to_owned(), e.partition()), offset);
         }
-        let app = self.shared.config.application_id.clone();
         let mut ids: Vec<TaskId> = assigned
             .iter()
             .filter_map(|(topic, partition)| {
-                self.shared
-                    .topology
-                    .sub_topology_of(&app, topic)
-                    .map(|sub| TaskId {
-                        sub_topology: sub,
-                        partition: *partition,
-                    })
+                self.shared.topic_subs.get(topic).map(|&sub| TaskId {
+                    sub_topology: sub,
+                    partition: *partition,
+                })
             })
             .collect();
         ids.sort();
@@ -704,7 +693,7 @@ impl Core {
             config.application_id.as_str().into(),
             shared.topology.graph.clone(),
             state,
-            config.dead_letter_topic(),
+            shared.dead_letter_topic.clone(),
             config.on_bad_record,
             shared.topic_partitions.clone(),
         )?;
@@ -738,7 +727,6 @@ impl Core {
             tracing::warn!(thread = self.index, error = %e, "commit on revoke failed; aborting");
             self.abort(consumer, "commit on revoke failed")?;
         }
-        let app = self.shared.config.application_id.clone();
         let mut gone = HashSet::new();
         for (topic, partition) in revoked {
             self.committed.remove(&(topic.clone(), *partition));
@@ -746,7 +734,7 @@ impl Core {
                 .retain(|(t, p), _| !(&**t == topic.as_str() && p == partition));
             self.pending_assign
                 .retain(|(t, p)| !(t == topic && p == partition));
-            if let Some(sub) = self.shared.topology.sub_topology_of(&app, topic) {
+            if let Some(&sub) = self.shared.topic_subs.get(topic) {
                 gone.insert(TaskId {
                     sub_topology: sub,
                     partition: *partition,
