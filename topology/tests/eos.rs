@@ -8,18 +8,19 @@
 
 mod common;
 
+use common::runtime;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use keel_state::StateConfig;
-use keel_tests::kafka::{consumer, create_topics, read_topic};
+use keel_tests::kafka::create_topics;
 use keel_tests::{Stack, unique};
 use keel_topology::{KafkaStreams, StreamsConfig};
 use rand::{Rng, SeedableRng};
 use rdkafka::ClientConfig;
-use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 const CHILD_ENV: &str = "KEEL_EOS_CHILD";
@@ -125,13 +126,6 @@ fn eos_child() {
     }
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio")
-}
-
 /// `per_key` rounds over `keys` keys; values 1, 2, 3, ... so every prefix sum is distinct.
 fn make_input(keys: usize, per_key: usize) -> Vec<(String, i64)> {
     let mut input = Vec::new();
@@ -186,22 +180,13 @@ fn committed_by_key(
     expected: usize,
     within: Duration,
 ) -> BTreeMap<String, Vec<i64>> {
-    runtime().block_on(async {
-        let c = consumer(bootstrap, "read_committed").expect("consumer");
-        let messages = read_topic(&c, topic, expected, within, Duration::from_secs(3))
-            .await
-            .expect("reads");
-        let mut out: BTreeMap<String, Vec<i64>> = BTreeMap::new();
-        for m in messages {
-            let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
-            let value = m
-                .payload()
-                .map(|p| i64::from_be_bytes(p.try_into().expect("8 bytes")))
-                .unwrap_or(i64::MIN);
-            out.entry(key).or_default().push(value);
-        }
-        out
-    })
+    common::by_key(&common::read_decoded(
+        bootstrap,
+        topic,
+        expected,
+        within,
+        Duration::from_secs(3),
+    ))
 }
 
 fn diff(expected: &BTreeMap<String, Vec<i64>>, actual: &BTreeMap<String, Vec<i64>>) -> String {

@@ -4,7 +4,8 @@
 
 mod common;
 
-use std::collections::BTreeMap;
+use common::{by_key, runtime};
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,13 +22,6 @@ use keel_topology::{
 use rdkafka::ClientConfig;
 use rdkafka::message::{Headers as _, Message};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio")
-}
 
 fn bootstrap() -> String {
     Stack::from_env().kafka_bootstrap
@@ -122,37 +116,13 @@ fn read_sums(topic: &str, expected: usize) -> Vec<(String, i64)> {
     )
 }
 
-/// Committed records of `topic` as (key, i64 value): until `expected` arrived (then `settle`
-/// more) or `within` passed.
 fn read_decoded(
     topic: &str,
     expected: usize,
     within: Duration,
     settle: Duration,
 ) -> Vec<(String, i64)> {
-    runtime().block_on(async {
-        let c = consumer(&bootstrap(), "read_committed").expect("consumer");
-        read_topic(&c, topic, expected, within, settle)
-            .await
-            .expect("reads")
-            .into_iter()
-            .map(|m| {
-                let k = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
-                let v = m.payload().map_or(i64::MIN, |p| {
-                    i64::from_be_bytes(p.try_into().unwrap_or([0; 8]))
-                });
-                (k, v)
-            })
-            .collect()
-    })
-}
-
-fn by_key(records: &[(String, i64)]) -> BTreeMap<String, Vec<i64>> {
-    let mut out: BTreeMap<String, Vec<i64>> = BTreeMap::new();
-    for (k, v) in records {
-        out.entry(k.clone()).or_default().push(*v);
-    }
-    out
+    common::read_decoded(&bootstrap(), topic, expected, within, settle)
 }
 
 fn metric(handle: &StreamsHandle, name: &str) -> f64 {

@@ -143,3 +143,47 @@ pub fn expected_sums(input: &[(String, i64)]) -> std::collections::BTreeMap<Stri
     }
     out
 }
+
+/// A single-threaded tokio runtime for the async Kafka helpers of `keel-tests`.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio")
+}
+
+/// Committed records of `topic` as (key, i64 value), in offset order per partition: until
+/// `expected` arrived (then `settle` more) or `within` passed.
+pub fn read_decoded(
+    bootstrap: &str,
+    topic: &str,
+    expected: usize,
+    within: std::time::Duration,
+    settle: std::time::Duration,
+) -> Vec<(String, i64)> {
+    use rdkafka::message::Message;
+    runtime().block_on(async {
+        let c = keel_tests::kafka::consumer(bootstrap, "read_committed").expect("consumer");
+        keel_tests::kafka::read_topic(&c, topic, expected, within, settle)
+            .await
+            .expect("reads")
+            .into_iter()
+            .map(|m| {
+                let k = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
+                let v = m.payload().map_or(i64::MIN, |p| {
+                    i64::from_be_bytes(p.try_into().expect("8 bytes"))
+                });
+                (k, v)
+            })
+            .collect()
+    })
+}
+
+/// Records grouped by key, each key's values in the order given.
+pub fn by_key(records: &[(String, i64)]) -> std::collections::BTreeMap<String, Vec<i64>> {
+    let mut out: std::collections::BTreeMap<String, Vec<i64>> = Default::default();
+    for (k, v) in records {
+        out.entry(k.clone()).or_default().push(*v);
+    }
+    out
+}
