@@ -11,8 +11,8 @@ use serde::de::DeserializeOwned;
 use crate::error::{Error, Result};
 use crate::records::{
     InventoryAdjusted, InventoryCommand, InventoryReleased, InventoryReserved, OrderCommand,
-    OrderCreated, OrderStatusChanged, PaymentAuthorized, PaymentCommand, PaymentFailed,
-    PaymentRefunded,
+    OrderCreated, OrderDecision, OrderStatusChanged, PaymentAuthorized, PaymentCommand,
+    PaymentFailed, PaymentRefunded,
 };
 
 /// Whether a topic carries commands (asks) or events (facts).
@@ -22,6 +22,9 @@ pub enum Kind {
     Command,
     /// Carries `event_id` and `occurred_at`.
     Event,
+    /// A processor's decision for its own sink (`order.decisions.v1`): carries `decision_id`
+    /// and `decided_at`.
+    Decision,
 }
 
 /// One topic's value contract: its schema file and its Rust type.
@@ -186,8 +189,17 @@ contract!(
     aggregate = "sku"
 );
 
+contract!(
+    ORDER_DECISIONS,
+    "order.decisions.v1",
+    "OrderDecision",
+    Kind::Decision,
+    key = "order_id",
+    aggregate = "order_id"
+);
+
 /// Every contract Keel has, commands first. Registration and checking walk this list.
-pub static CONTRACTS: [&Contract; 11] = [
+pub static CONTRACTS: [&Contract; 12] = [
     &ORDER_COMMANDS,
     &INVENTORY_COMMANDS,
     &PAYMENT_COMMANDS,
@@ -199,6 +211,7 @@ pub static CONTRACTS: [&Contract; 11] = [
     &INVENTORY_RESERVED,
     &INVENTORY_RELEASED,
     &INVENTORY_ADJUSTED,
+    &ORDER_DECISIONS,
 ];
 
 /// The contract of a topic, if Keel has one.
@@ -339,4 +352,12 @@ record!(
     id = event_id,
     aggregate = sku,
     at = occurred_at
+);
+record!(
+    OrderDecision,
+    ORDER_DECISIONS,
+    key = order_id,
+    id = decision_id,
+    aggregate = order_id,
+    at = decided_at
 );

@@ -91,6 +91,7 @@ contract_tests! {
     inventory_reserved: keel_avro::records::InventoryReserved => common::inventory_reserved();
     inventory_released: keel_avro::records::InventoryReleased => common::inventory_released();
     inventory_adjusted: keel_avro::records::InventoryAdjusted => common::inventory_adjusted();
+    order_decision: keel_avro::records::OrderDecision => common::order_decisions();
 }
 
 #[test]
@@ -150,6 +151,7 @@ fn every_topic_of_the_design_has_exactly_one_contract() {
         "inventory.reserved.v1",
         "inventory.released.v1",
         "inventory.adjusted.v1",
+        "order.decisions.v1",
     ];
     assert_eq!(CONTRACTS.len(), topics.len());
     for topic in topics {
@@ -172,6 +174,7 @@ fn every_record_carries_its_ids_time_causation_and_correlation() {
         let (id, at) = match contract.kind {
             Kind::Command => ("command_id", "issued_at"),
             Kind::Event => ("event_id", "occurred_at"),
+            Kind::Decision => ("decision_id", "decided_at"),
         };
         let type_of = |name: &str| {
             fields
@@ -213,7 +216,7 @@ fn money_is_minor_units_and_a_currency_everywhere() {
         assert!(!text.contains("\"double\"") && !text.contains("\"float\""));
     }
     assert_eq!(
-        seen, 6,
+        seen, 7,
         "Money is defined once in each schema that has money"
     );
 }

@@ -1,7 +1,16 @@
 //! Keel's domain: the checkout saga orchestrator, inventory, the payment service and PSP mock,
-//! the MySQL/PostgreSQL/Cassandra sinks and reconciliation, each a processor on the runtime.
+//! the MySQL/PostgreSQL/Cassandra sinks, each on the runtime (`keel-topology`) or, where the
+//! work is a side effect at a database's edge, as an idempotent consumer.
 //!
 //! Must not speak HTTP to users (that is `keel-ingest-api`) nor manage connectors.
 //!
-//! Layout: arrives with the saga work, one folder per processor
-//! (`{mod.rs, state.rs, logic.rs, tests.rs}`).
+//! Layout — each service a folder with the same few files: `logic.rs` (pure transitions
+//! `(state, input, now) → (state, effects)`), `state.rs` (what is stored, how it is keyed and
+//! encoded), `topology.rs` (wiring onto the runtime), `sink.rs` (database writes), `tests.rs`.
+//! - [`saga`] — the checkout saga orchestrator (keyed by order id). **Start here.**
+//! - [`inventory`] — stock and holds per SKU, hold expiry, oversell.
+//! - [`topics`] — the topic names; [`format`] — Avro (or JSON under test) serdes for the runtime.
+pub mod format;
+pub mod inventory;
+pub mod saga;
+pub mod topics;

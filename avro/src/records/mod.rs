@@ -23,12 +23,13 @@ pub use inventory::{
     ReserveStock,
 };
 pub use orders::{
-    CancelOrder, OrderCommand, OrderCommandBody, OrderCreated, OrderStatus, OrderStatusChanged,
-    PlaceOrder,
+    CancelOrder, OrderCommand, OrderCommandBody, OrderCreated, OrderDecision, OrderDecisionStatus,
+    OrderStatus, OrderStatusChanged, PlaceOrder, ShippingAddress,
 };
 pub use payments::{
-    AuthorizePayment, CreatePaymentIntent, PaymentAuthorized, PaymentCommand, PaymentCommandBody,
-    PaymentFailed, PaymentFailureReason, PaymentRefunded, PspCallback, PspOutcome, RefundPayment,
+    AuthorizePayment, CapturePayment, CreatePaymentIntent, PaymentAuthorized, PaymentCommand,
+    PaymentCommandBody, PaymentFailed, PaymentFailureReason, PaymentRefunded, PspCallback,
+    PspOutcome, RefundPayment, VoidPayment,
 };
 
 /// An amount in the currency's minor unit (cents for EUR) and its ISO 4217 code. Never a float.

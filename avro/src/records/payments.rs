@@ -28,6 +28,23 @@ pub enum PaymentCommandBody {
     Authorize(AuthorizePayment),
     Refund(RefundPayment),
     PspCallback(PspCallback),
+    Capture(CapturePayment),
+    Void(VoidPayment),
+}
+
+/// Capture the authorized amount (sent once the order is `CONFIRMED`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "dev.keel.v1")]
+pub struct CapturePayment {
+    pub amount: Money,
+}
+
+/// Void the authorization of a cancelled order; a pending or timed-out authorization is voided
+/// when its result lands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "dev.keel.v1")]
+pub struct VoidPayment {
+    pub reason: String,
 }
 
 /// Open a payment for an order.

@@ -32,6 +32,17 @@ fn eur(amount_minor: i64) -> Money {
     Money::new(amount_minor, "EUR")
 }
 
+fn address() -> ShippingAddress {
+    ShippingAddress {
+        name: "Ada Lovelace".into(),
+        line1: "12 Analytical Row".into(),
+        line2: None,
+        city: "Berlin".into(),
+        postal_code: "10115".into(),
+        country: "DE".into(),
+    }
+}
+
 fn lines() -> Vec<OrderLine> {
     vec![
         OrderLine {
@@ -63,6 +74,7 @@ pub fn order_commands() -> Vec<OrderCommand> {
             lines: lines(),
             total: eur(2_495),
             payment_method: "pm_tok_visa".into(),
+            shipping_address: Some(address()),
         })),
         envelope(OrderCommandBody::PlaceOrder(PlaceOrder {
             customer_id: "cust-2".into(),
@@ -70,6 +82,7 @@ pub fn order_commands() -> Vec<OrderCommand> {
             lines: vec![],
             total: Money::new(0, "JPY"),
             payment_method: String::new(),
+            shipping_address: None,
         })),
         envelope(OrderCommandBody::CancelOrder(CancelOrder {
             reason: "customer changed their mind — ünïcödé".into(),
@@ -140,6 +153,12 @@ pub fn payment_commands() -> Vec<PaymentCommand> {
             psp_reference: "psp-ref-2".into(),
             outcome: PspOutcome::Authorized,
             decline_code: None,
+        })),
+        envelope(PaymentCommandBody::Capture(CapturePayment {
+            amount: eur(2_495),
+        })),
+        envelope(PaymentCommandBody::Void(VoidPayment {
+            reason: "order cancelled".into(),
         })),
     ]
 }
@@ -268,4 +287,43 @@ pub fn inventory_adjusted() -> Vec<InventoryAdjusted> {
         on_hand: 0,
         reason: "stock count".into(),
     }]
+}
+
+pub fn order_decisions() -> Vec<OrderDecision> {
+    let decision = |sequence, status, from_status, reason: Option<&str>| OrderDecision {
+        decision_id: format!("order-42/{sequence}"),
+        order_id: "order-42".into(),
+        decided_at: AT,
+        causation_id: "cmd-1".into(),
+        correlation_id: "order-42".into(),
+        sequence,
+        status,
+        from_status,
+        reason: reason.map(str::to_owned),
+        detail: reason.map(|_| "SKU-RED-MUG: 2 wanted, 1 available".to_owned()),
+        customer_id: "cust-1".into(),
+        cart_id: "cart-9".into(),
+        lines: lines(),
+        total: eur(2_495),
+        shipping_address: (sequence == 1).then(address),
+        payment_method: "pm_tok_visa".into(),
+        source_topic: "orders.commands.v1".into(),
+        source_partition: 3,
+        source_offset: if sequence == 1 { 17 } else { -1 },
+    };
+    vec![
+        decision(1, OrderDecisionStatus::Pending, None, None),
+        decision(
+            2,
+            OrderDecisionStatus::Cancelled,
+            Some(OrderDecisionStatus::Pending),
+            Some("INSUFFICIENT_STOCK"),
+        ),
+        decision(
+            1,
+            OrderDecisionStatus::Rejected,
+            None,
+            Some("INVALID_ORDER"),
+        ),
+    ]
 }

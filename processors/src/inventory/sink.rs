@@ -1,0 +1,335 @@
+//! The Cassandra mirror of inventory: `reservation` rows (one per hold, written `USING TTL` equal
+//! to the hold's remaining life) and `stock_level` rows, kept up to date from
+//! `inventory.reserved.v1`, `inventory.released.v1` and `inventory.adjusted.v1`.
+//!
+//! Idempotent and order-proof by construction: every write carries `USING TIMESTAMP` = the
+//! event's `occurred_at` (in µs, Cassandra's write time), so a replayed event rewrites the same
+//! cells and a release that arrives before its reservation still wins (the later write time
+//! shadows the earlier insert). Hold rows are upserts keyed by `(sku, order_id)`, so a hold is
+//! recorded once whatever the retries. Every write that touches a hold sets its remaining TTL
+//! or deletes the row, so no hold leaves a cell that never expires. Offsets are committed after
+//! the writes (at-least-once); a timed-out write is retried with backoff.
+
+use std::time::Duration;
+
+use keel_avro::Codec;
+use keel_avro::records::{
+    InventoryAdjusted, InventoryReleased, InventoryReserved, ReservationStatus,
+};
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use scylla::client::session::Session;
+use scylla::client::session_builder::SessionBuilder;
+use scylla::statement::prepared::PreparedStatement;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::topics::{self, Topics};
+
+/// The `[cassandra]` section's sink settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CassandraSinkConfig {
+    pub keyspace: String,
+    /// Replication factor of the keyspace when it is created (1 on the local stack).
+    pub replication_factor: u32,
+    /// Consumer group of the sink.
+    pub group_id: String,
+}
+
+impl Default for CassandraSinkConfig {
+    fn default() -> Self {
+        Self {
+            keyspace: "keel_inventory".into(),
+            replication_factor: 1,
+            group_id: "keel-cassandra-sink".into(),
+        }
+    }
+}
+
+/// What can stop the sink.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SinkError {
+    #[error("cassandra: {0}")]
+    Cassandra(String),
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+}
+
+fn cql(e: impl std::fmt::Display) -> SinkError {
+    SinkError::Cassandra(e.to_string())
+}
+
+/// Connects to `nodes` (host:port).
+pub async fn connect(nodes: &[String]) -> Result<Session, SinkError> {
+    let mut builder = SessionBuilder::new().connection_timeout(Duration::from_secs(10));
+    for node in nodes {
+        builder = builder.known_node(node);
+    }
+    builder.build().await.map_err(cql)
+}
+
+/// Creates the keyspace and tables if they are missing (run at start; never by hand).
+pub async fn migrate(session: &Session, config: &CassandraSinkConfig) -> Result<(), SinkError> {
+    let ks = &config.keyspace;
+    let statements = [
+        format!(
+            "CREATE KEYSPACE IF NOT EXISTS {ks} WITH replication = \
+             {{'class': 'SimpleStrategy', 'replication_factor': {}}}",
+            config.replication_factor
+        ),
+        // Holds of one SKU share a partition; expired rows are dropped by TTL and compaction
+        // (TimeWindowCompactionStrategy would suit a TTL-only table; deletes keep STCS here).
+        format!(
+            "CREATE TABLE IF NOT EXISTS {ks}.reservation (sku text, order_id text, quantity int, \
+             expires_at timestamp, PRIMARY KEY ((sku), order_id)) WITH gc_grace_seconds = 3600"
+        ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {ks}.stock_level (sku text PRIMARY KEY, on_hand int, \
+             updated_at timestamp)"
+        ),
+    ];
+    for statement in statements {
+        session.query_unpaged(statement, &[]).await.map_err(cql)?;
+    }
+    Ok(())
+}
+
+struct Statements {
+    insert_hold: PreparedStatement,
+    delete_hold: PreparedStatement,
+    set_stock: PreparedStatement,
+}
+
+impl Statements {
+    async fn prepare(session: &Session, ks: &str) -> Result<Self, SinkError> {
+        Ok(Self {
+            insert_hold: session
+                .prepare(format!(
+                    "INSERT INTO {ks}.reservation (sku, order_id, quantity, expires_at) \
+                     VALUES (?, ?, ?, ?) USING TTL ? AND TIMESTAMP ?"
+                ))
+                .await
+                .map_err(cql)?,
+            delete_hold: session
+                .prepare(format!(
+                    "DELETE FROM {ks}.reservation USING TIMESTAMP ? WHERE sku = ? AND order_id = ?"
+                ))
+                .await
+                .map_err(cql)?,
+            set_stock: session
+                .prepare(format!(
+                    "INSERT INTO {ks}.stock_level (sku, on_hand, updated_at) VALUES (?, ?, ?) \
+                     USING TIMESTAMP ?"
+                ))
+                .await
+                .map_err(cql)?,
+        })
+    }
+}
+
+/// One write the sink makes for one event (pure: tested without Cassandra).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Write {
+    /// Upsert the hold with `ttl_s` seconds left.
+    Hold {
+        sku: String,
+        order_id: String,
+        quantity: i32,
+        expires_at_ms: i64,
+        ttl_s: i32,
+        at_us: i64,
+    },
+    DeleteHold {
+        sku: String,
+        order_id: String,
+        at_us: i64,
+    },
+    Stock {
+        sku: String,
+        on_hand: i32,
+        at_ms: i64,
+        at_us: i64,
+    },
+}
+
+/// The writes for a reservation reply at wall-clock `now_ms`: a held hold with life left is
+/// upserted with its remaining TTL (rounded up); a lapsed one or a shortage writes nothing.
+pub fn writes_for_reserved(e: &InventoryReserved, now_ms: i64) -> Vec<Write> {
+    match (e.status, e.expires_at) {
+        (ReservationStatus::Held, Some(expires_at)) if expires_at > now_ms => {
+            let ttl_s = (expires_at - now_ms + 999) / 1_000;
+            vec![Write::Hold {
+                sku: e.sku.clone(),
+                order_id: e.order_id.clone(),
+                quantity: e.quantity,
+                expires_at_ms: expires_at,
+                ttl_s: i32::try_from(ttl_s).unwrap_or(i32::MAX),
+                at_us: e.occurred_at.saturating_mul(1_000),
+            }]
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// A released hold's row goes.
+pub fn writes_for_released(e: &InventoryReleased) -> Vec<Write> {
+    vec![Write::DeleteHold {
+        sku: e.sku.clone(),
+        order_id: e.order_id.clone(),
+        at_us: e.occurred_at.saturating_mul(1_000),
+    }]
+}
+
+/// Stock on hand changes; a sale (`SOLD order <id>`) also ends that order's hold row.
+pub fn writes_for_adjusted(e: &InventoryAdjusted) -> Vec<Write> {
+    let at_us = e.occurred_at.saturating_mul(1_000);
+    let mut out = vec![Write::Stock {
+        sku: e.sku.clone(),
+        on_hand: e.on_hand,
+        at_ms: e.occurred_at,
+        at_us,
+    }];
+    if e.reason.starts_with("SOLD") || e.reason.starts_with("OVERSOLD") {
+        out.push(Write::DeleteHold {
+            sku: e.sku.clone(),
+            order_id: e.correlation_id.clone(),
+            at_us,
+        });
+    }
+    out
+}
+
+async fn apply(session: &Session, st: &Statements, write: &Write) -> Result<(), SinkError> {
+    let ts = |ms: i64| scylla::value::CqlTimestamp(ms);
+    let result = match write {
+        Write::Hold {
+            sku,
+            order_id,
+            quantity,
+            expires_at_ms,
+            ttl_s,
+            at_us,
+        } => {
+            session
+                .execute_unpaged(
+                    &st.insert_hold,
+                    (sku, order_id, quantity, ts(*expires_at_ms), ttl_s, at_us),
+                )
+                .await
+        }
+        Write::DeleteHold {
+            sku,
+            order_id,
+            at_us,
+        } => {
+            session
+                .execute_unpaged(&st.delete_hold, (at_us, sku, order_id))
+                .await
+        }
+        Write::Stock {
+            sku,
+            on_hand,
+            at_ms,
+            at_us,
+        } => {
+            session
+                .execute_unpaged(&st.set_stock, (sku, on_hand, ts(*at_ms), at_us))
+                .await
+        }
+    };
+    result.map(|_| ()).map_err(cql)
+}
+
+/// Applies `write`, retrying timeouts and unavailability with backoff until `shutdown`. The
+/// writes are idempotent (upserts and deletes with a fixed write time), so a retry of a write
+/// that did apply changes nothing.
+async fn apply_with_retry(
+    session: &Session,
+    st: &Statements,
+    write: &Write,
+    shutdown: &CancellationToken,
+) -> Result<(), SinkError> {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match apply(session, st, write).await {
+            Ok(()) => return Ok(()),
+            Err(e) if !shutdown.is_cancelled() => {
+                tracing::warn!(error = %e, ?backoff, "cassandra write failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Runs the sink until `shutdown`: consumes the inventory events (read_committed), writes
+/// Cassandra, commits offsets after the writes.
+pub async fn run(
+    bootstrap: &str,
+    names: &Topics,
+    codec: Codec,
+    session: Session,
+    config: CassandraSinkConfig,
+    shutdown: CancellationToken,
+) -> Result<(), SinkError> {
+    migrate(&session, &config).await?;
+    let st = Statements::prepare(&session, &config.keyspace).await?;
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", &config.group_id)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("isolation.level", "read_committed")
+        .create()?;
+    let reserved = names.name(topics::INVENTORY_RESERVED);
+    let released = names.name(topics::INVENTORY_RELEASED);
+    let adjusted = names.name(topics::INVENTORY_ADJUSTED);
+    consumer.subscribe(&[&reserved, &released, &adjusted])?;
+    loop {
+        let message = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            m = consumer.recv() => m?,
+        };
+        let topic = message.topic();
+        let writes = match message.payload() {
+            None => Vec::new(),
+            Some(bytes) => {
+                let now = chrono::Utc::now().timestamp_millis();
+                let decoded = match names.base(topic).unwrap_or(topic) {
+                    topics::INVENTORY_RESERVED => codec
+                        .decode_from::<InventoryReserved>(topic, bytes)
+                        .await
+                        .map(|e| writes_for_reserved(&e, now)),
+                    topics::INVENTORY_RELEASED => codec
+                        .decode_from::<InventoryReleased>(topic, bytes)
+                        .await
+                        .map(|e| writes_for_released(&e)),
+                    _ => codec
+                        .decode_from::<InventoryAdjusted>(topic, bytes)
+                        .await
+                        .map(|e| writes_for_adjusted(&e)),
+                };
+                match decoded {
+                    Ok(writes) => writes,
+                    Err(e) if e.fault() == keel_avro::Fault::Dependency => {
+                        // The registry is unreachable: stop; the supervisor restarts from the
+                        // last committed offset.
+                        return Err(SinkError::Cassandra(format!("decoding {topic}: {e}")));
+                    }
+                    Err(e) => {
+                        tracing::error!(topic, offset = message.offset(), error = %e, "undecodable inventory event skipped");
+                        Vec::new()
+                    }
+                }
+            }
+        };
+        for write in &writes {
+            apply_with_retry(&session, &st, write, &shutdown).await?;
+        }
+        consumer.commit_message(&message, CommitMode::Async)?;
+    }
+}

@@ -1,0 +1,394 @@
+//! Inventory on the runtime: the source over `inventory.commands.v1` (key: SKU), the
+//! [`InventoryProcessor`] that loads the SKU's stock and the order's hold, applies [`decide`] and
+//! writes back, a wall-clock punctuator that expires lapsed holds, and sinks for
+//! `inventory.reserved.v1` / `inventory.released.v1` (key: order id, so replies land in the
+//! saga's partition) and `inventory.adjusted.v1` (key: SKU).
+
+use std::time::Duration;
+
+use keel_avro::records::{
+    InventoryAdjusted, InventoryCommand, InventoryCommandBody, InventoryReleased, InventoryReserved,
+};
+use keel_topology::serde::Utf8;
+use keel_topology::{
+    Context, ProcessError, Processor, Punctuation, PunctuationType, Record, StoreKind, Topology,
+    TopologyBuilder,
+};
+use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
+use serde::{Deserialize, Serialize};
+
+use super::logic::{Effect, Input, OversellPolicy, Rules, decide};
+use super::state::{
+    EXPIRY_STORE, HOLDS_STORE, Hold, SEEN_STORE, STOCK_STORE, StockLevel, hold_key, split_hold_key,
+    to_json,
+};
+use crate::format::Format;
+use crate::topics::{self, Topics};
+
+/// The `[inventory]` section of Keel's configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InventoryConfig {
+    /// How long an unconfirmed hold lives (ms); 10 minutes by default (the seed).
+    pub hold_ttl_ms: u64,
+    /// How often lapsed holds are looked for (ms of wall-clock time).
+    pub expiry_check_interval_ms: u64,
+    pub oversell: OversellPolicy,
+}
+
+impl Default for InventoryConfig {
+    fn default() -> Self {
+        Self {
+            hold_ttl_ms: 600_000,
+            expiry_check_interval_ms: 1_000,
+            oversell: OversellPolicy::Allow,
+        }
+    }
+}
+
+/// Inventory's counters, registered once per process.
+#[derive(Debug, Clone)]
+pub struct InventoryMetrics {
+    /// `inventory_oversell_total`: sales of lapsed holds whose stock was gone.
+    pub oversell: IntCounter,
+    /// `inventory_holds_total{outcome}`: held, shortage, released, expired, sold.
+    pub holds: IntCounterVec,
+}
+
+impl InventoryMetrics {
+    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let oversell = IntCounter::new(
+            "inventory_oversell_total",
+            "Payments confirmed for a lapsed hold whose stock had gone to another order",
+        )?;
+        let holds = IntCounterVec::new(
+            Opts::new(
+                "inventory_holds_total",
+                "Reserve outcomes and hold endings, by outcome",
+            ),
+            &["outcome"],
+        )?;
+        registry.register(Box::new(oversell.clone()))?;
+        registry.register(Box::new(holds.clone()))?;
+        Ok(Self { oversell, holds })
+    }
+}
+
+const SOURCE: &str = "inventory-commands";
+const PROCESSOR: &str = "inventory";
+const TO_RESERVED: &str = "inventory-to-reserved";
+const TO_RELEASED: &str = "inventory-to-released";
+const TO_ADJUSTED: &str = "inventory-to-adjusted";
+
+/// Inventory's topology.
+pub fn topology(
+    format: &Format,
+    names: &Topics,
+    config: &InventoryConfig,
+    metrics: InventoryMetrics,
+) -> keel_topology::Result<Topology> {
+    let rules = Rules {
+        hold_ttl_ms: i64::try_from(config.hold_ttl_ms).unwrap_or(i64::MAX),
+        oversell: config.oversell,
+    };
+    let interval = Duration::from_millis(config.expiry_check_interval_ms.max(1));
+    let mut b = TopologyBuilder::new();
+    b.add_source(
+        SOURCE,
+        &[names.name(topics::INVENTORY_COMMANDS).as_str()],
+        Utf8,
+        format.serde::<InventoryCommand>(),
+    )
+    .add_processor(
+        PROCESSOR,
+        move || InventoryProcessor {
+            rules,
+            interval,
+            metrics: metrics.clone(),
+        },
+        &[SOURCE],
+    )
+    .add_sink(
+        TO_RESERVED,
+        &names.name(topics::INVENTORY_RESERVED),
+        Utf8,
+        format.serde::<InventoryReserved>(),
+        &[PROCESSOR],
+    )
+    .add_sink(
+        TO_RELEASED,
+        &names.name(topics::INVENTORY_RELEASED),
+        Utf8,
+        format.serde::<InventoryReleased>(),
+        &[PROCESSOR],
+    )
+    .add_sink(
+        TO_ADJUSTED,
+        &names.name(topics::INVENTORY_ADJUSTED),
+        Utf8,
+        format.serde::<InventoryAdjusted>(),
+        &[PROCESSOR],
+    )
+    .add_state_store(STOCK_STORE, StoreKind::KeyValue, &[PROCESSOR])
+    .add_state_store(HOLDS_STORE, StoreKind::KeyValue, &[PROCESSOR])
+    .add_state_store(SEEN_STORE, StoreKind::KeyValue, &[PROCESSOR])
+    .add_state_store(EXPIRY_STORE, StoreKind::Timer, &[PROCESSOR]);
+    b.build()
+}
+
+/// What caused an event: for ids and tracing.
+struct Cause {
+    /// The command id, or `expiry:<sku>/<order>` for a timer.
+    id: String,
+    /// The order id for saga commands; the command id for an operator's adjustment.
+    correlation_id: String,
+}
+
+/// Applies inventory commands and expires lapsed holds, one SKU at a time.
+#[derive(Debug)]
+pub struct InventoryProcessor {
+    rules: Rules,
+    interval: Duration,
+    metrics: InventoryMetrics,
+}
+
+impl Processor for InventoryProcessor {
+    type Key = String;
+    type Value = InventoryCommand;
+
+    fn init(&mut self, ctx: &mut Context<'_>) -> Result<(), ProcessError> {
+        ctx.schedule("hold-expiry", self.interval, PunctuationType::WallClock);
+        Ok(())
+    }
+
+    fn process(
+        &mut self,
+        ctx: &mut Context<'_>,
+        record: Record<String, InventoryCommand>,
+    ) -> Result<(), ProcessError> {
+        let command = record.value;
+        if command.sku != record.key {
+            return Err(ProcessError::BadInput(format!(
+                "key {:?} is not the command's sku {:?}",
+                record.key, command.sku
+            )));
+        }
+        let sku = command.sku.clone();
+        let cause = Cause {
+            id: command.command_id.clone(),
+            correlation_id: command.correlation_id.clone(),
+        };
+        let input = match command.command {
+            InventoryCommandBody::Reserve(r) => Input::Reserve {
+                order_id: r.order_id,
+                quantity: i64::from(r.quantity),
+            },
+            InventoryCommandBody::Release(r) => Input::Release {
+                order_id: r.order_id,
+                reason: r.reason,
+            },
+            InventoryCommandBody::Confirm(c) => Input::Confirm {
+                order_id: c.order_id,
+            },
+            InventoryCommandBody::Adjust(a) => {
+                let seen = hold_key(&sku, &command.command_id);
+                let seen_store = ctx.kv(SEEN_STORE)?;
+                if seen_store.get(&seen)?.is_some() {
+                    return Ok(());
+                }
+                seen_store.put(seen, b"1".to_vec());
+                Input::Adjust {
+                    delta: i64::from(a.delta),
+                    reason: a.reason,
+                }
+            }
+        };
+        self.apply(ctx, &sku, input, &cause)
+    }
+
+    fn punctuate(
+        &mut self,
+        ctx: &mut Context<'_>,
+        punctuation: &Punctuation,
+    ) -> Result<(), ProcessError> {
+        let due = ctx
+            .timers(EXPIRY_STORE)?
+            .due_at_most(punctuation.timestamp, 1_000)?;
+        for timer in due {
+            let Some((sku, order_id)) = split_hold_key(&timer.key) else {
+                return Err(ProcessError::Fatal(format!(
+                    "expiry timer with a malformed key {:?}",
+                    timer.key
+                )));
+            };
+            let cause = Cause {
+                id: format!("expiry:{sku}/{order_id}"),
+                correlation_id: order_id.clone(),
+            };
+            self.apply(ctx, &sku, Input::Expire { order_id }, &cause)?;
+        }
+        Ok(())
+    }
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(
+    store: &str,
+    key: &[u8],
+    bytes: Option<Vec<u8>>,
+) -> Result<Option<T>, ProcessError> {
+    bytes
+        .map(|b| serde_json::from_slice(&b))
+        .transpose()
+        .map_err(|e| {
+            ProcessError::Fatal(format!(
+                "{store} holds an unreadable value at {:?}: {e}",
+                String::from_utf8_lossy(key)
+            ))
+        })
+}
+
+fn to_i32(n: i64) -> i32 {
+    i32::try_from(n).unwrap_or(if n < 0 { i32::MIN } else { i32::MAX })
+}
+
+impl InventoryProcessor {
+    fn apply(
+        &self,
+        ctx: &mut Context<'_>,
+        sku: &str,
+        input: Input,
+        cause: &Cause,
+    ) -> Result<(), ProcessError> {
+        let now = ctx.wall_clock_time();
+        let order_id = match &input {
+            Input::Reserve { order_id, .. }
+            | Input::Release { order_id, .. }
+            | Input::Confirm { order_id }
+            | Input::Expire { order_id } => Some(order_id.clone()),
+            Input::Adjust { .. } => None,
+        };
+        let stock_bytes = ctx.kv(STOCK_STORE)?.get(sku.as_bytes())?;
+        let stock: StockLevel =
+            read_json(STOCK_STORE, sku.as_bytes(), stock_bytes)?.unwrap_or_default();
+        let key = order_id.as_deref().map(|o| hold_key(sku, o));
+        let hold: Option<Hold> = match &key {
+            Some(k) => {
+                let bytes = ctx.kv(HOLDS_STORE)?.get(k)?;
+                read_json(HOLDS_STORE, k, bytes)?
+            }
+            None => None,
+        };
+        let outcome = decide(stock, hold, input, now, &self.rules)
+            .map_err(|refusal| ProcessError::BadInput(format!("{sku}: {refusal}")))?;
+        if outcome.stock != stock {
+            ctx.kv(STOCK_STORE)?
+                .put(sku.as_bytes().to_vec(), to_json(&outcome.stock));
+        }
+        if let (Some(k), Some(h)) = (&key, &outcome.hold) {
+            ctx.kv(HOLDS_STORE)?.put(k.clone(), to_json(h));
+        }
+        for effect in outcome.effects {
+            self.emit(ctx, sku, effect, cause, now)?;
+        }
+        Ok(())
+    }
+
+    fn emit(
+        &self,
+        ctx: &mut Context<'_>,
+        sku: &str,
+        effect: Effect,
+        cause: &Cause,
+        now: i64,
+    ) -> Result<(), ProcessError> {
+        let holds = &self.metrics.holds;
+        match effect {
+            Effect::Reserved {
+                order_id,
+                status,
+                quantity,
+                available,
+                expires_at,
+            } => {
+                let outcome = match status {
+                    keel_avro::records::ReservationStatus::Held => "held",
+                    keel_avro::records::ReservationStatus::Shortage => "shortage",
+                };
+                holds.with_label_values(&[outcome]).inc();
+                let event = InventoryReserved {
+                    event_id: format!("{}/reserved", cause.id),
+                    sku: sku.to_owned(),
+                    occurred_at: now,
+                    causation_id: cause.id.clone(),
+                    correlation_id: cause.correlation_id.clone(),
+                    order_id: order_id.clone(),
+                    status,
+                    quantity: to_i32(quantity),
+                    available: to_i32(available),
+                    expires_at,
+                };
+                ctx.forward_to(TO_RESERVED, Record::new(order_id, event, now))?;
+            }
+            Effect::Released {
+                order_id,
+                quantity,
+                reason,
+            } => {
+                let outcome = match reason {
+                    keel_avro::records::ReleaseReason::HoldExpired => "expired",
+                    _ => "released",
+                };
+                holds.with_label_values(&[outcome]).inc();
+                let event = InventoryReleased {
+                    event_id: format!("{}/released", cause.id),
+                    sku: sku.to_owned(),
+                    occurred_at: now,
+                    causation_id: cause.id.clone(),
+                    correlation_id: cause.correlation_id.clone(),
+                    order_id: order_id.clone(),
+                    quantity: to_i32(quantity),
+                    reason,
+                };
+                ctx.forward_to(TO_RELEASED, Record::new(order_id, event, now))?;
+            }
+            Effect::Adjusted {
+                delta,
+                on_hand,
+                reason,
+            } => {
+                if reason.starts_with("SOLD") || reason.starts_with("OVERSOLD") {
+                    holds.with_label_values(&["sold"]).inc();
+                }
+                let event = InventoryAdjusted {
+                    event_id: format!("{}/adjusted", cause.id),
+                    sku: sku.to_owned(),
+                    occurred_at: now,
+                    causation_id: cause.id.clone(),
+                    correlation_id: cause.correlation_id.clone(),
+                    delta: to_i32(delta),
+                    on_hand: to_i32(on_hand),
+                    reason,
+                };
+                ctx.forward_to(TO_ADJUSTED, Record::new(sku.to_owned(), event, now))?;
+            }
+            Effect::Oversold { order_id, quantity } => {
+                self.metrics.oversell.inc();
+                tracing::warn!(
+                    sku,
+                    order_id,
+                    quantity,
+                    "oversell: a lapsed hold was confirmed after its stock was sold"
+                );
+            }
+            Effect::ScheduleExpiry { order_id, at } => {
+                ctx.timers(EXPIRY_STORE)?
+                    .schedule(hold_key(sku, &order_id), at, b"")?;
+            }
+            Effect::CancelExpiry { order_id } => {
+                ctx.timers(EXPIRY_STORE)?
+                    .cancel(&hold_key(sku, &order_id))?;
+            }
+        }
+        Ok(())
+    }
+}

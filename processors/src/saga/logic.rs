@@ -1,0 +1,540 @@
+//! The saga's transitions as one pure function: [`decide`]`(state, input, now, timeouts) →
+//! (state, effects)`. No I/O, no clock: the topology (`topology.rs`) reads the state, applies the
+//! effects (commands, decisions, deadlines) and writes the state back, all in the task's
+//! transaction. The full table is in `docs/saga.md`.
+//!
+//! Rules that hold for every input sequence (property-tested in `tests.rs`):
+//! - a duplicate (same command or event id) changes nothing and emits nothing;
+//! - a terminal step (`Confirmed`, `Cancelled`, `Rejected`) never changes; late replies to a
+//!   terminal saga only compensate (a late hold is released, a late authorization voided);
+//! - every non-terminal step has a deadline, so no saga waits forever;
+//! - every line held and every authorization has a path to confirmation or compensation.
+
+use keel_avro::records::{
+    AuthorizePayment, CapturePayment, ConfirmReservation, CreatePaymentIntent,
+    InventoryCommandBody, InventoryReleased, InventoryReserved, OrderDecisionStatus,
+    PaymentAuthorized, PaymentCommandBody, PaymentFailed, PaymentFailureReason, PlaceOrder,
+    ReleaseReason, ReleaseStock, ReservationStatus, ReserveStock, VoidPayment,
+};
+
+use super::state::{LineState, PaymentState, Reason, Saga, Step};
+
+/// How long each step may wait (ms). Every timeout is configuration, so tests run the same
+/// paths in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// From the reserve commands until every line is answered.
+    pub inventory_ms: i64,
+    /// From the authorize command until the payment's outcome; longer than the payment
+    /// service's PSP timeout (30 s by default), so a PSP timeout arrives as `PSP_TIMEOUT` first.
+    pub payment_ms: i64,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            inventory_ms: 30_000,
+            payment_ms: 60_000,
+        }
+    }
+}
+
+/// What the saga reacts to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Input {
+    Place {
+        command_id: String,
+        place: PlaceOrder,
+    },
+    Cancel {
+        command_id: String,
+        reason: String,
+    },
+    Reserved(InventoryReserved),
+    Released(InventoryReleased),
+    Authorized(PaymentAuthorized),
+    PaymentFailed(PaymentFailed),
+    /// The current step's deadline passed (a timer fired).
+    DeadlinePassed,
+}
+
+impl Input {
+    /// The id duplicates are recognised by (`None` for timers).
+    pub fn id(&self) -> Option<&str> {
+        match self {
+            Self::Place { command_id, .. } | Self::Cancel { command_id, .. } => Some(command_id),
+            Self::Reserved(e) => Some(&e.event_id),
+            Self::Released(e) => Some(&e.event_id),
+            Self::Authorized(e) => Some(&e.event_id),
+            Self::PaymentFailed(e) => Some(&e.event_id),
+            Self::DeadlinePassed => None,
+        }
+    }
+}
+
+/// Something the topology must do because of a decision.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    /// A command on `inventory.commands.v1` for `sku`.
+    Inventory {
+        sku: String,
+        command: InventoryCommandBody,
+    },
+    /// A command on `payments.commands.v1`.
+    Payment(PaymentCommandBody),
+    /// A decision on `order.decisions.v1`.
+    Decide {
+        sequence: i32,
+        status: OrderDecisionStatus,
+        from: Option<OrderDecisionStatus>,
+        reason: Option<Reason>,
+        detail: Option<String>,
+    },
+    /// (Re)arm the step's deadline at this wall-clock time (epoch ms).
+    SetDeadline(i64),
+    ClearDeadline,
+}
+
+/// Why an input cannot be applied at all: the record's fault, so it goes to the dead-letter
+/// topic with this text (nothing is applied).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("no saga for order {0:?}: a {1} must follow its place-order command")]
+    UnknownOrder(String, &'static str),
+    #[error("order {order_id:?} is {status:?}; it can no longer be cancelled")]
+    NotCancellable {
+        order_id: String,
+        status: OrderDecisionStatus,
+    },
+}
+
+/// The saga after `input`, and what to do about it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    pub saga: Option<Saga>,
+    pub effects: Vec<Effect>,
+}
+
+impl Outcome {
+    fn unchanged(saga: Option<Saga>) -> Self {
+        Self {
+            saga,
+            effects: Vec::new(),
+        }
+    }
+}
+
+/// Applies `input` to the saga `state` (None: no saga for this order yet) at wall-clock `now`.
+pub fn decide(
+    state: Option<Saga>,
+    input: Input,
+    order_id: &str,
+    now: i64,
+    timeouts: &Timeouts,
+) -> Result<Outcome, Refusal> {
+    let Some(mut saga) = state else {
+        return start(input, order_id, now, timeouts);
+    };
+    if let Some(id) = input.id() {
+        if saga.seen.contains(id) {
+            return Ok(Outcome::unchanged(Some(saga)));
+        }
+        saga.seen.insert(id.to_owned());
+    }
+    let mut fx = Vec::new();
+    match input {
+        // Another place-order for an existing order id: the order exists; nothing changes.
+        Input::Place { .. } => {}
+        Input::Cancel { reason, .. } => match saga.step {
+            Step::AwaitingInventory | Step::AwaitingPayment => {
+                cancel(&mut saga, Reason::CustomerCancelled, Some(reason), &mut fx);
+            }
+            Step::Confirmed | Step::Cancelled | Step::Rejected => {
+                return Err(Refusal::NotCancellable {
+                    order_id: saga.order_id,
+                    status: saga.step.status(),
+                });
+            }
+        },
+        Input::Reserved(reply) => on_reserved(&mut saga, &reply, now, timeouts, &mut fx),
+        Input::Released(released) => on_released(&mut saga, &released, &mut fx),
+        Input::Authorized(auth) => match saga.step {
+            Step::AwaitingPayment => {
+                saga.payment = PaymentState::CaptureRequested {
+                    psp_reference: auth.psp_reference.clone(),
+                };
+                for line in saga.lines.clone() {
+                    saga.line_states
+                        .insert(line.sku.clone(), LineState::Confirmed);
+                    fx.push(Effect::Inventory {
+                        sku: line.sku,
+                        command: InventoryCommandBody::Confirm(ConfirmReservation {
+                            order_id: saga.order_id.clone(),
+                        }),
+                    });
+                }
+                fx.push(Effect::Payment(PaymentCommandBody::Capture(
+                    CapturePayment {
+                        amount: auth.amount.clone(),
+                    },
+                )));
+                transition(&mut saga, Step::Confirmed, None, None, &mut fx);
+            }
+            // Confirmed already (a duplicate under another event id): nothing more to do.
+            Step::Confirmed => {}
+            // An authorization nobody waits for any more: give the money back.
+            Step::AwaitingInventory | Step::Cancelled | Step::Rejected => {
+                saga.payment = PaymentState::VoidRequested;
+                fx.push(Effect::Payment(PaymentCommandBody::Void(VoidPayment {
+                    reason: format!("authorization arrived while the order was {:?}", saga.step),
+                })));
+            }
+        },
+        Input::PaymentFailed(failed) => {
+            if saga.step == Step::AwaitingPayment {
+                saga.payment = PaymentState::Failed;
+                let reason = match failed.reason {
+                    PaymentFailureReason::Declined => Reason::PaymentDeclined,
+                    PaymentFailureReason::Timeout => Reason::PspTimeout,
+                    PaymentFailureReason::PspError => Reason::PspError,
+                };
+                cancel(&mut saga, reason, failed.detail.clone(), &mut fx);
+            }
+        }
+        Input::DeadlinePassed => match saga.step {
+            Step::AwaitingInventory => {
+                let waiting = lines_in(&saga, |s| matches!(s, LineState::Requested));
+                let detail = format!("no answer for {}", waiting.join(", "));
+                cancel(&mut saga, Reason::InventoryTimeout, Some(detail), &mut fx);
+            }
+            Step::AwaitingPayment => {
+                cancel(
+                    &mut saga,
+                    Reason::PaymentTimeout,
+                    Some("no payment outcome before the deadline".to_owned()),
+                    &mut fx,
+                );
+            }
+            Step::Confirmed | Step::Cancelled | Step::Rejected => {}
+        },
+    }
+    saga.updated_at = now;
+    Ok(Outcome {
+        saga: Some(saga),
+        effects: fx,
+    })
+}
+
+fn start(input: Input, order_id: &str, now: i64, timeouts: &Timeouts) -> Result<Outcome, Refusal> {
+    let (command_id, place) = match input {
+        Input::Place { command_id, place } => (command_id, place),
+        Input::Cancel { .. } => return Err(Refusal::UnknownOrder(order_id.to_owned(), "cancel")),
+        Input::Reserved(_) => {
+            return Err(Refusal::UnknownOrder(
+                order_id.to_owned(),
+                "reservation reply",
+            ));
+        }
+        Input::Released(_) => return Err(Refusal::UnknownOrder(order_id.to_owned(), "release")),
+        Input::Authorized(_) | Input::PaymentFailed(_) => {
+            return Err(Refusal::UnknownOrder(
+                order_id.to_owned(),
+                "payment outcome",
+            ));
+        }
+        // A timer without a saga (cannot be scheduled without one): nothing to do.
+        Input::DeadlinePassed => return Ok(Outcome::unchanged(None)),
+    };
+    let mut saga = Saga {
+        order_id: order_id.to_owned(),
+        customer_id: place.customer_id.clone(),
+        cart_id: place.cart_id.clone(),
+        payment_method: place.payment_method.clone(),
+        lines: place.lines.clone(),
+        total: place.total.clone(),
+        shipping_address: place.shipping_address.clone(),
+        step: Step::AwaitingInventory,
+        line_states: Default::default(),
+        payment: PaymentState::NotRequested,
+        payment_id: format!("{order_id}/payment"),
+        sequence: 0,
+        commands_issued: 0,
+        seen: [command_id].into(),
+        deadline: None,
+        reason: None,
+        detail: None,
+        started_at: now,
+        updated_at: now,
+    };
+    let mut fx = Vec::new();
+    if let Err(problem) = validate(&place) {
+        saga.step = Step::Rejected;
+        saga.reason = Some(Reason::InvalidOrder);
+        saga.detail = Some(problem.clone());
+        saga.sequence = 1;
+        fx.push(Effect::Decide {
+            sequence: 1,
+            status: OrderDecisionStatus::Rejected,
+            from: None,
+            reason: Some(Reason::InvalidOrder),
+            detail: Some(problem),
+        });
+        return Ok(Outcome {
+            saga: Some(saga),
+            effects: fx,
+        });
+    }
+    saga.sequence = 1;
+    fx.push(Effect::Decide {
+        sequence: 1,
+        status: OrderDecisionStatus::Pending,
+        from: None,
+        reason: None,
+        detail: None,
+    });
+    for line in &place.lines {
+        saga.line_states
+            .insert(line.sku.clone(), LineState::Requested);
+        fx.push(Effect::Inventory {
+            sku: line.sku.clone(),
+            command: InventoryCommandBody::Reserve(ReserveStock {
+                order_id: order_id.to_owned(),
+                quantity: line.quantity,
+            }),
+        });
+    }
+    let due = now.saturating_add(timeouts.inventory_ms);
+    saga.deadline = Some(due);
+    fx.push(Effect::SetDeadline(due));
+    Ok(Outcome {
+        saga: Some(saga),
+        effects: fx,
+    })
+}
+
+/// The rules a place-order command must meet, whoever wrote it (the API or another system's
+/// producer). The error names the field and says why.
+pub fn validate(place: &PlaceOrder) -> Result<(), String> {
+    const MAX_LINES: usize = 100;
+    const MAX_QUANTITY: i32 = 1_000;
+    if place.lines.is_empty() {
+        return Err("lines: an order needs at least one line".to_owned());
+    }
+    if place.lines.len() > MAX_LINES {
+        return Err(format!(
+            "lines: at most {MAX_LINES} lines, got {}",
+            place.lines.len()
+        ));
+    }
+    if place.cart_id.trim().is_empty() {
+        return Err("cart_id: must not be empty".to_owned());
+    }
+    if place.payment_method.trim().is_empty() {
+        return Err("payment_method: must not be empty".to_owned());
+    }
+    let currency = &place.total.currency;
+    if currency.len() != 3 || !currency.bytes().all(|b| b.is_ascii_uppercase()) {
+        return Err(format!(
+            "total.currency: {currency:?} is not an ISO 4217 code (three upper-case letters)"
+        ));
+    }
+    let mut skus = std::collections::BTreeSet::new();
+    let mut sum: i64 = 0;
+    for (i, line) in place.lines.iter().enumerate() {
+        if line.sku.trim().is_empty() {
+            return Err(format!("lines[{i}].sku: must not be empty"));
+        }
+        if !skus.insert(line.sku.as_str()) {
+            return Err(format!("lines[{i}].sku: {:?} appears twice", line.sku));
+        }
+        if !(1..=MAX_QUANTITY).contains(&line.quantity) {
+            return Err(format!(
+                "lines[{i}].quantity: {} is not between 1 and {MAX_QUANTITY}",
+                line.quantity
+            ));
+        }
+        if line.unit_price.amount_minor < 0 {
+            return Err(format!("lines[{i}].unit_price: must not be negative"));
+        }
+        if &line.unit_price.currency != currency {
+            return Err(format!(
+                "lines[{i}].unit_price.currency: {} differs from the total's {currency}",
+                line.unit_price.currency
+            ));
+        }
+        let amount = line
+            .unit_price
+            .amount_minor
+            .checked_mul(i64::from(line.quantity))
+            .and_then(|a| sum.checked_add(a));
+        sum = amount.ok_or_else(|| format!("lines[{i}]: the amount overflows"))?;
+    }
+    if sum != place.total.amount_minor {
+        return Err(format!(
+            "total.amount_minor: {} is not the sum of the lines ({sum})",
+            place.total.amount_minor
+        ));
+    }
+    Ok(())
+}
+
+fn on_reserved(
+    saga: &mut Saga,
+    reply: &InventoryReserved,
+    now: i64,
+    timeouts: &Timeouts,
+    fx: &mut Vec<Effect>,
+) {
+    let Some(state) = saga.line_states.get(&reply.sku).cloned() else {
+        // A reply for a SKU this order does not have: nothing of ours to hold or release.
+        return;
+    };
+    let held = reply.status == ReservationStatus::Held;
+    match saga.step {
+        Step::AwaitingInventory if state == LineState::Requested => {
+            if held {
+                saga.line_states.insert(
+                    reply.sku.clone(),
+                    LineState::Held {
+                        expires_at: reply.expires_at,
+                    },
+                );
+                let all_held = saga
+                    .line_states
+                    .values()
+                    .all(|s| matches!(s, LineState::Held { .. }));
+                if all_held {
+                    saga.payment = PaymentState::Requested;
+                    fx.push(Effect::Payment(PaymentCommandBody::CreateIntent(
+                        CreatePaymentIntent {
+                            customer_id: saga.customer_id.clone(),
+                            amount: saga.total.clone(),
+                            payment_method: saga.payment_method.clone(),
+                        },
+                    )));
+                    fx.push(Effect::Payment(PaymentCommandBody::Authorize(
+                        AuthorizePayment {
+                            amount: saga.total.clone(),
+                        },
+                    )));
+                    saga.step = Step::AwaitingPayment;
+                    let due = now.saturating_add(timeouts.payment_ms);
+                    saga.deadline = Some(due);
+                    fx.push(Effect::SetDeadline(due));
+                }
+            } else {
+                saga.line_states.insert(
+                    reply.sku.clone(),
+                    LineState::Short {
+                        available: reply.available,
+                    },
+                );
+                let wanted = saga.quantity_of(&reply.sku).unwrap_or(reply.quantity);
+                let detail = format!(
+                    "{}: {} wanted, {} available",
+                    reply.sku, wanted, reply.available
+                );
+                cancel(saga, Reason::InsufficientStock, Some(detail), fx);
+            }
+        }
+        // A hold that nobody needs any more (the order was cancelled, or the line was already
+        // given up): give it back.
+        _ if held && !matches!(state, LineState::Held { .. } | LineState::Confirmed) => {
+            saga.line_states
+                .insert(reply.sku.clone(), LineState::Released);
+            fx.push(release(
+                &saga.order_id,
+                &reply.sku,
+                ReleaseReason::Compensation,
+            ));
+        }
+        _ => {}
+    }
+}
+
+fn on_released(saga: &mut Saga, released: &InventoryReleased, fx: &mut Vec<Effect>) {
+    let Some(state) = saga.line_states.get(&released.sku).cloned() else {
+        return;
+    };
+    if !matches!(state, LineState::Held { .. }) {
+        return;
+    }
+    if released.reason != ReleaseReason::HoldExpired {
+        saga.line_states
+            .insert(released.sku.clone(), LineState::Released);
+        return;
+    }
+    saga.line_states
+        .insert(released.sku.clone(), LineState::Expired);
+    // Waiting for other lines while one already lapsed: the order cannot be held whole.
+    // Waiting for the payment: go on; inventory re-checks at confirm and reports an oversell
+    // (`[inventory].oversell`), which is the behaviour the oversell scenario reproduces.
+    if saga.step == Step::AwaitingInventory {
+        let detail = format!(
+            "{}: the hold lapsed before the order was held whole",
+            released.sku
+        );
+        cancel(saga, Reason::HoldExpired, Some(detail), fx);
+    }
+}
+
+/// Cancels a non-terminal saga: releases every line that is or may be held, voids an
+/// authorization that is or may be under way, and decides `CANCELLED`.
+fn cancel(saga: &mut Saga, reason: Reason, detail: Option<String>, fx: &mut Vec<Effect>) {
+    for (sku, state) in saga.line_states.iter_mut() {
+        // Requested lines are released too: their hold may land later, and a release before
+        // its reserve makes inventory refuse that reserve.
+        if matches!(state, LineState::Requested | LineState::Held { .. }) {
+            *state = LineState::Released;
+            fx.push(release(&saga.order_id, sku, ReleaseReason::Compensation));
+        }
+    }
+    if matches!(saga.payment, PaymentState::Requested) {
+        saga.payment = PaymentState::VoidRequested;
+        fx.push(Effect::Payment(PaymentCommandBody::Void(VoidPayment {
+            reason: reason.code().to_owned(),
+        })));
+    }
+    transition(saga, Step::Cancelled, Some(reason), detail, fx);
+}
+
+fn transition(
+    saga: &mut Saga,
+    to: Step,
+    reason: Option<Reason>,
+    detail: Option<String>,
+    fx: &mut Vec<Effect>,
+) {
+    let from = saga.step.status();
+    saga.step = to;
+    saga.reason = reason;
+    saga.detail = detail.clone();
+    saga.sequence += 1;
+    saga.deadline = None;
+    fx.push(Effect::ClearDeadline);
+    fx.push(Effect::Decide {
+        sequence: saga.sequence,
+        status: to.status(),
+        from: Some(from),
+        reason,
+        detail,
+    });
+}
+
+fn release(order_id: &str, sku: &str, reason: ReleaseReason) -> Effect {
+    Effect::Inventory {
+        sku: sku.to_owned(),
+        command: InventoryCommandBody::Release(ReleaseStock {
+            order_id: order_id.to_owned(),
+            reason,
+        }),
+    }
+}
+
+fn lines_in(saga: &Saga, pred: impl Fn(&LineState) -> bool) -> Vec<String> {
+    saga.line_states
+        .iter()
+        .filter(|(_, s)| pred(s))
+        .map(|(sku, _)| sku.clone())
+        .collect()
+}

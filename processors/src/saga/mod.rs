@@ -1,0 +1,18 @@
+//! The checkout saga orchestrator, keyed by order id: validate the order → reserve every line
+//! → authorize the payment → confirm, with compensations (release holds, void the payment) on
+//! any failure, cancel or deadline. `docs/saga.md` has the transition table.
+//!
+//! - `logic.rs`: [`decide`], the pure transition function, and [`validate`].
+//! - `state.rs`: [`Saga`] and the stores it lives in.
+//! - `topology.rs`: [`topology`] and [`SagaProcessor`] on the runtime.
+
+pub mod logic;
+pub mod state;
+mod topology;
+
+#[cfg(test)]
+mod tests;
+
+pub use logic::{Effect, Input, Outcome, Refusal, Timeouts, decide, validate};
+pub use state::{LineState, PaymentState, Reason, Saga, Step};
+pub use topology::{SagaConfig, SagaProcessor, topology};

@@ -1,0 +1,175 @@
+//! What the saga stores per order: one [`Saga`] per order id in the key-value store
+//! [`SAGAS_STORE`] (key: the order id as UTF-8; value: the saga as JSON, so an operator can read
+//! it with any tool), and the step deadline in the timer store [`DEADLINES_STORE`] (key: the
+//! order id; due: epoch ms of wall-clock time). Both are changelogged by the runtime.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use keel_avro::records::{Money, OrderDecisionStatus, OrderLine, ShippingAddress};
+use serde::{Deserialize, Serialize};
+
+/// The key-value store of sagas.
+pub const SAGAS_STORE: &str = "saga-state";
+/// The timer store of step deadlines.
+pub const DEADLINES_STORE: &str = "saga-deadlines";
+
+/// Where an order's saga is. `Confirmed`, `Cancelled` and `Rejected` are terminal: the step never
+/// changes again (late replies only trigger compensations).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Step {
+    /// Reserve commands sent, waiting for every line's answer.
+    AwaitingInventory,
+    /// Every line held; authorize command sent, waiting for the payment's outcome.
+    AwaitingPayment,
+    Confirmed,
+    Cancelled,
+    /// The place-order command was invalid; the order never became `PENDING`.
+    Rejected,
+}
+
+impl Step {
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Confirmed | Self::Cancelled | Self::Rejected)
+    }
+
+    /// The order status this step shows.
+    pub fn status(self) -> OrderDecisionStatus {
+        match self {
+            Self::AwaitingInventory | Self::AwaitingPayment => OrderDecisionStatus::Pending,
+            Self::Confirmed => OrderDecisionStatus::Confirmed,
+            Self::Cancelled => OrderDecisionStatus::Cancelled,
+            Self::Rejected => OrderDecisionStatus::Rejected,
+        }
+    }
+
+    /// Every step, for exhaustive tests.
+    pub const ALL: [Step; 5] = [
+        Self::AwaitingInventory,
+        Self::AwaitingPayment,
+        Self::Confirmed,
+        Self::Cancelled,
+        Self::Rejected,
+    ];
+}
+
+/// What the saga knows of one order line's stock.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LineState {
+    /// A reserve command was sent; no answer yet.
+    Requested,
+    /// Inventory holds the line until `expires_at` (epoch ms) unless it is confirmed.
+    Held { expires_at: Option<i64> },
+    /// Inventory could not hold it: `available` units were left.
+    Short { available: i32 },
+    /// The saga released it (compensation or cancel).
+    Released,
+    /// The hold lapsed before the payment's outcome arrived.
+    Expired,
+    /// The hold became a sale.
+    Confirmed,
+}
+
+/// What the saga knows of the payment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PaymentState {
+    NotRequested,
+    /// Intent and authorize commands sent.
+    Requested,
+    Authorized {
+        psp_reference: String,
+    },
+    Failed,
+    /// A void was asked for (a cancel while authorizing, or an authorization after a cancel).
+    VoidRequested,
+    /// Capture asked for after the order was confirmed.
+    CaptureRequested {
+        psp_reference: String,
+    },
+}
+
+/// Why an order was cancelled or rejected: the closed set of reason codes the order sink and the
+/// API show (`Reason::code`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reason {
+    /// The command broke a rule (no lines, a non-positive quantity, totals that do not add up).
+    InvalidOrder,
+    /// A line could not be held.
+    InsufficientStock,
+    /// The PSP declined the card.
+    PaymentDeclined,
+    /// The PSP did not answer within the payment service's timeout.
+    PspTimeout,
+    /// The PSP answered with an error.
+    PspError,
+    /// The customer (or an operator) cancelled.
+    CustomerCancelled,
+    /// Inventory did not answer every line before the inventory deadline.
+    InventoryTimeout,
+    /// The payment's outcome did not arrive before the payment deadline.
+    PaymentTimeout,
+    /// A hold lapsed while the saga still waited for inventory.
+    HoldExpired,
+}
+
+impl Reason {
+    /// The stable code written to MySQL and shown by the API.
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::InvalidOrder => "INVALID_ORDER",
+            Self::InsufficientStock => "INSUFFICIENT_STOCK",
+            Self::PaymentDeclined => "PAYMENT_DECLINED",
+            Self::PspTimeout => "PSP_TIMEOUT",
+            Self::PspError => "PSP_ERROR",
+            Self::CustomerCancelled => "CUSTOMER_CANCELLED",
+            Self::InventoryTimeout => "INVENTORY_TIMEOUT",
+            Self::PaymentTimeout => "PAYMENT_TIMEOUT",
+            Self::HoldExpired => "HOLD_EXPIRED",
+        }
+    }
+}
+
+/// One order's saga.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Saga {
+    pub order_id: String,
+    pub customer_id: String,
+    pub cart_id: String,
+    pub payment_method: String,
+    pub lines: Vec<OrderLine>,
+    pub total: Money,
+    pub shipping_address: Option<ShippingAddress>,
+    pub step: Step,
+    /// Per SKU (SKUs are unique within an order).
+    pub line_states: BTreeMap<String, LineState>,
+    pub payment: PaymentState,
+    /// The payment's id: `<order id>/payment`.
+    pub payment_id: String,
+    /// The sequence of the last decision sent to the order sink.
+    pub sequence: i32,
+    /// Commands sent so far; the next command's id is `<order id>/c<commands_issued + 1>`.
+    pub commands_issued: u32,
+    /// Ids of the commands and events already applied (duplicates change nothing).
+    pub seen: BTreeSet<String>,
+    /// When the current step gives up (epoch ms), if it waits for anything.
+    pub deadline: Option<i64>,
+    pub reason: Option<Reason>,
+    pub detail: Option<String>,
+    pub started_at: i64,
+    pub updated_at: i64,
+}
+
+impl Saga {
+    pub fn encode(&self) -> Vec<u8> {
+        // A Saga holds only strings, numbers, maps and enums: serialization cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+
+    /// The quantity ordered of `sku`, if the order has that line.
+    pub fn quantity_of(&self, sku: &str) -> Option<i32> {
+        self.lines.iter().find(|l| l.sku == sku).map(|l| l.quantity)
+    }
+}

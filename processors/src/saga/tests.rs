@@ -1,0 +1,643 @@
+//! The saga: pure transitions (examples and a property model), then the topology through the
+//! test driver.
+
+use keel_avro::records::*;
+use proptest::prelude::*;
+
+use super::logic::{Effect, Input, Refusal, Timeouts, decide};
+use super::state::{LineState, Reason, Saga, Step};
+
+const T0: i64 = 1_700_000_000_000;
+const ORDER: &str = "order-1";
+const TIMEOUTS: Timeouts = Timeouts {
+    inventory_ms: 5_000,
+    payment_ms: 10_000,
+};
+
+fn eur(minor: i64) -> Money {
+    Money::new(minor, "EUR")
+}
+
+fn line(sku: &str, quantity: i32, unit: i64) -> OrderLine {
+    OrderLine {
+        sku: sku.into(),
+        quantity,
+        unit_price: eur(unit),
+    }
+}
+
+fn place_order(lines: Vec<OrderLine>) -> PlaceOrder {
+    let total = lines
+        .iter()
+        .map(|l| l.unit_price.amount_minor * i64::from(l.quantity))
+        .sum();
+    PlaceOrder {
+        customer_id: "cust-1".into(),
+        cart_id: "cart-1".into(),
+        lines,
+        total: eur(total),
+        payment_method: "tok_visa".into(),
+        shipping_address: None,
+    }
+}
+
+fn place() -> Input {
+    Input::Place {
+        command_id: "cmd-place".into(),
+        place: place_order(vec![line("SKU-A", 2, 1_000), line("SKU-B", 1, 500)]),
+    }
+}
+
+fn reserved(sku: &str, status: ReservationStatus, id: &str) -> Input {
+    Input::Reserved(InventoryReserved {
+        event_id: id.into(),
+        sku: sku.into(),
+        occurred_at: T0,
+        causation_id: "c".into(),
+        correlation_id: ORDER.into(),
+        order_id: ORDER.into(),
+        status,
+        quantity: 1,
+        available: 0,
+        expires_at: Some(T0 + 600_000),
+    })
+}
+
+fn held(sku: &str) -> Input {
+    reserved(sku, ReservationStatus::Held, &format!("held-{sku}"))
+}
+
+fn authorized(id: &str) -> Input {
+    Input::Authorized(PaymentAuthorized {
+        event_id: id.into(),
+        payment_id: format!("{ORDER}/payment"),
+        occurred_at: T0,
+        causation_id: "c".into(),
+        correlation_id: ORDER.into(),
+        order_id: ORDER.into(),
+        amount: eur(2_500),
+        psp_reference: "psp-1".into(),
+    })
+}
+
+fn failed(reason: PaymentFailureReason) -> Input {
+    Input::PaymentFailed(PaymentFailed {
+        event_id: "failed-1".into(),
+        payment_id: format!("{ORDER}/payment"),
+        occurred_at: T0,
+        causation_id: "c".into(),
+        correlation_id: ORDER.into(),
+        order_id: ORDER.into(),
+        amount: eur(2_500),
+        reason,
+        detail: Some("insufficient_funds".into()),
+    })
+}
+
+fn cancel(id: &str) -> Input {
+    Input::Cancel {
+        command_id: id.into(),
+        reason: "changed my mind".into(),
+    }
+}
+
+/// Runs inputs in order from no saga; returns the final saga and every effect.
+fn run(inputs: Vec<Input>) -> (Saga, Vec<Effect>) {
+    let mut state = None;
+    let mut all = Vec::new();
+    for input in inputs {
+        let outcome = decide(state, input, ORDER, T0, &TIMEOUTS).expect("applies");
+        state = outcome.saga;
+        all.extend(outcome.effects);
+    }
+    (state.expect("a saga"), all)
+}
+
+fn decisions(fx: &[Effect]) -> Vec<(OrderDecisionStatus, Option<Reason>)> {
+    fx.iter()
+        .filter_map(|e| match e {
+            Effect::Decide { status, reason, .. } => Some((*status, *reason)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn inventory(fx: &[Effect]) -> Vec<(String, &'static str)> {
+    fx.iter()
+        .filter_map(|e| match e {
+            Effect::Inventory { sku, command } => Some((
+                sku.clone(),
+                match command {
+                    InventoryCommandBody::Reserve(_) => "reserve",
+                    InventoryCommandBody::Release(_) => "release",
+                    InventoryCommandBody::Confirm(_) => "confirm",
+                    InventoryCommandBody::Adjust(_) => "adjust",
+                },
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+fn payments(fx: &[Effect]) -> Vec<&'static str> {
+    fx.iter()
+        .filter_map(|e| match e {
+            Effect::Payment(c) => Some(match c {
+                PaymentCommandBody::CreateIntent(_) => "intent",
+                PaymentCommandBody::Authorize(_) => "authorize",
+                PaymentCommandBody::Capture(_) => "capture",
+                PaymentCommandBody::Void(_) => "void",
+                PaymentCommandBody::Refund(_) => "refund",
+                PaymentCommandBody::PspCallback(_) => "callback",
+            }),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_checkout_reserves_every_line_then_authorizes_then_confirms_and_captures() {
+    let (saga, fx) = run(vec![
+        place(),
+        held("SKU-A"),
+        held("SKU-B"),
+        authorized("auth-1"),
+    ]);
+    assert_eq!(saga.step, Step::Confirmed);
+    assert_eq!(
+        decisions(&fx),
+        vec![
+            (OrderDecisionStatus::Pending, None),
+            (OrderDecisionStatus::Confirmed, None)
+        ]
+    );
+    let inv = inventory(&fx);
+    assert_eq!(
+        inv,
+        vec![
+            ("SKU-A".into(), "reserve"),
+            ("SKU-B".into(), "reserve"),
+            ("SKU-A".into(), "confirm"),
+            ("SKU-B".into(), "confirm"),
+        ]
+    );
+    assert_eq!(payments(&fx), vec!["intent", "authorize", "capture"]);
+    assert_eq!(saga.deadline, None, "a terminal saga waits for nothing");
+}
+
+#[test]
+fn payment_is_asked_only_once_every_line_is_held() {
+    let (saga, fx) = run(vec![place(), held("SKU-A")]);
+    assert_eq!(saga.step, Step::AwaitingInventory);
+    assert!(payments(&fx).is_empty());
+}
+
+#[test]
+fn a_shortage_cancels_with_the_missing_line_and_releases_what_was_held() {
+    let (saga, fx) = run(vec![
+        place(),
+        held("SKU-A"),
+        reserved("SKU-B", ReservationStatus::Shortage, "short-b"),
+    ]);
+    assert_eq!(saga.step, Step::Cancelled);
+    assert_eq!(saga.reason, Some(Reason::InsufficientStock));
+    assert!(
+        saga.detail
+            .as_deref()
+            .is_some_and(|d| d.contains("SKU-B: 1 wanted, 0 available"))
+    );
+    assert!(inventory(&fx).contains(&("SKU-A".into(), "release")));
+    assert!(payments(&fx).is_empty(), "no payment is attempted");
+}
+
+#[test]
+fn a_declined_payment_cancels_and_releases_every_hold() {
+    let (saga, fx) = run(vec![
+        place(),
+        held("SKU-A"),
+        held("SKU-B"),
+        failed(PaymentFailureReason::Declined),
+    ]);
+    assert_eq!(saga.step, Step::Cancelled);
+    assert_eq!(saga.reason, Some(Reason::PaymentDeclined));
+    let releases = inventory(&fx)
+        .into_iter()
+        .filter(|(_, k)| *k == "release")
+        .count();
+    assert_eq!(releases, 2);
+}
+
+#[test]
+fn a_psp_timeout_is_its_own_reason() {
+    let (saga, _) = run(vec![
+        place(),
+        held("SKU-A"),
+        held("SKU-B"),
+        failed(PaymentFailureReason::Timeout),
+    ]);
+    assert_eq!(saga.reason, Some(Reason::PspTimeout));
+    assert_eq!(Reason::PspTimeout.code(), "PSP_TIMEOUT");
+}
+
+#[test]
+fn cancel_while_authorizing_voids_and_releases() {
+    let (saga, fx) = run(vec![
+        place(),
+        held("SKU-A"),
+        held("SKU-B"),
+        cancel("cancel-1"),
+    ]);
+    assert_eq!(saga.step, Step::Cancelled);
+    assert_eq!(saga.reason, Some(Reason::CustomerCancelled));
+    assert!(payments(&fx).contains(&"void"));
+    let releases = inventory(&fx)
+        .into_iter()
+        .filter(|(_, k)| *k == "release")
+        .count();
+    assert_eq!(releases, 2);
+}
+
+#[test]
+fn a_late_authorization_after_a_cancel_is_voided_and_the_order_stays_cancelled() {
+    let (saga, fx) = run(vec![
+        place(),
+        held("SKU-A"),
+        held("SKU-B"),
+        cancel("cancel-1"),
+        authorized("auth-late"),
+    ]);
+    assert_eq!(saga.step, Step::Cancelled);
+    assert_eq!(payments(&fx).iter().filter(|p| **p == "void").count(), 2);
+    assert!(!payments(&fx).contains(&"capture"));
+}
+
+#[test]
+fn a_hold_that_lands_after_a_cancel_is_released() {
+    let (saga, fx) = run(vec![place(), cancel("cancel-1"), held("SKU-A")]);
+    assert_eq!(saga.step, Step::Cancelled);
+    let a_releases = inventory(&fx)
+        .into_iter()
+        .filter(|(sku, k)| sku == "SKU-A" && *k == "release")
+        .count();
+    assert!(a_releases >= 1);
+}
+
+#[test]
+fn duplicates_change_nothing() {
+    let (once, fx_once) = run(vec![place(), held("SKU-A"), held("SKU-B")]);
+    let (twice, fx_twice) = run(vec![
+        place(),
+        place(),
+        held("SKU-A"),
+        held("SKU-A"),
+        held("SKU-B"),
+        held("SKU-B"),
+    ]);
+    assert_eq!(once.step, twice.step);
+    assert_eq!(once.line_states, twice.line_states);
+    assert_eq!(fx_once, fx_twice, "a duplicate emits nothing");
+}
+
+#[test]
+fn deadlines_cancel_a_saga_that_waits_too_long() {
+    let (saga, fx) = run(vec![place(), held("SKU-A"), Input::DeadlinePassed]);
+    assert_eq!(saga.reason, Some(Reason::InventoryTimeout));
+    assert!(saga.detail.as_deref().is_some_and(|d| d.contains("SKU-B")));
+    assert_eq!(
+        inventory(&fx)
+            .iter()
+            .filter(|(_, k)| *k == "release")
+            .count(),
+        2
+    );
+
+    let (saga, fx) = run(vec![
+        place(),
+        held("SKU-A"),
+        held("SKU-B"),
+        Input::DeadlinePassed,
+    ]);
+    assert_eq!(saga.reason, Some(Reason::PaymentTimeout));
+    assert!(payments(&fx).contains(&"void"));
+}
+
+#[test]
+fn an_invalid_order_is_rejected_without_touching_inventory() {
+    for (lines, field) in [
+        (vec![], "lines"),
+        (vec![line("SKU-A", 0, 100)], "lines[0].quantity"),
+        (
+            vec![line("SKU-A", 1, 100), line("SKU-A", 1, 100)],
+            "lines[1].sku",
+        ),
+        (vec![line("", 1, 100)], "lines[0].sku"),
+        (vec![line("SKU-A", 1, -1)], "lines[0].unit_price"),
+    ] {
+        let (saga, fx) = run(vec![Input::Place {
+            command_id: "p".into(),
+            place: place_order(lines),
+        }]);
+        assert_eq!(saga.step, Step::Rejected);
+        assert!(
+            saga.detail.as_deref().is_some_and(|d| d.starts_with(field)),
+            "{field}: {:?}",
+            saga.detail
+        );
+        assert!(inventory(&fx).is_empty());
+        assert_eq!(
+            decisions(&fx),
+            vec![(OrderDecisionStatus::Rejected, Some(Reason::InvalidOrder))]
+        );
+    }
+    let mut wrong_total = place_order(vec![line("SKU-A", 2, 100)]);
+    wrong_total.total = eur(1);
+    let err = super::validate(&wrong_total).expect_err("total");
+    assert!(err.starts_with("total.amount_minor"), "{err}");
+    let mut mixed = place_order(vec![line("SKU-A", 2, 100)]);
+    mixed.lines[0].unit_price.currency = "USD".into();
+    let err = super::validate(&mixed).expect_err("currency");
+    assert!(err.contains("currency"), "{err}");
+}
+
+#[test]
+fn replies_without_a_saga_and_cancels_of_finished_orders_are_refused() {
+    let err = decide(None, cancel("c"), ORDER, T0, &TIMEOUTS).expect_err("unknown");
+    assert!(matches!(err, Refusal::UnknownOrder(..)));
+    let (confirmed, _) = run(vec![place(), held("SKU-A"), held("SKU-B"), authorized("a")]);
+    let err = decide(Some(confirmed), cancel("c2"), ORDER, T0, &TIMEOUTS).expect_err("409");
+    assert!(err.to_string().contains("Confirmed"), "{err}");
+}
+
+// ---- the property model ----
+
+fn any_input() -> impl Strategy<Value = Input> {
+    prop_oneof![
+        Just(place()),
+        Just(held("SKU-A")),
+        Just(held("SKU-B")),
+        Just(reserved("SKU-A", ReservationStatus::Shortage, "short-a")),
+        Just(reserved("SKU-B", ReservationStatus::Held, "held-b-again")),
+        Just(authorized("auth-1")),
+        Just(authorized("auth-2")),
+        Just(failed(PaymentFailureReason::Declined)),
+        Just(cancel("cancel-1")),
+        Just(Input::DeadlinePassed),
+        Just(Input::Released(InventoryReleased {
+            event_id: "expired-a".into(),
+            sku: "SKU-A".into(),
+            occurred_at: T0,
+            causation_id: "x".into(),
+            correlation_id: ORDER.into(),
+            order_id: ORDER.into(),
+            quantity: 2,
+            reason: ReleaseReason::HoldExpired,
+        })),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+    /// Whatever arrives, in whatever order, duplicated or not: terminal steps never change,
+    /// decisions only move forward, and once the deadlines have passed every hold and every
+    /// authorization has been confirmed or compensated.
+    #[test]
+    fn no_input_sequence_leaves_a_hold_or_an_authorization_stranded(
+        inputs in proptest::collection::vec(any_input(), 0..14)
+    ) {
+        let mut state = decide(None, place(), ORDER, T0, &TIMEOUTS).expect("starts").saga;
+        let mut effects = Vec::new();
+        let mut held_skus = std::collections::BTreeSet::new();
+        let mut authorizations = 0;
+        let mut last_sequence = 1;
+        for (i, input) in inputs.into_iter().chain([Input::DeadlinePassed, Input::DeadlinePassed]).enumerate() {
+            if let Input::Reserved(r) = &input && r.status == ReservationStatus::Held {
+                held_skus.insert(r.sku.clone());
+            }
+            if matches!(input, Input::Authorized(_)) { authorizations += 1; }
+            let before = state.clone().expect("a saga");
+            match decide(state.clone(), input, ORDER, T0 + i as i64, &TIMEOUTS) {
+                Ok(outcome) => {
+                    let after = outcome.saga.clone().expect("a saga stays");
+                    if before.step.is_terminal() {
+                        prop_assert_eq!(before.step, after.step, "a terminal step changed");
+                    }
+                    for e in &outcome.effects {
+                        if let Effect::Decide { sequence, .. } = e {
+                            prop_assert!(*sequence > last_sequence);
+                            last_sequence = *sequence;
+                        }
+                    }
+                    effects.extend(outcome.effects);
+                    state = outcome.saga;
+                }
+                Err(Refusal::NotCancellable { .. }) => prop_assert!(before.step.is_terminal()),
+                Err(e) => prop_assert!(false, "unexpected refusal {e}"),
+            }
+        }
+        let saga = state.expect("a saga");
+        prop_assert!(saga.step.is_terminal(), "still waiting after every deadline: {:?}", saga.step);
+        let inv = inventory(&effects);
+        for sku in &held_skus {
+            // Released or confirmed by the saga, or lapsed (inventory released it itself).
+            let settled = inv.iter().any(|(s, k)| s == sku && (*k == "release" || *k == "confirm"))
+                || saga.line_states.get(sku) == Some(&LineState::Expired);
+            prop_assert!(settled, "{sku} was held and never released or confirmed");
+        }
+        let pay = payments(&effects);
+        if authorizations > 0 && pay.contains(&"authorize") {
+            prop_assert!(pay.contains(&"capture") || pay.contains(&"void"),
+                "an authorization was neither captured nor voided: {pay:?}");
+        }
+        if saga.step == Step::Confirmed {
+            prop_assert!(saga.line_states.values().all(|s| *s == LineState::Confirmed));
+        }
+    }
+}
+
+// ---- the topology through the test driver ----
+
+mod driver {
+    use keel_topology::serde::{Json, Utf8};
+    use keel_topology::{TestDriver, dlq_headers};
+
+    use super::*;
+    use crate::format::Format;
+    use crate::saga::SagaConfig;
+    use crate::topics;
+
+    fn driver() -> TestDriver {
+        let config = SagaConfig {
+            inventory_timeout_ms: 5_000,
+            payment_timeout_ms: 10_000,
+            deadline_check_interval_ms: 100,
+        };
+        let topology =
+            crate::saga::topology(&Format::Json, &crate::topics::Topics::default(), &config)
+                .expect("topology");
+        TestDriver::new(topology).expect("driver")
+    }
+
+    fn command(body: OrderCommandBody, id: &str) -> OrderCommand {
+        OrderCommand {
+            command_id: id.into(),
+            order_id: ORDER.into(),
+            issued_at: T0,
+            causation_id: "http".into(),
+            correlation_id: ORDER.into(),
+            command: body,
+        }
+    }
+
+    fn pipe<T: keel_avro::Record>(d: &mut TestDriver, topic: &str, value: &T) {
+        d.pipe(
+            topic,
+            &ORDER.to_owned(),
+            value,
+            T0,
+            &Utf8,
+            &Json::<T>::new(),
+        )
+        .expect("processed");
+    }
+
+    fn out<T: keel_avro::Record>(d: &mut TestDriver, topic: &str) -> Vec<(String, T)> {
+        d.read_output_as(topic, &Utf8, &Json::<T>::new())
+            .expect("decodes")
+    }
+
+    fn reply(event: Input) -> InventoryReserved {
+        match event {
+            Input::Reserved(r) => r,
+            _ => unreachable!("a reservation"),
+        }
+    }
+
+    #[test]
+    fn the_topology_turns_a_place_order_into_reserve_commands_and_a_pending_decision() {
+        let mut d = driver();
+        let Input::Place { place, .. } = place() else {
+            unreachable!()
+        };
+        pipe(
+            &mut d,
+            topics::ORDER_COMMANDS,
+            &command(OrderCommandBody::PlaceOrder(place), "cmd-1"),
+        );
+
+        let decisions: Vec<(String, OrderDecision)> = out(&mut d, topics::ORDER_DECISIONS);
+        assert_eq!(decisions.len(), 1);
+        let (key, pending) = &decisions[0];
+        assert_eq!(key, ORDER);
+        assert_eq!(pending.status, OrderDecisionStatus::Pending);
+        assert_eq!(pending.decision_id, format!("{ORDER}/1"));
+        assert_eq!(pending.source_topic, topics::ORDER_COMMANDS);
+        assert_eq!((pending.source_partition, pending.source_offset), (0, 0));
+
+        let reserves: Vec<(String, InventoryCommand)> = out(&mut d, topics::INVENTORY_COMMANDS);
+        let keys: Vec<&str> = reserves.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            keys,
+            ["SKU-A", "SKU-B"],
+            "keyed by SKU, so each lands in its SKU's task"
+        );
+        assert!(
+            reserves
+                .iter()
+                .all(|(_, c)| c.correlation_id == ORDER && c.causation_id == "cmd-1")
+        );
+
+        pipe(&mut d, topics::INVENTORY_RESERVED, &reply(held("SKU-A")));
+        pipe(&mut d, topics::INVENTORY_RESERVED, &reply(held("SKU-B")));
+        let pay: Vec<(String, PaymentCommand)> = out(&mut d, topics::PAYMENT_COMMANDS);
+        assert_eq!(pay.len(), 2);
+        assert!(matches!(pay[1].1.command, PaymentCommandBody::Authorize(_)));
+
+        let Input::Authorized(auth) = authorized("auth-1") else {
+            unreachable!()
+        };
+        pipe(&mut d, topics::PAYMENT_AUTHORIZED, &auth);
+        let decisions: Vec<(String, OrderDecision)> = out(&mut d, topics::ORDER_DECISIONS);
+        assert_eq!(decisions.len(), 1);
+        assert_eq!(decisions[0].1.status, OrderDecisionStatus::Confirmed);
+        assert_eq!(decisions[0].1.source_topic, topics::PAYMENT_AUTHORIZED);
+        assert_eq!(decisions[0].1.causation_id, "auth-1");
+    }
+
+    #[test]
+    fn a_durable_deadline_cancels_a_stuck_saga_even_after_a_wiped_restart() {
+        let mut d = driver();
+        let Input::Place { place, .. } = place() else {
+            unreachable!()
+        };
+        pipe(
+            &mut d,
+            topics::ORDER_COMMANDS,
+            &command(OrderCommandBody::PlaceOrder(place), "cmd-1"),
+        );
+        out::<OrderDecision>(&mut d, topics::ORDER_DECISIONS);
+        d.restart(true).expect("restored from the changelogs");
+        d.advance_wall_clock(std::time::Duration::from_millis(4_000))
+            .expect("ticks");
+        assert!(
+            out::<OrderDecision>(&mut d, topics::ORDER_DECISIONS).is_empty(),
+            "not yet"
+        );
+        d.advance_wall_clock(std::time::Duration::from_millis(1_500))
+            .expect("ticks");
+        let decisions: Vec<(String, OrderDecision)> = out(&mut d, topics::ORDER_DECISIONS);
+        assert_eq!(decisions.len(), 1, "{decisions:?}");
+        assert_eq!(decisions[0].1.status, OrderDecisionStatus::Cancelled);
+        assert_eq!(decisions[0].1.reason.as_deref(), Some("INVENTORY_TIMEOUT"));
+        assert_eq!(
+            decisions[0].1.source_offset, -1,
+            "a timer, not a record, decided it"
+        );
+    }
+
+    #[test]
+    fn a_cancel_for_an_unknown_order_is_dead_lettered_with_why() {
+        let mut d = driver();
+        pipe(
+            &mut d,
+            topics::ORDER_COMMANDS,
+            &command(
+                OrderCommandBody::CancelOrder(CancelOrder { reason: "x".into() }),
+                "c-1",
+            ),
+        );
+        let dead = d.dead_letters();
+        assert_eq!(dead.len(), 1);
+        let why = dead[0]
+            .headers
+            .get_str(dlq_headers::ERROR)
+            .unwrap_or_default();
+        assert!(why.contains("no saga for order"), "{why}");
+        assert!(out::<OrderDecision>(&mut d, topics::ORDER_DECISIONS).is_empty());
+    }
+
+    #[test]
+    fn an_undecodable_reply_is_dead_lettered_and_the_next_record_is_processed() {
+        let mut d = driver();
+        d.pipe_raw(
+            topics::PAYMENT_AUTHORIZED,
+            Some(ORDER.as_bytes()),
+            Some(b"{not json"),
+            T0,
+        )
+        .expect("dead-lettered");
+        assert_eq!(d.dead_letters().len(), 1);
+        let Input::Place { place, .. } = place() else {
+            unreachable!()
+        };
+        pipe(
+            &mut d,
+            topics::ORDER_COMMANDS,
+            &command(OrderCommandBody::PlaceOrder(place), "cmd-1"),
+        );
+        assert_eq!(
+            out::<OrderDecision>(&mut d, topics::ORDER_DECISIONS).len(),
+            1
+        );
+    }
+}
