@@ -22,6 +22,119 @@ pub struct KeelConfig {
     pub cassandra: CassandraConfig,
     pub mysql: UrlConfig,
     pub postgres: UrlConfig,
+    /// The stream applications `keel run` hosts (saga, inventory).
+    #[serde(default)]
+    pub streams: StreamsSection,
+    /// Partition count and replication of the topics `keel run` creates.
+    #[serde(default)]
+    pub topics: TopicsSection,
+    #[serde(default)]
+    pub saga: keel_processors::saga::SagaConfig,
+    #[serde(default)]
+    pub inventory: keel_processors::inventory::InventoryConfig,
+    #[serde(default)]
+    pub payment: keel_processors::payment::PaymentConfig,
+    #[serde(default)]
+    pub psp_mock: keel_processors::psp_mock::PspMockConfig,
+    #[serde(default)]
+    pub api: keel_ingest_api::ApiConfig,
+    #[serde(default)]
+    pub outbox: OutboxSection,
+}
+
+/// How the outbox tables (`order_outbox`, `payment_outbox`) reach Kafka.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutboxMode {
+    /// Keel's relay (`keel run --roles relay`) publishes PENDING rows and marks them SENT.
+    #[default]
+    Relay,
+    /// Debezium's outbox event router streams the tables; the relay role does nothing.
+    Debezium,
+}
+
+/// `[outbox]`: the mode, and the relay's settings (`[outbox.relay]`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutboxSection {
+    pub mode: OutboxMode,
+    pub relay: keel_processors::outbox::RelayConfig,
+}
+
+/// `[streams]`: what every stream application of this process shares. Each role runs as its own
+/// application, `<application_id>-<role>` (consumer group, internal topics, state directory).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamsSection {
+    pub application_id: String,
+    /// Stable identity of this process (transactional ids, static membership); default: the
+    /// host name. Two processes of one application must have different ids.
+    pub instance_id: Option<String>,
+    pub num_stream_threads: usize,
+    /// Default 100 ms under exactly-once (Kafka Streams' default).
+    pub commit_interval_ms: Option<u64>,
+    pub processing_guarantee: keel_topology::Guarantee,
+    /// Root of the local RocksDB state (`<state_dir>/<application id>/<task>/<store>`).
+    pub state_dir: std::path::PathBuf,
+}
+
+impl Default for StreamsSection {
+    fn default() -> Self {
+        let home = std::env::var_os("HOME").map_or_else(|| "/tmp".into(), std::path::PathBuf::from);
+        Self {
+            application_id: "keel".to_owned(),
+            instance_id: None,
+            num_stream_threads: 1,
+            commit_interval_ms: None,
+            processing_guarantee: keel_topology::Guarantee::ExactlyOnce,
+            state_dir: home.join(".local/state/keel/streams"),
+        }
+    }
+}
+
+impl StreamsSection {
+    /// The runtime settings of role `role` (`saga`, `inventory`) against `kafka`.
+    pub fn for_role(&self, role: &str, kafka: &KafkaConfig) -> keel_topology::StreamsConfig {
+        let mut config = keel_topology::StreamsConfig::new(
+            format!("{}-{role}", self.application_id),
+            kafka.bootstrap_servers.clone(),
+        );
+        config.instance_id = self.instance_id.clone();
+        config.num_stream_threads = self.num_stream_threads;
+        config.commit_interval_ms = self.commit_interval_ms;
+        config.processing_guarantee = self.processing_guarantee;
+        config.state.dir = self.state_dir.clone();
+        config.client = kafka.client.clone();
+        config
+    }
+}
+
+impl TopicsSection {
+    pub fn names(&self) -> keel_processors::topics::Topics {
+        keel_processors::topics::Topics::with_prefix(self.prefix.clone())
+    }
+}
+
+/// `[topics]`: how `keel run` creates the topics it needs when they are missing.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TopicsSection {
+    /// Put in front of every topic name (empty in production; tests use a random one).
+    pub prefix: String,
+    /// Partitions of every topic; topics read together by one task must agree (the runtime
+    /// checks co-partitioning at start).
+    pub partitions: i32,
+    pub replication_factor: i32,
+}
+
+impl Default for TopicsSection {
+    fn default() -> Self {
+        Self {
+            prefix: String::new(),
+            partitions: 6,
+            replication_factor: 1,
+        }
+    }
 }
 
 /// Kafka: where the brokers are, plus librdkafka settings passed through untouched.
@@ -40,11 +153,23 @@ pub struct UrlConfig {
     pub url: String,
 }
 
-/// Cassandra contact points (`host:port`).
+/// Cassandra contact points (`host:port`) and where the inventory mirror lives.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CassandraConfig {
     pub nodes: Vec<String>,
+    #[serde(default = "default_keyspace")]
+    pub keyspace: String,
+    #[serde(default = "default_replication")]
+    pub replication_factor: u32,
+}
+
+fn default_keyspace() -> String {
+    "keel_inventory".to_owned()
+}
+
+fn default_replication() -> u32 {
+    1
 }
 
 impl KeelConfig {
@@ -101,6 +226,51 @@ impl KeelConfig {
                 out.extend(problems.iter().map(|p| format!("registry.{p}")));
             }
             Err(other) => out.push(format!("registry: {other}")),
+        }
+        if self.topics.partitions < 1 {
+            out.push(format!(
+                "topics.partitions = {} must be at least 1",
+                self.topics.partitions
+            ));
+        }
+        if self.streams.num_stream_threads == 0 {
+            out.push("streams.num_stream_threads must be at least 1".to_owned());
+        }
+        let valid_id = |s: &str| {
+            !s.is_empty()
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        };
+        if !valid_id(&self.streams.application_id) {
+            out.push(format!(
+                "streams.application_id = {:?} must be letters, digits, '.', '_' or '-'",
+                self.streams.application_id
+            ));
+        }
+        if self.saga.payment_timeout_ms == 0 || self.saga.inventory_timeout_ms == 0 {
+            out.push("saga timeouts must be above 0 ms".to_owned());
+        }
+        if self.inventory.hold_ttl_ms < 1_000 {
+            out.push(format!(
+                "inventory.hold_ttl_ms = {} must be at least 1000 (Cassandra TTLs are whole seconds)",
+                self.inventory.hold_ttl_ms
+            ));
+        }
+        if let Err(problems) = self.api.validate() {
+            out.extend(problems.iter().map(|p| format!("api.{p}")));
+        }
+        if let Err(e) = self.payment.validate() {
+            out.push(format!("payment: {e}"));
+        }
+        if let Err(e) = self.psp_mock.validate() {
+            out.push(format!("psp_mock: {e}"));
+        }
+        if self.saga.payment_timeout_ms <= self.payment.psp_timeout_ms {
+            out.push(format!(
+                "saga.payment_timeout_ms ({}) must exceed payment.psp_timeout_ms ({}), so a PSP timeout \
+                 reaches the saga as PSP_TIMEOUT before the saga gives up",
+                self.saga.payment_timeout_ms, self.payment.psp_timeout_ms
+            ));
         }
         if self.cassandra.nodes.is_empty() {
             out.push("cassandra.nodes is empty".to_owned());

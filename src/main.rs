@@ -1,5 +1,8 @@
 //! `keel`: the one command that wires Keel's crates together.
 //!
+//! - `keel run [--roles api,saga,inventory,payment,sinks]` hosts Keel's roles (all by default).
+//! - `keel psp-mock` serves the PSP mock the payment service talks to.
+//! - `keel carts seed` / `keel inventory seed` load demo and test data.
 //! - `keel stack up|down|status|logs|env|install` drives the local servers (`stack/keel-stack`).
 //! - `keel smoke` checks every server of the stack with the real clients Keel uses.
 //! - `keel connectors plugins|list|status|pause|resume|delete` manages Debezium connectors.
@@ -13,6 +16,8 @@
 
 mod bench;
 mod config;
+mod run;
+mod seed;
 mod smoke;
 
 use std::path::PathBuf;
@@ -39,6 +44,26 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run Keel: the ingest API and every processor in one process by default, or the roles
+    /// named (api, saga, inventory, payment, sinks). SIGTERM drains and commits.
+    Run {
+        /// Comma-separated roles; default: all of them.
+        #[arg(long, value_delimiter = ',')]
+        roles: Vec<run::Role>,
+    },
+    /// Serve the PSP mock (authorize, capture, void, refund; rules by payment-method token and
+    /// a seeded random mix). Settings: the `[psp_mock]` section.
+    PspMock,
+    /// Carts of the cart service (MySQL `carts`, `cart_items`).
+    Carts {
+        #[command(subcommand)]
+        action: CartsAction,
+    },
+    /// Stock of the inventory service.
+    Inventory {
+        #[command(subcommand)]
+        action: InventoryAction,
+    },
     /// Run the local stack without Docker: up, down, status, logs <server>, env, install.
     Stack {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -64,6 +89,38 @@ enum Command {
     /// Rewind a stopped application so that its next start replays its input: input offsets
     /// to the beginning (or a time), internal topics deleted, local state removed.
     Reset(ResetArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum CartsAction {
+    /// Create or replace an open cart.
+    Seed {
+        #[arg(long)]
+        cart_id: String,
+        #[arg(long, default_value = "customer-1")]
+        customer_id: String,
+        /// ISO 4217 code of every price.
+        #[arg(long, default_value = "EUR")]
+        currency: String,
+        /// SKU:QUANTITY:UNIT_PRICE_MINOR, e.g. MUG-1:2:1250; repeat for more lines.
+        #[arg(long = "item", required = true)]
+        items: Vec<seed::ItemArg>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum InventoryAction {
+    /// Add stock on hand: one AdjustStock command per SKU on inventory.commands.v1.
+    Seed {
+        /// Comma-separated SKUs.
+        #[arg(long, value_delimiter = ',', required = true)]
+        skus: Vec<String>,
+        /// Units to add to each.
+        #[arg(long, default_value_t = 100)]
+        quantity: i32,
+        #[arg(long, default_value = "seed")]
+        reason: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -208,6 +265,62 @@ async fn main() -> anyhow::Result<ExitCode> {
         .init();
     let cli = Cli::parse();
     match cli.command {
+        Command::Run { roles } => {
+            let config = KeelConfig::load(cli.config.as_deref())?;
+            let roles = if roles.is_empty() {
+                run::Role::ALL.into_iter().collect()
+            } else {
+                roles.into_iter().collect()
+            };
+            run::run(config, roles).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::PspMock => {
+            let config = KeelConfig::load(cli.config.as_deref())?;
+            let mock = keel_processors::psp_mock::PspMock::bind(config.psp_mock).await?;
+            eprintln!("keel psp-mock: listening on {}", mock.local_addr());
+            let shutdown = tokio_util::sync::CancellationToken::new();
+            let stop = shutdown.clone();
+            tokio::spawn(async move {
+                use tokio::signal::unix::{SignalKind, signal};
+                if let (Ok(mut term), Ok(mut int)) = (
+                    signal(SignalKind::terminate()),
+                    signal(SignalKind::interrupt()),
+                ) {
+                    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+                }
+                stop.cancel();
+            });
+            mock.run(shutdown).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Carts {
+            action:
+                CartsAction::Seed {
+                    cart_id,
+                    customer_id,
+                    currency,
+                    items,
+                },
+        } => {
+            let config = KeelConfig::load(cli.config.as_deref())?;
+            seed::carts(&config, &cart_id, &customer_id, &currency, &items).await?;
+            println!("cart {cart_id} seeded with {} item(s)", items.len());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Inventory {
+            action:
+                InventoryAction::Seed {
+                    skus,
+                    quantity,
+                    reason,
+                },
+        } => {
+            let config = KeelConfig::load(cli.config.as_deref())?;
+            seed::inventory(&config, &skus, quantity, &reason).await?;
+            println!("{} SKU(s) seeded with {quantity} unit(s) each", skus.len());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Stack { args } => run_stack(&args),
         Command::Smoke => {
             let config = KeelConfig::load(cli.config.as_deref())?;

@@ -1,6 +1,152 @@
 //! Keel's HTTP ingest API (axum): validates requests and writes commands to Kafka; read
 //! endpoints, `/metrics` and health. Errors are `application/problem+json`.
 //!
-//! Must not hold business state: every decision is made by the processors downstream.
+//! Must not hold business state: every decision is made by the processors downstream. It reads
+//! the cart (MariaDB `carts`) to build a place-order command, keeps `Idempotency-Key`s in
+//! `api_idempotency`, and reads orders back through `keel_processors::orders::load_order`.
 //!
-//! Layout: arrives with the ingest work.
+//! Layout:
+//! - [`config`] — [`ApiConfig`].
+//! - [`routes`] — [`Endpoint::ALL`] (the router is built from it), the handlers, middleware.
+//! - [`model`] — request and response bodies, validation.
+//! - [`body`] — reading JSON bodies into problems that name the field.
+//! - [`problem`] — [`Problem`] (`application/problem+json`) and its kinds.
+//! - [`idempotency`] — the `api_idempotency` table: claim, replay, release.
+//! - [`kafka`] — the idempotent `acks=all` murmur2 command producer with a delivery deadline.
+//! - [`metrics`] — the Prometheus metrics; [`openapi`] — [`ApiDoc`].
+//!
+//! Start with [`serve`] (or [`spawn`] for a server on a port chosen by the OS).
+
+pub mod body;
+pub mod config;
+pub mod idempotency;
+pub mod kafka;
+pub mod metrics;
+pub mod model;
+pub mod openapi;
+pub mod problem;
+pub mod routes;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use keel_avro::Codec;
+use prometheus::Registry;
+use rdkafka::producer::FutureProducer;
+use sqlx::MySqlPool;
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use config::ApiConfig;
+pub use kafka::command_producer;
+pub use openapi::ApiDoc;
+pub use problem::Problem;
+pub use routes::{Endpoint, ReadyFn};
+
+/// Everything that stops the API from starting or serving.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    #[error("invalid api configuration: {}", .0.join("; "))]
+    Config(Vec<String>),
+    #[error("binding {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("serving http: {0}")]
+    Serve(#[source] std::io::Error),
+    #[error("registering metrics: {0}")]
+    Metrics(#[source] prometheus::Error),
+    #[error("kafka: {operation}: {source}")]
+    Kafka {
+        operation: &'static str,
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+    #[error("the server task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+/// `Result` with the API's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What the API needs from the process that hosts it.
+pub struct ApiDeps {
+    /// The command producer, e.g. from [`command_producer`].
+    pub producer: FutureProducer,
+    pub codec: Codec,
+    /// The orders database (MariaDB), migrated with `keel_processors::orders::migrate`.
+    pub pool: MySqlPool,
+    /// The API registers its metrics here; `/metrics` renders all of it.
+    pub registry: Registry,
+    /// Whether the process is ready (`/ready` answers 503 until it is).
+    pub ready: ReadyFn,
+}
+
+impl fmt::Debug for ApiDeps {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApiDeps")
+            .field("codec", &self.codec)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A server started by [`spawn`]: where it listens and the task serving it (ends after
+/// shutdown, once in-flight requests are answered).
+#[derive(Debug)]
+pub struct RunningApi {
+    pub addr: SocketAddr,
+    pub task: JoinHandle<Result<()>>,
+}
+
+/// Serve the API on `config.listen` until `shutdown` is cancelled, then finish in-flight
+/// requests. Errors: [`Error::Config`], [`Error::Bind`], [`Error::Metrics`], [`Error::Serve`].
+pub async fn serve(config: ApiConfig, deps: ApiDeps, shutdown: CancellationToken) -> Result<()> {
+    let running = spawn(config, deps, shutdown).await?;
+    running.task.await?
+}
+
+/// Bind `config.listen` (port 0: any free port) and serve in a task; returns the bound address
+/// at once. Same errors as [`serve`].
+pub async fn spawn(
+    config: ApiConfig,
+    deps: ApiDeps,
+    shutdown: CancellationToken,
+) -> Result<RunningApi> {
+    config.validate().map_err(Error::Config)?;
+    let metrics = metrics::Metrics::register(&deps.registry)?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| Error::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| Error::Bind {
+        addr: config.listen,
+        source,
+    })?;
+    let app = routes::App::new(routes::Inner {
+        in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
+        token_hashes: routes::token_hashes(&config.auth_tokens),
+        config,
+        producer: deps.producer,
+        codec: deps.codec,
+        pool: deps.pool,
+        registry: deps.registry,
+        ready: deps.ready,
+        metrics,
+    });
+    let router = routes::router(app);
+    tracing::info!(%addr, "ingest api listening");
+    let task = tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await
+            .map_err(Error::Serve)
+    });
+    Ok(RunningApi { addr, task })
+}

@@ -9,8 +9,14 @@
 //! encoded), `topology.rs` (wiring onto the runtime), `sink.rs` (database writes), `tests.rs`.
 //! - [`saga`] — the checkout saga orchestrator (keyed by order id). **Start here.**
 //! - [`inventory`] — stock and holds per SKU, hold expiry, oversell.
+//! - [`payment`] — the payment service: PSP calls, PostgreSQL ledger + outbox; [`psp_mock`] —
+//!   the PSP it talks to in development and tests; [`outbox`] — the outbox → Kafka relay.
 //! - [`topics`] — the topic names; [`format`] — Avro (or JSON under test) serdes for the runtime.
 pub mod format;
 pub mod inventory;
+pub mod orders;
+pub mod outbox;
+pub mod payment;
+pub mod psp_mock;
 pub mod saga;
 pub mod topics;

@@ -20,5 +20,8 @@ ALTER USER 'keel'@'127.0.0.1' IDENTIFIED BY 'keel';
 ALTER USER 'keel'@'localhost' IDENTIFIED BY 'keel';
 
 GRANT ALL PRIVILEGES ON `keel`.* TO 'keel'@'%', 'keel'@'127.0.0.1', 'keel'@'localhost';
+-- Tests create (and drop) their own databases named keel_<something>, e.g. keel_test_3f9a...
+-- (`\_` is a literal underscore in a grant's database pattern).
+GRANT ALL PRIVILEGES ON `keel\_%`.* TO 'keel'@'%', 'keel'@'127.0.0.1', 'keel'@'localhost';
 GRANT SELECT, RELOAD, SHOW DATABASES, REPLICATION SLAVE, BINLOG MONITOR, REPLICA MONITOR, LOCK TABLES
   ON *.* TO 'keel'@'%', 'keel'@'127.0.0.1', 'keel'@'localhost';

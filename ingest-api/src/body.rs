@@ -1,0 +1,319 @@
+//! Reading a JSON body the API's way: media type, size limit, and serde errors turned into
+//! problems that name the field and say why (instead of axum's plain-text rejections).
+
+use axum::body::Body;
+use axum::http::{HeaderMap, header};
+use futures::StreamExt;
+use serde::de::DeserializeOwned;
+
+use crate::problem::{Kind, Problem};
+
+/// Whether an absent or empty body is an error or means "no body".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Required {
+    Yes,
+    /// An empty body is read as `None`.
+    No,
+}
+
+/// Read at most `limit` bytes of `body` and parse them as `T`. Problems: 413 over the limit,
+/// 415 for a media type other than JSON, 400 for an empty body (when required), malformed
+/// JSON, a missing, unknown or mistyped field.
+pub async fn read_json<T: DeserializeOwned>(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+    required: Required,
+) -> Result<Option<T>, Problem> {
+    if let Some(length) = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        && length > limit as u64
+    {
+        return Err(too_large(limit));
+    }
+    let mut bytes = Vec::new();
+    let mut chunks = body.into_data_stream();
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk.map_err(|e| {
+            Problem::new(
+                Kind::UnreadableBody,
+                format!("reading the body failed: {e}"),
+            )
+        })?;
+        if bytes.len() + chunk.len() > limit {
+            return Err(too_large(limit));
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return match required {
+            Required::Yes => Err(Problem::new(
+                Kind::EmptyBody,
+                "the body is empty; send a JSON object (Content-Type: application/json)",
+            )),
+            Required::No => Ok(None),
+        };
+    }
+    check_media_type(headers)?;
+    parse_json(&bytes).map(Some)
+}
+
+fn too_large(limit: usize) -> Problem {
+    Problem::new(
+        Kind::BodyTooLarge,
+        format!("the body is larger than the limit of {limit} bytes"),
+    )
+}
+
+/// `application/json`, optionally with parameters, or any `application/*+json`.
+fn check_media_type(headers: &HeaderMap) -> Result<(), Problem> {
+    let Some(value) = headers.get(header::CONTENT_TYPE) else {
+        return Err(Problem::new(
+            Kind::UnsupportedMediaType,
+            "the request has no Content-Type; send application/json",
+        )
+        .field("Content-Type"));
+    };
+    let essence = value
+        .to_str()
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let json = essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"));
+    if json {
+        Ok(())
+    } else {
+        Err(Problem::new(
+            Kind::UnsupportedMediaType,
+            format!("Content-Type {essence:?} is not supported; send application/json"),
+        )
+        .field("Content-Type"))
+    }
+}
+
+/// Parse `bytes` as `T`, turning serde's error into a problem naming the field.
+/// Bodies are JSON objects: anything else (serde would read an array into a struct, field by
+/// position) is a wrong type.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
+    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+    if first != Some(&b'{') {
+        return Err(
+            match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+                Err(e) => json_problem(".", e),
+                Ok(_) => Problem::new(Kind::WrongType, "the body must be a JSON object"),
+            },
+        );
+    }
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize::<_, T>(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        json_problem(&path, e.into_inner())
+    })?;
+    de.end().map_err(|e| json_problem(".", e))?;
+    Ok(value)
+}
+
+/// `deserialize_with` for a nested struct field: only a JSON object is accepted (not an array
+/// read field by position).
+pub fn object<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    struct ObjectOnly<T>(std::marker::PhantomData<T>);
+    impl<'de, T: serde::Deserialize<'de>> serde::de::Visitor<'de> for ObjectOnly<T> {
+        type Value = T;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+            T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+        }
+    }
+    deserializer.deserialize_map(ObjectOnly(std::marker::PhantomData))
+}
+
+/// serde_json's message without its " at line L column C" suffix.
+fn message(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    match text.rfind(" at line ") {
+        Some(i) => text[..i].to_owned(),
+        None => text,
+    }
+}
+
+/// The name between the first pair of backticks in `msg`.
+fn backticked(msg: &str) -> Option<&str> {
+    let start = msg.find('`')? + 1;
+    let len = msg[start..].find('`')?;
+    Some(&msg[start..start + len])
+}
+
+fn join(path: &str, name: &str) -> String {
+    if path.is_empty() || path == "." {
+        name.to_owned()
+    } else if path == name || path.ends_with(&format!(".{name}")) {
+        path.to_owned()
+    } else {
+        format!("{path}.{name}")
+    }
+}
+
+fn json_problem(path: &str, e: serde_json::Error) -> Problem {
+    use serde_json::error::Category;
+    let msg = message(&e);
+    let at = format!("line {} column {}", e.line(), e.column());
+    match e.classify() {
+        Category::Syntax | Category::Eof => {
+            Problem::new(Kind::MalformedJson, format!("{msg} at {at}"))
+        }
+        Category::Io => Problem::new(Kind::UnreadableBody, msg),
+        Category::Data => {
+            let root = path.is_empty() || path == ".";
+            if let Some(name) = msg.strip_prefix("missing field ").and_then(backticked) {
+                let field = join(path, name);
+                Problem::new(
+                    Kind::MissingField,
+                    format!("field {field} is required but missing"),
+                )
+                .field(field)
+            } else if msg.starts_with("unknown field ") {
+                let name = backticked(&msg).unwrap_or("");
+                let field = join(path, name);
+                let expected = msg
+                    .split_once(", expected ")
+                    .map(|(_, rest)| format!("; expected {rest}"))
+                    .unwrap_or_default();
+                Problem::new(
+                    Kind::UnknownField,
+                    format!("field {field} is not part of this request{expected}"),
+                )
+                .field(field)
+            } else if msg.starts_with("invalid type") || msg.starts_with("invalid length") {
+                if root {
+                    Problem::new(
+                        Kind::WrongType,
+                        format!("the body must be a JSON object: {msg}"),
+                    )
+                } else {
+                    Problem::new(Kind::WrongType, format!("field {path}: {msg}")).field(path)
+                }
+            } else if root {
+                Problem::new(Kind::InvalidField, msg)
+            } else {
+                Problem::new(Kind::InvalidField, format!("field {path}: {msg}")).field(path)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde::Deserialize;
+
+    use super::*;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    #[allow(dead_code)]
+    struct Outer {
+        cart_id: String,
+        inner: Inner,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    #[allow(dead_code)]
+    struct Inner {
+        postal_code: String,
+        line2: Option<String>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct WithNested {
+        #[serde(deserialize_with = "object")]
+        inner: Inner,
+    }
+
+    fn problem(json: &str) -> Problem {
+        parse_json::<Outer>(json.as_bytes()).expect_err("should fail")
+    }
+
+    #[test]
+    fn malformed_json_is_400_with_position() {
+        let p = problem(r#"{"cartId": "#);
+        assert_eq!(p.slug(), "malformed-json");
+        assert_eq!(p.status, 400);
+        assert!(p.detail.contains("line 1"), "{}", p.detail);
+        assert_eq!(
+            problem(r#"{"cartId":"a","inner":{"postalCode":"1"}} x"#).slug(),
+            "malformed-json"
+        );
+    }
+
+    #[test]
+    fn a_missing_field_is_named_with_its_path() {
+        let p = problem(r#"{"inner":{"postalCode":"1"}}"#);
+        assert_eq!(
+            (p.slug(), p.field.as_deref()),
+            ("missing-field", Some("cartId"))
+        );
+        let p = problem(r#"{"cartId":"a","inner":{}}"#);
+        assert_eq!(
+            (p.slug(), p.field.as_deref()),
+            ("missing-field", Some("inner.postalCode"))
+        );
+    }
+
+    #[test]
+    fn an_unknown_field_is_named_with_its_path() {
+        let p = problem(r#"{"cartId":"a","color":"red","inner":{"postalCode":"1"}}"#);
+        assert_eq!(
+            (p.slug(), p.field.as_deref()),
+            ("unknown-field", Some("color"))
+        );
+        let p = problem(r#"{"cartId":"a","inner":{"postalCode":"1","zip":"2"}}"#);
+        assert_eq!(
+            (p.slug(), p.field.as_deref()),
+            ("unknown-field", Some("inner.zip"))
+        );
+    }
+
+    #[test]
+    fn a_wrong_type_is_named_and_explained() {
+        let p = problem(r#"{"cartId":5,"inner":{"postalCode":"1"}}"#);
+        assert_eq!(
+            (p.slug(), p.field.as_deref()),
+            ("wrong-type", Some("cartId"))
+        );
+        assert!(p.detail.contains("expected a string"), "{}", p.detail);
+        let p = problem(r#"{"cartId":"a","inner":{"postalCode":"1","line2":[]}}"#);
+        assert_eq!(
+            (p.slug(), p.field.as_deref()),
+            ("wrong-type", Some("inner.line2"))
+        );
+        let p = problem("[1,2]");
+        assert_eq!((p.slug(), p.field.as_deref()), ("wrong-type", None));
+        assert_eq!(problem("[1,").slug(), "malformed-json");
+        let p = parse_json::<WithNested>(br#"{"inner":["1", null]}"#).expect_err("array");
+        assert_eq!(
+            (p.slug(), p.field.as_deref()),
+            ("wrong-type", Some("inner"))
+        );
+        assert!(p.detail.contains("expected a JSON object"), "{}", p.detail);
+        let p = parse_json::<WithNested>(br#"{"inner":{"postalCode":"1","x":1}}"#).expect_err("x");
+        assert_eq!(
+            (p.slug(), p.field.as_deref()),
+            ("unknown-field", Some("inner.x"))
+        );
+        assert!(parse_json::<WithNested>(br#"{"inner":{"postalCode":"1"}}"#).is_ok());
+    }
+}

@@ -1,0 +1,57 @@
+//! The API's Prometheus metrics, registered in the registry the caller gives (`/metrics` renders
+//! that whole registry, so a process that hosts more than the API shows everything).
+
+use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry};
+
+use crate::{Error, Result};
+
+/// `keel_api_requests_total{route,method,status}`, `keel_api_request_duration_seconds{route}`,
+/// `keel_api_orders_accepted_total`, `keel_api_cancels_accepted_total`.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    pub requests: IntCounterVec,
+    pub duration: HistogramVec,
+    pub orders_accepted: IntCounter,
+    pub cancels_accepted: IntCounter,
+}
+
+impl Metrics {
+    /// Create and register in `registry`. Errors: [`Error::Metrics`] (e.g. registered twice).
+    pub fn register(registry: &Registry) -> Result<Self> {
+        let m = Self {
+            requests: IntCounterVec::new(
+                Opts::new(
+                    "keel_api_requests_total",
+                    "HTTP requests answered, by route template, method and status",
+                ),
+                &["route", "method", "status"],
+            )?,
+            duration: HistogramVec::new(
+                HistogramOpts::new(
+                    "keel_api_request_duration_seconds",
+                    "Time to answer an HTTP request, by route template",
+                ),
+                &["route"],
+            )?,
+            orders_accepted: IntCounter::new(
+                "keel_api_orders_accepted_total",
+                "Orders accepted (202): a place-order command Kafka confirmed",
+            )?,
+            cancels_accepted: IntCounter::new(
+                "keel_api_cancels_accepted_total",
+                "Cancels accepted (202): a cancel command Kafka confirmed",
+            )?,
+        };
+        registry.register(Box::new(m.requests.clone()))?;
+        registry.register(Box::new(m.duration.clone()))?;
+        registry.register(Box::new(m.orders_accepted.clone()))?;
+        registry.register(Box::new(m.cancels_accepted.clone()))?;
+        Ok(m)
+    }
+}
+
+impl From<prometheus::Error> for Error {
+    fn from(e: prometheus::Error) -> Self {
+        Error::Metrics(e)
+    }
+}

@@ -1,0 +1,128 @@
+//! The OpenAPI 3 document of every route ([`ApiDoc`]), served at `/openapi.json`. The test
+//! `ingest-api/tests/api.rs` checks it against [`crate::Endpoint::ALL`] and the live server
+//! both ways.
+
+use keel_processors::orders::{AddressView, MoneyView, OrderItemView, OrderView, TimelineEntry};
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use crate::model::{
+    Accepted, CancelRequest, OrderResource, PlaceOrderRequest, ReceivedOrder, ShippingAddressBody,
+    StatusBody,
+};
+use crate::problem::Problem;
+use crate::routes;
+
+/// Keel's ingest API.
+#[derive(Debug, OpenApi)]
+#[openapi(
+    info(
+        title = "Keel ingest API",
+        description = "Place and cancel orders (commands on Kafka) and read them back. Errors \
+            are application/problem+json with a stable type https://keel.dev/problems/<slug>."
+    ),
+    paths(
+        routes::place_order,
+        routes::get_order,
+        routes::cancel_order,
+        routes::health,
+        routes::ready,
+        routes::metrics,
+        routes::openapi_json,
+    ),
+    components(schemas(
+        PlaceOrderRequest,
+        ShippingAddressBody,
+        CancelRequest,
+        Accepted,
+        OrderResource,
+        ReceivedOrder,
+        OrderView,
+        OrderItemView,
+        MoneyView,
+        AddressView,
+        TimelineEntry,
+        StatusBody,
+        Problem,
+    )),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "orders", description = "Orders: place, read, cancel"),
+        (name = "operations", description = "Health, readiness, metrics, this document"),
+    )
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        if let Some(components) = openapi.components.as_mut() {
+            components.add_security_scheme(
+                "bearer",
+                SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+            );
+        }
+    }
+}
+
+impl ApiDoc {
+    /// The document as JSON text.
+    pub fn json() -> String {
+        Self::openapi()
+            .to_json()
+            .unwrap_or_else(|_| "{}".to_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::Value;
+
+    use super::*;
+
+    fn refs<'a>(v: &'a Value, out: &mut Vec<&'a str>) {
+        match v {
+            Value::Object(map) => {
+                for (k, v) in map {
+                    match (k.as_str(), v) {
+                        ("$ref", Value::String(r)) => out.push(r),
+                        _ => refs(v, out),
+                    }
+                }
+            }
+            Value::Array(items) => items.iter().for_each(|v| refs(v, out)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn every_schema_reference_resolves_and_errors_are_problem_json() {
+        let doc: Value = serde_json::from_str(&ApiDoc::json()).expect("json");
+        let mut found = Vec::new();
+        refs(&doc, &mut found);
+        assert!(!found.is_empty());
+        for r in found {
+            let name = r
+                .strip_prefix("#/components/schemas/")
+                .unwrap_or_else(|| panic!("unexpected ref {r}"));
+            assert!(
+                doc["components"]["schemas"][name].is_object(),
+                "{r} does not resolve"
+            );
+        }
+        for (path, item) in doc["paths"].as_object().expect("paths") {
+            for (method, op) in item.as_object().expect("item") {
+                for (status, response) in op["responses"].as_object().expect("responses") {
+                    if status.starts_with('4') || status.starts_with('5') {
+                        assert!(
+                            response["content"]["application/problem+json"].is_object(),
+                            "{method} {path} {status} is not problem+json"
+                        );
+                    }
+                }
+            }
+        }
+        assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+    }
+}

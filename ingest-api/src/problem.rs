@@ -1,0 +1,260 @@
+//! `application/problem+json` (RFC 9457) answers with a stable `type` per kind of problem.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// The base of every problem `type`: `https://keel.dev/problems/<slug>`.
+pub const PROBLEM_BASE: &str = "https://keel.dev/problems/";
+/// The media type of every error answer.
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// Every kind of problem the API answers with. The slug is the stable part of `type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// 400: the body is not JSON.
+    MalformedJson,
+    /// 400: a required field is absent.
+    MissingField,
+    /// 400: a field the API does not know.
+    UnknownField,
+    /// 400: a field has the wrong JSON type.
+    WrongType,
+    /// 400: no body where one is required.
+    EmptyBody,
+    /// 400: a header has a value the API cannot use.
+    InvalidHeader,
+    /// 400: the body could not be read.
+    UnreadableBody,
+    /// 401: writes need a bearer token.
+    Unauthorized,
+    /// 404: no such order.
+    OrderNotFound,
+    /// 404: no such route.
+    NotFound,
+    /// 405: the route exists, the method does not.
+    MethodNotAllowed,
+    /// 409: the cart was already ordered.
+    CartAlreadyOrdered,
+    /// 409: a request with the same Idempotency-Key is still being handled.
+    RequestInProgress,
+    /// 409: the order's status does not allow the change.
+    IllegalTransition,
+    /// 413: the body is larger than `max_body_bytes`.
+    BodyTooLarge,
+    /// 415: not `application/json`.
+    UnsupportedMediaType,
+    /// 422: a field's value is not acceptable.
+    InvalidField,
+    /// 422: the cart does not exist.
+    UnknownCart,
+    /// 422: the cart has no lines.
+    EmptyCart,
+    /// 422: the Idempotency-Key was used with another body.
+    IdempotencyKeyReused,
+    /// 503: Kafka, the registry or the database did not answer in time.
+    DependencyUnavailable,
+    /// 503: too many requests at once.
+    Overloaded,
+    /// 503: not ready yet.
+    NotReady,
+}
+
+impl Kind {
+    /// (slug, `type` URI).
+    fn names(self) -> (&'static str, &'static str) {
+        macro_rules! uri {
+            ($slug:literal) => {
+                ($slug, concat!("https://keel.dev/problems/", $slug))
+            };
+        }
+        match self {
+            Self::MalformedJson => uri!("malformed-json"),
+            Self::MissingField => uri!("missing-field"),
+            Self::UnknownField => uri!("unknown-field"),
+            Self::WrongType => uri!("wrong-type"),
+            Self::EmptyBody => uri!("empty-body"),
+            Self::InvalidHeader => uri!("invalid-header"),
+            Self::UnreadableBody => uri!("unreadable-body"),
+            Self::Unauthorized => uri!("unauthorized"),
+            Self::OrderNotFound => uri!("order-not-found"),
+            Self::NotFound => uri!("not-found"),
+            Self::MethodNotAllowed => uri!("method-not-allowed"),
+            Self::CartAlreadyOrdered => uri!("cart-already-ordered"),
+            Self::RequestInProgress => uri!("request-in-progress"),
+            Self::IllegalTransition => uri!("illegal-transition"),
+            Self::BodyTooLarge => uri!("body-too-large"),
+            Self::UnsupportedMediaType => uri!("unsupported-media-type"),
+            Self::InvalidField => uri!("invalid-field"),
+            Self::UnknownCart => uri!("unknown-cart"),
+            Self::EmptyCart => uri!("empty-cart"),
+            Self::IdempotencyKeyReused => uri!("idempotency-key-reused"),
+            Self::DependencyUnavailable => uri!("dependency-unavailable"),
+            Self::Overloaded => uri!("overloaded"),
+            Self::NotReady => uri!("not-ready"),
+        }
+    }
+
+    /// The stable part of `type`.
+    pub fn slug(self) -> &'static str {
+        self.names().0
+    }
+
+    /// `https://keel.dev/problems/<slug>`.
+    pub fn type_uri(self) -> &'static str {
+        self.names().1
+    }
+
+    pub fn title(self) -> &'static str {
+        match self {
+            Self::MalformedJson => "The body is not valid JSON",
+            Self::MissingField => "A required field is missing",
+            Self::UnknownField => "The body has a field this API does not know",
+            Self::WrongType => "A field has the wrong type",
+            Self::EmptyBody => "The body is empty",
+            Self::InvalidHeader => "A header has an invalid value",
+            Self::UnreadableBody => "The body could not be read",
+            Self::Unauthorized => "A bearer token is required",
+            Self::OrderNotFound => "No such order",
+            Self::NotFound => "No such resource",
+            Self::MethodNotAllowed => "Method not allowed",
+            Self::CartAlreadyOrdered => "The cart was already ordered",
+            Self::RequestInProgress => "A request with this Idempotency-Key is in progress",
+            Self::IllegalTransition => "The order's status does not allow this",
+            Self::BodyTooLarge => "The body is too large",
+            Self::UnsupportedMediaType => "Unsupported media type",
+            Self::InvalidField => "A field has an invalid value",
+            Self::UnknownCart => "No such cart",
+            Self::EmptyCart => "The cart is empty",
+            Self::IdempotencyKeyReused => "The Idempotency-Key was used with another request",
+            Self::DependencyUnavailable => "A dependency is unavailable; retry later",
+            Self::Overloaded => "Too many requests in progress; retry later",
+            Self::NotReady => "Not ready",
+        }
+    }
+
+    pub fn status(self) -> StatusCode {
+        match self {
+            Self::MalformedJson
+            | Self::MissingField
+            | Self::UnknownField
+            | Self::WrongType
+            | Self::EmptyBody
+            | Self::InvalidHeader
+            | Self::UnreadableBody => StatusCode::BAD_REQUEST,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::OrderNotFound | Self::NotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::CartAlreadyOrdered | Self::RequestInProgress | Self::IllegalTransition => {
+                StatusCode::CONFLICT
+            }
+            Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::InvalidField
+            | Self::UnknownCart
+            | Self::EmptyCart
+            | Self::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::DependencyUnavailable | Self::Overloaded | Self::NotReady => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+        }
+    }
+}
+
+/// An error answer: `{type, title, status, detail, field?, currentStatus?}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Problem {
+    /// `https://keel.dev/problems/<slug>`, stable per kind of problem.
+    #[serde(rename = "type")]
+    pub type_: &'static str,
+    pub title: &'static str,
+    pub status: u16,
+    /// What exactly was wrong, for a person.
+    pub detail: String,
+    /// The offending field as a path (`shippingAddress.country`) or header name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    /// For an illegal transition: the order's status now.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub current_status: Option<String>,
+    /// Seconds to wait before retrying (also the `Retry-After` header), for 409 in progress
+    /// and 503.
+    #[serde(skip)]
+    pub retry_after: Option<u32>,
+}
+
+impl Problem {
+    pub fn new(kind: Kind, detail: impl Into<String>) -> Self {
+        let retry_after = match kind {
+            Kind::DependencyUnavailable | Kind::Overloaded | Kind::RequestInProgress => Some(1),
+            Kind::NotReady => Some(5),
+            _ => None,
+        };
+        Self {
+            type_: kind.type_uri(),
+            title: kind.title(),
+            status: kind.status().as_u16(),
+            detail: detail.into(),
+            field: None,
+            current_status: None,
+            retry_after,
+        }
+    }
+
+    pub fn field(mut self, field: impl Into<String>) -> Self {
+        self.field = Some(field.into());
+        self
+    }
+
+    pub fn current_status(mut self, status: impl Into<String>) -> Self {
+        self.current_status = Some(status.into());
+        self
+    }
+
+    /// The slug of `type`.
+    pub fn slug(&self) -> &str {
+        self.type_.strip_prefix(PROBLEM_BASE).unwrap_or(self.type_)
+    }
+
+    fn status_code(&self) -> StatusCode {
+        StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let status = self.status_code();
+        let body = serde_json::to_vec(&self).unwrap_or_default();
+        let mut response = (status, body).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        if let Some(seconds) = self.retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"keel\""),
+            );
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_type_is_the_base_plus_its_slug() {
+        let p = Problem::new(Kind::UnknownCart, "x");
+        assert_eq!(p.type_, "https://keel.dev/problems/unknown-cart");
+        assert_eq!(p.slug(), "unknown-cart");
+        assert_eq!(
+            Kind::BodyTooLarge.type_uri(),
+            format!("{PROBLEM_BASE}body-too-large")
+        );
+    }
+}

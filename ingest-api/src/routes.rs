@@ -1,0 +1,785 @@
+//! The routes: one explicit table ([`Endpoint::ALL`]) that the router is built from (and the
+//! OpenAPI test walks), the handlers, and the middleware (metrics, in-flight limit).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{MatchedPath, Path, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodRouter, get, post};
+use keel_avro::Codec;
+use keel_avro::records::{
+    CancelOrder, Money, OrderCommand, OrderCommandBody, OrderLine, PlaceOrder, ShippingAddress,
+};
+use keel_processors::orders::logic::lines_total;
+use keel_processors::orders::{self, CartStatus};
+use prometheus::{Encoder, Registry, TextEncoder};
+use rdkafka::producer::FutureProducer;
+use sha2::{Digest, Sha256};
+use sqlx::MySqlPool;
+use tokio::sync::Semaphore;
+
+use crate::body::{Required, read_json};
+use crate::config::ApiConfig;
+use crate::idempotency::{self, AUTO_SCOPE, Claim, Slot};
+use crate::kafka::produce;
+use crate::metrics::Metrics;
+use crate::model::{
+    Accepted, CancelRequest, DEFAULT_CANCEL_REASON, OrderResource, PlaceOrderRequest,
+    ReceivedOrder, StatusBody,
+};
+use crate::openapi::ApiDoc;
+use crate::problem::{Kind, Problem};
+
+/// `() -> bool`: whether the process is ready to take traffic.
+pub type ReadyFn = Arc<dyn Fn() -> bool + Send + Sync>;
+
+/// Every route the API serves; the router is built from this list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    PlaceOrder,
+    GetOrder,
+    CancelOrder,
+    Health,
+    Ready,
+    Metrics,
+    OpenApi,
+}
+
+impl Endpoint {
+    pub const ALL: [Endpoint; 7] = [
+        Self::PlaceOrder,
+        Self::GetOrder,
+        Self::CancelOrder,
+        Self::Health,
+        Self::Ready,
+        Self::Metrics,
+        Self::OpenApi,
+    ];
+
+    pub fn method(self) -> Method {
+        match self {
+            Self::PlaceOrder | Self::CancelOrder => Method::POST,
+            Self::GetOrder | Self::Health | Self::Ready | Self::Metrics | Self::OpenApi => {
+                Method::GET
+            }
+        }
+    }
+
+    /// The path template, as axum and OpenAPI write it (`{id}`).
+    pub fn path(self) -> &'static str {
+        match self {
+            Self::PlaceOrder => "/orders",
+            Self::GetOrder => "/orders/{id}",
+            Self::CancelOrder => "/orders/{id}/cancel",
+            Self::Health => "/health",
+            Self::Ready => "/ready",
+            Self::Metrics => "/metrics",
+            Self::OpenApi => "/openapi.json",
+        }
+    }
+
+    /// Order routes count against `max_in_flight`; operational ones never do.
+    fn limited(self) -> bool {
+        matches!(self, Self::PlaceOrder | Self::GetOrder | Self::CancelOrder)
+    }
+
+    fn method_router(self) -> MethodRouter<App> {
+        match self {
+            Self::PlaceOrder => post(place_order),
+            Self::GetOrder => get(get_order),
+            Self::CancelOrder => post(cancel_order),
+            Self::Health => get(health),
+            Self::Ready => get(ready),
+            Self::Metrics => get(metrics),
+            Self::OpenApi => get(openapi_json),
+        }
+    }
+}
+
+/// The shared state of the handlers.
+#[derive(Clone)]
+pub(crate) struct App(Arc<Inner>);
+
+pub(crate) struct Inner {
+    pub config: ApiConfig,
+    pub producer: FutureProducer,
+    pub codec: Codec,
+    pub pool: MySqlPool,
+    pub registry: Registry,
+    pub ready: ReadyFn,
+    pub metrics: Metrics,
+    pub in_flight: Arc<Semaphore>,
+    /// sha256 of each accepted bearer token.
+    pub token_hashes: Vec<[u8; 32]>,
+}
+
+impl App {
+    pub(crate) fn new(inner: Inner) -> Self {
+        Self(Arc::new(inner))
+    }
+}
+
+/// The router over [`Endpoint::ALL`], with problem+json for unknown routes and methods.
+pub(crate) fn router(app: App) -> Router {
+    let mut router = Router::new();
+    for endpoint in Endpoint::ALL {
+        let mut route = endpoint.method_router();
+        if endpoint.limited() {
+            route = route.layer(middleware::from_fn_with_state(app.clone(), limit_in_flight));
+        }
+        router = router.route(endpoint.path(), route);
+    }
+    router
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(app.clone(), record_metrics))
+        .with_state(app)
+}
+
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
+}
+
+/// Hashes of the configured tokens (compared in constant time, never stored raw).
+pub(crate) fn token_hashes(tokens: &[String]) -> Vec<[u8; 32]> {
+    tokens.iter().map(|t| sha256(t.as_bytes())).collect()
+}
+
+fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl App {
+    /// The idempotency scope of a write: `bearer:<sha256 of the token>`, or `anonymous` when
+    /// authentication is off. 401 when a token is required and missing or unknown.
+    fn authorize(&self, headers: &HeaderMap) -> Result<String, Problem> {
+        if self.0.token_hashes.is_empty() {
+            return Ok("anonymous".to_owned());
+        }
+        let unauthorized =
+            |detail: &str| Problem::new(Kind::Unauthorized, detail).field("Authorization");
+        let value = headers
+            .get(header::AUTHORIZATION)
+            .ok_or_else(|| unauthorized("send Authorization: Bearer <token>"))?
+            .to_str()
+            .map_err(|_| unauthorized("the Authorization header is not valid text"))?;
+        let token = value
+            .split_once(' ')
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, t)| t.trim())
+            .ok_or_else(|| unauthorized("the Authorization header must be Bearer <token>"))?;
+        let hash = sha256(token.as_bytes());
+        let known = self
+            .0
+            .token_hashes
+            .iter()
+            .fold(false, |found, h| found | constant_time_eq(h, &hash));
+        if known {
+            Ok(format!("bearer:{}", hex::encode(hash)))
+        } else {
+            Err(unauthorized("the bearer token is not accepted"))
+        }
+    }
+
+    fn produce_timeout(&self) -> Duration {
+        Duration::from_millis(self.0.config.produce_timeout_ms)
+    }
+
+    /// Encode `command` and wait for Kafka to confirm it; a 503 problem otherwise.
+    async fn send_command(&self, command: &OrderCommand) -> Result<(), Problem> {
+        let topic = &self.0.config.orders_topic;
+        let payload = self.0.codec.encode_to(topic, command).await.map_err(|e| {
+            tracing::error!(error = %e, order_id = %command.order_id, "encoding a command failed");
+            Problem::new(
+                Kind::DependencyUnavailable,
+                "the schema registry could not encode the command; retry later",
+            )
+        })?;
+        let timeout = self.produce_timeout();
+        match produce(
+            &self.0.producer,
+            topic,
+            &command.order_id,
+            &payload,
+            timeout,
+        )
+        .await
+        {
+            Ok((partition, offset)) => {
+                tracing::info!(
+                    order_id = %command.order_id,
+                    command_id = %command.command_id,
+                    topic = %topic,
+                    partition,
+                    offset,
+                    "command accepted"
+                );
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, order_id = %command.order_id, "producing a command failed");
+                Err(Problem::new(
+                    Kind::DependencyUnavailable,
+                    format!("Kafka did not confirm the command: {e}; retry later"),
+                ))
+            }
+        }
+    }
+
+    /// Read the cart, build the place-order command and produce it.
+    async fn place(&self, slot: &Slot, request: &PlaceOrderRequest) -> Result<(), Problem> {
+        let cart = orders::load_cart(&self.0.pool, &request.cart_id)
+            .await
+            .map_err(database_unavailable)?
+            .ok_or_else(|| {
+                Problem::new(
+                    Kind::UnknownCart,
+                    format!("cartId {:?} names no cart", request.cart_id),
+                )
+                .field("cartId")
+            })?;
+        if cart.status == CartStatus::Ordered {
+            return Err(Problem::new(
+                Kind::CartAlreadyOrdered,
+                format!("cartId {:?}: the cart was already ordered", cart.cart_id),
+            )
+            .field("cartId"));
+        }
+        if cart.items.is_empty() {
+            return Err(Problem::new(
+                Kind::EmptyCart,
+                format!("cartId {:?}: the cart has no items", cart.cart_id),
+            )
+            .field("cartId"));
+        }
+        let lines: Vec<OrderLine> = cart
+            .items
+            .iter()
+            .map(|item| OrderLine {
+                sku: item.sku.clone(),
+                quantity: item.quantity,
+                unit_price: Money::new(item.unit_price_minor, cart.currency.clone()),
+            })
+            .collect();
+        let total = lines_total(&lines, &cart.currency).ok_or_else(|| {
+            Problem::new(
+                Kind::InvalidField,
+                format!("cartId {:?}: the cart's total is too large", cart.cart_id),
+            )
+            .field("cartId")
+        })?;
+        let a = &request.shipping_address;
+        let command = OrderCommand {
+            command_id: slot.command_id.clone(),
+            order_id: slot.order_id.clone(),
+            issued_at: chrono::Utc::now().timestamp_millis(),
+            causation_id: slot.command_id.clone(),
+            correlation_id: slot.order_id.clone(),
+            command: OrderCommandBody::PlaceOrder(PlaceOrder {
+                customer_id: cart.customer_id.clone(),
+                cart_id: cart.cart_id.clone(),
+                lines,
+                total,
+                payment_method: request.payment_method.clone(),
+                shipping_address: Some(ShippingAddress {
+                    name: a.name.clone(),
+                    line1: a.line1.clone(),
+                    line2: a.line2.clone().filter(|l| !l.trim().is_empty()),
+                    city: a.city.clone(),
+                    postal_code: a.postal_code.clone(),
+                    country: a.country.clone(),
+                }),
+            }),
+        };
+        self.send_command(&command).await
+    }
+}
+
+fn database_unavailable(e: impl std::fmt::Display) -> Problem {
+    tracing::warn!(error = %e, "database call failed");
+    Problem::new(
+        Kind::DependencyUnavailable,
+        "the order database is unavailable; retry later",
+    )
+}
+
+fn location(order_id: &str) -> Option<HeaderValue> {
+    HeaderValue::from_str(&format!("/orders/{order_id}")).ok()
+}
+
+/// A JSON answer with a status and, for 202, `Location: /orders/{id}`.
+fn json_response(status: StatusCode, body: String, order_id: Option<&str>) -> Response {
+    let mut response = (status, body).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if let Some(value) = order_id.and_then(location) {
+        headers.insert(header::LOCATION, value);
+    }
+    response
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_else(|_| "{}".to_owned())
+}
+
+/// The `Idempotency-Key` header: 1 to 255 visible ASCII characters.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let bad = || {
+        Problem::new(
+            Kind::InvalidHeader,
+            "Idempotency-Key must be 1 to 255 visible ASCII characters",
+        )
+        .field("Idempotency-Key")
+    };
+    let key = value.to_str().map_err(|_| bad())?.trim();
+    if key.is_empty() || key.len() > 255 || !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(bad());
+    }
+    Ok(Some(key.to_owned()))
+}
+
+fn or_problem(result: Result<Response, Problem>) -> Response {
+    result.unwrap_or_else(IntoResponse::into_response)
+}
+
+#[utoipa::path(
+    post,
+    path = "/orders",
+    tag = "orders",
+    summary = "Place an order from a cart",
+    description = "Reads the cart, writes a place-order command to Kafka and answers once Kafka \
+        confirmed it. With an Idempotency-Key, a retry with the same body gets the first answer.",
+    request_body(content = PlaceOrderRequest, content_type = "application/json"),
+    params(
+        ("Idempotency-Key" = Option<String>, Header,
+            description = "Makes a retried request return the first answer (1-255 visible ASCII)"),
+    ),
+    security((), ("bearer" = [])),
+    responses(
+        (status = 202, description = "Accepted: the command is on Kafka", body = Accepted,
+            headers(("Location" = String, description = "/orders/{orderId}"))),
+        (status = 400, description = "Malformed JSON, a missing, unknown or mistyped field, an \
+            empty body, or an invalid Idempotency-Key", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 401, description = "Authentication is on and no accepted bearer token was sent",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The cart was already ordered, or a request with this \
+            Idempotency-Key is in progress", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 413, description = "The body is larger than max_body_bytes", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 415, description = "The body is not application/json", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 422, description = "An invalid field value, an unknown or empty cart, or the \
+            Idempotency-Key was used with another body", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 503, description = "Kafka, the registry or the database did not answer in \
+            time, or too many requests are in progress", body = Problem,
+            content_type = "application/problem+json",
+            headers(("Retry-After" = u32, description = "Seconds to wait"))),
+    )
+)]
+pub(crate) async fn place_order(
+    State(app): State<App>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    or_problem(place_order_inner(&app, &headers, body).await)
+}
+
+async fn place_order_inner(
+    app: &App,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, Problem> {
+    let scope = app.authorize(headers)?;
+    let request: PlaceOrderRequest =
+        read_json(headers, body, app.0.config.max_body_bytes, Required::Yes)
+            .await?
+            .ok_or_else(|| Problem::new(Kind::EmptyBody, "the body is empty"))?;
+    request.validate()?;
+    let key = idempotency_key(headers)?;
+    let canonical = serde_json::to_vec(&request).unwrap_or_default();
+    let hash = idempotency::request_hash("POST /orders", &canonical);
+    let order_id = uuid::Uuid::new_v4().to_string();
+    let command_id = uuid::Uuid::new_v4().to_string();
+    let (scope, key) = match key {
+        Some(k) => (scope, k),
+        None => (AUTO_SCOPE.to_owned(), order_id.clone()),
+    };
+    let stale_after = app.produce_timeout() + Duration::from_secs(30);
+    let claim = idempotency::claim(
+        &app.0.pool,
+        &scope,
+        &key,
+        &hash,
+        &order_id,
+        &command_id,
+        stale_after,
+    )
+    .await
+    .map_err(database_unavailable)?;
+    let slot = match claim {
+        Claim::Owned(slot) => slot,
+        Claim::Replay {
+            status,
+            body,
+            order_id,
+        } => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::ACCEPTED);
+            let mut response = json_response(
+                status,
+                body,
+                (status == StatusCode::ACCEPTED).then_some(order_id.as_str()),
+            );
+            response
+                .headers_mut()
+                .insert("idempotent-replayed", HeaderValue::from_static("true"));
+            return Ok(response);
+        }
+        Claim::InProgress => {
+            return Err(Problem::new(
+                Kind::RequestInProgress,
+                "a request with this Idempotency-Key is still in progress; retry shortly",
+            )
+            .field("Idempotency-Key"));
+        }
+        Claim::Mismatch => {
+            return Err(Problem::new(
+                Kind::IdempotencyKeyReused,
+                "this Idempotency-Key was used with a different request body",
+            )
+            .field("Idempotency-Key"));
+        }
+    };
+    match app.place(&slot, &request).await {
+        Ok(()) => {
+            let body = to_json(&Accepted {
+                order_id: slot.order_id.clone(),
+                status: "RECEIVED".to_owned(),
+            });
+            if let Err(e) = idempotency::complete(&app.0.pool, &slot, 202, &body).await {
+                // The command is on Kafka: the answer is still 202.
+                tracing::error!(error = %e, order_id = %slot.order_id, "recording the answer failed");
+            }
+            app.0.metrics.orders_accepted.inc();
+            Ok(json_response(
+                StatusCode::ACCEPTED,
+                body,
+                Some(&slot.order_id),
+            ))
+        }
+        Err(problem) => {
+            let cleanup = if problem.status == StatusCode::SERVICE_UNAVAILABLE.as_u16() {
+                idempotency::fail_retryable(&app.0.pool, &slot).await
+            } else {
+                idempotency::release(&app.0.pool, &slot).await
+            };
+            if let Err(e) = cleanup {
+                tracing::warn!(error = %e, "releasing an idempotency key failed");
+            }
+            Err(problem)
+        }
+    }
+}
+
+fn order_not_found(id: &str) -> Problem {
+    Problem::new(Kind::OrderNotFound, format!("order {id:?} does not exist")).field("id")
+}
+
+/// An order id from the path: at most 64 characters, else no such order.
+fn order_id(path: Result<Path<String>, PathRejection>) -> Result<String, Problem> {
+    match path {
+        Ok(Path(id)) if !id.is_empty() && id.chars().count() <= 64 => Ok(id),
+        Ok(Path(id)) => Err(order_not_found(&id)),
+        Err(e) => Err(Problem::new(Kind::OrderNotFound, format!("no such order: {e}")).field("id")),
+    }
+}
+
+#[utoipa::path(
+    get,
+    path = "/orders/{id}",
+    tag = "orders",
+    summary = "An order: items, total, status and its timeline",
+    params(("id" = String, Path, description = "The order id from the 202's orderId")),
+    responses(
+        (status = 200, description = "The order; status RECEIVED while only the API has seen it",
+            body = OrderResource),
+        (status = 404, description = "No such order", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 503, description = "The database is unavailable or too many requests are in \
+            progress", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u32, description = "Seconds to wait"))),
+    )
+)]
+pub(crate) async fn get_order(
+    State(app): State<App>,
+    path: Result<Path<String>, PathRejection>,
+) -> Response {
+    or_problem(get_order_inner(&app, path).await)
+}
+
+async fn get_order_inner(
+    app: &App,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, Problem> {
+    let id = order_id(path)?;
+    let resource = match orders::load_order(&app.0.pool, &id)
+        .await
+        .map_err(database_unavailable)?
+    {
+        Some(view) => OrderResource::Stored(Box::new(view)),
+        None => match idempotency::received_at(&app.0.pool, &id)
+            .await
+            .map_err(database_unavailable)?
+        {
+            Some(at) => OrderResource::Received(ReceivedOrder {
+                order_id: id,
+                status: "RECEIVED".to_owned(),
+                received_at: orders::view::rfc3339(at),
+            }),
+            None => return Err(order_not_found(&id)),
+        },
+    };
+    Ok(json_response(StatusCode::OK, to_json(&resource), None))
+}
+
+#[utoipa::path(
+    post,
+    path = "/orders/{id}/cancel",
+    tag = "orders",
+    summary = "Ask to cancel an order that is not confirmed yet",
+    params(("id" = String, Path, description = "The order id")),
+    request_body(content = Option<CancelRequest>, content_type = "application/json",
+        description = "Optional; an empty body cancels with reason CUSTOMER_CANCELLED"),
+    security((), ("bearer" = [])),
+    responses(
+        (status = 202, description = "Accepted: the cancel command is on Kafka", body = Accepted,
+            headers(("Location" = String, description = "/orders/{orderId}"))),
+        (status = 400, description = "Malformed JSON or an unknown or mistyped field",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Authentication is on and no accepted bearer token was sent",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such order", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 409, description = "The order is CONFIRMED, CANCELLED or REJECTED \
+            (currentStatus says which)", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is larger than max_body_bytes", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 415, description = "The body is not application/json", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 422, description = "An invalid reason", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 503, description = "Kafka, the registry or the database did not answer in \
+            time, or too many requests are in progress", body = Problem,
+            content_type = "application/problem+json",
+            headers(("Retry-After" = u32, description = "Seconds to wait"))),
+    )
+)]
+pub(crate) async fn cancel_order(
+    State(app): State<App>,
+    headers: HeaderMap,
+    path: Result<Path<String>, PathRejection>,
+    body: Body,
+) -> Response {
+    or_problem(cancel_order_inner(&app, &headers, path, body).await)
+}
+
+async fn cancel_order_inner(
+    app: &App,
+    headers: &HeaderMap,
+    path: Result<Path<String>, PathRejection>,
+    body: Body,
+) -> Result<Response, Problem> {
+    app.authorize(headers)?;
+    let request: CancelRequest =
+        read_json(headers, body, app.0.config.max_body_bytes, Required::No)
+            .await?
+            .unwrap_or_default();
+    request.validate()?;
+    let id = order_id(path)?;
+    match orders::order_status(&app.0.pool, &id)
+        .await
+        .map_err(database_unavailable)?
+    {
+        Some(status) if status == "PENDING" => {}
+        Some(status) => {
+            return Err(Problem::new(
+                Kind::IllegalTransition,
+                format!("order {id:?} is {status} and can no longer be cancelled"),
+            )
+            .current_status(status));
+        }
+        None => {
+            if idempotency::received_at(&app.0.pool, &id)
+                .await
+                .map_err(database_unavailable)?
+                .is_none()
+            {
+                return Err(order_not_found(&id));
+            }
+        }
+    }
+    let command_id = uuid::Uuid::new_v4().to_string();
+    let command = OrderCommand {
+        command_id: command_id.clone(),
+        order_id: id.clone(),
+        issued_at: chrono::Utc::now().timestamp_millis(),
+        causation_id: command_id,
+        correlation_id: id.clone(),
+        command: OrderCommandBody::CancelOrder(CancelOrder {
+            reason: request
+                .reason
+                .unwrap_or_else(|| DEFAULT_CANCEL_REASON.to_owned()),
+        }),
+    };
+    app.send_command(&command).await?;
+    app.0.metrics.cancels_accepted.inc();
+    let body = to_json(&Accepted {
+        order_id: id.clone(),
+        status: "CANCELLATION_REQUESTED".to_owned(),
+    });
+    Ok(json_response(StatusCode::ACCEPTED, body, Some(&id)))
+}
+
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "operations",
+    summary = "Liveness: 200 whenever the process is up",
+    responses((status = 200, description = "Up", body = StatusBody))
+)]
+pub(crate) async fn health() -> Response {
+    json_response(
+        StatusCode::OK,
+        to_json(&StatusBody {
+            status: "UP".to_owned(),
+        }),
+        None,
+    )
+}
+
+#[utoipa::path(
+    get,
+    path = "/ready",
+    tag = "operations",
+    summary = "Readiness: 200 once the process is ready to take traffic",
+    responses(
+        (status = 200, description = "Ready", body = StatusBody),
+        (status = 503, description = "Not ready yet", body = Problem,
+            content_type = "application/problem+json",
+            headers(("Retry-After" = u32, description = "Seconds to wait"))),
+    )
+)]
+pub(crate) async fn ready(State(app): State<App>) -> Response {
+    if (app.0.ready)() {
+        json_response(
+            StatusCode::OK,
+            to_json(&StatusBody {
+                status: "READY".to_owned(),
+            }),
+            None,
+        )
+    } else {
+        Problem::new(Kind::NotReady, "the process is starting or stopping").into_response()
+    }
+}
+
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    summary = "Prometheus metrics of the process",
+    responses((status = 200, description = "Prometheus text format", body = String,
+        content_type = "text/plain"))
+)]
+pub(crate) async fn metrics(State(app): State<App>) -> Response {
+    let encoder = TextEncoder::new();
+    let mut buffer = Vec::new();
+    if let Err(e) = encoder.encode(&app.0.registry.gather(), &mut buffer) {
+        tracing::warn!(error = %e, "encoding metrics failed");
+    }
+    let mut response = (StatusCode::OK, buffer).into_response();
+    if let Ok(value) = HeaderValue::from_str(encoder.format_type()) {
+        response.headers_mut().insert(header::CONTENT_TYPE, value);
+    }
+    response
+}
+
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    tag = "operations",
+    summary = "This API's OpenAPI 3 document",
+    responses((status = 200, description = "The OpenAPI document", content_type = "application/json"))
+)]
+pub(crate) async fn openapi_json() -> Response {
+    json_response(StatusCode::OK, ApiDoc::json(), None)
+}
+
+async fn not_found(uri: axum::http::Uri) -> Response {
+    Problem::new(
+        Kind::NotFound,
+        format!("there is no resource at {}", uri.path()),
+    )
+    .into_response()
+}
+
+async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> Response {
+    Problem::new(
+        Kind::MethodNotAllowed,
+        format!("{method} is not allowed on {}", uri.path()),
+    )
+    .into_response()
+}
+
+async fn record_metrics(State(app): State<App>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = request.method().as_str().to_owned();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    app.0
+        .metrics
+        .requests
+        .with_label_values(&[route.as_str(), method.as_str(), response.status().as_str()])
+        .inc();
+    app.0
+        .metrics
+        .duration
+        .with_label_values(&[route.as_str()])
+        .observe(started.elapsed().as_secs_f64());
+    response
+}
+
+async fn limit_in_flight(State(app): State<App>, request: Request, next: Next) -> Response {
+    match Arc::clone(&app.0.in_flight).try_acquire_owned() {
+        Ok(permit) => {
+            let response = next.run(request).await;
+            drop(permit);
+            response
+        }
+        Err(_) => Problem::new(
+            Kind::Overloaded,
+            format!(
+                "more than {} requests are in progress; retry shortly",
+                app.0.config.max_in_flight
+            ),
+        )
+        .into_response(),
+    }
+}

@@ -1,0 +1,360 @@
+//! The order sink's I/O: consume `order.decisions.v1` and apply each decision to MySQL.
+//!
+//! Delivery: at-least-once from Kafka (offsets committed after the SQL transaction commits),
+//! exactly-once in MySQL: the decision id is `order_status_history`'s primary key, so a replayed
+//! decision inserts nothing and is skipped whole, and a decision older than the order's
+//! `last_sequence` writes nothing. The outbox row is written in the same transaction.
+
+use std::time::Duration;
+
+use keel_avro::records::OrderDecision;
+use keel_avro::{Codec, Fault};
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::{BorrowedMessage, Message};
+use sqlx::{MySql, MySqlPool, Transaction};
+use tokio_util::sync::CancellationToken;
+
+use super::logic::{
+    CurrentOrder, OrderWrite, OutboxEvent, Plan, Rows, parse_status, plan_decision,
+};
+use super::{Error, Result, sql};
+
+/// What applying one decision did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// Rows written (and an outbox row unless the decision has no event).
+    Written { outbox: bool },
+    /// The decision id was stored before: nothing written.
+    Duplicate,
+    /// The order already applied a decision at or after this sequence: nothing written.
+    Stale,
+}
+
+/// Backoff between retries of a failed transaction: 100 ms doubling to 5 s.
+const BACKOFF_START: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// Consume `topic` (the saga's `order.decisions.v1`) as consumer group `group_id` until
+/// `shutdown`, applying each decision with [`apply_decision`] and committing its offset after
+/// the transaction. A record that cannot be decoded or makes no rows (the input's fault) is
+/// logged at error level and skipped; a database or registry failure is retried with backoff
+/// (the record is not skipped); a bug (Keel's own schemas) stops the sink with the error.
+pub async fn run_order_sink(
+    bootstrap: &str,
+    group_id: &str,
+    topic: &str,
+    codec: Codec,
+    pool: MySqlPool,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group_id)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("isolation.level", "read_committed")
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        .create()
+        .map_err(|source| Error::Kafka {
+            operation: "creating the order sink's consumer",
+            source,
+        })?;
+    consumer
+        .subscribe(&[topic])
+        .map_err(|source| Error::Kafka {
+            operation: "subscribing to the decisions topic",
+            source,
+        })?;
+    tracing::info!(topic, group_id, "order sink started");
+    let mut backoff = BACKOFF_START;
+    loop {
+        let message = tokio::select! {
+            () = shutdown.cancelled() => break,
+            m = consumer.recv() => m,
+        };
+        let message = match message {
+            Ok(m) => {
+                backoff = BACKOFF_START;
+                m
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "order sink: consumer error; retrying");
+                if sleep_or_shutdown(&shutdown, &mut backoff).await {
+                    break;
+                }
+                continue;
+            }
+        };
+        if !handle_with_retry(&message, topic, &codec, &pool, &shutdown).await? {
+            break;
+        }
+        if let Err(e) = consumer.commit_message(&message, CommitMode::Async) {
+            // The next commit covers it; a replay is absorbed by the decision id.
+            tracing::warn!(error = %e, "order sink: offset commit failed");
+        }
+    }
+    if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+        tracing::debug!(error = %e, "order sink: final offset commit");
+    }
+    tracing::info!(topic, "order sink stopped");
+    Ok(())
+}
+
+/// Apply one record, retrying dependency failures until it is done or shutdown is asked.
+/// `Ok(true)`: done (applied or skipped); `Ok(false)`: shutdown before it was applied.
+async fn handle_with_retry(
+    message: &BorrowedMessage<'_>,
+    topic: &str,
+    codec: &Codec,
+    pool: &MySqlPool,
+    shutdown: &CancellationToken,
+) -> Result<bool> {
+    let Some(payload) = message.payload() else {
+        tracing::warn!(
+            partition = message.partition(),
+            offset = message.offset(),
+            "order sink: skipping a record without a value"
+        );
+        return Ok(true);
+    };
+    let mut backoff = BACKOFF_START;
+    loop {
+        let result = match codec.decode_from::<OrderDecision>(topic, payload).await {
+            Ok(decision) => apply_decision(pool, codec, &decision).await,
+            Err(e) => Err(Error::Avro(e)),
+        };
+        match result {
+            Ok(applied) => {
+                tracing::debug!(
+                    partition = message.partition(),
+                    offset = message.offset(),
+                    ?applied,
+                    "order decision"
+                );
+                return Ok(true);
+            }
+            Err(e) => match e.fault() {
+                Fault::Input => {
+                    tracing::error!(
+                        error = %e,
+                        topic,
+                        partition = message.partition(),
+                        offset = message.offset(),
+                        "order sink: skipping a record it cannot apply"
+                    );
+                    return Ok(true);
+                }
+                Fault::Bug => return Err(e),
+                Fault::Dependency => {
+                    tracing::warn!(error = %e, "order sink: retrying a decision");
+                    if sleep_or_shutdown(shutdown, &mut backoff).await {
+                        return Ok(false);
+                    }
+                }
+            },
+        }
+    }
+}
+
+/// Sleep for `backoff` (then double it up to the maximum); `true` if shutdown came first.
+async fn sleep_or_shutdown(shutdown: &CancellationToken, backoff: &mut Duration) -> bool {
+    let wait = *backoff;
+    *backoff = (*backoff * 2).min(BACKOFF_MAX);
+    tokio::select! {
+        () = shutdown.cancelled() => true,
+        () = tokio::time::sleep(wait) => false,
+    }
+}
+
+/// Apply one decision in one MySQL transaction: the history row (its primary key, the decision
+/// id, makes a replay a [`Applied::Duplicate`]), the order and its items or the status change,
+/// the cart marked `ORDERED` on `PENDING`, and the outbox row with the `codec`-encoded event.
+/// Errors: [`Error::InvalidDecision`] (input), [`Error::Sql`] and [`Error::Avro`] (retry).
+pub async fn apply_decision(
+    pool: &MySqlPool,
+    codec: &Codec,
+    decision: &OrderDecision,
+) -> Result<Applied> {
+    let mut tx = pool.begin().await.map_err(sql("beginning a transaction"))?;
+    let current = load_current(&mut tx, &decision.order_id).await?;
+    let plan = plan_decision(current, decision, uuid::Uuid::new_v4().to_string())?;
+    let rows = match plan {
+        Plan::Stale { last_sequence } => {
+            tracing::debug!(
+                decision_id = %decision.decision_id,
+                sequence = decision.sequence,
+                last_sequence,
+                "order sink: stale decision"
+            );
+            tx.rollback().await.map_err(sql("rolling back"))?;
+            return Ok(Applied::Stale);
+        }
+        Plan::Apply(rows) => rows,
+    };
+    // Encode before writing, so a registry failure holds no row locks for long.
+    let payload = match &rows.outbox {
+        Some(event) => Some(encode(codec, event).await?),
+        None => None,
+    };
+    if !insert_history(&mut tx, &rows).await? {
+        tx.rollback().await.map_err(sql("rolling back"))?;
+        return Ok(Applied::Duplicate);
+    }
+    write_order(&mut tx, &rows.order).await?;
+    if let Some(cart_id) = &rows.cart_ordered {
+        sqlx::query(
+            "UPDATE carts SET status = 'ORDERED', updated_at = UTC_TIMESTAMP(3) WHERE cart_id = ?",
+        )
+        .bind(cart_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(sql("marking the cart ordered"))?;
+    }
+    if let (Some(event), Some(payload)) = (&rows.outbox, payload) {
+        sqlx::query(
+            "INSERT INTO order_outbox (id, aggregate_id, event_type, payload, status, created_at) \
+             VALUES (?, ?, ?, ?, 'PENDING', UTC_TIMESTAMP(3))",
+        )
+        .bind(event.event_id())
+        .bind(event.order_id())
+        .bind(event.topic())
+        .bind(payload)
+        .execute(&mut *tx)
+        .await
+        .map_err(sql("inserting the outbox row"))?;
+    }
+    tx.commit().await.map_err(sql("committing a decision"))?;
+    Ok(Applied::Written {
+        outbox: rows.outbox.is_some(),
+    })
+}
+
+async fn encode(codec: &Codec, event: &OutboxEvent) -> Result<Vec<u8>> {
+    Ok(match event {
+        OutboxEvent::Created(e) => codec.encode(e).await?,
+        OutboxEvent::StatusChanged(e) => codec.encode(e).await?,
+    })
+}
+
+async fn load_current(
+    tx: &mut Transaction<'static, MySql>,
+    order_id: &str,
+) -> Result<Option<CurrentOrder>> {
+    let row: Option<(String, i32)> =
+        sqlx::query_as("SELECT status, last_sequence FROM orders WHERE order_id = ? FOR UPDATE")
+            .bind(order_id)
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(sql("reading the order"))?;
+    row.map(|(status, last_sequence)| {
+        parse_status(&status)
+            .map(|status| CurrentOrder {
+                status,
+                last_sequence,
+            })
+            .ok_or(Error::CorruptRow {
+                table: "orders",
+                detail: format!("order {order_id} has status {status:?}"),
+            })
+    })
+    .transpose()
+}
+
+/// `false` if the decision id is already stored.
+async fn insert_history(tx: &mut Transaction<'static, MySql>, rows: &Rows) -> Result<bool> {
+    let h = &rows.history;
+    let result = sqlx::query(
+        "INSERT INTO order_status_history (decision_id, order_id, sequence, from_status, \
+         to_status, reason, detail, decided_at, source_topic, source_partition, source_offset) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(&h.decision_id)
+    .bind(&h.order_id)
+    .bind(h.sequence)
+    .bind(h.from_status)
+    .bind(h.to_status)
+    .bind(&h.reason)
+    .bind(&h.detail)
+    .bind(h.decided_at)
+    .bind(&h.source_topic)
+    .bind(h.source_partition)
+    .bind(h.source_offset)
+    .execute(&mut **tx)
+    .await;
+    match result {
+        Ok(_) => Ok(true),
+        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Ok(false),
+        Err(e) => Err(Error::Sql {
+            operation: "inserting the status history",
+            source: e,
+        }),
+    }
+}
+
+async fn write_order(tx: &mut Transaction<'static, MySql>, write: &OrderWrite) -> Result<()> {
+    match write {
+        OrderWrite::Insert { order, items } => {
+            let ship = order.shipping_address.as_ref();
+            sqlx::query(
+                "INSERT INTO orders (order_id, customer_id, cart_id, status, reason, detail, \
+                 total_minor, currency, ship_name, ship_line1, ship_line2, ship_city, \
+                 ship_postal_code, ship_country, payment_method, last_sequence, created_at, \
+                 updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(&order.order_id)
+            .bind(&order.customer_id)
+            .bind(&order.cart_id)
+            .bind(order.status)
+            .bind(&order.reason)
+            .bind(&order.detail)
+            .bind(order.total_minor)
+            .bind(&order.currency)
+            .bind(ship.map(|a| a.name.as_str()))
+            .bind(ship.map(|a| a.line1.as_str()))
+            .bind(ship.and_then(|a| a.line2.as_deref()))
+            .bind(ship.map(|a| a.city.as_str()))
+            .bind(ship.map(|a| a.postal_code.as_str()))
+            .bind(ship.map(|a| a.country.as_str()))
+            .bind(&order.payment_method)
+            .bind(order.last_sequence)
+            .bind(order.created_at)
+            .bind(order.created_at)
+            .execute(&mut **tx)
+            .await
+            .map_err(sql("inserting the order"))?;
+            for item in items {
+                sqlx::query(
+                    "INSERT INTO order_items (order_id, line_no, sku, quantity, \
+                     unit_price_minor, currency) VALUES (?, ?, ?, ?, ?, ?)",
+                )
+                .bind(&item.order_id)
+                .bind(item.line_no)
+                .bind(&item.sku)
+                .bind(item.quantity)
+                .bind(item.unit_price_minor)
+                .bind(&item.currency)
+                .execute(&mut **tx)
+                .await
+                .map_err(sql("inserting an order item"))?;
+            }
+        }
+        OrderWrite::Update(u) => {
+            sqlx::query(
+                "UPDATE orders SET status = ?, reason = ?, detail = ?, last_sequence = ?, \
+                 updated_at = ? WHERE order_id = ? AND last_sequence < ?",
+            )
+            .bind(u.status)
+            .bind(&u.reason)
+            .bind(&u.detail)
+            .bind(u.sequence)
+            .bind(u.updated_at)
+            .bind(&u.order_id)
+            .bind(u.sequence)
+            .execute(&mut **tx)
+            .await
+            .map_err(sql("updating the order status"))?;
+        }
+    }
+    Ok(())
+}

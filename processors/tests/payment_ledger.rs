@@ -1,0 +1,785 @@
+//! The payment service against the real stack: a fresh PostgreSQL database per test
+//! (`keel_test_<random>`, migrated, dropped at the end), the PSP mock on a free port, random
+//! Kafka topics and registry subjects. Each test names the behaviour it proves.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use keel_avro::records::{
+    AuthorizePayment, CapturePayment, CreatePaymentIntent, Money, PaymentAuthorized,
+    PaymentCommand, PaymentCommandBody, PaymentFailed, PaymentFailureReason, PaymentRefunded,
+    PspCallback, PspOutcome, RefundPayment,
+};
+use keel_avro::{Codec, RegistryConfig};
+use keel_processors::outbox::{EVENT_ID_HEADER, PgOutbox, RelayConfig, run_relay};
+use keel_processors::payment::{self, PaymentConfig};
+use keel_processors::psp_mock::{IDEMPOTENCY_HEADER, PspMock, PspMockConfig, Stats};
+use keel_tests::{PATIENCE, Stack, unique};
+use rdkafka::ClientConfig;
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{AssertSqlSafe, PgPool, Row};
+use tokio_util::sync::CancellationToken;
+
+/// A PostgreSQL database of its own for one test, dropped by [`TestPg::drop_db`].
+struct TestPg {
+    name: String,
+    admin: PgPool,
+    pool: PgPool,
+}
+
+impl TestPg {
+    async fn create(stack: &Stack) -> anyhow::Result<Self> {
+        let name = unique("keel_test");
+        let admin = PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&stack.postgres_url)
+            .await
+            .context("connecting to PostgreSQL")?;
+        sqlx::raw_sql(AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&admin)
+            .await
+            .context("creating the test database (the keel role needs CREATEDB)")?;
+        let (base, _) = stack
+            .postgres_url
+            .rsplit_once('/')
+            .context("the PostgreSQL url has no database")?;
+        let pool = PgPoolOptions::new()
+            .max_connections(10)
+            .connect(&format!("{base}/{name}"))
+            .await?;
+        payment::migrate(&pool).await?;
+        Ok(Self { name, admin, pool })
+    }
+
+    async fn drop_db(self) {
+        self.pool.close().await;
+        let drop = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+        if let Err(e) = sqlx::raw_sql(AssertSqlSafe(drop))
+            .execute(&self.admin)
+            .await
+        {
+            eprintln!("dropping {}: {e}", self.name);
+        }
+    }
+}
+
+/// Topics of one test.
+struct Topics {
+    commands: String,
+    authorized: String,
+    failed: String,
+    refunded: String,
+}
+
+/// Everything one test runs against: database, PSP mock, topics, the worker.
+struct Fixture {
+    stack: Stack,
+    db: TestPg,
+    codec: Codec,
+    topics: Topics,
+    psp_url: String,
+    producer: FutureProducer,
+    registry: Arc<prometheus::Registry>,
+    stop: CancellationToken,
+    worker: tokio::task::JoinHandle<payment::Result<()>>,
+}
+
+fn quick_psp() -> PspMockConfig {
+    PspMockConfig {
+        listen: "127.0.0.1:0".parse().expect("an address"),
+        latency_min_ms: 0,
+        latency_max_ms: 5,
+        ..PspMockConfig::default()
+    }
+}
+
+impl Fixture {
+    async fn start(
+        psp: PspMockConfig,
+        tune: impl FnOnce(&mut PaymentConfig),
+    ) -> anyhow::Result<Self> {
+        let stack = Stack::from_env();
+        let db = TestPg::create(&stack).await?;
+        let mock = PspMock::bind(psp).await?;
+        let psp_url = mock.url();
+        let stop = CancellationToken::new();
+        tokio::spawn(mock.run(stop.clone()));
+
+        let topics = Topics {
+            commands: unique("pay_cmd"),
+            authorized: unique("pay_authorized"),
+            failed: unique("pay_failed"),
+            refunded: unique("pay_refunded"),
+        };
+        keel_tests::kafka::create_topics(
+            &stack.kafka_bootstrap,
+            &[
+                &topics.commands,
+                &topics.authorized,
+                &topics.failed,
+                &topics.refunded,
+            ],
+            3,
+        )
+        .await?;
+        let codec = Codec::new(RegistryConfig {
+            subject_prefix: format!("{}-", unique("pay")),
+            ..RegistryConfig::with_url(stack.registry_url.clone())
+        })?;
+        let mut config = PaymentConfig {
+            psp_url: psp_url.clone(),
+            group_id: unique("pay_group"),
+            commit_interval_ms: 100,
+            reconcile_interval_ms: 200,
+            psp_retry_backoff_ms: 20,
+            shutdown_grace_ms: 2_000,
+            authorized_topic: topics.authorized.clone(),
+            failed_topic: topics.failed.clone(),
+            refunded_topic: topics.refunded.clone(),
+            ..PaymentConfig::default()
+        };
+        tune(&mut config);
+        let registry = Arc::new(prometheus::Registry::new());
+        let worker = {
+            let (bootstrap, codec, pool) = (
+                stack.kafka_bootstrap.clone(),
+                codec.clone(),
+                db.pool.clone(),
+            );
+            let (commands, registry, stop) =
+                (topics.commands.clone(), registry.clone(), stop.clone());
+            tokio::spawn(async move {
+                payment::run(config, &bootstrap, codec, pool, &commands, &registry, stop).await
+            })
+        };
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", &stack.kafka_bootstrap)
+            .set("enable.idempotence", "true")
+            .set("partitioner", "murmur2_random")
+            .create()?;
+        Ok(Self {
+            stack,
+            db,
+            codec,
+            topics,
+            psp_url,
+            producer,
+            registry,
+            stop,
+            worker,
+        })
+    }
+
+    async fn finish(self) -> anyhow::Result<()> {
+        self.stop.cancel();
+        let stopped = tokio::time::timeout(Duration::from_secs(20), self.worker).await;
+        self.db.drop_db().await;
+        match stopped {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(e))) => bail!("the payment worker failed: {e}"),
+            Ok(Err(e)) => bail!("the payment worker panicked: {e}"),
+            Err(_) => bail!("the payment worker did not stop within 20 s"),
+        }
+    }
+
+    /// Send `body` for `order` (key = `key`, default the order id) with `command_id`.
+    async fn send_keyed(
+        &self,
+        key: &str,
+        order: &Order,
+        command_id: &str,
+        body: PaymentCommandBody,
+    ) -> anyhow::Result<()> {
+        let command = PaymentCommand {
+            command_id: command_id.to_owned(),
+            payment_id: order.payment_id.clone(),
+            order_id: order.order_id.clone(),
+            issued_at: 1_767_225_600_000,
+            causation_id: format!("cause-{command_id}"),
+            correlation_id: order.order_id.clone(),
+            command: body,
+        };
+        let payload = self
+            .codec
+            .encode_to(&self.topics.commands, &command)
+            .await?;
+        self.producer
+            .send(
+                FutureRecord::to(&self.topics.commands)
+                    .key(key)
+                    .payload(&payload),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(e, _)| e)?;
+        Ok(())
+    }
+
+    async fn send(
+        &self,
+        order: &Order,
+        command_id: &str,
+        body: PaymentCommandBody,
+    ) -> anyhow::Result<()> {
+        self.send_keyed(&order.order_id, order, command_id, body)
+            .await
+    }
+
+    /// CreateIntent + Authorize for `amount_minor` EUR with `token`.
+    async fn open_and_authorize(
+        &self,
+        order: &Order,
+        amount_minor: i64,
+        token: &str,
+    ) -> anyhow::Result<()> {
+        self.send(
+            order,
+            &format!("{}-intent", order.order_id),
+            PaymentCommandBody::CreateIntent(CreatePaymentIntent {
+                customer_id: "customer-1".to_owned(),
+                amount: eur(amount_minor),
+                payment_method: token.to_owned(),
+            }),
+        )
+        .await?;
+        self.send(
+            order,
+            &format!("{}-authorize", order.order_id),
+            PaymentCommandBody::Authorize(AuthorizePayment {
+                amount: eur(amount_minor),
+            }),
+        )
+        .await
+    }
+
+    async fn status(&self, order: &Order) -> anyhow::Result<Option<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT status FROM payments WHERE payment_id = $1")
+                .bind(&order.payment_id)
+                .fetch_optional(&self.db.pool)
+                .await?,
+        )
+    }
+
+    /// Wait until the payment has `status`.
+    async fn wait_status(&self, order: &Order, status: &str) -> anyhow::Result<()> {
+        let start = Instant::now();
+        loop {
+            let now = self.status(order).await?;
+            if now.as_deref() == Some(status) {
+                return Ok(());
+            }
+            if start.elapsed() > PATIENCE {
+                bail!("payment {} is {now:?}, not {status}", order.payment_id);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Wait until `sql` (one BIGINT column, `$1` = payment id) returns `expected`.
+    async fn wait_count(
+        &self,
+        sql: &'static str,
+        order: &Order,
+        expected: i64,
+    ) -> anyhow::Result<()> {
+        let start = Instant::now();
+        loop {
+            let n: i64 = sqlx::query_scalar(sql)
+                .bind(&order.payment_id)
+                .fetch_one(&self.db.pool)
+                .await?;
+            if n == expected {
+                return Ok(());
+            }
+            if start.elapsed() > PATIENCE {
+                bail!("{sql} is {n}, not {expected}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn wait_processed(&self, command_id: &str) -> anyhow::Result<()> {
+        let start = Instant::now();
+        loop {
+            let done = sqlx::query("SELECT 1 FROM processed_commands WHERE command_id = $1")
+                .bind(command_id)
+                .fetch_optional(&self.db.pool)
+                .await?;
+            if done.is_some() {
+                return Ok(());
+            }
+            if start.elapsed() > PATIENCE {
+                bail!("command {command_id} was not processed");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The outbox rows of the order: (id, event_type, payload, status), oldest first.
+    async fn outbox(
+        &self,
+        order: &Order,
+    ) -> anyhow::Result<Vec<(String, String, Vec<u8>, String)>> {
+        let rows = sqlx::query(
+            "SELECT id, event_type, payload, status FROM payment_outbox \
+             WHERE aggregate_id = $1 ORDER BY created_at",
+        )
+        .bind(&order.order_id)
+        .fetch_all(&self.db.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("id")?,
+                    r.try_get("event_type")?,
+                    r.try_get("payload")?,
+                    r.try_get("status")?,
+                ))
+            })
+            .collect()
+    }
+
+    async fn psp_stats(&self) -> anyhow::Result<Stats> {
+        Ok(reqwest::get(format!("{}/admin/stats", self.psp_url))
+            .await?
+            .json()
+            .await?)
+    }
+
+    async fn wait_psp(&self, what: &str, done: impl Fn(&Stats) -> bool) -> anyhow::Result<Stats> {
+        let start = Instant::now();
+        loop {
+            let stats = self.psp_stats().await?;
+            if done(&stats) {
+                return Ok(stats);
+            }
+            if start.elapsed() > PATIENCE {
+                bail!("the PSP never saw {what}: {stats:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The registry in the Prometheus text format.
+    fn metrics_text(&self) -> anyhow::Result<String> {
+        Ok(prometheus::TextEncoder::new().encode_to_string(&self.registry.gather())?)
+    }
+}
+
+struct Order {
+    order_id: String,
+    payment_id: String,
+}
+
+fn order() -> Order {
+    let order_id = unique("order");
+    Order {
+        payment_id: format!("pay-{order_id}"),
+        order_id,
+    }
+}
+
+fn eur(amount_minor: i64) -> Money {
+    Money::new(amount_minor, "EUR")
+}
+
+#[tokio::test]
+async fn an_authorized_payment_writes_one_outbox_row_that_the_relay_publishes_as_payment_authorized()
+-> anyhow::Result<()> {
+    let fx = Fixture::start(quick_psp(), |_| {}).await?;
+    let o = order();
+    fx.open_and_authorize(&o, 2_500, "tok_visa").await?;
+    fx.wait_status(&o, "AUTHORIZED").await?;
+
+    let outbox = fx.outbox(&o).await?;
+    assert_eq!(outbox.len(), 1, "one outbox row");
+    let (event_id, event_type, payload, status) = &outbox[0];
+    assert_eq!(event_type, &fx.topics.authorized);
+    assert_eq!(status, "PENDING");
+    let attempt: (String, String) = sqlx::query_as(
+        "SELECT idempotency_key, outcome FROM payment_attempts WHERE payment_id = $1",
+    )
+    .bind(&o.payment_id)
+    .fetch_one(&fx.db.pool)
+    .await?;
+    assert_eq!(
+        attempt,
+        (
+            format!("{}:authorize", o.payment_id),
+            "SUCCEEDED".to_owned()
+        )
+    );
+    let psp_reference: String =
+        sqlx::query_scalar("SELECT psp_reference FROM payments WHERE payment_id = $1")
+            .bind(&o.payment_id)
+            .fetch_one(&fx.db.pool)
+            .await?;
+
+    // The relay publishes the row as it is; the Kafka record decodes as PaymentAuthorized.
+    let relay_stop = fx.stop.child_token();
+    let relay = tokio::spawn({
+        let store = PgOutbox::new(fx.db.pool.clone(), "payment_outbox")?;
+        let bootstrap = fx.stack.kafka_bootstrap.clone();
+        let stop = relay_stop.clone();
+        async move {
+            let config = RelayConfig {
+                poll_interval_ms: 50,
+                ..RelayConfig::default()
+            };
+            run_relay(store, &bootstrap, &config, stop).await
+        }
+    });
+    let consumer = keel_tests::kafka::consumer(&fx.stack.kafka_bootstrap, "read_committed")?;
+    let records = keel_tests::kafka::read_topic(
+        &consumer,
+        &fx.topics.authorized,
+        1,
+        PATIENCE,
+        Duration::from_secs(2),
+    )
+    .await?;
+    relay_stop.cancel();
+    relay.await??;
+    assert_eq!(records.len(), 1, "exactly one record");
+    let record = &records[0];
+    assert_eq!(record.key(), Some(o.order_id.as_bytes()));
+    assert_eq!(
+        record.payload(),
+        Some(payload.as_slice()),
+        "payload passed through"
+    );
+    let header = record
+        .headers()
+        .and_then(|h| h.iter().find(|h| h.key == EVENT_ID_HEADER))
+        .and_then(|h| h.value)
+        .context("no event id header")?;
+    assert_eq!(header, event_id.as_bytes());
+    let event: PaymentAuthorized = fx
+        .codec
+        .decode_from(&fx.topics.authorized, record.payload().context("a value")?)
+        .await?;
+    assert_eq!(&event.event_id, event_id);
+    assert_eq!(event.order_id, o.order_id);
+    assert_eq!(event.payment_id, o.payment_id);
+    assert_eq!(event.amount, eur(2_500));
+    assert_eq!(event.psp_reference, psp_reference);
+    assert_eq!(event.causation_id, format!("{}-authorize", o.order_id));
+    assert_eq!(fx.outbox(&o).await?[0].3, "SENT");
+
+    let metrics = fx.metrics_text()?;
+    for line in [
+        r#"payment_attempts_total{kind="authorize",outcome="succeeded"} 1"#,
+        r#"payment_attempt_latency_seconds_count{kind="authorize",outcome="succeeded"} 1"#,
+        "payment_psp_calls_in_flight 0",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "no {line:?} in\n{metrics}"
+        );
+    }
+    fx.finish().await
+}
+
+#[tokio::test]
+async fn a_declined_card_fails_the_payment_with_its_decline_code() -> anyhow::Result<()> {
+    let fx = Fixture::start(quick_psp(), |_| {}).await?;
+    let o = order();
+    fx.open_and_authorize(&o, 2_500, "tok_decline_insufficient_funds")
+        .await?;
+    fx.wait_status(&o, "FAILED").await?;
+    let outbox = fx.outbox(&o).await?;
+    assert_eq!(outbox.len(), 1);
+    assert_eq!(outbox[0].1, fx.topics.failed);
+    let event: PaymentFailed = fx
+        .codec
+        .decode_from(&fx.topics.failed, &outbox[0].2)
+        .await?;
+    assert_eq!(event.reason, PaymentFailureReason::Declined);
+    assert_eq!(event.detail.as_deref(), Some("insufficient_funds"));
+    let (outcome, code): (String, Option<String>) =
+        sqlx::query_as("SELECT outcome, decline_code FROM payment_attempts WHERE payment_id = $1")
+            .bind(&o.payment_id)
+            .fetch_one(&fx.db.pool)
+            .await?;
+    assert_eq!(
+        (outcome.as_str(), code.as_deref()),
+        ("DECLINED", Some("insufficient_funds"))
+    );
+    fx.finish().await
+}
+
+#[tokio::test]
+async fn a_psp_timeout_fails_with_timeout_and_the_late_success_is_voided() -> anyhow::Result<()> {
+    let psp = PspMockConfig {
+        timeout_delay_ms: 1_500,
+        ..quick_psp()
+    };
+    let fx = Fixture::start(psp, |c| c.psp_timeout_ms = 300).await?;
+    let o = order();
+    fx.open_and_authorize(&o, 4_200, "tok_timeout").await?;
+    fx.wait_status(&o, "FAILED").await?;
+    let outbox = fx.outbox(&o).await?;
+    assert_eq!(outbox.len(), 1);
+    let event: PaymentFailed = fx
+        .codec
+        .decode_from(&fx.topics.failed, &outbox[0].2)
+        .await?;
+    assert_eq!(event.reason, PaymentFailureReason::Timeout);
+    assert_eq!(event.detail.as_deref(), Some("PSP_TIMEOUT"));
+
+    // The PSP authorized after the worker gave up; the reconciler finds out and voids it.
+    let stats = fx.wait_psp("the void", |s| s.voids == 1).await?;
+    assert_eq!((stats.authorizations, stats.timeouts), (1, 1), "{stats:?}");
+    fx.wait_count(
+        "SELECT count(*) FROM payment_attempts WHERE payment_id = $1 \
+         AND kind = 'VOID' AND outcome = 'SUCCEEDED'",
+        &o,
+        1,
+    )
+    .await?;
+    fx.wait_count(
+        "SELECT count(*) FROM payment_attempts WHERE payment_id = $1 \
+         AND kind = 'AUTHORIZE' AND outcome = 'TIMEOUT' AND reconciled_at IS NOT NULL",
+        &o,
+        1,
+    )
+    .await?;
+    assert_eq!(
+        fx.status(&o).await?.as_deref(),
+        Some("FAILED"),
+        "never back to AUTHORIZED"
+    );
+    assert_eq!(fx.outbox(&o).await?.len(), 1, "the void emits nothing");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        fx.psp_stats().await?.voids,
+        1,
+        "voided once, not every round"
+    );
+    fx.finish().await
+}
+
+#[tokio::test]
+async fn a_replayed_authorize_command_charges_once_and_emits_once() -> anyhow::Result<()> {
+    let fx = Fixture::start(quick_psp(), |_| {}).await?;
+    let o = order();
+    fx.open_and_authorize(&o, 1_000, "tok_visa").await?;
+    fx.wait_status(&o, "AUTHORIZED").await?;
+    // The same command again (a redelivery), then a new Authorize for the same payment.
+    let authorize = || PaymentCommandBody::Authorize(AuthorizePayment { amount: eur(1_000) });
+    fx.send(&o, &format!("{}-authorize", o.order_id), authorize())
+        .await?;
+    fx.send(&o, "another-authorize", authorize()).await?;
+    fx.wait_processed("another-authorize").await?;
+
+    let stats = fx.psp_stats().await?;
+    assert_eq!(stats.authorizations, 1, "{stats:?}");
+    assert_eq!(fx.outbox(&o).await?.len(), 1, "one authorized event");
+    let attempts: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM payment_attempts WHERE payment_id = $1")
+            .bind(&o.payment_id)
+            .fetch_one(&fx.db.pool)
+            .await?;
+    assert_eq!(attempts, 1);
+    fx.finish().await
+}
+
+#[tokio::test]
+async fn an_authorization_replayed_after_a_crash_reuses_its_idempotency_key() -> anyhow::Result<()>
+{
+    let fx = Fixture::start(quick_psp(), |_| {}).await?;
+    let o = order();
+    // What a worker that crashed after the PSP call (before its transaction) left behind: the
+    // PSP authorized with the payment's key.
+    let first: serde_json::Value = reqwest::Client::new()
+        .post(format!("{}/v1/authorizations", fx.psp_url))
+        .header(IDEMPOTENCY_HEADER, format!("{}:authorize", o.payment_id))
+        .json(
+            &serde_json::json!({"amount_minor": 1_500, "currency": "EUR",
+            "payment_method": "tok_visa", "reference": o.payment_id}),
+        )
+        .send()
+        .await?
+        .json()
+        .await?;
+    fx.open_and_authorize(&o, 1_500, "tok_visa").await?;
+    fx.wait_status(&o, "AUTHORIZED").await?;
+    let stats = fx.psp_stats().await?;
+    assert_eq!(
+        (stats.authorizations, stats.idempotent_replays),
+        (1, 1),
+        "the replay got the first answer: {stats:?}"
+    );
+    let psp_reference: String =
+        sqlx::query_scalar("SELECT psp_reference FROM payments WHERE payment_id = $1")
+            .bind(&o.payment_id)
+            .fetch_one(&fx.db.pool)
+            .await?;
+    assert_eq!(Some(psp_reference.as_str()), first["id"].as_str());
+    fx.finish().await
+}
+
+async fn captured(fx: &Fixture, o: &Order, amount_minor: i64) -> anyhow::Result<()> {
+    fx.open_and_authorize(o, amount_minor, "tok_visa").await?;
+    fx.send(
+        o,
+        &format!("{}-capture", o.order_id),
+        PaymentCommandBody::Capture(CapturePayment {
+            amount: eur(amount_minor),
+        }),
+    )
+    .await?;
+    fx.wait_status(o, "CAPTURED").await
+}
+
+fn refund(refund_id: &str, amount_minor: i64) -> PaymentCommandBody {
+    PaymentCommandBody::Refund(RefundPayment {
+        refund_id: refund_id.to_owned(),
+        amount: eur(amount_minor),
+        reason: "customer asked".to_owned(),
+    })
+}
+
+async fn refund_status(fx: &Fixture, refund_id: &str) -> anyhow::Result<(String, Option<String>)> {
+    Ok(
+        sqlx::query_as("SELECT status, failure_code FROM refunds WHERE refund_id = $1")
+            .bind(refund_id)
+            .fetch_one(&fx.db.pool)
+            .await?,
+    )
+}
+
+#[tokio::test]
+async fn a_refund_beyond_the_capture_is_refused() -> anyhow::Result<()> {
+    let fx = Fixture::start(quick_psp(), |_| {}).await?;
+    let o = order();
+    captured(&fx, &o, 1_000).await?;
+    assert_eq!(fx.psp_stats().await?.captures, 1);
+
+    fx.send(&o, "refund-1", refund("r1", 600)).await?;
+    fx.wait_status(&o, "PARTIALLY_REFUNDED").await?;
+    fx.send(&o, "refund-2", refund("r2", 500)).await?;
+    fx.wait_processed("refund-2").await?;
+    assert_eq!(
+        refund_status(&fx, "r2").await?,
+        (
+            "REFUSED".to_owned(),
+            Some("refund_exceeds_captured".to_owned())
+        )
+    );
+    fx.send(&o, "refund-3", refund("r3", 400)).await?;
+    fx.wait_status(&o, "REFUNDED").await?;
+
+    assert_eq!(fx.psp_stats().await?.refunds, 2);
+    let refunded: Vec<_> = fx
+        .outbox(&o)
+        .await?
+        .into_iter()
+        .filter(|r| r.1 == fx.topics.refunded)
+        .collect();
+    assert_eq!(refunded.len(), 2);
+    let event: PaymentRefunded = fx
+        .codec
+        .decode_from(&fx.topics.refunded, &refunded[0].2)
+        .await?;
+    assert_eq!(
+        (event.refund_id.as_str(), event.amount.amount_minor),
+        ("r1", 600)
+    );
+    fx.finish().await
+}
+
+#[tokio::test]
+async fn concurrent_refunds_beyond_the_capture_refuse_one() -> anyhow::Result<()> {
+    let psp = PspMockConfig {
+        latency_min_ms: 300,
+        latency_max_ms: 400,
+        ..quick_psp()
+    };
+    let fx = Fixture::start(psp, |_| {}).await?;
+    let o = order();
+    captured(&fx, &o, 1_000).await?;
+    // Different Kafka keys: the worker runs them at the same time; only the ledger's row lock
+    // and reservation keep the sum within the capture.
+    fx.send_keyed(&o.order_id, &o, "refund-a", refund("ra", 600))
+        .await?;
+    fx.send_keyed(
+        &format!("{}-other", o.order_id),
+        &o,
+        "refund-b",
+        refund("rb", 600),
+    )
+    .await?;
+    fx.wait_processed("refund-a").await?;
+    fx.wait_processed("refund-b").await?;
+
+    let mut statuses = vec![
+        refund_status(&fx, "ra").await?.0,
+        refund_status(&fx, "rb").await?.0,
+    ];
+    statuses.sort();
+    assert_eq!(statuses, vec!["REFUSED", "SUCCEEDED"]);
+    let refunded: i64 =
+        sqlx::query_scalar("SELECT refunded_minor FROM payments WHERE payment_id = $1")
+            .bind(&o.payment_id)
+            .fetch_one(&fx.db.pool)
+            .await?;
+    assert_eq!(refunded, 600);
+    assert_eq!(fx.psp_stats().await?.refunds, 1, "the PSP was asked once");
+    let events = fx
+        .outbox(&o)
+        .await?
+        .into_iter()
+        .filter(|r| r.1 == fx.topics.refunded)
+        .count();
+    assert_eq!(events, 1);
+    fx.finish().await
+}
+
+#[tokio::test]
+async fn a_pending_authorization_is_decided_by_its_callback_once_even_if_delivered_twice()
+-> anyhow::Result<()> {
+    let fx = Fixture::start(quick_psp(), |_| {}).await?;
+    let o = order();
+    fx.open_and_authorize(&o, 3_000, "tok_pending").await?;
+    fx.wait_count(
+        "SELECT count(*) FROM payments WHERE payment_id = $1 \
+         AND status = 'AUTHORIZING' AND psp_reference IS NOT NULL",
+        &o,
+        1,
+    )
+    .await?;
+    assert!(fx.outbox(&o).await?.is_empty(), "nothing decided yet");
+    let psp_reference: String =
+        sqlx::query_scalar("SELECT psp_reference FROM payments WHERE payment_id = $1")
+            .bind(&o.payment_id)
+            .fetch_one(&fx.db.pool)
+            .await?;
+    let callback = || {
+        PaymentCommandBody::PspCallback(PspCallback {
+            psp_event_id: "evt_1".to_owned(),
+            psp_reference: psp_reference.clone(),
+            outcome: PspOutcome::Authorized,
+            decline_code: None,
+        })
+    };
+    // The ingest API turns each delivery into its own command.
+    fx.send(&o, "callback-1", callback()).await?;
+    fx.send(&o, "callback-2", callback()).await?;
+    fx.wait_processed("callback-2").await?;
+    assert_eq!(fx.status(&o).await?.as_deref(), Some("AUTHORIZED"));
+    let outbox = fx.outbox(&o).await?;
+    assert_eq!(outbox.len(), 1);
+    assert_eq!(outbox[0].1, fx.topics.authorized);
+    fx.wait_count(
+        "SELECT count(*) FROM payment_attempts WHERE payment_id = $1 AND outcome = 'SUCCEEDED'",
+        &o,
+        2,
+    )
+    .await?;
+    fx.finish().await
+}

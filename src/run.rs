@@ -1,0 +1,402 @@
+//! `keel run`: one process hosting the roles of Keel — by default all of them (what a newcomer
+//! starts), or any subset with `--roles`, so a shop runs each role as its own horizontally scaled
+//! deployment (instances of one application id split the partitions).
+//!
+//! Roles: `api` (HTTP ingest), `saga` and `inventory` (stream applications
+//! `<streams.application_id>-<role>` on the runtime), `payment` (payment service against the
+//! PSP), `sinks` (order sink to MySQL, Cassandra mirror of inventory) and `relay` (outbox relays,
+//! the `[outbox].mode = "relay"` fallback until Debezium carries the outboxes).
+//!
+//! Start: the topics are created when missing (`[topics]`), then each role starts; SIGTERM or
+//! SIGINT stops every role: the stream threads commit and close their stores, consumers finish
+//! the record in hand and commit.
+
+use std::collections::BTreeSet;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use keel_avro::Codec;
+use keel_processors::format::Format;
+use keel_processors::{inventory, saga, topics};
+use keel_topology::{KafkaStreams, StreamsHandle};
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::types::RDKafkaErrorCode;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::KeelConfig;
+
+/// A part of Keel that `keel run` can host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Role {
+    Api,
+    Saga,
+    Inventory,
+    Payment,
+    Sinks,
+    Relay,
+}
+
+impl Role {
+    pub const ALL: [Role; 6] = [
+        Self::Api,
+        Self::Saga,
+        Self::Inventory,
+        Self::Payment,
+        Self::Sinks,
+        Self::Relay,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Api => "api",
+            Self::Saga => "saga",
+            Self::Inventory => "inventory",
+            Self::Payment => "payment",
+            Self::Sinks => "sinks",
+            Self::Relay => "relay",
+        }
+    }
+}
+
+impl FromStr for Role {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|r| r.name() == s.trim())
+            .ok_or_else(|| {
+                let names: Vec<&str> = Self::ALL.iter().map(|r| r.name()).collect();
+                format!("unknown role {s:?}; roles are {}", names.join(", "))
+            })
+    }
+}
+
+/// Creates every topic of [`topics::ALL`] (with `[topics].prefix`) that does not exist yet, with `[topics]` settings.
+pub async fn ensure_topics(config: &KeelConfig) -> anyhow::Result<()> {
+    let mut client = ClientConfig::new();
+    client.set("bootstrap.servers", &config.kafka.bootstrap_servers);
+    for (k, v) in &config.kafka.client {
+        client.set(k, v);
+    }
+    let admin: AdminClient<DefaultClientContext> = client.create()?;
+    let names = config.topics.names().all();
+    let new: Vec<NewTopic<'_>> = names
+        .iter()
+        .map(|t| {
+            NewTopic::new(
+                t,
+                config.topics.partitions,
+                TopicReplication::Fixed(config.topics.replication_factor),
+            )
+        })
+        .collect();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    for result in admin.create_topics(&new, &opts).await? {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => anyhow::bail!("cannot create topic {topic}: {code}"),
+        }
+    }
+    Ok(())
+}
+
+/// Starts a stream application off the async runtime (its start talks to the broker).
+async fn start_streams(
+    topology: keel_topology::Topology,
+    config: keel_topology::StreamsConfig,
+    registry: prometheus::Registry,
+) -> anyhow::Result<StreamsHandle> {
+    let app = config.application_id.clone();
+    tokio::task::spawn_blocking(move || {
+        KafkaStreams::new(topology, config)?
+            .with_registry(registry)
+            .start()
+    })
+    .await?
+    .with_context(|| format!("starting stream application {app}"))
+}
+
+/// The running roles of one process.
+pub struct Running {
+    pub shutdown: CancellationToken,
+    pub streams: Vec<Arc<StreamsHandle>>,
+    pub tasks: JoinSet<(&'static str, anyhow::Result<()>)>,
+    pub registry: prometheus::Registry,
+}
+
+impl std::fmt::Debug for Running {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Running")
+            .field("streams", &self.streams.len())
+            .field("tasks", &self.tasks.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Running {
+    /// Ready when every stream application runs and has its tasks assigned and restored.
+    pub fn ready(streams: &[Arc<StreamsHandle>]) -> bool {
+        streams
+            .iter()
+            .all(|s| s.is_running() && !s.local_stores().is_empty())
+    }
+}
+
+/// Starts the stream roles (saga, inventory) and the Cassandra sink of `roles`.
+pub async fn start_stream_roles(
+    config: &KeelConfig,
+    roles: &BTreeSet<Role>,
+    codec: &Codec,
+    running: &mut Running,
+) -> anyhow::Result<()> {
+    let names = config.topics.names();
+    let format = Format::Avro {
+        codec: codec.clone(),
+        handle: tokio::runtime::Handle::current(),
+    };
+    if roles.contains(&Role::Saga) {
+        let topology = saga::topology(&format, &names, &config.saga)?;
+        let streams = config.streams.for_role("saga", &config.kafka);
+        running.streams.push(Arc::new(
+            start_streams(topology, streams, running.registry.clone()).await?,
+        ));
+    }
+    if roles.contains(&Role::Inventory) {
+        let metrics = inventory::InventoryMetrics::register(&running.registry)?;
+        let topology = inventory::topology(&format, &names, &config.inventory, metrics)?;
+        let streams = config.streams.for_role("inventory", &config.kafka);
+        running.streams.push(Arc::new(
+            start_streams(topology, streams, running.registry.clone()).await?,
+        ));
+    }
+    if roles.contains(&Role::Sinks) {
+        let session = inventory::sink::connect(&config.cassandra.nodes).await?;
+        let sink_config = inventory::sink::CassandraSinkConfig {
+            keyspace: config.cassandra.keyspace.clone(),
+            replication_factor: config.cassandra.replication_factor,
+            group_id: format!("{}-cassandra-sink", config.streams.application_id),
+        };
+        let bootstrap = config.kafka.bootstrap_servers.clone();
+        let codec = codec.clone();
+        let shutdown = running.shutdown.clone();
+        let names = names.clone();
+        running.tasks.spawn(async move {
+            let result =
+                inventory::sink::run(&bootstrap, &names, codec, session, sink_config, shutdown)
+                    .await;
+            ("cassandra sink", result.map_err(anyhow::Error::from))
+        });
+    }
+    Ok(())
+}
+
+/// Waits for SIGTERM/SIGINT or a role that stops by itself, then stops everything.
+pub async fn wait(mut running: Running) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut failure = None;
+    let watch_streams = {
+        let streams = running.streams.clone();
+        async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                if streams.iter().any(|s| !s.is_running()) {
+                    return;
+                }
+            }
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+        _ = int.recv() => tracing::info!("SIGINT: stopping"),
+        _ = watch_streams => {
+            failure = Some(anyhow::anyhow!("a stream application stopped"));
+        }
+        Some(done) = running.tasks.join_next() => {
+            let (role, result) = done?;
+            failure = Some(match result {
+                Ok(()) => anyhow::anyhow!("{role} stopped"),
+                Err(e) => e.context(format!("{role} failed")),
+            });
+        }
+    }
+    running.shutdown.cancel();
+    for streams in &running.streams {
+        streams.request_shutdown();
+    }
+    while let Some(done) = running.tasks.join_next().await {
+        if let Ok((role, Err(e))) = done {
+            tracing::warn!(role, error = %e, "role stopped with an error");
+        }
+    }
+    for streams in running.streams.drain(..) {
+        let result = tokio::task::spawn_blocking(move || match Arc::try_unwrap(streams) {
+            Ok(handle) => handle.wait(),
+            Err(_) => Ok(()),
+        })
+        .await?;
+        if let Err(e) = result {
+            failure.get_or_insert(anyhow::Error::from(e));
+        }
+    }
+    failure.map_or(Ok(()), Err)
+}
+
+/// Connects to the orders database (MariaDB/MySQL) and applies its migrations.
+pub async fn orders_pool(config: &KeelConfig) -> anyhow::Result<sqlx::MySqlPool> {
+    let pool = sqlx::mysql::MySqlPoolOptions::new()
+        .max_connections(16)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect(&config.mysql.url)
+        .await
+        .with_context(|| "connecting to the orders database (mysql.url)")?;
+    keel_processors::orders::migrate(&pool).await?;
+    Ok(pool)
+}
+
+/// Connects to the payment ledger (PostgreSQL); the payment role applies its migrations.
+pub async fn ledger_pool(config: &KeelConfig) -> anyhow::Result<sqlx::PgPool> {
+    sqlx::postgres::PgPoolOptions::new()
+        .max_connections(16)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect(&config.postgres.url)
+        .await
+        .with_context(|| "connecting to the payment ledger (postgres.url)")
+}
+
+/// Starts the roles that are not stream applications: the API, the payment service and the
+/// order sink. Called after [`start_stream_roles`], so `/ready` can watch the streams.
+pub async fn start_service_roles(
+    config: &KeelConfig,
+    roles: &BTreeSet<Role>,
+    codec: &Codec,
+    running: &mut Running,
+) -> anyhow::Result<()> {
+    let names = config.topics.names();
+    let bootstrap = config.kafka.bootstrap_servers.clone();
+    let app = config.streams.application_id.clone();
+    let needs_orders_db = roles.contains(&Role::Api) || roles.contains(&Role::Sinks);
+    let orders = if needs_orders_db {
+        Some(orders_pool(config).await?)
+    } else {
+        None
+    };
+    if let (true, Some(pool)) = (roles.contains(&Role::Sinks), &orders) {
+        let (pool, codec, shutdown) = (pool.clone(), codec.clone(), running.shutdown.clone());
+        let (bootstrap, topic) = (bootstrap.clone(), names.name(topics::ORDER_DECISIONS));
+        let group = format!("{app}-order-sink");
+        running.tasks.spawn(async move {
+            let result = keel_processors::orders::run_order_sink(
+                &bootstrap, &group, &topic, codec, pool, shutdown,
+            )
+            .await;
+            ("order sink", result.map_err(anyhow::Error::from))
+        });
+    }
+    if roles.contains(&Role::Payment) {
+        let pg = ledger_pool(config).await?;
+        let mut payment = config.payment.clone();
+        payment.authorized_topic = names.name(topics::PAYMENT_AUTHORIZED);
+        payment.failed_topic = names.name(topics::PAYMENT_FAILED);
+        payment.refunded_topic = names.name(topics::PAYMENT_REFUNDED);
+        if payment.group_id == keel_processors::payment::PaymentConfig::default().group_id {
+            payment.group_id = format!("{app}-payment");
+        }
+        let (codec, shutdown, registry) = (
+            codec.clone(),
+            running.shutdown.clone(),
+            running.registry.clone(),
+        );
+        let (bootstrap, topic) = (bootstrap.clone(), names.name(topics::PAYMENT_COMMANDS));
+        running.tasks.spawn(async move {
+            let result = keel_processors::payment::run(
+                payment, &bootstrap, codec, pg, &topic, &registry, shutdown,
+            )
+            .await;
+            ("payment service", result.map_err(anyhow::Error::from))
+        });
+    }
+    if roles.contains(&Role::Relay) && config.outbox.mode == crate::config::OutboxMode::Relay {
+        use keel_processors::outbox::{MySqlOutbox, PgOutbox, run_relay};
+        let orders_pool = match &orders {
+            Some(pool) => pool.clone(),
+            None => orders_pool(config).await?,
+        };
+        let store = MySqlOutbox::new(orders_pool, "order_outbox")?;
+        let (relay, shutdown, bootstrap2) = (
+            config.outbox.relay.clone(),
+            running.shutdown.clone(),
+            bootstrap.clone(),
+        );
+        running.tasks.spawn(async move {
+            let result = run_relay(store, &bootstrap2, &relay, shutdown).await;
+            ("order outbox relay", result.map_err(anyhow::Error::from))
+        });
+        let pg = ledger_pool(config).await?;
+        // The ledger's tables are the payment role's; wait for them if it migrates right now.
+        keel_processors::payment::migrate(&pg).await?;
+        let store = PgOutbox::new(pg, "payment_outbox")?;
+        let (relay, shutdown, bootstrap2) = (
+            config.outbox.relay.clone(),
+            running.shutdown.clone(),
+            bootstrap.clone(),
+        );
+        running.tasks.spawn(async move {
+            let result = run_relay(store, &bootstrap2, &relay, shutdown).await;
+            ("payment outbox relay", result.map_err(anyhow::Error::from))
+        });
+    }
+    if let (true, Some(pool)) = (roles.contains(&Role::Api), orders) {
+        let mut api = config.api.clone();
+        api.orders_topic = names.name(topics::ORDER_COMMANDS);
+        let overrides: Vec<(String, String)> = config
+            .kafka
+            .client
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let producer = keel_ingest_api::command_producer(&bootstrap, &api, &overrides)?;
+        let streams = running.streams.clone();
+        let deps = keel_ingest_api::ApiDeps {
+            producer,
+            codec: codec.clone(),
+            pool,
+            registry: running.registry.clone(),
+            ready: Arc::new(move || Running::ready(&streams)),
+        };
+        let served = keel_ingest_api::spawn(api, deps, running.shutdown.clone()).await?;
+        tracing::info!(addr = %served.addr, "ingest API listening");
+        running.tasks.spawn(async move {
+            let result = match served.task.await {
+                Ok(r) => r.map_err(anyhow::Error::from),
+                Err(e) => Err(anyhow::Error::from(e)),
+            };
+            ("api", result)
+        });
+    }
+    Ok(())
+}
+
+/// `keel run`: topics, then every role in `roles`, then wait for a signal.
+pub async fn run(config: KeelConfig, roles: BTreeSet<Role>) -> anyhow::Result<()> {
+    ensure_topics(&config).await?;
+    let codec = Codec::new(config.registry.clone())?;
+    let mut running = Running {
+        shutdown: CancellationToken::new(),
+        streams: Vec::new(),
+        tasks: JoinSet::new(),
+        registry: prometheus::Registry::new(),
+    };
+    start_stream_roles(&config, &roles, &codec, &mut running).await?;
+    start_service_roles(&config, &roles, &codec, &mut running).await?;
+    let names: Vec<&str> = roles.iter().map(|r| r.name()).collect();
+    tracing::info!(roles = names.join(","), "keel run: started");
+    wait(running).await
+}

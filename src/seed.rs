@@ -1,0 +1,101 @@
+//! `keel carts seed` and `keel inventory seed`: demo and test data through Keel's own paths —
+//! carts into the cart service's MySQL tables, stock as `AdjustStock` commands on
+//! `inventory.commands.v1` (so inventory applies them like any other command).
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use keel_avro::Codec;
+use keel_avro::records::{AdjustStock, InventoryCommand, InventoryCommandBody};
+use keel_processors::topics;
+
+use crate::config::KeelConfig;
+
+/// One cart item on the command line: `SKU:QUANTITY:UNIT_PRICE_MINOR`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ItemArg {
+    pub sku: String,
+    pub quantity: i32,
+    pub unit_price_minor: i64,
+}
+
+impl std::str::FromStr for ItemArg {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let parts: Vec<&str> = s.split(':').collect();
+        let [sku, quantity, price] = parts.as_slice() else {
+            return Err(format!(
+                "{s:?} is not SKU:QUANTITY:UNIT_PRICE_MINOR, e.g. MUG-1:2:1250"
+            ));
+        };
+        Ok(Self {
+            sku: (*sku).to_owned(),
+            quantity: quantity
+                .parse()
+                .map_err(|e| format!("quantity {quantity:?} in {s:?}: {e}"))?,
+            unit_price_minor: price
+                .parse()
+                .map_err(|e| format!("unit price {price:?} in {s:?}: {e}"))?,
+        })
+    }
+}
+
+/// Creates or replaces an open cart.
+pub async fn carts(
+    config: &KeelConfig,
+    cart_id: &str,
+    customer_id: &str,
+    currency: &str,
+    items: &[ItemArg],
+) -> anyhow::Result<()> {
+    let pool = crate::run::orders_pool(config).await?;
+    let items: Vec<(&str, i32, i64)> = items
+        .iter()
+        .map(|i| (i.sku.as_str(), i.quantity, i.unit_price_minor))
+        .collect();
+    keel_processors::orders::seed_cart(&pool, cart_id, customer_id, currency, &items).await?;
+    Ok(())
+}
+
+/// Adds `quantity` units of each SKU to stock on hand (an `AdjustStock` command per SKU, with
+/// `reason`), waiting until Kafka has each command.
+pub async fn inventory(
+    config: &KeelConfig,
+    skus: &[String],
+    quantity: i32,
+    reason: &str,
+) -> anyhow::Result<()> {
+    crate::run::ensure_topics(config).await?;
+    let codec = Codec::new(config.registry.clone())?;
+    let topic = config.topics.names().name(topics::INVENTORY_COMMANDS);
+    let api = keel_ingest_api::ApiConfig::default();
+    let overrides: Vec<(String, String)> = config
+        .kafka
+        .client
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let producer =
+        keel_ingest_api::command_producer(&config.kafka.bootstrap_servers, &api, &overrides)?;
+    let now = chrono::Utc::now().timestamp_millis();
+    for sku in skus {
+        let command_id = uuid::Uuid::new_v4().to_string();
+        let command = InventoryCommand {
+            command_id: command_id.clone(),
+            sku: sku.clone(),
+            issued_at: now,
+            causation_id: "keel inventory seed".to_owned(),
+            correlation_id: command_id,
+            command: InventoryCommandBody::Adjust(AdjustStock {
+                delta: quantity,
+                reason: reason.to_owned(),
+            }),
+        };
+        let payload = codec.encode_to(&topic, &command).await?;
+        keel_ingest_api::kafka::produce(&producer, &topic, sku, &payload, Duration::from_secs(10))
+            .await
+            .with_context(|| format!("sending the stock of {sku} to {topic}"))?;
+    }
+    Ok(())
+}
