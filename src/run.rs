@@ -292,9 +292,10 @@ pub async fn start_service_roles(
         let (pool, codec, shutdown) = (pool.clone(), codec.clone(), running.shutdown.clone());
         let (bootstrap, topic) = (bootstrap.clone(), names.name(topics::ORDER_DECISIONS));
         let group = format!("{app}-order-sink");
+        let names = names.clone();
         running.tasks.spawn(async move {
             let result = keel_processors::orders::run_order_sink(
-                &bootstrap, &group, &topic, codec, pool, shutdown,
+                &bootstrap, &group, &topic, &names, codec, pool, shutdown,
             )
             .await;
             ("order sink", result.map_err(anyhow::Error::from))

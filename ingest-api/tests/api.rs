@@ -352,7 +352,13 @@ async fn an_accepted_order_is_on_kafka_with_the_carts_lines_and_readable_at_once
             source_partition: 2,
             source_offset: 7,
         };
-        orders::apply_decision(&env.pool, &env.codec, &decision).await?;
+        orders::apply_decision(
+            &env.pool,
+            &env.codec,
+            &keel_processors::topics::Topics::default(),
+            &decision,
+        )
+        .await?;
         let got = send(env.http.get(server.url(&format!("/orders/{order_id}")))).await?;
         assert_eq!(got.status, StatusCode::OK, "{}", got.text);
         assert_eq!(got.body["status"], "PENDING");
@@ -912,13 +918,25 @@ async fn write_order(env: &Env, status: OrderDecisionStatus) -> anyhow::Result<S
         source_partition: 0,
         source_offset: 0,
     };
-    orders::apply_decision(&env.pool, &env.codec, &decision).await?;
+    orders::apply_decision(
+        &env.pool,
+        &env.codec,
+        &keel_processors::topics::Topics::default(),
+        &decision,
+    )
+    .await?;
     if status != OrderDecisionStatus::Pending {
         decision.decision_id = format!("{order_id}/2");
         decision.sequence = 2;
         decision.from_status = Some(OrderDecisionStatus::Pending);
         decision.status = status;
-        orders::apply_decision(&env.pool, &env.codec, &decision).await?;
+        orders::apply_decision(
+            &env.pool,
+            &env.codec,
+            &keel_processors::topics::Topics::default(),
+            &decision,
+        )
+        .await?;
     }
     Ok(order_id)
 }

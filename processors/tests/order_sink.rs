@@ -170,7 +170,16 @@ async fn run_sink_until(
     );
     let (codec, sink_pool, stop) = (codec.clone(), pool.clone(), shutdown.clone());
     let sink = tokio::spawn(async move {
-        orders::run_order_sink(&bootstrap, &group, &topic, codec, sink_pool, stop).await
+        orders::run_order_sink(
+            &bootstrap,
+            &group,
+            &topic,
+            &keel_processors::topics::Topics::default(),
+            codec,
+            sink_pool,
+            stop,
+        )
+        .await
     });
     let waited = wait_for_order(pool, marker).await;
     shutdown.cancel();
@@ -381,20 +390,44 @@ async fn apply_decision_reports_duplicates_and_stale_decisions() -> anyhow::Resu
         cancelled.reason = Some("CUSTOMER_CANCELLED".to_owned());
         let pool = &db.pool;
         assert_eq!(
-            orders::apply_decision(pool, &codec, &pending).await?,
+            orders::apply_decision(
+                pool,
+                &codec,
+                &keel_processors::topics::Topics::default(),
+                &pending
+            )
+            .await?,
             Applied::Written { outbox: true }
         );
         assert_eq!(
-            orders::apply_decision(pool, &codec, &pending).await?,
+            orders::apply_decision(
+                pool,
+                &codec,
+                &keel_processors::topics::Topics::default(),
+                &pending
+            )
+            .await?,
             Applied::Stale
         );
         assert_eq!(
-            orders::apply_decision(pool, &codec, &cancelled).await?,
+            orders::apply_decision(
+                pool,
+                &codec,
+                &keel_processors::topics::Topics::default(),
+                &cancelled
+            )
+            .await?,
             Applied::Written { outbox: true }
         );
         // Same id again after a newer one: still nothing.
         assert_eq!(
-            orders::apply_decision(pool, &codec, &cancelled).await?,
+            orders::apply_decision(
+                pool,
+                &codec,
+                &keel_processors::topics::Topics::default(),
+                &cancelled
+            )
+            .await?,
             Applied::Stale
         );
         let view = orders::load_order(pool, &order_id).await?.context("view")?;
@@ -407,7 +440,13 @@ async fn apply_decision_reports_duplicates_and_stale_decisions() -> anyhow::Resu
         let mut dup = decision(&other, &cart, 1, OrderDecisionStatus::Pending);
         dup.decision_id = pending.decision_id.clone();
         assert_eq!(
-            orders::apply_decision(pool, &codec, &dup).await?,
+            orders::apply_decision(
+                pool,
+                &codec,
+                &keel_processors::topics::Topics::default(),
+                &dup
+            )
+            .await?,
             Applied::Duplicate
         );
         assert_eq!(orders::order_status(pool, &other).await?, None);

@@ -266,6 +266,14 @@ async fn a_checkout_goes_end_to_end_through_every_store() {
         &format!("{mug}:1:1250"),
     ]);
     run.ok(&[
+        "carts",
+        "seed",
+        "--cart-id",
+        "cart-cancelled",
+        "--item",
+        &format!("{plate}:1:800"),
+    ]);
+    run.ok(&[
         "inventory",
         "seed",
         "--skus",
@@ -293,6 +301,57 @@ async fn a_checkout_goes_end_to_end_through_every_store() {
         "key-declined",
     )
     .await;
+
+    // A PSP that never answers keeps this order waiting for its payment; the customer cancels.
+    let slow = place(
+        &client,
+        &run.api,
+        "cart-cancelled",
+        "tok_timeout",
+        "key-cancel",
+    )
+    .await;
+    let slow_id = slow["orderId"].as_str().expect("id").to_owned();
+    let start = Instant::now();
+    loop {
+        let r: Value = client
+            .get(format!("{}/orders/{slow_id}", run.api))
+            .send()
+            .await
+            .expect("GET")
+            .json()
+            .await
+            .expect("JSON");
+        if r["status"] == "PENDING" {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "never PENDING: {r}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let cancel = client
+        .post(format!("{}/orders/{slow_id}/cancel", run.api))
+        .json(&json!({"reason": "changed my mind"}))
+        .send()
+        .await
+        .expect("POST cancel");
+    assert_eq!(cancel.status().as_u16(), 202);
+    let cancelled = settled(&client, &run.api, &slow_id, Duration::from_secs(60)).await;
+    assert_eq!(cancelled["status"], "CANCELLED", "{cancelled}");
+    assert_eq!(cancelled["reason"], "CUSTOMER_CANCELLED", "{cancelled}");
+    let again = client
+        .post(format!("{}/orders/{slow_id}/cancel", run.api))
+        .json(&json!({}))
+        .send()
+        .await
+        .expect("POST cancel");
+    assert_eq!(
+        again.status().as_u16(),
+        409,
+        "a cancelled order cannot be cancelled again"
+    );
 
     let order = settled(&client, &run.api, &ok_id, Duration::from_secs(120)).await;
     assert_eq!(order["status"], "CONFIRMED", "{order}");
@@ -347,6 +406,53 @@ async fn a_checkout_goes_end_to_end_through_every_store() {
             .expect(sql);
         assert_eq!(n, expected, "{sql}");
     }
+
+    // Kafka: the relay published the outbox rows as Avro on the public topics, keyed by order
+    // id, with the outbox row's id as the event-id header.
+    let changed_topic = format!("{name}.order.status.changed");
+    let consumer =
+        keel_tests::kafka::consumer(&stack.kafka_bootstrap, "read_committed").expect("consumer");
+    let codec = keel_avro::Codec::new(keel_avro::RegistryConfig::with_url(
+        stack.registry_url.clone(),
+    ))
+    .expect("codec");
+    let start = Instant::now();
+    let mut confirmed_event = None;
+    rdkafka::consumer::Consumer::subscribe(&consumer, &[changed_topic.as_str()])
+        .expect("subscribe");
+    while confirmed_event.is_none() && start.elapsed() < Duration::from_secs(60) {
+        let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(5), consumer.recv()).await else {
+            continue;
+        };
+        use rdkafka::message::{Headers, Message};
+        if m.key() != Some(ok_id.as_bytes()) {
+            continue;
+        }
+        let event: keel_avro::records::OrderStatusChanged = codec
+            .decode_from(&changed_topic, m.payload().expect("a value"))
+            .await
+            .expect("Avro in the Confluent wire format");
+        let header = m
+            .headers()
+            .and_then(|h| h.iter().find(|h| h.key == "keel.event.id"))
+            .and_then(|h| h.value)
+            .map(|v| String::from_utf8_lossy(v).into_owned());
+        assert_eq!(header.as_deref(), Some(event.event_id.as_str()));
+        confirmed_event = Some(event);
+    }
+    let event = confirmed_event.expect("order.status.changed for the confirmed order");
+    assert_eq!(event.to_status, keel_avro::records::OrderStatus::Confirmed);
+    let outbox_id: String =
+        sqlx::query_scalar("SELECT id FROM order_outbox WHERE aggregate_id = ? AND event_type = ?")
+            .bind(&ok_id)
+            .bind(&changed_topic)
+            .fetch_one(&mut my)
+            .await
+            .expect("the outbox row");
+    assert_eq!(
+        outbox_id, event.event_id,
+        "the event id is the outbox row's id"
+    );
 
     // PostgreSQL: authorized and then captured, for the order's total.
     let mut pg = sqlx::PgConnection::connect(&run.postgres_url)

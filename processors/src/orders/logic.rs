@@ -116,12 +116,13 @@ pub enum OutboxEvent {
 }
 
 impl OutboxEvent {
-    /// The destination topic, stored as `event_type`.
-    pub fn topic(&self) -> &'static str {
-        match self {
+    /// The destination topic (with `names`' prefix), stored as `event_type`: what the relay
+    /// publishes to, and what Debezium's outbox router routes by.
+    pub fn topic(&self, names: &topics::Topics) -> String {
+        names.name(match self {
             Self::Created(_) => topics::ORDER_CREATED,
             Self::StatusChanged(_) => topics::ORDER_STATUS_CHANGED,
-        }
+        })
     }
 
     /// The event id (= the outbox row's id).

@@ -44,6 +44,7 @@ pub async fn run_order_sink(
     bootstrap: &str,
     group_id: &str,
     topic: &str,
+    names: &crate::topics::Topics,
     codec: Codec,
     pool: MySqlPool,
     shutdown: CancellationToken,
@@ -86,7 +87,7 @@ pub async fn run_order_sink(
                 continue;
             }
         };
-        if !handle_with_retry(&message, topic, &codec, &pool, &shutdown).await? {
+        if !handle_with_retry(&message, topic, names, &codec, &pool, &shutdown).await? {
             break;
         }
         if let Err(e) = consumer.commit_message(&message, CommitMode::Async) {
@@ -106,6 +107,7 @@ pub async fn run_order_sink(
 async fn handle_with_retry(
     message: &BorrowedMessage<'_>,
     topic: &str,
+    names: &crate::topics::Topics,
     codec: &Codec,
     pool: &MySqlPool,
     shutdown: &CancellationToken,
@@ -121,7 +123,7 @@ async fn handle_with_retry(
     let mut backoff = BACKOFF_START;
     loop {
         let result = match codec.decode_from::<OrderDecision>(topic, payload).await {
-            Ok(decision) => apply_decision(pool, codec, &decision).await,
+            Ok(decision) => apply_decision(pool, codec, names, &decision).await,
             Err(e) => Err(Error::Avro(e)),
         };
         match result {
@@ -174,6 +176,7 @@ async fn sleep_or_shutdown(shutdown: &CancellationToken, backoff: &mut Duration)
 pub async fn apply_decision(
     pool: &MySqlPool,
     codec: &Codec,
+    names: &crate::topics::Topics,
     decision: &OrderDecision,
 ) -> Result<Applied> {
     let mut tx = pool.begin().await.map_err(sql("beginning a transaction"))?;
@@ -218,7 +221,7 @@ pub async fn apply_decision(
         )
         .bind(event.event_id())
         .bind(event.order_id())
-        .bind(event.topic())
+        .bind(event.topic(names))
         .bind(payload)
         .execute(&mut *tx)
         .await
