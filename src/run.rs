@@ -148,6 +148,19 @@ impl Running {
     }
 }
 
+/// Consumer settings of a plain consumer role: the Kafka client settings, plus static
+/// membership (`group.instance.id = <instance id>-<role>`) so a restarted process takes its
+/// partitions back at once instead of waiting out the old member's session.
+fn member_settings(config: &KeelConfig, role: &str) -> std::collections::BTreeMap<String, String> {
+    let instance = config.streams.for_role(role, &config.kafka).instance_id();
+    let mut settings = config.kafka.client.clone();
+    settings.insert("group.instance.id".into(), format!("{instance}-{role}"));
+    settings
+        .entry("session.timeout.ms".into())
+        .or_insert_with(|| "10000".into());
+    settings
+}
+
 /// Starts the stream roles (saga, inventory) and the Cassandra sink of `roles`.
 pub async fn start_stream_roles(
     config: &KeelConfig,
@@ -181,6 +194,7 @@ pub async fn start_stream_roles(
             keyspace: config.cassandra.keyspace.clone(),
             replication_factor: config.cassandra.replication_factor,
             group_id: format!("{}-cassandra-sink", config.streams.application_id),
+            consumer: member_settings(config, "cassandra-sink"),
         };
         let bootstrap = config.kafka.bootstrap_servers.clone();
         let codec = codec.clone();
@@ -293,9 +307,10 @@ pub async fn start_service_roles(
         let (bootstrap, topic) = (bootstrap.clone(), names.name(topics::ORDER_DECISIONS));
         let group = format!("{app}-order-sink");
         let names = names.clone();
+        let settings = member_settings(config, "order-sink");
         running.tasks.spawn(async move {
-            let result = keel_processors::orders::run_order_sink(
-                &bootstrap, &group, &topic, &names, codec, pool, shutdown,
+            let result = keel_processors::orders::run_order_sink_with(
+                &bootstrap, &group, &topic, &names, &settings, codec, pool, shutdown,
             )
             .await;
             ("order sink", result.map_err(anyhow::Error::from))
@@ -309,6 +324,9 @@ pub async fn start_service_roles(
         payment.refunded_topic = names.name(topics::PAYMENT_REFUNDED);
         if payment.group_id == keel_processors::payment::PaymentConfig::default().group_id {
             payment.group_id = format!("{app}-payment");
+        }
+        for (k, v) in member_settings(config, "payment") {
+            payment.client.entry(k).or_insert(v);
         }
         let (codec, shutdown, registry) = (
             codec.clone(),

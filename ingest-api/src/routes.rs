@@ -245,6 +245,15 @@ impl App {
                 .field("cartId")
             })?;
         if cart.status == CartStatus::Ordered {
+            // Ordered by this very request's order (a retry after the first attempt's command
+            // landed but its answer was lost): the first answer stands.
+            let ours = orders::order_status(&self.0.pool, &slot.order_id)
+                .await
+                .map_err(database_unavailable)?
+                .is_some();
+            if ours {
+                return Ok(());
+            }
             return Err(Problem::new(
                 Kind::CartAlreadyOrdered,
                 format!("cartId {:?}: the cart was already ordered", cart.cart_id),

@@ -1117,3 +1117,77 @@ async fn the_openapi_document_and_the_routes_agree() -> anyhow::Result<()> {
     })
     .await
 }
+
+/// The process died after Kafka had the command but before the answer was recorded; the order
+/// sink has since written the order and marked the cart ordered. A retry with the same key,
+/// once the claim is stale, answers 202 with the same order — not 409 "cart already ordered",
+/// which would leave the client no way to learn its order id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_a_crash_returns_the_order_the_first_attempt_placed() -> anyhow::Result<()> {
+    with_env(|env| async move {
+        let server = env.serve(env.setup()).await?;
+        let cart = env.seed_cart(&[("SKU-A", 1, 500)]).await?;
+        let key = unique("key");
+        let body = order_body(&cart);
+        let first = post_json(&env, &server, "/orders", &body, Some(&key)).await?;
+        assert_eq!(first.status, StatusCode::ACCEPTED, "{}", first.text);
+        let order_id = first.body["orderId"]
+            .as_str()
+            .context("orderId")?
+            .to_owned();
+        // What a kill -9 between produce and answer leaves: a claim without an answer, old
+        // enough to be taken over.
+        sqlx::query(
+            "UPDATE api_idempotency SET response_status = NULL, response_body = NULL, \
+             created_at = UTC_TIMESTAMP(3) - INTERVAL 1 HOUR WHERE idem_key = ?",
+        )
+        .bind(&key)
+        .execute(&env.pool)
+        .await?;
+        // Meanwhile the saga decided PENDING and the sink wrote it (the cart is now ORDERED).
+        let decision = OrderDecision {
+            decision_id: format!("{order_id}/1"),
+            order_id: order_id.clone(),
+            decided_at: 1_764_000_000_000,
+            causation_id: "c".into(),
+            correlation_id: order_id.clone(),
+            sequence: 1,
+            status: OrderDecisionStatus::Pending,
+            from_status: None,
+            reason: None,
+            detail: None,
+            customer_id: "cust".into(),
+            cart_id: cart.clone(),
+            lines: vec![OrderLine {
+                sku: "SKU-A".into(),
+                quantity: 1,
+                unit_price: Money::new(500, "EUR"),
+            }],
+            total: Money::new(500, "EUR"),
+            shipping_address: None,
+            payment_method: "pm_card_visa".into(),
+            source_topic: env.topic.clone(),
+            source_partition: 0,
+            source_offset: 0,
+        };
+        orders::apply_decision(
+            &env.pool,
+            &env.codec,
+            &keel_processors::topics::Topics::default(),
+            &decision,
+        )
+        .await?;
+        let retry = post_json(&env, &server, "/orders", &body, Some(&key)).await?;
+        assert_eq!(retry.status, StatusCode::ACCEPTED, "{}", retry.text);
+        assert_eq!(
+            retry.body["orderId"],
+            order_id.as_str(),
+            "the same order, not a new one"
+        );
+        // And a different key for the same cart is still refused: the cart was ordered.
+        let other = post_json(&env, &server, "/orders", &body, Some(&unique("key"))).await?;
+        assert_eq!(other.status, StatusCode::CONFLICT, "{}", other.text);
+        Ok(())
+    })
+    .await
+}

@@ -63,6 +63,8 @@ pub mod checkpoint;
 pub mod config;
 pub mod env;
 pub mod error;
+#[cfg(any(test, feature = "failpoints"))]
+pub mod failpoints;
 pub mod kv;
 pub mod restore;
 mod rocks;

@@ -6,6 +6,13 @@
 //! in one `WriteBatch`; [`StoreCore::abort`] drops it. RocksDB therefore only ever holds writes
 //! whose Kafka transaction committed. The write-ahead log is off: the changelog topic is the
 //! durable log, and a clean close flushes memtables before the checkpoint is written.
+//!
+//! Within a commit interval, a *savepoint* ([`StoreCore::set_savepoint`]) marks the pending set
+//! before one input record; [`StoreCore::rollback_to_savepoint`] undoes every write made since
+//! (in every column family, index columns included) and un-queues the changelog records they
+//! queued, so a record that is dead-lettered halfway through the graph leaves no write behind.
+//! The savepoint is an undo log (the pending entry each key had when first written after the
+//! savepoint), so it costs one map entry per distinct key written, not a copy of the set.
 
 use std::collections::{BTreeMap, BTreeSet, btree_map};
 use std::fmt;
@@ -29,6 +36,19 @@ pub(crate) const PRIMARY: usize = 0;
 
 type Pending = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
 
+/// Per key written since a savepoint: the pending entry it had at the savepoint (`None`: it
+/// had no pending entry; `Some(None)`: a pending delete).
+type Before = BTreeMap<Vec<u8>, Option<Option<Vec<u8>>>>;
+
+/// What the pending set looked like at a savepoint, for the keys written since.
+#[derive(Debug, Default)]
+struct Savepoint {
+    /// Per column family.
+    before: Vec<Before>,
+    /// Primary keys queued for the changelog since the savepoint (they were not queued before).
+    queued: Vec<Vec<u8>>,
+}
+
 pub(crate) struct StoreCore {
     name: Arc<str>,
     path: PathBuf,
@@ -38,6 +58,8 @@ pub(crate) struct StoreCore {
     pending: Vec<Pending>,
     /// Primary keys written since the last `take_changelog`.
     unlogged: BTreeSet<Vec<u8>>,
+    /// The open savepoint, if any.
+    savepoint: Option<Savepoint>,
     applied_offset: Option<i64>,
     write_opts: WriteOptions,
 }
@@ -89,6 +111,7 @@ impl StoreCore {
             columns,
             pending: vec![Pending::new(); columns.len()],
             unlogged: BTreeSet::new(),
+            savepoint: None,
             applied_offset,
             write_opts,
         };
@@ -165,10 +188,57 @@ impl StoreCore {
     /// Records a write. `logged` writes to the primary column family are queued for the
     /// changelog; index columns and restored records are not.
     pub(crate) fn write(&mut self, col: usize, key: Vec<u8>, value: Option<Vec<u8>>, logged: bool) {
-        if logged && col == PRIMARY && !self.unlogged.contains(&key) {
+        let queue = logged && col == PRIMARY && !self.unlogged.contains(&key);
+        if let Some(savepoint) = &mut self.savepoint {
+            if !savepoint.before[col].contains_key(&key) {
+                let before = self.pending[col].get(&key).cloned();
+                savepoint.before[col].insert(key.clone(), before);
+            }
+            if queue {
+                savepoint.queued.push(key.clone());
+            }
+        }
+        if queue {
             self.unlogged.insert(key.clone());
         }
         self.pending[col].insert(key, value);
+    }
+
+    /// Marks the pending set as it is now (replacing any open savepoint), so that
+    /// [`rollback_to_savepoint`](Self::rollback_to_savepoint) can return to it.
+    pub(crate) fn set_savepoint(&mut self) {
+        self.savepoint = Some(Savepoint {
+            before: vec![BTreeMap::new(); self.columns.len()],
+            queued: Vec::new(),
+        });
+    }
+
+    /// Undoes every write since the savepoint — pending entries of every column family and the
+    /// changelog records they queued — and closes it. Without a savepoint, does nothing.
+    pub(crate) fn rollback_to_savepoint(&mut self) {
+        let Some(savepoint) = self.savepoint.take() else {
+            return;
+        };
+        for (col, keys) in savepoint.before.into_iter().enumerate() {
+            for (key, before) in keys {
+                match before {
+                    Some(value) => {
+                        self.pending[col].insert(key, value);
+                    }
+                    None => {
+                        self.pending[col].remove(&key);
+                    }
+                }
+            }
+        }
+        for key in savepoint.queued {
+            self.unlogged.remove(&key);
+        }
+    }
+
+    /// Keeps the writes since the savepoint and closes it.
+    pub(crate) fn release_savepoint(&mut self) {
+        self.savepoint = None;
     }
 
     /// Iterates `[lower, upper)` of a column family, pending writes merged over RocksDB.
@@ -210,7 +280,9 @@ impl StoreCore {
 
     /// Drains the changelog records of writes made since the last call, one per key with its
     /// latest value.
+    /// Ends any open savepoint: once taken, the records are the runtime's to send.
     pub(crate) fn take_changelog_into(&mut self, out: &mut Vec<ChangelogRecord>) {
+        self.savepoint = None;
         let keys = std::mem::take(&mut self.unlogged);
         out.reserve(keys.len());
         for key in keys {
@@ -246,6 +318,15 @@ impl StoreCore {
     }
 
     fn apply_pending(&mut self, applied_offset: Option<i64>) -> Result<()> {
+        #[cfg(any(test, feature = "failpoints"))]
+        if crate::failpoints::hit(crate::failpoints::STORE_APPLY) {
+            return Err(Error::io(
+                "write batch (failpoint store-apply)",
+                &self.path,
+                std::io::Error::other("injected by failpoint store-apply"),
+            ));
+        }
+        self.savepoint = None;
         if self.pending.iter().any(|p| !p.is_empty()) {
             let mut batch = WriteBatch::default();
             for (col, writes) in self.pending.iter().enumerate() {
@@ -270,6 +351,7 @@ impl StoreCore {
 
     /// Drops every pending write and every changelog record not yet taken.
     pub(crate) fn abort(&mut self) {
+        self.savepoint = None;
         for writes in &mut self.pending {
             writes.clear();
         }

@@ -31,7 +31,9 @@
 //! **Commit.** Per commit interval: [`TaskState::take_changelog`] (before the transaction
 //! commits; as often as you like), produce the records, commit the transaction, then
 //! [`TaskState::commit`] with the offset of the last changelog record of each store that wrote.
-//! On a transaction abort: [`TaskState::abort`].
+//! On a transaction abort: [`TaskState::abort`]. Per input record, the runtime may bracket the
+//! record's writes with [`TaskState::set_savepoint`] and [`TaskState::release_savepoint`], or
+//! [`TaskState::rollback_to_savepoint`] to undo them when the record is dead-lettered.
 //!
 //! **Close.** [`TaskState::close`] (revoke, shutdown) drops uncommitted writes, flushes every
 //! store's memtables to disk and writes the checkpoint atomically. [`TaskState::close_dirty`]
@@ -188,6 +190,21 @@ impl Store {
     /// Drops pending writes: the transaction aborted.
     pub fn abort(&mut self) {
         self.core_mut().abort();
+    }
+
+    /// Marks the pending writes as they are now. See [`TaskState::set_savepoint`].
+    pub fn set_savepoint(&mut self) {
+        self.core_mut().set_savepoint();
+    }
+
+    /// Undoes the writes since the savepoint. See [`TaskState::rollback_to_savepoint`].
+    pub fn rollback_to_savepoint(&mut self) {
+        self.core_mut().rollback_to_savepoint();
+    }
+
+    /// Keeps the writes since the savepoint. See [`TaskState::release_savepoint`].
+    pub fn release_savepoint(&mut self) {
+        self.core_mut().release_savepoint();
     }
 
     /// Replays changelog records into RocksDB.
@@ -602,6 +619,32 @@ impl TaskState {
     pub fn abort(&mut self) {
         for store in &mut self.stores {
             store.abort();
+        }
+    }
+
+    /// Marks every store's pending writes as they are now (before one input record), replacing
+    /// any open savepoint. Until [`rollback_to_savepoint`](Self::rollback_to_savepoint) or
+    /// [`release_savepoint`](Self::release_savepoint), each write remembers what it replaced
+    /// in the pending set. `take_changelog`, `commit` and `abort` end the savepoint.
+    pub fn set_savepoint(&mut self) {
+        for store in &mut self.stores {
+            store.set_savepoint();
+        }
+    }
+
+    /// Undoes every write made since the savepoint in every store — entries, the TTL and timer
+    /// indexes, and the changelog records those writes queued — as if they were never made,
+    /// and ends the savepoint. (A record dead-lettered halfway through the graph.)
+    pub fn rollback_to_savepoint(&mut self) {
+        for store in &mut self.stores {
+            store.rollback_to_savepoint();
+        }
+    }
+
+    /// Keeps the writes made since the savepoint and ends it.
+    pub fn release_savepoint(&mut self) {
+        for store in &mut self.stores {
+            store.release_savepoint();
         }
     }
 

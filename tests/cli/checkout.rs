@@ -5,239 +5,19 @@
 //! The run is isolated: its own topic prefix, application id, databases, keyspace and ports, so
 //! it shares the stack with other tests and earlier runs.
 
-use std::process::{Child, Command, Stdio};
+mod common;
+
 use std::time::{Duration, Instant};
 
-use keel_tests::{Stack, unique};
+use common::{Run, place, settled, wait_ready};
+use keel_tests::Stack;
 use serde_json::{Value, json};
 use sqlx::Connection;
-
-/// A child process stopped with SIGTERM (then SIGKILL) when dropped.
-struct Proc {
-    name: &'static str,
-    child: Child,
-}
-
-impl Proc {
-    fn terminate(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
-        let pid = self.child.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        let start = Instant::now();
-        while start.elapsed() < within {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        None
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-            eprintln!("{} was killed", self.name);
-        }
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-struct Run {
-    env: Vec<(String, String)>,
-    api: String,
-    mysql_url: String,
-    postgres_url: String,
-    keyspace: String,
-    state_dir: tempfile::TempDir,
-}
-
-impl Run {
-    fn keel(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_keel"));
-        cmd.args(args)
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .env(
-                "KEEL__STREAMS__STATE_DIR",
-                self.state_dir.path().as_os_str(),
-            )
-            .env("RUST_LOG", "warn,keel=info,keel_processors=info");
-        cmd
-    }
-
-    fn ok(&self, args: &[&str]) {
-        let out = self.keel(args).output().expect("keel runs");
-        assert!(
-            out.status.success(),
-            "keel {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    fn spawn(&self, name: &'static str, args: &[&str]) -> Proc {
-        let child = self
-            .keel(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("keel starts");
-        Proc { name, child }
-    }
-}
-
-async fn create_databases(stack: &Stack, name: &str) -> (String, String) {
-    let mut my = sqlx::MySqlConnection::connect(&stack.mysql_url)
-        .await
-        .expect("mysql");
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&mut my)
-        .await
-        .expect("a test database in MariaDB (grant on keel\\_% from stack/conf/mariadb/setup.sql)");
-    let mut pg = sqlx::PgConnection::connect(&stack.postgres_url)
-        .await
-        .expect("postgres");
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&mut pg)
-        .await
-        .expect("a test database in PostgreSQL");
-    let swap = |url: &str| match url.rsplit_once('/') {
-        Some((base, _)) => format!("{base}/{name}"),
-        None => url.to_owned(),
-    };
-    (swap(&stack.mysql_url), swap(&stack.postgres_url))
-}
-
-async fn drop_databases(stack: &Stack, name: &str) {
-    if let Ok(mut my) = sqlx::MySqlConnection::connect(&stack.mysql_url).await {
-        let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS {name}"
-        )))
-        .execute(&mut my)
-        .await;
-    }
-    if let Ok(mut pg) = sqlx::PgConnection::connect(&stack.postgres_url).await {
-        let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-        )))
-        .execute(&mut pg)
-        .await;
-    }
-}
-
-async fn wait_ready(client: &reqwest::Client, api: &str, within: Duration) {
-    let start = Instant::now();
-    loop {
-        if let Ok(r) = client.get(format!("{api}/ready")).send().await
-            && r.status().is_success()
-        {
-            return;
-        }
-        assert!(
-            start.elapsed() < within,
-            "keel run was not ready within {within:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
-async fn place(client: &reqwest::Client, api: &str, cart: &str, token: &str, key: &str) -> Value {
-    let response = client
-        .post(format!("{api}/orders"))
-        .header("Idempotency-Key", key)
-        .json(&json!({
-            "cartId": cart,
-            "paymentMethod": token,
-            "shippingAddress": {
-                "name": "Ada Lovelace", "line1": "12 Analytical Row", "city": "Berlin",
-                "postalCode": "10115", "country": "DE"
-            }
-        }))
-        .send()
-        .await
-        .expect("POST /orders");
-    let status = response.status();
-    let location = response
-        .headers()
-        .get("location")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let body: Value = response.json().await.expect("a JSON body");
-    assert_eq!(status.as_u16(), 202, "{body}");
-    let id = body["orderId"].as_str().expect("an order id").to_owned();
-    assert_eq!(location.as_deref(), Some(format!("/orders/{id}").as_str()));
-    body
-}
-
-/// Polls `GET /orders/{id}` until its status is terminal; returns the order.
-async fn settled(client: &reqwest::Client, api: &str, id: &str, within: Duration) -> Value {
-    let start = Instant::now();
-    let mut last = Value::Null;
-    while start.elapsed() < within {
-        let r = client
-            .get(format!("{api}/orders/{id}"))
-            .send()
-            .await
-            .expect("GET /orders/{id}");
-        assert_ne!(r.status().as_u16(), 404, "an accepted order is never a 404");
-        last = r.json().await.expect("JSON");
-        if matches!(
-            last["status"].as_str(),
-            Some("CONFIRMED" | "CANCELLED" | "REJECTED")
-        ) {
-            return last;
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-    panic!("order {id} did not settle within {within:?}; last seen: {last}");
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_checkout_goes_end_to_end_through_every_store() {
     let stack = Stack::from_env();
-    let name = unique("keel_e2e");
-    let (mysql_url, postgres_url) = create_databases(&stack, &name).await;
-    let (api_port, psp_port) = (free_port(), free_port());
-    let run = Run {
-        env: vec![
-            (
-                "KEEL__KAFKA__BOOTSTRAP_SERVERS".into(),
-                stack.kafka_bootstrap.clone(),
-            ),
-            ("KEEL__TOPICS__PREFIX".into(), format!("{name}.")),
-            ("KEEL__TOPICS__PARTITIONS".into(), "3".into()),
-            ("KEEL__STREAMS__APPLICATION_ID".into(), name.clone()),
-            ("KEEL__STREAMS__INSTANCE_ID".into(), "e2e-1".into()),
-            ("KEEL__MYSQL__URL".into(), mysql_url.clone()),
-            ("KEEL__POSTGRES__URL".into(), postgres_url.clone()),
-            ("KEEL__CASSANDRA__KEYSPACE".into(), name.clone()),
-            ("KEEL__API__LISTEN".into(), format!("127.0.0.1:{api_port}")),
-            (
-                "KEEL__PAYMENT__PSP_URL".into(),
-                format!("http://127.0.0.1:{psp_port}"),
-            ),
-            ("KEEL__PAYMENT__PSP_TIMEOUT_MS".into(), "5000".into()),
-            ("KEEL__SAGA__PAYMENT_TIMEOUT_MS".into(), "20000".into()),
-            (
-                "KEEL__PSP_MOCK__LISTEN".into(),
-                format!("127.0.0.1:{psp_port}"),
-            ),
-            ("KEEL__PSP_MOCK__DECLINE_RATE".into(), "0.0".into()),
-            ("KEEL__PSP_MOCK__ERROR_RATE".into(), "0.0".into()),
-            ("KEEL__PSP_MOCK__TIMEOUT_RATE".into(), "0.0".into()),
-        ],
-        api: format!("http://127.0.0.1:{api_port}"),
-        mysql_url,
-        postgres_url,
-        keyspace: name.clone(),
-        state_dir: tempfile::tempdir().expect("a state dir"),
-    };
+    let (name, run) = Run::new(&stack).await;
     let (mug, plate) = ("SKU-MUG", "SKU-PLATE");
     run.ok(&[
         "carts",
@@ -538,8 +318,5 @@ async fn a_checkout_goes_end_to_end_through_every_store() {
         .terminate(Duration::from_secs(60))
         .expect("keel run stops on SIGTERM");
     assert!(status.success(), "keel run exited with {status}");
-    let _ = session
-        .query_unpaged(format!("DROP KEYSPACE IF EXISTS {}", run.keyspace), &[])
-        .await;
-    drop_databases(&stack, &name).await;
+    run.clean_up(&stack, &name).await;
 }

@@ -386,6 +386,19 @@ impl TestDriver {
         Ok(None)
     }
 
+    /// The timer `key` of timer store `store` (pending writes included), on whichever partition
+    /// holds it.
+    pub fn timer(&self, store: &str, key: &[u8]) -> Result<Option<keel_state::Timer>> {
+        for task in self.tasks.values() {
+            if let Ok(timers) = task.state().timers(store)
+                && let Some(t) = timers.get(key)?
+            {
+                return Ok(Some(t));
+            }
+        }
+        Ok(None)
+    }
+
     /// The in-memory changelog of `store`, partition `partition`.
     pub fn changelog(&self, store: &str, partition: i32) -> &[LogRecord] {
         let topic = keel_state::changelog_topic(&self.config.application_id, store);
@@ -397,7 +410,8 @@ impl TestDriver {
     /// Closes every task and opens it again; with `wipe`, the local stores are deleted first,
     /// so they come back from the in-memory changelogs alone.
     pub fn restart(&mut self, wipe: bool) -> Result<()> {
-        for (_, task) in std::mem::take(&mut self.tasks) {
+        for (_, mut task) in std::mem::take(&mut self.tasks) {
+            task.close_processors(self.wall_clock);
             task.into_state().close()?;
         }
         if wipe && let Some(env) = self.env.take() {

@@ -43,12 +43,23 @@ pub trait Processor: Send + 'static {
         let _ = (ctx, punctuation);
         Ok(())
     }
+
+    /// Called once when the task closes cleanly (its partition is revoked, the application
+    /// shuts down), after its last commit: release what the processor holds. Store writes and
+    /// forwarded records made here are dropped (the interval is already committed), and an
+    /// error is logged, not raised. Not called when the task is closed dirty (after an error)
+    /// or the process dies, so nothing that matters for correctness may depend on it.
+    fn close(&mut self, ctx: &mut Context<'_>) -> Result<(), ProcessError> {
+        let _ = ctx;
+        Ok(())
+    }
 }
 
 /// Which clock drives a punctuator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum PunctuationType {
-    /// The largest record timestamp the task has seen; advances only with input.
+    /// The largest timestamp of the records the task has processed (decoded and taken by every
+    /// processor; dead-lettered records do not count); advances only with input.
     StreamTime,
     /// The machine's clock (the test driver's clock under test); advances with no input.
     WallClock,
@@ -215,7 +226,8 @@ impl Context<'_> {
         self.task
     }
 
-    /// The largest record timestamp this task has seen (epoch ms; `i64::MIN` before any).
+    /// The largest timestamp of the records this task has processed, the current one included
+    /// (epoch ms; `i64::MIN` before any). Dead-lettered records do not move it.
     pub fn stream_time(&self) -> i64 {
         self.stream_time
     }
@@ -236,6 +248,7 @@ pub(crate) trait ErasedProcessor: Send {
     fn init(&mut self, ctx: &mut Context<'_>) -> Result<(), ProcessError>;
     fn process(&mut self, ctx: &mut Context<'_>, payload: Payload) -> Result<(), NodeFailure>;
     fn punctuate(&mut self, ctx: &mut Context<'_>, p: &Punctuation) -> Result<(), ProcessError>;
+    fn close(&mut self, ctx: &mut Context<'_>) -> Result<(), ProcessError>;
 }
 
 /// Why one node could not take a record.
@@ -261,6 +274,10 @@ impl<P: Processor> ErasedProcessor for P {
 
     fn punctuate(&mut self, ctx: &mut Context<'_>, p: &Punctuation) -> Result<(), ProcessError> {
         Processor::punctuate(self, ctx, p)
+    }
+
+    fn close(&mut self, ctx: &mut Context<'_>) -> Result<(), ProcessError> {
+        Processor::close(self, ctx)
     }
 }
 

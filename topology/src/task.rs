@@ -34,6 +34,14 @@ pub enum BadRecordPolicy {
     Stop,
 }
 
+/// What one record may change, as it was before the record (see [`StreamTask::process`]).
+struct RecordSavepoint {
+    stream_time: i64,
+    output: usize,
+    emitted: u64,
+    schedules: usize,
+}
+
 /// Counters of one task since it was created.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TaskCounters {
@@ -44,6 +52,22 @@ pub struct TaskCounters {
 }
 
 /// One task.
+///
+/// # Stream time
+///
+/// A task's stream time is the largest timestamp of the input records it has *processed*: a
+/// record moves it only once it was decoded and went through the whole graph (Kafka Streams'
+/// rule). A record that cannot be decoded, or that a processor rejects as bad input, is
+/// dead-lettered without moving it, so a poison record stamped an hour ahead fires no
+/// stream-time punctuator and expires no timer.
+///
+/// How far one record may push stream time ahead of the partition's other records: **as far as
+/// its timestamp says**; there is no cap. A record that decodes and that every processor
+/// accepts is a real event, and holding stream time back from it would make its timers and
+/// punctuators disagree with Kafka Streams and with a replay. The guard against producers with
+/// a wrong clock is the broker's, per topic: `message.timestamp.after.max.ms` (refuses records
+/// stamped too far in the future), and the processors' own validation (reject a record whose
+/// event time is implausible as bad input, and it will not move stream time).
 pub struct StreamTask {
     id: TaskId,
     application_id: Arc<str>,
@@ -215,6 +239,13 @@ impl StreamTask {
     /// Decodes `raw` with its topic's source and runs it through the graph. Bad records go to
     /// the dead-letter output (or stop the task, per policy); retryable and fatal failures come
     /// back as errors for the thread to handle.
+    ///
+    /// A record is all or nothing: its store writes (a savepoint in the pending sets, see
+    /// [`TaskState::set_savepoint`]), the records it made, the punctuators it scheduled and
+    /// the stream time it moved are kept only if every processor took it. A record that cannot
+    /// be decoded, or that a processor rejects as bad input anywhere in the graph, leaves
+    /// nothing behind but its dead-letter record. (A processor's own fields are its business:
+    /// they are not rolled back.)
     pub(crate) fn process(&mut self, raw: &RawRecord, wall_clock: i64) -> Result<()> {
         let Some(&source) = self.sources.get(&*raw.topic) else {
             return Err(Error::Topology(format!(
@@ -223,41 +254,54 @@ impl StreamTask {
             )));
         };
         self.counters.processed += 1;
-        self.stream_time = self.stream_time.max(raw.timestamp);
         let NodeKind::Source { decode, .. } = &self.graph.nodes[source].kind else {
             unreachable!("position() matched a source");
         };
         let meta = raw.meta();
-        match decode(raw) {
-            Ok(payload) => {
-                // A source hands the decoded record to each child; extra children get their own
-                // decode rather than requiring Clone of every record type.
-                let children = self.graph.children(source).to_vec();
-                let mut emitted = Vec::with_capacity(children.len());
-                if let Some((last, rest)) = children.split_last() {
-                    for &child in rest {
-                        match decode(raw) {
-                            Ok(p) => emitted.push((child, p)),
-                            Err(e) => {
-                                return self.bad_record(
-                                    raw,
-                                    self.graph.node_name(source).to_owned(),
-                                    e.0,
-                                );
-                            }
-                        }
+        // A source hands the decoded record to each child; extra children get their own
+        // decode rather than requiring Clone of every record type.
+        let children = self.graph.children(source).to_vec();
+        let mut emitted = Vec::with_capacity(children.len());
+        // At least one decode, so a source with no children still checks its input.
+        for i in 0..children.len().max(1) {
+            match decode(raw) {
+                Ok(payload) => {
+                    if let Some(&child) = children.get(i) {
+                        emitted.push((child, payload));
                     }
-                    emitted.push((*last, payload));
                 }
-                match self.run(emitted, Some(&meta), wall_clock) {
-                    Err(Error::Processor {
-                        processor,
-                        source: ProcessError::BadInput(why),
-                    }) => self.bad_record(raw, processor, why)?,
-                    other => other?,
+                Err(e) => {
+                    return self.bad_record(raw, self.graph.node_name(source).to_owned(), e.0);
                 }
             }
-            Err(e) => self.bad_record(raw, self.graph.node_name(source).to_owned(), e.0)?,
+        }
+        // Decoded: the record counts for stream time, unless the graph rejects it below.
+        let before = RecordSavepoint {
+            stream_time: self.stream_time,
+            output: self.output.len(),
+            emitted: self.counters.emitted,
+            schedules: self.schedules.len(),
+        };
+        self.state.set_savepoint();
+        self.stream_time = self.stream_time.max(raw.timestamp);
+        match self.run(emitted, Some(&meta), wall_clock) {
+            Ok(()) => self.state.release_savepoint(),
+            Err(Error::Processor {
+                processor,
+                source: ProcessError::BadInput(why),
+            }) => {
+                self.state.rollback_to_savepoint();
+                self.output.truncate(before.output);
+                self.counters.emitted = before.emitted;
+                self.schedules.truncate(before.schedules);
+                self.stream_time = before.stream_time;
+                return self.bad_record(raw, processor, why);
+            }
+            Err(e) => {
+                // The thread aborts the interval, which drops everything anyway.
+                self.state.release_savepoint();
+                return Err(e);
+            }
         }
         self.punctuate(PunctuationType::StreamTime, self.stream_time, wall_clock)
     }
@@ -445,6 +489,37 @@ impl StreamTask {
             self.node_out[i] = 0;
         }
         out
+    }
+
+    /// Calls every processor's [`close`](crate::Processor::close) (a clean close, after the last
+    /// commit). Errors are logged, not raised; store writes and records made in `close` are
+    /// dropped.
+    pub(crate) fn close_processors(&mut self, wall_clock: i64) {
+        for node in 0..self.processors.len() {
+            let Some(mut processor) = self.processors[node].take() else {
+                continue;
+            };
+            let mut emitted = Vec::new();
+            let result = {
+                let mut ctx = self.context(node, None, &mut emitted, wall_clock);
+                processor.close(&mut ctx)
+            };
+            self.processors[node] = Some(processor);
+            if let Err(e) = result {
+                tracing::warn!(
+                    task = %self.id, processor = self.graph.node_name(node), error = %e,
+                    "processor close failed"
+                );
+            }
+            if !emitted.is_empty() {
+                tracing::warn!(
+                    task = %self.id, processor = self.graph.node_name(node), records = emitted.len(),
+                    "records forwarded in close are dropped"
+                );
+            }
+        }
+        self.output.clear();
+        self.state.abort();
     }
 
     /// Takes the records produced since the last call (outputs, repartition, dead letters).

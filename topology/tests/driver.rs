@@ -205,3 +205,103 @@ fn a_sink_partitioner_picks_the_output_partition() {
         "-1 wraps to the last partition"
     );
 }
+
+#[test]
+fn an_undecodable_record_does_not_move_stream_time() {
+    // Stream-time punctuator every 10 s, a timer per key due 1 s after its record.
+    let mut d = TestDriver::new(common::ticker("in", "out")).expect("driver");
+    pipe(&mut d, "a", 1, 1_000); // arms the punctuator (next at 11 s); timer a due at 2 s
+    d.pipe_raw("in", Some(b"b"), Some(b"not-8-bytes"), 1_000 + 3_600_000)
+        .expect("dead-lettered, not failed");
+    assert_eq!(d.dead_letters().len(), 1);
+    assert!(
+        d.read_output("out").is_empty(),
+        "a dead-lettered record an hour ahead fires no stream-time punctuation"
+    );
+    // The next good record moves stream time to 11 s: the punctuation fires once and timer a,
+    // still pending, fires in it.
+    pipe(&mut d, "c", 1, 11_000);
+    let out = d.read_output_as("out", &Utf8, &I64).expect("decodes");
+    assert_eq!(out, vec![("stream:stream".to_owned(), 1)]);
+}
+
+#[test]
+fn a_record_rejected_deep_in_the_graph_leaves_no_trace_but_its_dead_letter() {
+    let mut d = TestDriver::new(common::count_then_check("in")).expect("driver");
+    pipe(&mut d, "a", 1, 1_000);
+    pipe(&mut d, "a", -1, 5_000);
+
+    assert_eq!(
+        d.kv_get("counts", b"a").expect("reads"),
+        Some(1i64.to_be_bytes().to_vec()),
+        "the rejected record's count write is rolled back"
+    );
+    let seen = d.read_output_as("seen", &Utf8, &I64).expect("decodes");
+    assert_eq!(
+        seen,
+        vec![("a".to_owned(), 1)],
+        "the output the counter made for the rejected record is dropped"
+    );
+    let checked = d.read_output_as("checked", &Utf8, &I64).expect("decodes");
+    assert_eq!(checked, vec![("a".to_owned(), 1)]);
+    let dead = d.dead_letters();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        dead[0].headers.get_str(dlq_headers::PROCESSOR),
+        Some("check")
+    );
+
+    assert_eq!(
+        d.changelog("counts", 0).len(),
+        1,
+        "no changelog for the rejected write"
+    );
+    let timers = d.changelog("timers", 0);
+    assert_eq!(
+        timers.len(),
+        1,
+        "the timer the rejected record moved is not changelogged"
+    );
+    let due = timers[0]
+        .2
+        .as_deref()
+        .and_then(|v| v.get(1..9))
+        .map(|t| i64::from_be_bytes(t.try_into().expect("8 bytes")));
+    assert_eq!(
+        due,
+        Some(2_000),
+        "timer a stays due 1 s after the good record"
+    );
+    assert_eq!(
+        d.timer("timers", b"a").expect("reads").map(|t| t.due),
+        Some(2_000),
+        "the store holds the good record's timer, not the rejected one's"
+    );
+    assert_eq!(d.timer("timers", b"rejected").expect("reads"), None);
+
+    // The stream goes on from the good record's state.
+    pipe(&mut d, "a", 5, 6_000);
+    assert_eq!(
+        d.kv_get("counts", b"a").expect("reads"),
+        Some(2i64.to_be_bytes().to_vec())
+    );
+}
+
+#[test]
+fn processors_are_closed_when_their_task_closes_cleanly() {
+    let closed = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let config = DriverConfig {
+        partitions: [("in".to_owned(), 3)].into(),
+        ..DriverConfig::default()
+    };
+    let mut d =
+        TestDriver::with_config(common::closing("in", closed.clone()), config).expect("driver");
+    pipe(&mut d, "a", 1, 1);
+    assert_eq!(closed.load(std::sync::atomic::Ordering::SeqCst), 0);
+    d.restart(false).expect("restart");
+    assert_eq!(
+        closed.load(std::sync::atomic::Ordering::SeqCst),
+        3,
+        "one close per task (partition) on a clean close"
+    );
+}

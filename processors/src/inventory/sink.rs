@@ -36,6 +36,8 @@ pub struct CassandraSinkConfig {
     pub replication_factor: u32,
     /// Consumer group of the sink.
     pub group_id: String,
+    /// Extra librdkafka consumer settings, applied last (e.g. `group.instance.id`).
+    pub consumer: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for CassandraSinkConfig {
@@ -44,6 +46,7 @@ impl Default for CassandraSinkConfig {
             keyspace: "keel_inventory".into(),
             replication_factor: 1,
             group_id: "keel-cassandra-sink".into(),
+            consumer: Default::default(),
         }
     }
 }
@@ -278,13 +281,17 @@ pub async fn run(
 ) -> Result<(), SinkError> {
     migrate(&session, &config).await?;
     let st = Statements::prepare(&session, &config.keyspace).await?;
-    let consumer: StreamConsumer = ClientConfig::new()
+    let mut client = ClientConfig::new();
+    client
         .set("bootstrap.servers", bootstrap)
         .set("group.id", &config.group_id)
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
-        .set("isolation.level", "read_committed")
-        .create()?;
+        .set("isolation.level", "read_committed");
+    for (k, v) in &config.consumer {
+        client.set(k, v);
+    }
+    let consumer: StreamConsumer = client.create()?;
     let reserved = names.name(topics::INVENTORY_RESERVED);
     let released = names.name(topics::INVENTORY_RELEASED);
     let adjusted = names.name(topics::INVENTORY_ADJUSTED);

@@ -5,6 +5,7 @@
 //! decision inserts nothing and is skipped whole, and a decision older than the order's
 //! `last_sequence` writes nothing. The outbox row is written in the same transaction.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use keel_avro::records::OrderDecision;
@@ -49,18 +50,48 @@ pub async fn run_order_sink(
     pool: MySqlPool,
     shutdown: CancellationToken,
 ) -> Result<()> {
-    let consumer: StreamConsumer = ClientConfig::new()
+    run_order_sink_with(
+        bootstrap,
+        group_id,
+        topic,
+        names,
+        &BTreeMap::new(),
+        codec,
+        pool,
+        shutdown,
+    )
+    .await
+}
+
+/// [`run_order_sink`] with extra librdkafka consumer settings, applied last (e.g.
+/// `group.instance.id`, so a restarted instance takes its partitions back at once instead of
+/// after the session timeout).
+#[allow(clippy::too_many_arguments)]
+pub async fn run_order_sink_with(
+    bootstrap: &str,
+    group_id: &str,
+    topic: &str,
+    names: &crate::topics::Topics,
+    consumer_settings: &BTreeMap<String, String>,
+    codec: Codec,
+    pool: MySqlPool,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    let mut client = ClientConfig::new();
+    client
         .set("bootstrap.servers", bootstrap)
         .set("group.id", group_id)
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
         .set("isolation.level", "read_committed")
-        .set("partition.assignment.strategy", "cooperative-sticky")
-        .create()
-        .map_err(|source| Error::Kafka {
-            operation: "creating the order sink's consumer",
-            source,
-        })?;
+        .set("partition.assignment.strategy", "cooperative-sticky");
+    for (k, v) in consumer_settings {
+        client.set(k, v);
+    }
+    let consumer: StreamConsumer = client.create().map_err(|source| Error::Kafka {
+        operation: "creating the order sink's consumer",
+        source,
+    })?;
     consumer
         .subscribe(&[topic])
         .map_err(|source| Error::Kafka {

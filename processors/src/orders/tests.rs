@@ -131,9 +131,11 @@ fn confirmed_after_pending_updates_the_status_and_emits_status_changed() {
     assert_eq!(changed.from_status, OrderStatus::Pending);
     assert_eq!(changed.to_status, OrderStatus::Confirmed);
     assert_eq!(changed.event_id, "ev-2");
+    let names = crate::topics::Topics::with_prefix("shop-a.");
     assert_eq!(
-        rows.outbox.as_ref().map(OutboxEvent::topic),
-        Some("order.status.changed")
+        rows.outbox.as_ref().map(|e| e.topic(&names)).as_deref(),
+        Some("shop-a.order.status.changed"),
+        "the outbox names the prefixed topic the relay publishes to"
     );
 }
 

@@ -457,3 +457,97 @@ fn memory_usage_reports_the_shared_ceiling() -> TestResult {
     assert!(task.kv("counts")?.approximate_len()? > 0);
     Ok(())
 }
+
+#[test]
+fn a_rollback_to_the_savepoint_undoes_the_record_s_writes_and_their_changelog() -> TestResult {
+    let h = Harness::new()?;
+    let mut log = Changelogs::default();
+    let mut task = h.open(Guarantee::ExactlyOnce)?;
+    let kv = task.register_kv("kv")?;
+    kv.put(b("c"), b("committed"));
+    log.commit(&mut task)?;
+
+    // Earlier record of the interval: kept.
+    task.kv_mut("kv")?.put(b("a"), b("1"));
+    task.set_savepoint();
+    let kv = task.kv_mut("kv")?;
+    kv.put(b("a"), b("2"));
+    kv.put(b("b"), b("new"));
+    kv.delete(b("c"));
+    task.rollback_to_savepoint();
+
+    let kv = task.kv_mut("kv")?;
+    assert_eq!(
+        kv.get(b"a")?,
+        Some(b("1")),
+        "back to the earlier record's write"
+    );
+    assert_eq!(kv.get(b"b")?, None);
+    assert_eq!(kv.get(b"c")?, Some(b("committed")), "the delete is undone");
+    let changelog = task.take_changelog();
+    assert_eq!(
+        changelog
+            .iter()
+            .map(|r| (r.key.clone(), r.value.clone()))
+            .collect::<Vec<_>>(),
+        vec![(b("a"), Some(b("1")))],
+        "only the earlier record's write is changelogged"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_released_savepoint_keeps_the_writes_and_a_later_rollback_does_nothing() -> TestResult {
+    let h = Harness::new()?;
+    let mut task = h.open(Guarantee::ExactlyOnce)?;
+    task.register_kv("kv")?;
+    task.set_savepoint();
+    task.kv_mut("kv")?.put(b("a"), b("1"));
+    task.release_savepoint();
+    task.rollback_to_savepoint();
+    assert_eq!(task.kv("kv")?.get(b"a")?, Some(b("1")));
+    assert_eq!(task.take_changelog().len(), 1);
+    Ok(())
+}
+
+#[test]
+fn a_rollback_restores_the_timer_and_ttl_indexes() -> TestResult {
+    let h = Harness::new()?;
+    let mut log = Changelogs::default();
+    let mut task = h.open(Guarantee::ExactlyOnce)?;
+    task.register_timers("timers")?
+        .schedule(b("t"), 2_000, b"first")?;
+    task.register_ttl("holds")?.put(b("h"), b"hold", 2_000)?;
+    log.commit(&mut task)?;
+
+    task.set_savepoint();
+    let timers = task.timers_mut("timers")?;
+    timers.schedule(b("t"), 6_000, b"moved")?;
+    timers.schedule(b("u"), 100, b"new")?;
+    let holds = task.ttl_mut("holds")?;
+    holds.put(b("h"), b"extended", 9_000)?;
+    holds.put(b("i"), b"new", 100)?;
+    task.rollback_to_savepoint();
+
+    let timers = task.timers_mut("timers")?;
+    assert_eq!(timers.next_due()?, Some(2_000));
+    let fired = timers.due(3_000)?;
+    assert_eq!(
+        fired
+            .iter()
+            .map(|t| (t.key.clone(), t.due))
+            .collect::<Vec<_>>(),
+        vec![(b("t"), 2_000)],
+        "t fires at its old time through its old index entry; u never existed"
+    );
+    let holds = task.ttl_mut("holds")?;
+    let expired = holds.expire(3_000)?;
+    assert_eq!(
+        expired
+            .iter()
+            .map(|e| (e.key.clone(), e.value.clone(), e.expires_at))
+            .collect::<Vec<_>>(),
+        vec![(b("h"), b("hold"), 2_000)]
+    );
+    Ok(())
+}

@@ -6,6 +6,7 @@ mod admin;
 pub(crate) mod kafka;
 mod owners;
 mod restore;
+mod tasks;
 mod thread;
 
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -9,6 +9,12 @@
 //! and remember those offsets. Any failure before that point aborts: the tasks drop their
 //! pending writes and output, and the consumer seeks back to the last committed offsets, so
 //! the interval is replayed as if it never ran.
+//!
+//! **The commit point** is `commit_transaction` returning Ok. After it, nothing may abort or
+//! rewind (the interval would be processed twice): the committed positions are recorded first,
+//! and a store that cannot apply its writes is retried, then its task is closed dirty and set
+//! up again, restoring from the changelog that holds the interval
+//! ([`tasks::apply_committed`]).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -30,7 +36,7 @@ use crate::metrics::Metrics;
 use crate::processor::PunctuationType;
 use crate::record::{Headers, RawRecord};
 use crate::runtime::kafka::{self, DeliveryLog, Producer};
-use crate::runtime::restore;
+use crate::runtime::{restore, tasks};
 use crate::task::{self, StreamTask};
 use crate::topology::{TaskId, Topology};
 
@@ -323,8 +329,23 @@ impl Core {
         polled: Option<std::result::Result<rdkafka::message::BorrowedMessage<'_>, KafkaError>>,
         interval: Duration,
     ) -> Result<()> {
-        if !self.pending_assign.is_empty() {
-            self.set_up_assigned(consumer)?;
+        if !self.pending_assign.is_empty()
+            && let Err(e) = self.set_up_assigned(consumer)
+        {
+            // The polled record was not processed: hand it back. (The abort's rewind covers
+            // partitions with a known committed offset, but not one whose offsets could not be
+            // read yet.)
+            if let Some(Ok(m)) = &polled
+                && let Err(seek) = consumer.seek(
+                    m.topic(),
+                    m.partition(),
+                    Offset::Offset(m.offset()),
+                    KAFKA_TIMEOUT,
+                )
+            {
+                tracing::warn!(thread = self.index, error = %seek, "could not seek back to the unprocessed record");
+            }
+            return Err(e);
         }
         match polled {
             Some(Ok(m)) => {
@@ -507,6 +528,9 @@ impl Core {
                 .map_err(Error::kafka("commit_transaction"))?;
             self.txn_open = false;
         }
+        // The commit point (exactly-once): the interval is committed. Below, nothing may
+        // return an error before the committed positions are recorded, and a store that cannot
+        // apply is restored, never aborted (see the module docs).
         tracing::debug!(
             thread = self.index,
             changelog_sent_ms = sent.as_millis() as u64,
@@ -526,10 +550,12 @@ impl Core {
                     .push((store.clone(), offset));
             }
         }
-        for (id, task) in self.tasks.iter_mut() {
-            let offsets = per_task.remove(id).unwrap_or_default();
-            task.state_mut().commit(offsets)?;
-        }
+        let failed = tasks::apply_committed(
+            &mut self.tasks,
+            per_task,
+            Duration::from_millis(self.shared.config.retry_backoff_ms),
+        );
+        let bug = self.restore_from_changelog(failed);
         if !self.eos() && tpl.count() > 0 {
             consumer
                 .commit(&tpl, CommitMode::Sync)
@@ -540,6 +566,10 @@ impl Core {
                 .insert((topic.to_string(), partition), Some(offset));
         }
         self.dirty = false;
+        if let Some(e) = bug {
+            // A contract violation (not the disk): the task is closed; stop rather than loop.
+            return Err(e.into());
+        }
         self.last_commit = Instant::now();
         self.shared.metrics.commits.inc();
         self.shared
@@ -551,6 +581,33 @@ impl Core {
             self.sample(consumer);
         }
         Ok(())
+    }
+
+    /// Tasks whose committed interval could not be applied: closes each dirty (no checkpoint,
+    /// so its stores restore from the changelog, which holds the interval) and queues its
+    /// partitions for set-up again. Returns the first error that is a bug.
+    fn restore_from_changelog(
+        &mut self,
+        failed: Vec<(TaskId, keel_state::Error)>,
+    ) -> Option<keel_state::Error> {
+        let mut bug = None;
+        for (id, error) in failed {
+            if let Some(task) = self.tasks.remove(&id) {
+                self.close_task(task, false);
+            }
+            for (topic, partition) in self.committed.keys() {
+                let of_task = *partition == id.partition
+                    && self.shared.topic_subs.get(topic) == Some(&id.sub_topology);
+                let entry = (topic.clone(), *partition);
+                if of_task && !self.pending_assign.contains(&entry) {
+                    self.pending_assign.push(entry);
+                }
+            }
+            if error.fault() == keel_state::Fault::Bug {
+                bug.get_or_insert(error);
+            }
+        }
+        bug
     }
 
     /// Per-processor record counts since the last commit, into the metrics.
@@ -632,8 +689,15 @@ impl Core {
     }
 
     /// Creates, restores and initialises the tasks of newly assigned partitions.
+    ///
+    /// The assignment stays pending until every one of its tasks is set up: if reading the
+    /// committed offsets, taking a task's lock or restoring fails (a broker hiccup), the error
+    /// aborts this turn and the next turn sets up what is left, so a failure only delays the
+    /// tasks. Tasks set up before the failure stay.
     fn set_up_assigned(&mut self, consumer: &GroupConsumer) -> Result<()> {
-        let assigned = std::mem::take(&mut self.pending_assign);
+        let mut assigned = self.pending_assign.clone();
+        assigned.sort();
+        assigned.dedup();
         let mut tpl = TopicPartitionList::new();
         for (topic, partition) in &assigned {
             tpl.add_partition(topic, *partition);
@@ -667,6 +731,7 @@ impl Core {
             let task = self.open_task(id)?;
             self.tasks.insert(id, task);
         }
+        self.pending_assign.retain(|tp| !assigned.contains(tp));
         Ok(())
     }
 
@@ -699,16 +764,7 @@ impl Core {
         )?;
         restore::restore_task(&mut task, &self.restore, &shared.metrics)?;
         task.init(now_ms())?;
-        if let Ok(mut readers) = shared.readers.write() {
-            for store in task.state().stores() {
-                if let keel_state::Store::KeyValue(kv) = store {
-                    readers.insert(
-                        (store.name().to_owned(), id.partition),
-                        kv.committed_reader(),
-                    );
-                }
-            }
-        }
+        tasks::publish_readers(&shared.readers, &task);
         tracing::info!(thread = self.index, task = %id, "task running");
         Ok(task)
     }
@@ -755,10 +811,13 @@ impl Core {
         Ok(())
     }
 
-    fn close_task(&mut self, task: StreamTask, clean: bool) {
+    /// Closes one task: its readers go (only its own: other tasks of the partition keep
+    /// theirs); on a clean close its processors' `close` runs and its stores checkpoint.
+    fn close_task(&mut self, mut task: StreamTask, clean: bool) {
         let id = task.id();
-        if let Ok(mut readers) = self.shared.readers.write() {
-            readers.retain(|(_, p), _| *p != id.partition);
+        tasks::withdraw_readers(&self.shared.readers, &task);
+        if clean {
+            task.close_processors(now_ms());
         }
         let state = task.into_state();
         if clean {

@@ -187,3 +187,110 @@ pub fn by_key(records: &[(String, i64)]) -> std::collections::BTreeMap<String, V
     }
     out
 }
+
+/// Counts records per key (store `counts`), schedules a timer per key due 1 s after the record
+/// (store `timers`; a negative value also schedules timer `rejected`), and forwards the count to
+/// the sink `seen` and to `check`, which rejects negative values as bad input and forwards the
+/// rest to `checked`.
+pub struct Counter;
+
+impl Processor for Counter {
+    type Key = String;
+    type Value = i64;
+
+    fn process(
+        &mut self,
+        ctx: &mut Context<'_>,
+        record: Record<String, i64>,
+    ) -> Result<(), ProcessError> {
+        let counts = ctx.kv("counts")?;
+        let count = counts
+            .get(record.key.as_bytes())?
+            .map(|b| i64::from_be_bytes(b.try_into().unwrap_or([0; 8])))
+            .unwrap_or(0)
+            + 1;
+        counts.put(record.key.as_bytes(), count.to_be_bytes());
+        let timers = ctx.timers("timers")?;
+        timers.schedule(record.key.as_bytes(), record.timestamp + 1_000, b"t")?;
+        if record.value < 0 {
+            timers.schedule(&b"rejected"[..], record.timestamp, b"t")?;
+        }
+        let key = record.key.clone();
+        ctx.forward(record.with(key, count));
+        Ok(())
+    }
+}
+
+/// Rejects records whose original value was negative (it sees the count, so it looks at the
+/// timer the counter set for them).
+pub struct Check;
+
+impl Processor for Check {
+    type Key = String;
+    type Value = i64;
+
+    fn process(
+        &mut self,
+        ctx: &mut Context<'_>,
+        record: Record<String, i64>,
+    ) -> Result<(), ProcessError> {
+        if ctx.timers("timers")?.get(b"rejected")?.is_some() {
+            return Err(ProcessError::BadInput("negative value".into()));
+        }
+        ctx.forward(record);
+        Ok(())
+    }
+}
+
+/// `input` → `count` (stores `counts`, `timers`) → sink `seen` and `check` → sink `checked`.
+pub fn count_then_check(input: &str) -> Topology {
+    let mut b = TopologyBuilder::new();
+    b.add_source("in", &[input], Utf8, I64)
+        .add_processor("count", || Counter, &["in"])
+        .add_sink("seen", "seen", Utf8, I64, &["count"])
+        .add_processor("check", || Check, &["count"])
+        .add_state_store("counts", StoreKind::KeyValue, &["count"])
+        .add_state_store("timers", StoreKind::Timer, &["count", "check"])
+        .add_sink("checked", "checked", Utf8, I64, &["check"]);
+    b.build().expect("a valid topology")
+}
+
+/// Forwards everything; counts its `close` calls in `closed`.
+pub struct Closing {
+    pub closed: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Processor for Closing {
+    type Key = String;
+    type Value = i64;
+
+    fn process(
+        &mut self,
+        ctx: &mut Context<'_>,
+        record: Record<String, i64>,
+    ) -> Result<(), ProcessError> {
+        ctx.forward(record);
+        Ok(())
+    }
+
+    fn close(&mut self, _ctx: &mut Context<'_>) -> Result<(), ProcessError> {
+        self.closed
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+/// `input` → `closing` → `out`.
+pub fn closing(input: &str, closed: std::sync::Arc<std::sync::atomic::AtomicUsize>) -> Topology {
+    let mut b = TopologyBuilder::new();
+    b.add_source("in", &[input], Utf8, I64)
+        .add_processor(
+            "closing",
+            move || Closing {
+                closed: closed.clone(),
+            },
+            &["in"],
+        )
+        .add_sink("out", "out", Utf8, I64, &["closing"]);
+    b.build().expect("a valid topology")
+}
