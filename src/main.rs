@@ -3,6 +3,7 @@
 //! - `keel run [--roles api,saga,inventory,payment,sinks]` hosts Keel's roles (all by default).
 //! - `keel psp-mock` serves the PSP mock the payment service talks to.
 //! - `keel carts seed` / `keel inventory seed` load demo and test data.
+//! - `keel order <id>` shows an order and its timeline with Kafka coordinates.
 //! - `keel stack up|down|status|logs|env|install` drives the local servers (`stack/keel-stack`).
 //! - `keel smoke` checks every server of the stack with the real clients Keel uses.
 //! - `keel connectors plugins|list|status|pause|resume|delete` manages Debezium connectors.
@@ -54,6 +55,14 @@ enum Command {
     /// Serve the PSP mock (authorize, capture, void, refund; rules by payment-method token and
     /// a seeded random mix). Settings: the `[psp_mock]` section.
     PspMock,
+    /// One order as the order store has it: status, lines, total, and its timeline — each
+    /// decision with the topic, partition and offset of the record that caused it.
+    Order {
+        id: String,
+        /// Print the order as JSON (the shape of `GET /orders/{id}`).
+        #[arg(long)]
+        json: bool,
+    },
     /// Carts of the cart service (MySQL `carts`, `cart_items`).
     Carts {
         #[command(subcommand)]
@@ -254,6 +263,50 @@ async fn run_schemas(config: &KeelConfig, action: SchemasAction) -> anyhow::Resu
     }
 }
 
+/// An order and its timeline as a table for people.
+fn render_order(order: &keel_processors::orders::OrderView) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let reason = order
+        .reason
+        .as_deref()
+        .map(|r| format!(" ({r})"))
+        .unwrap_or_default();
+    let _ = writeln!(out, "order {}  {}{reason}", order.order_id, order.status);
+    let _ = writeln!(
+        out,
+        "total {} {} (minor units), cart {}, customer {}",
+        order.total.amount_minor, order.total.currency, order.cart_id, order.customer_id
+    );
+    for item in &order.items {
+        let _ = writeln!(
+            out,
+            "  {:>3} x {:<20} at {} {}",
+            item.quantity, item.sku, item.unit_price.amount_minor, item.unit_price.currency
+        );
+    }
+    let _ = writeln!(
+        out,
+        "{:<25} {:<10} {:<20} caused by (topic/partition@offset)",
+        "time", "status", "reason"
+    );
+    for e in &order.timeline {
+        let cause = if e.offset < 0 {
+            format!("{} (timer, partition {})", e.topic, e.partition)
+        } else {
+            format!("{}/{}@{}", e.topic, e.partition, e.offset)
+        };
+        let _ = writeln!(
+            out,
+            "{:<25} {:<10} {:<20} {cause}",
+            e.time,
+            e.status,
+            e.reason.as_deref().unwrap_or("-")
+        );
+    }
+    out
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<ExitCode> {
     tracing_subscriber::fmt()
@@ -292,6 +345,20 @@ async fn main() -> anyhow::Result<ExitCode> {
                 stop.cancel();
             });
             mock.run(shutdown).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Order { id, json } => {
+            let config = KeelConfig::load(cli.config.as_deref())?;
+            let pool = run::orders_pool(&config).await?;
+            let Some(order) = keel_processors::orders::load_order(&pool, &id).await? else {
+                eprintln!("keel order: no order {id:?} in the order store");
+                return Ok(ExitCode::FAILURE);
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&order)?);
+            } else {
+                print!("{}", render_order(&order));
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Carts {

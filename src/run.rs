@@ -174,7 +174,8 @@ pub async fn start_stream_roles(
         handle: tokio::runtime::Handle::current(),
     };
     if roles.contains(&Role::Saga) {
-        let topology = saga::topology(&format, &names, &config.saga)?;
+        let metrics = saga::SagaMetrics::register(&running.registry)?;
+        let topology = saga::topology(&format, &names, &config.saga, metrics)?;
         let streams = config.streams.for_role("saga", &config.kafka);
         running.streams.push(Arc::new(
             start_streams(topology, streams, running.registry.clone()).await?,
@@ -344,11 +345,27 @@ pub async fn start_service_roles(
     }
     if roles.contains(&Role::Relay) && config.outbox.mode == crate::config::OutboxMode::Relay {
         use keel_processors::outbox::{MySqlOutbox, PgOutbox, run_relay};
-        let orders_pool = match &orders {
-            Some(pool) => pool.clone(),
-            None => orders_pool(config).await?,
-        };
-        let store = MySqlOutbox::new(orders_pool, "order_outbox")?;
+        if orders.is_none() {
+            // Creates the tables the relay reads when no other role of this process did.
+            orders_pool(config).await?;
+        }
+        // The relay's own connections read committed: its `FOR UPDATE SKIP LOCKED` claims then
+        // take no gap locks, so they do not deadlock with the order sink's inserts.
+        let relay_pool = sqlx::mysql::MySqlPoolOptions::new()
+            .max_connections(2)
+            .acquire_timeout(Duration::from_secs(10))
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    use sqlx::Executor as _;
+                    conn.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+                        .await
+                        .map(|_| ())
+                })
+            })
+            .connect(&config.mysql.url)
+            .await
+            .with_context(|| "connecting the order outbox relay (mysql.url)")?;
+        let store = MySqlOutbox::new(relay_pool, "order_outbox")?;
         let (relay, shutdown, bootstrap2) = (
             config.outbox.relay.clone(),
             running.shutdown.clone(),
@@ -375,6 +392,10 @@ pub async fn start_service_roles(
     if let (true, Some(pool)) = (roles.contains(&Role::Api), orders) {
         let mut api = config.api.clone();
         api.orders_topic = names.name(topics::ORDER_COMMANDS);
+        api.payments_topic = names.name(topics::PAYMENT_COMMANDS);
+        // The payment routes read the ledger; its tables are the payment role's (wait for them).
+        let ledger = ledger_pool(config).await?;
+        keel_processors::payment::migrate(&ledger).await?;
         let overrides: Vec<(String, String)> = config
             .kafka
             .client
@@ -387,6 +408,7 @@ pub async fn start_service_roles(
             producer,
             codec: codec.clone(),
             pool,
+            ledger: Some(ledger),
             registry: running.registry.clone(),
             ready: Arc::new(move || Running::ready(&streams)),
         };

@@ -1,11 +1,12 @@
 //! [`ApiConfig`]: where the API listens and how much it accepts.
 
+use std::fmt;
 use std::net::SocketAddr;
 
 use serde::Deserialize;
 
-/// The `api` section of Keel's configuration.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+/// The `api` section of Keel's configuration. `Debug` shows the secrets as `<redacted>`.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ApiConfig {
     /// Address to listen on; port 0 picks a free port (tests).
@@ -21,6 +22,33 @@ pub struct ApiConfig {
     pub max_in_flight: usize,
     /// Where place and cancel commands go.
     pub orders_topic: String,
+    /// Where refund commands and verified PSP callbacks go.
+    pub payments_topic: String,
+    /// The HMAC-SHA256 secret PSP callbacks are signed with (`Keel-Psp-Signature`); the
+    /// default is the PSP mock's default secret.
+    pub psp_callback_secret: String,
+    /// How far a callback's `Keel-Psp-Timestamp` may be from now, in seconds, in either
+    /// direction (older: a replay; newer: a forged or skewed clock); beyond it → 401.
+    pub psp_callback_tolerance_s: u64,
+}
+
+impl fmt::Debug for ApiConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApiConfig")
+            .field("listen", &self.listen)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field(
+                "auth_tokens",
+                &format_args!("<{} redacted>", self.auth_tokens.len()),
+            )
+            .field("produce_timeout_ms", &self.produce_timeout_ms)
+            .field("max_in_flight", &self.max_in_flight)
+            .field("orders_topic", &self.orders_topic)
+            .field("payments_topic", &self.payments_topic)
+            .field("psp_callback_secret", &format_args!("<redacted>"))
+            .field("psp_callback_tolerance_s", &self.psp_callback_tolerance_s)
+            .finish()
+    }
 }
 
 impl Default for ApiConfig {
@@ -32,6 +60,10 @@ impl Default for ApiConfig {
             produce_timeout_ms: 5_000,
             max_in_flight: 256,
             orders_topic: "orders.commands.v1".to_owned(),
+            payments_topic: keel_processors::payment::COMMANDS_TOPIC.to_owned(),
+            psp_callback_secret: keel_processors::psp_mock::PspMockConfig::default()
+                .callback_secret,
+            psp_callback_tolerance_s: 300,
         }
     }
 }
@@ -51,6 +83,15 @@ impl ApiConfig {
         }
         if self.orders_topic.trim().is_empty() {
             problems.push("orders_topic must not be empty".to_owned());
+        }
+        if self.payments_topic.trim().is_empty() {
+            problems.push("payments_topic must not be empty".to_owned());
+        }
+        if self.psp_callback_secret.is_empty() {
+            problems.push("psp_callback_secret must not be empty".to_owned());
+        }
+        if self.psp_callback_tolerance_s == 0 {
+            problems.push("psp_callback_tolerance_s must be greater than 0".to_owned());
         }
         if self.auth_tokens.iter().any(|t| t.trim().is_empty()) {
             problems.push("auth_tokens must not contain an empty token".to_owned());
@@ -76,6 +117,9 @@ mod tests {
         assert_eq!(c.produce_timeout_ms, 5_000);
         assert_eq!(c.max_in_flight, 256);
         assert_eq!(c.orders_topic, "orders.commands.v1");
+        assert_eq!(c.payments_topic, "payments.commands.v1");
+        assert_eq!(c.psp_callback_secret, "keel-psp-dev-secret");
+        assert_eq!(c.psp_callback_tolerance_s, 300);
         assert_eq!(c.validate(), Ok(()));
     }
 
@@ -102,5 +146,17 @@ mod tests {
         };
         let problems = c.validate().expect_err("invalid");
         assert_eq!(problems.len(), 3, "{problems:?}");
+    }
+
+    #[test]
+    fn debug_does_not_show_the_secrets() {
+        let c = ApiConfig {
+            auth_tokens: vec!["tok-visible?".into()],
+            psp_callback_secret: "psp-visible?".into(),
+            ..ApiConfig::default()
+        };
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("visible?"), "{shown}");
+        assert!(shown.contains("psp_callback_tolerance_s: 300"), "{shown}");
     }
 }

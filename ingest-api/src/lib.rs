@@ -9,6 +9,7 @@
 //! - [`config`] — [`ApiConfig`].
 //! - [`routes`] — [`Endpoint::ALL`] (the router is built from it), the handlers, middleware.
 //! - [`model`] — request and response bodies, validation.
+//! - [`payments`] — the payment routes: read a payment, refund, the signed PSP callback.
 //! - [`body`] — reading JSON bodies into problems that name the field.
 //! - [`problem`] — [`Problem`] (`application/problem+json`) and its kinds.
 //! - [`idempotency`] — the `api_idempotency` table: claim, replay, release.
@@ -24,6 +25,7 @@ pub mod kafka;
 pub mod metrics;
 pub mod model;
 pub mod openapi;
+pub mod payments;
 pub mod problem;
 pub mod routes;
 
@@ -34,7 +36,7 @@ use std::sync::Arc;
 use keel_avro::Codec;
 use prometheus::Registry;
 use rdkafka::producer::FutureProducer;
-use sqlx::MySqlPool;
+use sqlx::{MySqlPool, PgPool};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -81,6 +83,9 @@ pub struct ApiDeps {
     pub codec: Codec,
     /// The orders database (MariaDB), migrated with `keel_processors::orders::migrate`.
     pub pool: MySqlPool,
+    /// The payment ledger (PostgreSQL, migrated with `keel_processors::payment::migrate`) that
+    /// the payment routes read; `None`: they answer 503 and the orders API works as before.
+    pub ledger: Option<PgPool>,
     /// The API registers its metrics here; `/metrics` renders all of it.
     pub registry: Registry,
     /// Whether the process is ready (`/ready` answers 503 until it is).
@@ -91,6 +96,7 @@ impl fmt::Debug for ApiDeps {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ApiDeps")
             .field("codec", &self.codec)
+            .field("ledger", &self.ledger.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -136,6 +142,7 @@ pub async fn spawn(
         producer: deps.producer,
         codec: deps.codec,
         pool: deps.pool,
+        ledger: deps.ledger,
         registry: deps.registry,
         ready: deps.ready,
         metrics,

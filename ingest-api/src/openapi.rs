@@ -3,6 +3,7 @@
 //! both ways.
 
 use keel_processors::orders::{AddressView, MoneyView, OrderItemView, OrderView, TimelineEntry};
+use keel_processors::payment::{PaymentAttemptView, PaymentView, RefundView};
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
@@ -10,6 +11,7 @@ use crate::model::{
     Accepted, CancelRequest, OrderResource, PlaceOrderRequest, ReceivedOrder, ShippingAddressBody,
     StatusBody,
 };
+use crate::payments::{self, CallbackAccepted, PspCallbackBody, RefundAccepted, RefundRequest};
 use crate::problem::Problem;
 use crate::routes;
 
@@ -18,13 +20,18 @@ use crate::routes;
 #[openapi(
     info(
         title = "Keel ingest API",
-        description = "Place and cancel orders (commands on Kafka) and read them back. Errors \
+        description = "Place and cancel orders, refund payments and take the PSP's callbacks \
+            (commands on Kafka); read orders and payments back. Errors \
             are application/problem+json with a stable type https://keel.dev/problems/<slug>."
     ),
     paths(
         routes::place_order,
         routes::get_order,
         routes::cancel_order,
+        payments::get_order_payment,
+        payments::get_payment,
+        payments::refund_payment,
+        payments::psp_callback,
         routes::health,
         routes::ready,
         routes::metrics,
@@ -42,12 +49,20 @@ use crate::routes;
         MoneyView,
         AddressView,
         TimelineEntry,
+        PaymentView,
+        PaymentAttemptView,
+        RefundView,
+        RefundRequest,
+        RefundAccepted,
+        PspCallbackBody,
+        CallbackAccepted,
         StatusBody,
         Problem,
     )),
     modifiers(&BearerAuth),
     tags(
         (name = "orders", description = "Orders: place, read, cancel"),
+        (name = "payments", description = "Payments: read, refund, and the PSP's signed callbacks"),
         (name = "operations", description = "Health, readiness, metrics, this document"),
     )
 )]

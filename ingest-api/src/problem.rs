@@ -29,8 +29,12 @@ pub enum Kind {
     UnreadableBody,
     /// 401: writes need a bearer token.
     Unauthorized,
+    /// 401: a PSP callback whose signature or timestamp does not verify.
+    InvalidSignature,
     /// 404: no such order.
     OrderNotFound,
+    /// 404: no such payment.
+    PaymentNotFound,
     /// 404: no such route.
     NotFound,
     /// 405: the route exists, the method does not.
@@ -53,6 +57,8 @@ pub enum Kind {
     EmptyCart,
     /// 422: the Idempotency-Key was used with another body.
     IdempotencyKeyReused,
+    /// 422: a refund larger than what was captured and not yet refunded.
+    RefundExceedsCaptured,
     /// 503: Kafka, the registry or the database did not answer in time.
     DependencyUnavailable,
     /// 503: too many requests at once.
@@ -78,7 +84,9 @@ impl Kind {
             Self::InvalidHeader => uri!("invalid-header"),
             Self::UnreadableBody => uri!("unreadable-body"),
             Self::Unauthorized => uri!("unauthorized"),
+            Self::InvalidSignature => uri!("invalid-signature"),
             Self::OrderNotFound => uri!("order-not-found"),
+            Self::PaymentNotFound => uri!("payment-not-found"),
             Self::NotFound => uri!("not-found"),
             Self::MethodNotAllowed => uri!("method-not-allowed"),
             Self::CartAlreadyOrdered => uri!("cart-already-ordered"),
@@ -90,6 +98,7 @@ impl Kind {
             Self::UnknownCart => uri!("unknown-cart"),
             Self::EmptyCart => uri!("empty-cart"),
             Self::IdempotencyKeyReused => uri!("idempotency-key-reused"),
+            Self::RefundExceedsCaptured => uri!("refund-exceeds-captured"),
             Self::DependencyUnavailable => uri!("dependency-unavailable"),
             Self::Overloaded => uri!("overloaded"),
             Self::NotReady => uri!("not-ready"),
@@ -116,7 +125,9 @@ impl Kind {
             Self::InvalidHeader => "A header has an invalid value",
             Self::UnreadableBody => "The body could not be read",
             Self::Unauthorized => "A bearer token is required",
+            Self::InvalidSignature => "The callback's signature does not verify",
             Self::OrderNotFound => "No such order",
+            Self::PaymentNotFound => "No such payment",
             Self::NotFound => "No such resource",
             Self::MethodNotAllowed => "Method not allowed",
             Self::CartAlreadyOrdered => "The cart was already ordered",
@@ -128,6 +139,7 @@ impl Kind {
             Self::UnknownCart => "No such cart",
             Self::EmptyCart => "The cart is empty",
             Self::IdempotencyKeyReused => "The Idempotency-Key was used with another request",
+            Self::RefundExceedsCaptured => "The refund exceeds what may still be refunded",
             Self::DependencyUnavailable => "A dependency is unavailable; retry later",
             Self::Overloaded => "Too many requests in progress; retry later",
             Self::NotReady => "Not ready",
@@ -143,8 +155,8 @@ impl Kind {
             | Self::EmptyBody
             | Self::InvalidHeader
             | Self::UnreadableBody => StatusCode::BAD_REQUEST,
-            Self::Unauthorized => StatusCode::UNAUTHORIZED,
-            Self::OrderNotFound | Self::NotFound => StatusCode::NOT_FOUND,
+            Self::Unauthorized | Self::InvalidSignature => StatusCode::UNAUTHORIZED,
+            Self::OrderNotFound | Self::PaymentNotFound | Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::CartAlreadyOrdered | Self::RequestInProgress | Self::IllegalTransition => {
                 StatusCode::CONFLICT
@@ -154,7 +166,8 @@ impl Kind {
             Self::InvalidField
             | Self::UnknownCart
             | Self::EmptyCart
-            | Self::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
+            | Self::IdempotencyKeyReused
+            | Self::RefundExceedsCaptured => StatusCode::UNPROCESSABLE_ENTITY,
             Self::DependencyUnavailable | Self::Overloaded | Self::NotReady => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -233,7 +246,8 @@ impl IntoResponse for Problem {
         if let Some(seconds) = self.retry_after {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
-        if status == StatusCode::UNAUTHORIZED {
+        // A bearer challenge only where a bearer token helps (not for callback signatures).
+        if self.type_ == Kind::Unauthorized.type_uri() {
             headers.insert(
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Bearer realm=\"keel\""),

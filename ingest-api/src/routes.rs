@@ -21,7 +21,7 @@ use keel_processors::orders::{self, CartStatus};
 use prometheus::{Encoder, Registry, TextEncoder};
 use rdkafka::producer::FutureProducer;
 use sha2::{Digest, Sha256};
-use sqlx::MySqlPool;
+use sqlx::{MySqlPool, PgPool};
 use tokio::sync::Semaphore;
 
 use crate::body::{Required, read_json};
@@ -34,6 +34,7 @@ use crate::model::{
     ReceivedOrder, StatusBody,
 };
 use crate::openapi::ApiDoc;
+use crate::payments;
 use crate::problem::{Kind, Problem};
 
 /// `() -> bool`: whether the process is ready to take traffic.
@@ -45,6 +46,10 @@ pub enum Endpoint {
     PlaceOrder,
     GetOrder,
     CancelOrder,
+    GetOrderPayment,
+    GetPayment,
+    RefundPayment,
+    PspCallback,
     Health,
     Ready,
     Metrics,
@@ -52,10 +57,14 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
-    pub const ALL: [Endpoint; 7] = [
+    pub const ALL: [Endpoint; 11] = [
         Self::PlaceOrder,
         Self::GetOrder,
         Self::CancelOrder,
+        Self::GetOrderPayment,
+        Self::GetPayment,
+        Self::RefundPayment,
+        Self::PspCallback,
         Self::Health,
         Self::Ready,
         Self::Metrics,
@@ -64,10 +73,16 @@ impl Endpoint {
 
     pub fn method(self) -> Method {
         match self {
-            Self::PlaceOrder | Self::CancelOrder => Method::POST,
-            Self::GetOrder | Self::Health | Self::Ready | Self::Metrics | Self::OpenApi => {
-                Method::GET
+            Self::PlaceOrder | Self::CancelOrder | Self::RefundPayment | Self::PspCallback => {
+                Method::POST
             }
+            Self::GetOrder
+            | Self::GetOrderPayment
+            | Self::GetPayment
+            | Self::Health
+            | Self::Ready
+            | Self::Metrics
+            | Self::OpenApi => Method::GET,
         }
     }
 
@@ -77,6 +92,10 @@ impl Endpoint {
             Self::PlaceOrder => "/orders",
             Self::GetOrder => "/orders/{id}",
             Self::CancelOrder => "/orders/{id}/cancel",
+            Self::GetOrderPayment => "/orders/{id}/payment",
+            Self::GetPayment => "/payments/{id}",
+            Self::RefundPayment => "/payments/{id}/refund",
+            Self::PspCallback => "/psp/callbacks",
             Self::Health => "/health",
             Self::Ready => "/ready",
             Self::Metrics => "/metrics",
@@ -84,9 +103,17 @@ impl Endpoint {
         }
     }
 
-    /// Order routes count against `max_in_flight`; operational ones never do.
+    /// Whether the route reads or writes payments (served from the ledger, `ApiDeps::ledger`).
+    pub fn is_payments(self) -> bool {
+        matches!(
+            self,
+            Self::GetOrderPayment | Self::GetPayment | Self::RefundPayment | Self::PspCallback
+        )
+    }
+
+    /// Order and payment routes count against `max_in_flight`; operational ones never do.
     fn limited(self) -> bool {
-        matches!(self, Self::PlaceOrder | Self::GetOrder | Self::CancelOrder)
+        matches!(self, Self::PlaceOrder | Self::GetOrder | Self::CancelOrder) || self.is_payments()
     }
 
     fn method_router(self) -> MethodRouter<App> {
@@ -94,6 +121,10 @@ impl Endpoint {
             Self::PlaceOrder => post(place_order),
             Self::GetOrder => get(get_order),
             Self::CancelOrder => post(cancel_order),
+            Self::GetOrderPayment => get(payments::get_order_payment),
+            Self::GetPayment => get(payments::get_payment),
+            Self::RefundPayment => post(payments::refund_payment),
+            Self::PspCallback => post(payments::psp_callback),
             Self::Health => get(health),
             Self::Ready => get(ready),
             Self::Metrics => get(metrics),
@@ -104,13 +135,15 @@ impl Endpoint {
 
 /// The shared state of the handlers.
 #[derive(Clone)]
-pub(crate) struct App(Arc<Inner>);
+pub(crate) struct App(pub(crate) Arc<Inner>);
 
 pub(crate) struct Inner {
     pub config: ApiConfig,
     pub producer: FutureProducer,
     pub codec: Codec,
     pub pool: MySqlPool,
+    /// The payment ledger (PostgreSQL), read by the payment routes; without it they answer 503.
+    pub ledger: Option<PgPool>,
     pub registry: Registry,
     pub ready: ReadyFn,
     pub metrics: Metrics,
@@ -158,7 +191,7 @@ fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
 impl App {
     /// The idempotency scope of a write: `bearer:<sha256 of the token>`, or `anonymous` when
     /// authentication is off. 401 when a token is required and missing or unknown.
-    fn authorize(&self, headers: &HeaderMap) -> Result<String, Problem> {
+    pub(crate) fn authorize(&self, headers: &HeaderMap) -> Result<String, Problem> {
         if self.0.token_hashes.is_empty() {
             return Ok("anonymous".to_owned());
         }
@@ -187,7 +220,7 @@ impl App {
         }
     }
 
-    fn produce_timeout(&self) -> Duration {
+    pub(crate) fn produce_timeout(&self) -> Duration {
         Duration::from_millis(self.0.config.produce_timeout_ms)
     }
 
@@ -323,7 +356,7 @@ fn location(order_id: &str) -> Option<HeaderValue> {
 }
 
 /// A JSON answer with a status and, for 202, `Location: /orders/{id}`.
-fn json_response(status: StatusCode, body: String, order_id: Option<&str>) -> Response {
+pub(crate) fn json_response(status: StatusCode, body: String, order_id: Option<&str>) -> Response {
     let mut response = (status, body).into_response();
     let headers = response.headers_mut();
     headers.insert(
@@ -336,12 +369,12 @@ fn json_response(status: StatusCode, body: String, order_id: Option<&str>) -> Re
     response
 }
 
-fn to_json<T: serde::Serialize>(value: &T) -> String {
+pub(crate) fn to_json<T: serde::Serialize>(value: &T) -> String {
     serde_json::to_string(value).unwrap_or_else(|_| "{}".to_owned())
 }
 
 /// The `Idempotency-Key` header: 1 to 255 visible ASCII characters.
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
+pub(crate) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
     let Some(value) = headers.get("idempotency-key") else {
         return Ok(None);
     };
@@ -359,7 +392,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
     Ok(Some(key.to_owned()))
 }
 
-fn or_problem(result: Result<Response, Problem>) -> Response {
+pub(crate) fn or_problem(result: Result<Response, Problem>) -> Response {
     result.unwrap_or_else(IntoResponse::into_response)
 }
 

@@ -110,6 +110,7 @@ impl Env {
                 producer,
                 codec: self.codec.clone(),
                 pool: setup.pool.unwrap_or_else(|| self.pool.clone()),
+                ledger: None,
                 registry: prometheus::Registry::new(),
                 ready: Arc::new(move || ready),
             },
@@ -1106,7 +1107,16 @@ async fn the_openapi_document_and_the_routes_agree() -> anyhow::Result<()> {
                 .or_default()
                 .insert(answer.status.as_u16());
         }
-        for (op, statuses) in &documented {
+        // The payment routes (they need a ledger) are driven the same way in tests/payments.rs.
+        let payment_ops: BTreeSet<(String, String)> = Endpoint::ALL
+            .iter()
+            .filter(|e| e.is_payments())
+            .map(|e| (e.method().to_string(), e.path().to_owned()))
+            .collect();
+        for (op, statuses) in documented
+            .iter()
+            .filter(|(op, _)| !payment_ops.contains(op))
+        {
             assert_eq!(
                 observed.get(op),
                 Some(statuses),

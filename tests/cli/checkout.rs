@@ -313,6 +313,21 @@ async fn a_checkout_goes_end_to_end_through_every_store() {
         "confirmed holds became sales; released ones are gone"
     );
 
+    // `keel order` shows the same order with the coordinates of each decision's cause.
+    let shown = run.keel(&["order", &ok_id]).output().expect("keel order");
+    assert!(
+        shown.status.success(),
+        "{}",
+        String::from_utf8_lossy(&shown.stderr)
+    );
+    let shown = String::from_utf8_lossy(&shown.stdout).into_owned();
+    assert!(shown.contains("CONFIRMED"), "{shown}");
+    assert!(
+        shown.contains(&format!("{name}.orders.commands.v1/"))
+            && shown.contains(&format!("{name}.payment.authorized.v1/")),
+        "the timeline names the records behind PENDING and CONFIRMED: {shown}"
+    );
+
     // SIGTERM drains and commits, and the process exits cleanly.
     let status = keel
         .terminate(Duration::from_secs(60))

@@ -21,6 +21,7 @@
 //! - `offsets` — which offset may be committed while commands run out of order.
 //! - `worker` — [`run`]: the Kafka consumer, per-order sequencing, bounded concurrency.
 //! - `metrics` — [`PaymentMetrics`].
+//! - [`view`] — the read side for the API: [`load_payment`], [`locate_payment`].
 
 mod ledger;
 pub mod logic;
@@ -31,6 +32,7 @@ mod reconcile;
 mod service;
 #[cfg(test)]
 mod tests;
+pub mod view;
 mod worker;
 
 use std::collections::BTreeMap;
@@ -38,6 +40,10 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 pub use metrics::PaymentMetrics;
+pub use view::{
+    PaymentAttemptView, PaymentKeys, PaymentView, RefundView, load_payment, load_payment_by_order,
+    locate_payment,
+};
 pub use worker::run;
 
 /// The default command topic.

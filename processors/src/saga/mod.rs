@@ -14,5 +14,5 @@ mod topology;
 mod tests;
 
 pub use logic::{Effect, Input, Outcome, Refusal, Timeouts, decide, validate};
-pub use state::{LineState, PaymentState, Reason, Saga, Step};
-pub use topology::{SagaConfig, SagaProcessor, topology};
+pub use state::{LineState, OpenSaga, PaymentState, Reason, Saga, Step};
+pub use topology::{SagaConfig, SagaMetrics, SagaProcessor, topology};

@@ -10,8 +10,19 @@ use serde::{Deserialize, Serialize};
 
 /// The key-value store of sagas.
 pub const SAGAS_STORE: &str = "saga-state";
-/// The timer store of step deadlines.
+/// The timer store of step deadlines (and, once a saga is terminal, of its retention).
 pub const DEADLINES_STORE: &str = "saga-deadlines";
+/// The key-value store of open (non-terminal) sagas: order id → [`OpenSaga`]. Small and
+/// bounded by the deadlines, so the metrics punctuator can scan it.
+pub const OPEN_STORE: &str = "saga-open";
+
+/// What the open-sagas index keeps per order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpenSaga {
+    pub step: Step,
+    /// Epoch ms.
+    pub started_at: i64,
+}
 
 /// Where an order's saga is. `Confirmed`, `Cancelled` and `Rejected` are terminal: the step never
 /// changes again (late replies only trigger compensations).
@@ -28,6 +39,17 @@ pub enum Step {
 }
 
 impl Step {
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::AwaitingInventory => "awaiting_inventory",
+            Self::AwaitingPayment => "awaiting_payment",
+            Self::Confirmed => "confirmed",
+            Self::Cancelled => "cancelled",
+            Self::Rejected => "rejected",
+        }
+    }
+
     pub fn is_terminal(self) -> bool {
         matches!(self, Self::Confirmed | Self::Cancelled | Self::Rejected)
     }

@@ -466,16 +466,28 @@ mod driver {
     use crate::saga::SagaConfig;
     use crate::topics;
 
-    fn driver() -> TestDriver {
+    fn driver_with_metrics() -> (TestDriver, crate::saga::SagaMetrics) {
         let config = SagaConfig {
             inventory_timeout_ms: 5_000,
             payment_timeout_ms: 10_000,
             deadline_check_interval_ms: 100,
+            retention_ms: 60_000,
+            metrics_interval_ms: 100,
         };
-        let topology =
-            crate::saga::topology(&Format::Json, &crate::topics::Topics::default(), &config)
-                .expect("topology");
-        TestDriver::new(topology).expect("driver")
+        let metrics =
+            crate::saga::SagaMetrics::register(&prometheus::Registry::new()).expect("metrics");
+        let topology = crate::saga::topology(
+            &Format::Json,
+            &crate::topics::Topics::default(),
+            &config,
+            metrics.clone(),
+        )
+        .expect("topology");
+        (TestDriver::new(topology).expect("driver"), metrics)
+    }
+
+    fn driver() -> TestDriver {
+        driver_with_metrics().0
     }
 
     fn command(body: OrderCommandBody, id: &str) -> OrderCommand {
@@ -638,6 +650,77 @@ mod driver {
         assert_eq!(
             out::<OrderDecision>(&mut d, topics::ORDER_DECISIONS).len(),
             1
+        );
+    }
+
+    #[test]
+    fn open_sagas_are_gauged_by_step_and_finished_ones_are_forgotten_after_their_retention() {
+        use std::time::Duration;
+        let (mut d, metrics) = driver_with_metrics();
+        let Input::Place { place, .. } = place() else {
+            unreachable!()
+        };
+        pipe(
+            &mut d,
+            topics::ORDER_COMMANDS,
+            &command(OrderCommandBody::PlaceOrder(place), "cmd-1"),
+        );
+        d.advance_wall_clock(Duration::from_millis(100))
+            .expect("arms the punctuators");
+        d.advance_wall_clock(Duration::from_millis(200))
+            .expect("ticks");
+        let open = |step: &str| metrics.open.with_label_values(&[step, "0_0"]).get();
+        assert_eq!(open("awaiting_inventory"), 1.0);
+        assert!(
+            metrics
+                .oldest
+                .with_label_values(&["awaiting_inventory", "0_0"])
+                .get()
+                >= 0.2
+        );
+
+        pipe(&mut d, topics::INVENTORY_RESERVED, &reply(held("SKU-A")));
+        pipe(&mut d, topics::INVENTORY_RESERVED, &reply(held("SKU-B")));
+        let Input::Authorized(auth) = authorized("auth-1") else {
+            unreachable!()
+        };
+        pipe(&mut d, topics::PAYMENT_AUTHORIZED, &auth);
+        d.advance_wall_clock(Duration::from_millis(200))
+            .expect("ticks");
+        assert_eq!(open("awaiting_inventory"), 0.0);
+        assert_eq!(open("awaiting_payment"), 0.0);
+        assert_eq!(
+            metrics
+                .duration
+                .with_label_values(&["confirmed"])
+                .get_sample_count(),
+            1
+        );
+        assert_eq!(
+            metrics
+                .decisions
+                .with_label_values(&["CONFIRMED", "none"])
+                .get(),
+            1
+        );
+        assert!(
+            d.kv_get(crate::saga::state::SAGAS_STORE, ORDER.as_bytes())
+                .expect("reads")
+                .is_some()
+        );
+
+        // Within the retention a duplicate is still recognised; after it the saga is gone.
+        d.advance_wall_clock(Duration::from_millis(61_000))
+            .expect("ticks");
+        assert!(
+            d.kv_get(crate::saga::state::SAGAS_STORE, ORDER.as_bytes())
+                .expect("reads")
+                .is_none(),
+            "a finished saga is deleted after its retention"
+        );
+        assert!(
+            out::<OrderDecision>(&mut d, topics::ORDER_DECISIONS).len() == 2,
+            "no decision from the retention timer"
         );
     }
 }

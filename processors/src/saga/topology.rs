@@ -14,10 +14,11 @@ use keel_topology::{
     Context, ProcessError, Processor, Punctuation, PunctuationType, Record, SerdeError, StoreKind,
     Topology, TopologyBuilder,
 };
+use prometheus::{GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 use serde::{Deserialize, Serialize};
 
 use super::logic::{Effect, Input, Timeouts, decide};
-use super::state::{DEADLINES_STORE, SAGAS_STORE, Saga};
+use super::state::{DEADLINES_STORE, OPEN_STORE, OpenSaga, SAGAS_STORE, Saga, Step};
 use crate::format::Format;
 use crate::topics::{self, Topics};
 
@@ -32,6 +33,11 @@ pub struct SagaConfig {
     pub payment_timeout_ms: u64,
     /// How often due deadlines are looked for (ms of wall-clock time).
     pub deadline_check_interval_ms: u64,
+    /// How long a finished saga is kept (ms) — duplicates and late replies within it are
+    /// recognised — before its state is deleted. 7 days by default.
+    pub retention_ms: u64,
+    /// How often the open-saga gauges are refreshed (ms of wall-clock time).
+    pub metrics_interval_ms: u64,
 }
 
 impl Default for SagaConfig {
@@ -40,6 +46,8 @@ impl Default for SagaConfig {
             inventory_timeout_ms: 30_000,
             payment_timeout_ms: 60_000,
             deadline_check_interval_ms: 1_000,
+            retention_ms: 7 * 24 * 3_600_000,
+            metrics_interval_ms: 5_000,
         }
     }
 }
@@ -50,6 +58,64 @@ impl SagaConfig {
             inventory_ms: i64::try_from(self.inventory_timeout_ms).unwrap_or(i64::MAX),
             payment_ms: i64::try_from(self.payment_timeout_ms).unwrap_or(i64::MAX),
         }
+    }
+}
+
+/// The saga's metrics, registered once per process.
+#[derive(Debug, Clone)]
+pub struct SagaMetrics {
+    /// `saga_open{step, task}`: sagas waiting in each step.
+    pub open: GaugeVec,
+    /// `saga_open_oldest_age_seconds{step, task}`: how long the oldest open saga of the step
+    /// has existed.
+    pub oldest: GaugeVec,
+    /// `saga_decisions_total{status, reason}`: order decisions (reason `none` when there is none).
+    pub decisions: IntCounterVec,
+    /// `saga_duration_seconds{outcome}`: from place-order to the terminal decision.
+    pub duration: HistogramVec,
+}
+
+impl SagaMetrics {
+    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let open = GaugeVec::new(
+            Opts::new("saga_open", "Open sagas by step, per task"),
+            &["step", "task"],
+        )?;
+        let oldest = GaugeVec::new(
+            Opts::new(
+                "saga_open_oldest_age_seconds",
+                "Age of the oldest open saga by step, per task",
+            ),
+            &["step", "task"],
+        )?;
+        let decisions = IntCounterVec::new(
+            Opts::new(
+                "saga_decisions_total",
+                "Order decisions by status and reason",
+            ),
+            &["status", "reason"],
+        )?;
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "saga_duration_seconds",
+                "Time from the place-order command to the terminal decision, by outcome",
+            )
+            .buckets(vec![
+                0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+            ]),
+            &["outcome"],
+        )?;
+        for c in [&open, &oldest] {
+            registry.register(Box::new(c.clone()))?;
+        }
+        registry.register(Box::new(decisions.clone()))?;
+        registry.register(Box::new(duration.clone()))?;
+        Ok(Self {
+            open,
+            oldest,
+            decisions,
+            duration,
+        })
     }
 }
 
@@ -64,8 +130,11 @@ pub fn topology(
     format: &Format,
     names: &Topics,
     config: &SagaConfig,
+    metrics: SagaMetrics,
 ) -> keel_topology::Result<Topology> {
     let timeouts = config.timeouts();
+    let retention_ms = i64::try_from(config.retention_ms).unwrap_or(i64::MAX);
+    let metrics_interval = Duration::from_millis(config.metrics_interval_ms.max(1));
     let inputs = names.saga_inputs();
     let inputs: Vec<&str> = inputs.iter().map(String::as_str).collect();
     let interval = Duration::from_millis(config.deadline_check_interval_ms.max(1));
@@ -81,7 +150,13 @@ pub fn topology(
     )
     .add_processor(
         PROCESSOR,
-        move || SagaProcessor { timeouts, interval },
+        move || SagaProcessor {
+            timeouts,
+            interval,
+            retention_ms,
+            metrics_interval,
+            metrics: metrics.clone(),
+        },
         &[SOURCE],
     )
     .add_sink(
@@ -106,7 +181,8 @@ pub fn topology(
         &[PROCESSOR],
     )
     .add_state_store(SAGAS_STORE, StoreKind::KeyValue, &[PROCESSOR])
-    .add_state_store(DEADLINES_STORE, StoreKind::Timer, &[PROCESSOR]);
+    .add_state_store(DEADLINES_STORE, StoreKind::Timer, &[PROCESSOR])
+    .add_state_store(OPEN_STORE, StoreKind::KeyValue, &[PROCESSOR]);
     b.build()
 }
 
@@ -164,6 +240,9 @@ struct Source {
 pub struct SagaProcessor {
     timeouts: Timeouts,
     interval: Duration,
+    retention_ms: i64,
+    metrics_interval: Duration,
+    metrics: SagaMetrics,
 }
 
 impl Processor for SagaProcessor {
@@ -172,6 +251,27 @@ impl Processor for SagaProcessor {
 
     fn init(&mut self, ctx: &mut Context<'_>) -> Result<(), ProcessError> {
         ctx.schedule("saga-deadlines", self.interval, PunctuationType::WallClock);
+        ctx.schedule(
+            "saga-metrics",
+            self.metrics_interval,
+            PunctuationType::WallClock,
+        );
+        Ok(())
+    }
+
+    fn close(&mut self, ctx: &mut Context<'_>) -> Result<(), ProcessError> {
+        // The task moves away: its sagas are counted by the next owner.
+        let task = ctx.task_id().to_string();
+        for step in Step::ALL {
+            let _ = self
+                .metrics
+                .open
+                .remove_label_values(&[step.label(), &task]);
+            let _ = self
+                .metrics
+                .oldest
+                .remove_label_values(&[step.label(), &task]);
+        }
         Ok(())
     }
 
@@ -198,6 +298,9 @@ impl Processor for SagaProcessor {
         ctx: &mut Context<'_>,
         punctuation: &Punctuation,
     ) -> Result<(), ProcessError> {
+        if punctuation.name == "saga-metrics" {
+            return self.refresh_gauges(ctx, punctuation.timestamp);
+        }
         // Bounded per punctuation so one burst of expiries cannot stall the task.
         let due = ctx
             .timers(DEADLINES_STORE)?
@@ -231,6 +334,14 @@ impl SagaProcessor {
             })?),
             None => None,
         };
+        // A finished saga's timer is its retention: forget it.
+        if let (Some(saga), Input::DeadlinePassed) = (&state, &input)
+            && saga.step.is_terminal()
+        {
+            ctx.kv(SAGAS_STORE)?.delete(order_id.as_bytes().to_vec());
+            return Ok(());
+        }
+        let was_terminal = state.as_ref().is_some_and(|s| s.step.is_terminal());
         let outcome = decide(state, input, order_id, now, &self.timeouts)
             .map_err(|refusal| ProcessError::BadInput(refusal.to_string()))?;
         let Some(mut saga) = outcome.saga else {
@@ -268,6 +379,14 @@ impl SagaProcessor {
                     reason,
                     detail,
                 } => {
+                    let status_label = format!("{status:?}").to_ascii_uppercase();
+                    self.metrics
+                        .decisions
+                        .with_label_values(&[
+                            status_label.as_str(),
+                            reason.map_or("none", |r| r.code()),
+                        ])
+                        .inc();
                     let decision = OrderDecision {
                         decision_id: format!("{order_id}/{sequence}"),
                         order_id: order_id.to_owned(),
@@ -303,8 +422,60 @@ impl SagaProcessor {
                 }
             }
         }
+        if saga.step.is_terminal() {
+            if !was_terminal {
+                let due = now.saturating_add(self.retention_ms);
+                ctx.timers(DEADLINES_STORE)?
+                    .schedule(order_id.as_bytes().to_vec(), due, b"")?;
+                ctx.kv(OPEN_STORE)?.delete(order_id.as_bytes().to_vec());
+                let seconds = (now - saga.started_at).max(0) as f64 / 1_000.0;
+                self.metrics
+                    .duration
+                    .with_label_values(&[saga.step.label()])
+                    .observe(seconds);
+            }
+        } else {
+            let open = OpenSaga {
+                step: saga.step,
+                started_at: saga.started_at,
+            };
+            let bytes = serde_json::to_vec(&open).unwrap_or_default();
+            ctx.kv(OPEN_STORE)?.put(order_id.as_bytes().to_vec(), bytes);
+        }
         ctx.kv(SAGAS_STORE)?
             .put(order_id.as_bytes().to_vec(), saga.encode());
+        Ok(())
+    }
+
+    /// Sets `saga_open` and `saga_open_oldest_age_seconds` for this task from the open index.
+    fn refresh_gauges(&self, ctx: &mut Context<'_>, now: i64) -> Result<(), ProcessError> {
+        let task = ctx.task_id().to_string();
+        let mut counts = [0u64; Step::ALL.len()];
+        let mut oldest = [None::<i64>; Step::ALL.len()];
+        for entry in ctx.kv(OPEN_STORE)?.iter()? {
+            let (_, bytes) = entry?;
+            let Ok(open) = serde_json::from_slice::<OpenSaga>(&bytes) else {
+                continue;
+            };
+            let i = Step::ALL.iter().position(|s| *s == open.step).unwrap_or(0);
+            counts[i] += 1;
+            oldest[i] = Some(oldest[i].map_or(open.started_at, |o: i64| o.min(open.started_at)));
+        }
+        for (i, step) in Step::ALL
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| !s.is_terminal())
+        {
+            self.metrics
+                .open
+                .with_label_values(&[step.label(), &task])
+                .set(counts[i] as f64);
+            let age = oldest[i].map_or(0.0, |t| (now - t).max(0) as f64 / 1_000.0);
+            self.metrics
+                .oldest
+                .with_label_values(&[step.label(), &task])
+                .set(age);
+        }
         Ok(())
     }
 }

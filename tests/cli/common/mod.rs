@@ -67,7 +67,7 @@ impl Run {
                 "KEEL__STREAMS__STATE_DIR",
                 self.state_dir.path().as_os_str(),
             )
-            .env("RUST_LOG", "warn,keel=info,keel_processors=info");
+            .env("RUST_LOG", "warn");
         cmd
     }
 
