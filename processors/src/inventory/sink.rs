@@ -2,10 +2,11 @@
 //! to the hold's remaining life) and `stock_level` rows, kept up to date from
 //! `inventory.reserved.v1`, `inventory.released.v1` and `inventory.adjusted.v1`.
 //!
-//! Idempotent and order-proof by construction: every write carries `USING TIMESTAMP` = the
+//! Idempotent and order-proof by construction: every hold write carries `USING TIMESTAMP` = the
 //! event's `occurred_at` (in µs, Cassandra's write time), so a replayed event rewrites the same
 //! cells and a release that arrives before its reservation still wins (the later write time
-//! shadows the earlier insert). Hold rows are upserts keyed by `(sku, order_id)`, so a hold is
+//! shadows the earlier insert; on a tie the deletion wins). Stock rows use the event's offset in
+//! its SKU-keyed partition as write time (see [`writes_for_adjusted`]). Hold rows are upserts keyed by `(sku, order_id)`, so a hold is
 //! recorded once whatever the retries. Every write that touches a hold sets its remaining TTL
 //! or deletes the row, so no hold leaves a cell that never expires. Offsets are committed after
 //! the writes (at-least-once); a timed-out write is retried with backoff.
@@ -150,11 +151,12 @@ pub enum Write {
         order_id: String,
         at_us: i64,
     },
+    /// `version` is the write time: the event's offset in its SKU-keyed partition.
     Stock {
         sku: String,
         on_hand: i32,
         at_ms: i64,
-        at_us: i64,
+        version: i64,
     },
 }
 
@@ -187,13 +189,18 @@ pub fn writes_for_released(e: &InventoryReleased) -> Vec<Write> {
 }
 
 /// Stock on hand changes; a sale (`SOLD order <id>`) also ends that order's hold row.
-pub fn writes_for_adjusted(e: &InventoryAdjusted) -> Vec<Write> {
+///
+/// The stock row's write time is `offset`, the event's offset in its partition: the topic is
+/// keyed by SKU, so one SKU's events are totally ordered there, and the last one wins whatever
+/// the arrival order or replays. (Event times are not enough: several adjustments of one SKU
+/// share a millisecond under load, and Cassandra breaks write-time ties by the larger value.)
+pub fn writes_for_adjusted(e: &InventoryAdjusted, offset: i64) -> Vec<Write> {
     let at_us = e.occurred_at.saturating_mul(1_000);
     let mut out = vec![Write::Stock {
         sku: e.sku.clone(),
         on_hand: e.on_hand,
         at_ms: e.occurred_at,
-        at_us,
+        version: offset,
     }];
     if e.reason.starts_with("SOLD") || e.reason.starts_with("OVERSOLD") {
         out.push(Write::DeleteHold {
@@ -236,7 +243,7 @@ async fn apply(session: &Session, st: &Statements, write: &Write) -> Result<(), 
             sku,
             on_hand,
             at_ms,
-            at_us,
+            version: at_us,
         } => {
             session
                 .execute_unpaged(&st.set_stock, (sku, on_hand, ts(*at_ms), at_us))
@@ -318,7 +325,7 @@ pub async fn run(
                     _ => codec
                         .decode_from::<InventoryAdjusted>(topic, bytes)
                         .await
-                        .map(|e| writes_for_adjusted(&e)),
+                        .map(|e| writes_for_adjusted(&e, message.offset())),
                 };
                 match decoded {
                     Ok(writes) => writes,

@@ -254,6 +254,71 @@ fn an_adjust_never_takes_stock_below_zero_or_below_what_is_held() {
     };
 }
 
+mod cassandra_writes {
+    use keel_avro::records::*;
+
+    use crate::inventory::sink::{Write, writes_for_adjusted, writes_for_reserved};
+
+    const T0: i64 = 1_700_000_000_000;
+
+    fn reserved(status: ReservationStatus, expires_at: Option<i64>) -> InventoryReserved {
+        InventoryReserved {
+            event_id: "e".into(),
+            sku: "SKU".into(),
+            occurred_at: T0,
+            causation_id: "c".into(),
+            correlation_id: "o1".into(),
+            order_id: "o1".into(),
+            status,
+            quantity: 2,
+            available: 3,
+            expires_at,
+        }
+    }
+
+    #[test]
+    fn a_hold_row_lives_exactly_as_long_as_the_hold_rounded_up_to_a_second() {
+        let writes = writes_for_reserved(&reserved(ReservationStatus::Held, Some(T0 + 1_500)), T0);
+        assert!(
+            matches!(writes.as_slice(), [Write::Hold { ttl_s: 2, at_us, .. }] if *at_us == T0 * 1_000)
+        );
+        assert!(
+            writes_for_reserved(&reserved(ReservationStatus::Held, Some(T0)), T0).is_empty(),
+            "a lapsed hold writes nothing"
+        );
+        assert!(writes_for_reserved(&reserved(ReservationStatus::Shortage, None), T0).is_empty());
+    }
+
+    #[test]
+    fn stock_rows_are_versioned_by_offset_so_same_millisecond_updates_keep_their_order() {
+        let adjusted = |on_hand, reason: &str| InventoryAdjusted {
+            event_id: "e".into(),
+            sku: "SKU".into(),
+            occurred_at: T0,
+            causation_id: "c".into(),
+            correlation_id: "o1".into(),
+            delta: -1,
+            on_hand,
+            reason: reason.into(),
+        };
+        let first = writes_for_adjusted(&adjusted(1, "SOLD order o1"), 41);
+        let second = writes_for_adjusted(&adjusted(0, "SOLD order o2"), 42);
+        let version = |w: &[Write]| match w.first() {
+            Some(Write::Stock { version, .. }) => *version,
+            other => panic!("a stock write first, got {other:?}"),
+        };
+        assert!(
+            version(&second) > version(&first),
+            "the later event wins the tie"
+        );
+        assert!(
+            first
+                .iter()
+                .any(|w| matches!(w, Write::DeleteHold { order_id, .. } if order_id == "o1"))
+        );
+    }
+}
+
 mod driver {
     use std::time::Duration;
 
