@@ -3,7 +3,8 @@
 //!
 //! Must not hold business state: every decision is made by the processors downstream. It reads
 //! the cart (MariaDB `carts`) to build a place-order command, keeps `Idempotency-Key`s in
-//! `api_idempotency`, and reads orders back through `keel_processors::orders::load_order`.
+//! `api_idempotency`, and reads orders back through `keel_processors::orders::load_order` and
+//! payments through `keel_processors::payment::view` (the PostgreSQL ledger, optional).
 //!
 //! Layout:
 //! - [`config`] — [`ApiConfig`].

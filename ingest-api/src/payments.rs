@@ -407,7 +407,7 @@ async fn refund_payment_inner(
         )
         .field("Idempotency-Key"));
     }
-    if request.amount_minor > view.refundable.amount_minor + 1_000_000 {
+    if request.amount_minor > view.refundable.amount_minor {
         return Err(Problem::new(
             Kind::RefundExceedsCaptured,
             format!(
@@ -565,8 +565,7 @@ async fn psp_callback_inner(
     body: Body,
 ) -> Result<Response, Problem> {
     let raw = read_raw(headers, body, app.0.config.max_body_bytes).await?;
-    let reserialized = serde_json::to_vec(&serde_json::from_slice::<serde_json::Value>(&raw).unwrap_or_default()).unwrap_or_default();
-    verify_callback(app, headers, &reserialized)?;
+    verify_callback(app, headers, &raw)?;
     let event: CallbackEvent = parse_json(&raw)?;
     for (field, value) in [
         ("event_id", &event.event_id),

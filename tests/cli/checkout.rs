@@ -234,6 +234,81 @@ async fn a_checkout_goes_end_to_end_through_every_store() {
         "the event id is the outbox row's id"
     );
 
+    // Other teams' clients read the same records: Confluent's Python client with its Avro
+    // deserializer and the registry, and Kafka's own console consumer.
+    let python = std::env::var("KEEL_INTEROP_PYTHON").unwrap_or_else(|_| {
+        format!(
+            "{}/.cache/keel/venv/bin/python",
+            std::env::var("HOME").unwrap_or_default()
+        )
+    });
+    let read = std::process::Command::new(&python)
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/interop/confluent_read.py"
+        ))
+        .args([
+            "--bootstrap",
+            &stack.kafka_bootstrap,
+            "--registry",
+            &stack.registry_url,
+        ])
+        .args(["--topic", &changed_topic, "--min", "2"])
+        .output()
+        .expect("the interop Python (scripts/bootstrap installs it)");
+    assert!(
+        read.status.success(),
+        "{}",
+        String::from_utf8_lossy(&read.stderr)
+    );
+    let records: Vec<Value> = String::from_utf8_lossy(&read.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per record"))
+        .collect();
+    let confirmed = records
+        .iter()
+        .find(|r| r["key"] == ok_id.as_str())
+        .unwrap_or_else(|| panic!("the confirmed order in {records:?}"));
+    assert_eq!(confirmed["value"]["to_status"], "CONFIRMED", "{confirmed}");
+    assert_eq!(confirmed["value"]["event_id"], event.event_id.as_str());
+    assert_eq!(
+        confirmed["headers"]["keel.event.id"],
+        event.event_id.as_str()
+    );
+
+    let console = std::process::Command::new(keel_tests::stack_script())
+        .args([
+            "kafka-tool",
+            "org.apache.kafka.tools.consumer.ConsoleConsumer",
+        ])
+        .args([
+            "--bootstrap-server",
+            &stack.kafka_bootstrap,
+            "--topic",
+            &changed_topic,
+        ])
+        .args([
+            "--from-beginning",
+            "--max-messages",
+            "2",
+            "--timeout-ms",
+            "30000",
+        ])
+        .args(["--isolation-level", "read_committed"])
+        .args([
+            "--property",
+            "print.key=true",
+            "--property",
+            "print.headers=true",
+        ])
+        .output()
+        .expect("kafka's console consumer");
+    let printed = String::from_utf8_lossy(&console.stdout).into_owned();
+    assert!(
+        printed.contains(&format!("keel.event.id:{}", event.event_id)) && printed.contains(&ok_id),
+        "the console consumer shows the key and the event-id header: {printed}"
+    );
+
     // PostgreSQL: authorized and then captured, for the order's total.
     let mut pg = sqlx::PgConnection::connect(&run.postgres_url)
         .await
