@@ -4,6 +4,7 @@
 //! - `keel psp-mock` serves the PSP mock the payment service talks to.
 //! - `keel carts seed` / `keel inventory seed` load demo and test data.
 //! - `keel order <id>` shows an order and its timeline with Kafka coordinates.
+//! - `keel lag [--once] [--json]` shows consumer-group lag per partition.
 //! - `keel stack up|down|status|logs|env|install` drives the local servers (`stack/keel-stack`).
 //! - `keel smoke` checks every server of the stack with the real clients Keel uses.
 //! - `keel connectors plugins|list|status|pause|resume|delete` manages Debezium connectors.
@@ -17,6 +18,7 @@
 
 mod bench;
 mod config;
+mod lag;
 mod run;
 mod seed;
 mod smoke;
@@ -62,6 +64,17 @@ enum Command {
         /// Print the order as JSON (the shape of `GET /orders/{id}`).
         #[arg(long)]
         json: bool,
+    },
+    /// Consumer-group lag per partition of Keel's applications and the Connect workers,
+    /// refreshed in place (`--once` to print once, `--json` for scripts).
+    Lag {
+        #[arg(long)]
+        once: bool,
+        #[arg(long)]
+        json: bool,
+        /// Refresh interval in seconds.
+        #[arg(long, default_value_t = 2)]
+        interval: u64,
     },
     /// Carts of the cart service (MySQL `carts`, `cart_items`).
     Carts {
@@ -345,6 +358,23 @@ async fn main() -> anyhow::Result<ExitCode> {
                 stop.cancel();
             });
             mock.run(shutdown).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Lag {
+            once,
+            json,
+            interval,
+        } => {
+            let config = KeelConfig::load(cli.config.as_deref())?;
+            tokio::task::spawn_blocking(move || {
+                lag::run(
+                    &config,
+                    once,
+                    json,
+                    std::time::Duration::from_secs(interval.max(1)),
+                )
+            })
+            .await??;
             Ok(ExitCode::SUCCESS)
         }
         Command::Order { id, json } => {

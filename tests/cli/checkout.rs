@@ -403,6 +403,34 @@ async fn a_checkout_goes_end_to_end_through_every_store() {
         "the timeline names the records behind PENDING and CONFIRMED: {shown}"
     );
 
+    // `keel lag` reports the applications' groups, per partition, as JSON for scripts.
+    let lag = run
+        .keel(&["lag", "--once", "--json"])
+        .output()
+        .expect("keel lag");
+    assert!(
+        lag.status.success(),
+        "{}",
+        String::from_utf8_lossy(&lag.stderr)
+    );
+    let rows: Vec<Value> = serde_json::from_slice(&lag.stdout).expect("a JSON array");
+    let saga_commands = rows
+        .iter()
+        .filter(|r| {
+            r["group"] == format!("{name}-saga").as_str()
+                && r["topic"] == format!("{name}.orders.commands.v1").as_str()
+        })
+        .count();
+    assert_eq!(
+        saga_commands, 3,
+        "one row per partition of the saga's input: {rows:?}"
+    );
+    assert!(
+        rows.iter()
+            .any(|r| r["group"] == format!("{name}-payment").as_str()),
+        "the payment service's group too: {rows:?}"
+    );
+
     // SIGTERM drains and commits, and the process exits cleanly.
     let status = keel
         .terminate(Duration::from_secs(60))
