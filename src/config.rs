@@ -302,6 +302,12 @@ mod tests {
             let c = KeelConfig::load(None).map_err(|e| e.to_string())?;
             assert_eq!(c.kafka.bootstrap_servers, "127.0.0.1:9092");
             assert_eq!(c.cassandra.nodes, vec!["127.0.0.1:9042".to_owned()]);
+            assert_eq!(c.streams.application_id, "keel");
+            assert_eq!(c.topics.partitions, 6);
+            assert_eq!(c.saga.payment_timeout_ms, 60_000);
+            assert_eq!(c.inventory.hold_ttl_ms, 600_000);
+            assert_eq!(c.api.listen.port(), 8088);
+            assert!(c.saga.payment_timeout_ms > c.payment.psp_timeout_ms);
             Ok(())
         });
     }
