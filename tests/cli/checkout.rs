@@ -54,6 +54,14 @@ async fn a_checkout_goes_end_to_end_through_every_store() {
         &format!("{plate}:1:800"),
     ]);
     run.ok(&[
+        "carts",
+        "seed",
+        "--cart-id",
+        "cart-psp-timeout",
+        "--item",
+        &format!("{mug}:1:1250"),
+    ]);
+    run.ok(&[
         "inventory",
         "seed",
         "--skus",
@@ -157,6 +165,21 @@ async fn a_checkout_goes_end_to_end_through_every_store() {
     let declined = settled(&client, &run.api, &declined_id, Duration::from_secs(60)).await;
     assert_eq!(declined["status"], "CANCELLED", "{declined}");
     assert_eq!(declined["reason"], "PAYMENT_DECLINED", "{declined}");
+
+    // The PSP authorizes but answers after the payment service's timeout (5 s here): the order
+    // is cancelled with PSP_TIMEOUT, and the late authorization is found and voided.
+    let timeout = place(
+        &client,
+        &run.api,
+        "cart-psp-timeout",
+        "tok_timeout",
+        "key-timeout",
+    )
+    .await;
+    let timeout_id = timeout["orderId"].as_str().expect("id").to_owned();
+    let timed_out = settled(&client, &run.api, &timeout_id, Duration::from_secs(60)).await;
+    assert_eq!(timed_out["status"], "CANCELLED", "{timed_out}");
+    assert_eq!(timed_out["reason"], "PSP_TIMEOUT", "{timed_out}");
 
     // MariaDB: the order, its lines, two history rows and two outbox rows.
     let mut my = sqlx::MySqlConnection::connect(&run.mysql_url)
@@ -287,20 +310,17 @@ async fn a_checkout_goes_end_to_end_through_every_store() {
             "--topic",
             &changed_topic,
         ])
+        // Everything there is, then 10 s of silence ends it.
         .args([
             "--from-beginning",
             "--max-messages",
-            "2",
+            "100",
             "--timeout-ms",
-            "30000",
+            "10000",
         ])
         .args(["--isolation-level", "read_committed"])
-        .args([
-            "--property",
-            "print.key=true",
-            "--property",
-            "print.headers=true",
-        ])
+        .args(["--formatter-property", "print.key=true"])
+        .args(["--formatter-property", "print.headers=true"])
         .output()
         .expect("kafka's console consumer");
     let printed = String::from_utf8_lossy(&console.stdout).into_owned();
@@ -340,6 +360,34 @@ async fn a_checkout_goes_end_to_end_through_every_store() {
             .await
             .expect("payments");
     assert_eq!(declined_payment.as_deref(), Some("FAILED"));
+    let start = Instant::now();
+    loop {
+        // The payment stays FAILED (a status never moves back); the late authorization gets a
+        // successful VOID attempt, so nothing is charged.
+        let attempts: Vec<(String, String, String)> = sqlx::query_as(
+            "SELECT p.status, a.kind, a.outcome FROM payments p \
+             JOIN payment_attempts a USING (payment_id) WHERE p.order_id = $1",
+        )
+        .bind(&timeout_id)
+        .fetch_all(&mut pg)
+        .await
+        .expect("payments");
+        if attempts
+            .iter()
+            .any(|(_, kind, outcome)| kind == "VOID" && outcome == "SUCCEEDED")
+        {
+            assert!(
+                attempts.iter().all(|(status, _, _)| status == "FAILED"),
+                "{attempts:?}"
+            );
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the late authorization was not voided: {attempts:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 
     // Cassandra: stock levels after the sale (5 - 2 mugs, 5 - 1 plate), no hold left behind.
     let session = scylla::client::session_builder::SessionBuilder::new()

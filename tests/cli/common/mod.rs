@@ -237,6 +237,9 @@ impl Run {
                 ("KEEL__PSP_MOCK__DECLINE_RATE".into(), "0.0".into()),
                 ("KEEL__PSP_MOCK__ERROR_RATE".into(), "0.0".into()),
                 ("KEEL__PSP_MOCK__TIMEOUT_RATE".into(), "0.0".into()),
+                // `tok_timeout` answers after 8 s, past the payment service's 5 s timeout.
+                ("KEEL__PSP_MOCK__TIMEOUT_DELAY_MS".into(), "8000".into()),
+                ("KEEL__PAYMENT__RECONCILE_INTERVAL_MS".into(), "1000".into()),
             ],
             api: format!("http://127.0.0.1:{api_port}"),
             mysql_url,
