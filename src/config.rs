@@ -40,6 +40,49 @@ pub struct KeelConfig {
     pub api: keel_ingest_api::ApiConfig,
     #[serde(default)]
     pub outbox: OutboxSection,
+    #[serde(default)]
+    pub carts: CartsSection,
+}
+
+/// Where the saga's view of a cart comes from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CartSource {
+    /// The ingest API reads the cart from MariaDB and puts its lines in the place-order
+    /// command; the saga validates the command's own numbers.
+    #[default]
+    Api,
+    /// The saga checks every order against a carts table built from the cart service's CDC
+    /// topics (Debezium, registered by `keel run`): other producers' commands are checked too.
+    Cdc,
+}
+
+/// `[carts]`: the cart check. With `source = "cdc"`, `keel run` (role `saga`) creates the CDC
+/// topics `<topics.prefix><server_name>.<database>.carts|cart_items` with `[topics].partitions`
+/// and registers (PUT, idempotent) the Debezium connector `<streams.application_id>-carts-cdc`
+/// for the `mysql.url` database on `connect.url`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CartsSection {
+    pub source: CartSource,
+    /// Debezium's `topic.prefix`, after `[topics].prefix`.
+    pub server_name: String,
+    /// The connector's MariaDB replica id; unique among the server's binlog clients. Default: a
+    /// stable number derived from the connector's name.
+    pub server_id: Option<u32>,
+    /// How long `keel run` waits for the connector to run (ms).
+    pub register_timeout_ms: u64,
+}
+
+impl Default for CartsSection {
+    fn default() -> Self {
+        Self {
+            source: CartSource::Api,
+            server_name: "cdc".to_owned(),
+            server_id: None,
+            register_timeout_ms: 60_000,
+        }
+    }
 }
 
 /// How the outbox tables (`order_outbox`, `payment_outbox`) reach Kafka.
@@ -245,6 +288,13 @@ impl KeelConfig {
             out.push(format!(
                 "streams.application_id = {:?} must be letters, digits, '.', '_' or '-'",
                 self.streams.application_id
+            ));
+        }
+        if self.saga.cart_timeout_ms <= self.saga.cart_wait_ms {
+            out.push(format!(
+                "saga.cart_timeout_ms ({}) must exceed saga.cart_wait_ms ({}), so the carts \
+                 processor's answer (CART_NOT_FOUND) reaches the saga before it gives up",
+                self.saga.cart_timeout_ms, self.saga.cart_wait_ms
             ));
         }
         if self.saga.payment_timeout_ms == 0 || self.saga.inventory_timeout_ms == 0 {

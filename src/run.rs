@@ -28,7 +28,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::KeelConfig;
+use crate::config::{CartSource, KeelConfig};
 
 /// A part of Keel that `keel run` can host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -77,7 +77,80 @@ impl FromStr for Role {
     }
 }
 
-/// Creates every topic of [`topics::ALL`] (with `[topics].prefix`) that does not exist yet, with `[topics]` settings.
+/// With `[carts].source = "cdc"`: the cart service's CDC topics and the Debezium connector that
+/// writes them (for the `mysql.url` database), else `None`.
+pub fn carts_cdc(
+    config: &KeelConfig,
+) -> anyhow::Result<
+    Option<(
+        keel_processors::carts::CdcTopics,
+        keel_connectors::ConnectorConfig,
+    )>,
+> {
+    if config.carts.source != CartSource::Cdc {
+        return Ok(None);
+    }
+    let url = reqwest::Url::parse(&config.mysql.url)
+        .with_context(|| format!("mysql.url {:?} is not a URL", config.mysql.url))?;
+    let database = url.path().trim_start_matches('/').to_owned();
+    anyhow::ensure!(
+        !database.is_empty(),
+        "mysql.url names no database; the carts connector needs one"
+    );
+    let server = format!("{}{}", config.topics.prefix, config.carts.server_name);
+    let name = format!("{}-carts-cdc", config.streams.application_id);
+    // A stable replica id per connector name (FNV-1a), away from small hand-picked ids.
+    let server_id = config.carts.server_id.unwrap_or_else(|| {
+        let hash = name.bytes().fold(0x811c_9dc5_u32, |h, b| {
+            (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+        });
+        100_000 + hash % 1_000_000_000
+    });
+    let source = keel_connectors::MySqlSource {
+        name,
+        flavor: keel_connectors::MySqlFlavor::MariaDb,
+        host: url.host_str().unwrap_or("127.0.0.1").to_owned(),
+        port: url.port().unwrap_or(3306),
+        user: url.username().to_owned(),
+        password: url.password().unwrap_or_default().to_owned(),
+        server_id,
+        topic_prefix: server.clone(),
+        databases: Vec::new(),
+        tables: Vec::new(),
+        kafka_bootstrap: config.kafka.bootstrap_servers.clone(),
+        snapshot_mode: "initial".to_owned(),
+    };
+    let connector = keel_connectors::carts::cart_tables(&source, &database);
+    Ok(Some((
+        keel_processors::carts::CdcTopics::new(&server, &database),
+        connector,
+    )))
+}
+
+/// Registers (PUT: create or update) the carts connector and waits until it runs.
+pub async fn register_carts_connector(
+    config: &KeelConfig,
+    connector: &keel_connectors::ConnectorConfig,
+) -> anyhow::Result<()> {
+    let connect = keel_connectors::ConnectClient::new(&config.connect.url);
+    connect
+        .apply(connector)
+        .await
+        .with_context(|| format!("registering connector {}", connector.name()))?;
+    connect
+        .wait_running(
+            connector.name(),
+            Duration::from_millis(config.carts.register_timeout_ms),
+        )
+        .await
+        .with_context(|| format!("connector {} is not running", connector.name()))?;
+    tracing::info!(connector = connector.name(), "carts CDC connector running");
+    Ok(())
+}
+
+/// Creates every topic of [`topics::ALL`] (with `[topics].prefix`) that does not exist yet, with
+/// `[topics]` settings; with `[carts].source = "cdc"` also the carts CDC topics, so Debezium
+/// does not create them with one partition (they must be co-partitioned with the checks).
 pub async fn ensure_topics(config: &KeelConfig) -> anyhow::Result<()> {
     let mut client = ClientConfig::new();
     client.set("bootstrap.servers", &config.kafka.bootstrap_servers);
@@ -85,7 +158,11 @@ pub async fn ensure_topics(config: &KeelConfig) -> anyhow::Result<()> {
         client.set(k, v);
     }
     let admin: AdminClient<DefaultClientContext> = client.create()?;
-    let names = config.topics.names().all();
+    let mut names = config.topics.names().all();
+    if let Some((cdc, _)) = carts_cdc(config)? {
+        names.push(cdc.carts);
+        names.push(cdc.cart_items);
+    }
     let new: Vec<NewTopic<'_>> = names
         .iter()
         .map(|t| {
@@ -175,7 +252,12 @@ pub async fn start_stream_roles(
     };
     if roles.contains(&Role::Saga) {
         let metrics = saga::SagaMetrics::register(&running.registry)?;
-        let topology = saga::topology(&format, &names, &config.saga, metrics)?;
+        let topology = match carts_cdc(config)? {
+            Some((cdc, _)) => {
+                saga::topology_with_carts(&format, &names, &config.saga, metrics, &cdc)?
+            }
+            None => saga::topology(&format, &names, &config.saga, metrics)?,
+        };
         let streams = config.streams.for_role("saga", &config.kafka);
         running.streams.push(Arc::new(
             start_streams(topology, streams, running.registry.clone()).await?,
@@ -393,9 +475,25 @@ pub async fn start_service_roles(
         let mut api = config.api.clone();
         api.orders_topic = names.name(topics::ORDER_COMMANDS);
         api.payments_topic = names.name(topics::PAYMENT_COMMANDS);
+        api.inventory_topic = names.name(topics::INVENTORY_COMMANDS);
         // The payment routes read the ledger; its tables are the payment role's (wait for them).
         let ledger = ledger_pool(config).await?;
         keel_processors::payment::migrate(&ledger).await?;
+        // The inventory routes read the Cassandra mirror; its tables are the sink's (created
+        // here too when missing, so the API answers before the sink has started).
+        let session = inventory::sink::connect(&config.cassandra.nodes)
+            .await
+            .with_context(|| "connecting to Cassandra for the inventory API (cassandra.nodes)")?;
+        inventory::sink::migrate(
+            &session,
+            &inventory::sink::CassandraSinkConfig {
+                keyspace: config.cassandra.keyspace.clone(),
+                replication_factor: config.cassandra.replication_factor,
+                ..Default::default()
+            },
+        )
+        .await
+        .with_context(|| "creating the inventory keyspace (cassandra.keyspace)")?;
         let overrides: Vec<(String, String)> = config
             .kafka
             .client
@@ -409,6 +507,10 @@ pub async fn start_service_roles(
             codec: codec.clone(),
             pool,
             ledger: Some(ledger),
+            inventory: Some(keel_ingest_api::InventoryDeps {
+                session: Arc::new(session),
+                keyspace: config.cassandra.keyspace.clone(),
+            }),
             registry: running.registry.clone(),
             ready: Arc::new(move || Running::ready(&streams)),
         };
@@ -428,6 +530,11 @@ pub async fn start_service_roles(
 /// `keel run`: topics, then every role in `roles`, then wait for a signal.
 pub async fn run(config: KeelConfig, roles: BTreeSet<Role>) -> anyhow::Result<()> {
     ensure_topics(&config).await?;
+    if roles.contains(&Role::Saga)
+        && let Some((_, connector)) = carts_cdc(&config)?
+    {
+        register_carts_connector(&config, &connector).await?;
+    }
     let codec = Codec::new(config.registry.clone())?;
     let mut running = Running {
         shutdown: CancellationToken::new(),

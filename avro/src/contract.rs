@@ -10,9 +10,9 @@ use serde::de::DeserializeOwned;
 
 use crate::error::{Error, Result};
 use crate::records::{
-    InventoryAdjusted, InventoryCommand, InventoryReleased, InventoryReserved, OrderCommand,
-    OrderCreated, OrderDecision, OrderStatusChanged, PaymentAuthorized, PaymentCommand,
-    PaymentFailed, PaymentRefunded,
+    CartChecked, InventoryAdjusted, InventoryCommand, InventoryReleased, InventoryReserved,
+    OrderCommand, OrderCreated, OrderDecision, OrderStatusChanged, PaymentAuthorized,
+    PaymentCommand, PaymentFailed, PaymentRefunded,
 };
 
 /// Whether a topic carries commands (asks) or events (facts).
@@ -197,9 +197,17 @@ contract!(
     key = "order_id",
     aggregate = "order_id"
 );
+contract!(
+    CART_CHECKED,
+    "cart.checked.v1",
+    "CartChecked",
+    Kind::Event,
+    key = "order_id",
+    aggregate = "cart_id"
+);
 
 /// Every contract Keel has, commands first. Registration and checking walk this list.
-pub static CONTRACTS: [&Contract; 12] = [
+pub static CONTRACTS: [&Contract; 13] = [
     &ORDER_COMMANDS,
     &INVENTORY_COMMANDS,
     &PAYMENT_COMMANDS,
@@ -212,6 +220,7 @@ pub static CONTRACTS: [&Contract; 12] = [
     &INVENTORY_RELEASED,
     &INVENTORY_ADJUSTED,
     &ORDER_DECISIONS,
+    &CART_CHECKED,
 ];
 
 /// The contract of a topic, if Keel has one.
@@ -265,6 +274,14 @@ macro_rules! record {
     };
 }
 
+record!(
+    CartChecked,
+    CART_CHECKED,
+    key = order_id,
+    id = event_id,
+    aggregate = cart_id,
+    at = occurred_at
+);
 record!(
     OrderCommand,
     ORDER_COMMANDS,

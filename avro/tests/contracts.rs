@@ -92,6 +92,7 @@ contract_tests! {
     inventory_released: keel_avro::records::InventoryReleased => common::inventory_released();
     inventory_adjusted: keel_avro::records::InventoryAdjusted => common::inventory_adjusted();
     order_decision: keel_avro::records::OrderDecision => common::order_decisions();
+    cart_checked: keel_avro::records::CartChecked => common::cart_checked();
 }
 
 #[test]
@@ -152,6 +153,7 @@ fn every_topic_of_the_design_has_exactly_one_contract() {
         "inventory.released.v1",
         "inventory.adjusted.v1",
         "order.decisions.v1",
+        "cart.checked.v1",
     ];
     assert_eq!(CONTRACTS.len(), topics.len());
     for topic in topics {
@@ -216,7 +218,7 @@ fn money_is_minor_units_and_a_currency_everywhere() {
         assert!(!text.contains("\"double\"") && !text.contains("\"float\""));
     }
     assert_eq!(
-        seen, 7,
+        seen, 8,
         "Money is defined once in each schema that has money"
     );
 }

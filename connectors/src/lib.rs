@@ -7,10 +7,12 @@
 //! Layout:
 //! - [`config`]: typed descriptions of the MariaDB/MySQL and PostgreSQL connectors, rendered to
 //!   the flat string map Kafka Connect expects.
+//! - [`carts`]: the connector of the cart service's `carts`/`cart_items`, keyed by cart id.
 //! - [`client`]: a small async client for Connect's REST API (create or update, status, pause,
 //!   resume, delete, plugins) with errors that name the connector and the HTTP answer.
 //! - [`error`]: the crate's error enum.
 
+pub mod carts;
 pub mod client;
 pub mod config;
 pub mod error;

@@ -24,6 +24,11 @@ pub struct ApiConfig {
     pub orders_topic: String,
     /// Where refund commands and verified PSP callbacks go.
     pub payments_topic: String,
+    /// Where adjust, reserve and release commands go (key: SKU).
+    pub inventory_topic: String,
+    /// How long a read of the inventory store (Cassandra) may take, in milliseconds; past it
+    /// the request answers 503 with `Retry-After`.
+    pub inventory_read_timeout_ms: u64,
     /// The HMAC-SHA256 secret PSP callbacks are signed with (`Keel-Psp-Signature`); the
     /// default is the PSP mock's default secret.
     pub psp_callback_secret: String,
@@ -45,6 +50,8 @@ impl fmt::Debug for ApiConfig {
             .field("max_in_flight", &self.max_in_flight)
             .field("orders_topic", &self.orders_topic)
             .field("payments_topic", &self.payments_topic)
+            .field("inventory_topic", &self.inventory_topic)
+            .field("inventory_read_timeout_ms", &self.inventory_read_timeout_ms)
             .field("psp_callback_secret", &format_args!("<redacted>"))
             .field("psp_callback_tolerance_s", &self.psp_callback_tolerance_s)
             .finish()
@@ -61,6 +68,8 @@ impl Default for ApiConfig {
             max_in_flight: 256,
             orders_topic: "orders.commands.v1".to_owned(),
             payments_topic: keel_processors::payment::COMMANDS_TOPIC.to_owned(),
+            inventory_topic: keel_processors::topics::INVENTORY_COMMANDS.to_owned(),
+            inventory_read_timeout_ms: 2_000,
             psp_callback_secret: keel_processors::psp_mock::PspMockConfig::default()
                 .callback_secret,
             psp_callback_tolerance_s: 300,
@@ -86,6 +95,12 @@ impl ApiConfig {
         }
         if self.payments_topic.trim().is_empty() {
             problems.push("payments_topic must not be empty".to_owned());
+        }
+        if self.inventory_topic.trim().is_empty() {
+            problems.push("inventory_topic must not be empty".to_owned());
+        }
+        if self.inventory_read_timeout_ms == 0 {
+            problems.push("inventory_read_timeout_ms must be greater than 0".to_owned());
         }
         if self.psp_callback_secret.is_empty() {
             problems.push("psp_callback_secret must not be empty".to_owned());
@@ -118,6 +133,8 @@ mod tests {
         assert_eq!(c.max_in_flight, 256);
         assert_eq!(c.orders_topic, "orders.commands.v1");
         assert_eq!(c.payments_topic, "payments.commands.v1");
+        assert_eq!(c.inventory_topic, "inventory.commands.v1");
+        assert_eq!(c.inventory_read_timeout_ms, 2_000);
         assert_eq!(c.psp_callback_secret, "keel-psp-dev-secret");
         assert_eq!(c.psp_callback_tolerance_s, 300);
         assert_eq!(c.validate(), Ok(()));

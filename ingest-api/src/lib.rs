@@ -11,17 +11,22 @@
 //! - [`routes`] — [`Endpoint::ALL`] (the router is built from it), the handlers, middleware.
 //! - [`model`] — request and response bodies, validation.
 //! - [`payments`] — the payment routes: read a payment, refund, the signed PSP callback.
+//! - [`inventory`] — the inventory routes: read a SKU's stock from the Cassandra mirror,
+//!   adjust, reserve, release ([`InventoryDeps`]).
 //! - [`body`] — reading JSON bodies into problems that name the field.
 //! - [`problem`] — [`Problem`] (`application/problem+json`) and its kinds.
 //! - [`idempotency`] — the `api_idempotency` table: claim, replay, release.
+//! - `command` — writing commands: encode, produce, wait for Kafka, or 503 (every route).
 //! - [`kafka`] — the idempotent `acks=all` murmur2 command producer with a delivery deadline.
 //! - [`metrics`] — the Prometheus metrics; [`openapi`] — [`ApiDoc`].
 //!
 //! Start with [`serve`] (or [`spawn`] for a server on a port chosen by the OS).
 
 pub mod body;
+mod command;
 pub mod config;
 pub mod idempotency;
+pub mod inventory;
 pub mod kafka;
 pub mod metrics;
 pub mod model;
@@ -43,6 +48,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use config::ApiConfig;
+pub use inventory::InventoryDeps;
 pub use kafka::command_producer;
 pub use openapi::ApiDoc;
 pub use problem::Problem;
@@ -87,6 +93,10 @@ pub struct ApiDeps {
     /// The payment ledger (PostgreSQL, migrated with `keel_processors::payment::migrate`) that
     /// the payment routes read; `None`: they answer 503 and the orders API works as before.
     pub ledger: Option<PgPool>,
+    /// The inventory mirror (Cassandra, migrated with `keel_processors::inventory::sink::migrate`)
+    /// that `GET /inventory/{sku}` reads and reserve/release check SKUs against; `None`: the
+    /// inventory routes answer 503.
+    pub inventory: Option<InventoryDeps>,
     /// The API registers its metrics here; `/metrics` renders all of it.
     pub registry: Registry,
     /// Whether the process is ready (`/ready` answers 503 until it is).
@@ -98,6 +108,7 @@ impl fmt::Debug for ApiDeps {
         f.debug_struct("ApiDeps")
             .field("codec", &self.codec)
             .field("ledger", &self.ledger.is_some())
+            .field("inventory", &self.inventory)
             .finish_non_exhaustive()
     }
 }
@@ -125,6 +136,14 @@ pub async fn spawn(
     shutdown: CancellationToken,
 ) -> Result<RunningApi> {
     config.validate().map_err(Error::Config)?;
+    if let Some(inventory) = &deps.inventory
+        && !inventory::valid_keyspace(&inventory.keyspace)
+    {
+        return Err(Error::Config(vec![format!(
+            "inventory keyspace {:?} is not a plain CQL identifier",
+            inventory.keyspace
+        )]));
+    }
     let metrics = metrics::Metrics::register(&deps.registry)?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -144,6 +163,7 @@ pub async fn spawn(
         codec: deps.codec,
         pool: deps.pool,
         ledger: deps.ledger,
+        inventory: deps.inventory.map(inventory::Inventory::new),
         registry: deps.registry,
         ready: deps.ready,
         metrics,

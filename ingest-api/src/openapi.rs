@@ -7,6 +7,10 @@ use keel_processors::payment::{PaymentAttemptView, PaymentView, RefundView};
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
+use crate::inventory::{
+    self, AdjustAccepted, AdjustRequest, HoldsAccepted, InventoryLevel, LineCommand,
+    ReleaseRequest, ReserveLine, ReserveRequest,
+};
 use crate::model::{
     Accepted, CancelRequest, OrderResource, PlaceOrderRequest, ReceivedOrder, ShippingAddressBody,
     StatusBody,
@@ -20,8 +24,9 @@ use crate::routes;
 #[openapi(
     info(
         title = "Keel ingest API",
-        description = "Place and cancel orders, refund payments and take the PSP's callbacks \
-            (commands on Kafka); read orders and payments back. Errors \
+        description = "Place and cancel orders, refund payments, take the PSP's callbacks and \
+            adjust, reserve and release stock (commands on Kafka); read orders, payments and \
+            stock back. Errors \
             are application/problem+json with a stable type https://keel.dev/problems/<slug>."
     ),
     paths(
@@ -32,6 +37,10 @@ use crate::routes;
         payments::get_payment,
         payments::refund_payment,
         payments::psp_callback,
+        inventory::get_inventory,
+        inventory::adjust_inventory,
+        inventory::reserve_inventory,
+        inventory::release_inventory,
         routes::health,
         routes::ready,
         routes::metrics,
@@ -56,6 +65,14 @@ use crate::routes;
         RefundAccepted,
         PspCallbackBody,
         CallbackAccepted,
+        InventoryLevel,
+        AdjustRequest,
+        AdjustAccepted,
+        ReserveRequest,
+        ReserveLine,
+        ReleaseRequest,
+        HoldsAccepted,
+        LineCommand,
         StatusBody,
         Problem,
     )),
@@ -63,6 +80,7 @@ use crate::routes;
     tags(
         (name = "orders", description = "Orders: place, read, cancel"),
         (name = "payments", description = "Payments: read, refund, and the PSP's signed callbacks"),
+        (name = "inventory", description = "Inventory: stock per SKU, adjust, reserve, release"),
         (name = "operations", description = "Health, readiness, metrics, this document"),
     )
 )]

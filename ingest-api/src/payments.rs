@@ -36,10 +36,9 @@ use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use utoipa::ToSchema;
 
-use crate::body::{Required, parse_json, read_json};
-use crate::kafka::produce;
+use crate::body::parse_json;
 use crate::problem::{Kind, Problem};
-use crate::routes::{App, idempotency_key, json_response, or_problem, to_json};
+use crate::routes::{App, json_response, or_problem, required_idempotency_key, to_json};
 
 /// `POST /payments/{id}/refund`: give back part or all of what was captured.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -173,55 +172,8 @@ pub fn derived_id(parts: &[&str]) -> String {
     uuid::Uuid::from_bytes(bytes).to_string()
 }
 
-impl App {
-    /// Encode `command` and wait for Kafka to confirm it on `payments_topic` (key: order id);
-    /// a 503 problem otherwise.
-    async fn send_payment_command(&self, command: &PaymentCommand) -> Result<(), Problem> {
-        let topic = &self.0.config.payments_topic;
-        let payload = self.0.codec.encode_to(topic, command).await.map_err(|e| {
-            tracing::error!(error = %e, payment_id = %command.payment_id, "encoding a payment command failed");
-            Problem::new(
-                Kind::DependencyUnavailable,
-                "the schema registry could not encode the command; retry later",
-            )
-        })?;
-        match produce(
-            &self.0.producer,
-            topic,
-            &command.order_id,
-            &payload,
-            self.produce_timeout(),
-        )
-        .await
-        {
-            Ok((partition, offset)) => {
-                tracing::info!(
-                    order_id = %command.order_id,
-                    payment_id = %command.payment_id,
-                    command_id = %command.command_id,
-                    topic = %topic,
-                    partition,
-                    offset,
-                    "payment command accepted"
-                );
-                Ok(())
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, payment_id = %command.payment_id, "producing a payment command failed");
-                Err(Problem::new(
-                    Kind::DependencyUnavailable,
-                    format!("Kafka did not confirm the command: {e}; retry later"),
-                ))
-            }
-        }
-    }
-}
-
-fn with_location(mut response: Response, payment_id: &str) -> Response {
-    if let Ok(value) = HeaderValue::from_str(&format!("/payments/{payment_id}")) {
-        response.headers_mut().insert(header::LOCATION, value);
-    }
-    response
+fn payment_location(payment_id: &str) -> String {
+    format!("/payments/{payment_id}")
 }
 
 #[utoipa::path(
@@ -359,19 +311,10 @@ async fn refund_payment_inner(
     path: Result<Path<String>, PathRejection>,
     body: Body,
 ) -> Result<Response, Problem> {
-    let scope = app.authorize(headers)?;
-    let request: RefundRequest =
-        read_json(headers, body, app.0.config.max_body_bytes, Required::Yes)
-            .await?
-            .ok_or_else(|| Problem::new(Kind::EmptyBody, "the body is empty"))?;
-    request.validate()?;
-    let key = idempotency_key(headers)?.ok_or_else(|| {
-        Problem::new(
-            Kind::InvalidHeader,
-            "a refund needs an Idempotency-Key header (1 to 255 visible ASCII characters)",
-        )
-        .field("Idempotency-Key")
-    })?;
+    let (scope, request) = app
+        .write_request(headers, body, RefundRequest::validate)
+        .await?;
+    let key = required_idempotency_key(headers, "a refund")?;
     let id = path_id(path)?;
     let view = payment::load_payment(ledger(app)?, &id)
         .await
@@ -392,11 +335,15 @@ async fn refund_payment_inner(
         // refused (the refund stays the first one).
         if existing.amount.amount_minor == request.amount_minor && existing.reason == request.reason
         {
-            let mut response = json_response(StatusCode::ACCEPTED, accepted(), None);
+            let mut response = json_response(
+                StatusCode::ACCEPTED,
+                accepted(),
+                Some(&payment_location(&id)),
+            );
             response
                 .headers_mut()
                 .insert("idempotent-replayed", HeaderValue::from_static("true"));
-            return Ok(with_location(response, &id));
+            return Ok(response);
         }
         return Err(Problem::new(
             Kind::IdempotencyKeyReused,
@@ -437,10 +384,12 @@ async fn refund_payment_inner(
             reason: request.reason.clone(),
         }),
     };
-    app.send_payment_command(&command).await?;
-    Ok(with_location(
-        json_response(StatusCode::ACCEPTED, accepted(), None),
-        &id,
+    app.send_commands(&app.0.config.payments_topic, std::slice::from_ref(&command))
+        .await?;
+    Ok(json_response(
+        StatusCode::ACCEPTED,
+        accepted(),
+        Some(&payment_location(&id)),
     ))
 }
 
@@ -612,7 +561,8 @@ async fn psp_callback_inner(
             decline_code: event.decline_code.clone(),
         }),
     };
-    app.send_payment_command(&command).await?;
+    app.send_commands(&app.0.config.payments_topic, std::slice::from_ref(&command))
+        .await?;
     let body = to_json(&CallbackAccepted {
         event_id: event.event_id,
         payment_id: keys.payment_id,

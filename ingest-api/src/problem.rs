@@ -35,6 +35,8 @@ pub enum Kind {
     OrderNotFound,
     /// 404: no such payment.
     PaymentNotFound,
+    /// 404: a SKU never stocked.
+    SkuNotFound,
     /// 404: no such route.
     NotFound,
     /// 405: the route exists, the method does not.
@@ -59,6 +61,8 @@ pub enum Kind {
     IdempotencyKeyReused,
     /// 422: a refund larger than what was captured and not yet refunded.
     RefundExceedsCaptured,
+    /// 422: a request line names a SKU never stocked.
+    UnknownSku,
     /// 503: Kafka, the registry or the database did not answer in time.
     DependencyUnavailable,
     /// 503: too many requests at once.
@@ -87,6 +91,7 @@ impl Kind {
             Self::InvalidSignature => uri!("invalid-signature"),
             Self::OrderNotFound => uri!("order-not-found"),
             Self::PaymentNotFound => uri!("payment-not-found"),
+            Self::SkuNotFound => uri!("sku-not-found"),
             Self::NotFound => uri!("not-found"),
             Self::MethodNotAllowed => uri!("method-not-allowed"),
             Self::CartAlreadyOrdered => uri!("cart-already-ordered"),
@@ -99,6 +104,7 @@ impl Kind {
             Self::EmptyCart => uri!("empty-cart"),
             Self::IdempotencyKeyReused => uri!("idempotency-key-reused"),
             Self::RefundExceedsCaptured => uri!("refund-exceeds-captured"),
+            Self::UnknownSku => uri!("unknown-sku"),
             Self::DependencyUnavailable => uri!("dependency-unavailable"),
             Self::Overloaded => uri!("overloaded"),
             Self::NotReady => uri!("not-ready"),
@@ -128,6 +134,7 @@ impl Kind {
             Self::InvalidSignature => "The callback's signature does not verify",
             Self::OrderNotFound => "No such order",
             Self::PaymentNotFound => "No such payment",
+            Self::SkuNotFound => "No such SKU",
             Self::NotFound => "No such resource",
             Self::MethodNotAllowed => "Method not allowed",
             Self::CartAlreadyOrdered => "The cart was already ordered",
@@ -140,6 +147,7 @@ impl Kind {
             Self::EmptyCart => "The cart is empty",
             Self::IdempotencyKeyReused => "The Idempotency-Key was used with another request",
             Self::RefundExceedsCaptured => "The refund exceeds what may still be refunded",
+            Self::UnknownSku => "The SKU was never stocked",
             Self::DependencyUnavailable => "A dependency is unavailable; retry later",
             Self::Overloaded => "Too many requests in progress; retry later",
             Self::NotReady => "Not ready",
@@ -156,7 +164,9 @@ impl Kind {
             | Self::InvalidHeader
             | Self::UnreadableBody => StatusCode::BAD_REQUEST,
             Self::Unauthorized | Self::InvalidSignature => StatusCode::UNAUTHORIZED,
-            Self::OrderNotFound | Self::PaymentNotFound | Self::NotFound => StatusCode::NOT_FOUND,
+            Self::OrderNotFound | Self::PaymentNotFound | Self::SkuNotFound | Self::NotFound => {
+                StatusCode::NOT_FOUND
+            }
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::CartAlreadyOrdered | Self::RequestInProgress | Self::IllegalTransition => {
                 StatusCode::CONFLICT
@@ -167,7 +177,8 @@ impl Kind {
             | Self::UnknownCart
             | Self::EmptyCart
             | Self::IdempotencyKeyReused
-            | Self::RefundExceedsCaptured => StatusCode::UNPROCESSABLE_ENTITY,
+            | Self::RefundExceedsCaptured
+            | Self::UnknownSku => StatusCode::UNPROCESSABLE_ENTITY,
             Self::DependencyUnavailable | Self::Overloaded | Self::NotReady => {
                 StatusCode::SERVICE_UNAVAILABLE
             }

@@ -20,6 +20,7 @@ use keel_processors::orders::logic::lines_total;
 use keel_processors::orders::{self, CartStatus};
 use prometheus::{Encoder, Registry, TextEncoder};
 use rdkafka::producer::FutureProducer;
+use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 use sqlx::{MySqlPool, PgPool};
 use tokio::sync::Semaphore;
@@ -27,7 +28,7 @@ use tokio::sync::Semaphore;
 use crate::body::{Required, read_json};
 use crate::config::ApiConfig;
 use crate::idempotency::{self, AUTO_SCOPE, Claim, Slot};
-use crate::kafka::produce;
+use crate::inventory::{self, Inventory};
 use crate::metrics::Metrics;
 use crate::model::{
     Accepted, CancelRequest, DEFAULT_CANCEL_REASON, OrderResource, PlaceOrderRequest,
@@ -50,6 +51,10 @@ pub enum Endpoint {
     GetPayment,
     RefundPayment,
     PspCallback,
+    GetInventory,
+    AdjustInventory,
+    ReserveInventory,
+    ReleaseInventory,
     Health,
     Ready,
     Metrics,
@@ -57,7 +62,7 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
-    pub const ALL: [Endpoint; 11] = [
+    pub const ALL: [Endpoint; 15] = [
         Self::PlaceOrder,
         Self::GetOrder,
         Self::CancelOrder,
@@ -65,6 +70,10 @@ impl Endpoint {
         Self::GetPayment,
         Self::RefundPayment,
         Self::PspCallback,
+        Self::GetInventory,
+        Self::AdjustInventory,
+        Self::ReserveInventory,
+        Self::ReleaseInventory,
         Self::Health,
         Self::Ready,
         Self::Metrics,
@@ -73,12 +82,17 @@ impl Endpoint {
 
     pub fn method(self) -> Method {
         match self {
-            Self::PlaceOrder | Self::CancelOrder | Self::RefundPayment | Self::PspCallback => {
-                Method::POST
-            }
+            Self::PlaceOrder
+            | Self::CancelOrder
+            | Self::RefundPayment
+            | Self::PspCallback
+            | Self::AdjustInventory
+            | Self::ReserveInventory
+            | Self::ReleaseInventory => Method::POST,
             Self::GetOrder
             | Self::GetOrderPayment
             | Self::GetPayment
+            | Self::GetInventory
             | Self::Health
             | Self::Ready
             | Self::Metrics
@@ -96,6 +110,10 @@ impl Endpoint {
             Self::GetPayment => "/payments/{id}",
             Self::RefundPayment => "/payments/{id}/refund",
             Self::PspCallback => "/psp/callbacks",
+            Self::GetInventory => "/inventory/{sku}",
+            Self::AdjustInventory => "/inventory/adjust",
+            Self::ReserveInventory => "/inventory/reserve",
+            Self::ReleaseInventory => "/inventory/release",
             Self::Health => "/health",
             Self::Ready => "/ready",
             Self::Metrics => "/metrics",
@@ -111,9 +129,23 @@ impl Endpoint {
         )
     }
 
-    /// Order and payment routes count against `max_in_flight`; operational ones never do.
+    /// Whether the route reads or writes inventory (served with `ApiDeps::inventory`).
+    pub fn is_inventory(self) -> bool {
+        matches!(
+            self,
+            Self::GetInventory
+                | Self::AdjustInventory
+                | Self::ReserveInventory
+                | Self::ReleaseInventory
+        )
+    }
+
+    /// Order, payment and inventory routes count against `max_in_flight`; operational ones
+    /// never do.
     fn limited(self) -> bool {
-        matches!(self, Self::PlaceOrder | Self::GetOrder | Self::CancelOrder) || self.is_payments()
+        matches!(self, Self::PlaceOrder | Self::GetOrder | Self::CancelOrder)
+            || self.is_payments()
+            || self.is_inventory()
     }
 
     fn method_router(self) -> MethodRouter<App> {
@@ -125,6 +157,10 @@ impl Endpoint {
             Self::GetPayment => get(payments::get_payment),
             Self::RefundPayment => post(payments::refund_payment),
             Self::PspCallback => post(payments::psp_callback),
+            Self::GetInventory => get(inventory::get_inventory),
+            Self::AdjustInventory => post(inventory::adjust_inventory),
+            Self::ReserveInventory => post(inventory::reserve_inventory),
+            Self::ReleaseInventory => post(inventory::release_inventory),
             Self::Health => get(health),
             Self::Ready => get(ready),
             Self::Metrics => get(metrics),
@@ -144,6 +180,9 @@ pub(crate) struct Inner {
     pub pool: MySqlPool,
     /// The payment ledger (PostgreSQL), read by the payment routes; without it they answer 503.
     pub ledger: Option<PgPool>,
+    /// The inventory mirror (Cassandra), read by the inventory routes; without it they answer
+    /// 503.
+    pub inventory: Option<Inventory>,
     pub registry: Registry,
     pub ready: ReadyFn,
     pub metrics: Metrics,
@@ -224,45 +263,21 @@ impl App {
         Duration::from_millis(self.0.config.produce_timeout_ms)
     }
 
-    /// Encode `command` and wait for Kafka to confirm it; a 503 problem otherwise.
-    async fn send_command(&self, command: &OrderCommand) -> Result<(), Problem> {
-        let topic = &self.0.config.orders_topic;
-        let payload = self.0.codec.encode_to(topic, command).await.map_err(|e| {
-            tracing::error!(error = %e, order_id = %command.order_id, "encoding a command failed");
-            Problem::new(
-                Kind::DependencyUnavailable,
-                "the schema registry could not encode the command; retry later",
-            )
-        })?;
-        let timeout = self.produce_timeout();
-        match produce(
-            &self.0.producer,
-            topic,
-            &command.order_id,
-            &payload,
-            timeout,
-        )
-        .await
-        {
-            Ok((partition, offset)) => {
-                tracing::info!(
-                    order_id = %command.order_id,
-                    command_id = %command.command_id,
-                    topic = %topic,
-                    partition,
-                    offset,
-                    "command accepted"
-                );
-                Ok(())
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, order_id = %command.order_id, "producing a command failed");
-                Err(Problem::new(
-                    Kind::DependencyUnavailable,
-                    format!("Kafka did not confirm the command: {e}; retry later"),
-                ))
-            }
-        }
+    /// Authorize, read the JSON body (required: an empty one is 400 `empty-body`) and check it
+    /// with `validate`: how every write with a body starts. Returns the idempotency scope (see
+    /// [`App::authorize`]) and the request.
+    pub(crate) async fn write_request<T: DeserializeOwned>(
+        &self,
+        headers: &HeaderMap,
+        body: Body,
+        validate: impl FnOnce(&T) -> Result<(), Problem>,
+    ) -> Result<(String, T), Problem> {
+        let scope = self.authorize(headers)?;
+        let request: T = read_json(headers, body, self.0.config.max_body_bytes, Required::Yes)
+            .await?
+            .ok_or_else(|| Problem::new(Kind::EmptyBody, "the body is empty"))?;
+        validate(&request)?;
+        Ok((scope, request))
     }
 
     /// Read the cart, build the place-order command and produce it.
@@ -339,7 +354,8 @@ impl App {
                 }),
             }),
         };
-        self.send_command(&command).await
+        self.send_commands(&self.0.config.orders_topic, std::slice::from_ref(&command))
+            .await
     }
 }
 
@@ -351,19 +367,19 @@ fn database_unavailable(e: impl std::fmt::Display) -> Problem {
     )
 }
 
-fn location(order_id: &str) -> Option<HeaderValue> {
-    HeaderValue::from_str(&format!("/orders/{order_id}")).ok()
+fn order_location(order_id: &str) -> String {
+    format!("/orders/{order_id}")
 }
 
-/// A JSON answer with a status and, for 202, `Location: /orders/{id}`.
-pub(crate) fn json_response(status: StatusCode, body: String, order_id: Option<&str>) -> Response {
+/// A JSON answer with a status and, when given, a `Location` (a path, e.g. `/orders/{id}`).
+pub(crate) fn json_response(status: StatusCode, body: String, location: Option<&str>) -> Response {
     let mut response = (status, body).into_response();
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    if let Some(value) = order_id.and_then(location) {
+    if let Some(value) = location.and_then(|l| HeaderValue::from_str(l).ok()) {
         headers.insert(header::LOCATION, value);
     }
     response
@@ -390,6 +406,18 @@ pub(crate) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Pro
         return Err(bad());
     }
     Ok(Some(key.to_owned()))
+}
+
+/// The `Idempotency-Key` of a write that cannot do without one: 400 naming the header when it
+/// is missing, e.g. "a refund needs an Idempotency-Key header (…)".
+pub(crate) fn required_idempotency_key(headers: &HeaderMap, what: &str) -> Result<String, Problem> {
+    idempotency_key(headers)?.ok_or_else(|| {
+        Problem::new(
+            Kind::InvalidHeader,
+            format!("{what} needs an Idempotency-Key header (1 to 255 visible ASCII characters)"),
+        )
+        .field("Idempotency-Key")
+    })
 }
 
 pub(crate) fn or_problem(result: Result<Response, Problem>) -> Response {
@@ -446,12 +474,9 @@ async fn place_order_inner(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Response, Problem> {
-    let scope = app.authorize(headers)?;
-    let request: PlaceOrderRequest =
-        read_json(headers, body, app.0.config.max_body_bytes, Required::Yes)
-            .await?
-            .ok_or_else(|| Problem::new(Kind::EmptyBody, "the body is empty"))?;
-    request.validate()?;
+    let (scope, request) = app
+        .write_request(headers, body, PlaceOrderRequest::validate)
+        .await?;
     let key = idempotency_key(headers)?;
     let canonical = serde_json::to_vec(&request).unwrap_or_default();
     let hash = idempotency::request_hash("POST /orders", &canonical);
@@ -484,7 +509,9 @@ async fn place_order_inner(
             let mut response = json_response(
                 status,
                 body,
-                (status == StatusCode::ACCEPTED).then_some(order_id.as_str()),
+                (status == StatusCode::ACCEPTED)
+                    .then(|| order_location(&order_id))
+                    .as_deref(),
             );
             response
                 .headers_mut()
@@ -520,7 +547,7 @@ async fn place_order_inner(
             Ok(json_response(
                 StatusCode::ACCEPTED,
                 body,
-                Some(&slot.order_id),
+                Some(&order_location(&slot.order_id)),
             ))
         }
         Err(problem) => {
@@ -687,13 +714,18 @@ async fn cancel_order_inner(
                 .unwrap_or_else(|| DEFAULT_CANCEL_REASON.to_owned()),
         }),
     };
-    app.send_command(&command).await?;
+    app.send_commands(&app.0.config.orders_topic, std::slice::from_ref(&command))
+        .await?;
     app.0.metrics.cancels_accepted.inc();
     let body = to_json(&Accepted {
         order_id: id.clone(),
         status: "CANCELLATION_REQUESTED".to_owned(),
     });
-    Ok(json_response(StatusCode::ACCEPTED, body, Some(&id)))
+    Ok(json_response(
+        StatusCode::ACCEPTED,
+        body,
+        Some(&order_location(&id)),
+    ))
 }
 
 #[utoipa::path(

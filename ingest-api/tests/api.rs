@@ -2,44 +2,57 @@
 //! registry (a random subject prefix) and MariaDB (a fresh `keel_test_<random>` database per
 //! test, dropped at the end).
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
-use std::panic::AssertUnwindSafe;
+use std::ops::Deref;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use futures::FutureExt;
+use common::{
+    Answer, Base, Deps, Server, TOKEN, TestEnv, assert_agree, observe, op, send, with_database,
+    with_env,
+};
 use keel_avro::records::{
     Money, OrderCommand, OrderCommandBody, OrderDecision, OrderDecisionStatus, OrderLine,
 };
-use keel_avro::{Codec, RegistryConfig};
-use keel_ingest_api::{ApiConfig, ApiDeps, Endpoint, command_producer};
+use keel_ingest_api::{ApiConfig, Endpoint};
 use keel_processors::orders;
-use keel_tests::{Stack, unique};
+use keel_tests::unique;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sqlx::mysql::MySqlPoolOptions;
 use sqlx::{AssertSqlSafe, MySqlPool};
-use tokio_util::sync::CancellationToken;
-
-const TOKEN: &str = "s3cret-token";
 
 /// One database, topic and codec for a test; servers are started on it with [`Env::serve`].
 struct Env {
-    stack: Stack,
+    base: Base,
     db: String,
     admin: MySqlPool,
     pool: MySqlPool,
-    codec: Codec,
-    topic: String,
-    shutdown: CancellationToken,
-    http: reqwest::Client,
 }
 
-/// A running server.
-struct Server {
-    base: String,
+impl Deref for Env {
+    type Target = Base;
+    fn deref(&self) -> &Base {
+        &self.base
+    }
+}
+
+impl TestEnv for Env {
+    async fn finish(self) {
+        self.pool.close().await;
+        if let Err(e) = sqlx::raw_sql(AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS `{}`",
+            self.db
+        )))
+        .execute(&self.admin)
+        .await
+        {
+            eprintln!("dropping {}: {e}", self.db);
+        }
+    }
 }
 
 /// How to start a server.
@@ -52,11 +65,11 @@ struct Setup {
 
 impl Env {
     async fn new() -> anyhow::Result<Self> {
-        let stack = Stack::from_env();
+        let base = Base::new("api", "orders_commands").await?;
         let db = unique("keel_test");
         let admin = MySqlPoolOptions::new()
             .max_connections(1)
-            .connect(&stack.mysql_url)
+            .connect(&base.stack.mysql_url)
             .await
             .context("connecting to MariaDB")?;
         sqlx::raw_sql(AssertSqlSafe(format!("CREATE DATABASE `{db}`")))
@@ -65,35 +78,22 @@ impl Env {
             .context("creating the test database (needs the keel\\_% grant)")?;
         let pool = MySqlPoolOptions::new()
             .max_connections(10)
-            .connect(&db_url(&stack, &db)?)
+            .connect(&with_database(&base.stack.mysql_url, &db)?)
             .await?;
         orders::migrate(&pool).await?;
-        let codec = Codec::new(RegistryConfig {
-            subject_prefix: format!("{}-", unique("api")),
-            ..RegistryConfig::with_url(stack.registry_url.clone())
-        })?;
-        let topic = unique("orders_commands");
-        keel_tests::kafka::create_topics(&stack.kafka_bootstrap, &[&topic], 3).await?;
         Ok(Self {
-            stack,
+            base,
             db,
             admin,
             pool,
-            codec,
-            topic,
-            shutdown: CancellationToken::new(),
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(30))
-                .build()?,
         })
     }
 
     fn setup(&self) -> Setup {
         Setup {
             config: ApiConfig {
-                listen: SocketAddr::from(([127, 0, 0, 1], 0)),
                 orders_topic: self.topic.clone(),
-                ..ApiConfig::default()
+                ..self.base.config()
             },
             bootstrap: self.stack.kafka_bootstrap.clone(),
             pool: None,
@@ -102,24 +102,15 @@ impl Env {
     }
 
     async fn serve(&self, setup: Setup) -> anyhow::Result<Server> {
-        let producer = command_producer(&setup.bootstrap, &setup.config, &[])?;
-        let ready = setup.ready;
-        let running = keel_ingest_api::spawn(
-            setup.config,
-            ApiDeps {
-                producer,
-                codec: self.codec.clone(),
-                pool: setup.pool.unwrap_or_else(|| self.pool.clone()),
-                ledger: None,
-                registry: prometheus::Registry::new(),
-                ready: Arc::new(move || ready),
-            },
-            self.shutdown.clone(),
-        )
-        .await?;
-        Ok(Server {
-            base: format!("http://{}", running.addr),
-        })
+        let deps = Deps {
+            pool: setup.pool.unwrap_or_else(|| self.pool.clone()),
+            ledger: None,
+            inventory: None,
+            ready: setup.ready,
+        };
+        self.base
+            .serve_with(setup.config, &setup.bootstrap, deps)
+            .await
     }
 
     async fn seed_cart(&self, items: &[(&str, i32, i64)]) -> anyhow::Result<String> {
@@ -134,73 +125,7 @@ impl Env {
         expected: usize,
         settle: Duration,
     ) -> anyhow::Result<Vec<(String, OrderCommand)>> {
-        let consumer = keel_tests::kafka::consumer(&self.stack.kafka_bootstrap, "read_committed")?;
-        let messages = keel_tests::kafka::read_topic(
-            &consumer,
-            &self.topic,
-            expected,
-            if expected == 0 {
-                settle
-            } else {
-                Duration::from_secs(20)
-            },
-            settle,
-        )
-        .await?;
-        let mut out = Vec::new();
-        for m in &messages {
-            use rdkafka::Message;
-            let key = String::from_utf8(m.key().unwrap_or_default().to_vec())?;
-            let command: OrderCommand = self
-                .codec
-                .decode_from(&self.topic, m.payload().unwrap_or_default())
-                .await?;
-            out.push((key, command));
-        }
-        Ok(out)
-    }
-
-    async fn finish(self) {
-        self.shutdown.cancel();
-        self.pool.close().await;
-        if let Err(e) = sqlx::raw_sql(AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS `{}`",
-            self.db
-        )))
-        .execute(&self.admin)
-        .await
-        {
-            eprintln!("dropping {}: {e}", self.db);
-        }
-    }
-}
-
-fn db_url(stack: &Stack, db: &str) -> anyhow::Result<String> {
-    let (base, _) = stack
-        .mysql_url
-        .rsplit_once('/')
-        .context("the MySQL url has no database")?;
-    Ok(format!("{base}/{db}"))
-}
-
-/// Runs `body` on a fresh [`Env`], then drops its database whatever happened.
-async fn with_env<F, Fut>(body: F) -> anyhow::Result<()>
-where
-    F: FnOnce(Arc<Env>) -> Fut,
-    Fut: Future<Output = anyhow::Result<()>>,
-{
-    let env = Arc::new(Env::new().await?);
-    // A failed assertion panics: drop the database all the same, then fail.
-    let result = AssertUnwindSafe(body(Arc::clone(&env)))
-        .catch_unwind()
-        .await;
-    match Arc::try_unwrap(env) {
-        Ok(env) => env.finish().await,
-        Err(env) => env.shutdown.cancel(),
-    }
-    match result {
-        Ok(result) => result,
-        Err(panic) => std::panic::resume_unwind(panic),
+        self.base.commands(expected, settle).await
     }
 }
 
@@ -216,43 +141,6 @@ fn order_body(cart_id: &str) -> Value {
             "country": "DE"
         }
     })
-}
-
-struct Answer {
-    status: StatusCode,
-    headers: reqwest::header::HeaderMap,
-    body: Value,
-    text: String,
-}
-
-impl Answer {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-
-    fn content_type(&self) -> &str {
-        self.header("content-type").unwrap_or("")
-    }
-}
-
-async fn send(request: reqwest::RequestBuilder) -> anyhow::Result<Answer> {
-    let response = request.send().await?;
-    let status = response.status();
-    let headers = response.headers().clone();
-    let text = response.text().await?;
-    let body = serde_json::from_str(&text).unwrap_or(Value::Null);
-    Ok(Answer {
-        status,
-        headers,
-        body,
-        text,
-    })
-}
-
-impl Server {
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
 }
 
 async fn post_json(
@@ -272,7 +160,7 @@ async fn post_json(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_accepted_order_is_on_kafka_with_the_carts_lines_and_readable_at_once()
 -> anyhow::Result<()> {
-    with_env(|env| async move {
+    with_env(Env::new().await?, |env| async move {
         let server = env.serve(env.setup()).await?;
         let cart = env
             .seed_cart(&[("SKU-A", 2, 1_250), ("SKU-B", 1, 999)])
@@ -398,7 +286,7 @@ async fn an_accepted_order_is_on_kafka_with_the_carts_lines_and_readable_at_once
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_concurrent_posts_with_one_idempotency_key_place_one_order() -> anyhow::Result<()> {
-    with_env(|env| async move {
+    with_env(Env::new().await?, |env| async move {
         let server = Arc::new(env.serve(env.setup()).await?);
         let cart = env.seed_cart(&[("SKU-A", 1, 500)]).await?;
         let key = unique("key");
@@ -479,7 +367,7 @@ async fn twenty_concurrent_posts_with_one_idempotency_key_place_one_order() -> a
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_inputs_are_problems_that_name_the_field() -> anyhow::Result<()> {
-    with_env(|env| async move {
+    with_env(Env::new().await?, |env| async move {
         let mut setup = env.setup();
         setup.config.max_body_bytes = 1_024;
         let server = env.serve(setup).await?;
@@ -726,7 +614,7 @@ async fn bad_inputs_are_problems_that_name_the_field() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_auth_on_writes_need_a_bearer_token_and_nothing_is_written_without()
 -> anyhow::Result<()> {
-    with_env(|env| async move {
+    with_env(Env::new().await?, |env| async move {
         let mut setup = env.setup();
         setup.config.auth_tokens = vec![TOKEN.to_owned()];
         let server = env.serve(setup).await?;
@@ -784,7 +672,7 @@ async fn with_auth_on_writes_need_a_bearer_token_and_nothing_is_written_without(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_unreachable_is_503_with_retry_after_and_the_key_can_be_retried() -> anyhow::Result<()>
 {
-    with_env(|env| async move {
+    with_env(Env::new().await?, |env| async move {
         // A port nothing listens on.
         let closed = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
         let mut setup = env.setup();
@@ -850,7 +738,7 @@ async fn kafka_unreachable_is_503_with_retry_after_and_the_key_can_be_retried() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_is_accepted_until_the_order_is_final() -> anyhow::Result<()> {
-    with_env(|env| async move {
+    with_env(Env::new().await?, |env| async move {
         let server = env.serve(env.setup()).await?;
         let pending = write_order(&env, OrderDecisionStatus::Pending).await?;
         let confirmed = write_order(&env, OrderDecisionStatus::Confirmed).await?;
@@ -946,7 +834,7 @@ async fn write_order(env: &Env, status: OrderDecisionStatus) -> anyhow::Result<S
 /// status it answers, and every documented path, method and status is really answered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_openapi_document_and_the_routes_agree() -> anyhow::Result<()> {
-    with_env(|env| async move {
+    with_env(Env::new().await?, |env| async move {
         let mut setup = env.setup();
         setup.config.auth_tokens = vec![TOKEN.to_owned()];
         setup.config.max_body_bytes = 1_024;
@@ -955,7 +843,10 @@ async fn the_openapi_document_and_the_routes_agree() -> anyhow::Result<()> {
         let broken_pool = MySqlPoolOptions::new()
             .max_connections(2)
             .acquire_timeout(Duration::from_secs(3))
-            .connect_lazy(&db_url(&env.stack, &unique("keel_missing"))?)?;
+            .connect_lazy(&with_database(
+                &env.stack.mysql_url,
+                &unique("keel_missing"),
+            )?)?;
         let mut setup = env.setup();
         setup.pool = Some(broken_pool);
         setup.ready = false;
@@ -987,10 +878,7 @@ async fn the_openapi_document_and_the_routes_agree() -> anyhow::Result<()> {
                 documented.insert((method.to_uppercase(), path.clone()), statuses);
             }
         }
-        let routed: BTreeSet<(String, String)> = Endpoint::ALL
-            .iter()
-            .map(|e| (e.method().to_string(), e.path().to_owned()))
-            .collect();
+        let routed: BTreeSet<(String, String)> = Endpoint::ALL.into_iter().map(op).collect();
         let in_doc: BTreeSet<(String, String)> = documented.keys().cloned().collect();
         assert_eq!(routed, in_doc, "routes vs documented operations");
 
@@ -1083,46 +971,20 @@ async fn the_openapi_document_and_the_routes_agree() -> anyhow::Result<()> {
             (Endpoint::Metrics, http.get(a.url("/metrics"))),
             (Endpoint::OpenApi, http.get(a.url("/openapi.json"))),
         ];
-        let mut observed: BTreeMap<(String, String), BTreeSet<u16>> = BTreeMap::new();
-        for (endpoint, request) in requests {
-            let answer = send(request).await?;
-            let op = (endpoint.method().to_string(), endpoint.path().to_owned());
-            // Answered by the route itself, not by the fallbacks.
-            let slug = answer.body["type"].as_str().unwrap_or("");
-            assert!(
-                !slug.ends_with("/not-found") && !slug.ends_with("/method-not-allowed"),
-                "{op:?} was not routed: {}",
-                answer.text
-            );
-            if !answer.status.is_success() {
-                assert_eq!(
-                    answer.content_type(),
-                    "application/problem+json",
-                    "{op:?}: {}",
-                    answer.text
-                );
-            }
-            observed
-                .entry(op)
-                .or_default()
-                .insert(answer.status.as_u16());
-        }
-        // The payment routes (they need a ledger) are driven the same way in tests/payments.rs.
+        let observed = observe(requests).await?;
+        // The payment routes (they need a ledger) are driven the same way in tests/payments.rs,
+        // the inventory routes (they need Cassandra) in tests/inventory.rs.
         let payment_ops: BTreeSet<(String, String)> = Endpoint::ALL
-            .iter()
-            .filter(|e| e.is_payments())
-            .map(|e| (e.method().to_string(), e.path().to_owned()))
+            .into_iter()
+            .filter(|e| e.is_payments() || e.is_inventory())
+            .map(op)
             .collect();
-        for (op, statuses) in documented
-            .iter()
-            .filter(|(op, _)| !payment_ops.contains(op))
-        {
-            assert_eq!(
-                observed.get(op),
-                Some(statuses),
-                "{op:?}: documented statuses vs statuses the server answered"
-            );
-        }
+        assert_agree(
+            documented
+                .iter()
+                .filter(|(op, _)| !payment_ops.contains(op)),
+            &observed,
+        );
         Ok(())
     })
     .await
@@ -1134,7 +996,7 @@ async fn the_openapi_document_and_the_routes_agree() -> anyhow::Result<()> {
 /// which would leave the client no way to learn its order id.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_after_a_crash_returns_the_order_the_first_attempt_placed() -> anyhow::Result<()> {
-    with_env(|env| async move {
+    with_env(Env::new().await?, |env| async move {
         let server = env.serve(env.setup()).await?;
         let cart = env.seed_cart(&[("SKU-A", 1, 500)]).await?;
         let key = unique("key");

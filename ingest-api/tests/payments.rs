@@ -3,63 +3,72 @@
 //! registry subjects, the PSP mock on a free port and, where a test needs the ledger to move,
 //! the payment service itself (`keel_processors::payment::run`) consuming that topic.
 
-use std::collections::{BTreeMap, BTreeSet};
+mod common;
+
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::ops::Deref;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use common::{
+    Answer, Base, Deps, Server, TOKEN, TestEnv, assert_agree, documented, observe, send,
+    with_database, with_env,
+};
 use keel_avro::records::{
     AuthorizePayment, CapturePayment, CreatePaymentIntent, Money, PaymentCommand,
     PaymentCommandBody, PspOutcome,
 };
-use keel_avro::{Codec, RegistryConfig};
-use keel_ingest_api::{ApiConfig, ApiDeps, Endpoint, command_producer};
+use keel_ingest_api::{ApiConfig, Endpoint};
 use keel_processors::payment::{self, PaymentConfig};
 use keel_processors::psp_mock::{
     PspMock, PspMockConfig, SIGNATURE_HEADER, Stats, TIMESTAMP_HEADER, sign,
 };
-use keel_tests::{PATIENCE, Stack, unique};
-use rdkafka::Message;
+use keel_tests::{PATIENCE, unique};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{AssertSqlSafe, PgPool};
-use tokio_util::sync::CancellationToken;
 
-const TOKEN: &str = "s3cret-token";
 const SECRET: &str = "test-callback-secret";
 
 /// One ledger database, commands topic and codec for a test.
 struct Env {
-    stack: Stack,
+    base: Base,
     db: String,
     admin: PgPool,
     pg: PgPool,
-    codec: Codec,
-    topic: String,
-    stop: CancellationToken,
-    http: reqwest::Client,
 }
 
-struct Server {
-    base: String,
+impl Deref for Env {
+    type Target = Base;
+    fn deref(&self) -> &Base {
+        &self.base
+    }
 }
 
-impl Server {
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
+impl TestEnv for Env {
+    async fn finish(self) {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        self.pg.close().await;
+        let drop = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.db);
+        if let Err(e) = sqlx::raw_sql(AssertSqlSafe(drop))
+            .execute(&self.admin)
+            .await
+        {
+            eprintln!("dropping {}: {e}", self.db);
+        }
     }
 }
 
 impl Env {
     async fn new() -> anyhow::Result<Self> {
-        let stack = Stack::from_env();
+        let base = Base::new("payapi", "payments_commands").await?;
         let db = unique("keel_test");
         let admin = PgPoolOptions::new()
             .max_connections(1)
-            .connect(&stack.postgres_url)
+            .connect(&base.stack.postgres_url)
             .await
             .context("connecting to PostgreSQL")?;
         sqlx::raw_sql(AssertSqlSafe(format!("CREATE DATABASE {db}")))
@@ -68,62 +77,35 @@ impl Env {
             .context("creating the test database (the keel role needs CREATEDB)")?;
         let pg = PgPoolOptions::new()
             .max_connections(10)
-            .connect(&pg_url(&stack, &db)?)
+            .connect(&with_database(&base.stack.postgres_url, &db)?)
             .await?;
         payment::migrate(&pg).await?;
-        let codec = Codec::new(RegistryConfig {
-            subject_prefix: format!("{}-", unique("payapi")),
-            ..RegistryConfig::with_url(stack.registry_url.clone())
-        })?;
-        let topic = unique("payments_commands");
-        keel_tests::kafka::create_topics(&stack.kafka_bootstrap, &[&topic], 3).await?;
         Ok(Self {
-            stack,
+            base,
             db,
             admin,
             pg,
-            codec,
-            topic,
-            stop: CancellationToken::new(),
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(30))
-                .build()?,
         })
     }
 
     fn config(&self) -> ApiConfig {
         ApiConfig {
-            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             payments_topic: self.topic.clone(),
             psp_callback_secret: SECRET.to_owned(),
             psp_callback_tolerance_s: 300,
-            ..ApiConfig::default()
+            ..self.base.config()
         }
     }
 
     /// An API on this env's topic; `ledger` overrides the env's ledger.
     async fn serve(&self, config: ApiConfig, ledger: Option<PgPool>) -> anyhow::Result<Server> {
-        let producer = command_producer(&self.stack.kafka_bootstrap, &config, &[])?;
-        // The payment routes never touch the orders database: a lazy pool that never connects.
-        let orders = sqlx::mysql::MySqlPoolOptions::new()
-            .max_connections(1)
-            .connect_lazy(&self.stack.mysql_url)?;
-        let running = keel_ingest_api::spawn(
-            config,
-            ApiDeps {
-                producer,
-                codec: self.codec.clone(),
-                pool: orders,
-                ledger: Some(ledger.unwrap_or_else(|| self.pg.clone())),
-                registry: prometheus::Registry::new(),
-                ready: Arc::new(|| true),
-            },
-            self.stop.clone(),
-        )
-        .await?;
-        Ok(Server {
-            base: format!("http://{}", running.addr),
-        })
+        let deps = Deps {
+            pool: self.unused_orders_pool()?,
+            ledger: Some(ledger.unwrap_or_else(|| self.pg.clone())),
+            inventory: None,
+            ready: true,
+        };
+        self.base.serve(config, deps).await
     }
 
     /// A PSP mock that POSTs its callbacks to `server`, signed with [`SECRET`].
@@ -234,66 +216,7 @@ impl Env {
         expected: usize,
         settle: Duration,
     ) -> anyhow::Result<Vec<(String, PaymentCommand)>> {
-        let consumer = keel_tests::kafka::consumer(&self.stack.kafka_bootstrap, "read_committed")?;
-        let within = if expected == 0 {
-            settle
-        } else {
-            Duration::from_secs(20)
-        };
-        let messages =
-            keel_tests::kafka::read_topic(&consumer, &self.topic, expected, within, settle).await?;
-        let mut out = Vec::new();
-        for m in &messages {
-            let key = String::from_utf8(m.key().unwrap_or_default().to_vec())?;
-            let command: PaymentCommand = self
-                .codec
-                .decode_from(&self.topic, m.payload().unwrap_or_default())
-                .await?;
-            out.push((key, command));
-        }
-        Ok(out)
-    }
-
-    async fn finish(self) {
-        self.stop.cancel();
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        self.pg.close().await;
-        let drop = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.db);
-        if let Err(e) = sqlx::raw_sql(AssertSqlSafe(drop))
-            .execute(&self.admin)
-            .await
-        {
-            eprintln!("dropping {}: {e}", self.db);
-        }
-    }
-}
-
-fn pg_url(stack: &Stack, db: &str) -> anyhow::Result<String> {
-    let (base, _) = stack
-        .postgres_url
-        .rsplit_once('/')
-        .context("the PostgreSQL url has no database")?;
-    Ok(format!("{base}/{db}"))
-}
-
-/// Runs `body` on a fresh [`Env`], then drops its database whatever happened.
-async fn with_env<F, Fut>(body: F) -> anyhow::Result<()>
-where
-    F: FnOnce(Arc<Env>) -> Fut,
-    Fut: Future<Output = anyhow::Result<()>>,
-{
-    use futures::FutureExt;
-    let env = Arc::new(Env::new().await?);
-    let result = std::panic::AssertUnwindSafe(body(Arc::clone(&env)))
-        .catch_unwind()
-        .await;
-    match Arc::try_unwrap(env) {
-        Ok(env) => env.finish().await,
-        Err(env) => env.stop.cancel(),
-    }
-    match result {
-        Ok(result) => result,
-        Err(panic) => std::panic::resume_unwind(panic),
+        self.base.commands(expected, settle).await
     }
 }
 
@@ -314,40 +237,6 @@ impl Payment {
 
 fn eur(amount_minor: i64) -> Money {
     Money::new(amount_minor, "EUR")
-}
-
-struct Answer {
-    status: StatusCode,
-    headers: reqwest::header::HeaderMap,
-    body: Value,
-    text: String,
-}
-
-impl Answer {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-
-    fn slug(&self) -> &str {
-        self.body["type"]
-            .as_str()
-            .and_then(|t| t.rsplit('/').next())
-            .unwrap_or("")
-    }
-}
-
-async fn send(request: reqwest::RequestBuilder) -> anyhow::Result<Answer> {
-    let response = request.send().await?;
-    let status = response.status();
-    let headers = response.headers().clone();
-    let text = response.text().await?;
-    let body = serde_json::from_str(&text).unwrap_or(Value::Null);
-    Ok(Answer {
-        status,
-        headers,
-        body,
-        text,
-    })
 }
 
 fn now_s() -> i64 {
@@ -456,7 +345,7 @@ fn refund(
 /// event once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_psps_signed_callback_reaches_the_ledger_through_kafka_once() -> anyhow::Result<()> {
-    with_env(|env| async move {
+    with_env(Env::new().await?, |env| async move {
         let server = env.serve(env.config(), None).await?;
         let psp = env.psp(&server, 1.0).await?;
         env.worker(&psp);
@@ -534,7 +423,7 @@ async fn the_psps_signed_callback_reaches_the_ledger_through_kafka_once() -> any
 /// exact signed bytes (odd spacing and key order, not re-serialized) verify.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn callbacks_that_do_not_verify_are_401_and_write_nothing() -> anyhow::Result<()> {
-    with_env(|env| async move {
+    with_env(Env::new().await?, |env| async move {
         let server = env.serve(env.config(), None).await?;
         let p = env.insert_payment("AUTHORIZING", 0).await?;
         let now = now_s();
@@ -642,7 +531,7 @@ async fn callbacks_that_do_not_verify_are_401_and_write_nothing() -> anyhow::Res
 /// same refund, refunded once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_captured_payment_reads_back_and_refunds_at_most_the_capture() -> anyhow::Result<()> {
-    with_env(|env| async move {
+    with_env(Env::new().await?, |env| async move {
         let server = env.serve(env.config(), None).await?;
         let psp = env.psp(&server, 0.0).await?;
         env.worker(&psp);
@@ -830,7 +719,7 @@ async fn a_captured_payment_reads_back_and_refunds_at_most_the_capture() -> anyh
 /// of every payment operation is really answered (and every error is problem+json).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_openapi_document_and_the_payment_routes_agree() -> anyhow::Result<()> {
-    with_env(|env| async move {
+    with_env(Env::new().await?, |env| async move {
         let mut config = env.config();
         config.auth_tokens = vec![TOKEN.to_owned()];
         config.max_body_bytes = 1_024;
@@ -838,21 +727,17 @@ async fn the_openapi_document_and_the_payment_routes_agree() -> anyhow::Result<(
         let broken = PgPoolOptions::new()
             .max_connections(2)
             .acquire_timeout(Duration::from_secs(3))
-            .connect_lazy(&pg_url(&env.stack, &unique("keel_missing"))?)?;
+            .connect_lazy(&with_database(
+                &env.stack.postgres_url,
+                &unique("keel_missing"),
+            )?)?;
         let b = env.serve(config, Some(broken)).await?;
 
         let doc = send(env.http.get(a.url("/openapi.json"))).await?;
-        let mut documented: BTreeMap<(String, String), BTreeSet<u16>> = BTreeMap::new();
-        for e in Endpoint::ALL.iter().filter(|e| e.is_payments()) {
-            let op = &doc.body["paths"][e.path()][e.method().as_str().to_lowercase()];
-            let statuses = op["responses"]
-                .as_object()
-                .with_context(|| format!("{e:?} is not documented"))?
-                .keys()
-                .map(|s| s.parse::<u16>())
-                .collect::<Result<BTreeSet<_>, _>>()?;
-            documented.insert((e.method().to_string(), e.path().to_owned()), statuses);
-        }
+        let documented = documented(
+            &doc.body,
+            Endpoint::ALL.into_iter().filter(|e| e.is_payments()),
+        )?;
         assert_eq!(documented.len(), 4);
 
         let p = env.insert_payment("CAPTURED", 1_000).await?;
@@ -958,36 +843,8 @@ async fn the_openapi_document_and_the_payment_routes_agree() -> anyhow::Result<(
             ),
             (Endpoint::PspCallback, signed(&env, &b, SECRET, now, good())),
         ];
-        let mut observed: BTreeMap<(String, String), BTreeSet<u16>> = BTreeMap::new();
-        for (endpoint, request) in requests {
-            let answer = send(request).await?;
-            let op = (endpoint.method().to_string(), endpoint.path().to_owned());
-            let slug = answer.slug();
-            assert!(
-                slug != "not-found" && slug != "method-not-allowed",
-                "{op:?} was not routed: {}",
-                answer.text
-            );
-            if !answer.status.is_success() {
-                assert_eq!(
-                    answer.header("content-type"),
-                    Some("application/problem+json"),
-                    "{op:?}: {}",
-                    answer.text
-                );
-            }
-            observed
-                .entry(op)
-                .or_default()
-                .insert(answer.status.as_u16());
-        }
-        for (op, statuses) in &documented {
-            assert_eq!(
-                observed.get(op),
-                Some(statuses),
-                "{op:?}: documented statuses vs statuses the server answered"
-            );
-        }
+        let observed = observe(requests).await?;
+        assert_agree(&documented, &observed);
         Ok(())
     })
     .await

@@ -8,10 +8,12 @@
 //! `(state, input, now) → (state, effects)`), `state.rs` (what is stored, how it is keyed and
 //! encoded), `topology.rs` (wiring onto the runtime), `sink.rs` (database writes), `tests.rs`.
 //! - [`saga`] — the checkout saga orchestrator (keyed by order id). **Start here.**
+//! - [`carts`] — the carts table from the cart service's CDC topics and the saga's cart checks.
 //! - [`inventory`] — stock and holds per SKU, hold expiry, oversell.
 //! - [`payment`] — the payment service: PSP calls, PostgreSQL ledger + outbox; [`psp_mock`] —
 //!   the PSP it talks to in development and tests; [`outbox`] — the outbox → Kafka relay.
 //! - [`topics`] — the topic names; [`format`] — Avro (or JSON under test) serdes for the runtime.
+pub mod carts;
 pub mod format;
 pub mod inventory;
 pub mod orders;

@@ -28,9 +28,12 @@ pub const INVENTORY_RESERVED: &str = "inventory.reserved.v1";
 pub const INVENTORY_RELEASED: &str = "inventory.released.v1";
 /// Stock on hand changed outside a hold (key: SKU).
 pub const INVENTORY_ADJUSTED: &str = "inventory.adjusted.v1";
+/// The carts processor's answer to an order's cart check (key: order id, so it lands in the
+/// saga's partition).
+pub const CART_CHECKED: &str = "cart.checked.v1";
 
 /// Every topic `keel run` makes sure exists (without prefix).
-pub const ALL: [&str; 12] = [
+pub const ALL: [&str; 13] = [
     ORDER_COMMANDS,
     INVENTORY_COMMANDS,
     PAYMENT_COMMANDS,
@@ -43,6 +46,7 @@ pub const ALL: [&str; 12] = [
     INVENTORY_RESERVED,
     INVENTORY_RELEASED,
     INVENTORY_ADJUSTED,
+    CART_CHECKED,
 ];
 
 /// The topic names in use: [`ALL`] with a prefix.
@@ -90,6 +94,7 @@ impl Topics {
             INVENTORY_RELEASED,
             PAYMENT_AUTHORIZED,
             PAYMENT_FAILED,
+            CART_CHECKED,
         ]
         .iter()
         .map(|t| self.name(t))

@@ -6,6 +6,7 @@
 //! since the Unix epoch (`timestamp-millis`); money is [`Money`]. Unions are Rust enums whose
 //! variant order is the union's branch order.
 
+mod carts;
 mod inventory;
 mod orders;
 mod payments;
@@ -17,6 +18,7 @@ use apache_avro::Schema;
 use apache_avro::schema::{Name, NamespaceRef, UnionSchema};
 use serde::{Deserialize, Serialize};
 
+pub use carts::{CartCheckStatus, CartChecked};
 pub use inventory::{
     AdjustStock, ConfirmReservation, InventoryAdjusted, InventoryCommand, InventoryCommandBody,
     InventoryReleased, InventoryReserved, ReleaseReason, ReleaseStock, ReservationStatus,

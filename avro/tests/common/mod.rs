@@ -327,3 +327,34 @@ pub fn order_decisions() -> Vec<OrderDecision> {
         ),
     ]
 }
+
+pub fn cart_checked() -> Vec<CartChecked> {
+    let answer = |status, detail: Option<&str>, ok: bool| CartChecked {
+        event_id: "order-42/cart-check".into(),
+        order_id: "order-42".into(),
+        occurred_at: AT,
+        causation_id: "cmd-1".into(),
+        correlation_id: "order-42".into(),
+        cart_id: "cart-9".into(),
+        status,
+        detail: detail.map(str::to_owned),
+        customer_id: ok.then(|| "cust-1".to_owned()),
+        lines: if ok { lines() } else { Vec::new() },
+        total: eur(if ok { 2_495 } else { 0 }),
+    };
+    vec![
+        answer(CartCheckStatus::Ok, None, true),
+        answer(
+            CartCheckStatus::CartNotFound,
+            Some("no cart after 30000 ms"),
+            false,
+        ),
+        answer(CartCheckStatus::CartEmpty, None, false),
+        answer(
+            CartCheckStatus::CartAlreadyOrdered,
+            Some("claimed by order-41"),
+            false,
+        ),
+        answer(CartCheckStatus::CurrencyMismatch, Some("EUR vs USD"), false),
+    ]
+}

@@ -11,10 +11,11 @@
 //! - every line held and every authorization has a path to confirmation or compensation.
 
 use keel_avro::records::{
-    AuthorizePayment, CapturePayment, ConfirmReservation, CreatePaymentIntent,
-    InventoryCommandBody, InventoryReleased, InventoryReserved, OrderDecisionStatus,
-    PaymentAuthorized, PaymentCommandBody, PaymentFailed, PaymentFailureReason, PlaceOrder,
-    ReleaseReason, ReleaseStock, ReservationStatus, ReserveStock, VoidPayment,
+    AuthorizePayment, CapturePayment, CartCheckStatus, CartChecked, ConfirmReservation,
+    CreatePaymentIntent, InventoryCommandBody, InventoryReleased, InventoryReserved,
+    OrderDecisionStatus, OrderLine, PaymentAuthorized, PaymentCommandBody, PaymentFailed,
+    PaymentFailureReason, PlaceOrder, ReleaseReason, ReleaseStock, ReservationStatus, ReserveStock,
+    VoidPayment,
 };
 
 use super::state::{LineState, PaymentState, Reason, Saga, Step};
@@ -28,6 +29,10 @@ pub struct Timeouts {
     /// From the authorize command until the payment's outcome; longer than the payment
     /// service's PSP timeout (30 s by default), so a PSP timeout arrives as `PSP_TIMEOUT` first.
     pub payment_ms: i64,
+    /// `Some`: every order first waits this long for the carts processor's answer
+    /// (`[carts].source = "cdc"`; longer than `[saga].cart_wait_ms`, so `CART_NOT_FOUND` arrives
+    /// first). `None`: the command's own lines are trusted (`[carts].source = "api"`).
+    pub cart_ms: Option<i64>,
 }
 
 impl Default for Timeouts {
@@ -35,6 +40,7 @@ impl Default for Timeouts {
         Self {
             inventory_ms: 30_000,
             payment_ms: 60_000,
+            cart_ms: None,
         }
     }
 }
@@ -54,6 +60,8 @@ pub enum Input {
     Released(InventoryReleased),
     Authorized(PaymentAuthorized),
     PaymentFailed(PaymentFailed),
+    /// The carts processor's answer to the order's cart check.
+    CartChecked(CartChecked),
     /// The current step's deadline passed (a timer fired).
     DeadlinePassed,
 }
@@ -67,6 +75,7 @@ impl Input {
             Self::Released(e) => Some(&e.event_id),
             Self::Authorized(e) => Some(&e.event_id),
             Self::PaymentFailed(e) => Some(&e.event_id),
+            Self::CartChecked(e) => Some(&e.event_id),
             Self::DeadlinePassed => None,
         }
     }
@@ -82,6 +91,9 @@ pub enum Effect {
     },
     /// A command on `payments.commands.v1`.
     Payment(PaymentCommandBody),
+    /// Ask the carts processor to check the order's cart: the order's place-order command,
+    /// re-keyed by cart id.
+    CheckCart,
     /// A decision on `order.decisions.v1`.
     Decide {
         sequence: i32,
@@ -146,7 +158,7 @@ pub fn decide(
         // Another place-order for an existing order id: the order exists; nothing changes.
         Input::Place { .. } => {}
         Input::Cancel { reason, .. } => match saga.step {
-            Step::AwaitingInventory | Step::AwaitingPayment => {
+            Step::AwaitingCart | Step::AwaitingInventory | Step::AwaitingPayment => {
                 cancel(&mut saga, Reason::CustomerCancelled, Some(reason), &mut fx);
             }
             Step::Confirmed | Step::Cancelled | Step::Rejected => {
@@ -158,6 +170,7 @@ pub fn decide(
         },
         Input::Reserved(reply) => on_reserved(&mut saga, &reply, now, timeouts, &mut fx),
         Input::Released(released) => on_released(&mut saga, &released, &mut fx),
+        Input::CartChecked(answer) => on_cart_checked(&mut saga, answer, now, timeouts, &mut fx),
         Input::Authorized(auth) => match saga.step {
             Step::AwaitingPayment => {
                 saga.payment = PaymentState::CaptureRequested {
@@ -183,7 +196,7 @@ pub fn decide(
             // Confirmed already (a duplicate under another event id): nothing more to do.
             Step::Confirmed => {}
             // An authorization nobody waits for any more: give the money back.
-            Step::AwaitingInventory | Step::Cancelled | Step::Rejected => {
+            Step::AwaitingCart | Step::AwaitingInventory | Step::Cancelled | Step::Rejected => {
                 saga.payment = PaymentState::VoidRequested;
                 fx.push(Effect::Payment(PaymentCommandBody::Void(VoidPayment {
                     reason: format!("authorization arrived while the order was {:?}", saga.step),
@@ -202,6 +215,14 @@ pub fn decide(
             }
         }
         Input::DeadlinePassed => match saga.step {
+            Step::AwaitingCart => {
+                cancel(
+                    &mut saga,
+                    Reason::CartTimeout,
+                    Some("no answer to the cart check before the deadline".to_owned()),
+                    &mut fx,
+                );
+            }
             Step::AwaitingInventory => {
                 let waiting = lines_in(&saga, |s| matches!(s, LineState::Requested));
                 let detail = format!("no answer for {}", waiting.join(", "));
@@ -242,6 +263,12 @@ fn start(input: Input, order_id: &str, now: i64, timeouts: &Timeouts) -> Result<
                 "payment outcome",
             ));
         }
+        Input::CartChecked(_) => {
+            return Err(Refusal::UnknownOrder(
+                order_id.to_owned(),
+                "cart check answer",
+            ));
+        }
         // A timer without a saga (cannot be scheduled without one): nothing to do.
         Input::DeadlinePassed => return Ok(Outcome::unchanged(None)),
     };
@@ -267,7 +294,12 @@ fn start(input: Input, order_id: &str, now: i64, timeouts: &Timeouts) -> Result<
         updated_at: now,
     };
     let mut fx = Vec::new();
-    if let Err(problem) = validate(&place) {
+    let valid = match timeouts.cart_ms {
+        // The cart supplies the lines: a command may leave them out.
+        Some(_) if place.lines.is_empty() => validate_header(&place),
+        _ => validate(&place),
+    };
+    if let Err(problem) = valid {
         saga.step = Step::Rejected;
         saga.reason = Some(Reason::InvalidOrder);
         saga.detail = Some(problem.clone());
@@ -292,13 +324,32 @@ fn start(input: Input, order_id: &str, now: i64, timeouts: &Timeouts) -> Result<
         reason: None,
         detail: None,
     });
-    for line in &place.lines {
+    match timeouts.cart_ms {
+        Some(cart_ms) => {
+            saga.step = Step::AwaitingCart;
+            fx.push(Effect::CheckCart);
+            let due = now.saturating_add(cart_ms);
+            saga.deadline = Some(due);
+            fx.push(Effect::SetDeadline(due));
+        }
+        None => reserve_lines(&mut saga, now, timeouts, &mut fx),
+    }
+    Ok(Outcome {
+        saga: Some(saga),
+        effects: fx,
+    })
+}
+
+/// Sends a reserve command per line and waits for inventory.
+fn reserve_lines(saga: &mut Saga, now: i64, timeouts: &Timeouts, fx: &mut Vec<Effect>) {
+    saga.step = Step::AwaitingInventory;
+    for line in &saga.lines {
         saga.line_states
             .insert(line.sku.clone(), LineState::Requested);
         fx.push(Effect::Inventory {
             sku: line.sku.clone(),
             command: InventoryCommandBody::Reserve(ReserveStock {
-                order_id: order_id.to_owned(),
+                order_id: saga.order_id.clone(),
                 quantity: line.quantity,
             }),
         });
@@ -306,10 +357,110 @@ fn start(input: Input, order_id: &str, now: i64, timeouts: &Timeouts) -> Result<
     let due = now.saturating_add(timeouts.inventory_ms);
     saga.deadline = Some(due);
     fx.push(Effect::SetDeadline(due));
-    Ok(Outcome {
-        saga: Some(saga),
-        effects: fx,
-    })
+}
+
+/// The carts processor answered: reserve the cart's lines, or cancel with its reason.
+fn on_cart_checked(
+    saga: &mut Saga,
+    answer: CartChecked,
+    now: i64,
+    timeouts: &Timeouts,
+    fx: &mut Vec<Effect>,
+) {
+    if saga.step != Step::AwaitingCart {
+        // Late (after a cancel or the deadline) or not asked for: nothing of ours depends on it.
+        return;
+    }
+    let reason = match answer.status {
+        CartCheckStatus::Ok => None,
+        CartCheckStatus::CartNotFound => Some(Reason::CartNotFound),
+        CartCheckStatus::CartEmpty => Some(Reason::CartEmpty),
+        CartCheckStatus::CartAlreadyOrdered => Some(Reason::CartAlreadyOrdered),
+        CartCheckStatus::CurrencyMismatch => Some(Reason::CurrencyMismatch),
+    };
+    if let Some(reason) = reason {
+        cancel(saga, reason, answer.detail, fx);
+        return;
+    }
+    if answer.lines.is_empty() {
+        let detail = format!("cart {} has no items", answer.cart_id);
+        cancel(saga, Reason::CartEmpty, Some(detail), fx);
+        return;
+    }
+    if !saga.lines.is_empty()
+        && let Some(difference) = line_difference(&saga.lines, &answer.lines)
+    {
+        cancel(saga, Reason::CartMismatch, Some(difference), fx);
+        return;
+    }
+    if saga.lines.is_empty() {
+        let place = PlaceOrder {
+            customer_id: saga.customer_id.clone(),
+            cart_id: saga.cart_id.clone(),
+            lines: answer.lines.clone(),
+            total: answer.total.clone(),
+            payment_method: saga.payment_method.clone(),
+            shipping_address: None,
+        };
+        if let Err(problem) = validate(&place) {
+            cancel(
+                saga,
+                Reason::CartMismatch,
+                Some(format!("cart: {problem}")),
+                fx,
+            );
+            return;
+        }
+    }
+    saga.lines = answer.lines;
+    saga.total = answer.total;
+    reserve_lines(saga, now, timeouts, fx);
+}
+
+/// The first difference between the command's lines and the cart's, naming the line.
+fn line_difference(ordered: &[OrderLine], cart: &[OrderLine]) -> Option<String> {
+    for (i, line) in ordered.iter().enumerate() {
+        let Some(in_cart) = cart.iter().find(|c| c.sku == line.sku) else {
+            return Some(format!("lines[{i}] {}: not in the cart", line.sku));
+        };
+        if in_cart.quantity != line.quantity {
+            return Some(format!(
+                "lines[{i}] {}: quantity {} in the order, {} in the cart",
+                line.sku, line.quantity, in_cart.quantity
+            ));
+        }
+        if in_cart.unit_price != line.unit_price {
+            return Some(format!(
+                "lines[{i}] {}: unit price {} {} in the order, {} {} in the cart",
+                line.sku,
+                line.unit_price.amount_minor,
+                line.unit_price.currency,
+                in_cart.unit_price.amount_minor,
+                in_cart.unit_price.currency
+            ));
+        }
+    }
+    cart.iter()
+        .find(|c| !ordered.iter().any(|l| l.sku == c.sku))
+        .map(|c| format!("{}: in the cart, not in the order", c.sku))
+}
+
+/// The rules of a place-order command apart from its lines (for commands that leave the lines
+/// to the cart).
+pub fn validate_header(place: &PlaceOrder) -> Result<(), String> {
+    if place.cart_id.trim().is_empty() {
+        return Err("cart_id: must not be empty".to_owned());
+    }
+    if place.payment_method.trim().is_empty() {
+        return Err("payment_method: must not be empty".to_owned());
+    }
+    let currency = &place.total.currency;
+    if currency.len() != 3 || !currency.bytes().all(|b| b.is_ascii_uppercase()) {
+        return Err(format!(
+            "total.currency: {currency:?} is not an ISO 4217 code (three upper-case letters)"
+        ));
+    }
+    Ok(())
 }
 
 /// The rules a place-order command must meet, whoever wrote it (the API or another system's
@@ -326,18 +477,8 @@ pub fn validate(place: &PlaceOrder) -> Result<(), String> {
             place.lines.len()
         ));
     }
-    if place.cart_id.trim().is_empty() {
-        return Err("cart_id: must not be empty".to_owned());
-    }
-    if place.payment_method.trim().is_empty() {
-        return Err("payment_method: must not be empty".to_owned());
-    }
+    validate_header(place)?;
     let currency = &place.total.currency;
-    if currency.len() != 3 || !currency.bytes().all(|b| b.is_ascii_uppercase()) {
-        return Err(format!(
-            "total.currency: {currency:?} is not an ISO 4217 code (three upper-case letters)"
-        ));
-    }
     let mut skus = std::collections::BTreeSet::new();
     let mut sum: i64 = 0;
     for (i, line) in place.lines.iter().enumerate() {

@@ -1,4 +1,5 @@
-//! The checkout saga orchestrator, keyed by order id: validate the order → reserve every line
+//! The checkout saga orchestrator, keyed by order id: validate the order (and, with
+//! `[carts].source = "cdc"`, wait for the carts processor's check of its cart) → reserve every line
 //! → authorize the payment → confirm, with compensations (release holds, void the payment) on
 //! any failure, cancel or deadline. `docs/saga.md` has the transition table.
 //!
@@ -13,6 +14,6 @@ mod topology;
 #[cfg(test)]
 mod tests;
 
-pub use logic::{Effect, Input, Outcome, Refusal, Timeouts, decide, validate};
+pub use logic::{Effect, Input, Outcome, Refusal, Timeouts, decide, validate, validate_header};
 pub use state::{LineState, OpenSaga, PaymentState, Reason, Saga, Step};
-pub use topology::{SagaConfig, SagaMetrics, SagaProcessor, topology};
+pub use topology::{SagaConfig, SagaMetrics, SagaProcessor, topology, topology_with_carts};

@@ -28,6 +28,9 @@ pub struct OpenSaga {
 /// changes again (late replies only trigger compensations).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Step {
+    /// `PENDING` decided and the cart check asked for (`[carts].source = "cdc"`); waiting for
+    /// the carts processor's answer on `cart.checked.v1`.
+    AwaitingCart,
     /// Reserve commands sent, waiting for every line's answer.
     AwaitingInventory,
     /// Every line held; authorize command sent, waiting for the payment's outcome.
@@ -42,6 +45,7 @@ impl Step {
     /// The metric label.
     pub fn label(self) -> &'static str {
         match self {
+            Self::AwaitingCart => "awaiting_cart",
             Self::AwaitingInventory => "awaiting_inventory",
             Self::AwaitingPayment => "awaiting_payment",
             Self::Confirmed => "confirmed",
@@ -57,7 +61,9 @@ impl Step {
     /// The order status this step shows.
     pub fn status(self) -> OrderDecisionStatus {
         match self {
-            Self::AwaitingInventory | Self::AwaitingPayment => OrderDecisionStatus::Pending,
+            Self::AwaitingCart | Self::AwaitingInventory | Self::AwaitingPayment => {
+                OrderDecisionStatus::Pending
+            }
             Self::Confirmed => OrderDecisionStatus::Confirmed,
             Self::Cancelled => OrderDecisionStatus::Cancelled,
             Self::Rejected => OrderDecisionStatus::Rejected,
@@ -65,7 +71,8 @@ impl Step {
     }
 
     /// Every step, for exhaustive tests.
-    pub const ALL: [Step; 5] = [
+    pub const ALL: [Step; 6] = [
+        Self::AwaitingCart,
         Self::AwaitingInventory,
         Self::AwaitingPayment,
         Self::Confirmed,
@@ -131,6 +138,18 @@ pub enum Reason {
     PaymentTimeout,
     /// A hold lapsed while the saga still waited for inventory.
     HoldExpired,
+    /// The cart did not arrive from CDC within the carts processor's wait.
+    CartNotFound,
+    /// The cart has no items.
+    CartEmpty,
+    /// Another order already ordered the cart.
+    CartAlreadyOrdered,
+    /// The order's currency is not the cart's.
+    CurrencyMismatch,
+    /// The command's lines differ from the cart's (the detail names the line).
+    CartMismatch,
+    /// The cart check was not answered before the cart deadline.
+    CartTimeout,
 }
 
 impl Reason {
@@ -146,6 +165,12 @@ impl Reason {
             Self::InventoryTimeout => "INVENTORY_TIMEOUT",
             Self::PaymentTimeout => "PAYMENT_TIMEOUT",
             Self::HoldExpired => "HOLD_EXPIRED",
+            Self::CartNotFound => "CART_NOT_FOUND",
+            Self::CartEmpty => "CART_EMPTY",
+            Self::CartAlreadyOrdered => "CART_ALREADY_ORDERED",
+            Self::CurrencyMismatch => "CURRENCY_MISMATCH",
+            Self::CartMismatch => "CART_MISMATCH",
+            Self::CartTimeout => "CART_TIMEOUT",
         }
     }
 }

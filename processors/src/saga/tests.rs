@@ -12,6 +12,13 @@ const ORDER: &str = "order-1";
 const TIMEOUTS: Timeouts = Timeouts {
     inventory_ms: 5_000,
     payment_ms: 10_000,
+    cart_ms: None,
+};
+/// `[carts].source = "cdc"`: every order first waits for its cart check.
+const CART_TIMEOUTS: Timeouts = Timeouts {
+    inventory_ms: 5_000,
+    payment_ms: 10_000,
+    cart_ms: Some(3_000),
 };
 
 fn eur(minor: i64) -> Money {
@@ -368,6 +375,166 @@ fn replies_without_a_saga_and_cancels_of_finished_orders_are_refused() {
     assert!(err.to_string().contains("Confirmed"), "{err}");
 }
 
+// ---- the cart step (`[carts].source = "cdc"`) ----
+
+fn cart_answer(status: CartCheckStatus, lines: Vec<OrderLine>, id: &str) -> Input {
+    let total = lines
+        .iter()
+        .map(|l| l.unit_price.amount_minor * i64::from(l.quantity))
+        .sum();
+    Input::CartChecked(CartChecked {
+        event_id: id.into(),
+        order_id: ORDER.into(),
+        occurred_at: T0,
+        causation_id: format!("{ORDER}/c1"),
+        correlation_id: ORDER.into(),
+        cart_id: "cart-1".into(),
+        status,
+        detail: (status != CartCheckStatus::Ok).then(|| "why".to_owned()),
+        customer_id: Some("cust-1".into()),
+        lines,
+        total: eur(total),
+    })
+}
+
+fn cart_ok() -> Input {
+    cart_answer(
+        CartCheckStatus::Ok,
+        vec![line("SKU-A", 2, 1_000), line("SKU-B", 1, 500)],
+        "cart-ok",
+    )
+}
+
+fn run_with(timeouts: &Timeouts, inputs: Vec<Input>) -> (Saga, Vec<Effect>) {
+    let mut state = None;
+    let mut all = Vec::new();
+    for input in inputs {
+        let outcome = decide(state, input, ORDER, T0, timeouts).expect("applies");
+        state = outcome.saga;
+        all.extend(outcome.effects);
+    }
+    (state.expect("a saga"), all)
+}
+
+#[test]
+fn with_cart_checks_an_order_is_pending_and_waits_for_its_cart_before_reserving() {
+    let (saga, fx) = run_with(&CART_TIMEOUTS, vec![place()]);
+    assert_eq!(saga.step, Step::AwaitingCart);
+    assert_eq!(decisions(&fx), vec![(OrderDecisionStatus::Pending, None)]);
+    assert!(fx.contains(&Effect::CheckCart));
+    assert!(
+        inventory(&fx).is_empty(),
+        "nothing is reserved before the cart is checked"
+    );
+    assert_eq!(saga.deadline, Some(T0 + 3_000));
+
+    let (saga, fx) = run_with(
+        &CART_TIMEOUTS,
+        vec![
+            place(),
+            cart_ok(),
+            held("SKU-A"),
+            held("SKU-B"),
+            authorized("a"),
+        ],
+    );
+    assert_eq!(saga.step, Step::Confirmed);
+    assert_eq!(
+        inventory(&fx)
+            .iter()
+            .filter(|(_, k)| *k == "reserve")
+            .count(),
+        2
+    );
+}
+
+#[test]
+fn a_command_without_lines_reserves_the_carts_lines() {
+    let mut place = place_order(vec![]);
+    place.total = eur(0);
+    let (saga, fx) = run_with(
+        &CART_TIMEOUTS,
+        vec![
+            Input::Place {
+                command_id: "p".into(),
+                place,
+            },
+            cart_ok(),
+        ],
+    );
+    assert_eq!(saga.step, Step::AwaitingInventory);
+    assert_eq!(saga.total, eur(2_500), "the cart's total");
+    assert_eq!(
+        inventory(&fx),
+        vec![("SKU-A".into(), "reserve"), ("SKU-B".into(), "reserve")]
+    );
+}
+
+#[test]
+fn a_refused_cart_cancels_with_its_reason_and_reserves_nothing() {
+    for (status, reason) in [
+        (CartCheckStatus::CartNotFound, Reason::CartNotFound),
+        (CartCheckStatus::CartEmpty, Reason::CartEmpty),
+        (
+            CartCheckStatus::CartAlreadyOrdered,
+            Reason::CartAlreadyOrdered,
+        ),
+        (CartCheckStatus::CurrencyMismatch, Reason::CurrencyMismatch),
+    ] {
+        let (saga, fx) = run_with(
+            &CART_TIMEOUTS,
+            vec![place(), cart_answer(status, vec![], "answer")],
+        );
+        assert_eq!(saga.step, Step::Cancelled);
+        assert_eq!(saga.reason, Some(reason));
+        assert_eq!(reason.code(), status.code());
+        assert!(inventory(&fx).is_empty());
+        assert_eq!(
+            decisions(&fx),
+            vec![
+                (OrderDecisionStatus::Pending, None),
+                (OrderDecisionStatus::Cancelled, Some(reason))
+            ]
+        );
+    }
+}
+
+#[test]
+fn lines_that_disagree_with_the_cart_cancel_naming_the_line() {
+    let (saga, fx) = run_with(
+        &CART_TIMEOUTS,
+        vec![
+            place(),
+            cart_answer(
+                CartCheckStatus::Ok,
+                vec![line("SKU-A", 3, 1_000), line("SKU-B", 1, 500)],
+                "answer",
+            ),
+        ],
+    );
+    assert_eq!(saga.step, Step::Cancelled);
+    assert_eq!(saga.reason, Some(Reason::CartMismatch));
+    let detail = saga.detail.unwrap_or_default();
+    assert!(
+        detail.contains("SKU-A: quantity 2 in the order, 3 in the cart"),
+        "{detail}"
+    );
+    assert!(inventory(&fx).is_empty());
+}
+
+#[test]
+fn an_unanswered_cart_check_is_cancelled_at_its_deadline_and_a_late_answer_changes_nothing() {
+    let (saga, fx) = run_with(
+        &CART_TIMEOUTS,
+        vec![place(), Input::DeadlinePassed, cart_ok()],
+    );
+    assert_eq!(saga.step, Step::Cancelled);
+    assert_eq!(saga.reason, Some(Reason::CartTimeout));
+    assert!(inventory(&fx).is_empty());
+    let (saga, _) = run_with(&CART_TIMEOUTS, vec![place(), cancel("c"), cart_ok()]);
+    assert_eq!(saga.reason, Some(Reason::CustomerCancelled));
+}
+
 // ---- the property model ----
 
 fn any_input() -> impl Strategy<Value = Input> {
@@ -382,6 +549,17 @@ fn any_input() -> impl Strategy<Value = Input> {
         Just(failed(PaymentFailureReason::Declined)),
         Just(cancel("cancel-1")),
         Just(Input::DeadlinePassed),
+        Just(cart_ok()),
+        Just(cart_answer(
+            CartCheckStatus::CartNotFound,
+            vec![],
+            "not-found"
+        )),
+        Just(cart_answer(
+            CartCheckStatus::Ok,
+            vec![line("SKU-A", 1, 1_000), line("SKU-B", 1, 500)],
+            "cart-differs",
+        )),
         Just(Input::Released(InventoryReleased {
             event_id: "expired-a".into(),
             sku: "SKU-A".into(),
@@ -403,20 +581,27 @@ proptest! {
     /// authorization has been confirmed or compensated.
     #[test]
     fn no_input_sequence_leaves_a_hold_or_an_authorization_stranded(
-        inputs in proptest::collection::vec(any_input(), 0..14)
+        inputs in proptest::collection::vec(any_input(), 0..14),
+        cart_check in any::<bool>(),
     ) {
-        let mut state = decide(None, place(), ORDER, T0, &TIMEOUTS).expect("starts").saga;
+        let timeouts = if cart_check { CART_TIMEOUTS } else { TIMEOUTS };
+        let mut state = decide(None, place(), ORDER, T0, &timeouts).expect("starts").saga;
         let mut effects = Vec::new();
         let mut held_skus = std::collections::BTreeSet::new();
         let mut authorizations = 0;
         let mut last_sequence = 1;
-        for (i, input) in inputs.into_iter().chain([Input::DeadlinePassed, Input::DeadlinePassed]).enumerate() {
+        for (i, input) in inputs.into_iter().chain([Input::DeadlinePassed, Input::DeadlinePassed, Input::DeadlinePassed]).enumerate() {
+            // Inventory only answers reserve commands: no reply before the line was asked for.
+            if let Input::Reserved(r) = &input
+                && !state.as_ref().is_some_and(|s| s.line_states.contains_key(&r.sku)) {
+                continue;
+            }
             if let Input::Reserved(r) = &input && r.status == ReservationStatus::Held {
                 held_skus.insert(r.sku.clone());
             }
             if matches!(input, Input::Authorized(_)) { authorizations += 1; }
             let before = state.clone().expect("a saga");
-            match decide(state.clone(), input, ORDER, T0 + i as i64, &TIMEOUTS) {
+            match decide(state.clone(), input, ORDER, T0 + i as i64, &timeouts) {
                 Ok(outcome) => {
                     let after = outcome.saga.clone().expect("a saga stays");
                     if before.step.is_terminal() {
@@ -473,6 +658,7 @@ mod driver {
             deadline_check_interval_ms: 100,
             retention_ms: 60_000,
             metrics_interval_ms: 100,
+            ..SagaConfig::default()
         };
         let metrics =
             crate::saga::SagaMetrics::register(&prometheus::Registry::new()).expect("metrics");

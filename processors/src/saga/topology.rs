@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use keel_avro::records::{
-    InventoryCommand, OrderCommand, OrderCommandBody, OrderDecision, PaymentCommand,
+    InventoryCommand, OrderCommand, OrderCommandBody, OrderDecision, PaymentCommand, PlaceOrder,
 };
 use keel_topology::serde::{Serde, Utf8};
 use keel_topology::{
@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use super::logic::{Effect, Input, Timeouts, decide};
 use super::state::{DEADLINES_STORE, OPEN_STORE, OpenSaga, SAGAS_STORE, Saga, Step};
+use crate::carts::CdcTopics;
 use crate::format::Format;
 use crate::topics::{self, Topics};
 
@@ -38,6 +39,13 @@ pub struct SagaConfig {
     pub retention_ms: u64,
     /// How often the open-saga gauges are refreshed (ms of wall-clock time).
     pub metrics_interval_ms: u64,
+    /// `[carts].source = "cdc"`: how long the carts processor keeps an order whose cart has not
+    /// arrived (or does not yet agree with the order) before answering with what it has —
+    /// `CART_NOT_FOUND` when there is no cart (ms).
+    pub cart_wait_ms: u64,
+    /// `[carts].source = "cdc"`: the saga's deadline for the cart check's answer (ms); keep it
+    /// above `cart_wait_ms`, so the carts processor's answer comes first.
+    pub cart_timeout_ms: u64,
 }
 
 impl Default for SagaConfig {
@@ -48,6 +56,8 @@ impl Default for SagaConfig {
             deadline_check_interval_ms: 1_000,
             retention_ms: 7 * 24 * 3_600_000,
             metrics_interval_ms: 5_000,
+            cart_wait_ms: 30_000,
+            cart_timeout_ms: 60_000,
         }
     }
 }
@@ -57,6 +67,7 @@ impl SagaConfig {
         Timeouts {
             inventory_ms: i64::try_from(self.inventory_timeout_ms).unwrap_or(i64::MAX),
             payment_ms: i64::try_from(self.payment_timeout_ms).unwrap_or(i64::MAX),
+            cart_ms: None,
         }
     }
 }
@@ -125,14 +136,41 @@ const TO_INVENTORY: &str = "saga-to-inventory";
 const TO_PAYMENTS: &str = "saga-to-payments";
 const TO_DECISIONS: &str = "saga-to-decisions";
 
-/// The saga's topology: sources, the processor, its two stores and three sinks.
+/// The saga's topology (`[carts].source = "api"`): sources, the processor, its stores and
+/// three sinks. The command's lines are trusted (validated, not compared with a cart).
 pub fn topology(
     format: &Format,
     names: &Topics,
     config: &SagaConfig,
     metrics: SagaMetrics,
 ) -> keel_topology::Result<Topology> {
-    let timeouts = config.timeouts();
+    build(format, names, config, metrics, None)
+}
+
+/// The saga's topology with the cart check (`[carts].source = "cdc"`): every order first waits
+/// for the carts sub-topology ([`crate::carts::add_to`]), which keeps the carts from the CDC
+/// topics `cdc` and answers on `cart.checked.v1`.
+pub fn topology_with_carts(
+    format: &Format,
+    names: &Topics,
+    config: &SagaConfig,
+    metrics: SagaMetrics,
+    cdc: &CdcTopics,
+) -> keel_topology::Result<Topology> {
+    build(format, names, config, metrics, Some(cdc))
+}
+
+fn build(
+    format: &Format,
+    names: &Topics,
+    config: &SagaConfig,
+    metrics: SagaMetrics,
+    cdc: Option<&CdcTopics>,
+) -> keel_topology::Result<Topology> {
+    let mut timeouts = config.timeouts();
+    if cdc.is_some() {
+        timeouts.cart_ms = Some(i64::try_from(config.cart_timeout_ms).unwrap_or(i64::MAX));
+    }
     let retention_ms = i64::try_from(config.retention_ms).unwrap_or(i64::MAX);
     let metrics_interval = Duration::from_millis(config.metrics_interval_ms.max(1));
     let inputs = names.saga_inputs();
@@ -183,6 +221,17 @@ pub fn topology(
     .add_state_store(SAGAS_STORE, StoreKind::KeyValue, &[PROCESSOR])
     .add_state_store(DEADLINES_STORE, StoreKind::Timer, &[PROCESSOR])
     .add_state_store(OPEN_STORE, StoreKind::KeyValue, &[PROCESSOR]);
+    if let Some(cdc) = cdc {
+        crate::carts::add_to(
+            &mut b,
+            format,
+            names,
+            cdc,
+            PROCESSOR,
+            i64::try_from(config.cart_wait_ms).unwrap_or(i64::MAX),
+            interval,
+        );
+    }
     b.build()
 }
 
@@ -222,6 +271,7 @@ impl Serde<Input> for InputSerde {
             topics::INVENTORY_RELEASED => Input::Released(f.decode(topic, bytes)?),
             topics::PAYMENT_AUTHORIZED => Input::Authorized(f.decode(topic, bytes)?),
             topics::PAYMENT_FAILED => Input::PaymentFailed(f.decode(topic, bytes)?),
+            topics::CART_CHECKED => Input::CartChecked(f.decode(topic, bytes)?),
             other => return Err(SerdeError(format!("the saga does not read topic {other}"))),
         })
     }
@@ -371,6 +421,27 @@ impl SagaProcessor {
                         command,
                     };
                     ctx.forward_to(TO_PAYMENTS, Record::new(order_id.to_owned(), command, now))?;
+                }
+                Effect::CheckCart => {
+                    let command = OrderCommand {
+                        command_id: next_command_id(&mut saga),
+                        order_id: order_id.to_owned(),
+                        issued_at: now,
+                        causation_id: source.causation_id.clone(),
+                        correlation_id: order_id.to_owned(),
+                        command: OrderCommandBody::PlaceOrder(PlaceOrder {
+                            customer_id: saga.customer_id.clone(),
+                            cart_id: saga.cart_id.clone(),
+                            lines: saga.lines.clone(),
+                            total: saga.total.clone(),
+                            payment_method: saga.payment_method.clone(),
+                            shipping_address: saga.shipping_address.clone(),
+                        }),
+                    };
+                    ctx.forward_to(
+                        crate::carts::CHECKS_SINK,
+                        Record::new(saga.cart_id.clone(), command, now),
+                    )?;
                 }
                 Effect::Decide {
                     sequence,

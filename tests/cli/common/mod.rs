@@ -217,7 +217,9 @@ impl Run {
                     stack.kafka_bootstrap.clone(),
                 ),
                 ("KEEL__TOPICS__PREFIX".into(), format!("{name}.")),
-                ("KEEL__TOPICS__PARTITIONS".into(), "3".into()),
+                // Topics keep the default 6 partitions, as a newcomer's run has them.
+                // A saga that waits for inventory longer than this is stuck, not slow.
+                ("KEEL__SAGA__INVENTORY_TIMEOUT_MS".into(), "10000".into()),
                 ("KEEL__STREAMS__APPLICATION_ID".into(), name.clone()),
                 ("KEEL__STREAMS__INSTANCE_ID".into(), "e2e-1".into()),
                 ("KEEL__MYSQL__URL".into(), mysql_url.clone()),

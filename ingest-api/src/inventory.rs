@@ -1,0 +1,899 @@
+//! The inventory routes: read a SKU's stock from the Cassandra mirror, and turn adjust, reserve
+//! and release requests into commands on `inventory_topic` (key: the SKU, so one SKU's commands
+//! queue in one partition). Like the order and payment routes they decide nothing: the
+//! inventory processor applies the commands, answered `202` only once Kafka has them.
+//!
+//! - `GET /inventory/{sku}` — [`InventoryLevel`]: `onHand` from `<keyspace>.stock_level`,
+//!   `held` = the sum of the SKU's `<keyspace>.reservation` rows (written `USING TTL`, so an
+//!   expired hold no longer counts), `available = onHand − held`. 404 for a SKU never stocked.
+//! - `POST /inventory/adjust` — `Idempotency-Key` required; the command id is derived from the
+//!   caller and the key, so a retry is the same command (inventory applies an adjust command id
+//!   once per SKU). A key reused with another body is the same command id too: the first one
+//!   applied wins downstream. Whether stock may go that low is the processor's decision (an
+//!   adjust never takes stock below zero or below what is held).
+//! - `POST /inventory/reserve`, `POST /inventory/release` — one `ReserveStock` /
+//!   `ReleaseStock` (reason `ORDER_CANCELLED`) per line, with command ids derived from the order
+//!   and the SKU: a retry is a duplicate the processor ignores. Every SKU must be in
+//!   `stock_level` (else 422 `unknown-sku` naming the line). The hold's TTL is inventory's
+//!   configured `[inventory].hold_ttl_ms`: `ReserveStock` carries no TTL, so a per-request
+//!   `holdTtlMs` is not accepted (400 unknown-field) rather than silently ignored.
+//!
+//! Without [`InventoryDeps`] (no Cassandra session configured) every inventory route answers 503.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use futures::TryStreamExt;
+use keel_avro::records::{
+    AdjustStock, InventoryCommand, InventoryCommandBody, ReleaseReason, ReleaseStock, ReserveStock,
+};
+use scylla::client::session::Session;
+use scylla::statement::prepared::PreparedStatement;
+use serde::{Deserialize, Deserializer, Serialize};
+use tokio::sync::OnceCell;
+use utoipa::ToSchema;
+
+use crate::payments::derived_id;
+use crate::problem::{Kind, Problem};
+use crate::routes::{App, json_response, or_problem, required_idempotency_key, to_json};
+
+/// The largest `|delta|` of one adjustment.
+pub const MAX_ADJUST_DELTA: i64 = 1_000_000;
+/// The largest quantity of one reserve line.
+pub const MAX_LINE_QUANTITY: i64 = 1_000_000;
+/// The most lines (or SKUs) in one reserve or release request.
+pub const MAX_LINES: usize = 100;
+/// The longest SKU and order id, in characters.
+pub const MAX_ID_CHARS: usize = 64;
+
+/// What the inventory routes read: a Cassandra session and the keyspace of the inventory
+/// mirror (`keel_processors::inventory::sink`, tables `stock_level` and `reservation`).
+#[derive(Clone)]
+pub struct InventoryDeps {
+    pub session: Arc<Session>,
+    /// A CQL identifier: 1 to 48 letters, digits or `_`, starting with a letter.
+    pub keyspace: String,
+}
+
+impl fmt::Debug for InventoryDeps {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InventoryDeps")
+            .field("keyspace", &self.keyspace)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whether `keyspace` is a plain CQL identifier (it is written into statements).
+pub fn valid_keyspace(keyspace: &str) -> bool {
+    let mut chars = keyspace.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && keyspace.len() <= 48
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// The inventory side of the handlers' state: the session and its statements, prepared on first
+/// use (a Cassandra that is down at start costs 503s until it is back, not the API).
+pub(crate) struct Inventory {
+    deps: InventoryDeps,
+    statements: OnceCell<Statements>,
+}
+
+impl Inventory {
+    pub(crate) fn new(deps: InventoryDeps) -> Self {
+        Self {
+            deps,
+            statements: OnceCell::new(),
+        }
+    }
+}
+
+struct Statements {
+    on_hand: PreparedStatement,
+    holds: PreparedStatement,
+    known: PreparedStatement,
+}
+
+impl Statements {
+    async fn prepare(session: &Session, ks: &str, timeout: Duration) -> Result<Self, String> {
+        let prepare = |cql: String| async move {
+            let mut statement = session.prepare(cql).await.map_err(|e| e.to_string())?;
+            statement.set_request_timeout(Some(timeout));
+            Ok::<_, String>(statement)
+        };
+        Ok(Self {
+            on_hand: prepare(format!(
+                "SELECT on_hand FROM {ks}.stock_level WHERE sku = ?"
+            ))
+            .await?,
+            holds: prepare(format!(
+                "SELECT quantity FROM {ks}.reservation WHERE sku = ?"
+            ))
+            .await?,
+            known: prepare(format!("SELECT sku FROM {ks}.stock_level WHERE sku IN ?")).await?,
+        })
+    }
+}
+
+/// `GET /inventory/{sku}`: the SKU's stock as the Cassandra mirror has it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct InventoryLevel {
+    pub sku: String,
+    /// Units in stock, held ones included.
+    pub on_hand: i64,
+    /// Units in live holds (a hold stops counting when its TTL ends).
+    pub held: i64,
+    /// `onHand − held`: what a new reservation can take.
+    pub available: i64,
+}
+
+/// `POST /inventory/adjust`: change the stock on hand of a SKU (restock, shrinkage, count
+/// correction, a return).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AdjustRequest {
+    /// 1 to 64 characters, no whitespace or control characters.
+    pub sku: String,
+    /// Units added (positive) or removed (negative); not 0, at most 1,000,000 either way.
+    pub delta: i64,
+    /// Why (1 to 255 characters), e.g. `RESTOCK`; `SOLD…` and `OVERSOLD…` are inventory's own.
+    pub reason: String,
+}
+
+/// One line of `POST /inventory/reserve`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ReserveLine {
+    /// A SKU in stock (`GET /inventory/{sku}` answers 200).
+    pub sku: String,
+    /// 1 to 1,000,000 units.
+    pub quantity: i64,
+}
+
+/// `POST /inventory/reserve`: hold stock for an order, one hold per line (the holds last
+/// inventory's configured `hold_ttl_ms`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ReserveRequest {
+    /// 1 to 64 characters.
+    pub order_id: String,
+    /// 1 to 100 lines, each SKU once.
+    #[serde(deserialize_with = "object_items")]
+    pub lines: Vec<ReserveLine>,
+}
+
+/// `POST /inventory/release`: give an order's holds back (reason `ORDER_CANCELLED`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ReleaseRequest {
+    /// 1 to 64 characters.
+    pub order_id: String,
+    /// 1 to 100 SKUs in stock, each once.
+    pub skus: Vec<String>,
+}
+
+/// 202 for an adjustment: the command is on Kafka.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AdjustAccepted {
+    pub sku: String,
+    /// The same for every retry with the same `Idempotency-Key`.
+    pub command_id: String,
+    /// Always `ADJUSTMENT_REQUESTED`.
+    pub status: String,
+}
+
+/// One command written for a reserve or release line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LineCommand {
+    pub sku: String,
+    /// Derived from the order and the SKU: the same for every retry.
+    pub command_id: String,
+}
+
+/// 202 for a reserve or release: one command per line is on Kafka. The outcome (held or
+/// short) is inventory's: `inventory.reserved.v1` / `inventory.released.v1`, and
+/// `GET /inventory/{sku}` once the mirror has it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HoldsAccepted {
+    pub order_id: String,
+    /// `RESERVATION_REQUESTED` or `RELEASE_REQUESTED`.
+    pub status: String,
+    pub commands: Vec<LineCommand>,
+}
+
+/// A JSON array of objects (an array inside an item is a wrong type, not a struct by position).
+fn object_items<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<ReserveLine>, D::Error> {
+    #[derive(Deserialize)]
+    struct Item(#[serde(deserialize_with = "crate::body::object")] ReserveLine);
+    let items = Vec::<Item>::deserialize(deserializer)?;
+    Ok(items.into_iter().map(|Item(line)| line).collect())
+}
+
+fn invalid(field: impl Into<String>, detail: impl Into<String>) -> Problem {
+    Problem::new(Kind::InvalidField, detail).field(field)
+}
+
+/// A SKU or order id: 1 to 64 characters without whitespace or control characters.
+fn check_id(field: &str, what: &str, value: &str) -> Result<(), Problem> {
+    let len = value.chars().count();
+    if len == 0 || len > MAX_ID_CHARS || value.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(invalid(
+            field,
+            format!(
+                "{what} must be 1 to {MAX_ID_CHARS} characters without whitespace, got {value:?}"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn check_count(field: &str, len: usize) -> Result<(), Problem> {
+    if len == 0 {
+        return Err(invalid(field, format!("{field} must not be empty")));
+    }
+    if len > MAX_LINES {
+        return Err(invalid(
+            field,
+            format!("{field} has {len} entries; at most {MAX_LINES} are accepted"),
+        ));
+    }
+    Ok(())
+}
+
+/// The SKUs of a request, each checked and at most once; problems name `{field}[i]{suffix}`.
+fn check_skus<'a>(
+    field: &str,
+    suffix: &str,
+    skus: impl Iterator<Item = &'a str>,
+) -> Result<(), Problem> {
+    let mut seen = BTreeSet::new();
+    for (i, sku) in skus.enumerate() {
+        let name = format!("{field}[{i}]{suffix}");
+        check_id(&name, "a sku", sku)?;
+        if !seen.insert(sku) {
+            return Err(invalid(
+                name,
+                format!("sku {sku:?} appears more than once; send one line per SKU"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+impl AdjustRequest {
+    /// The first invalid value, as a 422 naming the field.
+    pub fn validate(&self) -> Result<(), Problem> {
+        check_id("sku", "sku", &self.sku)?;
+        if self.delta == 0 || self.delta.abs() > MAX_ADJUST_DELTA {
+            return Err(invalid(
+                "delta",
+                format!(
+                    "delta must be non-zero and between -{MAX_ADJUST_DELTA} and \
+                     {MAX_ADJUST_DELTA}, got {}",
+                    self.delta
+                ),
+            ));
+        }
+        let len = self.reason.trim().chars().count();
+        if len == 0
+            || self.reason.chars().count() > 255
+            || self.reason.chars().any(char::is_control)
+        {
+            return Err(invalid(
+                "reason",
+                "reason must be 1 to 255 characters without control characters",
+            ));
+        }
+        if self.reason.starts_with("SOLD") || self.reason.starts_with("OVERSOLD") {
+            return Err(invalid(
+                "reason",
+                "reasons starting with SOLD or OVERSOLD are inventory's own (sales of holds)",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl ReserveRequest {
+    /// The first invalid value, as a 422 naming the field (`lines[1].quantity`).
+    pub fn validate(&self) -> Result<(), Problem> {
+        check_id("orderId", "orderId", &self.order_id)?;
+        check_count("lines", self.lines.len())?;
+        for (i, line) in self.lines.iter().enumerate() {
+            if line.quantity <= 0 || line.quantity > MAX_LINE_QUANTITY {
+                return Err(invalid(
+                    format!("lines[{i}].quantity"),
+                    format!(
+                        "quantity must be between 1 and {MAX_LINE_QUANTITY}, got {}",
+                        line.quantity
+                    ),
+                ));
+            }
+        }
+        check_skus("lines", ".sku", self.lines.iter().map(|l| l.sku.as_str()))
+    }
+}
+
+impl ReleaseRequest {
+    /// The first invalid value, as a 422 naming the field (`skus[0]`).
+    pub fn validate(&self) -> Result<(), Problem> {
+        check_id("orderId", "orderId", &self.order_id)?;
+        check_count("skus", self.skus.len())?;
+        check_skus("skus", "", self.skus.iter().map(String::as_str))
+    }
+}
+
+fn not_configured() -> Problem {
+    Problem::new(
+        Kind::DependencyUnavailable,
+        "this API has no inventory store (Cassandra) configured; retry against one that has",
+    )
+}
+
+fn store_unavailable(e: impl fmt::Display) -> Problem {
+    tracing::warn!(error = %e, "inventory store (Cassandra) call failed");
+    Problem::new(
+        Kind::DependencyUnavailable,
+        "the inventory store is unavailable; retry later",
+    )
+}
+
+fn sku_not_found(sku: &str) -> Problem {
+    Problem::new(Kind::SkuNotFound, format!("sku {sku:?} was never stocked")).field("sku")
+}
+
+impl App {
+    fn inventory(&self) -> Result<&Inventory, Problem> {
+        self.0.inventory.as_ref().ok_or_else(not_configured)
+    }
+
+    fn store_timeout(&self) -> Duration {
+        Duration::from_millis(self.0.config.inventory_read_timeout_ms)
+    }
+
+    async fn statements(&self) -> Result<(&Inventory, &Statements), Problem> {
+        let inventory = self.inventory()?;
+        let timeout = self.store_timeout();
+        let statements = inventory
+            .statements
+            .get_or_try_init(|| {
+                Statements::prepare(&inventory.deps.session, &inventory.deps.keyspace, timeout)
+            })
+            .await
+            .map_err(store_unavailable)?;
+        Ok((inventory, statements))
+    }
+
+    /// The SKU's level, `None` for a SKU never stocked.
+    async fn inventory_level(&self, sku: &str) -> Result<Option<InventoryLevel>, Problem> {
+        let (inventory, st) = self.statements().await?;
+        let session = &inventory.deps.session;
+        let read = async {
+            let result = session
+                .execute_unpaged(&st.on_hand, (sku,))
+                .await
+                .map_err(store_unavailable)?
+                .into_rows_result()
+                .map_err(store_unavailable)?;
+            let Some((on_hand,)) = result
+                .maybe_first_row::<(Option<i32>,)>()
+                .map_err(store_unavailable)?
+            else {
+                return Ok(None);
+            };
+            // Every live hold row of the SKU, page by page; expired ones are gone by TTL.
+            let held: i64 = session
+                .execute_iter(st.holds.clone(), (sku,))
+                .await
+                .map_err(store_unavailable)?
+                .rows_stream::<(Option<i32>,)>()
+                .map_err(store_unavailable)?
+                .map_err(store_unavailable)
+                .try_fold(0i64, |sum, (quantity,)| async move {
+                    Ok(sum + i64::from(quantity.unwrap_or(0)))
+                })
+                .await?;
+            let on_hand = i64::from(on_hand.unwrap_or(0));
+            Ok(Some(InventoryLevel {
+                sku: sku.to_owned(),
+                on_hand,
+                held,
+                available: on_hand - held,
+            }))
+        };
+        tokio::time::timeout(self.store_timeout(), read)
+            .await
+            .map_err(|_| store_unavailable("timed out"))?
+    }
+
+    /// 422 `unknown-sku` naming `{field}[i]{suffix}` for the first SKU not in `stock_level`.
+    async fn check_known(&self, field: &str, suffix: &str, skus: &[&str]) -> Result<(), Problem> {
+        let (inventory, st) = self.statements().await?;
+        let list: Vec<&str> = skus.to_vec();
+        let read = async {
+            let result = inventory
+                .deps
+                .session
+                .execute_unpaged(&st.known, (list,))
+                .await
+                .map_err(store_unavailable)?
+                .into_rows_result()
+                .map_err(store_unavailable)?;
+            result
+                .rows::<(String,)>()
+                .map_err(store_unavailable)?
+                .map(|row| row.map(|(sku,)| sku).map_err(store_unavailable))
+                .collect::<Result<BTreeSet<String>, Problem>>()
+        };
+        let known = tokio::time::timeout(self.store_timeout(), read)
+            .await
+            .map_err(|_| store_unavailable("timed out"))??;
+        match skus
+            .iter()
+            .enumerate()
+            .find(|(_, sku)| !known.contains(**sku))
+        {
+            Some((i, sku)) => Err(Problem::new(
+                Kind::UnknownSku,
+                format!("sku {sku:?} was never stocked"),
+            )
+            .field(format!("{field}[{i}]{suffix}"))),
+            None => Ok(()),
+        }
+    }
+
+    /// Check that every SKU of `lines` is stocked (422 naming `{field}[i]{suffix}`), write one
+    /// `action` command per line (ids from the order and the SKU) and answer 202 with `status`
+    /// and the command ids.
+    async fn request_holds(
+        &self,
+        order_id: &str,
+        (action, status): (&str, &str),
+        (field, suffix): (&str, &str),
+        lines: Vec<(&str, InventoryCommandBody)>,
+    ) -> Result<Response, Problem> {
+        let skus: Vec<&str> = lines.iter().map(|(sku, _)| *sku).collect();
+        self.check_known(field, suffix, &skus).await?;
+        let commands: Vec<InventoryCommand> = lines
+            .into_iter()
+            .map(|(sku, body)| hold_command(order_id, sku, action, body))
+            .collect();
+        self.send_commands(&self.0.config.inventory_topic, &commands)
+            .await?;
+        Ok(holds_accepted(order_id, status, &commands))
+    }
+}
+
+#[utoipa::path(
+    get,
+    path = "/inventory/{sku}",
+    tag = "inventory",
+    summary = "A SKU's stock: on hand, held, available",
+    description = "From the Cassandra mirror of inventory (eventually consistent with the \
+        inventory processor): onHand from stock_level, held = the live reservation rows of the \
+        SKU (each expires by TTL with its hold), available = onHand - held.",
+    params(("sku" = String, Path, description = "The SKU (1-64 characters)")),
+    responses(
+        (status = 200, description = "The SKU's stock", body = InventoryLevel),
+        (status = 404, description = "The SKU was never stocked", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 503, description = "No inventory store is configured, Cassandra did not \
+            answer in time, or too many requests are in progress", body = Problem,
+            content_type = "application/problem+json",
+            headers(("Retry-After" = u32, description = "Seconds to wait"))),
+    )
+)]
+pub(crate) async fn get_inventory(
+    State(app): State<App>,
+    path: Result<Path<String>, PathRejection>,
+) -> Response {
+    or_problem(get_inventory_inner(&app, path).await)
+}
+
+async fn get_inventory_inner(
+    app: &App,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, Problem> {
+    let sku = match path {
+        Ok(Path(sku)) if check_id("sku", "sku", &sku).is_ok() => sku,
+        Ok(Path(sku)) => return Err(sku_not_found(&sku)),
+        Err(e) => return Err(sku_not_found(&e.to_string())),
+    };
+    let level = app
+        .inventory_level(&sku)
+        .await?
+        .ok_or_else(|| sku_not_found(&sku))?;
+    Ok(json_response(StatusCode::OK, to_json(&level), None))
+}
+
+#[utoipa::path(
+    post,
+    path = "/inventory/adjust",
+    tag = "inventory",
+    summary = "Change a SKU's stock on hand (restock, correction, return)",
+    description = "Writes an AdjustStock command (key: the SKU) to Kafka and answers once Kafka \
+        confirmed it. The command id is derived from the caller and the Idempotency-Key: a \
+        retry is the same command, applied once. Inventory refuses an adjustment that would \
+        take stock below zero or below what is held.",
+    params(
+        ("Idempotency-Key" = String, Header,
+            description = "Required: names the adjustment (1-255 visible ASCII)"),
+    ),
+    request_body(content = AdjustRequest, content_type = "application/json"),
+    security((), ("bearer" = [])),
+    responses(
+        (status = 202, description = "Accepted: the command is on Kafka", body = AdjustAccepted,
+            headers(("Location" = String, description = "/inventory/{sku}"))),
+        (status = 400, description = "Malformed JSON, a missing, unknown or mistyped field, an \
+            empty body, or a missing or invalid Idempotency-Key", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 401, description = "Authentication is on and no accepted bearer token was sent",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is larger than max_body_bytes", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 415, description = "The body is not application/json", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 422, description = "An invalid sku, a delta of 0 or beyond ±1,000,000, or an \
+            invalid reason", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "No inventory store is configured, Kafka or the registry \
+            did not answer in time, or too many requests are in progress", body = Problem,
+            content_type = "application/problem+json",
+            headers(("Retry-After" = u32, description = "Seconds to wait"))),
+    )
+)]
+pub(crate) async fn adjust_inventory(
+    State(app): State<App>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    or_problem(adjust_inventory_inner(&app, &headers, body).await)
+}
+
+async fn adjust_inventory_inner(
+    app: &App,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, Problem> {
+    let (scope, request) = app
+        .write_request(headers, body, AdjustRequest::validate)
+        .await?;
+    let key = required_idempotency_key(headers, "an adjustment")?;
+    app.inventory()?;
+    let command_id = derived_id(&["inventory-adjust", &scope, &key]);
+    let delta = i32::try_from(request.delta)
+        .map_err(|_| invalid("delta", format!("delta {} is out of range", request.delta)))?;
+    let command = InventoryCommand {
+        command_id: command_id.clone(),
+        sku: request.sku.clone(),
+        issued_at: chrono::Utc::now().timestamp_millis(),
+        causation_id: command_id.clone(),
+        correlation_id: command_id.clone(),
+        command: InventoryCommandBody::Adjust(AdjustStock {
+            delta,
+            reason: request.reason.clone(),
+        }),
+    };
+    app.send_commands(
+        &app.0.config.inventory_topic,
+        std::slice::from_ref(&command),
+    )
+    .await?;
+    let body = to_json(&AdjustAccepted {
+        sku: request.sku.clone(),
+        command_id,
+        status: "ADJUSTMENT_REQUESTED".to_owned(),
+    });
+    Ok(json_response(
+        StatusCode::ACCEPTED,
+        body,
+        Some(&format!("/inventory/{}", request.sku)),
+    ))
+}
+
+/// The command id of an order's reserve or release of a SKU: a retry is a duplicate.
+pub fn hold_command_id(action: &str, order_id: &str, sku: &str) -> String {
+    derived_id(&["inventory", action, order_id, sku])
+}
+
+fn hold_command(
+    order_id: &str,
+    sku: &str,
+    action: &str,
+    body: InventoryCommandBody,
+) -> InventoryCommand {
+    let command_id = hold_command_id(action, order_id, sku);
+    InventoryCommand {
+        command_id: command_id.clone(),
+        sku: sku.to_owned(),
+        issued_at: chrono::Utc::now().timestamp_millis(),
+        causation_id: command_id,
+        correlation_id: order_id.to_owned(),
+        command: body,
+    }
+}
+
+fn holds_accepted(order_id: &str, status: &str, commands: &[InventoryCommand]) -> Response {
+    let body = to_json(&HoldsAccepted {
+        order_id: order_id.to_owned(),
+        status: status.to_owned(),
+        commands: commands
+            .iter()
+            .map(|c| LineCommand {
+                sku: c.sku.clone(),
+                command_id: c.command_id.clone(),
+            })
+            .collect(),
+    });
+    json_response(StatusCode::ACCEPTED, body, None)
+}
+
+#[utoipa::path(
+    post,
+    path = "/inventory/reserve",
+    tag = "inventory",
+    summary = "Hold stock for an order: one ReserveStock command per line",
+    description = "Checks every SKU against the stock table, writes one ReserveStock command per \
+        line (key: the SKU) and answers once Kafka confirmed all of them. Command ids are \
+        derived from the order and the SKU: a retry is a duplicate inventory ignores. Whether a \
+        line is held or short is inventory's answer (inventory.reserved.v1). Holds last \
+        inventory's configured hold_ttl_ms (a per-request TTL is not supported).",
+    request_body(content = ReserveRequest, content_type = "application/json"),
+    security((), ("bearer" = [])),
+    responses(
+        (status = 202, description = "Accepted: every line's command is on Kafka",
+            body = HoldsAccepted),
+        (status = 400, description = "Malformed JSON, a missing, unknown or mistyped field, or \
+            an empty body", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Authentication is on and no accepted bearer token was sent",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is larger than max_body_bytes", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 415, description = "The body is not application/json", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 422, description = "An invalid orderId, no lines or more than 100, a quantity \
+            below 1 or above 1,000,000, a SKU twice, or a SKU never stocked (unknown-sku); \
+            field names the line, e.g. lines[1].quantity", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 503, description = "No inventory store is configured, Cassandra, Kafka or the \
+            registry did not answer in time, or too many requests are in progress",
+            body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u32, description = "Seconds to wait"))),
+    )
+)]
+pub(crate) async fn reserve_inventory(
+    State(app): State<App>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    or_problem(reserve_inventory_inner(&app, &headers, body).await)
+}
+
+async fn reserve_inventory_inner(
+    app: &App,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, Problem> {
+    let (_, request) = app
+        .write_request(headers, body, ReserveRequest::validate)
+        .await?;
+    let lines = request
+        .lines
+        .iter()
+        .map(|line| {
+            let body = InventoryCommandBody::Reserve(ReserveStock {
+                order_id: request.order_id.clone(),
+                // validate() bounds the quantity to 1..=MAX_LINE_QUANTITY.
+                quantity: i32::try_from(line.quantity).unwrap_or(i32::MAX),
+            });
+            (line.sku.as_str(), body)
+        })
+        .collect();
+    app.request_holds(
+        &request.order_id,
+        ("reserve", "RESERVATION_REQUESTED"),
+        ("lines", ".sku"),
+        lines,
+    )
+    .await
+}
+
+#[utoipa::path(
+    post,
+    path = "/inventory/release",
+    tag = "inventory",
+    summary = "Give an order's holds back: one ReleaseStock command per SKU",
+    description = "Checks every SKU against the stock table, writes one ReleaseStock command \
+        (reason ORDER_CANCELLED, key: the SKU) per SKU and answers once Kafka confirmed all of \
+        them. Command ids are derived from the order and the SKU: a retry is a duplicate. A \
+        release that arrives before its reserve makes the late reserve a no-op.",
+    request_body(content = ReleaseRequest, content_type = "application/json"),
+    security((), ("bearer" = [])),
+    responses(
+        (status = 202, description = "Accepted: every SKU's command is on Kafka",
+            body = HoldsAccepted),
+        (status = 400, description = "Malformed JSON, a missing, unknown or mistyped field, or \
+            an empty body", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Authentication is on and no accepted bearer token was sent",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is larger than max_body_bytes", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 415, description = "The body is not application/json", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 422, description = "An invalid orderId, no SKUs or more than 100, a SKU twice, \
+            or a SKU never stocked (unknown-sku); field names it, e.g. skus[1]", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 503, description = "No inventory store is configured, Cassandra, Kafka or the \
+            registry did not answer in time, or too many requests are in progress",
+            body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u32, description = "Seconds to wait"))),
+    )
+)]
+pub(crate) async fn release_inventory(
+    State(app): State<App>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    or_problem(release_inventory_inner(&app, &headers, body).await)
+}
+
+async fn release_inventory_inner(
+    app: &App,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, Problem> {
+    let (_, request) = app
+        .write_request(headers, body, ReleaseRequest::validate)
+        .await?;
+    let lines = request
+        .skus
+        .iter()
+        .map(|sku| {
+            let body = InventoryCommandBody::Release(ReleaseStock {
+                order_id: request.order_id.clone(),
+                reason: ReleaseReason::OrderCancelled,
+            });
+            (sku.as_str(), body)
+        })
+        .collect();
+    app.request_holds(
+        &request.order_id,
+        ("release", "RELEASE_REQUESTED"),
+        ("skus", ""),
+        lines,
+    )
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::body::parse_json;
+
+    fn field(p: Problem) -> (u16, String) {
+        (p.status, p.field.unwrap_or_default())
+    }
+
+    #[test]
+    fn keyspaces_are_plain_identifiers() {
+        assert!(valid_keyspace("keel_inventory"));
+        assert!(valid_keyspace("inv_0123456789ab"));
+        for bad in ["", "1ks", "ks;DROP", "ks.x", "k s", &"k".repeat(49)] {
+            assert!(!valid_keyspace(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn an_adjustment_needs_a_bounded_non_zero_delta_a_sku_and_a_reason() {
+        let ok = AdjustRequest {
+            sku: "SKU-1".into(),
+            delta: -5,
+            reason: "SHRINKAGE".into(),
+        };
+        assert_eq!(ok.validate(), Ok(()));
+        for (sku, delta, reason, expected) in [
+            ("", 1, "r", "sku"),
+            ("a b", 1, "r", "sku"),
+            (&"s".repeat(65) as &str, 1, "r", "sku"),
+            ("SKU-1", 0, "r", "delta"),
+            ("SKU-1", MAX_ADJUST_DELTA + 1, "r", "delta"),
+            ("SKU-1", -MAX_ADJUST_DELTA - 1, "r", "delta"),
+            ("SKU-1", 1, " ", "reason"),
+            ("SKU-1", 1, "SOLD order x", "reason"),
+        ] {
+            let p = AdjustRequest {
+                sku: sku.into(),
+                delta,
+                reason: reason.into(),
+            }
+            .validate()
+            .expect_err(expected);
+            assert_eq!(field(p), (422, expected.to_owned()));
+        }
+    }
+
+    #[test]
+    fn reserve_problems_name_the_line() {
+        let parse = |json: &str| parse_json::<ReserveRequest>(json.as_bytes());
+        let ok = parse(
+            r#"{"orderId":"o-1","lines":[{"sku":"A","quantity":1},{"sku":"B","quantity":2}]}"#,
+        )
+        .expect("parse");
+        assert_eq!(ok.validate(), Ok(()));
+        for (json, expected) in [
+            (r#"{"orderId":"o-1","lines":[]}"#, "lines"),
+            (
+                r#"{"orderId":"","lines":[{"sku":"A","quantity":1}]}"#,
+                "orderId",
+            ),
+            (
+                r#"{"orderId":"o","lines":[{"sku":"A","quantity":1},{"sku":"B","quantity":0}]}"#,
+                "lines[1].quantity",
+            ),
+            (
+                r#"{"orderId":"o","lines":[{"sku":"A","quantity":-3}]}"#,
+                "lines[0].quantity",
+            ),
+            (
+                r#"{"orderId":"o","lines":[{"sku":"A","quantity":1},{"sku":"A","quantity":2}]}"#,
+                "lines[1].sku",
+            ),
+        ] {
+            let p = parse(json).expect(json).validate().expect_err(json);
+            assert_eq!(field(p), (422, expected.to_owned()), "{json}");
+        }
+        // A line must be an object, not fields by position; a TTL per request is not taken.
+        let p = parse(r#"{"orderId":"o","lines":[["A",1]]}"#).expect_err("array line");
+        assert_eq!(
+            (p.slug(), p.field.as_deref()),
+            ("wrong-type", Some("lines[0]"))
+        );
+        let p = parse(r#"{"orderId":"o","lines":[{"sku":"A","quantity":1}],"holdTtlMs":5000}"#)
+            .expect_err("ttl");
+        assert_eq!(
+            (p.slug(), p.field.as_deref()),
+            ("unknown-field", Some("holdTtlMs"))
+        );
+    }
+
+    #[test]
+    fn release_problems_name_the_sku() {
+        let ok = ReleaseRequest {
+            order_id: "o".into(),
+            skus: vec!["A".into(), "B".into()],
+        };
+        assert_eq!(ok.validate(), Ok(()));
+        for (skus, expected) in [
+            (vec![], "skus"),
+            (vec!["A", "A"], "skus[1]"),
+            (vec!["A", ""], "skus[1]"),
+        ] {
+            let p = ReleaseRequest {
+                order_id: "o".into(),
+                skus: skus.into_iter().map(String::from).collect(),
+            }
+            .validate()
+            .expect_err(expected);
+            assert_eq!(field(p), (422, expected.to_owned()));
+        }
+    }
+
+    #[test]
+    fn hold_command_ids_depend_on_the_order_and_the_sku_only() {
+        let a = hold_command_id("reserve", "o-1", "A");
+        assert_eq!(a, hold_command_id("reserve", "o-1", "A"));
+        assert_ne!(a, hold_command_id("reserve", "o-1", "B"));
+        assert_ne!(a, hold_command_id("reserve", "o-2", "A"));
+        assert_ne!(a, hold_command_id("release", "o-1", "A"));
+    }
+}

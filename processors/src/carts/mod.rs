@@ -1,0 +1,23 @@
+//! The carts processor, keyed by cart id: a table of the cart service's carts built from its
+//! MariaDB/MySQL CDC topics (`<server>.<db>.carts`, `<server>.<db>.cart_items`, Debezium rows
+//! unwrapped to plain JSON, keys the cart id), and the cart checks the saga asks for (its
+//! place-order commands re-keyed by cart id through a repartition topic). Each check is answered
+//! on `cart.checked.v1`, keyed by order id: `OK` with the cart's lines, or a reason
+//! (`CART_NOT_FOUND` after `[saga].cart_wait_ms`, `CART_EMPTY`, `CART_ALREADY_ORDERED`,
+//! `CURRENCY_MISMATCH`). `docs/saga.md` ("Cart check") has the rules.
+//!
+//! - `logic.rs`: [`step`], the pure transition of one cart's state.
+//! - `state.rs`: [`CartState`] and the stores it lives in.
+//! - `topology.rs`: [`add_to`] (the carts sub-topology inside the saga application), the CDC
+//!   decoding, and [`CartsProcessor`].
+
+pub mod logic;
+pub mod state;
+mod topology;
+
+#[cfg(test)]
+mod tests;
+
+pub use logic::{CartsEffect, CartsInput, Check, step};
+pub use state::{CartHeader, CartItem, CartState};
+pub use topology::{CDC_CARTS_SOURCE, CHECKS_SINK, CartsProcessor, CdcTopics, add_to};

@@ -1,0 +1,385 @@
+//! The carts processor: pure transitions, then the saga's application with the carts
+//! sub-topology through the test driver (CDC rows as Debezium writes them, place-order commands
+//! on the saga's input, answers on `cart.checked.v1`).
+
+use keel_avro::records::*;
+
+use super::logic::{CartsEffect, CartsInput, Check, step};
+use super::state::{CartHeader, CartItem, CartState};
+
+const T0: i64 = 1_700_000_000_000;
+
+fn eur(minor: i64) -> Money {
+    Money::new(minor, "EUR")
+}
+
+fn line(sku: &str, quantity: i32, unit: i64) -> OrderLine {
+    OrderLine {
+        sku: sku.into(),
+        quantity,
+        unit_price: eur(unit),
+    }
+}
+
+fn check(order: &str, lines: Vec<OrderLine>) -> CartsInput {
+    CartsInput::Check(Check {
+        order_id: order.into(),
+        command_id: format!("{order}/c1"),
+        currency: "EUR".into(),
+        lines,
+    })
+}
+
+fn header(currency: &str) -> CartsInput {
+    CartsInput::Header(CartHeader {
+        customer_id: "cust-1".into(),
+        currency: currency.into(),
+        status: "OPEN".into(),
+    })
+}
+
+fn item(sku: &str, quantity: i32, price: i64) -> CartsInput {
+    CartsInput::Item {
+        sku: sku.into(),
+        item: CartItem {
+            quantity,
+            unit_price_minor: price,
+        },
+    }
+}
+
+fn answers(fx: &[CartsEffect]) -> Vec<(String, CartCheckStatus)> {
+    fx.iter()
+        .filter_map(|e| match e {
+            CartsEffect::Answer {
+                order_id, status, ..
+            } => Some((order_id.clone(), *status)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn run(inputs: Vec<CartsInput>) -> (CartState, Vec<CartsEffect>) {
+    let mut state = CartState::default();
+    let mut all = Vec::new();
+    for input in inputs {
+        let (next, fx) = step(state, "cart-1", input, T0, 2_000);
+        state = next;
+        all.extend(fx);
+    }
+    (state, all)
+}
+
+#[test]
+fn a_known_cart_is_answered_at_once_and_claimed() {
+    let (state, fx) = run(vec![
+        header("EUR"),
+        item("SKU-A", 2, 1_000),
+        check("order-1", vec![line("SKU-A", 2, 1_000)]),
+    ]);
+    assert_eq!(answers(&fx), vec![("order-1".into(), CartCheckStatus::Ok)]);
+    assert_eq!(state.claimed_by.as_deref(), Some("order-1"));
+    let Some(CartsEffect::Answer { lines, total, .. }) = fx.last() else {
+        unreachable!("an answer")
+    };
+    assert_eq!(lines, &vec![line("SKU-A", 2, 1_000)]);
+    assert_eq!(total, &eur(2_000));
+}
+
+#[test]
+fn an_order_waits_until_the_cart_agrees_with_its_lines() {
+    let lines = vec![line("SKU-A", 2, 1_000), line("SKU-B", 1, 500)];
+    let (_, fx) = run(vec![
+        check("order-1", lines.clone()),
+        header("EUR"),
+        item("SKU-A", 2, 1_000),
+    ]);
+    assert!(answers(&fx).is_empty(), "half a cart is not an answer");
+    assert!(matches!(fx[0], CartsEffect::Wait { until, .. } if until == T0 + 2_000));
+    let (_, fx) = run(vec![
+        check("order-1", lines),
+        header("EUR"),
+        item("SKU-A", 2, 1_000),
+        item("SKU-B", 1, 500),
+    ]);
+    assert_eq!(answers(&fx), vec![("order-1".into(), CartCheckStatus::Ok)]);
+    assert!(fx.contains(&CartsEffect::StopWaiting {
+        order_id: "order-1".into()
+    }));
+}
+
+#[test]
+fn at_the_end_of_the_wait_the_answer_says_what_is_missing() {
+    let over = || CartsInput::WaitOver {
+        order_id: "order-1".into(),
+    };
+    let (_, fx) = run(vec![check("order-1", vec![]), over()]);
+    assert_eq!(
+        answers(&fx),
+        vec![("order-1".into(), CartCheckStatus::CartNotFound)]
+    );
+    let (_, fx) = run(vec![check("order-1", vec![]), header("EUR"), over()]);
+    assert_eq!(
+        answers(&fx),
+        vec![("order-1".into(), CartCheckStatus::CartEmpty)]
+    );
+    let (_, fx) = run(vec![check("order-1", vec![]), header("USD")]);
+    assert_eq!(
+        answers(&fx),
+        vec![("order-1".into(), CartCheckStatus::CurrencyMismatch)]
+    );
+}
+
+#[test]
+fn a_cart_is_ordered_once_and_a_duplicate_check_changes_nothing() {
+    let (state, fx) = run(vec![
+        header("EUR"),
+        item("SKU-A", 1, 100),
+        check("order-1", vec![]),
+        check("order-1", vec![]),
+        check("order-2", vec![]),
+    ]);
+    assert_eq!(
+        answers(&fx),
+        vec![
+            ("order-1".into(), CartCheckStatus::Ok),
+            ("order-2".into(), CartCheckStatus::CartAlreadyOrdered)
+        ]
+    );
+    assert_eq!(state.claimed_by.as_deref(), Some("order-1"));
+}
+
+#[test]
+fn deleted_rows_leave_the_table() {
+    let (state, _) = run(vec![
+        header("EUR"),
+        item("SKU-A", 1, 100),
+        CartsInput::ItemDeleted {
+            sku: "SKU-A".into(),
+        },
+        CartsInput::HeaderDeleted,
+    ]);
+    assert!(state.header.is_none() && state.items.is_empty());
+}
+
+// ---- through the test driver ----
+
+mod driver {
+    use std::time::Duration;
+
+    use keel_topology::TestDriver;
+    use keel_topology::serde::{Json, Utf8};
+
+    use super::*;
+    use crate::carts::CdcTopics;
+    use crate::format::Format;
+    use crate::saga::SagaConfig;
+    use crate::topics;
+
+    fn cdc() -> CdcTopics {
+        CdcTopics::new("cdc", "keel")
+    }
+
+    fn driver() -> TestDriver {
+        let config = SagaConfig {
+            cart_wait_ms: 2_000,
+            cart_timeout_ms: 5_000,
+            deadline_check_interval_ms: 100,
+            ..SagaConfig::default()
+        };
+        let metrics =
+            crate::saga::SagaMetrics::register(&prometheus::Registry::new()).expect("metrics");
+        let topology = crate::saga::topology_with_carts(
+            &Format::Json,
+            &crate::topics::Topics::default(),
+            &config,
+            metrics,
+            &cdc(),
+        )
+        .expect("topology");
+        TestDriver::new(topology).expect("driver")
+    }
+
+    fn place(d: &mut TestDriver, order: &str, cart: &str, command_id: &str) {
+        let lines = vec![line("SKU-A", 2, 1_000), line("SKU-B", 1, 500)];
+        let command = OrderCommand {
+            command_id: command_id.into(),
+            order_id: order.into(),
+            issued_at: T0,
+            causation_id: "http".into(),
+            correlation_id: order.into(),
+            command: OrderCommandBody::PlaceOrder(PlaceOrder {
+                customer_id: "cust-1".into(),
+                cart_id: cart.into(),
+                lines,
+                total: eur(2_500),
+                payment_method: "tok_visa".into(),
+                shipping_address: None,
+            }),
+        };
+        d.pipe(
+            topics::ORDER_COMMANDS,
+            &order.to_owned(),
+            &command,
+            T0,
+            &Utf8,
+            &Json::<OrderCommand>::new(),
+        )
+        .expect("processed");
+    }
+
+    fn cdc_row(d: &mut TestDriver, topic: &str, cart: &str, row: serde_json::Value) {
+        let bytes = serde_json::to_vec(&row).expect("json");
+        d.pipe_raw(topic, Some(cart.as_bytes()), Some(&bytes), T0)
+            .expect("processed");
+    }
+
+    fn seed(d: &mut TestDriver, cart: &str) {
+        let c = cdc();
+        cdc_row(
+            d,
+            &c.carts,
+            cart,
+            serde_json::json!({"cart_id": cart, "customer_id": "cust-1", "currency": "EUR",
+                "status": "OPEN", "updated_at": T0, "__deleted": "false"}),
+        );
+        for (sku, q, p) in [("SKU-A", 2, 1_000), ("SKU-B", 1, 500)] {
+            cdc_row(
+                d,
+                &c.cart_items,
+                cart,
+                serde_json::json!({"cart_id": cart, "sku": sku, "quantity": q,
+                    "unit_price_minor": p, "__deleted": "false"}),
+            );
+        }
+    }
+
+    fn checked(d: &mut TestDriver) -> Vec<(String, CartChecked)> {
+        d.read_output_as(topics::CART_CHECKED, &Utf8, &Json::<CartChecked>::new())
+            .expect("decodes")
+    }
+
+    #[test]
+    fn a_cart_that_arrives_after_the_order_is_answered_when_it_arrives() {
+        let mut d = driver();
+        place(&mut d, "order-1", "cart-1", "cmd-1");
+        let pending: Vec<(String, OrderDecision)> = d
+            .read_output_as(
+                topics::ORDER_DECISIONS,
+                &Utf8,
+                &Json::<OrderDecision>::new(),
+            )
+            .expect("decodes");
+        assert_eq!(pending.len(), 1);
+        assert_eq!(pending[0].1.status, OrderDecisionStatus::Pending);
+        assert!(d.read_output(topics::INVENTORY_COMMANDS).is_empty());
+        assert!(checked(&mut d).is_empty(), "the cart has not arrived");
+
+        seed(&mut d, "cart-1");
+        let answers = checked(&mut d);
+        assert_eq!(answers.len(), 1, "{answers:?}");
+        let (key, answer) = &answers[0];
+        assert_eq!(
+            key, "order-1",
+            "keyed by order id, for the saga's partition"
+        );
+        assert_eq!(answer.status, CartCheckStatus::Ok);
+        assert_eq!(answer.total, eur(2_500));
+        assert_eq!(answer.event_id, "order-1/cart-check");
+
+        // The answer reaches the saga: it reserves the cart's lines.
+        d.pipe(
+            topics::CART_CHECKED,
+            &"order-1".to_owned(),
+            answer,
+            T0,
+            &Utf8,
+            &Json::<CartChecked>::new(),
+        )
+        .expect("processed");
+        let reserves = d.read_output(topics::INVENTORY_COMMANDS);
+        assert_eq!(reserves.len(), 2);
+    }
+
+    #[test]
+    fn a_cart_that_never_arrives_is_cart_not_found_after_the_wait() {
+        let mut d = driver();
+        place(&mut d, "order-1", "cart-ghost", "cmd-1");
+        d.advance_wall_clock(Duration::from_millis(1_500))
+            .expect("ticks");
+        assert!(checked(&mut d).is_empty(), "still waiting");
+        d.advance_wall_clock(Duration::from_millis(700))
+            .expect("ticks");
+        let answers = checked(&mut d);
+        assert_eq!(answers.len(), 1, "{answers:?}");
+        assert_eq!(answers[0].1.status, CartCheckStatus::CartNotFound);
+    }
+
+    #[test]
+    fn an_empty_cart_is_cart_empty_after_the_wait() {
+        let mut d = driver();
+        cdc_row(
+            &mut d,
+            &cdc().carts,
+            "cart-1",
+            serde_json::json!({"cart_id": "cart-1", "customer_id": "c", "currency": "EUR",
+                "status": "OPEN", "__deleted": "false"}),
+        );
+        place(&mut d, "order-1", "cart-1", "cmd-1");
+        assert!(checked(&mut d).is_empty());
+        d.advance_wall_clock(Duration::from_millis(100))
+            .expect("arms the punctuators");
+        d.advance_wall_clock(Duration::from_millis(2_100))
+            .expect("ticks");
+        let answers = checked(&mut d);
+        assert_eq!(answers.len(), 1);
+        assert_eq!(answers[0].1.status, CartCheckStatus::CartEmpty);
+    }
+
+    #[test]
+    fn a_cart_ordered_by_another_order_is_refused_and_a_duplicate_place_order_changes_nothing() {
+        let mut d = driver();
+        seed(&mut d, "cart-1");
+        place(&mut d, "order-1", "cart-1", "cmd-1");
+        place(&mut d, "order-1", "cart-1", "cmd-1");
+        place(&mut d, "order-1", "cart-1", "cmd-1-again");
+        place(&mut d, "order-2", "cart-1", "cmd-2");
+        let answers: Vec<(String, CartCheckStatus)> = checked(&mut d)
+            .into_iter()
+            .map(|(k, a)| (k, a.status))
+            .collect();
+        assert_eq!(
+            answers,
+            vec![
+                ("order-1".into(), CartCheckStatus::Ok),
+                ("order-2".into(), CartCheckStatus::CartAlreadyOrdered)
+            ]
+        );
+        // The same check straight on the repartition topic (a replay) is not answered twice.
+        let command = OrderCommand {
+            command_id: "order-1/c1".into(),
+            order_id: "order-1".into(),
+            issued_at: T0,
+            causation_id: "x".into(),
+            correlation_id: "order-1".into(),
+            command: OrderCommandBody::PlaceOrder(PlaceOrder {
+                customer_id: "cust-1".into(),
+                cart_id: "cart-1".into(),
+                lines: vec![],
+                total: eur(0),
+                payment_method: "tok_visa".into(),
+                shipping_address: None,
+            }),
+        };
+        d.pipe(
+            "test-app-cart-checks-repartition",
+            &"cart-1".to_owned(),
+            &command,
+            T0,
+            &Utf8,
+            &Json::<OrderCommand>::new(),
+        )
+        .expect("processed");
+        assert!(checked(&mut d).is_empty());
+    }
+}
