@@ -48,7 +48,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run Keel: the ingest API and every processor in one process by default, or the roles
-    /// named (api, saga, inventory, payment, sinks). SIGTERM drains and commits.
+    /// named (api, saga, inventory, payment, sinks, relay). SIGTERM drains and commits.
     Run {
         /// Comma-separated roles; default: all of them.
         #[arg(long, value_delimiter = ',')]

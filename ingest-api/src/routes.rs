@@ -315,6 +315,18 @@ impl App {
             )
             .field("cartId"));
         }
+        // One cart, one order, before anything is sent (the cart's own status turns ORDERED
+        // only once the order sink has written the first order).
+        let other = orders::claim_cart(&self.0.pool, &cart.cart_id, &slot.order_id)
+            .await
+            .map_err(database_unavailable)?;
+        if other.is_some() {
+            return Err(Problem::new(
+                Kind::CartAlreadyOrdered,
+                format!("cartId {:?}: the cart was already ordered", cart.cart_id),
+            )
+            .field("cartId"));
+        }
         let lines: Vec<OrderLine> = cart
             .items
             .iter()

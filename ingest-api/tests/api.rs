@@ -1063,3 +1063,42 @@ async fn a_retry_after_a_crash_returns_the_order_the_first_attempt_placed() -> a
     })
     .await
 }
+
+/// One cart, one order: a second POST for the same cart under another key (or none) is a 409
+/// even before the order sink has marked the cart ordered, and so are concurrent ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cart_is_ordered_once_whatever_the_keys() -> anyhow::Result<()> {
+    with_env(Env::new().await?, |env| async move {
+        let server = Arc::new(env.serve(env.setup()).await?);
+        let cart = env.seed_cart(&[("SKU-A", 1, 500)]).await?;
+        let body = order_body(&cart);
+        let first = post_json(&env, &server, "/orders", &body, Some(&unique("key"))).await?;
+        assert_eq!(first.status, StatusCode::ACCEPTED, "{}", first.text);
+        let second = post_json(&env, &server, "/orders", &body, Some(&unique("key"))).await?;
+        assert_eq!(second.status, StatusCode::CONFLICT, "{}", second.text);
+        assert_eq!(
+            second.body["type"],
+            "https://keel.dev/problems/cart-already-ordered"
+        );
+        let keyless = post_json(&env, &server, "/orders", &body, None).await?;
+        assert_eq!(keyless.status, StatusCode::CONFLICT, "{}", keyless.text);
+
+        let other = env.seed_cart(&[("SKU-A", 1, 500)]).await?;
+        let other_body = order_body(&other);
+        let answers = futures::future::join_all((0..8).map(|_| {
+            let (env, server, body) = (Arc::clone(&env), Arc::clone(&server), other_body.clone());
+            async move { post_json(&env, &server, "/orders", &body, None).await }
+        }))
+        .await;
+        let accepted = answers
+            .into_iter()
+            .filter(|a| a.as_ref().is_ok_and(|a| a.status == StatusCode::ACCEPTED))
+            .count();
+        assert_eq!(
+            accepted, 1,
+            "eight concurrent orders of one cart: one accepted"
+        );
+        Ok(())
+    })
+    .await
+}

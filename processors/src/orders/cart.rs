@@ -161,3 +161,29 @@ pub async fn load_cart(pool: &MySqlPool, cart_id: &str) -> Result<Option<Cart>> 
             .collect(),
     }))
 }
+
+/// Claims `cart_id` for `order_id` (table `order_cart_claims`). `Ok(None)`: the cart is this
+/// order's (claimed now, or earlier by the same order — a retry); `Ok(Some(other))`: another
+/// order claimed it first. Concurrent claims are decided by the primary key.
+pub async fn claim_cart(pool: &MySqlPool, cart_id: &str, order_id: &str) -> Result<Option<String>> {
+    let inserted = sqlx::query(
+        "INSERT INTO order_cart_claims (cart_id, order_id, claimed_at) \
+         VALUES (?, ?, UTC_TIMESTAMP(3))",
+    )
+    .bind(cart_id)
+    .bind(order_id)
+    .execute(pool)
+    .await;
+    match inserted {
+        Ok(_) => return Ok(None),
+        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {}
+        Err(e) => return Err(sql("claiming a cart")(e)),
+    }
+    let owner: Option<String> =
+        sqlx::query_scalar("SELECT order_id FROM order_cart_claims WHERE cart_id = ?")
+            .bind(cart_id)
+            .fetch_optional(pool)
+            .await
+            .map_err(sql("reading a cart's claim"))?;
+    Ok(owner.filter(|o| o != order_id))
+}

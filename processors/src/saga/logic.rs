@@ -161,7 +161,10 @@ pub fn decide(
             Step::AwaitingCart | Step::AwaitingInventory | Step::AwaitingPayment => {
                 cancel(&mut saga, Reason::CustomerCancelled, Some(reason), &mut fx);
             }
-            Step::Confirmed | Step::Cancelled | Step::Rejected => {
+            // Already where the cancel wants it (a client's retried cancel, or a cancel that
+            // crossed a failure): nothing to do, and nothing to complain about.
+            Step::Cancelled | Step::Rejected => {}
+            Step::Confirmed => {
                 return Err(Refusal::NotCancellable {
                     order_id: saga.order_id,
                     status: saga.step.status(),

@@ -375,6 +375,22 @@ fn replies_without_a_saga_and_cancels_of_finished_orders_are_refused() {
     assert!(err.to_string().contains("Confirmed"), "{err}");
 }
 
+#[test]
+fn a_retried_cancel_of_a_cancelled_order_changes_nothing_and_is_not_an_error() {
+    let (cancelled, _) = run(vec![place(), cancel("cancel-1")]);
+    assert_eq!(cancelled.step, Step::Cancelled);
+    let again = decide(
+        Some(cancelled.clone()),
+        cancel("cancel-2"),
+        ORDER,
+        T0,
+        &TIMEOUTS,
+    )
+    .expect("a second cancel is not dead-lettered");
+    assert!(again.effects.is_empty(), "{:?}", again.effects);
+    assert_eq!(again.saga.map(|s| s.step), Some(Step::Cancelled));
+}
+
 // ---- the cart step (`[carts].source = "cdc"`) ----
 
 fn cart_answer(status: CartCheckStatus, lines: Vec<OrderLine>, id: &str) -> Input {
@@ -616,7 +632,7 @@ proptest! {
                     effects.extend(outcome.effects);
                     state = outcome.saga;
                 }
-                Err(Refusal::NotCancellable { .. }) => prop_assert!(before.step.is_terminal()),
+                Err(Refusal::NotCancellable { .. }) => prop_assert_eq!(before.step, Step::Confirmed),
                 Err(e) => prop_assert!(false, "unexpected refusal {e}"),
             }
         }
