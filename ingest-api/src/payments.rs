@@ -172,8 +172,31 @@ pub fn derived_id(parts: &[&str]) -> String {
     uuid::Uuid::from_bytes(bytes).to_string()
 }
 
+/// `/payments/{id}` with the id percent-encoded as one path segment (RFC 3986 unreserved
+/// characters kept), so an id from another producer that holds `/` or spaces still resolves.
 fn payment_location(payment_id: &str) -> String {
-    format!("/payments/{payment_id}")
+    use std::fmt::Write as _;
+    let mut path = String::from("/payments/");
+    for b in payment_id.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            path.push(char::from(b));
+        } else {
+            let _ = write!(path, "%{b:02X}");
+        }
+    }
+    path
+}
+
+#[cfg(test)]
+mod location_tests {
+    #[test]
+    fn a_payment_location_is_one_encoded_path_segment() {
+        assert_eq!(super::payment_location("pay-1b2c"), "/payments/pay-1b2c");
+        assert_eq!(
+            super::payment_location("o 1/payment"),
+            "/payments/o%201%2Fpayment"
+        );
+    }
 }
 
 #[utoipa::path(

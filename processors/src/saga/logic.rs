@@ -286,7 +286,7 @@ fn start(input: Input, order_id: &str, now: i64, timeouts: &Timeouts) -> Result<
         step: Step::AwaitingInventory,
         line_states: Default::default(),
         payment: PaymentState::NotRequested,
-        payment_id: format!("{order_id}/payment"),
+        payment_id: format!("pay-{order_id}"),
         sequence: 0,
         commands_issued: 0,
         seen: [command_id].into(),

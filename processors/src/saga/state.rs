@@ -189,7 +189,7 @@ pub struct Saga {
     /// Per SKU (SKUs are unique within an order).
     pub line_states: BTreeMap<String, LineState>,
     pub payment: PaymentState,
-    /// The payment's id: `<order id>/payment`.
+    /// The payment's id: `pay-<order id>` (no `/`, so it is one URL path segment).
     pub payment_id: String,
     /// The sequence of the last decision sent to the order sink.
     pub sequence: i32,

@@ -77,7 +77,7 @@ fn held(sku: &str) -> Input {
 fn authorized(id: &str) -> Input {
     Input::Authorized(PaymentAuthorized {
         event_id: id.into(),
-        payment_id: format!("{ORDER}/payment"),
+        payment_id: format!("pay-{ORDER}"),
         occurred_at: T0,
         causation_id: "c".into(),
         correlation_id: ORDER.into(),
@@ -90,7 +90,7 @@ fn authorized(id: &str) -> Input {
 fn failed(reason: PaymentFailureReason) -> Input {
     Input::PaymentFailed(PaymentFailed {
         event_id: "failed-1".into(),
-        payment_id: format!("{ORDER}/payment"),
+        payment_id: format!("pay-{ORDER}"),
         occurred_at: T0,
         causation_id: "c".into(),
         correlation_id: ORDER.into(),
