@@ -779,22 +779,21 @@ async fn cancel_is_accepted_until_the_order_is_final() -> anyhow::Result<()> {
     .await
 }
 
-/// An order the sink wrote, moved to `status` (through PENDING first).
-async fn write_order(env: &Env, status: OrderDecisionStatus) -> anyhow::Result<String> {
-    let order_id = unique("order");
-    let mut decision = OrderDecision {
+/// The saga's PENDING decision for a one-line order (1 × SKU-A at 5.00 EUR) of `cart_id`.
+fn pending_decision(order_id: &str, cart_id: &str) -> OrderDecision {
+    OrderDecision {
         decision_id: format!("{order_id}/1"),
-        order_id: order_id.clone(),
+        order_id: order_id.to_owned(),
         decided_at: 1_764_000_000_000,
         causation_id: "c".into(),
-        correlation_id: order_id.clone(),
+        correlation_id: order_id.to_owned(),
         sequence: 1,
         status: OrderDecisionStatus::Pending,
         from_status: None,
         reason: None,
         detail: None,
         customer_id: "cust".into(),
-        cart_id: unique("cart"),
+        cart_id: cart_id.to_owned(),
         lines: vec![OrderLine {
             sku: "SKU-A".into(),
             quantity: 1,
@@ -802,11 +801,17 @@ async fn write_order(env: &Env, status: OrderDecisionStatus) -> anyhow::Result<S
         }],
         total: Money::new(500, "EUR"),
         shipping_address: None,
-        payment_method: "pm".into(),
+        payment_method: "pm_card_visa".into(),
         source_topic: "orders.commands.v1".into(),
         source_partition: 0,
         source_offset: 0,
-    };
+    }
+}
+
+/// An order the sink wrote, moved to `status` (through PENDING first).
+async fn write_order(env: &Env, status: OrderDecisionStatus) -> anyhow::Result<String> {
+    let order_id = unique("order");
+    let mut decision = pending_decision(&order_id, &unique("cart"));
     orders::apply_decision(
         &env.pool,
         &env.codec,
@@ -1017,31 +1022,7 @@ async fn a_retry_after_a_crash_returns_the_order_the_first_attempt_placed() -> a
         .execute(&env.pool)
         .await?;
         // Meanwhile the saga decided PENDING and the sink wrote it (the cart is now ORDERED).
-        let decision = OrderDecision {
-            decision_id: format!("{order_id}/1"),
-            order_id: order_id.clone(),
-            decided_at: 1_764_000_000_000,
-            causation_id: "c".into(),
-            correlation_id: order_id.clone(),
-            sequence: 1,
-            status: OrderDecisionStatus::Pending,
-            from_status: None,
-            reason: None,
-            detail: None,
-            customer_id: "cust".into(),
-            cart_id: cart.clone(),
-            lines: vec![OrderLine {
-                sku: "SKU-A".into(),
-                quantity: 1,
-                unit_price: Money::new(500, "EUR"),
-            }],
-            total: Money::new(500, "EUR"),
-            shipping_address: None,
-            payment_method: "pm_card_visa".into(),
-            source_topic: env.topic.clone(),
-            source_partition: 0,
-            source_offset: 0,
-        };
+        let decision = pending_decision(&order_id, &cart);
         orders::apply_decision(
             &env.pool,
             &env.codec,
