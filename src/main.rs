@@ -20,6 +20,7 @@ mod bench;
 mod config;
 mod lag;
 mod run;
+mod scenario;
 mod seed;
 mod smoke;
 
@@ -111,6 +112,10 @@ enum Command {
     /// Rewind a stopped application so that its next start replays its input: input offsets
     /// to the beginning (or a time), internal topics deleted, local state removed.
     Reset(ResetArgs),
+    /// Run a checkout scenario against a running Keel and the stack (checkout-success,
+    /// psp-timeout, inventory-shortage): seed, place the order, observe every store, report
+    /// PASS/FAIL per expectation; exit 1 when any fails.
+    Scenario(scenario::ScenarioArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -460,6 +465,20 @@ async fn main() -> anyhow::Result<ExitCode> {
         Command::Schemas { action } => {
             let config = KeelConfig::load(cli.config.as_deref())?;
             run_schemas(&config, action).await
+        }
+        Command::Scenario(args) => {
+            let config = KeelConfig::load(cli.config.as_deref())?;
+            let report = scenario::run(&config, &args).await?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.render());
+            }
+            Ok(if report.passed {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
     }
 }
