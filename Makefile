@@ -9,9 +9,11 @@ CARGO_TEST := $(CARGO) test --workspace --locked
 
 .PHONY: demo test test-down lint build bootstrap stack-up stack-down
 
-## demo: install prerequisites, bring the local stack up, and verify every server.
+## demo: install prerequisites, bring the local stack up, verify every server, then run one
+## real checkout through Keel (scripts/demo: keel run + keel psp-mock + keel scenario).
 demo: bootstrap build stack-up
 	$(KEEL) smoke
+	scripts/demo
 
 ## test: the test suite against the real local stack (brought up if needed).
 test: bootstrap stack-up
