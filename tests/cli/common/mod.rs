@@ -241,6 +241,16 @@ impl Run {
                 ("KEEL__PSP_MOCK__TIMEOUT_RATE".into(), "0.0".into()),
                 // `tok_timeout` answers after 8 s, past the payment service's 5 s timeout.
                 ("KEEL__PSP_MOCK__TIMEOUT_DELAY_MS".into(), "8000".into()),
+                // `tok_pending` answers "pending", then POSTs its signed callback to the API,
+                // twice (real PSPs deliver duplicates).
+                (
+                    "KEEL__PSP_MOCK__CALLBACK_URL".into(),
+                    format!("http://127.0.0.1:{api_port}/psp/callbacks"),
+                ),
+                (
+                    "KEEL__PSP_MOCK__DUPLICATE_CALLBACK_RATE".into(),
+                    "1.0".into(),
+                ),
                 ("KEEL__PAYMENT__RECONCILE_INTERVAL_MS".into(), "1000".into()),
             ],
             api: format!("http://127.0.0.1:{api_port}"),
