@@ -925,4 +925,188 @@ mod driver {
             "no decision from the retention timer"
         );
     }
+
+    /// Pipes `input` to the topic it comes from, as the runtime would read it.
+    fn feed(d: &mut TestDriver, input: Input) {
+        match input {
+            Input::Place { command_id, place } => pipe(
+                d,
+                topics::ORDER_COMMANDS,
+                &command(OrderCommandBody::PlaceOrder(place), &command_id),
+            ),
+            Input::Cancel { command_id, reason } => pipe(
+                d,
+                topics::ORDER_COMMANDS,
+                &command(
+                    OrderCommandBody::CancelOrder(CancelOrder { reason }),
+                    &command_id,
+                ),
+            ),
+            Input::Reserved(e) => pipe(d, topics::INVENTORY_RESERVED, &e),
+            Input::Released(e) => pipe(d, topics::INVENTORY_RELEASED, &e),
+            Input::Authorized(e) => pipe(d, topics::PAYMENT_AUTHORIZED, &e),
+            Input::PaymentFailed(e) => pipe(d, topics::PAYMENT_FAILED, &e),
+            other => panic!("{other:?} does not come from a topic"),
+        }
+    }
+
+    /// Runs `inputs` through a fresh topology; returns the decisions (status, reason) and the
+    /// kinds of the inventory and payment commands it wrote.
+    fn drive(inputs: Vec<Input>) -> (Vec<(OrderDecisionStatus, Option<String>)>, Vec<String>) {
+        let mut d = driver();
+        for input in inputs {
+            feed(&mut d, input);
+        }
+        let decisions = out::<OrderDecision>(&mut d, topics::ORDER_DECISIONS)
+            .into_iter()
+            .map(|(_, x)| (x.status, x.reason))
+            .collect();
+        let mut commands: Vec<String> = out::<InventoryCommand>(&mut d, topics::INVENTORY_COMMANDS)
+            .into_iter()
+            .map(|(sku, c)| {
+                format!(
+                    "{}:{sku}",
+                    match c.command {
+                        InventoryCommandBody::Reserve(_) => "reserve",
+                        InventoryCommandBody::Release(_) => "release",
+                        InventoryCommandBody::Confirm(_) => "confirm",
+                        InventoryCommandBody::Adjust(_) => "adjust",
+                    }
+                )
+            })
+            .collect();
+        commands.extend(
+            out::<PaymentCommand>(&mut d, topics::PAYMENT_COMMANDS)
+                .into_iter()
+                .map(|(_, c)| {
+                    match c.command {
+                        PaymentCommandBody::CreateIntent(_) => "intent",
+                        PaymentCommandBody::Authorize(_) => "authorize",
+                        PaymentCommandBody::Capture(_) => "capture",
+                        PaymentCommandBody::Void(_) => "void",
+                        PaymentCommandBody::Refund(_) => "refund",
+                        PaymentCommandBody::PspCallback(_) => "callback",
+                    }
+                    .to_owned()
+                }),
+        );
+        assert!(
+            d.dead_letters().is_empty(),
+            "no input of a path is dead-lettered"
+        );
+        (decisions, commands)
+    }
+
+    fn cancelled(reason: &str) -> (OrderDecisionStatus, Option<String>) {
+        (OrderDecisionStatus::Cancelled, Some(reason.to_owned()))
+    }
+
+    const PENDING: (OrderDecisionStatus, Option<String>) = (OrderDecisionStatus::Pending, None);
+
+    #[test]
+    fn through_the_topology_a_shortage_cancels_and_releases_what_was_held() {
+        let (decisions, commands) = drive(vec![
+            place(),
+            held("SKU-A"),
+            reserved("SKU-B", ReservationStatus::Shortage, "short-b"),
+        ]);
+        assert_eq!(decisions, vec![PENDING, cancelled("INSUFFICIENT_STOCK")]);
+        assert!(
+            commands.contains(&"release:SKU-A".to_owned()),
+            "{commands:?}"
+        );
+        assert!(
+            !commands.contains(&"authorize".to_owned()),
+            "no payment: {commands:?}"
+        );
+    }
+
+    #[test]
+    fn through_the_topology_a_decline_and_a_psp_timeout_cancel_with_their_reasons() {
+        for (reason, code) in [
+            (PaymentFailureReason::Declined, "PAYMENT_DECLINED"),
+            (PaymentFailureReason::Timeout, "PSP_TIMEOUT"),
+        ] {
+            let (decisions, commands) =
+                drive(vec![place(), held("SKU-A"), held("SKU-B"), failed(reason)]);
+            assert_eq!(decisions, vec![PENDING, cancelled(code)]);
+            let releases = commands
+                .iter()
+                .filter(|c| c.starts_with("release:"))
+                .count();
+            assert_eq!(releases, 2, "{commands:?}");
+        }
+    }
+
+    #[test]
+    fn through_the_topology_a_cancel_at_each_step_compensates_what_that_step_holds() {
+        // Awaiting inventory: the requested lines are released; nothing was paid.
+        let (decisions, commands) = drive(vec![place(), cancel("c-1")]);
+        assert_eq!(decisions, vec![PENDING, cancelled("CUSTOMER_CANCELLED")]);
+        assert!(
+            commands.contains(&"release:SKU-A".to_owned()),
+            "{commands:?}"
+        );
+        assert!(!commands.contains(&"void".to_owned()), "{commands:?}");
+        // Awaiting the payment: holds released and the authorization voided.
+        let (decisions, commands) =
+            drive(vec![place(), held("SKU-A"), held("SKU-B"), cancel("c-1")]);
+        assert_eq!(decisions, vec![PENDING, cancelled("CUSTOMER_CANCELLED")]);
+        assert!(commands.contains(&"void".to_owned()), "{commands:?}");
+        // Confirmed: the cancel is refused (dead-lettered) and nothing is compensated.
+        let mut d = driver();
+        for input in [
+            place(),
+            held("SKU-A"),
+            held("SKU-B"),
+            authorized("a-1"),
+            cancel("c-1"),
+        ] {
+            feed(&mut d, input);
+        }
+        assert_eq!(
+            d.dead_letters().len(),
+            1,
+            "a confirmed order cannot be cancelled"
+        );
+        let decisions: Vec<OrderDecisionStatus> =
+            out::<OrderDecision>(&mut d, topics::ORDER_DECISIONS)
+                .into_iter()
+                .map(|(_, x)| x.status)
+                .collect();
+        assert_eq!(
+            decisions,
+            vec![OrderDecisionStatus::Pending, OrderDecisionStatus::Confirmed]
+        );
+    }
+
+    #[test]
+    fn through_the_topology_duplicated_and_reordered_replies_confirm_once() {
+        let (decisions, commands) = drive(vec![
+            place(),
+            place(),
+            held("SKU-B"),
+            held("SKU-B"),
+            held("SKU-A"),
+            authorized("a-1"),
+            authorized("a-1"),
+            held("SKU-A"),
+        ]);
+        assert_eq!(
+            decisions,
+            vec![PENDING, (OrderDecisionStatus::Confirmed, None)],
+            "one decision per step"
+        );
+        let count = |kind: &str| commands.iter().filter(|c| c.as_str() == kind).count();
+        assert_eq!(
+            (count("authorize"), count("capture")),
+            (1, 1),
+            "{commands:?}"
+        );
+        assert_eq!(
+            count("reserve:SKU-A") + count("reserve:SKU-B"),
+            2,
+            "{commands:?}"
+        );
+    }
 }
