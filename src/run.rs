@@ -28,7 +28,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{CartSource, KeelConfig};
+use crate::config::{CartSource, KeelConfig, OutboxMode};
 
 /// A part of Keel that `keel run` can host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -358,7 +358,7 @@ pub async fn orders_pool(config: &KeelConfig) -> anyhow::Result<sqlx::MySqlPool>
     Ok(pool)
 }
 
-/// Connects to the payment ledger (PostgreSQL); the payment role applies its migrations.
+/// Connects to the payment ledger (PostgreSQL); the caller applies its migrations.
 pub async fn ledger_pool(config: &KeelConfig) -> anyhow::Result<sqlx::PgPool> {
     sqlx::postgres::PgPoolOptions::new()
         .max_connections(16)
@@ -379,9 +379,17 @@ pub async fn start_service_roles(
     let names = config.topics.names();
     let bootstrap = config.kafka.bootstrap_servers.clone();
     let app = config.streams.application_id.clone();
-    let needs_orders_db = roles.contains(&Role::Api) || roles.contains(&Role::Sinks);
-    let orders = if needs_orders_db {
+    let relay = roles.contains(&Role::Relay) && config.outbox.mode == OutboxMode::Relay;
+    // One pool per database for the whole process, migrated once.
+    let orders = if roles.contains(&Role::Api) || roles.contains(&Role::Sinks) || relay {
         Some(orders_pool(config).await?)
+    } else {
+        None
+    };
+    let ledger = if roles.contains(&Role::Api) || roles.contains(&Role::Payment) || relay {
+        let pool = ledger_pool(config).await?;
+        keel_processors::payment::migrate(&pool).await?;
+        Some(pool)
     } else {
         None
     };
@@ -399,8 +407,7 @@ pub async fn start_service_roles(
             ("order sink", result.map_err(anyhow::Error::from))
         });
     }
-    if roles.contains(&Role::Payment) {
-        let pg = ledger_pool(config).await?;
+    if let (true, Some(pg)) = (roles.contains(&Role::Payment), ledger.clone()) {
         let mut payment = config.payment.clone();
         payment.authorized_topic = names.name(topics::PAYMENT_AUTHORIZED);
         payment.failed_topic = names.name(topics::PAYMENT_FAILED);
@@ -425,12 +432,8 @@ pub async fn start_service_roles(
             ("payment service", result.map_err(anyhow::Error::from))
         });
     }
-    if roles.contains(&Role::Relay) && config.outbox.mode == crate::config::OutboxMode::Relay {
+    if let (true, Some(pg)) = (relay, ledger.clone()) {
         use keel_processors::outbox::{MySqlOutbox, PgOutbox, run_relay};
-        if orders.is_none() {
-            // Creates the tables the relay reads when no other role of this process did.
-            orders_pool(config).await?;
-        }
         // The relay's own connections read committed: its `FOR UPDATE SKIP LOCKED` claims then
         // take no gap locks, so they do not deadlock with the order sink's inserts.
         let relay_pool = sqlx::mysql::MySqlPoolOptions::new()
@@ -457,9 +460,6 @@ pub async fn start_service_roles(
             let result = run_relay(store, &bootstrap2, &relay, shutdown).await;
             ("order outbox relay", result.map_err(anyhow::Error::from))
         });
-        let pg = ledger_pool(config).await?;
-        // The ledger's tables are the payment role's; wait for them if it migrates right now.
-        keel_processors::payment::migrate(&pg).await?;
         let store = PgOutbox::new(pg, "payment_outbox")?;
         let (relay, shutdown, bootstrap2) = (
             config.outbox.relay.clone(),
@@ -476,9 +476,6 @@ pub async fn start_service_roles(
         api.orders_topic = names.name(topics::ORDER_COMMANDS);
         api.payments_topic = names.name(topics::PAYMENT_COMMANDS);
         api.inventory_topic = names.name(topics::INVENTORY_COMMANDS);
-        // The payment routes read the ledger; its tables are the payment role's (wait for them).
-        let ledger = ledger_pool(config).await?;
-        keel_processors::payment::migrate(&ledger).await?;
         // The inventory routes read the Cassandra mirror; its tables are the sink's (created
         // here too when missing, so the API answers before the sink has started).
         let session = inventory::sink::connect(&config.cassandra.nodes)
@@ -506,7 +503,7 @@ pub async fn start_service_roles(
             producer,
             codec: codec.clone(),
             pool,
-            ledger: Some(ledger),
+            ledger: ledger.clone(),
             inventory: Some(keel_ingest_api::InventoryDeps {
                 session: Arc::new(session),
                 keyspace: config.cassandra.keyspace.clone(),
