@@ -378,8 +378,9 @@ impl SagaProcessor {
         source: &Source,
     ) -> Result<(), ProcessError> {
         let now = ctx.wall_clock_time();
-        let state = match ctx.kv(SAGAS_STORE)?.get(order_id.as_bytes())? {
-            Some(bytes) => Some(Saga::decode(&bytes).map_err(|e| {
+        let stored = ctx.kv(SAGAS_STORE)?.get(order_id.as_bytes())?;
+        let state = match &stored {
+            Some(bytes) => Some(Saga::decode(bytes).map_err(|e| {
                 ProcessError::Fatal(format!("saga of order {order_id:?} is unreadable: {e}"))
             })?),
             None => None,
@@ -391,7 +392,8 @@ impl SagaProcessor {
             ctx.kv(SAGAS_STORE)?.delete(order_id.as_bytes().to_vec());
             return Ok(());
         }
-        let was_terminal = state.as_ref().is_some_and(|s| s.step.is_terminal());
+        let step_before = state.as_ref().map(|s| s.step);
+        let was_terminal = step_before.is_some_and(Step::is_terminal);
         let outcome = decide(state, input, order_id, now, &self.timeouts)
             .map_err(|refusal| ProcessError::BadInput(refusal.to_string()))?;
         let Some(mut saga) = outcome.saga else {
@@ -505,7 +507,7 @@ impl SagaProcessor {
                     .with_label_values(&[saga.step.label()])
                     .observe(seconds);
             }
-        } else {
+        } else if step_before != Some(saga.step) {
             let open = OpenSaga {
                 step: saga.step,
                 started_at: saga.started_at,
@@ -513,8 +515,12 @@ impl SagaProcessor {
             let bytes = serde_json::to_vec(&open).unwrap_or_default();
             ctx.kv(OPEN_STORE)?.put(order_id.as_bytes().to_vec(), bytes);
         }
-        ctx.kv(SAGAS_STORE)?
-            .put(order_id.as_bytes().to_vec(), saga.encode());
+        // A duplicate leaves the saga as it was: no write, no changelog record.
+        let encoded = saga.encode();
+        if stored.as_deref() != Some(encoded.as_slice()) {
+            ctx.kv(SAGAS_STORE)?
+                .put(order_id.as_bytes().to_vec(), encoded);
+        }
         Ok(())
     }
 
