@@ -50,6 +50,29 @@ pub struct OutboxRow {
     pub payload: Vec<u8>,
 }
 
+impl OutboxRow {
+    /// The rows a claim query returned (columns `id`, `aggregate_id`, `event_type`, `payload`),
+    /// whatever the database.
+    fn read_all<R>(rows: &[R]) -> std::result::Result<Vec<Self>, sqlx::Error>
+    where
+        R: sqlx::Row,
+        for<'a> &'a str: sqlx::ColumnIndex<R>,
+        String: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+        Vec<u8>: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    {
+        rows.iter()
+            .map(|r| {
+                Ok(Self {
+                    id: r.try_get("id")?,
+                    aggregate_id: r.try_get("aggregate_id")?,
+                    event_type: r.try_get("event_type")?,
+                    payload: r.try_get("payload")?,
+                })
+            })
+            .collect()
+    }
+}
+
 /// A table of outbox rows.
 pub trait OutboxStore: Send + Sync {
     type Claim: ClaimedBatch;

@@ -2,7 +2,7 @@
 //! LONGBLOB`, `status VARCHAR(8)`, `created_at DATETIME(3)`, `sent_at DATETIME(3) NULL`).
 //! An index on `(status, created_at, id)` lets the claim lock only the rows it returns.
 
-use sqlx::{MySql, MySqlPool, QueryBuilder, Row, Transaction};
+use sqlx::{MySql, MySqlPool, QueryBuilder, Transaction};
 
 use super::{ClaimedBatch, Error, OutboxRow, OutboxStore, Result, checked_table};
 
@@ -53,18 +53,7 @@ impl OutboxStore for MySqlOutbox {
             .fetch_all(&mut *tx)
             .await
             .map_err(db("claim pending rows"))?;
-        let rows = rows
-            .iter()
-            .map(|r| {
-                Ok(OutboxRow {
-                    id: r.try_get("id")?,
-                    aggregate_id: r.try_get("aggregate_id")?,
-                    event_type: r.try_get("event_type")?,
-                    payload: r.try_get("payload")?,
-                })
-            })
-            .collect::<Result<Vec<_>, sqlx::Error>>()
-            .map_err(db("read pending rows"))?;
+        let rows = OutboxRow::read_all(&rows).map_err(db("read pending rows"))?;
         Ok(MySqlClaim {
             tx,
             rows,

@@ -1,6 +1,6 @@
 //! The outbox store on PostgreSQL (e.g. `payment_outbox`).
 
-use sqlx::{PgPool, Postgres, Row, Transaction};
+use sqlx::{PgPool, Postgres, Transaction};
 
 use super::{ClaimedBatch, Error, OutboxRow, OutboxStore, Result, checked_table};
 
@@ -53,18 +53,7 @@ impl OutboxStore for PgOutbox {
             .fetch_all(&mut *tx)
             .await
             .map_err(db("claim pending rows"))?;
-        let rows = rows
-            .iter()
-            .map(|r| {
-                Ok(OutboxRow {
-                    id: r.try_get("id")?,
-                    aggregate_id: r.try_get("aggregate_id")?,
-                    event_type: r.try_get("event_type")?,
-                    payload: r.try_get("payload")?,
-                })
-            })
-            .collect::<Result<Vec<_>, sqlx::Error>>()
-            .map_err(db("read pending rows"))?;
+        let rows = OutboxRow::read_all(&rows).map_err(db("read pending rows"))?;
         Ok(PgClaim {
             tx,
             rows,
