@@ -19,56 +19,26 @@ async fn a_checkout_goes_end_to_end_through_every_store() {
     let stack = Stack::from_env();
     let (name, run) = Run::new(&stack).await;
     let (mug, plate) = ("SKU-MUG", "SKU-PLATE");
-    run.ok(&[
-        "carts",
-        "seed",
-        "--cart-id",
-        "cart-ok",
-        "--item",
-        &format!("{mug}:2:1250"),
-        "--item",
-        &format!("{plate}:1:800"),
-    ]);
-    run.ok(&[
-        "carts",
-        "seed",
-        "--cart-id",
-        "cart-short",
-        "--item",
-        &format!("{plate}:10:800"),
-    ]);
-    run.ok(&[
-        "carts",
-        "seed",
-        "--cart-id",
-        "cart-declined",
-        "--item",
-        &format!("{mug}:1:1250"),
-    ]);
-    run.ok(&[
-        "carts",
-        "seed",
-        "--cart-id",
-        "cart-cancelled",
-        "--item",
-        &format!("{plate}:1:800"),
-    ]);
-    run.ok(&[
-        "carts",
-        "seed",
-        "--cart-id",
-        "cart-pending",
-        "--item",
-        &format!("{plate}:1:800"),
-    ]);
-    run.ok(&[
-        "carts",
-        "seed",
-        "--cart-id",
-        "cart-psp-timeout",
-        "--item",
-        &format!("{mug}:1:1250"),
-    ]);
+    let (mug_1, mug_2, plate_1) = (
+        format!("{mug}:1:1250"),
+        format!("{mug}:2:1250"),
+        format!("{plate}:1:800"),
+    );
+    let plate_10 = format!("{plate}:10:800");
+    for (cart, items) in [
+        ("cart-ok", vec![mug_2.as_str(), plate_1.as_str()]),
+        ("cart-short", vec![plate_10.as_str()]),
+        ("cart-declined", vec![mug_1.as_str()]),
+        ("cart-cancelled", vec![plate_1.as_str()]),
+        ("cart-pending", vec![plate_1.as_str()]),
+        ("cart-psp-timeout", vec![mug_1.as_str()]),
+    ] {
+        let mut args = vec!["carts", "seed", "--cart-id", cart];
+        for item in items {
+            args.extend(["--item", item]);
+        }
+        run.ok(&args);
+    }
     run.ok(&[
         "inventory",
         "seed",

@@ -222,20 +222,7 @@ async fn kill_9_in_the_middle_of_200_checkouts_confirms_every_order_exactly_once
     }
 
     // The PSP authorized each order once, however often the payment service was replayed.
-    let psp_port = run
-        .env
-        .iter()
-        .find(|(k, _)| k == "KEEL__PSP_MOCK__LISTEN")
-        .map(|(_, v)| v.clone())
-        .expect("psp address");
-    let stats: Value = client
-        .get(format!("http://{psp_port}/admin/stats"))
-        .send()
-        .await
-        .expect("stats")
-        .json()
-        .await
-        .expect("JSON");
+    let stats = run.psp_stats(&client).await;
     assert_eq!(stats["authorizations"], json!(ORDERS), "{stats}");
 
     let status = keel

@@ -52,6 +52,8 @@ pub fn free_port() -> u16 {
 pub struct Run {
     pub env: Vec<(String, String)>,
     pub api: String,
+    /// The PSP mock's base URL.
+    pub psp: String,
     pub mysql_url: String,
     pub postgres_url: String,
     pub keyspace: String,
@@ -254,12 +256,25 @@ impl Run {
                 ("KEEL__PAYMENT__RECONCILE_INTERVAL_MS".into(), "1000".into()),
             ],
             api: format!("http://127.0.0.1:{api_port}"),
+            psp: format!("http://127.0.0.1:{psp_port}"),
             mysql_url,
             postgres_url,
             keyspace: name.clone(),
             state_dir: tempfile::tempdir().expect("a state dir"),
         };
         (name, run)
+    }
+
+    /// The PSP mock's counters (`GET /admin/stats`).
+    pub async fn psp_stats(&self, client: &reqwest::Client) -> Value {
+        client
+            .get(format!("{}/admin/stats", self.psp))
+            .send()
+            .await
+            .expect("PSP stats")
+            .json()
+            .await
+            .expect("JSON")
     }
 
     /// Drops what [`Run::new`] created.
