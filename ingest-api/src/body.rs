@@ -86,6 +86,29 @@ fn check_media_type(headers: &HeaderMap) -> Result<(), Problem> {
         .to_ascii_lowercase();
     let json = essence == "application/json"
         || (essence.starts_with("application/") && essence.ends_with("+json"));
+    // JSON is UTF-8 (RFC 8259 §8.1): a body declared in another charset would be decoded as
+    // something it is not, so it is refused rather than guessed at.
+    let charset = value
+        .to_str()
+        .unwrap_or("")
+        .split(';')
+        .skip(1)
+        .find_map(|param| {
+            let (name, value) = param.split_once('=')?;
+            name.trim()
+                .eq_ignore_ascii_case("charset")
+                .then(|| value.trim().trim_matches('"').to_ascii_lowercase())
+        });
+    if let Some(charset) = charset
+        && charset != "utf-8"
+        && charset != "utf8"
+    {
+        return Err(Problem::new(
+            Kind::UnsupportedMediaType,
+            format!("charset {charset:?} is not supported; JSON bodies are UTF-8 (RFC 8259)"),
+        )
+        .field("Content-Type"));
+    }
     if json {
         Ok(())
     } else {
@@ -176,7 +199,16 @@ fn json_problem(path: &str, e: serde_json::Error) -> Problem {
         Category::Io => Problem::new(Kind::UnreadableBody, msg),
         Category::Data => {
             let root = path.is_empty() || path == ".";
-            if let Some(name) = msg.strip_prefix("missing field ").and_then(backticked) {
+            if let Some(name) = msg.strip_prefix("duplicate field ").and_then(backticked) {
+                // A repeated member name makes the object ambiguous (RFC 8259 §4: names SHOULD
+                // be unique); it is malformed input, not a value that failed validation.
+                let field = join(path, name);
+                Problem::new(
+                    Kind::MalformedJson,
+                    format!("field {field} appears more than once in the object"),
+                )
+                .field(field)
+            } else if let Some(name) = msg.strip_prefix("missing field ").and_then(backticked) {
                 let field = join(path, name);
                 Problem::new(
                     Kind::MissingField,
@@ -271,6 +303,38 @@ mod tests {
             (p.slug(), p.field.as_deref()),
             ("missing-field", Some("inner.postalCode"))
         );
+    }
+
+    #[test]
+    fn a_repeated_member_is_malformed_json_naming_the_field() {
+        let p = problem(r#"{"cartId":"a","cartId":"b","inner":{"postalCode":"1"}}"#);
+        assert_eq!(
+            (p.slug(), p.status, p.field.as_deref()),
+            ("malformed-json", 400, Some("cartId"))
+        );
+        let p = problem(r#"{"cartId":"a","inner":{"postalCode":"1","postalCode":"2"}}"#);
+        assert_eq!(
+            (p.slug(), p.field.as_deref()),
+            ("malformed-json", Some("inner.postalCode"))
+        );
+    }
+
+    #[test]
+    fn a_charset_other_than_utf8_is_refused() {
+        let with = |value: &'static str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::CONTENT_TYPE, value.parse().expect("header"));
+            check_media_type(&headers)
+        };
+        assert!(with("application/json").is_ok());
+        assert!(with("application/json; charset=utf-8").is_ok());
+        assert!(with("application/json;charset=\"UTF-8\"").is_ok());
+        let p = with("application/json; charset=latin1").expect_err("latin1");
+        assert_eq!(
+            (p.slug(), p.status, p.field.as_deref()),
+            ("unsupported-media-type", 415, Some("Content-Type"))
+        );
+        assert!(p.detail.contains("latin1"), "{}", p.detail);
     }
 
     #[test]

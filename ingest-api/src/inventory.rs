@@ -288,11 +288,11 @@ impl AdjustRequest {
         let len = self.reason.trim().chars().count();
         if len == 0
             || self.reason.chars().count() > 255
-            || self.reason.chars().any(char::is_control)
+            || self.reason.chars().any(crate::model::is_unsafe_text_char)
         {
             return Err(invalid(
                 "reason",
-                "reason must be 1 to 255 characters without control characters",
+                "reason must be 1 to 255 characters without control or bidirectional formatting characters",
             ));
         }
         if self.reason.starts_with("SOLD") || self.reason.starts_with("OVERSOLD") {
@@ -350,7 +350,11 @@ fn store_unavailable(e: impl fmt::Display) -> Problem {
 }
 
 fn sku_not_found(sku: &str) -> Problem {
-    Problem::new(Kind::SkuNotFound, format!("sku {sku:?} was never stocked")).field("sku")
+    Problem::new(
+        Kind::SkuNotFound,
+        format!("sku {} was never stocked", crate::model::shown(sku)),
+    )
+    .field("sku")
 }
 
 impl App {

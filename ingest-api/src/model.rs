@@ -95,11 +95,14 @@ fn check_text(field: &str, value: &str, min: usize, max: usize) -> Option<Proble
             .field(field),
         );
     }
-    if value.chars().any(char::is_control) {
+    if value.chars().any(is_unsafe_text_char) {
         return Some(
             Problem::new(
                 Kind::InvalidField,
-                format!("{field} must not contain control characters"),
+                format!(
+                    "{field} must not contain control characters or bidirectional formatting \
+                     characters"
+                ),
             )
             .field(field),
         );
@@ -168,6 +171,31 @@ RE RO RS RU RW SA SB SC SD SE SG SH SI SJ SK SL SM SN SO SR SS ST SV SX SY SZ \
 TC TD TF TG TH TJ TK TL TM TN TO TR TT TV TW TZ UA UG UM US UY UZ \
 VA VC VE VG VI VN VU WF WS YE YT ZA ZM ZW";
 
+/// Characters free text may not carry: control characters (C0, DEL, C1) and the Unicode
+/// bidirectional formatting characters (U+061C, U+200E, U+200F, U+202A–U+202E,
+/// U+2066–U+2069), which can make a reason or an address read differently from what is
+/// stored (the "Trojan Source" class, CVE-2021-42574).
+pub fn is_unsafe_text_char(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'
+        )
+}
+
+/// A client-supplied id as it is echoed in a problem's detail: at most 64 characters, then
+/// an ellipsis and the full length, so a 5,000-character id does not come back in full.
+pub fn shown(id: &str) -> String {
+    const MAX: usize = 64;
+    let count = id.chars().count();
+    if count <= MAX {
+        format!("{id:?}")
+    } else {
+        let head: String = id.chars().take(MAX).collect();
+        format!("{head:?}… ({count} characters)")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -185,6 +213,28 @@ mod tests {
                 country: "DE".into(),
             },
         }
+    }
+
+    #[test]
+    fn bidirectional_formatting_characters_are_unsafe_in_text() {
+        assert!(is_unsafe_text_char('\u{202E}'));
+        assert!(is_unsafe_text_char('\u{2067}'));
+        assert!(is_unsafe_text_char('\n'));
+        assert!(!is_unsafe_text_char('é'));
+        assert!(!is_unsafe_text_char('א'));
+        let mut r = request();
+        r.shipping_address.name = "Ada \u{202E}ecalevoL".into();
+        let p = r.validate().expect_err("bidi");
+        assert_eq!(p.field.as_deref(), Some("shippingAddress.name"));
+    }
+
+    #[test]
+    fn a_long_id_is_shown_cut_with_its_length() {
+        assert_eq!(shown("ord-1"), "\"ord-1\"");
+        let long = "x".repeat(5_000);
+        let text = shown(&long);
+        assert!(text.len() < 100, "{text}");
+        assert!(text.ends_with("(5000 characters)"), "{text}");
     }
 
     #[test]

@@ -67,11 +67,11 @@ impl RefundRequest {
         let len = self.reason.trim().chars().count();
         if len == 0
             || self.reason.chars().count() > 255
-            || self.reason.chars().any(char::is_control)
+            || self.reason.chars().any(crate::model::is_unsafe_text_char)
         {
             return Err(Problem::new(
                 Kind::InvalidField,
-                "reason must be 1 to 255 characters without control characters",
+                "reason must be 1 to 255 characters without control or bidirectional formatting characters",
             )
             .field("reason"));
         }
@@ -136,7 +136,7 @@ fn ledger_unavailable(e: impl std::fmt::Display) -> Problem {
 fn payment_not_found(id: &str) -> Problem {
     Problem::new(
         Kind::PaymentNotFound,
-        format!("payment {id:?} does not exist"),
+        format!("payment {} does not exist", crate::model::shown(id)),
     )
     .field("id")
 }
@@ -262,7 +262,7 @@ async fn get_order_payment_inner(
     let no_payment = |id: &str| {
         Problem::new(
             Kind::PaymentNotFound,
-            format!("order {id:?} has no payment (yet)"),
+            format!("order {} has no payment (yet)", crate::model::shown(id)),
         )
         .field("id")
     };

@@ -577,7 +577,11 @@ async fn place_order_inner(
 }
 
 fn order_not_found(id: &str) -> Problem {
-    Problem::new(Kind::OrderNotFound, format!("order {id:?} does not exist")).field("id")
+    Problem::new(
+        Kind::OrderNotFound,
+        format!("order {} does not exist", crate::model::shown(id)),
+    )
+    .field("id")
 }
 
 /// An order id from the path: at most 64 characters, else no such order.
