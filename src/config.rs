@@ -42,6 +42,9 @@ pub struct KeelConfig {
     pub outbox: OutboxSection,
     #[serde(default)]
     pub carts: CartsSection,
+    /// The outbox connectors of `[outbox].mode = "debezium"` (`keel connectors`, `keel run`).
+    #[serde(default)]
+    pub connectors: crate::connectors::ConnectorsSection,
 }
 
 /// Where the saga's view of a cart comes from.
@@ -322,6 +325,7 @@ impl KeelConfig {
                 self.saga.payment_timeout_ms, self.payment.psp_timeout_ms
             ));
         }
+        out.extend(self.connectors.problems());
         if self.cassandra.nodes.is_empty() {
             out.push("cassandra.nodes is empty".to_owned());
         }

@@ -7,7 +7,8 @@
 //! - `keel lag [--once] [--json]` shows consumer-group lag per partition.
 //! - `keel stack up|down|status|logs|env|install` drives the local servers (`stack/keel-stack`).
 //! - `keel smoke` checks every server of the stack with the real clients Keel uses.
-//! - `keel connectors plugins|list|status|pause|resume|delete` manages Debezium connectors.
+//! - `keel connectors plugins|list|register|status|pause|resume|restart|delete` manages Keel's
+//!   Debezium connectors (`src/connectors.rs`).
 //! - `keel bench engine` measures the stream runtime (docs/BENCHMARKS.md).
 //! - `keel reset --application-id X [--to-datetime T]` rewinds a stopped application.
 //! - `keel schemas register|check` registers Keel's Avro schemas and gates deployments on their
@@ -18,6 +19,7 @@
 
 mod bench;
 mod config;
+mod connectors;
 mod lag;
 mod run;
 mod scenario;
@@ -28,7 +30,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use keel_connectors::ConnectClient;
 
 use crate::config::KeelConfig;
 
@@ -97,7 +98,7 @@ enum Command {
     /// Manage Debezium connectors on Kafka Connect.
     Connectors {
         #[command(subcommand)]
-        action: ConnectorsAction,
+        action: connectors::ConnectorsAction,
     },
     /// Keel's Avro schemas and the schema registry.
     Schemas {
@@ -189,22 +190,6 @@ enum SchemasAction {
     Check,
 }
 
-#[derive(Debug, Subcommand)]
-enum ConnectorsAction {
-    /// Installed connector plugins.
-    Plugins,
-    /// Registered connectors.
-    List,
-    /// A connector's state and its tasks' states.
-    Status { name: String },
-    /// Pause a connector (it keeps its offsets).
-    Pause { name: String },
-    /// Resume a paused connector.
-    Resume { name: String },
-    /// Delete a connector.
-    Delete { name: String },
-}
-
 /// Where the stack script lives: next to the binary's sources, or `KEEL_STACK_SCRIPT`.
 fn stack_script() -> PathBuf {
     std::env::var_os("KEEL_STACK_SCRIPT")
@@ -221,44 +206,6 @@ fn run_stack(args: &[String]) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::from(
         status.code().unwrap_or(1).clamp(0, 255) as u8
     ))
-}
-
-async fn run_connectors(config: &KeelConfig, action: ConnectorsAction) -> anyhow::Result<()> {
-    let connect = ConnectClient::new(&config.connect.url);
-    match action {
-        ConnectorsAction::Plugins => {
-            for p in connect.plugins().await? {
-                println!(
-                    "{:<8} {:<60} {}",
-                    p.kind,
-                    p.class,
-                    p.version.unwrap_or_default()
-                );
-            }
-        }
-        ConnectorsAction::List => {
-            for name in connect.connectors().await? {
-                println!("{name}");
-            }
-        }
-        ConnectorsAction::Status { name } => {
-            let s = connect.status(&name).await?;
-            println!(
-                "{} {:?} on {}",
-                s.name, s.connector.state, s.connector.worker_id
-            );
-            for t in &s.tasks {
-                println!("  task {} {:?} on {}", t.id, t.state, t.worker_id);
-            }
-            if let Some(trace) = s.failure() {
-                println!("failure:\n{trace}");
-            }
-        }
-        ConnectorsAction::Pause { name } => connect.pause(&name).await?,
-        ConnectorsAction::Resume { name } => connect.resume(&name).await?,
-        ConnectorsAction::Delete { name } => connect.delete(&name).await?,
-    }
-    Ok(())
 }
 
 async fn run_schemas(config: &KeelConfig, action: SchemasAction) -> anyhow::Result<ExitCode> {
@@ -434,8 +381,7 @@ async fn main() -> anyhow::Result<ExitCode> {
         }
         Command::Connectors { action } => {
             let config = KeelConfig::load(cli.config.as_deref())?;
-            run_connectors(&config, action).await?;
-            Ok(ExitCode::SUCCESS)
+            connectors::run(&config, action).await
         }
         Command::Bench {
             what: BenchWhat::Engine(args),

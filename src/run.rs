@@ -4,8 +4,9 @@
 //!
 //! Roles: `api` (HTTP ingest), `saga` and `inventory` (stream applications
 //! `<streams.application_id>-<role>` on the runtime), `payment` (payment service against the
-//! PSP), `sinks` (order sink to MySQL, Cassandra mirror of inventory) and `relay` (outbox relays,
-//! the `[outbox].mode = "relay"` fallback until Debezium carries the outboxes).
+//! PSP), `sinks` (order sink to MySQL, Cassandra mirror of inventory) and `relay` (outbox relays
+//! with `[outbox].mode = "relay"`; with `"debezium"` it relays nothing and registers the outbox
+//! connectors at start when `[connectors].register_on_start`, `src/connectors.rs`).
 //!
 //! Start: the topics are created when missing (`[topics]`), then each role starts; SIGTERM or
 //! SIGINT stops every role: the stream threads commit and close their stores, consumers finish
@@ -531,6 +532,14 @@ pub async fn run(config: KeelConfig, roles: BTreeSet<Role>) -> anyhow::Result<()
         && let Some((_, connector)) = carts_cdc(&config)?
     {
         register_carts_connector(&config, &connector).await?;
+    }
+    // `[outbox].mode = "debezium"`: no relay; the relay role registers the outbox connectors.
+    if roles.contains(&Role::Relay)
+        && config.outbox.mode == OutboxMode::Debezium
+        && config.connectors.register_on_start
+    {
+        let connectors = crate::connectors::outbox_connectors(&config)?;
+        crate::connectors::register(&config, &connectors).await?;
     }
     let codec = Codec::new(config.registry.clone())?;
     let mut running = Running {

@@ -3,6 +3,7 @@
 //! Registration is idempotent: [`ConnectClient::apply`] PUTs the whole configuration to
 //! `/connectors/{name}/config`, which creates the connector or replaces its configuration.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use reqwest::{Method, StatusCode};
@@ -28,6 +29,20 @@ pub enum ConnectorState {
     Stopped,
     Failed,
     Restarting,
+}
+
+impl std::fmt::Display for ConnectorState {
+    /// As Connect spells it: `RUNNING`, `FAILED`, ...
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Unassigned => "UNASSIGNED",
+            Self::Running => "RUNNING",
+            Self::Paused => "PAUSED",
+            Self::Stopped => "STOPPED",
+            Self::Failed => "FAILED",
+            Self::Restarting => "RESTARTING",
+        })
+    }
 }
 
 /// The answer of `GET /connectors/{name}/status`.
@@ -85,14 +100,39 @@ impl ConnectorStatus {
             .map(|t| t.trace.as_deref().unwrap_or("task failed"))
     }
 
-    fn summary(&self) -> String {
+    /// The first failure, shortened for people: [`shorten_trace`] of [`Self::failure`].
+    pub fn short_failure(&self) -> Option<String> {
+        self.failure().map(shorten_trace)
+    }
+
+    /// Whether the connector or any task is `FAILED`.
+    pub fn is_failed(&self) -> bool {
+        self.connector.state == ConnectorState::Failed
+            || self.tasks.iter().any(|t| t.state == ConnectorState::Failed)
+    }
+
+    /// One line: `connector RUNNING; task 0 RUNNING, ...`.
+    pub fn summary(&self) -> String {
         let tasks: Vec<String> = self
             .tasks
             .iter()
-            .map(|t| format!("task {} {:?}", t.id, t.state))
+            .map(|t| format!("task {} {}", t.id, t.state))
             .collect();
-        format!("connector {:?}; {}", self.connector.state, tasks.join(", "))
+        format!("connector {}; {}", self.connector.state, tasks.join(", "))
     }
+}
+
+/// A Java stack trace cut to what a person reads: its first line (the exception and message)
+/// and each `Caused by:` line, at most 8 lines of at most 400 characters.
+pub fn shorten_trace(trace: &str) -> String {
+    let mut lines = trace.lines();
+    let first = lines.next().unwrap_or_default();
+    std::iter::once(first)
+        .chain(lines.map(str::trim).filter(|l| l.starts_with("Caused by:")))
+        .take(8)
+        .map(|l| l.chars().take(400).collect::<String>())
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// One installed connector plugin, from `GET /connector-plugins`.
@@ -241,6 +281,40 @@ impl ConnectClient {
             .map(drop)
     }
 
+    /// Stop the connector: its tasks shut down (a PostgreSQL task closes its replication
+    /// connection, unlike a pause); offsets and configuration are kept; `resume` starts it.
+    pub async fn stop(&self, name: &str) -> Result<()> {
+        let path = format!("/connectors/{name}/stop");
+        self.call("stop", Some(name), Method::PUT, &path, None)
+            .await
+            .map(drop)
+    }
+
+    /// Restart the connector and all its tasks (`?includeTasks=true&onlyFailed=false`).
+    pub async fn restart(&self, name: &str) -> Result<()> {
+        let path = format!("/connectors/{name}/restart?includeTasks=true&onlyFailed=false");
+        self.call("restart", Some(name), Method::POST, &path, None)
+            .await
+            .map(drop)
+    }
+
+    /// The connector's stored configuration (`GET /connectors/{name}/config`).
+    pub async fn config(&self, name: &str) -> Result<BTreeMap<String, String>> {
+        let resp = self
+            .call(
+                "get config",
+                Some(name),
+                Method::GET,
+                &format!("/connectors/{name}/config"),
+                None,
+            )
+            .await?;
+        resp.json().await.map_err(|source| Error::Decode {
+            operation: "get config",
+            source,
+        })
+    }
+
     /// Delete the connector. Deleting one that does not exist is not an error.
     pub async fn delete(&self, name: &str) -> Result<()> {
         let path = format!("/connectors/{name}");
@@ -262,12 +336,12 @@ impl ConnectClient {
             match self.status(name).await {
                 Ok(status) if status.is_running() => return Ok(status),
                 Ok(status) => {
-                    if let Some(trace) = status.failure() {
+                    if let Some(trace) = status.short_failure() {
                         return Err(Error::Rejected {
                             operation: "run",
                             connector: Some(name.to_owned()),
                             status: 200,
-                            message: trace.to_owned(),
+                            message: trace,
                         });
                     }
                     last = status.summary();
@@ -286,5 +360,24 @@ impl ConnectClient {
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_trace_is_cut_to_its_message_and_causes() {
+        let trace = "org.apache.kafka.connect.errors.ConnectException: An exception occurred\n\
+            \tat io.debezium.pipeline.ErrorHandler.setProducerThrowable(ErrorHandler.java:67)\n\
+            \tat java.base/java.lang.Thread.run(Thread.java:840)\n\
+            Caused by: io.debezium.DebeziumException: The db history topic is missing.\n\
+            \tat io.debezium.relational.HistorizedRelationalDatabaseSchema.recover(X.java:1)\n";
+        assert_eq!(
+            shorten_trace(trace),
+            "org.apache.kafka.connect.errors.ConnectException: An exception occurred\n\
+             Caused by: io.debezium.DebeziumException: The db history topic is missing."
+        );
     }
 }

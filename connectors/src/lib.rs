@@ -8,6 +8,8 @@
 //! - [`config`]: typed descriptions of the MariaDB/MySQL and PostgreSQL connectors, rendered to
 //!   the flat string map Kafka Connect expects.
 //! - [`carts`]: the connector of the cart service's `carts`/`cart_items`, keyed by cart id.
+//! - [`outbox`]: the outbox connectors (`order_outbox`, `payment_outbox`) through Debezium's
+//!   outbox event router to the public event topics, byte for byte what the relay writes.
 //! - [`client`]: a small async client for Connect's REST API (create or update, status, pause,
 //!   resume, delete, plugins) with errors that name the connector and the HTTP answer.
 //! - [`error`]: the crate's error enum.
@@ -16,6 +18,7 @@ pub mod carts;
 pub mod client;
 pub mod config;
 pub mod error;
+pub mod outbox;
 
 pub use client::{ConnectClient, ConnectorState, ConnectorStatus};
 pub use config::{ConnectorConfig, MySqlFlavor, MySqlSource, PostgresSource, PublicationMode};

@@ -42,6 +42,22 @@ impl Drop for Proc {
     }
 }
 
+/// See [`Run::connectors_guard`].
+pub struct ConnectorsGuard {
+    env: Vec<(String, String)>,
+}
+
+impl Drop for ConnectorsGuard {
+    fn drop(&mut self) {
+        let _ = Command::new(env!("CARGO_BIN_EXE_keel"))
+            .args(["connectors", "delete"])
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .status();
+    }
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -275,6 +291,29 @@ impl Run {
             .json()
             .await
             .expect("JSON")
+    }
+
+    /// The outbox through Debezium (`[outbox].mode = "debezium"`): `keel run`'s relay role
+    /// registers this run's own connectors, `<name>-order-outbox` and `<name>-payment-outbox`
+    /// (slot and publication `<name>_payment_outbox`, topics under the run's prefix). Hold a
+    /// [`Run::connectors_guard`] to remove them.
+    pub fn with_debezium_outbox(&mut self) {
+        self.env.extend([
+            ("KEEL__OUTBOX__MODE".to_owned(), "debezium".to_owned()),
+            (
+                "KEEL__CONNECTORS__HEARTBEAT_INTERVAL_MS".to_owned(),
+                "2000".to_owned(),
+            ),
+        ]);
+    }
+
+    /// Runs `keel connectors delete` for this run when dropped — also when the test panics, so
+    /// no connector outlives its test and no slot holds WAL. Drop it before [`Run::clean_up`]
+    /// (PostgreSQL refuses to drop a database that has a replication slot).
+    pub fn connectors_guard(&self) -> ConnectorsGuard {
+        ConnectorsGuard {
+            env: self.env.clone(),
+        }
     }
 
     /// Drops what [`Run::new`] created.
