@@ -15,7 +15,11 @@ use crate::model::{
     Accepted, CancelRequest, OrderResource, PlaceOrderRequest, ReceivedOrder, ShippingAddressBody,
     StatusBody,
 };
-use crate::payments::{self, CallbackAccepted, PspCallbackBody, RefundAccepted, RefundRequest};
+use crate::payments::{
+    self, AmountBody, CallbackAccepted, ConfirmRequest, CreatePaymentRequest, MoneyBody,
+    PaymentAccepted, PaymentResource, PspCallbackBody, RefundAccepted, RefundRequest,
+    RequestedPayment,
+};
 use crate::problem::Problem;
 use crate::routes;
 
@@ -35,6 +39,8 @@ use crate::routes;
         routes::cancel_order,
         payments::get_order_payment,
         payments::get_payment,
+        payments::create_payment,
+        payments::confirm_payment,
         payments::refund_payment,
         payments::psp_callback,
         inventory::get_inventory,
@@ -61,6 +67,13 @@ use crate::routes;
         PaymentView,
         PaymentAttemptView,
         RefundView,
+        PaymentResource,
+        RequestedPayment,
+        CreatePaymentRequest,
+        AmountBody,
+        ConfirmRequest,
+        PaymentAccepted,
+        MoneyBody,
         RefundRequest,
         RefundAccepted,
         PspCallbackBody,
@@ -79,7 +92,8 @@ use crate::routes;
     modifiers(&BearerAuth),
     tags(
         (name = "orders", description = "Orders: place, read, cancel"),
-        (name = "payments", description = "Payments: read, refund, and the PSP's signed callbacks"),
+        (name = "payments", description = "Payments: open an intent, confirm (authorize), read, \
+            refund, and the PSP's signed callbacks"),
         (name = "inventory", description = "Inventory: stock per SKU, adjust, reserve, release"),
         (name = "operations", description = "Health, readiness, metrics, this document"),
     )

@@ -1,16 +1,29 @@
-//! The payment routes: read a payment from the ledger, ask for a refund, and take the PSP's
-//! signed callbacks. Like the order routes they decide nothing: a refund and a callback become
-//! commands on `payments_topic` (key: the order id, so they queue behind the order's other
-//! payment commands), answered `202` only once Kafka has them; the payment service applies them
-//! to the ledger, idempotently.
+//! The payment routes: open and confirm a payment intent, read a payment from the ledger, ask
+//! for a refund, and take the PSP's signed callbacks. Like the order routes they decide
+//! nothing: an intent, a confirm, a refund and a callback become commands on `payments_topic`
+//! (key: the order id, so they queue behind the order's other payment commands), answered `202`
+//! only once Kafka has them; the payment service applies them to the ledger, idempotently.
 //!
+//! - `POST /payments` — open a payment intent (`CreatePaymentIntent` command; the payment id
+//!   is `pay-<orderId>`, one per order). `Idempotency-Key` required: a retry with the same key
+//!   and body gets the first answer, another body is a 422, another key for the same order a
+//!   409 `payment-exists`.
+//! - `POST /payments/{id}/confirm` — authorize the intent (`AuthorizePayment` command, one
+//!   command id per payment, so however often it is confirmed the service authorizes once;
+//!   the PSP call carries the payment's idempotency key).
 //! - `GET /payments/{id}`, `GET /orders/{id}/payment` — [`PaymentView`] from the ledger
-//!   (`keel_processors::payment::view`).
+//!   (`keel_processors::payment::view`), or `REQUESTED` ([`RequestedPayment`]) for an intent
+//!   the API accepted that the payment service has not written yet.
 //! - `POST /payments/{id}/refund` — `Idempotency-Key` required; the refund id is derived from
 //!   the caller, the payment and the key, so a retry is the same refund (the ledger's primary
 //!   key and the payment service make it happen once). Checked here against the ledger: at
 //!   most what may still be refunded (captured − refunded − refunds in progress); the payment
 //!   service checks again under a row lock, so concurrent refunds cannot exceed the capture.
+//!
+//! The keys of the payment writes live in `api_payment_requests` (ledger migration 0002, the
+//! API's own table; the payment service never reads it): a key is bound to its first body from
+//! the moment it is used, so the same key with another body is refused even before the payment
+//! service has applied the first command.
 //! - `POST /psp/callbacks` — the signature (`Keel-Psp-Signature`, HMAC-SHA256 over
 //!   `"{Keel-Psp-Timestamp}.{raw body}"`) is checked over the raw bytes before anything is
 //!   parsed; a timestamp older or newer than `psp_callback_tolerance_s` is refused. What does
@@ -26,7 +39,8 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use futures::StreamExt;
 use keel_avro::records::{
-    Money, PaymentCommand, PaymentCommandBody, PspCallback, PspOutcome, RefundPayment,
+    AuthorizePayment, CreatePaymentIntent, Money, PaymentCommand, PaymentCommandBody, PspCallback,
+    PspOutcome, RefundPayment,
 };
 use keel_processors::payment::{self, PaymentView};
 use keel_processors::psp_mock::api::{CallbackEvent, CallbackOutcome};
@@ -36,7 +50,8 @@ use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use utoipa::ToSchema;
 
-use crate::body::parse_json;
+use crate::body::{Required, parse_json, read_json};
+use crate::idempotency;
 use crate::problem::{Kind, Problem};
 use crate::routes::{App, json_response, or_problem, required_idempotency_key, to_json};
 
@@ -206,7 +221,8 @@ mod location_tests {
     summary = "A payment: status, amounts, PSP attempts and refunds, from the ledger",
     params(("id" = String, Path, description = "The payment id")),
     responses(
-        (status = 200, description = "The payment", body = PaymentView),
+        (status = 200, description = "The payment; status REQUESTED while only the API has \
+            seen it", body = PaymentResource),
         (status = 404, description = "No such payment", body = Problem,
             content_type = "application/problem+json"),
         (status = 503, description = "The ledger is unavailable or too many requests are in \
@@ -226,11 +242,19 @@ async fn get_payment_inner(
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, Problem> {
     let id = path_id(path)?;
-    let view = payment::load_payment(ledger(app)?, &id)
+    let pg = ledger(app)?;
+    let resource = match payment::load_payment(pg, &id)
         .await
         .map_err(ledger_unavailable)?
-        .ok_or_else(|| payment_not_found(&id))?;
-    Ok(json_response(StatusCode::OK, to_json(&view), None))
+    {
+        Some(view) => PaymentResource::Stored(Box::new(view)),
+        None => PaymentResource::Requested(
+            requested_payment(pg, "payment_id", &id)
+                .await?
+                .ok_or_else(|| payment_not_found(&id))?,
+        ),
+    };
+    Ok(json_response(StatusCode::OK, to_json(&resource), None))
 }
 
 #[utoipa::path(
@@ -240,7 +264,8 @@ async fn get_payment_inner(
     summary = "The payment of an order",
     params(("id" = String, Path, description = "The order id")),
     responses(
-        (status = 200, description = "The order's payment", body = PaymentView),
+        (status = 200, description = "The order's payment; status REQUESTED while only the \
+            API has seen it", body = PaymentResource),
         (status = 404, description = "The order has no payment (yet)", body = Problem,
             content_type = "application/problem+json"),
         (status = 503, description = "The ledger is unavailable or too many requests are in \
@@ -271,11 +296,19 @@ async fn get_order_payment_inner(
         Ok(Path(id)) => return Err(no_payment(&id)),
         Err(e) => return Err(no_payment(&e.to_string())),
     };
-    let view = payment::load_payment_by_order(ledger(app)?, &id)
+    let pg = ledger(app)?;
+    let resource = match payment::load_payment_by_order(pg, &id)
         .await
         .map_err(ledger_unavailable)?
-        .ok_or_else(|| no_payment(&id))?;
-    Ok(json_response(StatusCode::OK, to_json(&view), None))
+    {
+        Some(view) => PaymentResource::Stored(Box::new(view)),
+        None => PaymentResource::Requested(
+            requested_payment(pg, "order_id", &id)
+                .await?
+                .ok_or_else(|| no_payment(&id))?,
+        ),
+    };
+    Ok(json_response(StatusCode::OK, to_json(&resource), None))
 }
 
 #[utoipa::path(
@@ -339,7 +372,8 @@ async fn refund_payment_inner(
         .await?;
     let key = required_idempotency_key(headers, "a refund")?;
     let id = path_id(path)?;
-    let view = payment::load_payment(ledger(app)?, &id)
+    let pg = ledger(app)?;
+    let view = payment::load_payment(pg, &id)
         .await
         .map_err(ledger_unavailable)?
         .ok_or_else(|| payment_not_found(&id))?;
@@ -377,6 +411,76 @@ async fn refund_payment_inner(
         )
         .field("Idempotency-Key"));
     }
+    // The key is bound to its first body from the moment it is used, not only once the
+    // payment service has written the refund: a retry with another body is refused even when
+    // the first refund is still on its way.
+    let route = format!("POST /payments/{id}/refund");
+    let slot = KeySlot {
+        scope: &scope,
+        route: &route,
+        key: &key,
+    };
+    let hash = idempotency::request_hash(&route, canonical.as_bytes());
+    let stale_after = app.produce_timeout() + std::time::Duration::from_secs(30);
+    let owned = match claim_key(
+        pg,
+        &slot,
+        &hash,
+        &id,
+        &view.order_id,
+        &command_id,
+        stale_after,
+    )
+    .await
+    .map_err(ledger_unavailable)?
+    {
+        KeyClaim::Mismatch => {
+            return Err(Problem::new(
+                Kind::IdempotencyKeyReused,
+                format!(
+                    "this Idempotency-Key already names refund {refund_id} of payment {id} with \
+                     another body"
+                ),
+            )
+            .field("Idempotency-Key"));
+        }
+        KeyClaim::Replay { status, body } => {
+            return Ok(replayed(status, body, Some(&payment_location(&id))));
+        }
+        // The same refund (its ids derive from the key): sending it again is harmless.
+        KeyClaim::InProgress { .. } | KeyClaim::Taken => false,
+        KeyClaim::Owned { .. } => true,
+    };
+    let result = send_refund(app, &view, &request, &refund_id, &command_id).await;
+    match result {
+        Ok(()) => {
+            let body = accepted();
+            if owned && let Err(e) = complete_key(pg, &slot, 202, &body).await {
+                tracing::error!(error = %e, refund_id, "recording the answer failed");
+            }
+            Ok(json_response(
+                StatusCode::ACCEPTED,
+                body,
+                Some(&payment_location(&id)),
+            ))
+        }
+        Err(problem) => {
+            if owned {
+                abandon_key(pg, &slot, &problem).await;
+            }
+            Err(problem)
+        }
+    }
+}
+
+/// Check the amount against what may still be refunded, then produce the refund command.
+async fn send_refund(
+    app: &App,
+    view: &PaymentView,
+    request: &RefundRequest,
+    refund_id: &str,
+    command_id: &str,
+) -> Result<(), Problem> {
     if request.amount_minor > view.refundable.amount_minor {
         return Err(Problem::new(
             Kind::RefundExceedsCaptured,
@@ -395,23 +499,677 @@ async fn refund_payment_inner(
         .field("amountMinor"));
     }
     let command = PaymentCommand {
-        command_id: command_id.clone(),
+        command_id: command_id.to_owned(),
         payment_id: view.payment_id.clone(),
         order_id: view.order_id.clone(),
         issued_at: chrono::Utc::now().timestamp_millis(),
-        causation_id: command_id,
+        causation_id: command_id.to_owned(),
         correlation_id: view.order_id.clone(),
         command: PaymentCommandBody::Refund(RefundPayment {
-            refund_id: refund_id.clone(),
+            refund_id: refund_id.to_owned(),
             amount: Money::new(request.amount_minor, view.amount.currency.clone()),
             reason: request.reason.clone(),
         }),
     };
     app.send_commands(&app.0.config.payments_topic, std::slice::from_ref(&command))
+        .await
+}
+
+/// `POST /payments`: open a payment intent for an order (authorized later by
+/// `POST /payments/{id}/confirm`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CreatePaymentRequest {
+    /// The order the payment is for (1 to 60 of `A-Z a-z 0-9 . _ : -`); one payment per order,
+    /// whose id is `pay-<orderId>`.
+    pub order_id: String,
+    #[serde(deserialize_with = "crate::body::object")]
+    pub amount: AmountBody,
+    /// The PSP's token for the customer's payment method (1 to 255 characters), e.g.
+    /// `tok_visa`.
+    pub payment_method: String,
+    /// Who pays (1 to 64 characters); `anonymous` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub customer_id: Option<String>,
+}
+
+/// An amount in minor units of an ISO 4217 currency.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AmountBody {
+    /// Minor units (cents for EUR), greater than 0.
+    pub amount_minor: i64,
+    /// Three upper-case letters, e.g. `EUR`.
+    pub currency: String,
+}
+
+/// The first invalid text, as a 422 naming `field`.
+fn check_text(field: &str, value: &str, max: usize) -> Option<Problem> {
+    let count = value.chars().count();
+    if value.trim().is_empty()
+        || count > max
+        || value.chars().any(crate::model::is_unsafe_text_char)
+    {
+        return Some(
+            Problem::new(
+                Kind::InvalidField,
+                format!(
+                    "{field} must be 1 to {max} characters without control or bidirectional \
+                     formatting characters"
+                ),
+            )
+            .field(field),
+        );
+    }
+    None
+}
+
+impl CreatePaymentRequest {
+    /// The first invalid value, as a 422 naming the field.
+    pub fn validate(&self) -> Result<(), Problem> {
+        let id_ok = (1..=60).contains(&self.order_id.len())
+            && self
+                .order_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'));
+        if !id_ok {
+            return Err(Problem::new(
+                Kind::InvalidField,
+                format!(
+                    "orderId must be 1 to 60 of A-Z a-z 0-9 . _ : -, got {}",
+                    crate::model::shown(&self.order_id)
+                ),
+            )
+            .field("orderId"));
+        }
+        if self.amount.amount_minor <= 0 {
+            return Err(Problem::new(
+                Kind::InvalidField,
+                format!(
+                    "amount.amountMinor must be greater than 0, got {}",
+                    self.amount.amount_minor
+                ),
+            )
+            .field("amount.amountMinor"));
+        }
+        let c = &self.amount.currency;
+        if c.len() != 3 || !c.bytes().all(|b| b.is_ascii_uppercase()) {
+            return Err(Problem::new(
+                Kind::InvalidField,
+                format!(
+                    "amount.currency must be an ISO 4217 code of three upper-case letters such \
+                     as EUR, got {}",
+                    crate::model::shown(c)
+                ),
+            )
+            .field("amount.currency"));
+        }
+        let checks = [
+            check_text("paymentMethod", &self.payment_method, 255),
+            self.customer_id
+                .as_deref()
+                .and_then(|c| check_text("customerId", c, 64)),
+        ];
+        match checks.into_iter().flatten().next() {
+            Some(problem) => Err(problem),
+            None => Ok(()),
+        }
+    }
+}
+
+/// `POST /payments/{id}/confirm`: the body is optional and has no fields yet.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConfirmRequest {}
+
+/// 202 for `POST /payments` and `POST /payments/{id}/confirm`: the command is on Kafka;
+/// `GET /payments/{id}` (the `Location`) shows the payment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PaymentAccepted {
+    pub payment_id: String,
+    pub order_id: String,
+    /// `REQUESTED` for a new intent, `CONFIRMATION_REQUESTED` for a confirm.
+    pub status: String,
+    pub amount: MoneyBody,
+}
+
+/// An amount in minor units and its ISO 4217 code (as in [`PaymentView`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MoneyBody {
+    pub amount_minor: i64,
+    pub currency: String,
+}
+
+/// A payment the API accepted (`POST /payments`) that the payment service has not written yet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RequestedPayment {
+    pub payment_id: String,
+    pub order_id: String,
+    /// Always `REQUESTED`.
+    pub status: String,
+    pub amount: MoneyBody,
+    /// When the API accepted it, RFC 3339 UTC.
+    pub requested_at: String,
+}
+
+/// `GET /payments/{id}`: the payment from the ledger, or one only requested so far.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum PaymentResource {
+    Stored(Box<PaymentView>),
+    Requested(RequestedPayment),
+}
+
+/// What claiming an `Idempotency-Key` of a payment route gave (`api_payment_requests`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum KeyClaim {
+    /// This request handles it, with these ids (fresh, or those of a failed earlier attempt).
+    Owned { command_id: String },
+    /// A request with this key and body finished: answer as it did.
+    Replay { status: u16, body: String },
+    /// A request with this key and body is being handled now.
+    InProgress { command_id: String },
+    /// The key was used with another body.
+    Mismatch,
+    /// Another key already requested this payment (only `POST /payments`).
+    Taken,
+}
+
+/// One key of one route: the row of `api_payment_requests` a request claims.
+#[derive(Debug, Clone)]
+struct KeySlot<'a> {
+    scope: &'a str,
+    route: &'a str,
+    key: &'a str,
+}
+
+/// The route of `POST /payments` in `api_payment_requests`.
+const CREATE_ROUTE: &str = "POST /payments";
+
+/// (request_hash, command_id, response_status, response_body).
+type KeyRow = (String, String, Option<i32>, Option<String>);
+
+/// Claim `slot` for a request hashing to `hash` about `payment_id`/`order_id`, with
+/// `command_id` if it is new. A row left in progress for longer than `stale_after` (its
+/// process died) or failed with 503 is taken over with its ids, so a command that did reach
+/// Kafka is not sent twice under two ids.
+#[allow(clippy::too_many_arguments)]
+async fn claim_key(
+    pg: &PgPool,
+    slot: &KeySlot<'_>,
+    hash: &str,
+    payment_id: &str,
+    order_id: &str,
+    command_id: &str,
+    stale_after: std::time::Duration,
+) -> Result<KeyClaim, sqlx::Error> {
+    let inserted = sqlx::query(
+        "INSERT INTO api_payment_requests (scope, route, idem_key, request_hash, payment_id, \
+         order_id, command_id) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+    )
+    .bind(slot.scope)
+    .bind(slot.route)
+    .bind(slot.key)
+    .bind(hash)
+    .bind(payment_id)
+    .bind(order_id)
+    .bind(command_id)
+    .execute(pg)
+    .await?;
+    if inserted.rows_affected() == 1 {
+        return Ok(KeyClaim::Owned {
+            command_id: command_id.to_owned(),
+        });
+    }
+    for _ in 0..3 {
+        let row: Option<KeyRow> = sqlx::query_as(
+            "SELECT request_hash, command_id, response_status, response_body \
+             FROM api_payment_requests WHERE scope = $1 AND route = $2 AND idem_key = $3",
+        )
+        .bind(slot.scope)
+        .bind(slot.route)
+        .bind(slot.key)
+        .fetch_optional(pg)
         .await?;
+        // The conflict was on another key's claim of the same payment.
+        let Some((stored_hash, stored_command, status, body)) = row else {
+            return Ok(KeyClaim::Taken);
+        };
+        if stored_hash != hash {
+            return Ok(KeyClaim::Mismatch);
+        }
+        if let Some(s) = status
+            && s != 503
+        {
+            return Ok(KeyClaim::Replay {
+                status: u16::try_from(s).unwrap_or(500),
+                body: body.unwrap_or_default(),
+            });
+        }
+        let took = sqlx::query(
+            "UPDATE api_payment_requests SET response_status = NULL, response_body = NULL, \
+             created_at = now() WHERE scope = $1 AND route = $2 AND idem_key = $3 \
+             AND request_hash = $4 AND (response_status = 503 OR (response_status IS NULL \
+             AND created_at < now() - make_interval(secs => $5)))",
+        )
+        .bind(slot.scope)
+        .bind(slot.route)
+        .bind(slot.key)
+        .bind(hash)
+        .bind(stale_after.as_secs_f64())
+        .execute(pg)
+        .await?;
+        if took.rows_affected() == 1 {
+            return Ok(KeyClaim::Owned {
+                command_id: stored_command,
+            });
+        }
+        if status.is_none() {
+            return Ok(KeyClaim::InProgress {
+                command_id: stored_command,
+            });
+        }
+        // Another retry took the failed row over a moment ago: read again.
+    }
+    Ok(KeyClaim::InProgress {
+        command_id: command_id.to_owned(),
+    })
+}
+
+/// Record the answer that retries of `slot` get.
+async fn complete_key(
+    pg: &PgPool,
+    slot: &KeySlot<'_>,
+    status: u16,
+    body: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE api_payment_requests SET response_status = $4, response_body = $5 \
+         WHERE scope = $1 AND route = $2 AND idem_key = $3",
+    )
+    .bind(slot.scope)
+    .bind(slot.route)
+    .bind(slot.key)
+    .bind(i32::from(status))
+    .bind(body)
+    .execute(pg)
+    .await?;
+    Ok(())
+}
+
+/// After `problem`: a 503 keeps the key for a retry (same ids), any other problem forgets it
+/// (nothing was sent, a retry starts afresh).
+async fn abandon_key(pg: &PgPool, slot: &KeySlot<'_>, problem: &Problem) {
+    let sql = if problem.status == StatusCode::SERVICE_UNAVAILABLE.as_u16() {
+        "UPDATE api_payment_requests SET response_status = 503 \
+         WHERE scope = $1 AND route = $2 AND idem_key = $3 AND response_status IS NULL"
+    } else {
+        "DELETE FROM api_payment_requests \
+         WHERE scope = $1 AND route = $2 AND idem_key = $3 AND response_status IS NULL"
+    };
+    if let Err(e) = sqlx::query(sql)
+        .bind(slot.scope)
+        .bind(slot.route)
+        .bind(slot.key)
+        .execute(pg)
+        .await
+    {
+        tracing::warn!(error = %e, "releasing a payment Idempotency-Key failed");
+    }
+}
+
+/// A payment `POST /payments` accepted (202) that the ledger may not have yet, by payment id
+/// or by order id.
+async fn requested_payment(
+    pg: &PgPool,
+    column: &'static str,
+    id: &str,
+) -> Result<Option<RequestedPayment>, Problem> {
+    let sql = format!(
+        "SELECT response_body, created_at FROM api_payment_requests \
+         WHERE {column} = $1 AND route = $2 AND response_status = 202 LIMIT 1"
+    );
+    let row: Option<(Option<String>, chrono::DateTime<chrono::Utc>)> =
+        sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(id)
+            .bind(CREATE_ROUTE)
+            .fetch_optional(pg)
+            .await
+            .map_err(ledger_unavailable)?;
+    let Some((Some(body), at)) = row else {
+        return Ok(None);
+    };
+    let Ok(accepted) = serde_json::from_str::<PaymentAccepted>(&body) else {
+        return Ok(None);
+    };
+    Ok(Some(RequestedPayment {
+        payment_id: accepted.payment_id,
+        order_id: accepted.order_id,
+        status: "REQUESTED".to_owned(),
+        amount: accepted.amount,
+        requested_at: at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+    }))
+}
+
+/// Whether the payment service applied `command_id`.
+async fn command_applied(pg: &PgPool, command_id: &str) -> Result<bool, Problem> {
+    let row: Option<i32> =
+        sqlx::query_scalar("SELECT 1 FROM processed_commands WHERE command_id = $1")
+            .bind(command_id)
+            .fetch_optional(pg)
+            .await
+            .map_err(ledger_unavailable)?;
+    Ok(row.is_some())
+}
+
+fn replayed(status: u16, body: String, location: Option<&str>) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::ACCEPTED);
+    let mut response = json_response(status, body, location);
+    response
+        .headers_mut()
+        .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    response
+}
+
+#[utoipa::path(
+    post,
+    path = "/payments",
+    tag = "payments",
+    summary = "Open a payment intent for an order",
+    description = "Writes a create-intent command to Kafka and answers once Kafka confirmed it; \
+        the payment service then writes the payment (status INTENT) to the ledger. The payment \
+        id is pay-<orderId>: one payment per order. A retry with the same Idempotency-Key and \
+        body gets the first answer; the same key with another body is a 422. Authorize it \
+        with POST /payments/{id}/confirm.",
+    params(
+        ("Idempotency-Key" = String, Header,
+            description = "Required: names the request (1-255 visible ASCII)"),
+    ),
+    request_body(content = CreatePaymentRequest, content_type = "application/json"),
+    security((), ("bearer" = [])),
+    responses(
+        (status = 202, description = "Accepted: the create-intent command is on Kafka",
+            body = PaymentAccepted,
+            headers(("Location" = String, description = "/payments/{paymentId}"))),
+        (status = 400, description = "Malformed JSON, a missing, unknown or mistyped field, an \
+            empty body, or a missing or invalid Idempotency-Key", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 401, description = "Authentication is on and no accepted bearer token was sent",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The order already has a payment, or another key requested \
+            one (payment-exists), or a request with this Idempotency-Key is in progress",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is larger than max_body_bytes", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 415, description = "The body is not application/json", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 422, description = "An invalid orderId, amount.amountMinor, amount.currency, \
+            paymentMethod or customerId, or the Idempotency-Key was used with another body",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Kafka, the registry or the ledger did not answer in time, \
+            or too many requests are in progress", body = Problem,
+            content_type = "application/problem+json",
+            headers(("Retry-After" = u32, description = "Seconds to wait"))),
+    )
+)]
+pub(crate) async fn create_payment(
+    State(app): State<App>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    or_problem(create_payment_inner(&app, &headers, body).await)
+}
+
+async fn create_payment_inner(
+    app: &App,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, Problem> {
+    let (scope, request) = app
+        .write_request(headers, body, CreatePaymentRequest::validate)
+        .await?;
+    let key = required_idempotency_key(headers, "a payment intent")?;
+    let pg = ledger(app)?;
+    let payment_id = format!("pay-{}", request.order_id);
+    let canonical = serde_json::to_vec(&request).unwrap_or_default();
+    let hash = idempotency::request_hash(CREATE_ROUTE, &canonical);
+    let slot = KeySlot {
+        scope: &scope,
+        route: CREATE_ROUTE,
+        key: &key,
+    };
+    let location = payment_location(&payment_id);
+    let stale_after = app.produce_timeout() + std::time::Duration::from_secs(30);
+    let fresh = uuid::Uuid::new_v4().to_string();
+    let claim = claim_key(
+        pg,
+        &slot,
+        &hash,
+        &payment_id,
+        &request.order_id,
+        &fresh,
+        stale_after,
+    )
+    .await
+    .map_err(ledger_unavailable)?;
+    let command_id = match claim {
+        KeyClaim::Owned { command_id } => command_id,
+        KeyClaim::Replay { status, body } => {
+            return Ok(replayed(status, body, Some(&location)));
+        }
+        KeyClaim::InProgress { .. } => {
+            return Err(Problem::new(
+                Kind::RequestInProgress,
+                "a request with this Idempotency-Key is still in progress; retry shortly",
+            )
+            .field("Idempotency-Key"));
+        }
+        KeyClaim::Mismatch => return Err(key_reused()),
+        KeyClaim::Taken => {
+            return Err(Problem::new(
+                Kind::PaymentExists,
+                format!(
+                    "order {} already has payment {payment_id}, requested under another \
+                     Idempotency-Key",
+                    crate::model::shown(&request.order_id)
+                ),
+            )
+            .field("orderId"));
+        }
+    };
+    let result = send_intent(app, pg, &request, &payment_id, &command_id).await;
+    match result {
+        Ok(accepted) => {
+            let body = to_json(&accepted);
+            if let Err(e) = complete_key(pg, &slot, 202, &body).await {
+                // The command is on Kafka: the answer is still 202.
+                tracing::error!(error = %e, payment_id, "recording the answer failed");
+            }
+            Ok(json_response(StatusCode::ACCEPTED, body, Some(&location)))
+        }
+        Err(problem) => {
+            abandon_key(pg, &slot, &problem).await;
+            Err(problem)
+        }
+    }
+}
+
+fn key_reused() -> Problem {
+    Problem::new(
+        Kind::IdempotencyKeyReused,
+        "this Idempotency-Key was used with a different request body",
+    )
+    .field("Idempotency-Key")
+}
+
+/// Check the ledger, then produce the create-intent command.
+async fn send_intent(
+    app: &App,
+    pg: &PgPool,
+    request: &CreatePaymentRequest,
+    payment_id: &str,
+    command_id: &str,
+) -> Result<PaymentAccepted, Problem> {
+    if let Some(existing) = payment::load_payment_by_order(pg, &request.order_id)
+        .await
+        .map_err(ledger_unavailable)?
+        // A retry whose first attempt's command was applied: the first answer stands.
+        && !command_applied(pg, command_id).await?
+    {
+        return Err(Problem::new(
+            Kind::PaymentExists,
+            format!(
+                "order {} already has payment {} ({})",
+                crate::model::shown(&request.order_id),
+                existing.payment_id,
+                existing.status
+            ),
+        )
+        .field("orderId")
+        .current_status(existing.status));
+    }
+    let command = PaymentCommand {
+        command_id: command_id.to_owned(),
+        payment_id: payment_id.to_owned(),
+        order_id: request.order_id.clone(),
+        issued_at: chrono::Utc::now().timestamp_millis(),
+        causation_id: command_id.to_owned(),
+        correlation_id: request.order_id.clone(),
+        command: PaymentCommandBody::CreateIntent(CreatePaymentIntent {
+            customer_id: request
+                .customer_id
+                .clone()
+                .unwrap_or_else(|| "anonymous".to_owned()),
+            amount: Money::new(request.amount.amount_minor, request.amount.currency.clone()),
+            payment_method: request.payment_method.clone(),
+        }),
+    };
+    app.send_commands(&app.0.config.payments_topic, std::slice::from_ref(&command))
+        .await?;
+    Ok(PaymentAccepted {
+        payment_id: payment_id.to_owned(),
+        order_id: request.order_id.clone(),
+        status: "REQUESTED".to_owned(),
+        amount: MoneyBody {
+            amount_minor: request.amount.amount_minor,
+            currency: request.amount.currency.clone(),
+        },
+    })
+}
+
+#[utoipa::path(
+    post,
+    path = "/payments/{id}/confirm",
+    tag = "payments",
+    summary = "Authorize a payment intent with the PSP",
+    description = "Writes an authorize command to Kafka (behind the intent's own command: both \
+        are keyed by the order) and answers once Kafka confirmed it; the payment service calls \
+        the PSP with the payment's idempotency key, so however often it is confirmed or \
+        replayed the card is authorized once. Every confirm of a payment is the same command. \
+        GET /payments/{id} shows AUTHORIZING, then AUTHORIZED or FAILED.",
+    params(("id" = String, Path, description = "The payment id")),
+    request_body(content = Option<ConfirmRequest>, content_type = "application/json",
+        description = "Optional; no fields yet"),
+    security((), ("bearer" = [])),
+    responses(
+        (status = 202, description = "Accepted: the authorize command is on Kafka",
+            body = PaymentAccepted,
+            headers(("Location" = String, description = "/payments/{paymentId}"))),
+        (status = 400, description = "Malformed JSON or an unknown field", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 401, description = "Authentication is on and no accepted bearer token was sent",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such payment", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 409, description = "The payment is past its intent (currentStatus says \
+            which)", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is larger than max_body_bytes", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 415, description = "The body is not application/json", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 503, description = "Kafka, the registry or the ledger did not answer in time, \
+            or too many requests are in progress", body = Problem,
+            content_type = "application/problem+json",
+            headers(("Retry-After" = u32, description = "Seconds to wait"))),
+    )
+)]
+pub(crate) async fn confirm_payment(
+    State(app): State<App>,
+    headers: HeaderMap,
+    path: Result<Path<String>, PathRejection>,
+    body: Body,
+) -> Response {
+    or_problem(confirm_payment_inner(&app, &headers, path, body).await)
+}
+
+async fn confirm_payment_inner(
+    app: &App,
+    headers: &HeaderMap,
+    path: Result<Path<String>, PathRejection>,
+    body: Body,
+) -> Result<Response, Problem> {
+    app.authorize(headers)?;
+    let _request: ConfirmRequest =
+        read_json(headers, body, app.0.config.max_body_bytes, Required::No)
+            .await?
+            .unwrap_or_default();
+    let id = path_id(path)?;
+    let pg = ledger(app)?;
+    let (order_id, amount) = match payment::load_payment(pg, &id)
+        .await
+        .map_err(ledger_unavailable)?
+    {
+        Some(view) if matches!(view.status.as_str(), "INTENT" | "AUTHORIZING") => (
+            view.order_id,
+            MoneyBody {
+                amount_minor: view.amount.amount_minor,
+                currency: view.amount.currency,
+            },
+        ),
+        Some(view) => {
+            return Err(Problem::new(
+                Kind::IllegalTransition,
+                format!(
+                    "payment {} is {} and can no longer be confirmed",
+                    crate::model::shown(&id),
+                    view.status
+                ),
+            )
+            .current_status(view.status));
+        }
+        // Accepted, not written yet: the authorize command queues behind the intent's.
+        None => match requested_payment(pg, "payment_id", &id).await? {
+            Some(requested) => (requested.order_id, requested.amount),
+            None => return Err(payment_not_found(&id)),
+        },
+    };
+    // One command per payment: a repeated confirm is de-duplicated by the payment service.
+    let command_id = derived_id(&["confirm", &id]);
+    let command = PaymentCommand {
+        command_id: command_id.clone(),
+        payment_id: id.clone(),
+        order_id: order_id.clone(),
+        issued_at: chrono::Utc::now().timestamp_millis(),
+        causation_id: command_id,
+        correlation_id: order_id.clone(),
+        command: PaymentCommandBody::Authorize(AuthorizePayment {
+            amount: Money::new(amount.amount_minor, amount.currency.clone()),
+        }),
+    };
+    app.send_commands(&app.0.config.payments_topic, std::slice::from_ref(&command))
+        .await?;
+    let body = to_json(&PaymentAccepted {
+        payment_id: id.clone(),
+        order_id,
+        status: "CONFIRMATION_REQUESTED".to_owned(),
+        amount,
+    });
     Ok(json_response(
         StatusCode::ACCEPTED,
-        accepted(),
+        body,
         Some(&payment_location(&id)),
     ))
 }

@@ -47,6 +47,8 @@ pub enum Kind {
     RequestInProgress,
     /// 409: the order's status does not allow the change.
     IllegalTransition,
+    /// 409: the order already has a payment (or one was requested under another key).
+    PaymentExists,
     /// 413: the body is larger than `max_body_bytes`.
     BodyTooLarge,
     /// 415: not `application/json`.
@@ -97,6 +99,7 @@ impl Kind {
             Self::CartAlreadyOrdered => uri!("cart-already-ordered"),
             Self::RequestInProgress => uri!("request-in-progress"),
             Self::IllegalTransition => uri!("illegal-transition"),
+            Self::PaymentExists => uri!("payment-exists"),
             Self::BodyTooLarge => uri!("body-too-large"),
             Self::UnsupportedMediaType => uri!("unsupported-media-type"),
             Self::InvalidField => uri!("invalid-field"),
@@ -140,6 +143,7 @@ impl Kind {
             Self::CartAlreadyOrdered => "The cart was already ordered",
             Self::RequestInProgress => "A request with this Idempotency-Key is in progress",
             Self::IllegalTransition => "The order's status does not allow this",
+            Self::PaymentExists => "The order already has a payment",
             Self::BodyTooLarge => "The body is too large",
             Self::UnsupportedMediaType => "Unsupported media type",
             Self::InvalidField => "A field has an invalid value",
@@ -168,9 +172,10 @@ impl Kind {
                 StatusCode::NOT_FOUND
             }
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Self::CartAlreadyOrdered | Self::RequestInProgress | Self::IllegalTransition => {
-                StatusCode::CONFLICT
-            }
+            Self::CartAlreadyOrdered
+            | Self::RequestInProgress
+            | Self::IllegalTransition
+            | Self::PaymentExists => StatusCode::CONFLICT,
             Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::InvalidField

@@ -49,6 +49,8 @@ pub enum Endpoint {
     CancelOrder,
     GetOrderPayment,
     GetPayment,
+    CreatePayment,
+    ConfirmPayment,
     RefundPayment,
     PspCallback,
     GetInventory,
@@ -62,12 +64,14 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
-    pub const ALL: [Endpoint; 15] = [
+    pub const ALL: [Endpoint; 17] = [
         Self::PlaceOrder,
         Self::GetOrder,
         Self::CancelOrder,
         Self::GetOrderPayment,
         Self::GetPayment,
+        Self::CreatePayment,
+        Self::ConfirmPayment,
         Self::RefundPayment,
         Self::PspCallback,
         Self::GetInventory,
@@ -84,6 +88,8 @@ impl Endpoint {
         match self {
             Self::PlaceOrder
             | Self::CancelOrder
+            | Self::CreatePayment
+            | Self::ConfirmPayment
             | Self::RefundPayment
             | Self::PspCallback
             | Self::AdjustInventory
@@ -108,6 +114,8 @@ impl Endpoint {
             Self::CancelOrder => "/orders/{id}/cancel",
             Self::GetOrderPayment => "/orders/{id}/payment",
             Self::GetPayment => "/payments/{id}",
+            Self::CreatePayment => "/payments",
+            Self::ConfirmPayment => "/payments/{id}/confirm",
             Self::RefundPayment => "/payments/{id}/refund",
             Self::PspCallback => "/psp/callbacks",
             Self::GetInventory => "/inventory/{sku}",
@@ -125,7 +133,12 @@ impl Endpoint {
     pub fn is_payments(self) -> bool {
         matches!(
             self,
-            Self::GetOrderPayment | Self::GetPayment | Self::RefundPayment | Self::PspCallback
+            Self::GetOrderPayment
+                | Self::GetPayment
+                | Self::CreatePayment
+                | Self::ConfirmPayment
+                | Self::RefundPayment
+                | Self::PspCallback
         )
     }
 
@@ -155,6 +168,8 @@ impl Endpoint {
             Self::CancelOrder => post(cancel_order),
             Self::GetOrderPayment => get(payments::get_order_payment),
             Self::GetPayment => get(payments::get_payment),
+            Self::CreatePayment => post(payments::create_payment),
+            Self::ConfirmPayment => post(payments::confirm_payment),
             Self::RefundPayment => post(payments::refund_payment),
             Self::PspCallback => post(payments::psp_callback),
             Self::GetInventory => get(inventory::get_inventory),

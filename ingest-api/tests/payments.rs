@@ -738,9 +738,22 @@ async fn the_openapi_document_and_the_payment_routes_agree() -> anyhow::Result<(
             &doc.body,
             Endpoint::ALL.into_iter().filter(|e| e.is_payments()),
         )?;
-        assert_eq!(documented.len(), 4);
+        assert_eq!(documented.len(), 6);
 
         let p = env.insert_payment("CAPTURED", 1_000).await?;
+        let intent = env.insert_payment("INTENT", 0).await?;
+        let create = |s: &Server, key: &str, body: &Value| {
+            env.http
+                .post(s.url("/payments"))
+                .bearer_auth(TOKEN)
+                .header("Idempotency-Key", key)
+                .json(body)
+        };
+        let confirm_path = |id: &str| format!("/payments/{id}/confirm");
+        let new_intent = |order: &str| {
+            json!({"orderId": order, "amount": {"amountMinor": 1_500, "currency": "EUR"},
+                   "paymentMethod": "tok_visa"})
+        };
         let get = |s: &Server, path: String| env.http.get(s.url(&path));
         let refund_path = |id: &str| format!("/payments/{id}/refund");
         let post = |s: &Server, path: &str| env.http.post(s.url(path)).bearer_auth(TOKEN);
@@ -842,9 +855,331 @@ async fn the_openapi_document_and_the_payment_routes_agree() -> anyhow::Result<(
                 signed(&env, &a, SECRET, now, empty_event),
             ),
             (Endpoint::PspCallback, signed(&env, &b, SECRET, now, good())),
+            (
+                Endpoint::CreatePayment,
+                create(&a, "c1", &new_intent(&unique("order"))),
+            ),
+            (
+                Endpoint::CreatePayment,
+                env.http
+                    .post(a.url("/payments"))
+                    .bearer_auth(TOKEN)
+                    .json(&new_intent(&unique("order"))),
+            ),
+            (
+                Endpoint::CreatePayment,
+                env.http
+                    .post(a.url("/payments"))
+                    .header("Idempotency-Key", "c2")
+                    .json(&new_intent(&unique("order"))),
+            ),
+            (
+                Endpoint::CreatePayment,
+                create(&a, "c3", &new_intent(&p.order_id)),
+            ),
+            (
+                Endpoint::CreatePayment,
+                create(&a, "c4", &json!({"orderId": "x".repeat(2_000)})),
+            ),
+            (
+                Endpoint::CreatePayment,
+                env.http
+                    .post(a.url("/payments"))
+                    .bearer_auth(TOKEN)
+                    .header("Idempotency-Key", "c5")
+                    .header("content-type", "text/plain")
+                    .body("hi"),
+            ),
+            (
+                Endpoint::CreatePayment,
+                create(
+                    &a,
+                    "c6",
+                    &json!({"orderId": unique("order"),
+                            "amount": {"amountMinor": 0, "currency": "EUR"},
+                            "paymentMethod": "tok_visa"}),
+                ),
+            ),
+            (
+                Endpoint::CreatePayment,
+                create(&b, "c7", &new_intent(&unique("order"))),
+            ),
+            (
+                Endpoint::ConfirmPayment,
+                post(&a, &confirm_path(&intent.payment_id)),
+            ),
+            (
+                Endpoint::ConfirmPayment,
+                post(&a, &confirm_path(&intent.payment_id))
+                    .header("content-type", "application/json")
+                    .body("{"),
+            ),
+            (
+                Endpoint::ConfirmPayment,
+                env.http.post(a.url(&confirm_path(&intent.payment_id))),
+            ),
+            (Endpoint::ConfirmPayment, post(&a, &confirm_path("nope"))),
+            (
+                Endpoint::ConfirmPayment,
+                post(&a, &confirm_path(&p.payment_id)),
+            ),
+            (
+                Endpoint::ConfirmPayment,
+                post(&a, &confirm_path(&intent.payment_id)).json(&big),
+            ),
+            (
+                Endpoint::ConfirmPayment,
+                post(&a, &confirm_path(&intent.payment_id))
+                    .header("content-type", "text/plain")
+                    .body("hi"),
+            ),
+            (
+                Endpoint::ConfirmPayment,
+                post(&b, &confirm_path(&intent.payment_id)),
+            ),
         ];
         let observed = observe(requests).await?;
         assert_agree(&documented, &observed);
+        Ok(())
+    })
+    .await
+}
+
+fn create_payment(
+    env: &Env,
+    server: &Server,
+    key: Option<&str>,
+    body: &Value,
+) -> reqwest::RequestBuilder {
+    let mut r = env.http.post(server.url("/payments")).json(body);
+    if let Some(k) = key {
+        r = r.header("Idempotency-Key", k);
+    }
+    r
+}
+
+fn intent_body(order_id: &str, amount_minor: i64, token: &str) -> Value {
+    json!({"orderId": order_id, "amount": {"amountMinor": amount_minor, "currency": "EUR"},
+           "paymentMethod": token})
+}
+
+/// `POST /payments` writes one create-intent command and answers 202 with the payment id and
+/// its Location, which reads `REQUESTED` until the payment service has written it; the same key
+/// and body get the first answer (no second command), the same key with another body is a 422,
+/// another key for the same order a 409, and every bad field is a 422 naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payment_intent_is_one_command_per_key_and_reads_back_as_requested() -> anyhow::Result<()>
+{
+    with_env(Env::new().await?, |env| async move {
+        let server = env.serve(env.config(), None).await?;
+        let order_id = unique("order");
+        let body = intent_body(&order_id, 2_500, "tok_visa");
+        let first = send(create_payment(&env, &server, Some("intent-1"), &body)).await?;
+        assert_eq!(first.status, StatusCode::ACCEPTED, "{}", first.text);
+        let payment_id = format!("pay-{order_id}");
+        assert_eq!(first.body["paymentId"], json!(payment_id));
+        assert_eq!(first.body["orderId"], json!(order_id));
+        assert_eq!(first.body["status"], "REQUESTED");
+        let location = format!("/payments/{payment_id}");
+        assert_eq!(first.header("location"), Some(location.as_str()));
+
+        // No payment service runs: the Location reads what the API accepted.
+        let requested = get_payment(&env, &server, &payment_id).await?;
+        assert_eq!(requested.status, StatusCode::OK, "{}", requested.text);
+        assert_eq!(requested.body["status"], "REQUESTED");
+        assert_eq!(
+            requested.body["amount"],
+            json!({"amountMinor": 2500, "currency": "EUR"})
+        );
+        let by_order = send(
+            env.http
+                .get(server.url(&format!("/orders/{order_id}/payment"))),
+        )
+        .await?;
+        assert_eq!(by_order.body["paymentId"], json!(payment_id), "{}", by_order.text);
+
+        let again = send(create_payment(&env, &server, Some("intent-1"), &body)).await?;
+        assert_eq!(again.status, StatusCode::ACCEPTED, "{}", again.text);
+        assert_eq!(again.header("idempotent-replayed"), Some("true"));
+        assert_eq!(again.body, first.body);
+        let other_body = send(create_payment(
+            &env,
+            &server,
+            Some("intent-1"),
+            &intent_body(&order_id, 2_600, "tok_visa"),
+        ))
+        .await?;
+        assert_eq!(
+            (other_body.status, other_body.slug()),
+            (StatusCode::UNPROCESSABLE_ENTITY, "idempotency-key-reused"),
+            "{}",
+            other_body.text
+        );
+        assert_eq!(other_body.body["field"], "Idempotency-Key");
+        let other_key = send(create_payment(&env, &server, Some("intent-2"), &body)).await?;
+        assert_eq!(
+            (other_key.status, other_key.slug()),
+            (StatusCode::CONFLICT, "payment-exists"),
+            "{}",
+            other_key.text
+        );
+        assert_eq!(other_key.body["field"], "orderId");
+        let no_key = send(create_payment(&env, &server, None, &body)).await?;
+        assert_eq!(no_key.status, StatusCode::BAD_REQUEST, "{}", no_key.text);
+        assert_eq!(no_key.body["field"], "Idempotency-Key");
+
+        for (field, bad) in [
+            ("orderId", json!({"orderId": "a/b", "amount": {"amountMinor": 1, "currency": "EUR"}, "paymentMethod": "tok_visa"})),
+            ("orderId", json!({"orderId": "o".repeat(61), "amount": {"amountMinor": 1, "currency": "EUR"}, "paymentMethod": "tok_visa"})),
+            ("amount.amountMinor", json!({"orderId": "o1", "amount": {"amountMinor": 0, "currency": "EUR"}, "paymentMethod": "tok_visa"})),
+            ("amount.amountMinor", json!({"orderId": "o1", "amount": {"amountMinor": -5, "currency": "EUR"}, "paymentMethod": "tok_visa"})),
+            ("amount.currency", json!({"orderId": "o1", "amount": {"amountMinor": 1, "currency": "eur"}, "paymentMethod": "tok_visa"})),
+            ("paymentMethod", json!({"orderId": "o1", "amount": {"amountMinor": 1, "currency": "EUR"}, "paymentMethod": " "})),
+            ("customerId", json!({"orderId": "o1", "amount": {"amountMinor": 1, "currency": "EUR"}, "paymentMethod": "tok_visa", "customerId": "c\u{202E}"})),
+        ] {
+            let a = send(create_payment(&env, &server, Some("bad"), &bad)).await?;
+            assert_eq!(
+                (a.status, a.slug(), a.body["field"].as_str()),
+                (StatusCode::UNPROCESSABLE_ENTITY, "invalid-field", Some(field)),
+                "{bad}: {}",
+                a.text
+            );
+        }
+        for (field, bad) in [
+            ("amount", json!({"orderId": "o1", "paymentMethod": "tok_visa"})),
+            ("amount.currency", json!({"orderId": "o1", "amount": {"amountMinor": 1}, "paymentMethod": "tok_visa"})),
+            ("amount.amountMinor", json!({"orderId": "o1", "amount": {"amountMinor": "1", "currency": "EUR"}, "paymentMethod": "tok_visa"})),
+            ("amount.cents", json!({"orderId": "o1", "amount": {"amountMinor": 1, "currency": "EUR", "cents": 1}, "paymentMethod": "tok_visa"})),
+        ] {
+            let a = send(create_payment(&env, &server, Some("bad"), &bad)).await?;
+            assert_eq!(a.status, StatusCode::BAD_REQUEST, "{bad}: {}", a.text);
+            assert!(
+                a.body["field"].as_str().is_some_and(|f| f.contains(field.rsplit('.').next().unwrap_or(field))),
+                "{bad}: {}",
+                a.text
+            );
+        }
+
+        // One command on Kafka, whatever the retries: the create-intent.
+        let commands = env.commands(1, Duration::from_secs(2)).await?;
+        assert_eq!(commands.len(), 1, "{commands:#?}");
+        let (key, command) = &commands[0];
+        assert_eq!(key, &order_id);
+        assert_eq!(command.payment_id, payment_id);
+        let PaymentCommandBody::CreateIntent(intent) = &command.command else {
+            bail!("not a create-intent: {command:?}");
+        };
+        assert_eq!(intent.amount, eur(2_500));
+        assert_eq!(intent.payment_method, "tok_visa");
+        Ok(())
+    })
+    .await
+}
+
+/// Through the payment service and the PSP mock: an intent opened with `POST /payments` and
+/// confirmed (twice, and once before the service has even written the intent) is authorized
+/// once; a confirm of an authorized payment is a 409 with its status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_confirmed_intent_is_authorized_once_through_the_psp() -> anyhow::Result<()> {
+    with_env(Env::new().await?, |env| async move {
+        let server = env.serve(env.config(), None).await?;
+        let psp = env.psp(&server, 0.0).await?;
+        let order_id = unique("order");
+        let created = send(create_payment(
+            &env,
+            &server,
+            Some("k"),
+            &intent_body(&order_id, 1_200, "tok_visa"),
+        ))
+        .await?;
+        assert_eq!(created.status, StatusCode::ACCEPTED, "{}", created.text);
+        let payment_id = created.body["paymentId"]
+            .as_str()
+            .context("paymentId")?
+            .to_owned();
+        let confirm = || {
+            env.http
+                .post(server.url(&format!("/payments/{payment_id}/confirm")))
+        };
+        // Before the payment service has seen the intent: accepted, queued behind it.
+        let early = send(confirm()).await?;
+        assert_eq!(early.status, StatusCode::ACCEPTED, "{}", early.text);
+        assert_eq!(early.body["status"], "CONFIRMATION_REQUESTED");
+        let location = format!("/payments/{payment_id}");
+        assert_eq!(early.header("location"), Some(location.as_str()));
+        env.worker(&psp);
+        let again = send(confirm()).await?;
+        assert_eq!(again.status, StatusCode::ACCEPTED, "{}", again.text);
+
+        let view = wait_payment(&env, &server, &payment_id, "AUTHORIZED", |b| {
+            b["status"] == "AUTHORIZED"
+        })
+        .await?;
+        assert_eq!(view["orderId"], json!(order_id));
+        assert_eq!(view["customerId"], "anonymous");
+        let attempts = view["attempts"].as_array().context("attempts")?;
+        assert_eq!(attempts.len(), 1, "{view:#}");
+        assert_eq!(attempts[0]["outcome"], "SUCCEEDED");
+        let late = send(confirm()).await?;
+        assert_eq!(
+            (late.status, late.slug()),
+            (StatusCode::CONFLICT, "illegal-transition"),
+            "{}",
+            late.text
+        );
+        assert_eq!(late.body["currentStatus"], "AUTHORIZED");
+        let stats: Stats = env
+            .http
+            .get(format!("{psp}/admin/stats"))
+            .send()
+            .await?
+            .json()
+            .await?;
+        assert_eq!(stats.authorizations, 1, "{stats:?}");
+        Ok(())
+    })
+    .await
+}
+
+/// A retry of a refund with the same `Idempotency-Key` and another body, sent before the payment
+/// service has written the first refund (no service runs here), is a 422: the key is bound to
+/// its first body at the API, and only the first refund's command reaches Kafka.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refund_key_reused_with_another_body_before_the_refund_is_written_is_refused()
+-> anyhow::Result<()> {
+    with_env(Env::new().await?, |env| async move {
+        let server = env.serve(env.config(), None).await?;
+        let p = env.insert_payment("CAPTURED", 1_000).await?;
+        let body = json!({"amountMinor": 400, "reason": "CUSTOMER_REQUEST"});
+        let first = send(refund(&env, &server, &p.payment_id, Some("r1"), &body)).await?;
+        assert_eq!(first.status, StatusCode::ACCEPTED, "{}", first.text);
+        let same = send(refund(&env, &server, &p.payment_id, Some("r1"), &body)).await?;
+        assert_eq!(same.status, StatusCode::ACCEPTED, "{}", same.text);
+        assert_eq!(same.body["refundId"], first.body["refundId"]);
+        let other = send(refund(
+            &env,
+            &server,
+            &p.payment_id,
+            Some("r1"),
+            &json!({"amountMinor": 500, "reason": "CUSTOMER_REQUEST"}),
+        ))
+        .await?;
+        assert_eq!(
+            (other.status, other.slug()),
+            (StatusCode::UNPROCESSABLE_ENTITY, "idempotency-key-reused"),
+            "{}",
+            other.text
+        );
+        assert_eq!(other.body["field"], "Idempotency-Key");
+        let commands = env.commands(1, Duration::from_secs(2)).await?;
+        let amounts: Vec<i64> = commands
+            .iter()
+            .filter_map(|(_, c)| match &c.command {
+                PaymentCommandBody::Refund(r) => Some(r.amount.amount_minor),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(amounts, vec![400], "{commands:#?}");
         Ok(())
     })
     .await

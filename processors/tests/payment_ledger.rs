@@ -783,3 +783,430 @@ async fn a_pending_authorization_is_decided_by_its_callback_once_even_if_deliver
     .await?;
     fx.finish().await
 }
+
+/// The ledger of one scripted run, without what is generated per run (attempt and event ids,
+/// timestamps, latencies, the run's topic names): payments, attempts, refunds, applied commands
+/// and the outbox rows' decoded events, each sorted.
+#[derive(Debug, PartialEq, Eq)]
+struct LedgerDump {
+    payments: Vec<String>,
+    attempts: Vec<String>,
+    refunds: Vec<String>,
+    commands: Vec<String>,
+    events: Vec<String>,
+}
+
+async fn dump_ledger(fx: &Fixture) -> anyhow::Result<LedgerDump> {
+    let pool = &fx.db.pool;
+    let rows = |sql: &'static str| async move {
+        let rows = sqlx::query(sql).fetch_all(pool).await?;
+        let mut out = Vec::new();
+        for row in &rows {
+            let mut cells = Vec::new();
+            for i in 0..row.len() {
+                let cell: Option<String> = row.try_get(i)?;
+                cells.push(cell.unwrap_or_else(|| "NULL".to_owned()));
+            }
+            out.push(cells.join(" | "));
+        }
+        anyhow::Ok(out)
+    };
+    let payments = rows(
+        "SELECT payment_id, order_id, customer_id, amount_minor::TEXT, currency::TEXT, \
+         payment_method, status, psp_reference, captured_minor::TEXT, refunded_minor::TEXT \
+         FROM payments ORDER BY payment_id",
+    )
+    .await?;
+    let attempts = rows(
+        "SELECT payment_id, command_id, idempotency_key, kind, outcome, decline_code, \
+         psp_event_id, (reconciled_at IS NOT NULL)::TEXT FROM payment_attempts \
+         ORDER BY idempotency_key",
+    )
+    .await?;
+    let refunds = rows(
+        "SELECT refund_id, payment_id, amount_minor::TEXT, reason, status, failure_code, \
+         psp_reference FROM refunds ORDER BY refund_id",
+    )
+    .await?;
+    let commands = rows("SELECT command_id FROM processed_commands ORDER BY command_id").await?;
+    let mut events = Vec::new();
+    for (_, event_type, payload, status) in sqlx::query_as::<_, (String, String, Vec<u8>, String)>(
+        "SELECT id, event_type, payload, status FROM payment_outbox",
+    )
+    .fetch_all(pool)
+    .await?
+    {
+        let event = if event_type == fx.topics.authorized {
+            let mut e: PaymentAuthorized = fx.codec.decode_from(&event_type, &payload).await?;
+            (e.event_id, e.occurred_at) = (String::new(), 0);
+            format!("{e:?}")
+        } else if event_type == fx.topics.failed {
+            let mut e: PaymentFailed = fx.codec.decode_from(&event_type, &payload).await?;
+            (e.event_id, e.occurred_at) = (String::new(), 0);
+            format!("{e:?}")
+        } else if event_type == fx.topics.refunded {
+            let mut e: PaymentRefunded = fx.codec.decode_from(&event_type, &payload).await?;
+            (e.event_id, e.occurred_at) = (String::new(), 0);
+            format!("{e:?}")
+        } else {
+            bail!("an outbox row for {event_type}");
+        };
+        events.push(format!("{status} {event}"));
+    }
+    events.sort();
+    Ok(LedgerDump {
+        payments,
+        attempts,
+        refunds,
+        commands,
+        events,
+    })
+}
+
+/// One scripted run against a PSP seeded with `seed` that declines and errs at random: open
+/// and authorize eight payments, capture the authorized ones, refund part of each capture and
+/// then too much. Returns the ledger once every command is applied.
+async fn scripted_run(seed: u64) -> anyhow::Result<LedgerDump> {
+    let psp = PspMockConfig {
+        seed,
+        decline_rate: 0.3,
+        error_rate: 0.15,
+        timeout_rate: 0.0,
+        ..quick_psp()
+    };
+    let fx = Fixture::start(psp, |c| c.psp_retries = 1).await?;
+    let orders: Vec<Order> = (0..8)
+        .map(|i| Order {
+            order_id: format!("determinism-{i}"),
+            payment_id: format!("pay-determinism-{i}"),
+        })
+        .collect();
+    for (i, o) in orders.iter().enumerate() {
+        // Any token but the special ones gets the seeded random mix.
+        fx.open_and_authorize(o, 1_000 + 10 * i as i64, "tok_mix")
+            .await?;
+    }
+    let mut authorized = Vec::new();
+    for o in &orders {
+        fx.wait_processed(&format!("{}-authorize", o.order_id))
+            .await?;
+        if fx.status(o).await?.as_deref() == Some("AUTHORIZED") {
+            authorized.push(o);
+        }
+    }
+    for o in &authorized {
+        let amount: i64 =
+            sqlx::query_scalar("SELECT amount_minor FROM payments WHERE payment_id = $1")
+                .bind(&o.payment_id)
+                .fetch_one(&fx.db.pool)
+                .await?;
+        fx.send(
+            o,
+            &format!("{}-capture", o.order_id),
+            PaymentCommandBody::Capture(CapturePayment {
+                amount: eur(amount),
+            }),
+        )
+        .await?;
+        fx.send(
+            o,
+            &format!("{}-refund-1", o.order_id),
+            refund(&format!("{}-r1", o.order_id), 300),
+        )
+        .await?;
+        fx.send(
+            o,
+            &format!("{}-refund-2", o.order_id),
+            refund(&format!("{}-r2", o.order_id), 5_000),
+        )
+        .await?;
+    }
+    for o in &authorized {
+        fx.wait_processed(&format!("{}-refund-2", o.order_id))
+            .await?;
+    }
+    let dump = dump_ledger(&fx).await?;
+    fx.finish().await?;
+    Ok(dump)
+}
+
+#[tokio::test]
+async fn two_runs_of_the_same_commands_with_the_same_seed_write_the_same_ledger()
+-> anyhow::Result<()> {
+    let first = scripted_run(7).await?;
+    // The script reached the branches: authorized, captured and refunded; declined; a refund
+    // refused.
+    let text = format!("{first:#?}");
+    for needle in [
+        "PARTIALLY_REFUNDED",
+        "card_declined",
+        "refund_exceeds_captured",
+    ] {
+        assert!(text.contains(needle), "no {needle} in the ledger: {text}");
+    }
+    let second = scripted_run(7).await?;
+    assert_eq!(
+        first, second,
+        "the same seed and commands gave another ledger"
+    );
+    let other_seed = scripted_run(8).await?;
+    assert_ne!(
+        first.payments, other_seed.payments,
+        "another seed should decide otherwise (or the seed is not used)"
+    );
+    Ok(())
+}
+
+fn callback(event_id: &str, psp_reference: &str, outcome: PspOutcome) -> PaymentCommandBody {
+    PaymentCommandBody::PspCallback(PspCallback {
+        psp_event_id: event_id.to_owned(),
+        psp_reference: psp_reference.to_owned(),
+        outcome,
+        decline_code: (outcome == PspOutcome::Declined).then(|| "insufficient_funds".to_owned()),
+    })
+}
+
+/// Open and authorize with `tok_pending`; returns the PSP reference once the payment waits for
+/// its callback.
+async fn pending(fx: &Fixture, o: &Order) -> anyhow::Result<String> {
+    fx.open_and_authorize(o, 2_000, "tok_pending").await?;
+    fx.wait_count(
+        "SELECT count(*) FROM payments WHERE payment_id = $1 \
+         AND status = 'AUTHORIZING' AND psp_reference IS NOT NULL",
+        o,
+        1,
+    )
+    .await?;
+    Ok(
+        sqlx::query_scalar("SELECT psp_reference FROM payments WHERE payment_id = $1")
+            .bind(&o.payment_id)
+            .fetch_one(&fx.db.pool)
+            .await?,
+    )
+}
+
+/// `(outcome, stale)` of every callback attempt of `o`, in event id order.
+async fn callback_attempts(fx: &Fixture, o: &Order) -> anyhow::Result<Vec<(String, bool)>> {
+    Ok(sqlx::query_as(
+        "SELECT outcome, stale FROM payment_attempts WHERE payment_id = $1 \
+         AND psp_event_id IS NOT NULL ORDER BY psp_event_id",
+    )
+    .bind(&o.payment_id)
+    .fetch_all(&fx.db.pool)
+    .await?)
+}
+
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+}
+
+/// A capture that arrives before the authorization's callback captures nothing; the callback
+/// then authorizes once (one event, also when a second event for it arrives), a capture after
+/// it captures; a stale declined callback for the captured payment is kept for audit, marked
+/// stale, moves nothing back and is no failure in `payment_failure_rate`.
+#[tokio::test]
+async fn a_capture_before_the_authorization_callback_never_moves_the_payment_backwards()
+-> anyhow::Result<()> {
+    let psp = PspMockConfig {
+        pending_delay_ms: 50,
+        ..quick_psp()
+    };
+    let fx = Fixture::start(psp, |_| {}).await?;
+    let o = order();
+    let reference = pending(&fx, &o).await?;
+    let capture = || PaymentCommandBody::Capture(CapturePayment { amount: eur(2_000) });
+    fx.send(&o, "early-capture", capture()).await?;
+    fx.wait_processed("early-capture").await?;
+    assert_eq!(fx.status(&o).await?.as_deref(), Some("AUTHORIZING"));
+    assert_eq!(fx.psp_stats().await?.captures, 0, "nothing to capture yet");
+
+    fx.send(
+        &o,
+        "cb-1",
+        callback("evt_1", &reference, PspOutcome::Authorized),
+    )
+    .await?;
+    fx.send(
+        &o,
+        "cb-2",
+        callback("evt_2", &reference, PspOutcome::Authorized),
+    )
+    .await?;
+    fx.wait_processed("cb-2").await?;
+    assert_eq!(fx.status(&o).await?.as_deref(), Some("AUTHORIZED"));
+    fx.send(&o, "capture", capture()).await?;
+    fx.wait_status(&o, "CAPTURED").await?;
+    fx.send(
+        &o,
+        "cb-3",
+        callback("evt_3", &reference, PspOutcome::Declined),
+    )
+    .await?;
+    fx.wait_processed("cb-3").await?;
+
+    assert_eq!(fx.status(&o).await?.as_deref(), Some("CAPTURED"));
+    let outbox = fx.outbox(&o).await?;
+    assert_eq!(outbox.len(), 1, "one event: {outbox:?}");
+    assert_eq!(outbox[0].1, fx.topics.authorized);
+    assert_eq!(fx.psp_stats().await?.captures, 1);
+    assert_eq!(
+        callback_attempts(&fx, &o).await?,
+        vec![
+            ("SUCCEEDED".to_owned(), false),
+            ("SUCCEEDED".to_owned(), true),
+            ("DECLINED".to_owned(), true),
+        ]
+    );
+    let metrics = fx.metrics_text()?;
+    assert_eq!(
+        metric(&metrics, "payment_failure_rate"),
+        Some(0.0),
+        "the stale decline is no failure:\n{metrics}"
+    );
+    for line in [
+        r#"payment_callbacks_total{outcome="declined",stale="true"} 1"#,
+        r#"payment_callbacks_total{outcome="succeeded",stale="false"} 1"#,
+        r#"payment_callbacks_total{outcome="succeeded",stale="true"} 1"#,
+        r#"payment_attempts_total{kind="authorize",outcome="pending"} 1"#,
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "no {line:?} in\n{metrics}"
+        );
+    }
+    fx.finish().await
+}
+
+/// A void that arrives before the authorization's callback voids the authorization at the PSP;
+/// the authorized callback that comes later (the PSP sent it before it saw the void) leaves the
+/// payment VOIDED, emits nothing and voids nothing twice.
+#[tokio::test]
+async fn a_void_before_the_authorization_callback_stays_voided() -> anyhow::Result<()> {
+    let psp = PspMockConfig {
+        pending_delay_ms: 60_000,
+        ..quick_psp()
+    };
+    let fx = Fixture::start(psp, |_| {}).await?;
+    let o = order();
+    let reference = pending(&fx, &o).await?;
+    fx.send(
+        &o,
+        "early-void",
+        PaymentCommandBody::Void(keel_avro::records::VoidPayment {
+            reason: "ORDER_CANCELLED".to_owned(),
+        }),
+    )
+    .await?;
+    fx.wait_status(&o, "VOIDED").await?;
+    fx.send(
+        &o,
+        "cb-1",
+        callback("evt_1", &reference, PspOutcome::Authorized),
+    )
+    .await?;
+    fx.send(
+        &o,
+        "cb-1-again",
+        callback("evt_1", &reference, PspOutcome::Authorized),
+    )
+    .await?;
+    fx.send(
+        &o,
+        "cb-2",
+        callback("evt_2", &reference, PspOutcome::Declined),
+    )
+    .await?;
+    fx.wait_processed("cb-2").await?;
+
+    assert_eq!(fx.status(&o).await?.as_deref(), Some("VOIDED"));
+    assert!(
+        fx.outbox(&o).await?.is_empty(),
+        "a voided payment emits nothing"
+    );
+    let stats = fx.psp_stats().await?;
+    assert_eq!((stats.authorizations, stats.voids), (1, 1), "{stats:?}");
+    assert_eq!(
+        callback_attempts(&fx, &o).await?,
+        vec![
+            ("SUCCEEDED".to_owned(), false),
+            ("DECLINED".to_owned(), true),
+        ],
+        "each event once; the authorized one voided its authorization again (not stale)"
+    );
+    fx.finish().await
+}
+
+/// `payment_failure_rate` counts finished authorizations, however they finish: a `pending`
+/// answer is not finished, the declined callback that settles it is a failure, a synchronous
+/// success is not (1 of 2).
+#[tokio::test]
+async fn a_decline_by_callback_counts_in_the_failure_rate() -> anyhow::Result<()> {
+    let fx = Fixture::start(quick_psp(), |_| {}).await?;
+    let o = order();
+    let reference = pending(&fx, &o).await?;
+    assert_eq!(
+        metric(&fx.metrics_text()?, "payment_failure_rate"),
+        Some(0.0),
+        "pending is not finished"
+    );
+    fx.send(
+        &o,
+        "cb-1",
+        callback("evt_1", &reference, PspOutcome::Declined),
+    )
+    .await?;
+    fx.wait_status(&o, "FAILED").await?;
+    assert_eq!(
+        metric(&fx.metrics_text()?, "payment_failure_rate"),
+        Some(1.0)
+    );
+    let ok = order();
+    fx.open_and_authorize(&ok, 1_000, "tok_visa").await?;
+    fx.wait_status(&ok, "AUTHORIZED").await?;
+    assert_eq!(
+        metric(&fx.metrics_text()?, "payment_failure_rate"),
+        Some(0.5)
+    );
+    fx.finish().await
+}
+
+/// While the PSP works on a call, `payment_psp_calls_in_flight` shows it; after the answer the
+/// gauge is back at 0 and the attempt is in the latency histogram under its outcome.
+#[tokio::test]
+async fn psp_calls_in_flight_rise_during_a_call_and_fall_after_it() -> anyhow::Result<()> {
+    let psp = PspMockConfig {
+        latency_min_ms: 1_500,
+        latency_max_ms: 1_500,
+        ..quick_psp()
+    };
+    let fx = Fixture::start(psp, |_| {}).await?;
+    let o = order();
+    fx.open_and_authorize(&o, 1_000, "tok_decline_card_declined")
+        .await?;
+    let start = Instant::now();
+    while metric(&fx.metrics_text()?, "payment_psp_calls_in_flight") != Some(1.0) {
+        assert!(
+            start.elapsed() < PATIENCE,
+            "never saw the call in flight:\n{}",
+            fx.metrics_text()?
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    fx.wait_status(&o, "FAILED").await?;
+    let metrics = fx.metrics_text()?;
+    for line in [
+        "payment_psp_calls_in_flight 0",
+        r#"payment_attempts_total{kind="authorize",outcome="declined"} 1"#,
+        r#"payment_attempt_latency_seconds_count{kind="authorize",outcome="declined"} 1"#,
+        r#"payment_attempt_latency_seconds_bucket{kind="authorize",outcome="declined",le="1"} 0"#,
+        r#"payment_attempt_latency_seconds_bucket{kind="authorize",outcome="declined",le="2.5"} 1"#,
+        "payment_failure_rate 1",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "no {line:?} in\n{metrics}"
+        );
+    }
+    fx.finish().await
+}

@@ -230,6 +230,8 @@ pub(crate) struct NewAttempt<'a> {
     pub outcome: AttemptOutcome,
     pub decline_code: Option<&'a str>,
     pub psp_event_id: Option<&'a str>,
+    /// A PSP message that changed nothing (see migration 0003): kept for audit only.
+    pub stale: bool,
 }
 
 /// Insert an attempt, or find the one with the same idempotency key (a replay after a crash
@@ -242,9 +244,9 @@ pub(crate) async fn begin_attempt(
     let finished = attempt.outcome != AttemptOutcome::Pending;
     let inserted = sqlx::query(
         "INSERT INTO payment_attempts (attempt_id, payment_id, command_id, idempotency_key, kind, \
-         outcome, decline_code, psp_event_id, latency_ms, finished_at) \
+         outcome, decline_code, psp_event_id, latency_ms, finished_at, stale) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, CASE WHEN $9 THEN 0 END, \
-                 CASE WHEN $9 THEN now() END) \
+                 CASE WHEN $9 THEN now() END, $10) \
          ON CONFLICT DO NOTHING",
     )
     .bind(&id)
@@ -256,6 +258,7 @@ pub(crate) async fn begin_attempt(
     .bind(attempt.decline_code)
     .bind(attempt.psp_event_id)
     .bind(finished)
+    .bind(attempt.stale)
     .execute(&mut *conn)
     .await
     .map_err(db("insert a PSP attempt"))?;

@@ -8,7 +8,10 @@
 //! never past an unfinished command), exactly-once in effect through the database: a replayed
 //! command finds its `processed_commands` row and changes nothing; a replayed PSP call reuses
 //! its attempt's idempotency key (`<payment id>:authorize`, ...), so the PSP answers it with its
-//! first answer and never charges twice; PSP callbacks are de-duplicated on `psp_event_id`.
+//! first answer and never charges twice (a replay that finds the first call still running at
+//! the PSP waits for its answer); PSP callbacks are de-duplicated on `psp_event_id`, and one
+//! that arrives after the payment moved past it is kept as a `stale` attempt that changes
+//! nothing and counts as no attempt in the metrics.
 //! A timeout fails the payment (`payment.failed.v1`, reason `TIMEOUT`, detail `PSP_TIMEOUT`) and
 //! leaves the attempt for the reconciler, which asks the PSP again and voids a late success.
 //!
@@ -58,7 +61,9 @@ pub struct PaymentConfig {
     /// How long one PSP call may take; an authorization without an answer by then fails with
     /// reason `TIMEOUT` and is reconciled later.
     pub psp_timeout_ms: u64,
-    /// Retries of a PSP call answered 5xx, refused at connect, or "still in progress".
+    /// Retries of a PSP call answered 5xx or refused at connect. "Still in progress" (an
+    /// earlier call with the same idempotency key, e.g. from a killed process, is running at
+    /// the PSP) is not retried this many times but waited out, up to `psp_timeout_ms`.
     pub psp_retries: u32,
     /// First backoff between those retries (doubles each time, at most 10 s).
     pub psp_retry_backoff_ms: u64,

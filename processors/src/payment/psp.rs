@@ -1,8 +1,11 @@
 //! The payment service's HTTP client of the PSP ([`crate::psp_mock::api`] is the contract).
 //!
 //! Every call has the configured timeout. A timeout of an authorization is an answer
-//! (`AuthorizeOutcome::Timeout`: unknown, reconciled later); 5xx, refused connections and
-//! "idempotency key in progress" are retried with backoff, with the same idempotency key.
+//! (`AuthorizeOutcome::Timeout`: unknown, reconciled later); 5xx and refused connections are
+//! retried `psp_retries` times with backoff, with the same idempotency key. "Idempotency key in
+//! progress" (409: an earlier call with this key, e.g. from a process that was killed, is still
+//! running at the PSP) is not a failure but a wait: it is asked again until the PSP has the
+//! first call's answer or the call's timeout is spent.
 
 use std::time::{Duration, Instant};
 
@@ -40,8 +43,13 @@ pub(crate) struct PspClient {
     base: String,
     retries: u32,
     backoff: Duration,
+    /// How long one call may take in all, waits for an earlier call in progress included.
+    timeout: Duration,
     metrics: PaymentMetrics,
 }
+
+/// The longest pause between two asks about a call still in progress at the PSP.
+const IN_PROGRESS_POLL_MAX: Duration = Duration::from_millis(500);
 
 impl PspClient {
     pub(crate) fn new(config: &PaymentConfig, metrics: PaymentMetrics) -> Result<Self> {
@@ -55,6 +63,7 @@ impl PspClient {
             base: config.psp_url.trim_end_matches('/').to_owned(),
             retries: config.psp_retries,
             backoff: Duration::from_millis(config.psp_retry_backoff_ms.max(1)),
+            timeout: Duration::from_millis(config.psp_timeout_ms),
             metrics,
         })
     }
@@ -101,8 +110,9 @@ impl PspClient {
         }
     }
 
-    /// `request` retried on transient failures with doubling backoff; a timeout is returned at
-    /// once (the caller decides what an unknown outcome means).
+    /// `request` retried on transient failures with doubling backoff, and asked again while an
+    /// earlier call with the same key is in progress, until the call's timeout is spent; a
+    /// timeout is returned at once (the caller decides what an unknown outcome means).
     async fn with_retries<B: Serialize, T: DeserializeOwned>(
         &self,
         method: reqwest::Method,
@@ -110,13 +120,20 @@ impl PspClient {
         key: Option<&str>,
         body: Option<&B>,
     ) -> Result<T, CallError> {
+        let started = Instant::now();
         let mut backoff = self.backoff;
+        let mut poll = self.backoff.min(IN_PROGRESS_POLL_MAX);
         let mut attempt = 0;
         loop {
             match self.request(method.clone(), path, key, body).await {
-                Err(e @ (CallError::Transient(_) | CallError::InProgress))
-                    if attempt < self.retries =>
-                {
+                // Not a failure: the PSP is still working on this key's first call (made before
+                // a crash, or by another worker). Its answer is what this call wants.
+                Err(CallError::InProgress) if started.elapsed() + poll < self.timeout => {
+                    tracing::debug!(path, "an earlier PSP call with this key is in progress");
+                    tokio::time::sleep(poll).await;
+                    poll = (poll * 2).min(IN_PROGRESS_POLL_MAX);
+                }
+                Err(e @ CallError::Transient(_)) if attempt < self.retries => {
                     tracing::debug!(path, attempt, error = ?e, "PSP call failed, retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(10));

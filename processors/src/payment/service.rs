@@ -328,6 +328,7 @@ impl Service {
                 outcome: AttemptOutcome::Pending,
                 decline_code: None,
                 psp_event_id: None,
+                stale: false,
             },
         )
         .await?;
@@ -572,6 +573,19 @@ impl Service {
         };
         let decline_code = matches!(result, CallbackResult::Declined { .. }).then(code);
         let key = format!("{}:callback:{}", row.payment_id, callback.psp_event_id);
+        let decision = logic::decide(Some(&row.state), &Input::Callback(result));
+        let settles = decision
+            .state
+            .as_ref()
+            .is_some_and(|s| s.status != row.state.status);
+        // Every PSP message is kept for audit; one that changes nothing (the payment moved
+        // past it: a declined callback for a captured payment) is marked stale, and is no
+        // attempt and no failure in the metrics.
+        let stale = !settles
+            && !decision
+                .effects
+                .iter()
+                .any(|e| matches!(e, Effect::VoidLateAuthorization { .. }));
         ledger::begin_attempt(
             &mut tx,
             &NewAttempt {
@@ -582,15 +596,13 @@ impl Service {
                 outcome,
                 decline_code: decline_code.as_deref(),
                 psp_event_id: Some(&callback.psp_event_id),
+                stale,
             },
         )
         .await?;
-        let decision = logic::decide(Some(&row.state), &Input::Callback(result));
-        if decision
-            .state
-            .as_ref()
-            .is_some_and(|s| s.status != row.state.status)
-        {
+        self.metrics.callback(outcome.label(), stale);
+        if settles {
+            self.metrics.authorization_settled(outcome.label());
             ledger::settle_pending_authorization(
                 &mut tx,
                 &row.payment_id,
@@ -764,6 +776,7 @@ impl Service {
                 outcome: attempt,
                 decline_code: code,
                 psp_event_id: None,
+                stale: false,
             },
         )
         .await?;

@@ -1,5 +1,7 @@
 //! The payment state machine and the offset tracker, without I/O.
 
+use std::time::Duration;
+
 use proptest::prelude::*;
 
 use super::logic::{
@@ -352,4 +354,67 @@ proptest! {
         }
         prop_assert_eq!(last, 30);
     }
+}
+
+/// A replayed authorization whose first call (made by a process that then died) is still
+/// running at the PSP waits for that call's answer instead of giving up after its retries:
+/// with no retries at all it still gets `Authorized`, and the PSP authorized once.
+#[tokio::test]
+async fn an_authorization_waits_for_the_same_keys_call_in_progress_at_the_psp() {
+    use crate::psp_mock::api::AuthorizationRequest;
+    use crate::psp_mock::{IDEMPOTENCY_HEADER, PspMock, PspMockConfig, Stats};
+
+    let mock = PspMock::bind(PspMockConfig {
+        listen: "127.0.0.1:0".parse().expect("an address"),
+        latency_min_ms: 800,
+        latency_max_ms: 800,
+        ..PspMockConfig::default()
+    })
+    .await
+    .expect("the mock binds");
+    let url = mock.url();
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(mock.run(stop.clone()));
+    let req = AuthorizationRequest {
+        amount_minor: 1_000,
+        currency: "EUR".to_owned(),
+        payment_method: "tok_visa".to_owned(),
+        reference: "pay-1".to_owned(),
+    };
+    // The first call, from a process that dies before the answer: it gives up at once.
+    let first = reqwest::Client::builder()
+        .timeout(Duration::from_millis(100))
+        .build()
+        .expect("a client")
+        .post(format!("{url}/v1/authorizations"))
+        .header(IDEMPOTENCY_HEADER, "pay-1:authorize")
+        .json(&req)
+        .send()
+        .await;
+    assert!(first.is_err(), "the first caller is gone");
+
+    let config = super::PaymentConfig {
+        psp_url: url.clone(),
+        psp_retries: 0,
+        psp_retry_backoff_ms: 20,
+        psp_timeout_ms: 5_000,
+        ..super::PaymentConfig::default()
+    };
+    let metrics =
+        super::PaymentMetrics::register(&prometheus::Registry::new()).expect("the metrics");
+    let client = super::psp::PspClient::new(&config, metrics).expect("a client");
+    let (outcome, _) = client.authorize("pay-1:authorize", &req).await;
+    assert!(
+        matches!(outcome, AuthorizeOutcome::Authorized { .. }),
+        "{outcome:?}"
+    );
+    let stats: Stats = reqwest::get(format!("{url}/admin/stats"))
+        .await
+        .expect("stats")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(stats.authorizations, 1, "{stats:?}");
+    assert!(stats.authorization_calls >= 3, "{stats:?}");
+    stop.cancel();
 }

@@ -59,6 +59,9 @@ pub struct PaymentAttemptView {
     pub latency_ms: Option<i64>,
     /// The callback's event id, for an attempt a callback reported.
     pub psp_event_id: Option<String>,
+    /// A PSP message that arrived after the payment moved past it (e.g. a decline for a
+    /// captured payment): kept for audit, changed nothing, not counted as an attempt.
+    pub stale: bool,
     pub started_at: String,
     pub finished_at: Option<String>,
 }
@@ -178,8 +181,8 @@ async fn load_in(
     let reserved: i64 = row.try_get("reserved").map_err(d())?;
 
     let attempts = sqlx::query(
-        "SELECT attempt_id, kind, outcome, decline_code, latency_ms, psp_event_id, started_at, \
-         finished_at FROM payment_attempts WHERE payment_id = $1 ORDER BY started_at, attempt_id",
+        "SELECT attempt_id, kind, outcome, decline_code, latency_ms, psp_event_id, stale, \
+         started_at, finished_at FROM payment_attempts WHERE payment_id = $1 ORDER BY started_at, attempt_id",
     )
     .bind(&payment_id)
     .fetch_all(&mut *conn)
@@ -229,6 +232,7 @@ fn attempt(r: &PgRow) -> Result<PaymentAttemptView> {
         decline_code: r.try_get("decline_code").map_err(d())?,
         latency_ms: r.try_get("latency_ms").map_err(d())?,
         psp_event_id: r.try_get("psp_event_id").map_err(d())?,
+        stale: r.try_get("stale").map_err(d())?,
         started_at: rfc3339(r.try_get("started_at").map_err(d())?),
         finished_at: finished.map(rfc3339),
     })

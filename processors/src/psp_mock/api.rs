@@ -134,6 +134,11 @@ pub struct CallbackEvent {
 /// created (an idempotent replay does not count); errors and refused requests create none.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stats {
+    /// Every `POST /v1/authorizations` received (retries, replays and refused ones included);
+    /// against `authorizations` it shows how often a caller asked for the same authorization.
+    #[serde(default)]
+    pub authorization_calls: u64,
+    /// Distinct authorizations created.
     pub authorizations: u64,
     pub authorized: u64,
     pub declined: u64,

@@ -245,6 +245,7 @@ fn validate_authorization(req: &AuthorizationRequest) -> Result<(), Box<Response
 }
 
 async fn authorize(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    shared.book().stats.authorization_calls += 1;
     let Some(key) = idempotency_key(&headers) else {
         return error(
             StatusCode::BAD_REQUEST,

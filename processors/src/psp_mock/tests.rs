@@ -103,6 +103,10 @@ async fn same_idempotency_key_returns_the_first_answer_and_creates_one_authoriza
     assert_eq!(first, second, "a retry must get the first answer");
     let stats = psp.stats().await;
     assert_eq!(stats.authorizations, 1, "a replay must not authorize twice");
+    assert_eq!(
+        stats.authorization_calls, 2,
+        "calls are counted apart from authorizations"
+    );
     assert_eq!(stats.idempotent_replays, 1);
 
     let (other, _) = psp.authorize("key-2", 1_000, "tok_mastercard").await;
@@ -220,6 +224,10 @@ async fn a_hanging_call_finishes_after_the_client_gave_up_and_its_retry_gets_the
     assert_eq!(answer(body).status, AuthorizationStatus::Authorized);
     let stats = psp.stats().await;
     assert_eq!((stats.authorizations, stats.timeouts), (1, 1));
+    assert_eq!(
+        stats.authorization_calls, 3,
+        "the first call, the busy one, the late one"
+    );
 }
 
 #[tokio::test]
