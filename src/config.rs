@@ -45,6 +45,9 @@ pub struct KeelConfig {
     /// The outbox connectors of `[outbox].mode = "debezium"` (`keel connectors`, `keel run`).
     #[serde(default)]
     pub connectors: crate::connectors::ConnectorsSection,
+    /// The reconciliation role: its ledger connector and grace periods.
+    #[serde(default)]
+    pub reconciliation: keel_processors::reconciliation::ReconciliationConfig,
 }
 
 /// Where the saga's view of a cart comes from.
@@ -326,6 +329,7 @@ impl KeelConfig {
             ));
         }
         out.extend(self.connectors.problems());
+        out.extend(self.reconciliation.problems());
         if self.cassandra.nodes.is_empty() {
             out.push("cassandra.nodes is empty".to_owned());
         }

@@ -9,7 +9,8 @@
 //! - `keel smoke` checks every server of the stack with the real clients Keel uses.
 //! - `keel connectors plugins|list|register|status|pause|resume|restart|delete` manages Keel's
 //!   Debezium connectors (`src/connectors.rs`).
-//! - `keel bench engine` measures the stream runtime (docs/BENCHMARKS.md).
+//! - `keel bench engine [--vs kafka-streams]` measures the stream runtime and `keel bench
+//!   checkout` the whole checkout (docs/BENCHMARKS.md).
 //! - `keel reset --application-id X [--to-datetime T]` rewinds a stopped application.
 //! - `keel schemas register|check` registers Keel's Avro schemas and gates deployments on their
 //!   compatibility with what the registry holds.
@@ -21,8 +22,13 @@ mod bench;
 mod config;
 mod connectors;
 mod lag;
+mod lag_metrics;
+mod reconciliation;
 mod run;
 mod scenario;
+mod scenario_oversell;
+mod scenario_reconciliation;
+mod scenario_schema_drift;
 mod seed;
 mod smoke;
 
@@ -50,9 +56,10 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run Keel: the ingest API and every processor in one process by default, or the roles
-    /// named (api, saga, inventory, payment, sinks, relay). SIGTERM drains and commits.
+    /// named (api, saga, inventory, payment, sinks, relay, reconciliation). SIGTERM drains and
+    /// commits.
     Run {
-        /// Comma-separated roles; default: all of them.
+        /// Comma-separated roles; default: all but reconciliation (it registers a connector).
         #[arg(long, value_delimiter = ',')]
         roles: Vec<run::Role>,
     },
@@ -155,6 +162,9 @@ enum InventoryAction {
 enum BenchWhat {
     /// The stream runtime: throughput, produce-to-visible latency, restore speed, memory.
     Engine(bench::EngineArgs),
+    /// The whole checkout against a running `keel run` and `keel psp-mock`: an open-loop
+    /// load of POST /orders, latency to the CONFIRMED event, CPU per server; JSON + SVG.
+    Checkout(bench::checkout::CheckoutArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -211,15 +221,25 @@ fn run_stack(args: &[String]) -> anyhow::Result<ExitCode> {
 async fn run_schemas(config: &KeelConfig, action: SchemasAction) -> anyhow::Result<ExitCode> {
     match action {
         SchemasAction::Register => {
-            let registered = keel_avro::register_all(&config.registry).await?;
+            let registered =
+                keel_avro::registry::register_all_topics(&config.registry, &config.topics.prefix)
+                    .await?;
             print!("{}", keel_avro::render_registered_table(&registered));
             Ok(ExitCode::SUCCESS)
         }
         SchemasAction::Check => {
-            let rows = keel_avro::check_all(&config.registry).await?;
+            let rows =
+                keel_avro::registry::check_all_topics(&config.registry, &config.topics.prefix)
+                    .await?;
             print!("{}", keel_avro::render_check_table(&rows));
             if keel_avro::any_incompatible(&rows) {
                 eprintln!("keel schemas check: incompatible schemas; do not deploy");
+                Ok(ExitCode::FAILURE)
+            } else if keel_avro::registry::any_drift(&rows) {
+                eprintln!(
+                    "keel schemas check: a subject's latest version is not Keel's schema (DRIFT); \
+                     another producer registered it"
+                );
                 Ok(ExitCode::FAILURE)
             } else {
                 Ok(ExitCode::SUCCESS)
@@ -286,7 +306,7 @@ async fn main() -> anyhow::Result<ExitCode> {
         Command::Run { roles } => {
             let config = KeelConfig::load(cli.config.as_deref())?;
             let roles = if roles.is_empty() {
-                run::Role::ALL.into_iter().collect()
+                run::Role::DEFAULT.into_iter().collect()
             } else {
                 roles.into_iter().collect()
             };
@@ -391,6 +411,13 @@ async fn main() -> anyhow::Result<ExitCode> {
             let report =
                 tokio::task::spawn_blocking(move || bench::engine(&bootstrap, &args)).await??;
             print!("{report}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            what: BenchWhat::Checkout(args),
+        } => {
+            let config = KeelConfig::load(cli.config.as_deref())?;
+            print!("{}", bench::checkout::run(&config, &args).await?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Reset(args) => {

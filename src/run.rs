@@ -8,6 +8,9 @@
 //! with `[outbox].mode = "relay"`; with `"debezium"` it relays nothing and registers the outbox
 //! connectors at start when `[connectors].register_on_start`, `src/connectors.rs`).
 //!
+//! `reconciliation` (payment ledger CDC vs the saga's decisions, `src/reconciliation.rs`) is not
+//! a default role: it registers a Debezium connector and takes a replication slot.
+//!
 //! Start: the topics are created when missing (`[topics]`), then each role starts; SIGTERM or
 //! SIGINT stops every role: the stream threads commit and close their stores, consumers finish
 //! the record in hand and commit.
@@ -40,10 +43,23 @@ pub enum Role {
     Payment,
     Sinks,
     Relay,
+    Reconciliation,
 }
 
 impl Role {
-    pub const ALL: [Role; 6] = [
+    pub const ALL: [Role; 7] = [
+        Self::Api,
+        Self::Saga,
+        Self::Inventory,
+        Self::Payment,
+        Self::Sinks,
+        Self::Relay,
+        Self::Reconciliation,
+    ];
+
+    /// What `keel run` hosts without `--roles`: every role but `reconciliation`, which needs a
+    /// Debezium connector and a replication slot (`src/reconciliation.rs`).
+    pub const DEFAULT: [Role; 6] = [
         Self::Api,
         Self::Saga,
         Self::Inventory,
@@ -60,6 +76,7 @@ impl Role {
             Self::Payment => "payment",
             Self::Sinks => "sinks",
             Self::Relay => "relay",
+            Self::Reconciliation => "reconciliation",
         }
     }
 }
@@ -206,6 +223,8 @@ pub struct Running {
     pub streams: Vec<Arc<StreamsHandle>>,
     pub tasks: JoinSet<(&'static str, anyhow::Result<()>)>,
     pub registry: prometheus::Registry,
+    /// The reconciliation role's view (`GET /finance/reconciliation`), when it runs here.
+    pub finance: Option<keel_processors::reconciliation::ReconciliationView>,
 }
 
 impl std::fmt::Debug for Running {
@@ -253,11 +272,16 @@ pub async fn start_stream_roles(
     };
     if roles.contains(&Role::Saga) {
         let metrics = saga::SagaMetrics::register(&running.registry)?;
+        // `[inventory].oversell = "prevent"` makes the saga wait for the sale before CONFIRMED.
+        let saga_config = saga::SagaConfig {
+            oversell: config.inventory.oversell,
+            ..config.saga.clone()
+        };
         let topology = match carts_cdc(config)? {
             Some((cdc, _)) => {
-                saga::topology_with_carts(&format, &names, &config.saga, metrics, &cdc)?
+                saga::topology_with_carts(&format, &names, &saga_config, metrics, &cdc)?
             }
-            None => saga::topology(&format, &names, &config.saga, metrics)?,
+            None => saga::topology(&format, &names, &saga_config, metrics)?,
         };
         let streams = config.streams.for_role("saga", &config.kafka);
         running.streams.push(Arc::new(
@@ -271,6 +295,16 @@ pub async fn start_stream_roles(
         running.streams.push(Arc::new(
             start_streams(topology, streams, running.registry.clone()).await?,
         ));
+    }
+    if roles.contains(&Role::Reconciliation) {
+        let ledger = crate::reconciliation::prepare(config).await?;
+        let (topology, view) =
+            crate::reconciliation::topology(config, &format, &ledger, &running.registry)?;
+        let streams = config.streams.for_role("reconciliation", &config.kafka);
+        running.streams.push(Arc::new(
+            start_streams(topology, streams, running.registry.clone()).await?,
+        ));
+        running.finance = Some(view);
     }
     if roles.contains(&Role::Sinks) {
         let session = inventory::sink::connect(&config.cassandra.nodes).await?;
@@ -510,10 +544,21 @@ pub async fn start_service_roles(
                 keyspace: config.cassandra.keyspace.clone(),
             }),
             registry: running.registry.clone(),
+            finance: running.finance.clone(),
             ready: Arc::new(move || Running::ready(&streams)),
         };
         let served = keel_ingest_api::spawn(api, deps, running.shutdown.clone()).await?;
         tracing::info!(addr = %served.addr, "ingest API listening");
+        // The process that serves /metrics also samples every group's lag (docs/metrics.md).
+        let lag = (
+            config.clone(),
+            running.registry.clone(),
+            running.shutdown.clone(),
+        );
+        running.tasks.spawn(async move {
+            let result = crate::lag_metrics::run(lag.0, lag.1, lag.2).await;
+            ("consumer-group lag", result)
+        });
         running.tasks.spawn(async move {
             let result = match served.task.await {
                 Ok(r) => r.map_err(anyhow::Error::from),
@@ -547,6 +592,7 @@ pub async fn run(config: KeelConfig, roles: BTreeSet<Role>) -> anyhow::Result<()
         streams: Vec::new(),
         tasks: JoinSet::new(),
         registry: prometheus::Registry::new(),
+        finance: None,
     };
     start_stream_roles(&config, &roles, &codec, &mut running).await?;
     start_service_roles(&config, &roles, &codec, &mut running).await?;

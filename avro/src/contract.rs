@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::records::{
     CartChecked, InventoryAdjusted, InventoryCommand, InventoryReleased, InventoryReserved,
     OrderCommand, OrderCreated, OrderDecision, OrderStatusChanged, PaymentAuthorized,
-    PaymentCommand, PaymentFailed, PaymentRefunded,
+    PaymentCommand, PaymentFailed, PaymentRefunded, ReconciliationMismatch,
 };
 
 /// Whether a topic carries commands (asks) or events (facts).
@@ -206,8 +206,17 @@ contract!(
     aggregate = "cart_id"
 );
 
+contract!(
+    RECONCILIATION_MISMATCHES,
+    "reconciliation.mismatches.v1",
+    "ReconciliationMismatch",
+    Kind::Event,
+    key = "order_id",
+    aggregate = "order_id"
+);
+
 /// Every contract Keel has, commands first. Registration and checking walk this list.
-pub static CONTRACTS: [&Contract; 13] = [
+pub static CONTRACTS: [&Contract; 14] = [
     &ORDER_COMMANDS,
     &INVENTORY_COMMANDS,
     &PAYMENT_COMMANDS,
@@ -221,6 +230,7 @@ pub static CONTRACTS: [&Contract; 13] = [
     &INVENTORY_ADJUSTED,
     &ORDER_DECISIONS,
     &CART_CHECKED,
+    &RECONCILIATION_MISMATCHES,
 ];
 
 /// The contract of a topic, if Keel has one.
@@ -377,4 +387,12 @@ record!(
     id = decision_id,
     aggregate = order_id,
     at = decided_at
+);
+record!(
+    ReconciliationMismatch,
+    RECONCILIATION_MISMATCHES,
+    key = order_id,
+    id = event_id,
+    aggregate = order_id,
+    at = occurred_at
 );

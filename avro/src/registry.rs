@@ -1,10 +1,16 @@
 //! Subject setup and the deployment gate: what `keel schemas register` and `keel schemas check`
-//! do. [`register_all`] registers every contract's schema under `<prefix><topic>-value` after
-//! setting the subject's compatibility level; [`check_all`] judges every local schema against
-//! the latest registered version, and [`render_check_table`] prints the verdicts.
+//! do. [`register_all`] sets the registry's GLOBAL compatibility level (`PUT /config`, so
+//! subjects that Connect or a foreign producer create on first write are BACKWARD too), then
+//! registers every contract's schema under `<prefix><topic>-value` after setting the subject's
+//! own level; [`check_all`] judges every local schema against the latest registered version
+//! and reports drift (the latest version is a newer schema that is not Keel's), and
+//! [`render_check_table`] prints the verdicts.
 //!
 //! The registry calls go through `schema_registry_converter`'s Confluent API client; only
-//! `PUT /config/{subject}`, which the converter lacks, is a plain HTTP call.
+//! `GET`/`PUT /config[/{subject}]`, which the converter lacks, are plain HTTP calls. Apicurio
+//! answers `GET /config/{subject}` with `NONE` for a subject without a level of its own; the
+//! level the registry enforces is `GET /config/{subject}?defaultToGlobal=true`
+//! ([`SchemaRegistry::effective_compatibility`]).
 
 use std::error::Error as StdError;
 use std::fmt::{self, Write as _};
@@ -95,6 +101,9 @@ pub struct CheckRow {
     /// The subject's latest version, if it has one.
     pub latest_version: Option<u32>,
     pub verdict: Verdict,
+    /// `Some(what differs)` when the subject's latest version is a newer schema than Keel's
+    /// (someone else registered it): producers may be writing fields Keel does not know.
+    pub drift: Option<String>,
 }
 
 /// The verdict on one schema text, before it is tied to a contract.
@@ -103,6 +112,8 @@ pub struct SubjectCheck {
     pub local_version: Option<u32>,
     pub latest_version: Option<u32>,
     pub verdict: Verdict,
+    /// See [`CheckRow::drift`].
+    pub drift: Option<String>,
 }
 
 /// Register every contract's schema (`keel schemas register`): for each topic, set the
@@ -110,11 +121,24 @@ pub struct SubjectCheck {
 /// returns the existing id when it is already the registered schema). Stops at the first
 /// refusal with [`Error::Incompatible`], which names the subject and the reason.
 pub async fn register_all(config: &RegistryConfig) -> Result<Vec<Registered>> {
+    register_all_topics(config, "").await
+}
+
+/// [`register_all`] for topics named `<topic_prefix><topic>` (`[topics].prefix`: the subjects
+/// an isolated run's producers write to are `<subject_prefix><topic_prefix><topic>-value`).
+/// Sets the registry's global level to the configured one first.
+pub async fn register_all_topics(
+    config: &RegistryConfig,
+    topic_prefix: &str,
+) -> Result<Vec<Registered>> {
     let registry = SchemaRegistry::new(config)?;
+    registry
+        .set_global_compatibility(config.compatibility)
+        .await?;
     let mut registered = Vec::with_capacity(CONTRACTS.len());
     for contract in CONTRACTS {
         contract.schema()?;
-        let subject = registry.subject(contract.topic);
+        let subject = registry.subject(&format!("{topic_prefix}{}", contract.topic));
         registry
             .set_compatibility(&subject, config.compatibility)
             .await?;
@@ -141,11 +165,19 @@ pub async fn register_all(config: &RegistryConfig) -> Result<Vec<Registered>> {
 /// Only registry failures are errors; an incompatible schema is a row with
 /// [`Verdict::Incompatible`], so the caller can print the whole table and then fail.
 pub async fn check_all(config: &RegistryConfig) -> Result<Vec<CheckRow>> {
+    check_all_topics(config, "").await
+}
+
+/// [`check_all`] for topics named `<topic_prefix><topic>` (see [`register_all_topics`]).
+pub async fn check_all_topics(
+    config: &RegistryConfig,
+    topic_prefix: &str,
+) -> Result<Vec<CheckRow>> {
     let registry = SchemaRegistry::new(config)?;
     let mut rows = Vec::with_capacity(CONTRACTS.len());
     for contract in CONTRACTS {
         contract.schema()?;
-        let subject = registry.subject(contract.topic);
+        let subject = registry.subject(&format!("{topic_prefix}{}", contract.topic));
         let check = registry.check(&subject, contract.schema_source).await?;
         rows.push(CheckRow {
             topic: contract.topic,
@@ -153,6 +185,7 @@ pub async fn check_all(config: &RegistryConfig) -> Result<Vec<CheckRow>> {
             local_version: check.local_version,
             latest_version: check.latest_version,
             verdict: check.verdict,
+            drift: check.drift,
         });
     }
     Ok(rows)
@@ -161,6 +194,11 @@ pub async fn check_all(config: &RegistryConfig) -> Result<Vec<CheckRow>> {
 /// Whether any row would be refused: the gate's exit status.
 pub fn any_incompatible(rows: &[CheckRow]) -> bool {
     rows.iter().any(|row| row.verdict.is_incompatible())
+}
+
+/// Whether any subject drifted from Keel's schema (see [`CheckRow::drift`]): also a failed gate.
+pub fn any_drift(rows: &[CheckRow]) -> bool {
+    rows.iter().any(|row| row.drift.is_some())
 }
 
 /// The check as a table: subject, local version, latest version, verdict.
@@ -173,7 +211,10 @@ pub fn render_check_table(rows: &[CheckRow]) -> String {
                 row.subject.clone(),
                 version(row.local_version, "unregistered"),
                 version(row.latest_version, "-"),
-                row.verdict.to_string(),
+                match &row.drift {
+                    Some(drift) => format!("{}; DRIFT: {drift}", row.verdict),
+                    None => row.verdict.to_string(),
+                },
             ]
         })
         .collect();
@@ -259,15 +300,63 @@ impl SchemaRegistry {
 
     /// `PUT /config/{subject}`: the level every later registration under it is judged by.
     pub async fn set_compatibility(&self, subject: &str, level: CompatibilityLevel) -> Result<()> {
+        let url = format!("{}/config/{subject}", self.config.url);
+        self.put_config(&url, subject, "set compatibility", level)
+            .await
+    }
+
+    /// `PUT /config`: the registry's global level, which every subject without a level of its
+    /// own is judged by — including subjects a producer or Connect creates on first write.
+    pub async fn set_global_compatibility(&self, level: CompatibilityLevel) -> Result<()> {
+        self.put_config(
+            &format!("{}/config", self.config.url),
+            "(global)",
+            "set global compatibility",
+            level,
+        )
+        .await
+    }
+
+    /// `GET /config`: the registry's global level.
+    pub async fn global_compatibility(&self) -> Result<CompatibilityLevel> {
+        let url = format!("{}/config", self.config.url);
+        self.get_config(&url, "(global)", "get global compatibility")
+            .await?
+            .ok_or_else(|| Error::Registry {
+                subject: "(global)".to_owned(),
+                operation: "get global compatibility",
+                detail: "HTTP 404".to_owned(),
+                retriable: false,
+            })
+    }
+
+    /// `GET /config/{subject}?defaultToGlobal=true`: the level the registry enforces for the
+    /// subject (its own, else the global one), `None` if the registry has neither.
+    pub async fn effective_compatibility(
+        &self,
+        subject: &str,
+    ) -> Result<Option<CompatibilityLevel>> {
+        let url = format!("{}/config/{subject}?defaultToGlobal=true", self.config.url);
+        self.get_config(&url, subject, "get effective compatibility")
+            .await
+    }
+
+    async fn put_config(
+        &self,
+        url: &str,
+        subject: &str,
+        operation: &'static str,
+        level: CompatibilityLevel,
+    ) -> Result<()> {
         let failed = |detail: String, retriable: bool| Error::Registry {
             subject: subject.to_owned(),
-            operation: "set compatibility",
+            operation,
             detail,
             retriable,
         };
         let response = self
             .http
-            .put(format!("{}/config/{subject}", self.config.url))
+            .put(url)
             .header("Content-Type", "application/vnd.schemaregistry.v1+json")
             .json(&serde_json::json!({ "compatibility": level.as_str() }))
             .send()
@@ -285,9 +374,12 @@ impl SchemaRegistry {
         }
     }
 
-    /// `GET /config/{subject}`: the subject's own level, or `None` if it has none (then the
-    /// registry's global default applies).
-    pub async fn compatibility(&self, subject: &str) -> Result<Option<CompatibilityLevel>> {
+    async fn get_config(
+        &self,
+        url: &str,
+        subject: &str,
+        operation: &'static str,
+    ) -> Result<Option<CompatibilityLevel>> {
         #[derive(serde::Deserialize)]
         #[serde(rename_all = "camelCase")]
         struct Config {
@@ -295,13 +387,13 @@ impl SchemaRegistry {
         }
         let failed = |detail: String, retriable: bool| Error::Registry {
             subject: subject.to_owned(),
-            operation: "get compatibility",
+            operation,
             detail,
             retriable,
         };
         let response = self
             .http
-            .get(format!("{}/config/{subject}", self.config.url))
+            .get(url)
             .header("Accept", "application/vnd.schemaregistry.v1+json")
             .send()
             .await
@@ -322,6 +414,14 @@ impl SchemaRegistry {
             .await
             .map_err(|e| failed(error_chain(&e), false))?;
         Ok(Some(config.compatibility_level))
+    }
+
+    /// `GET /config/{subject}`: the subject's own level, or `None` if it has none (then the
+    /// registry's global default applies). Apicurio answers `NONE` rather than nothing for a
+    /// subject without a level of its own; [`Self::effective_compatibility`] is what it enforces.
+    pub async fn compatibility(&self, subject: &str) -> Result<Option<CompatibilityLevel>> {
+        let url = format!("{}/config/{subject}", self.config.url);
+        self.get_config(&url, subject, "get compatibility").await
     }
 
     /// Register `schema` (Avro JSON) under `subject`. An incompatible schema is refused with
@@ -423,6 +523,7 @@ impl SchemaRegistry {
                 local_version: None,
                 latest_version: None,
                 verdict: Verdict::NewSubject,
+                drift: None,
             });
         };
         let local_version = self
@@ -447,12 +548,61 @@ impl SchemaRegistry {
                 version_name(latest.version)
             )),
         };
+        let drift = match (local_version, latest.version) {
+            (Some(keel), Some(newest)) if newest > keel => {
+                Some(describe_drift(schema, keel, &latest.schema, newest))
+            }
+            _ => None,
+        };
         Ok(SubjectCheck {
             local_version,
             latest_version: latest.version,
             verdict,
+            drift,
         })
     }
+}
+
+/// What a newer registered version changes against Keel's schema (version `keel`), by field.
+fn describe_drift(local: &str, keel: u32, latest: &str, newest: u32) -> String {
+    let fields = |text: &str| -> Vec<(String, String)> {
+        serde_json::from_str::<serde_json::Value>(text)
+            .ok()
+            .and_then(|v| v["fields"].as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .map(|f| {
+                (
+                    f["name"].as_str().unwrap_or_default().to_owned(),
+                    f["type"].to_string(),
+                )
+            })
+            .collect()
+    };
+    let (ours, theirs) = (fields(local), fields(latest));
+    let mut changes = Vec::new();
+    for (name, ty) in &theirs {
+        match ours.iter().find(|(n, _)| n == name) {
+            None => changes.push(format!("adds field '{name}'")),
+            Some((_, our_ty)) if our_ty != ty => {
+                changes.push(format!("changes the type of '{name}'"));
+            }
+            Some(_) => {}
+        }
+    }
+    for (name, _) in &ours {
+        if !theirs.iter().any(|(n, _)| n == name) {
+            changes.push(format!("removes field '{name}'"));
+        }
+    }
+    if changes.is_empty() {
+        changes.push("differs in names, docs or defaults".to_owned());
+    }
+    format!(
+        "latest version {newest} is not Keel's schema (version {keel}), registered by another \
+         producer: {}",
+        changes.join(", ")
+    )
 }
 
 fn supplied(schema: &str) -> SuppliedSchema {
@@ -610,6 +760,7 @@ mod tests {
                 local_version: Some(2),
                 latest_version: Some(2),
                 verdict: Verdict::Compatible,
+                drift: None,
             },
             CheckRow {
                 topic: "inventory.adjusted.v1",
@@ -617,6 +768,7 @@ mod tests {
                 local_version: None,
                 latest_version: Some(1),
                 verdict: Verdict::Incompatible("field 'x' needs a default".to_owned()),
+                drift: None,
             },
             CheckRow {
                 topic: "payment.failed.v1",
@@ -624,6 +776,7 @@ mod tests {
                 local_version: None,
                 latest_version: None,
                 verdict: Verdict::NewSubject,
+                drift: None,
             },
         ];
         let table = render_check_table(&rows);
@@ -636,5 +789,30 @@ mod tests {
         assert!(lines[3].ends_with("new subject"), "{table}");
         assert!(any_incompatible(&rows));
         assert!(!any_incompatible(&rows[..1]));
+    }
+
+    #[test]
+    fn drift_names_what_the_newer_version_adds_removes_or_retypes() {
+        let drift = describe_drift(V1, 1, V2_OPTIONAL, 2);
+        assert!(drift.contains("latest version 2"), "{drift}");
+        assert!(drift.contains("adds field 'c'"), "{drift}");
+        let drift = describe_drift(V1, 1, V2_REMOVED, 3);
+        assert!(drift.contains("removes field 'b'"), "{drift}");
+        let mut rows = vec![CheckRow {
+            topic: "payment.authorized.v1",
+            subject: "payment.authorized.v1-value".to_owned(),
+            local_version: Some(1),
+            latest_version: Some(2),
+            verdict: Verdict::Compatible,
+            drift: None,
+        }];
+        assert!(!any_drift(&rows));
+        rows[0].drift = Some(describe_drift(V1, 1, V2_OPTIONAL, 2));
+        assert!(any_drift(&rows));
+        let table = render_check_table(&rows);
+        assert!(
+            table.contains("compatible; DRIFT: latest version 2"),
+            "{table}"
+        );
     }
 }

@@ -93,6 +93,7 @@ contract_tests! {
     inventory_adjusted: keel_avro::records::InventoryAdjusted => common::inventory_adjusted();
     order_decision: keel_avro::records::OrderDecision => common::order_decisions();
     cart_checked: keel_avro::records::CartChecked => common::cart_checked();
+    reconciliation_mismatch: keel_avro::records::ReconciliationMismatch => common::reconciliation_mismatches();
 }
 
 #[test]
@@ -154,6 +155,7 @@ fn every_topic_of_the_design_has_exactly_one_contract() {
         "inventory.adjusted.v1",
         "order.decisions.v1",
         "cart.checked.v1",
+        "reconciliation.mismatches.v1",
     ];
     assert_eq!(CONTRACTS.len(), topics.len());
     for topic in topics {

@@ -10,6 +10,8 @@
 //! - [`carts`]: the connector of the cart service's `carts`/`cart_items`, keyed by cart id.
 //! - [`outbox`]: the outbox connectors (`order_outbox`, `payment_outbox`) through Debezium's
 //!   outbox event router to the public event topics, byte for byte what the relay writes.
+//! - [`ledger`]: the connector of the payment ledger's `payments` (envelope kept), keyed by order
+//!   id, with a heartbeat table.
 //! - [`client`]: a small async client for Connect's REST API (create or update, status, pause,
 //!   resume, delete, plugins) with errors that name the connector and the HTTP answer.
 //! - [`error`]: the crate's error enum.
@@ -18,6 +20,7 @@ pub mod carts;
 pub mod client;
 pub mod config;
 pub mod error;
+pub mod ledger;
 pub mod outbox;
 
 pub use client::{ConnectClient, ConnectorState, ConnectorStatus};

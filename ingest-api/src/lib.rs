@@ -19,12 +19,16 @@
 //! - `command` — writing commands: encode, produce, wait for Kafka, or 503 (every route).
 //! - [`kafka`] — the idempotent `acks=all` murmur2 command producer with a delivery deadline.
 //! - [`metrics`] — the Prometheus metrics; [`openapi`] — [`ApiDoc`].
+//! - [`finance`] — `GET /finance/reconciliation` from the reconciliation role's view.
+//! - [`dashboard`] — the live page at `/dashboard` (uPlot charts, the latest sagas).
 //!
 //! Start with [`serve`] (or [`spawn`] for a server on a port chosen by the OS).
 
 pub mod body;
 mod command;
 pub mod config;
+pub mod dashboard;
+pub mod finance;
 pub mod idempotency;
 pub mod inventory;
 pub mod kafka;
@@ -97,6 +101,10 @@ pub struct ApiDeps {
     /// that `GET /inventory/{sku}` reads and reserve/release check SKUs against; `None`: the
     /// inventory routes answer 503.
     pub inventory: Option<InventoryDeps>,
+    /// The reconciliation role's view when it runs in this process (`keel run --roles
+    /// ...,reconciliation`), read by `GET /finance/reconciliation`; `None`: that route answers
+    /// 503.
+    pub finance: Option<keel_processors::reconciliation::ReconciliationView>,
     /// The API registers its metrics here; `/metrics` renders all of it.
     pub registry: Registry,
     /// Whether the process is ready (`/ready` answers 503 until it is).
@@ -109,6 +117,7 @@ impl fmt::Debug for ApiDeps {
             .field("codec", &self.codec)
             .field("ledger", &self.ledger.is_some())
             .field("inventory", &self.inventory)
+            .field("finance", &self.finance.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -164,11 +173,12 @@ pub async fn spawn(
         pool: deps.pool,
         ledger: deps.ledger,
         inventory: deps.inventory.map(inventory::Inventory::new),
+        finance: deps.finance,
         registry: deps.registry,
         ready: deps.ready,
         metrics,
     });
-    let router = routes::router(app);
+    let router = routes::router(app.clone()).merge(dashboard::router(app, shutdown.clone()));
     tracing::info!(%addr, "ingest api listening");
     let task = tokio::spawn(async move {
         axum::serve(listener, router)

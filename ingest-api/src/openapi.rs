@@ -47,6 +47,7 @@ use crate::routes;
         inventory::adjust_inventory,
         inventory::reserve_inventory,
         inventory::release_inventory,
+        crate::finance::get_reconciliation,
         routes::health,
         routes::ready,
         routes::metrics,
@@ -88,6 +89,10 @@ use crate::routes;
         LineCommand,
         StatusBody,
         Problem,
+        keel_processors::reconciliation::FinanceReport,
+        keel_processors::reconciliation::ConnectorLag,
+        keel_processors::reconciliation::MismatchView,
+        keel_processors::reconciliation::MismatchKind,
     )),
     modifiers(&BearerAuth),
     tags(
@@ -95,6 +100,7 @@ use crate::routes;
         (name = "payments", description = "Payments: open an intent, confirm (authorize), read, \
             refund, and the PSP's signed callbacks"),
         (name = "inventory", description = "Inventory: stock per SKU, adjust, reserve, release"),
+        (name = "finance", description = "Reconciliation of the saga against the payment ledger"),
         (name = "operations", description = "Health, readiness, metrics, this document"),
     )
 )]

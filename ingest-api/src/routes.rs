@@ -57,6 +57,7 @@ pub enum Endpoint {
     AdjustInventory,
     ReserveInventory,
     ReleaseInventory,
+    FinanceReconciliation,
     Health,
     Ready,
     Metrics,
@@ -64,7 +65,7 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
-    pub const ALL: [Endpoint; 17] = [
+    pub const ALL: [Endpoint; 18] = [
         Self::PlaceOrder,
         Self::GetOrder,
         Self::CancelOrder,
@@ -78,6 +79,7 @@ impl Endpoint {
         Self::AdjustInventory,
         Self::ReserveInventory,
         Self::ReleaseInventory,
+        Self::FinanceReconciliation,
         Self::Health,
         Self::Ready,
         Self::Metrics,
@@ -99,6 +101,7 @@ impl Endpoint {
             | Self::GetOrderPayment
             | Self::GetPayment
             | Self::GetInventory
+            | Self::FinanceReconciliation
             | Self::Health
             | Self::Ready
             | Self::Metrics
@@ -122,6 +125,7 @@ impl Endpoint {
             Self::AdjustInventory => "/inventory/adjust",
             Self::ReserveInventory => "/inventory/reserve",
             Self::ReleaseInventory => "/inventory/release",
+            Self::FinanceReconciliation => "/finance/reconciliation",
             Self::Health => "/health",
             Self::Ready => "/ready",
             Self::Metrics => "/metrics",
@@ -153,6 +157,11 @@ impl Endpoint {
         )
     }
 
+    /// Whether the route is served from the reconciliation role's view (`ApiDeps::finance`).
+    pub fn is_finance(self) -> bool {
+        matches!(self, Self::FinanceReconciliation)
+    }
+
     /// Order, payment and inventory routes count against `max_in_flight`; operational ones
     /// never do.
     fn limited(self) -> bool {
@@ -176,6 +185,7 @@ impl Endpoint {
             Self::AdjustInventory => post(inventory::adjust_inventory),
             Self::ReserveInventory => post(inventory::reserve_inventory),
             Self::ReleaseInventory => post(inventory::release_inventory),
+            Self::FinanceReconciliation => get(crate::finance::get_reconciliation),
             Self::Health => get(health),
             Self::Ready => get(ready),
             Self::Metrics => get(metrics),
@@ -198,6 +208,9 @@ pub(crate) struct Inner {
     /// The inventory mirror (Cassandra), read by the inventory routes; without it they answer
     /// 503.
     pub inventory: Option<Inventory>,
+    /// The reconciliation role's view, read by `GET /finance/reconciliation`; without it that
+    /// route answers 503.
+    pub finance: Option<keel_processors::reconciliation::ReconciliationView>,
     pub registry: Registry,
     pub ready: ReadyFn,
     pub metrics: Metrics,

@@ -978,10 +978,11 @@ async fn the_openapi_document_and_the_routes_agree() -> anyhow::Result<()> {
         ];
         let observed = observe(requests).await?;
         // The payment routes (they need a ledger) are driven the same way in tests/payments.rs,
-        // the inventory routes (they need Cassandra) in tests/inventory.rs.
+        // the inventory routes (they need Cassandra) in tests/inventory.rs, the finance route
+        // (it needs the reconciliation view) in tests/finance.rs.
         let payment_ops: BTreeSet<(String, String)> = Endpoint::ALL
             .into_iter()
-            .filter(|e| e.is_payments() || e.is_inventory())
+            .filter(|e| e.is_payments() || e.is_inventory() || e.is_finance())
             .map(op)
             .collect();
         assert_agree(

@@ -12,13 +12,17 @@
 //! - [`inventory`] — stock and holds per SKU, hold expiry, oversell.
 //! - [`payment`] — the payment service: PSP calls, PostgreSQL ledger + outbox; [`psp_mock`] —
 //!   the PSP it talks to in development and tests; [`outbox`] — the outbox → Kafka relay.
+//! - [`cdc`] — the Debezium envelope decoder; [`reconciliation`] — the saga vs the payment
+//!   ledger's CDC: mismatches, CDC lag, the finance view.
 //! - [`topics`] — the topic names; [`format`] — Avro (or JSON under test) serdes for the runtime.
 pub mod carts;
+pub mod cdc;
 pub mod format;
 pub mod inventory;
 pub mod orders;
 pub mod outbox;
 pub mod payment;
 pub mod psp_mock;
+pub mod reconciliation;
 pub mod saga;
 pub mod topics;

@@ -31,9 +31,12 @@ pub const INVENTORY_ADJUSTED: &str = "inventory.adjusted.v1";
 /// The carts processor's answer to an order's cart check (key: order id, so it lands in the
 /// saga's partition).
 pub const CART_CHECKED: &str = "cart.checked.v1";
+/// The reconciliation processor's mismatches between the saga and the payment ledger, opened
+/// and resolved (key: order id).
+pub const RECONCILIATION_MISMATCHES: &str = "reconciliation.mismatches.v1";
 
 /// Every topic `keel run` makes sure exists (without prefix).
-pub const ALL: [&str; 13] = [
+pub const ALL: [&str; 14] = [
     ORDER_COMMANDS,
     INVENTORY_COMMANDS,
     PAYMENT_COMMANDS,
@@ -47,6 +50,7 @@ pub const ALL: [&str; 13] = [
     INVENTORY_RELEASED,
     INVENTORY_ADJUSTED,
     CART_CHECKED,
+    RECONCILIATION_MISMATCHES,
 ];
 
 /// The topic names in use: [`ALL`] with a prefix.

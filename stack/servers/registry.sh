@@ -126,3 +126,13 @@ registry_healthy() {
   stack_http_ok "http://$KEEL_STACK_HOST:9000/health/ready" &&
     stack_http_ok "http://$KEEL_STACK_HOST:8080/apis/ccompat/v7/subjects"
 }
+
+# Every subject BACKWARD, including those Connect or a producer creates on first write:
+# Apicurio's global default is NONE, so set the registry's global level (GET /config reads it
+# back). `keel schemas register` sets it too; tests/tests/registry_global_level.rs checks it.
+registry_after_up() {
+  curl -fsS -X PUT -H 'Content-Type: application/vnd.schemaregistry.v1+json' \
+    -d '{"compatibility":"BACKWARD"}' \
+    "http://$KEEL_STACK_HOST:8080/apis/ccompat/v7/config" >/dev/null ||
+    { stack_log "registry: could not set the global compatibility level to BACKWARD"; return 1; }
+}

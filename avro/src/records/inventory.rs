@@ -71,16 +71,23 @@ pub struct ConfirmReservation {
     pub order_id: String,
 }
 
-/// Whether a reserve command was held or short.
+/// Inventory's answer about one order's line: to a reserve command, `HELD` or `SHORTAGE`; to a
+/// confirm command, `SOLD` (the hold, or a lapsed hold whose stock was still there, became a
+/// sale), `OVERSOLD` (the hold lapsed, its stock went to another order, and it was sold anyway
+/// under `[inventory].oversell = "allow"`) or `SALE_REFUSED` (the same, refused under
+/// `"prevent"`: no sale, the saga compensates the order).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, AvroSchema)]
 #[avro(namespace = "dev.keel.v1")]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum ReservationStatus {
     Held,
     Shortage,
+    Sold,
+    Oversold,
+    SaleRefused,
 }
 
-/// `inventory.reserved.v1` (key: order id): inventory's answer to a reserve command.
+/// `inventory.reserved.v1` (key: order id): inventory's answer to a reserve or confirm command.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, AvroSchema)]
 #[avro(namespace = "dev.keel.v1")]
 pub struct InventoryReserved {

@@ -10,6 +10,7 @@ mod carts;
 mod inventory;
 mod orders;
 mod payments;
+mod reconciliation;
 
 use std::collections::HashSet;
 
@@ -33,6 +34,7 @@ pub use payments::{
     PaymentCommandBody, PaymentFailed, PaymentFailureReason, PaymentRefunded, PspCallback,
     PspOutcome, RefundPayment, VoidPayment,
 };
+pub use reconciliation::{ReconciliationKind, ReconciliationMismatch, ReconciliationState};
 
 /// An amount in the currency's minor unit (cents for EUR) and its ISO 4217 code. Never a float.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, AvroSchema)]

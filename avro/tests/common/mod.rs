@@ -358,3 +358,37 @@ pub fn cart_checked() -> Vec<CartChecked> {
         answer(CartCheckStatus::CurrencyMismatch, Some("EUR vs USD"), false),
     ]
 }
+
+pub fn reconciliation_mismatches() -> Vec<keel_avro::records::ReconciliationMismatch> {
+    use keel_avro::records::{ReconciliationKind, ReconciliationMismatch, ReconciliationState};
+    let open = ReconciliationMismatch {
+        event_id: "order-42/AUTHORIZED_BUT_CANCELLED/1767225600123/OPEN".into(),
+        order_id: "order-42".into(),
+        occurred_at: AT,
+        causation_id: "grace-timer".into(),
+        correlation_id: "order-42".into(),
+        kind: ReconciliationKind::AuthorizedButCancelled,
+        state: ReconciliationState::Open,
+        opened_at: AT,
+        resolved_at: None,
+        detail: "order cancelled but payment pay-1 is CAPTURED".into(),
+        payment_id: Some("pay-1".into()),
+        order_status: Some("CANCELLED".into()),
+        payment_status: Some("CAPTURED".into()),
+        order_total_minor: Some(2_495),
+        captured_minor: Some(2_495),
+        currency: Some("EUR".into()),
+    };
+    let resolved = ReconciliationMismatch {
+        event_id: "order-42/AMOUNT_MISMATCH/1767225600123/RESOLVED".into(),
+        kind: ReconciliationKind::AmountMismatch,
+        state: ReconciliationState::Resolved,
+        resolved_at: Some(AT + 1_000),
+        payment_id: None,
+        order_total_minor: None,
+        captured_minor: None,
+        currency: None,
+        ..open.clone()
+    };
+    vec![open, resolved]
+}

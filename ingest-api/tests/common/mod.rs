@@ -124,6 +124,7 @@ impl Base {
                 pool: deps.pool,
                 ledger: deps.ledger,
                 inventory: deps.inventory,
+                finance: None,
                 registry: prometheus::Registry::new(),
                 ready: Arc::new(move || ready),
             },

@@ -7,7 +7,12 @@
 //! - a duplicate reserve (a hold already exists for the order) changes nothing;
 //! - a release before its reserve leaves a marker, so the late reserve is refused;
 //! - a hold lapses at `expires_at` (TTL from configuration) and is released with `HOLD_EXPIRED`;
-//! - confirming a lapsed hold takes the stock if it is still there, else records an oversell;
+//! - confirming a lapsed hold takes the stock if it is still there, else records an oversell
+//!   (sold anyway under `allow`, refused under `prevent`);
+//! - every confirm is answered on `inventory.reserved.v1` (`SOLD`, `OVERSOLD`, `SALE_REFUSED`),
+//!   so a saga that waits for the sale (`prevent`) learns the outcome in its own partition;
+//! - a compensating release of a sold hold (the saga gives up an order whose other line was
+//!   refused) puts the units back on hand;
 //! - an adjust never takes `on_hand` below zero or below what is held.
 
 use serde::{Deserialize, Serialize};
@@ -27,6 +32,16 @@ pub enum OversellPolicy {
     Allow,
     /// Refuse the sale and report it; the order is compensated.
     Prevent,
+}
+
+impl OversellPolicy {
+    /// The configuration value (`allow`, `prevent`), also the metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Allow => "allow",
+            Self::Prevent => "prevent",
+        }
+    }
 }
 
 /// One command (or timer) for one SKU.
@@ -186,6 +201,23 @@ pub fn decide(
                 });
                 Some(h)
             }
+            // The saga compensates an order it had confirmed a line of (`prevent`: another line
+            // was refused): the sale is undone.
+            Some(mut h) if h.state == HoldState::Sold && reason == ReleaseReason::Compensation => {
+                stock.on_hand += h.quantity;
+                h.state = HoldState::Ended(Ended::Released);
+                fx.push(Effect::Released {
+                    order_id: order_id.clone(),
+                    quantity: h.quantity,
+                    reason,
+                });
+                fx.push(Effect::Adjusted {
+                    delta: h.quantity,
+                    on_hand: stock.on_hand,
+                    reason: format!("UNSOLD order {order_id} (compensation)"),
+                });
+                Some(h)
+            }
             Some(h) => Some(h),
             None => Some(Hold {
                 order_id,
@@ -220,9 +252,23 @@ pub fn decide(
                     on_hand: stock.on_hand,
                     reason: format!("SOLD order {order_id}"),
                 });
+                fx.push(confirmed(
+                    &order_id,
+                    ReservationStatus::Sold,
+                    h.quantity,
+                    &stock,
+                ));
                 Some(h)
             }
-            Some(h) if h.state == HoldState::Sold => Some(h),
+            // A duplicate confirm: the first answer stands.
+            Some(h)
+                if matches!(
+                    h.state,
+                    HoldState::Sold | HoldState::Ended(Ended::SaleRefused)
+                ) =>
+            {
+                Some(h)
+            }
             Some(mut h) if h.state == HoldState::Ended(Ended::Expired) => {
                 // The payment came after the hold lapsed: sell if the stock is still there.
                 let quantity = h.quantity;
@@ -234,19 +280,42 @@ pub fn decide(
                         on_hand: stock.on_hand,
                         reason: format!("SOLD order {order_id} after its hold lapsed"),
                     });
+                    fx.push(confirmed(
+                        &order_id,
+                        ReservationStatus::Sold,
+                        quantity,
+                        &stock,
+                    ));
                 } else {
                     fx.push(Effect::Oversold {
                         order_id: order_id.clone(),
                         quantity,
                     });
-                    if rules.oversell == OversellPolicy::Allow {
-                        stock.on_hand -= quantity;
-                        h.state = HoldState::Sold;
-                        fx.push(Effect::Adjusted {
-                            delta: -quantity,
-                            on_hand: stock.on_hand,
-                            reason: format!("OVERSOLD order {order_id}"),
-                        });
+                    match rules.oversell {
+                        OversellPolicy::Allow => {
+                            stock.on_hand -= quantity;
+                            h.state = HoldState::Sold;
+                            fx.push(Effect::Adjusted {
+                                delta: -quantity,
+                                on_hand: stock.on_hand,
+                                reason: format!("OVERSOLD order {order_id}"),
+                            });
+                            fx.push(confirmed(
+                                &order_id,
+                                ReservationStatus::Oversold,
+                                quantity,
+                                &stock,
+                            ));
+                        }
+                        OversellPolicy::Prevent => {
+                            h.state = HoldState::Ended(Ended::SaleRefused);
+                            fx.push(confirmed(
+                                &order_id,
+                                ReservationStatus::SaleRefused,
+                                quantity,
+                                &stock,
+                            ));
+                        }
                     }
                 }
                 Some(h)
@@ -276,4 +345,20 @@ pub fn decide(
         hold,
         effects: fx,
     })
+}
+
+/// The answer to a confirm command on `inventory.reserved.v1`.
+fn confirmed(
+    order_id: &str,
+    status: ReservationStatus,
+    quantity: i64,
+    stock: &StockLevel,
+) -> Effect {
+    Effect::Reserved {
+        order_id: order_id.to_owned(),
+        status,
+        quantity,
+        available: stock.available(),
+        expires_at: None,
+    }
 }

@@ -38,6 +38,9 @@ pub enum Ended {
     ReleasedBeforeReserve,
     /// There was not enough stock.
     Refused,
+    /// The hold lapsed, its stock went to another order, and the late confirm was refused
+    /// (`[inventory].oversell = "prevent"`).
+    SaleRefused,
 }
 
 /// Where one order's hold on one SKU is.

@@ -170,6 +170,131 @@ fn a_lapsed_hold_is_released_as_expired_and_its_late_confirm_is_an_oversell_when
     );
 }
 
+/// The answer a confirm gets on `inventory.reserved.v1` (what the saga waits for under prevent).
+fn confirm_answer(effects: &[Effect]) -> Option<ReservationStatus> {
+    effects.iter().find_map(|e| match e {
+        Effect::Reserved { status, .. } => Some(*status),
+        _ => None,
+    })
+}
+
+#[test]
+fn every_confirm_is_answered_sold_oversold_or_refused_and_a_refusal_is_final() {
+    let confirm = || Input::Confirm {
+        order_id: "o1".into(),
+    };
+    let prevent = Rules {
+        oversell: OversellPolicy::Prevent,
+        ..RULES
+    };
+    // A live hold: SOLD under either policy.
+    for rules in [RULES, prevent] {
+        let o = decide(stock(2), None, reserve("o1", 1), T0, &rules).expect("applies");
+        let c = decide(o.stock, o.hold, confirm(), T0, &rules).expect("applies");
+        assert_eq!(confirm_answer(&c.effects), Some(ReservationStatus::Sold));
+    }
+    // A lapsed hold whose unit went to another order.
+    let lapsed = |rules: &Rules| {
+        let o = decide(stock(1), None, reserve("o1", 1), T0, rules).expect("applies");
+        let e = decide(
+            o.stock,
+            o.hold,
+            Input::Expire {
+                order_id: "o1".into(),
+            },
+            T0 + 60_000,
+            rules,
+        )
+        .expect("applies");
+        let other = decide(e.stock, None, reserve("o2", 1), T0, rules).expect("applies");
+        (other.stock, e.hold)
+    };
+    let (s, h) = lapsed(&RULES);
+    let allowed = decide(s, h, confirm(), T0, &RULES).expect("applies");
+    assert_eq!(
+        confirm_answer(&allowed.effects),
+        Some(ReservationStatus::Oversold)
+    );
+    let (s, h) = lapsed(&prevent);
+    let refused = decide(s, h, confirm(), T0, &prevent).expect("applies");
+    assert_eq!(
+        confirm_answer(&refused.effects),
+        Some(ReservationStatus::SaleRefused)
+    );
+    assert_eq!(
+        refused.hold.as_ref().map(|h| h.state),
+        Some(HoldState::Ended(Ended::SaleRefused))
+    );
+    // A duplicate confirm of a refused sale neither sells nor counts a second oversell.
+    let again = decide(refused.stock, refused.hold, confirm(), T0, &prevent).expect("applies");
+    assert!(again.effects.is_empty(), "{:?}", again.effects);
+    assert_eq!(again.stock, refused.stock);
+}
+
+#[test]
+fn a_compensating_release_of_a_sold_hold_puts_the_units_back() {
+    let o = decide(stock(4), None, reserve("o1", 3), T0, &RULES).expect("applies");
+    let sold = decide(
+        o.stock,
+        o.hold,
+        Input::Confirm {
+            order_id: "o1".into(),
+        },
+        T0,
+        &RULES,
+    )
+    .expect("applies");
+    assert_eq!(sold.stock.on_hand, 1);
+    // A customer's release does not undo a sale...
+    let kept = decide(
+        sold.stock,
+        sold.hold.clone(),
+        Input::Release {
+            order_id: "o1".into(),
+            reason: ReleaseReason::OrderCancelled,
+        },
+        T0,
+        &RULES,
+    )
+    .expect("applies");
+    assert_eq!(kept.stock, sold.stock);
+    assert!(kept.effects.is_empty());
+    // ...the saga's compensation (another line of the order was refused) does, once.
+    let undone = decide(
+        sold.stock,
+        sold.hold,
+        Input::Release {
+            order_id: "o1".into(),
+            reason: ReleaseReason::Compensation,
+        },
+        T0,
+        &RULES,
+    )
+    .expect("applies");
+    assert_eq!(undone.stock, stock(4));
+    assert!(undone.effects.iter().any(|e| matches!(
+        e,
+        Effect::Adjusted {
+            delta: 3,
+            on_hand: 4,
+            ..
+        }
+    )));
+    let twice = decide(
+        undone.stock,
+        undone.hold,
+        Input::Release {
+            order_id: "o1".into(),
+            reason: ReleaseReason::Compensation,
+        },
+        T0,
+        &RULES,
+    )
+    .expect("applies");
+    assert_eq!(twice.stock, stock(4));
+    assert!(twice.effects.is_empty());
+}
+
 #[test]
 fn confirm_turns_a_hold_into_a_sale_once() {
     let o = decide(stock(4), None, reserve("o1", 3), T0, &RULES).expect("applies");

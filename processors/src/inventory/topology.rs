@@ -14,7 +14,7 @@ use keel_topology::{
     Context, ProcessError, Processor, Punctuation, PunctuationType, Record, StoreKind, Topology,
     TopologyBuilder,
 };
-use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 use serde::{Deserialize, Serialize};
 
 use super::logic::{Effect, Input, OversellPolicy, Rules, decide};
@@ -51,8 +51,16 @@ impl Default for InventoryConfig {
 pub struct InventoryMetrics {
     /// `inventory_oversell_total`: sales of lapsed holds whose stock was gone.
     pub oversell: IntCounter,
-    /// `inventory_holds_total{outcome}`: held, shortage, released, expired, sold.
+    /// `inventory_holds_total{outcome}`: held, shortage, released, expired, sold, sale_refused.
     pub holds: IntCounterVec,
+    /// `inventory_hold_ttl_ms`: the running process's `[inventory].hold_ttl_ms`, so a client
+    /// (the oversell scenario) can check the TTL it depends on through `GET /metrics`.
+    pub hold_ttl_ms: IntGauge,
+    /// `inventory_oversell_policy{policy}`: 1 for the running `[inventory].oversell`.
+    pub oversell_policy: IntGaugeVec,
+    /// `inventory_holds_active{task}`: holds taken and not yet sold, released or expired (their
+    /// expiry timers), per task; refreshed by the expiry punctuator at most every 5 s.
+    pub active: IntGaugeVec,
 }
 
 impl InventoryMetrics {
@@ -68,9 +76,36 @@ impl InventoryMetrics {
             ),
             &["outcome"],
         )?;
+        let active = IntGaugeVec::new(
+            Opts::new(
+                "inventory_holds_active",
+                "Holds taken and not yet sold, released or expired, per task",
+            ),
+            &["task"],
+        )?;
+        let hold_ttl_ms = IntGauge::new(
+            "inventory_hold_ttl_ms",
+            "The configured hold TTL ([inventory].hold_ttl_ms)",
+        )?;
+        let oversell_policy = IntGaugeVec::new(
+            Opts::new(
+                "inventory_oversell_policy",
+                "1 for the configured [inventory].oversell policy (allow or prevent)",
+            ),
+            &["policy"],
+        )?;
         registry.register(Box::new(oversell.clone()))?;
         registry.register(Box::new(holds.clone()))?;
-        Ok(Self { oversell, holds })
+        registry.register(Box::new(hold_ttl_ms.clone()))?;
+        registry.register(Box::new(oversell_policy.clone()))?;
+        registry.register(Box::new(active.clone()))?;
+        Ok(Self {
+            oversell,
+            holds,
+            active,
+            hold_ttl_ms,
+            oversell_policy,
+        })
     }
 }
 
@@ -92,6 +127,13 @@ pub fn topology(
         oversell: config.oversell,
     };
     let interval = Duration::from_millis(config.expiry_check_interval_ms.max(1));
+    metrics.hold_ttl_ms.set(rules.hold_ttl_ms);
+    for policy in [OversellPolicy::Allow, OversellPolicy::Prevent] {
+        metrics
+            .oversell_policy
+            .with_label_values(&[policy.label()])
+            .set(i64::from(policy == config.oversell));
+    }
     let mut b = TopologyBuilder::new();
     b.add_source(
         SOURCE,
@@ -105,6 +147,7 @@ pub fn topology(
             rules,
             interval,
             metrics: metrics.clone(),
+            active_counted_at: None,
         },
         &[SOURCE],
     )
@@ -150,7 +193,12 @@ pub struct InventoryProcessor {
     rules: Rules,
     interval: Duration,
     metrics: InventoryMetrics,
+    /// When `inventory_holds_active` was last counted (wall clock, ms).
+    active_counted_at: Option<i64>,
 }
+
+/// How often the punctuator counts the active holds (a scan of the expiry timers).
+const ACTIVE_COUNT_EVERY_MS: i64 = 5_000;
 
 impl Processor for InventoryProcessor {
     type Key = String;
@@ -227,6 +275,27 @@ impl Processor for InventoryProcessor {
             };
             self.apply(ctx, &sku, Input::Expire { order_id }, &cause)?;
         }
+        let now = ctx.wall_clock_time();
+        if self
+            .active_counted_at
+            .is_none_or(|at| now - at >= ACTIVE_COUNT_EVERY_MS)
+        {
+            self.active_counted_at = Some(now);
+            let active = ctx.timers(EXPIRY_STORE)?.prefix(b"")?.len();
+            self.metrics
+                .active
+                .with_label_values(&[&ctx.task_id().to_string()])
+                .set(i64::try_from(active).unwrap_or(i64::MAX));
+        }
+        Ok(())
+    }
+
+    fn close(&mut self, ctx: &mut Context<'_>) -> Result<(), ProcessError> {
+        // The task moves away or stops: its holds are no longer this process's to show.
+        let _ = self
+            .metrics
+            .active
+            .remove_label_values(&[&ctx.task_id().to_string()]);
         Ok(())
     }
 }
@@ -311,10 +380,16 @@ impl InventoryProcessor {
                 expires_at,
             } => {
                 let outcome = match status {
-                    keel_avro::records::ReservationStatus::Held => "held",
-                    keel_avro::records::ReservationStatus::Shortage => "shortage",
+                    keel_avro::records::ReservationStatus::Held => Some("held"),
+                    keel_avro::records::ReservationStatus::Shortage => Some("shortage"),
+                    keel_avro::records::ReservationStatus::SaleRefused => Some("sale_refused"),
+                    // Counted as `sold` with their stock adjustment.
+                    keel_avro::records::ReservationStatus::Sold
+                    | keel_avro::records::ReservationStatus::Oversold => None,
                 };
-                holds.with_label_values(&[outcome]).inc();
+                if let Some(outcome) = outcome {
+                    holds.with_label_values(&[outcome]).inc();
+                }
                 let event = InventoryReserved {
                     event_id: format!("{}/reserved", cause.id),
                     sku: sku.to_owned(),

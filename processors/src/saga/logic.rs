@@ -8,7 +8,11 @@
 //! - a terminal step (`Confirmed`, `Cancelled`, `Rejected`) never changes; late replies to a
 //!   terminal saga only compensate (a late hold is released, a late authorization voided);
 //! - every non-terminal step has a deadline, so no saga waits forever;
-//! - every line held and every authorization has a path to confirmation or compensation.
+//! - every line held and every authorization has a path to confirmation or compensation;
+//! - with [`Timeouts::wait_for_sale`] (`[inventory].oversell = "prevent"`) an authorized order
+//!   is `CONFIRMED` only once inventory answered `SOLD`/`OVERSOLD` for every line; a
+//!   `SALE_REFUSED` cancels it (`OVERSELL_PREVENTED`), voiding the payment and giving back what
+//!   was sold.
 
 use keel_avro::records::{
     AuthorizePayment, CapturePayment, CartCheckStatus, CartChecked, ConfirmReservation,
@@ -33,6 +37,10 @@ pub struct Timeouts {
     /// (`[carts].source = "cdc"`; longer than `[saga].cart_wait_ms`, so `CART_NOT_FOUND` arrives
     /// first). `None`: the command's own lines are trusted (`[carts].source = "api"`).
     pub cart_ms: Option<i64>,
+    /// `true` (`[inventory].oversell = "prevent"`): after the authorization, wait for
+    /// inventory's answer to every confirm command (deadline: `inventory_ms`) before capturing
+    /// and deciding `CONFIRMED`. `false` (`"allow"`): confirm, capture and decide at once.
+    pub wait_for_sale: bool,
 }
 
 impl Default for Timeouts {
@@ -41,6 +49,7 @@ impl Default for Timeouts {
             inventory_ms: 30_000,
             payment_ms: 60_000,
             cart_ms: None,
+            wait_for_sale: false,
         }
     }
 }
@@ -158,7 +167,10 @@ pub fn decide(
         // Another place-order for an existing order id: the order exists; nothing changes.
         Input::Place { .. } => {}
         Input::Cancel { reason, .. } => match saga.step {
-            Step::AwaitingCart | Step::AwaitingInventory | Step::AwaitingPayment => {
+            Step::AwaitingCart
+            | Step::AwaitingInventory
+            | Step::AwaitingPayment
+            | Step::AwaitingConfirmation => {
                 cancel(&mut saga, Reason::CustomerCancelled, Some(reason), &mut fx);
             }
             // Already where the cancel wants it (a client's retried cancel, or a cancel that
@@ -175,6 +187,9 @@ pub fn decide(
         Input::Released(released) => on_released(&mut saga, &released, &mut fx),
         Input::CartChecked(answer) => on_cart_checked(&mut saga, answer, now, timeouts, &mut fx),
         Input::Authorized(auth) => match saga.step {
+            Step::AwaitingPayment if timeouts.wait_for_sale => {
+                await_sale(&mut saga, &auth, now, timeouts, &mut fx);
+            }
             Step::AwaitingPayment => {
                 saga.payment = PaymentState::CaptureRequested {
                     psp_reference: auth.psp_reference.clone(),
@@ -196,8 +211,9 @@ pub fn decide(
                 )));
                 transition(&mut saga, Step::Confirmed, None, None, &mut fx);
             }
-            // Confirmed already (a duplicate under another event id): nothing more to do.
-            Step::Confirmed => {}
+            // Confirmed already, or confirming (a duplicate under another event id): nothing
+            // more to do.
+            Step::Confirmed | Step::AwaitingConfirmation => {}
             // An authorization nobody waits for any more: give the money back.
             Step::AwaitingCart | Step::AwaitingInventory | Step::Cancelled | Step::Rejected => {
                 saga.payment = PaymentState::VoidRequested;
@@ -238,6 +254,11 @@ pub fn decide(
                     Some("no payment outcome before the deadline".to_owned()),
                     &mut fx,
                 );
+            }
+            Step::AwaitingConfirmation => {
+                let waiting = lines_in(&saga, |s| matches!(s, LineState::Confirming));
+                let detail = format!("no answer to the confirm of {}", waiting.join(", "));
+                cancel(&mut saga, Reason::InventoryTimeout, Some(detail), &mut fx);
             }
             Step::Confirmed | Step::Cancelled | Step::Rejected => {}
         },
@@ -533,6 +554,13 @@ fn on_reserved(
         // A reply for a SKU this order does not have: nothing of ours to hold or release.
         return;
     };
+    if matches!(
+        reply.status,
+        ReservationStatus::Sold | ReservationStatus::Oversold | ReservationStatus::SaleRefused
+    ) {
+        on_confirm_answer(saga, reply, &state, fx);
+        return;
+    }
     let held = reply.status == ReservationStatus::Held;
     match saga.step {
         Step::AwaitingInventory if state == LineState::Requested => {
@@ -583,7 +611,12 @@ fn on_reserved(
         }
         // A hold that nobody needs any more (the order was cancelled, or the line was already
         // given up): give it back.
-        _ if held && !matches!(state, LineState::Held { .. } | LineState::Confirmed) => {
+        _ if held
+            && !matches!(
+                state,
+                LineState::Held { .. } | LineState::Confirming | LineState::Confirmed
+            ) =>
+        {
             saga.line_states
                 .insert(reply.sku.clone(), LineState::Released);
             fx.push(release(
@@ -622,18 +655,105 @@ fn on_released(saga: &mut Saga, released: &InventoryReleased, fx: &mut Vec<Effec
     }
 }
 
-/// Cancels a non-terminal saga: releases every line that is or may be held, voids an
-/// authorization that is or may be under way, and decides `CANCELLED`.
+/// `wait_for_sale`: the payment is authorized; ask inventory to confirm every line (held or
+/// lapsed: inventory decides) and wait for its answers before capturing.
+fn await_sale(
+    saga: &mut Saga,
+    auth: &PaymentAuthorized,
+    now: i64,
+    timeouts: &Timeouts,
+    fx: &mut Vec<Effect>,
+) {
+    saga.payment = PaymentState::Authorized {
+        psp_reference: auth.psp_reference.clone(),
+    };
+    for line in saga.lines.clone() {
+        saga.line_states
+            .insert(line.sku.clone(), LineState::Confirming);
+        fx.push(Effect::Inventory {
+            sku: line.sku,
+            command: InventoryCommandBody::Confirm(ConfirmReservation {
+                order_id: saga.order_id.clone(),
+            }),
+        });
+    }
+    saga.step = Step::AwaitingConfirmation;
+    let due = now.saturating_add(timeouts.inventory_ms);
+    saga.deadline = Some(due);
+    fx.push(Effect::SetDeadline(due));
+}
+
+/// Inventory answered a confirm command (`SOLD`, `OVERSOLD`, `SALE_REFUSED`). Only a saga that
+/// waits for the sale acts on it; otherwise the order was already decided.
+fn on_confirm_answer(
+    saga: &mut Saga,
+    reply: &InventoryReserved,
+    state: &LineState,
+    fx: &mut Vec<Effect>,
+) {
+    if saga.step != Step::AwaitingConfirmation || *state != LineState::Confirming {
+        return;
+    }
+    if reply.status == ReservationStatus::SaleRefused {
+        saga.line_states.insert(
+            reply.sku.clone(),
+            LineState::Short {
+                available: reply.available,
+            },
+        );
+        let detail = format!(
+            "{}: the hold lapsed while the payment was under way and its {} unit(s) went to \
+             another order; inventory refused the late sale ([inventory].oversell = prevent)",
+            reply.sku, reply.quantity
+        );
+        cancel(saga, Reason::OversellPrevented, Some(detail), fx);
+        return;
+    }
+    saga.line_states
+        .insert(reply.sku.clone(), LineState::Confirmed);
+    if saga
+        .line_states
+        .values()
+        .all(|s| matches!(s, LineState::Confirmed))
+    {
+        let psp_reference = match &saga.payment {
+            PaymentState::Authorized { psp_reference } => psp_reference.clone(),
+            _ => String::new(),
+        };
+        saga.payment = PaymentState::CaptureRequested { psp_reference };
+        fx.push(Effect::Payment(PaymentCommandBody::Capture(
+            CapturePayment {
+                amount: saga.total.clone(),
+            },
+        )));
+        transition(saga, Step::Confirmed, None, None, fx);
+    }
+}
+
+/// Cancels a non-terminal saga: releases every line that is or may be held (or, while waiting
+/// for the sale, sold), voids an authorization that is or may be under way, and decides
+/// `CANCELLED`.
 fn cancel(saga: &mut Saga, reason: Reason, detail: Option<String>, fx: &mut Vec<Effect>) {
     for (sku, state) in saga.line_states.iter_mut() {
         // Requested lines are released too: their hold may land later, and a release before
-        // its reserve makes inventory refuse that reserve.
-        if matches!(state, LineState::Requested | LineState::Held { .. }) {
+        // its reserve makes inventory refuse that reserve. Confirming and confirmed lines
+        // exist only while waiting for the sale (the saga is not terminal yet): a compensating
+        // release after the confirm undoes a sale inventory made.
+        if matches!(
+            state,
+            LineState::Requested
+                | LineState::Held { .. }
+                | LineState::Confirming
+                | LineState::Confirmed
+        ) {
             *state = LineState::Released;
             fx.push(release(&saga.order_id, sku, ReleaseReason::Compensation));
         }
     }
-    if matches!(saga.payment, PaymentState::Requested) {
+    if matches!(
+        saga.payment,
+        PaymentState::Requested | PaymentState::Authorized { .. }
+    ) {
         saga.payment = PaymentState::VoidRequested;
         fx.push(Effect::Payment(PaymentCommandBody::Void(VoidPayment {
             reason: reason.code().to_owned(),

@@ -35,6 +35,10 @@ pub enum Step {
     AwaitingInventory,
     /// Every line held; authorize command sent, waiting for the payment's outcome.
     AwaitingPayment,
+    /// `[inventory].oversell = "prevent"` only: the payment is authorized and a confirm command
+    /// went out per line; waiting for inventory's answer (`SOLD` / `OVERSOLD` / `SALE_REFUSED`
+    /// on `inventory.reserved.v1`) before capturing and deciding `CONFIRMED`.
+    AwaitingConfirmation,
     Confirmed,
     Cancelled,
     /// The place-order command was invalid; the order never became `PENDING`.
@@ -48,6 +52,7 @@ impl Step {
             Self::AwaitingCart => "awaiting_cart",
             Self::AwaitingInventory => "awaiting_inventory",
             Self::AwaitingPayment => "awaiting_payment",
+            Self::AwaitingConfirmation => "awaiting_confirmation",
             Self::Confirmed => "confirmed",
             Self::Cancelled => "cancelled",
             Self::Rejected => "rejected",
@@ -61,9 +66,10 @@ impl Step {
     /// The order status this step shows.
     pub fn status(self) -> OrderDecisionStatus {
         match self {
-            Self::AwaitingCart | Self::AwaitingInventory | Self::AwaitingPayment => {
-                OrderDecisionStatus::Pending
-            }
+            Self::AwaitingCart
+            | Self::AwaitingInventory
+            | Self::AwaitingPayment
+            | Self::AwaitingConfirmation => OrderDecisionStatus::Pending,
             Self::Confirmed => OrderDecisionStatus::Confirmed,
             Self::Cancelled => OrderDecisionStatus::Cancelled,
             Self::Rejected => OrderDecisionStatus::Rejected,
@@ -71,10 +77,11 @@ impl Step {
     }
 
     /// Every step, for exhaustive tests.
-    pub const ALL: [Step; 6] = [
+    pub const ALL: [Step; 7] = [
         Self::AwaitingCart,
         Self::AwaitingInventory,
         Self::AwaitingPayment,
+        Self::AwaitingConfirmation,
         Self::Confirmed,
         Self::Cancelled,
         Self::Rejected,
@@ -94,6 +101,9 @@ pub enum LineState {
     Released,
     /// The hold lapsed before the payment's outcome arrived.
     Expired,
+    /// A confirm command was sent and the saga waits for inventory's answer
+    /// (`Step::AwaitingConfirmation`).
+    Confirming,
     /// The hold became a sale.
     Confirmed,
 }
@@ -150,6 +160,9 @@ pub enum Reason {
     CartMismatch,
     /// The cart check was not answered before the cart deadline.
     CartTimeout,
+    /// `[inventory].oversell = "prevent"`: a line's hold lapsed while the payment was under
+    /// way, its stock went to another order, and inventory refused the late sale.
+    OversellPrevented,
 }
 
 impl Reason {
@@ -171,6 +184,7 @@ impl Reason {
             Self::CurrencyMismatch => "CURRENCY_MISMATCH",
             Self::CartMismatch => "CART_MISMATCH",
             Self::CartTimeout => "CART_TIMEOUT",
+            Self::OversellPrevented => "OVERSELL_PREVENTED",
         }
     }
 }

@@ -13,12 +13,21 @@ const TIMEOUTS: Timeouts = Timeouts {
     inventory_ms: 5_000,
     payment_ms: 10_000,
     cart_ms: None,
+    wait_for_sale: false,
+};
+/// `[inventory].oversell = "prevent"`: an authorized order waits for inventory's sale.
+const PREVENT_TIMEOUTS: Timeouts = Timeouts {
+    inventory_ms: 5_000,
+    payment_ms: 10_000,
+    cart_ms: None,
+    wait_for_sale: true,
 };
 /// `[carts].source = "cdc"`: every order first waits for its cart check.
 const CART_TIMEOUTS: Timeouts = Timeouts {
     inventory_ms: 5_000,
     payment_ms: 10_000,
     cart_ms: Some(3_000),
+    wait_for_sale: false,
 };
 
 fn eur(minor: i64) -> Money {
@@ -551,6 +560,171 @@ fn an_unanswered_cart_check_is_cancelled_at_its_deadline_and_a_late_answer_chang
     assert_eq!(saga.reason, Some(Reason::CustomerCancelled));
 }
 
+// ---- [inventory].oversell = "prevent": the saga waits for the sale ----
+
+fn sold(sku: &str) -> Input {
+    reserved(sku, ReservationStatus::Sold, &format!("sold-{sku}"))
+}
+
+fn refused(sku: &str) -> Input {
+    reserved(
+        sku,
+        ReservationStatus::SaleRefused,
+        &format!("refused-{sku}"),
+    )
+}
+
+#[test]
+fn under_prevent_an_authorized_order_waits_for_every_sale_before_capturing_and_confirming() {
+    let (saga, fx) = run_with(
+        &PREVENT_TIMEOUTS,
+        vec![place(), held("SKU-A"), held("SKU-B"), authorized("a")],
+    );
+    assert_eq!(saga.step, Step::AwaitingConfirmation);
+    assert_eq!(saga.step.status(), OrderDecisionStatus::Pending);
+    assert_eq!(decisions(&fx), vec![(OrderDecisionStatus::Pending, None)]);
+    assert_eq!(
+        inventory(&fx)
+            .into_iter()
+            .filter(|(_, k)| *k == "confirm")
+            .count(),
+        2
+    );
+    assert!(
+        !payments(&fx).contains(&"capture"),
+        "no capture before the sale"
+    );
+    assert_eq!(
+        saga.deadline,
+        Some(T0 + 5_000),
+        "the confirm has a deadline"
+    );
+
+    let (saga, fx) = run_with(
+        &PREVENT_TIMEOUTS,
+        vec![
+            place(),
+            held("SKU-A"),
+            held("SKU-B"),
+            authorized("a"),
+            sold("SKU-A"),
+            reserved("SKU-B", ReservationStatus::Oversold, "oversold-b"),
+        ],
+    );
+    assert_eq!(saga.step, Step::Confirmed);
+    assert_eq!(
+        decisions(&fx),
+        vec![
+            (OrderDecisionStatus::Pending, None),
+            (OrderDecisionStatus::Confirmed, None)
+        ]
+    );
+    assert_eq!(
+        payments(&fx)
+            .into_iter()
+            .filter(|p| *p == "capture")
+            .count(),
+        1
+    );
+    assert!(
+        saga.line_states
+            .values()
+            .all(|l| *l == LineState::Confirmed)
+    );
+}
+
+#[test]
+fn under_prevent_a_refused_sale_cancels_voids_the_payment_and_gives_back_what_was_sold() {
+    let (saga, fx) = run_with(
+        &PREVENT_TIMEOUTS,
+        vec![
+            place(),
+            held("SKU-A"),
+            held("SKU-B"),
+            authorized("a"),
+            sold("SKU-A"),
+            refused("SKU-B"),
+        ],
+    );
+    assert_eq!(saga.step, Step::Cancelled);
+    assert_eq!(saga.reason, Some(Reason::OversellPrevented));
+    assert_eq!(Reason::OversellPrevented.code(), "OVERSELL_PREVENTED");
+    assert!(
+        saga.detail.as_deref().unwrap_or_default().contains("SKU-B"),
+        "{:?}",
+        saga.detail
+    );
+    let pay = payments(&fx);
+    assert!(pay.contains(&"void"), "{pay:?}");
+    assert!(!pay.contains(&"capture"), "{pay:?}");
+    let releases: Vec<String> = inventory(&fx)
+        .into_iter()
+        .filter(|(_, k)| *k == "release")
+        .map(|(sku, _)| sku)
+        .collect();
+    assert_eq!(
+        releases,
+        ["SKU-A"],
+        "the sold line is given back; the refused one was never sold"
+    );
+    // A late answer to a cancelled order changes nothing.
+    let (after, more) = run_with(
+        &PREVENT_TIMEOUTS,
+        vec![
+            place(),
+            held("SKU-A"),
+            held("SKU-B"),
+            authorized("a"),
+            refused("SKU-B"),
+            sold("SKU-A"),
+        ],
+    );
+    assert_eq!(after.step, Step::Cancelled);
+    assert_eq!(decisions(&more).len(), 2);
+}
+
+#[test]
+fn under_prevent_an_unanswered_confirm_cancels_at_its_deadline_and_voids() {
+    let (saga, fx) = run_with(
+        &PREVENT_TIMEOUTS,
+        vec![
+            place(),
+            held("SKU-A"),
+            held("SKU-B"),
+            authorized("a"),
+            sold("SKU-A"),
+            Input::DeadlinePassed,
+        ],
+    );
+    assert_eq!(saga.step, Step::Cancelled);
+    assert_eq!(saga.reason, Some(Reason::InventoryTimeout));
+    assert!(
+        saga.detail.as_deref().unwrap_or_default().contains("SKU-B"),
+        "{:?}",
+        saga.detail
+    );
+    assert!(payments(&fx).contains(&"void"));
+}
+
+#[test]
+fn under_allow_the_order_confirms_at_the_authorization_and_confirm_answers_change_nothing() {
+    let (saga, fx) = run_with(
+        &TIMEOUTS,
+        vec![
+            place(),
+            held("SKU-A"),
+            held("SKU-B"),
+            authorized("a"),
+            reserved("SKU-A", ReservationStatus::Oversold, "oversold-a"),
+            sold("SKU-B"),
+        ],
+    );
+    assert_eq!(saga.step, Step::Confirmed);
+    assert_eq!(decisions(&fx).len(), 2);
+    assert_eq!(payments(&fx).iter().filter(|p| **p == "capture").count(), 1);
+    assert!(!payments(&fx).contains(&"void"));
+}
+
 // ---- the property model ----
 
 fn any_input() -> impl Strategy<Value = Input> {
@@ -558,6 +732,10 @@ fn any_input() -> impl Strategy<Value = Input> {
         Just(place()),
         Just(held("SKU-A")),
         Just(held("SKU-B")),
+        Just(sold("SKU-A")),
+        Just(sold("SKU-B")),
+        Just(refused("SKU-B")),
+        Just(reserved("SKU-A", ReservationStatus::Oversold, "oversold-a")),
         Just(reserved("SKU-A", ReservationStatus::Shortage, "short-a")),
         Just(reserved("SKU-B", ReservationStatus::Held, "held-b-again")),
         Just(authorized("auth-1")),
@@ -599,8 +777,12 @@ proptest! {
     fn no_input_sequence_leaves_a_hold_or_an_authorization_stranded(
         inputs in proptest::collection::vec(any_input(), 0..14),
         cart_check in any::<bool>(),
+        prevent in any::<bool>(),
     ) {
-        let timeouts = if cart_check { CART_TIMEOUTS } else { TIMEOUTS };
+        let timeouts = Timeouts {
+            wait_for_sale: prevent,
+            ..if cart_check { CART_TIMEOUTS } else { TIMEOUTS }
+        };
         let mut state = decide(None, place(), ORDER, T0, &timeouts).expect("starts").saga;
         let mut effects = Vec::new();
         let mut held_skus = std::collections::BTreeSet::new();
@@ -664,16 +846,23 @@ mod driver {
 
     use super::*;
     use crate::format::Format;
+    use crate::inventory::OversellPolicy;
     use crate::saga::SagaConfig;
     use crate::topics;
 
     fn driver_with_metrics() -> (TestDriver, crate::saga::SagaMetrics) {
+        driver_under(OversellPolicy::Allow)
+    }
+
+    /// A saga topology as `keel run` builds it under `[inventory].oversell = oversell`.
+    fn driver_under(oversell: OversellPolicy) -> (TestDriver, crate::saga::SagaMetrics) {
         let config = SagaConfig {
             inventory_timeout_ms: 5_000,
             payment_timeout_ms: 10_000,
             deadline_check_interval_ms: 100,
             retention_ms: 60_000,
             metrics_interval_ms: 100,
+            oversell,
             ..SagaConfig::default()
         };
         let metrics =
@@ -953,7 +1142,14 @@ mod driver {
     /// Runs `inputs` through a fresh topology; returns the decisions (status, reason) and the
     /// kinds of the inventory and payment commands it wrote.
     fn drive(inputs: Vec<Input>) -> (Vec<(OrderDecisionStatus, Option<String>)>, Vec<String>) {
-        let mut d = driver();
+        drive_under(OversellPolicy::Allow, inputs)
+    }
+
+    fn drive_under(
+        oversell: OversellPolicy,
+        inputs: Vec<Input>,
+    ) -> (Vec<(OrderDecisionStatus, Option<String>)>, Vec<String>) {
+        let mut d = driver_under(oversell).0;
         for input in inputs {
             feed(&mut d, input);
         }
@@ -1108,5 +1304,83 @@ mod driver {
             2,
             "{commands:?}"
         );
+    }
+
+    /// The oversell sequence (issue 10/13): the hold lapsed while the payment was under way and
+    /// inventory answers the confirm with OVERSOLD (allow) or SALE_REFUSED (prevent).
+    fn oversell_sequence(answer: ReservationStatus) -> Vec<Input> {
+        let expired = Input::Released(InventoryReleased {
+            event_id: "expired-a".into(),
+            sku: "SKU-A".into(),
+            occurred_at: T0,
+            causation_id: "expiry:SKU-A/order-1".into(),
+            correlation_id: ORDER.into(),
+            order_id: ORDER.into(),
+            quantity: 2,
+            reason: ReleaseReason::HoldExpired,
+        });
+        vec![
+            place(),
+            held("SKU-A"),
+            held("SKU-B"),
+            expired,
+            authorized("a-1"),
+            sold("SKU-B"),
+            reserved("SKU-A", answer, "answer-a"),
+        ]
+    }
+
+    #[test]
+    fn through_the_topology_under_allow_a_lapsed_hold_confirms_at_the_authorization() {
+        let (decisions, commands) = drive_under(
+            OversellPolicy::Allow,
+            oversell_sequence(ReservationStatus::Oversold),
+        );
+        assert_eq!(
+            decisions,
+            vec![PENDING, (OrderDecisionStatus::Confirmed, None)]
+        );
+        let count = |kind: &str| commands.iter().filter(|c| c.as_str() == kind).count();
+        assert_eq!(
+            count("confirm:SKU-A") + count("confirm:SKU-B"),
+            2,
+            "{commands:?}"
+        );
+        assert_eq!((count("capture"), count("void")), (1, 0), "{commands:?}");
+    }
+
+    #[test]
+    fn through_the_topology_under_prevent_a_refused_sale_cancels_and_voids_instead() {
+        let (decisions, commands) = drive_under(
+            OversellPolicy::Prevent,
+            oversell_sequence(ReservationStatus::SaleRefused),
+        );
+        assert_eq!(decisions, vec![PENDING, cancelled("OVERSELL_PREVENTED")]);
+        let count = |kind: &str| commands.iter().filter(|c| c.as_str() == kind).count();
+        assert_eq!(
+            count("confirm:SKU-A") + count("confirm:SKU-B"),
+            2,
+            "{commands:?}"
+        );
+        assert_eq!((count("capture"), count("void")), (0, 1), "{commands:?}");
+        assert_eq!(
+            count("release:SKU-B"),
+            1,
+            "the line inventory sold is given back: {commands:?}"
+        );
+    }
+
+    #[test]
+    fn through_the_topology_under_prevent_sold_lines_confirm_and_capture_once() {
+        let (decisions, commands) = drive_under(
+            OversellPolicy::Prevent,
+            oversell_sequence(ReservationStatus::Sold),
+        );
+        assert_eq!(
+            decisions,
+            vec![PENDING, (OrderDecisionStatus::Confirmed, None)]
+        );
+        let count = |kind: &str| commands.iter().filter(|c| c.as_str() == kind).count();
+        assert_eq!((count("capture"), count("void")), (1, 0), "{commands:?}");
     }
 }

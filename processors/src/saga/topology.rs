@@ -7,7 +7,8 @@
 use std::time::Duration;
 
 use keel_avro::records::{
-    InventoryCommand, OrderCommand, OrderCommandBody, OrderDecision, PaymentCommand, PlaceOrder,
+    InventoryCommand, InventoryCommandBody, OrderCommand, OrderCommandBody, OrderDecision,
+    PaymentCommand, PaymentCommandBody, PlaceOrder,
 };
 use keel_topology::serde::{Serde, Utf8};
 use keel_topology::{
@@ -46,6 +47,10 @@ pub struct SagaConfig {
     /// `[carts].source = "cdc"`: the saga's deadline for the cart check's answer (ms); keep it
     /// above `cart_wait_ms`, so the carts processor's answer comes first.
     pub cart_timeout_ms: u64,
+    /// Not a `[saga]` key: `keel run` copies `[inventory].oversell` here. With `prevent` the saga
+    /// waits for inventory's answer to every confirm before `CONFIRMED` ([`Timeouts::wait_for_sale`]).
+    #[serde(skip)]
+    pub oversell: crate::inventory::OversellPolicy,
 }
 
 impl Default for SagaConfig {
@@ -58,6 +63,7 @@ impl Default for SagaConfig {
             metrics_interval_ms: 5_000,
             cart_wait_ms: 30_000,
             cart_timeout_ms: 60_000,
+            oversell: crate::inventory::OversellPolicy::Allow,
         }
     }
 }
@@ -68,6 +74,7 @@ impl SagaConfig {
             inventory_ms: i64::try_from(self.inventory_timeout_ms).unwrap_or(i64::MAX),
             payment_ms: i64::try_from(self.payment_timeout_ms).unwrap_or(i64::MAX),
             cart_ms: None,
+            wait_for_sale: self.oversell == crate::inventory::OversellPolicy::Prevent,
         }
     }
 }
@@ -84,6 +91,9 @@ pub struct SagaMetrics {
     pub decisions: IntCounterVec,
     /// `saga_duration_seconds{outcome}`: from place-order to the terminal decision.
     pub duration: HistogramVec,
+    /// `saga_compensations_total{action, reason}`: compensating commands sent (`release_hold`
+    /// per line, `void_payment`), by the saga's failure reason.
+    pub compensations: IntCounterVec,
 }
 
 impl SagaMetrics {
@@ -116,16 +126,25 @@ impl SagaMetrics {
             ]),
             &["outcome"],
         )?;
+        let compensations = IntCounterVec::new(
+            Opts::new(
+                "saga_compensations_total",
+                "Compensating commands sent (release_hold, void_payment), by failure reason",
+            ),
+            &["action", "reason"],
+        )?;
         for c in [&open, &oldest] {
             registry.register(Box::new(c.clone()))?;
         }
         registry.register(Box::new(decisions.clone()))?;
         registry.register(Box::new(duration.clone()))?;
+        registry.register(Box::new(compensations.clone()))?;
         Ok(Self {
             open,
             oldest,
             decisions,
             duration,
+            compensations,
         })
     }
 }
@@ -402,6 +421,9 @@ impl SagaProcessor {
         for effect in outcome.effects {
             match effect {
                 Effect::Inventory { sku, command } => {
+                    if matches!(command, InventoryCommandBody::Release(_)) {
+                        self.count_compensation("release_hold", &saga);
+                    }
                     let command = InventoryCommand {
                         command_id: next_command_id(&mut saga),
                         sku: sku.clone(),
@@ -413,6 +435,9 @@ impl SagaProcessor {
                     ctx.forward_to(TO_INVENTORY, Record::new(sku, command, now))?;
                 }
                 Effect::Payment(command) => {
+                    if matches!(command, PaymentCommandBody::Void(_)) {
+                        self.count_compensation("void_payment", &saga);
+                    }
                     let command = PaymentCommand {
                         command_id: next_command_id(&mut saga),
                         payment_id: saga.payment_id.clone(),
@@ -522,6 +547,14 @@ impl SagaProcessor {
                 .put(order_id.as_bytes().to_vec(), encoded);
         }
         Ok(())
+    }
+
+    /// Counts one compensating command under the saga's failure reason (`none` if it has none).
+    fn count_compensation(&self, action: &str, saga: &Saga) {
+        self.metrics
+            .compensations
+            .with_label_values(&[action, saga.reason.map_or("none", |r| r.code())])
+            .inc();
     }
 
     /// Sets `saga_open` and `saga_open_oldest_age_seconds` for this task from the open index.

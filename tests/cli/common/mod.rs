@@ -76,6 +76,66 @@ pub struct Run {
     pub state_dir: tempfile::TempDir,
 }
 
+/// A finished run deletes its topics (`<name>.*` under its prefix and the applications'
+/// `<name>-*` changelogs): a broker keeps every partition's files open, and a few hundred
+/// runs' leftovers exhaust its file descriptors ("Too many open files" stopped the shared
+/// broker once).
+impl Drop for Run {
+    fn drop(&mut self) {
+        let setting = |key: &str| {
+            self.env
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.clone())
+        };
+        let (Some(bootstrap), Some(name)) = (
+            setting("KEEL__KAFKA__BOOTSTRAP_SERVERS"),
+            setting("KEEL__STREAMS__APPLICATION_ID"),
+        ) else {
+            return;
+        };
+        // The test's own runtime may be the current thread: a fresh one on its own thread.
+        let _ = std::thread::spawn(move || delete_topics(&bootstrap, &name)).join();
+    }
+}
+
+fn delete_topics(bootstrap: &str, name: &str) {
+    use rdkafka::ClientConfig;
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", bootstrap);
+    let Ok(consumer) = config.create::<BaseConsumer>() else {
+        return;
+    };
+    let Ok(metadata) = consumer.fetch_metadata(None, Duration::from_secs(10)) else {
+        return;
+    };
+    let topics: Vec<String> = metadata
+        .topics()
+        .iter()
+        .map(|t| t.name().to_owned())
+        .filter(|t| t.starts_with(&format!("{name}.")) || t.starts_with(&format!("{name}-")))
+        .collect();
+    if topics.is_empty() {
+        return;
+    }
+    let Ok(admin) = config.create::<AdminClient<DefaultClientContext>>() else {
+        return;
+    };
+    let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return;
+    };
+    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let _ = runtime.block_on(admin.delete_topics(&names, &options));
+}
+
 impl Run {
     pub fn keel(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_keel"));
