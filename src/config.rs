@@ -48,6 +48,9 @@ pub struct KeelConfig {
     /// The reconciliation role: its ledger connector and grace periods.
     #[serde(default)]
     pub reconciliation: keel_processors::reconciliation::ReconciliationConfig,
+    /// The invariant auditor (`--roles ...,audit`) and `keel audit`: grace periods.
+    #[serde(default)]
+    pub audit: keel_processors::audit::AuditConfig,
 }
 
 /// Where the saga's view of a cart comes from.
@@ -102,12 +105,51 @@ pub enum OutboxMode {
     Debezium,
 }
 
-/// `[outbox]`: the mode, and the relay's settings (`[outbox.relay]`).
-#[derive(Debug, Clone, Default, Deserialize)]
+/// `[outbox]`: the mode, the relay's settings (`[outbox.relay]`) and the clean-up of shipped
+/// rows.
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OutboxSection {
     pub mode: OutboxMode,
     pub relay: keel_processors::outbox::RelayConfig,
+    /// Shipped rows older than this are deleted by the relay role (0: never); an unshipped row
+    /// never is (`keel_processors::outbox::cleanup`).
+    pub retention_ms: u64,
+    /// How often the clean-up runs.
+    pub cleanup_interval_ms: u64,
+    /// Debezium mode: subtracted from the connector's committed source time (longer than any
+    /// transaction that writes an outbox row stays open).
+    pub position_margin_ms: u64,
+}
+
+impl Default for OutboxSection {
+    fn default() -> Self {
+        let cleanup = keel_processors::outbox::cleanup::CleanupConfig::default();
+        Self {
+            mode: OutboxMode::default(),
+            relay: keel_processors::outbox::RelayConfig::default(),
+            retention_ms: cleanup.retention_ms,
+            cleanup_interval_ms: cleanup.interval_ms,
+            position_margin_ms: cleanup.position_margin_ms,
+        }
+    }
+}
+
+impl OutboxSection {
+    /// The clean-up's settings.
+    pub fn cleanup(&self) -> keel_processors::outbox::cleanup::CleanupConfig {
+        use keel_processors::outbox::cleanup::{CleanupConfig, CleanupMode};
+        CleanupConfig {
+            mode: match self.mode {
+                OutboxMode::Relay => CleanupMode::Relay,
+                OutboxMode::Debezium => CleanupMode::Debezium,
+            },
+            retention_ms: self.retention_ms,
+            interval_ms: self.cleanup_interval_ms,
+            position_margin_ms: self.position_margin_ms,
+            ..CleanupConfig::default()
+        }
+    }
 }
 
 /// `[streams]`: what every stream application of this process shares. Each role runs as its own
@@ -330,6 +372,7 @@ impl KeelConfig {
         }
         out.extend(self.connectors.problems());
         out.extend(self.reconciliation.problems());
+        out.extend(self.audit.problems());
         if self.cassandra.nodes.is_empty() {
             out.push("cassandra.nodes is empty".to_owned());
         }

@@ -12,17 +12,21 @@
 //! - `keel bench engine [--vs kafka-streams]` measures the stream runtime and `keel bench
 //!   checkout` the whole checkout (docs/BENCHMARKS.md).
 //! - `keel reset --application-id X [--to-datetime T]` rewinds a stopped application.
+//! - `keel audit [--json]` prints the verdict on each invariant; exit 1 on a violation
+//!   (`src/audit.rs`).
 //! - `keel schemas register|check` registers Keel's Avro schemas and gates deployments on their
 //!   compatibility with what the registry holds.
 
 // A command-line tool: printing to stdout is its job.
 #![allow(clippy::print_stdout)]
 
+mod audit;
 mod bench;
 mod config;
 mod connectors;
 mod lag;
 mod lag_metrics;
+mod outbox_cleanup;
 mod reconciliation;
 mod run;
 mod scenario;
@@ -56,10 +60,11 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run Keel: the ingest API and every processor in one process by default, or the roles
-    /// named (api, saga, inventory, payment, sinks, relay, reconciliation). SIGTERM drains and
-    /// commits.
+    /// named (api, saga, inventory, payment, sinks, relay, reconciliation, audit). SIGTERM drains
+    /// and commits.
     Run {
-        /// Comma-separated roles; default: all but reconciliation (it registers a connector).
+        /// Comma-separated roles; default: all but reconciliation (it registers a connector) and
+        /// audit.
         #[arg(long, value_delimiter = ',')]
         roles: Vec<run::Role>,
     },
@@ -124,6 +129,9 @@ enum Command {
     /// psp-timeout, inventory-shortage): seed, place the order, observe every store, report
     /// PASS/FAIL per expectation; exit 1 when any fails.
     Scenario(scenario::ScenarioArgs),
+    /// The verdict on each of Keel's invariants (OK, or VIOLATED with a count and examples),
+    /// from the auditor's topic and the stores; exit 1 when any is violated.
+    Audit(audit::AuditArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -438,6 +446,20 @@ async fn main() -> anyhow::Result<ExitCode> {
         Command::Schemas { action } => {
             let config = KeelConfig::load(cli.config.as_deref())?;
             run_schemas(&config, action).await
+        }
+        Command::Audit(args) => {
+            let config = KeelConfig::load(cli.config.as_deref())?;
+            let report = audit::run(&config, &args).await?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.render());
+            }
+            Ok(if report.ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Command::Scenario(args) => {
             let config = KeelConfig::load(cli.config.as_deref())?;

@@ -6,10 +6,18 @@
 //! `<streams.application_id>-<role>` on the runtime), `payment` (payment service against the
 //! PSP), `sinks` (order sink to MySQL, Cassandra mirror of inventory) and `relay` (outbox relays
 //! with `[outbox].mode = "relay"`; with `"debezium"` it relays nothing and registers the outbox
-//! connectors at start when `[connectors].register_on_start`, `src/connectors.rs`).
+//! connectors at start when `[connectors].register_on_start`, `src/connectors.rs`; in both
+//! modes it deletes shipped outbox rows older than `[outbox].retention_ms`,
+//! `src/outbox_cleanup.rs`).
 //!
 //! `reconciliation` (payment ledger CDC vs the saga's decisions, `src/reconciliation.rs`) is not
 //! a default role: it registers a Debezium connector and takes a replication slot.
+//!
+//! `audit` (the invariant auditor, `keel_processors::audit`, application
+//! `<streams.application_id>-audit`) is a role of its own, not part of `saga` or `inventory`:
+//! it reads both of their outputs, so it must not share their fate (a bug in the saga must not
+//! stop the process that reports it) and it scales on its own (usually one small instance). Not
+//! a default role yet (it only reads topics; see docs/adr/0005-invariant-auditor.md).
 //!
 //! Start: the topics are created when missing (`[topics]`), then each role starts; SIGTERM or
 //! SIGINT stops every role: the stream threads commit and close their stores, consumers finish
@@ -44,10 +52,11 @@ pub enum Role {
     Sinks,
     Relay,
     Reconciliation,
+    Audit,
 }
 
 impl Role {
-    pub const ALL: [Role; 7] = [
+    pub const ALL: [Role; 8] = [
         Self::Api,
         Self::Saga,
         Self::Inventory,
@@ -55,6 +64,7 @@ impl Role {
         Self::Sinks,
         Self::Relay,
         Self::Reconciliation,
+        Self::Audit,
     ];
 
     /// What `keel run` hosts without `--roles`: every role but `reconciliation`, which needs a
@@ -77,6 +87,7 @@ impl Role {
             Self::Sinks => "sinks",
             Self::Relay => "relay",
             Self::Reconciliation => "reconciliation",
+            Self::Audit => "audit",
         }
     }
 }
@@ -306,6 +317,16 @@ pub async fn start_stream_roles(
         ));
         running.finance = Some(view);
     }
+    if roles.contains(&Role::Audit) {
+        let view = keel_processors::audit::AuditView::new();
+        let metrics = keel_processors::audit::AuditMetrics::register(&running.registry, &view)?;
+        let settings = config.audit.settings(config.inventory.oversell);
+        let topology = keel_processors::audit::topology(&format, &names, settings, view, metrics)?;
+        let streams = config.streams.for_role("audit", &config.kafka);
+        running.streams.push(Arc::new(
+            start_streams(topology, streams, running.registry.clone()).await?,
+        ));
+    }
     if roles.contains(&Role::Sinks) {
         let session = inventory::sink::connect(&config.cassandra.nodes).await?;
         let sink_config = inventory::sink::CassandraSinkConfig {
@@ -505,6 +526,10 @@ pub async fn start_service_roles(
             let result = run_relay(store, &bootstrap2, &relay, shutdown).await;
             ("payment outbox relay", result.map_err(anyhow::Error::from))
         });
+    }
+    // Both modes: shipped outbox rows older than `[outbox].retention_ms` are deleted.
+    if roles.contains(&Role::Relay) {
+        crate::outbox_cleanup::spawn(config, running).await?;
     }
     if let (true, Some(pool)) = (roles.contains(&Role::Api), orders) {
         let mut api = config.api.clone();

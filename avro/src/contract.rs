@@ -10,9 +10,9 @@ use serde::de::DeserializeOwned;
 
 use crate::error::{Error, Result};
 use crate::records::{
-    CartChecked, InventoryAdjusted, InventoryCommand, InventoryReleased, InventoryReserved,
-    OrderCommand, OrderCreated, OrderDecision, OrderStatusChanged, PaymentAuthorized,
-    PaymentCommand, PaymentFailed, PaymentRefunded, ReconciliationMismatch,
+    AuditViolation, CartChecked, InventoryAdjusted, InventoryCommand, InventoryReleased,
+    InventoryReserved, OrderCommand, OrderCreated, OrderDecision, OrderStatusChanged,
+    PaymentAuthorized, PaymentCommand, PaymentFailed, PaymentRefunded, ReconciliationMismatch,
 };
 
 /// Whether a topic carries commands (asks) or events (facts).
@@ -215,8 +215,17 @@ contract!(
     aggregate = "order_id"
 );
 
+contract!(
+    AUDIT_VIOLATIONS,
+    "audit.violations.v1",
+    "AuditViolation",
+    Kind::Event,
+    key = "subject_id",
+    aggregate = "subject_id"
+);
+
 /// Every contract Keel has, commands first. Registration and checking walk this list.
-pub static CONTRACTS: [&Contract; 14] = [
+pub static CONTRACTS: [&Contract; 15] = [
     &ORDER_COMMANDS,
     &INVENTORY_COMMANDS,
     &PAYMENT_COMMANDS,
@@ -231,6 +240,7 @@ pub static CONTRACTS: [&Contract; 14] = [
     &ORDER_DECISIONS,
     &CART_CHECKED,
     &RECONCILIATION_MISMATCHES,
+    &AUDIT_VIOLATIONS,
 ];
 
 /// The contract of a topic, if Keel has one.
@@ -394,5 +404,13 @@ record!(
     key = order_id,
     id = event_id,
     aggregate = order_id,
+    at = occurred_at
+);
+record!(
+    AuditViolation,
+    AUDIT_VIOLATIONS,
+    key = subject_id,
+    id = event_id,
+    aggregate = subject_id,
     at = occurred_at
 );

@@ -94,6 +94,7 @@ contract_tests! {
     order_decision: keel_avro::records::OrderDecision => common::order_decisions();
     cart_checked: keel_avro::records::CartChecked => common::cart_checked();
     reconciliation_mismatch: keel_avro::records::ReconciliationMismatch => common::reconciliation_mismatches();
+    audit_violation: keel_avro::records::AuditViolation => common::audit_violations();
 }
 
 #[test]
@@ -156,6 +157,7 @@ fn every_topic_of_the_design_has_exactly_one_contract() {
         "order.decisions.v1",
         "cart.checked.v1",
         "reconciliation.mismatches.v1",
+        "audit.violations.v1",
     ];
     assert_eq!(CONTRACTS.len(), topics.len());
     for topic in topics {

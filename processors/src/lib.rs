@@ -14,7 +14,9 @@
 //!   the PSP it talks to in development and tests; [`outbox`] — the outbox → Kafka relay.
 //! - [`cdc`] — the Debezium envelope decoder; [`reconciliation`] — the saga vs the payment
 //!   ledger's CDC: mismatches, CDC lag, the finance view.
+//! - [`audit`] — the invariant auditor: the system's promises checked from its events.
 //! - [`topics`] — the topic names; [`format`] — Avro (or JSON under test) serdes for the runtime.
+pub mod audit;
 pub mod carts;
 pub mod cdc;
 pub mod format;

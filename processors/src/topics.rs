@@ -34,9 +34,12 @@ pub const CART_CHECKED: &str = "cart.checked.v1";
 /// The reconciliation processor's mismatches between the saga and the payment ledger, opened
 /// and resolved (key: order id).
 pub const RECONCILIATION_MISMATCHES: &str = "reconciliation.mismatches.v1";
+/// The invariant auditor's verdicts: violations opened and resolved, allowed oversells (key:
+/// the order id, or the SKU for stock).
+pub const AUDIT_VIOLATIONS: &str = "audit.violations.v1";
 
 /// Every topic `keel run` makes sure exists (without prefix).
-pub const ALL: [&str; 14] = [
+pub const ALL: [&str; 15] = [
     ORDER_COMMANDS,
     INVENTORY_COMMANDS,
     PAYMENT_COMMANDS,
@@ -51,6 +54,7 @@ pub const ALL: [&str; 14] = [
     INVENTORY_ADJUSTED,
     CART_CHECKED,
     RECONCILIATION_MISMATCHES,
+    AUDIT_VIOLATIONS,
 ];
 
 /// The topic names in use: [`ALL`] with a prefix.

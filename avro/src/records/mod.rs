@@ -6,6 +6,7 @@
 //! since the Unix epoch (`timestamp-millis`); money is [`Money`]. Unions are Rust enums whose
 //! variant order is the union's branch order.
 
+mod audit;
 mod carts;
 mod inventory;
 mod orders;
@@ -19,6 +20,7 @@ use apache_avro::Schema;
 use apache_avro::schema::{Name, NamespaceRef, UnionSchema};
 use serde::{Deserialize, Serialize};
 
+pub use audit::{AuditInvariant, AuditViolation, AuditViolationState};
 pub use carts::{CartCheckStatus, CartChecked};
 pub use inventory::{
     AdjustStock, ConfirmReservation, InventoryAdjusted, InventoryCommand, InventoryCommandBody,

@@ -392,3 +392,32 @@ pub fn reconciliation_mismatches() -> Vec<keel_avro::records::ReconciliationMism
     };
     vec![open, resolved]
 }
+
+pub fn audit_violations() -> Vec<keel_avro::records::AuditViolation> {
+    use keel_avro::records::{AuditInvariant, AuditViolation, AuditViolationState};
+    let open = AuditViolation {
+        event_id: "CANCELLED_HOLDS_RELEASED/order-42/1767225600123/OPEN".into(),
+        subject_id: "order-42".into(),
+        occurred_at: AT,
+        causation_id: "grace-timer".into(),
+        correlation_id: "order-42".into(),
+        invariant: AuditInvariant::CancelledHoldsReleased,
+        state: AuditViolationState::Open,
+        opened_at: AT,
+        resolved_at: None,
+        order_id: Some("order-42".into()),
+        sku: Some("MUG-1".into()),
+        detail: "order cancelled but MUG-1 still holds 2".into(),
+    };
+    let allowed = AuditViolation {
+        event_id: "STOCK_NON_NEGATIVE/MUG-1/1767225600123/ALLOWED".into(),
+        subject_id: "MUG-1".into(),
+        correlation_id: "MUG-1".into(),
+        invariant: AuditInvariant::StockNonNegative,
+        state: AuditViolationState::Allowed,
+        resolved_at: Some(AT + 1_000),
+        order_id: None,
+        ..open.clone()
+    };
+    vec![open, allowed]
+}

@@ -16,8 +16,10 @@
 //!
 //! Layout: this file — [`OutboxRow`], the [`OutboxStore`] / [`ClaimedBatch`] traits,
 //! [`RelayConfig`], [`run_relay`]; `postgres` — [`PgOutbox`]; `mysql` — [`MySqlOutbox`]
-//! (MySQL / MariaDB; MariaDB ≥ 10.6 for `SKIP LOCKED`).
+//! (MySQL / MariaDB; MariaDB ≥ 10.6 for `SKIP LOCKED`); [`cleanup`] — deletes shipped rows
+//! older than `[outbox].retention_ms` in both modes, never an unshipped one.
 
+pub mod cleanup;
 mod mysql;
 mod postgres;
 

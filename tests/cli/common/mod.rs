@@ -367,6 +367,25 @@ impl Run {
         ]);
     }
 
+    /// The invariant auditor's grace periods (`[audit]`) at `grace_ms`, checked every 200 ms, so
+    /// a `--roles ...,audit` run and `keel audit` reach their verdicts in seconds.
+    pub fn with_audit(&mut self, grace_ms: u64) {
+        self.env.extend([
+            (
+                "KEEL__AUDIT__CANCELLED_GRACE_MS".to_owned(),
+                grace_ms.to_string(),
+            ),
+            (
+                "KEEL__AUDIT__CONFIRMED_GRACE_MS".to_owned(),
+                grace_ms.to_string(),
+            ),
+            (
+                "KEEL__AUDIT__CHECK_INTERVAL_MS".to_owned(),
+                "200".to_owned(),
+            ),
+        ]);
+    }
+
     /// Runs `keel connectors delete` for this run when dropped — also when the test panics, so
     /// no connector outlives its test and no slot holds WAL. Drop it before [`Run::clean_up`]
     /// (PostgreSQL refuses to drop a database that has a replication slot).

@@ -1,0 +1,411 @@
+//! The auditor's rules, pure: [`decide`]`(state, order_id, input, now, rules) -> (state,
+//! outputs)` for an order, [`decide_stock`] for a SKU.
+//!
+//! ## Per order (key: order id)
+//! One order's state ([`OrderAudit`]) holds the saga's latest decision (status and the SKUs of its
+//! lines, from `order.decisions.v1`) and, per SKU, the latest fact inventory published about the
+//! order's hold (`inventory.reserved.v1`, `inventory.released.v1`, both keyed by order id):
+//!
+//! | invariant | holds while | opened |
+//! | --- | --- | --- |
+//! | `CANCELLED_HOLDS_RELEASED` | the order is `CANCELLED` and a SKU of it is still `HELD`, or `SOLD`/`OVERSOLD` and not given back | after `cancelled_grace_ms` (the saga's releases take a moment) |
+//! | `CONFIRMED_HOLDS_SOLD` | the order is `CONFIRMED` and a SKU of its lines has no `SOLD`/`OVERSOLD` answer (held, released, refused or never answered) | after `confirmed_grace_ms` (the confirm commands take a moment) |
+//!
+//! A condition that starts holding becomes a *suspect* due at `now + grace` (a durable timer in
+//! the topology); it is opened when it still holds when the timer fires. A condition that stops
+//! holding drops its suspect, or *resolves* its open violation. Decisions apply only when their
+//! `sequence` is higher than the one held; an inventory fact only when it is newer than the
+//! SKU's last (its `occurred_at`; on a tie a release beats a sale beats a hold), so duplicates
+//! and replays change nothing.
+//!
+//! ## Per SKU (key: SKU)
+//! [`decide_stock`] sees every `available` that `inventory.reserved.v1` reports (re-keyed by
+//! SKU) and every `on_hand` of `inventory.adjusted.v1`:
+//! - an `OVERSOLD` answer under `[inventory].oversell = "allow"` is reported as
+//!   [`Output::Allowed`] (not a violation) and puts the SKU *in an allowed deficit*: negative
+//!   values that follow are its consequence, not new violations, until `available` is back at
+//!   zero or above;
+//! - any other negative value opens `STOCK_NON_NEGATIVE` (once); a later `available >= 0`
+//!   resolves it.
+//!
+//! The payment invariants (`AT_MOST_ONE_CAPTURE`, `CONFIRMED_CAPTURED`,
+//! `CANCELLED_NOT_AUTHORIZED`, `CAPTURED_EQUALS_CONFIRMED`) are not decided here: no Kafka topic
+//! carries captures or voids (they live only in the ledger). `keel audit` checks them against the
+//! stores (`src/audit.rs`), and the reconciliation processor checks the per-order ones from the
+//! ledger's CDC (`processors/src/reconciliation/`); see `docs/adr/0005-invariant-auditor.md`.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use keel_avro::records::{AuditInvariant, ReservationStatus};
+use serde::{Deserialize, Serialize};
+
+use crate::inventory::OversellPolicy;
+
+/// The saga's decided status of an order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum OrderStatus {
+    Pending,
+    Confirmed,
+    Cancelled,
+    Rejected,
+}
+
+/// What inventory last said about one order's hold on one SKU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum HoldFact {
+    /// `HELD`: stock set aside for the order.
+    Held,
+    /// `SOLD` or `OVERSOLD`: the stock was taken for the order.
+    Sold,
+    /// Released (any reason), `SHORTAGE` or `SALE_REFUSED`: nothing of the SKU is held or
+    /// taken for the order.
+    Free,
+}
+
+impl HoldFact {
+    /// The fact an `inventory.reserved.v1` status states.
+    pub fn from_status(status: ReservationStatus) -> Self {
+        match status {
+            ReservationStatus::Held => Self::Held,
+            ReservationStatus::Sold | ReservationStatus::Oversold => Self::Sold,
+            ReservationStatus::Shortage | ReservationStatus::SaleRefused => Self::Free,
+        }
+    }
+
+    fn word(self) -> &'static str {
+        match self {
+            Self::Held => "held",
+            Self::Sold => "sold",
+            Self::Free => "free",
+        }
+    }
+}
+
+/// One SKU's latest fact for an order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LineFact {
+    pub fact: HoldFact,
+    pub quantity: i64,
+    /// The event's `occurred_at` (ms since the epoch).
+    pub at: i64,
+}
+
+/// A violation (open, resolved, or an allowed oversell).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Violation {
+    pub invariant: AuditInvariant,
+    /// The order id, or the SKU for `STOCK_NON_NEGATIVE`.
+    pub subject_id: String,
+    pub order_id: Option<String>,
+    pub sku: Option<String>,
+    /// When it was opened (ms since the epoch).
+    pub opened_at: i64,
+    /// When the condition was first seen (ms).
+    pub since: i64,
+    pub detail: String,
+}
+
+/// Everything the auditor stores per order id.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderAudit {
+    /// The sequence of the latest decision applied (0: none).
+    pub sequence: i32,
+    pub status: Option<OrderStatus>,
+    /// The SKUs of the order's lines.
+    pub lines: BTreeSet<String>,
+    /// SKU → the latest fact about the order's hold on it.
+    pub holds: BTreeMap<String, LineFact>,
+    /// Invariants that hold but wait out their grace: invariant → (first seen, due) in ms.
+    pub suspects: BTreeMap<AuditInvariant, (i64, i64)>,
+    /// Open violations.
+    pub open: BTreeMap<AuditInvariant, Violation>,
+}
+
+/// One input for one order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OrderInput {
+    /// The saga decided (`order.decisions.v1`).
+    Decision {
+        sequence: i32,
+        status: OrderStatus,
+        skus: Vec<String>,
+    },
+    /// Inventory said something about the order's hold on `sku` (`inventory.reserved.v1` or
+    /// `inventory.released.v1`) at `at` (ms).
+    Inventory {
+        sku: String,
+        fact: HoldFact,
+        quantity: i64,
+        at: i64,
+    },
+    /// The order's grace timer fired.
+    Due,
+}
+
+/// Grace periods (ms) and the oversell mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rules {
+    /// How long a cancelled order may still hold or have taken stock.
+    pub cancelled_grace_ms: i64,
+    /// How long a confirmed order may wait for its sales.
+    pub confirmed_grace_ms: i64,
+    /// `[inventory].oversell`: under `Allow` an `OVERSOLD` sale is reported, not a violation.
+    pub oversell: OversellPolicy,
+}
+
+/// What the topology does after a decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// A violation was opened: report it (topic, counter, open gauge).
+    Opened(Violation),
+    /// An open violation no longer holds.
+    Resolved {
+        violation: Violation,
+        resolved_at: i64,
+    },
+    /// An oversell the configuration allows: reported, not a violation.
+    Allowed(Violation),
+    /// (Re)arm the subject's grace timer at this time (ms).
+    Arm(i64),
+    /// No grace is pending: cancel the subject's timer.
+    Disarm,
+}
+
+/// The invariants [`decide`] evaluates.
+pub const ORDER_INVARIANTS: [AuditInvariant; 2] = [
+    AuditInvariant::CancelledHoldsReleased,
+    AuditInvariant::ConfirmedHoldsSold,
+];
+
+impl Rules {
+    fn grace(&self, invariant: AuditInvariant) -> i64 {
+        match invariant {
+            AuditInvariant::CancelledHoldsReleased => self.cancelled_grace_ms,
+            _ => self.confirmed_grace_ms,
+        }
+    }
+}
+
+/// Why `invariant` is broken for `s`, and the SKU it is about; `None` while it holds.
+fn broken(invariant: AuditInvariant, s: &OrderAudit) -> Option<(String, String)> {
+    match (invariant, s.status?) {
+        (AuditInvariant::CancelledHoldsReleased, OrderStatus::Cancelled) => s
+            .holds
+            .iter()
+            .find(|(_, l)| l.fact != HoldFact::Free)
+            .map(|(sku, l)| {
+                (
+                    format!(
+                        "order cancelled but {} unit(s) of {sku} are still {}",
+                        l.quantity,
+                        l.fact.word()
+                    ),
+                    sku.clone(),
+                )
+            }),
+        (AuditInvariant::ConfirmedHoldsSold, OrderStatus::Confirmed) => s
+            .lines
+            .iter()
+            .find(|sku| s.holds.get(*sku).is_none_or(|l| l.fact != HoldFact::Sold))
+            .map(|sku| {
+                let state = s.holds.get(sku).map_or("never answered", |l| l.fact.word());
+                (
+                    format!("order confirmed but its line {sku} is {state}, not sold"),
+                    sku.clone(),
+                )
+            }),
+        _ => None,
+    }
+}
+
+/// Applies `input` to one order's state and says what to report and which timer to keep.
+pub fn decide(
+    mut state: OrderAudit,
+    order_id: &str,
+    input: OrderInput,
+    now: i64,
+    rules: &Rules,
+) -> (OrderAudit, Vec<Output>) {
+    match input {
+        OrderInput::Decision {
+            sequence,
+            status,
+            skus,
+        } => {
+            if sequence <= state.sequence {
+                return (state, Vec::new());
+            }
+            state.sequence = sequence;
+            state.status = Some(status);
+            if !skus.is_empty() {
+                state.lines = skus.into_iter().collect();
+            }
+        }
+        OrderInput::Inventory {
+            sku,
+            fact,
+            quantity,
+            at,
+        } => {
+            let newer = state
+                .holds
+                .get(&sku)
+                .is_none_or(|l| at > l.at || (at == l.at && fact > l.fact));
+            if !newer {
+                return (state, Vec::new());
+            }
+            state.holds.insert(sku, LineFact { fact, quantity, at });
+        }
+        OrderInput::Due => {}
+    }
+    evaluate(state, order_id, now, rules)
+}
+
+fn evaluate(
+    mut state: OrderAudit,
+    order_id: &str,
+    now: i64,
+    rules: &Rules,
+) -> (OrderAudit, Vec<Output>) {
+    let mut out = Vec::new();
+    let mut next_due: Option<i64> = None;
+    for invariant in ORDER_INVARIANTS {
+        match broken(invariant, &state) {
+            None => {
+                state.suspects.remove(&invariant);
+                if let Some(violation) = state.open.remove(&invariant) {
+                    out.push(Output::Resolved {
+                        violation,
+                        resolved_at: now,
+                    });
+                }
+            }
+            Some((detail, sku)) => {
+                if let Some(open) = state.open.get_mut(&invariant) {
+                    open.detail = detail;
+                    continue;
+                }
+                let (since, due) = *state
+                    .suspects
+                    .entry(invariant)
+                    .or_insert((now, now.saturating_add(rules.grace(invariant))));
+                if now >= due {
+                    state.suspects.remove(&invariant);
+                    let v = Violation {
+                        invariant,
+                        subject_id: order_id.to_owned(),
+                        order_id: Some(order_id.to_owned()),
+                        sku: Some(sku),
+                        opened_at: now,
+                        since,
+                        detail,
+                    };
+                    state.open.insert(invariant, v.clone());
+                    out.push(Output::Opened(v));
+                } else {
+                    next_due = Some(next_due.map_or(due, |d| d.min(due)));
+                }
+            }
+        }
+    }
+    out.push(match next_due {
+        Some(at) => Output::Arm(at),
+        None => Output::Disarm,
+    });
+    (state, out)
+}
+
+/// Everything the auditor stores per SKU.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StockAudit {
+    /// An allowed oversell took the SKU below zero and `available` has not been back at zero
+    /// or above since.
+    pub allowed_deficit: bool,
+    /// The open `STOCK_NON_NEGATIVE` violation.
+    pub open: Option<Violation>,
+}
+
+/// One stock figure inventory published about a SKU.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StockInput {
+    /// `inventory.reserved.v1`: `available` (on hand minus held) after inventory answered
+    /// `order_id` with `status`.
+    Reserved {
+        order_id: String,
+        status: ReservationStatus,
+        available: i64,
+    },
+    /// `inventory.adjusted.v1`: stock on hand after an adjustment or a sale.
+    Adjusted { on_hand: i64 },
+}
+
+/// Applies one stock figure of `sku` (see the module docs).
+pub fn decide_stock(
+    mut state: StockAudit,
+    sku: &str,
+    input: StockInput,
+    now: i64,
+    rules: &Rules,
+) -> (StockAudit, Vec<Output>) {
+    let violation = |order_id: Option<String>, detail: String| Violation {
+        invariant: AuditInvariant::StockNonNegative,
+        subject_id: sku.to_owned(),
+        order_id,
+        sku: Some(sku.to_owned()),
+        opened_at: now,
+        since: now,
+        detail,
+    };
+    let mut out = Vec::new();
+    match input {
+        StockInput::Reserved {
+            order_id,
+            status: ReservationStatus::Oversold,
+            available,
+        } if rules.oversell == OversellPolicy::Allow => {
+            state.allowed_deficit = available < 0 || state.allowed_deficit;
+            out.push(Output::Allowed(violation(
+                Some(order_id.clone()),
+                format!(
+                    "oversold {sku} to order {order_id} (available {available}); allowed by \
+                     [inventory].oversell = \"allow\""
+                ),
+            )));
+        }
+        StockInput::Reserved {
+            order_id,
+            status,
+            available,
+        } => {
+            if available >= 0 {
+                state.allowed_deficit = false;
+                if let Some(violation) = state.open.take() {
+                    out.push(Output::Resolved {
+                        violation,
+                        resolved_at: now,
+                    });
+                }
+            } else if !state.allowed_deficit && state.open.is_none() {
+                let v = violation(
+                    Some(order_id.clone()),
+                    format!(
+                        "available stock of {sku} is {available} after inventory answered \
+                         {status:?} to order {order_id}"
+                    ),
+                );
+                state.open = Some(v.clone());
+                out.push(Output::Opened(v));
+            }
+        }
+        StockInput::Adjusted { on_hand } => {
+            if on_hand < 0 && !state.allowed_deficit && state.open.is_none() {
+                let v = violation(None, format!("stock on hand of {sku} is {on_hand}"));
+                state.open = Some(v.clone());
+                out.push(Output::Opened(v));
+            }
+        }
+    }
+    (state, out)
+}
