@@ -3,9 +3,10 @@
 //! Connect workers' groups (`connect-*`), refreshed in place like `top`, or once (`--once`),
 //! or as JSON for scripts (`--json`).
 //!
-//! Lag is the partition's high watermark minus the group's committed offset. On topics written
-//! transactionally the last offset is a commit marker, so a caught-up group shows a lag of 1 on
-//! partitions whose last write was a transaction (Kafka's own tools show the same).
+//! Lag is the partition's high watermark minus the group's committed offset. Keel's stream
+//! threads commit the consumer's position, which moves past a transaction's commit marker, so a
+//! caught-up group shows 0 on transactionally written topics too (as Kafka's own tools do for
+//! Kafka Streams, which commits `position()` the same way).
 
 use std::collections::BTreeMap;
 use std::io::Write as _;

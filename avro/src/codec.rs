@@ -8,9 +8,18 @@
 //! resolution), so a reader on v1 reads v2 data and the other way round wherever the change
 //! was compatible. Every failure is a typed [`Error`] naming the subject and schema id; no
 //! input bytes make it panic.
+//!
+//! **Unknown schema ids.** Only schemas found are cached. A registry replica that lags answers
+//! "schema not found" for an id that another replica has just issued, so a miss is asked
+//! again on the next call: for [`Codec::with_unknown_id_patience`] after an id's first miss
+//! (default [`DEFAULT_UNKNOWN_ID_PATIENCE`]) it is a retriable registry error
+//! ([`Fault::Dependency`](crate::Fault::Dependency): the caller retries with backoff), after
+//! that [`Error::UnknownSchemaId`] ([`Fault::Input`](crate::Fault::Input): the record is
+//! dead-lettered). An id found later is decoded as usual.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use apache_avro::Schema;
 use apache_avro::reader::datum::GenericDatumReader;
@@ -34,6 +43,10 @@ use crate::wire::{self, Frame};
 const SCHEMA_NOT_FOUND: u32 = 40403;
 const SUBJECT_NOT_FOUND: u32 = 40401;
 
+/// How long after its first "not found" a schema id is retried (as a retriable error) before
+/// it is the payload's fault.
+pub const DEFAULT_UNKNOWN_ID_PATIENCE: Duration = Duration::from_secs(10);
+
 /// Encoder and decoder of Keel's records in the Confluent wire format. Cheap to clone; clones
 /// share the schema caches.
 #[derive(Debug, Clone)]
@@ -49,6 +62,9 @@ struct Inner {
     decoder: AvroDecoder,
     /// Schema ids looked up by subject when auto-registration is off.
     looked_up: Mutex<HashMap<String, u32>>,
+    /// Schema ids the registry answered "not found" for, with the time of the first miss.
+    missing: Mutex<HashMap<u32, Instant>>,
+    unknown_id_patience: Duration,
 }
 
 impl Codec {
@@ -62,8 +78,23 @@ impl Codec {
                 settings,
                 config,
                 looked_up: Mutex::new(HashMap::new()),
+                missing: Mutex::new(HashMap::new()),
+                unknown_id_patience: DEFAULT_UNKNOWN_ID_PATIENCE,
             }),
         })
+    }
+
+    /// How long a schema id the registry does not know is retried before decoding it is
+    /// [`Error::UnknownSchemaId`] (see the module docs); `Duration::ZERO`: at once. Call it
+    /// before cloning the codec.
+    #[must_use]
+    pub fn with_unknown_id_patience(mut self, patience: Duration) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.unknown_id_patience = patience;
+        } else {
+            tracing::warn!("with_unknown_id_patience on a shared codec: ignored");
+        }
+        self
     }
 
     pub fn config(&self) -> &RegistryConfig {
@@ -126,12 +157,7 @@ impl Codec {
             reason,
         })?;
         let schema_id = frame.schema_id;
-        let writer = self
-            .inner
-            .decoder
-            .get_schema(schema_id)
-            .await
-            .map_err(|e| self.fetch_error(&subject, schema_id, contract, &e))?;
+        let writer = self.writer_schema(&subject, schema_id, contract).await?;
         let reader = contract.schema()?;
         let mismatch = |detail: String| Error::SchemaMismatch {
             subject: subject.clone(),
@@ -161,6 +187,23 @@ impl Codec {
                 contract.rust_type
             ))
         })
+    }
+
+    /// The writer schema `schema_id`, from the converter's cache or the registry; a miss is
+    /// never cached (see the module docs).
+    async fn writer_schema(
+        &self,
+        subject: &str,
+        schema_id: u32,
+        contract: &Contract,
+    ) -> Result<Arc<schema_registry_converter::avro_common::AvroSchema>> {
+        match self.inner.decoder.get_schema(schema_id).await {
+            Ok(schema) => {
+                self.missing().remove(&schema_id);
+                Ok(schema)
+            }
+            Err(e) => Err(self.fetch_error(subject, schema_id, contract, &e)),
+        }
     }
 
     /// The id under which the local schema is registered, looked up once per subject.
@@ -204,6 +247,14 @@ impl Codec {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
+    fn missing(&self) -> std::sync::MutexGuard<'_, HashMap<u32, Instant>> {
+        // Inserts and removes of whole entries: a panic elsewhere cannot leave it torn.
+        self.inner
+            .missing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn encode_error(&self, subject: &str, contract: &Contract, e: &SRCError) -> Error {
         if e.error.starts_with("Could not get Avro bytes") {
             return Error::Encode {
@@ -231,15 +282,33 @@ impl Codec {
         contract: &Contract,
         e: &SRCError,
     ) -> Error {
+        // The converter caches errors; only successes may stay (a miss is asked again).
+        self.inner.decoder.remove_errors_from_cache();
         if raw_error_code(e) == Some(SCHEMA_NOT_FOUND) {
-            // Stays cached: an id the registry does not know is the payload's fault.
+            let first_miss = *self.missing().entry(schema_id).or_insert_with(Instant::now);
+            let waited = first_miss.elapsed();
+            if waited < self.inner.unknown_id_patience {
+                return Error::Registry {
+                    subject: subject.to_owned(),
+                    operation: "get schema by id",
+                    detail: format!(
+                        "schema id {schema_id} not found (yet: a registry replica may lag; \
+                         asked again for {:?} after the first miss, {waited:?} ago): {}",
+                        self.inner.unknown_id_patience,
+                        describe(e)
+                    ),
+                    retriable: true,
+                };
+            }
             return Error::UnknownSchemaId {
                 subject: subject.to_owned(),
                 schema_id,
-                detail: describe(e),
+                detail: format!(
+                    "{} (still unknown {waited:?} after the first miss)",
+                    describe(e)
+                ),
             };
         }
-        self.inner.decoder.remove_errors_from_cache();
         if e.error.contains("is not correct") || e.error.contains("cant be turned into a Schema") {
             return Error::SchemaMismatch {
                 subject: subject.to_owned(),
@@ -287,5 +356,133 @@ pub(crate) fn read_datum(schema: &Schema, datum: &[u8]) -> std::result::Result<V
             rest.len(),
             datum.len()
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{BufRead, BufReader, Write};
+    use std::net::TcpListener;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::records::OrderCreated;
+
+    /// A registry that answers `GET /schemas/ids/<id>` with "schema not found" (40403) until
+    /// `known` is set, then with `schema`. Counts the lookups.
+    struct StubRegistry {
+        url: String,
+        known: Arc<AtomicBool>,
+        lookups: Arc<AtomicUsize>,
+    }
+
+    fn stub_registry(schema: &'static str) -> StubRegistry {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let known = Arc::new(AtomicBool::new(false));
+        let lookups = Arc::new(AtomicUsize::new(0));
+        let (k, l) = (known.clone(), lookups.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+                let mut request = String::new();
+                let _ = reader.read_line(&mut request);
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                }
+                let (status, body) = if !request.contains("/schemas/ids/") {
+                    (
+                        "404 Not Found",
+                        r#"{"error_code":40401,"message":"no"}"#.to_owned(),
+                    )
+                } else {
+                    l.fetch_add(1, Ordering::SeqCst);
+                    if k.load(Ordering::SeqCst) {
+                        (
+                            "200 OK",
+                            serde_json::json!({ "schema": schema }).to_string(),
+                        )
+                    } else {
+                        (
+                            "404 Not Found",
+                            r#"{"error_code":40403,"message":"Schema not found"}"#.to_owned(),
+                        )
+                    }
+                };
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        StubRegistry {
+            url,
+            known,
+            lookups,
+        }
+    }
+
+    fn codec(url: &str, patience: Duration) -> Codec {
+        Codec::new(RegistryConfig::with_url(url))
+            .expect("codec")
+            .with_unknown_id_patience(patience)
+    }
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(f)
+    }
+
+    #[test]
+    fn a_schema_registered_after_the_first_miss_is_found_the_miss_is_not_cached() {
+        let contract = OrderCreated::contract();
+        let stub = stub_registry(contract.schema_source);
+        let codec = codec(&stub.url, Duration::from_secs(60));
+        let subject = codec.subject(contract.topic);
+        let first = block_on(codec.writer_schema(&subject, 7, contract)).expect_err("not yet");
+        assert_eq!(
+            first.fault(),
+            crate::Fault::Dependency,
+            "a miss within the patience is retried, not dead-lettered: {first}"
+        );
+        // The registry (a lagging replica) now has it.
+        stub.known.store(true, Ordering::SeqCst);
+        let found = block_on(codec.writer_schema(&subject, 7, contract))
+            .expect("found once registered: the miss was not cached");
+        assert_eq!(schema_name(&found.parsed), contract.full_name);
+        // Successes are cached.
+        let before = stub.lookups.load(Ordering::SeqCst);
+        block_on(codec.writer_schema(&subject, 7, contract)).expect("cached");
+        assert_eq!(stub.lookups.load(Ordering::SeqCst), before);
+    }
+
+    #[test]
+    fn an_id_still_unknown_after_the_patience_is_the_payloads_fault() {
+        let contract = OrderCreated::contract();
+        let stub = stub_registry(contract.schema_source);
+        let codec = codec(&stub.url, Duration::from_millis(200));
+        let subject = codec.subject(contract.topic);
+        let first = block_on(codec.writer_schema(&subject, 9, contract)).expect_err("missing");
+        assert_eq!(first.fault(), crate::Fault::Dependency, "{first}");
+        std::thread::sleep(Duration::from_millis(250));
+        let last = block_on(codec.writer_schema(&subject, 9, contract)).expect_err("missing");
+        assert!(
+            matches!(last, Error::UnknownSchemaId { schema_id: 9, .. }),
+            "{last:?}"
+        );
+        assert_eq!(last.fault(), crate::Fault::Input);
+        assert_eq!(
+            stub.lookups.load(Ordering::SeqCst),
+            2,
+            "every miss asked the registry again"
+        );
     }
 }

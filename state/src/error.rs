@@ -140,6 +140,23 @@ pub enum Error {
         reason: &'static str,
     },
 
+    /// The offset local state says it applied is outside the changelog partition's current
+    /// range (`keel reset` that kept the state directory, a changelog deleted and recreated):
+    /// the local state belongs to another history. Wipe it and restore from the changelog.
+    #[error(
+        "store `{store}`: local state applied changelog offset {offset}, but the changelog holds offsets {log_start}..{log_end}: the checkpoint is stale"
+    )]
+    StaleCheckpoint {
+        /// The store.
+        store: String,
+        /// The offset the local state applied.
+        offset: i64,
+        /// The changelog partition's log start offset.
+        log_start: i64,
+        /// The changelog partition's log end offset (exclusive).
+        log_end: i64,
+    },
+
     /// A changelog record handed to restore does not decode for this kind of store.
     #[error("store `{store}`: changelog record at offset {offset} is malformed: {reason}")]
     CorruptChangelog {
@@ -233,7 +250,8 @@ impl Error {
             Error::CorruptCheckpoint { .. }
             | Error::MissingColumnFamily { .. }
             | Error::CorruptEntry { .. }
-            | Error::CorruptChangelog { .. } => Fault::Corruption,
+            | Error::CorruptChangelog { .. }
+            | Error::StaleCheckpoint { .. } => Fault::Corruption,
             Error::Config { .. }
             | Error::InvalidName { .. }
             | Error::DuplicateStore { .. }

@@ -64,6 +64,30 @@ impl RestorePlan {
         }
     }
 
+    /// Checks the local state against the changelog partition's range
+    /// `[log_start_offset, log_end_offset)`: the offset it applied must be one the changelog
+    /// holds or held (below the end), and nothing after it may have been deleted (the next
+    /// offset is at or after the log start). Otherwise ([`Error::StaleCheckpoint`], a
+    /// corruption) the local state is from another history of the changelog and must be wiped
+    /// and restored from scratch.
+    ///
+    /// [`Error::StaleCheckpoint`]: crate::Error::StaleCheckpoint
+    pub fn check(&self, log_start_offset: i64, log_end_offset: i64) -> crate::Result<()> {
+        match self.from {
+            RestoreFrom::After(offset)
+                if offset >= log_end_offset || offset.saturating_add(1) < log_start_offset =>
+            {
+                Err(crate::Error::StaleCheckpoint {
+                    store: self.store.to_string(),
+                    offset,
+                    log_start: log_start_offset,
+                    log_end: log_end_offset,
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Whether any record may lie between the seek offset and `log_end_offset` (exclusive).
     pub fn is_needed(&self, log_start_offset: i64, log_end_offset: i64) -> bool {
         self.seek_offset(log_start_offset) < log_end_offset
@@ -191,6 +215,33 @@ mod tests {
             kind: StoreKind::KeyValue,
             changelog_topic: "app-counts-changelog".into(),
             from,
+        }
+    }
+
+    #[test]
+    fn a_checkpoint_outside_the_changelogs_range_is_stale() {
+        let plan = |from| RestorePlan {
+            store: "s".into(),
+            kind: StoreKind::KeyValue,
+            changelog_topic: "app-s-changelog".into(),
+            from,
+        };
+        // Applied 9 of a changelog that holds 0..10: consistent (nothing to restore).
+        plan(RestoreFrom::After(9))
+            .check(0, 10)
+            .expect("consistent");
+        plan(RestoreFrom::After(4))
+            .check(5, 10)
+            .expect("next offset is the log start");
+        plan(RestoreFrom::Beginning)
+            .check(7, 10)
+            .expect("no checkpoint");
+        // The changelog was recreated (empty or shorter) or reset: offset 9 is not in it.
+        for (start, end) in [(0, 0), (0, 9), (12, 20)] {
+            let err = plan(RestoreFrom::After(9))
+                .check(start, end)
+                .expect_err("stale");
+            assert_eq!(err.fault(), crate::Fault::Corruption, "{err}");
         }
     }
 

@@ -46,7 +46,10 @@ pub struct StreamsConfig {
     pub client: BTreeMap<String, String>,
     /// librdkafka settings for the consumers only (e.g. `session.timeout.ms`).
     pub consumer: BTreeMap<String, String>,
-    /// librdkafka settings for the producers only (e.g. `linger.ms`, `compression.type`).
+    /// librdkafka settings for the producers only (e.g. `linger.ms`, default 5, and
+    /// `compression.type`). Settings the runtime owns are refused by [`StreamsConfig::validate`]
+    /// with the reason: ids and isolation, a partitioner other than Kafka's murmur2,
+    /// `enable.idempotence = false`.
     pub producer: BTreeMap<String, String>,
 }
 
@@ -100,14 +103,79 @@ impl StreamsConfig {
             .unwrap_or_else(|| format!("{}-dlq", self.application_id))
     }
 
+    /// `instance_id`, or the host name (read once per process from `/etc/hostname`, so the
+    /// transactional ids and the static membership of every thread, restart included, use the
+    /// same name), or `keel`.
     pub fn instance_id(&self) -> String {
-        self.instance_id.clone().unwrap_or_else(|| {
-            std::fs::read_to_string("/etc/hostname")
-                .ok()
-                .map(|h| h.trim().to_owned())
-                .filter(|h| !h.is_empty())
-                .unwrap_or_else(|| "keel".to_owned())
-        })
+        self.instance_id
+            .clone()
+            .unwrap_or_else(|| host_name().to_owned())
+    }
+
+    /// librdkafka settings the runtime owns, or cannot honour, in the pass-through maps: each
+    /// with the reason (they used to be overwritten silently).
+    fn refused_client_settings(&self) -> Vec<String> {
+        const OWNED: [(&str, &str); 6] = [
+            ("group.id", "the consumer group is the application_id"),
+            (
+                "group.instance.id",
+                "static membership is <instance_id>-<thread>",
+            ),
+            (
+                "transactional.id",
+                "transactional ids are <application_id>-<instance_id>-<thread>",
+            ),
+            (
+                "enable.auto.commit",
+                "offsets are committed with each transaction",
+            ),
+            (
+                "isolation.level",
+                "it follows processing_guarantee (read_committed under exactly-once)",
+            ),
+            (
+                "partition.assignment.strategy",
+                "the runtime uses cooperative-sticky",
+            ),
+        ];
+        let mut problems = Vec::new();
+        for (section, map) in [
+            ("client", &self.client),
+            ("consumer", &self.consumer),
+            ("producer", &self.producer),
+        ] {
+            for (key, why) in OWNED {
+                if map.contains_key(key) {
+                    problems.push(format!(
+                        "{section}.{key} is set by the runtime and may not be overridden ({why})"
+                    ));
+                }
+            }
+            if section != "consumer" {
+                if let Some(p) = map.get("partitioner")
+                    && !matches!(p.as_str(), "murmur2" | "murmur2_random")
+                {
+                    problems.push(format!(
+                        "{section}.partitioner = {p:?} is refused: the runtime places keys with Kafka's \
+                         murmur2 partitioner (murmur2 or murmur2_random), as Kafka Streams does, so \
+                         co-partitioned topics, repartition topics and interactive queries agree on \
+                         a key's partition; to place one sink's records otherwise, give that sink a \
+                         partitioner (TopologyBuilder::add_sink_with_partitioner)"
+                    ));
+                }
+                if map
+                    .get("enable.idempotence")
+                    .is_some_and(|v| v.eq_ignore_ascii_case("false"))
+                {
+                    problems.push(format!(
+                        "{section}.enable.idempotence = false is refused: the runtime's producer is \
+                         idempotent (transactions require it; at-least-once keeps it against \
+                         duplicates and reordering on retries)"
+                    ));
+                }
+            }
+        }
+        problems
     }
 
     /// Every problem at once.
@@ -147,18 +215,7 @@ impl StreamsConfig {
         if let Err(e) = self.state.validate() {
             problems.push(format!("state: {e}"));
         }
-        for key in [
-            "group.id",
-            "transactional.id",
-            "enable.auto.commit",
-            "isolation.level",
-        ] {
-            if self.client.contains_key(key) {
-                problems.push(format!(
-                    "client.{key} is set by the runtime and may not be overridden"
-                ));
-            }
-        }
+        problems.extend(self.refused_client_settings());
         if problems.is_empty() {
             Ok(())
         } else {
@@ -167,9 +224,40 @@ impl StreamsConfig {
     }
 }
 
+/// The host name, read from `/etc/hostname` the first time it is asked for.
+fn host_name() -> &'static str {
+    static HOST: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HOST.get_or_init(|| {
+        #[cfg(test)]
+        tests::HOST_READS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        std::fs::read_to_string("/etc/hostname")
+            .ok()
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "keel".to_owned())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    pub(super) static HOST_READS: std::sync::atomic::AtomicUsize =
+        std::sync::atomic::AtomicUsize::new(0);
+
+    #[test]
+    fn the_host_name_is_read_once_per_process() {
+        let c = StreamsConfig::new("app", "localhost:9092");
+        let first = c.instance_id();
+        for _ in 0..10 {
+            assert_eq!(c.instance_id(), first);
+        }
+        assert_eq!(
+            HOST_READS.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "/etc/hostname read once"
+        );
+    }
 
     #[test]
     fn defaults_follow_the_guarantee() {

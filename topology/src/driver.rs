@@ -334,6 +334,7 @@ impl TestDriver {
             last.insert(record.store.to_string(), offset);
         }
         task.state_mut().commit(last)?;
+        task.mark_committed();
         Ok(())
     }
 

@@ -34,7 +34,9 @@ pub struct Metrics {
     pub restore_remaining: IntGaugeVec,
     /// Approximate keys per store and partition.
     pub store_keys: IntGaugeVec,
-    /// Consumer lag (high watermark - position) per input topic and partition.
+    /// Consumer lag per owned input partition: the last stable offset (the high watermark
+    /// under at-least-once) minus the committed position (the log start when nothing is
+    /// committed yet), from librdkafka's statistics.
     pub consumer_lag: IntGaugeVec,
     /// Time records spent between the producer and the processor, in seconds (timestamp to
     /// processing), by topic.
@@ -120,7 +122,10 @@ impl Metrics {
             )
             .map_err(map)?,
             consumer_lag: IntGaugeVec::new(
-                opts("consumer_lag_records", "High watermark minus position"),
+                opts(
+                    "consumer_lag_records",
+                    "Last stable offset (high watermark under at-least-once) minus the committed position, or the log start when nothing is committed",
+                ),
                 &["topic", "partition"],
             )
             .map_err(map)?,

@@ -2,23 +2,36 @@
 
 use std::sync::Arc;
 
-/// Record headers, in order; names may repeat, as in Kafka.
+/// Record headers, in order; names may repeat, as in Kafka. A value is `None` for a header
+/// whose value is null, which Kafka keeps distinct from an empty value (`Some(vec![])`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Headers(pub Vec<(String, Vec<u8>)>);
+pub struct Headers(pub Vec<(String, Option<Vec<u8>>)>);
 
 impl Headers {
-    /// Appends a header.
+    /// Appends a header with a value (possibly empty).
     pub fn insert(&mut self, name: impl Into<String>, value: impl Into<Vec<u8>>) {
-        self.0.push((name.into(), value.into()));
+        self.0.push((name.into(), Some(value.into())));
     }
 
-    /// The last value of `name`.
+    /// Appends a header whose value is null.
+    pub fn insert_null(&mut self, name: impl Into<String>) {
+        self.0.push((name.into(), None));
+    }
+
+    /// The value of the last header named `name`: `None` if there is none or its value is
+    /// null (tell the two apart with [`Headers::value`]).
     pub fn get(&self, name: &str) -> Option<&[u8]> {
+        self.value(name).flatten()
+    }
+
+    /// The last header named `name`: `None` if there is none, `Some(None)` if its value is
+    /// null.
+    pub fn value(&self, name: &str) -> Option<Option<&[u8]>> {
         self.0
             .iter()
             .rev()
             .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_slice())
+            .map(|(_, v)| v.as_deref())
     }
 
     /// The last value of `name` as UTF-8, if it is.
@@ -26,8 +39,9 @@ impl Headers {
         self.get(name).and_then(|v| std::str::from_utf8(v).ok())
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &[u8])> {
-        self.0.iter().map(|(n, v)| (n.as_str(), v.as_slice()))
+    /// Every header in order, a null value as `None`.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, Option<&[u8]>)> {
+        self.0.iter().map(|(n, v)| (n.as_str(), v.as_deref()))
     }
 }
 

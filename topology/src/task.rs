@@ -22,6 +22,9 @@ pub mod dlq_headers {
     pub const SOURCE_OFFSET: &str = "keel.source.offset";
     pub const PROCESSOR: &str = "keel.processor";
     pub const TASK: &str = "keel.task";
+    /// The original record's timestamp (ms): a dead letter carries the time it was written, which
+    /// the broker takes, not the original's, which it may refuse.
+    pub const SOURCE_TIMESTAMP: &str = "keel.source.timestamp";
 }
 
 /// What to do with a record that cannot be decoded or that a processor rejects as bad input.
@@ -76,6 +79,9 @@ pub struct StreamTask {
     state: TaskState,
     schedules: Vec<Schedule>,
     stream_time: i64,
+    /// Stream time and the punctuation schedule as of the last commit: an abort rolls back
+    /// to them, so the replay fires what the aborted interval fired.
+    committed_clock: (i64, Vec<Schedule>),
     dead_letter_topic: String,
     policy: BadRecordPolicy,
     output: Vec<OutRecord>,
@@ -160,6 +166,7 @@ impl StreamTask {
             state,
             schedules: Vec::new(),
             stream_time: i64::MIN,
+            committed_clock: (i64::MIN, Vec::new()),
             dead_letter_topic,
             policy,
             output: Vec::new(),
@@ -213,6 +220,7 @@ impl StreamTask {
             })?;
             self.run(emitted, None, wall_clock)?;
         }
+        self.mark_committed();
         Ok(())
     }
 
@@ -271,7 +279,12 @@ impl StreamTask {
                     }
                 }
                 Err(e) => {
-                    return self.bad_record(raw, self.graph.node_name(source).to_owned(), e.0);
+                    return self.bad_record(
+                        raw,
+                        self.graph.node_name(source).to_owned(),
+                        e.0,
+                        wall_clock,
+                    );
                 }
             }
         }
@@ -295,7 +308,7 @@ impl StreamTask {
                 self.counters.emitted = before.emitted;
                 self.schedules.truncate(before.schedules);
                 self.stream_time = before.stream_time;
-                return self.bad_record(raw, processor, why);
+                return self.bad_record(raw, processor, why, wall_clock);
             }
             Err(e) => {
                 // The thread aborts the interval, which drops everything anyway.
@@ -306,7 +319,13 @@ impl StreamTask {
         self.punctuate(PunctuationType::StreamTime, self.stream_time, wall_clock)
     }
 
-    fn bad_record(&mut self, raw: &RawRecord, processor: String, why: String) -> Result<()> {
+    fn bad_record(
+        &mut self,
+        raw: &RawRecord,
+        processor: String,
+        why: String,
+        wall_clock: i64,
+    ) -> Result<()> {
         if self.policy == BadRecordPolicy::Stop {
             return Err(Error::Processor {
                 processor,
@@ -320,23 +339,44 @@ impl StreamTask {
             task = %self.id, topic = %raw.topic, partition = raw.partition, offset = raw.offset,
             processor = %processor, error = %why, "dead-lettering a bad record"
         );
+        let record = self.dead_letter(raw, processor, why, wall_clock);
+        self.output.push(record);
+        Ok(())
+    }
+
+    /// The dead-letter copy of input record `raw`: its key, value and headers, plus headers
+    /// saying why and where from. Its timestamp is `wall_clock`, which the broker takes (the
+    /// original's may be what the broker refused); the original's is in
+    /// [`dlq_headers::SOURCE_TIMESTAMP`].
+    pub(crate) fn dead_letter(
+        &mut self,
+        raw: &RawRecord,
+        processor: String,
+        why: String,
+        wall_clock: i64,
+    ) -> OutRecord {
         let mut headers = raw.headers.clone();
         headers.insert(dlq_headers::ERROR, why);
         headers.insert(dlq_headers::SOURCE_TOPIC, raw.topic.as_bytes());
         headers.insert(dlq_headers::SOURCE_PARTITION, raw.partition.to_string());
         headers.insert(dlq_headers::SOURCE_OFFSET, raw.offset.to_string());
+        headers.insert(dlq_headers::SOURCE_TIMESTAMP, raw.timestamp.to_string());
         headers.insert(dlq_headers::PROCESSOR, processor);
         headers.insert(dlq_headers::TASK, self.id.to_string());
-        self.output.push(OutRecord {
+        self.counters.dead_lettered += 1;
+        OutRecord {
             topic: self.dead_letter_topic.clone(),
             partition: None,
             key: raw.key.clone(),
             value: raw.value.clone(),
-            timestamp: raw.timestamp,
+            timestamp: wall_clock,
             headers,
-        });
-        self.counters.dead_lettered += 1;
-        Ok(())
+        }
+    }
+
+    /// The bad-record policy (what to do with a record the broker refuses to take, too).
+    pub(crate) fn policy(&self) -> BadRecordPolicy {
+        self.policy
     }
 
     /// Runs emitted records through the graph until none is left.
@@ -527,11 +567,47 @@ impl StreamTask {
         std::mem::take(&mut self.output)
     }
 
-    /// The transaction aborted: drop unsent output and pending store writes.
+    /// The transaction aborted: drop unsent output and pending store writes, and roll stream
+    /// time and the punctuation schedule back to the last commit.
     pub(crate) fn abort(&mut self) {
         self.output.clear();
         self.state.abort();
+        self.stream_time = self.committed_clock.0;
+        self.schedules.clone_from(&self.committed_clock.1);
     }
+
+    /// The interval committed: stream time and the schedule as they are now are what an abort
+    /// rolls back to.
+    pub(crate) fn mark_committed(&mut self) {
+        self.committed_clock = (self.stream_time, self.schedules.clone());
+    }
+
+    /// Stream time as committed with the input offsets (the offsets' metadata, see
+    /// [`stream_time_metadata`]) by the task's last owner: after `init`, so stream-time
+    /// punctuators keep their grid across restarts and moves instead of starting over at the
+    /// next record.
+    pub(crate) fn resume_stream_time(&mut self, stream_time: i64) {
+        if stream_time > self.stream_time {
+            self.stream_time = stream_time;
+            for s in &mut self.schedules {
+                if s.kind == PunctuationType::StreamTime && s.next.is_none() {
+                    s.due(stream_time);
+                }
+            }
+        }
+        self.mark_committed();
+    }
+}
+
+/// The committed offsets' metadata carrying a task's stream time (Kafka Streams keeps it there
+/// too): `keel:st=<ms>`.
+pub(crate) fn stream_time_metadata(stream_time: i64) -> String {
+    format!("keel:st={stream_time}")
+}
+
+/// The stream time in committed offset metadata written by [`stream_time_metadata`].
+pub(crate) fn parse_stream_time_metadata(metadata: &str) -> Option<i64> {
+    metadata.strip_prefix("keel:st=")?.parse().ok()
 }
 
 /// Whether an error is worth retrying (abort, back off, replay from the last commit).

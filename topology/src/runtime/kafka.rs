@@ -40,6 +40,35 @@ pub(crate) fn client_config(config: &StreamsConfig, role: Role) -> ClientConfig 
     c
 }
 
+/// The stream thread `index`'s producer: the user's settings, the runtime's defaults where the
+/// user set nothing (`linger.ms` 5), then what the runtime owns (Kafka's murmur2 partitioner,
+/// idempotence, the transactional id). Settings of the user that contradict what the runtime
+/// owns are refused by [`StreamsConfig::validate`], never silently replaced.
+pub(crate) fn producer_config(
+    config: &StreamsConfig,
+    instance: &str,
+    index: usize,
+) -> ClientConfig {
+    let eos = config.processing_guarantee == keel_state::Guarantee::ExactlyOnce;
+    let mut pc = client_config(config, Role::Producer);
+    if pc.get("linger.ms").is_none() && pc.get("queue.buffering.max.ms").is_none() {
+        pc.set("linger.ms", "5");
+    }
+    pc.set("partitioner", "murmur2_random")
+        .set("enable.idempotence", "true");
+    if eos {
+        pc.set(
+            "transactional.id",
+            format!("{}-{instance}-{index}", config.application_id),
+        )
+        .set(
+            "transaction.timeout.ms",
+            config.transaction_timeout_ms.to_string(),
+        );
+    }
+    pc
+}
+
 /// A client context that stays quiet about partition EOF (the restore consumer's end signal)
 /// and logs other client errors through `tracing`.
 #[derive(Debug, Default)]
@@ -60,7 +89,48 @@ impl rdkafka::consumer::ConsumerContext for QuietEof {}
 #[derive(Debug, Default)]
 pub(crate) struct DeliveryLog {
     last: Mutex<HashMap<(String, i32), i64>>,
-    failure: Mutex<Option<String>>,
+    failure: Mutex<Option<DeliveryFailure>>,
+    /// The origins of every refused record since the last call of `take_refused_origins`.
+    refused: Mutex<Vec<usize>>,
+}
+
+/// A record the producer could not deliver.
+#[derive(Debug, Clone)]
+pub(crate) struct DeliveryFailure {
+    pub(crate) topic: String,
+    pub(crate) error: KafkaError,
+    /// The sender's tag of the record ([`send_from`]): which input record it came from; 0 for
+    /// none (changelog records, punctuation output).
+    pub(crate) origin: usize,
+}
+
+impl DeliveryFailure {
+    /// Whether the broker (or the producer's own limits) refused this record for what it is —
+    /// too large for the topic, a timestamp outside the topic's window, an invalid record — so
+    /// sending it again can never succeed, unlike a transient failure.
+    pub(crate) fn refused(&self) -> bool {
+        let code = match &self.error {
+            KafkaError::MessageProduction(code) | KafkaError::Global(code) => Some(*code),
+            _ => self.error.rdkafka_error_code(),
+        };
+        matches!(
+            code,
+            Some(
+                RDKafkaErrorCode::MessageSizeTooLarge
+                    | RDKafkaErrorCode::InvalidMessageSize
+                    | RDKafkaErrorCode::MessageBatchTooLarge
+                    | RDKafkaErrorCode::InvalidTimestamp
+                    | RDKafkaErrorCode::InvalidRecord
+                    | RDKafkaErrorCode::InvalidMessage
+            )
+        )
+    }
+}
+
+impl std::fmt::Display for DeliveryFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "delivery to {} failed: {}", self.topic, self.error)
+    }
 }
 
 impl DeliveryLog {
@@ -73,22 +143,53 @@ impl DeliveryLog {
     }
 
     /// The first failure since the last call.
-    pub(crate) fn take_failure(&self) -> Option<String> {
+    pub(crate) fn take_failure(&self) -> Option<DeliveryFailure> {
         self.failure.lock().ok().and_then(|mut f| f.take())
+    }
+
+    /// Keeps the first failure, except that a refused record wins over a failure of another
+    /// kind: when the broker refuses one record of a batch, the others of the batch fail with
+    /// `InvalidDifferentRecord`, possibly reported first.
+    fn record_failure(&self, failure: DeliveryFailure) {
+        if failure.refused()
+            && let Ok(mut refused) = self.refused.lock()
+        {
+            refused.push(failure.origin);
+        }
+        if let Ok(mut slot) = self.failure.lock() {
+            let replace = match slot.as_ref() {
+                None => true,
+                Some(first) => !first.refused() && failure.refused(),
+            };
+            if replace {
+                *slot = Some(failure);
+            }
+        }
+    }
+
+    /// The origins of the records refused since the last call. The broker refuses a whole
+    /// batch for one bad record (every record of it gets the same error), so this names the
+    /// suspects, not necessarily the culprit.
+    pub(crate) fn take_refused_origins(&self) -> Vec<usize> {
+        self.refused
+            .lock()
+            .map(|mut r| std::mem::take(&mut *r))
+            .unwrap_or_default()
     }
 
     pub(crate) fn clear(&self) {
         self.take_offsets();
         self.take_failure();
+        self.take_refused_origins();
     }
 }
 
 impl ClientContext for DeliveryLog {}
 
 impl ProducerContext for DeliveryLog {
-    type DeliveryOpaque = ();
+    type DeliveryOpaque = usize;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+    fn delivery(&self, result: &DeliveryResult<'_>, origin: usize) {
         match result {
             Ok(m) => {
                 if let Ok(mut last) = self.last.lock() {
@@ -98,17 +199,18 @@ impl ProducerContext for DeliveryLog {
                     *entry = (*entry).max(m.offset());
                 }
             }
-            Err((e, m)) => {
-                if let Ok(mut failure) = self.failure.lock()
-                    && failure.is_none()
-                {
-                    *failure = Some(format!(
-                        "delivery to {}/{} failed: {e}",
-                        m.topic(),
-                        m.partition()
-                    ));
-                }
-            }
+            // Purged by an abort: the abort is already under way.
+            Err((
+                KafkaError::MessageProduction(
+                    RDKafkaErrorCode::PurgeQueue | RDKafkaErrorCode::PurgeInflight,
+                ),
+                _,
+            )) => {}
+            Err((e, m)) => self.record_failure(DeliveryFailure {
+                topic: m.topic().to_owned(),
+                error: e.clone(),
+                origin,
+            }),
         }
     }
 }
@@ -117,16 +219,21 @@ pub(crate) type Producer = BaseProducer<DeliveryLog>;
 
 /// Sends one record, waiting for queue space when the local queue is full.
 pub(crate) fn send(producer: &Producer, record: &OutRecord) -> Result<()> {
+    send_from(producer, record, 0)
+}
+
+/// Sends one record tagged with `origin` (see [`DeliveryFailure::origin`]). A record the
+/// producer refuses at once for what it is (larger than `message.max.bytes`) is reported like
+/// a refused delivery, for the commit to handle.
+pub(crate) fn send_from(producer: &Producer, record: &OutRecord, origin: usize) -> Result<()> {
     let mut headers = OwnedHeaders::new();
     for (name, value) in record.headers.iter() {
-        headers = headers.insert(Header {
-            key: name,
-            value: Some(value),
-        });
+        headers = headers.insert(Header { key: name, value });
     }
-    let mut base: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&record.topic)
-        .timestamp(record.timestamp.max(0))
-        .headers(headers);
+    let mut base: BaseRecord<'_, [u8], [u8], usize> =
+        BaseRecord::with_opaque_to(&record.topic, origin)
+            .timestamp(record.timestamp.max(0))
+            .headers(headers);
     if let Some(key) = &record.key {
         base = base.key(key.as_slice());
     }
@@ -144,6 +251,15 @@ pub(crate) fn send(producer: &Producer, record: &OutRecord) -> Result<()> {
                 producer.poll(Duration::from_millis(10));
             }
             Err((e, _)) => {
+                let failure = DeliveryFailure {
+                    topic: record.topic.clone(),
+                    error: e.clone(),
+                    origin,
+                };
+                if failure.refused() {
+                    producer.context().record_failure(failure);
+                    return Ok(());
+                }
                 return Err(Error::Kafka {
                     context: format!("sending to {}", record.topic),
                     source: e,
@@ -216,6 +332,50 @@ fn murmur2(data: &[u8]) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_users_linger_is_honoured() {
+        let mut c = StreamsConfig::new("app", "localhost:9092");
+        c.producer.insert("linger.ms".into(), "50".into());
+        let pc = producer_config(&c, "one", 0);
+        assert_eq!(pc.get("linger.ms"), Some("50"));
+        assert_eq!(pc.get("partitioner"), Some("murmur2_random"));
+        c.producer.remove("linger.ms");
+        assert_eq!(
+            producer_config(&c, "one", 0).get("linger.ms"),
+            Some("5"),
+            "the runtime's default"
+        );
+    }
+
+    #[test]
+    fn settings_the_runtime_owns_or_cannot_honour_are_refused_with_a_reason() {
+        let mut c = StreamsConfig::new("app", "localhost:9092");
+        c.producer.insert("partitioner".into(), "consistent".into());
+        c.producer.insert("transactional.id".into(), "mine".into());
+        c.producer
+            .insert("enable.idempotence".into(), "false".into());
+        c.consumer.insert("group.id".into(), "other".into());
+        c.consumer
+            .insert("isolation.level".into(), "read_uncommitted".into());
+        let err = c.validate().expect_err("refused").to_string();
+        for needle in [
+            "producer.partitioner",
+            "murmur2",
+            "producer.transactional.id",
+            "producer.enable.idempotence",
+            "consumer.group.id",
+            "consumer.isolation.level",
+        ] {
+            assert!(err.contains(needle), "{needle} missing: {err}");
+        }
+        // Kafka's murmur2 partitioner itself may be named.
+        let mut ok = StreamsConfig::new("app", "localhost:9092");
+        ok.producer
+            .insert("partitioner".into(), "murmur2_random".into());
+        ok.producer.insert("linger.ms".into(), "20".into());
+        ok.validate().expect("valid");
+    }
 
     #[test]
     fn partitions_match_the_java_client() {

@@ -3,6 +3,7 @@
 //! queries.
 
 mod admin;
+pub mod faults;
 pub(crate) mod kafka;
 mod owners;
 mod restore;
@@ -81,6 +82,7 @@ impl KafkaStreams {
             metrics,
             shutdown: shutdown.clone(),
             readers: readers.clone(),
+            poisoned: Default::default(),
         });
         let mut threads = Vec::new();
         for index in 0..shared.config.num_stream_threads {
@@ -127,8 +129,13 @@ fn supervise(index: usize, shared: Arc<Shared>) -> Result<()> {
     }
 }
 
+/// Kafka failures restart the thread with new clients, except a fenced producer: only a
+/// process with the same instance id fences it, and a restart would fence that one back.
 fn restartable(e: &Error) -> bool {
-    matches!(e, Error::Kafka { .. }) || task::is_retryable(e)
+    match e {
+        Error::Kafka { source, .. } => !thread::is_fenced(source),
+        _ => task::is_retryable(e),
+    }
 }
 
 /// Sets `flag` (e.g. [`StreamsHandle::shutdown_flag`]) when the process gets SIGTERM or SIGINT,

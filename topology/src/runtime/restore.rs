@@ -30,6 +30,9 @@ pub(crate) fn restore_task(
         let (low, high) = consumer
             .fetch_watermarks(&topic, partition, Duration::from_secs(30))
             .map_err(Error::kafka(format!("watermarks of {topic}/{partition}")))?;
+        // Local state from another history of the changelog (reset, recreated) is a
+        // corruption: the task is wiped and restored from scratch (`thread.rs` `open_task`).
+        plan.check(low, high)?;
         if !plan.is_needed(low, high) {
             continue;
         }
@@ -54,11 +57,18 @@ pub(crate) fn restore_task(
             match consumer.poll(Duration::from_millis(200)) {
                 Some(Ok(m)) => {
                     let offset = m.offset();
-                    batch.push((
-                        offset,
-                        m.key().map(<[u8]>::to_vec).unwrap_or_default(),
-                        m.payload().map(<[u8]>::to_vec),
-                    ));
+                    // Every record Keel writes to a changelog has a key; one without (a topic
+                    // written by something else) names no entry. It is skipped, never applied
+                    // as the empty key, which is a key of its own.
+                    match m.key() {
+                        Some(key) => {
+                            batch.push((offset, key.to_vec(), m.payload().map(<[u8]>::to_vec)))
+                        }
+                        None => tracing::warn!(
+                            task = %task.id(), store = %plan.store, offset,
+                            "changelog record without a key skipped"
+                        ),
+                    }
                     done = offset + 1 >= high;
                     last_progress = Instant::now();
                 }
@@ -86,6 +96,7 @@ pub(crate) fn restore_task(
                 }
             }
             if batch.len() >= BATCH || (done && !batch.is_empty()) {
+                crate::runtime::faults::check(crate::runtime::faults::RESTORE_BATCH)?;
                 let records = std::mem::take(&mut batch);
                 let stats = task.state_mut().restore_batch(&plan.store, records)?;
                 progress.record_batch(&stats, None);

@@ -32,7 +32,16 @@ pub(crate) fn apply_committed(
         let offsets = offsets.remove(id).unwrap_or_default();
         let mut attempt = 1;
         loop {
-            match task.state_mut().commit(offsets.iter().cloned()) {
+            let applied =
+                match crate::runtime::faults::injected(crate::runtime::faults::STORE_APPLY) {
+                    Some(_) => Err(keel_state::Error::Io {
+                        op: "apply (failpoint)",
+                        path: task.state().dir().to_owned(),
+                        source: std::io::Error::other("injected"),
+                    }),
+                    None => task.state_mut().commit(offsets.iter().cloned()),
+                };
+            match applied {
                 Ok(()) => break,
                 Err(e) if e.fault() == Fault::Environment && attempt < APPLY_ATTEMPTS => {
                     tracing::warn!(task = %id, attempt, error = %e, "applying the committed interval failed; retrying");

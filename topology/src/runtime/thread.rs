@@ -29,16 +29,18 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers as _, Message};
 use rdkafka::producer::{Producer as _, PurgeConfig};
 use rdkafka::statistics::Statistics;
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::StreamsConfig;
-use crate::error::{Error, Result};
+use crate::error::{Error, ProcessError, Result};
 use crate::metrics::Metrics;
 use crate::processor::PunctuationType;
 use crate::record::{Headers, RawRecord};
+use crate::runtime::faults::{self, TxnAction};
 use crate::runtime::kafka::{self, DeliveryLog, Producer};
 use crate::runtime::{restore, tasks};
-use crate::task::{self, StreamTask};
+use crate::task::{self, BadRecordPolicy, StreamTask};
 use crate::topology::{TaskId, Topology};
 
 const KAFKA_TIMEOUT: Duration = Duration::from_secs(30);
@@ -64,6 +66,27 @@ pub(crate) struct Shared {
     pub(crate) dead_letter_topic: String,
     /// Partition counts of the source and (existing) sink topics.
     pub(crate) topic_partitions: Arc<HashMap<String, i32>>,
+    /// Input records whose output the broker refused; kept across thread restarts.
+    pub(crate) poisoned: Mutex<Poisoned>,
+}
+
+/// Input records whose output the broker refused (see [`Core::delivery_failed`]).
+#[derive(Debug, Default)]
+pub(crate) struct Poisoned {
+    /// Culprits, with why: on the replay they are dead-lettered instead of processed (or stop
+    /// the application, per `on_bad_record`).
+    refused: HashMap<(Arc<str>, i32, i64), Refused>,
+    /// Input records whose output was in a batch the broker refused (it refuses the whole
+    /// batch for one record): each is replayed in a transaction of its own, so the culprit is
+    /// the only record of the transaction that fails.
+    suspects: HashSet<(Arc<str>, i32, i64)>,
+}
+
+fn poisoned(shared: &Shared) -> MutexGuard<'_, Poisoned> {
+    shared
+        .poisoned
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn now_ms() -> i64 {
@@ -92,6 +115,20 @@ struct Core {
     committed: HashMap<(String, i32), Option<i64>>,
     /// Partitions assigned by the last rebalance whose tasks are not set up yet.
     pending_assign: Vec<(String, i32)>,
+    /// Tasks whose local state RocksDB reported corrupt during this turn: after the abort they
+    /// are closed, wiped and set up again from the changelog.
+    corrupt: Vec<TaskId>,
+    /// The producer returned a fatal transactional error (or kept timing out): the thread must
+    /// restart with a new producer instead of aborting.
+    producer_fatal: bool,
+    /// Why the application must stop (a duplicate instance, a fatal consumer error): no
+    /// restart can cure it.
+    stop: Option<String>,
+    /// A record polled but not processed yet: commits before it stop at its offset.
+    unprocessed: Option<(String, i32, i64)>,
+    /// The input record behind each output sent in this interval (the delivery tag is the
+    /// index + 1), so a refused output names the input to dead-letter.
+    origins: Vec<(Arc<str>, i32, i64)>,
     txn_open: bool,
     dirty: bool,
     last_commit: Instant,
@@ -107,22 +144,48 @@ struct ThreadContext {
 
 impl ClientContext for ThreadContext {
     /// librdkafka's statistics (every `statistics.interval.ms`), served from the thread's own
-    /// poll: consumer lag per partition as librdkafka measures it — against the last stable
-    /// offset under `read_committed`, so a caught-up partition shows 0 even when its last
-    /// offset is a transaction marker — with no request to the broker.
+    /// poll, with no request to the broker: consumer lag per owned partition, the partition's
+    /// end (the last stable offset under `read_committed`, the high watermark otherwise)
+    /// minus the position this thread committed (librdkafka's own `consumer_lag` uses the
+    /// consumer's committed offset, which offsets committed through the transactional
+    /// producer never update: the gauge froze). With nothing committed yet, the lag counts
+    /// from the log start, not from offset 0. Commits move past transaction markers
+    /// ([`Core::committable_positions`]), so a fully consumed partition shows 0.
     fn stats(&self, statistics: Statistics) {
         let core = lock(&self.core);
-        let lag = &core.shared.metrics.consumer_lag;
+        let read_committed = core.eos();
         for (topic, t) in &statistics.topics {
             for (id, p) in &t.partitions {
-                // -1 is librdkafka's internal "unassigned" partition; lag -1 is "unknown".
-                if *id >= 0 && p.consumer_lag >= 0 {
-                    lag.with_label_values(&[topic, &id.to_string()])
-                        .set(p.consumer_lag);
+                // -1 is librdkafka's internal "unassigned" partition.
+                if *id < 0 {
+                    continue;
+                }
+                let key = (topic.clone(), *id);
+                let Some(committed) = core.committed.get(&key).copied() else {
+                    continue;
+                };
+                let end = if read_committed {
+                    p.ls_offset
+                } else {
+                    p.hi_offset
+                };
+                let from = committed.unwrap_or(p.lo_offset);
+                if end >= 0 && from >= 0 {
+                    core.shared
+                        .metrics
+                        .consumer_lag
+                        .with_label_values(&[topic, &id.to_string()])
+                        .set(lag(end, from));
                 }
             }
         }
     }
+}
+
+/// Records left to read: `end` (last stable offset or high watermark) minus the committed
+/// position (or the log start when nothing is committed), never negative.
+fn lag(end: i64, committed_or_log_start: i64) -> i64 {
+    (end - committed_or_log_start).max(0)
 }
 
 impl ConsumerContext for ThreadContext {
@@ -171,20 +234,7 @@ pub(crate) fn run(index: usize, shared: Arc<Shared>) -> Result<()> {
     let eos = config.processing_guarantee == Guarantee::ExactlyOnce;
     let instance = config.instance_id();
 
-    let mut pc = kafka::client_config(config, kafka::Role::Producer);
-    pc.set("partitioner", "murmur2_random")
-        .set("linger.ms", "5")
-        .set("enable.idempotence", "true");
-    if eos {
-        pc.set(
-            "transactional.id",
-            format!("{}-{instance}-{index}", config.application_id),
-        )
-        .set(
-            "transaction.timeout.ms",
-            config.transaction_timeout_ms.to_string(),
-        );
-    }
+    let pc = kafka::producer_config(config, &instance, index);
     let producer = Producer::from_config_and_context(&pc, DeliveryLog::default())
         .map_err(Error::kafka("creating the producer"))?;
     if eos {
@@ -216,6 +266,11 @@ pub(crate) fn run(index: usize, shared: Arc<Shared>) -> Result<()> {
         last_wall_check: Instant::now(),
         committed: HashMap::new(),
         pending_assign: Vec::new(),
+        corrupt: Vec::new(),
+        producer_fatal: false,
+        stop: None,
+        unprocessed: None,
+        origins: Vec::new(),
         txn_open: false,
         dirty: false,
         last_commit: Instant::now(),
@@ -281,7 +336,44 @@ fn run_loop(consumer: &GroupConsumer, core: &Mutex<Core>) -> Result<()> {
         if let Some(e) = c.failure.take() {
             return Err(e);
         }
-        let step = c.step(consumer, polled, interval);
+        let mut step = c.step(consumer, polled, interval);
+        if step.is_err() {
+            // Serve the delivery reports still in flight: one may be the cause.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while c.producer.in_flight_count() > 0 && Instant::now() < deadline {
+                c.producer.poll(Duration::from_millis(10));
+            }
+        }
+        if step.is_err()
+            && let Some(failure) = c.producer.context().take_failure()
+        {
+            // A failed delivery puts the transaction in error, so a later call (a send, the
+            // commit) fails for it: the delivery failure is the cause to handle.
+            step = Err(c.delivery_failed(failure));
+        }
+        if step.is_err() && !c.corrupt.is_empty() {
+            // Local state that cannot be trusted: the interval aborts, the task is closed,
+            // wiped and restored from the changelog, and processing goes on.
+            c.abort(consumer, "corrupt local state")?;
+            for id in std::mem::take(&mut c.corrupt) {
+                c.close_for_restore(id, true);
+            }
+            continue;
+        }
+        if step.is_err()
+            && let Some(reason) = c.stop.take()
+        {
+            return Err(Error::ThreadStopped {
+                thread: c.index,
+                reason,
+            });
+        }
+        if let Err(e) = &step
+            && c.producer_fatal
+        {
+            tracing::error!(thread = c.index, error = %e, "fatal producer error; restarting the thread");
+            return step;
+        }
         match step {
             Ok(()) => backoff = Duration::from_millis(shared.config.retry_backoff_ms),
             Err(e) if task::is_retryable(&e) || is_abortable(&e) => {
@@ -330,6 +422,61 @@ fn abort_transaction(producer: &Producer) -> Result<()> {
     })
 }
 
+/// An input record whose output the broker refused.
+#[derive(Debug)]
+struct Refused {
+    /// The topic that refused it.
+    topic: String,
+    reason: String,
+    /// Whether its dead-letter copy was sent (refused again: stop).
+    dead_lettered: bool,
+}
+
+/// Whether a transactional error says another producer with this transactional id fenced
+/// this one.
+pub(crate) fn is_fenced(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::Fenced)
+    )
+}
+
+/// librdkafka's verdict on a transactional call's error. Errors that are not transactional
+/// errors (a failed send, a flush timeout) abort the transaction.
+fn txn_action(error: &KafkaError) -> TxnAction {
+    match error {
+        KafkaError::Transaction(e) if e.is_fatal() => TxnAction::Fatal,
+        KafkaError::Transaction(e) if e.txn_requires_abort() => TxnAction::Abort,
+        KafkaError::Transaction(e) if e.is_retriable() => TxnAction::Retry,
+        _ => TxnAction::Abort,
+    }
+}
+
+/// The commit point passed: a failpoint that can only crash (`panic`), never return an error.
+fn fail_after_commit_point() {
+    if faults::injected(faults::AFTER_COMMIT_TRANSACTION).is_some() {
+        tracing::error!(
+            "failpoint {} armed with `return`: only `panic` is meaningful after the commit point",
+            faults::AFTER_COMMIT_TRANSACTION
+        );
+    }
+}
+
+/// Whether `error` says local state cannot be trusted ([`keel_state::Fault::Corruption`]): the
+/// cure is to wipe the task's state and restore it from the changelog, not to stop.
+pub(crate) fn is_corruption(error: &Error) -> bool {
+    use crate::error::ProcessError;
+    let state = match error {
+        Error::State(e) => Some(e),
+        Error::Processor {
+            source: ProcessError::Store(e),
+            ..
+        } => Some(e),
+        _ => None,
+    };
+    state.is_some_and(|e| e.fault() == keel_state::Fault::Corruption)
+}
+
 /// Errors after which aborting the transaction and replaying is the cure.
 fn is_abortable(error: &Error) -> bool {
     match error {
@@ -375,10 +522,41 @@ impl Core {
         match polled {
             Some(Ok(m)) => {
                 let raw = to_raw(&m);
+                let suspect = poisoned(&self.shared).suspects.contains(&(
+                    raw.topic.clone(),
+                    raw.partition,
+                    raw.offset,
+                ));
+                if suspect {
+                    // Alone in its transaction: commit what came before, then it. (The
+                    // consumer's position is already past it: the commit must not be.)
+                    self.unprocessed = Some((raw.topic.to_string(), raw.partition, raw.offset));
+                    let before = self.commit(consumer);
+                    self.unprocessed = None;
+                    before?;
+                }
                 self.process(raw)?;
+                if suspect {
+                    self.commit(consumer)?;
+                }
             }
             Some(Err(KafkaError::PartitionEOF(_))) | None => {}
             Some(Err(e)) => {
+                // librdkafka reports a fatal consumer error once, as an event; after it the
+                // consumer is unusable. Static membership makes a second instance with the
+                // same instance id fence this one (FencedInstanceId): a restart here would
+                // fence it back, forever, so the application stops and says why.
+                if let Some((code, reason)) = consumer.client().fatal_error() {
+                    let instance = self.shared.config.instance_id();
+                    return Err(self.stop_with(if code == RDKafkaErrorCode::FencedInstanceId {
+                        format!(
+                            "another instance joined the group with group.instance.id {instance}-{} (two instances started with instance_id {instance:?}?): {reason}",
+                            self.index
+                        )
+                    } else {
+                        format!("the consumer failed fatally ({code:?}): {reason}")
+                    }));
+                }
                 tracing::warn!(thread = self.index, error = %e, "consumer error");
             }
         }
@@ -389,11 +567,84 @@ impl Core {
         Ok(())
     }
 
+    /// One call of librdkafka's transactional API, handled as librdkafka documents for each
+    /// call: a retriable error (a timeout: the operation goes on in the background) calls the
+    /// same function again, with backoff, for up to the transaction timeout (then the producer
+    /// is given up, as fatal); an error that requires an abort comes back for the loop to
+    /// abort and replay; a fatal one (fenced) marks the producer unusable, so the thread
+    /// restarts with a new one (whose `init_transactions` fences this one's transaction) and
+    /// restores its tasks from the changelogs. Never abort after a timed-out
+    /// `commit_transaction`: the commit may complete in the background, and the replay would
+    /// then be a second copy of the interval.
+    fn txn_call(
+        &mut self,
+        what: &'static str,
+        failpoint: &'static str,
+        mut call: impl FnMut(&Producer) -> rdkafka::error::KafkaResult<()>,
+    ) -> Result<()> {
+        let started = Instant::now();
+        let patience = Duration::from_millis(self.shared.config.transaction_timeout_ms);
+        let mut backoff = Duration::from_millis(self.shared.config.retry_backoff_ms);
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let (action, error) = match faults::injected_txn_error(failpoint) {
+                Some(action) => (
+                    action,
+                    KafkaError::Global(rdkafka::types::RDKafkaErrorCode::Fail),
+                ),
+                None => match call(&self.producer) {
+                    Ok(()) => return Ok(()),
+                    Err(e) => (txn_action(&e), e),
+                },
+            };
+            let context = format!("{what} (attempt {attempt})");
+            match action {
+                TxnAction::Retry if started.elapsed() < patience => {
+                    tracing::warn!(thread = self.index, error = %error, ?backoff, "{what} failed with a retriable error; calling it again");
+                    self.producer.poll(Duration::ZERO);
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+                TxnAction::Abort => {
+                    return Err(Error::Kafka {
+                        context,
+                        source: error,
+                    });
+                }
+                TxnAction::Retry | TxnAction::Fatal => {
+                    tracing::error!(thread = self.index, error = %error, ?action, "{what} failed; this producer cannot go on");
+                    self.producer_fatal = true;
+                    if is_fenced(&error) {
+                        // Transactional ids are <app>-<instance>-<thread>: only a process with
+                        // the same instance id fences this producer. Restarting would fence it
+                        // back (and so on): stop.
+                        let instance = self.shared.config.instance_id();
+                        return Err(self.stop_with(format!(
+                            "{what}: this producer was fenced by another with transactional.id {}-{instance}-{}: another instance runs with instance_id {instance:?}: {error}",
+                            self.shared.config.application_id, self.index
+                        )));
+                    }
+                    return Err(Error::Kafka {
+                        context,
+                        source: error,
+                    });
+                }
+            }
+        }
+    }
+
     fn begin(&mut self) -> Result<()> {
         if self.eos() && !self.txn_open {
-            self.producer
-                .begin_transaction()
-                .map_err(Error::kafka("begin_transaction"))?;
+            self.producer.begin_transaction().map_err(|e| {
+                if txn_action(&e) == TxnAction::Fatal {
+                    self.producer_fatal = true;
+                }
+                Error::Kafka {
+                    context: "begin_transaction".into(),
+                    source: e,
+                }
+            })?;
             self.producer.context().clear();
         }
         self.txn_open = true;
@@ -420,8 +671,56 @@ impl Core {
                 raw.topic, raw.partition
             ))
         })?;
-        task.process(&raw, wall)?;
-        let output = task.take_output();
+        let coordinates = (raw.topic.clone(), raw.partition, raw.offset);
+        let shared = self.shared.clone();
+        let mut poison = poisoned(&shared);
+        let output = if let Some(refused) = poison.refused.get_mut(&coordinates) {
+            // Its output was refused in an earlier (aborted) try: the record leaves no trace
+            // but its dead-letter copy, or the application stops, as for bad input.
+            if task.policy() == BadRecordPolicy::Stop || refused.dead_lettered {
+                return Err(Error::Processor {
+                    processor: format!("sink to {}", refused.topic),
+                    source: ProcessError::Fatal(format!(
+                        "the broker refused {} from input {}/{}@{}: {}{}",
+                        if refused.dead_lettered {
+                            "the dead-letter copy of the output"
+                        } else {
+                            "the output"
+                        },
+                        raw.topic,
+                        raw.partition,
+                        raw.offset,
+                        refused.reason,
+                        if refused.dead_lettered {
+                            ""
+                        } else {
+                            " (on_bad_record = stop)"
+                        }
+                    )),
+                });
+            }
+            refused.dead_lettered = true;
+            tracing::warn!(
+                task = %id, topic = %raw.topic, partition = raw.partition, offset = raw.offset,
+                output = %refused.topic, error = %refused.reason,
+                "the broker refused this record's output; dead-lettering the record"
+            );
+            vec![task.dead_letter(
+                &raw,
+                format!("sink to {}", refused.topic),
+                format!("output refused by the broker: {}", refused.reason),
+                wall,
+            )]
+        } else {
+            drop(poison);
+            if let Err(e) = task.process(&raw, wall) {
+                if is_corruption(&e) {
+                    self.corrupt.push(id);
+                }
+                return Err(e);
+            }
+            task.take_output()
+        };
         let metrics = &self.shared.metrics;
         let (records_in, age) = self
             .topic_metrics
@@ -439,16 +738,20 @@ impl Core {
         metrics
             .process_latency
             .observe(started.elapsed().as_secs_f64());
-        self.send_all(&output)?;
+        self.origins.push(coordinates);
+        let origin = self.origins.len();
+        self.send_all(&output, origin)?;
         self.positions
             .insert((raw.topic.clone(), raw.partition), raw.offset + 1);
         self.dirty = true;
         Ok(())
     }
 
-    fn send_all(&mut self, output: &[crate::record::OutRecord]) -> Result<()> {
+    /// Sends `output`, tagged with `origin` (the index + 1 in `origins` of the input record it
+    /// came from; 0 for punctuation output).
+    fn send_all(&mut self, output: &[crate::record::OutRecord], origin: usize) -> Result<()> {
         for out in output {
-            kafka::send(&self.producer, out)?;
+            kafka::send_from(&self.producer, out, origin)?;
             if out.topic == self.shared.dead_letter_topic {
                 let source = out
                     .headers
@@ -481,11 +784,16 @@ impl Core {
         self.begin()?;
         let now = now_ms();
         let mut output = Vec::new();
-        for task in self.tasks.values_mut() {
-            task.punctuate(PunctuationType::WallClock, now, now)?;
+        for (id, task) in self.tasks.iter_mut() {
+            if let Err(e) = task.punctuate(PunctuationType::WallClock, now, now) {
+                if is_corruption(&e) {
+                    self.corrupt.push(*id);
+                }
+                return Err(e);
+            }
             output.extend(task.take_output());
         }
-        self.send_all(&output)?;
+        self.send_all(&output, 0)?;
         self.producer.poll(Duration::ZERO);
         Ok(())
     }
@@ -496,7 +804,11 @@ impl Core {
             .tasks
             .values()
             .any(|t| t.state().stores().any(|s| s.unlogged_writes() > 0));
-        if !self.dirty && !has_changelog {
+        let to_commit = self.committable_positions(consumer);
+        let moves = to_commit
+            .iter()
+            .any(|(tp, offset)| self.committed.get(tp).copied().flatten() != Some(*offset));
+        if !self.dirty && !has_changelog && !moves {
             self.last_commit = Instant::now();
             return Ok(());
         }
@@ -523,36 +835,63 @@ impl Core {
                 )?;
             }
         }
+        // Every transaction carries the position of every owned partition, moved or not, with
+        // the group's metadata: the group coordinator refuses it from a member that lost its
+        // partitions (paused past the session timeout), so a zombie cannot commit timer or
+        // punctuation output that the new owner also commits (KIP-447). Offsets alone would
+        // leave a transaction with no new input unfenced.
+        let mut to_commit = to_commit;
+        for (tp, committed) in &self.committed {
+            if let Some(offset) = committed {
+                to_commit.entry(tp.clone()).or_insert(*offset);
+            }
+        }
         let mut tpl = TopicPartitionList::new();
-        for ((topic, partition), offset) in &self.positions {
-            tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset))
+        for ((topic, partition), offset) in &to_commit {
+            let mut element = tpl.add_partition(topic, *partition);
+            element
+                .set_offset(Offset::Offset(*offset))
                 .map_err(Error::kafka("building the offset list"))?;
+            // The task's stream time goes with its offsets (as in Kafka Streams), so the
+            // next owner resumes it (`set_up_assigned`).
+            let task = self.shared.topic_subs.get(topic).and_then(|&sub| {
+                self.tasks.get(&TaskId {
+                    sub_topology: sub,
+                    partition: *partition,
+                })
+            });
+            if let Some(task) = task
+                && task.stream_time() > i64::MIN
+            {
+                element.set_metadata(task::stream_time_metadata(task.stream_time()));
+            }
         }
         let sent = started.elapsed();
+        faults::check(faults::AFTER_CHANGELOG_SEND)?;
         if self.eos() && tpl.count() > 0 {
             let group = consumer.group_metadata().ok_or_else(|| Error::Kafka {
                 context: "group metadata".into(),
                 source: KafkaError::Global(rdkafka::types::RDKafkaErrorCode::State),
             })?;
-            self.producer
-                .send_offsets_to_transaction(&tpl, &group, KAFKA_TIMEOUT)
-                .map_err(Error::kafka("send_offsets_to_transaction"))?;
+            self.txn_call("send_offsets_to_transaction", faults::SEND_OFFSETS, |p| {
+                p.send_offsets_to_transaction(&tpl, &group, KAFKA_TIMEOUT)
+            })?;
         }
         let offsets_sent = started.elapsed();
+        faults::check(faults::AFTER_OFFSETS)?;
         kafka::flush(&self.producer, KAFKA_TIMEOUT)?;
         let flushed = started.elapsed();
         if let Some(failure) = self.producer.context().take_failure() {
-            return Err(Error::Kafka {
-                context: failure,
-                source: KafkaError::Flush(rdkafka::types::RDKafkaErrorCode::Fail),
-            });
+            return Err(self.delivery_failed(failure));
         }
+        faults::check(faults::AFTER_FLUSH)?;
         if self.eos() {
-            self.producer
-                .commit_transaction(KAFKA_TIMEOUT)
-                .map_err(Error::kafka("commit_transaction"))?;
+            self.txn_call("commit_transaction", faults::COMMIT_TRANSACTION, |p| {
+                p.commit_transaction(KAFKA_TIMEOUT)
+            })?;
             self.txn_open = false;
         }
+        fail_after_commit_point();
         // The commit point (exactly-once): the interval is committed. Below, nothing may
         // return an error before the committed positions are recorded, and a store that cannot
         // apply is restored, never aborted (see the module docs).
@@ -575,6 +914,9 @@ impl Core {
                     .push((store.clone(), offset));
             }
         }
+        for task in self.tasks.values_mut() {
+            task.mark_committed();
+        }
         let failed = tasks::apply_committed(
             &mut self.tasks,
             per_task,
@@ -586,9 +928,20 @@ impl Core {
                 .commit(&tpl, CommitMode::Sync)
                 .map_err(Error::kafka("committing offsets"))?;
         }
-        for ((topic, partition), offset) in self.positions.drain() {
-            self.committed
-                .insert((topic.to_string(), partition), Some(offset));
+        self.positions.clear();
+        self.origins.clear();
+        // Refused records behind the committed positions are done with.
+        let pending = |(topic, partition, offset): &(Arc<str>, i32, i64)| {
+            to_commit
+                .get(&(topic.to_string(), *partition))
+                .is_none_or(|committed| offset >= committed)
+        };
+        let mut poison = poisoned(&self.shared);
+        poison.refused.retain(|k, _| pending(k));
+        poison.suspects.retain(pending);
+        drop(poison);
+        for (tp, offset) in to_commit {
+            self.committed.insert(tp, Some(offset));
         }
         self.dirty = false;
         if let Some(e) = bug {
@@ -608,31 +961,160 @@ impl Core {
         Ok(())
     }
 
+    /// Marks the thread for a stop (not a restart) with `reason`, and returns the error that
+    /// carries it.
+    fn stop_with(&mut self, reason: String) -> Error {
+        tracing::error!(thread = self.index, %reason, "stopping the application");
+        self.stop = Some(reason.clone());
+        Error::ThreadStopped {
+            thread: self.index,
+            reason,
+        }
+    }
+
+    /// A record that could not be delivered. A transient failure aborts and replays the
+    /// interval. A record the broker refused for what it is (too large, a timestamp outside the
+    /// topic's window) would be refused on every replay: its input record is remembered, the
+    /// interval aborts, and the replay dead-letters that input instead of processing it
+    /// (`on_bad_record = stop`: the application stops with the reason). A refused record with
+    /// no input behind it (punctuation output, a changelog record) stops the application.
+    fn delivery_failed(&mut self, failure: kafka::DeliveryFailure) -> Error {
+        let origin = |tag: usize| {
+            tag.checked_sub(1)
+                .and_then(|i| self.origins.get(i))
+                .cloned()
+        };
+        let mut suspects: Vec<(Arc<str>, i32, i64)> = self
+            .producer
+            .context()
+            .take_refused_origins()
+            .into_iter()
+            .filter_map(origin)
+            .collect();
+        suspects.sort();
+        suspects.dedup();
+        let input = origin(failure.origin);
+        match (failure.refused(), input) {
+            (true, Some(_)) if suspects.len() > 1 => {
+                tracing::warn!(thread = self.index, error = %failure, suspects = suspects.len(), "the broker refused a batch of outputs; replaying each of their inputs in a transaction of its own to find the one it refuses");
+                poisoned(&self.shared).suspects.extend(suspects);
+                // A refused batch leaves the idempotent producer's sequence numbers behind the
+                // broker's: a new producer (thread restart) starts clean.
+                self.producer_fatal = true;
+                Error::Kafka {
+                    context: failure.to_string(),
+                    source: KafkaError::Flush(rdkafka::types::RDKafkaErrorCode::Fail),
+                }
+            }
+            (true, Some(coordinates)) => {
+                let coordinates = suspects.pop().unwrap_or(coordinates);
+                self.producer_fatal = true;
+                let shared = self.shared.clone();
+                let mut poison = poisoned(&shared);
+                poison.suspects.remove(&coordinates);
+                tracing::warn!(thread = self.index, error = %failure, input = ?coordinates, "the broker refused an output; the interval is replayed without it");
+                let entry = poison.refused.entry(coordinates).or_insert(Refused {
+                    topic: failure.topic.clone(),
+                    reason: failure.error.to_string(),
+                    dead_lettered: false,
+                });
+                if entry.dead_lettered {
+                    // The dead-letter copy itself was refused: the replay stops (see `process`).
+                    tracing::error!(thread = self.index, error = %failure, "the dead-letter copy was refused too");
+                }
+                Error::Kafka {
+                    context: failure.to_string(),
+                    source: KafkaError::Flush(rdkafka::types::RDKafkaErrorCode::Fail),
+                }
+            }
+            (true, None) => Error::Processor {
+                processor: format!("sink to {}", failure.topic),
+                source: ProcessError::Fatal(format!(
+                    "the broker refused a record that no input record produced (punctuation output or a changelog record), so there is nothing to dead-letter: {failure}"
+                )),
+            },
+            (false, _) => Error::Kafka {
+                context: failure.to_string(),
+                source: KafkaError::Flush(rdkafka::types::RDKafkaErrorCode::Fail),
+            },
+        }
+    }
+
+    /// The position to commit per owned input partition: what this interval consumed, or the
+    /// consumer's position when it is further.
+    ///
+    /// librdkafka never hands commit markers (nor, under `read_committed`, aborted records) to
+    /// the application, but polling past them moves the consumer's position (as in Kafka's
+    /// Java consumer). Committing only "last record + 1" would leave a fully consumed
+    /// transactional partition one marker behind its end forever (a lag of 1 in `keel lag`
+    /// and Kafka's tools). Kafka Streams commits the consumer's position; so does this. It is
+    /// safe: every record polled is processed in this interval or the interval aborts, and
+    /// the abort's seek resets the position, so a position ahead of ours skips only what the
+    /// application never sees.
+    fn committable_positions(&self, consumer: &GroupConsumer) -> HashMap<(String, i32), i64> {
+        let mut out: HashMap<(String, i32), i64> = self
+            .positions
+            .iter()
+            .map(|((t, p), o)| ((t.to_string(), *p), *o))
+            .collect();
+        let Ok(positions) = consumer.position() else {
+            return out;
+        };
+        for e in positions.elements() {
+            let Offset::Offset(position) = e.offset() else {
+                continue;
+            };
+            let tp = (e.topic().to_owned(), e.partition());
+            let Some(committed) = self.committed.get(&tp).copied() else {
+                continue;
+            };
+            let position = match &self.unprocessed {
+                Some((t, p, offset)) if *t == tp.0 && *p == tp.1 => position.min(*offset),
+                _ => position,
+            };
+            let current = out.get(&tp).copied().or(committed);
+            if current.is_none_or(|c| position > c) {
+                out.insert(tp, position);
+            }
+        }
+        out
+    }
+
     /// Tasks whose committed interval could not be applied: closes each dirty (no checkpoint,
     /// so its stores restore from the changelog, which holds the interval) and queues its
-    /// partitions for set-up again. Returns the first error that is a bug.
+    /// partitions for set-up again; corrupt local state is wiped first. Returns the first
+    /// error that is a bug.
     fn restore_from_changelog(
         &mut self,
         failed: Vec<(TaskId, keel_state::Error)>,
     ) -> Option<keel_state::Error> {
         let mut bug = None;
         for (id, error) in failed {
-            if let Some(task) = self.tasks.remove(&id) {
-                self.close_task(task, false);
-            }
-            for (topic, partition) in self.committed.keys() {
-                let of_task = *partition == id.partition
-                    && self.shared.topic_subs.get(topic) == Some(&id.sub_topology);
-                let entry = (topic.clone(), *partition);
-                if of_task && !self.pending_assign.contains(&entry) {
-                    self.pending_assign.push(entry);
-                }
-            }
+            self.close_for_restore(id, error.fault() == keel_state::Fault::Corruption);
             if error.fault() == keel_state::Fault::Bug {
                 bug.get_or_insert(error);
             }
         }
         bug
+    }
+
+    /// Closes task `id` dirty, deletes its local state when `wipe` (corrupt: only the changelog
+    /// can be trusted), and queues its partitions for set-up, which restores it.
+    fn close_for_restore(&mut self, id: TaskId, wipe: bool) {
+        if let Some(task) = self.tasks.remove(&id) {
+            self.close_task(task, false);
+        }
+        if wipe && let Err(e) = self.shared.env.remove_task_state(&id.to_string()) {
+            tracing::warn!(task = %id, error = %e, "could not wipe the corrupt local state now; the set-up wipes it");
+        }
+        for (topic, partition) in self.committed.keys() {
+            let of_task = *partition == id.partition
+                && self.shared.topic_subs.get(topic) == Some(&id.sub_topology);
+            let entry = (topic.clone(), *partition);
+            if of_task && !self.pending_assign.contains(&entry) {
+                self.pending_assign.push(entry);
+            }
+        }
     }
 
     /// Per-processor record counts since the last commit, into the metrics.
@@ -677,6 +1159,7 @@ impl Core {
         }
         self.txn_open = false;
         self.producer.context().clear();
+        self.origins.clear();
         for task in self.tasks.values_mut() {
             task.abort();
         }
@@ -723,6 +1206,7 @@ impl Core {
         let committed = consumer
             .committed_offsets(tpl, KAFKA_TIMEOUT)
             .map_err(Error::kafka("reading committed offsets"))?;
+        let mut stream_times: HashMap<TaskId, i64> = HashMap::new();
         for e in committed.elements() {
             let offset = match e.offset() {
                 Offset::Offset(n) => Some(n),
@@ -730,6 +1214,17 @@ impl Core {
             };
             self.committed
                 .insert((e.topic().to_owned(), e.partition()), offset);
+            if let (Some(&sub), Some(t)) = (
+                self.shared.topic_subs.get(e.topic()),
+                task::parse_stream_time_metadata(e.metadata()),
+            ) {
+                let id = TaskId {
+                    sub_topology: sub,
+                    partition: e.partition(),
+                };
+                let entry = stream_times.entry(id).or_insert(t);
+                *entry = (*entry).max(t);
+            }
         }
         let mut ids: Vec<TaskId> = assigned
             .iter()
@@ -746,14 +1241,32 @@ impl Core {
             if self.tasks.contains_key(&id) {
                 continue;
             }
-            let task = self.open_task(id)?;
+            let mut task = self.open_task(id)?;
+            if let Some(&t) = stream_times.get(&id) {
+                task.resume_stream_time(t);
+            }
             self.tasks.insert(id, task);
         }
         self.pending_assign.retain(|tp| !assigned.contains(tp));
         Ok(())
     }
 
+    /// Opens, restores and initialises task `id`. Local state that RocksDB reports corrupt
+    /// (a store that does not open, a read that fails its checksum during restore or `init`)
+    /// is wiped and the task opened again, restoring from the changelog alone.
     fn open_task(&mut self, id: TaskId) -> Result<StreamTask> {
+        match self.try_open_task(id) {
+            Err(e) if is_corruption(&e) => {
+                tracing::warn!(thread = self.index, task = %id, error = %e, "local state is corrupt; wiping it and restoring from the changelog");
+                self.shared.env.remove_task_state(&id.to_string())?;
+                self.try_open_task(id)
+            }
+            other => other,
+        }
+    }
+
+    fn try_open_task(&mut self, id: TaskId) -> Result<StreamTask> {
+        faults::check(faults::TASK_SET_UP)?;
         let shared = self.shared.clone();
         let config = &shared.config;
         // Another thread of this process may still be closing the task it lost to us.
@@ -804,6 +1317,11 @@ impl Core {
         let mut gone = HashSet::new();
         for (topic, partition) in revoked {
             self.committed.remove(&(topic.clone(), *partition));
+            let _ = self
+                .shared
+                .metrics
+                .consumer_lag
+                .remove_label_values(&[topic, &partition.to_string()]);
             self.positions
                 .retain(|(t, p), _| !(&**t == topic.as_str() && p == partition));
             self.pending_assign
@@ -874,7 +1392,10 @@ fn to_raw(m: &rdkafka::message::BorrowedMessage<'_>) -> RawRecord {
     let mut headers = Headers::default();
     if let Some(h) = m.headers() {
         for header in h.iter() {
-            headers.insert(header.key, header.value.unwrap_or_default());
+            match header.value {
+                Some(value) => headers.insert(header.key, value),
+                None => headers.insert_null(header.key),
+            }
         }
     }
     RawRecord {
