@@ -51,6 +51,9 @@ pub struct KeelConfig {
     /// The invariant auditor (`--roles ...,audit`) and `keel audit`: grace periods.
     #[serde(default)]
     pub audit: keel_processors::audit::AuditConfig,
+    /// The admin listener (`/metrics`, `/health`, `/ready`) of processes without the `api` role.
+    #[serde(default)]
+    pub metrics: crate::admin::MetricsSection,
 }
 
 /// Where the saga's view of a cart comes from.
@@ -354,6 +357,16 @@ impl KeelConfig {
                 self.inventory.hold_ttl_ms
             ));
         }
+        // The bounds apply to a reserve's own TTL; the default (hold_ttl_ms) may lie outside
+        // them (tests run with 3 s holds).
+        let inv = &self.inventory;
+        if inv.min_hold_ttl_ms < 1_000 || inv.min_hold_ttl_ms > inv.max_hold_ttl_ms {
+            out.push(format!(
+                "inventory: 1000 <= min_hold_ttl_ms ({}) <= max_hold_ttl_ms ({}) must hold \
+                 (Cassandra TTLs are whole seconds)",
+                inv.min_hold_ttl_ms, inv.max_hold_ttl_ms
+            ));
+        }
         if let Err(problems) = self.api.validate() {
             out.extend(problems.iter().map(|p| format!("api.{p}")));
         }
@@ -373,6 +386,7 @@ impl KeelConfig {
         out.extend(self.connectors.problems());
         out.extend(self.reconciliation.problems());
         out.extend(self.audit.problems());
+        out.extend(self.metrics.problems());
         if self.cassandra.nodes.is_empty() {
             out.push("cassandra.nodes is empty".to_owned());
         }
@@ -407,6 +421,10 @@ mod tests {
             assert_eq!(c.topics.partitions, 6);
             assert_eq!(c.saga.payment_timeout_ms, 60_000);
             assert_eq!(c.inventory.hold_ttl_ms, 600_000);
+            assert_eq!(
+                (c.inventory.min_hold_ttl_ms, c.inventory.max_hold_ttl_ms),
+                (10_000, 3_600_000)
+            );
             assert_eq!(c.api.listen.port(), 8088);
             assert!(c.saga.payment_timeout_ms > c.payment.psp_timeout_ms);
             Ok(())

@@ -2,12 +2,17 @@
 //!
 //! Keel's connectors are the outbox connectors of `[outbox].mode = "debezium"`
 //! (`<application_id>-order-outbox` on MariaDB, `<application_id>-payment-outbox` on
-//! PostgreSQL, `keel_connectors::outbox`) and, with `[carts].source = "cdc"`, the carts
-//! connector. Commands that take connector names act on Keel's connectors when given none.
+//! PostgreSQL, `keel_connectors::outbox`), with `[carts].source = "cdc"` the carts connector,
+//! and with `[connectors].ledger = true` the reconciliation role's ledger connector
+//! (`<application_id>-ledger-cdc`, `src/reconciliation.rs`). Commands that take connector names
+//! act on Keel's connectors when given none.
 //!
 //! - `register`: creates what the connectors need first (the event topics with
 //!   `[topics].partitions`, the MariaDB schema history topic — one partition, delete cleanup,
-//!   unlimited retention —, the PostgreSQL heartbeat table and publication), then PUTs each
+//!   unlimited retention —, the PostgreSQL heartbeat table and publication of the payment outbox
+//!   connector; for the ledger connector what the reconciliation role prepares at its start: its
+//!   heartbeat table and CDC topics, while its publication is Debezium's own, `filtered`
+//!   autocreate, so no publication is made for it), then PUTs each
 //!   configuration (create or update: registering twice changes nothing) and waits until the
 //!   connector and its tasks are RUNNING, or fails with the task's trace, shortened.
 //! - `status`: connector and task states with their errors; for a PostgreSQL connector also
@@ -52,6 +57,11 @@ pub struct ConnectorsSection {
     pub slot_name: Option<String>,
     /// How often the PostgreSQL connector writes its heartbeat row and confirms its position.
     pub heartbeat_interval_ms: u64,
+    /// `keel connectors` also manages the reconciliation role's ledger connector
+    /// (`[reconciliation]`), e.g. to register it ahead of `keel run --roles …,reconciliation`
+    /// (which registers it too) or see it in `status`. Default false: it takes a replication
+    /// slot, so only a deployment that runs the reconciliation role wants it.
+    pub ledger: bool,
 }
 
 impl Default for ConnectorsSection {
@@ -63,6 +73,7 @@ impl Default for ConnectorsSection {
             order_server_id: None,
             slot_name: None,
             heartbeat_interval_ms: 10_000,
+            ledger: false,
         }
     }
 }
@@ -200,7 +211,8 @@ pub fn outbox_connectors(config: &KeelConfig) -> anyhow::Result<Vec<ConnectorCon
 }
 
 /// Keel's connectors as configured: the outbox connectors with `[outbox].mode = "debezium"`,
-/// the carts connector with `[carts].source = "cdc"`.
+/// the carts connector with `[carts].source = "cdc"`, the ledger connector with
+/// `[connectors].ledger = true`.
 pub fn keel_connectors(config: &KeelConfig) -> anyhow::Result<Vec<ConnectorConfig>> {
     let mut out = Vec::new();
     if config.outbox.mode == OutboxMode::Debezium {
@@ -209,7 +221,22 @@ pub fn keel_connectors(config: &KeelConfig) -> anyhow::Result<Vec<ConnectorConfi
     if let Some((_, carts)) = crate::run::carts_cdc(config)? {
         out.push(carts);
     }
+    if config.connectors.ledger {
+        out.push(crate::reconciliation::ledger_connector(config)?.0);
+    }
     Ok(out)
+}
+
+/// Whether `register` makes the publication of PostgreSQL connector `settings` itself: only
+/// when the connector does not create its own (`publication.autocreate.mode = disabled`, the
+/// payment outbox connector's). A `filtered` (or `all_tables`) publication is Debezium's: the
+/// ledger connector's lists exactly its tables, and adding the outbox's heartbeat table to it
+/// would stream changes the reconciliation does not read.
+fn keel_makes_publication(settings: &std::collections::BTreeMap<String, String>) -> bool {
+    is_postgres(settings)
+        && settings
+            .get("publication.autocreate.mode")
+            .is_none_or(|mode| mode == "disabled")
 }
 
 fn is_postgres(settings: &std::collections::BTreeMap<String, String>) -> bool {
@@ -289,7 +316,15 @@ pub async fn register(config: &KeelConfig, connectors: &[ConnectorConfig]) -> an
         {
             crate::run::orders_pool(config).await?.close().await;
         }
-        if is_postgres(connector.settings()) {
+        if config.connectors.ledger
+            && connector.name() == crate::reconciliation::connector_name(config)
+        {
+            // The reconciliation role's own preparation: heartbeat table, CDC topics with
+            // `[topics].partitions` (co-partitioned with the decisions), PUT, wait running.
+            crate::reconciliation::prepare(config).await?;
+            continue;
+        }
+        if keel_makes_publication(connector.settings()) {
             let pool = match &ledger {
                 Some(pool) => pool,
                 None => {
@@ -396,7 +431,8 @@ fn names_or_keel(config: &KeelConfig, names: Vec<String>) -> anyhow::Result<Vec<
     anyhow::ensure!(
         !keel.is_empty(),
         "no connector named and none configured: Keel's connectors are the outbox connectors \
-         ([outbox].mode = \"debezium\") and the carts connector ([carts].source = \"cdc\")"
+         ([outbox].mode = \"debezium\"), the carts connector ([carts].source = \"cdc\") and \
+         the ledger connector ([connectors].ledger = true)"
     );
     Ok(keel)
 }
@@ -517,7 +553,8 @@ pub async fn run(config: &KeelConfig, action: ConnectorsAction) -> anyhow::Resul
             let connectors = keel_connectors(config)?;
             anyhow::ensure!(
                 !connectors.is_empty(),
-                "nothing to register: set [outbox].mode = \"debezium\" or [carts].source = \"cdc\""
+                "nothing to register: set [outbox].mode = \"debezium\", [carts].source = \"cdc\" \
+                 or [connectors].ledger = true"
             );
             register(config, &connectors).await?;
             for c in &connectors {
@@ -600,5 +637,63 @@ mod tests {
         assert!(config.connectors.problems().is_empty());
         config.connectors.slot_name = Some("Bad-Slot".into());
         assert_eq!(config.connectors.problems().len(), 1);
+    }
+
+    #[test]
+    fn the_ledger_connector_is_keels_only_when_connectors_ledger_says_so() {
+        let mut config = KeelConfig::load(None).expect("defaults");
+        config.streams.application_id = "shop-b".into();
+        config.outbox.mode = OutboxMode::Debezium;
+        let names = |config: &KeelConfig| -> Vec<String> {
+            keel_connectors(config)
+                .expect("connectors")
+                .iter()
+                .map(|c| c.name().to_owned())
+                .collect()
+        };
+        assert!(!config.connectors.ledger, "off by default");
+        assert_eq!(
+            names(&config),
+            ["shop-b-order-outbox", "shop-b-payment-outbox"]
+        );
+        config.connectors.ledger = true;
+        assert_eq!(
+            names(&config),
+            [
+                "shop-b-order-outbox",
+                "shop-b-payment-outbox",
+                "shop-b-ledger-cdc"
+            ]
+        );
+        let connectors = keel_connectors(&config).expect("connectors");
+        let ledger = connectors.last().expect("the ledger connector");
+        assert_eq!(
+            ledger.name(),
+            crate::reconciliation::connector_name(&config),
+            "register() recognises it by this name"
+        );
+        // The outbox connector's publication is Keel's; the ledger's is Debezium's (filtered).
+        assert_eq!(ledger.get("publication.autocreate.mode"), Some("filtered"));
+        assert!(!keel_makes_publication(ledger.settings()));
+        assert!(keel_makes_publication(
+            payment_outbox(&config).expect("payment outbox").settings()
+        ));
+        assert!(!keel_makes_publication(
+            order_outbox(&config).expect("order outbox").settings()
+        ));
+    }
+
+    #[test]
+    #[allow(
+        clippy::result_large_err,
+        reason = "figment::Jail closures must return figment::Error by value"
+    )]
+    fn the_ledger_switch_is_a_setting() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("KEEL__CONNECTORS__LEDGER", "true");
+            let config = KeelConfig::load(None).map_err(|e| e.to_string())?;
+            assert!(config.connectors.ledger);
+            Ok(())
+        });
     }
 }

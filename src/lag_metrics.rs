@@ -1,7 +1,8 @@
 //! `keel_consumer_group_lag_records{group, topic, partition}`: the lag `keel lag` shows (Keel's
-//! consumer groups and Kafka Connect's), sampled by the process that serves `/metrics` (the
-//! `api` role) every [`INTERVAL`], so the lag of a consumer that is stopped (its own process
-//! exports nothing any more) is still on a dashboard.
+//! consumer groups and Kafka Connect's), sampled every [`INTERVAL`] by every process that serves
+//! `/metrics` — on the API's address or on the admin listener, whichever its roles; started once
+//! per process by [`crate::admin::spawn`] — so the lag of a consumer that is stopped (its own
+//! process exports nothing any more) is still on a dashboard.
 //!
 //! Measured off the async runtime ([`crate::lag::measure`] blocks on the broker); a failed sample
 //! keeps the previous values and is logged, the next one retries.

@@ -20,6 +20,7 @@
 // A command-line tool: printing to stdout is its job.
 #![allow(clippy::print_stdout)]
 
+mod admin;
 mod audit;
 mod bench;
 mod config;
@@ -163,6 +164,9 @@ enum InventoryAction {
         quantity: i32,
         #[arg(long, default_value = "seed")]
         reason: String,
+        /// The warehouse the stock is in (absent: the default warehouse).
+        #[arg(long)]
+        warehouse: Option<String>,
     },
 }
 
@@ -391,10 +395,11 @@ async fn main() -> anyhow::Result<ExitCode> {
                     skus,
                     quantity,
                     reason,
+                    warehouse,
                 },
         } => {
             let config = KeelConfig::load(cli.config.as_deref())?;
-            seed::inventory(&config, &skus, quantity, &reason).await?;
+            seed::inventory_in(&config, &skus, quantity, &reason, warehouse.as_deref()).await?;
             println!("{} SKU(s) seeded with {quantity} unit(s) each", skus.len());
             Ok(ExitCode::SUCCESS)
         }

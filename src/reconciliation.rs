@@ -22,10 +22,6 @@ use keel_connectors::{ConnectClient, ConnectorConfig, PostgresSource, Publicatio
 use keel_processors::reconciliation::{
     self, LedgerTopics, ReconciliationMetrics, ReconciliationView,
 };
-use rdkafka::ClientConfig;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::types::RDKafkaErrorCode;
 
 use crate::config::KeelConfig;
 
@@ -95,33 +91,6 @@ pub fn ledger_connector(config: &KeelConfig) -> anyhow::Result<(ConnectorConfig,
     ))
 }
 
-async fn create_topics(config: &KeelConfig, topics: &[&str]) -> anyhow::Result<()> {
-    let mut client = ClientConfig::new();
-    client.set("bootstrap.servers", &config.kafka.bootstrap_servers);
-    for (k, v) in &config.kafka.client {
-        client.set(k, v);
-    }
-    let admin: AdminClient<DefaultClientContext> = client.create()?;
-    let new: Vec<NewTopic<'_>> = topics
-        .iter()
-        .map(|t| {
-            NewTopic::new(
-                t,
-                config.topics.partitions,
-                TopicReplication::Fixed(config.topics.replication_factor),
-            )
-        })
-        .collect();
-    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-    for result in admin.create_topics(&new, &opts).await? {
-        match result {
-            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((topic, code)) => anyhow::bail!("cannot create topic {topic}: {code}"),
-        }
-    }
-    Ok(())
-}
-
 /// Steps (1)–(3) of the module docs: heartbeat table, CDC topics, connector running.
 pub async fn prepare(config: &KeelConfig) -> anyhow::Result<LedgerTopics> {
     let (connector, topics) = ledger_connector(config)?;
@@ -136,7 +105,7 @@ pub async fn prepare(config: &KeelConfig) -> anyhow::Result<LedgerTopics> {
     .await
     .context("creating the CDC heartbeat table in the ledger database")?;
     pool.close().await;
-    create_topics(config, &[&topics.payments, &topics.heartbeats]).await?;
+    crate::run::create_topics(config, &[&topics.payments, &topics.heartbeats]).await?;
     let connect = ConnectClient::new(&config.connect.url);
     connect
         .apply(&connector)

@@ -181,18 +181,25 @@ pub async fn register_carts_connector(
 /// `[topics]` settings; with `[carts].source = "cdc"` also the carts CDC topics, so Debezium
 /// does not create them with one partition (they must be co-partitioned with the checks).
 pub async fn ensure_topics(config: &KeelConfig) -> anyhow::Result<()> {
+    let mut names = config.topics.names().all();
+    if let Some((cdc, _)) = carts_cdc(config)? {
+        names.push(cdc.carts);
+        names.push(cdc.cart_items);
+    }
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    create_topics(config, &names).await
+}
+
+/// Creates each of `topics` that does not exist yet with `[topics]` partitions and replication
+/// (through `[kafka]`'s client settings); an existing topic is left as it is.
+pub async fn create_topics(config: &KeelConfig, topics: &[&str]) -> anyhow::Result<()> {
     let mut client = ClientConfig::new();
     client.set("bootstrap.servers", &config.kafka.bootstrap_servers);
     for (k, v) in &config.kafka.client {
         client.set(k, v);
     }
     let admin: AdminClient<DefaultClientContext> = client.create()?;
-    let mut names = config.topics.names().all();
-    if let Some((cdc, _)) = carts_cdc(config)? {
-        names.push(cdc.carts);
-        names.push(cdc.cart_items);
-    }
-    let new: Vec<NewTopic<'_>> = names
+    let new: Vec<NewTopic<'_>> = topics
         .iter()
         .map(|t| {
             NewTopic::new(
@@ -567,6 +574,8 @@ pub async fn start_service_roles(
             inventory: Some(keel_ingest_api::InventoryDeps {
                 session: Arc::new(session),
                 keyspace: config.cassandra.keyspace.clone(),
+                min_hold_ttl_ms: config.inventory.min_hold_ttl_ms,
+                max_hold_ttl_ms: config.inventory.max_hold_ttl_ms,
             }),
             registry: running.registry.clone(),
             finance: running.finance.clone(),
@@ -574,16 +583,6 @@ pub async fn start_service_roles(
         };
         let served = keel_ingest_api::spawn(api, deps, running.shutdown.clone()).await?;
         tracing::info!(addr = %served.addr, "ingest API listening");
-        // The process that serves /metrics also samples every group's lag (docs/metrics.md).
-        let lag = (
-            config.clone(),
-            running.registry.clone(),
-            running.shutdown.clone(),
-        );
-        running.tasks.spawn(async move {
-            let result = crate::lag_metrics::run(lag.0, lag.1, lag.2).await;
-            ("consumer-group lag", result)
-        });
         running.tasks.spawn(async move {
             let result = match served.task.await {
                 Ok(r) => r.map_err(anyhow::Error::from),
@@ -621,6 +620,8 @@ pub async fn run(config: KeelConfig, roles: BTreeSet<Role>) -> anyhow::Result<()
     };
     start_stream_roles(&config, &roles, &codec, &mut running).await?;
     start_service_roles(&config, &roles, &codec, &mut running).await?;
+    // /metrics, /health, /ready without the api role, and the lag sampler (src/admin.rs).
+    crate::admin::spawn(&config, &roles, &mut running).await?;
     let names: Vec<&str> = roles.iter().map(|r| r.name()).collect();
     tracing::info!(roles = names.join(","), "keel run: started");
     wait(running).await

@@ -58,13 +58,24 @@ pub async fn carts(
     Ok(())
 }
 
-/// Adds `quantity` units of each SKU to stock on hand (an `AdjustStock` command per SKU, with
-/// `reason`), waiting until Kafka has each command.
+/// Adds `quantity` units of each SKU to stock on hand in the default warehouse (an
+/// `AdjustStock` command per SKU, with `reason`), waiting until Kafka has each command.
 pub async fn inventory(
     config: &KeelConfig,
     skus: &[String],
     quantity: i32,
     reason: &str,
+) -> anyhow::Result<()> {
+    inventory_in(config, skus, quantity, reason, None).await
+}
+
+/// [`inventory`] into `warehouse` (`None`: the default warehouse).
+pub async fn inventory_in(
+    config: &KeelConfig,
+    skus: &[String],
+    quantity: i32,
+    reason: &str,
+    warehouse: Option<&str>,
 ) -> anyhow::Result<()> {
     crate::run::ensure_topics(config).await?;
     let codec = Codec::new(config.registry.clone())?;
@@ -90,6 +101,7 @@ pub async fn inventory(
             command: InventoryCommandBody::Adjust(AdjustStock {
                 delta: quantity,
                 reason: reason.to_owned(),
+                warehouse: warehouse.map(str::to_owned),
             }),
         };
         let payload = codec.encode_to(&topic, &command).await?;

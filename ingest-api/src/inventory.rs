@@ -5,18 +5,26 @@
 //!
 //! - `GET /inventory/{sku}` — [`InventoryLevel`]: `onHand` from `<keyspace>.stock_level`,
 //!   `held` = the sum of the SKU's `<keyspace>.reservation` rows (written `USING TTL`, so an
-//!   expired hold no longer counts), `available = onHand − held`. 404 for a SKU never stocked.
+//!   expired hold no longer counts), `available = onHand − held`; the same per warehouse
+//!   (`warehouses`, by name) from `<keyspace>.stock_by_warehouse` and the rows' `warehouse`. A
+//!   row without a warehouse (written before warehouses existed) is the default warehouse's,
+//!   and so is whatever part of the total no warehouse row accounts for. 404 for a SKU never
+//!   stocked.
 //! - `POST /inventory/adjust` — `Idempotency-Key` required; the command id is derived from the
 //!   caller and the key, so a retry is the same command (inventory applies an adjust command id
 //!   once per SKU). A key reused with another body is the same command id too: the first one
 //!   applied wins downstream. Whether stock may go that low is the processor's decision (an
-//!   adjust never takes stock below zero or below what is held).
+//!   adjust never takes a warehouse's stock below zero or below what it holds). `warehouse`
+//!   names the warehouse (absent: the default warehouse, as before warehouses existed).
 //! - `POST /inventory/reserve`, `POST /inventory/release` — one `ReserveStock` /
 //!   `ReleaseStock` (reason `ORDER_CANCELLED`) per line, with command ids derived from the order
 //!   and the SKU: a retry is a duplicate the processor ignores. Every SKU must be in
-//!   `stock_level` (else 422 `unknown-sku` naming the line). The hold's TTL is inventory's
-//!   configured `[inventory].hold_ttl_ms`: `ReserveStock` carries no TTL, so a per-request
-//!   `holdTtlMs` is not accepted (400 unknown-field) rather than silently ignored.
+//!   `stock_level` (else 422 `unknown-sku` naming the line). A line's optional `warehouse` is
+//!   a preference: inventory holds the line whole from that warehouse if it has the units
+//!   available, else from the first other warehouse by name that has, else reports a shortage
+//!   (a line is never split across warehouses). The holds last `holdTtlMs` when the request
+//!   names it — within `[inventory].min_hold_ttl_ms..=max_hold_ttl_ms` ([`InventoryDeps`]),
+//!   else 422 naming `holdTtlMs` — or inventory's configured `[inventory].hold_ttl_ms`.
 //!
 //! Without [`InventoryDeps`] (no Cassandra session configured) every inventory route answers 503.
 
@@ -32,7 +40,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use futures::TryStreamExt;
 use keel_avro::records::{
-    AdjustStock, InventoryCommand, InventoryCommandBody, ReleaseReason, ReleaseStock, ReserveStock,
+    AdjustStock, DEFAULT_WAREHOUSE, InventoryCommand, InventoryCommandBody, ReleaseReason,
+    ReleaseStock, ReserveStock,
 };
 use scylla::client::session::Session;
 use scylla::statement::prepared::PreparedStatement;
@@ -60,12 +69,18 @@ pub struct InventoryDeps {
     pub session: Arc<Session>,
     /// A CQL identifier: 1 to 48 letters, digits or `_`, starting with a letter.
     pub keyspace: String,
+    /// The bounds of a reserve's `holdTtlMs` (inventory's `[inventory].min_hold_ttl_ms` and
+    /// `max_hold_ttl_ms`): outside them the API answers 422.
+    pub min_hold_ttl_ms: u64,
+    pub max_hold_ttl_ms: u64,
 }
 
 impl fmt::Debug for InventoryDeps {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("InventoryDeps")
             .field("keyspace", &self.keyspace)
+            .field("min_hold_ttl_ms", &self.min_hold_ttl_ms)
+            .field("max_hold_ttl_ms", &self.max_hold_ttl_ms)
             .finish_non_exhaustive()
     }
 }
@@ -96,6 +111,7 @@ impl Inventory {
 
 struct Statements {
     on_hand: PreparedStatement,
+    by_warehouse: PreparedStatement,
     holds: PreparedStatement,
     known: PreparedStatement,
 }
@@ -112,8 +128,12 @@ impl Statements {
                 "SELECT on_hand FROM {ks}.stock_level WHERE sku = ?"
             ))
             .await?,
+            by_warehouse: prepare(format!(
+                "SELECT warehouse, on_hand FROM {ks}.stock_by_warehouse WHERE sku = ?"
+            ))
+            .await?,
             holds: prepare(format!(
-                "SELECT quantity FROM {ks}.reservation WHERE sku = ?"
+                "SELECT quantity, warehouse FROM {ks}.reservation WHERE sku = ?"
             ))
             .await?,
             known: prepare(format!("SELECT sku FROM {ks}.stock_level WHERE sku IN ?")).await?,
@@ -130,8 +150,55 @@ pub struct InventoryLevel {
     pub on_hand: i64,
     /// Units in live holds (a hold stops counting when its TTL ends).
     pub held: i64,
-    /// `onHand − held`: what a new reservation can take.
+    /// `onHand − held`: what new reservations can take (a line is held from one warehouse:
+    /// see `warehouses`).
     pub available: i64,
+    /// The same per warehouse, by name (warehouses with nothing on hand and nothing held are
+    /// left out).
+    pub warehouses: Vec<WarehouseLevel>,
+}
+
+/// One warehouse's part of a SKU's stock.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WarehouseLevel {
+    pub warehouse: String,
+    pub on_hand: i64,
+    pub held: i64,
+    /// `onHand − held`: the largest line this warehouse can hold.
+    pub available: i64,
+}
+
+/// Per-warehouse levels from the SKU's total on hand, its `stock_by_warehouse` rows and its
+/// live holds by warehouse (`None` = the default warehouse): the default warehouse gets the
+/// part of the total no row accounts for (a SKU stocked before warehouses existed).
+pub fn warehouse_levels(
+    total_on_hand: i64,
+    on_hand: &[(String, i64)],
+    held: &[(Option<String>, i64)],
+) -> Vec<WarehouseLevel> {
+    let mut levels: std::collections::BTreeMap<String, (i64, i64)> = Default::default();
+    for (w, n) in on_hand {
+        levels.entry(w.clone()).or_default().0 += n;
+    }
+    let listed: i64 = on_hand.iter().map(|(_, n)| n).sum();
+    if !levels.contains_key(DEFAULT_WAREHOUSE) && total_on_hand > listed {
+        levels.insert(DEFAULT_WAREHOUSE.to_owned(), (total_on_hand - listed, 0));
+    }
+    for (w, n) in held {
+        let w = w.as_deref().unwrap_or(DEFAULT_WAREHOUSE);
+        levels.entry(w.to_owned()).or_default().1 += n;
+    }
+    levels
+        .into_iter()
+        .filter(|(_, (on_hand, held))| *on_hand != 0 || *held != 0)
+        .map(|(warehouse, (on_hand, held))| WarehouseLevel {
+            warehouse,
+            on_hand,
+            held,
+            available: on_hand - held,
+        })
+        .collect()
 }
 
 /// `POST /inventory/adjust`: change the stock on hand of a SKU (restock, shrinkage, count
@@ -145,6 +212,9 @@ pub struct AdjustRequest {
     pub delta: i64,
     /// Why (1 to 255 characters), e.g. `RESTOCK`; `SOLD…` and `OVERSOLD…` are inventory's own.
     pub reason: String,
+    /// The warehouse whose stock changes (1 to 64 characters); absent: the default warehouse.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warehouse: Option<String>,
 }
 
 /// One line of `POST /inventory/reserve`.
@@ -155,10 +225,13 @@ pub struct ReserveLine {
     pub sku: String,
     /// 1 to 1,000,000 units.
     pub quantity: i64,
+    /// The preferred warehouse (1 to 64 characters): the line is held whole from it if it has
+    /// the units available, else from the first other warehouse by name that has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warehouse: Option<String>,
 }
 
-/// `POST /inventory/reserve`: hold stock for an order, one hold per line (the holds last
-/// inventory's configured `hold_ttl_ms`).
+/// `POST /inventory/reserve`: hold stock for an order, one hold per line.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ReserveRequest {
@@ -167,6 +240,11 @@ pub struct ReserveRequest {
     /// 1 to 100 lines, each SKU once.
     #[serde(deserialize_with = "object_items")]
     pub lines: Vec<ReserveLine>,
+    /// How long the holds live (ms), within inventory's `[inventory].min_hold_ttl_ms` and
+    /// `max_hold_ttl_ms` (10 s and 1 h by default); absent: `[inventory].hold_ttl_ms` (10 min by
+    /// default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold_ttl_ms: Option<i64>,
 }
 
 /// `POST /inventory/release`: give an order's holds back (reason `ORDER_CANCELLED`).
@@ -275,6 +353,9 @@ impl AdjustRequest {
     /// The first invalid value, as a 422 naming the field.
     pub fn validate(&self) -> Result<(), Problem> {
         check_id("sku", "sku", &self.sku)?;
+        if let Some(w) = &self.warehouse {
+            check_id("warehouse", "a warehouse", w)?;
+        }
         if self.delta == 0 || self.delta.abs() > MAX_ADJUST_DELTA {
             return Err(invalid(
                 "delta",
@@ -320,8 +401,26 @@ impl ReserveRequest {
                     ),
                 ));
             }
+            if let Some(w) = &line.warehouse {
+                check_id(&format!("lines[{i}].warehouse"), "a warehouse", w)?;
+            }
         }
         check_skus("lines", ".sku", self.lines.iter().map(|l| l.sku.as_str()))
+    }
+}
+
+impl ReserveRequest {
+    /// 422 naming `holdTtlMs` when it lies outside `min_ms..=max_ms`.
+    pub fn check_ttl(&self, min_ms: u64, max_ms: u64) -> Result<(), Problem> {
+        match self.hold_ttl_ms {
+            Some(ms) if u64::try_from(ms).map_or(true, |ms| ms < min_ms || ms > max_ms) => {
+                Err(invalid(
+                    "holdTtlMs",
+                    format!("holdTtlMs must be between {min_ms} and {max_ms} ms, got {ms}"),
+                ))
+            }
+            _ => Ok(()),
+        }
     }
 }
 
@@ -396,24 +495,35 @@ impl App {
             else {
                 return Ok(None);
             };
+            let by_warehouse: Vec<(String, i64)> = session
+                .execute_iter(st.by_warehouse.clone(), (sku,))
+                .await
+                .map_err(store_unavailable)?
+                .rows_stream::<(String, Option<i32>)>()
+                .map_err(store_unavailable)?
+                .map_err(store_unavailable)
+                .map_ok(|(w, n)| (w, i64::from(n.unwrap_or(0))))
+                .try_collect()
+                .await?;
             // Every live hold row of the SKU, page by page; expired ones are gone by TTL.
-            let held: i64 = session
+            let holds: Vec<(Option<String>, i64)> = session
                 .execute_iter(st.holds.clone(), (sku,))
                 .await
                 .map_err(store_unavailable)?
-                .rows_stream::<(Option<i32>,)>()
+                .rows_stream::<(Option<i32>, Option<String>)>()
                 .map_err(store_unavailable)?
                 .map_err(store_unavailable)
-                .try_fold(0i64, |sum, (quantity,)| async move {
-                    Ok(sum + i64::from(quantity.unwrap_or(0)))
-                })
+                .map_ok(|(quantity, w)| (w, i64::from(quantity.unwrap_or(0))))
+                .try_collect()
                 .await?;
             let on_hand = i64::from(on_hand.unwrap_or(0));
+            let held = holds.iter().map(|(_, n)| n).sum();
             Ok(Some(InventoryLevel {
                 sku: sku.to_owned(),
                 on_hand,
                 held,
                 available: on_hand - held,
+                warehouses: warehouse_levels(on_hand, &by_warehouse, &holds),
             }))
         };
         tokio::time::timeout(self.store_timeout(), read)
@@ -486,7 +596,9 @@ impl App {
     summary = "A SKU's stock: on hand, held, available",
     description = "From the Cassandra mirror of inventory (eventually consistent with the \
         inventory processor): onHand from stock_level, held = the live reservation rows of the \
-        SKU (each expires by TTL with its hold), available = onHand - held.",
+        SKU (each expires by TTL with its hold), available = onHand - held; the same per \
+        warehouse in warehouses (stock_by_warehouse and the rows' warehouse; rows and stock \
+        from before warehouses existed count as the default warehouse's).",
     params(("sku" = String, Path, description = "The SKU (1-64 characters)")),
     responses(
         (status = 200, description = "The SKU's stock", body = InventoryLevel),
@@ -528,8 +640,9 @@ async fn get_inventory_inner(
     summary = "Change a SKU's stock on hand (restock, correction, return)",
     description = "Writes an AdjustStock command (key: the SKU) to Kafka and answers once Kafka \
         confirmed it. The command id is derived from the caller and the Idempotency-Key: a \
-        retry is the same command, applied once. Inventory refuses an adjustment that would \
-        take stock below zero or below what is held.",
+        retry is the same command, applied once. The adjustment changes one warehouse (the \
+        default one when none is named); inventory refuses one that would take that warehouse's \
+        stock below zero or below what it holds.",
     params(
         ("Idempotency-Key" = String, Header,
             description = "Required: names the adjustment (1-255 visible ASCII)"),
@@ -586,6 +699,7 @@ async fn adjust_inventory_inner(
         command: InventoryCommandBody::Adjust(AdjustStock {
             delta,
             reason: request.reason.clone(),
+            warehouse: request.warehouse.clone(),
         }),
     };
     app.send_commands(
@@ -650,8 +764,11 @@ fn holds_accepted(order_id: &str, status: &str, commands: &[InventoryCommand]) -
     description = "Checks every SKU against the stock table, writes one ReserveStock command per \
         line (key: the SKU) and answers once Kafka confirmed all of them. Command ids are \
         derived from the order and the SKU: a retry is a duplicate inventory ignores. Whether a \
-        line is held or short is inventory's answer (inventory.reserved.v1). Holds last \
-        inventory's configured hold_ttl_ms (a per-request TTL is not supported).",
+        line is held or short is inventory's answer (inventory.reserved.v1). A line is held \
+        whole from one warehouse: its preferred warehouse if that has the units available, \
+        else the first other warehouse by name that has; else it is short. Holds last \
+        holdTtlMs when given (within inventory's min_hold_ttl_ms..max_hold_ttl_ms, else 422), \
+        else inventory's configured hold_ttl_ms.",
     request_body(content = ReserveRequest, content_type = "application/json"),
     security((), ("bearer" = [])),
     responses(
@@ -666,8 +783,9 @@ fn holds_accepted(order_id: &str, status: &str, commands: &[InventoryCommand]) -
         (status = 415, description = "The body is not application/json", body = Problem,
             content_type = "application/problem+json"),
         (status = 422, description = "An invalid orderId, no lines or more than 100, a quantity \
-            below 1 or above 1,000,000, a SKU twice, or a SKU never stocked (unknown-sku); \
-            field names the line, e.g. lines[1].quantity", body = Problem,
+            below 1 or above 1,000,000, a SKU twice, an invalid warehouse, a holdTtlMs outside \
+            the configured bounds, or a SKU never stocked (unknown-sku); field names the line, \
+            e.g. lines[1].quantity, or holdTtlMs", body = Problem,
             content_type = "application/problem+json"),
         (status = 503, description = "No inventory store is configured, Cassandra, Kafka or the \
             registry did not answer in time, or too many requests are in progress",
@@ -691,6 +809,8 @@ async fn reserve_inventory_inner(
     let (_, request) = app
         .write_request(headers, body, ReserveRequest::validate)
         .await?;
+    let deps = &app.inventory()?.deps;
+    request.check_ttl(deps.min_hold_ttl_ms, deps.max_hold_ttl_ms)?;
     let lines = request
         .lines
         .iter()
@@ -699,6 +819,8 @@ async fn reserve_inventory_inner(
                 order_id: request.order_id.clone(),
                 // validate() bounds the quantity to 1..=MAX_LINE_QUANTITY.
                 quantity: i32::try_from(line.quantity).unwrap_or(i32::MAX),
+                warehouse: line.warehouse.clone(),
+                hold_ttl_ms: request.hold_ttl_ms,
             });
             (line.sku.as_str(), body)
         })
@@ -803,6 +925,7 @@ mod tests {
             sku: "SKU-1".into(),
             delta: -5,
             reason: "SHRINKAGE".into(),
+            warehouse: Some("WH-2".into()),
         };
         assert_eq!(ok.validate(), Ok(()));
         for (sku, delta, reason, expected) in [
@@ -819,6 +942,7 @@ mod tests {
                 sku: sku.into(),
                 delta,
                 reason: reason.into(),
+                warehouse: None,
             }
             .validate()
             .expect_err(expected);
@@ -856,18 +980,28 @@ mod tests {
             let p = parse(json).expect(json).validate().expect_err(json);
             assert_eq!(field(p), (422, expected.to_owned()), "{json}");
         }
-        // A line must be an object, not fields by position; a TTL per request is not taken.
+        // A line must be an object, not fields by position.
         let p = parse(r#"{"orderId":"o","lines":[["A",1]]}"#).expect_err("array line");
         assert_eq!(
             (p.slug(), p.field.as_deref()),
             ("wrong-type", Some("lines[0]"))
         );
-        let p = parse(r#"{"orderId":"o","lines":[{"sku":"A","quantity":1}],"holdTtlMs":5000}"#)
-            .expect_err("ttl");
-        assert_eq!(
-            (p.slug(), p.field.as_deref()),
-            ("unknown-field", Some("holdTtlMs"))
-        );
+        // A TTL per request, within the bounds (inclusive).
+        let ttl = |ms: i64| {
+            parse(&format!(
+                r#"{{"orderId":"o","lines":[{{"sku":"A","quantity":1}}],"holdTtlMs":{ms}}}"#
+            ))
+            .expect("parse")
+            .check_ttl(10_000, 3_600_000)
+        };
+        assert_eq!(ttl(10_000), Ok(()));
+        assert_eq!(ttl(3_600_000), Ok(()));
+        for bad in [9_999, 3_600_001, 0, -1] {
+            assert_eq!(
+                field(ttl(bad).expect_err("out of bounds")),
+                (422, "holdTtlMs".to_owned())
+            );
+        }
     }
 
     #[test]

@@ -9,7 +9,7 @@ use utoipa::{Modify, OpenApi};
 
 use crate::inventory::{
     self, AdjustAccepted, AdjustRequest, HoldsAccepted, InventoryLevel, LineCommand,
-    ReleaseRequest, ReserveLine, ReserveRequest,
+    ReleaseRequest, ReserveLine, ReserveRequest, WarehouseLevel,
 };
 use crate::model::{
     Accepted, CancelRequest, OrderResource, PlaceOrderRequest, ReceivedOrder, ShippingAddressBody,
@@ -80,6 +80,7 @@ use crate::routes;
         PspCallbackBody,
         CallbackAccepted,
         InventoryLevel,
+        WarehouseLevel,
         AdjustRequest,
         AdjustAccepted,
         ReserveRequest,

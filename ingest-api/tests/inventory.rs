@@ -80,6 +80,8 @@ impl Env {
         InventoryDeps {
             session: Arc::clone(&self.session),
             keyspace: self.keyspace.clone(),
+            min_hold_ttl_ms: 10_000,
+            max_hold_ttl_ms: 3_600_000,
         }
     }
 
@@ -135,6 +137,57 @@ impl Env {
         Ok(())
     }
 
+    /// A `stock_by_warehouse` row as the sink writes it.
+    async fn warehouse_stock(
+        &self,
+        sku: &str,
+        warehouse: &str,
+        on_hand: i32,
+    ) -> anyhow::Result<()> {
+        let now = CqlTimestamp(chrono::Utc::now().timestamp_millis());
+        self.session
+            .query_unpaged(
+                format!(
+                    "INSERT INTO {}.stock_by_warehouse (sku, warehouse, on_hand, updated_at) \
+                     VALUES (?, ?, ?, ?)",
+                    self.keyspace
+                ),
+                (sku, warehouse, on_hand, now),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// A `reservation` row in `warehouse` (`None`: no warehouse, as before warehouses existed).
+    async fn hold_in(
+        &self,
+        sku: &str,
+        order_id: &str,
+        quantity: i32,
+        ttl_s: i32,
+        warehouse: Option<&str>,
+    ) -> anyhow::Result<()> {
+        let expires = chrono::Utc::now().timestamp_millis() + i64::from(ttl_s) * 1_000;
+        self.session
+            .query_unpaged(
+                format!(
+                    "INSERT INTO {}.reservation (sku, order_id, quantity, expires_at, warehouse) \
+                     VALUES (?, ?, ?, ?, ?) USING TTL ?",
+                    self.keyspace
+                ),
+                (
+                    sku,
+                    order_id,
+                    quantity,
+                    CqlTimestamp(expires),
+                    warehouse,
+                    ttl_s,
+                ),
+            )
+            .await?;
+        Ok(())
+    }
+
     /// Every command on the topic, decoded with its key, after `expected` arrived (or 20 s)
     /// plus `settle`.
     async fn commands(
@@ -171,9 +224,11 @@ async fn the_level_counts_live_holds_and_an_expired_hold_stops_counting() -> any
 
         let a = level(&env, &server, &sku).await?;
         assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+        // Rows without a warehouse (as before warehouses existed) are the default warehouse's.
         assert_eq!(
             a.body,
-            json!({"sku": sku, "onHand": 10, "held": 5, "available": 5}),
+            json!({"sku": sku, "onHand": 10, "held": 5, "available": 5, "warehouses": [
+                {"warehouse": "default", "onHand": 10, "held": 5, "available": 5}]}),
             "{}",
             a.text
         );
@@ -195,7 +250,8 @@ async fn the_level_counts_live_holds_and_an_expired_hold_stops_counting() -> any
         // possibly sooner than 1 s after the write; it did count in the first read.)
         assert_eq!(
             expired.body,
-            json!({"sku": sku, "onHand": 10, "held": 2, "available": 8})
+            json!({"sku": sku, "onHand": 10, "held": 2, "available": 8, "warehouses": [
+                {"warehouse": "default", "onHand": 10, "held": 2, "available": 8}]})
         );
         let o = level(&env, &server, &other).await?;
         assert_eq!(o.body["available"], 0, "{}", o.text);
@@ -206,7 +262,8 @@ async fn the_level_counts_live_holds_and_an_expired_hold_stops_counting() -> any
         let f = level(&env, &server, &fresh).await?;
         assert_eq!(
             f.body,
-            json!({"sku": fresh, "onHand": 7, "held": 0, "available": 7})
+            json!({"sku": fresh, "onHand": 7, "held": 0, "available": 7, "warehouses": [
+                {"warehouse": "default", "onHand": 7, "held": 0, "available": 7}]})
         );
         let missing = level(&env, &server, &unique("SKU")).await?;
         assert_eq!(missing.status, StatusCode::NOT_FOUND, "{}", missing.text);
@@ -214,6 +271,241 @@ async fn the_level_counts_live_holds_and_an_expired_hold_stops_counting() -> any
         assert_eq!(
             missing.header("content-type"),
             Some("application/problem+json")
+        );
+        Ok(())
+    })
+    .await
+}
+
+/// The level per warehouse: on hand from `stock_by_warehouse`, held from the rows' `warehouse`
+/// (a row without one is the default warehouse's), and the part of the total no warehouse row
+/// accounts for (stock from before warehouses existed) in the default warehouse.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_level_is_given_per_warehouse_too() -> anyhow::Result<()> {
+    with_env(Env::new().await?, |env| async move {
+        let server = env.serve(env.config(), Some(env.deps())).await?;
+        let sku = unique("SKU");
+        env.stock(&sku, 12).await?;
+        env.warehouse_stock(&sku, "WH-NORTH", 5).await?;
+        env.warehouse_stock(&sku, "WH-SOUTH", 3).await?;
+        env.hold_in(&sku, "order-1", 2, 600, Some("WH-NORTH"))
+            .await?;
+        env.hold_in(&sku, "order-2", 1, 600, None).await?;
+        let a = level(&env, &server, &sku).await?;
+        assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+        assert_eq!(
+            a.body,
+            json!({"sku": sku, "onHand": 12, "held": 3, "available": 9, "warehouses": [
+                {"warehouse": "WH-NORTH", "onHand": 5, "held": 2, "available": 3},
+                {"warehouse": "WH-SOUTH", "onHand": 3, "held": 0, "available": 3},
+                {"warehouse": "default", "onHand": 4, "held": 1, "available": 3}]}),
+            "{}",
+            a.text
+        );
+        Ok(())
+    })
+    .await
+}
+
+/// A keyspace created before warehouses existed (no `reservation.warehouse`, no
+/// `stock_by_warehouse`) is brought up to date by the sink's migration at start, twice is
+/// harmless, and its rows stay readable: the API answers from them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyspace_from_before_warehouses_is_migrated_and_its_rows_stay_readable()
+-> anyhow::Result<()> {
+    with_env(Env::new().await?, |env| async move {
+        let old = unique("inv");
+        let ks = old.as_str();
+        for cql in [
+            format!(
+                "CREATE KEYSPACE {ks} WITH replication = \
+                 {{'class': 'SimpleStrategy', 'replication_factor': 1}}"
+            ),
+            format!(
+                "CREATE TABLE {ks}.reservation (sku text, order_id text, quantity int, \
+                 expires_at timestamp, PRIMARY KEY ((sku), order_id))"
+            ),
+            format!(
+                "CREATE TABLE {ks}.stock_level (sku text PRIMARY KEY, on_hand int, \
+                 updated_at timestamp)"
+            ),
+            format!(
+                "INSERT INTO {ks}.stock_level (sku, on_hand, updated_at) \
+                 VALUES ('SKU-OLD', 6, toTimestamp(now()))"
+            ),
+            format!(
+                "INSERT INTO {ks}.reservation (sku, order_id, quantity, expires_at) \
+                 VALUES ('SKU-OLD', 'order-old', 2, toTimestamp(now())) USING TTL 600"
+            ),
+        ] {
+            env.session.query_unpaged(cql, &[]).await?;
+        }
+        let config = CassandraSinkConfig {
+            keyspace: old.clone(),
+            ..CassandraSinkConfig::default()
+        };
+        let migrated = async {
+            sink::migrate(&env.session, &config).await?;
+            sink::migrate(&env.session, &config).await?;
+            let server = env
+                .serve(
+                    env.config(),
+                    Some(InventoryDeps {
+                        keyspace: old.clone(),
+                        ..env.deps()
+                    }),
+                )
+                .await?;
+            let a = level(&env, &server, "SKU-OLD").await?;
+            assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+            assert_eq!(
+                a.body,
+                json!({"sku": "SKU-OLD", "onHand": 6, "held": 2, "available": 4, "warehouses": [
+                    {"warehouse": "default", "onHand": 6, "held": 2, "available": 4}]}),
+                "{}",
+                a.text
+            );
+            let rows = env
+                .session
+                .query_unpaged(
+                    format!("SELECT warehouse FROM {ks}.reservation WHERE sku = 'SKU-OLD'"),
+                    &[],
+                )
+                .await?
+                .into_rows_result()?;
+            let (warehouse,) = rows.single_row::<(Option<String>,)>()?;
+            assert_eq!(warehouse, None, "the old row reads with no warehouse");
+            anyhow::Ok(())
+        }
+        .await;
+        let _ = env
+            .session
+            .query_unpaged(format!("DROP KEYSPACE IF EXISTS {ks}"), &[])
+            .await;
+        migrated
+    })
+    .await
+}
+
+/// Migrations that run at once (the API's and the sink's in one `keel run`) on a fresh keyspace
+/// leave a `reservation` table with its `warehouse` column: a hold row with a warehouse can be
+/// written right after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_migrations_of_a_fresh_keyspace_leave_every_column() -> anyhow::Result<()> {
+    with_env(Env::new().await?, |env| async move {
+        for round in 0..5 {
+            let ks = unique("inv");
+            let config = CassandraSinkConfig {
+                keyspace: ks.clone(),
+                ..CassandraSinkConfig::default()
+            };
+            // One session each, as the API and the sink have.
+            let node = std::slice::from_ref(&env.stack.cassandra_node);
+            let (s1, s2, s3) = (
+                sink::connect(node).await?,
+                sink::connect(node).await?,
+                sink::connect(node).await?,
+            );
+            let (a, b, c) = tokio::join!(
+                sink::migrate(&s1, &config),
+                sink::migrate(&s2, &config),
+                sink::migrate(&s3, &config),
+            );
+            let written = async {
+                a?;
+                b?;
+                c?;
+                s1.query_unpaged(
+                    format!(
+                        "INSERT INTO {ks}.reservation (sku, order_id, quantity, warehouse) \
+                             VALUES ('S', 'o', 1, 'WH-1') USING TTL 60"
+                    ),
+                    &[],
+                )
+                .await?;
+                anyhow::Ok(())
+            }
+            .await;
+            let _ = env
+                .session
+                .query_unpaged(format!("DROP KEYSPACE IF EXISTS {ks}"), &[])
+                .await;
+            written.with_context(|| format!("round {round}"))?;
+        }
+        Ok(())
+    })
+    .await
+}
+
+/// The sink has no conditional (LWT) writes: a hold is an upsert with a fixed write time, so a
+/// write that timed out after it applied and is retried leaves one row, as written; and a
+/// release (a later write time) shadows a retry of the hold's insert that lands after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_hold_write_changes_nothing_and_a_release_shadows_a_late_retry()
+-> anyhow::Result<()> {
+    with_env(Env::new().await?, |env| async move {
+        let writer = sink::Writer::prepare(&env.session, &env.keyspace).await?;
+        let now = chrono::Utc::now().timestamp_millis();
+        let sku = unique("SKU");
+        let hold = sink::Write::Hold {
+            sku: sku.clone(),
+            order_id: "order-1".into(),
+            quantity: 2,
+            expires_at_ms: now + 60_000,
+            ttl_s: 60,
+            at_us: now * 1_000,
+            warehouse: "WH-1".into(),
+        };
+        writer.apply(&env.session, &hold).await?;
+        writer.apply(&env.session, &hold).await?;
+        let rows = env
+            .session
+            .query_unpaged(
+                format!(
+                    "SELECT order_id, quantity, warehouse, TTL(quantity) FROM {}.reservation \
+                     WHERE sku = ?",
+                    env.keyspace
+                ),
+                (&sku,),
+            )
+            .await?
+            .into_rows_result()?;
+        let all: Vec<(String, i32, Option<String>, Option<i32>)> = rows
+            .rows::<(String, i32, Option<String>, Option<i32>)>()?
+            .collect::<Result<_, _>>()?;
+        assert_eq!(all.len(), 1, "{all:?}");
+        assert_eq!(
+            (all[0].0.as_str(), all[0].1, all[0].2.as_deref()),
+            ("order-1", 2, Some("WH-1"))
+        );
+        assert!(all[0].3.is_some_and(|t| t > 0 && t <= 60), "{all:?}");
+
+        writer
+            .apply(
+                &env.session,
+                &sink::Write::DeleteHold {
+                    sku: sku.clone(),
+                    order_id: "order-1".into(),
+                    at_us: (now + 1) * 1_000,
+                },
+            )
+            .await?;
+        writer.apply(&env.session, &hold).await?;
+        let left = env
+            .session
+            .query_unpaged(
+                format!(
+                    "SELECT order_id FROM {}.reservation WHERE sku = ?",
+                    env.keyspace
+                ),
+                (&sku,),
+            )
+            .await?
+            .into_rows_result()?
+            .rows_num();
+        assert_eq!(
+            left, 0,
+            "the release stands against a late retry of the insert"
         );
         Ok(())
     })
@@ -283,8 +575,8 @@ async fn reserve_and_release_write_one_command_per_line_with_stable_ids() -> any
         env.stock(&a, 5).await?;
         env.stock(&b, 5).await?;
         let order = unique("order");
-        let reserve = json!({"orderId": order, "lines": [
-            {"sku": a, "quantity": 2}, {"sku": b, "quantity": 1}]});
+        let reserve = json!({"orderId": order, "holdTtlMs": 30_000, "lines": [
+            {"sku": a, "quantity": 2, "warehouse": "WH-NORTH"}, {"sku": b, "quantity": 1}]});
         let first = send(post(&env, &server, "/inventory/reserve", &reserve)).await?;
         assert_eq!(first.status, StatusCode::ACCEPTED, "{}", first.text);
         assert_eq!(first.body["status"], "RESERVATION_REQUESTED");
@@ -306,6 +598,9 @@ async fn reserve_and_release_write_one_command_per_line_with_stable_ids() -> any
             match &c.command {
                 InventoryCommandBody::Reserve(r) => {
                     assert_eq!(r.order_id, order);
+                    assert_eq!(r.hold_ttl_ms, Some(30_000), "the request's TTL travels");
+                    let preferred = (c.sku == a).then(|| "WH-NORTH".to_owned());
+                    assert_eq!(r.warehouse, preferred, "the line's warehouse travels");
                     let entry = reserves.entry(c.sku.clone()).or_default();
                     entry.0 = r.quantity;
                     entry.1.insert(c.command_id.clone());
@@ -437,6 +732,19 @@ async fn bad_inputs_are_422_naming_the_field_and_write_nothing() -> anyhow::Resu
                 "invalid-field",
             ),
             (
+                "/inventory/adjust",
+                json!({"sku": a, "delta": 1, "reason": "x", "warehouse": ""}),
+                "warehouse",
+                "invalid-field",
+            ),
+            (
+                "/inventory/reserve",
+                json!({"orderId": "o", "lines": [line(&a, 1),
+                    {"sku": b, "quantity": 1, "warehouse": "WH 1"}]}),
+                "lines[1].warehouse",
+                "invalid-field",
+            ),
+            (
                 "/inventory/release",
                 json!({"orderId": "o", "skus": []}),
                 "skus",
@@ -476,20 +784,26 @@ async fn bad_inputs_are_422_naming_the_field_and_write_nothing() -> anyhow::Resu
                 a.text
             );
         }
-        // A per-request TTL is not taken (ReserveStock has none): refused, not ignored.
-        let ttl = send(post(
-            &env,
-            &server,
-            "/inventory/reserve",
-            &json!({"orderId": "o", "lines": [line(&a, 1)], "holdTtlMs": 5_000}),
-        ))
-        .await?;
-        assert_eq!(
-            (ttl.status, ttl.slug()),
-            (StatusCode::BAD_REQUEST, "unknown-field"),
-            "{}",
-            ttl.text
-        );
+        // A per-request TTL outside [inventory].min_hold_ttl_ms..=max_hold_ttl_ms.
+        for ms in [5_000_i64, 3_600_001, -1] {
+            let ttl = send(post(
+                &env,
+                &server,
+                "/inventory/reserve",
+                &json!({"orderId": "o", "lines": [line(&a, 1)], "holdTtlMs": ms}),
+            ))
+            .await?;
+            assert_eq!(
+                (ttl.status, ttl.slug(), ttl.body["field"].as_str()),
+                (
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid-field",
+                    Some("holdTtlMs")
+                ),
+                "{}",
+                ttl.text
+            );
+        }
         assert!(
             env.commands(0, Duration::from_secs(3)).await?.is_empty(),
             "a refused request reached Kafka"

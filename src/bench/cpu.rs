@@ -8,13 +8,14 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 /// The stack's servers whose pids `stack/keel-stack` records (`$KEEL_STACK_DIR/pids/<name>.pid`).
-pub const STACK_SERVERS: [&str; 6] = [
+pub const STACK_SERVERS: [&str; 7] = [
     "kafka",
     "registry",
     "connect",
     "mariadb",
     "postgres",
     "cassandra",
+    "prometheus",
 ];
 
 /// Where the stack keeps its pid files: `$KEEL_STACK_DIR/pids`, else

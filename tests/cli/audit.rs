@@ -173,6 +173,7 @@ async fn a_seeded_violation_fails_the_audit_that_clean_checkouts_pass() {
         quantity: 1,
         available: 4,
         expires_at: Some(now_ms() + 600_000),
+        warehouse: None,
     };
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", &stack.kafka_bootstrap)

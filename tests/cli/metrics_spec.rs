@@ -4,8 +4,10 @@
 //!
 //! Labelled series only exist once used, so the run first makes them: a checkout, a restart on
 //! a wiped state directory (the stores are restored from their changelogs: the restore metrics),
-//! a confirmed and a declined checkout (payment, compensation), and an undecodable record on
-//! the orders topic (a dead letter).
+//! a confirmed, a declined and a PSP-callback-settled checkout (payment, compensation,
+//! `payment_callbacks_total`), and an undecodable record on the orders topic (a dead letter).
+//! The run hosts `keel run`'s default roles plus `audit` (the invariant auditor only reads
+//! topics, so it is cheap here).
 
 mod common;
 
@@ -18,9 +20,20 @@ use keel_tests::Stack;
 use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
-/// The roles the test's `keel run` hosts (all of `keel run`'s), plus `runtime`: the stream
-/// applications' metrics (saga and inventory).
-const RUN_ROLES: [&str; 5] = ["api", "saga", "inventory", "payment", "runtime"];
+/// The roles the test's `keel run` hosts ([`KEEL_ROLES`]), plus `runtime` (the stream
+/// applications' metrics) and `process` (what every process serving `/metrics` samples).
+const RUN_ROLES: [&str; 7] = [
+    "api",
+    "saga",
+    "inventory",
+    "payment",
+    "audit",
+    "runtime",
+    "process",
+];
+
+/// `keel run --roles`: the default roles and the invariant auditor.
+const KEEL_ROLES: &str = "api,saga,inventory,payment,sinks,relay,audit";
 
 /// Documented metrics whose first series needs an event this run does not make.
 const APPEARS_ON_EVENTS_NOT_MADE: [&str; 1] = ["on an abort"];
@@ -240,7 +253,7 @@ async fn the_metrics_page_and_docs_metrics_md_agree_both_ways() {
 
     let stack = Stack::from_env();
     let (name, run) = Run::new(&stack).await;
-    for cart in ["cart-before", "cart-ok", "cart-declined"] {
+    for cart in ["cart-before", "cart-ok", "cart-declined", "cart-pending"] {
         run.ok(&["carts", "seed", "--cart-id", cart, "--item", "SKU-M:1:1000"]);
     }
     run.ok(&["inventory", "seed", "--skus", "SKU-M", "--quantity", "10"]);
@@ -248,7 +261,7 @@ async fn the_metrics_page_and_docs_metrics_md_agree_both_ways() {
     let client = reqwest::Client::new();
 
     // First run: one checkout, so the saga and inventory stores have changelog records.
-    let mut keel = run.spawn("keel run", &["run"]);
+    let mut keel = run.spawn("keel run", &["run", "--roles", KEEL_ROLES]);
     wait_ready(&client, &run.api, Duration::from_secs(120)).await;
     let first = place(&client, &run.api, "cart-before", "tok_visa", "k-before").await;
     let id = first["orderId"].as_str().expect("id");
@@ -261,7 +274,7 @@ async fn the_metrics_page_and_docs_metrics_md_agree_both_ways() {
     // Second run on an empty state directory: the stores are restored from the changelogs.
     std::fs::remove_dir_all(run.state_dir.path()).expect("wipe the state dir");
     std::fs::create_dir_all(run.state_dir.path()).expect("recreate the state dir");
-    let mut keel = run.spawn("keel run (restored)", &["run"]);
+    let mut keel = run.spawn("keel run (restored)", &["run", "--roles", KEEL_ROLES]);
     wait_ready(&client, &run.api, Duration::from_secs(120)).await;
     // Past the runtime's first 5 s, so a commit samples store sizes.
     tokio::time::sleep(Duration::from_secs(6)).await;
@@ -272,6 +285,8 @@ async fn the_metrics_page_and_docs_metrics_md_agree_both_ways() {
             "tok_decline_insufficient_funds",
             "k-declined",
         ),
+        // "pending", then the PSP's callback settles it: payment_callbacks_total.
+        ("cart-pending", "tok_pending", "k-pending"),
     ] {
         let placed = place(&client, &run.api, cart, token, key).await;
         let id = placed["orderId"].as_str().expect("id");

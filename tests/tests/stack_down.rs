@@ -8,6 +8,12 @@ use std::process::Command;
 
 use keel_tests::{STACK_SERVERS, stack_script};
 
+/// Every server `keel-stack up` starts: the ones tests connect to ([`STACK_SERVERS`]) and
+/// Prometheus, which scrapes `keel run` (stack/servers/prometheus.sh).
+fn servers() -> impl Iterator<Item = &'static str> {
+    STACK_SERVERS.into_iter().chain(["prometheus"])
+}
+
 fn pid_dir() -> anyhow::Result<PathBuf> {
     let out = Command::new("bash")
         .arg("-c")
@@ -28,7 +34,7 @@ fn alive(pid: i32) -> bool {
 fn down_stops_every_server_it_started() -> anyhow::Result<()> {
     let pids = pid_dir()?;
     let mut started = Vec::new();
-    for server in STACK_SERVERS {
+    for server in servers() {
         let text = std::fs::read_to_string(pids.join(format!("{server}.pid")))
             .map_err(|e| anyhow::anyhow!("{server} has no pid file (was the stack up?): {e}"))?;
         let pid: i32 = text.trim().parse()?;
@@ -58,7 +64,7 @@ fn down_stops_every_server_it_started() -> anyhow::Result<()> {
         "status must report the stack down"
     );
     let table = String::from_utf8(status.stdout)?;
-    for server in STACK_SERVERS {
+    for server in servers() {
         let line = table
             .lines()
             .find(|l| l.split_whitespace().next() == Some(server))

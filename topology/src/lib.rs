@@ -35,7 +35,7 @@ pub mod topology;
 
 pub use config::StreamsConfig;
 pub use driver::{DriverConfig, TestDriver};
-pub use error::{Error, ProcessError, Result, SerdeError};
+pub use error::{Action, Error, ProcessError, Result, SerdeError};
 pub use keel_state::{Guarantee, StoreKind};
 pub use metrics::Metrics;
 pub use processor::{Context, Processor, Punctuation, PunctuationType};

@@ -5,9 +5,9 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use keel_state::{Fault, StoreKind, TaskState};
+use keel_state::{StoreKind, TaskState};
 
-use crate::error::{Error, ProcessError, Result};
+use crate::error::{Action, Error, ProcessError, Result};
 use crate::processor::{
     Context, ErasedProcessor, NodeFailure, Payload, Punctuation, PunctuationType, Schedule,
 };
@@ -299,10 +299,8 @@ impl StreamTask {
         self.stream_time = self.stream_time.max(raw.timestamp);
         match self.run(emitted, Some(&meta), wall_clock) {
             Ok(()) => self.state.release_savepoint(),
-            Err(Error::Processor {
-                processor,
-                source: ProcessError::BadInput(why),
-            }) => {
+            Err(e) if e.action() == Action::DeadLetter => {
+                let (processor, why) = e.blame();
                 self.state.rollback_to_savepoint();
                 self.output.truncate(before.output);
                 self.counters.emitted = before.emitted;
@@ -608,19 +606,6 @@ pub(crate) fn stream_time_metadata(stream_time: i64) -> String {
 /// The stream time in committed offset metadata written by [`stream_time_metadata`].
 pub(crate) fn parse_stream_time_metadata(metadata: &str) -> Option<i64> {
     metadata.strip_prefix("keel:st=")?.parse().ok()
-}
-
-/// Whether an error is worth retrying (abort, back off, replay from the last commit).
-pub(crate) fn is_retryable(error: &Error) -> bool {
-    match error {
-        Error::Processor { source, .. } => match source {
-            ProcessError::Dependency(_) => true,
-            ProcessError::Store(e) => e.fault() == Fault::Environment,
-            ProcessError::BadInput(_) | ProcessError::Fatal(_) => false,
-        },
-        Error::State(e) => e.fault() == Fault::Environment,
-        _ => false,
-    }
 }
 
 /// Dead-letter headers as a map (for tests and tools).

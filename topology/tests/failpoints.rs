@@ -77,6 +77,14 @@ impl Run {
     }
 
     fn start_topology(&self, topology: keel_topology::Topology) -> StreamsHandle {
+        self.start_with(topology, |_| ())
+    }
+
+    fn start_with(
+        &self,
+        topology: keel_topology::Topology,
+        tune: impl FnOnce(&mut StreamsConfig),
+    ) -> StreamsHandle {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .with_test_writer()
@@ -89,6 +97,7 @@ impl Run {
         c.retry_backoff_max_ms = 500;
         c.consumer
             .insert("session.timeout.ms".into(), "6000".into());
+        tune(&mut c);
         KafkaStreams::new(topology, c)
             .expect("config")
             .start()
@@ -337,6 +346,79 @@ fn a_failed_restore_batch_only_delays_the_task() {
     run.assert_clean(&handle, &all);
     assert!(used_up(faults::RESTORE_BATCH));
     assert!(counter(&handle, "keel_restored_records_total") > 0.0);
+    handle.shutdown().expect("clean shutdown");
+    scenario.teardown();
+}
+
+/// Records in the changelog partitions of store `sums` (offsets: an upper bound, since
+/// commit markers take offsets too).
+fn changelog_offsets(run: &Run) -> i64 {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .create()
+        .expect("consumer");
+    let topic = format!("{}-sums-changelog", run.app);
+    (0..2)
+        .map(|p| {
+            let (low, high) = consumer
+                .fetch_watermarks(&topic, p, Duration::from_secs(10))
+                .expect("watermarks");
+            high - low
+        })
+        .sum()
+}
+
+// Item 6: a restore longer than max.poll.interval.ms keeps the member in the group.
+
+#[test]
+fn a_restore_longer_than_the_poll_interval_keeps_the_member_and_restores_once() {
+    let scenario = FailScenario::setup();
+    let run = Run::new("long_restore");
+    let keys = |v: i64| -> Vec<(String, i64)> { (0..200).map(|i| (format!("k{i}"), v)).collect() };
+    let first = keys(1);
+    run.produce(&first);
+    let handle = run.start_with(common::running_sums(&run.input, &run.output), |c| {
+        c.consumer
+            .insert("max.poll.interval.ms".into(), "6000".into());
+    });
+    run.assert_clean(&handle, &first);
+    handle.shutdown().expect("clean shutdown");
+    let changelog = changelog_offsets(&run);
+    assert!(
+        changelog >= 200,
+        "one changelog record per key: {changelog}"
+    );
+    // No local state: the next start restores every key, 40 ms a record: about 8 s, more than
+    // the 6 s poll interval.
+    std::fs::remove_dir_all(&run.dir).expect("wiped");
+    fail::cfg(faults::RESTORE_RECORD, "sleep(40)").expect("failpoint");
+    let second = keys(2);
+    run.produce(&second);
+    let started = Instant::now();
+    let handle = run.start_with(common::running_sums(&run.input, &run.output), |c| {
+        c.consumer
+            .insert("max.poll.interval.ms".into(), "6000".into());
+    });
+    let all: Vec<(String, i64)> = first.iter().chain(&second).cloned().collect();
+    run.assert_clean(&handle, &all);
+    fail::remove(faults::RESTORE_RECORD);
+    assert!(
+        started.elapsed() > Duration::from_secs(6),
+        "the restore took longer than the poll interval ({:?})",
+        started.elapsed()
+    );
+    let restored = counter(&handle, "keel_restored_records_total");
+    assert!(
+        restored >= 200.0 && restored <= changelog as f64,
+        "every key restored once, not again after an eviction: {restored} of {changelog}"
+    );
+    let aborts = counter_by_label(&handle, "keel_aborts_total");
+    assert!(
+        !aborts.contains_key("assignment lost"),
+        "the member was not evicted: {aborts:?}"
+    );
+    assert!(handle.is_running());
     handle.shutdown().expect("clean shutdown");
     scenario.teardown();
 }

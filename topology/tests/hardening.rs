@@ -588,6 +588,134 @@ fn an_output_the_broker_refuses_ends_in_the_dead_letter_topic_and_the_stream_goe
     );
 }
 
+/// An application whose output topic takes batches of at most 2 KiB, and its input: `a`=1,
+/// then a 4 KiB key =2, then `a`=3. The running sum echoes its input's key, so the second
+/// output is one the broker refuses (the producer's own limit, 1 MB, lets it through).
+fn too_big(tag: &str) -> (String, String, String, PathBuf, String) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let app = unique(&format!("{tag}_app"));
+    let input = unique(&format!("{tag}_in"));
+    let output = unique(&format!("{tag}_out"));
+    let dir = std::env::temp_dir().join(unique(&format!("keel_{tag}")));
+    runtime().block_on(async {
+        let admin: AdminClient<rdkafka::client::DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap())
+            .create()
+            .expect("admin");
+        // The input (and the changelog, the dead-letter topic) take the broker's default.
+        let topics = [
+            NewTopic::new(&input, 1, TopicReplication::Fixed(1)),
+            NewTopic::new(&output, 1, TopicReplication::Fixed(1)).set("max.message.bytes", "2048"),
+        ];
+        for r in admin
+            .create_topics(&topics, &AdminOptions::new())
+            .await
+            .expect("created")
+        {
+            r.expect("topic");
+        }
+    });
+    let big = "k".repeat(4096);
+    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .create()
+        .expect("producer");
+    for (key, value) in [("a", 1i64), (big.as_str(), 2), ("a", 3)] {
+        let bytes = value.to_be_bytes();
+        let r: BaseRecord<'_, str, [u8]> = BaseRecord::to(&input).key(key).payload(&bytes[..]);
+        producer.send(r).map_err(|(e, _)| e).expect("queued");
+    }
+    producer.flush(Duration::from_secs(30)).expect("flushed");
+    (app, input, output, dir, big)
+}
+
+#[test]
+fn an_output_over_the_topics_max_message_bytes_ends_in_the_dead_letter_topic_and_the_stream_goes_on()
+ {
+    use keel_topology::dlq_headers;
+    use rdkafka::message::{Headers as _, Message as _};
+
+    let (app, input, output, dir, big) = too_big("too_big");
+    let dlq = format!("{app}-dlq");
+    let mut c = StreamsConfig::new(&app, bootstrap());
+    c.state = StateConfig::with_dir(&dir);
+    c.instance_id = Some("one".to_owned());
+    c.consumer
+        .insert("session.timeout.ms".into(), "6000".into());
+    let handle = start(common::running_sums(&input, &output), c);
+    let out = common::read_decoded(
+        &bootstrap(),
+        &output,
+        2,
+        Duration::from_secs(40),
+        Duration::from_secs(2),
+    );
+    let dead = runtime().block_on(async {
+        let c = keel_tests::kafka::consumer(&bootstrap(), "read_committed").expect("consumer");
+        keel_tests::kafka::read_topic(&c, &dlq, 1, Duration::from_secs(20), Duration::from_secs(1))
+            .await
+            .expect("reads")
+    });
+    let stored = handle.get("sums", &input, big.as_bytes()).ok().flatten();
+    let running = handle.is_running();
+    handle.shutdown().ok();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(
+        out,
+        vec![("a".to_owned(), 1), ("a".to_owned(), 4)],
+        "the refused record left no trace in the output; the stream went on"
+    );
+    assert_eq!(stored, None, "nor in the store");
+    assert!(running);
+    assert_eq!(dead.len(), 1, "one dead letter");
+    let m = &dead[0];
+    assert_eq!(m.key(), Some(big.as_bytes()), "the input record's key");
+    assert_eq!(
+        m.payload(),
+        Some(&2i64.to_be_bytes()[..]),
+        "the input record's value"
+    );
+    let error = m.headers().and_then(|h| {
+        h.iter()
+            .find(|h| h.key == dlq_headers::ERROR)
+            .and_then(|h| h.value.map(|v| String::from_utf8_lossy(v).into_owned()))
+    });
+    assert!(
+        error
+            .as_deref()
+            .is_some_and(|e| e.contains("refused") && e.contains("too large")),
+        "{error:?}"
+    );
+}
+
+#[test]
+fn an_output_over_the_topics_max_message_bytes_stops_the_application_under_the_stop_policy() {
+    let (app, input, output, dir, _big) = too_big("too_big_stop");
+    let mut c = StreamsConfig::new(&app, bootstrap());
+    c.state = StateConfig::with_dir(&dir);
+    c.instance_id = Some("one".to_owned());
+    c.on_bad_record = keel_topology::BadRecordPolicy::Stop;
+    c.consumer
+        .insert("session.timeout.ms".into(), "6000".into());
+    let handle = start(common::running_sums(&input, &output), c);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while handle.is_running() {
+        assert!(
+            Instant::now() < deadline,
+            "still running (replaying the refused output forever?)"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let error = handle.wait().expect_err("stopped with an error");
+    let _ = std::fs::remove_dir_all(&dir);
+    let message = error.to_string();
+    assert!(
+        message.contains("refused") && message.contains("on_bad_record = stop"),
+        "{message}"
+    );
+    assert_eq!(error.action(), keel_topology::Action::Stop);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Item 13: a second instance with the same instance id.
 

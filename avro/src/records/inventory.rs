@@ -6,6 +6,10 @@ use serde::{Deserialize, Serialize};
 
 use super::{optional_timestamp_millis, timestamp_millis};
 
+/// The warehouse a command or event without one means: stock and holds recorded before
+/// warehouses existed live here, and an `AdjustStock` without a warehouse changes it.
+pub const DEFAULT_WAREHOUSE: &str = "default";
+
 /// `inventory.commands.v1` (key: SKU): the envelope every inventory command travels in.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, AvroSchema)]
 #[avro(namespace = "dev.keel.v1")]
@@ -30,12 +34,22 @@ pub enum InventoryCommandBody {
     Confirm(ConfirmReservation),
 }
 
-/// Hold `quantity` units of the SKU for an order line (all or nothing).
+/// Hold `quantity` units of the SKU for an order line (all or nothing), from one warehouse:
+/// `warehouse` if it has them all available, else the first other warehouse (by name) that has.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, AvroSchema)]
 #[avro(namespace = "dev.keel.v1")]
 pub struct ReserveStock {
     pub order_id: String,
     pub quantity: i32,
+    /// The preferred warehouse; `None`: no preference.
+    #[avro(default = "null")]
+    #[serde(default)]
+    pub warehouse: Option<String>,
+    /// How long the hold lives (ms), within `[inventory].min_hold_ttl_ms..=max_hold_ttl_ms`
+    /// (inventory clamps a value outside them); `None`: `[inventory].hold_ttl_ms`.
+    #[avro(default = "null")]
+    #[serde(default)]
+    pub hold_ttl_ms: Option<i64>,
 }
 
 /// Release the order's hold on the SKU.
@@ -62,6 +76,10 @@ pub enum ReleaseReason {
 pub struct AdjustStock {
     pub delta: i32,
     pub reason: String,
+    /// The warehouse whose stock changes; `None`: [`DEFAULT_WAREHOUSE`].
+    #[avro(default = "null")]
+    #[serde(default)]
+    pub warehouse: Option<String>,
 }
 
 /// Turn the order's hold on the SKU into a sale (after payment is authorized).
@@ -106,6 +124,11 @@ pub struct InventoryReserved {
     /// When an unconfirmed hold lapses (ms since the epoch); `None` for a shortage.
     #[avro(with = optional_timestamp_millis, default = "null")]
     pub expires_at: Option<i64>,
+    /// The warehouse the hold (or sale) is from; `None` for a shortage, and in events written
+    /// before warehouses existed ([`DEFAULT_WAREHOUSE`]).
+    #[avro(default = "null")]
+    #[serde(default)]
+    pub warehouse: Option<String>,
 }
 
 /// `inventory.released.v1` (key: order id): a hold was given back to stock.
@@ -121,6 +144,11 @@ pub struct InventoryReleased {
     pub order_id: String,
     pub quantity: i32,
     pub reason: ReleaseReason,
+    /// The warehouse the hold was from; `None` in events written before warehouses existed
+    /// ([`DEFAULT_WAREHOUSE`]).
+    #[avro(default = "null")]
+    #[serde(default)]
+    pub warehouse: Option<String>,
 }
 
 /// `inventory.adjusted.v1` (key: SKU): the stock on hand changed outside a sale.
@@ -134,7 +162,17 @@ pub struct InventoryAdjusted {
     pub causation_id: String,
     pub correlation_id: String,
     pub delta: i32,
-    /// Units on hand after the adjustment.
+    /// Units on hand after the adjustment, all warehouses.
     pub on_hand: i32,
     pub reason: String,
+    /// The warehouse whose stock changed; `None` in events written before warehouses existed
+    /// ([`DEFAULT_WAREHOUSE`]).
+    #[avro(default = "null")]
+    #[serde(default)]
+    pub warehouse: Option<String>,
+    /// Units on hand in `warehouse` after the adjustment; `None` in events written before
+    /// warehouses existed.
+    #[avro(default = "null")]
+    #[serde(default)]
+    pub warehouse_on_hand: Option<i32>,
 }

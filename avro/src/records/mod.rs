@@ -23,9 +23,9 @@ use serde::{Deserialize, Serialize};
 pub use audit::{AuditInvariant, AuditViolation, AuditViolationState};
 pub use carts::{CartCheckStatus, CartChecked};
 pub use inventory::{
-    AdjustStock, ConfirmReservation, InventoryAdjusted, InventoryCommand, InventoryCommandBody,
-    InventoryReleased, InventoryReserved, ReleaseReason, ReleaseStock, ReservationStatus,
-    ReserveStock,
+    AdjustStock, ConfirmReservation, DEFAULT_WAREHOUSE, InventoryAdjusted, InventoryCommand,
+    InventoryCommandBody, InventoryReleased, InventoryReserved, ReleaseReason, ReleaseStock,
+    ReservationStatus, ReserveStock,
 };
 pub use orders::{
     CancelOrder, OrderCommand, OrderCommandBody, OrderCreated, OrderDecision, OrderDecisionStatus,

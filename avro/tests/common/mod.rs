@@ -103,6 +103,8 @@ pub fn inventory_commands() -> Vec<InventoryCommand> {
         envelope(InventoryCommandBody::Reserve(ReserveStock {
             order_id: "order-42".into(),
             quantity: 2,
+            warehouse: Some("WH-NORTH".into()),
+            hold_ttl_ms: Some(30_000),
         })),
         envelope(InventoryCommandBody::Release(ReleaseStock {
             order_id: "order-42".into(),
@@ -111,6 +113,7 @@ pub fn inventory_commands() -> Vec<InventoryCommand> {
         envelope(InventoryCommandBody::Adjust(AdjustStock {
             delta: -3,
             reason: "breakage".into(),
+            warehouse: None,
         })),
         envelope(InventoryCommandBody::Confirm(ConfirmReservation {
             order_id: "order-42".into(),
@@ -256,6 +259,7 @@ pub fn inventory_reserved() -> Vec<InventoryReserved> {
         quantity,
         available,
         expires_at,
+        warehouse: expires_at.map(|_| "WH-NORTH".to_owned()),
     };
     vec![
         event(ReservationStatus::Held, 2, 8, Some(AT + 600_000)),
@@ -273,6 +277,7 @@ pub fn inventory_released() -> Vec<InventoryReleased> {
         order_id: "order-42".into(),
         quantity: 2,
         reason: ReleaseReason::OrderCancelled,
+        warehouse: Some("default".into()),
     }]
 }
 
@@ -286,6 +291,8 @@ pub fn inventory_adjusted() -> Vec<InventoryAdjusted> {
         delta: i32::MIN,
         on_hand: 0,
         reason: "stock count".into(),
+        warehouse: Some("WH-NORTH".into()),
+        warehouse_on_hand: Some(0),
     }]
 }
 

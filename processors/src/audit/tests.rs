@@ -395,6 +395,7 @@ mod driver {
             quantity: 2,
             available,
             expires_at: None,
+            warehouse: None,
         };
         d.pipe(
             topics::INVENTORY_RESERVED,
@@ -418,6 +419,7 @@ mod driver {
             order_id: order.into(),
             quantity: 2,
             reason: ReleaseReason::OrderCancelled,
+            warehouse: None,
         };
         d.pipe(
             topics::INVENTORY_RELEASED,

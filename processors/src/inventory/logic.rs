@@ -1,25 +1,30 @@
 //! Inventory's transitions for one SKU as a pure function: [`decide`]`(stock, hold, input, now)
-//! → (stock, hold, effects)`. The topology (`topology.rs`) loads the SKU's stock level and the
+//! → (stock, hold, effects)`, where `stock` is the SKU's [`SkuStock`] (a level per warehouse). The topology (`topology.rs`) loads the SKU's stock level and the
 //! order's hold, applies the outcome and emits the events, in the task's transaction.
 //!
 //! Rules (tested in `tests.rs`):
-//! - a hold is taken whole or not at all; `held` never exceeds `on_hand` through a reserve;
+//! - a hold is taken whole or not at all, from one warehouse: the preferred one if it has the
+//!   whole quantity available, else the first other warehouse by name that has
+//!   ([`SkuStock::pick`]); a warehouse's `held` never exceeds its `on_hand` through a reserve;
+//! - release, expiry, confirm and compensation act on the hold's own warehouse;
 //! - a duplicate reserve (a hold already exists for the order) changes nothing;
 //! - a release before its reserve leaves a marker, so the late reserve is refused;
-//! - a hold lapses at `expires_at` (TTL from configuration) and is released with `HOLD_EXPIRED`;
+//! - a hold lapses at `expires_at` (the reserve's own TTL clamped into the configured bounds, else
+//!   the configured default) and is released with `HOLD_EXPIRED`;
 //! - confirming a lapsed hold takes the stock if it is still there, else records an oversell
 //!   (sold anyway under `allow`, refused under `prevent`);
 //! - every confirm is answered on `inventory.reserved.v1` (`SOLD`, `OVERSOLD`, `SALE_REFUSED`),
 //!   so a saga that waits for the sale (`prevent`) learns the outcome in its own partition;
 //! - a compensating release of a sold hold (the saga gives up an order whose other line was
 //!   refused) puts the units back on hand;
-//! - an adjust never takes `on_hand` below zero or below what is held.
+//! - an adjust changes one warehouse (the default one when none is named) and never takes its
+//!   `on_hand` below zero or below what it holds.
 
 use serde::{Deserialize, Serialize};
 
-use keel_avro::records::{ReleaseReason, ReservationStatus};
+use keel_avro::records::{DEFAULT_WAREHOUSE, ReleaseReason, ReservationStatus};
 
-use super::state::{Ended, Hold, HoldState, StockLevel};
+use super::state::{Ended, Hold, HoldState, SkuStock};
 
 /// What `[inventory].oversell` chooses when a payment confirms a hold that lapsed and whose
 /// stock went to another order.
@@ -50,6 +55,11 @@ pub enum Input {
     Reserve {
         order_id: String,
         quantity: i64,
+        /// The preferred warehouse (`None`: no preference).
+        warehouse: Option<String>,
+        /// The hold's TTL (ms) asked for; `None`: `Rules::hold_ttl_ms`. Clamped into
+        /// `Rules::min_hold_ttl_ms..=Rules::max_hold_ttl_ms` (see [`Rules::ttl`]).
+        hold_ttl_ms: Option<i64>,
     },
     Release {
         order_id: String,
@@ -61,6 +71,8 @@ pub enum Input {
     Adjust {
         delta: i64,
         reason: String,
+        /// `None`: the default warehouse.
+        warehouse: Option<String>,
     },
     /// The hold of `order_id` reached its `expires_at`.
     Expire {
@@ -76,20 +88,28 @@ pub enum Effect {
         order_id: String,
         status: ReservationStatus,
         quantity: i64,
+        /// Units available after the decision: the SKU's total for a hold or a sale; for a
+        /// shortage, the most any one warehouse has (the largest line it could hold).
         available: i64,
         expires_at: Option<i64>,
+        /// The warehouse of the hold or sale; `None` for a shortage.
+        warehouse: Option<String>,
     },
     /// `inventory.released.v1` (key: order id).
     Released {
         order_id: String,
         quantity: i64,
         reason: ReleaseReason,
+        warehouse: String,
     },
-    /// `inventory.adjusted.v1` (key: SKU): on hand changed by `delta`.
+    /// `inventory.adjusted.v1` (key: SKU): `warehouse`'s on hand changed by `delta`; `on_hand`
+    /// is the SKU's total after it, `warehouse_on_hand` the warehouse's.
     Adjusted {
         delta: i64,
         on_hand: i64,
         reason: String,
+        warehouse: String,
+        warehouse_on_hand: i64,
     },
     /// A sale of a lapsed hold whose stock was gone (`inventory_oversell_total`).
     Oversold {
@@ -108,7 +128,7 @@ pub enum Effect {
 /// The SKU's stock and the order's hold after an input, and the events it causes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outcome {
-    pub stock: StockLevel,
+    pub stock: SkuStock,
     pub hold: Option<Hold>,
     pub effects: Vec<Effect>,
 }
@@ -120,21 +140,48 @@ pub enum Refusal {
     NonPositiveQuantity(i64),
     #[error("order {0:?} has no hold on this SKU to confirm")]
     NothingToConfirm(String),
-    #[error("adjusting by {delta} would leave {on_hand} on hand with {held} held")]
-    BelowHeld { delta: i64, on_hand: i64, held: i64 },
+    #[error(
+        "adjusting {warehouse} by {delta} would leave {on_hand} on hand there with {held} held"
+    )]
+    BelowHeld {
+        warehouse: String,
+        delta: i64,
+        on_hand: i64,
+        held: i64,
+    },
 }
 
 /// Inventory settings the logic needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rules {
-    /// How long an unconfirmed hold lives (ms).
+    /// How long an unconfirmed hold lives (ms) when its reserve names no TTL.
     pub hold_ttl_ms: i64,
+    /// The shortest and longest TTL (ms) a reserve may ask for.
+    pub min_hold_ttl_ms: i64,
+    pub max_hold_ttl_ms: i64,
     pub oversell: OversellPolicy,
+}
+
+impl Rules {
+    /// The TTL (ms) of a hold whose reserve asked for `requested`: the default when it asked
+    /// for none, else `requested` clamped into `min_hold_ttl_ms..=max_hold_ttl_ms`. A command
+    /// on Kafka is clamped rather than dead-lettered: the saga (or another producer) gets a hold
+    /// with a valid life instead of no answer; the API refuses out-of-bounds values with 422
+    /// before they reach Kafka.
+    pub fn ttl(&self, requested: Option<i64>) -> i64 {
+        match requested {
+            None => self.hold_ttl_ms,
+            Some(ms) => ms.clamp(
+                self.min_hold_ttl_ms,
+                self.max_hold_ttl_ms.max(self.min_hold_ttl_ms),
+            ),
+        }
+    }
 }
 
 /// Applies `input` to the SKU's `stock` and the order's `hold` at wall-clock `now` (ms).
 pub fn decide(
-    mut stock: StockLevel,
+    mut stock: SkuStock,
     hold: Option<Hold>,
     input: Input,
     now: i64,
@@ -142,54 +189,65 @@ pub fn decide(
 ) -> Result<Outcome, Refusal> {
     let mut fx = Vec::new();
     let hold = match input {
-        Input::Reserve { order_id, quantity } => {
+        Input::Reserve {
+            order_id,
+            quantity,
+            warehouse,
+            hold_ttl_ms,
+        } => {
             if quantity <= 0 {
                 return Err(Refusal::NonPositiveQuantity(quantity));
             }
             match hold {
                 // A duplicate, or a reserve after its release: the first answer stands.
                 Some(existing) => Some(existing),
-                None if quantity <= stock.available() => {
-                    stock.held += quantity;
-                    let expires_at = now.saturating_add(rules.hold_ttl_ms);
-                    fx.push(Effect::Reserved {
-                        order_id: order_id.clone(),
-                        status: ReservationStatus::Held,
-                        quantity,
-                        available: stock.available(),
-                        expires_at: Some(expires_at),
-                    });
-                    fx.push(Effect::ScheduleExpiry {
-                        order_id: order_id.clone(),
-                        at: expires_at,
-                    });
-                    Some(Hold {
-                        order_id,
-                        quantity,
-                        state: HoldState::Held,
-                        expires_at,
-                    })
-                }
-                None => {
-                    fx.push(Effect::Reserved {
-                        order_id: order_id.clone(),
-                        status: ReservationStatus::Shortage,
-                        quantity,
-                        available: stock.available(),
-                        expires_at: None,
-                    });
-                    Some(Hold {
-                        order_id,
-                        quantity: 0,
-                        state: HoldState::Ended(Ended::Refused),
-                        expires_at: now,
-                    })
-                }
+                None => match stock.pick(warehouse.as_deref(), quantity) {
+                    Some(from) => {
+                        stock.change(&from, 0, quantity);
+                        let expires_at = now.saturating_add(rules.ttl(hold_ttl_ms));
+                        fx.push(Effect::Reserved {
+                            order_id: order_id.clone(),
+                            status: ReservationStatus::Held,
+                            quantity,
+                            available: stock.total().available(),
+                            expires_at: Some(expires_at),
+                            warehouse: Some(from.clone()),
+                        });
+                        fx.push(Effect::ScheduleExpiry {
+                            order_id: order_id.clone(),
+                            at: expires_at,
+                        });
+                        Some(Hold {
+                            order_id,
+                            quantity,
+                            state: HoldState::Held,
+                            expires_at,
+                            warehouse: from,
+                        })
+                    }
+                    None => {
+                        fx.push(Effect::Reserved {
+                            order_id: order_id.clone(),
+                            status: ReservationStatus::Shortage,
+                            quantity,
+                            available: stock.best_available(),
+                            expires_at: None,
+                            warehouse: None,
+                        });
+                        Some(Hold {
+                            order_id,
+                            quantity: 0,
+                            state: HoldState::Ended(Ended::Refused),
+                            expires_at: now,
+                            warehouse: warehouse.unwrap_or_else(|| DEFAULT_WAREHOUSE.to_owned()),
+                        })
+                    }
+                },
             }
         }
         Input::Release { order_id, reason } => match hold {
             Some(mut h) if h.state == HoldState::Held => {
-                stock.held -= h.quantity;
+                stock.change(&h.warehouse, 0, -h.quantity);
                 h.state = HoldState::Ended(Ended::Released);
                 fx.push(Effect::CancelExpiry {
                     order_id: order_id.clone(),
@@ -198,24 +256,27 @@ pub fn decide(
                     order_id,
                     quantity: h.quantity,
                     reason,
+                    warehouse: h.warehouse.clone(),
                 });
                 Some(h)
             }
             // The saga compensates an order it had confirmed a line of (`prevent`: another line
             // was refused): the sale is undone.
             Some(mut h) if h.state == HoldState::Sold && reason == ReleaseReason::Compensation => {
-                stock.on_hand += h.quantity;
+                stock.change(&h.warehouse, h.quantity, 0);
                 h.state = HoldState::Ended(Ended::Released);
                 fx.push(Effect::Released {
                     order_id: order_id.clone(),
                     quantity: h.quantity,
                     reason,
+                    warehouse: h.warehouse.clone(),
                 });
-                fx.push(Effect::Adjusted {
-                    delta: h.quantity,
-                    on_hand: stock.on_hand,
-                    reason: format!("UNSOLD order {order_id} (compensation)"),
-                });
+                fx.push(adjusted(
+                    &stock,
+                    &h.warehouse,
+                    h.quantity,
+                    format!("UNSOLD order {order_id} (compensation)"),
+                ));
                 Some(h)
             }
             Some(h) => Some(h),
@@ -224,16 +285,18 @@ pub fn decide(
                 quantity: 0,
                 state: HoldState::Ended(Ended::ReleasedBeforeReserve),
                 expires_at: now,
+                warehouse: DEFAULT_WAREHOUSE.to_owned(),
             }),
         },
         Input::Expire { order_id } => match hold {
             Some(mut h) if h.state == HoldState::Held => {
-                stock.held -= h.quantity;
+                stock.change(&h.warehouse, 0, -h.quantity);
                 h.state = HoldState::Ended(Ended::Expired);
                 fx.push(Effect::Released {
                     order_id,
                     quantity: h.quantity,
                     reason: ReleaseReason::HoldExpired,
+                    warehouse: h.warehouse.clone(),
                 });
                 Some(h)
             }
@@ -241,23 +304,18 @@ pub fn decide(
         },
         Input::Confirm { order_id } => match hold {
             Some(mut h) if h.state == HoldState::Held => {
-                stock.held -= h.quantity;
-                stock.on_hand -= h.quantity;
+                stock.change(&h.warehouse, -h.quantity, -h.quantity);
                 h.state = HoldState::Sold;
                 fx.push(Effect::CancelExpiry {
                     order_id: order_id.clone(),
                 });
-                fx.push(Effect::Adjusted {
-                    delta: -h.quantity,
-                    on_hand: stock.on_hand,
-                    reason: format!("SOLD order {order_id}"),
-                });
-                fx.push(confirmed(
-                    &order_id,
-                    ReservationStatus::Sold,
-                    h.quantity,
+                fx.push(adjusted(
                     &stock,
+                    &h.warehouse,
+                    -h.quantity,
+                    format!("SOLD order {order_id}"),
                 ));
+                fx.push(confirmed(&order_id, ReservationStatus::Sold, &h, &stock));
                 Some(h)
             }
             // A duplicate confirm: the first answer stands.
@@ -270,22 +328,19 @@ pub fn decide(
                 Some(h)
             }
             Some(mut h) if h.state == HoldState::Ended(Ended::Expired) => {
-                // The payment came after the hold lapsed: sell if the stock is still there.
+                // The payment came after the hold lapsed: sell if the stock is still there (in
+                // the hold's warehouse).
                 let quantity = h.quantity;
-                if quantity <= stock.available() {
-                    stock.on_hand -= quantity;
+                if quantity <= stock.get(&h.warehouse).available() {
+                    stock.change(&h.warehouse, -quantity, 0);
                     h.state = HoldState::Sold;
-                    fx.push(Effect::Adjusted {
-                        delta: -quantity,
-                        on_hand: stock.on_hand,
-                        reason: format!("SOLD order {order_id} after its hold lapsed"),
-                    });
-                    fx.push(confirmed(
-                        &order_id,
-                        ReservationStatus::Sold,
-                        quantity,
+                    fx.push(adjusted(
                         &stock,
+                        &h.warehouse,
+                        -quantity,
+                        format!("SOLD order {order_id} after its hold lapsed"),
                     ));
+                    fx.push(confirmed(&order_id, ReservationStatus::Sold, &h, &stock));
                 } else {
                     fx.push(Effect::Oversold {
                         order_id: order_id.clone(),
@@ -293,17 +348,18 @@ pub fn decide(
                     });
                     match rules.oversell {
                         OversellPolicy::Allow => {
-                            stock.on_hand -= quantity;
+                            stock.change(&h.warehouse, -quantity, 0);
                             h.state = HoldState::Sold;
-                            fx.push(Effect::Adjusted {
-                                delta: -quantity,
-                                on_hand: stock.on_hand,
-                                reason: format!("OVERSOLD order {order_id}"),
-                            });
+                            fx.push(adjusted(
+                                &stock,
+                                &h.warehouse,
+                                -quantity,
+                                format!("OVERSOLD order {order_id}"),
+                            ));
                             fx.push(confirmed(
                                 &order_id,
                                 ReservationStatus::Oversold,
-                                quantity,
+                                &h,
                                 &stock,
                             ));
                         }
@@ -312,7 +368,7 @@ pub fn decide(
                             fx.push(confirmed(
                                 &order_id,
                                 ReservationStatus::SaleRefused,
-                                quantity,
+                                &h,
                                 &stock,
                             ));
                         }
@@ -322,21 +378,24 @@ pub fn decide(
             }
             _ => return Err(Refusal::NothingToConfirm(order_id)),
         },
-        Input::Adjust { delta, reason } => {
-            let on_hand = stock.on_hand.saturating_add(delta);
-            if on_hand < 0 || on_hand < stock.held {
+        Input::Adjust {
+            delta,
+            reason,
+            warehouse,
+        } => {
+            let warehouse = warehouse.unwrap_or_else(|| DEFAULT_WAREHOUSE.to_owned());
+            let level = stock.get(&warehouse);
+            let on_hand = level.on_hand.saturating_add(delta);
+            if on_hand < 0 || on_hand < level.held {
                 return Err(Refusal::BelowHeld {
+                    warehouse,
                     delta,
                     on_hand,
-                    held: stock.held,
+                    held: level.held,
                 });
             }
-            stock.on_hand = on_hand;
-            fx.push(Effect::Adjusted {
-                delta,
-                on_hand,
-                reason,
-            });
+            stock.change(&warehouse, delta, 0);
+            fx.push(adjusted(&stock, &warehouse, delta, reason));
             hold
         }
     };
@@ -347,18 +406,25 @@ pub fn decide(
     })
 }
 
+/// `inventory.adjusted.v1` for a change of `delta` units in `warehouse` (already applied).
+fn adjusted(stock: &SkuStock, warehouse: &str, delta: i64, reason: String) -> Effect {
+    Effect::Adjusted {
+        delta,
+        on_hand: stock.total().on_hand,
+        reason,
+        warehouse: warehouse.to_owned(),
+        warehouse_on_hand: stock.get(warehouse).on_hand,
+    }
+}
+
 /// The answer to a confirm command on `inventory.reserved.v1`.
-fn confirmed(
-    order_id: &str,
-    status: ReservationStatus,
-    quantity: i64,
-    stock: &StockLevel,
-) -> Effect {
+fn confirmed(order_id: &str, status: ReservationStatus, hold: &Hold, stock: &SkuStock) -> Effect {
     Effect::Reserved {
         order_id: order_id.to_owned(),
         status,
-        quantity,
-        available: stock.available(),
+        quantity: hold.quantity,
+        available: stock.total().available(),
         expires_at: None,
+        warehouse: Some(hold.warehouse.clone()),
     }
 }

@@ -3,9 +3,11 @@
 //! payment, adjust, and oversell made visible (`inventory_oversell_total`).
 //!
 //! - `logic.rs`: [`decide`], the pure transition function for one SKU.
-//! - `state.rs`: [`StockLevel`], [`Hold`] and the stores they live in.
+//! - `state.rs`: [`SkuStock`] (a [`StockLevel`] per warehouse), [`Hold`] and their stores.
 //! - `topology.rs`: [`topology`] and [`InventoryProcessor`] on the runtime.
+//! - `hot.rs`: [`hot::HotSkus`], the few hottest SKUs that get a stock gauge.
 
+pub mod hot;
 pub mod logic;
 pub mod sink;
 pub mod state;
@@ -15,5 +17,5 @@ mod topology;
 mod tests;
 
 pub use logic::{Effect, Input, Outcome, OversellPolicy, Refusal, Rules, decide};
-pub use state::{Hold, HoldState, StockLevel};
+pub use state::{Hold, HoldState, SkuStock, StockLevel};
 pub use topology::{InventoryConfig, InventoryMetrics, InventoryProcessor, topology};

@@ -2,6 +2,12 @@
 //! to the hold's remaining life) and `stock_level` rows, kept up to date from
 //! `inventory.reserved.v1`, `inventory.released.v1` and `inventory.adjusted.v1`.
 //!
+//! Warehouses: a `reservation` row names the warehouse its units are held in (`warehouse`, a
+//! column added by [`migrate`]; rows written before it read `null` = the default warehouse), and
+//! `stock_by_warehouse` has on hand per `(sku, warehouse)` next to `stock_level`'s total (a SKU
+//! stocked before warehouses existed has no `stock_by_warehouse` rows until its next change:
+//! readers count the total minus the listed warehouses as the default warehouse's).
+//!
 //! Idempotent and order-proof by construction: every hold write carries `USING TIMESTAMP` = the
 //! event's `occurred_at` (in µs, Cassandra's write time), so a replayed event rewrites the same
 //! cells and a release that arrives before its reservation still wins (the later write time
@@ -15,7 +21,7 @@ use std::time::Duration;
 
 use keel_avro::Codec;
 use keel_avro::records::{
-    InventoryAdjusted, InventoryReleased, InventoryReserved, ReservationStatus,
+    DEFAULT_WAREHOUSE, InventoryAdjusted, InventoryReleased, InventoryReserved, ReservationStatus,
 };
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
@@ -75,7 +81,10 @@ pub async fn connect(nodes: &[String]) -> Result<Session, SinkError> {
     builder.build().await.map_err(cql)
 }
 
-/// Creates the keyspace and tables if they are missing (run at start; never by hand).
+/// Creates the keyspace and tables if they are missing and brings an older keyspace up to date
+/// (run at start; never by hand; safe to run concurrently and again): adds
+/// `reservation.warehouse` to a table created before warehouses existed (its rows stay readable,
+/// their `warehouse` is `null`: the default warehouse) and creates `stock_by_warehouse`.
 pub async fn migrate(session: &Session, config: &CassandraSinkConfig) -> Result<(), SinkError> {
     let ks = &config.keyspace;
     let statements = [
@@ -88,23 +97,76 @@ pub async fn migrate(session: &Session, config: &CassandraSinkConfig) -> Result<
         // (TimeWindowCompactionStrategy would suit a TTL-only table; deletes keep STCS here).
         format!(
             "CREATE TABLE IF NOT EXISTS {ks}.reservation (sku text, order_id text, quantity int, \
-             expires_at timestamp, PRIMARY KEY ((sku), order_id)) WITH gc_grace_seconds = 3600"
+             expires_at timestamp, warehouse text, PRIMARY KEY ((sku), order_id)) \
+             WITH gc_grace_seconds = 3600"
         ),
         format!(
             "CREATE TABLE IF NOT EXISTS {ks}.stock_level (sku text PRIMARY KEY, on_hand int, \
              updated_at timestamp)"
         ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {ks}.stock_by_warehouse (sku text, warehouse text, \
+             on_hand int, updated_at timestamp, PRIMARY KEY ((sku), warehouse))"
+        ),
     ];
+    // Several migrations may run at once (the API and the sink of one process, or instances):
+    // fresh tables are created with every column, so concurrent creators agree, and each step
+    // waits for schema agreement before the next reads or alters what it made.
     for statement in statements {
         session.query_unpaged(statement, &[]).await.map_err(cql)?;
+        session.await_schema_agreement().await.map_err(cql)?;
+    }
+    // A `reservation` table from before warehouses: add the column (again if a concurrent
+    // schema change lost it), until the schema has it.
+    let mut attempt = 0;
+    while !has_column(session, ks, "reservation", "warehouse").await? {
+        attempt += 1;
+        let added = session
+            .query_unpaged(
+                format!("ALTER TABLE {ks}.reservation ADD warehouse text"),
+                &[],
+            )
+            .await;
+        session.await_schema_agreement().await.map_err(cql)?;
+        if attempt >= 5 && !has_column(session, ks, "reservation", "warehouse").await? {
+            return Err(SinkError::Cassandra(format!(
+                "{ks}.reservation still has no warehouse column after {attempt} attempts \
+                 (last: {})",
+                added.map_or_else(|e| e.to_string(), |_| "applied".to_owned())
+            )));
+        }
+        if attempt > 1 {
+            tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+        }
     }
     Ok(())
 }
 
+async fn has_column(
+    session: &Session,
+    ks: &str,
+    table: &str,
+    column: &str,
+) -> Result<bool, SinkError> {
+    let rows = session
+        .query_unpaged(
+            "SELECT column_name FROM system_schema.columns \
+             WHERE keyspace_name = ? AND table_name = ? AND column_name = ?",
+            (ks, table, column),
+        )
+        .await
+        .map_err(cql)?
+        .into_rows_result()
+        .map_err(cql)?;
+    Ok(rows.rows_num() > 0)
+}
+
+#[derive(Debug)]
 struct Statements {
     insert_hold: PreparedStatement,
     delete_hold: PreparedStatement,
     set_stock: PreparedStatement,
+    set_warehouse_stock: PreparedStatement,
 }
 
 impl Statements {
@@ -112,8 +174,8 @@ impl Statements {
         Ok(Self {
             insert_hold: session
                 .prepare(format!(
-                    "INSERT INTO {ks}.reservation (sku, order_id, quantity, expires_at) \
-                     VALUES (?, ?, ?, ?) USING TTL ? AND TIMESTAMP ?"
+                    "INSERT INTO {ks}.reservation (sku, order_id, quantity, expires_at, \
+                     warehouse) VALUES (?, ?, ?, ?, ?) USING TTL ? AND TIMESTAMP ?"
                 ))
                 .await
                 .map_err(cql)?,
@@ -130,7 +192,36 @@ impl Statements {
                 ))
                 .await
                 .map_err(cql)?,
+            set_warehouse_stock: session
+                .prepare(format!(
+                    "INSERT INTO {ks}.stock_by_warehouse (sku, warehouse, on_hand, updated_at) \
+                     VALUES (?, ?, ?, ?) USING TIMESTAMP ?"
+                ))
+                .await
+                .map_err(cql)?,
         })
+    }
+}
+
+/// The sink's prepared writes, to apply [`Write`]s as [`run`] does (no conditional writes:
+/// upserts and deletes with a fixed write time, so applying one twice — a retry of a write that
+/// timed out after it applied — changes nothing).
+#[derive(Debug)]
+pub struct Writer {
+    statements: Statements,
+}
+
+impl Writer {
+    /// Prepares the writes against `keyspace` (migrated).
+    pub async fn prepare(session: &Session, keyspace: &str) -> Result<Self, SinkError> {
+        Ok(Self {
+            statements: Statements::prepare(session, keyspace).await?,
+        })
+    }
+
+    /// Applies `write` once (no retry).
+    pub async fn apply(&self, session: &Session, write: &Write) -> Result<(), SinkError> {
+        apply(session, &self.statements, write).await
     }
 }
 
@@ -145,6 +236,7 @@ pub enum Write {
         expires_at_ms: i64,
         ttl_s: i32,
         at_us: i64,
+        warehouse: String,
     },
     DeleteHold {
         sku: String,
@@ -154,6 +246,14 @@ pub enum Write {
     /// `version` is the write time: the event's offset in its SKU-keyed partition.
     Stock {
         sku: String,
+        on_hand: i32,
+        at_ms: i64,
+        version: i64,
+    },
+    /// On hand in one warehouse, versioned like [`Write::Stock`].
+    WarehouseStock {
+        sku: String,
+        warehouse: String,
         on_hand: i32,
         at_ms: i64,
         version: i64,
@@ -173,6 +273,10 @@ pub fn writes_for_reserved(e: &InventoryReserved, now_ms: i64) -> Vec<Write> {
                 expires_at_ms: expires_at,
                 ttl_s: i32::try_from(ttl_s).unwrap_or(i32::MAX),
                 at_us: e.occurred_at.saturating_mul(1_000),
+                warehouse: e
+                    .warehouse
+                    .clone()
+                    .unwrap_or_else(|| DEFAULT_WAREHOUSE.to_owned()),
             }]
         }
         _ => Vec::new(),
@@ -202,6 +306,18 @@ pub fn writes_for_adjusted(e: &InventoryAdjusted, offset: i64) -> Vec<Write> {
         at_ms: e.occurred_at,
         version: offset,
     }];
+    if let Some(on_hand) = e.warehouse_on_hand {
+        out.push(Write::WarehouseStock {
+            sku: e.sku.clone(),
+            warehouse: e
+                .warehouse
+                .clone()
+                .unwrap_or_else(|| DEFAULT_WAREHOUSE.to_owned()),
+            on_hand,
+            at_ms: e.occurred_at,
+            version: offset,
+        });
+    }
     if e.reason.starts_with("SOLD") || e.reason.starts_with("OVERSOLD") {
         out.push(Write::DeleteHold {
             sku: e.sku.clone(),
@@ -222,11 +338,20 @@ async fn apply(session: &Session, st: &Statements, write: &Write) -> Result<(), 
             expires_at_ms,
             ttl_s,
             at_us,
+            warehouse,
         } => {
             session
                 .execute_unpaged(
                     &st.insert_hold,
-                    (sku, order_id, quantity, ts(*expires_at_ms), ttl_s, at_us),
+                    (
+                        sku,
+                        order_id,
+                        quantity,
+                        ts(*expires_at_ms),
+                        warehouse,
+                        ttl_s,
+                        at_us,
+                    ),
                 )
                 .await
         }
@@ -247,6 +372,20 @@ async fn apply(session: &Session, st: &Statements, write: &Write) -> Result<(), 
         } => {
             session
                 .execute_unpaged(&st.set_stock, (sku, on_hand, ts(*at_ms), at_us))
+                .await
+        }
+        Write::WarehouseStock {
+            sku,
+            warehouse,
+            on_hand,
+            at_ms,
+            version,
+        } => {
+            session
+                .execute_unpaged(
+                    &st.set_warehouse_stock,
+                    (sku, warehouse, on_hand, ts(*at_ms), version),
+                )
                 .await
         }
     };

@@ -3,11 +3,13 @@
 use keel_avro::records::*;
 
 use super::logic::{Effect, Input, OversellPolicy, Refusal, Rules, decide};
-use super::state::{Ended, Hold, HoldState, StockLevel};
+use super::state::{Ended, Hold, HoldState, SkuStock, StockLevel};
 
 const T0: i64 = 1_700_000_000_000;
 const RULES: Rules = Rules {
     hold_ttl_ms: 60_000,
+    min_hold_ttl_ms: 10_000,
+    max_hold_ttl_ms: 3_600_000,
     oversell: OversellPolicy::Allow,
 };
 
@@ -15,18 +17,21 @@ fn reserve(order: &str, quantity: i64) -> Input {
     Input::Reserve {
         order_id: order.into(),
         quantity,
+        warehouse: None,
+        hold_ttl_ms: None,
     }
 }
 
-fn stock(on_hand: i64) -> StockLevel {
-    StockLevel { on_hand, held: 0 }
+/// `on_hand` units in the default warehouse.
+fn stock(on_hand: i64) -> SkuStock {
+    SkuStock::single(DEFAULT_WAREHOUSE, StockLevel { on_hand, held: 0 })
 }
 
 #[test]
 fn a_reserve_holds_whole_or_reports_a_shortage_with_what_is_available() {
     let o = decide(stock(5), None, reserve("o1", 3), T0, &RULES).expect("applies");
     assert_eq!(
-        o.stock,
+        o.stock.total(),
         StockLevel {
             on_hand: 5,
             held: 3
@@ -39,8 +44,9 @@ fn a_reserve_holds_whole_or_reports_a_shortage_with_what_is_available() {
         quantity: 3,
         available: 2,
         expires_at: Some(T0 + 60_000),
+        warehouse: Some(DEFAULT_WAREHOUSE.into()),
     }));
-    let o2 = decide(o.stock, None, reserve("o2", 3), T0, &RULES).expect("applies");
+    let o2 = decide(o.stock.clone(), None, reserve("o2", 3), T0, &RULES).expect("applies");
     assert_eq!(o2.stock, o.stock, "nothing is taken for a shortage");
     assert!(matches!(
         o2.effects.as_slice(),
@@ -55,7 +61,14 @@ fn a_reserve_holds_whole_or_reports_a_shortage_with_what_is_available() {
 #[test]
 fn a_duplicate_reserve_never_takes_a_second_hold() {
     let o = decide(stock(5), None, reserve("o1", 3), T0, &RULES).expect("applies");
-    let again = decide(o.stock, o.hold.clone(), reserve("o1", 3), T0, &RULES).expect("applies");
+    let again = decide(
+        o.stock.clone(),
+        o.hold.clone(),
+        reserve("o1", 3),
+        T0,
+        &RULES,
+    )
+    .expect("applies");
     assert_eq!(again.stock, o.stock);
     assert!(again.effects.is_empty());
 }
@@ -64,7 +77,7 @@ fn a_duplicate_reserve_never_takes_a_second_hold() {
 fn release_gives_the_units_back_and_a_release_before_its_reserve_refuses_the_reserve() {
     let o = decide(stock(5), None, reserve("o1", 3), T0, &RULES).expect("applies");
     let r = decide(
-        o.stock,
+        o.stock.clone(),
         o.hold,
         Input::Release {
             order_id: "o1".into(),
@@ -93,7 +106,14 @@ fn release_gives_the_units_back_and_a_release_before_its_reserve_refuses_the_res
     )
     .expect("applies");
     assert!(early.effects.is_empty());
-    let late = decide(early.stock, early.hold, reserve("o9", 1), T0, &RULES).expect("applies");
+    let late = decide(
+        early.stock.clone(),
+        early.hold,
+        reserve("o9", 1),
+        T0,
+        &RULES,
+    )
+    .expect("applies");
     assert_eq!(
         late.stock,
         stock(5),
@@ -106,7 +126,7 @@ fn release_gives_the_units_back_and_a_release_before_its_reserve_refuses_the_res
 fn a_lapsed_hold_is_released_as_expired_and_its_late_confirm_is_an_oversell_when_stock_is_gone() {
     let o = decide(stock(1), None, reserve("o1", 1), T0, &RULES).expect("applies");
     let expired = decide(
-        o.stock,
+        o.stock.clone(),
         o.hold,
         Input::Expire {
             order_id: "o1".into(),
@@ -124,9 +144,9 @@ fn a_lapsed_hold_is_released_as_expired_and_its_late_confirm_is_an_oversell_when
         }
     )));
     // Another order takes the unit.
-    let other = decide(expired.stock, None, reserve("o2", 1), T0, &RULES).expect("applies");
+    let other = decide(expired.stock.clone(), None, reserve("o2", 1), T0, &RULES).expect("applies");
     let confirmed = decide(
-        other.stock,
+        other.stock.clone(),
         expired.hold.clone(),
         Input::Confirm {
             order_id: "o1".into(),
@@ -142,17 +162,18 @@ fn a_lapsed_hold_is_released_as_expired_and_its_late_confirm_is_an_oversell_when
             .any(|e| matches!(e, Effect::Oversold { quantity: 1, .. }))
     );
     assert_eq!(
-        confirmed.stock.on_hand, 0,
+        confirmed.stock.total().on_hand,
+        0,
         "allow: sold anyway, on hand below held"
     );
-    assert_eq!(confirmed.stock.held, 1);
+    assert_eq!(confirmed.stock.total().held, 1);
 
     let prevent = Rules {
         oversell: OversellPolicy::Prevent,
         ..RULES
     };
     let refused = decide(
-        other.stock,
+        other.stock.clone(),
         expired.hold,
         Input::Confirm {
             order_id: "o1".into(),
@@ -190,14 +211,14 @@ fn every_confirm_is_answered_sold_oversold_or_refused_and_a_refusal_is_final() {
     // A live hold: SOLD under either policy.
     for rules in [RULES, prevent] {
         let o = decide(stock(2), None, reserve("o1", 1), T0, &rules).expect("applies");
-        let c = decide(o.stock, o.hold, confirm(), T0, &rules).expect("applies");
+        let c = decide(o.stock.clone(), o.hold, confirm(), T0, &rules).expect("applies");
         assert_eq!(confirm_answer(&c.effects), Some(ReservationStatus::Sold));
     }
     // A lapsed hold whose unit went to another order.
     let lapsed = |rules: &Rules| {
         let o = decide(stock(1), None, reserve("o1", 1), T0, rules).expect("applies");
         let e = decide(
-            o.stock,
+            o.stock.clone(),
             o.hold,
             Input::Expire {
                 order_id: "o1".into(),
@@ -206,7 +227,7 @@ fn every_confirm_is_answered_sold_oversold_or_refused_and_a_refusal_is_final() {
             rules,
         )
         .expect("applies");
-        let other = decide(e.stock, None, reserve("o2", 1), T0, rules).expect("applies");
+        let other = decide(e.stock.clone(), None, reserve("o2", 1), T0, rules).expect("applies");
         (other.stock, e.hold)
     };
     let (s, h) = lapsed(&RULES);
@@ -226,7 +247,8 @@ fn every_confirm_is_answered_sold_oversold_or_refused_and_a_refusal_is_final() {
         Some(HoldState::Ended(Ended::SaleRefused))
     );
     // A duplicate confirm of a refused sale neither sells nor counts a second oversell.
-    let again = decide(refused.stock, refused.hold, confirm(), T0, &prevent).expect("applies");
+    let again =
+        decide(refused.stock.clone(), refused.hold, confirm(), T0, &prevent).expect("applies");
     assert!(again.effects.is_empty(), "{:?}", again.effects);
     assert_eq!(again.stock, refused.stock);
 }
@@ -235,7 +257,7 @@ fn every_confirm_is_answered_sold_oversold_or_refused_and_a_refusal_is_final() {
 fn a_compensating_release_of_a_sold_hold_puts_the_units_back() {
     let o = decide(stock(4), None, reserve("o1", 3), T0, &RULES).expect("applies");
     let sold = decide(
-        o.stock,
+        o.stock.clone(),
         o.hold,
         Input::Confirm {
             order_id: "o1".into(),
@@ -244,10 +266,10 @@ fn a_compensating_release_of_a_sold_hold_puts_the_units_back() {
         &RULES,
     )
     .expect("applies");
-    assert_eq!(sold.stock.on_hand, 1);
+    assert_eq!(sold.stock.total().on_hand, 1);
     // A customer's release does not undo a sale...
     let kept = decide(
-        sold.stock,
+        sold.stock.clone(),
         sold.hold.clone(),
         Input::Release {
             order_id: "o1".into(),
@@ -261,7 +283,7 @@ fn a_compensating_release_of_a_sold_hold_puts_the_units_back() {
     assert!(kept.effects.is_empty());
     // ...the saga's compensation (another line of the order was refused) does, once.
     let undone = decide(
-        sold.stock,
+        sold.stock.clone(),
         sold.hold,
         Input::Release {
             order_id: "o1".into(),
@@ -281,7 +303,7 @@ fn a_compensating_release_of_a_sold_hold_puts_the_units_back() {
         }
     )));
     let twice = decide(
-        undone.stock,
+        undone.stock.clone(),
         undone.hold,
         Input::Release {
             order_id: "o1".into(),
@@ -299,7 +321,7 @@ fn a_compensating_release_of_a_sold_hold_puts_the_units_back() {
 fn confirm_turns_a_hold_into_a_sale_once() {
     let o = decide(stock(4), None, reserve("o1", 3), T0, &RULES).expect("applies");
     let c = decide(
-        o.stock,
+        o.stock.clone(),
         o.hold,
         Input::Confirm {
             order_id: "o1".into(),
@@ -309,14 +331,14 @@ fn confirm_turns_a_hold_into_a_sale_once() {
     )
     .expect("applies");
     assert_eq!(
-        c.stock,
+        c.stock.total(),
         StockLevel {
             on_hand: 1,
             held: 0
         }
     );
     let again = decide(
-        c.stock,
+        c.stock.clone(),
         c.hold,
         Input::Confirm {
             order_id: "o1".into(),
@@ -342,16 +364,20 @@ fn confirm_turns_a_hold_into_a_sale_once() {
 
 #[test]
 fn an_adjust_never_takes_stock_below_zero_or_below_what_is_held() {
-    let held = StockLevel {
-        on_hand: 5,
-        held: 3,
-    };
+    let held = SkuStock::single(
+        DEFAULT_WAREHOUSE,
+        StockLevel {
+            on_hand: 5,
+            held: 3,
+        },
+    );
     let err = decide(
-        held,
+        held.clone(),
         None,
         Input::Adjust {
             delta: -3,
             reason: "count".into(),
+            warehouse: None,
         },
         T0,
         &RULES,
@@ -364,19 +390,294 @@ fn an_adjust_never_takes_stock_below_zero_or_below_what_is_held() {
         Input::Adjust {
             delta: 10,
             reason: "restock".into(),
+            warehouse: None,
         },
         T0,
         &RULES,
     )
     .expect("applies");
-    assert_eq!(ok.stock.on_hand, 15);
+    assert_eq!(ok.stock.total().on_hand, 15);
     assert!(decide(stock(1), None, reserve("o", 0), T0, &RULES).is_err());
     let _ = Hold {
         order_id: String::new(),
         quantity: 0,
         state: HoldState::Ended(Ended::Refused),
         expires_at: 0,
+        warehouse: DEFAULT_WAREHOUSE.into(),
     };
+}
+
+#[test]
+fn a_reserve_may_ask_for_its_own_ttl_clamped_into_the_configured_bounds() {
+    let expires = |asked: Option<i64>| {
+        let input = Input::Reserve {
+            order_id: "o1".into(),
+            quantity: 1,
+            warehouse: None,
+            hold_ttl_ms: asked,
+        };
+        let o = decide(stock(1), None, input, T0, &RULES).expect("applies");
+        let at = o.hold.as_ref().map(|h| h.expires_at);
+        assert!(o.effects.contains(&Effect::ScheduleExpiry {
+            order_id: "o1".into(),
+            at: at.expect("held"),
+        }));
+        at.expect("held") - T0
+    };
+    assert_eq!(
+        expires(None),
+        60_000,
+        "no TTL asked: the configured default"
+    );
+    assert_eq!(expires(Some(30_000)), 30_000, "within bounds: as asked");
+    assert_eq!(expires(Some(10_000)), 10_000, "the bounds are inclusive");
+    assert_eq!(expires(Some(3_600_000)), 3_600_000);
+    assert_eq!(expires(Some(1)), 10_000, "below: clamped up");
+    assert_eq!(expires(Some(-5)), 10_000);
+    assert_eq!(expires(Some(36_000_000)), 3_600_000, "above: clamped down");
+}
+
+mod warehouses {
+    use super::*;
+
+    fn adjust(warehouse: Option<&str>, delta: i64) -> Input {
+        Input::Adjust {
+            delta,
+            reason: "restock".into(),
+            warehouse: warehouse.map(str::to_owned),
+        }
+    }
+
+    fn reserve_from(order: &str, quantity: i64, warehouse: Option<&str>) -> Input {
+        Input::Reserve {
+            order_id: order.into(),
+            quantity,
+            warehouse: warehouse.map(str::to_owned),
+            hold_ttl_ms: None,
+        }
+    }
+
+    /// default: 2, WH-A: 5, WH-B: 3.
+    fn three_warehouses() -> SkuStock {
+        let mut s = SkuStock::default();
+        for (w, n) in [(None, 2), (Some("WH-A"), 5), (Some("WH-B"), 3)] {
+            s = decide(s, None, adjust(w, n), T0, &RULES)
+                .expect("applies")
+                .stock;
+        }
+        s
+    }
+
+    fn held_from(o: &super::super::logic::Outcome) -> Option<String> {
+        o.effects.iter().find_map(|e| match e {
+            Effect::Reserved { warehouse, .. } => warehouse.clone(),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn a_line_is_held_whole_from_the_preferred_warehouse_else_the_first_other_by_name() {
+        let s = three_warehouses();
+        assert_eq!(
+            s.total(),
+            StockLevel {
+                on_hand: 10,
+                held: 0
+            }
+        );
+        let a = decide(s, None, reserve_from("o1", 3, Some("WH-B")), T0, &RULES).expect("ok");
+        assert_eq!(held_from(&a).as_deref(), Some("WH-B"));
+        assert_eq!(a.hold.as_ref().map(|h| h.warehouse.as_str()), Some("WH-B"));
+        assert_eq!(
+            a.stock.get("WH-B"),
+            StockLevel {
+                on_hand: 3,
+                held: 3
+            }
+        );
+        // WH-B has none left: the first other warehouse by name ("WH-A" < "default").
+        let b = decide(
+            a.stock.clone(),
+            None,
+            reserve_from("o2", 3, Some("WH-B")),
+            T0,
+            &RULES,
+        )
+        .expect("ok");
+        assert_eq!(held_from(&b).as_deref(), Some("WH-A"));
+        // No preference: by name too; WH-A (2 left) cannot cover 3, default (2) neither.
+        let c = decide(
+            b.stock.clone(),
+            None,
+            reserve_from("o3", 2, None),
+            T0,
+            &RULES,
+        )
+        .expect("ok");
+        assert_eq!(held_from(&c).as_deref(), Some("WH-A"));
+        // An unknown preferred warehouse is no obstacle.
+        let d = decide(
+            c.stock.clone(),
+            None,
+            reserve_from("o4", 1, Some("WH-Z")),
+            T0,
+            &RULES,
+        )
+        .expect("ok");
+        assert_eq!(held_from(&d).as_deref(), Some(DEFAULT_WAREHOUSE));
+        assert_eq!(
+            d.stock.total(),
+            StockLevel {
+                on_hand: 10,
+                held: 9
+            }
+        );
+    }
+
+    #[test]
+    fn a_line_is_never_split_across_warehouses_and_its_shortage_says_the_most_one_could_hold() {
+        let s = three_warehouses();
+        let short = decide(s.clone(), None, reserve_from("o1", 6, None), T0, &RULES).expect("ok");
+        assert_eq!(short.stock, s, "nothing is taken");
+        assert!(matches!(
+            short.effects.as_slice(),
+            [Effect::Reserved {
+                status: ReservationStatus::Shortage,
+                available: 5,
+                warehouse: None,
+                ..
+            }]
+        ));
+    }
+
+    #[test]
+    fn release_expiry_and_sale_act_on_the_holds_own_warehouse() {
+        let s = three_warehouses();
+        let a = decide(s, None, reserve_from("o1", 3, Some("WH-B")), T0, &RULES).expect("ok");
+        let released = decide(
+            a.stock.clone(),
+            a.hold.clone(),
+            Input::Release {
+                order_id: "o1".into(),
+                reason: ReleaseReason::OrderCancelled,
+            },
+            T0,
+            &RULES,
+        )
+        .expect("ok");
+        assert_eq!(
+            released.stock.get("WH-B"),
+            StockLevel {
+                on_hand: 3,
+                held: 0
+            }
+        );
+        assert!(released.effects.iter().any(
+            |e| matches!(e, Effect::Released { warehouse, .. } if warehouse.as_str() == "WH-B")
+        ));
+        let expired = decide(
+            a.stock.clone(),
+            a.hold.clone(),
+            Input::Expire {
+                order_id: "o1".into(),
+            },
+            T0,
+            &RULES,
+        )
+        .expect("ok");
+        assert_eq!(
+            expired.stock.get("WH-B"),
+            StockLevel {
+                on_hand: 3,
+                held: 0
+            }
+        );
+        let sold = decide(
+            a.stock.clone(),
+            a.hold,
+            Input::Confirm {
+                order_id: "o1".into(),
+            },
+            T0,
+            &RULES,
+        )
+        .expect("ok");
+        assert_eq!(sold.stock.get("WH-B"), StockLevel::default());
+        assert_eq!(
+            sold.stock.get("WH-A"),
+            StockLevel {
+                on_hand: 5,
+                held: 0
+            }
+        );
+        assert!(sold.effects.iter().any(|e| matches!(
+            e,
+            Effect::Adjusted { delta: -3, on_hand: 7, warehouse, warehouse_on_hand: 0, .. }
+                if warehouse.as_str() == "WH-B"
+        )));
+    }
+
+    #[test]
+    fn an_adjust_changes_one_warehouse_never_below_what_it_holds() {
+        let s = three_warehouses();
+        let a = decide(s, None, reserve_from("o1", 3, Some("WH-B")), T0, &RULES).expect("ok");
+        // The SKU has 7 available in total, but WH-B holds all it has.
+        let err = decide(a.stock.clone(), None, adjust(Some("WH-B"), -1), T0, &RULES)
+            .expect_err("below held in WH-B");
+        assert!(matches!(err, Refusal::BelowHeld { ref warehouse, .. } if warehouse == "WH-B"));
+        let ok = decide(a.stock.clone(), None, adjust(None, -2), T0, &RULES).expect("ok");
+        assert_eq!(ok.stock.get(DEFAULT_WAREHOUSE), StockLevel::default());
+        assert!(matches!(
+            ok.effects.as_slice(),
+            [Effect::Adjusted {
+                delta: -2,
+                on_hand: 8,
+                warehouse_on_hand: 0,
+                ..
+            }]
+        ));
+    }
+
+    #[test]
+    fn stock_and_holds_stored_before_warehouses_read_as_the_default_warehouses() {
+        let stock: SkuStock =
+            serde_json::from_str(r#"{"on_hand":5,"held":3}"#).expect("a legacy level reads");
+        assert_eq!(
+            stock.get(DEFAULT_WAREHOUSE),
+            StockLevel {
+                on_hand: 5,
+                held: 3
+            }
+        );
+        let hold: Hold =
+            serde_json::from_str(r#"{"order_id":"o1","quantity":3,"state":"Held","expires_at":1}"#)
+                .expect("a legacy hold reads");
+        assert_eq!(hold.warehouse, DEFAULT_WAREHOUSE);
+        // And the new form round-trips.
+        let again: SkuStock =
+            serde_json::from_slice(&super::super::state::to_json(&three_warehouses()))
+                .expect("reads");
+        assert_eq!(again, three_warehouses());
+        // The legacy hold is released from the default warehouse.
+        let released = decide(
+            stock,
+            Some(hold),
+            Input::Release {
+                order_id: "o1".into(),
+                reason: ReleaseReason::OrderCancelled,
+            },
+            T0,
+            &RULES,
+        )
+        .expect("ok");
+        assert_eq!(
+            released.stock.get(DEFAULT_WAREHOUSE),
+            StockLevel {
+                on_hand: 5,
+                held: 0
+            }
+        );
+    }
 }
 
 mod cassandra_writes {
@@ -398,6 +699,7 @@ mod cassandra_writes {
             quantity: 2,
             available: 3,
             expires_at,
+            warehouse: Some("WH-2".into()),
         }
     }
 
@@ -425,6 +727,8 @@ mod cassandra_writes {
             delta: -1,
             on_hand,
             reason: reason.into(),
+            warehouse: Some("WH-2".into()),
+            warehouse_on_hand: Some(on_hand),
         };
         let first = writes_for_adjusted(&adjusted(1, "SOLD order o1"), 41);
         let second = writes_for_adjusted(&adjusted(0, "SOLD order o2"), 42);
@@ -442,6 +746,52 @@ mod cassandra_writes {
                 .any(|w| matches!(w, Write::DeleteHold { order_id, .. } if order_id == "o1"))
         );
     }
+
+    #[test]
+    fn hold_rows_and_stock_rows_carry_the_warehouse_and_old_events_mean_the_default_one() {
+        let writes = writes_for_reserved(&reserved(ReservationStatus::Held, Some(T0 + 5_000)), T0);
+        assert!(
+            matches!(writes.as_slice(), [Write::Hold { warehouse, .. }] if warehouse.as_str() == "WH-2")
+        );
+        let legacy = InventoryReserved {
+            warehouse: None,
+            ..reserved(ReservationStatus::Held, Some(T0 + 5_000))
+        };
+        assert!(matches!(
+            writes_for_reserved(&legacy, T0).as_slice(),
+            [Write::Hold { warehouse, .. }] if warehouse.as_str() == DEFAULT_WAREHOUSE
+        ));
+        let adjusted = InventoryAdjusted {
+            event_id: "e".into(),
+            sku: "SKU".into(),
+            occurred_at: T0,
+            causation_id: "c".into(),
+            correlation_id: "c".into(),
+            delta: 4,
+            on_hand: 10,
+            reason: "restock".into(),
+            warehouse: Some("WH-2".into()),
+            warehouse_on_hand: Some(4),
+        };
+        let writes = writes_for_adjusted(&adjusted, 7);
+        assert!(writes.contains(&Write::WarehouseStock {
+            sku: "SKU".into(),
+            warehouse: "WH-2".into(),
+            on_hand: 4,
+            at_ms: T0,
+            version: 7,
+        }));
+        // An event from before warehouses: the total only.
+        let old = InventoryAdjusted {
+            warehouse: None,
+            warehouse_on_hand: None,
+            ..adjusted
+        };
+        assert!(matches!(
+            writes_for_adjusted(&old, 8).as_slice(),
+            [Write::Stock { on_hand: 10, .. }]
+        ));
+    }
 }
 
 mod driver {
@@ -457,9 +807,16 @@ mod driver {
     use crate::topics;
 
     fn driver() -> (TestDriver, InventoryMetrics) {
+        driver_with(10)
+    }
+
+    fn driver_with(hot_skus: usize) -> (TestDriver, InventoryMetrics) {
         let metrics = InventoryMetrics::register(&Registry::new()).expect("metrics");
         let config = InventoryConfig {
             hold_ttl_ms: 2_000,
+            min_hold_ttl_ms: 500,
+            max_hold_ttl_ms: 5_000,
+            hot_skus,
             expiry_check_interval_ms: 100,
             oversell: OversellPolicy::Allow,
         };
@@ -503,6 +860,7 @@ mod driver {
             InventoryCommandBody::Adjust(AdjustStock {
                 delta: 2,
                 reason: "seed".into(),
+                warehouse: None,
             }),
         );
         send(
@@ -512,6 +870,7 @@ mod driver {
             InventoryCommandBody::Adjust(AdjustStock {
                 delta: 2,
                 reason: "seed".into(),
+                warehouse: None,
             }),
         );
         let adjusted: Vec<(String, InventoryAdjusted)> = d
@@ -525,6 +884,8 @@ mod driver {
             InventoryCommandBody::Reserve(ReserveStock {
                 order_id: "o1".into(),
                 quantity: 2,
+                warehouse: None,
+                hold_ttl_ms: None,
             }),
         );
         let replies: Vec<(String, InventoryReserved)> = d
@@ -560,6 +921,8 @@ mod driver {
             InventoryCommandBody::Reserve(ReserveStock {
                 order_id: "o2".into(),
                 quantity: 2,
+                warehouse: None,
+                hold_ttl_ms: None,
             }),
         );
         let replies: Vec<(String, InventoryReserved)> = d
@@ -570,6 +933,197 @@ mod driver {
             ReservationStatus::Held,
             "the expired units are back"
         );
+    }
+
+    #[test]
+    fn a_hold_with_its_own_ttl_expires_at_that_ttl_not_the_default() {
+        let (mut d, _) = driver();
+        send(
+            &mut d,
+            "a1",
+            "SKU-T",
+            InventoryCommandBody::Adjust(AdjustStock {
+                delta: 2,
+                reason: "seed".into(),
+                warehouse: None,
+            }),
+        );
+        let reserve = |order: &str, ttl: Option<i64>| {
+            InventoryCommandBody::Reserve(ReserveStock {
+                order_id: order.into(),
+                quantity: 1,
+                warehouse: None,
+                hold_ttl_ms: ttl,
+            })
+        };
+        // 600 ms (within 500..=5000); 1 ms is clamped up to 500; none: the default 2 s.
+        send(&mut d, "r1", "SKU-T", reserve("o-short", Some(600)));
+        send(&mut d, "r2", "SKU-T", reserve("o-default", None));
+        let replies: Vec<(String, InventoryReserved)> = d
+            .read_output_as(topics::INVENTORY_RESERVED, &Utf8, &Json::new())
+            .expect("decodes");
+        let life: Vec<Option<i64>> = replies
+            .iter()
+            .map(|(_, r)| r.expires_at.map(|at| at - r.occurred_at))
+            .collect();
+        assert_eq!(life, [Some(600), Some(2_000)]);
+        d.advance_wall_clock(Duration::from_millis(100))
+            .expect("ticks");
+        d.advance_wall_clock(Duration::from_millis(700))
+            .expect("ticks");
+        let released: Vec<(String, InventoryReleased)> = d
+            .read_output_as(topics::INVENTORY_RELEASED, &Utf8, &Json::new())
+            .expect("decodes");
+        let orders: Vec<&str> = released.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(orders, ["o-short"], "only the short hold has lapsed");
+        send(&mut d, "r3", "SKU-T", reserve("o-clamped", Some(1)));
+        let replies: Vec<(String, InventoryReserved)> = d
+            .read_output_as(topics::INVENTORY_RESERVED, &Utf8, &Json::new())
+            .expect("decodes");
+        assert_eq!(
+            replies[0]
+                .1
+                .expires_at
+                .map(|at| at - replies[0].1.occurred_at),
+            Some(500),
+            "clamped up to the minimum"
+        );
+    }
+
+    #[test]
+    fn events_name_the_warehouse_of_each_change_and_hold() {
+        let (mut d, _) = driver();
+        for (id, warehouse, delta) in [("a1", None, 1), ("a2", Some("WH-N"), 4)] {
+            send(
+                &mut d,
+                id,
+                "SKU-W",
+                InventoryCommandBody::Adjust(AdjustStock {
+                    delta,
+                    reason: "seed".into(),
+                    warehouse: warehouse.map(str::to_owned),
+                }),
+            );
+        }
+        let adjusted: Vec<(String, InventoryAdjusted)> = d
+            .read_output_as(topics::INVENTORY_ADJUSTED, &Utf8, &Json::new())
+            .expect("decodes");
+        let seen: Vec<_> = adjusted
+            .iter()
+            .map(|(_, e)| (e.warehouse.as_deref(), e.warehouse_on_hand, e.on_hand))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                (Some(DEFAULT_WAREHOUSE), Some(1), 1),
+                (Some("WH-N"), Some(4), 5)
+            ]
+        );
+        send(
+            &mut d,
+            "r1",
+            "SKU-W",
+            InventoryCommandBody::Reserve(ReserveStock {
+                order_id: "o1".into(),
+                quantity: 2,
+                warehouse: Some(DEFAULT_WAREHOUSE.into()),
+                hold_ttl_ms: None,
+            }),
+        );
+        let replies: Vec<(String, InventoryReserved)> = d
+            .read_output_as(topics::INVENTORY_RESERVED, &Utf8, &Json::new())
+            .expect("decodes");
+        assert_eq!(replies.len(), 1);
+        assert_eq!(
+            (replies[0].1.status, replies[0].1.warehouse.as_deref()),
+            (ReservationStatus::Held, Some("WH-N")),
+            "the default warehouse has 1: the line comes whole from WH-N"
+        );
+        send(
+            &mut d,
+            "x1",
+            "SKU-W",
+            InventoryCommandBody::Release(ReleaseStock {
+                order_id: "o1".into(),
+                reason: ReleaseReason::OrderCancelled,
+            }),
+        );
+        let released: Vec<(String, InventoryReleased)> = d
+            .read_output_as(topics::INVENTORY_RELEASED, &Utf8, &Json::new())
+            .expect("decodes");
+        assert_eq!(released[0].1.warehouse.as_deref(), Some("WH-N"));
+    }
+
+    #[test]
+    fn reservations_clamped_ttls_and_the_hottest_skus_stock_are_measured() {
+        let (mut d, metrics) = driver_with(1);
+        for sku in ["SKU-A", "SKU-B"] {
+            send(
+                &mut d,
+                &format!("seed-{sku}"),
+                sku,
+                InventoryCommandBody::Adjust(AdjustStock {
+                    delta: 5,
+                    reason: "seed".into(),
+                    warehouse: None,
+                }),
+            );
+        }
+        let reserve = |order: &str, ttl: Option<i64>| {
+            InventoryCommandBody::Reserve(ReserveStock {
+                order_id: order.into(),
+                quantity: 1,
+                warehouse: None,
+                hold_ttl_ms: ttl,
+            })
+        };
+        let shown = |m: &InventoryMetrics| -> Vec<(String, i64)> {
+            use prometheus::core::Collector;
+            let mut out: Vec<(String, i64)> = m
+                .stock_available
+                .collect()
+                .iter()
+                .flat_map(|f| f.get_metric().to_vec())
+                .map(|s| {
+                    let sku = s.get_label()[0].value().to_owned();
+                    #[allow(clippy::cast_possible_truncation)]
+                    let v = s.get_gauge().value() as i64;
+                    (sku, v)
+                })
+                .collect();
+            out.sort();
+            out
+        };
+        send(&mut d, "a1", "SKU-A", reserve("o1", Some(60_000)));
+        send(&mut d, "a1", "SKU-A", reserve("o1", Some(60_000)));
+        send(&mut d, "a2", "SKU-A", reserve("o2", None));
+        send(&mut d, "b1", "SKU-B", reserve("o3", None));
+        assert_eq!(
+            metrics.reservations.get(),
+            3,
+            "the duplicate is not counted"
+        );
+        assert_eq!(
+            metrics.ttl_clamped.get(),
+            2,
+            "60 s is above the 5 s maximum"
+        );
+        assert_eq!(shown(&metrics), [("SKU-A".to_owned(), 3)], "the top 1 only");
+        // A release changes SKU-A's availability: its series follows.
+        send(
+            &mut d,
+            "x1",
+            "SKU-A",
+            InventoryCommandBody::Release(ReleaseStock {
+                order_id: "o1".into(),
+                reason: ReleaseReason::OrderCancelled,
+            }),
+        );
+        assert_eq!(shown(&metrics), [("SKU-A".to_owned(), 4)]);
+        // SKU-B overtakes: SKU-A's series goes, SKU-B's comes.
+        send(&mut d, "b2", "SKU-B", reserve("o4", None));
+        send(&mut d, "b3", "SKU-B", reserve("o5", None));
+        assert_eq!(shown(&metrics), [("SKU-B".to_owned(), 2)]);
     }
 
     #[test]
@@ -584,6 +1138,7 @@ mod driver {
             command: InventoryCommandBody::Adjust(AdjustStock {
                 delta: 1,
                 reason: "r".into(),
+                warehouse: None,
             }),
         };
         d.pipe(

@@ -4,10 +4,12 @@
 //! `inventory.reserved.v1` / `inventory.released.v1` (key: order id, so replies land in the
 //! saga's partition) and `inventory.adjusted.v1` (key: SKU).
 
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use keel_avro::records::{
-    InventoryAdjusted, InventoryCommand, InventoryCommandBody, InventoryReleased, InventoryReserved,
+    InventoryAdjusted, InventoryCommand, InventoryCommandBody, InventoryReleased,
+    InventoryReserved, ReservationStatus,
 };
 use keel_topology::serde::Utf8;
 use keel_topology::{
@@ -17,9 +19,10 @@ use keel_topology::{
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 use serde::{Deserialize, Serialize};
 
+use super::hot::HotSkus;
 use super::logic::{Effect, Input, OversellPolicy, Rules, decide};
 use super::state::{
-    EXPIRY_STORE, HOLDS_STORE, Hold, SEEN_STORE, STOCK_STORE, StockLevel, hold_key, split_hold_key,
+    EXPIRY_STORE, HOLDS_STORE, Hold, SEEN_STORE, STOCK_STORE, SkuStock, hold_key, split_hold_key,
     to_json,
 };
 use crate::format::Format;
@@ -29,8 +32,18 @@ use crate::topics::{self, Topics};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct InventoryConfig {
-    /// How long an unconfirmed hold lives (ms); 10 minutes by default (the seed).
+    /// How long an unconfirmed hold lives (ms) when its reserve names no TTL; 10 minutes by
+    /// default (the seed).
     pub hold_ttl_ms: u64,
+    /// The shortest TTL (ms) a reserve may ask for (`holdTtlMs`, `ReserveStock.hold_ttl_ms`);
+    /// 10 s by default. The API answers 422 below it; a command on Kafka is clamped up to it.
+    pub min_hold_ttl_ms: u64,
+    /// The longest TTL (ms) a reserve may ask for; 1 hour by default. The API answers 422
+    /// above it; a command on Kafka is clamped down to it.
+    pub max_hold_ttl_ms: u64,
+    /// How many of the hottest SKUs (by reservations) get an `inventory_stock_available{sku}`
+    /// series; 10 by default, 0 for none.
+    pub hot_skus: usize,
     /// How often lapsed holds are looked for (ms of wall-clock time).
     pub expiry_check_interval_ms: u64,
     pub oversell: OversellPolicy,
@@ -40,6 +53,9 @@ impl Default for InventoryConfig {
     fn default() -> Self {
         Self {
             hold_ttl_ms: 600_000,
+            min_hold_ttl_ms: 10_000,
+            max_hold_ttl_ms: 3_600_000,
+            hot_skus: 10,
             expiry_check_interval_ms: 1_000,
             oversell: OversellPolicy::Allow,
         }
@@ -61,6 +77,17 @@ pub struct InventoryMetrics {
     /// `inventory_holds_active{task}`: holds taken and not yet sold, released or expired (their
     /// expiry timers), per task; refreshed by the expiry punctuator at most every 5 s.
     pub active: IntGaugeVec,
+    /// `inventory_reservations_total`: reserve commands answered (held or short; duplicates
+    /// not counted): its rate is the reservations per second.
+    pub reservations: IntCounter,
+    /// `inventory_hold_ttl_clamped_total`: reserve commands whose own TTL lay outside
+    /// `[inventory].min_hold_ttl_ms..=max_hold_ttl_ms` and was clamped.
+    pub ttl_clamped: IntCounter,
+    /// `inventory_stock_available{sku}`: units available, for the `[inventory].hot_skus`
+    /// SKUs with the most reservations only (bounded cardinality).
+    pub stock_available: IntGaugeVec,
+    /// Which SKUs `stock_available` shows (shared by the process's inventory tasks).
+    pub hot: Arc<Mutex<HotSkus>>,
 }
 
 impl InventoryMetrics {
@@ -99,12 +126,34 @@ impl InventoryMetrics {
         registry.register(Box::new(hold_ttl_ms.clone()))?;
         registry.register(Box::new(oversell_policy.clone()))?;
         registry.register(Box::new(active.clone()))?;
+        let reservations = IntCounter::new(
+            "inventory_reservations_total",
+            "Reserve commands answered, held or short (duplicates not counted)",
+        )?;
+        let ttl_clamped = IntCounter::new(
+            "inventory_hold_ttl_clamped_total",
+            "Reserve commands whose own hold TTL was outside the configured bounds and clamped",
+        )?;
+        let stock_available = IntGaugeVec::new(
+            Opts::new(
+                "inventory_stock_available",
+                "Units available, for the hottest SKUs by reservations ([inventory].hot_skus)",
+            ),
+            &["sku"],
+        )?;
+        registry.register(Box::new(reservations.clone()))?;
+        registry.register(Box::new(ttl_clamped.clone()))?;
+        registry.register(Box::new(stock_available.clone()))?;
         Ok(Self {
             oversell,
             holds,
             active,
             hold_ttl_ms,
             oversell_policy,
+            reservations,
+            ttl_clamped,
+            stock_available,
+            hot: Arc::new(Mutex::new(HotSkus::new(10))),
         })
     }
 }
@@ -122,12 +171,16 @@ pub fn topology(
     config: &InventoryConfig,
     metrics: InventoryMetrics,
 ) -> keel_topology::Result<Topology> {
+    let ms = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
     let rules = Rules {
-        hold_ttl_ms: i64::try_from(config.hold_ttl_ms).unwrap_or(i64::MAX),
+        hold_ttl_ms: ms(config.hold_ttl_ms),
+        min_hold_ttl_ms: ms(config.min_hold_ttl_ms),
+        max_hold_ttl_ms: ms(config.max_hold_ttl_ms),
         oversell: config.oversell,
     };
     let interval = Duration::from_millis(config.expiry_check_interval_ms.max(1));
     metrics.hold_ttl_ms.set(rules.hold_ttl_ms);
+    *metrics.hot.lock().unwrap_or_else(PoisonError::into_inner) = HotSkus::new(config.hot_skus);
     for policy in [OversellPolicy::Allow, OversellPolicy::Prevent] {
         metrics
             .oversell_policy
@@ -227,10 +280,26 @@ impl Processor for InventoryProcessor {
             correlation_id: command.correlation_id.clone(),
         };
         let input = match command.command {
-            InventoryCommandBody::Reserve(r) => Input::Reserve {
-                order_id: r.order_id,
-                quantity: i64::from(r.quantity),
-            },
+            InventoryCommandBody::Reserve(r) => {
+                if let Some(asked) = r.hold_ttl_ms
+                    && self.rules.ttl(Some(asked)) != asked
+                {
+                    self.metrics.ttl_clamped.inc();
+                    tracing::warn!(
+                        sku,
+                        order_id = r.order_id,
+                        asked,
+                        granted = self.rules.ttl(Some(asked)),
+                        "a reserve asked for a hold TTL outside the configured bounds: clamped"
+                    );
+                }
+                Input::Reserve {
+                    order_id: r.order_id,
+                    quantity: i64::from(r.quantity),
+                    warehouse: r.warehouse,
+                    hold_ttl_ms: r.hold_ttl_ms,
+                }
+            }
             InventoryCommandBody::Release(r) => Input::Release {
                 order_id: r.order_id,
                 reason: r.reason,
@@ -248,6 +317,7 @@ impl Processor for InventoryProcessor {
                 Input::Adjust {
                     delta: i64::from(a.delta),
                     reason: a.reason,
+                    warehouse: a.warehouse,
                 }
             }
         };
@@ -292,10 +362,12 @@ impl Processor for InventoryProcessor {
 
     fn close(&mut self, ctx: &mut Context<'_>) -> Result<(), ProcessError> {
         // The task moves away or stops: its holds are no longer this process's to show.
-        let _ = self
-            .metrics
-            .active
-            .remove_label_values(&[&ctx.task_id().to_string()]);
+        let task = ctx.task_id().to_string();
+        let _ = self.metrics.active.remove_label_values(&[&task]);
+        let gone = self.hot().forget_task(&task);
+        for sku in gone {
+            let _ = self.metrics.stock_available.remove_label_values(&[&sku]);
+        }
         Ok(())
     }
 }
@@ -321,6 +393,58 @@ fn to_i32(n: i64) -> i32 {
 }
 
 impl InventoryProcessor {
+    fn hot(&self) -> std::sync::MutexGuard<'_, HotSkus> {
+        self.metrics
+            .hot
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Counts a reservation towards the hottest SKUs and keeps `inventory_stock_available` of
+    /// the shown ones current (a SKU that becomes one of them shows at its next change).
+    fn show_available(
+        &self,
+        ctx: &Context<'_>,
+        sku: &str,
+        before: &SkuStock,
+        outcome: &super::logic::Outcome,
+    ) {
+        let reserved = outcome.effects.iter().any(|e| {
+            matches!(
+                e,
+                Effect::Reserved {
+                    status: ReservationStatus::Held | ReservationStatus::Shortage,
+                    ..
+                }
+            )
+        });
+        if reserved {
+            self.metrics.reservations.inc();
+        }
+        let shown = {
+            let mut hot = self.hot();
+            if reserved {
+                hot.reserved(sku, &ctx.task_id().to_string())
+            } else if outcome.stock != *before && hot.is_shown(sku) {
+                super::hot::Shown {
+                    show: true,
+                    hide: Vec::new(),
+                }
+            } else {
+                return;
+            }
+        };
+        for gone in &shown.hide {
+            let _ = self.metrics.stock_available.remove_label_values(&[gone]);
+        }
+        if shown.show {
+            self.metrics
+                .stock_available
+                .with_label_values(&[sku])
+                .set(outcome.stock.total().available());
+        }
+    }
+
     fn apply(
         &self,
         ctx: &mut Context<'_>,
@@ -337,7 +461,7 @@ impl InventoryProcessor {
             Input::Adjust { .. } => None,
         };
         let stock_bytes = ctx.kv(STOCK_STORE)?.get(sku.as_bytes())?;
-        let stock: StockLevel =
+        let stock: SkuStock =
             read_json(STOCK_STORE, sku.as_bytes(), stock_bytes)?.unwrap_or_default();
         let key = order_id.as_deref().map(|o| hold_key(sku, o));
         let hold: Option<Hold> = match &key {
@@ -347,12 +471,13 @@ impl InventoryProcessor {
             }
             None => None,
         };
-        let outcome = decide(stock, hold, input, now, &self.rules)
+        let outcome = decide(stock.clone(), hold, input, now, &self.rules)
             .map_err(|refusal| ProcessError::BadInput(format!("{sku}: {refusal}")))?;
         if outcome.stock != stock {
             ctx.kv(STOCK_STORE)?
                 .put(sku.as_bytes().to_vec(), to_json(&outcome.stock));
         }
+        self.show_available(ctx, sku, &stock, &outcome);
         if let (Some(k), Some(h)) = (&key, &outcome.hold) {
             ctx.kv(HOLDS_STORE)?.put(k.clone(), to_json(h));
         }
@@ -378,6 +503,7 @@ impl InventoryProcessor {
                 quantity,
                 available,
                 expires_at,
+                warehouse,
             } => {
                 let outcome = match status {
                     keel_avro::records::ReservationStatus::Held => Some("held"),
@@ -401,6 +527,7 @@ impl InventoryProcessor {
                     quantity: to_i32(quantity),
                     available: to_i32(available),
                     expires_at,
+                    warehouse,
                 };
                 ctx.forward_to(TO_RESERVED, Record::new(order_id, event, now))?;
             }
@@ -408,6 +535,7 @@ impl InventoryProcessor {
                 order_id,
                 quantity,
                 reason,
+                warehouse,
             } => {
                 let outcome = match reason {
                     keel_avro::records::ReleaseReason::HoldExpired => "expired",
@@ -423,6 +551,7 @@ impl InventoryProcessor {
                     order_id: order_id.clone(),
                     quantity: to_i32(quantity),
                     reason,
+                    warehouse: Some(warehouse),
                 };
                 ctx.forward_to(TO_RELEASED, Record::new(order_id, event, now))?;
             }
@@ -430,6 +559,8 @@ impl InventoryProcessor {
                 delta,
                 on_hand,
                 reason,
+                warehouse,
+                warehouse_on_hand,
             } => {
                 if reason.starts_with("SOLD") || reason.starts_with("OVERSOLD") {
                     holds.with_label_values(&["sold"]).inc();
@@ -443,6 +574,8 @@ impl InventoryProcessor {
                     delta: to_i32(delta),
                     on_hand: to_i32(on_hand),
                     reason,
+                    warehouse: Some(warehouse),
+                    warehouse_on_hand: Some(to_i32(warehouse_on_hand)),
                 };
                 ctx.forward_to(TO_ADJUSTED, Record::new(sku.to_owned(), event, now))?;
             }

@@ -375,6 +375,8 @@ fn reserve_lines(saga: &mut Saga, now: i64, timeouts: &Timeouts, fx: &mut Vec<Ef
             command: InventoryCommandBody::Reserve(ReserveStock {
                 order_id: saga.order_id.clone(),
                 quantity: line.quantity,
+                warehouse: None,
+                hold_ttl_ms: None,
             }),
         });
     }

@@ -76,6 +76,7 @@ fn reserved(sku: &str, status: ReservationStatus, id: &str) -> Input {
         quantity: 1,
         available: 0,
         expires_at: Some(T0 + 600_000),
+        warehouse: None,
     })
 }
 
@@ -763,6 +764,7 @@ fn any_input() -> impl Strategy<Value = Input> {
             order_id: ORDER.into(),
             quantity: 2,
             reason: ReleaseReason::HoldExpired,
+            warehouse: None,
         })),
     ]
 }
@@ -1318,6 +1320,7 @@ mod driver {
             order_id: ORDER.into(),
             quantity: 2,
             reason: ReleaseReason::HoldExpired,
+            warehouse: None,
         });
         vec![
             place(),

@@ -68,6 +68,8 @@ pub fn free_port() -> u16 {
 pub struct Run {
     pub env: Vec<(String, String)>,
     pub api: String,
+    /// The admin listener's base URL (`/metrics`, `/health`, `/ready` of a run without `api`).
+    pub admin: String,
     /// The PSP mock's base URL.
     pub psp: String,
     pub mysql_url: String,
@@ -287,7 +289,7 @@ impl Run {
     pub async fn new(stack: &Stack) -> (String, Run) {
         let name = unique("keel_e2e");
         let (mysql_url, postgres_url) = create_databases(stack, &name).await;
-        let (api_port, psp_port) = (free_port(), free_port());
+        let (api_port, psp_port, admin_port) = (free_port(), free_port(), free_port());
         let run = Run {
             env: vec![
                 (
@@ -304,6 +306,11 @@ impl Run {
                 ("KEEL__POSTGRES__URL".into(), postgres_url.clone()),
                 ("KEEL__CASSANDRA__KEYSPACE".into(), name.clone()),
                 ("KEEL__API__LISTEN".into(), format!("127.0.0.1:{api_port}")),
+                // The admin listener of a run without the api role (src/admin.rs).
+                (
+                    "KEEL__METRICS__LISTEN".into(),
+                    format!("127.0.0.1:{admin_port}"),
+                ),
                 (
                     "KEEL__PAYMENT__PSP_URL".into(),
                     format!("http://127.0.0.1:{psp_port}"),
@@ -332,6 +339,7 @@ impl Run {
                 ("KEEL__PAYMENT__RECONCILE_INTERVAL_MS".into(), "1000".into()),
             ],
             api: format!("http://127.0.0.1:{api_port}"),
+            admin: format!("http://127.0.0.1:{admin_port}"),
             psp: format!("http://127.0.0.1:{psp_port}"),
             mysql_url,
             postgres_url,

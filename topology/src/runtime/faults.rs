@@ -6,8 +6,6 @@
 //! transactional calls, see [`injected_txn_error`]) makes the phase fail as the real operation
 //! could; `panic` stops the thread there, as a crash would.
 
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-
 use crate::error::{Error, Result};
 
 /// After every task's changelog records were sent, before the offsets.
@@ -26,6 +24,8 @@ pub const AFTER_COMMIT_TRANSACTION: &str = "commit-after-commit-transaction";
 pub const STORE_APPLY: &str = "commit-store-apply";
 /// Applying one restored batch to a store.
 pub const RESTORE_BATCH: &str = "restore-batch";
+/// Each changelog record polled during restore (arm with `sleep(ms)` to stretch a restore).
+pub const RESTORE_RECORD: &str = "restore-record";
 /// Setting up one newly assigned task (before its state is opened).
 pub const TASK_SET_UP: &str = "task-set-up";
 
@@ -43,13 +43,12 @@ pub(crate) fn injected(name: &str) -> Option<String> {
     }
 }
 
-/// Fails with an error the runtime aborts and retries on (a Kafka call that failed) when
+/// Fails with an error the runtime aborts and retries on ([`Error::Transient`]) when
 /// failpoint `name` is armed.
 pub(crate) fn check(name: &str) -> Result<()> {
     match injected(name) {
-        Some(_) => Err(Error::Kafka {
+        Some(_) => Err(Error::Transient {
             context: format!("failpoint {name}"),
-            source: KafkaError::Global(RDKafkaErrorCode::Fail),
         }),
         None => Ok(()),
     }

@@ -23,7 +23,6 @@ use self::thread::{Readers, Shared};
 use crate::config::StreamsConfig;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use crate::task;
 use crate::topology::Topology;
 
 /// A topology bound to its configuration, ready to start.
@@ -129,13 +128,14 @@ fn supervise(index: usize, shared: Arc<Shared>) -> Result<()> {
     }
 }
 
-/// Kafka failures restart the thread with new clients, except a fenced producer: only a
-/// process with the same instance id fences it, and a restart would fence that one back.
+/// What the thread could not cure in place (transient, or its clients unusable) restarts it
+/// with new clients; the rest ([`Error::action`]: a fenced producer — only a process with the
+/// same instance id fences it, and a restart would fence that one back —, a bug) stops.
 fn restartable(e: &Error) -> bool {
-    match e {
-        Error::Kafka { source, .. } => !thread::is_fenced(source),
-        _ => task::is_retryable(e),
-    }
+    matches!(
+        e.action(),
+        crate::error::Action::AbortAndRetry | crate::error::Action::RestartThread
+    )
 }
 
 /// Sets `flag` (e.g. [`StreamsHandle::shutdown_flag`]) when the process gets SIGTERM or SIGINT,

@@ -1,7 +1,15 @@
 //! Restoring a task's stores from their changelog topics before it processes anything.
+//!
+//! A restore runs in slices on the stream thread, between polls of the group consumer (as
+//! Kafka Streams' restoration in the poll loop does): each loop turn gives the restoring tasks
+//! at most [`SLICE`] (one batch), then the thread polls the group consumer again, so a restore
+//! of any length never holds the member past `max.poll.interval.ms` (an eviction would revoke
+//! the task, wipe it and restore it again, forever). The restoring task's input partitions
+//! stay paused on the group consumer until it is running (`thread.rs`).
 
 use std::time::{Duration, Instant};
 
+use keel_state::{RestorePlan, RestoreProgress};
 use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
@@ -9,32 +17,129 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
+use crate::runtime::faults;
 use crate::runtime::thread::RestoreConsumer;
 use crate::task::StreamTask;
 
 const BATCH: usize = 10_000;
+/// How long one loop turn may spend restoring before the thread polls its group consumer.
+pub(crate) const SLICE: Duration = Duration::from_millis(100);
 /// How long a restore may see no new record before it gives up (a stuck changelog).
 const STALL: Duration = Duration::from_secs(120);
 
-/// Replays every store of `task` from its checkpointed offset (or the beginning) to the end of
-/// its changelog partition, in write batches, reporting progress in logs and metrics.
-pub(crate) fn restore_task(
-    task: &mut StreamTask,
-    consumer: &RestoreConsumer,
-    metrics: &Metrics,
-) -> Result<()> {
-    let partition = task.id().partition;
-    let plans = task.state().restore_plans();
-    for plan in plans {
+/// A task whose stores are being restored, with where each store's restore stands.
+pub(crate) struct Restoring {
+    pub(crate) task: StreamTask,
+    /// The partitions of the task's input, paused on the group consumer while it restores.
+    pub(crate) partitions: Vec<(String, i32)>,
+    /// The stream time its last owner committed, resumed once the task is initialised.
+    pub(crate) stream_time: Option<i64>,
+    /// Index into the task's plans of the store being restored.
+    next: usize,
+    active: Option<Active>,
+}
+
+/// One store's restore in progress: the restore consumer is assigned its changelog partition.
+struct Active {
+    plan: RestorePlan,
+    high: i64,
+    progress: RestoreProgress,
+    remaining: prometheus::IntGauge,
+    started: Instant,
+    last_progress: Instant,
+}
+
+impl std::fmt::Debug for Restoring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Restoring")
+            .field("task", &self.task.id())
+            .field("next", &self.next)
+            .field(
+                "active",
+                &self.active.as_ref().map(|a| a.plan.store.clone()),
+            )
+            .finish()
+    }
+}
+
+impl Restoring {
+    pub(crate) fn new(
+        task: StreamTask,
+        partitions: Vec<(String, i32)>,
+        stream_time: Option<i64>,
+    ) -> Self {
+        Restoring {
+            task,
+            partitions,
+            stream_time,
+            next: 0,
+            active: None,
+        }
+    }
+
+    /// Whether a store's restore is under way (the restore consumer is assigned to it).
+    pub(crate) fn is_active(&self) -> bool {
+        self.active.is_some()
+    }
+
+    /// Forgets where the current store stands, after an error: the next slice looks up the
+    /// changelog's range again and goes on from what the store applied (records already
+    /// applied are skipped, so nothing is lost or applied twice).
+    pub(crate) fn reset(&mut self) {
+        self.active = None;
+    }
+
+    /// Restores for up to `budget` (at least one batch once a store is under way). Returns
+    /// whether every store is restored.
+    pub(crate) fn slice(
+        &mut self,
+        consumer: &RestoreConsumer,
+        metrics: &Metrics,
+        budget: Duration,
+    ) -> Result<bool> {
+        let deadline = Instant::now() + budget;
+        loop {
+            if self.active.is_none() {
+                let plans = self.task.state().restore_plans();
+                let Some(plan) = plans.get(self.next).cloned() else {
+                    return Ok(true);
+                };
+                match self.start(plan, consumer, metrics)? {
+                    Some(active) => self.active = Some(active),
+                    None => {
+                        self.next += 1;
+                        continue;
+                    }
+                }
+            }
+            if self.batch(consumer, metrics, deadline)? {
+                self.finish(consumer)?;
+                self.next += 1;
+            }
+            if Instant::now() >= deadline {
+                return Ok(false);
+            }
+        }
+    }
+
+    /// Looks up the changelog partition's range and assigns the restore consumer to it;
+    /// `None` when the store has nothing to restore.
+    fn start(
+        &self,
+        plan: RestorePlan,
+        consumer: &RestoreConsumer,
+        metrics: &Metrics,
+    ) -> Result<Option<Active>> {
+        let partition = self.task.id().partition;
         let topic = plan.changelog_topic.clone();
         let (low, high) = consumer
             .fetch_watermarks(&topic, partition, Duration::from_secs(30))
             .map_err(Error::kafka(format!("watermarks of {topic}/{partition}")))?;
         // Local state from another history of the changelog (reset, recreated) is a
-        // corruption: the task is wiped and restored from scratch (`thread.rs` `open_task`).
+        // corruption: the task is wiped and restored from scratch (`thread.rs`).
         plan.check(low, high)?;
         if !plan.is_needed(low, high) {
-            continue;
+            return Ok(None);
         }
         let start = plan.seek_offset(low);
         let mut tpl = TopicPartitionList::new();
@@ -43,19 +148,46 @@ pub(crate) fn restore_task(
         consumer
             .assign(&tpl)
             .map_err(Error::kafka("assigning the changelog"))?;
-        let mut progress = keel_state::RestoreProgress::new(&plan, low, high);
+        let progress = RestoreProgress::new(&plan, low, high);
         let remaining = metrics
             .restore_remaining
             .with_label_values(&[plan.store.as_ref(), partition.to_string().as_str()]);
         remaining.set(i64::try_from(progress.remaining()).unwrap_or(i64::MAX));
-        tracing::info!(task = %task.id(), store = %plan.store, from = start, to = high, "restoring");
-        let started = Instant::now();
-        let mut last_progress = Instant::now();
-        let mut batch: Vec<(i64, Vec<u8>, Option<Vec<u8>>)> = Vec::with_capacity(BATCH);
+        tracing::info!(task = %self.task.id(), store = %plan.store, from = start, to = high, "restoring");
+        Ok(Some(Active {
+            plan,
+            high,
+            progress,
+            remaining,
+            started: Instant::now(),
+            last_progress: Instant::now(),
+        }))
+    }
+
+    /// Polls and applies one batch: up to [`BATCH`] records, or what arrives before
+    /// `deadline`. Returns whether the store reached the end of its changelog.
+    fn batch(
+        &mut self,
+        consumer: &RestoreConsumer,
+        metrics: &Metrics,
+        deadline: Instant,
+    ) -> Result<bool> {
+        let id = self.task.id();
+        let Some(active) = self.active.as_mut() else {
+            return Ok(true);
+        };
+        let topic = active.plan.changelog_topic.clone();
+        let partition = id.partition;
+        let high = active.high;
+        let mut batch: Vec<(i64, Vec<u8>, Option<Vec<u8>>)> = Vec::new();
         let mut done = false;
-        while !done {
-            match consumer.poll(Duration::from_millis(200)) {
+        while !done && batch.len() < BATCH && Instant::now() < deadline {
+            let wait = deadline
+                .saturating_duration_since(Instant::now())
+                .min(Duration::from_millis(50));
+            match consumer.poll(wait) {
                 Some(Ok(m)) => {
+                    faults::check(faults::RESTORE_RECORD)?;
                     let offset = m.offset();
                     // Every record Keel writes to a changelog has a key; one without (a topic
                     // written by something else) names no entry. It is skipped, never applied
@@ -65,12 +197,12 @@ pub(crate) fn restore_task(
                             batch.push((offset, key.to_vec(), m.payload().map(<[u8]>::to_vec)))
                         }
                         None => tracing::warn!(
-                            task = %task.id(), store = %plan.store, offset,
+                            task = %id, store = %active.plan.store, offset,
                             "changelog record without a key skipped"
                         ),
                     }
                     done = offset + 1 >= high;
-                    last_progress = Instant::now();
+                    active.last_progress = Instant::now();
                 }
                 Some(Err(KafkaError::PartitionEOF(_))) => done = true,
                 Some(Err(e)) => {
@@ -87,36 +219,46 @@ pub(crate) fn restore_task(
                     });
                     if position.is_some_and(|p| p >= high) {
                         done = true;
-                    } else if last_progress.elapsed() > STALL {
+                    } else if active.last_progress.elapsed() > STALL {
                         return Err(Error::Topology(format!(
                             "restore of {topic}/{partition} stalled at {} of {high}",
-                            progress.position()
+                            active.progress.position()
                         )));
                     }
                 }
             }
-            if batch.len() >= BATCH || (done && !batch.is_empty()) {
-                crate::runtime::faults::check(crate::runtime::faults::RESTORE_BATCH)?;
-                let records = std::mem::take(&mut batch);
-                let stats = task.state_mut().restore_batch(&plan.store, records)?;
-                progress.record_batch(&stats, None);
-                metrics
-                    .restored
-                    .with_label_values(&[plan.store.as_ref()])
-                    .inc_by(stats.applied);
-                remaining.set(i64::try_from(progress.remaining()).unwrap_or(i64::MAX));
-                tracing::debug!(store = %plan.store, restored = progress.restored(), remaining = progress.remaining(), "restore batch");
-            }
         }
-        progress.mark_complete();
-        remaining.set(0);
+        if !batch.is_empty() {
+            faults::check(faults::RESTORE_BATCH)?;
+            let stats = self
+                .task
+                .state_mut()
+                .restore_batch(&active.plan.store, batch)?;
+            active.progress.record_batch(&stats, None);
+            metrics
+                .restored
+                .with_label_values(&[active.plan.store.as_ref()])
+                .inc_by(stats.applied);
+            active
+                .remaining
+                .set(i64::try_from(active.progress.remaining()).unwrap_or(i64::MAX));
+            tracing::debug!(store = %active.plan.store, restored = active.progress.restored(), remaining = active.progress.remaining(), "restore batch");
+        }
+        Ok(done)
+    }
+
+    fn finish(&mut self, consumer: &RestoreConsumer) -> Result<()> {
+        let Some(mut active) = self.active.take() else {
+            return Ok(());
+        };
+        active.progress.mark_complete();
+        active.remaining.set(0);
         tracing::info!(
-            task = %task.id(), store = %plan.store, restored = progress.restored(),
-            elapsed_ms = started.elapsed().as_millis() as u64, "restored"
+            task = %self.task.id(), store = %active.plan.store, restored = active.progress.restored(),
+            elapsed_ms = active.started.elapsed().as_millis() as u64, "restored"
         );
         consumer
             .unassign()
-            .map_err(Error::kafka("unassigning the changelog"))?;
+            .map_err(Error::kafka("unassigning the changelog"))
     }
-    Ok(())
 }

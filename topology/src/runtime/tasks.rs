@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use keel_state::Fault;
+use crate::error::Action;
 
 use crate::runtime::thread::Readers;
 use crate::task::StreamTask;
@@ -43,7 +43,10 @@ pub(crate) fn apply_committed(
                 };
             match applied {
                 Ok(()) => break,
-                Err(e) if e.fault() == Fault::Environment && attempt < APPLY_ATTEMPTS => {
+                Err(e)
+                    if Action::of_state(&e) == Action::AbortAndRetry
+                        && attempt < APPLY_ATTEMPTS =>
+                {
                     tracing::warn!(task = %id, attempt, error = %e, "applying the committed interval failed; retrying");
                     std::thread::sleep(backoff * attempt);
                     attempt += 1;

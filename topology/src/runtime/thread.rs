@@ -33,7 +33,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::StreamsConfig;
-use crate::error::{Error, ProcessError, Result};
+use crate::error::{Action, Error, ProcessError, Result, is_fenced};
 use crate::metrics::Metrics;
 use crate::processor::PunctuationType;
 use crate::record::{Headers, RawRecord};
@@ -104,6 +104,9 @@ struct Core {
     producer: Producer,
     restore: RestoreConsumer,
     tasks: BTreeMap<TaskId, StreamTask>,
+    /// Tasks set up but still restoring their stores (`restore.rs`): their input partitions
+    /// are paused on the group consumer, and each loop turn restores a slice of them.
+    restoring: BTreeMap<TaskId, restore::Restoring>,
     /// Next offset to consume per owned input partition, as processed in this interval.
     positions: HashMap<(Arc<str>, i32), i64>,
     /// Per input topic: the records-in counter and the record-age histogram (label lookups
@@ -261,6 +264,7 @@ pub(crate) fn run(index: usize, shared: Arc<Shared>) -> Result<()> {
         producer,
         restore,
         tasks: BTreeMap::new(),
+        restoring: BTreeMap::new(),
         positions: HashMap::new(),
         topic_metrics: HashMap::new(),
         last_wall_check: Instant::now(),
@@ -330,13 +334,20 @@ fn run_loop(consumer: &GroupConsumer, core: &Mutex<Core>) -> Result<()> {
     let interval = shared.config.commit_interval();
     let mut backoff = Duration::from_millis(shared.config.retry_backoff_ms);
     let max_backoff = Duration::from_millis(shared.config.retry_backoff_max_ms);
+    // While tasks restore, the poll only keeps the member alive and serves callbacks: no wait.
+    let mut poll_wait = Duration::from_millis(50);
     while !shared.shutdown.load(Ordering::Relaxed) {
-        let polled = consumer.poll(Duration::from_millis(50));
+        let polled = consumer.poll(poll_wait);
         let mut c = lock(core);
         if let Some(e) = c.failure.take() {
             return Err(e);
         }
         let mut step = c.step(consumer, polled, interval);
+        poll_wait = if c.restoring.is_empty() {
+            Duration::from_millis(50)
+        } else {
+            Duration::ZERO
+        };
         if step.is_err() {
             // Serve the delivery reports still in flight: one may be the cause.
             let deadline = Instant::now() + Duration::from_secs(5);
@@ -376,7 +387,7 @@ fn run_loop(consumer: &GroupConsumer, core: &Mutex<Core>) -> Result<()> {
         }
         match step {
             Ok(()) => backoff = Duration::from_millis(shared.config.retry_backoff_ms),
-            Err(e) if task::is_retryable(&e) || is_abortable(&e) => {
+            Err(e) if e.action() == Action::AbortAndRetry => {
                 tracing::warn!(thread = c.index, error = %e, ?backoff, "aborting and retrying");
                 c.abort(consumer, "retryable")?;
                 drop(c);
@@ -432,15 +443,6 @@ struct Refused {
     dead_lettered: bool,
 }
 
-/// Whether a transactional error says another producer with this transactional id fenced
-/// this one.
-pub(crate) fn is_fenced(error: &KafkaError) -> bool {
-    matches!(
-        error.rdkafka_error_code(),
-        Some(RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::Fenced)
-    )
-}
-
 /// librdkafka's verdict on a transactional call's error. Errors that are not transactional
 /// errors (a failed send, a flush timeout) abort the transaction.
 fn txn_action(error: &KafkaError) -> TxnAction {
@@ -459,32 +461,6 @@ fn fail_after_commit_point() {
             "failpoint {} armed with `return`: only `panic` is meaningful after the commit point",
             faults::AFTER_COMMIT_TRANSACTION
         );
-    }
-}
-
-/// Whether `error` says local state cannot be trusted ([`keel_state::Fault::Corruption`]): the
-/// cure is to wipe the task's state and restore it from the changelog, not to stop.
-pub(crate) fn is_corruption(error: &Error) -> bool {
-    use crate::error::ProcessError;
-    let state = match error {
-        Error::State(e) => Some(e),
-        Error::Processor {
-            source: ProcessError::Store(e),
-            ..
-        } => Some(e),
-        _ => None,
-    };
-    state.is_some_and(|e| e.fault() == keel_state::Fault::Corruption)
-}
-
-/// Errors after which aborting the transaction and replaying is the cure.
-fn is_abortable(error: &Error) -> bool {
-    match error {
-        Error::Kafka { source, .. } => match source {
-            KafkaError::Transaction(e) => !e.is_fatal(),
-            _ => true,
-        },
-        _ => false,
     }
 }
 
@@ -519,7 +495,16 @@ impl Core {
             }
             return Err(e);
         }
+        // Decided before the slice: a task that finishes restoring in it seeks its partitions
+        // back to the committed offsets, which fetches this record again.
+        let held_back =
+            matches!(&polled, Some(Ok(m)) if self.is_restoring(m.topic(), m.partition()));
+        self.restore_slice(consumer)?;
         match polled {
+            Some(Ok(_)) if held_back => {
+                // Fetched before its partition was paused: the seek when the task starts
+                // running (`restore_slice`) fetches it again.
+            }
             Some(Ok(m)) => {
                 let raw = to_raw(&m);
                 let suspect = poisoned(&self.shared).suspects.contains(&(
@@ -714,7 +699,8 @@ impl Core {
         } else {
             drop(poison);
             if let Err(e) = task.process(&raw, wall) {
-                if is_corruption(&e) {
+                let e = e.in_task(id);
+                if e.action() == Action::RestoreTask {
                     self.corrupt.push(id);
                 }
                 return Err(e);
@@ -786,7 +772,8 @@ impl Core {
         let mut output = Vec::new();
         for (id, task) in self.tasks.iter_mut() {
             if let Err(e) = task.punctuate(PunctuationType::WallClock, now, now) {
-                if is_corruption(&e) {
+                let e = e.in_task(*id);
+                if e.action() == Action::RestoreTask {
                     self.corrupt.push(*id);
                 }
                 return Err(e);
@@ -854,24 +841,28 @@ impl Core {
                 .map_err(Error::kafka("building the offset list"))?;
             // The task's stream time goes with its offsets (as in Kafka Streams), so the
             // next owner resumes it (`set_up_assigned`).
-            let task = self.shared.topic_subs.get(topic).and_then(|&sub| {
-                self.tasks.get(&TaskId {
+            // A task still restoring passes on the stream time its last owner committed.
+            let stream_time = self.shared.topic_subs.get(topic).and_then(|&sub| {
+                let id = TaskId {
                     sub_topology: sub,
                     partition: *partition,
-                })
+                };
+                match self.tasks.get(&id) {
+                    Some(task) => Some(task.stream_time()),
+                    None => self.restoring.get(&id).and_then(|r| r.stream_time),
+                }
             });
-            if let Some(task) = task
-                && task.stream_time() > i64::MIN
+            if let Some(t) = stream_time
+                && t > i64::MIN
             {
-                element.set_metadata(task::stream_time_metadata(task.stream_time()));
+                element.set_metadata(task::stream_time_metadata(t));
             }
         }
         let sent = started.elapsed();
         faults::check(faults::AFTER_CHANGELOG_SEND)?;
         if self.eos() && tpl.count() > 0 {
-            let group = consumer.group_metadata().ok_or_else(|| Error::Kafka {
-                context: "group metadata".into(),
-                source: KafkaError::Global(rdkafka::types::RDKafkaErrorCode::State),
+            let group = consumer.group_metadata().ok_or_else(|| Error::Transient {
+                context: "the consumer has no group metadata yet".into(),
             })?;
             self.txn_call("send_offsets_to_transaction", faults::SEND_OFFSETS, |p| {
                 p.send_offsets_to_transaction(&tpl, &group, KAFKA_TIMEOUT)
@@ -1001,9 +992,8 @@ impl Core {
                 // A refused batch leaves the idempotent producer's sequence numbers behind the
                 // broker's: a new producer (thread restart) starts clean.
                 self.producer_fatal = true;
-                Error::Kafka {
+                Error::Refused {
                     context: failure.to_string(),
-                    source: KafkaError::Flush(rdkafka::types::RDKafkaErrorCode::Fail),
                 }
             }
             (true, Some(coordinates)) => {
@@ -1022,9 +1012,8 @@ impl Core {
                     // The dead-letter copy itself was refused: the replay stops (see `process`).
                     tracing::error!(thread = self.index, error = %failure, "the dead-letter copy was refused too");
                 }
-                Error::Kafka {
+                Error::Refused {
                     context: failure.to_string(),
-                    source: KafkaError::Flush(rdkafka::types::RDKafkaErrorCode::Fail),
                 }
             }
             (true, None) => Error::Processor {
@@ -1033,9 +1022,8 @@ impl Core {
                     "the broker refused a record that no input record produced (punctuation output or a changelog record), so there is nothing to dead-letter: {failure}"
                 )),
             },
-            (false, _) => Error::Kafka {
+            (false, _) => Error::Transient {
                 context: failure.to_string(),
-                source: KafkaError::Flush(rdkafka::types::RDKafkaErrorCode::Fail),
             },
         }
     }
@@ -1068,6 +1056,11 @@ impl Core {
             let Some(committed) = self.committed.get(&tp).copied() else {
                 continue;
             };
+            // A restoring task processed nothing: a record fetched before the pause moved
+            // the consumer's position past what the task has seen.
+            if self.is_restoring(&tp.0, tp.1) {
+                continue;
+            }
             let position = match &self.unprocessed {
                 Some((t, p, offset)) if *t == tp.0 && *p == tp.1 => position.min(*offset),
                 _ => position,
@@ -1083,15 +1076,16 @@ impl Core {
     /// Tasks whose committed interval could not be applied: closes each dirty (no checkpoint,
     /// so its stores restore from the changelog, which holds the interval) and queues its
     /// partitions for set-up again; corrupt local state is wiped first. Returns the first
-    /// error that is a bug.
+    /// error whose action is to stop (a bug).
     fn restore_from_changelog(
         &mut self,
         failed: Vec<(TaskId, keel_state::Error)>,
     ) -> Option<keel_state::Error> {
         let mut bug = None;
         for (id, error) in failed {
-            self.close_for_restore(id, error.fault() == keel_state::Fault::Corruption);
-            if error.fault() == keel_state::Fault::Bug {
+            let action = Action::of_state(&error);
+            self.close_for_restore(id, action == Action::RestoreTask);
+            if action == Action::Stop {
                 bug.get_or_insert(error);
             }
         }
@@ -1238,25 +1232,152 @@ impl Core {
         ids.sort();
         ids.dedup();
         for id in ids {
-            if self.tasks.contains_key(&id) {
+            if self.tasks.contains_key(&id) || self.restoring.contains_key(&id) {
                 continue;
             }
-            let mut task = self.open_task(id)?;
-            if let Some(&t) = stream_times.get(&id) {
-                task.resume_stream_time(t);
+            let task = self.open_task(id)?;
+            let partitions: Vec<(String, i32)> = assigned
+                .iter()
+                .filter(|(topic, partition)| {
+                    *partition == id.partition
+                        && self.shared.topic_subs.get(topic) == Some(&id.sub_topology)
+                })
+                .cloned()
+                .collect();
+            // Nothing of the task's input is fetched until its stores are restored; the group
+            // consumer keeps being polled meanwhile (`restore_slice`).
+            let mut tpl = TopicPartitionList::new();
+            for (topic, partition) in &partitions {
+                tpl.add_partition(topic, *partition);
             }
-            self.tasks.insert(id, task);
+            self.restoring.insert(
+                id,
+                restore::Restoring::new(task, partitions, stream_times.get(&id).copied()),
+            );
+            consumer
+                .pause(&tpl)
+                .map_err(Error::kafka("pausing a restoring task's partitions"))?;
         }
         self.pending_assign.retain(|tp| !assigned.contains(tp));
         Ok(())
     }
 
-    /// Opens, restores and initialises task `id`. Local state that RocksDB reports corrupt
-    /// (a store that does not open, a read that fails its checksum during restore or `init`)
-    /// is wiped and the task opened again, restoring from the changelog alone.
+    /// Whether the task reading `topic`/`partition` is still restoring.
+    fn is_restoring(&self, topic: &str, partition: i32) -> bool {
+        self.shared.topic_subs.get(topic).is_some_and(|&sub| {
+            self.restoring.contains_key(&TaskId {
+                sub_topology: sub,
+                partition,
+            })
+        })
+    }
+
+    /// Restores one slice ([`restore::SLICE`]) of one restoring task — the one under way, or
+    /// the first — so the loop polls the group consumer again well within
+    /// `max.poll.interval.ms`, however long the whole restore takes. A task whose stores are
+    /// restored is initialised, its stream time resumed, its readers published, and its
+    /// partitions resumed from the committed offsets. Corrupt local state (found by the
+    /// changelog check or a read during restore or `init`) is wiped and the task restored again
+    /// from the changelog alone; another error resets the restore to go on from what the
+    /// stores applied, on a later turn.
+    fn restore_slice(&mut self, consumer: &GroupConsumer) -> Result<()> {
+        let head = self
+            .restoring
+            .iter()
+            .find(|(_, r)| r.is_active())
+            .or_else(|| self.restoring.iter().next())
+            .map(|(id, _)| *id);
+        let Some(id) = head else {
+            return Ok(());
+        };
+        let shared = self.shared.clone();
+        let Some(r) = self.restoring.get_mut(&id) else {
+            return Ok(());
+        };
+        let result = r
+            .slice(&self.restore, &shared.metrics, restore::SLICE)
+            .and_then(|done| {
+                if done {
+                    r.task.init(now_ms()).map(|()| true)
+                } else {
+                    Ok(false)
+                }
+            })
+            .map_err(|e| e.in_task(id));
+        match result {
+            Ok(false) => Ok(()),
+            Ok(true) => {
+                let Some(r) = self.restoring.remove(&id) else {
+                    return Ok(());
+                };
+                let mut task = r.task;
+                if let Some(t) = r.stream_time {
+                    task.resume_stream_time(t);
+                }
+                tasks::publish_readers(&shared.readers, &task);
+                self.tasks.insert(id, task);
+                tracing::info!(thread = self.index, task = %id, "task running");
+                self.resume(consumer, &r.partitions)
+            }
+            Err(e) if e.action() == Action::RestoreTask => {
+                tracing::warn!(thread = self.index, task = %id, error = %e, "local state is corrupt; wiping it and restoring from the changelog");
+                let Some(r) = self.restoring.remove(&id) else {
+                    return Ok(());
+                };
+                let _ = self.restore.unassign();
+                r.task.into_state().close_dirty();
+                shared.env.remove_task_state(&id.to_string())?;
+                let task = self.try_open_task(id)?;
+                self.restoring.insert(
+                    id,
+                    restore::Restoring::new(task, r.partitions, r.stream_time),
+                );
+                Ok(())
+            }
+            Err(e) => {
+                r.reset();
+                Err(e)
+            }
+        }
+    }
+
+    /// Resumes a task's partitions on the group consumer from their committed offsets (a
+    /// record fetched before the pause was dropped, so the consumer's position is not the
+    /// task's).
+    fn resume(&mut self, consumer: &GroupConsumer, partitions: &[(String, i32)]) -> Result<()> {
+        let mut all = TopicPartitionList::new();
+        let mut seek = TopicPartitionList::new();
+        for (topic, partition) in partitions {
+            all.add_partition(topic, *partition);
+            if let Some(committed) = self.committed.get(&(topic.clone(), *partition)) {
+                seek.add_partition_offset(
+                    topic,
+                    *partition,
+                    committed.map_or(Offset::Beginning, Offset::Offset),
+                )
+                .map_err(Error::kafka("building the resume list"))?;
+            }
+        }
+        if all.count() == 0 {
+            return Ok(());
+        }
+        consumer
+            .resume(&all)
+            .map_err(Error::kafka("resuming a restored task's partitions"))?;
+        if seek.count() > 0 {
+            consumer
+                .seek_partitions(seek, KAFKA_TIMEOUT)
+                .map_err(Error::kafka("seeking a restored task's partitions"))?;
+        }
+        Ok(())
+    }
+
+    /// Opens task `id`'s state (its restore and `init` follow in `restore_slice`). Local state
+    /// that RocksDB reports corrupt (a store that does not open) is wiped and the task opened
+    /// again, to restore from the changelog alone.
     fn open_task(&mut self, id: TaskId) -> Result<StreamTask> {
         match self.try_open_task(id) {
-            Err(e) if is_corruption(&e) => {
+            Err(e) if e.action() == Action::RestoreTask => {
                 tracing::warn!(thread = self.index, task = %id, error = %e, "local state is corrupt; wiping it and restoring from the changelog");
                 self.shared.env.remove_task_state(&id.to_string())?;
                 self.try_open_task(id)
@@ -1284,7 +1405,7 @@ impl Core {
                 Err(e) => return Err(e.into()),
             }
         };
-        let mut task = StreamTask::new(
+        let task = StreamTask::new(
             id,
             config.application_id.as_str().into(),
             shared.topology.graph.clone(),
@@ -1293,10 +1414,6 @@ impl Core {
             config.on_bad_record,
             shared.topic_partitions.clone(),
         )?;
-        restore::restore_task(&mut task, &self.restore, &shared.metrics)?;
-        task.init(now_ms())?;
-        tasks::publish_readers(&shared.readers, &task);
-        tracing::info!(thread = self.index, task = %id, "task running");
         Ok(task)
     }
 
@@ -1336,6 +1453,12 @@ impl Core {
         for id in gone {
             if let Some(task) = self.tasks.remove(&id) {
                 self.close_task(task, !lost);
+            }
+            if let Some(r) = self.restoring.remove(&id) {
+                if r.is_active() {
+                    let _ = self.restore.unassign();
+                }
+                close_restoring(r, !lost);
             }
         }
         tracing::info!(
@@ -1383,8 +1506,25 @@ impl Core {
         for (_, task) in tasks {
             self.close_task(task, ok);
         }
+        for (_, r) in std::mem::take(&mut self.restoring) {
+            close_restoring(r, ok);
+        }
         tracing::info!(thread = self.index, clean = ok, "stream thread stopped");
         committed
+    }
+}
+
+/// Closes a task that has not finished restoring (its processors never ran): cleanly, its
+/// stores checkpoint what they restored, so the next owner goes on from there.
+fn close_restoring(r: restore::Restoring, clean: bool) {
+    let id = r.task.id();
+    let state = r.task.into_state();
+    if clean {
+        if let Err(e) = state.close() {
+            tracing::warn!(task = %id, error = %e, "closing a restoring task's state failed");
+        }
+    } else {
+        state.close_dirty();
     }
 }
 
