@@ -342,6 +342,12 @@ pub async fn start_stream_roles(
             group_id: format!("{}-cassandra-sink", config.streams.application_id),
             consumer: member_settings(config, "cassandra-sink"),
         };
+        // The keyspace is migrated here, before any role starts, so the API's migration and
+        // the sink's find it done: two concurrent `ALTER TABLE ... ADD` of one column (a
+        // keyspace from before warehouses) leave Cassandra's schema disagreeing with itself.
+        inventory::sink::migrate(&session, &sink_config)
+            .await
+            .with_context(|| "migrating the inventory keyspace (cassandra.keyspace)")?;
         let bootstrap = config.kafka.bootstrap_servers.clone();
         let codec = codec.clone();
         let shutdown = running.shutdown.clone();
