@@ -508,26 +508,13 @@ impl Scenario<'_> {
         self.check_kafka(report, &order_id, kafka_from_ms).await;
     }
 
-    /// Polls `f` until it answers `Some`, showing `what` as progress; `None` on timeout.
-    async fn poll<T, F, Fut>(&self, what: &str, mut f: F) -> Option<(T, Duration)>
+    /// [`poll`] for as long as the scenario's timeout.
+    async fn poll<T, F, Fut>(&self, what: &str, f: F) -> Option<(T, Duration)>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Option<T>>,
     {
-        let start = Instant::now();
-        let mut progress = Progress::new();
-        loop {
-            if let Some(v) = f().await {
-                progress.done();
-                return Some((v, start.elapsed()));
-            }
-            if start.elapsed() >= self.timeout {
-                progress.done();
-                return None;
-            }
-            progress.show(&format!("waiting for {what}"));
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
+        poll(self.timeout, what, f).await
     }
 
     async fn metrics(&self) -> anyhow::Result<BTreeMap<(String, String), f64>> {
@@ -547,23 +534,9 @@ impl Scenario<'_> {
         session: &scylla::client::session::Session,
         sku: &str,
     ) -> Option<Option<i32>> {
-        let ks = &self.config.cassandra.keyspace;
-        let rows = session
-            .query_unpaged(
-                format!("SELECT on_hand FROM {ks}.stock_level WHERE sku = ?"),
-                (sku,),
-            )
+        stock_on_hand(session, &self.config.cassandra.keyspace, sku)
             .await
-            .ok()?
-            .into_rows_result()
-            .ok()?;
-        let on_hand = rows
-            .rows::<(Option<i32>,)>()
-            .ok()?
-            .filter_map(Result::ok)
-            .next()
-            .and_then(|(v,)| v);
-        on_hand.map(Some)
+            .map(Some)
     }
 
     async fn holds(&self, session: &scylla::client::session::Session, sku: &str) -> Option<usize> {
@@ -944,6 +917,52 @@ fn scan_topics(
         }
     }
     Ok(found)
+}
+
+/// Polls `f` every 300 ms until it answers `Some`, showing `what` as progress; the answer and how
+/// long it took, or `None` once `within` has passed.
+pub(crate) async fn poll<T, F, Fut>(within: Duration, what: &str, mut f: F) -> Option<(T, Duration)>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    let mut progress = Progress::new();
+    loop {
+        if let Some(v) = f().await {
+            progress.done();
+            return Some((v, start.elapsed()));
+        }
+        if start.elapsed() >= within {
+            progress.done();
+            return None;
+        }
+        progress.show(&format!("waiting for {what}"));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// `stock_level.on_hand` of `sku` in the Cassandra mirror (`keyspace`); `None` when there is no
+/// row, no value, or Cassandra does not answer.
+pub(crate) async fn stock_on_hand(
+    session: &scylla::client::session::Session,
+    keyspace: &str,
+    sku: &str,
+) -> Option<i32> {
+    let rows = session
+        .query_unpaged(
+            format!("SELECT on_hand FROM {keyspace}.stock_level WHERE sku = ?"),
+            (sku,),
+        )
+        .await
+        .ok()?
+        .into_rows_result()
+        .ok()?;
+    rows.rows::<(Option<i32>,)>()
+        .ok()?
+        .filter_map(Result::ok)
+        .next()
+        .and_then(|(v,)| v)
 }
 
 #[cfg(test)]

@@ -38,7 +38,7 @@ use rdkafka::ClientConfig;
 use serde_json::{Value, json};
 
 use crate::config::KeelConfig;
-use crate::scenario::{Progress, Report};
+use crate::scenario::{Progress, Report, poll, stock_on_hand};
 use crate::seed;
 
 /// `keel scenario oversell` flags (ignored by the other scenarios).
@@ -433,7 +433,8 @@ impl Oversell<'_> {
                     .filter(|n| *n > calls_before)
             },
         )
-        .await;
+        .await
+        .map(|(v, _)| v);
         // Only A's call is held back: the mock fixes a call's plan when it arrives.
         let restore = original
             .cloned()
@@ -600,21 +601,7 @@ impl Oversell<'_> {
     }
 
     async fn on_hand(&self, session: &scylla::client::session::Session, sku: &str) -> Option<i32> {
-        let ks = &self.config.cassandra.keyspace;
-        let rows = session
-            .query_unpaged(
-                format!("SELECT on_hand FROM {ks}.stock_level WHERE sku = ?"),
-                (sku,),
-            )
-            .await
-            .ok()?
-            .into_rows_result()
-            .ok()?;
-        rows.rows::<(Option<i32>,)>()
-            .ok()?
-            .filter_map(Result::ok)
-            .next()
-            .and_then(|(v,)| v)
+        stock_on_hand(session, &self.config.cassandra.keyspace, sku).await
     }
 
     async fn wait_on_hand(
@@ -628,6 +615,7 @@ impl Oversell<'_> {
             self.on_hand(session, sku).await.filter(|v| *v == want)
         })
         .await
+        .map(|(v, _)| v)
     }
 
     async fn check_ledger(&self, report: &mut Report, order_id: &str, policy: OversellPolicy) {
@@ -659,7 +647,8 @@ impl Oversell<'_> {
             let seen = poll(self.timeout, "order A's payment", || async {
                 row().await.filter(|(s, _)| s == want)
             })
-            .await;
+            .await
+            .map(|(v, _)| v);
             let last = match seen {
                 Some(r) => Some(r),
                 None => row().await,
@@ -674,28 +663,6 @@ impl Oversell<'_> {
         if let Err(e) = result {
             report.check("PostgreSQL ledger readable", false, format!("{e:#}"));
         }
-    }
-}
-
-/// Polls `f` until it answers `Some`, showing `what` as progress; `None` after `within`.
-async fn poll<T, F, Fut>(within: Duration, what: &str, mut f: F) -> Option<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let start = Instant::now();
-    let mut progress = Progress::new();
-    loop {
-        if let Some(v) = f().await {
-            progress.done();
-            return Some(v);
-        }
-        if start.elapsed() >= within {
-            progress.done();
-            return None;
-        }
-        progress.show(&format!("waiting for {what}"));
-        tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }
 
