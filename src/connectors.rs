@@ -343,7 +343,7 @@ pub async fn register(config: &KeelConfig, connectors: &[ConnectorConfig]) -> an
     let timeout = Duration::from_millis(config.connectors.register_timeout_ms);
     for connector in connectors {
         connect
-            .wait_running(connector.name(), timeout)
+            .ensure_running(connector.name(), timeout)
             .await
             .with_context(|| format!("connector {} is not running", connector.name()))?;
         tracing::info!(connector = connector.name(), "connector running");

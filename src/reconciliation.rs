@@ -112,7 +112,7 @@ pub async fn prepare(config: &KeelConfig) -> anyhow::Result<LedgerTopics> {
         .await
         .with_context(|| format!("registering connector {}", connector.name()))?;
     connect
-        .wait_running(
+        .ensure_running(
             connector.name(),
             Duration::from_millis(config.reconciliation.register_timeout_ms),
         )

@@ -167,7 +167,7 @@ pub async fn register_carts_connector(
         .await
         .with_context(|| format!("registering connector {}", connector.name()))?;
     connect
-        .wait_running(
+        .ensure_running(
             connector.name(),
             Duration::from_millis(config.carts.register_timeout_ms),
         )

@@ -298,6 +298,15 @@ impl ConnectClient {
             .map(drop)
     }
 
+    /// Restart only the connector instance and tasks that are `FAILED`
+    /// (`?includeTasks=true&onlyFailed=true`, KIP-745); running tasks keep running.
+    pub async fn restart_failed(&self, name: &str) -> Result<()> {
+        let path = format!("/connectors/{name}/restart?includeTasks=true&onlyFailed=true");
+        self.call("restart failed", Some(name), Method::POST, &path, None)
+            .await
+            .map(drop)
+    }
+
     /// The connector's stored configuration (`GET /connectors/{name}/config`).
     pub async fn config(&self, name: &str) -> Result<BTreeMap<String, String>> {
         let resp = self
@@ -327,21 +336,58 @@ impl ConnectClient {
         }
     }
 
+    /// Wait until the connector and all its tasks run, restarting what is `FAILED` once: a
+    /// registration converges even when the failure predates it. Connect restores its stored
+    /// connectors when the worker starts, and one whose database was not up yet stays `FAILED`
+    /// with an unchanged configuration, which a PUT of the same configuration does not restart.
+    /// A second failure, after the restart, ends the wait with its trace
+    /// ([`Error::Failed`]); `timeout` bounds each of the two waits.
+    pub async fn ensure_running(&self, name: &str, timeout: Duration) -> Result<ConnectorStatus> {
+        match self.wait_running(name, timeout).await {
+            Err(Error::Failed { trace, .. }) => {
+                tracing::warn!(
+                    connector = name,
+                    failure = %trace,
+                    "connector FAILED; restarting its failed parts once"
+                );
+                self.restart_failed(name).await?;
+                // Until the worker has acted on the restart, the status may still show the old
+                // failure: the same trace within the grace period is not yet an answer.
+                let stale = Stale {
+                    trace,
+                    grace: Duration::from_secs(5),
+                };
+                self.wait(name, timeout, Some(&stale)).await
+            }
+            other => other,
+        }
+    }
+
     /// Wait until the connector and all its tasks run; a failure ends the wait at once with
     /// the failure trace.
     pub async fn wait_running(&self, name: &str, timeout: Duration) -> Result<ConnectorStatus> {
+        self.wait(name, timeout, None).await
+    }
+
+    async fn wait(
+        &self,
+        name: &str,
+        timeout: Duration,
+        stale: Option<&Stale>,
+    ) -> Result<ConnectorStatus> {
         let start = Instant::now();
         let mut last = String::from("no status yet");
         loop {
             match self.status(name).await {
                 Ok(status) if status.is_running() => return Ok(status),
                 Ok(status) => {
-                    if let Some(trace) = status.short_failure() {
-                        return Err(Error::Rejected {
-                            operation: "run",
-                            connector: Some(name.to_owned()),
-                            status: 200,
-                            message: trace,
+                    let trace = status.short_failure().filter(|trace| {
+                        stale.is_none_or(|s| *trace != s.trace || start.elapsed() >= s.grace)
+                    });
+                    if let Some(trace) = trace {
+                        return Err(Error::Failed {
+                            connector: name.to_owned(),
+                            trace,
                         });
                     }
                     last = status.summary();
@@ -361,6 +407,12 @@ impl ConnectClient {
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
+}
+
+/// A failure seen before a restart: not an answer about the restart for `grace`.
+struct Stale {
+    trace: String,
+    grace: Duration,
 }
 
 #[cfg(test)]

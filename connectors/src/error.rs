@@ -22,6 +22,10 @@ pub enum Error {
         status: u16,
         message: String,
     },
+    /// The connector or one of its tasks is `FAILED`; `trace` is Connect's failure trace cut to
+    /// its message and causes.
+    #[error("connector {connector:?} FAILED: {trace}")]
+    Failed { connector: String, trace: String },
     /// The named connector does not exist on this Connect cluster.
     #[error("connector {0:?} is not registered")]
     NotFound(String),
