@@ -117,9 +117,12 @@ pub async fn migrate(session: &Session, config: &CassandraSinkConfig) -> Result<
         session.await_schema_agreement().await.map_err(cql)?;
     }
     // A `reservation` table from before warehouses: add the column (again if a concurrent
-    // schema change lost it), until the schema has it.
+    // schema change lost it), until the server's live table has it. `system_schema` is not the
+    // test: with several processes altering at once it listed the column while statements
+    // naming it were still refused ("Undefined column name warehouse"); preparing one is.
+    let probe = format!("SELECT warehouse FROM {ks}.reservation LIMIT 1");
     let mut attempt = 0;
-    while !has_column(session, ks, "reservation", "warehouse").await? {
+    while !can_prepare(session, &probe).await? {
         attempt += 1;
         let added = session
             .query_unpaged(
@@ -128,7 +131,7 @@ pub async fn migrate(session: &Session, config: &CassandraSinkConfig) -> Result<
             )
             .await;
         session.await_schema_agreement().await.map_err(cql)?;
-        if attempt >= 5 && !has_column(session, ks, "reservation", "warehouse").await? {
+        if attempt >= 5 && !can_prepare(session, &probe).await? {
             return Err(SinkError::Cassandra(format!(
                 "{ks}.reservation still has no warehouse column after {attempt} attempts \
                  (last: {})",
@@ -142,23 +145,13 @@ pub async fn migrate(session: &Session, config: &CassandraSinkConfig) -> Result<
     Ok(())
 }
 
-async fn has_column(
-    session: &Session,
-    ks: &str,
-    table: &str,
-    column: &str,
-) -> Result<bool, SinkError> {
-    let rows = session
-        .query_unpaged(
-            "SELECT column_name FROM system_schema.columns \
-             WHERE keyspace_name = ? AND table_name = ? AND column_name = ?",
-            (ks, table, column),
-        )
-        .await
-        .map_err(cql)?
-        .into_rows_result()
-        .map_err(cql)?;
-    Ok(rows.rows_num() > 0)
+/// Whether the server accepts `statement` (`false`: it names a column the live table lacks).
+async fn can_prepare(session: &Session, statement: &str) -> Result<bool, SinkError> {
+    match session.prepare(statement).await {
+        Ok(_) => Ok(true),
+        Err(e) if e.to_string().contains("Undefined column") => Ok(false),
+        Err(e) => Err(cql(e)),
+    }
 }
 
 #[derive(Debug)]
