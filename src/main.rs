@@ -312,6 +312,11 @@ async fn main() -> anyhow::Result<ExitCode> {
                 .unwrap_or_else(|_| "warn,keel=info".into()),
         )
         .with_writer(std::io::stderr)
+        // Colours only on a terminal: `keel run 2>keel.log` (the README) is a plain text file.
+        .with_ansi(
+            std::io::IsTerminal::is_terminal(&std::io::stderr())
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+        )
         .init();
     let cli = Cli::parse();
     match cli.command {

@@ -124,6 +124,67 @@ stack_maven_file() {
   rm -rf "$work"
 }
 
+# The Prometheus JMX exporter java agent (io.prometheus.jmx:jmx_prometheus_javaagent) that the
+# kafka and connect servers load, serving their MBeans as Prometheus metrics on
+# $KEEL_STACK_HOST:<port>/metrics. Fetched once from Maven Central into
+# $(stack_cache_dir jmx-exporter)/, checked against the .sha1 file Maven Central publishes next
+# to the jar. Its rules are the compose stack's own files, docker/prometheus/jmx-<server>.yml:
+# one file per server for both stacks. KEEL_STACK_JMX_EXPORTER=0 starts the servers without it.
+: "${KEEL_JMX_EXPORTER_VERSION:=1.0.1}"
+: "${KEEL_MAVEN_CENTRAL_URL:=https://repo1.maven.org/maven2}"
+: "${KEEL_STACK_JMX_EXPORTER:=1}"
+STACK_JMX_RULES_DIR="$(cd "$STACK_ROOT/../docker/prometheus" 2>/dev/null && pwd)"
+
+stack_jmx_exporter_jar() {
+  printf '%s/jmx_prometheus_javaagent-%s.jar' "$(stack_cache_dir jmx-exporter)" "$KEEL_JMX_EXPORTER_VERSION"
+}
+
+# Idempotent: the jar is downloaded only when missing or when it no longer matches the sha1 it
+# was verified against.
+stack_jmx_exporter_install() {
+  [ "$KEEL_STACK_JMX_EXPORTER" = 0 ] && return 0
+  local jar url want got tmp
+  jar="$(stack_jmx_exporter_jar)"
+  if [ -s "$jar" ] && [ -s "$jar.sha1" ] &&
+      [ "$(sha1sum "$jar" | cut -d' ' -f1)" = "$(cat "$jar.sha1")" ]; then
+    return 0
+  fi
+  url="$KEEL_MAVEN_CENTRAL_URL/io/prometheus/jmx/jmx_prometheus_javaagent/$KEEL_JMX_EXPORTER_VERSION/jmx_prometheus_javaagent-$KEEL_JMX_EXPORTER_VERSION.jar"
+  mkdir -p "$(dirname "$jar")"
+  tmp="$(mktemp "$jar.XXXXXX")" || return 1
+  stack_log "jmx-exporter: fetching $url"
+  # The .sha1 file holds the hex digest, sometimes followed by the file name.
+  if ! want="$(curl -fsSL --retry 3 --max-time 60 "$url.sha1" | tr -d '\r' | cut -d' ' -f1)" ||
+      ! [[ "$want" =~ ^[0-9a-f]{40}$ ]]; then
+    rm -f "$tmp"
+    stack_log "jmx-exporter: no sha1 at $url.sha1"
+    return 1
+  fi
+  if ! curl -fsSL --retry 3 --max-time 300 -o "$tmp" "$url"; then
+    rm -f "$tmp"
+    stack_log "jmx-exporter: could not download $url"
+    return 1
+  fi
+  got="$(sha1sum "$tmp" | cut -d' ' -f1)"
+  if [ "$got" != "$want" ]; then
+    rm -f "$tmp"
+    stack_log "jmx-exporter: $url has sha1 $got, Maven Central's .sha1 says $want"
+    return 1
+  fi
+  chmod 644 "$tmp"
+  printf '%s\n' "$want" >"$jar.sha1"
+  mv "$tmp" "$jar"
+}
+
+# The JVM option that loads the agent, bound to the stack host only, e.g.
+#   -javaagent:<jar>=127.0.0.1:9404:<repo>/docker/prometheus/jmx-connect.yml
+# Prints nothing when KEEL_STACK_JMX_EXPORTER=0.
+#   stack_jmx_agent_opt <port> <rules-file>
+stack_jmx_agent_opt() {
+  [ "$KEEL_STACK_JMX_EXPORTER" = 0 ] && return 0
+  printf -- '-javaagent:%s=%s:%s:%s' "$(stack_jmx_exporter_jar)" "$KEEL_STACK_HOST" "$1" "$2"
+}
+
 # Install Debian packages non-interactively (sudo when not root), waiting for the dpkg lock and
 # retrying once after `apt-get update`. A temporary policy-rc.d forbids the packages to start
 # their own services: the stack runs its own servers on their ports.

@@ -8,6 +8,9 @@
 #   config   $(stack_data_dir connect)/connect-distributed.properties (from stack/conf/connect/)
 #   state    topics keel-connect-{configs,offsets,status} on the broker (group keel-connect)
 #   log      $(stack_log_file connect)
+#   metrics  http://127.0.0.1:9404/metrics: the Prometheus JMX exporter agent (stack/lib.sh) with
+#            the compose stack's rules, docker/prometheus/jmx-connect.yml (connector status,
+#            Debezium's MilliSecondsBehindSource, records polled; docs/metrics.md)
 #
 # Debezium publishes each connector on Maven as a tar.gz with classifier "plugin" that
 # holds the connector and its own dependencies; each is unpacked into its own folder
@@ -21,8 +24,10 @@ connect_LOG4J_VERSION="${KEEL_KAFKA_LOG4J_VERSION:-2.25.4}"
 connect_DEBEZIUM_MYSQL_VERSION="${KEEL_DEBEZIUM_MYSQL_VERSION:-3.6.1.Final}"
 connect_DEBEZIUM_POSTGRES_VERSION="${KEEL_DEBEZIUM_POSTGRES_VERSION:-3.6.1.Final}"
 connect_DEBEZIUM_MARIADB_VERSION="${KEEL_DEBEZIUM_MARIADB_VERSION:-3.5.0.Final}"
+# Where the JMX exporter agent serves the worker's metrics (KEEL_CONNECT_METRICS_PORT).
+connect_METRICS_PORT="${KEEL_CONNECT_METRICS_PORT:-9404}"
 # shellcheck disable=SC2034  # keel-stack reads connect_PORTS and connect_TIMEOUT indirectly
-connect_PORTS="8083"
+connect_PORTS="8083 $connect_METRICS_PORT"
 # shellcheck disable=SC2034
 connect_TIMEOUT=180
 connect_HEAP="${KEEL_CONNECT_HEAP:--Xms128m -Xmx512m}"
@@ -65,6 +70,7 @@ connect_install_plugin() {
 }
 
 connect_install() {
+  stack_jmx_exporter_install || return 1
   stack_maven_libs "$(connect_lib_dir)" \
     "org.apache.kafka:connect-runtime:$connect_VERSION" \
     "org.apache.kafka:connect-json:$connect_VERSION" \
@@ -93,8 +99,10 @@ connect_start() {
     return 1
   fi
   connect_render_config || return 1
+  local agent
+  agent="$(stack_jmx_agent_opt "$connect_METRICS_PORT" "$STACK_JMX_RULES_DIR/jmx-connect.yml")"
   # shellcheck disable=SC2086  # connect_HEAP is a list of JVM flags
-  stack_spawn connect "$(connect_java)" $connect_HEAP \
+  stack_spawn connect "$(connect_java)" $connect_HEAP ${agent:+"$agent"} \
     -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:InitiatingHeapOccupancyPercent=35 \
     -XX:+ExplicitGCInvokesConcurrent -XX:+ExitOnOutOfMemoryError \
     -XX:ErrorFile="$(stack_data_dir connect)/hs_err_pid%p.log" \

@@ -7,6 +7,8 @@
 #   config  $(stack_data_dir kafka)/server.properties (rendered from stack/conf/kafka/)
 #   data    $(stack_data_dir kafka)/kraft-logs/        (formatted once: meta.properties)
 #   log     $(stack_log_file kafka)                    (log4j2 -> stdout -> the log file)
+#   metrics http://127.0.0.1:9405/metrics: the Prometheus JMX exporter agent (stack/lib.sh)
+#           with the rules in docker/prometheus/jmx-kafka.yml (docs/metrics.md, role `kafka`)
 #
 # Kafka 4.x logs through slf4j-api 1.7.36 and ships log4j-core 2.x as its backend, but
 # the Maven poms name no slf4j binding: log4j-slf4j-impl (the slf4j 1.x binding, not the
@@ -18,8 +20,10 @@
 
 kafka_VERSION="${KEEL_KAFKA_VERSION:-4.3.1}"
 kafka_LOG4J_VERSION="${KEEL_KAFKA_LOG4J_VERSION:-2.25.4}"
+# Where the JMX exporter agent serves the broker's metrics (KEEL_KAFKA_METRICS_PORT).
+kafka_METRICS_PORT="${KEEL_KAFKA_METRICS_PORT:-9405}"
 # shellcheck disable=SC2034  # keel-stack reads kafka_PORTS and kafka_TIMEOUT indirectly
-kafka_PORTS="9092 9093"
+kafka_PORTS="9092 9093 $kafka_METRICS_PORT"
 # shellcheck disable=SC2034
 kafka_TIMEOUT=120
 kafka_HEAP="${KEEL_KAFKA_HEAP:--Xms256m -Xmx768m}"
@@ -30,6 +34,7 @@ kafka_config_file() { printf '%s/server.properties' "$(stack_data_dir kafka)"; }
 kafka_log_dir() { printf '%s/kraft-logs' "$(stack_data_dir kafka)"; }
 
 kafka_install() {
+  stack_jmx_exporter_install || return 1
   stack_maven_libs "$(kafka_lib_dir)" \
     "org.apache.kafka:kafka_2.13:$kafka_VERSION" \
     "org.apache.kafka:kafka-tools:$kafka_VERSION" \
@@ -71,8 +76,10 @@ kafka_format() {
 kafka_start() {
   kafka_render_config || return 1
   kafka_format || return 1
+  local agent
+  agent="$(stack_jmx_agent_opt "$kafka_METRICS_PORT" "$STACK_JMX_RULES_DIR/jmx-kafka.yml")"
   # shellcheck disable=SC2086  # kafka_HEAP is a list of JVM flags
-  stack_spawn kafka "$(kafka_java)" $kafka_HEAP \
+  stack_spawn kafka "$(kafka_java)" $kafka_HEAP ${agent:+"$agent"} \
     -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:InitiatingHeapOccupancyPercent=35 \
     -XX:+ExplicitGCInvokesConcurrent -XX:+ExitOnOutOfMemoryError \
     -XX:ErrorFile="$(stack_data_dir kafka)/hs_err_pid%p.log" \

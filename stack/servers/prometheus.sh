@@ -11,8 +11,12 @@
 #   127.0.0.1:8088 (a process with the `api` role: [api].listen) and 127.0.0.1:9464 (a process
 #   without it: the admin listener, [metrics].listen; src/admin.rs). A port nobody listens on is
 #   just a target that is down. KEEL_PROMETHEUS_TARGETS replaces the list, e.g.
-#   "127.0.0.1:8088 127.0.0.1:18088". Also Kafka Connect's JMX exporter at 127.0.0.1:9404 when
-#   Connect runs one. docs/metrics.md lists the metrics.
+#   "127.0.0.1:8088 127.0.0.1:18088". Also the Prometheus JMX exporter agents the stack loads
+#   (stack/lib.sh): Kafka Connect's at 127.0.0.1:9404 (job `connect`: connector status,
+#   Debezium's MilliSecondsBehindSource, records polled) and the broker's at 127.0.0.1:9405
+#   (job `kafka`). docs/metrics.md lists the metrics.
+# - `prometheus_reload` rewrites the config and sends SIGHUP: a running Prometheus picks up a
+#   changed scrape list without a restart.
 # - Part of `keel-stack up` (last, so it never delays the servers tests need; it is healthy in a
 #   second or two). Installed by scripts/bootstrap on a bare machine, so `up` does not wait on apt.
 # - `down` stops the recorded pid (keel-stack's default stop).
@@ -44,7 +48,7 @@ prometheus_install() {
   mkdir -p "$(stack_data_dir prometheus)/tsdb"
 }
 
-# The scrape config: Keel's processes and Connect's JMX exporter, on this host.
+# The scrape config: Keel's processes and the JMX exporters of Connect and the broker, on this host.
 prometheus_config() {
   local targets="${KEEL_PROMETHEUS_TARGETS:-$KEEL_STACK_HOST:8088 $KEEL_STACK_HOST:9464}" t list=""
   for t in $targets; do list="$list\"$t\", "; done
@@ -62,7 +66,10 @@ scrape_configs:
           process: keel-run
   - job_name: connect
     static_configs:
-      - targets: ["$KEEL_STACK_HOST:9404"]
+      - targets: ["$KEEL_STACK_HOST:${connect_METRICS_PORT:-9404}"]
+  - job_name: kafka
+    static_configs:
+      - targets: ["$KEEL_STACK_HOST:${kafka_METRICS_PORT:-9405}"]
 EOF
 }
 
@@ -74,6 +81,13 @@ prometheus_start() {
     --storage.tsdb.path="$data/tsdb" \
     --storage.tsdb.retention.time=2d \
     --web.listen-address="$KEEL_STACK_HOST:9090"
+}
+
+prometheus_reload() {
+  local pid
+  prometheus_config >"$(stack_data_dir prometheus)/prometheus.yml" || return 1
+  pid="$(stack_pid prometheus)" || return 0
+  kill -HUP "$pid"
 }
 
 prometheus_healthy() {

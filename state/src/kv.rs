@@ -1,38 +1,99 @@
 //! [`KeyValueStore`]: a persistent `bytes → bytes` store in RocksDB with a changelog.
 //!
+//! # Two sides of a store
+//!
+//! [`KeyValueStore`] (like [`TtlStore`](crate::TtlStore) and [`TimerStore`](crate::TimerStore))
+//! is the *data view* a processor holds: `get`, `get_with`, `put`, `delete`, `range`, `prefix`,
+//! `iter`. It has no lifecycle method, so no holder of a `&mut KeyValueStore` can drain the
+//! changelog, commit, abort or restore and break exactly-once. The lifecycle belongs to the
+//! runtime and is reached only through [`TaskState`](crate::TaskState) (every store of a task)
+//! and [`Store`](crate::Store) (one store of any kind), which processors never see.
+//!
 //! # Commit interval semantics (for the runtime author)
 //!
 //! * `put` / `delete` go to the store's pending write set; `get`, `range`, `prefix` and `iter`
 //!   see them at once (pending puts and deletes shadow RocksDB).
-//! * Each write queues the key for the changelog. [`KeyValueStore::take_changelog`] drains the
-//!   queue as [`ChangelogRecord`]s — one per key, with the key's latest value — which the runtime
-//!   produces to the store's changelog partition inside the current transaction.
-//! * After the transaction committed, [`KeyValueStore::commit`]`(Some(offset))` (offset of the
-//!   last changelog record produced for this store in that transaction) applies the pending set
-//!   to RocksDB in one `WriteBatch` and remembers the offset for the checkpoint. With no writes,
-//!   pass the previous offset or `None`.
-//! * If the transaction aborted, [`KeyValueStore::abort`] drops the pending set and the
-//!   undrained changelog queue: RocksDB never saw those writes.
+//! * Each write queues the key for the changelog. [`TaskState::take_changelog`] (or
+//!   [`Store::take_changelog`]) drains the queue as [`ChangelogRecord`]s — one per key, with the
+//!   key's latest value — which the runtime produces to the store's changelog partition inside
+//!   the current transaction.
+//! * After the transaction committed, [`TaskState::commit`] (or
+//!   [`Store::commit`]`(Some(offset))`, the offset of the last changelog record produced for this
+//!   store in that transaction) applies the pending set to RocksDB in one `WriteBatch` and
+//!   remembers the offset for the checkpoint. With no writes, pass the previous offset or
+//!   `None`.
+//! * If the transaction aborted, [`TaskState::abort`] drops the pending set and the undrained
+//!   changelog queue: RocksDB never saw those writes.
 //! * `commit` refuses to run while changelog records are undrained
 //!   ([`Error::UndrainedChangelog`](crate::Error::UndrainedChangelog)): those writes would be
 //!   in RocksDB but not in the changelog, and a restore would lose them.
 //! * If `commit` fails (disk), the pending set is kept and the commit can be retried; a runtime
 //!   that gives up closes the task dirty, which forces a restore from the changelog.
+//!
+//! [`ChangelogRecord`]: crate::ChangelogRecord
+//! [`TaskState::take_changelog`]: crate::TaskState::take_changelog
+//! [`TaskState::commit`]: crate::TaskState::commit
+//! [`TaskState::abort`]: crate::TaskState::abort
+//! [`Store::take_changelog`]: crate::Store::take_changelog
+//! [`Store::commit`]: crate::Store::commit
 
 use std::ops::Bound;
 
-use crate::changelog::ChangelogRecord;
 use crate::error::Result;
 use crate::restore::RestoreBatch;
-use crate::rocks::{
-    CommittedReader, PRIMARY, StoreCore, StoreIter, prefix_successor, to_half_open,
-};
+use crate::rocks::{PRIMARY, StoreCore, StoreIter, prefix_successor, to_half_open};
 
 /// Column families of a key-value store.
 pub(crate) const COLUMNS: &[&str] = &[rocksdb::DEFAULT_COLUMN_FAMILY_NAME];
 
-/// A persistent key-value store with a pending write set and a changelog.
-/// Opened through [`TaskState::register_kv`](crate::TaskState::register_kv).
+/// A persistent key-value store with a pending write set and a changelog: the data view a
+/// processor holds. Opened through [`TaskState::register_kv`](crate::TaskState::register_kv).
+///
+/// Only data operations are reachable through it; reads see this interval's writes:
+///
+/// ```
+/// # fn main() -> keel_state::Result<()> {
+/// # let dir = std::env::temp_dir().join(format!("keel-kv-doc-{}", std::process::id()));
+/// # let env = keel_state::StoreEnv::new(keel_state::StateConfig::with_dir(&dir), "doc")?;
+/// # let mut task = env.open_task("0_0", keel_state::Guarantee::ExactlyOnce)?;
+/// let store: &mut keel_state::KeyValueStore = task.register_kv("counts")?;
+/// store.put(b"a".to_vec(), b"1".to_vec());
+/// assert_eq!(store.get(b"a")?, Some(b"1".to_vec()));
+/// store.delete(b"a".to_vec());
+/// assert_eq!(store.iter()?.count(), 0);
+/// # drop(task);
+/// # std::fs::remove_dir_all(&dir).ok();
+/// # Ok(())
+/// # }
+/// ```
+///
+/// The lifecycle is not: draining the changelog does not compile for a holder of the view,
+///
+/// ```compile_fail,E0599
+/// fn misuse(store: &mut keel_state::KeyValueStore) {
+///     let _ = store.take_changelog();
+/// }
+/// ```
+///
+/// nor does committing, aborting or restoring:
+///
+/// ```compile_fail,E0599
+/// fn misuse(store: &mut keel_state::KeyValueStore) -> keel_state::Result<()> {
+///     store.commit(Some(1))
+/// }
+/// ```
+///
+/// ```compile_fail,E0599
+/// fn misuse(store: &mut keel_state::KeyValueStore) {
+///     store.abort();
+/// }
+/// ```
+///
+/// ```compile_fail,E0624
+/// fn misuse(store: &mut keel_state::KeyValueStore) {
+///     let _ = store.restore_batch([(0_i64, b"k".to_vec(), Some(b"v".to_vec()))]);
+/// }
+/// ```
 #[derive(Debug)]
 pub struct KeyValueStore {
     core: StoreCore,
@@ -94,40 +155,9 @@ impl KeyValueStore {
         self.core.iter(PRIMARY, None, None)
     }
 
-    /// Drains the changelog records of the writes made since the last call: one per key, with
-    /// its latest value (`None` = tombstone), in key order.
-    pub fn take_changelog(&mut self) -> Vec<ChangelogRecord> {
-        let mut out = Vec::new();
-        self.core.take_changelog_into(&mut out);
-        out
-    }
-
-    /// Keys written since the last [`take_changelog`](Self::take_changelog).
-    pub fn unlogged_writes(&self) -> usize {
-        self.core.unlogged_writes()
-    }
-
-    /// Writes waiting for [`commit`](Self::commit).
-    pub fn pending_writes(&self) -> usize {
-        self.core.pending_writes()
-    }
-
-    /// Applies the pending writes to RocksDB in one batch, after their transaction committed.
-    /// `changelog_offset` is the offset of the last changelog record of this store in that
-    /// transaction (`None`: unknown or no writes — the applied offset stays as it was, which is
-    /// safe: restore just replays more).
-    pub fn commit(&mut self, changelog_offset: Option<i64>) -> Result<()> {
-        self.core.commit(changelog_offset)
-    }
-
-    /// Drops the pending writes and undrained changelog records: the transaction aborted.
-    pub fn abort(&mut self) {
-        self.core.abort();
-    }
-
-    /// Writes changelog records `(offset, key, value)` straight to RocksDB in one batch. See
-    /// [`restore`](crate::restore).
-    pub fn restore_batch<K, V>(
+    /// Replays changelog records `(offset, key, value)` straight to RocksDB in one batch (the
+    /// runtime calls it through [`Store::restore_batch`](crate::Store::restore_batch)).
+    pub(crate) fn restore_batch<K, V>(
         &mut self,
         records: impl IntoIterator<Item = (i64, K, Option<V>)>,
     ) -> Result<RestoreBatch>
@@ -136,20 +166,5 @@ impl KeyValueStore {
         V: AsRef<[u8]>,
     {
         self.core.restore_verbatim(records)
-    }
-
-    /// The changelog offset applied to RocksDB (what the checkpoint will record).
-    pub fn applied_offset(&self) -> Option<i64> {
-        self.core.applied_offset()
-    }
-
-    /// RocksDB's estimate of the number of committed keys.
-    pub fn approximate_len(&self) -> Result<u64> {
-        self.core.approximate_len(PRIMARY)
-    }
-
-    /// A handle reading the committed state from any thread (interactive queries).
-    pub fn committed_reader(&self) -> CommittedReader {
-        self.core.reader()
     }
 }

@@ -14,9 +14,10 @@
 //! - [`env`]: [`StoreEnv`] — one application's state directory and the block cache and write
 //!   buffer manager shared by every store of the process (one memory ceiling).
 //! - [`task`]: [`TaskState`] — a task's directory lock, checkpoint and stores; open, commit,
-//!   abort, close. **Start here.**
+//!   abort, close — and [`Store`], one store of any kind with its lifecycle. **Start here.**
 //! - [`kv`]: [`KeyValueStore`] — bytes → bytes with a pending write set; the commit-interval
-//!   rules.
+//!   rules, and why the store types are data views with no lifecycle method (what processors
+//!   get: they cannot drain, commit, abort or restore).
 //! - [`ttl`]: [`TtlStore`] — entries with an expiry and an expiry index; `expire(now)`.
 //! - [`timer`]: [`TimerStore`] — durable timers in due order; `due(now)`.
 //! - [`changelog`]: [`ChangelogRecord`] and changelog topic naming.

@@ -52,7 +52,7 @@ use crate::env::{StoreEnv, lock_task_dir};
 use crate::error::{Error, Result};
 use crate::kv::{self, KeyValueStore};
 use crate::restore::{RestoreBatch, RestoreFrom, RestoreListener, RestorePlan, RestoreProgress};
-use crate::rocks::StoreCore;
+use crate::rocks::{CommittedReader, StoreCore};
 use crate::timed::{self, TimedCore};
 use crate::timer::TimerStore;
 use crate::ttl::TtlStore;
@@ -88,8 +88,10 @@ impl fmt::Display for StoreKind {
     }
 }
 
-/// Any store of a task. The lifecycle methods (`take_changelog`, `commit`, `abort`,
-/// `restore_batch`) work the same on every kind.
+/// Any store of a task, on the runtime's side: the lifecycle methods (`take_changelog`,
+/// `commit`, `abort`, savepoints, `restore_batch`) live here once and work the same on every
+/// kind. The variants hold the data views ([`KeyValueStore`], [`TtlStore`], [`TimerStore`]),
+/// which are what processors get and which have no lifecycle method.
 #[derive(Debug)]
 pub enum Store {
     /// A key-value store.
@@ -167,6 +169,14 @@ impl Store {
         self.core_mut().take_changelog_into(out);
     }
 
+    /// Drains the changelog records of the writes made since the last call: one per key, with
+    /// its latest value (`None` = tombstone), in key order.
+    pub fn take_changelog(&mut self) -> Vec<ChangelogRecord> {
+        let mut out = Vec::new();
+        self.take_changelog_into(&mut out);
+        out
+    }
+
     /// Keys written since the last changelog drain.
     pub fn unlogged_writes(&self) -> usize {
         self.core().unlogged_writes()
@@ -182,7 +192,10 @@ impl Store {
         self.core().applied_offset()
     }
 
-    /// Applies pending writes after their transaction committed.
+    /// Applies the pending writes to RocksDB in one batch, after their transaction committed.
+    /// `changelog_offset` is the offset of the last changelog record of this store in that
+    /// transaction (`None`: unknown or no writes — the applied offset stays as it was, which is
+    /// safe: restore just replays more). Refuses while changelog records are undrained.
     pub fn commit(&mut self, changelog_offset: Option<i64>) -> Result<()> {
         self.core_mut().commit(changelog_offset)
     }
@@ -231,6 +244,15 @@ impl Store {
     /// The store's RocksDB directory.
     pub fn path(&self) -> &Path {
         self.core().path()
+    }
+
+    /// A handle reading the committed state from any thread (interactive queries); key-value
+    /// stores only (`None` for TTL and timer stores, whose values are encoded).
+    pub fn committed_reader(&self) -> Option<CommittedReader> {
+        match self {
+            Store::KeyValue(s) => Some(s.core().reader()),
+            Store::Ttl(_) | Store::Timer(_) => None,
+        }
     }
 }
 

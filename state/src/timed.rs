@@ -13,7 +13,6 @@
 //! that disagree with their entry (possible only after a crash under at-least-once) are dropped
 //! when met.
 
-use crate::changelog::ChangelogRecord;
 use crate::error::{Error, Result};
 use crate::restore::RestoreBatch;
 use crate::rocks::{PRIMARY, StoreCore, StoreIter, prefix_successor};
@@ -206,12 +205,6 @@ impl TimedCore {
             Ok(TimedEntry { key, time, payload })
         })
         .collect()
-    }
-
-    pub(crate) fn take_changelog(&mut self) -> Vec<ChangelogRecord> {
-        let mut out = Vec::new();
-        self.core.take_changelog_into(&mut out);
-        out
     }
 
     /// Replays changelog records: each goes through `set`/`remove` (so the index follows) into

@@ -8,11 +8,10 @@
 //!   time), never from a clock inside the store.
 //! * [`TimerStore::due`]`(now)` removes and returns every due timer in `(due, key)` order; the
 //!   processor acts on them in the same transaction, so under exactly-once a timer fires once:
-//!   if the transaction aborts, `abort` brings the timers back.
+//!   if the transaction aborts, the runtime's abort brings the timers back.
 //! * Timers are changelogged like any store (values `[1u8][due: i64 BE][payload]`), so a task
 //!   restored elsewhere has the same timers; restore rebuilds the due-time index.
 
-use crate::changelog::ChangelogRecord;
 use crate::error::Result;
 use crate::restore::RestoreBatch;
 use crate::timed::{TimedCore, TimedEntry};
@@ -38,8 +37,22 @@ impl From<TimedEntry> for Timer {
     }
 }
 
-/// A store of durable timers. Opened through
+/// A store of durable timers: the data view a processor holds. Opened through
 /// [`TaskState::register_timers`](crate::TaskState::register_timers).
+///
+/// Its lifecycle is out of a processor's reach (see [`kv`](crate::kv)):
+///
+/// ```compile_fail,E0599
+/// fn misuse(store: &mut keel_state::TimerStore) {
+///     let _ = store.take_changelog();
+/// }
+/// ```
+///
+/// ```compile_fail,E0599
+/// fn misuse(store: &mut keel_state::TimerStore) -> keel_state::Result<()> {
+///     store.commit(Some(1))
+/// }
+/// ```
 #[derive(Debug)]
 pub struct TimerStore {
     inner: TimedCore,
@@ -124,36 +137,9 @@ impl TimerStore {
             .collect())
     }
 
-    /// Drains the changelog records of writes since the last call. See
-    /// [`KeyValueStore::take_changelog`](crate::KeyValueStore::take_changelog).
-    pub fn take_changelog(&mut self) -> Vec<ChangelogRecord> {
-        self.inner.take_changelog()
-    }
-
-    /// Timers written since the last [`take_changelog`](Self::take_changelog).
-    pub fn unlogged_writes(&self) -> usize {
-        self.inner.core().unlogged_writes()
-    }
-
-    /// Timer writes waiting for [`commit`](Self::commit).
-    pub fn pending_writes(&self) -> usize {
-        self.inner.core().pending_writes()
-    }
-
-    /// Applies the pending writes after their transaction committed. See
-    /// [`KeyValueStore::commit`](crate::KeyValueStore::commit).
-    pub fn commit(&mut self, changelog_offset: Option<i64>) -> Result<()> {
-        self.inner.core_mut().commit(changelog_offset)
-    }
-
-    /// Drops the pending writes: the transaction aborted (fired timers come back).
-    pub fn abort(&mut self) {
-        self.inner.core_mut().abort();
-    }
-
-    /// Replays changelog records, rebuilding the due-time index. See
-    /// [`restore`](crate::restore).
-    pub fn restore_batch<K, V>(
+    /// Replays changelog records, rebuilding the due-time index (the runtime calls it through
+    /// [`Store::restore_batch`](crate::Store::restore_batch)).
+    pub(crate) fn restore_batch<K, V>(
         &mut self,
         records: impl IntoIterator<Item = (i64, K, Option<V>)>,
     ) -> Result<RestoreBatch>
@@ -162,15 +148,5 @@ impl TimerStore {
         V: AsRef<[u8]>,
     {
         self.inner.restore_batch(records)
-    }
-
-    /// The changelog offset applied to RocksDB.
-    pub fn applied_offset(&self) -> Option<i64> {
-        self.inner.core().applied_offset()
-    }
-
-    /// RocksDB's estimate of the number of committed timers.
-    pub fn approximate_len(&self) -> Result<u64> {
-        self.inner.core().approximate_len(crate::rocks::PRIMARY)
     }
 }

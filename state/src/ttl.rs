@@ -10,15 +10,16 @@
 //! * [`TtlStore::expire`]`(now)` purges every expired entry and returns them in
 //!   `(expires_at, key)` order, so a punctuator can emit a release for each; every purge queues a
 //!   changelog tombstone. Cost is O(expired · log n) via the expiry index, not O(entries).
-//! * Writes follow the commit-interval rules of [`KeyValueStore`](crate::KeyValueStore): pending
-//!   until `commit`, dropped by `abort`, drained with `take_changelog`.
+//! * Writes follow the commit-interval rules of [`KeyValueStore`](crate::kv): pending until
+//!   the runtime commits, dropped when it aborts, drained with the task's changelog. Like every
+//!   store type, [`TtlStore`] is the data view a processor holds; the lifecycle is on
+//!   [`TaskState`](crate::TaskState) and [`Store`](crate::Store).
 //! * Changelog values are `[1u8][expires_at: i64 BE][value]`; restore rebuilds the expiry index.
 //!   Entries restored already expired stay until the next `expire` returns them, so a task
 //!   that moves still releases every hold exactly once.
 
 use std::time::Duration;
 
-use crate::changelog::ChangelogRecord;
 use crate::error::Result;
 use crate::restore::RestoreBatch;
 use crate::timed::{TimedCore, TimedEntry};
@@ -44,8 +45,22 @@ impl From<TimedEntry> for TtlEntry {
     }
 }
 
-/// A key-value store with per-entry expiry. Opened through
+/// A key-value store with per-entry expiry: the data view a processor holds. Opened through
 /// [`TaskState::register_ttl`](crate::TaskState::register_ttl).
+///
+/// Its lifecycle is out of a processor's reach (see [`kv`](crate::kv)):
+///
+/// ```compile_fail,E0599
+/// fn misuse(store: &mut keel_state::TtlStore) {
+///     let _ = store.take_changelog();
+/// }
+/// ```
+///
+/// ```compile_fail,E0599
+/// fn misuse(store: &mut keel_state::TtlStore) -> keel_state::Result<()> {
+///     store.commit(Some(1))
+/// }
+/// ```
 #[derive(Debug)]
 pub struct TtlStore {
     inner: TimedCore,
@@ -156,35 +171,9 @@ impl TtlStore {
             .collect())
     }
 
-    /// Drains the changelog records of writes since the last call. See
-    /// [`KeyValueStore::take_changelog`](crate::KeyValueStore::take_changelog).
-    pub fn take_changelog(&mut self) -> Vec<ChangelogRecord> {
-        self.inner.take_changelog()
-    }
-
-    /// Entries written since the last [`take_changelog`](Self::take_changelog).
-    pub fn unlogged_writes(&self) -> usize {
-        self.inner.core().unlogged_writes()
-    }
-
-    /// Entry writes waiting for [`commit`](Self::commit).
-    pub fn pending_writes(&self) -> usize {
-        self.inner.core().pending_writes()
-    }
-
-    /// Applies the pending writes after their transaction committed. See
-    /// [`KeyValueStore::commit`](crate::KeyValueStore::commit).
-    pub fn commit(&mut self, changelog_offset: Option<i64>) -> Result<()> {
-        self.inner.core_mut().commit(changelog_offset)
-    }
-
-    /// Drops the pending writes: the transaction aborted.
-    pub fn abort(&mut self) {
-        self.inner.core_mut().abort();
-    }
-
-    /// Replays changelog records, rebuilding the expiry index. See [`restore`](crate::restore).
-    pub fn restore_batch<K, V>(
+    /// Replays changelog records, rebuilding the expiry index (the runtime calls it through
+    /// [`Store::restore_batch`](crate::Store::restore_batch)).
+    pub(crate) fn restore_batch<K, V>(
         &mut self,
         records: impl IntoIterator<Item = (i64, K, Option<V>)>,
     ) -> Result<RestoreBatch>
@@ -193,15 +182,5 @@ impl TtlStore {
         V: AsRef<[u8]>,
     {
         self.inner.restore_batch(records)
-    }
-
-    /// The changelog offset applied to RocksDB.
-    pub fn applied_offset(&self) -> Option<i64> {
-        self.inner.core().applied_offset()
-    }
-
-    /// RocksDB's estimate of the number of committed entries.
-    pub fn approximate_len(&self) -> Result<u64> {
-        self.inner.core().approximate_len(crate::rocks::PRIMARY)
     }
 }

@@ -232,7 +232,7 @@ pub(crate) fn is_fenced(error: &rdkafka::error::KafkaError) -> bool {
 
 /// Kafka errors: fenced stops (only an instance with the same id fences, and a restart would
 /// fence it back); a fatal transactional error needs a new producer; anything else aborts the
-/// interval and replays it (librdkafka's transactional rules, `thread.rs` `txn_call`, decide
+/// interval and replays it (librdkafka's transactional rules, `thread/txn.rs` `txn_call`, decide
 /// within one call when to call it again instead).
 fn kafka_action(error: &rdkafka::error::KafkaError) -> Action {
     match error {

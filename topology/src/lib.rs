@@ -37,6 +37,8 @@ pub use config::StreamsConfig;
 pub use driver::{DriverConfig, TestDriver};
 pub use error::{Action, Error, ProcessError, Result, SerdeError};
 pub use keel_state::{Guarantee, StoreKind};
+/// The data views of a task's stores that [`Context`] hands to processors (no lifecycle).
+pub use keel_state::{KeyValueStore, Timer, TimerStore, TtlEntry, TtlStore};
 pub use metrics::Metrics;
 pub use processor::{Context, Processor, Punctuation, PunctuationType};
 pub use record::{Headers, OutRecord, RawRecord, Record, RecordMeta};

@@ -1,4 +1,72 @@
 //! The Processor API: what a processor implements and the [`Context`] it works through.
+//!
+//! # What a processor may do with a store
+//!
+//! [`Context::kv`], [`Context::ttl`] and [`Context::timers`] hand out the *data views* of the
+//! task's stores ([`KeyValueStore`], [`TtlStore`], [`TimerStore`]): reads, writes, ranges,
+//! prefixes, timers and expiries. The lifecycle that exactly-once rests on — draining the
+//! changelog, applying or dropping the interval's writes, savepoints, restore, checkpoints — is
+//! on `keel_state::TaskState` and `keel_state::Store`, which only the runtime holds; a processor
+//! cannot name a way to reach it. A processor that does what it should compiles:
+//!
+//! ```
+//! use keel_topology::{Context, ProcessError, Processor, Record};
+//!
+//! struct Count;
+//!
+//! impl Processor for Count {
+//!     type Key = String;
+//!     type Value = i64;
+//!     fn process(&mut self, ctx: &mut Context<'_>, r: Record<String, i64>) -> Result<(), ProcessError> {
+//!         let store = ctx.kv("counts")?;
+//!         let n = store.get(r.key.as_bytes())?.map_or(0, |v| v.len());
+//!         store.put(r.key.into_bytes(), vec![0; n + 1]);
+//!         Ok(())
+//!     }
+//! }
+//! ```
+//!
+//! and one that reaches for the lifecycle does not (each of these is a `compile_fail` test):
+//!
+//! ```compile_fail,E0599
+//! # use keel_topology::{Context, ProcessError};
+//! fn misuse(ctx: &mut Context<'_>) -> Result<(), ProcessError> {
+//!     let _ = ctx.kv("counts")?.take_changelog();
+//!     Ok(())
+//! }
+//! ```
+//!
+//! ```compile_fail,E0599
+//! # use keel_topology::{Context, ProcessError};
+//! fn misuse(ctx: &mut Context<'_>) -> Result<(), ProcessError> {
+//!     ctx.kv("counts")?.commit(Some(1))?;
+//!     Ok(())
+//! }
+//! ```
+//!
+//! ```compile_fail,E0599
+//! # use keel_topology::{Context, ProcessError};
+//! fn misuse(ctx: &mut Context<'_>) -> Result<(), ProcessError> {
+//!     ctx.timers("deadlines")?.abort();
+//!     Ok(())
+//! }
+//! ```
+//!
+//! ```compile_fail,E0599
+//! # use keel_topology::{Context, ProcessError};
+//! fn misuse(ctx: &mut Context<'_>) -> Result<(), ProcessError> {
+//!     let _ = ctx.ttl("holds")?.take_changelog();
+//!     Ok(())
+//! }
+//! ```
+//!
+//! ```compile_fail,E0616
+//! # use keel_topology::{Context, ProcessError};
+//! fn misuse(ctx: &mut Context<'_>) -> Result<(), ProcessError> {
+//!     ctx.state.commit([("counts", 1)])?; // the task's state is the runtime's
+//!     Ok(())
+//! }
+//! ```
 
 use std::any::{Any, type_name};
 use std::time::Duration;
@@ -182,20 +250,27 @@ impl Context<'_> {
         }
     }
 
-    /// A key-value store connected to this processor.
+    /// A key-value store connected to this processor: its data view (get, put, delete, range,
+    /// prefix, iter), never its lifecycle (see [the module docs](self)).
+    ///
+    /// # Errors
+    /// [`ProcessError::Fatal`] if the processor is not connected to `store`; a store error if
+    /// `store` is not a key-value store.
     pub fn kv(&mut self, store: &str) -> Result<&mut KeyValueStore, ProcessError> {
         self.connected(store)?;
         Ok(self.state.kv_mut(store)?)
     }
 
-    /// A TTL store connected to this processor.
+    /// A TTL store connected to this processor: its data view (put, get, delete, expire,
+    /// prefix), never its lifecycle.
     pub fn ttl(&mut self, store: &str) -> Result<&mut TtlStore, ProcessError> {
         self.connected(store)?;
         Ok(self.state.ttl_mut(store)?)
     }
 
-    /// A timer store connected to this processor; its timers are changelogged, so they survive
-    /// restarts and move with the task.
+    /// A timer store connected to this processor: its data view (schedule, cancel, get, due,
+    /// prefix), never its lifecycle. Its timers are changelogged, so they survive restarts and
+    /// move with the task.
     pub fn timers(&mut self, store: &str) -> Result<&mut TimerStore, ProcessError> {
         self.connected(store)?;
         Ok(self.state.timers_mut(store)?)

@@ -12,10 +12,13 @@ fn pending_writes_are_visible_before_commit_and_absent_from_rocksdb_until_commit
     let h = Harness::new()?;
     let mut task = h.open(Guarantee::ExactlyOnce)?;
     let mut log = Changelogs::default();
-    let store = task.register_kv("counts")?;
-    let committed = store.committed_reader();
+    task.register_kv("counts")?;
+    let committed = task
+        .store("counts")?
+        .committed_reader()
+        .ok_or("a key-value store has a committed reader")?;
 
-    store.put(b("old"), b("1"));
+    task.kv_mut("counts")?.put(b("old"), b("1"));
     log.commit(&mut task)?;
     assert_eq!(committed.get(b"old")?, Some(b("1")));
 
@@ -25,7 +28,7 @@ fn pending_writes_are_visible_before_commit_and_absent_from_rocksdb_until_commit
     // The task sees its own writes at once...
     assert_eq!(store.get(b"new")?, Some(b("2")));
     assert_eq!(store.get(b"old")?, None);
-    assert_eq!(store.pending_writes(), 2);
+    assert_eq!(task.store("counts")?.pending_writes(), 2);
     // ...RocksDB does not.
     assert_eq!(committed.get(b"new")?, None);
     assert_eq!(committed.get(b"old")?, Some(b("1")));
@@ -33,7 +36,7 @@ fn pending_writes_are_visible_before_commit_and_absent_from_rocksdb_until_commit
     log.commit(&mut task)?;
     assert_eq!(committed.get(b"new")?, Some(b("2")));
     assert_eq!(committed.get(b"old")?, None);
-    assert_eq!(task.kv("counts")?.pending_writes(), 0);
+    assert_eq!(task.store("counts")?.pending_writes(), 0);
     Ok(())
 }
 
@@ -126,7 +129,7 @@ fn abort_leaves_no_trace_even_after_reopening_the_store() -> TestResult {
         BTreeMap::from([(b("x"), b("1"))]),
         "the aborted and uncommitted writes are gone"
     );
-    assert!(store.take_changelog().is_empty());
+    assert!(task.take_changelog().is_empty());
     assert_eq!(task.restore_plans()[0].from, RestoreFrom::After(0));
     Ok(())
 }
@@ -142,6 +145,7 @@ fn changelog_has_one_record_per_key_with_its_latest_value_and_tombstones_for_del
     store.put(b("b"), b("1"));
     store.delete(b("b"));
     store.put(b("c"), b("3"));
+    let store = task.store_mut("counts")?;
     assert_eq!(store.unlogged_writes(), 3);
 
     let records = store.take_changelog();
@@ -160,8 +164,8 @@ fn changelog_has_one_record_per_key_with_its_latest_value_and_tombstones_for_del
     assert!(records[1].is_tombstone());
     assert!(store.take_changelog().is_empty(), "drained");
 
-    store.put(b("a"), b("3"));
-    let again = store.take_changelog();
+    task.kv_mut("counts")?.put(b("a"), b("3"));
+    let again = task.take_changelog();
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].value, Some(b("3")));
     assert_eq!(
@@ -175,8 +179,8 @@ fn changelog_has_one_record_per_key_with_its_latest_value_and_tombstones_for_del
 fn commit_refuses_an_undrained_changelog_and_an_offset_going_back() -> TestResult {
     let h = Harness::new()?;
     let mut task = h.open(Guarantee::ExactlyOnce)?;
-    let store = task.register_kv("counts")?;
-    store.put(b("a"), b("1"));
+    task.register_kv("counts")?.put(b("a"), b("1"));
+    let store = task.store_mut("counts")?;
     let err = store
         .commit(Some(0))
         .err()
@@ -190,8 +194,8 @@ fn commit_refuses_an_undrained_changelog_and_an_offset_going_back() -> TestResul
 
     store.take_changelog();
     store.commit(Some(5))?;
-    store.put(b("a"), b("2"));
-    store.take_changelog();
+    task.kv_mut("counts")?.put(b("a"), b("2"));
+    task.take_changelog();
     let err = task
         .commit([("counts", 3)])
         .err()
@@ -214,9 +218,15 @@ fn commit_refuses_an_undrained_changelog_and_an_offset_going_back() -> TestResul
     assert!(matches!(err, Error::UnknownStore { .. }), "{err}");
 
     task.commit([("counts", 7)])?;
-    let store = task.kv("counts")?;
+    let store = task.store("counts")?;
     assert_eq!(store.applied_offset(), Some(7));
-    assert_eq!(store.committed_reader().get(b"a")?, Some(b("2")));
+    assert_eq!(
+        store
+            .committed_reader()
+            .ok_or("a key-value store has a committed reader")?
+            .get(b"a")?,
+        Some(b("2"))
+    );
     Ok(())
 }
 
@@ -230,7 +240,10 @@ fn committed_reader_reports_a_closed_store_instead_of_reading_stale_files() -> T
     store.put(b("k2"), b("v2"));
     store.put(b("j"), b("v"));
     log.commit(&mut task)?;
-    let reader = task.kv("counts")?.committed_reader();
+    let reader = task
+        .store("counts")?
+        .committed_reader()
+        .ok_or("a key-value store has a committed reader")?;
     assert_eq!(
         reader.prefix(b"k", 10)?,
         vec![(b("k1"), b("v1")), (b("k2"), b("v2"))]

@@ -143,8 +143,10 @@ fn run_kv(ops: &[KvOp]) -> Result<(), Box<dyn std::error::Error>> {
                 "get after {op:?}"
             );
         }
-        let in_rocksdb: BTreeMap<_, _> = store
+        let in_rocksdb: BTreeMap<_, _> = task
+            .store("kv")?
             .committed_reader()
+            .ok_or("a key-value store has a committed reader")?
             .prefix(b"", usize::MAX)?
             .into_iter()
             .collect();

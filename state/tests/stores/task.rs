@@ -48,7 +48,7 @@ fn checkpoint_is_written_on_clean_close_and_removed_on_open_under_exactly_once()
         "no checkpoint while running under EOS"
     );
     let applied = task
-        .kv("counts")?
+        .store("counts")?
         .applied_offset()
         .ok_or("nothing applied")?;
     let before = kv_contents(task.kv("counts")?)?;
@@ -60,8 +60,9 @@ fn checkpoint_is_written_on_clean_close_and_removed_on_open_under_exactly_once()
     let mut task = h.open(Guarantee::ExactlyOnce)?;
     assert!(!h.checkpoint_path().exists(), "open removes the checkpoint");
     assert_eq!(task.checkpointed_offset("counts"), Some(applied));
-    let store = task.register_kv("counts")?;
-    assert_eq!(store.applied_offset(), Some(applied));
+    task.register_kv("counts")?;
+    assert_eq!(task.store("counts")?.applied_offset(), Some(applied));
+    let store = task.kv("counts")?;
     assert_eq!(
         kv_contents(store)?,
         before,
@@ -79,7 +80,7 @@ fn restore_from_checkpoint_replays_only_the_tail() -> TestResult {
     task.register_kv("counts")?;
     write_workload(&mut task, &mut log, 0..30)?;
     let checkpointed = task
-        .kv("counts")?
+        .store("counts")?
         .applied_offset()
         .ok_or("nothing applied")?;
     task.close()?;
@@ -325,7 +326,7 @@ fn restore_reports_records_restored_and_remaining_to_the_listener() -> TestResul
         ]
     );
     assert!(progress.is_complete());
-    assert_eq!(task.kv("counts")?.applied_offset(), Some(24));
+    assert_eq!(task.store("counts")?.applied_offset(), Some(24));
 
     // Re-delivered records are skipped, not re-applied.
     let again = task.restore_batch("counts", records[20..].iter().cloned())?;
@@ -454,7 +455,7 @@ fn memory_usage_reports_the_shared_ceiling() -> TestResult {
         usage.block_cache_usage > 0,
         "memtables are charged to the cache: {usage:?}"
     );
-    assert!(task.kv("counts")?.approximate_len()? > 0);
+    assert!(task.store("counts")?.approximate_len()? > 0);
     Ok(())
 }
 

@@ -37,10 +37,10 @@ fn timers_fire_in_due_order_and_are_removed_when_fired() -> TestResult {
     );
     assert!(timers.due(30_000)?.is_empty(), "fired timers are gone");
     assert_eq!(timers.get(b"order-1/cart-wait")?, None);
-    let tombstones = timers.take_changelog();
+    let tombstones = task.take_changelog();
     assert_eq!(tombstones.len(), 3);
     assert!(tombstones.iter().all(|r| r.is_tombstone()));
-    assert_eq!(timers.next_due()?, Some(45_000));
+    assert_eq!(task.timers("timers")?.next_due()?, Some(45_000));
     Ok(())
 }
 

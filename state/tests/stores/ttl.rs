@@ -62,7 +62,7 @@ fn expire_returns_exactly_the_expired_entries_in_expiry_order_and_emits_tombston
             entry("k5", "v5", 200),
         ]
     );
-    let tombstones: Vec<_> = holds
+    let tombstones: Vec<_> = task
         .take_changelog()
         .into_iter()
         .map(|r| (r.key, r.value))
@@ -76,6 +76,7 @@ fn expire_returns_exactly_the_expired_entries_in_expiry_order_and_emits_tombston
             (b("k5"), None)
         ]
     );
+    let holds = task.ttl_mut("holds")?;
     assert!(
         holds.expire(200)?.is_empty(),
         "purged entries do not come back"
@@ -172,7 +173,7 @@ fn ttl_changelog_values_carry_the_expiry_and_restore_rebuilds_the_index() -> Tes
     holds.put(b("a"), b"1", 30)?;
     holds.put(b("b"), b"2", 10)?;
     holds.put(b("c"), b"3", 20)?;
-    let records = holds.take_changelog();
+    let records = task.take_changelog();
     let expected: Vec<u8> = [&[1u8][..], &30i64.to_be_bytes()[..], &b"1"[..]].concat();
     assert_eq!(
         records[0].value.as_deref(),
@@ -180,6 +181,7 @@ fn ttl_changelog_values_carry_the_expiry_and_restore_rebuilds_the_index() -> Tes
         "[1][expires_at BE][value]"
     );
     // Put them back so the harness produces them.
+    let holds = task.ttl_mut("holds")?;
     for r in &records {
         let v = r.value.as_deref().ok_or("tombstone")?;
         let expires_at = i64::from_be_bytes(v[1..9].try_into()?);
@@ -221,8 +223,11 @@ fn a_malformed_ttl_changelog_record_is_reported_and_nothing_is_applied() -> Test
         "{err}"
     );
     assert_eq!(err.fault(), keel_state::Fault::Corruption);
-    let holds = task.ttl("holds")?;
-    assert_eq!(holds.get_entry(b"ok")?, None, "the batch is all or nothing");
-    assert_eq!(holds.applied_offset(), None);
+    assert_eq!(
+        task.ttl("holds")?.get_entry(b"ok")?,
+        None,
+        "the batch is all or nothing"
+    );
+    assert_eq!(task.store("holds")?.applied_offset(), None);
     Ok(())
 }

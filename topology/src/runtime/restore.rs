@@ -5,7 +5,7 @@
 //! at most [`SLICE`] (one batch), then the thread polls the group consumer again, so a restore
 //! of any length never holds the member past `max.poll.interval.ms` (an eviction would revoke
 //! the task, wipe it and restore it again, forever). The restoring task's input partitions
-//! stay paused on the group consumer until it is running (`thread.rs`).
+//! stay paused on the group consumer until it is running (`thread/assignment.rs`).
 
 use std::time::{Duration, Instant};
 
@@ -136,7 +136,7 @@ impl Restoring {
             .fetch_watermarks(&topic, partition, Duration::from_secs(30))
             .map_err(Error::kafka(format!("watermarks of {topic}/{partition}")))?;
         // Local state from another history of the changelog (reset, recreated) is a
-        // corruption: the task is wiped and restored from scratch (`thread.rs`).
+        // corruption: the task is wiped and restored from scratch (`thread/assignment.rs`).
         plan.check(low, high)?;
         if !plan.is_needed(low, high) {
             return Ok(None);

@@ -66,11 +66,8 @@ pub(crate) fn apply_committed(
 pub(crate) fn publish_readers(readers: &Readers, task: &StreamTask) {
     if let Ok(mut readers) = readers.write() {
         for store in task.state().stores() {
-            if let keel_state::Store::KeyValue(kv) = store {
-                readers.insert(
-                    (store.name().to_owned(), task.id().partition),
-                    kv.committed_reader(),
-                );
+            if let Some(reader) = store.committed_reader() {
+                readers.insert((store.name().to_owned(), task.id().partition), reader);
             }
         }
     }
@@ -224,9 +221,12 @@ mod tests {
         );
         assert!(failed.is_empty(), "{failed:?}");
         assert_eq!(failpoints::remaining(failpoints::STORE_APPLY), 0);
-        let kv = tasks[&id].state().kv("sa").expect("sa");
+        let kv = tasks[&id].state().store("sa").expect("sa");
         assert_eq!(
-            kv.committed_reader().get(b"k").expect("reads"),
+            kv.committed_reader()
+                .expect("a key-value store")
+                .get(b"k")
+                .expect("reads"),
             Some(b"v".to_vec()),
             "the committed write reached RocksDB on the retry"
         );
@@ -263,9 +263,10 @@ mod tests {
             partition: 0,
         }]
             .state()
-            .kv("sb")
+            .store("sb")
             .expect("sb")
-            .committed_reader();
+            .committed_reader()
+            .expect("a key-value store");
         assert_eq!(other.get(b"k").expect("reads"), Some(b"v".to_vec()));
     }
 }

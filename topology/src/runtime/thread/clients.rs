@@ -1,0 +1,89 @@
+//! The stream thread's Kafka clients: the producer (transactional under exactly-once, its
+//! transactions initialised, which fences an earlier incarnation), the restore consumer that
+//! reads changelogs, and the group consumer whose context hands rebalances and statistics to
+//! the thread's [`Core`]. Only their configuration lives here; what they do is in the other
+//! files of [`thread`](super).
+
+use std::sync::{Arc, Mutex};
+
+use keel_state::Guarantee;
+use rdkafka::config::FromClientConfigAndContext;
+use rdkafka::producer::Producer as _;
+
+use super::{Core, GroupConsumer, KAFKA_TIMEOUT, RestoreConsumer, ThreadContext};
+use crate::config::StreamsConfig;
+use crate::error::{Error, Result};
+use crate::runtime::kafka::{self, DeliveryLog, Producer};
+
+/// The thread's producer; under exactly-once its transactions are initialised (which also
+/// aborts whatever an earlier incarnation of this thread left open).
+pub(super) fn producer(config: &StreamsConfig, instance: &str, index: usize) -> Result<Producer> {
+    let eos = config.processing_guarantee == Guarantee::ExactlyOnce;
+    let pc = kafka::producer_config(config, instance, index);
+    let producer = Producer::from_config_and_context(&pc, DeliveryLog::default())
+        .map_err(Error::kafka("creating the producer"))?;
+    if eos {
+        // Also aborts whatever an earlier incarnation of this thread left open.
+        producer
+            .init_transactions(KAFKA_TIMEOUT)
+            .map_err(Error::kafka("init_transactions"))?;
+    }
+    Ok(producer)
+}
+
+/// The consumer that reads changelogs during restore (committed records only, no group
+/// offsets of its own).
+pub(super) fn restore_consumer(config: &StreamsConfig) -> Result<RestoreConsumer> {
+    let mut rc = kafka::client_config(config, kafka::Role::Consumer);
+    rc.set("group.id", format!("{}-restore", config.application_id))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .set("fetch.wait.max.ms", "10")
+        .set("max.partition.fetch.bytes", "16777216")
+        .set("isolation.level", "read_committed")
+        .set("auto.offset.reset", "earliest");
+    RestoreConsumer::from_config_and_context(&rc, kafka::QuietEof)
+        .map_err(Error::kafka("creating the restore consumer"))
+}
+
+/// The member of the application's consumer group (static membership, cooperative-sticky
+/// assignment, offsets committed by the thread), its context reaching `core`.
+pub(super) fn group_consumer(
+    config: &StreamsConfig,
+    instance: &str,
+    index: usize,
+    core: Arc<Mutex<Core>>,
+) -> Result<GroupConsumer> {
+    let eos = config.processing_guarantee == Guarantee::ExactlyOnce;
+    let mut cc = kafka::client_config(config, kafka::Role::Consumer);
+    cc.set("group.id", &config.application_id)
+        .set(
+            "client.id",
+            crate::runtime::owners::client_id(&config.application_id, instance, index),
+        )
+        .set("group.instance.id", format!("{instance}-{index}"))
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set(
+            "isolation.level",
+            if eos {
+                "read_committed"
+            } else {
+                "read_uncommitted"
+            },
+        );
+    if !config.client.contains_key("session.timeout.ms")
+        && !config.consumer.contains_key("session.timeout.ms")
+    {
+        cc.set("session.timeout.ms", "10000");
+    }
+    if !config.client.contains_key("statistics.interval.ms")
+        && !config.consumer.contains_key("statistics.interval.ms")
+    {
+        // Feeds the consumer-lag gauge (`ThreadContext::stats`).
+        cc.set("statistics.interval.ms", "5000");
+    }
+    GroupConsumer::from_config_and_context(&cc, ThreadContext { core })
+        .map_err(Error::kafka("creating the consumer"))
+}

@@ -1,0 +1,378 @@
+//! A stream thread: one consumer in the application's group, one producer (transactional under
+//! exactly-once), the tasks of the partitions it owns, and the poll → process → commit loop.
+//!
+//! Exactly-once, per commit interval: `begin_transaction`; each polled record runs through its
+//! task and what the task produced is sent; at commit, every task's changelog records are sent
+//! to `<app>-<store>-changelog` (partition = the task's), the input positions go to
+//! `send_offsets_to_transaction`, the producer is flushed (delivery reports give the changelog
+//! offsets) and the transaction commits; only then do the stores apply their pending writes
+//! and remember those offsets. Any failure before that point aborts: the tasks drop their
+//! pending writes and output, and the consumer seeks back to the last committed offsets, so
+//! the interval is replayed as if it never ran.
+//!
+//! **The commit point** is `commit_transaction` returning Ok. After it, nothing may abort or
+//! rewind (the interval would be processed twice): the committed positions are recorded first,
+//! and a store that cannot apply its writes is retried, then its task is closed dirty and set
+//! up again, restoring from the changelog that holds the interval
+//! ([`tasks::apply_committed`](crate::runtime::tasks::apply_committed)).
+//!
+//! Layout (each file one job; all of them are `impl Core` blocks over the [`Core`] below):
+//! - this file: the thread's state ([`Shared`], [`Core`]), [`run`] and the loop: poll, then one
+//!   [`Core::step`] per turn (set up assigned tasks, restore a slice, process, punctuate, commit
+//!   when the interval is up), and what a failed turn leads to (abort and retry, restore a
+//!   corrupt task, restart the thread, stop the application).
+//! - [`clients`]: building the thread's producer, restore consumer and group consumer.
+//! - [`process`]: one input record through its task, the wall-clock punctuators, sending their
+//!   output into the open transaction.
+//! - [`txn`]: the transaction protocol — begin, librdkafka's per-call error handling, the
+//!   commit path up to and past the commit point, abort and rewind.
+//! - [`dead_letter`]: outputs the broker refuses — finding the input behind them and
+//!   dead-lettering it on the replay.
+//! - [`assignment`]: the rebalance callbacks, setting up assigned tasks, restoring them a slice
+//!   at a time, revocation.
+//! - [`lifecycle`]: opening and closing tasks, and closing a task dirty to restore it.
+//! - [`metrics`]: the consumer-lag gauge from librdkafka's statistics, per-processor counts and
+//!   store sizes.
+
+mod assignment;
+mod clients;
+mod dead_letter;
+mod lifecycle;
+mod metrics;
+mod process;
+mod txn;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use keel_state::{CommittedReader, Guarantee, StoreEnv};
+use rdkafka::Offset;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::producer::Producer as _;
+use rdkafka::types::RDKafkaErrorCode;
+
+pub(crate) use self::dead_letter::Poisoned;
+use self::dead_letter::poisoned;
+use self::process::to_raw;
+use crate::config::StreamsConfig;
+use crate::error::{Action, Error, Result};
+use crate::metrics::Metrics;
+use crate::runtime::kafka::{self, Producer};
+use crate::runtime::restore;
+use crate::task::StreamTask;
+use crate::topology::{TaskId, Topology};
+
+const KAFKA_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often store sizes and consumer lag are sampled (each costs a broker round trip).
+const SAMPLE_EVERY: Duration = Duration::from_secs(5);
+/// How often wall-clock punctuators are checked (the resolution of wall-clock punctuation).
+const WALL_CLOCK_CHECK: Duration = Duration::from_millis(10);
+
+/// Read access to the committed contents of the stores this process owns, by (store, partition).
+pub(crate) type Readers = Arc<RwLock<HashMap<(String, i32), CommittedReader>>>;
+
+/// What every thread of an instance shares.
+pub(crate) struct Shared {
+    pub(crate) config: StreamsConfig,
+    pub(crate) topology: Topology,
+    pub(crate) env: StoreEnv,
+    pub(crate) metrics: Metrics,
+    pub(crate) shutdown: Arc<AtomicBool>,
+    pub(crate) readers: Readers,
+    /// Resolved source topic → the sub-topology that reads it.
+    pub(crate) topic_subs: HashMap<String, usize>,
+    /// `config.dead_letter_topic()`, resolved once.
+    pub(crate) dead_letter_topic: String,
+    /// Partition counts of the source and (existing) sink topics.
+    pub(crate) topic_partitions: Arc<HashMap<String, i32>>,
+    /// Input records whose output the broker refused; kept across thread restarts.
+    pub(crate) poisoned: Mutex<Poisoned>,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Everything but the consumer; the rebalance callback reaches it through the consumer's
+/// context (the callback runs inside `poll`, on this thread, while the loop holds no lock).
+struct Core {
+    index: usize,
+    shared: Arc<Shared>,
+    producer: Producer,
+    restore: RestoreConsumer,
+    tasks: BTreeMap<TaskId, StreamTask>,
+    /// Tasks set up but still restoring their stores (`restore.rs`): their input partitions
+    /// are paused on the group consumer, and each loop turn restores a slice of them.
+    restoring: BTreeMap<TaskId, restore::Restoring>,
+    /// Next offset to consume per owned input partition, as processed in this interval.
+    positions: HashMap<(Arc<str>, i32), i64>,
+    /// Per input topic: the records-in counter and the record-age histogram (label lookups
+    /// hash, so they are resolved once, not per record).
+    topic_metrics: HashMap<Arc<str>, (prometheus::IntCounter, prometheus::Histogram)>,
+    /// When wall-clock punctuators were last checked.
+    last_wall_check: Instant,
+    /// Last committed position per owned input partition (`None`: nothing committed yet).
+    committed: HashMap<(String, i32), Option<i64>>,
+    /// Partitions assigned by the last rebalance whose tasks are not set up yet.
+    pending_assign: Vec<(String, i32)>,
+    /// Tasks whose local state RocksDB reported corrupt during this turn: after the abort they
+    /// are closed, wiped and set up again from the changelog.
+    corrupt: Vec<TaskId>,
+    /// The producer returned a fatal transactional error (or kept timing out): the thread must
+    /// restart with a new producer instead of aborting.
+    producer_fatal: bool,
+    /// Why the application must stop (a duplicate instance, a fatal consumer error): no
+    /// restart can cure it.
+    stop: Option<String>,
+    /// A record polled but not processed yet: commits before it stop at its offset.
+    unprocessed: Option<(String, i32, i64)>,
+    /// The input record behind each output sent in this interval (the delivery tag is the
+    /// index + 1), so a refused output names the input to dead-letter.
+    origins: Vec<(Arc<str>, i32, i64)>,
+    txn_open: bool,
+    dirty: bool,
+    last_commit: Instant,
+    /// When store sizes and consumer lag were last sampled.
+    last_sample: Instant,
+    /// An error raised inside the rebalance callback, surfaced by the loop.
+    failure: Option<Error>,
+}
+
+/// The group consumer's context: the rebalance callbacks ([`assignment`]) and the statistics
+/// callback ([`metrics`]) reach the [`Core`] through it.
+struct ThreadContext {
+    core: Arc<Mutex<Core>>,
+}
+
+fn lock(core: &Mutex<Core>) -> MutexGuard<'_, Core> {
+    core.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+type GroupConsumer = BaseConsumer<ThreadContext>;
+pub(crate) type RestoreConsumer = BaseConsumer<kafka::QuietEof>;
+
+/// Runs one stream thread until shutdown or an error it cannot recover from in place.
+pub(crate) fn run(index: usize, shared: Arc<Shared>) -> Result<()> {
+    let config = &shared.config;
+    let instance = config.instance_id();
+    let producer = clients::producer(config, &instance, index)?;
+    let restore = clients::restore_consumer(config)?;
+
+    let core = Arc::new(Mutex::new(Core {
+        index,
+        shared: shared.clone(),
+        producer,
+        restore,
+        tasks: BTreeMap::new(),
+        restoring: BTreeMap::new(),
+        positions: HashMap::new(),
+        topic_metrics: HashMap::new(),
+        last_wall_check: Instant::now(),
+        committed: HashMap::new(),
+        pending_assign: Vec::new(),
+        corrupt: Vec::new(),
+        producer_fatal: false,
+        stop: None,
+        unprocessed: None,
+        origins: Vec::new(),
+        txn_open: false,
+        dirty: false,
+        last_commit: Instant::now(),
+        last_sample: Instant::now(),
+        failure: None,
+    }));
+
+    let consumer = clients::group_consumer(config, &instance, index, core.clone())?;
+    let topics = shared.topology.source_topics(&config.application_id);
+    let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+    consumer
+        .subscribe(&topic_refs)
+        .map_err(Error::kafka("subscribing"))?;
+    tracing::info!(thread = index, ?topics, "stream thread started");
+
+    let result = run_loop(&consumer, &core);
+    let mut c = lock(&core);
+    let closed = c.close_all(&consumer, result.is_ok());
+    drop(c);
+    drop(consumer);
+    result.and(closed)
+}
+
+fn run_loop(consumer: &GroupConsumer, core: &Mutex<Core>) -> Result<()> {
+    let shared = lock(core).shared.clone();
+    let interval = shared.config.commit_interval();
+    let mut backoff = Duration::from_millis(shared.config.retry_backoff_ms);
+    let max_backoff = Duration::from_millis(shared.config.retry_backoff_max_ms);
+    // While tasks restore, the poll only keeps the member alive and serves callbacks: no wait.
+    let mut poll_wait = Duration::from_millis(50);
+    while !shared.shutdown.load(Ordering::Relaxed) {
+        let polled = consumer.poll(poll_wait);
+        let mut c = lock(core);
+        if let Some(e) = c.failure.take() {
+            return Err(e);
+        }
+        let mut step = c.step(consumer, polled, interval);
+        poll_wait = if c.restoring.is_empty() {
+            Duration::from_millis(50)
+        } else {
+            Duration::ZERO
+        };
+        if step.is_err() {
+            // Serve the delivery reports still in flight: one may be the cause.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while c.producer.in_flight_count() > 0 && Instant::now() < deadline {
+                c.producer.poll(Duration::from_millis(10));
+            }
+        }
+        if step.is_err()
+            && let Some(failure) = c.producer.context().take_failure()
+        {
+            // A failed delivery puts the transaction in error, so a later call (a send, the
+            // commit) fails for it: the delivery failure is the cause to handle.
+            step = Err(c.delivery_failed(failure));
+        }
+        if step.is_err() && !c.corrupt.is_empty() {
+            // Local state that cannot be trusted: the interval aborts, the task is closed,
+            // wiped and restored from the changelog, and processing goes on.
+            c.abort(consumer, "corrupt local state")?;
+            for id in std::mem::take(&mut c.corrupt) {
+                c.close_for_restore(id, true);
+            }
+            continue;
+        }
+        if step.is_err()
+            && let Some(reason) = c.stop.take()
+        {
+            return Err(Error::ThreadStopped {
+                thread: c.index,
+                reason,
+            });
+        }
+        if let Err(e) = &step
+            && c.producer_fatal
+        {
+            tracing::error!(thread = c.index, error = %e, "fatal producer error; restarting the thread");
+            return step;
+        }
+        match step {
+            Ok(()) => backoff = Duration::from_millis(shared.config.retry_backoff_ms),
+            Err(e) if e.action() == Action::AbortAndRetry => {
+                tracing::warn!(thread = c.index, error = %e, ?backoff, "aborting and retrying");
+                c.abort(consumer, "retryable")?;
+                drop(c);
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(max_backoff);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+impl Core {
+    fn eos(&self) -> bool {
+        self.shared.config.processing_guarantee == Guarantee::ExactlyOnce
+    }
+
+    /// One loop turn: set up newly assigned tasks, process the polled record, punctuate on the
+    /// wall clock, commit when the interval is up.
+    fn step(
+        &mut self,
+        consumer: &GroupConsumer,
+        polled: Option<std::result::Result<rdkafka::message::BorrowedMessage<'_>, KafkaError>>,
+        interval: Duration,
+    ) -> Result<()> {
+        if !self.pending_assign.is_empty()
+            && let Err(e) = self.set_up_assigned(consumer)
+        {
+            // The polled record was not processed: hand it back. (The abort's rewind covers
+            // partitions with a known committed offset, but not one whose offsets could not be
+            // read yet.)
+            if let Some(Ok(m)) = &polled
+                && let Err(seek) = consumer.seek(
+                    m.topic(),
+                    m.partition(),
+                    Offset::Offset(m.offset()),
+                    KAFKA_TIMEOUT,
+                )
+            {
+                tracing::warn!(thread = self.index, error = %seek, "could not seek back to the unprocessed record");
+            }
+            return Err(e);
+        }
+        // Decided before the slice: a task that finishes restoring in it seeks its partitions
+        // back to the committed offsets, which fetches this record again.
+        let held_back =
+            matches!(&polled, Some(Ok(m)) if self.is_restoring(m.topic(), m.partition()));
+        self.restore_slice(consumer)?;
+        match polled {
+            Some(Ok(_)) if held_back => {
+                // Fetched before its partition was paused: the seek when the task starts
+                // running (`restore_slice`) fetches it again.
+            }
+            Some(Ok(m)) => {
+                let raw = to_raw(&m);
+                let suspect = poisoned(&self.shared).suspects.contains(&(
+                    raw.topic.clone(),
+                    raw.partition,
+                    raw.offset,
+                ));
+                if suspect {
+                    // Alone in its transaction: commit what came before, then it. (The
+                    // consumer's position is already past it: the commit must not be.)
+                    self.unprocessed = Some((raw.topic.to_string(), raw.partition, raw.offset));
+                    let before = self.commit(consumer);
+                    self.unprocessed = None;
+                    before?;
+                }
+                self.process(raw)?;
+                if suspect {
+                    self.commit(consumer)?;
+                }
+            }
+            Some(Err(KafkaError::PartitionEOF(_))) | None => {}
+            Some(Err(e)) => {
+                // librdkafka reports a fatal consumer error once, as an event; after it the
+                // consumer is unusable. Static membership makes a second instance with the
+                // same instance id fence this one (FencedInstanceId): a restart here would
+                // fence it back, forever, so the application stops and says why.
+                if let Some((code, reason)) = consumer.client().fatal_error() {
+                    let instance = self.shared.config.instance_id();
+                    return Err(self.stop_with(if code == RDKafkaErrorCode::FencedInstanceId {
+                        format!(
+                            "another instance joined the group with group.instance.id {instance}-{} (two instances started with instance_id {instance:?}?): {reason}",
+                            self.index
+                        )
+                    } else {
+                        format!("the consumer failed fatally ({code:?}): {reason}")
+                    }));
+                }
+                tracing::warn!(thread = self.index, error = %e, "consumer error");
+            }
+        }
+        self.punctuate_wall_clock()?;
+        if self.last_commit.elapsed() >= interval {
+            self.commit(consumer)?;
+        }
+        Ok(())
+    }
+
+    /// Marks the thread for a stop (not a restart) with `reason`, and returns the error that
+    /// carries it.
+    fn stop_with(&mut self, reason: String) -> Error {
+        tracing::error!(thread = self.index, %reason, "stopping the application");
+        self.stop = Some(reason.clone());
+        Error::ThreadStopped {
+            thread: self.index,
+            reason,
+        }
+    }
+}

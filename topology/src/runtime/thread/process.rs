@@ -1,0 +1,192 @@
+//! What goes into the open transaction between commits: one polled input record through its
+//! task (or, if its output was refused before, its dead-letter copy), the wall-clock
+//! punctuators of every task, and sending what they produced, tagged with the input it came
+//! from. Also the conversion of a polled Kafka message into a [`RawRecord`].
+
+use std::time::{Duration, Instant};
+
+use rdkafka::message::{Headers as _, Message};
+
+use super::{Core, WALL_CLOCK_CHECK, now_ms, poisoned};
+use crate::error::{Action, Error, ProcessError, Result};
+use crate::processor::PunctuationType;
+use crate::record::{Headers, RawRecord};
+use crate::runtime::kafka;
+use crate::task::{self, BadRecordPolicy};
+use crate::topology::TaskId;
+
+impl Core {
+    pub(super) fn process(&mut self, raw: RawRecord) -> Result<()> {
+        let Some(&sub) = self.shared.topic_subs.get(&*raw.topic) else {
+            return Err(Error::Topology(format!(
+                "no sub-topology reads {:?}",
+                raw.topic
+            )));
+        };
+        let id = TaskId {
+            sub_topology: sub,
+            partition: raw.partition,
+        };
+        self.begin()?;
+        let started = Instant::now();
+        let wall = now_ms();
+        let task = self.tasks.get_mut(&id).ok_or_else(|| {
+            Error::Topology(format!(
+                "record from {}/{} but task {id} is not set up",
+                raw.topic, raw.partition
+            ))
+        })?;
+        let coordinates = (raw.topic.clone(), raw.partition, raw.offset);
+        let shared = self.shared.clone();
+        let mut poison = poisoned(&shared);
+        let output = if let Some(refused) = poison.refused.get_mut(&coordinates) {
+            // Its output was refused in an earlier (aborted) try: the record leaves no trace
+            // but its dead-letter copy, or the application stops, as for bad input.
+            if task.policy() == BadRecordPolicy::Stop || refused.dead_lettered {
+                return Err(Error::Processor {
+                    processor: format!("sink to {}", refused.topic),
+                    source: ProcessError::Fatal(format!(
+                        "the broker refused {} from input {}/{}@{}: {}{}",
+                        if refused.dead_lettered {
+                            "the dead-letter copy of the output"
+                        } else {
+                            "the output"
+                        },
+                        raw.topic,
+                        raw.partition,
+                        raw.offset,
+                        refused.reason,
+                        if refused.dead_lettered {
+                            ""
+                        } else {
+                            " (on_bad_record = stop)"
+                        }
+                    )),
+                });
+            }
+            refused.dead_lettered = true;
+            tracing::warn!(
+                task = %id, topic = %raw.topic, partition = raw.partition, offset = raw.offset,
+                output = %refused.topic, error = %refused.reason,
+                "the broker refused this record's output; dead-lettering the record"
+            );
+            vec![task.dead_letter(
+                &raw,
+                format!("sink to {}", refused.topic),
+                format!("output refused by the broker: {}", refused.reason),
+                wall,
+            )]
+        } else {
+            drop(poison);
+            if let Err(e) = task.process(&raw, wall) {
+                let e = e.in_task(id);
+                if e.action() == Action::RestoreTask {
+                    self.corrupt.push(id);
+                }
+                return Err(e);
+            }
+            task.take_output()
+        };
+        let metrics = &self.shared.metrics;
+        let (records_in, age) = self
+            .topic_metrics
+            .entry(raw.topic.clone())
+            .or_insert_with(|| {
+                (
+                    metrics.records_in.with_label_values(&[&raw.topic]),
+                    metrics.end_to_end.with_label_values(&[&raw.topic]),
+                )
+            });
+        records_in.inc();
+        if raw.timestamp > 0 {
+            age.observe((wall - raw.timestamp).max(0) as f64 / 1000.0);
+        }
+        metrics
+            .process_latency
+            .observe(started.elapsed().as_secs_f64());
+        self.origins.push(coordinates);
+        let origin = self.origins.len();
+        self.send_all(&output, origin)?;
+        self.positions
+            .insert((raw.topic.clone(), raw.partition), raw.offset + 1);
+        self.dirty = true;
+        Ok(())
+    }
+
+    /// Sends `output`, tagged with `origin` (the index + 1 in `origins` of the input record it
+    /// came from; 0 for punctuation output).
+    pub(super) fn send_all(
+        &mut self,
+        output: &[crate::record::OutRecord],
+        origin: usize,
+    ) -> Result<()> {
+        for out in output {
+            kafka::send_from(&self.producer, out, origin)?;
+            if out.topic == self.shared.dead_letter_topic {
+                let source = out
+                    .headers
+                    .get_str(task::dlq_headers::SOURCE_TOPIC)
+                    .unwrap_or("?");
+                self.shared
+                    .metrics
+                    .dead_letters
+                    .with_label_values(&[source])
+                    .inc();
+            } else {
+                self.shared
+                    .metrics
+                    .records_out
+                    .with_label_values(&[&out.topic])
+                    .inc();
+            }
+        }
+        if !output.is_empty() {
+            self.dirty = true;
+        }
+        Ok(())
+    }
+
+    pub(super) fn punctuate_wall_clock(&mut self) -> Result<()> {
+        if self.tasks.is_empty() || self.last_wall_check.elapsed() < WALL_CLOCK_CHECK {
+            return Ok(());
+        }
+        self.last_wall_check = Instant::now();
+        self.begin()?;
+        let now = now_ms();
+        let mut output = Vec::new();
+        for (id, task) in self.tasks.iter_mut() {
+            if let Err(e) = task.punctuate(PunctuationType::WallClock, now, now) {
+                let e = e.in_task(*id);
+                if e.action() == Action::RestoreTask {
+                    self.corrupt.push(*id);
+                }
+                return Err(e);
+            }
+            output.extend(task.take_output());
+        }
+        self.send_all(&output, 0)?;
+        self.producer.poll(Duration::ZERO);
+        Ok(())
+    }
+}
+
+pub(super) fn to_raw(m: &rdkafka::message::BorrowedMessage<'_>) -> RawRecord {
+    let mut headers = Headers::default();
+    if let Some(h) = m.headers() {
+        for header in h.iter() {
+            match header.value {
+                Some(value) => headers.insert(header.key, value),
+                None => headers.insert_null(header.key),
+            }
+        }
+    }
+    RawRecord {
+        topic: m.topic().into(),
+        partition: m.partition(),
+        offset: m.offset(),
+        timestamp: m.timestamp().to_millis().unwrap_or(0),
+        key: m.key().map(<[u8]>::to_vec),
+        value: m.payload().map(<[u8]>::to_vec),
+        headers,
+    }
+}
