@@ -437,6 +437,16 @@ fn names_or_keel(config: &KeelConfig, names: Vec<String>) -> anyhow::Result<Vec<
     Ok(keel)
 }
 
+/// What `status` adds under a binlog connector that failed on a binlog gap
+/// (`ConnectorStatus::is_binlog_gap`): what it means and what to do.
+const BINLOG_GAP_HELP: &str = "  BINLOG GAP: the binlog position this connector stored was \
+purged from the MariaDB/MySQL server (binlog expiry or PURGE BINARY LOGS while the connector \
+was stopped or behind).
+  Changes written since then cannot be streamed any more, and nothing was re-snapshotted \
+(snapshot.mode = initial): their events are missing downstream until you act.
+  Do not switch to snapshot.mode = when_needed. Re-snapshot deliberately: \
+docs/operations.md, \"Binlog gap: re-snapshot deliberately\".";
+
 /// One connector's status for people; `false` when something is wrong.
 async fn print_status(
     connect: &ConnectClient,
@@ -464,7 +474,7 @@ async fn print_status(
             println!("  error: {line}");
         }
     }
-    // The slot: from the stored config, else from Keel's own plan.
+    // The settings (slot, class): from the stored config, else from Keel's own plan.
     let settings = match connect.config(name).await {
         Ok(s) => s,
         Err(_) => planned
@@ -473,6 +483,9 @@ async fn print_status(
             .map(|c| c.settings().clone())
             .unwrap_or_default(),
     };
+    if status.is_binlog_gap() && !is_postgres(&settings) {
+        println!("{BINLOG_GAP_HELP}");
+    }
     if is_postgres(&settings)
         && let Some(slot) = settings.get("slot.name")
     {

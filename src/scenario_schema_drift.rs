@@ -10,14 +10,21 @@
 //!   dead-lettered with `schema id N is unknown to the registry`;
 //! - the id is known, but its schema is not Keel's: a version someone else registered under the
 //!   subject after Keel's (a new optional field: BACKWARD-compatible, so the registry takes it
-//!   and the saga reads it, ignoring the field), which `keel schemas check` reports as DRIFT
+//!   and the saga reads it, skipping the field), which `keel schemas check` reports as DRIFT
 //!   and fails on; or, case 2, an incompatible schema — refused under the subject (409, the
 //!   global BACKWARD level) — that the producer registered under another subject and writes
 //!   anyway: the saga cannot resolve it into its `.avsc` → dead-lettered with the reason.
 //!
-//! Every record the scenario writes is accounted for: found on the saga's dead-letter topic
+//! Every record the scenario writes is accounted for. The unreadable ones (the unknown id,
+//! the incompatible schema) are found on the saga's dead-letter topic
 //! (`<application_id>-saga-dlq`) with `keel.error` (why) and `keel.source.topic/partition/
 //! offset` (where from), and counted by `keel_dead_letters_total{application="<app>-saga"}`.
+//! The readable one (the newer compatible version) is a valid authorization for an order the
+//! saga does not orchestrate — as a payment opened through `POST /payments` would be — so the
+//! saga reads it and leaves it alone: `keel_saga_events_ignored_total{event=
+//! "payment.authorized.v1",reason="no_saga"}` rises by that record (exactly, on a Keel with no
+//! other such traffic), and it is not on the dead-letter topic. The counter only moves for a record the saga decoded, so its rise is the
+//! proof that the new field did not stand in the way (an undecodable record is a dead letter).
 //! The schema versions it registered are deleted at the end, so the registry is left as found.
 
 use std::time::Duration;
@@ -210,7 +217,16 @@ async fn run(
             Err(_) => String::new(),
         }
     };
-    let dead_before = metric(&page(http.clone()).await);
+    let ignored_metric = |page: &str| {
+        sample(
+            page,
+            "keel_saga_events_ignored_total",
+            &[("event", topics::PAYMENT_AUTHORIZED), ("reason", "no_saga")],
+        )
+    };
+    let first_page = page(http.clone()).await;
+    let dead_before = metric(&first_page);
+    let ignored_before = ignored_metric(&first_page);
     let from_ms = chrono::Utc::now().timestamp_millis() - 2_000;
 
     // Keel's schema under the subject Keel writes (as `keel schemas register` does).
@@ -268,7 +284,10 @@ async fn run(
         }
         unknown_id += 1;
     }
+    // Records the saga cannot read: (what, key, partition, offset, the reason expected).
     let mut written: Vec<(&'static str, String, i32, i64, &'static str)> = Vec::new();
+    // Records it reads fine and ignores (no saga for their order): (what, key, partition, offset).
+    let mut read_fine: Vec<(&'static str, String, i32, i64)> = Vec::new();
     let order_1a = format!("drift-{suffix}-unknown-id");
     match datum(&plus, &order_1a) {
         Ok(d) => match produce(config, &topic, &order_1a, &wire::frame(unknown_id, &d)).await {
@@ -312,16 +331,14 @@ async fn run(
                 Ok((p, o)) => {
                     report.did.push(format!(
                         "case 1, registered by someone else: wrote {topic} [{p}]@{o} framed with \
-                         id {} (version {:?}), for an order Keel does not have",
+                         id {} (version {:?}), for an order no saga orchestrates",
                         v.id, v.version
                     ));
-                    written.push((
-                        "case 1 (a newer version someone else registered): decoded, then refused \
-                         as an unknown order",
+                    read_fine.push((
+                        "case 1 (a newer version someone else registered)",
                         order_1b,
                         p,
                         o,
-                        "no saga for order",
                     ));
                 }
                 Err(e) => report.check("case 1: produced (newer version)", false, format!("{e:#}")),
@@ -403,7 +420,19 @@ async fn run(
         ),
     }
 
-    // Every record written is on the saga's dead-letter topic, with why and where from.
+    // The readable record is read and ignored: the counter only moves once the saga decoded it.
+    let want = read_fine.len() as f64;
+    let start = std::time::Instant::now();
+    let mut ignored_after = ignored_before;
+    while start.elapsed() < timeout {
+        ignored_after = ignored_metric(&page(http.clone()).await);
+        if ignored_after.unwrap_or(0.0) >= ignored_before.unwrap_or(0.0) + want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    // Every unreadable record is on the saga's dead-letter topic, with why and where from.
     let mut client = ClientConfig::new();
     client.set("bootstrap.servers", &config.kafka.bootstrap_servers);
     for (k, v) in &config.kafka.client {
@@ -446,10 +475,52 @@ async fn run(
             },
         );
     }
+    // The readable record: not on the dead-letter topic, counted as ignored.
+    let dead_letters = raw_records(&client, &dlq, from_ms, Duration::from_secs(3))
+        .await
+        .unwrap_or_default();
+    for (what, key, p, o) in &read_fine {
+        let dead = dead_letters.iter().find(|r| {
+            header(r, "keel.source.topic") == topic
+                && header(r, "keel.source.partition") == p.to_string()
+                && header(r, "keel.source.offset") == o.to_string()
+        });
+        report.check(
+            format!(
+                "{what}: read with the new field '{NEW_FIELD}' and, for order {key} that no saga \
+                 orchestrates, ignored: not on {dlq}"
+            ),
+            dead.is_none(),
+            match dead {
+                Some(r) => format!(
+                    "dead-lettered from {topic} [{p}]@{o}: {}",
+                    header(r, "keel.error")
+                ),
+                None => format!("nothing on {dlq} for {topic} [{p}]@{o}"),
+            },
+        );
+    }
+    let show = |v: Option<f64>| v.map_or_else(|| "absent".to_owned(), |v| v.to_string());
+    report.check(
+        format!(
+            "keel_saga_events_ignored_total{{event=\"{}\",reason=\"no_saga\"}} rose by the \
+             readable records written",
+            topics::PAYMENT_AUTHORIZED
+        ),
+        !read_fine.is_empty()
+            && ignored_before.is_some()
+            && ignored_after.unwrap_or(0.0) >= ignored_before.unwrap_or(0.0) + want,
+        format!(
+            "{} -> {} ({} written)",
+            show(ignored_before),
+            show(ignored_after),
+            read_fine.len()
+        ),
+    );
     let dead_after = metric(&page(http.clone()).await);
     report.check(
         format!(
-            "keel_dead_letters_total{{application=\"{saga_app}\",topic=\"{topic}\"}} rose by every record written"
+            "keel_dead_letters_total{{application=\"{saga_app}\",topic=\"{topic}\"}} rose by every unreadable record written"
         ),
         !written.is_empty() && dead_after >= dead_before + written.len() as f64,
         format!("{dead_before} -> {dead_after} ({} written)", written.len()),

@@ -105,6 +105,12 @@ impl ConnectorStatus {
         self.failure().map(shorten_trace)
     }
 
+    /// Whether the connector or a task failed because the binlog position it stored is gone
+    /// from the server ([`is_binlog_gap`]).
+    pub fn is_binlog_gap(&self) -> bool {
+        self.failure().is_some_and(is_binlog_gap)
+    }
+
     /// Whether the connector or any task is `FAILED`.
     pub fn is_failed(&self) -> bool {
         self.connector.state == ConnectorState::Failed
@@ -133,6 +139,26 @@ pub fn shorten_trace(trace: &str) -> String {
         .map(|l| l.chars().take(400).collect::<String>())
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// What a binlog connector's failure says when the position it stored was purged from the
+/// server (a binlog gap): Debezium's own check at task start (with `snapshot.mode` other than
+/// `when_needed`); the server's error 1236 to the binlog client — MariaDB's for a GTID
+/// position (what the MariaDB connector resumes from, seen in `tests/cli/binlog_gap.rs`), and
+/// for a file position; MySQL's and Debezium's words for purged GTIDs.
+const BINLOG_GAP_SIGNS: [&str; 5] = [
+    "is no longer available on the server",
+    "required binlog files have been purged",
+    "Could not find first log file name in binary log index file",
+    "GTIDs needed to replicate have been already purged",
+    "master has purged binary logs containing GTIDs",
+];
+
+/// Whether the failure `trace` of a MySQL/MariaDB connector is a binlog gap: the binlog
+/// position it stored is no longer on the server, so the changes written since cannot be
+/// streamed (only re-read by a snapshot).
+pub fn is_binlog_gap(trace: &str) -> bool {
+    BINLOG_GAP_SIGNS.iter().any(|sign| trace.contains(sign))
 }
 
 /// One installed connector plugin, from `GET /connector-plugins`.
@@ -290,6 +316,17 @@ impl ConnectClient {
             .map(drop)
     }
 
+    /// Forget the connector's committed source offsets (`DELETE /connectors/{name}/offsets`;
+    /// Connect accepts it only while the connector is `STOPPED`). Started again without
+    /// offsets, a Debezium connector with `snapshot.mode = initial` takes a new snapshot: the
+    /// deliberate re-snapshot after a binlog gap (`docs/operations.md`).
+    pub async fn reset_offsets(&self, name: &str) -> Result<()> {
+        let path = format!("/connectors/{name}/offsets");
+        self.call("reset offsets", Some(name), Method::DELETE, &path, None)
+            .await
+            .map(drop)
+    }
+
     /// Restart the connector and all its tasks (`?includeTasks=true&onlyFailed=false`).
     pub async fn restart(&self, name: &str) -> Result<()> {
         let path = format!("/connectors/{name}/restart?includeTasks=true&onlyFailed=false");
@@ -418,6 +455,41 @@ struct Stale {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_purged_binlog_position_is_recognised_in_a_trace() {
+        let trace = "io.debezium.DebeziumException: The connector is trying to read change \
+            stream starting at MariaDbOffsetContext [sourceInfoSchema=Schema{...}], but this is \
+            no longer available on the server. Reconfigure the connector to use a snapshot \
+            mode when needed.\n\tat io.debezium.connector.common.BaseSourceTask.start(X.java:1)";
+        assert!(is_binlog_gap(trace));
+        assert!(is_binlog_gap(
+            "Caused by: com.github.shyiko.mysql.binlog.network.ServerException: Could not find \
+             first log file name in binary log index file"
+        ));
+        // MariaDB 1236 for a GTID position, as the MariaDB connector reports it.
+        assert!(is_binlog_gap(
+            "Caused by: io.debezium.DebeziumException: Could not find GTID state requested by \
+             slave in any binlog files. Probably the slave state is too old and required binlog \
+             files have been purged. Error code: 1236; SQLSTATE: HY000."
+        ));
+        assert!(!is_binlog_gap(
+            "io.debezium.DebeziumException: The db history topic is missing."
+        ));
+        let status = |state: &str, trace: &str| -> ConnectorStatus {
+            serde_json::from_value(serde_json::json!({
+                "name": "c",
+                "connector": {"state": "RUNNING", "worker_id": "w"},
+                "tasks": [{"id": 0, "state": state, "worker_id": "w", "trace": trace}]
+            }))
+            .expect("a status")
+        };
+        assert!(status("FAILED", trace).is_binlog_gap());
+        assert!(
+            !status("RUNNING", trace).is_binlog_gap(),
+            "only a failure counts"
+        );
+    }
 
     #[test]
     fn a_trace_is_cut_to_its_message_and_causes() {

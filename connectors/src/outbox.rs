@@ -320,7 +320,8 @@ mod tests {
             ),
         ] {
             // `initial`: a snapshot only when the connector has no offsets; a purged binlog
-            // position or a lost slot fails the task instead of re-snapshotting.
+            // position or a lost slot fails the task instead of re-snapshotting
+            // (tests/cli/binlog_gap.rs: the binlog case, against a real MariaDB).
             assert_eq!(c.get("snapshot.mode"), Some("initial"));
             assert_eq!(c.get("snapshot.select.statement.overrides"), Some(table));
             assert_eq!(

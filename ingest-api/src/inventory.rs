@@ -25,6 +25,12 @@
 //!   (a line is never split across warehouses). The holds last `holdTtlMs` when the request
 //!   names it — within `[inventory].min_hold_ttl_ms..=max_hold_ttl_ms` ([`InventoryDeps`]),
 //!   else 422 naming `holdTtlMs` — or inventory's configured `[inventory].hold_ttl_ms`.
+//!   A reservation is all-or-nothing across its lines: its commands' `correlation_id` is
+//!   `reservation:<orderId>` ([`RESERVATION_CORRELATION_PREFIX`]), and inventory's order
+//!   coordinator releases every held line of it as soon as one line is reported short (the
+//!   `SHORTAGE` reply names the line, wanted and available). The 202 says the commands are on
+//!   Kafka; the outcome is on `inventory.reserved.v1` / `inventory.released.v1` and in
+//!   `GET /inventory/{sku}` once the mirror has it (nothing of a short reservation stays held).
 //!
 //! Without [`InventoryDeps`] (no Cassandra session configured) every inventory route answers 503.
 
@@ -40,8 +46,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use futures::TryStreamExt;
 use keel_avro::records::{
-    AdjustStock, DEFAULT_WAREHOUSE, InventoryCommand, InventoryCommandBody, ReleaseReason,
-    ReleaseStock, ReserveStock,
+    AdjustStock, DEFAULT_WAREHOUSE, InventoryCommand, InventoryCommandBody,
+    RESERVATION_CORRELATION_PREFIX, ReleaseReason, ReleaseStock, ReserveStock,
 };
 use scylla::client::session::Session;
 use scylla::statement::prepared::PreparedStatement;
@@ -731,12 +737,18 @@ fn hold_command(
     body: InventoryCommandBody,
 ) -> InventoryCommand {
     let command_id = hold_command_id(action, order_id, sku);
+    // A reservation's lines are all-or-nothing: the mark tells inventory's order coordinator
+    // to release the held lines when one is short.
+    let correlation_id = match body {
+        InventoryCommandBody::Reserve(_) => format!("{RESERVATION_CORRELATION_PREFIX}{order_id}"),
+        _ => order_id.to_owned(),
+    };
     InventoryCommand {
         command_id: command_id.clone(),
         sku: sku.to_owned(),
         issued_at: chrono::Utc::now().timestamp_millis(),
         causation_id: command_id,
-        correlation_id: order_id.to_owned(),
+        correlation_id,
         command: body,
     }
 }
@@ -764,7 +776,10 @@ fn holds_accepted(order_id: &str, status: &str, commands: &[InventoryCommand]) -
     description = "Checks every SKU against the stock table, writes one ReserveStock command per \
         line (key: the SKU) and answers once Kafka confirmed all of them. Command ids are \
         derived from the order and the SKU: a retry is a duplicate inventory ignores. Whether a \
-        line is held or short is inventory's answer (inventory.reserved.v1). A line is held \
+        line is held or short is inventory's answer (inventory.reserved.v1). All or nothing: \
+        when one line is short, inventory releases the lines it held for the order \
+        (inventory.released.v1, reason COMPENSATION), so GET /inventory/{sku} ends with nothing \
+        of the order held. A line is held \
         whole from one warehouse: its preferred warehouse if that has the units available, \
         else the first other warehouse by name that has; else it is short. Holds last \
         holdTtlMs when given (within inventory's min_hold_ttl_ms..max_hold_ttl_ms, else 422), \

@@ -594,7 +594,13 @@ async fn reserve_and_release_write_one_command_per_line_with_stable_ids() -> any
         let mut releases = Vec::new();
         for (key, c) in &commands {
             assert_eq!(key, &c.sku);
-            assert_eq!(c.correlation_id, order);
+            match &c.command {
+                // A reservation's commands are marked all-or-nothing for inventory's coordinator.
+                InventoryCommandBody::Reserve(_) => {
+                    assert_eq!(c.correlation_id, format!("reservation:{order}"));
+                }
+                _ => assert_eq!(c.correlation_id, order),
+            }
             match &c.command {
                 InventoryCommandBody::Reserve(r) => {
                     assert_eq!(r.order_id, order);

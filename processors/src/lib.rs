@@ -15,7 +15,8 @@
 //! - [`cdc`] — the Debezium envelope decoder; [`reconciliation`] — the saga vs the payment
 //!   ledger's CDC: mismatches, CDC lag, the finance view.
 //! - [`audit`] — the invariant auditor: the system's promises checked from its events.
-//! - [`topics`] — the topic names; [`format`] — Avro (or JSON under test) serdes for the runtime.
+//! - [`topics`] — the topic names; [`format`] — Avro (or JSON under test) serdes for the runtime;
+//!   [`timers`] — the durable due-timer index the keyed processors arm, disarm and fire.
 pub mod audit;
 pub mod carts;
 pub mod cdc;
@@ -27,4 +28,5 @@ pub mod payment;
 pub mod psp_mock;
 pub mod reconciliation;
 pub mod saga;
+pub mod timers;
 pub mod topics;

@@ -6,8 +6,10 @@
 //!   TTL fails at once and says how to fix it;
 //! - the same Keel restarted with `"prevent"`: A is CANCELLED with OVERSELL_PREVENTED, its
 //!   authorization voided, stock 0;
-//! - `schema-drift` against it: each foreign record dead-lettered with why and where, counted,
-//!   and a foreign newer version makes `keel schemas check` exit 1 naming the DRIFT.
+//! - `schema-drift` against it: each unreadable foreign record dead-lettered with why and where,
+//!   counted; the readable one (a compatible newer version, for an order no saga has) read and
+//!   ignored, counted once in `keel_saga_events_ignored_total`; and a foreign newer version makes
+//!   `keel schemas check` exit 1 naming the DRIFT.
 
 mod common;
 
@@ -144,7 +146,8 @@ async fn oversell_in_both_modes_and_schema_drift_pass_against_a_running_keel() {
         "{report:#}"
     );
 
-    // schema-drift: every foreign record is dead-lettered, counted, and the drift is flagged.
+    // schema-drift: every unreadable foreign record is dead-lettered, the readable one ignored,
+    // both counted, and the drift is flagged.
     let (status, report) = scenario(&run, &["schema-drift", "--timeout-s", "60"]);
     assert_passed("schema-drift", status, &report);
     assert!(
@@ -153,6 +156,12 @@ async fn oversell_in_both_modes_and_schema_drift_pass_against_a_running_keel() {
     );
     assert!(
         saw(&report, "keel schemas check flags DRIFT").contains("risk_score"),
+        "{report:#}"
+    );
+    // The compatible newer version is read and, for an order no saga has, ignored: counted
+    // once, not dead-lettered.
+    assert!(
+        saw(&report, "keel_saga_events_ignored_total").starts_with("0 -> 1 "),
         "{report:#}"
     );
 

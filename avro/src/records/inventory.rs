@@ -10,6 +10,12 @@ use super::{optional_timestamp_millis, timestamp_millis};
 /// warehouses existed live here, and an `AdjustStock` without a warehouse changes it.
 pub const DEFAULT_WAREHOUSE: &str = "default";
 
+/// How `POST /inventory/reserve` marks its reserve commands: their `correlation_id` is this
+/// prefix and the order id (`reservation:o-1`), and inventory's replies carry it on. Inventory's
+/// order coordinator makes such an order's lines all-or-nothing (a line short releases the
+/// lines held); the saga's reserves (`correlation_id` = the order id) it leaves to the saga.
+pub const RESERVATION_CORRELATION_PREFIX: &str = "reservation:";
+
 /// `inventory.commands.v1` (key: SKU): the envelope every inventory command travels in.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, AvroSchema)]
 #[avro(namespace = "dev.keel.v1")]

@@ -24,8 +24,8 @@ pub use audit::{AuditInvariant, AuditViolation, AuditViolationState};
 pub use carts::{CartCheckStatus, CartChecked};
 pub use inventory::{
     AdjustStock, ConfirmReservation, DEFAULT_WAREHOUSE, InventoryAdjusted, InventoryCommand,
-    InventoryCommandBody, InventoryReleased, InventoryReserved, ReleaseReason, ReleaseStock,
-    ReservationStatus, ReserveStock,
+    InventoryCommandBody, InventoryReleased, InventoryReserved, RESERVATION_CORRELATION_PREFIX,
+    ReleaseReason, ReleaseStock, ReservationStatus, ReserveStock,
 };
 pub use orders::{
     CancelOrder, OrderCommand, OrderCommandBody, OrderCreated, OrderDecision, OrderDecisionStatus,

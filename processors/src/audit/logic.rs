@@ -18,6 +18,31 @@
 //! SKU's last (its `occurred_at`; on a tie a release beats a sale beats a hold), so duplicates
 //! and replays change nothing.
 //!
+//! ### Retention
+//! An order's entry is deleted `retention_ms` (`[audit].retention_ms`, default 7 days) after its
+//! last change **while nothing about it waits**: no suspect in its grace and no open violation.
+//! [`OrderAudit::retire_at`] says when; the order's one timer is armed at the earliest of its
+//! grace periods or, when none runs, at `retire_at` ([`Output::Arm`]), and an
+//! [`OrderInput::Due`] at or after `retire_at` with nothing waiting deletes the entry and its
+//! timer ([`Output::Forget`]). Every change moves `retire_at` on, so duplicates and replays of
+//! an order are recognised for `retention_ms` after its last change.
+//! - **An open violation is never forgotten**: it is what `keel_invariant_violations_open` and
+//!   the violations topic stand for, so its entry has no retention until it is resolved (the
+//!   release or the sale arrives); `retention_ms` counts from the resolution. A suspect first
+//!   waits out its grace (then it opens, or is dropped).
+//! - **Late after retention**: an input for an order without an entry whose own time (a
+//!   decision's `decided_at`, an inventory event's `occurred_at`) is more than `retention_ms`
+//!   before the task's stream time ([`Now::stream_ms`], the newest record time it has seen) is
+//!   *late* ([`Output::Late`]): counted, not applied, no entry created. Its order's entry, if it
+//!   ever had one, was deleted (an entry lives at least `retention_ms` after its last change), so
+//!   applying it would start from nothing — an old `CONFIRMED` re-delivered without its sales
+//!   would become a false `CONFIRMED_HOLDS_SOLD`. Judged by stream time rather than the wall
+//!   clock, an auditor that catches up after a long stop still audits its backlog. An input that
+//!   is not late for an order without an entry starts a new one (inventory facts alone never
+//!   make a violation: both invariants need the saga's decision). The price: a hold taken more
+//!   than `retention_ms` after its order was cancelled (and forgotten) is not reported (the
+//!   hold's own TTL in inventory still releases it).
+//!
 //! ## Per SKU (key: SKU)
 //! [`decide_stock`] sees every `available` that `inventory.reserved.v1` reports (re-keyed by
 //! SKU) and every `on_hand` of `inventory.adjusted.v1`:
@@ -121,16 +146,33 @@ pub struct OrderAudit {
     pub suspects: BTreeMap<AuditInvariant, (i64, i64)>,
     /// Open violations.
     pub open: BTreeMap<AuditInvariant, Violation>,
+    /// When the entry is deleted unless something changes before (wall clock, ms since the
+    /// epoch); `None` while a suspect or an open violation waits. See "Retention" above.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retire_at: Option<i64>,
+}
+
+impl OrderAudit {
+    /// Whether this is no entry at all (the order is unknown, or its entry was deleted).
+    pub fn is_unknown(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// Whether a suspect or an open violation waits (the entry is not retired then).
+    pub fn is_waiting(&self) -> bool {
+        !self.suspects.is_empty() || !self.open.is_empty()
+    }
 }
 
 /// One input for one order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OrderInput {
-    /// The saga decided (`order.decisions.v1`).
+    /// The saga decided (`order.decisions.v1`) at `at` (ms, its `decided_at`).
     Decision {
         sequence: i32,
         status: OrderStatus,
         skus: Vec<String>,
+        at: i64,
     },
     /// Inventory said something about the order's hold on `sku` (`inventory.reserved.v1` or
     /// `inventory.released.v1`) at `at` (ms).
@@ -140,8 +182,38 @@ pub enum OrderInput {
         quantity: i64,
         at: i64,
     },
-    /// The order's grace timer fired.
+    /// The order's timer fired (a grace period or the retention).
     Due,
+}
+
+impl OrderInput {
+    /// The input's own time (ms since the epoch); `None` for a timer.
+    pub fn event_ms(&self) -> Option<i64> {
+        match self {
+            Self::Decision { at, .. } | Self::Inventory { at, .. } => Some(*at),
+            Self::Due => None,
+        }
+    }
+}
+
+/// The clocks [`decide`] sees (ms since the epoch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Now {
+    /// Wall-clock time: grace periods and retention run on it.
+    pub wall_ms: i64,
+    /// The task's stream time: the newest record time it has seen (`i64::MIN` before any).
+    /// Inputs for unknown orders older than it by more than the retention are late.
+    pub stream_ms: i64,
+}
+
+impl Now {
+    /// Both clocks at `ms`.
+    pub fn at(ms: i64) -> Self {
+        Self {
+            wall_ms: ms,
+            stream_ms: ms,
+        }
+    }
 }
 
 /// Grace periods (ms) and the oversell mode.
@@ -153,6 +225,8 @@ pub struct Rules {
     pub confirmed_grace_ms: i64,
     /// `[inventory].oversell`: under `Allow` an `OVERSOLD` sale is reported, not a violation.
     pub oversell: OversellPolicy,
+    /// How long an order's entry with nothing waiting is kept after its last change (ms).
+    pub retention_ms: i64,
 }
 
 /// What the topology does after a decision.
@@ -167,10 +241,15 @@ pub enum Output {
     },
     /// An oversell the configuration allows: reported, not a violation.
     Allowed(Violation),
-    /// (Re)arm the subject's grace timer at this time (ms).
+    /// (Re)arm the subject's timer at this time (ms): its earliest grace, or its retention.
     Arm(i64),
-    /// No grace is pending: cancel the subject's timer.
+    /// Nothing to wait for (an open violation is kept until resolved): cancel the subject's
+    /// timer.
     Disarm,
+    /// The retention is over: delete the order's entry and its timer.
+    Forget,
+    /// An input for an order without an entry, older than the retention: ignored, counted.
+    Late,
 }
 
 /// The invariants [`decide`] evaluates.
@@ -225,14 +304,24 @@ pub fn decide(
     mut state: OrderAudit,
     order_id: &str,
     input: OrderInput,
-    now: i64,
+    now: Now,
     rules: &Rules,
 ) -> (OrderAudit, Vec<Output>) {
+    if state.is_unknown() {
+        let late_before = now.stream_ms.saturating_sub(rules.retention_ms);
+        match input.event_ms() {
+            Some(at) if at < late_before => return (state, vec![Output::Late]),
+            // A timer of an entry that is gone: nothing to keep.
+            None => return (state, vec![Output::Forget]),
+            Some(_) => {}
+        }
+    }
     match input {
         OrderInput::Decision {
             sequence,
             status,
             skus,
+            ..
         } => {
             if sequence <= state.sequence {
                 return (state, Vec::new());
@@ -258,9 +347,21 @@ pub fn decide(
             }
             state.holds.insert(sku, LineFact { fact, quantity, at });
         }
-        OrderInput::Due => {}
+        OrderInput::Due => {
+            // Nothing waits: the timer is the retention (an early look leaves it where it is).
+            if !state.is_waiting()
+                && let Some(at) = state.retire_at
+            {
+                let out = if now.wall_ms >= at {
+                    Output::Forget
+                } else {
+                    Output::Arm(at)
+                };
+                return (state, vec![out]);
+            }
+        }
     }
-    evaluate(state, order_id, now, rules)
+    evaluate(state, order_id, now.wall_ms, rules)
 }
 
 fn evaluate(
@@ -310,9 +411,15 @@ fn evaluate(
             }
         }
     }
+    state.retire_at = None;
     out.push(match next_due {
         Some(at) => Output::Arm(at),
-        None => Output::Disarm,
+        None if !state.open.is_empty() => Output::Disarm,
+        None => {
+            let at = now.saturating_add(rules.retention_ms);
+            state.retire_at = Some(at);
+            Output::Arm(at)
+        }
     });
     (state, out)
 }

@@ -10,6 +10,10 @@
 //! - `CANCELLED_HOLDS_RELEASED` — a cancelled order holds no stock after its grace period;
 //! - `CONFIRMED_HOLDS_SOLD` — a confirmed order's holds are confirmed (sold) after its grace.
 //!
+//! An order's entry is deleted `[audit].retention_ms` after its last change once nothing about
+//! it waits (an open violation stays until resolved), and older inputs for a deleted entry are
+//! skipped as late (`logic.rs`, "Retention").
+//!
 //! The payment invariants — at most one capture per order, a confirmed order captured, a
 //! cancelled order with no uncaptured authorization, captured sum = confirmed totals — need the
 //! ledger (no topic carries captures or voids): `keel audit` checks them against the stores, and
@@ -34,8 +38,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use logic::{
-    HoldFact, LineFact, OrderAudit, OrderInput, OrderStatus, Output, Rules, StockAudit, StockInput,
-    Violation, decide, decide_stock,
+    HoldFact, LineFact, Now, OrderAudit, OrderInput, OrderStatus, Output, Rules, StockAudit,
+    StockInput, Violation, decide, decide_stock,
 };
 pub use topology::{
     AuditSettings, OrderAuditor, OrderEvent, StockAuditor, StockEvent, order_input, report,
@@ -57,6 +61,10 @@ pub struct AuditConfig {
     pub confirmed_grace_ms: u64,
     /// How often the auditor checks its grace timers (ms).
     pub check_interval_ms: u64,
+    /// How long an order's entry is kept after its last change once nothing about it waits
+    /// (ms; an open violation is kept until resolved). Inputs for a deleted entry that are older
+    /// than this are skipped as late (`logic.rs`, "Retention"). 7 days by default.
+    pub retention_ms: u64,
     /// How many examples `keel audit` prints per violated invariant.
     pub examples: usize,
 }
@@ -67,6 +75,7 @@ impl Default for AuditConfig {
             cancelled_grace_ms: 300_000,
             confirmed_grace_ms: 300_000,
             check_interval_ms: 1_000,
+            retention_ms: 7 * 24 * 3_600_000,
             examples: 5,
         }
     }
@@ -81,6 +90,7 @@ impl AuditConfig {
                 cancelled_grace_ms: ms(self.cancelled_grace_ms),
                 confirmed_grace_ms: ms(self.confirmed_grace_ms),
                 oversell,
+                retention_ms: ms(self.retention_ms),
             },
             check_interval: Duration::from_millis(self.check_interval_ms.max(1)),
         }
@@ -91,6 +101,9 @@ impl AuditConfig {
         let mut out = Vec::new();
         if self.check_interval_ms == 0 {
             out.push("audit.check_interval_ms must be above 0".to_owned());
+        }
+        if self.retention_ms == 0 {
+            out.push("audit.retention_ms must be above 0".to_owned());
         }
         out
     }

@@ -2,12 +2,14 @@
 //!
 //! - [`ORDERS_STORE`] (key-value, key: order id as UTF-8): the order's [`OrderAudit`] — the
 //!   saga's latest decision, inventory's latest fact per SKU, the suspects waiting out their
-//!   grace and the open violations — as JSON (internal to the application: it only travels
-//!   through its own changelog). Kept for as long as the changelog keeps it, so a late hold for a
-//!   long-cancelled order is still caught.
-//! - [`DUE_STORE`] (timer, key: order id): at most one timer per order, due when its earliest
-//!   grace period ends. Durable: it survives restarts through its changelog, like the saga's
-//!   deadlines.
+//!   grace, the open violations and when the entry retires — as JSON (internal to the
+//!   application: it only travels through its own changelog). Deleted `[audit].retention_ms`
+//!   after its last change once nothing waits (an open violation is kept until resolved); older
+//!   inputs for a deleted entry are skipped as late (`logic.rs`, "Retention").
+//! - [`DUE_STORE`] (timer, key: order id; `crate::timers::DueTimers`): at most one timer per
+//!   order, due when its earliest grace period ends or, when none runs, when its retention does;
+//!   deleted with the entry. Durable: it survives restarts through its changelog, like the
+//!   saga's deadlines.
 //! - [`STOCK_STORE`] (key-value, key: SKU): the SKU's [`StockAudit`] (allowed deficit, open
 //!   violation), in the stock sub-topology (fed by the `audit-stock` repartition topic).
 

@@ -4,8 +4,8 @@
 use keel_avro::records::{AuditInvariant, ReservationStatus};
 
 use super::logic::{
-    HoldFact, OrderAudit, OrderInput, OrderStatus, Output, Rules, StockAudit, StockInput, decide,
-    decide_stock,
+    HoldFact, Now, OrderAudit, OrderInput, OrderStatus, Output, Rules, StockAudit, StockInput,
+    decide, decide_stock,
 };
 use crate::inventory::OversellPolicy;
 
@@ -13,6 +13,7 @@ const RULES: Rules = Rules {
     cancelled_grace_ms: 1_000,
     confirmed_grace_ms: 5_000,
     oversell: OversellPolicy::Allow,
+    retention_ms: 60_000,
 };
 
 fn decision(sequence: i32, status: OrderStatus, skus: &[&str]) -> OrderInput {
@@ -20,6 +21,7 @@ fn decision(sequence: i32, status: OrderStatus, skus: &[&str]) -> OrderInput {
         sequence,
         status,
         skus: skus.iter().map(|s| (*s).to_owned()).collect(),
+        at: 0,
     }
 }
 
@@ -37,7 +39,7 @@ fn run(inputs: Vec<(i64, OrderInput)>) -> (OrderAudit, Vec<Output>) {
     let mut state = OrderAudit::default();
     let mut all = Vec::new();
     for (now, input) in inputs {
-        let (next, out) = decide(state, "o-1", input, now, &RULES);
+        let (next, out) = decide(state, "o-1", input, Now::at(now), &RULES);
         state = next;
         all.extend(out);
     }
@@ -75,7 +77,11 @@ fn a_cancelled_order_whose_holds_were_released_within_the_grace_holds_the_invari
     ]);
     assert!(opened(&out).is_empty(), "{out:?}");
     assert!(state.suspects.is_empty() && state.open.is_empty());
-    assert_eq!(out.last(), Some(&Output::Disarm));
+    assert_eq!(
+        out.last(),
+        Some(&Output::Arm(60_500)),
+        "nothing waits: the timer is the retention, 60 s after the last change"
+    );
 }
 
 #[test]
@@ -92,9 +98,9 @@ fn a_cancelled_order_still_holding_stock_after_the_grace_is_a_violation_until_re
         "a timer at the grace's end"
     );
     // The timer fires early (a punctuation before the due time): nothing yet.
-    let (state, out) = decide(state, "o-1", OrderInput::Due, 900, &RULES);
+    let (state, out) = decide(state, "o-1", OrderInput::Due, Now::at(900), &RULES);
     assert!(opened(&out).is_empty());
-    let (state, out) = decide(state, "o-1", OrderInput::Due, 1_020, &RULES);
+    let (state, out) = decide(state, "o-1", OrderInput::Due, Now::at(1_020), &RULES);
     assert_eq!(opened(&out), vec![AuditInvariant::CancelledHoldsReleased]);
     let Some(Output::Opened(v)) = out.first() else {
         panic!("{out:?}")
@@ -103,13 +109,13 @@ fn a_cancelled_order_still_holding_stock_after_the_grace_is_a_violation_until_re
     assert_eq!(v.since, 20);
     assert!(v.detail.contains("still held"), "{}", v.detail);
     // Seen again: reported once.
-    let (state, out) = decide(state, "o-1", OrderInput::Due, 9_000, &RULES);
+    let (state, out) = decide(state, "o-1", OrderInput::Due, Now::at(9_000), &RULES);
     assert!(opened(&out).is_empty());
     let (state, out) = decide(
         state,
         "o-1",
         fact("MUG-1", HoldFact::Free, 9_500),
-        9_500,
+        Now::at(9_500),
         &RULES,
     );
     assert_eq!(resolved(&out), vec![AuditInvariant::CancelledHoldsReleased]);
@@ -187,6 +193,116 @@ fn an_older_decision_replayed_does_not_move_an_order_back() {
     ]);
     assert_eq!(state.status, Some(OrderStatus::Confirmed));
     assert_eq!(state.sequence, 2);
+}
+
+// ---- retention ----
+
+fn decision_at(sequence: i32, status: OrderStatus, skus: &[&str], at: i64) -> OrderInput {
+    OrderInput::Decision {
+        sequence,
+        status,
+        skus: skus.iter().map(|s| (*s).to_owned()).collect(),
+        at,
+    }
+}
+
+#[test]
+fn a_settled_order_is_forgotten_once_its_retention_is_over_and_not_before() {
+    let (state, out) = run(vec![
+        (0, decision(1, OrderStatus::Pending, &["MUG-1"])),
+        (10, fact("MUG-1", HoldFact::Held, 10)),
+        (100, decision(2, OrderStatus::Confirmed, &["MUG-1"])),
+        (150, fact("MUG-1", HoldFact::Sold, 150)),
+    ]);
+    assert!(opened(&out).is_empty(), "{out:?}");
+    assert_eq!(state.retire_at, Some(60_150));
+    assert_eq!(out.last(), Some(&Output::Arm(60_150)));
+    let (state, out) = decide(state, "o-1", OrderInput::Due, Now::at(60_149), &RULES);
+    assert_eq!(
+        out,
+        vec![Output::Arm(60_150)],
+        "an early look moves nothing"
+    );
+    let (_, out) = decide(state, "o-1", OrderInput::Due, Now::at(60_150), &RULES);
+    assert_eq!(out, vec![Output::Forget]);
+}
+
+#[test]
+fn an_open_violation_is_kept_past_the_retention_until_it_is_resolved() {
+    let (state, out) = run(vec![
+        (10, fact("MUG-1", HoldFact::Held, 10)),
+        (20, decision(2, OrderStatus::Cancelled, &["MUG-1"])),
+        (1_020, OrderInput::Due),
+    ]);
+    assert_eq!(opened(&out), vec![AuditInvariant::CancelledHoldsReleased]);
+    assert_eq!(state.retire_at, None);
+    assert_eq!(out.last(), Some(&Output::Disarm), "no retention while open");
+    let (state, out) = decide(state, "o-1", OrderInput::Due, Now::at(1_000_000), &RULES);
+    assert!(!out.contains(&Output::Forget), "{out:?}");
+    assert_eq!(state.open.len(), 1);
+    let (state, out) = decide(
+        state,
+        "o-1",
+        fact("MUG-1", HoldFact::Free, 2_000_000),
+        Now::at(2_000_000),
+        &RULES,
+    );
+    assert_eq!(resolved(&out), vec![AuditInvariant::CancelledHoldsReleased]);
+    assert_eq!(
+        out.last(),
+        Some(&Output::Arm(2_060_000)),
+        "retention from here"
+    );
+    let (_, out) = decide(state, "o-1", OrderInput::Due, Now::at(2_060_000), &RULES);
+    assert_eq!(out, vec![Output::Forget]);
+}
+
+#[test]
+fn a_decision_older_than_the_retention_for_a_forgotten_order_is_late_and_opens_nothing() {
+    // Confirmed at 100 and sold, then forgotten; a replay delivers the CONFIRMED decision again.
+    // Applied to nothing, its line would never have been sold: a false CONFIRMED_HOLDS_SOLD.
+    let replayed = decision_at(2, OrderStatus::Confirmed, &["MUG-1"], 100);
+    let after = Now::at(100 + 60_001);
+    let (state, out) = decide(
+        OrderAudit::default(),
+        "o-1",
+        replayed.clone(),
+        after,
+        &RULES,
+    );
+    assert_eq!(out, vec![Output::Late]);
+    assert!(state.is_unknown(), "no entry is created: {state:?}");
+    let (state, out) = decide(
+        OrderAudit::default(),
+        "o-1",
+        fact("MUG-1", HoldFact::Sold, 150),
+        Now::at(150 + 60_001),
+        &RULES,
+    );
+    assert_eq!(out, vec![Output::Late]);
+    assert!(state.is_unknown());
+    // Within the retention, or read by an auditor catching up (stream time behind the wall
+    // clock), it is applied.
+    let catching_up = Now {
+        wall_ms: 10_000_000,
+        stream_ms: 100,
+    };
+    let (state, out) = decide(OrderAudit::default(), "o-1", replayed, catching_up, &RULES);
+    assert_eq!(state.status, Some(OrderStatus::Confirmed));
+    assert!(!out.contains(&Output::Late));
+}
+
+#[test]
+fn the_timer_of_an_order_without_an_entry_keeps_nothing() {
+    let (state, out) = decide(
+        OrderAudit::default(),
+        "o-1",
+        OrderInput::Due,
+        Now::at(5),
+        &RULES,
+    );
+    assert_eq!(out, vec![Output::Forget]);
+    assert!(state.is_unknown());
 }
 
 // ---- STOCK_NON_NEGATIVE ----
@@ -309,6 +425,7 @@ mod driver {
     use keel_topology::{DriverConfig, TestDriver};
 
     use super::RULES;
+    use crate::audit::state::{DUE_STORE, ORDERS_STORE};
     use crate::audit::{AuditMetrics, AuditSettings, AuditView};
     use crate::format::Format;
     use crate::topics::{self, Topics};
@@ -345,10 +462,22 @@ mod driver {
     }
 
     fn decide(d: &mut TestDriver, order: &str, sequence: i32, status: OrderDecisionStatus) {
+        let at = d.wall_clock();
+        decide_at(d, order, sequence, status, at);
+    }
+
+    /// The saga's decision `sequence` for `order`, decided at `decided_at`, delivered now.
+    fn decide_at(
+        d: &mut TestDriver,
+        order: &str,
+        sequence: i32,
+        status: OrderDecisionStatus,
+        decided_at: i64,
+    ) {
         let decision = OrderDecision {
             decision_id: format!("{order}/{sequence}"),
             order_id: order.into(),
-            decided_at: d.wall_clock(),
+            decided_at,
             causation_id: "c".into(),
             correlation_id: order.into(),
             sequence,
@@ -559,5 +688,80 @@ mod driver {
             .expect("processed");
         assert_eq!(d.dead_letters().len(), 1);
         assert!(violations(&mut d).is_empty());
+    }
+
+    #[test]
+    fn a_settled_order_is_deleted_with_its_timer_once_its_retention_is_over() {
+        let (mut d, view, metrics) = driver();
+        decide(&mut d, "o-ok", 1, OrderDecisionStatus::Pending);
+        answer(&mut d, "o-ok", ReservationStatus::Held, 8);
+        decide(&mut d, "o-ok", 2, OrderDecisionStatus::Confirmed);
+        answer(&mut d, "o-ok", ReservationStatus::Sold, 8);
+        let settled_at = d.wall_clock();
+        assert!(d.kv_get(ORDERS_STORE, b"o-ok").expect("reads").is_some());
+        let timer = d
+            .timer(DUE_STORE, b"o-ok")
+            .expect("reads")
+            .expect("a timer");
+        assert_eq!(timer.due, settled_at + RULES.retention_ms, "the retention");
+
+        tick(&mut d, 59_000);
+        assert!(
+            d.kv_get(ORDERS_STORE, b"o-ok").expect("reads").is_some(),
+            "kept within the retention"
+        );
+        tick(&mut d, 1_000);
+        assert_eq!(d.kv_get(ORDERS_STORE, b"o-ok").expect("reads"), None);
+        assert_eq!(d.timer(DUE_STORE, b"o-ok").expect("reads"), None);
+        assert_eq!(metrics.retired.get(), 1);
+        assert!(violations(&mut d).is_empty());
+        assert!(view.open().is_empty());
+        d.restart(true).expect("restarts");
+        assert_eq!(
+            d.kv_get(ORDERS_STORE, b"o-ok").expect("reads"),
+            None,
+            "the deletion is in the changelog"
+        );
+    }
+
+    #[test]
+    fn an_old_decision_delivered_after_the_retention_reopens_nothing() {
+        let (mut d, view, metrics) = driver();
+        tick(&mut d, 0); // the punctuator learns the clock
+        let decided_at = d.wall_clock();
+        decide(&mut d, "o-1", 1, OrderDecisionStatus::Pending);
+        answer(&mut d, "o-1", ReservationStatus::Held, 8);
+        decide(&mut d, "o-1", 2, OrderDecisionStatus::Confirmed);
+        answer(&mut d, "o-1", ReservationStatus::Sold, 8);
+        tick(&mut d, 60_100);
+        assert_eq!(d.kv_get(ORDERS_STORE, b"o-1").expect("reads"), None);
+
+        // A replay delivers the CONFIRMED decision again; its sale is forgotten.
+        decide_at(&mut d, "o-1", 2, OrderDecisionStatus::Confirmed, decided_at);
+        tick(&mut d, 6_000);
+        tick(&mut d, 100);
+        let out = violations(&mut d);
+        assert!(out.is_empty(), "{out:?}");
+        assert!(view.open().is_empty());
+        assert_eq!(metrics.late.get(), 1, "counted as late");
+        assert_eq!(d.kv_get(ORDERS_STORE, b"o-1").expect("reads"), None);
+    }
+
+    #[test]
+    fn an_open_violation_outlives_the_retention_and_retires_after_it_is_resolved() {
+        let (mut d, view, _) = driver();
+        tick(&mut d, 0); // the punctuator learns the clock
+        decide(&mut d, "o-1", 1, OrderDecisionStatus::Pending);
+        answer(&mut d, "o-1", ReservationStatus::Held, 8);
+        decide(&mut d, "o-1", 2, OrderDecisionStatus::Cancelled);
+        tick(&mut d, 1_200);
+        assert_eq!(violations(&mut d).len(), 1);
+        tick(&mut d, 3 * 60_000);
+        assert!(d.kv_get(ORDERS_STORE, b"o-1").expect("reads").is_some());
+        assert_eq!(view.open().len(), 1);
+        release(&mut d, "o-1");
+        assert_eq!(violations(&mut d)[0].1.state, AuditViolationState::Resolved);
+        tick(&mut d, 60_000);
+        assert_eq!(d.kv_get(ORDERS_STORE, b"o-1").expect("reads"), None);
     }
 }

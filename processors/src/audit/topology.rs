@@ -14,7 +14,8 @@
 //! `inventory.reserved.v1` is keyed by order id (so the saga gets its answers): it is re-keyed
 //! by SKU through the `audit-stock` repartition topic and audited, with `inventory.adjusted.v1`
 //! (already keyed by SKU), by one task per SKU partition, which sees every figure of a SKU in
-//! order. A wall-clock punctuator fires the orders' grace timers.
+//! order. A wall-clock punctuator fires the orders' timers (grace periods and retention,
+//! `crate::timers`): an order entry whose retention is over is deleted with its timer.
 
 use std::time::Duration;
 
@@ -29,13 +30,17 @@ use keel_topology::{
 };
 
 use super::logic::{
-    HoldFact, OrderAudit, OrderInput, OrderStatus, Output, Rules, StockAudit, StockInput,
+    HoldFact, Now, OrderAudit, OrderInput, OrderStatus, Output, Rules, StockAudit, StockInput,
     Violation, decide, decide_stock,
 };
 use super::state::{DUE_STORE, ORDERS_STORE, STOCK_STORE, Stored};
 use super::view::{AuditMetrics, AuditView};
 use crate::format::{Format, RecordSerde};
+use crate::timers::DueTimers;
 use crate::topics::{self, Topics};
+
+/// One timer per order: its earliest grace period, or its retention.
+const DUE: DueTimers = DueTimers::new(DUE_STORE);
 
 const DECISIONS: &str = "decisions";
 const RESERVED: &str = "reserved";
@@ -263,8 +268,8 @@ pub fn report(
     }
 }
 
-/// Forwards the outputs' reports to `sink`, counts them, and returns the timer change asked
-/// for (`Some(Some(at))`: arm at; `Some(None)`: disarm).
+/// Forwards the outputs' reports to `sink`, counts them, and returns what is asked of the
+/// subject's entry and timer, if anything ([`Output::Arm`], `Disarm`, `Forget` or `Late`).
 fn emit(
     ctx: &mut Context<'_>,
     sink: &str,
@@ -272,7 +277,7 @@ fn emit(
     subject: &str,
     outputs: Vec<Output>,
     causation: &str,
-) -> Result<Option<Option<i64>>, ProcessError> {
+) -> Result<Option<Output>, ProcessError> {
     let wall = ctx.wall_clock_time();
     let mut timer = None;
     for output in outputs {
@@ -306,12 +311,8 @@ fn emit(
                 tracing::info!(subject, detail = %v.detail, "oversell allowed by configuration");
                 report(&v, AuditViolationState::Allowed, wall, None, causation)
             }
-            Output::Arm(at) => {
-                timer = Some(Some(at));
-                continue;
-            }
-            Output::Disarm => {
-                timer = Some(None);
+            control @ (Output::Arm(_) | Output::Disarm | Output::Forget | Output::Late) => {
+                timer = Some(control);
                 continue;
             }
         };
@@ -354,6 +355,7 @@ pub fn order_input(event: OrderEvent) -> (OrderInput, String) {
                 sequence: d.sequence,
                 status: status(d.status),
                 skus: d.lines.iter().map(|l| l.sku.clone()).collect(),
+                at: d.decided_at,
             },
             d.decision_id,
         ),
@@ -415,13 +417,10 @@ impl Processor for OrderAuditor {
         ctx: &mut Context<'_>,
         punctuation: &Punctuation,
     ) -> Result<(), ProcessError> {
-        let due = ctx
-            .timers(DUE_STORE)?
-            .due_at_most(punctuation.timestamp, 1_000)?;
-        for timer in due {
-            let order_id = String::from_utf8_lossy(&timer.key).into_owned();
-            self.apply(ctx, &order_id, OrderInput::Due, "grace-timer")?;
-        }
+        DUE.fire_due(ctx, punctuation.timestamp, |ctx, key, _| {
+            let order_id = String::from_utf8_lossy(key).into_owned();
+            self.apply(ctx, &order_id, OrderInput::Due, "grace-timer")
+        })?;
         Ok(())
     }
 
@@ -440,17 +439,29 @@ impl OrderAuditor {
         causation: &str,
     ) -> Result<(), ProcessError> {
         let before: OrderAudit = load(ctx.kv(ORDERS_STORE)?.get(order_id.as_bytes())?, order_id)?;
-        let now = ctx.wall_clock_time();
+        let now = Now {
+            wall_ms: ctx.wall_clock_time(),
+            stream_ms: ctx.stream_time(),
+        };
         let (state, outputs) = decide(before.clone(), order_id, input, now, &self.settings.rules);
         match emit(ctx, SINK, &self.metrics, order_id, outputs, causation)? {
-            Some(Some(at)) => {
-                ctx.timers(DUE_STORE)?
-                    .schedule(order_id.as_bytes().to_vec(), at, [])?;
+            Some(Output::Arm(at)) => DUE.schedule(ctx, order_id.as_bytes(), at)?,
+            Some(Output::Disarm) => {
+                DUE.cancel(ctx, order_id.as_bytes())?;
             }
-            Some(None) => {
-                ctx.timers(DUE_STORE)?.cancel(order_id.as_bytes())?;
+            Some(Output::Forget) => {
+                DUE.cancel(ctx, order_id.as_bytes())?;
+                ctx.kv(ORDERS_STORE)?.delete(order_id.as_bytes().to_vec());
+                self.view.set_open(ctx.task_id(), order_id, Vec::new());
+                self.metrics.retired.inc();
+                return Ok(());
             }
-            None => {}
+            Some(Output::Late) => {
+                self.metrics.late.inc();
+                tracing::debug!(order_id, causation, "input for a retired order skipped");
+                return Ok(());
+            }
+            _ => {}
         }
         if state != before {
             self.view.set_open(

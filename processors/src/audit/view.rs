@@ -97,6 +97,10 @@ pub struct AuditMetrics {
     pub opened: IntCounterVec,
     pub resolved: IntCounterVec,
     pub oversells_allowed: IntCounter,
+    /// `keel_audit_retired_total`: order entries deleted after their retention.
+    pub retired: IntCounter,
+    /// `keel_audit_late_total`: inputs for retired orders, skipped.
+    pub late: IntCounter,
 }
 
 struct OpenGauge {
@@ -144,6 +148,22 @@ impl AuditMetrics {
             )
             .namespace("keel"),
         )?;
+        let retired = IntCounter::with_opts(
+            Opts::new(
+                "audit_retired_total",
+                "Order entries deleted [audit].retention_ms after their last change, with nothing \
+                 suspect or open",
+            )
+            .namespace("keel"),
+        )?;
+        let late = IntCounter::with_opts(
+            Opts::new(
+                "audit_late_total",
+                "Decisions and inventory events for an order without an entry, older than the \
+                 retention (its entry was deleted): skipped, so they reopen nothing",
+            )
+            .namespace("keel"),
+        )?;
         let open = IntGaugeVec::new(
             Opts::new(
                 "invariant_violations_open",
@@ -155,6 +175,8 @@ impl AuditMetrics {
         registry.register(Box::new(opened.clone()))?;
         registry.register(Box::new(resolved.clone()))?;
         registry.register(Box::new(oversells_allowed.clone()))?;
+        registry.register(Box::new(retired.clone()))?;
+        registry.register(Box::new(late.clone()))?;
         registry.register(Box::new(OpenGauge {
             view: view.clone(),
             open,
@@ -167,6 +189,8 @@ impl AuditMetrics {
             opened,
             resolved,
             oversells_allowed,
+            retired,
+            late,
         })
     }
 

@@ -26,7 +26,11 @@ use super::state::{
     CARTS_STORE, CartHeader, CartItem, CartState, WAITS_STORE, split_wait_key, wait_key,
 };
 use crate::format::Format;
+use crate::timers::DueTimers;
 use crate::topics::{self, Topics};
+
+/// The orders waiting for their cart, one timer per `(cart, order)` ([`wait_key`]).
+const WAITS: DueTimers = DueTimers::new(WAITS_STORE);
 
 /// The Debezium topics of the cart service's tables (`<topic prefix>.<database>.<table>`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -231,15 +235,16 @@ impl Processor for CartsProcessor {
         ctx: &mut Context<'_>,
         punctuation: &Punctuation,
     ) -> Result<(), ProcessError> {
-        let due = ctx
-            .timers(WAITS_STORE)?
-            .due_at_most(punctuation.timestamp, 1_000)?;
-        for timer in due {
-            let Some((cart_id, order_id)) = split_wait_key(&timer.key) else {
-                continue;
-            };
-            self.apply(ctx, &cart_id, CartsInput::WaitOver { order_id })?;
-        }
+        WAITS.fire_due(
+            ctx,
+            punctuation.timestamp,
+            |ctx, key, _| match split_wait_key(key) {
+                Some((cart_id, order_id)) => {
+                    self.apply(ctx, &cart_id, CartsInput::WaitOver { order_id })
+                }
+                None => Ok(()),
+            },
+        )?;
         Ok(())
     }
 }
@@ -288,12 +293,10 @@ impl CartsProcessor {
                     ctx.forward_to(TO_SAGA, Record::new(order_id, answer, now))?;
                 }
                 CartsEffect::Wait { order_id, until } => {
-                    ctx.timers(WAITS_STORE)?
-                        .schedule(wait_key(cart_id, &order_id), until, [])?;
+                    WAITS.schedule(ctx, wait_key(cart_id, &order_id), until)?;
                 }
                 CartsEffect::StopWaiting { order_id } => {
-                    ctx.timers(WAITS_STORE)?
-                        .cancel(&wait_key(cart_id, &order_id))?;
+                    WAITS.cancel(ctx, &wait_key(cart_id, &order_id))?;
                 }
             }
         }

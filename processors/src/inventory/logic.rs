@@ -14,7 +14,10 @@
 //! - confirming a lapsed hold takes the stock if it is still there, else records an oversell
 //!   (sold anyway under `allow`, refused under `prevent`);
 //! - every confirm is answered on `inventory.reserved.v1` (`SOLD`, `OVERSOLD`, `SALE_REFUSED`),
-//!   so a saga that waits for the sale (`prevent`) learns the outcome in its own partition;
+//!   so a saga that waits for the sale (`prevent`) learns the outcome in its own partition; a
+//!   duplicate confirm changes nothing and repeats the first answer ([`Effect::ConfirmRepeated`]);
+//! - the order coordinator's confirm ([`Input::ConfirmHeld`]) sells a live hold only, and is a
+//!   no-op for any other; a second release of a released, lapsed or sold hold changes nothing;
 //! - a compensating release of a sold hold (the saga gives up an order whose other line was
 //!   refused) puts the units back on hand;
 //! - an adjust changes one warehouse (the default one when none is named) and never takes its
@@ -68,6 +71,13 @@ pub enum Input {
     Confirm {
         order_id: String,
     },
+    /// A confirm from inventory's order coordinator (a `payment.authorized.v1` it saw): sells a
+    /// live hold exactly as [`Input::Confirm`] does, and does nothing at all for any other (no
+    /// hold, one released, lapsed, sold or refused) — the coordinator never sells a lapsed hold
+    /// (that is the saga's decision) and is never dead-lettered for a hold already gone.
+    ConfirmHeld {
+        order_id: String,
+    },
     Adjust {
         delta: i64,
         reason: String,
@@ -115,6 +125,17 @@ pub enum Effect {
     Oversold {
         order_id: String,
         quantity: i64,
+    },
+    /// `inventory.reserved.v1` again: a duplicate confirm of a hold already sold (`SOLD`) or
+    /// refused (`SALE_REFUSED`) repeats that answer and changes nothing, so a saga whose own
+    /// confirm came second (the coordinator's came first) still gets its answer. Not counted
+    /// in the metrics a second time.
+    ConfirmRepeated {
+        order_id: String,
+        status: ReservationStatus,
+        quantity: i64,
+        available: i64,
+        warehouse: String,
     },
     ScheduleExpiry {
         order_id: String,
@@ -318,13 +339,24 @@ pub fn decide(
                 fx.push(confirmed(&order_id, ReservationStatus::Sold, &h, &stock));
                 Some(h)
             }
-            // A duplicate confirm: the first answer stands.
+            // A duplicate confirm: the first answer stands, and is given again.
             Some(h)
                 if matches!(
                     h.state,
                     HoldState::Sold | HoldState::Ended(Ended::SaleRefused)
                 ) =>
             {
+                fx.push(Effect::ConfirmRepeated {
+                    order_id,
+                    status: if h.state == HoldState::Sold {
+                        ReservationStatus::Sold
+                    } else {
+                        ReservationStatus::SaleRefused
+                    },
+                    quantity: h.quantity,
+                    available: stock.total().available(),
+                    warehouse: h.warehouse.clone(),
+                });
                 Some(h)
             }
             Some(mut h) if h.state == HoldState::Ended(Ended::Expired) => {
@@ -377,6 +409,12 @@ pub fn decide(
                 Some(h)
             }
             _ => return Err(Refusal::NothingToConfirm(order_id)),
+        },
+        Input::ConfirmHeld { order_id } => match hold {
+            Some(h) if h.state == HoldState::Held => {
+                return decide(stock, Some(h), Input::Confirm { order_id }, now, rules);
+            }
+            other => other,
         },
         Input::Adjust {
             delta,

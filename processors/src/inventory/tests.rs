@@ -246,11 +246,29 @@ fn every_confirm_is_answered_sold_oversold_or_refused_and_a_refusal_is_final() {
         refused.hold.as_ref().map(|h| h.state),
         Some(HoldState::Ended(Ended::SaleRefused))
     );
-    // A duplicate confirm of a refused sale neither sells nor counts a second oversell.
-    let again =
-        decide(refused.stock.clone(), refused.hold, confirm(), T0, &prevent).expect("applies");
-    assert!(again.effects.is_empty(), "{:?}", again.effects);
+    // A duplicate confirm of a refused sale neither sells nor counts a second oversell: it
+    // repeats the refusal.
+    let again = decide(
+        refused.stock.clone(),
+        refused.hold.clone(),
+        confirm(),
+        T0,
+        &prevent,
+    )
+    .expect("applies");
+    assert!(
+        matches!(
+            again.effects.as_slice(),
+            [Effect::ConfirmRepeated {
+                status: ReservationStatus::SaleRefused,
+                ..
+            }]
+        ),
+        "{:?}",
+        again.effects
+    );
     assert_eq!(again.stock, refused.stock);
+    assert_eq!(again.hold, refused.hold);
 }
 
 #[test]
@@ -339,7 +357,7 @@ fn confirm_turns_a_hold_into_a_sale_once() {
     );
     let again = decide(
         c.stock.clone(),
-        c.hold,
+        c.hold.clone(),
         Input::Confirm {
             order_id: "o1".into(),
         },
@@ -348,7 +366,18 @@ fn confirm_turns_a_hold_into_a_sale_once() {
     )
     .expect("applies");
     assert_eq!(again.stock, c.stock);
-    assert!(again.effects.is_empty());
+    assert_eq!(again.hold, c.hold);
+    assert_eq!(
+        again.effects,
+        [Effect::ConfirmRepeated {
+            order_id: "o1".into(),
+            status: ReservationStatus::Sold,
+            quantity: 3,
+            available: 1,
+            warehouse: DEFAULT_WAREHOUSE.into(),
+        }],
+        "the second confirm changes nothing and repeats the first answer"
+    );
     let err = decide(
         stock(1),
         None,
@@ -794,6 +823,293 @@ mod cassandra_writes {
     }
 }
 
+#[test]
+fn the_coordinators_confirm_sells_a_live_hold_and_leaves_any_other_alone() {
+    let confirm_held = || Input::ConfirmHeld {
+        order_id: "o1".into(),
+    };
+    // A live hold: sold, as by the saga's confirm.
+    let o = decide(stock(4), None, reserve("o1", 3), T0, &RULES).expect("applies");
+    let sold = decide(o.stock.clone(), o.hold, confirm_held(), T0, &RULES).expect("applies");
+    assert_eq!(sold.hold.as_ref().map(|h| h.state), Some(HoldState::Sold));
+    assert_eq!(confirm_answer(&sold.effects), Some(ReservationStatus::Sold));
+    // No hold at all: nothing, and not refused (dead-lettered) either.
+    let none = decide(stock(4), None, confirm_held(), T0, &RULES).expect("no error");
+    assert_eq!(
+        (none.stock, none.hold, none.effects),
+        (stock(4), None, vec![])
+    );
+    // A lapsed hold: not sold (selling it late is the saga's decision).
+    let expired = decide(
+        o.stock.clone(),
+        Some(Hold {
+            order_id: "o1".into(),
+            quantity: 3,
+            state: HoldState::Ended(Ended::Expired),
+            expires_at: T0,
+            warehouse: DEFAULT_WAREHOUSE.into(),
+        }),
+        confirm_held(),
+        T0,
+        &RULES,
+    )
+    .expect("applies");
+    assert_eq!(expired.stock, o.stock);
+    assert!(expired.effects.is_empty(), "{:?}", expired.effects);
+    assert_eq!(
+        expired.hold.map(|h| h.state),
+        Some(HoldState::Ended(Ended::Expired))
+    );
+    // Already sold (the saga came first): nothing, not even a repeated answer.
+    let again = decide(
+        sold.stock.clone(),
+        sold.hold.clone(),
+        confirm_held(),
+        T0,
+        &RULES,
+    )
+    .expect("applies");
+    assert_eq!((again.stock, again.hold), (sold.stock, sold.hold));
+    assert!(again.effects.is_empty());
+}
+
+#[test]
+fn a_second_release_of_a_released_or_sold_hold_changes_nothing() {
+    let release = |reason| Input::Release {
+        order_id: "o1".into(),
+        reason,
+    };
+    let o = decide(stock(4), None, reserve("o1", 3), T0, &RULES).expect("applies");
+    // The coordinator's release (order cancelled) first, the saga's compensation second.
+    let first = decide(
+        o.stock.clone(),
+        o.hold,
+        release(ReleaseReason::OrderCancelled),
+        T0,
+        &RULES,
+    )
+    .expect("applies");
+    assert_eq!(first.stock, stock(4));
+    for reason in [ReleaseReason::Compensation, ReleaseReason::OrderCancelled] {
+        let second = decide(
+            first.stock.clone(),
+            first.hold.clone(),
+            release(reason),
+            T0,
+            &RULES,
+        )
+        .expect("applies");
+        assert_eq!((&second.stock, &second.hold), (&first.stock, &first.hold));
+        assert!(
+            second.effects.is_empty(),
+            "{reason:?}: {:?}",
+            second.effects
+        );
+    }
+    // A sold hold: a cancellation's release does not undo the sale.
+    let o = decide(stock(4), None, reserve("o2", 1), T0, &RULES).expect("applies");
+    let sold = decide(
+        o.stock.clone(),
+        o.hold,
+        Input::Confirm {
+            order_id: "o2".into(),
+        },
+        T0,
+        &RULES,
+    )
+    .expect("applies");
+    let late = decide(
+        sold.stock.clone(),
+        sold.hold.clone(),
+        Input::Release {
+            order_id: "o2".into(),
+            reason: ReleaseReason::OrderCancelled,
+        },
+        T0,
+        &RULES,
+    )
+    .expect("applies");
+    assert_eq!((late.stock, late.hold), (sold.stock, sold.hold));
+    assert!(late.effects.is_empty());
+}
+
+mod coordinator_rules {
+    use super::super::coordinator::{
+        Action, OrderEffect, OrderHolds, OrderInput, OrderOutcome, Short, decide_order,
+    };
+    use super::*;
+
+    const KEEP: i64 = 7_200_000;
+
+    fn reply(sku: &str, status: ReservationStatus, quantity: i64, api: bool) -> OrderInput {
+        OrderInput::Reserved {
+            sku: sku.into(),
+            status,
+            quantity,
+            available: 1,
+            all_or_nothing: api,
+        }
+    }
+
+    /// Runs `inputs` from no state; the final state and every effect but the retention timer.
+    fn run(inputs: Vec<OrderInput>) -> (Option<OrderHolds>, Vec<OrderEffect>) {
+        let mut state = None;
+        let mut fx = Vec::new();
+        for input in inputs {
+            let OrderOutcome { state: s, effects } = decide_order(state, input, T0, KEEP);
+            state = s;
+            fx.extend(
+                effects
+                    .into_iter()
+                    .filter(|e| !matches!(e, OrderEffect::ScheduleForget { .. })),
+            );
+        }
+        (state, fx)
+    }
+
+    fn cmd(sku: &str, action: Action) -> OrderEffect {
+        OrderEffect::Command {
+            sku: sku.into(),
+            action,
+        }
+    }
+
+    const COMPENSATE: Action = Action::Release(ReleaseReason::Compensation);
+    const CANCEL: Action = Action::Release(ReleaseReason::OrderCancelled);
+
+    #[test]
+    fn an_api_reservation_with_a_short_line_releases_the_lines_held_before_and_after_it() {
+        let (state, fx) = run(vec![
+            reply("A", ReservationStatus::Held, 2, true),
+            reply("B", ReservationStatus::Shortage, 3, true),
+            reply("C", ReservationStatus::Held, 1, true),
+        ]);
+        assert_eq!(
+            fx,
+            [
+                cmd("A", COMPENSATE),
+                OrderEffect::Failed {
+                    short: vec![(
+                        "B".into(),
+                        Short {
+                            wanted: 3,
+                            available: 1
+                        }
+                    )]
+                },
+                cmd("C", COMPENSATE),
+            ]
+        );
+        let state = state.expect("kept");
+        assert!(state.held.is_empty(), "{state:?}");
+        // A duplicate shortage reply reports nothing new.
+        let again = decide_order(
+            Some(state.clone()),
+            reply("B", ReservationStatus::Shortage, 3, true),
+            T0,
+            KEEP,
+        );
+        assert_eq!(again.state, Some(state));
+        assert!(again.effects.is_empty(), "{:?}", again.effects);
+    }
+
+    #[test]
+    fn a_reservation_whose_lines_are_all_held_keeps_them() {
+        let (state, fx) = run(vec![
+            reply("A", ReservationStatus::Held, 2, true),
+            reply("B", ReservationStatus::Held, 3, true),
+        ]);
+        assert!(fx.is_empty(), "{fx:?}");
+        assert_eq!(state.expect("kept").held.len(), 2);
+    }
+
+    #[test]
+    fn the_sagas_own_shortage_is_left_to_the_saga() {
+        let (state, fx) = run(vec![
+            reply("A", ReservationStatus::Held, 2, false),
+            reply("B", ReservationStatus::Shortage, 3, false),
+        ]);
+        assert!(fx.is_empty(), "the saga releases its own lines: {fx:?}");
+        assert_eq!(state.expect("kept").held.keys().collect::<Vec<_>>(), ["A"]);
+        // An order never seen keeps nothing for a reply that needs no memory.
+        let (state, fx) = run(vec![
+            reply("B", ReservationStatus::Shortage, 3, false),
+            OrderInput::Released { sku: "B".into() },
+            reply("B", ReservationStatus::Sold, 3, false),
+        ]);
+        assert_eq!((state, fx), (None, vec![]));
+    }
+
+    #[test]
+    fn a_cancelled_order_releases_its_live_holds_once_and_any_hold_that_lands_later() {
+        let (state, fx) = run(vec![
+            reply("A", ReservationStatus::Held, 1, false),
+            reply("B", ReservationStatus::Held, 1, false),
+            // The saga released A already.
+            OrderInput::Released { sku: "A".into() },
+            OrderInput::Cancelled,
+            OrderInput::Cancelled,
+            reply("C", ReservationStatus::Held, 1, false),
+            // A payment after the cancel confirms nothing.
+            OrderInput::Authorized,
+        ]);
+        assert_eq!(fx, [cmd("B", CANCEL), cmd("C", CANCEL)]);
+        assert!(state.expect("kept").cancelled);
+    }
+
+    #[test]
+    fn an_authorized_payment_confirms_the_live_holds_once_and_a_later_cancel_releases_nothing_sold()
+    {
+        let (state, fx) = run(vec![
+            reply("A", ReservationStatus::Held, 1, false),
+            reply("B", ReservationStatus::Held, 1, false),
+            // B lapsed: it is not the coordinator's to sell.
+            OrderInput::Released { sku: "B".into() },
+            OrderInput::Authorized,
+            OrderInput::Authorized,
+            reply("A", ReservationStatus::Sold, 1, false),
+            OrderInput::Cancelled,
+        ]);
+        assert_eq!(fx, [cmd("A", Action::Confirm)]);
+        assert!(state.expect("kept").held.is_empty());
+        // The payment first: a hold that lands after it is confirmed too.
+        let (_, fx) = run(vec![
+            OrderInput::Authorized,
+            reply("A", ReservationStatus::Held, 1, true),
+        ]);
+        assert_eq!(fx, [cmd("A", Action::Confirm)]);
+    }
+
+    #[test]
+    fn a_changed_order_is_kept_for_the_retention_and_then_forgotten() {
+        let o = decide_order(
+            None,
+            reply("A", ReservationStatus::Held, 1, false),
+            T0,
+            KEEP,
+        );
+        assert_eq!(o.effects, [OrderEffect::ScheduleForget { at: T0 + KEEP }]);
+        let unchanged = decide_order(
+            o.state.clone(),
+            OrderInput::Released { sku: "Z".into() },
+            T0,
+            KEEP,
+        );
+        assert!(
+            unchanged.effects.is_empty(),
+            "nothing changed: no new timer"
+        );
+        let gone = decide_order(o.state, OrderInput::Forget, T0 + KEEP, KEEP);
+        assert_eq!(
+            gone,
+            OrderOutcome {
+                state: None,
+                effects: vec![]
+            }
+        );
+    }
+}
+
 mod driver {
     use std::time::Duration;
 
@@ -1151,5 +1467,372 @@ mod driver {
         )
         .expect("dead-lettered");
         assert_eq!(d.dead_letters().len(), 1);
+    }
+
+    /// A reserve command as `POST /inventory/reserve` (`api`) or the saga writes it.
+    fn reserve_as(d: &mut TestDriver, order: &str, sku: &str, quantity: i32, api: bool) {
+        let command = InventoryCommand {
+            command_id: format!("reserve/{order}/{sku}"),
+            sku: sku.into(),
+            issued_at: T0,
+            causation_id: "test".into(),
+            correlation_id: if api {
+                format!("{RESERVATION_CORRELATION_PREFIX}{order}")
+            } else {
+                order.into()
+            },
+            command: InventoryCommandBody::Reserve(ReserveStock {
+                order_id: order.into(),
+                quantity,
+                warehouse: None,
+                hold_ttl_ms: None,
+            }),
+        };
+        d.pipe(
+            topics::INVENTORY_COMMANDS,
+            &sku.to_owned(),
+            &command,
+            T0,
+            &Utf8,
+            &Json::new(),
+        )
+        .expect("processed");
+    }
+
+    /// What went round: every record written to the inventory topics, fed back to whoever
+    /// reads them (as Kafka would) until nothing more is written.
+    #[derive(Default)]
+    struct Round {
+        reserved: Vec<InventoryReserved>,
+        released: Vec<InventoryReleased>,
+        commands: Vec<InventoryCommand>,
+        adjusted: Vec<InventoryAdjusted>,
+    }
+
+    fn pump(d: &mut TestDriver) -> Round {
+        let mut round = Round::default();
+        let json = |r: &keel_topology::OutRecord| r.value.clone().expect("a value");
+        loop {
+            let mut moved = false;
+            for topic in [
+                topics::INVENTORY_RESERVED,
+                topics::INVENTORY_RELEASED,
+                topics::INVENTORY_COMMANDS,
+            ] {
+                for r in d.read_output(topic) {
+                    moved = true;
+                    let bytes = json(&r);
+                    match topic {
+                        topics::INVENTORY_RESERVED => round
+                            .reserved
+                            .push(serde_json::from_slice(&bytes).expect("reserved")),
+                        topics::INVENTORY_RELEASED => round
+                            .released
+                            .push(serde_json::from_slice(&bytes).expect("released")),
+                        _ => round
+                            .commands
+                            .push(serde_json::from_slice(&bytes).expect("command")),
+                    }
+                    d.pipe_raw(topic, r.key.as_deref(), Some(&bytes), r.timestamp)
+                        .expect("fed back");
+                }
+            }
+            if !moved {
+                break;
+            }
+        }
+        round.adjusted = d
+            .read_output_as::<String, InventoryAdjusted>(
+                topics::INVENTORY_ADJUSTED,
+                &Utf8,
+                &Json::new(),
+            )
+            .expect("decodes")
+            .into_iter()
+            .map(|(_, e)| e)
+            .collect();
+        round
+    }
+
+    fn held(d: &TestDriver, sku: &str) -> StockLevel {
+        let bytes = d
+            .kv_get(crate::inventory::state::STOCK_STORE, sku.as_bytes())
+            .expect("reads")
+            .expect("stocked");
+        serde_json::from_slice::<SkuStock>(&bytes)
+            .expect("stock")
+            .total()
+    }
+
+    fn seed(d: &mut TestDriver, sku: &str, units: i32) {
+        send(
+            d,
+            &format!("seed-{sku}"),
+            sku,
+            InventoryCommandBody::Adjust(AdjustStock {
+                delta: units,
+                reason: "seed".into(),
+                warehouse: None,
+            }),
+        );
+        let _ = d.read_output(topics::INVENTORY_ADJUSTED);
+    }
+
+    fn cancelled(d: &mut TestDriver, order: &str) {
+        let e = OrderStatusChanged {
+            event_id: format!("cancelled/{order}"),
+            order_id: order.into(),
+            occurred_at: T0,
+            causation_id: "saga".into(),
+            correlation_id: order.into(),
+            from_status: OrderStatus::Pending,
+            to_status: OrderStatus::Cancelled,
+            reason: Some("customer".into()),
+        };
+        d.pipe(
+            topics::ORDER_STATUS_CHANGED,
+            &order.to_owned(),
+            &e,
+            T0,
+            &Utf8,
+            &Json::new(),
+        )
+        .expect("processed");
+    }
+
+    fn authorized(d: &mut TestDriver, order: &str) {
+        let e = PaymentAuthorized {
+            event_id: format!("authorized/{order}"),
+            payment_id: format!("pay-{order}"),
+            occurred_at: T0,
+            causation_id: "psp".into(),
+            correlation_id: order.into(),
+            order_id: order.into(),
+            amount: Money::new(100, "EUR"),
+            psp_reference: "psp-1".into(),
+        };
+        d.pipe(
+            topics::PAYMENT_AUTHORIZED,
+            &order.to_owned(),
+            &e,
+            T0,
+            &Utf8,
+            &Json::new(),
+        )
+        .expect("processed");
+    }
+
+    #[test]
+    fn an_api_reservation_with_a_short_line_ends_with_nothing_held_on_any_sku() {
+        let (mut d, metrics) = driver();
+        seed(&mut d, "SKU-A", 5);
+        seed(&mut d, "SKU-B", 1);
+        // The held line answers first: it is released when the short one answers.
+        reserve_as(&mut d, "o1", "SKU-A", 2, true);
+        reserve_as(&mut d, "o1", "SKU-B", 3, true);
+        let round = pump(&mut d);
+        let statuses: Vec<(&str, ReservationStatus)> = round
+            .reserved
+            .iter()
+            .map(|r| (r.sku.as_str(), r.status))
+            .collect();
+        assert_eq!(
+            statuses,
+            [
+                ("SKU-A", ReservationStatus::Held),
+                ("SKU-B", ReservationStatus::Shortage)
+            ]
+        );
+        let short = &round.reserved[1];
+        assert_eq!((short.quantity, short.available), (3, 1), "what is missing");
+        assert_eq!(round.released.len(), 1, "{:?}", round.released);
+        assert_eq!(round.released[0].sku, "SKU-A");
+        assert_eq!(round.released[0].reason, ReleaseReason::Compensation);
+        assert_eq!(held(&d, "SKU-A").held, 0);
+        assert_eq!(held(&d, "SKU-B").held, 0);
+
+        // The short line answers first: the held one is released when it lands.
+        reserve_as(&mut d, "o2", "SKU-B", 3, true);
+        reserve_as(&mut d, "o2", "SKU-A", 2, true);
+        let round = pump(&mut d);
+        assert_eq!(round.released.len(), 1, "{:?}", round.released);
+        assert_eq!(held(&d, "SKU-A").held, 0);
+        assert_eq!(metrics.coordinator.with_label_values(&["failed"]).get(), 2);
+
+        // A retry of the failed reservation is a duplicate: still nothing held.
+        reserve_as(&mut d, "o1", "SKU-A", 2, true);
+        let round = pump(&mut d);
+        assert!(round.reserved.is_empty() && round.commands.is_empty());
+        assert_eq!(held(&d, "SKU-A").held, 0);
+    }
+
+    #[test]
+    fn a_sagas_reservation_is_not_coordinated_and_an_api_one_held_whole_stays_held() {
+        let (mut d, _) = driver();
+        seed(&mut d, "SKU-A", 5);
+        seed(&mut d, "SKU-B", 1);
+        reserve_as(&mut d, "o1", "SKU-A", 2, false);
+        reserve_as(&mut d, "o1", "SKU-B", 3, false);
+        let round = pump(&mut d);
+        assert!(
+            round
+                .commands
+                .iter()
+                .all(|c| c.sku == "SKU-A" || c.sku == "SKU-B")
+                && round.released.is_empty(),
+            "the saga releases its own order's lines: {:?}",
+            round.released
+        );
+        assert_eq!(held(&d, "SKU-A").held, 2);
+
+        reserve_as(&mut d, "o2", "SKU-A", 1, true);
+        reserve_as(&mut d, "o2", "SKU-B", 1, true);
+        let round = pump(&mut d);
+        assert!(round.released.is_empty(), "{:?}", round.released);
+        assert_eq!((held(&d, "SKU-A").held, held(&d, "SKU-B").held), (3, 1));
+    }
+
+    #[test]
+    fn a_cancelled_order_releases_its_holds_once_whichever_release_comes_first() {
+        let (mut d, _) = driver();
+        seed(&mut d, "SKU-A", 5);
+        seed(&mut d, "SKU-B", 5);
+        reserve_as(&mut d, "o1", "SKU-A", 2, false);
+        reserve_as(&mut d, "o1", "SKU-B", 1, false);
+        pump(&mut d);
+        // order.status.changed first, then the saga's own compensation.
+        cancelled(&mut d, "o1");
+        let round = pump(&mut d);
+        let mut released: Vec<(&str, ReleaseReason)> = round
+            .released
+            .iter()
+            .map(|r| (r.sku.as_str(), r.reason))
+            .collect();
+        released.sort_by_key(|(sku, _)| *sku);
+        assert_eq!(
+            released,
+            [
+                ("SKU-A", ReleaseReason::OrderCancelled),
+                ("SKU-B", ReleaseReason::OrderCancelled)
+            ]
+        );
+        for sku in ["SKU-A", "SKU-B"] {
+            send(
+                &mut d,
+                &format!("saga-release-{sku}"),
+                sku,
+                InventoryCommandBody::Release(ReleaseStock {
+                    order_id: "o1".into(),
+                    reason: ReleaseReason::Compensation,
+                }),
+            );
+        }
+        cancelled(&mut d, "o1");
+        let round = pump(&mut d);
+        assert!(round.released.is_empty(), "{:?}", round.released);
+        assert!(round.commands.is_empty(), "{:?}", round.commands);
+        assert_eq!(
+            (held(&d, "SKU-A"), held(&d, "SKU-B")),
+            (
+                StockLevel {
+                    on_hand: 5,
+                    held: 0
+                },
+                StockLevel {
+                    on_hand: 5,
+                    held: 0
+                }
+            )
+        );
+        assert!(d.dead_letters().is_empty());
+    }
+
+    #[test]
+    fn an_authorized_payment_confirms_the_holds_once_whichever_confirm_comes_first() {
+        let (mut d, _) = driver();
+        seed(&mut d, "SKU-A", 5);
+        let saga_confirm = |d: &mut TestDriver, order: &str| {
+            send(
+                d,
+                &format!("saga-confirm-{order}"),
+                "SKU-A",
+                InventoryCommandBody::Confirm(ConfirmReservation {
+                    order_id: order.into(),
+                }),
+            );
+        };
+        // payment.authorized first: the coordinator sells; the saga's confirm, second, gets
+        // the same answer again and sells nothing more.
+        reserve_as(&mut d, "o1", "SKU-A", 2, false);
+        pump(&mut d);
+        authorized(&mut d, "o1");
+        let first = pump(&mut d);
+        saga_confirm(&mut d, "o1");
+        let second = pump(&mut d);
+        let sold: Vec<ReservationStatus> = first
+            .reserved
+            .iter()
+            .chain(&second.reserved)
+            .map(|r| r.status)
+            .collect();
+        assert_eq!(sold, [ReservationStatus::Sold, ReservationStatus::Sold]);
+        assert_eq!(first.adjusted.len() + second.adjusted.len(), 1, "sold once");
+        assert_eq!(
+            held(&d, "SKU-A"),
+            StockLevel {
+                on_hand: 3,
+                held: 0
+            }
+        );
+
+        // The saga's confirm first: the payment seen after it confirms nothing.
+        reserve_as(&mut d, "o2", "SKU-A", 1, false);
+        pump(&mut d);
+        saga_confirm(&mut d, "o2");
+        pump(&mut d);
+        authorized(&mut d, "o2");
+        let late = pump(&mut d);
+        assert!(late.commands.is_empty() && late.adjusted.is_empty());
+        assert_eq!(
+            held(&d, "SKU-A"),
+            StockLevel {
+                on_hand: 2,
+                held: 0
+            }
+        );
+
+        // A cancelled order's payment confirms nothing; a lapsed hold is not the
+        // coordinator's to sell.
+        reserve_as(&mut d, "o3", "SKU-A", 1, false);
+        pump(&mut d);
+        cancelled(&mut d, "o3");
+        pump(&mut d);
+        authorized(&mut d, "o3");
+        let after_cancel = pump(&mut d);
+        assert!(after_cancel.commands.is_empty() && after_cancel.adjusted.is_empty());
+        assert_eq!(
+            held(&d, "SKU-A"),
+            StockLevel {
+                on_hand: 2,
+                held: 0
+            }
+        );
+        assert!(d.dead_letters().is_empty());
+    }
+
+    #[test]
+    fn the_coordinator_forgets_an_order_after_its_retention() {
+        let (mut d, _) = driver();
+        seed(&mut d, "SKU-A", 5);
+        reserve_as(&mut d, "o1", "SKU-A", 1, false);
+        pump(&mut d);
+        let orders = crate::inventory::coordinator::ORDERS_STORE;
+        assert!(d.kv_get(orders, b"o1").expect("reads").is_some());
+        // Retention: 2 x max_hold_ttl_ms (5 s in this driver).
+        d.advance_wall_clock(Duration::from_millis(100))
+            .expect("ticks");
+        d.advance_wall_clock(Duration::from_millis(10_100))
+            .expect("ticks");
+        assert!(d.kv_get(orders, b"o1").expect("reads").is_none());
     }
 }

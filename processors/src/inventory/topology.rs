@@ -2,7 +2,9 @@
 //! [`InventoryProcessor`] that loads the SKU's stock and the order's hold, applies [`decide`] and
 //! writes back, a wall-clock punctuator that expires lapsed holds, and sinks for
 //! `inventory.reserved.v1` / `inventory.released.v1` (key: order id, so replies land in the
-//! saga's partition) and `inventory.adjusted.v1` (key: SKU).
+//! saga's partition) and `inventory.adjusted.v1` (key: SKU). The order coordinator
+//! (`coordinated.rs`) is a second sub-topology of the same topology; its confirms (command ids
+//! starting with [`COMMAND_PREFIX`]) are applied as [`Input::ConfirmHeld`].
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -19,6 +21,7 @@ use keel_topology::{
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 use serde::{Deserialize, Serialize};
 
+use super::coordinator::COMMAND_PREFIX;
 use super::hot::HotSkus;
 use super::logic::{Effect, Input, OversellPolicy, Rules, decide};
 use super::state::{
@@ -88,6 +91,9 @@ pub struct InventoryMetrics {
     pub stock_available: IntGaugeVec,
     /// Which SKUs `stock_available` shows (shared by the process's inventory tasks).
     pub hot: Arc<Mutex<HotSkus>>,
+    /// `inventory_coordinator_total{action}`: the order coordinator's commands (`release`,
+    /// `confirm`) and all-or-nothing reservations found short (`failed`).
+    pub coordinator: IntCounterVec,
 }
 
 impl InventoryMetrics {
@@ -144,6 +150,15 @@ impl InventoryMetrics {
         registry.register(Box::new(reservations.clone()))?;
         registry.register(Box::new(ttl_clamped.clone()))?;
         registry.register(Box::new(stock_available.clone()))?;
+        let coordinator = IntCounterVec::new(
+            Opts::new(
+                "inventory_coordinator_total",
+                "The order coordinator's release and confirm commands, and all-or-nothing \
+                 reservations found short (failed)",
+            ),
+            &["action"],
+        )?;
+        registry.register(Box::new(coordinator.clone()))?;
         Ok(Self {
             oversell,
             holds,
@@ -154,6 +169,7 @@ impl InventoryMetrics {
             ttl_clamped,
             stock_available,
             hot: Arc::new(Mutex::new(HotSkus::new(10))),
+            coordinator,
         })
     }
 }
@@ -164,7 +180,9 @@ const TO_RESERVED: &str = "inventory-to-reserved";
 const TO_RELEASED: &str = "inventory-to-released";
 const TO_ADJUSTED: &str = "inventory-to-adjusted";
 
-/// Inventory's topology.
+/// Inventory's topology: the per-SKU processor (keyed by SKU) and, as a second sub-topology,
+/// the order coordinator (keyed by order id, `coordinated.rs`), which keeps an order's holds
+/// for 2 × `max_hold_ttl_ms` after its last change.
 pub fn topology(
     format: &Format,
     names: &Topics,
@@ -187,6 +205,7 @@ pub fn topology(
             .with_label_values(&[policy.label()])
             .set(i64::from(policy == config.oversell));
     }
+    let coordinator = metrics.coordinator.clone();
     let mut b = TopologyBuilder::new();
     b.add_source(
         SOURCE,
@@ -229,6 +248,14 @@ pub fn topology(
     .add_state_store(HOLDS_STORE, StoreKind::KeyValue, &[PROCESSOR])
     .add_state_store(SEEN_STORE, StoreKind::KeyValue, &[PROCESSOR])
     .add_state_store(EXPIRY_STORE, StoreKind::Timer, &[PROCESSOR]);
+    super::coordinated::add_to(
+        &mut b,
+        format,
+        names,
+        rules.max_hold_ttl_ms.saturating_mul(2),
+        interval,
+        coordinator,
+    );
     b.build()
 }
 
@@ -304,6 +331,12 @@ impl Processor for InventoryProcessor {
                 order_id: r.order_id,
                 reason: r.reason,
             },
+            // The order coordinator's confirm: a live hold only (see `coordinator.rs`).
+            InventoryCommandBody::Confirm(c) if command.command_id.starts_with(COMMAND_PREFIX) => {
+                Input::ConfirmHeld {
+                    order_id: c.order_id,
+                }
+            }
             InventoryCommandBody::Confirm(c) => Input::Confirm {
                 order_id: c.order_id,
             },
@@ -457,6 +490,7 @@ impl InventoryProcessor {
             Input::Reserve { order_id, .. }
             | Input::Release { order_id, .. }
             | Input::Confirm { order_id }
+            | Input::ConfirmHeld { order_id }
             | Input::Expire { order_id } => Some(order_id.clone()),
             Input::Adjust { .. } => None,
         };
@@ -578,6 +612,29 @@ impl InventoryProcessor {
                     warehouse_on_hand: Some(to_i32(warehouse_on_hand)),
                 };
                 ctx.forward_to(TO_ADJUSTED, Record::new(sku.to_owned(), event, now))?;
+            }
+            // A repeated answer: sent again, not counted again.
+            Effect::ConfirmRepeated {
+                order_id,
+                status,
+                quantity,
+                available,
+                warehouse,
+            } => {
+                let event = InventoryReserved {
+                    event_id: format!("{}/reserved", cause.id),
+                    sku: sku.to_owned(),
+                    occurred_at: now,
+                    causation_id: cause.id.clone(),
+                    correlation_id: cause.correlation_id.clone(),
+                    order_id: order_id.clone(),
+                    status,
+                    quantity: to_i32(quantity),
+                    available: to_i32(available),
+                    expires_at: None,
+                    warehouse: Some(warehouse),
+                };
+                ctx.forward_to(TO_RESERVED, Record::new(order_id, event, now))?;
             }
             Effect::Oversold { order_id, quantity } => {
                 self.metrics.oversell.inc();

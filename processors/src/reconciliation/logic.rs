@@ -19,6 +19,29 @@
 //! CDC changes carry their log position; a change at or before the last applied one is a
 //! duplicate (Debezium re-sends after restarts) and changes nothing. Decisions apply only when
 //! their `sequence` is higher than the one held.
+//!
+//! ## Retention
+//! An order's entry is deleted `retention_ms` (`[reconciliation].retention_ms`, default 7 days)
+//! after its last change **while nothing about it waits**: no suspect in its grace and no open
+//! mismatch. [`OrderRecon::retire_at`] says when; the order's one timer is armed at the earliest
+//! of its grace periods or, when none runs, at `retire_at` ([`Output::Arm`]), and a
+//! [`Input::Due`] at or after `retire_at` with nothing waiting deletes the entry and its timer
+//! ([`Output::Forget`]). Every change moves `retire_at` on, so an order is kept as long as it
+//! changes, and its duplicates are recognised for `retention_ms` after the last one.
+//! - **An open mismatch is never forgotten**: it is a finding the finance view and
+//!   `keel_reconciliation_open_mismatches` show until it is resolved (the void or the capture
+//!   arrives); its entry has no retention until then, and `retention_ms` counts from the
+//!   resolution. A suspect first waits out its grace (then it opens, or is dropped).
+//! - **Late after retention**: an input for an order without an entry whose own time (a
+//!   decision's `decided_at`, a CDC change's source commit time) is more than `retention_ms`
+//!   before the task's stream time ([`Now::stream_ms`], the newest record time it has seen) is
+//!   *late* ([`Output::Late`]): counted, not applied, no entry created. Its order's entry, if it
+//!   ever had one, was deleted (an entry lives at least `retention_ms` after its last change), so
+//!   applying it would start from nothing — an old `CONFIRMED` re-delivered without its payment
+//!   would become a false `CONFIRMED_WITHOUT_CAPTURE`. Judged by stream time rather than the
+//!   wall clock, a role that catches up after a long stop still applies its backlog. An input
+//!   that is not late for an order without an entry starts a new one (a ledger change alone
+//!   never makes a mismatch: every kind needs the saga's decision).
 
 use std::collections::BTreeMap;
 
@@ -181,6 +204,10 @@ pub struct OrderRecon {
     pub suspects: BTreeMap<MismatchKind, (i64, i64)>,
     /// Open mismatches.
     pub open: BTreeMap<MismatchKind, Mismatch>,
+    /// When the entry is deleted unless something changes before (wall clock, ms since the
+    /// epoch); `None` while a suspect or an open mismatch waits. See the module docs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retire_at: Option<i64>,
 }
 
 impl OrderRecon {
@@ -188,23 +215,52 @@ impl OrderRecon {
     pub fn is_empty(&self) -> bool {
         self.decision.is_none() && self.payment.is_none() && self.open.is_empty()
     }
+
+    /// Whether this is no entry at all (the order is unknown, or its entry was deleted).
+    pub fn is_unknown(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// Whether a suspect or an open mismatch waits (the entry is not retired then).
+    pub fn is_waiting(&self) -> bool {
+        !self.suspects.is_empty() || !self.open.is_empty()
+    }
 }
 
 /// One input for one order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Input {
-    /// A `payments` row was created, updated or read by a snapshot.
+    /// A `payments` row was created, updated or read by a snapshot, committed in the ledger
+    /// at `source_ms` (ms since the epoch).
     Payment {
         op: Op,
         row: PaymentRow,
         position: Option<Position>,
+        source_ms: i64,
     },
-    /// The `payments` row was deleted.
-    PaymentDeleted { position: Option<Position> },
+    /// The `payments` row was deleted (committed at `source_ms`).
+    PaymentDeleted {
+        position: Option<Position>,
+        source_ms: i64,
+    },
     /// The saga decided.
     Decision(DecisionFacts),
-    /// The order's grace timer fired.
+    /// The order's timer fired (a grace period or the retention).
     Due,
+}
+
+impl Input {
+    /// The input's own time (ms since the epoch): when the change was committed or the saga
+    /// decided; `None` for a timer.
+    pub fn event_ms(&self) -> Option<i64> {
+        match self {
+            Self::Payment { source_ms, .. } | Self::PaymentDeleted { source_ms, .. } => {
+                Some(*source_ms)
+            }
+            Self::Decision(d) => Some(d.decided_at),
+            Self::Due => None,
+        }
+    }
 }
 
 /// The clocks `decide` sees.
@@ -215,6 +271,9 @@ pub struct Now {
     /// The newest CDC source commit time seen from the ledger connector (changes and
     /// heartbeats), ms; `None` when nothing was seen yet (then the wall clock alone decides).
     pub ledger_seen_ms: Option<i64>,
+    /// The task's stream time: the newest record time it has seen (ms; `i64::MIN` before
+    /// any). Inputs for unknown orders older than it by more than the retention are late.
+    pub stream_ms: i64,
 }
 
 /// Grace periods (ms).
@@ -224,6 +283,8 @@ pub struct Rules {
     pub capture_grace_ms: i64,
     /// How soon to look again when a grace is over but the ledger has not been seen that far.
     pub recheck_ms: i64,
+    /// How long an entry with nothing waiting is kept after its last change (ms).
+    pub retention_ms: i64,
 }
 
 impl Rules {
@@ -246,12 +307,16 @@ pub enum Output {
         mismatch: Mismatch,
         resolved_at: i64,
     },
-    /// (Re)arm the order's grace timer at this time (ms).
+    /// (Re)arm the order's timer at this time (ms): its earliest grace, or its retention.
     Arm(i64),
-    /// No grace is pending: cancel the order's timer.
+    /// Nothing to wait for (an open mismatch is kept until resolved): cancel the order's timer.
     Disarm,
     /// A CDC change at or before the last applied position: ignored.
     Duplicate,
+    /// The retention is over: delete the order's entry and its timer.
+    Forget,
+    /// An input for an order without an entry, older than the retention: ignored, counted.
+    Late,
 }
 
 /// Why `kind` holds for `s`, or `None`.
@@ -340,6 +405,15 @@ pub fn decide(
     now: &Now,
     rules: &Rules,
 ) -> (OrderRecon, Vec<Output>) {
+    if state.is_unknown() {
+        let late_before = now.stream_ms.saturating_sub(rules.retention_ms);
+        match input.event_ms() {
+            Some(at) if at < late_before => return (state, vec![Output::Late]),
+            // A timer of an entry that is gone: nothing to keep.
+            None => return (state, vec![Output::Forget]),
+            Some(_) => {}
+        }
+    }
     match input {
         Input::Payment { row, position, .. } => {
             if let Some(p) = &position {
@@ -350,7 +424,7 @@ pub fn decide(
             }
             state.payment = Some(LedgerPayment::merge(row, state.payment.as_ref()));
         }
-        Input::PaymentDeleted { position } => {
+        Input::PaymentDeleted { position, .. } => {
             if let Some(p) = &position {
                 if !p.supersedes(state.applied.as_ref()) {
                     return (state, vec![Output::Duplicate]);
@@ -369,7 +443,19 @@ pub fn decide(
             }
             state.decision = Some(d);
         }
-        Input::Due => {}
+        Input::Due => {
+            // Nothing waits: the timer is the retention (an early look leaves it where it is).
+            if !state.is_waiting()
+                && let Some(at) = state.retire_at
+            {
+                let out = if now.wall_ms >= at {
+                    Output::Forget
+                } else {
+                    Output::Arm(at)
+                };
+                return (state, vec![out]);
+            }
+        }
     }
     evaluate(state, order_id, now, rules)
 }
@@ -419,9 +505,15 @@ fn evaluate(
             }
         }
     }
+    state.retire_at = None;
     out.push(match next_due {
         Some(at) => Output::Arm(at),
-        None => Output::Disarm,
+        None if !state.open.is_empty() => Output::Disarm,
+        None => {
+            let at = now.wall_ms.saturating_add(rules.retention_ms);
+            state.retire_at = Some(at);
+            Output::Arm(at)
+        }
     });
     (state, out)
 }

@@ -7,7 +7,9 @@
 //! stops holding, e.g. the void arrived), to `keel_reconciliation_mismatches_total{kind}`, and to
 //! the process's [`ReconciliationView`] that `GET /finance/reconciliation` and the scrape-time
 //! gauges `keel_reconciliation_open_mismatches{kind}` and `keel_cdc_lag_seconds{connector}`
-//! read (`view.rs`).
+//! read (`view.rs`). An order's entry is deleted `[reconciliation].retention_ms` after its last
+//! change once nothing about it waits (an open mismatch stays until resolved), and older inputs
+//! for a deleted entry are skipped as late (`logic.rs`, "Retention").
 //!
 //! - `logic.rs`: [`decide`], pure.
 //! - `state.rs`: the stores.
@@ -57,6 +59,10 @@ pub struct ReconciliationConfig {
     pub capture_grace_ms: u64,
     /// How often grace timers are checked (ms).
     pub check_interval_ms: u64,
+    /// How long an order's entry is kept after its last change once nothing about it waits
+    /// (ms; an open mismatch is kept until resolved). Inputs for a deleted entry that are older
+    /// than this are skipped as late (`logic.rs`, "Retention"). 7 days by default.
+    pub retention_ms: u64,
     /// How long `keel run` waits for the connector to run (ms).
     pub register_timeout_ms: u64,
 }
@@ -73,6 +79,7 @@ impl Default for ReconciliationConfig {
             cancelled_grace_ms: 300_000,
             capture_grace_ms: 300_000,
             check_interval_ms: 1_000,
+            retention_ms: 7 * 24 * 3_600_000,
             register_timeout_ms: 60_000,
         }
     }
@@ -87,6 +94,7 @@ impl ReconciliationConfig {
                 cancelled_grace_ms: ms(self.cancelled_grace_ms),
                 capture_grace_ms: ms(self.capture_grace_ms),
                 recheck_ms: ms(self.check_interval_ms).max(1),
+                retention_ms: ms(self.retention_ms),
             },
             check_interval: Duration::from_millis(self.check_interval_ms.max(1)),
         }
@@ -97,6 +105,9 @@ impl ReconciliationConfig {
         let mut out = Vec::new();
         if self.check_interval_ms == 0 {
             out.push("reconciliation.check_interval_ms must be above 0".to_owned());
+        }
+        if self.retention_ms == 0 {
+            out.push("reconciliation.retention_ms must be above 0".to_owned());
         }
         if self.heartbeat_interval_ms == 0 {
             out.push("reconciliation.heartbeat_interval_ms must be above 0".to_owned());

@@ -2,11 +2,13 @@
 //!
 //! - [`ORDERS_STORE`] (key-value, key: order id as UTF-8): the order's [`OrderRecon`] — the
 //!   saga's latest decision, the ledger's latest payment row, the last applied CDC position,
-//!   the suspects waiting out their grace and the open mismatches — as JSON (internal to the
-//!   application: it only travels through its own changelog). An order with nothing left to
-//!   remember is deleted.
-//! - [`DUE_STORE`] (timer, key: order id): at most one timer per order, due when its earliest
-//!   grace period ends.
+//!   the suspects waiting out their grace, the open mismatches and when the entry retires — as
+//!   JSON (internal to the application: it only travels through its own changelog). Deleted
+//!   `[reconciliation].retention_ms` after its last change once nothing waits (an open mismatch
+//!   is kept until resolved): `logic.rs`, "Retention".
+//! - [`DUE_STORE`] (timer, key: order id; `crate::timers::DueTimers`): at most one timer per
+//!   order, due when its earliest grace period ends or, when none runs, when its retention
+//!   does; deleted with the entry.
 
 use super::logic::OrderRecon;
 

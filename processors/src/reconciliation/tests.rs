@@ -7,23 +7,29 @@ const RULES: Rules = Rules {
     cancelled_grace_ms: 1_000,
     capture_grace_ms: 2_000,
     recheck_ms: 100,
+    retention_ms: 60_000,
 };
 
 fn now(wall_ms: i64) -> Now {
     Now {
         wall_ms,
         ledger_seen_ms: Some(wall_ms),
+        stream_ms: wall_ms,
     }
 }
 
 fn decision(sequence: i32, status: OrderState, total: i64) -> Input {
+    decision_at(sequence, status, total, 0)
+}
+
+fn decision_at(sequence: i32, status: OrderState, total: i64, decided_at: i64) -> Input {
     Input::Decision(DecisionFacts {
         decision_id: format!("o-1/{sequence}"),
         sequence,
         status,
         total_minor: total,
         currency: "EUR".into(),
-        decided_at: 0,
+        decided_at,
     })
 }
 
@@ -41,6 +47,7 @@ fn payment(status: &str, captured: i64, lsn: u64) -> Input {
             updated_ms: None,
         },
         position: Some(Position::Lsn(lsn)),
+        source_ms: 0,
     }
 }
 
@@ -112,7 +119,11 @@ fn a_void_within_the_grace_period_reports_nothing() {
     );
     assert!(opened(&out).is_empty(), "{out:?}");
     assert!(state.suspects.is_empty() && state.open.is_empty());
-    assert_eq!(out.last(), Some(&Output::Disarm));
+    assert_eq!(
+        out.last(),
+        Some(&Output::Arm(60_500)),
+        "nothing waits: the timer is the retention, 60 s after the last change"
+    );
 }
 
 #[test]
@@ -209,6 +220,7 @@ fn a_lagging_ledger_postpones_the_verdict_until_it_has_been_seen_past_the_grace(
     let lagging = Now {
         wall_ms: 5_000,
         ledger_seen_ms: Some(500),
+        stream_ms: 5_000,
     };
     let (state, out) = decide(state, "o-1", Input::Due, &lagging, &RULES);
     assert!(opened(&out).is_empty(), "{out:?}");
@@ -216,6 +228,7 @@ fn a_lagging_ledger_postpones_the_verdict_until_it_has_been_seen_past_the_grace(
     let caught_up = Now {
         wall_ms: 5_100,
         ledger_seen_ms: Some(5_000),
+        stream_ms: 5_100,
     };
     let (_, out) = decide(state, "o-1", Input::Due, &caught_up, &RULES);
     assert_eq!(opened(&out), vec![MismatchKind::AuthorizedButCancelled]);
@@ -255,6 +268,7 @@ fn toast_unchanged_columns_keep_the_stored_value_and_never_store_the_placeholder
             updated_ms: None,
         },
         position: Some(Position::Lsn(11)),
+        source_ms: 1,
     };
     let (state, _) = decide(state, "o-1", toasted, &now(1), &RULES);
     let p = state.payment.expect("payment");
@@ -304,6 +318,141 @@ fn the_view_reports_open_mismatches_and_lag_that_rises_while_nothing_arrives() {
     assert!(view.report(20_000).open_mismatches.is_empty());
 }
 
+// ---- retention ----
+
+#[test]
+fn a_settled_order_is_forgotten_once_its_retention_is_over_and_not_before() {
+    let (state, out) = run(
+        OrderRecon::default(),
+        vec![
+            (decision(3, OrderState::Confirmed, 2_500), now(0)),
+            (payment("CAPTURED", 2_500, 10), now(100)),
+        ],
+    );
+    assert!(opened(&out).is_empty(), "{out:?}");
+    assert_eq!(state.retire_at, Some(60_100));
+    assert_eq!(
+        out.last(),
+        Some(&Output::Arm(60_100)),
+        "the timer is the retention"
+    );
+    // A look before it (an early punctuation) keeps the entry and the due time.
+    let (state, out) = decide(state, "o-1", Input::Due, &now(60_099), &RULES);
+    assert_eq!(out, vec![Output::Arm(60_100)]);
+    let (_, out) = decide(state, "o-1", Input::Due, &now(60_100), &RULES);
+    assert_eq!(out, vec![Output::Forget]);
+}
+
+#[test]
+fn every_change_moves_the_retention_on() {
+    let (state, _) = run(
+        OrderRecon::default(),
+        vec![
+            (decision(2, OrderState::Cancelled, 2_500), now(0)),
+            (payment("VOIDED", 0, 10), now(100)),
+            (payment("VOIDED", 0, 11), now(30_000)),
+        ],
+    );
+    assert_eq!(state.retire_at, Some(90_000));
+    let (_, out) = decide(state, "o-1", Input::Due, &now(60_100), &RULES);
+    assert_eq!(out, vec![Output::Arm(90_000)]);
+}
+
+#[test]
+fn an_open_mismatch_is_kept_past_the_retention_until_it_is_resolved() {
+    let (state, out) = run(
+        OrderRecon::default(),
+        vec![
+            (decision(2, OrderState::Cancelled, 2_500), now(0)),
+            (payment("CAPTURED", 2_500, 10), now(0)),
+            (Input::Due, now(1_000)),
+        ],
+    );
+    assert_eq!(state.open.len(), 1);
+    assert_eq!(state.retire_at, None);
+    assert_eq!(out.last(), Some(&Output::Disarm), "no retention while open");
+    let (state, out) = decide(state, "o-1", Input::Due, &now(1_000_000), &RULES);
+    assert!(!out.contains(&Output::Forget), "{out:?}");
+    assert_eq!(state.open.len(), 1);
+    // Refunded: resolved, and the retention counts from here.
+    let (state, out) = decide(
+        state,
+        "o-1",
+        payment("REFUNDED", 2_500, 11),
+        &now(2_000_000),
+        &RULES,
+    );
+    assert_eq!(resolved(&out), vec![MismatchKind::AuthorizedButCancelled]);
+    assert_eq!(out.last(), Some(&Output::Arm(2_060_000)));
+    let (_, out) = decide(state, "o-1", Input::Due, &now(2_060_000), &RULES);
+    assert_eq!(out, vec![Output::Forget]);
+}
+
+#[test]
+fn a_decision_older_than_the_retention_for_a_forgotten_order_is_late_and_opens_nothing() {
+    // The order was confirmed at 1 000, captured, and forgotten. A replay delivers its CONFIRMED
+    // decision again long after: applied to nothing, it would be a confirmed order without a
+    // capture.
+    let replayed = decision_at(3, OrderState::Confirmed, 2_500, 1_000);
+    let after = now(1_000 + 60_001);
+    let (state, out) = decide(
+        OrderRecon::default(),
+        "o-1",
+        replayed.clone(),
+        &after,
+        &RULES,
+    );
+    assert_eq!(out, vec![Output::Late]);
+    assert!(state.is_unknown(), "no entry is created: {state:?}");
+    // An old ledger change (a re-snapshot, a Debezium re-send) alike.
+    let (state, out) = decide(
+        OrderRecon::default(),
+        "o-1",
+        payment("CAPTURED", 2_500, 10),
+        &after,
+        &RULES,
+    );
+    assert_eq!(out, vec![Output::Late]);
+    assert!(state.is_unknown());
+    // Within the retention the same decision is an order's first input: applied.
+    let (state, out) = decide(
+        OrderRecon::default(),
+        "o-1",
+        replayed,
+        &now(1_000 + 60_000),
+        &RULES,
+    );
+    assert!(state.decision.is_some());
+    assert_eq!(out.last(), Some(&Output::Arm(61_000 + 2_000)), "its grace");
+}
+
+#[test]
+fn lateness_is_judged_by_stream_time_so_a_backlog_is_still_reconciled() {
+    // A role stopped for longer than the retention catches up: the wall clock is far ahead,
+    // the records it reads are not.
+    let catching_up = Now {
+        wall_ms: 10_000_000,
+        ledger_seen_ms: Some(1_500),
+        stream_ms: 1_500,
+    };
+    let (state, out) = decide(
+        OrderRecon::default(),
+        "o-1",
+        decision_at(2, OrderState::Cancelled, 2_500, 1_000),
+        &catching_up,
+        &RULES,
+    );
+    assert!(!out.contains(&Output::Late), "{out:?}");
+    assert!(state.decision.is_some());
+}
+
+#[test]
+fn the_timer_of_an_order_without_an_entry_keeps_nothing() {
+    let (state, out) = decide(OrderRecon::default(), "o-1", Input::Due, &now(5), &RULES);
+    assert_eq!(out, vec![Output::Forget]);
+    assert!(state.is_unknown());
+}
+
 // ---- through the test driver ----
 
 mod driver {
@@ -318,6 +467,7 @@ mod driver {
     use serde_json::json;
 
     use crate::format::Format;
+    use crate::reconciliation::state::{DUE_STORE, ORDERS_STORE};
     use crate::reconciliation::{
         LedgerTopics, ReconcilerSettings, ReconciliationMetrics, ReconciliationView, Rules,
     };
@@ -325,8 +475,14 @@ mod driver {
 
     const PAYMENTS: &str = "ledger.public.payments";
     const BEATS: &str = "ledger.public.keel_cdc_heartbeat";
+    const RETENTION_MS: i64 = 60_000;
 
     fn driver() -> (TestDriver, ReconciliationView) {
+        let (d, view, _) = driver_with_metrics();
+        (d, view)
+    }
+
+    fn driver_with_metrics() -> (TestDriver, ReconciliationView, ReconciliationMetrics) {
         let view = ReconciliationView::new();
         let metrics = ReconciliationMetrics::unregistered(&view).expect("metrics");
         let topology = crate::reconciliation::topology(
@@ -342,27 +498,40 @@ mod driver {
                     cancelled_grace_ms: 1_000,
                     capture_grace_ms: 5_000,
                     recheck_ms: 100,
+                    retention_ms: RETENTION_MS,
                 },
                 check_interval: Duration::from_millis(100),
             },
             view.clone(),
-            metrics,
+            metrics.clone(),
         )
         .expect("topology");
-        (TestDriver::new(topology).expect("driver"), view)
+        (TestDriver::new(topology).expect("driver"), view, metrics)
     }
 
     fn cancel(d: &mut TestDriver, order: &str) {
+        let at = d.wall_clock();
+        decide(d, order, 2, OrderDecisionStatus::Cancelled, at);
+    }
+
+    /// The saga's decision `sequence` for `order`, decided at `decided_at`, delivered now.
+    fn decide(
+        d: &mut TestDriver,
+        order: &str,
+        sequence: i32,
+        status: OrderDecisionStatus,
+        decided_at: i64,
+    ) {
         let decision = OrderDecision {
-            decision_id: format!("{order}/2"),
+            decision_id: format!("{order}/{sequence}"),
             order_id: order.into(),
-            decided_at: d.wall_clock(),
+            decided_at,
             causation_id: "c".into(),
             correlation_id: order.into(),
-            sequence: 2,
-            status: OrderDecisionStatus::Cancelled,
+            sequence,
+            status,
             from_status: None,
-            reason: Some("CUSTOMER_CANCELLED".into()),
+            reason: None,
             detail: None,
             customer_id: "cust-1".into(),
             cart_id: "cart-1".into(),
@@ -405,6 +574,25 @@ mod driver {
         let bytes = serde_json::to_vec(&envelope).expect("json");
         d.pipe_raw(PAYMENTS, Some(order.as_bytes()), Some(&bytes), at)
             .expect("processed");
+    }
+
+    /// A heartbeat: the ledger is seen up to now.
+    fn beat(d: &mut TestDriver) {
+        let at = d.wall_clock();
+        let beat = json!({"before": null, "after": {"connector": "ledger-cdc", "beat_at": "x"},
+            "op": "u", "source": {"ts_ms": at, "lsn": 1}});
+        d.pipe_raw(
+            BEATS,
+            Some(b"ledger-cdc"),
+            Some(&serde_json::to_vec(&beat).expect("json")),
+            at,
+        )
+        .expect("processed");
+    }
+
+    fn tick(d: &mut TestDriver, ms: i64) {
+        d.advance_wall_clock(Duration::from_millis(ms.unsigned_abs()))
+            .expect("ticks");
     }
 
     fn mismatches(d: &mut TestDriver) -> Vec<(String, ReconciliationMismatch)> {
@@ -484,5 +672,76 @@ mod driver {
         d.pipe_raw(PAYMENTS, Some(b"o-2"), None, 0)
             .expect("processed");
         assert!(d.dead_letters().is_empty());
+    }
+
+    #[test]
+    fn a_settled_order_is_deleted_with_its_timer_once_its_retention_is_over() {
+        let (mut d, view, metrics) = driver_with_metrics();
+        cancel(&mut d, "o-1");
+        payment(&mut d, "o-1", "VOIDED", 100);
+        let settled_at = d.wall_clock();
+        assert!(d.kv_get(ORDERS_STORE, b"o-1").expect("reads").is_some());
+        let timer = d.timer(DUE_STORE, b"o-1").expect("reads").expect("a timer");
+        assert_eq!(timer.due, settled_at + RETENTION_MS, "the retention");
+
+        tick(&mut d, RETENTION_MS - 1_000);
+        assert!(
+            d.kv_get(ORDERS_STORE, b"o-1").expect("reads").is_some(),
+            "kept within the retention"
+        );
+        tick(&mut d, 1_000);
+        assert_eq!(d.kv_get(ORDERS_STORE, b"o-1").expect("reads"), None);
+        assert_eq!(d.timer(DUE_STORE, b"o-1").expect("reads"), None);
+        assert_eq!(metrics.retired.get(), 1);
+        assert!(mismatches(&mut d).is_empty());
+        assert!(view.report(d.wall_clock()).open_mismatches.is_empty());
+        // The deletion is in the changelog: a wiped restart does not bring the entry back.
+        d.restart(true).expect("restarts");
+        assert_eq!(d.kv_get(ORDERS_STORE, b"o-1").expect("reads"), None);
+    }
+
+    #[test]
+    fn an_old_decision_delivered_after_the_retention_reopens_nothing() {
+        let (mut d, view, metrics) = driver_with_metrics();
+        tick(&mut d, 0); // the punctuator learns the clock
+        let decided_at = d.wall_clock();
+        decide(&mut d, "o-1", 3, OrderDecisionStatus::Confirmed, decided_at);
+        payment(&mut d, "o-1", "CAPTURED", 100);
+        tick(&mut d, RETENTION_MS + 100);
+        assert_eq!(d.kv_get(ORDERS_STORE, b"o-1").expect("reads"), None);
+
+        // A replay delivers the CONFIRMED decision again: its capture is forgotten, so applied it
+        // would be CONFIRMED_WITHOUT_CAPTURE once the ledger is seen past the grace.
+        decide(&mut d, "o-1", 3, OrderDecisionStatus::Confirmed, decided_at);
+        tick(&mut d, 6_000);
+        beat(&mut d);
+        tick(&mut d, 200);
+        tick(&mut d, 200);
+        let out = mismatches(&mut d);
+        assert!(out.is_empty(), "{out:?}");
+        assert!(view.report(d.wall_clock()).open_mismatches.is_empty());
+        assert_eq!(metrics.late.get(), 1, "counted as late");
+        assert_eq!(d.kv_get(ORDERS_STORE, b"o-1").expect("reads"), None);
+        assert_eq!(d.timer(DUE_STORE, b"o-1").expect("reads"), None);
+    }
+
+    #[test]
+    fn an_open_mismatch_outlives_the_retention_and_retires_after_it_is_resolved() {
+        let (mut d, view) = driver();
+        tick(&mut d, 0); // the punctuator learns the clock
+        cancel(&mut d, "o-1");
+        payment(&mut d, "o-1", "CAPTURED", 100);
+        tick(&mut d, 1_200);
+        beat(&mut d);
+        tick(&mut d, 200);
+        assert_eq!(mismatches(&mut d).len(), 1);
+        tick(&mut d, 3 * RETENTION_MS);
+        assert!(d.kv_get(ORDERS_STORE, b"o-1").expect("reads").is_some());
+        assert_eq!(view.report(d.wall_clock()).open_mismatches.len(), 1);
+
+        payment(&mut d, "o-1", "REFUNDED", 101);
+        assert_eq!(mismatches(&mut d)[0].1.state, ReconciliationState::Resolved);
+        tick(&mut d, RETENTION_MS);
+        assert_eq!(d.kv_get(ORDERS_STORE, b"o-1").expect("reads"), None);
     }
 }

@@ -11,7 +11,8 @@
 //! connector; the runtime refuses to start otherwise). A CDC value that is not a Debezium
 //! envelope of the expected row is dead-lettered by the runtime (`CdcSerde`), with why.
 //! Heartbeat rows only move the connector's "seen up to" time; payments rows and decisions go
-//! through [`decide`]; a wall-clock punctuator fires the grace timers.
+//! through [`decide`]; a wall-clock punctuator fires the orders' timers (grace periods and
+//! retention, `crate::timers`): an entry whose retention is over is deleted with its timer.
 
 use std::time::Duration;
 
@@ -33,7 +34,11 @@ use super::state::{DUE_STORE, ORDERS_STORE};
 use super::view::{ReconciliationMetrics, ReconciliationView};
 use crate::cdc::{CdcSerde, Change, DecodeError, FromImage, Image, Op, Position, Temporal};
 use crate::format::{Format, RecordSerde};
+use crate::timers::DueTimers;
 use crate::topics::{self, Topics};
+
+/// One timer per order: its earliest grace period, or its retention.
+const DUE: DueTimers = DueTimers::new(DUE_STORE);
 
 const DECISIONS: &str = "decisions";
 const PAYMENTS: &str = "payments";
@@ -177,7 +182,7 @@ pub fn topology(
     b.build()
 }
 
-/// Runs [`decide`] for every decision, payment change and due grace timer of its task.
+/// Runs [`decide`] for every decision, payment change and due timer of its task.
 #[derive(Debug)]
 pub struct Reconciler {
     settings: ReconcilerSettings,
@@ -294,14 +299,17 @@ impl Processor for Reconciler {
                 };
                 self.view.observe(&self.connector, change.source.ts_ms, now);
                 let causation = position_text(change.source.position.as_ref());
+                let source_ms = change.source.ts_ms;
                 let input = match (change.op, change.after) {
                     (Op::Delete, _) => Input::PaymentDeleted {
                         position: change.source.position,
+                        source_ms,
                     },
                     (op, Some(row)) => Input::Payment {
                         op,
                         row,
                         position: change.source.position,
+                        source_ms,
                     },
                     (op, None) => {
                         return Err(ProcessError::BadInput(format!(
@@ -323,13 +331,10 @@ impl Processor for Reconciler {
         ctx: &mut Context<'_>,
         punctuation: &Punctuation,
     ) -> Result<(), ProcessError> {
-        let due = ctx
-            .timers(DUE_STORE)?
-            .due_at_most(punctuation.timestamp, 1_000)?;
-        for timer in due {
-            let order_id = String::from_utf8_lossy(&timer.key).into_owned();
-            self.apply(ctx, &order_id, Input::Due, "grace-timer")?;
-        }
+        DUE.fire_due(ctx, punctuation.timestamp, |ctx, key, _| {
+            let order_id = String::from_utf8_lossy(key).into_owned();
+            self.apply(ctx, &order_id, Input::Due, "grace-timer")
+        })?;
         Ok(())
     }
 
@@ -359,12 +364,26 @@ impl Reconciler {
         let now = Now {
             wall_ms: wall,
             ledger_seen_ms: self.view.seen(&self.connector).map(|s| s.source_ts_ms),
+            stream_ms: ctx.stream_time(),
         };
         let (state, outputs) = decide(state, order_id, input, &now, &self.settings.rules);
         for output in outputs {
             match output {
                 Output::Duplicate => {
                     self.metrics.duplicates.inc();
+                    return Ok(());
+                }
+                Output::Late => {
+                    self.metrics.late.inc();
+                    tracing::debug!(order_id, causation, "input for a retired order skipped");
+                    return Ok(());
+                }
+                Output::Forget => {
+                    DUE.cancel(ctx, order_id.as_bytes())?;
+                    ctx.kv(ORDERS_STORE)?.delete(order_id.as_bytes().to_vec());
+                    self.view
+                        .set_open(ctx.task_id().partition, order_id, Vec::new());
+                    self.metrics.retired.inc();
                     return Ok(());
                 }
                 Output::Opened(m) => {
@@ -393,12 +412,9 @@ impl Reconciler {
                     );
                     ctx.forward_to(SINK, Record::new(order_id.to_owned(), rec, wall))?;
                 }
-                Output::Arm(at) => {
-                    ctx.timers(DUE_STORE)?
-                        .schedule(order_id.as_bytes().to_vec(), at, [])?;
-                }
+                Output::Arm(at) => DUE.schedule(ctx, order_id.as_bytes(), at)?,
                 Output::Disarm => {
-                    ctx.timers(DUE_STORE)?.cancel(order_id.as_bytes())?;
+                    DUE.cancel(ctx, order_id.as_bytes())?;
                 }
             }
         }

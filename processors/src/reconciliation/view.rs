@@ -238,6 +238,10 @@ pub struct ReconciliationMetrics {
     pub opened: IntCounterVec,
     pub resolved: IntCounterVec,
     pub duplicates: prometheus::IntCounter,
+    /// `keel_reconciliation_retired_total`: entries deleted after their retention.
+    pub retired: prometheus::IntCounter,
+    /// `keel_reconciliation_late_total`: inputs for retired orders, skipped.
+    pub late: prometheus::IntCounter,
 }
 
 /// Scrape-time gauges over a [`ReconciliationView`].
@@ -300,6 +304,22 @@ impl ReconciliationMetrics {
             )
             .namespace("keel"),
         )?;
+        let retired = prometheus::IntCounter::with_opts(
+            Opts::new(
+                "reconciliation_retired_total",
+                "Order entries deleted [reconciliation].retention_ms after their last change, with \
+                 nothing suspect or open",
+            )
+            .namespace("keel"),
+        )?;
+        let late = prometheus::IntCounter::with_opts(
+            Opts::new(
+                "reconciliation_late_total",
+                "Decisions and ledger changes for an order without an entry, older than the \
+                 retention (its entry was deleted): skipped, so they reopen nothing",
+            )
+            .namespace("keel"),
+        )?;
         let lag = GaugeVec::new(
             Opts::new(
                 "cdc_lag_seconds",
@@ -324,6 +344,8 @@ impl ReconciliationMetrics {
         registry.register(Box::new(opened.clone()))?;
         registry.register(Box::new(resolved.clone()))?;
         registry.register(Box::new(duplicates.clone()))?;
+        registry.register(Box::new(retired.clone()))?;
+        registry.register(Box::new(late.clone()))?;
         registry.register(Box::new(ViewCollector {
             view: view.clone(),
             lag,
@@ -337,6 +359,8 @@ impl ReconciliationMetrics {
             opened,
             resolved,
             duplicates,
+            retired,
+            late,
         })
     }
 

@@ -5,6 +5,9 @@
 //!
 //! Rules that hold for every input sequence (property-tested in `tests.rs`):
 //! - a duplicate (same command or event id) changes nothing and emits nothing;
+//! - an event for an order without a saga, or for a SKU the order does not have, is
+//!   [`Ignored`] (valid, someone else's: no state, no effects, counted), never refused; only
+//!   undecodable records and commands the saga cannot carry out are dead-lettered;
 //! - a terminal step (`Confirmed`, `Cancelled`, `Rejected`) never changes; late replies to a
 //!   terminal saga only compensate (a late hold is released, a late authorization voided);
 //! - every non-terminal step has a deadline, so no saga waits forever;
@@ -23,6 +26,7 @@ use keel_avro::records::{
 };
 
 use super::state::{LineState, PaymentState, Reason, Saga, Step};
+use crate::topics;
 
 /// How long each step may wait (ms). Every timeout is configuration, so tests run the same
 /// paths in milliseconds.
@@ -88,6 +92,66 @@ impl Input {
             Self::DeadlinePassed => None,
         }
     }
+
+    /// The unprefixed topic the input is read from (`payment.authorized.v1`, …; `deadline` for
+    /// a timer): the `event` label of `keel_saga_events_ignored_total`.
+    pub fn event(&self) -> &'static str {
+        match self {
+            Self::Place { .. } | Self::Cancel { .. } => topics::ORDER_COMMANDS,
+            Self::Reserved(_) => topics::INVENTORY_RESERVED,
+            Self::Released(_) => topics::INVENTORY_RELEASED,
+            Self::Authorized(_) => topics::PAYMENT_AUTHORIZED,
+            Self::PaymentFailed(_) => topics::PAYMENT_FAILED,
+            Self::CartChecked(_) => topics::CART_CHECKED,
+            Self::DeadlinePassed => "deadline",
+        }
+    }
+}
+
+/// Why a valid input was read and left alone: no state, no outputs, no dead letter; the
+/// topology counts it in `keel_saga_events_ignored_total{event, reason}`.
+///
+/// The inventory and payment event topics are shared, public topics: besides the saga's own
+/// reservations and payments they carry those made straight through `POST /inventory/reserve`
+/// and `POST /payments` (and by other systems' producers), keyed by an order id the saga may
+/// not orchestrate. Such an event is valid and addressed to someone else, so it is not the
+/// saga's to refuse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ignored {
+    /// An event for an order without a saga: a reservation or payment made outside a
+    /// checkout, or a late reply after `[saga].retention_ms` deleted the finished saga. Never
+    /// an early reply: the saga sends the commands these events answer, so it exists first.
+    NoSaga,
+    /// A reservation reply or release for a SKU the order does not have: a reservation made
+    /// outside the checkout under the same order id. Nothing of the saga's is held by it.
+    NotInOrder,
+}
+
+impl Ignored {
+    /// Every reason, for registering the counter's series at start.
+    pub const ALL: [Self; 2] = [Self::NoSaga, Self::NotInOrder];
+
+    /// The `reason` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::NoSaga => "no_saga",
+            Self::NotInOrder => "not_in_order",
+        }
+    }
+
+    /// The inputs (by [`Input::event`]) this reason can apply to.
+    pub fn events(self) -> &'static [&'static str] {
+        match self {
+            Self::NoSaga => &[
+                topics::INVENTORY_RESERVED,
+                topics::INVENTORY_RELEASED,
+                topics::PAYMENT_AUTHORIZED,
+                topics::PAYMENT_FAILED,
+                topics::CART_CHECKED,
+            ],
+            Self::NotInOrder => &[topics::INVENTORY_RESERVED, topics::INVENTORY_RELEASED],
+        }
+    }
 }
 
 /// Something the topology must do because of a decision.
@@ -117,11 +181,14 @@ pub enum Effect {
 }
 
 /// Why an input cannot be applied at all: the record's fault, so it goes to the dead-letter
-/// topic with this text (nothing is applied).
+/// topic with this text (nothing is applied). Only commands are refused: they are addressed to
+/// the saga, so one it cannot carry out is a producer's mistake someone must see. Events for
+/// orders that are not the saga's are [`Ignored`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
-    #[error("no saga for order {0:?}: a {1} must follow its place-order command")]
-    UnknownOrder(String, &'static str),
+    /// A cancel for an order id with no saga (the API answers 404 before writing one).
+    #[error("no saga for order {0:?}: a cancel must follow its place-order command")]
+    UnknownOrder(String),
     #[error("order {order_id:?} is {status:?}; it can no longer be cancelled")]
     NotCancellable {
         order_id: String,
@@ -134,6 +201,9 @@ pub enum Refusal {
 pub struct Outcome {
     pub saga: Option<Saga>,
     pub effects: Vec<Effect>,
+    /// `Some`: the input was valid but not the saga's; `saga` is the state as it was and
+    /// `effects` is empty.
+    pub ignored: Option<Ignored>,
 }
 
 impl Outcome {
@@ -141,6 +211,15 @@ impl Outcome {
         Self {
             saga,
             effects: Vec::new(),
+            ignored: None,
+        }
+    }
+
+    fn ignored(saga: Option<Saga>, why: Ignored) -> Self {
+        Self {
+            saga,
+            effects: Vec::new(),
+            ignored: Some(why),
         }
     }
 }
@@ -156,6 +235,13 @@ pub fn decide(
     let Some(mut saga) = state else {
         return start(input, order_id, now, timeouts);
     };
+    // Checked before the id is remembered: an ignored event leaves the saga as it was.
+    if let Input::Reserved(InventoryReserved { sku, .. })
+    | Input::Released(InventoryReleased { sku, .. }) = &input
+        && !saga.line_states.contains_key(sku)
+    {
+        return Ok(Outcome::ignored(Some(saga), Ignored::NotInOrder));
+    }
     if let Some(id) = input.id() {
         if saga.seen.contains(id) {
             return Ok(Outcome::unchanged(Some(saga)));
@@ -267,32 +353,28 @@ pub fn decide(
     Ok(Outcome {
         saga: Some(saga),
         effects: fx,
+        ignored: None,
     })
 }
 
 fn start(input: Input, order_id: &str, now: i64, timeouts: &Timeouts) -> Result<Outcome, Refusal> {
     let (command_id, place) = match input {
         Input::Place { command_id, place } => (command_id, place),
-        Input::Cancel { .. } => return Err(Refusal::UnknownOrder(order_id.to_owned(), "cancel")),
-        Input::Reserved(_) => {
-            return Err(Refusal::UnknownOrder(
-                order_id.to_owned(),
-                "reservation reply",
-            ));
-        }
-        Input::Released(_) => return Err(Refusal::UnknownOrder(order_id.to_owned(), "release")),
-        Input::Authorized(_) | Input::PaymentFailed(_) => {
-            return Err(Refusal::UnknownOrder(
-                order_id.to_owned(),
-                "payment outcome",
-            ));
-        }
-        Input::CartChecked(_) => {
-            return Err(Refusal::UnknownOrder(
-                order_id.to_owned(),
-                "cart check answer",
-            ));
-        }
+        // A command to the saga that it cannot carry out: the producer's mistake (the API
+        // answers 404 instead of writing it), dead-lettered so that someone sees why. Also a
+        // cancel after `[saga].retention_ms` deleted the finished saga: too late either way.
+        Input::Cancel { .. } => return Err(Refusal::UnknownOrder(order_id.to_owned())),
+        // Events on the shared inventory and payment topics for an order the saga does not
+        // orchestrate (a reservation or payment made outside a checkout), or late ones after
+        // the retention deleted the saga. Not early ones: the saga sends the commands these
+        // answer (and asks for the cart check) after it exists, so a reply can only precede
+        // its saga if a producer invents it — which is no more the saga's than any other
+        // foreign event. Valid records addressed to someone else: ignored, counted.
+        Input::Reserved(_)
+        | Input::Released(_)
+        | Input::Authorized(_)
+        | Input::PaymentFailed(_)
+        | Input::CartChecked(_) => return Ok(Outcome::ignored(None, Ignored::NoSaga)),
         // A timer without a saga (cannot be scheduled without one): nothing to do.
         Input::DeadlinePassed => return Ok(Outcome::unchanged(None)),
     };
@@ -338,6 +420,7 @@ fn start(input: Input, order_id: &str, now: i64, timeouts: &Timeouts) -> Result<
         return Ok(Outcome {
             saga: Some(saga),
             effects: fx,
+            ignored: None,
         });
     }
     saga.sequence = 1;
@@ -361,6 +444,7 @@ fn start(input: Input, order_id: &str, now: i64, timeouts: &Timeouts) -> Result<
     Ok(Outcome {
         saga: Some(saga),
         effects: fx,
+        ignored: None,
     })
 }
 

@@ -14,6 +14,8 @@ mod topology;
 #[cfg(test)]
 mod tests;
 
-pub use logic::{Effect, Input, Outcome, Refusal, Timeouts, decide, validate, validate_header};
+pub use logic::{
+    Effect, Ignored, Input, Outcome, Refusal, Timeouts, decide, validate, validate_header,
+};
 pub use state::{LineState, OpenSaga, PaymentState, Reason, Saga, Step};
 pub use topology::{SagaConfig, SagaMetrics, SagaProcessor, topology, topology_with_carts};

@@ -4,7 +4,7 @@
 use keel_avro::records::*;
 use proptest::prelude::*;
 
-use super::logic::{Effect, Input, Refusal, Timeouts, decide};
+use super::logic::{Effect, Ignored, Input, Refusal, Timeouts, decide};
 use super::state::{LineState, Reason, Saga, Step};
 
 const T0: i64 = 1_700_000_000_000;
@@ -377,12 +377,47 @@ fn an_invalid_order_is_rejected_without_touching_inventory() {
 }
 
 #[test]
-fn replies_without_a_saga_and_cancels_of_finished_orders_are_refused() {
+fn cancels_without_a_saga_and_cancels_of_finished_orders_are_refused() {
     let err = decide(None, cancel("c"), ORDER, T0, &TIMEOUTS).expect_err("unknown");
     assert!(matches!(err, Refusal::UnknownOrder(..)));
+    assert!(err.to_string().contains("no saga for order"), "{err}");
     let (confirmed, _) = run(vec![place(), held("SKU-A"), held("SKU-B"), authorized("a")]);
     let err = decide(Some(confirmed), cancel("c2"), ORDER, T0, &TIMEOUTS).expect_err("409");
     assert!(err.to_string().contains("Confirmed"), "{err}");
+}
+
+#[test]
+fn events_without_a_saga_are_ignored_with_no_state_and_no_effects() {
+    for event in [
+        held("SKU-A"),
+        reserved("SKU-A", ReservationStatus::Shortage, "short-a"),
+        authorized("a"),
+        failed(PaymentFailureReason::Declined),
+        cart_ok(),
+    ] {
+        let outcome = decide(None, event.clone(), ORDER, T0, &TIMEOUTS).expect("not refused");
+        assert_eq!(outcome.saga, None, "{event:?}");
+        assert!(
+            outcome.effects.is_empty(),
+            "{event:?}: {:?}",
+            outcome.effects
+        );
+        assert_eq!(outcome.ignored, Some(Ignored::NoSaga), "{event:?}");
+    }
+}
+
+#[test]
+fn a_reply_for_a_sku_the_order_does_not_have_leaves_the_saga_as_it_was() {
+    let (saga, _) = run(vec![place()]);
+    let foreign = reserved("SKU-Z", ReservationStatus::Held, "held-z");
+    let outcome = decide(Some(saga.clone()), foreign, ORDER, T0 + 5, &TIMEOUTS).expect("ok");
+    assert_eq!(outcome.ignored, Some(Ignored::NotInOrder));
+    assert_eq!(
+        outcome.saga,
+        Some(saga),
+        "not even its event id is remembered"
+    );
+    assert!(outcome.effects.is_empty());
 }
 
 #[test]
@@ -1019,6 +1054,130 @@ mod driver {
             .unwrap_or_default();
         assert!(why.contains("no saga for order"), "{why}");
         assert!(out::<OrderDecision>(&mut d, topics::ORDER_DECISIONS).is_empty());
+    }
+
+    /// Events on the shared topics for orders the saga does not orchestrate: a reservation made
+    /// through `POST /inventory/reserve`, a payment opened through `POST /payments`, or a late
+    /// reply after the saga's retention. Valid records, not poison.
+    fn foreign_events() -> Vec<Input> {
+        vec![
+            held("SKU-A"),
+            reserved("SKU-B", ReservationStatus::Shortage, "short-b"),
+            Input::Released(InventoryReleased {
+                event_id: "released-a".into(),
+                sku: "SKU-A".into(),
+                occurred_at: T0,
+                causation_id: "c".into(),
+                correlation_id: ORDER.into(),
+                order_id: ORDER.into(),
+                quantity: 1,
+                reason: ReleaseReason::OrderCancelled,
+                warehouse: None,
+            }),
+            authorized("auth-foreign"),
+            failed(PaymentFailureReason::Declined),
+        ]
+    }
+
+    #[test]
+    fn events_for_an_order_without_a_saga_are_ignored_not_dead_lettered() {
+        let (mut d, metrics) = driver_with_metrics();
+        let events = foreign_events();
+        let sent = events.len();
+        for event in events {
+            feed(&mut d, event);
+        }
+        let why: Vec<String> = d
+            .dead_letters()
+            .iter()
+            .map(|r| {
+                r.headers
+                    .get_str(dlq_headers::ERROR)
+                    .unwrap_or_default()
+                    .to_owned()
+            })
+            .collect();
+        assert!(why.is_empty(), "valid events were dead-lettered: {why:?}");
+        assert!(out::<OrderDecision>(&mut d, topics::ORDER_DECISIONS).is_empty());
+        assert!(out::<InventoryCommand>(&mut d, topics::INVENTORY_COMMANDS).is_empty());
+        assert!(out::<PaymentCommand>(&mut d, topics::PAYMENT_COMMANDS).is_empty());
+        assert!(
+            d.kv_get(crate::saga::state::SAGAS_STORE, ORDER.as_bytes())
+                .expect("reads")
+                .is_none(),
+            "no saga is created for a foreign event"
+        );
+        let ignored: u64 = [
+            topics::INVENTORY_RESERVED,
+            topics::INVENTORY_RELEASED,
+            topics::PAYMENT_AUTHORIZED,
+            topics::PAYMENT_FAILED,
+        ]
+        .iter()
+        .map(|t| metrics.ignored.with_label_values(&[*t, "no_saga"]).get())
+        .sum();
+        assert_eq!(ignored, sent as u64, "every ignored event is counted");
+        assert_eq!(
+            metrics
+                .ignored
+                .with_label_values(&[topics::INVENTORY_RESERVED, "no_saga"])
+                .get(),
+            2
+        );
+
+        // The order placed afterwards under the same id is a fresh saga: the foreign events
+        // left nothing behind that it would mistake for its own replies.
+        let Input::Place { place, .. } = place() else {
+            unreachable!()
+        };
+        pipe(
+            &mut d,
+            topics::ORDER_COMMANDS,
+            &command(OrderCommandBody::PlaceOrder(place), "cmd-1"),
+        );
+        let decisions: Vec<(String, OrderDecision)> = out(&mut d, topics::ORDER_DECISIONS);
+        assert_eq!(decisions.len(), 1);
+        assert_eq!(decisions[0].1.status, OrderDecisionStatus::Pending);
+        pipe(&mut d, topics::INVENTORY_RESERVED, &reply(held("SKU-A")));
+        pipe(&mut d, topics::INVENTORY_RESERVED, &reply(held("SKU-B")));
+        let payments = out::<PaymentCommand>(&mut d, topics::PAYMENT_COMMANDS);
+        assert_eq!(
+            payments.len(),
+            2,
+            "its own holds are not taken for duplicates"
+        );
+    }
+
+    #[test]
+    fn a_late_reply_after_the_retention_deleted_the_saga_is_ignored() {
+        use std::time::Duration;
+        let (mut d, metrics) = driver_with_metrics();
+        d.advance_wall_clock(Duration::from_millis(100))
+            .expect("arms the punctuators");
+        for input in [place(), held("SKU-A"), held("SKU-B"), authorized("auth-1")] {
+            feed(&mut d, input);
+        }
+        d.advance_wall_clock(Duration::from_millis(61_000))
+            .expect("the retention passes");
+        assert!(
+            d.kv_get(crate::saga::state::SAGAS_STORE, ORDER.as_bytes())
+                .expect("reads")
+                .is_none()
+        );
+        out::<OrderDecision>(&mut d, topics::ORDER_DECISIONS);
+        out::<PaymentCommand>(&mut d, topics::PAYMENT_COMMANDS);
+        out::<InventoryCommand>(&mut d, topics::INVENTORY_COMMANDS);
+        feed(&mut d, authorized("auth-late"));
+        assert!(d.dead_letters().is_empty());
+        assert!(out::<OrderDecision>(&mut d, topics::ORDER_DECISIONS).is_empty());
+        assert!(out::<PaymentCommand>(&mut d, topics::PAYMENT_COMMANDS).is_empty());
+        assert_eq!(
+            metrics
+                .ignored
+                .with_label_values(&[topics::PAYMENT_AUTHORIZED, "no_saga"])
+                .get(),
+            1
+        );
     }
 
     #[test]

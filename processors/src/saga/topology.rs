@@ -18,7 +18,7 @@ use keel_topology::{
 use prometheus::{GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 use serde::{Deserialize, Serialize};
 
-use super::logic::{Effect, Input, Timeouts, decide};
+use super::logic::{Effect, Ignored, Input, Timeouts, decide};
 use super::state::{DEADLINES_STORE, OPEN_STORE, OpenSaga, SAGAS_STORE, Saga, Step};
 use crate::carts::CdcTopics;
 use crate::format::Format;
@@ -94,6 +94,10 @@ pub struct SagaMetrics {
     /// `saga_compensations_total{action, reason}`: compensating commands sent (`release_hold`
     /// per line, `void_payment`), by the saga's failure reason.
     pub compensations: IntCounterVec,
+    /// `keel_saga_events_ignored_total{event, reason}`: valid events the saga read and left
+    /// alone, by event (the topic's unprefixed name, e.g. `payment.authorized.v1`) and reason
+    /// ([`Ignored::label`]: `no_saga`, `not_in_order`). Every series exists from the start.
+    pub ignored: IntCounterVec,
 }
 
 impl SagaMetrics {
@@ -133,18 +137,34 @@ impl SagaMetrics {
             ),
             &["action", "reason"],
         )?;
+        let ignored = IntCounterVec::new(
+            Opts::new(
+                "keel_saga_events_ignored_total",
+                "Valid events the saga read and left alone (no saga for the order, or a SKU not in it), by event and reason",
+            ),
+            &["event", "reason"],
+        )?;
         for c in [&open, &oldest] {
             registry.register(Box::new(c.clone()))?;
         }
         registry.register(Box::new(decisions.clone()))?;
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(compensations.clone()))?;
+        registry.register(Box::new(ignored.clone()))?;
+        // Every series from the start (0 until an event is ignored): a dashboard and the
+        // metrics spec see the counter before the first foreign event.
+        for why in Ignored::ALL {
+            for event in why.events() {
+                ignored.with_label_values(&[event, why.label()]);
+            }
+        }
         Ok(Self {
             open,
             oldest,
             decisions,
             duration,
             compensations,
+            ignored,
         })
     }
 }
@@ -413,8 +433,26 @@ impl SagaProcessor {
         }
         let step_before = state.as_ref().map(|s| s.step);
         let was_terminal = step_before.is_some_and(Step::is_terminal);
+        let event = input.event();
         let outcome = decide(state, input, order_id, now, &self.timeouts)
             .map_err(|refusal| ProcessError::BadInput(refusal.to_string()))?;
+        if let Some(why) = outcome.ignored {
+            // A valid event for someone else: nothing is written, nothing is sent.
+            tracing::debug!(
+                order_id,
+                event,
+                reason = why.label(),
+                topic = %source.topic,
+                partition = source.partition,
+                offset = source.offset,
+                "saga ignores an event that is not its own"
+            );
+            self.metrics
+                .ignored
+                .with_label_values(&[event, why.label()])
+                .inc();
+            return Ok(());
+        }
         let Some(mut saga) = outcome.saga else {
             return Ok(());
         };
