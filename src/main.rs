@@ -5,7 +5,8 @@
 //! - `keel carts seed` / `keel inventory seed` load demo and test data.
 //! - `keel order <id>` shows an order and its timeline with Kafka coordinates.
 //! - `keel lag [--once] [--json]` shows consumer-group lag per partition.
-//! - `keel stack up|down|status|logs|env|install` drives the local servers (`stack/keel-stack`).
+//! - `keel stack up|down|status|reload|logs|env|install|kafka-tool` drives the local servers
+//!   (`stack/keel-stack`; `reload` re-reads configuration in place, e.g. Prometheus' scrape list).
 //! - `keel smoke` checks every server of the stack with the real clients Keel uses.
 //! - `keel connectors plugins|list|register|status|pause|resume|restart|delete` manages Keel's
 //!   Debezium connectors (`src/connectors.rs`).
@@ -101,7 +102,8 @@ enum Command {
         #[command(subcommand)]
         action: InventoryAction,
     },
-    /// Run the local stack without Docker: up, down, status, logs <server>, env, install.
+    /// Run the local stack without Docker: up, down, status, reload, logs <server>, env, install,
+    /// kafka-tool <class>.
     Stack {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,

@@ -320,16 +320,18 @@ impl App {
                 )
                 .field("cartId")
             })?;
+        // This very request's order exists already (a retry after the first attempt's command
+        // landed but its answer was lost): the first answer stands, whatever the order became.
+        // Checked before the claim: a cancelled order gave its cart back, and claiming it again
+        // here would take the cart from the customer's next order.
+        let ours = orders::order_status(&self.0.pool, &slot.order_id)
+            .await
+            .map_err(database_unavailable)?
+            .is_some();
+        if ours {
+            return Ok(());
+        }
         if cart.status == CartStatus::Ordered {
-            // Ordered by this very request's order (a retry after the first attempt's command
-            // landed but its answer was lost): the first answer stands.
-            let ours = orders::order_status(&self.0.pool, &slot.order_id)
-                .await
-                .map_err(database_unavailable)?
-                .is_some();
-            if ours {
-                return Ok(());
-            }
             return Err(Problem::new(
                 Kind::CartAlreadyOrdered,
                 format!("cartId {:?}: the cart was already ordered", cart.cart_id),
@@ -344,7 +346,9 @@ impl App {
             .field("cartId"));
         }
         // One cart, one order, before anything is sent (the cart's own status turns ORDERED
-        // only once the order sink has written the first order).
+        // only once the order sink has written the first order). An order that ends without a
+        // sale (CANCELLED, REJECTED) gives the cart back: the order sink deletes its claim and
+        // reopens the cart, so a new request (new key, new order id) claims it here.
         let other = orders::claim_cart(&self.0.pool, &cart.cart_id, &slot.order_id)
             .await
             .map_err(database_unavailable)?;
@@ -470,7 +474,12 @@ pub(crate) fn or_problem(result: Result<Response, Problem>) -> Response {
     tag = "orders",
     summary = "Place an order from a cart",
     description = "Reads the cart, writes a place-order command to Kafka and answers once Kafka \
-        confirmed it. With an Idempotency-Key, a retry with the same body gets the first answer.",
+        confirmed it. With an Idempotency-Key, a retry with the same body gets the first answer \
+        (the same order id, whatever became of that order). A cart is ordered once: while its \
+        order is running or CONFIRMED, another request for it is a 409 cart-already-ordered. \
+        An order that ended CANCELLED or REJECTED gives its cart back, so a new request for \
+        the cart (a new Idempotency-Key, or none) is accepted as a new order with a fresh \
+        order id; of two such requests at once, one gets the cart and the other the 409.",
     request_body(content = PlaceOrderRequest, content_type = "application/json"),
     params(
         ("Idempotency-Key" = Option<String>, Header,
@@ -485,15 +494,18 @@ pub(crate) fn or_problem(result: Result<Response, Problem>) -> Response {
             content_type = "application/problem+json"),
         (status = 401, description = "Authentication is on and no accepted bearer token was sent",
             body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "The cart was already ordered, or a request with this \
-            Idempotency-Key is in progress", body = Problem,
+        (status = 409, description = "The cart was already ordered by an order that is \
+            running or CONFIRMED (type cart-already-ordered; a CANCELLED or REJECTED order no \
+            longer holds its cart), or a request with this Idempotency-Key is in progress",
+            body = Problem,
             content_type = "application/problem+json"),
         (status = 413, description = "The body is larger than max_body_bytes", body = Problem,
             content_type = "application/problem+json"),
         (status = 415, description = "The body is not application/json", body = Problem,
             content_type = "application/problem+json"),
         (status = 422, description = "An invalid field value, an unknown or empty cart, or the \
-            Idempotency-Key was used with another body", body = Problem,
+            Idempotency-Key was used with another body (a retry of a cancelled checkout with \
+            another card needs a new key)", body = Problem,
             content_type = "application/problem+json"),
         (status = 503, description = "Kafka, the registry or the database did not answer in \
             time, or too many requests are in progress", body = Problem,

@@ -1084,3 +1084,78 @@ async fn a_cart_is_ordered_once_whatever_the_keys() -> anyhow::Result<()> {
     })
     .await
 }
+
+/// A cancelled order gives its cart back (the order sink deletes its claim and reopens the cart
+/// in the decision's transaction): a new key then orders the cart under a fresh order id, and
+/// the cart is ordered once again after that. A retry of the cancelled order's own key after a
+/// crash (its answer never recorded) answers with that order and does not claim the cart again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_order_gives_its_cart_back_to_a_new_key_but_not_to_its_own_retry()
+-> anyhow::Result<()> {
+    with_env(Env::new().await?, |env| async move {
+        let server = env.serve(env.setup()).await?;
+        let cart = env.seed_cart(&[("SKU-A", 1, 500)]).await?;
+        let body = order_body(&cart);
+        let key = unique("key");
+        let first = post_json(&env, &server, "/orders", &body, Some(&key)).await?;
+        assert_eq!(first.status, StatusCode::ACCEPTED, "{}", first.text);
+        let order_id = first.body["orderId"]
+            .as_str()
+            .context("orderId")?
+            .to_owned();
+        let names = keel_processors::topics::Topics::default();
+        let pending = pending_decision(&order_id, &cart);
+        orders::apply_decision(&env.pool, &env.codec, &names, &pending).await?;
+        let cancelled = OrderDecision {
+            decision_id: format!("{order_id}/2"),
+            sequence: 2,
+            status: OrderDecisionStatus::Cancelled,
+            from_status: Some(OrderDecisionStatus::Pending),
+            reason: Some("PAYMENT_DECLINED".into()),
+            ..pending.clone()
+        };
+        orders::apply_decision(&env.pool, &env.codec, &names, &cancelled).await?;
+        // The same decision again (a replay) writes nothing, so it releases nothing twice.
+        let replay = orders::apply_decision(&env.pool, &env.codec, &names, &cancelled).await?;
+        assert!(
+            matches!(replay, orders::Applied::Stale | orders::Applied::Duplicate),
+            "{replay:?}"
+        );
+
+        // A kill -9 between produce and answer, and the client retries its key.
+        sqlx::query(
+            "UPDATE api_idempotency SET response_status = NULL, response_body = NULL, \
+             created_at = UTC_TIMESTAMP(3) - INTERVAL 1 HOUR WHERE idem_key = ?",
+        )
+        .bind(&key)
+        .execute(&env.pool)
+        .await?;
+        let retry = post_json(&env, &server, "/orders", &body, Some(&key)).await?;
+        assert_eq!(retry.status, StatusCode::ACCEPTED, "{}", retry.text);
+        assert_eq!(retry.body["orderId"], order_id.as_str(), "the first answer");
+        let claims: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM order_cart_claims WHERE cart_id = ?")
+                .bind(&cart)
+                .fetch_one(&env.pool)
+                .await?;
+        assert_eq!(
+            claims, 0,
+            "the cancelled order's retry did not claim the cart"
+        );
+        let status: String = sqlx::query_scalar("SELECT status FROM carts WHERE cart_id = ?")
+            .bind(&cart)
+            .fetch_one(&env.pool)
+            .await?;
+        assert_eq!(status, "OPEN");
+
+        let again = post_json(&env, &server, "/orders", &body, Some(&unique("key"))).await?;
+        assert_eq!(again.status, StatusCode::ACCEPTED, "{}", again.text);
+        let new_id = again.body["orderId"].as_str().context("orderId")?;
+        assert_ne!(new_id, order_id, "a retried checkout is a new order");
+        let third = post_json(&env, &server, "/orders", &body, Some(&unique("key"))).await?;
+        assert_eq!(third.status, StatusCode::CONFLICT, "{}", third.text);
+        assert_eq!(third.slug(), "cart-already-ordered");
+        Ok(())
+    })
+    .await
+}

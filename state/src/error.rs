@@ -194,9 +194,9 @@ pub enum Error {
         /// The store.
         store: String,
         /// The kind the caller asked for.
-        expected: crate::StoreKind,
+        expected: crate::types::StoreKind,
         /// The kind the store is.
-        actual: crate::StoreKind,
+        actual: crate::types::StoreKind,
     },
 
     /// `commit` was called while writes had not been taken for the changelog: those writes would

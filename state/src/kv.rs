@@ -40,8 +40,8 @@
 use std::ops::Bound;
 
 use crate::error::Result;
-use crate::restore::RestoreBatch;
 use crate::rocks::{PRIMARY, StoreCore, StoreIter, prefix_successor, to_half_open};
+use crate::types::RestoreBatch;
 
 /// Column families of a key-value store.
 pub(crate) const COLUMNS: &[&str] = &[rocksdb::DEFAULT_COLUMN_FAMILY_NAME];

@@ -11,7 +11,7 @@
 //!
 //! Layout:
 //! - [`config`]: [`StateConfig`] — `state.dir`, block cache and write buffer sizes.
-//! - [`env`]: [`StoreEnv`] — one application's state directory and the block cache and write
+//! - [`env`](mod@env): [`StoreEnv`] — one application's state directory and the block cache and write
 //!   buffer manager shared by every store of the process (one memory ceiling).
 //! - [`task`]: [`TaskState`] — a task's directory lock, checkpoint and stores; open, commit,
 //!   abort, close — and [`Store`], one store of any kind with its lifecycle. **Start here.**
@@ -22,10 +22,30 @@
 //! - [`timer`]: [`TimerStore`] — durable timers in due order; `due(now)`.
 //! - [`changelog`]: [`ChangelogRecord`] and changelog topic naming.
 //! - [`checkpoint`]: the checkpoint file, written atomically.
-//! - [`restore`]: [`RestorePlan`], restore batches, [`RestoreProgress`], [`RestoreListener`].
+//! - [`restore`]: [`RestorePlan`], [`RestoreProgress`], [`RestoreListener`].
 //! - [`error`]: [`Error`], [`Fault`] (retry / restore / stop), [`Result`].
 //! - `rocks` and `timed` (private): the RocksDB engine with its pending set, and the time index
 //!   under TTL and timer stores.
+//! - `types` (private, re-exported here): the leaf types every layer shares — [`Guarantee`],
+//!   [`StoreKind`], [`RestoreBatch`].
+//!
+//! ## Layers
+//!
+//! Modules import only from their own layer's lower lines or from layers below; nothing imports
+//! upward, so there is no cycle (doc links may point anywhere):
+//!
+//! ```text
+//! task state   task            → everything below; opens a task for StoreEnv (open_task)
+//!              checkpoint, restore
+//! stores       kv, ttl, timer  → timed → rocks   (data views over the engine)
+//! engine       rocks           → env (RocksDB options, shared cache), changelog, types, error
+//!              env             → config, changelog, error
+//! leaf         changelog, config → error → types; failpoints (tests, `failpoints` feature)
+//! ```
+//!
+//! A type that two layers need goes down into `types` (or `error`, `changelog`), never up into
+//! `task`: `StoreKind` and `Guarantee` lived in `task` and `RestoreBatch` in `restore` before,
+//! and `error`, `env`, `restore` and the engine imported them from there in a circle.
 //!
 //! # One commit interval, for the runtime author
 //!
@@ -73,6 +93,7 @@ pub mod task;
 mod timed;
 pub mod timer;
 pub mod ttl;
+mod types;
 
 pub use changelog::{ChangelogRecord, changelog_topic};
 pub use checkpoint::Checkpoint;
@@ -80,11 +101,12 @@ pub use config::StateConfig;
 pub use env::{MemoryUsage, StoreEnv};
 pub use error::{Error, Fault, Result};
 pub use kv::KeyValueStore;
-pub use restore::{RestoreBatch, RestoreFrom, RestoreListener, RestorePlan, RestoreProgress};
+pub use restore::{RestoreFrom, RestoreListener, RestorePlan, RestoreProgress};
 pub use rocks::{CommittedReader, StoreIter};
-pub use task::{Guarantee, Store, StoreKind, TaskState};
+pub use task::{Store, TaskState};
 pub use timer::{Timer, TimerStore};
 pub use ttl::{TtlEntry, TtlStore};
+pub use types::{Guarantee, RestoreBatch, StoreKind};
 
 #[cfg(test)]
 mod tests {

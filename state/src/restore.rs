@@ -30,7 +30,8 @@
 
 use std::sync::Arc;
 
-use crate::task::StoreKind;
+pub use crate::types::RestoreBatch;
+use crate::types::StoreKind;
 
 /// Where a store's restore starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -92,17 +93,6 @@ impl RestorePlan {
     pub fn is_needed(&self, log_start_offset: i64, log_end_offset: i64) -> bool {
         self.seek_offset(log_start_offset) < log_end_offset
     }
-}
-
-/// What one `restore_batch` call did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct RestoreBatch {
-    /// Records written to RocksDB.
-    pub applied: u64,
-    /// Records skipped because their offset was already applied.
-    pub skipped: u64,
-    /// Offset of the last record applied.
-    pub last_offset: Option<i64>,
 }
 
 /// Progress of one store's restore, for logs and metrics.

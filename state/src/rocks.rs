@@ -29,7 +29,7 @@ use rocksdb::{
 use crate::changelog::ChangelogRecord;
 use crate::env::StoreEnv;
 use crate::error::{Error, Result};
-use crate::restore::RestoreBatch;
+use crate::types::RestoreBatch;
 
 /// Index of the primary column family (RocksDB's `default`), the one that is changelogged.
 pub(crate) const PRIMARY: usize = 0;

@@ -44,49 +44,18 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
-
 use crate::changelog::{ChangelogRecord, validate_name};
 use crate::checkpoint::{CHECKPOINT_FILE, Checkpoint};
 use crate::env::{StoreEnv, lock_task_dir};
 use crate::error::{Error, Result};
 use crate::kv::{self, KeyValueStore};
-use crate::restore::{RestoreBatch, RestoreFrom, RestoreListener, RestorePlan, RestoreProgress};
+use crate::restore::{RestoreFrom, RestoreListener, RestorePlan, RestoreProgress};
 use crate::rocks::{CommittedReader, StoreCore};
 use crate::timed::{self, TimedCore};
 use crate::timer::TimerStore;
 use crate::ttl::TtlStore;
-
-/// The processing guarantee the runtime runs under; it decides when checkpoints exist.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Guarantee {
-    /// Checkpoint removed while the task runs, written on clean close only.
-    ExactlyOnce,
-    /// Checkpoint kept while the task runs and rewritten as commits advance.
-    AtLeastOnce,
-}
-
-/// The kinds of store.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum StoreKind {
-    /// [`KeyValueStore`].
-    KeyValue,
-    /// [`TtlStore`].
-    Ttl,
-    /// [`TimerStore`].
-    Timer,
-}
-
-impl fmt::Display for StoreKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            StoreKind::KeyValue => "key-value",
-            StoreKind::Ttl => "ttl",
-            StoreKind::Timer => "timer",
-        })
-    }
-}
+use crate::types::RestoreBatch;
+pub use crate::types::{Guarantee, StoreKind};
 
 /// Any store of a task, on the runtime's side: the lifecycle methods (`take_changelog`,
 /// `commit`, `abort`, savepoints, `restore_batch`) live here once and work the same on every
@@ -279,6 +248,15 @@ impl fmt::Debug for TaskState {
             .field("guarantee", &self.guarantee)
             .field("stores", &self.stores)
             .finish_non_exhaustive()
+    }
+}
+
+/// Opening a task is the task state's job; the environment only lends its directory and memory
+/// (so `env` never imports `task`).
+impl StoreEnv {
+    /// Opens (creating if needed) and locks the state of one task. See [`TaskState::open`].
+    pub fn open_task(&self, task_id: &str, guarantee: Guarantee) -> Result<TaskState> {
+        TaskState::open(self, task_id, guarantee)
     }
 }
 

@@ -14,8 +14,8 @@
 //! when met.
 
 use crate::error::{Error, Result};
-use crate::restore::RestoreBatch;
 use crate::rocks::{PRIMARY, StoreCore, StoreIter, prefix_successor};
+use crate::types::RestoreBatch;
 
 pub(crate) const COLUMNS: &[&str] = &[rocksdb::DEFAULT_COLUMN_FAMILY_NAME, "by_time"];
 const INDEX: usize = 1;

@@ -13,8 +13,8 @@
 //!   restored elsewhere has the same timers; restore rebuilds the due-time index.
 
 use crate::error::Result;
-use crate::restore::RestoreBatch;
 use crate::timed::{TimedCore, TimedEntry};
+use crate::types::RestoreBatch;
 
 /// A durable timer.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

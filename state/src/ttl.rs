@@ -21,8 +21,8 @@
 use std::time::Duration;
 
 use crate::error::Result;
-use crate::restore::RestoreBatch;
 use crate::timed::{TimedCore, TimedEntry};
+use crate::types::RestoreBatch;
 
 /// An entry of a [`TtlStore`].
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -7,7 +7,8 @@
 //!
 //! Layout:
 //! - [`topology`] — [`TopologyBuilder`] → [`Topology`]: sources, processors, sinks, stores,
-//!   repartition topics; checked, cut into sub-topologies. **Start here.**
+//!   repartition topics; checked, cut into sub-topologies (`topology/`: `builder.rs`, `cut.rs`,
+//!   `graph.rs`, `ids.rs`). **Start here.**
 //! - [`processor`] — the [`Processor`] trait and its [`Context`] (stores, forward, punctuators,
 //!   record metadata).
 //! - [`task`] — [`StreamTask`](task::StreamTask): one partition of one sub-topology; decoding,

@@ -8,9 +8,8 @@
 
 mod common;
 
-use common::runtime;
+use common::{committed_by_key, diff, feed, make_input, runtime};
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -20,8 +19,6 @@ use keel_tests::kafka::create_topics;
 use keel_tests::{Stack, unique};
 use keel_topology::{KafkaStreams, StreamsConfig};
 use rand::{Rng, SeedableRng};
-use rdkafka::ClientConfig;
-use rdkafka::producer::{FutureProducer, FutureRecord};
 
 const CHILD_ENV: &str = "KEEL_EOS_CHILD";
 
@@ -126,88 +123,6 @@ fn eos_child() {
     }
 }
 
-/// `per_key` rounds over `keys` keys; values 1, 2, 3, ... so every prefix sum is distinct.
-fn make_input(keys: usize, per_key: usize) -> Vec<(String, i64)> {
-    let mut input = Vec::new();
-    for round in 0..per_key {
-        for k in 0..keys {
-            input.push((format!("key-{k:03}"), (round * keys + k + 1) as i64));
-        }
-    }
-    input
-}
-
-/// Produces `input` in chunks of `chunk` records every `pause`, so that the application is
-/// killed while records keep arriving and it is mid-stream.
-fn feed(bootstrap: &str, topic: &str, input: &[(String, i64)], chunk: usize, pause: Duration) {
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("enable.idempotence", "true")
-        .set("partitioner", "murmur2_random")
-        .create()
-        .expect("producer");
-    let rt = runtime();
-    for part in input.chunks(chunk) {
-        rt.block_on(async {
-            let sends = part.iter().map(|(k, v)| {
-                let value = v.to_be_bytes();
-                let producer = &producer;
-                async move {
-                    producer
-                        .send(
-                            FutureRecord::to(topic)
-                                .key(k.as_bytes())
-                                .payload(&value[..]),
-                            Duration::from_secs(30),
-                        )
-                        .await
-                        .map(|_| ())
-                        .map_err(|(e, _)| e)
-                }
-            });
-            for r in futures::future::join_all(sends).await {
-                r.expect("input produced");
-            }
-        });
-        std::thread::sleep(pause);
-    }
-}
-
-/// Every record of `topic` under read_committed, per key in offset order.
-fn committed_by_key(
-    bootstrap: &str,
-    topic: &str,
-    expected: usize,
-    within: Duration,
-) -> BTreeMap<String, Vec<i64>> {
-    common::by_key(&common::read_decoded(
-        bootstrap,
-        topic,
-        expected,
-        within,
-        Duration::from_secs(3),
-    ))
-}
-
-fn diff(expected: &BTreeMap<String, Vec<i64>>, actual: &BTreeMap<String, Vec<i64>>) -> String {
-    let mut out = String::new();
-    for (k, want) in expected {
-        let got = actual.get(k).cloned().unwrap_or_default();
-        if &got != want {
-            out.push_str(&format!(
-                "{k}: want {} records, got {}; first difference at {:?}\n",
-                want.len(),
-                got.len(),
-                want.iter().zip(&got).position(|(a, b)| a != b)
-            ));
-        }
-    }
-    for k in actual.keys().filter(|k| !expected.contains_key(*k)) {
-        out.push_str(&format!("{k}: unexpected key\n"));
-    }
-    out
-}
-
 fn kills() -> usize {
     std::env::var("KEEL_EOS_KILLS")
         .ok()
@@ -284,36 +199,14 @@ fn output_and_store_are_exactly_once_across_repeated_kill_9() {
         diff(&expected, &actual)
     );
 
-    // The store's changelog (one record per key per commit: the last write of the interval)
-    // must be a subsequence of the clean run's sums, in order, ending at the final sum: no
-    // value from an aborted transaction, none twice, the final state complete.
-    let changelog = keel_state::changelog_topic(&spec.app, "sums");
-    let store = committed_by_key(
+    // The store's changelog: the clean run's sums, some skipped, none from an aborted
+    // transaction, the final state complete.
+    common::assert_changelog_follows(
         bootstrap,
-        &changelog,
-        expected.len(),
-        Duration::from_secs(60),
+        &spec.app,
+        &expected,
+        &format!("seed {seed}, log {}", log.display()),
     );
-    assert_eq!(
-        store.len(),
-        expected.len(),
-        "every key has a changelog entry"
-    );
-    for (key, sums) in &expected {
-        let logged = &store[key];
-        let mut rest = sums.iter();
-        for value in logged {
-            assert!(
-                rest.any(|s| s == value),
-                "{key}: changelog value {value} is not the next sum of a clean run (seed {seed}): {logged:?}"
-            );
-        }
-        assert_eq!(
-            logged.last(),
-            sums.last(),
-            "{key}: final store value (seed {seed})"
-        );
-    }
     let _ = std::fs::remove_dir_all(&spec.state_dir);
 }
 

@@ -14,7 +14,10 @@
 //!   arriving — until a change makes it answerable or its wait ends: then `CART_NOT_FOUND`
 //!   (no header), `CART_EMPTY` (no items), or `OK` with the cart's lines as they are (the saga
 //!   compares them with the order's and cancels on a difference);
-//! - a check for an order already answered or already waiting changes nothing.
+//! - a check for an order already answered or already waiting changes nothing;
+//! - a release (the saga cancelled the order) gives the cart back: the claim is cleared if that
+//!   order holds it (another order's claim is left alone), its wait ends unanswered, and a later
+//!   check for it changes nothing; releasing twice is releasing once.
 
 use keel_avro::records::{CartCheckStatus, Money, OrderLine};
 
@@ -49,6 +52,10 @@ pub enum CartsInput {
         sku: String,
     },
     Check(Check),
+    /// The order ended without a sale (`CANCELLED`): it gives the cart back, if it holds it.
+    Release {
+        order_id: String,
+    },
     /// An order's wait timer fired.
     WaitOver {
         order_id: String,
@@ -100,6 +107,7 @@ pub fn step(
         CartsInput::Check(check) => {
             if state.answered.contains_key(&check.order_id)
                 || state.waiting.contains_key(&check.order_id)
+                || state.released.contains(&check.order_id)
             {
                 return (state, fx);
             }
@@ -123,6 +131,18 @@ pub fn step(
                 });
                 state.waiting.insert(check.order_id, waiting);
             }
+            return (state, fx);
+        }
+        CartsInput::Release { order_id } => {
+            if state.claimed_by.as_deref() == Some(order_id.as_str()) {
+                state.claimed_by = None;
+            }
+            if state.waiting.remove(&order_id).is_some() {
+                fx.push(CartsEffect::StopWaiting {
+                    order_id: order_id.clone(),
+                });
+            }
+            state.released.insert(order_id);
             return (state, fx);
         }
         CartsInput::WaitOver { order_id } => {

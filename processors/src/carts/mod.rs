@@ -4,7 +4,9 @@
 //! place-order commands re-keyed by cart id through a repartition topic). Each check is answered
 //! on `cart.checked.v1`, keyed by order id: `OK` with the cart's lines, or a reason
 //! (`CART_NOT_FOUND` after `[saga].cart_wait_ms`, `CART_EMPTY`, `CART_ALREADY_ORDERED`,
-//! `CURRENCY_MISMATCH`). `docs/saga.md` ("Cart check") has the rules.
+//! `CURRENCY_MISMATCH`). An `OK` claims the cart for the order; when the saga cancels that order
+//! it sends a cancel through the same repartition and the claim is released, so the cart can be
+//! ordered again. `docs/saga.md` ("Cart check") has the rules.
 //!
 //! - `logic.rs`: [`step`], the pure transition of one cart's state.
 //! - `state.rs`: [`CartState`] and the stores it lives in.

@@ -3,7 +3,7 @@
 //! (cart, order) in the timer store [`WAITS_STORE`] (key: `<cart id>\0<order id>`; due: epoch ms
 //! of wall-clock time). Both are changelogged by the runtime.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use keel_avro::records::{CartCheckStatus, OrderLine};
 use serde::{Deserialize, Serialize};
@@ -51,12 +51,18 @@ pub struct CartState {
     /// By SKU.
     pub items: BTreeMap<String, CartItem>,
     /// The order id that ordered the cart (the first `OK` answer); any other order id is
-    /// refused with `CART_ALREADY_ORDERED`.
+    /// refused with `CART_ALREADY_ORDERED`. Cleared when that order is cancelled (the saga's
+    /// release), so the next order id can claim the cart.
     pub claimed_by: Option<String>,
     /// Orders waiting for this cart, by order id.
     pub waiting: BTreeMap<String, Waiting>,
     /// Orders answered already, by order id: a duplicate check changes nothing.
     pub answered: BTreeMap<String, CartCheckStatus>,
+    /// Orders that ended without a sale and gave the cart back: a late check for one of them
+    /// changes nothing, so it never claims the cart again. (`default`: states stored before
+    /// releases existed decode.)
+    #[serde(default)]
+    pub released: BTreeSet<String>,
 }
 
 impl CartState {

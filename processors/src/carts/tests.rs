@@ -162,6 +162,88 @@ fn deleted_rows_leave_the_table() {
     assert!(state.header.is_none() && state.items.is_empty());
 }
 
+fn release(order: &str) -> CartsInput {
+    CartsInput::Release {
+        order_id: order.into(),
+    }
+}
+
+#[test]
+fn a_cancelled_order_gives_its_cart_back_and_the_next_order_claims_it() {
+    let (state, fx) = run(vec![
+        header("EUR"),
+        item("SKU-A", 1, 100),
+        check("order-1", vec![]),
+        release("order-1"),
+        check("order-2", vec![]),
+        check("order-3", vec![]),
+    ]);
+    assert_eq!(
+        answers(&fx),
+        vec![
+            ("order-1".into(), CartCheckStatus::Ok),
+            ("order-2".into(), CartCheckStatus::Ok),
+            ("order-3".into(), CartCheckStatus::CartAlreadyOrdered)
+        ]
+    );
+    assert_eq!(state.claimed_by.as_deref(), Some("order-2"));
+}
+
+#[test]
+fn a_release_is_idempotent_and_never_frees_another_orders_claim() {
+    let (state, _) = run(vec![
+        header("EUR"),
+        item("SKU-A", 1, 100),
+        check("order-1", vec![]),
+        release("order-1"),
+        check("order-2", vec![]),
+    ]);
+    let mut again = state.clone();
+    // The released order's release again (a replay), a refused order's release, and a release
+    // for an order the cart never saw: the claim stays with order-2, nothing is emitted.
+    for input in [release("order-1"), release("order-9")] {
+        let (next, fx) = step(again, "cart-1", input, T0, 2_000);
+        assert!(fx.is_empty(), "{fx:?}");
+        again = next;
+    }
+    assert_eq!(again.claimed_by.as_deref(), Some("order-2"));
+    let (twice, fx) = step(again.clone(), "cart-1", release("order-9"), T0, 2_000);
+    assert!(fx.is_empty());
+    assert_eq!(twice, again, "releasing twice is releasing once");
+    // The released order's check again (a replayed place-order) does not take the cart back.
+    let (after, fx) = step(state, "cart-1", check("order-1", vec![]), T0, 2_000);
+    assert!(fx.is_empty(), "{fx:?}");
+    assert_eq!(after.claimed_by.as_deref(), Some("order-2"));
+}
+
+#[test]
+fn a_release_of_a_waiting_order_stops_its_wait_so_it_never_claims_the_cart() {
+    let (state, fx) = run(vec![
+        check("order-1", vec![]),
+        release("order-1"),
+        header("EUR"),
+        item("SKU-A", 1, 100),
+        CartsInput::WaitOver {
+            order_id: "order-1".into(),
+        },
+    ]);
+    assert!(answers(&fx).is_empty(), "{fx:?}");
+    assert!(fx.contains(&CartsEffect::StopWaiting {
+        order_id: "order-1".into()
+    }));
+    assert_eq!(state.claimed_by, None);
+    assert!(state.waiting.is_empty());
+    let (_, fx) = step(state, "cart-1", check("order-2", vec![]), T0, 2_000);
+    assert_eq!(answers(&fx), vec![("order-2".into(), CartCheckStatus::Ok)]);
+}
+
+#[test]
+fn a_cart_state_stored_before_releases_existed_still_decodes() {
+    let old = br#"{"header":null,"items":{},"claimed_by":"order-1","waiting":{},"answered":{}}"#;
+    let state = CartState::decode(old).expect("decodes");
+    assert_eq!(state.claimed_by.as_deref(), Some("order-1"));
+}
+
 // ---- through the test driver ----
 
 mod driver {
@@ -381,5 +463,81 @@ mod driver {
         )
         .expect("processed");
         assert!(checked(&mut d).is_empty());
+    }
+
+    fn cancel(d: &mut TestDriver, order: &str, command_id: &str) {
+        let command = OrderCommand {
+            command_id: command_id.into(),
+            order_id: order.into(),
+            issued_at: T0,
+            causation_id: "http".into(),
+            correlation_id: order.into(),
+            command: OrderCommandBody::CancelOrder(CancelOrder {
+                reason: "changed my mind".into(),
+            }),
+        };
+        d.pipe(
+            topics::ORDER_COMMANDS,
+            &order.to_owned(),
+            &command,
+            T0,
+            &Utf8,
+            &Json::<OrderCommand>::new(),
+        )
+        .expect("processed");
+    }
+
+    #[test]
+    fn a_cancelled_order_releases_its_cart_through_the_saga_and_a_new_order_claims_it() {
+        let mut d = driver();
+        seed(&mut d, "cart-1");
+        place(&mut d, "order-1", "cart-1", "cmd-1");
+        cancel(&mut d, "order-1", "cmd-1-cancel");
+        let decisions: Vec<(String, OrderDecision)> = d
+            .read_output_as(
+                topics::ORDER_DECISIONS,
+                &Utf8,
+                &Json::<OrderDecision>::new(),
+            )
+            .expect("decodes");
+        assert_eq!(
+            decisions.last().map(|(_, x)| x.status),
+            Some(OrderDecisionStatus::Cancelled)
+        );
+        place(&mut d, "order-2", "cart-1", "cmd-2");
+        // order-1's release again, straight on the repartition topic (a replay): order-2 keeps
+        // the cart.
+        let release = OrderCommand {
+            command_id: "order-1/c2".into(),
+            order_id: "order-1".into(),
+            issued_at: T0,
+            causation_id: "cmd-1-cancel".into(),
+            correlation_id: "order-1".into(),
+            command: OrderCommandBody::CancelOrder(CancelOrder {
+                reason: "CUSTOMER_CANCELLED".into(),
+            }),
+        };
+        d.pipe(
+            "test-app-cart-checks-repartition",
+            &"cart-1".to_owned(),
+            &release,
+            T0,
+            &Utf8,
+            &Json::<OrderCommand>::new(),
+        )
+        .expect("processed");
+        place(&mut d, "order-3", "cart-1", "cmd-3");
+        let answers: Vec<(String, CartCheckStatus)> = checked(&mut d)
+            .into_iter()
+            .map(|(k, a)| (k, a.status))
+            .collect();
+        assert_eq!(
+            answers,
+            vec![
+                ("order-1".into(), CartCheckStatus::Ok),
+                ("order-2".into(), CartCheckStatus::Ok),
+                ("order-3".into(), CartCheckStatus::CartAlreadyOrdered)
+            ]
+        );
     }
 }

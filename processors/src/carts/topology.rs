@@ -9,7 +9,9 @@
 //! The three inputs are keyed by cart id and co-partitioned (the CDC topics are created with
 //! `[topics].partitions` before Debezium writes them; the repartition topic takes the same
 //! count), so a cart and the checks for it meet in one task. The answer is keyed by order id and
-//! co-partitioned with the saga's inputs.
+//! co-partitioned with the saga's inputs. When the saga cancels an order it sends a cancel
+//! command through the same repartition (after that order's place-order, on the same
+//! partition): the order gives the cart back ([`CartsInput::Release`]).
 
 use std::time::Duration;
 
@@ -110,7 +112,8 @@ pub fn add_to(
     .add_state_store(WAITS_STORE, StoreKind::Timer, &[PROCESSOR]);
 }
 
-/// Turns a re-keyed place-order command into a [`Check`].
+/// Turns a re-keyed place-order command into a [`Check`], and a re-keyed cancel (the saga
+/// cancelled the order: it gives the cart back) into a [`CartsInput::Release`].
 #[derive(Debug)]
 struct RequestsToChecks;
 
@@ -124,19 +127,25 @@ impl Processor for RequestsToChecks {
         record: Record<String, OrderCommand>,
     ) -> Result<(), ProcessError> {
         let command = record.value.clone();
-        let OrderCommandBody::PlaceOrder(place) = command.command else {
-            return Err(ProcessError::BadInput(format!(
-                "a cart check must be a place-order command, got {}",
-                command.command_id
-            )));
+        let (cart_id, input) = match command.command {
+            OrderCommandBody::PlaceOrder(place) => (
+                place.cart_id,
+                CartsInput::Check(Check {
+                    order_id: command.order_id,
+                    command_id: command.command_id,
+                    currency: place.total.currency,
+                    lines: place.lines,
+                }),
+            ),
+            // A cancel carries no cart id: the record's key (the saga re-keyed it by cart id).
+            OrderCommandBody::CancelOrder(_) => (
+                record.key.clone(),
+                CartsInput::Release {
+                    order_id: command.order_id,
+                },
+            ),
         };
-        let check = CartsInput::Check(Check {
-            order_id: command.order_id,
-            command_id: command.command_id,
-            currency: place.total.currency,
-            lines: place.lines,
-        });
-        ctx.forward(record.with(place.cart_id, check));
+        ctx.forward(record.with(cart_id, input));
         Ok(())
     }
 }

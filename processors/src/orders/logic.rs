@@ -36,6 +36,11 @@ pub struct Rows {
     pub order: OrderWrite,
     /// `Some(cart id)`: mark the cart `ORDERED` (on `PENDING`).
     pub cart_ordered: Option<String>,
+    /// `Some(cart id)`: the order ended without a sale (`CANCELLED`, `REJECTED`), so it gives
+    /// its cart back: its claim (`order_cart_claims`) is deleted and the cart turns `OPEN` again
+    /// unless another order still holds it, so the customer can check the cart out anew under a
+    /// new order id. `CONFIRMED` and `PENDING` keep the cart.
+    pub cart_released: Option<String>,
     /// `None` for `REJECTED` (and for a transition that has no `OrderStatus` on either side).
     pub outbox: Option<OutboxEvent>,
 }
@@ -302,6 +307,11 @@ pub fn plan_decision(
         history,
         order,
         cart_ordered: (to == OrderDecisionStatus::Pending).then(|| decision.cart_id.clone()),
+        cart_released: matches!(
+            to,
+            OrderDecisionStatus::Cancelled | OrderDecisionStatus::Rejected
+        )
+        .then(|| decision.cart_id.clone()),
         outbox,
     })))
 }

@@ -202,7 +202,8 @@ async fn sleep_or_shutdown(shutdown: &CancellationToken, backoff: &mut Duration)
 
 /// Apply one decision in one MySQL transaction: the history row (its primary key, the decision
 /// id, makes a replay a [`Applied::Duplicate`]), the order and its items or the status change,
-/// the cart marked `ORDERED` on `PENDING`, and the outbox row with the `codec`-encoded event.
+/// the cart marked `ORDERED` on `PENDING` (given back on `CANCELLED`/`REJECTED`: claim deleted,
+/// cart `OPEN` again), and the outbox row with the `codec`-encoded event.
 /// Errors: [`Error::InvalidDecision`] (input), [`Error::Sql`] and [`Error::Avro`] (retry).
 pub async fn apply_decision(
     pool: &MySqlPool,
@@ -245,6 +246,9 @@ pub async fn apply_decision(
         .await
         .map_err(sql("marking the cart ordered"))?;
     }
+    if let Some(cart_id) = &rows.cart_released {
+        release_cart(&mut tx, cart_id, &decision.order_id).await?;
+    }
     if let (Some(event), Some(payload)) = (&rows.outbox, payload) {
         sqlx::query(
             "INSERT INTO order_outbox (id, aggregate_id, event_type, payload, status, created_at) \
@@ -262,6 +266,39 @@ pub async fn apply_decision(
     Ok(Applied::Written {
         outbox: rows.outbox.is_some(),
     })
+}
+
+/// Gives cart `cart_id` back when order `order_id` ended without a sale, inside the decision's
+/// transaction (so a replayed decision, a duplicate, releases nothing twice): the order's claim
+/// is deleted (another order's claim is left alone), and the cart turns `OPEN` again unless
+/// another claim exists or another order of the cart is still `PENDING` or `CONFIRMED` (an
+/// order placed straight on Kafka has no claim row).
+async fn release_cart(
+    tx: &mut Transaction<'static, MySql>,
+    cart_id: &str,
+    order_id: &str,
+) -> Result<()> {
+    sqlx::query("DELETE FROM order_cart_claims WHERE cart_id = ? AND order_id = ?")
+        .bind(cart_id)
+        .bind(order_id)
+        .execute(&mut **tx)
+        .await
+        .map_err(sql("releasing the cart's claim"))?;
+    sqlx::query(
+        "UPDATE carts SET status = 'OPEN', updated_at = UTC_TIMESTAMP(3) \
+         WHERE cart_id = ? AND status = 'ORDERED' \
+         AND NOT EXISTS (SELECT 1 FROM order_cart_claims c WHERE c.cart_id = ?) \
+         AND NOT EXISTS (SELECT 1 FROM orders o WHERE o.cart_id = ? AND o.order_id <> ? \
+         AND o.status IN ('PENDING', 'CONFIRMED'))",
+    )
+    .bind(cart_id)
+    .bind(cart_id)
+    .bind(cart_id)
+    .bind(order_id)
+    .execute(&mut **tx)
+    .await
+    .map_err(sql("reopening the cart"))?;
+    Ok(())
 }
 
 async fn encode(codec: &Codec, event: &OutboxEvent) -> Result<Vec<u8>> {

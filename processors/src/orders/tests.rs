@@ -236,3 +236,55 @@ fn lines_total_sums_quantity_times_price_and_refuses_overflow() {
     }];
     assert_eq!(lines_total(&huge, "EUR"), None);
 }
+
+#[test]
+fn cancelled_and_rejected_release_the_cart_confirmed_and_pending_keep_it() {
+    let pending = CurrentOrder {
+        status: OrderDecisionStatus::Pending,
+        last_sequence: 1,
+    };
+    for (status, released) in [
+        (OrderDecisionStatus::Cancelled, Some("cart-1")),
+        (OrderDecisionStatus::Rejected, Some("cart-1")),
+        (OrderDecisionStatus::Confirmed, None),
+    ] {
+        let rows =
+            apply(plan_decision(Some(pending), &decision(2, status), "ev".into()).expect("plan"));
+        assert_eq!(rows.cart_released.as_deref(), released, "{status:?}");
+        assert_eq!(rows.cart_ordered, None, "{status:?}");
+    }
+    // Rejected before any other decision (the order row is inserted as REJECTED): released too.
+    let rows = apply(
+        plan_decision(
+            None,
+            &decision(1, OrderDecisionStatus::Rejected),
+            "ev".into(),
+        )
+        .expect("plan"),
+    );
+    assert_eq!(rows.cart_released.as_deref(), Some("cart-1"));
+    let rows = apply(
+        plan_decision(
+            None,
+            &decision(1, OrderDecisionStatus::Pending),
+            "ev".into(),
+        )
+        .expect("plan"),
+    );
+    assert_eq!(rows.cart_released, None);
+}
+
+#[test]
+fn a_stale_cancel_releases_nothing() {
+    let confirmed = CurrentOrder {
+        status: OrderDecisionStatus::Confirmed,
+        last_sequence: 3,
+    };
+    let plan = plan_decision(
+        Some(confirmed),
+        &decision(2, OrderDecisionStatus::Cancelled),
+        "ev".into(),
+    )
+    .expect("plan");
+    assert_eq!(plan, Plan::Stale { last_sequence: 3 });
+}

@@ -167,6 +167,10 @@ pub enum Effect {
     /// Ask the carts processor to check the order's cart: the order's place-order command,
     /// re-keyed by cart id.
     CheckCart,
+    /// The order was cancelled after its cart check was asked (`[carts].source = "cdc"`):
+    /// tell the carts processor, so the order gives the cart back (a cancel command re-keyed
+    /// by cart id, after the check on the same partition).
+    ReleaseCart,
     /// A decision on `order.decisions.v1`.
     Decide {
         sequence: i32,
@@ -348,6 +352,22 @@ pub fn decide(
             }
             Step::Confirmed | Step::Cancelled | Step::Rejected => {}
         },
+    }
+    // Cancelled now, with a cart check asked at the start: the carts processor may hold (or
+    // still be about to take) the cart for this order; give it back so the customer can order
+    // the cart again. Once: a cancelled saga never cancels again.
+    if timeouts.cart_ms.is_some()
+        && fx.iter().any(|e| {
+            matches!(
+                e,
+                Effect::Decide {
+                    status: OrderDecisionStatus::Cancelled,
+                    ..
+                }
+            )
+        })
+    {
+        fx.push(Effect::ReleaseCart);
     }
     saga.updated_at = now;
     Ok(Outcome {

@@ -1546,3 +1546,71 @@ mod driver {
         assert_eq!((count("capture"), count("void")), (1, 0), "{commands:?}");
     }
 }
+
+/// `[carts].source = "cdc"`: an order that ends without a sale gives its cart back to the carts
+/// processor (its claim there), exactly once; a confirmed order keeps it.
+mod cart_release {
+    use super::*;
+
+    fn releases(fx: &[Effect]) -> usize {
+        fx.iter()
+            .filter(|e| matches!(e, Effect::ReleaseCart))
+            .count()
+    }
+
+    #[test]
+    fn with_cart_checks_every_cancel_gives_the_cart_back_once() {
+        let declined = vec![
+            place(),
+            cart_ok(),
+            held("SKU-A"),
+            held("SKU-B"),
+            failed(PaymentFailureReason::Declined),
+        ];
+        let (saga, fx) = run_with(&CART_TIMEOUTS, declined);
+        assert_eq!(saga.step, Step::Cancelled);
+        assert_eq!(releases(&fx), 1, "{fx:?}");
+
+        let (saga, fx) = run_with(&CART_TIMEOUTS, vec![place(), cancel("c1"), cancel("c2")]);
+        assert_eq!(saga.step, Step::Cancelled);
+        assert_eq!(
+            releases(&fx),
+            1,
+            "a second cancel releases nothing more: {fx:?}"
+        );
+
+        // The cart check itself timed out: the carts processor may still be waiting (and
+        // would claim the cart when it arrives), so the release goes out too.
+        let (saga, fx) = run_with(&CART_TIMEOUTS, vec![place(), Input::DeadlinePassed]);
+        assert_eq!(saga.reason, Some(Reason::CartTimeout));
+        assert_eq!(releases(&fx), 1, "{fx:?}");
+    }
+
+    #[test]
+    fn a_confirmed_order_keeps_its_cart() {
+        let inputs = vec![
+            place(),
+            cart_ok(),
+            held("SKU-A"),
+            held("SKU-B"),
+            authorized("auth-1"),
+        ];
+        let (saga, fx) = run_with(&CART_TIMEOUTS, inputs);
+        assert_eq!(saga.step, Step::Confirmed);
+        assert_eq!(releases(&fx), 0, "{fx:?}");
+        let refused = decide(Some(saga), cancel("late"), ORDER, T0, &CART_TIMEOUTS);
+        assert!(matches!(refused, Err(Refusal::NotCancellable { .. })));
+    }
+
+    #[test]
+    fn without_cart_checks_nothing_is_released_to_the_carts_processor() {
+        let (saga, fx) = run(vec![
+            place(),
+            held("SKU-A"),
+            held("SKU-B"),
+            failed(PaymentFailureReason::Declined),
+        ]);
+        assert_eq!(saga.step, Step::Cancelled);
+        assert_eq!(releases(&fx), 0, "{fx:?}");
+    }
+}

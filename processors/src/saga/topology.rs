@@ -7,8 +7,8 @@
 use std::time::Duration;
 
 use keel_avro::records::{
-    InventoryCommand, InventoryCommandBody, OrderCommand, OrderCommandBody, OrderDecision,
-    PaymentCommand, PaymentCommandBody, PlaceOrder,
+    CancelOrder, InventoryCommand, InventoryCommandBody, OrderCommand, OrderCommandBody,
+    OrderDecision, PaymentCommand, PaymentCommandBody, PlaceOrder,
 };
 use keel_topology::serde::{Serde, Utf8};
 use keel_topology::{
@@ -501,6 +501,22 @@ impl SagaProcessor {
                             total: saga.total.clone(),
                             payment_method: saga.payment_method.clone(),
                             shipping_address: saga.shipping_address.clone(),
+                        }),
+                    };
+                    ctx.forward_to(
+                        crate::carts::CHECKS_SINK,
+                        Record::new(saga.cart_id.clone(), command, now),
+                    )?;
+                }
+                Effect::ReleaseCart => {
+                    let command = OrderCommand {
+                        command_id: next_command_id(&mut saga),
+                        order_id: order_id.to_owned(),
+                        issued_at: now,
+                        causation_id: source.causation_id.clone(),
+                        correlation_id: order_id.to_owned(),
+                        command: OrderCommandBody::CancelOrder(CancelOrder {
+                            reason: saga.reason.map_or("CANCELLED", |r| r.code()).to_owned(),
                         }),
                     };
                     ctx.forward_to(

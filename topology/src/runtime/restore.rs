@@ -205,6 +205,15 @@ impl Restoring {
                     active.last_progress = Instant::now();
                 }
                 Some(Err(KafkaError::PartitionEOF(_))) => done = true,
+                // librdkafka reports connection trouble (a broker restarting: AllBrokersDown,
+                // BrokerTransportFailure) as error events and recovers by itself. The restore
+                // consumer is polled only while restoring, so every such event since the last
+                // restore waits in its queue: failing on each would fail one attempt per queued
+                // event, minutes after the broker is back. Only a fatal error ends the restore;
+                // a restore that gets nowhere ends at STALL.
+                Some(Err(e)) if consumer.client().fatal_error().is_none() => {
+                    tracing::debug!(task = %id, error = %e, "restore consumer error (transient)");
+                }
                 Some(Err(e)) => {
                     return Err(Error::Kafka {
                         context: format!("restoring {topic}/{partition}"),

@@ -294,3 +294,131 @@ pub fn closing(input: &str, closed: std::sync::Arc<std::sync::atomic::AtomicUsiz
         .add_sink("out", "out", Utf8, I64, &["closing"]);
     b.build().expect("a valid topology")
 }
+
+/// `per_key` rounds over `keys` keys; values 1, 2, 3, ... so every prefix sum is distinct.
+pub fn make_input(keys: usize, per_key: usize) -> Vec<(String, i64)> {
+    let mut input = Vec::new();
+    for round in 0..per_key {
+        for k in 0..keys {
+            input.push((format!("key-{k:03}"), (round * keys + k + 1) as i64));
+        }
+    }
+    input
+}
+
+/// Produces `input` (idempotent, Kafka's murmur2 partitioner) in chunks of `chunk` records
+/// every `pause`, so that faults land while records keep arriving. A send waits out a broker
+/// that does not answer (librdkafka's message timeout, 5 min).
+pub fn feed(bootstrap: &str, topic: &str, input: &[(String, i64)], chunk: usize, pause: Duration) {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("enable.idempotence", "true")
+        .set("partitioner", "murmur2_random")
+        .create()
+        .expect("producer");
+    let rt = runtime();
+    for part in input.chunks(chunk) {
+        rt.block_on(async {
+            let sends = part.iter().map(|(k, v)| {
+                let value = v.to_be_bytes();
+                let producer = &producer;
+                async move {
+                    producer
+                        .send(
+                            FutureRecord::to(topic)
+                                .key(k.as_bytes())
+                                .payload(&value[..]),
+                            Duration::from_secs(30),
+                        )
+                        .await
+                        .map(|_| ())
+                        .map_err(|(e, _)| e)
+                }
+            });
+            for r in futures::future::join_all(sends).await {
+                r.expect("input produced");
+            }
+        });
+        std::thread::sleep(pause);
+    }
+}
+
+/// Every record of `topic` under read_committed, per key in offset order: until `expected`
+/// arrived (then 3 s more, to catch duplicates) or `within` passed.
+pub fn committed_by_key(
+    bootstrap: &str,
+    topic: &str,
+    expected: usize,
+    within: Duration,
+) -> std::collections::BTreeMap<String, Vec<i64>> {
+    by_key(&read_decoded(
+        bootstrap,
+        topic,
+        expected,
+        within,
+        Duration::from_secs(3),
+    ))
+}
+
+/// Per key, how `actual` differs from `expected` (empty when equal).
+pub fn diff(
+    expected: &std::collections::BTreeMap<String, Vec<i64>>,
+    actual: &std::collections::BTreeMap<String, Vec<i64>>,
+) -> String {
+    let mut out = String::new();
+    for (k, want) in expected {
+        let got = actual.get(k).cloned().unwrap_or_default();
+        if &got != want {
+            out.push_str(&format!(
+                "{k}: want {} records, got {}; first difference at {:?}\n",
+                want.len(),
+                got.len(),
+                want.iter().zip(&got).position(|(a, b)| a != b)
+            ));
+        }
+    }
+    for k in actual.keys().filter(|k| !expected.contains_key(*k)) {
+        out.push_str(&format!("{k}: unexpected key\n"));
+    }
+    out
+}
+
+/// The changelog of store `sums` of `app` (one record per key per commit: the last write of
+/// the interval) is, per key, a subsequence of the clean run's sums `expected`, in order,
+/// ending at the final sum: no value from an aborted transaction, none twice, the final state
+/// complete. `context` goes into the failure message (a seed, a log path).
+pub fn assert_changelog_follows(
+    bootstrap: &str,
+    app: &str,
+    expected: &std::collections::BTreeMap<String, Vec<i64>>,
+    context: &str,
+) {
+    let changelog = keel_state::changelog_topic(app, "sums");
+    let store = committed_by_key(
+        bootstrap,
+        &changelog,
+        expected.len(),
+        Duration::from_secs(60),
+    );
+    assert_eq!(
+        store.len(),
+        expected.len(),
+        "every key has a changelog entry ({context})"
+    );
+    for (key, sums) in expected {
+        let logged = &store[key];
+        let mut rest = sums.iter();
+        for value in logged {
+            assert!(
+                rest.any(|s| s == value),
+                "{key}: changelog value {value} is not the next sum of a clean run ({context}): {logged:?}"
+            );
+        }
+        assert_eq!(
+            logged.last(),
+            sums.last(),
+            "{key}: final store value ({context})"
+        );
+    }
+}
