@@ -5,6 +5,7 @@
 
 pub mod checkout;
 pub mod cpu;
+pub mod inventory;
 pub mod kstreams;
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};

@@ -10,8 +10,9 @@
 //! - `keel smoke` checks every server of the stack with the real clients Keel uses.
 //! - `keel connectors plugins|list|register|status|pause|resume|restart|delete` manages Keel's
 //!   Debezium connectors (`src/connectors.rs`).
-//! - `keel bench engine [--vs kafka-streams]` measures the stream runtime and `keel bench
-//!   checkout` the whole checkout (docs/BENCHMARKS.md).
+//! - `keel bench engine [--vs kafka-streams]` measures the stream runtime, `keel bench
+//!   checkout` the whole checkout and `keel bench inventory` the inventory service alone
+//!   (docs/BENCHMARKS.md).
 //! - `keel reset --application-id X [--to-datetime T]` rewinds a stopped application.
 //! - `keel audit [--json]` prints the verdict on each invariant; exit 1 on a violation
 //!   (`src/audit.rs`).
@@ -179,6 +180,10 @@ enum BenchWhat {
     /// The whole checkout against a running `keel run` and `keel psp-mock`: an open-loop
     /// load of POST /orders, latency to the CONFIRMED event, CPU per server; JSON + SVG.
     Checkout(bench::checkout::CheckoutArgs),
+    /// The inventory service alone: an isolated `keel run --roles inventory,sinks` driven with
+    /// reserve / confirm / release commands at a fixed rate or a ramp (hot SKU optional);
+    /// latency to the reply event, throughput, shortages, stock and holds checked; JSON + SVG.
+    Inventory(bench::inventory::InventoryArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -438,6 +443,16 @@ async fn main() -> anyhow::Result<ExitCode> {
         } => {
             let config = KeelConfig::load(cli.config.as_deref())?;
             print!("{}", bench::checkout::run(&config, &args).await?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            what: BenchWhat::Inventory(args),
+        } => {
+            let config = KeelConfig::load(cli.config.as_deref())?;
+            print!(
+                "{}",
+                bench::inventory::run(&config, cli.config.as_deref(), &args).await?
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Reset(args) => {

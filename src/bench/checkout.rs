@@ -115,36 +115,56 @@ pub struct CheckoutArgs {
     pub idle_s: u64,
 }
 
-/// One rate step of the schedule.
+/// One rate step of the schedule (shared with `keel bench inventory`).
 #[derive(Debug, Clone, Copy, Serialize)]
-struct Step {
-    rate: f64,
-    seconds: u64,
+pub(crate) struct Step {
+    pub(crate) rate: f64,
+    pub(crate) seconds: u64,
 }
 
 impl Step {
-    fn orders(self) -> u64 {
+    /// What is due in the step: `rate × seconds`, rounded.
+    pub(crate) fn orders(self) -> u64 {
         (self.rate * self.seconds as f64).round().max(0.0) as u64
     }
 }
 
-fn schedule(args: &CheckoutArgs) -> Vec<Step> {
-    if !args.ramp {
-        return vec![Step {
-            rate: args.rate,
-            seconds: args.duration_s,
-        }];
+/// An open-loop schedule: one step at `rate` for `seconds`, or with `ramp` steps of `step_s`
+/// seconds from `start` up by `by` (at least 1) to `max`, at most 1000 steps.
+pub(crate) fn steps(
+    ramp: bool,
+    rate: f64,
+    seconds: u64,
+    start: f64,
+    by: f64,
+    step_s: u64,
+    max: f64,
+) -> Vec<Step> {
+    if !ramp {
+        return vec![Step { rate, seconds }];
     }
     let mut steps = Vec::new();
-    let mut rate = args.ramp_start;
-    while rate <= args.ramp_max + 1e-9 && steps.len() < 1000 {
+    let mut rate = start;
+    while rate <= max + 1e-9 && steps.len() < 1000 {
         steps.push(Step {
             rate,
-            seconds: args.ramp_step_s,
+            seconds: step_s,
         });
-        rate += args.ramp_step.max(1.0);
+        rate += by.max(1.0);
     }
     steps
+}
+
+fn schedule(args: &CheckoutArgs) -> Vec<Step> {
+    steps(
+        args.ramp,
+        args.rate,
+        args.duration_s,
+        args.ramp_start,
+        args.ramp_step,
+        args.ramp_step_s,
+        args.ramp_max,
+    )
 }
 
 /// What the bench learned about one order.
@@ -270,7 +290,8 @@ fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds")
 }
 
-fn latency(values_us: impl IntoIterator<Item = u64>) -> Latency {
+/// The distribution of `values_us` (microseconds; 0 counts as 1 µs).
+pub(crate) fn latency(values_us: impl IntoIterator<Item = u64>) -> Latency {
     let mut h = histogram();
     for v in values_us {
         h.saturating_record(v.max(1));
@@ -711,7 +732,8 @@ pub async fn run(config: &KeelConfig, args: &CheckoutArgs) -> anyhow::Result<Str
     Ok(render(&result, &json_path, &svg_path))
 }
 
-fn url_port(url: &str) -> Option<u16> {
+/// The port of an `http(s)://host[:port]/...` URL (80 / 443 when none is written).
+pub(crate) fn url_port(url: &str) -> Option<u16> {
     let rest = url.split_once("://").map_or(url, |(_, r)| r);
     let host_port = rest.split('/').next()?;
     match host_port.rsplit_once(':') {
@@ -722,7 +744,7 @@ fn url_port(url: &str) -> Option<u16> {
 }
 
 /// A line above the progress bar, or on stderr when there is no bar.
-fn say(progress: &indicatif::ProgressBar, line: String) {
+pub(crate) fn say(progress: &indicatif::ProgressBar, line: String) {
     if progress.is_hidden() {
         eprintln!("{line}");
     } else {
@@ -1036,7 +1058,8 @@ struct Summary<'a> {
     ramp_stopped_early: bool,
 }
 
-fn us(d: Duration) -> u64 {
+/// `d` in whole microseconds (saturating).
+pub(crate) fn us(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
@@ -1203,18 +1226,6 @@ fn summarize(orders: &[OrderRec], s: Summary<'_>) -> CheckoutResult {
 
 /// Latency over time (by the second orders were due): p50, p99 and max, and the p99 limit.
 fn chart(r: &CheckoutResult, path: &std::path::Path, limit_ms: u64) -> anyhow::Result<()> {
-    use plotters::prelude::*;
-    let err = |e: &dyn std::fmt::Debug| anyhow::anyhow!("drawing {}: {e:?}", path.display());
-    let x_max = (r.seconds.len().max(2)) as f64;
-    let y_max = r
-        .seconds
-        .iter()
-        .map(|s| s.max_ms)
-        .fold(limit_ms as f64 * 1.2, f64::max)
-        * 1.05;
-    let root = SVGBackend::new(path, (1100, 860)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| err(&e))?;
-    let (top, bottom) = root.split_vertically(600);
     let title = if r.mode == "ramp" {
         format!(
             "keel bench checkout --ramp: POST → CONFIRMED (kept up to {})",
@@ -1227,21 +1238,64 @@ fn chart(r: &CheckoutResult, path: &std::path::Path, limit_ms: u64) -> anyhow::R
             r.schedule.first().map_or(0.0, |s| s.0)
         )
     };
+    latency_chart(
+        path,
+        &ChartText {
+            title,
+            x_desc: "seconds since the first order was due (orders by the second they were due)",
+            rate_desc: "orders / s",
+            done: "CONFIRMED",
+        },
+        &r.seconds,
+        limit_ms,
+    )
+}
+
+/// The words of a [`latency_chart`].
+pub(crate) struct ChartText {
+    pub(crate) title: String,
+    /// The x axis.
+    pub(crate) x_desc: &'static str,
+    /// The y axis of the lower panel (what is due per second).
+    pub(crate) rate_desc: &'static str,
+    /// The lower panel's completion series (`Second::confirmed_arrived`).
+    pub(crate) done: &'static str,
+}
+
+/// An SVG at `path`: above, latency over time (by the second the work was due: p50, p99, max
+/// and the p99 limit); below, what was due and what completed per second.
+pub(crate) fn latency_chart(
+    path: &std::path::Path,
+    text: &ChartText,
+    seconds: &[Second],
+    limit_ms: u64,
+) -> anyhow::Result<()> {
+    use plotters::prelude::*;
+    let err = |e: &dyn std::fmt::Debug| anyhow::anyhow!("drawing {}: {e:?}", path.display());
+    let x_max = (seconds.len().max(2)) as f64;
+    let y_max = seconds
+        .iter()
+        .map(|s| s.max_ms)
+        .fold(limit_ms as f64 * 1.2, f64::max)
+        * 1.05;
+    let root = SVGBackend::new(path, (1100, 860)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let (top, bottom) = root.split_vertically(600);
     let mut c = ChartBuilder::on(&top)
-        .caption(title, ("sans-serif", 20))
+        .caption(&text.title, ("sans-serif", 20))
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(70)
         .build_cartesian_2d(0f64..x_max, 0f64..y_max)
         .map_err(|e| err(&e))?;
     c.configure_mesh()
-        .x_desc("seconds since the first order was due (orders by the second they were due)")
+        .x_desc(text.x_desc)
         .y_desc("latency, ms")
         .x_label_formatter(&|v| format!("{v:.0}"))
         .y_label_formatter(&|v| format!("{v:.0}"))
         .draw()
         .map_err(|e| err(&e))?;
-    let with_orders: Vec<&Second> = r.seconds.iter().filter(|s| s.confirmed > 0).collect();
+    let with_orders: Vec<&Second> = seconds.iter().filter(|s| s.confirmed > 0).collect();
     type Pick = fn(&Second) -> f64;
     let series: [(&str, RGBColor, Pick); 3] = [
         // Drawn max first so that p99 and p50 stay visible where they meet it.
@@ -1274,8 +1328,7 @@ fn chart(r: &CheckoutResult, path: &std::path::Path, limit_ms: u64) -> anyhow::R
         .map_err(|e| err(&e))?;
 
     // Below: orders due and CONFIRMED events per second (where they part, Keel falls behind).
-    let rate_max = r
-        .seconds
+    let rate_max = seconds
         .iter()
         .map(|s| s.due.max(s.confirmed_arrived))
         .max()
@@ -1289,7 +1342,7 @@ fn chart(r: &CheckoutResult, path: &std::path::Path, limit_ms: u64) -> anyhow::R
         .build_cartesian_2d(0f64..x_max, 0f64..rate_max)
         .map_err(|e| err(&e))?;
     t.configure_mesh()
-        .y_desc("orders / s")
+        .y_desc(text.rate_desc)
         .x_label_formatter(&|v| format!("{v:.0}"))
         .y_label_formatter(&|v| format!("{v:.0}"))
         .draw()
@@ -1297,11 +1350,11 @@ fn chart(r: &CheckoutResult, path: &std::path::Path, limit_ms: u64) -> anyhow::R
     type Count = fn(&Second) -> u64;
     let rates: [(&str, RGBColor, Count); 2] = [
         ("due", RGBColor(150, 150, 150), |s| s.due),
-        ("CONFIRMED", RGBColor(0, 130, 60), |s| s.confirmed_arrived),
+        (text.done, RGBColor(0, 130, 60), |s| s.confirmed_arrived),
     ];
     for (name, color, pick) in rates {
         t.draw_series(LineSeries::new(
-            r.seconds.iter().map(|s| (s.t as f64 + 0.5, pick(s) as f64)),
+            seconds.iter().map(|s| (s.t as f64 + 0.5, pick(s) as f64)),
             color.stroke_width(2),
         ))
         .map_err(|e| err(&e))?

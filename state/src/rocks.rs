@@ -11,10 +11,14 @@
 //! before one input record; [`StoreCore::rollback_to_savepoint`] undoes every write made since
 //! (in every column family, index columns included) and un-queues the changelog records they
 //! queued, so a record that is dead-lettered halfway through the graph leaves no write behind.
-//! The savepoint is an undo log (the pending entry each key had when first written after the
-//! savepoint), so it costs one map entry per distinct key written, not a copy of the set.
+//! The savepoint is an undo log (the pending entry a key had before each write after the
+//! savepoint, undone newest first), so it costs one entry per write, not a copy of the set.
+//!
+//! A pending entry carries its own "waiting for the changelog" mark, so a write is one search
+//! of the pending map (the hot path of every `put`), and draining the changelog is one walk of
+//! it in key order.
 
-use std::collections::{BTreeMap, BTreeSet, btree_map};
+use std::collections::{BTreeMap, btree_map};
 use std::fmt;
 use std::iter::Peekable;
 use std::ops::Bound;
@@ -34,19 +38,23 @@ use crate::types::RestoreBatch;
 /// Index of the primary column family (RocksDB's `default`), the one that is changelogged.
 pub(crate) const PRIMARY: usize = 0;
 
-type Pending = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
+type Pending = BTreeMap<Vec<u8>, PendingWrite>;
 
-/// Per key written since a savepoint: the pending entry it had at the savepoint (`None`: it
-/// had no pending entry; `Some(None)`: a pending delete).
-type Before = BTreeMap<Vec<u8>, Option<Option<Vec<u8>>>>;
+/// An uncommitted write of one key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct PendingWrite {
+    /// The value; `None` is a delete.
+    value: Option<Vec<u8>>,
+    /// The key's latest write has not been taken for the changelog yet (primary column family
+    /// only).
+    unlogged: bool,
+}
 
-/// What the pending set looked like at a savepoint, for the keys written since.
+/// What the pending set looked like at a savepoint: per write since, in order, the column
+/// family, the key and the pending entry the key had just before that write (`None`: none).
 #[derive(Debug, Default)]
 struct Savepoint {
-    /// Per column family.
-    before: Vec<Before>,
-    /// Primary keys queued for the changelog since the savepoint (they were not queued before).
-    queued: Vec<Vec<u8>>,
+    undo: Vec<(usize, Vec<u8>, Option<PendingWrite>)>,
 }
 
 pub(crate) struct StoreCore {
@@ -56,8 +64,9 @@ pub(crate) struct StoreCore {
     columns: &'static [&'static str],
     /// Uncommitted writes, one map per column family.
     pending: Vec<Pending>,
-    /// Primary keys written since the last `take_changelog`.
-    unlogged: BTreeSet<Vec<u8>>,
+    /// Pending primary entries marked `unlogged` (keys written since the last
+    /// `take_changelog`).
+    unlogged: usize,
     /// The open savepoint, if any.
     savepoint: Option<Savepoint>,
     applied_offset: Option<i64>,
@@ -70,7 +79,7 @@ impl fmt::Debug for StoreCore {
             .field("name", &self.name)
             .field("path", &self.path)
             .field("pending_writes", &self.pending_writes())
-            .field("unlogged", &self.unlogged.len())
+            .field("unlogged", &self.unlogged)
             .field("applied_offset", &self.applied_offset)
             .finish_non_exhaustive()
     }
@@ -110,7 +119,7 @@ impl StoreCore {
             db: Arc::new(db),
             columns,
             pending: vec![Pending::new(); columns.len()],
-            unlogged: BTreeSet::new(),
+            unlogged: 0,
             savepoint: None,
             applied_offset,
             write_opts,
@@ -140,7 +149,7 @@ impl StoreCore {
 
     /// Keys whose latest write has not been taken for the changelog yet.
     pub(crate) fn unlogged_writes(&self) -> usize {
-        self.unlogged.len()
+        self.unlogged
     }
 
     fn cf(&self, col: usize) -> Result<&ColumnFamily> {
@@ -176,7 +185,7 @@ impl StoreCore {
         f: impl FnOnce(Option<&[u8]>) -> R,
     ) -> Result<R> {
         if let Some(pending) = self.pending[col].get(key) {
-            return Ok(f(pending.as_deref()));
+            return Ok(f(pending.value.as_deref()));
         }
         let value = self
             .db
@@ -188,29 +197,43 @@ impl StoreCore {
     /// Records a write. `logged` writes to the primary column family are queued for the
     /// changelog; index columns and restored records are not.
     pub(crate) fn write(&mut self, col: usize, key: Vec<u8>, value: Option<Vec<u8>>, logged: bool) {
-        let queue = logged && col == PRIMARY && !self.unlogged.contains(&key);
-        if let Some(savepoint) = &mut self.savepoint {
-            if !savepoint.before[col].contains_key(&key) {
-                let before = self.pending[col].get(&key).cloned();
-                savepoint.before[col].insert(key.clone(), before);
+        let queue = logged && col == PRIMARY;
+        let savepoint = self.savepoint.as_mut();
+        match self.pending[col].entry(key) {
+            btree_map::Entry::Occupied(mut entry) => {
+                let was_unlogged = entry.get().unlogged;
+                if let Some(savepoint) = savepoint {
+                    savepoint
+                        .undo
+                        .push((col, entry.key().clone(), Some(entry.get().clone())));
+                }
+                if queue && !was_unlogged {
+                    self.unlogged += 1;
+                }
+                entry.insert(PendingWrite {
+                    value,
+                    unlogged: was_unlogged || queue,
+                });
             }
-            if queue {
-                savepoint.queued.push(key.clone());
+            btree_map::Entry::Vacant(entry) => {
+                if let Some(savepoint) = savepoint {
+                    savepoint.undo.push((col, entry.key().clone(), None));
+                }
+                if queue {
+                    self.unlogged += 1;
+                }
+                entry.insert(PendingWrite {
+                    value,
+                    unlogged: queue,
+                });
             }
         }
-        if queue {
-            self.unlogged.insert(key.clone());
-        }
-        self.pending[col].insert(key, value);
     }
 
     /// Marks the pending set as it is now (replacing any open savepoint), so that
     /// [`rollback_to_savepoint`](Self::rollback_to_savepoint) can return to it.
     pub(crate) fn set_savepoint(&mut self) {
-        self.savepoint = Some(Savepoint {
-            before: vec![BTreeMap::new(); self.columns.len()],
-            queued: Vec::new(),
-        });
+        self.savepoint = Some(Savepoint::default());
     }
 
     /// Undoes every write since the savepoint — pending entries of every column family and the
@@ -219,20 +242,18 @@ impl StoreCore {
         let Some(savepoint) = self.savepoint.take() else {
             return;
         };
-        for (col, keys) in savepoint.before.into_iter().enumerate() {
-            for (key, before) in keys {
-                match before {
-                    Some(value) => {
-                        self.pending[col].insert(key, value);
-                    }
-                    None => {
-                        self.pending[col].remove(&key);
-                    }
-                }
+        for (col, key, before) in savepoint.undo.into_iter().rev() {
+            let restored_unlogged = before.as_ref().is_some_and(|w| w.unlogged);
+            let undone = match before {
+                Some(write) => self.pending[col].insert(key, write),
+                None => self.pending[col].remove(&key),
+            };
+            if restored_unlogged {
+                self.unlogged += 1;
             }
-        }
-        for key in savepoint.queued {
-            self.unlogged.remove(&key);
+            if undone.is_some_and(|w| w.unlogged) {
+                self.unlogged -= 1;
+            }
         }
     }
 
@@ -283,26 +304,30 @@ impl StoreCore {
     /// Ends any open savepoint: once taken, the records are the runtime's to send.
     pub(crate) fn take_changelog_into(&mut self, out: &mut Vec<ChangelogRecord>) {
         self.savepoint = None;
-        let keys = std::mem::take(&mut self.unlogged);
-        out.reserve(keys.len());
-        for key in keys {
-            if let Some(value) = self.pending[PRIMARY].get(&key) {
+        if self.unlogged == 0 {
+            return;
+        }
+        out.reserve(self.unlogged);
+        for (key, write) in self.pending[PRIMARY].iter_mut() {
+            if write.unlogged {
+                write.unlogged = false;
                 out.push(ChangelogRecord {
                     store: Arc::clone(&self.name),
-                    key,
-                    value: value.clone(),
+                    key: key.clone(),
+                    value: write.value.clone(),
                 });
             }
         }
+        self.unlogged = 0;
     }
 
     /// Applies the pending writes to RocksDB in one batch and records `changelog_offset` as
     /// applied. On error the pending writes are kept, so the commit can be retried.
     pub(crate) fn commit(&mut self, changelog_offset: Option<i64>) -> Result<()> {
-        if !self.unlogged.is_empty() {
+        if self.unlogged > 0 {
             return Err(Error::UndrainedChangelog {
                 store: self.name.to_string(),
-                count: self.unlogged.len(),
+                count: self.unlogged,
             });
         }
         if let (Some(offset), Some(applied)) = (changelog_offset, self.applied_offset)
@@ -331,8 +356,8 @@ impl StoreCore {
             let mut batch = WriteBatch::default();
             for (col, writes) in self.pending.iter().enumerate() {
                 let cf = self.cf(col)?;
-                for (key, value) in writes {
-                    match value {
+                for (key, write) in writes {
+                    match &write.value {
                         Some(value) => batch.put_cf(cf, key, value),
                         None => batch.delete_cf(cf, key),
                     }
@@ -355,7 +380,7 @@ impl StoreCore {
         for writes in &mut self.pending {
             writes.clear();
         }
-        self.unlogged.clear();
+        self.unlogged = 0;
     }
 
     pub(crate) fn ensure_restorable(&self) -> Result<()> {
@@ -408,7 +433,7 @@ impl StoreCore {
     /// Finishes a restore batch that went through the pending set (TTL and timer stores, whose
     /// index is rebuilt from the entries): applies it and records `last_offset`.
     pub(crate) fn finish_restore(&mut self, last_offset: Option<i64>) -> Result<()> {
-        debug_assert!(self.unlogged.is_empty());
+        debug_assert_eq!(self.unlogged, 0);
         let result = self.apply_pending(last_offset.or(self.applied_offset));
         if result.is_err() {
             self.abort();
@@ -448,7 +473,7 @@ impl StoreCore {
 /// pending deletes hiding committed entries. Yields an error (once, then ends) if RocksDB fails.
 pub struct StoreIter<'a> {
     core: &'a StoreCore,
-    pending: Peekable<btree_map::Range<'a, Vec<u8>, Option<Vec<u8>>>>,
+    pending: Peekable<btree_map::Range<'a, Vec<u8>, PendingWrite>>,
     db: DBRawIteratorWithThreadMode<'a, DB>,
     failed: bool,
 }
@@ -491,7 +516,13 @@ impl Iterator for StoreIter<'_> {
                 // The pending write shadows the committed entry.
                 self.db.next();
             }
-            if let Some((key, Some(value))) = self.pending.next() {
+            if let Some((
+                key,
+                PendingWrite {
+                    value: Some(value), ..
+                },
+            )) = self.pending.next()
+            {
                 return Some(Ok((key.clone(), value.clone())));
             }
             // A pending delete: skip it.

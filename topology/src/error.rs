@@ -27,12 +27,15 @@ pub enum Action {
     /// committed offsets and replay the interval after a backoff.
     AbortAndRetry,
     /// The thread's clients cannot go on (a fatal producer error, a producer the broker
-    /// refused a batch from): restart the thread with new clients; its tasks restore.
+    /// refused a batch from, a fenced producer or group member): restart the thread with new
+    /// clients; its tasks restore. (A thread fenced again right after such a restart stops
+    /// the application instead: see [`Error::is_fenced`].)
     RestartThread,
     /// The task's local state cannot be trusted: close it dirty, wipe it and restore it from
     /// the changelog.
     RestoreTask,
-    /// A bug, an invalid configuration or topology, a fenced instance: stop the application.
+    /// A bug, an invalid configuration or topology, a duplicate instance: stop the
+    /// application.
     Stop,
 }
 
@@ -175,6 +178,22 @@ impl Error {
         }
     }
 
+    /// Whether Kafka fenced the thread: its producer (a newer epoch of its transactional id)
+    /// or its group member (another member with its `group.instance.id`). A duplicate
+    /// instance fences, but so does the broker alone: it aborts a transaction left open past
+    /// `transaction.timeout.ms` (a broker paused that long) by bumping the producer's epoch,
+    /// and a restarted group coordinator can fence a static member. So the action is
+    /// [`Action::RestartThread`]; the supervisor (`runtime/mod.rs`) stops the application
+    /// when the restarted thread is fenced again before it commits, within a few session
+    /// timeouts: only another live instance explains that.
+    pub fn is_fenced(&self) -> bool {
+        match self {
+            Error::Kafka { source, .. } => is_fenced(source),
+            Error::Task { source, .. } => source.is_fenced(),
+            _ => false,
+        }
+    }
+
     /// The task the error happened in, if it happened in one.
     pub fn task(&self) -> Option<crate::topology::TaskId> {
         match self {
@@ -230,13 +249,14 @@ pub(crate) fn is_fenced(error: &rdkafka::error::KafkaError) -> bool {
     )
 }
 
-/// Kafka errors: fenced stops (only an instance with the same id fences, and a restart would
-/// fence it back); a fatal transactional error needs a new producer; anything else aborts the
-/// interval and replays it (librdkafka's transactional rules, `thread/txn.rs` `txn_call`, decide
-/// within one call when to call it again instead).
+/// Kafka errors: fenced restarts the thread with new clients (the broker fences a lone
+/// instance too, see [`Error::is_fenced`]; the supervisor tells a duplicate instance apart); a
+/// fatal transactional error needs a new producer; anything else aborts the interval and
+/// replays it (librdkafka's transactional rules, `thread/txn.rs` `txn_call`, decide within one
+/// call when to call it again instead).
 fn kafka_action(error: &rdkafka::error::KafkaError) -> Action {
     match error {
-        _ if is_fenced(error) => Action::Stop,
+        _ if is_fenced(error) => Action::RestartThread,
         rdkafka::error::KafkaError::Transaction(e) if e.is_fatal() => Action::RestartThread,
         _ => Action::AbortAndRetry,
     }
@@ -305,7 +325,18 @@ mod tests {
                     context: "commit".into(),
                     source: KafkaError::Global(RDKafkaErrorCode::ProducerFenced),
                 },
-                Action::Stop,
+                Action::RestartThread,
+            ),
+            (
+                Error::Kafka {
+                    context: "poll".into(),
+                    source: KafkaError::Global(RDKafkaErrorCode::FencedInstanceId),
+                }
+                .in_task(TaskId {
+                    sub_topology: 0,
+                    partition: 1,
+                }),
+                Action::RestartThread,
             ),
             (
                 Error::Transient {
@@ -331,6 +362,32 @@ mod tests {
         for (error, action) in cases {
             assert_eq!(error.action(), action, "{error}");
         }
+    }
+
+    #[test]
+    fn only_kafka_fencing_counts_as_fenced() {
+        let fenced = |code| Error::Kafka {
+            context: "x".into(),
+            source: KafkaError::Global(code),
+        };
+        assert!(fenced(RDKafkaErrorCode::ProducerFenced).is_fenced());
+        assert!(fenced(RDKafkaErrorCode::Fenced).is_fenced());
+        assert!(
+            fenced(RDKafkaErrorCode::FencedInstanceId)
+                .in_task(TaskId {
+                    sub_topology: 0,
+                    partition: 0
+                })
+                .is_fenced()
+        );
+        assert!(!fenced(RDKafkaErrorCode::RequestTimedOut).is_fenced());
+        assert!(
+            !Error::ThreadStopped {
+                thread: 0,
+                reason: "fenced".into()
+            }
+            .is_fenced()
+        );
     }
 
     #[test]

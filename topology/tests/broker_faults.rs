@@ -164,11 +164,6 @@ fn exactly_once_across(tag: &str, times: usize, fault: impl Fn(&mut Broker)) {
 }
 
 #[test]
-#[ignore = "issue 7: fails intermittently (1 of 5 runs): a broker pause fences the lone instance \
-            (the broker aborts the transaction left open past its timeout, then \
-            abort_transaction/send_offsets_to_transaction give `Local: This instance has been \
-            fenced by a newer instance`) and the runtime stops the application as if another \
-            instance had its instance_id (fenced => Action::Stop)"]
 fn a_broker_paused_past_the_transaction_and_session_timeouts_loses_and_duplicates_nothing() {
     exactly_once_across("broker_pause", 2, |broker| {
         broker.pause();
@@ -180,11 +175,6 @@ fn a_broker_paused_past_the_transaction_and_session_timeouts_loses_and_duplicate
 }
 
 #[test]
-#[ignore = "issue 7: fails intermittently (3 of 9 runs, one restart each): a restarted broker fences \
-            the lone instance (the consumer's static member gets FencedInstanceId, fatal, or the \
-            producer `Local: This instance has been fenced by a newer instance`) and the runtime \
-            stops the application as if another instance had its instance_id \
-            (fenced => Action::Stop)"]
 fn a_broker_restarted_mid_stream_loses_and_duplicates_nothing() {
     exactly_once_across("broker_restart", 3, |broker| {
         let down = Instant::now();

@@ -14,7 +14,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer as _,
 
 use crate::config::StreamsConfig;
 use crate::error::{Error, Result};
-use crate::record::OutRecord;
+use crate::record::{Headers, OutRecord};
 
 /// Which client a config is for (picks the pass-through section).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,7 +94,9 @@ impl rdkafka::consumer::ConsumerContext for QuietEof {}
 /// delivery failure, for the commit that follows.
 #[derive(Debug, Default)]
 pub(crate) struct DeliveryLog {
-    last: Mutex<HashMap<(String, i32), i64>>,
+    /// Per topic, per partition (looked up by the delivered message's borrowed topic name: no
+    /// allocation per delivery report).
+    last: Mutex<HashMap<String, HashMap<i32, i64>>>,
     failure: Mutex<Option<DeliveryFailure>>,
     /// The origins of every refused record since the last call of `take_refused_origins`.
     refused: Mutex<Vec<usize>>,
@@ -142,10 +144,18 @@ impl std::fmt::Display for DeliveryFailure {
 impl DeliveryLog {
     /// Offsets delivered since the last call.
     pub(crate) fn take_offsets(&self) -> HashMap<(String, i32), i64> {
-        self.last
+        let last = self
+            .last
             .lock()
             .map(|mut m| std::mem::take(&mut *m))
-            .unwrap_or_default()
+            .unwrap_or_default();
+        last.into_iter()
+            .flat_map(|(topic, partitions)| {
+                partitions
+                    .into_iter()
+                    .map(move |(partition, offset)| ((topic.clone(), partition), offset))
+            })
+            .collect()
     }
 
     /// The first failure since the last call.
@@ -199,10 +209,16 @@ impl ProducerContext for DeliveryLog {
         match result {
             Ok(m) => {
                 if let Ok(mut last) = self.last.lock() {
-                    let entry = last
-                        .entry((m.topic().to_owned(), m.partition()))
-                        .or_insert(-1);
-                    *entry = (*entry).max(m.offset());
+                    let (partition, offset) = (m.partition(), m.offset());
+                    match last.get_mut(m.topic()) {
+                        Some(partitions) => {
+                            let entry = partitions.entry(partition).or_insert(-1);
+                            *entry = (*entry).max(offset);
+                        }
+                        None => {
+                            last.insert(m.topic().to_owned(), HashMap::from([(partition, offset)]));
+                        }
+                    }
                 }
             }
             // Purged by an abort: the abort is already under way.
@@ -223,28 +239,55 @@ impl ProducerContext for DeliveryLog {
 
 pub(crate) type Producer = BaseProducer<DeliveryLog>;
 
-/// Sends one record, waiting for queue space when the local queue is full.
-pub(crate) fn send(producer: &Producer, record: &OutRecord) -> Result<()> {
-    send_from(producer, record, 0)
+/// Sends one record tagged with `origin` (see [`DeliveryFailure::origin`]), waiting for queue
+/// space when the local queue is full. A record the producer refuses at once for what it is
+/// (larger than `message.max.bytes`) is reported like a refused delivery, for the commit to
+/// handle.
+pub(crate) fn send_from(producer: &Producer, record: &OutRecord, origin: usize) -> Result<()> {
+    send_parts(
+        producer,
+        Outgoing {
+            topic: &record.topic,
+            partition: record.partition,
+            key: record.key.as_deref(),
+            value: record.value.as_deref(),
+            timestamp: record.timestamp,
+            headers: &record.headers,
+        },
+        origin,
+    )
 }
 
-/// Sends one record tagged with `origin` (see [`DeliveryFailure::origin`]). A record the
-/// producer refuses at once for what it is (larger than `message.max.bytes`) is reported like
-/// a refused delivery, for the commit to handle.
-pub(crate) fn send_from(producer: &Producer, record: &OutRecord, origin: usize) -> Result<()> {
-    let mut headers = OwnedHeaders::new();
-    for (name, value) in record.headers.iter() {
-        headers = headers.insert(Header { key: name, value });
-    }
+/// A record to send, borrowed from wherever it lives (an [`OutRecord`], a changelog record).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Outgoing<'a> {
+    pub(crate) topic: &'a str,
+    /// `None`: the producer's partitioner (murmur2 of the key).
+    pub(crate) partition: Option<i32>,
+    pub(crate) key: Option<&'a [u8]>,
+    pub(crate) value: Option<&'a [u8]>,
+    /// Milliseconds since the epoch; negative values are sent as 0.
+    pub(crate) timestamp: i64,
+    pub(crate) headers: &'a Headers,
+}
+
+/// Sends `record` tagged with `origin`, as [`send_from`]. Builds librdkafka's header list only
+/// for a record that has headers (an empty list is still one allocation and free per record).
+pub(crate) fn send_parts(producer: &Producer, record: Outgoing<'_>, origin: usize) -> Result<()> {
     let mut base: BaseRecord<'_, [u8], [u8], usize> =
-        BaseRecord::with_opaque_to(&record.topic, origin)
-            .timestamp(record.timestamp.max(0))
-            .headers(headers);
-    if let Some(key) = &record.key {
-        base = base.key(key.as_slice());
+        BaseRecord::with_opaque_to(record.topic, origin).timestamp(record.timestamp.max(0));
+    if !record.headers.0.is_empty() {
+        let mut headers = OwnedHeaders::new_with_capacity(record.headers.0.len());
+        for (name, value) in record.headers.iter() {
+            headers = headers.insert(Header { key: name, value });
+        }
+        base = base.headers(headers);
     }
-    if let Some(value) = &record.value {
-        base = base.payload(value.as_slice());
+    if let Some(key) = record.key {
+        base = base.key(key);
+    }
+    if let Some(value) = record.value {
+        base = base.payload(value);
     }
     if let Some(p) = record.partition {
         base = base.partition(p);
@@ -258,7 +301,7 @@ pub(crate) fn send_from(producer: &Producer, record: &OutRecord, origin: usize) 
             }
             Err((e, _)) => {
                 let failure = DeliveryFailure {
-                    topic: record.topic.clone(),
+                    topic: record.topic.to_owned(),
                     error: e.clone(),
                     origin,
                 };

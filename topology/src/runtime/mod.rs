@@ -13,7 +13,7 @@ mod thread;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use keel_state::StoreEnv;
 use prometheus::Registry;
@@ -107,15 +107,37 @@ impl KafkaStreams {
 }
 
 /// Runs a stream thread, restarting it (fresh clients, tasks restored) after Kafka failures
-/// such as a fenced producer; stops the application on bugs and fatal processor errors.
+/// such as a fenced producer; stops the application on bugs, fatal processor errors and a
+/// duplicate instance ([`duplicate_instance`]).
 fn supervise(index: usize, shared: Arc<Shared>) -> Result<()> {
     let mut backoff = Duration::from_millis(shared.config.retry_backoff_ms);
     let max = Duration::from_millis(shared.config.retry_backoff_max_ms);
+    let window = fence_window(&shared.config);
+    // When the thread last restarted because it was fenced.
+    let mut fenced_restart: Option<Instant> = None;
     loop {
-        match thread::run(index, shared.clone()) {
+        let mut progress = thread::Progress::default();
+        let result = thread::run(index, shared.clone(), &mut progress);
+        match result {
             Ok(()) => return Ok(()),
+            Err(e) if e.is_fenced() && !shared.shutdown.load(Ordering::Relaxed) => {
+                let now = Instant::now();
+                if duplicate_instance(fenced_restart, progress.committed, now, window) {
+                    let e = duplicate_instance_error(index, &shared.config, fenced_restart, e);
+                    tracing::error!(thread = index, error = %e, "stopping the application");
+                    shared.shutdown.store(true, Ordering::Relaxed);
+                    return Err(e);
+                }
+                tracing::warn!(thread = index, error = %e, ?backoff, "stream thread fenced; restarting it with new clients");
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(max);
+                fenced_restart = Some(Instant::now());
+            }
             Err(e) if restartable(&e) && !shared.shutdown.load(Ordering::Relaxed) => {
                 tracing::warn!(thread = index, error = %e, ?backoff, "stream thread failed; restarting it");
+                // Some other trouble (the broker away, most likely) came between: a fence
+                // after it says nothing about a duplicate instance.
+                fenced_restart = None;
                 std::thread::sleep(backoff);
                 backoff = (backoff * 2).min(max);
             }
@@ -128,9 +150,59 @@ fn supervise(index: usize, shared: Arc<Shared>) -> Result<()> {
     }
 }
 
-/// What the thread could not cure in place (transient, or its clients unusable) restarts it
-/// with new clients; the rest ([`Error::action`]: a fenced producer — only a process with the
-/// same instance id fences it, and a restart would fence that one back —, a bug) stops.
+/// How soon after a restart for a fence a second fence means a duplicate instance: two
+/// session timeouts of the group consumer (`session.timeout.ms`, 10 s unless configured). Two
+/// instances with one instance id fence each other within about one: the restarted thread's
+/// `init_transactions` and join fence the other at once, which notices at its next
+/// transactional call or heartbeat (3 s) and restarts, fencing this one back. A broker that
+/// fences a lone instance (paused past the transaction timeout, restarted) takes longer than
+/// that to do it again, and the thread commits in between.
+fn fence_window(config: &StreamsConfig) -> Duration {
+    let session_ms = config
+        .consumer
+        .get("session.timeout.ms")
+        .or_else(|| config.client.get("session.timeout.ms"))
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(10_000);
+    Duration::from_millis(session_ms.saturating_mul(2))
+}
+
+/// Whether a fenced thread met a duplicate instance (stop) rather than a broker fault
+/// (restart): it was fenced again within `window` of its last restart for a fence
+/// (`fenced_restart`; a restart for another failure in between clears it), and that run never
+/// committed. Only another live instance with its
+/// instance id fences a fresh thread again that soon; a lone instance's restarted thread
+/// commits (or outlives the window) before the broker can fence it again.
+fn duplicate_instance(
+    fenced_restart: Option<Instant>,
+    committed_since: bool,
+    now: Instant,
+    window: Duration,
+) -> bool {
+    !committed_since && fenced_restart.is_some_and(|at| now.saturating_duration_since(at) < window)
+}
+
+/// The error a duplicate instance stops the application with: says what to fix.
+fn duplicate_instance_error(
+    index: usize,
+    config: &StreamsConfig,
+    fenced_restart: Option<Instant>,
+    fenced: Error,
+) -> Error {
+    let instance = config.instance_id();
+    let since = fenced_restart.map(|at| at.elapsed()).unwrap_or_default();
+    Error::ThreadStopped {
+        thread: index,
+        reason: format!(
+            "fenced again {since:?} after restarting for a fence, before committing: another instance runs with instance_id {instance:?} (transactional.id {app}-{instance}-{index}, group.instance.id {instance}-{index}); give each instance its own instance_id: {fenced}",
+            app = config.application_id
+        ),
+    }
+}
+
+/// What the thread could not cure in place (transient, or its clients unusable, or fenced
+/// once) restarts it with new clients; the rest ([`Error::action`]: a bug, an invalid
+/// configuration) stops.
 fn restartable(e: &Error) -> bool {
     matches!(
         e.action(),
@@ -283,5 +355,50 @@ impl StreamsHandle {
             .unwrap_or_default();
         out.sort();
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WINDOW: Duration = Duration::from_secs(12);
+
+    #[test]
+    fn a_first_fence_restarts_the_thread() {
+        assert!(!duplicate_instance(None, false, Instant::now(), WINDOW));
+    }
+
+    #[test]
+    fn a_fence_soon_after_a_restart_for_a_fence_without_a_commit_is_a_duplicate_instance() {
+        let restarted = Instant::now();
+        let now = restarted + Duration::from_secs(4);
+        assert!(duplicate_instance(Some(restarted), false, now, WINDOW));
+    }
+
+    #[test]
+    fn a_restarted_thread_that_committed_or_outlived_the_window_restarts_again() {
+        let restarted = Instant::now();
+        assert!(!duplicate_instance(
+            Some(restarted),
+            true,
+            restarted + Duration::from_secs(4),
+            WINDOW
+        ));
+        assert!(!duplicate_instance(
+            Some(restarted),
+            false,
+            restarted + WINDOW,
+            WINDOW
+        ));
+    }
+
+    #[test]
+    fn the_window_is_two_session_timeouts() {
+        let mut c = StreamsConfig::new("app", "localhost:9092");
+        assert_eq!(fence_window(&c), Duration::from_secs(20));
+        c.consumer
+            .insert("session.timeout.ms".into(), "6000".into());
+        assert_eq!(fence_window(&c), Duration::from_secs(12));
     }
 }

@@ -130,12 +130,14 @@ impl Core {
 
     /// Whether the task reading `topic`/`partition` is still restoring.
     pub(super) fn is_restoring(&self, topic: &str, partition: i32) -> bool {
-        self.shared.topic_subs.get(topic).is_some_and(|&sub| {
-            self.restoring.contains_key(&TaskId {
-                sub_topology: sub,
-                partition,
+        // Asked for every polled record: no topic lookup while nothing restores.
+        !self.restoring.is_empty()
+            && self.shared.topic_subs.get(topic).is_some_and(|&sub| {
+                self.restoring.contains_key(&TaskId {
+                    sub_topology: sub,
+                    partition,
+                })
             })
-        })
     }
 
     /// Restores one slice ([`restore::SLICE`]) of one restoring task — the one under way, or

@@ -116,6 +116,10 @@ struct Core {
     /// Per input topic: the records-in counter and the record-age histogram (label lookups
     /// hash, so they are resolved once, not per record).
     topic_metrics: HashMap<Arc<str>, (prometheus::IntCounter, prometheus::Histogram)>,
+    /// Per output topic: the records-out counter (resolved once, like `topic_metrics`).
+    records_out: HashMap<String, prometheus::IntCounter>,
+    /// The input topic names seen, shared by every record polled from them.
+    topic_names: Vec<Arc<str>>,
     /// When wall-clock punctuators were last checked.
     last_wall_check: Instant,
     /// Last committed position per owned input partition (`None`: nothing committed yet).
@@ -128,9 +132,11 @@ struct Core {
     /// The producer returned a fatal transactional error (or kept timing out): the thread must
     /// restart with a new producer instead of aborting.
     producer_fatal: bool,
-    /// Why the application must stop (a duplicate instance, a fatal consumer error): no
-    /// restart can cure it.
+    /// Why the application must stop (a fatal consumer error): no restart can cure it.
     stop: Option<String>,
+    /// Whether this incarnation of the thread has committed a transaction (or, under
+    /// at-least-once, offsets): reported to the supervisor through [`Progress`].
+    committed_once: bool,
     /// A record polled but not processed yet: commits before it stop at its offset.
     unprocessed: Option<(String, i32, i64)>,
     /// The input record behind each output sent in this interval (the delivery tag is the
@@ -159,8 +165,17 @@ fn lock(core: &Mutex<Core>) -> MutexGuard<'_, Core> {
 type GroupConsumer = BaseConsumer<ThreadContext>;
 pub(crate) type RestoreConsumer = BaseConsumer<kafka::QuietEof>;
 
-/// Runs one stream thread until shutdown or an error it cannot recover from in place.
-pub(crate) fn run(index: usize, shared: Arc<Shared>) -> Result<()> {
+/// What one run of a stream thread achieved, whatever it ended with (for the supervisor's
+/// decision after a fence, `runtime/mod.rs`).
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Progress {
+    /// It committed at least once.
+    pub(crate) committed: bool,
+}
+
+/// Runs one stream thread until shutdown or an error it cannot recover from in place;
+/// `progress` says what it achieved.
+pub(crate) fn run(index: usize, shared: Arc<Shared>, progress: &mut Progress) -> Result<()> {
     let config = &shared.config;
     let instance = config.instance_id();
     let producer = clients::producer(config, &instance, index)?;
@@ -175,12 +190,15 @@ pub(crate) fn run(index: usize, shared: Arc<Shared>) -> Result<()> {
         restoring: BTreeMap::new(),
         positions: HashMap::new(),
         topic_metrics: HashMap::new(),
+        records_out: HashMap::new(),
+        topic_names: Vec::new(),
         last_wall_check: Instant::now(),
         committed: HashMap::new(),
         pending_assign: Vec::new(),
         corrupt: Vec::new(),
         producer_fatal: false,
         stop: None,
+        committed_once: false,
         unprocessed: None,
         origins: Vec::new(),
         txn_open: false,
@@ -200,8 +218,11 @@ pub(crate) fn run(index: usize, shared: Arc<Shared>) -> Result<()> {
 
     let result = run_loop(&consumer, &core);
     let mut c = lock(&core);
+    progress.committed = c.committed_once;
     let closed = c.close_all(&consumer, result.is_ok());
     drop(c);
+    // The consumer goes before the supervisor builds the next one with the same
+    // `group.instance.id`.
     drop(consumer);
     result.and(closed)
 }
@@ -259,7 +280,9 @@ fn run_loop(consumer: &GroupConsumer, core: &Mutex<Core>) -> Result<()> {
         if let Err(e) = &step
             && c.producer_fatal
         {
-            tracing::error!(thread = c.index, error = %e, "fatal producer error; restarting the thread");
+            if !e.is_fenced() {
+                tracing::error!(thread = c.index, error = %e, "fatal producer error; restarting the thread");
+            }
             return step;
         }
         match step {
@@ -319,7 +342,7 @@ impl Core {
                 // running (`restore_slice`) fetches it again.
             }
             Some(Ok(m)) => {
-                let raw = to_raw(&m);
+                let raw = to_raw(&m, &mut self.topic_names);
                 let suspect = poisoned(&self.shared).suspects.contains(&(
                     raw.topic.clone(),
                     raw.partition,
@@ -341,19 +364,26 @@ impl Core {
             Some(Err(KafkaError::PartitionEOF(_))) | None => {}
             Some(Err(e)) => {
                 // librdkafka reports a fatal consumer error once, as an event; after it the
-                // consumer is unusable. Static membership makes a second instance with the
-                // same instance id fence this one (FencedInstanceId): a restart here would
-                // fence it back, forever, so the application stops and says why.
+                // consumer is unusable. A fenced static member (FencedInstanceId: another
+                // member joined with this thread's group.instance.id, or a restarted
+                // coordinator lost track of this one) restarts the thread with a new consumer;
+                // the supervisor stops the application if that one is fenced again at once (a
+                // duplicate instance). Any other fatal consumer error stops it.
                 if let Some((code, reason)) = consumer.client().fatal_error() {
-                    let instance = self.shared.config.instance_id();
-                    return Err(self.stop_with(if code == RDKafkaErrorCode::FencedInstanceId {
-                        format!(
-                            "another instance joined the group with group.instance.id {instance}-{} (two instances started with instance_id {instance:?}?): {reason}",
-                            self.index
-                        )
-                    } else {
-                        format!("the consumer failed fatally ({code:?}): {reason}")
-                    }));
+                    if code == RDKafkaErrorCode::FencedInstanceId {
+                        tracing::warn!(thread = self.index, %reason, "the group consumer was fenced");
+                        return Err(Error::Kafka {
+                            context: format!(
+                                "the group consumer (group.instance.id {}-{}) was fenced: {reason}",
+                                self.shared.config.instance_id(),
+                                self.index
+                            ),
+                            source: KafkaError::Global(code),
+                        });
+                    }
+                    return Err(
+                        self.stop_with(format!("the consumer failed fatally ({code:?}): {reason}"))
+                    );
                 }
                 tracing::warn!(thread = self.index, error = %e, "consumer error");
             }

@@ -3,6 +3,7 @@
 //! punctuators of every task, and sending what they produced, tagged with the input it came
 //! from. Also the conversion of a polled Kafka message into a [`RawRecord`].
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::message::{Headers as _, Message};
@@ -133,11 +134,19 @@ impl Core {
                     .with_label_values(&[source])
                     .inc();
             } else {
-                self.shared
-                    .metrics
-                    .records_out
-                    .with_label_values(&[&out.topic])
-                    .inc();
+                // Resolved once per topic: a label lookup hashes and locks.
+                match self.records_out.get(out.topic.as_str()) {
+                    Some(counter) => counter.inc(),
+                    None => {
+                        let counter = self
+                            .shared
+                            .metrics
+                            .records_out
+                            .with_label_values(&[&out.topic]);
+                        counter.inc();
+                        self.records_out.insert(out.topic.clone(), counter);
+                    }
+                }
             }
         }
         if !output.is_empty() {
@@ -170,7 +179,21 @@ impl Core {
     }
 }
 
-pub(super) fn to_raw(m: &rdkafka::message::BorrowedMessage<'_>) -> RawRecord {
+/// `m` as a [`RawRecord`]; its topic name is shared from `topics` (the thread's input topics,
+/// a handful), so a record costs no allocation for it.
+pub(super) fn to_raw(
+    m: &rdkafka::message::BorrowedMessage<'_>,
+    topics: &mut Vec<Arc<str>>,
+) -> RawRecord {
+    let name = m.topic();
+    let topic = match topics.iter().find(|t| ***t == *name) {
+        Some(t) => Arc::clone(t),
+        None => {
+            let t: Arc<str> = name.into();
+            topics.push(Arc::clone(&t));
+            t
+        }
+    };
     let mut headers = Headers::default();
     if let Some(h) = m.headers() {
         for header in h.iter() {
@@ -181,7 +204,7 @@ pub(super) fn to_raw(m: &rdkafka::message::BorrowedMessage<'_>) -> RawRecord {
         }
     }
     RawRecord {
-        topic: m.topic().into(),
+        topic,
         partition: m.partition(),
         offset: m.offset(),
         timestamp: m.timestamp().to_millis().unwrap_or(0),

@@ -124,18 +124,25 @@ impl Core {
                     });
                 }
                 TxnAction::Retry | TxnAction::Fatal => {
-                    tracing::error!(thread = self.index, error = %error, ?action, "{what} failed; this producer cannot go on");
                     self.producer_fatal = true;
                     if is_fenced(&error) {
-                        // Transactional ids are <app>-<instance>-<thread>: only a process with
-                        // the same instance id fences this producer. Restarting would fence it
-                        // back (and so on): stop.
-                        let instance = self.shared.config.instance_id();
-                        return Err(self.stop_with(format!(
-                            "{what}: this producer was fenced by another with transactional.id {}-{instance}-{}: another instance runs with instance_id {instance:?}: {error}",
-                            self.shared.config.application_id, self.index
-                        )));
+                        // A newer epoch of transactional.id <app>-<instance>-<thread>: another
+                        // instance with this instance id, or the broker itself (it aborted a
+                        // transaction left open past its timeout). Either way this producer is
+                        // done: the thread restarts with new clients, and the supervisor stops
+                        // the application if the new ones are fenced again at once.
+                        tracing::warn!(thread = self.index, error = %error, "{what}: the producer was fenced");
+                        return Err(Error::Kafka {
+                            context: format!(
+                                "{context}: the producer (transactional.id {}-{}-{}) was fenced",
+                                self.shared.config.application_id,
+                                self.shared.config.instance_id(),
+                                self.index
+                            ),
+                            source: error,
+                        });
                     }
+                    tracing::error!(thread = self.index, error = %error, ?action, "{what} failed; this producer cannot go on");
                     return Err(Error::Kafka {
                         context,
                         source: error,
@@ -180,22 +187,37 @@ impl Core {
         let started = Instant::now();
         let env = &self.shared.env;
         let mut changelog_owner: HashMap<(String, i32), (TaskId, String)> = HashMap::new();
+        // One timestamp for the interval's changelog records, and the topic name resolved once
+        // per store (a task's records come store by store), not per record.
+        let timestamp = now_ms();
+        let no_headers = Headers::default();
         for (id, task) in self.tasks.iter_mut() {
+            let mut current: Option<(Arc<str>, String)> = None;
             for record in task.state_mut().take_changelog() {
-                let topic = env.changelog_topic(&record.store);
-                changelog_owner
-                    .entry((topic.clone(), id.partition))
-                    .or_insert((*id, record.store.to_string()));
-                kafka::send(
+                if current
+                    .as_ref()
+                    .is_none_or(|(store, _)| **store != *record.store)
+                {
+                    let topic = env.changelog_topic(&record.store);
+                    changelog_owner
+                        .entry((topic.clone(), id.partition))
+                        .or_insert_with(|| (*id, record.store.to_string()));
+                    current = Some((Arc::clone(&record.store), topic));
+                }
+                let Some((_, topic)) = &current else {
+                    continue;
+                };
+                kafka::send_parts(
                     &self.producer,
-                    &crate::record::OutRecord {
+                    kafka::Outgoing {
                         topic,
                         partition: Some(id.partition),
-                        key: Some(record.key),
-                        value: record.value,
-                        timestamp: now_ms(),
-                        headers: Headers::default(),
+                        key: Some(&record.key),
+                        value: record.value.as_deref(),
+                        timestamp,
+                        headers: &no_headers,
                     },
+                    0,
                 )?;
             }
         }
@@ -317,6 +339,7 @@ impl Core {
             return Err(e.into());
         }
         self.last_commit = Instant::now();
+        self.committed_once = true;
         self.shared.metrics.commits.inc();
         self.shared
             .metrics

@@ -68,6 +68,9 @@ public final class KStreamsReference {
             options.setWriteBufferManager(WRITE_BUFFERS);
             options.setWriteBufferSize(8 * MIB);
             options.setMaxWriteBufferNumber(3);
+            // Keel's memtable whole-key Bloom filter (10 % of the memtable), added in issue 14.
+            options.setMemtablePrefixBloomSizeRatio(0.1);
+            options.setMemtableWholeKeyFiltering(true);
             options.setCompressionType(CompressionType.LZ4_COMPRESSION);
             options.setLevelCompactionDynamicLevelBytes(true);
             options.setMaxOpenFiles(-1);
