@@ -227,6 +227,76 @@ pub fn keel_connectors(config: &KeelConfig) -> anyhow::Result<Vec<ConnectorConfi
     Ok(out)
 }
 
+/// The outbox connectors of this configuration (`planned`, by name) that are `registered` in
+/// Kafka Connect, in `planned` order.
+fn second_publishers(planned: &[String], registered: &[String]) -> Vec<String> {
+    planned
+        .iter()
+        .filter(|name| registered.contains(name))
+        .cloned()
+        .collect()
+}
+
+/// Why `keel run` refuses to relay while `names` (this configuration's outbox connectors) are
+/// registered on Connect at `url`, and the two ways out.
+fn second_publisher_error(names: &[String], url: &str) -> String {
+    format!(
+        "refusing to start the outbox relay: Keel's Debezium outbox connectors for this \
+         configuration are registered in Kafka Connect ({url}): {}. They publish the same \
+         outbox rows ([outbox].mode = \"debezium\", e.g. left by `make demo`), so the relay \
+         ([outbox].mode = \"relay\") would publish every outbox row twice. Either let the \
+         connectors publish: KEEL__OUTBOX__MODE=debezium keel run; or remove them first: \
+         keel connectors delete {}",
+        names.join(", "),
+        names.join(" ")
+    )
+}
+
+/// `keel run` with the relay role in `[outbox].mode = "relay"`: fails when this
+/// configuration's own outbox connectors (`outbox_connectors`) are registered in Kafka Connect,
+/// since both would publish every outbox row. Connect unreachable (or answering an error): a
+/// warning, and the relay starts (relay mode does not depend on Connect). Other modes: `Ok`.
+pub async fn refuse_second_outbox_publisher(config: &KeelConfig) -> anyhow::Result<()> {
+    if config.outbox.mode != OutboxMode::Relay {
+        return Ok(());
+    }
+    let planned: Vec<String> = outbox_connectors(config)?
+        .iter()
+        .map(|c| c.name().to_owned())
+        .collect();
+    let registered = match ConnectClient::new(&config.connect.url).connectors().await {
+        Ok(names) => names,
+        Err(e) => {
+            tracing::warn!(
+                error = %e,
+                connectors = planned.join(","),
+                "could not check Kafka Connect for Debezium outbox connectors of this \
+                 configuration (they would publish the outbox a second time); the relay starts"
+            );
+            return Ok(());
+        }
+    };
+    let both = second_publishers(&planned, &registered);
+    anyhow::ensure!(
+        both.is_empty(),
+        "{}",
+        second_publisher_error(&both, &config.connect.url)
+    );
+    Ok(())
+}
+
+/// The `registered` connectors named `<application_id>-…`, sorted: what `status` shows when
+/// no connector is named and none configured.
+fn of_application(application_id: &str, registered: Vec<String>) -> Vec<String> {
+    let prefix = format!("{application_id}-");
+    let mut out: Vec<String> = registered
+        .into_iter()
+        .filter(|name| name.starts_with(&prefix))
+        .collect();
+    out.sort();
+    out
+}
+
 /// Whether `register` makes the publication of PostgreSQL connector `settings` itself: only
 /// when the connector does not create its own (`publication.autocreate.mode = disabled`, the
 /// payment outbox connector's). A `filtered` (or `all_tables`) publication is Debezium's: the
@@ -576,9 +646,25 @@ pub async fn run(config: &KeelConfig, action: ConnectorsAction) -> anyhow::Resul
         }
         ConnectorsAction::Status { names } => {
             let planned = keel_connectors(config)?;
+            let app = &config.streams.application_id;
+            let found = if names.is_empty() && planned.is_empty() {
+                of_application(app, connect.connectors().await?)
+            } else {
+                Vec::new()
+            };
+            let names = if found.is_empty() {
+                names_or_keel(config, names)?
+            } else {
+                println!(
+                    "none configured here ([outbox].mode = \"relay\", no carts or ledger \
+                     connector): showing the connectors registered in Kafka Connect named \
+                     {app}-*"
+                );
+                found
+            };
             let mut ledger = None;
             let mut ok = true;
-            for name in names_or_keel(config, names)? {
+            for name in names {
                 ok &= print_status(&connect, config, &planned, &mut ledger, &name).await?;
             }
             if !ok {
@@ -623,6 +709,43 @@ mod tests {
             outbox::EVENT_ID_HEADER,
             keel_processors::outbox::EVENT_ID_HEADER
         );
+    }
+
+    #[test]
+    fn the_relay_refuses_only_this_configurations_registered_outbox_connectors() {
+        let planned = ["a-order-outbox".to_owned(), "a-payment-outbox".to_owned()];
+        let registered = [
+            "a-payment-outbox".to_owned(),
+            "b-order-outbox".to_owned(),
+            "a-order-outbox".to_owned(),
+        ];
+        let both = second_publishers(&planned, &registered);
+        assert_eq!(both, ["a-order-outbox", "a-payment-outbox"]);
+        assert!(second_publishers(&planned, &registered[1..2]).is_empty());
+        let message = second_publisher_error(&both, "http://connect:8083");
+        for part in [
+            "a-order-outbox, a-payment-outbox",
+            "twice",
+            "KEEL__OUTBOX__MODE=debezium",
+            "keel connectors delete a-order-outbox a-payment-outbox",
+        ] {
+            assert!(message.contains(part), "{part:?} in {message}");
+        }
+    }
+
+    #[test]
+    fn status_falls_back_to_the_applications_registered_connectors() {
+        let registered = vec![
+            "shop-payment-outbox".to_owned(),
+            "shopper-order-outbox".to_owned(),
+            "other-order-outbox".to_owned(),
+            "shop-order-outbox".to_owned(),
+        ];
+        assert_eq!(
+            of_application("shop", registered),
+            ["shop-order-outbox", "shop-payment-outbox"]
+        );
+        assert!(of_application("shop", vec!["shopper-x".to_owned()]).is_empty());
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! - `keel psp-mock` serves the PSP mock the payment service talks to.
 //! - `keel carts seed` / `keel inventory seed` load demo and test data.
 //! - `keel order <id>` shows an order and its timeline with Kafka coordinates.
-//! - `keel lag [--once] [--json]` shows consumer-group lag per partition.
+//! - `keel lag [--once] [--json] [--all | --group <name>...]` shows consumer-group lag per
+//!   partition.
 //! - `keel stack up|down|status|reload|logs|env|install|kafka-tool` drives the local servers
 //!   (`stack/keel-stack`; `reload` re-reads configuration in place, e.g. Prometheus' scrape list).
 //! - `keel smoke` checks every server of the stack with the real clients Keel uses.
@@ -82,13 +83,19 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Consumer-group lag per partition of Keel's applications and the Connect workers,
+    /// Consumer-group lag per partition of this configuration's groups and Kafka Connect's,
     /// refreshed in place (`--once` to print once, `--json` for scripts).
     Lag {
         #[arg(long)]
         once: bool,
         #[arg(long)]
         json: bool,
+        /// Every consumer group of the cluster, not only this configuration's.
+        #[arg(long, conflicts_with = "group")]
+        all: bool,
+        /// Only this group (repeatable).
+        #[arg(long = "group", value_name = "NAME")]
+        group: Vec<String>,
         /// Refresh interval in seconds.
         #[arg(long, default_value_t = 2)]
         interval: u64,
@@ -359,12 +366,22 @@ async fn main() -> anyhow::Result<ExitCode> {
         Command::Lag {
             once,
             json,
+            all,
+            group,
             interval,
         } => {
             let config = KeelConfig::load(cli.config.as_deref())?;
+            let selection = if all {
+                lag::Selection::All
+            } else if group.is_empty() {
+                lag::Selection::Keel
+            } else {
+                lag::Selection::Groups(group)
+            };
             tokio::task::spawn_blocking(move || {
                 lag::run(
                     &config,
+                    &selection,
                     once,
                     json,
                     std::time::Duration::from_secs(interval.max(1)),

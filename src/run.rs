@@ -616,6 +616,10 @@ pub async fn run(config: KeelConfig, roles: BTreeSet<Role>) -> anyhow::Result<()
         let connectors = crate::connectors::outbox_connectors(&config)?;
         crate::connectors::register(&config, &connectors).await?;
     }
+    // `[outbox].mode = "relay"`: not while this configuration's Debezium connectors publish too.
+    if roles.contains(&Role::Relay) {
+        crate::connectors::refuse_second_outbox_publisher(&config).await?;
+    }
     let codec = Codec::new(config.registry.clone())?;
     let mut running = Running {
         shutdown: CancellationToken::new(),

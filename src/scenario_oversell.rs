@@ -5,14 +5,16 @@
 //! 1. reads the running Keel's `[inventory].hold_ttl_ms` and `[inventory].oversell` from
 //!    `GET /metrics` (`inventory_hold_ttl_ms`, `inventory_oversell_policy{policy}`: the process
 //!    reports what it runs with) and fails at once, saying what to change, when the TTL is not
-//!    the one the scenario was asked for (`--hold-ttl-ms`, default 2 minutes, the seed's) or the
-//!    policy is not `--oversell` (when given). The PSP delay must lie between the TTL and the
-//!    payment service's PSP timeout: that timeout is read from the configuration this command
-//!    is given (`[payment].psp_timeout_ms`, `[saga].payment_timeout_ms`), so run it with the
-//!    same `--config`/`KEEL__*` as `keel run`;
+//!    the one the scenario was asked for (`--hold-ttl-ms`, default 2 minutes, issue 13's, while
+//!    `keel run`'s default `[inventory].hold_ttl_ms` is 10 minutes: start it with
+//!    `KEEL__INVENTORY__HOLD_TTL_MS` set to match) or the policy is not `--oversell` (when
+//!    given). The PSP delay must lie between the TTL and the payment service's PSP timeout: that
+//!    timeout is read from the configuration this command is given (`[payment].psp_timeout_ms`,
+//!    `[saga].payment_timeout_ms`), so run it with the same `--config`/`KEEL__*` as `keel run`;
 //! 2. seeds one unit of a fresh SKU and two carts of one unit each;
 //! 3. `PUT /admin/behaviour` on the PSP mock: every authorization answers after `--psp-delay-ms`
-//!    (default TTL + 15 s); places order A (`tok_visa`); as soon as the mock has A's call
+//!    (default [`default_psp_delay`]: TTL + 15 s, less when the timeouts leave less room);
+//!    places order A (`tok_visa`); as soon as the mock has A's call
 //!    (`GET /admin/stats`), restores the mock's behaviour (a plan is fixed when a call arrives);
 //! 4. waits for A's hold to lapse (`inventory.released.v1`, `HOLD_EXPIRED`), places order B,
 //!    which takes the unit and is `CONFIRMED`;
@@ -44,12 +46,14 @@ use crate::seed;
 /// `keel scenario oversell` flags (ignored by the other scenarios).
 #[derive(Debug, Clone, clap::Args)]
 pub struct OversellArgs {
-    /// oversell: the hold TTL (ms) the running Keel must have (`[inventory].hold_ttl_ms`); the
-    /// seed's 2 minutes by default. Scale it down together with `keel run`'s setting.
+    /// oversell: the hold TTL (ms) the running Keel must have (`[inventory].hold_ttl_ms`);
+    /// default 2 minutes (issue 13), while `keel run` defaults to 10 minutes: start it with
+    /// KEEL__INVENTORY__HOLD_TTL_MS set to this value (e.g. 15000 for both).
     #[arg(long, default_value_t = 120_000)]
     pub hold_ttl_ms: u64,
     /// oversell: how long the PSP mock holds every authorization back (ms); default: the hold
-    /// TTL + 15 s. Must be below `[payment].psp_timeout_ms` and `[saga].payment_timeout_ms`.
+    /// TTL + 15 s, or TTL + half the room left below the payment timeouts when that is less.
+    /// Must be below `[payment].psp_timeout_ms` and `[saga].payment_timeout_ms`.
     #[arg(long)]
     pub psp_delay_ms: Option<u64>,
     /// oversell: the policy the running Keel must have (`allow`/`prevent`); default: whichever
@@ -61,6 +65,15 @@ pub struct OversellArgs {
 /// What gets the order B's unit back in time: B is placed once A's hold lapsed and must be
 /// confirmed before A's authorization comes back.
 const MARGIN_MS: u64 = 15_000;
+
+/// The PSP delay (ms) when `--psp-delay-ms` is not given: `ttl + min(MARGIN_MS, room / 2)`,
+/// `room` being what lies between the hold TTL and the smaller of `psp_timeout_ms` and
+/// `saga_timeout_ms`, so the delay is strictly above the TTL and strictly below both
+/// timeouts. `None` when no delay fits (the TTL is not at least 2 ms below both timeouts).
+fn default_psp_delay(ttl_ms: u64, psp_timeout_ms: u64, saga_timeout_ms: u64) -> Option<u64> {
+    let half_room = psp_timeout_ms.min(saga_timeout_ms).checked_sub(ttl_ms)? / 2;
+    (half_room > 0).then(|| ttl_ms + half_room.min(MARGIN_MS))
+}
 
 /// Runs the oversell scenario into `report`.
 pub(crate) async fn drive(
@@ -329,9 +342,25 @@ impl Oversell<'_> {
             "read the running Keel's hold TTL {ttl} ms and oversell policy {} (GET /metrics)",
             policy.label()
         ));
-        let delay = args.psp_delay_ms.unwrap_or(ttl + MARGIN_MS);
         let psp_timeout = self.config.payment.psp_timeout_ms;
         let saga_timeout = self.config.saga.payment_timeout_ms;
+        let Some(delay) = args
+            .psp_delay_ms
+            .or_else(|| default_psp_delay(ttl, psp_timeout, saga_timeout))
+        else {
+            report.check(
+                "a PSP delay fits between the hold TTL and the payment timeouts",
+                false,
+                format!(
+                    "none fits: the hold TTL {ttl} ms must lie below [payment].psp_timeout_ms \
+                     {psp_timeout} ms and [saga].payment_timeout_ms {saga_timeout} ms (as \
+                     configured for this command). Lower the TTL (KEEL__INVENTORY__HOLD_TTL_MS \
+                     on keel run and --hold-ttl-ms here) or raise both timeouts on keel run \
+                     and for this command"
+                ),
+            );
+            return;
+        };
         let fits = delay > ttl && delay < psp_timeout && delay < saga_timeout;
         report.check(
             "PSP delay lies between the hold TTL and the payment timeouts",
@@ -789,6 +818,28 @@ pub(crate) async fn raw_records(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_default_psp_delay_fits_below_the_payment_timeouts() {
+        // Room enough: the TTL + 15 s.
+        assert_eq!(default_psp_delay(3_000, 30_000, 60_000), Some(16_500));
+        assert_eq!(default_psp_delay(120_000, 150_000, 180_000), Some(135_000));
+        // Scaled down to 15 s with the default 30 s PSP timeout: TTL + 7.5 s, not TTL + 15 s.
+        assert_eq!(default_psp_delay(15_000, 30_000, 60_000), Some(22_500));
+        // The saga's timeout bounds it too.
+        assert_eq!(default_psp_delay(15_000, 60_000, 25_000), Some(20_000));
+        for (ttl, psp, saga) in [(15_000, 30_000, 60_000), (1, 4, 4), (100, 103, 500)] {
+            let delay = default_psp_delay(ttl, psp, saga).expect("fits");
+            assert!(
+                ttl < delay && delay < psp && delay < saga,
+                "{ttl} {delay} {psp}"
+            );
+        }
+        // No room: issue 13's 2 minutes with the default 30 s PSP timeout, or a 1 ms gap.
+        assert_eq!(default_psp_delay(120_000, 30_000, 60_000), None);
+        assert_eq!(default_psp_delay(30_000, 30_000, 60_000), None);
+        assert_eq!(default_psp_delay(29_999, 30_000, 60_000), None);
+    }
 
     #[test]
     fn samples_are_read_by_name_and_labels() {

@@ -131,11 +131,11 @@ impl Statements {
         };
         Ok(Self {
             on_hand: prepare(format!(
-                "SELECT on_hand FROM {ks}.stock_level WHERE sku = ?"
+                "SELECT on_hand, held FROM {ks}.stock_level WHERE sku = ?"
             ))
             .await?,
             by_warehouse: prepare(format!(
-                "SELECT warehouse, on_hand FROM {ks}.stock_by_warehouse WHERE sku = ?"
+                "SELECT warehouse, on_hand, held FROM {ks}.stock_by_warehouse WHERE sku = ?"
             ))
             .await?,
             holds: prepare(format!(
@@ -154,7 +154,8 @@ pub struct InventoryLevel {
     pub sku: String,
     /// Units in stock, held ones included.
     pub on_hand: i64,
-    /// Units in live holds (a hold stops counting when its TTL ends).
+    /// Units in live holds, as inventory counts them (a hold stops counting when inventory
+    /// expires it, within its punctuation interval of its TTL).
     pub held: i64,
     /// `onHand − held`: what new reservations can take (a line is held from one warehouse:
     /// see `warehouses`).
@@ -362,7 +363,8 @@ impl AdjustRequest {
         if let Some(w) = &self.warehouse {
             check_id("warehouse", "a warehouse", w)?;
         }
-        if self.delta == 0 || self.delta.abs() > MAX_ADJUST_DELTA {
+        // A range check, not `abs()`: -i64::MAX - 1 has no absolute value in i64.
+        if self.delta == 0 || !(-MAX_ADJUST_DELTA..=MAX_ADJUST_DELTA).contains(&self.delta) {
             return Err(invalid(
                 "delta",
                 format!(
@@ -495,35 +497,54 @@ impl App {
                 .map_err(store_unavailable)?
                 .into_rows_result()
                 .map_err(store_unavailable)?;
-            let Some((on_hand,)) = result
-                .maybe_first_row::<(Option<i32>,)>()
+            let Some((on_hand, held)) = result
+                .maybe_first_row::<(Option<i32>, Option<i32>)>()
                 .map_err(store_unavailable)?
             else {
                 return Ok(None);
             };
-            let by_warehouse: Vec<(String, i64)> = session
+            let rows: Vec<(String, Option<i32>, Option<i32>)> = session
                 .execute_iter(st.by_warehouse.clone(), (sku,))
                 .await
                 .map_err(store_unavailable)?
-                .rows_stream::<(String, Option<i32>)>()
+                .rows_stream::<(String, Option<i32>, Option<i32>)>()
                 .map_err(store_unavailable)?
                 .map_err(store_unavailable)
-                .map_ok(|(w, n)| (w, i64::from(n.unwrap_or(0))))
                 .try_collect()
                 .await?;
-            // Every live hold row of the SKU, page by page; expired ones are gone by TTL.
-            let holds: Vec<(Option<String>, i64)> = session
-                .execute_iter(st.holds.clone(), (sku,))
-                .await
-                .map_err(store_unavailable)?
-                .rows_stream::<(Option<i32>, Option<String>)>()
-                .map_err(store_unavailable)?
-                .map_err(store_unavailable)
-                .map_ok(|(quantity, w)| (w, i64::from(quantity.unwrap_or(0))))
-                .try_collect()
-                .await?;
+            // A row with only a held figure (the default warehouse of a SKU stocked before
+            // warehouses existed) lists no on hand: the default gets the unlisted part.
+            let by_warehouse: Vec<(String, i64)> = rows
+                .iter()
+                .filter_map(|(w, n, _)| n.map(|n| (w.clone(), i64::from(n))))
+                .collect();
+            let holds: Vec<(Option<String>, i64)> = match held {
+                // The held figures inventory computed, kept by the sink: no hold row is read
+                // (a hot SKU's partition of hold rows fills with tombstones as holds end).
+                Some(_) => rows
+                    .iter()
+                    .filter_map(|(w, _, h)| h.map(|h| (Some(w.clone()), i64::from(h))))
+                    .collect(),
+                // A SKU with no held figure yet (no hold event since the sink kept them): its
+                // live hold rows, page by page; expired ones are gone by TTL.
+                None => {
+                    session
+                        .execute_iter(st.holds.clone(), (sku,))
+                        .await
+                        .map_err(store_unavailable)?
+                        .rows_stream::<(Option<i32>, Option<String>)>()
+                        .map_err(store_unavailable)?
+                        .map_err(store_unavailable)
+                        .map_ok(|(quantity, w)| (w, i64::from(quantity.unwrap_or(0))))
+                        .try_collect()
+                        .await?
+                }
+            };
             let on_hand = i64::from(on_hand.unwrap_or(0));
-            let held = holds.iter().map(|(_, n)| n).sum();
+            let held = match held {
+                Some(held) => i64::from(held),
+                None => holds.iter().map(|(_, n)| n).sum(),
+            };
             Ok(Some(InventoryLevel {
                 sku: sku.to_owned(),
                 on_hand,
@@ -601,13 +622,16 @@ impl App {
     tag = "inventory",
     summary = "A SKU's stock: on hand, held, available",
     description = "From the Cassandra mirror of inventory (eventually consistent with the \
-        inventory processor): onHand from stock_level, held = the live reservation rows of the \
-        SKU (each expires by TTL with its hold), available = onHand - held; the same per \
-        warehouse in warehouses (stock_by_warehouse and the rows' warehouse; rows and stock \
-        from before warehouses existed count as the default warehouse's).",
+        inventory processor): onHand and held from stock_level (held as inventory computed it \
+        with each hold, release, expiry and sale; a SKU with no such event since held figures \
+        were kept counts its live reservation rows), available = onHand - held; the same per \
+        warehouse in warehouses (stock_by_warehouse; stock and holds from before warehouses \
+        existed count as the default warehouse's).",
     params(("sku" = String, Path, description = "The SKU (1-64 characters)")),
     responses(
         (status = 200, description = "The SKU's stock", body = InventoryLevel),
+        (status = 400, description = "The sku is not valid UTF-8 once percent-decoded",
+            body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "The SKU was never stocked", body = Problem,
             content_type = "application/problem+json"),
         (status = 503, description = "No inventory store is configured, Cassandra did not \
@@ -630,7 +654,14 @@ async fn get_inventory_inner(
     let sku = match path {
         Ok(Path(sku)) if check_id("sku", "sku", &sku).is_ok() => sku,
         Ok(Path(sku)) => return Err(sku_not_found(&sku)),
-        Err(e) => return Err(sku_not_found(&e.to_string())),
+        Err(e) => {
+            return Err(crate::problem::path_problem(
+                &e,
+                "sku",
+                "sku",
+                Kind::SkuNotFound,
+            ));
+        }
     };
     let level = app
         .inventory_level(&sku)
@@ -950,6 +981,8 @@ mod tests {
             ("SKU-1", 0, "r", "delta"),
             ("SKU-1", MAX_ADJUST_DELTA + 1, "r", "delta"),
             ("SKU-1", -MAX_ADJUST_DELTA - 1, "r", "delta"),
+            ("SKU-1", i64::MIN, "r", "delta"),
+            ("SKU-1", i64::MAX, "r", "delta"),
             ("SKU-1", 1, " ", "reason"),
             ("SKU-1", 1, "SOLD order x", "reason"),
         ] {

@@ -55,12 +55,16 @@ use crate::idempotency;
 use crate::problem::{Kind, Problem};
 use crate::routes::{App, json_response, or_problem, required_idempotency_key, to_json};
 
+/// The largest amount (minor units) a request may carry: 2^53 - 1, the largest integer every
+/// JSON client reads exactly (RFC 8259 §6), and far from where sums of amounts overflow i64.
+pub const MAX_AMOUNT_MINOR: i64 = 9_007_199_254_740_991;
+
 /// `POST /payments/{id}/refund`: give back part or all of what was captured.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RefundRequest {
-    /// Minor units of the payment's currency; greater than 0 and at most the payment's
-    /// `refundable` amount.
+    /// Minor units of the payment's currency; greater than 0, at most the payment's
+    /// `refundable` amount and at most [`MAX_AMOUNT_MINOR`].
     pub amount_minor: i64,
     /// Why (1 to 255 characters), e.g. `CUSTOMER_REQUEST`.
     pub reason: String,
@@ -69,11 +73,11 @@ pub struct RefundRequest {
 impl RefundRequest {
     /// The first invalid value, as a 422 naming the field.
     pub fn validate(&self) -> Result<(), Problem> {
-        if self.amount_minor <= 0 {
+        if !(1..=MAX_AMOUNT_MINOR).contains(&self.amount_minor) {
             return Err(Problem::new(
                 Kind::InvalidField,
                 format!(
-                    "amountMinor must be greater than 0, got {}",
+                    "amountMinor must be between 1 and {MAX_AMOUNT_MINOR}, got {}",
                     self.amount_minor
                 ),
             )
@@ -161,9 +165,12 @@ fn path_id(path: Result<Path<String>, PathRejection>) -> Result<String, Problem>
     match path {
         Ok(Path(id)) if !id.is_empty() && id.chars().count() <= 64 => Ok(id),
         Ok(Path(id)) => Err(payment_not_found(&id)),
-        Err(e) => {
-            Err(Problem::new(Kind::PaymentNotFound, format!("no such payment: {e}")).field("id"))
-        }
+        Err(e) => Err(crate::problem::path_problem(
+            &e,
+            "id",
+            "payment id",
+            Kind::PaymentNotFound,
+        )),
     }
 }
 
@@ -223,6 +230,8 @@ mod location_tests {
     responses(
         (status = 200, description = "The payment; status REQUESTED while only the API has \
             seen it", body = PaymentResource),
+        (status = 400, description = "The payment id is not valid UTF-8 once percent-decoded",
+            body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such payment", body = Problem,
             content_type = "application/problem+json"),
         (status = 503, description = "The ledger is unavailable or too many requests are in \
@@ -266,6 +275,8 @@ async fn get_payment_inner(
     responses(
         (status = 200, description = "The order's payment; status REQUESTED while only the \
             API has seen it", body = PaymentResource),
+        (status = 400, description = "The order id is not valid UTF-8 once percent-decoded",
+            body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "The order has no payment (yet)", body = Problem,
             content_type = "application/problem+json"),
         (status = 503, description = "The ledger is unavailable or too many requests are in \
@@ -294,7 +305,14 @@ async fn get_order_payment_inner(
     let id = match path {
         Ok(Path(id)) if !id.is_empty() && id.chars().count() <= 64 => id,
         Ok(Path(id)) => return Err(no_payment(&id)),
-        Err(e) => return Err(no_payment(&e.to_string())),
+        Err(e) => {
+            return Err(crate::problem::path_problem(
+                &e,
+                "id",
+                "order id",
+                Kind::PaymentNotFound,
+            ));
+        }
     };
     let pg = ledger(app)?;
     let resource = match payment::load_payment_by_order(pg, &id)
@@ -537,7 +555,7 @@ pub struct CreatePaymentRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct AmountBody {
-    /// Minor units (cents for EUR), greater than 0.
+    /// Minor units (cents for EUR), greater than 0 and at most [`MAX_AMOUNT_MINOR`].
     pub amount_minor: i64,
     /// Three upper-case letters, e.g. `EUR`.
     pub currency: String,
@@ -582,11 +600,11 @@ impl CreatePaymentRequest {
             )
             .field("orderId"));
         }
-        if self.amount.amount_minor <= 0 {
+        if !(1..=MAX_AMOUNT_MINOR).contains(&self.amount.amount_minor) {
             return Err(Problem::new(
                 Kind::InvalidField,
                 format!(
-                    "amount.amountMinor must be greater than 0, got {}",
+                    "amount.amountMinor must be between 1 and {MAX_AMOUNT_MINOR}, got {}",
                     self.amount.amount_minor
                 ),
             )
@@ -1377,6 +1395,9 @@ mod tests {
         for (amount_minor, reason, field) in [
             (0, "x", "amountMinor"),
             (-5, "x", "amountMinor"),
+            (i64::MIN, "x", "amountMinor"),
+            (MAX_AMOUNT_MINOR + 1, "x", "amountMinor"),
+            (i64::MAX, "x", "amountMinor"),
             (1, " ", "reason"),
             (1, "a\u{7}", "reason"),
         ] {

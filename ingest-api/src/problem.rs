@@ -1,5 +1,7 @@
 //! `application/problem+json` (RFC 9457) answers with a stable `type` per kind of problem.
 
+use axum::extract::path::ErrorKind;
+use axum::extract::rejection::PathRejection;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -27,6 +29,8 @@ pub enum Kind {
     InvalidHeader,
     /// 400: the body could not be read.
     UnreadableBody,
+    /// 400: a path parameter that is not valid UTF-8 once percent-decoded.
+    InvalidPathParameter,
     /// 401: writes need a bearer token.
     Unauthorized,
     /// 401: a PSP callback whose signature or timestamp does not verify.
@@ -89,6 +93,7 @@ impl Kind {
             Self::EmptyBody => uri!("empty-body"),
             Self::InvalidHeader => uri!("invalid-header"),
             Self::UnreadableBody => uri!("unreadable-body"),
+            Self::InvalidPathParameter => uri!("invalid-path-parameter"),
             Self::Unauthorized => uri!("unauthorized"),
             Self::InvalidSignature => uri!("invalid-signature"),
             Self::OrderNotFound => uri!("order-not-found"),
@@ -133,6 +138,7 @@ impl Kind {
             Self::EmptyBody => "The body is empty",
             Self::InvalidHeader => "A header has an invalid value",
             Self::UnreadableBody => "The body could not be read",
+            Self::InvalidPathParameter => "A path parameter is not valid",
             Self::Unauthorized => "A bearer token is required",
             Self::InvalidSignature => "The callback's signature does not verify",
             Self::OrderNotFound => "No such order",
@@ -166,7 +172,8 @@ impl Kind {
             | Self::WrongType
             | Self::EmptyBody
             | Self::InvalidHeader
-            | Self::UnreadableBody => StatusCode::BAD_REQUEST,
+            | Self::UnreadableBody
+            | Self::InvalidPathParameter => StatusCode::BAD_REQUEST,
             Self::Unauthorized | Self::InvalidSignature => StatusCode::UNAUTHORIZED,
             Self::OrderNotFound | Self::PaymentNotFound | Self::SkuNotFound | Self::NotFound => {
                 StatusCode::NOT_FOUND
@@ -270,6 +277,32 @@ impl IntoResponse for Problem {
             );
         }
         response
+    }
+}
+
+/// The problem for a path parameter axum could not extract, in one place for every route with
+/// one: a value that is not valid UTF-8 once percent-decoded (`/orders/%00%ff`) is the client's
+/// mistake, 400 `invalid-path-parameter` naming `field` ("the order id is not valid UTF-8",
+/// `what` = "order id"); any other rejection is `otherwise` (the route's not-found kind).
+pub fn path_problem(
+    rejection: &PathRejection,
+    field: &str,
+    what: &str,
+    otherwise: Kind,
+) -> Problem {
+    match rejection {
+        PathRejection::FailedToDeserializePathParams(e)
+            if matches!(e.kind(), ErrorKind::InvalidUtf8InPathParam { .. }) =>
+        {
+            Problem::new(
+                Kind::InvalidPathParameter,
+                format!("the {what} is not valid UTF-8"),
+            )
+            .field(field)
+        }
+        other => {
+            Problem::new(otherwise, format!("no such {what}: {}", other.body_text())).field(field)
+        }
     }
 }
 

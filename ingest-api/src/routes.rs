@@ -629,7 +629,12 @@ fn order_id(path: Result<Path<String>, PathRejection>) -> Result<String, Problem
     match path {
         Ok(Path(id)) if !id.is_empty() && id.chars().count() <= 64 => Ok(id),
         Ok(Path(id)) => Err(order_not_found(&id)),
-        Err(e) => Err(Problem::new(Kind::OrderNotFound, format!("no such order: {e}")).field("id")),
+        Err(e) => Err(crate::problem::path_problem(
+            &e,
+            "id",
+            "order id",
+            Kind::OrderNotFound,
+        )),
     }
 }
 
@@ -642,6 +647,8 @@ fn order_id(path: Result<Path<String>, PathRejection>) -> Result<String, Problem
     responses(
         (status = 200, description = "The order; status RECEIVED while only the API has seen it",
             body = OrderResource),
+        (status = 400, description = "The order id is not valid UTF-8 once percent-decoded",
+            body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such order", body = Problem,
             content_type = "application/problem+json"),
         (status = 503, description = "The database is unavailable or too many requests are in \

@@ -944,6 +944,7 @@ async fn the_openapi_document_and_the_routes_agree() -> anyhow::Result<()> {
                 http.get(a.url(&format!("/orders/{pending}"))),
             ),
             (Endpoint::GetOrder, http.get(a.url("/orders/nope"))),
+            (Endpoint::GetOrder, http.get(a.url("/orders/%00%ff"))),
             (
                 Endpoint::GetOrder,
                 http.get(b.url(&format!("/orders/{pending}"))),

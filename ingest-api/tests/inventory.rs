@@ -881,6 +881,7 @@ async fn the_openapi_document_and_the_inventory_routes_agree() -> anyhow::Result
                 Endpoint::GetInventory,
                 get(&a, "/inventory/nope".to_owned()),
             ),
+            (Endpoint::GetInventory, get(&a, "/inventory/%ff".to_owned())),
             (Endpoint::GetInventory, get(&b, format!("/inventory/{sku}"))),
             (
                 Endpoint::AdjustInventory,

@@ -769,6 +769,11 @@ async fn the_openapi_document_and_the_payment_routes_agree() -> anyhow::Result<(
                 get(&a, format!("/payments/{}", p.payment_id)),
             ),
             (Endpoint::GetPayment, get(&a, "/payments/nope".to_owned())),
+            (Endpoint::GetPayment, get(&a, "/payments/%ff".to_owned())),
+            (
+                Endpoint::GetOrderPayment,
+                get(&a, "/orders/%ff/payment".to_owned()),
+            ),
             (
                 Endpoint::GetPayment,
                 get(&b, format!("/payments/{}", p.payment_id)),

@@ -25,6 +25,7 @@ pub mod inventory;
 pub mod orders;
 pub mod outbox;
 pub mod payment;
+pub mod positions;
 pub mod psp_mock;
 pub mod reconciliation;
 pub mod saga;

@@ -58,7 +58,27 @@ async fn migrate_at_once_then_write(sessions: &[Session], keyspace: &str) -> any
             writer
                 .apply(session, &hold)
                 .await
-                .with_context(|| format!("process {i} writes a hold with its warehouse"))
+                .with_context(|| format!("process {i} writes a hold with its warehouse"))?;
+            // The SKU's held figures, in columns an older keyspace gets from the migration.
+            for held in [
+                Write::Held {
+                    sku: "MUG-1".into(),
+                    held: 1,
+                    version: now_ms * 1_000,
+                },
+                Write::WarehouseHeld {
+                    sku: "MUG-1".into(),
+                    warehouse: "berlin".into(),
+                    held: 1,
+                    version: now_ms * 1_000,
+                },
+            ] {
+                writer
+                    .apply(session, &held)
+                    .await
+                    .with_context(|| format!("process {i} writes the held figures"))?;
+            }
+            anyhow::Ok(())
         }
     });
     for result in futures::future::join_all(processes).await {

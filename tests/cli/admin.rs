@@ -18,8 +18,9 @@ async fn get(client: &reqwest::Client, url: &str) -> Option<(u16, String)> {
     Some((status, r.text().await.unwrap_or_default()))
 }
 
-/// Commits offset 0 on partition 0 of `topic` for group `group` (a consumer group of the run's
-/// application by name), so the lag sampler has a group with a backlog to report.
+/// Commits offset 0 on partition 0 of `topic` for group `group` (one of the run's own groups
+/// that `keel lag` and the sampler report — `src/lag.rs` `keel_groups` — whose role the run
+/// does not start: the order sink's), so the lag sampler has a group with a backlog to report.
 fn commit_probe_group(bootstrap: &str, group: &str, topic: &str) {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
@@ -96,7 +97,7 @@ async fn a_run_without_the_api_role_serves_metrics_health_and_ready_on_its_admin
     // a group of this application, sampled by this process.
     commit_probe_group(
         &stack.kafka_bootstrap,
-        &format!("{name}-probe"),
+        &format!("{name}-order-sink"),
         &format!("{name}.orders.commands.v1"),
     );
     let page = metrics_with(
@@ -107,7 +108,7 @@ async fn a_run_without_the_api_role_serves_metrics_health_and_ready_on_its_admin
             "inventory_hold_ttl_ms",
             &format!("keel_commits_total{{application=\"{name}-saga\"}}"),
             &format!("keel_commits_total{{application=\"{name}-inventory\"}}"),
-            &format!("keel_consumer_group_lag_records{{group=\"{name}-probe\""),
+            &format!("keel_consumer_group_lag_records{{group=\"{name}-order-sink\""),
         ],
         Duration::from_secs(60),
     )
@@ -137,7 +138,7 @@ async fn a_run_with_the_api_role_serves_metrics_on_the_api_port_only() {
     wait_ready(&client, &run.api, Duration::from_secs(120)).await;
     commit_probe_group(
         &stack.kafka_bootstrap,
-        &format!("{name}-probe"),
+        &format!("{name}-order-sink"),
         &format!("{name}.orders.commands.v1"),
     );
     // The lag sampler runs in this process too (once: a second registration would fail).
@@ -146,7 +147,7 @@ async fn a_run_with_the_api_role_serves_metrics_on_the_api_port_only() {
         &format!("{}/metrics", run.api),
         &[
             "keel_api_orders_accepted_total",
-            &format!("keel_consumer_group_lag_records{{group=\"{name}-probe\""),
+            &format!("keel_consumer_group_lag_records{{group=\"{name}-order-sink\""),
         ],
         Duration::from_secs(60),
     )

@@ -174,6 +174,9 @@ async fn a_seeded_violation_fails_the_audit_that_clean_checkouts_pass() {
         available: 4,
         expires_at: Some(now_ms() + 600_000),
         warehouse: None,
+        held: None,
+        warehouse_held: None,
+        held_version: None,
     };
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", &stack.kafka_bootstrap)

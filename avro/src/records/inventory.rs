@@ -135,6 +135,22 @@ pub struct InventoryReserved {
     #[avro(default = "null")]
     #[serde(default)]
     pub warehouse: Option<String>,
+    /// Units held on the SKU after this event, all warehouses: inventory's own figure (its
+    /// state is the source of truth), so readers never count hold rows. `None` in events
+    /// written before it existed.
+    #[avro(default = "null")]
+    #[serde(default)]
+    pub held: Option<i32>,
+    /// Units held in `warehouse` after this event; `None` as for `held`, and for a shortage.
+    #[avro(default = "null")]
+    #[serde(default)]
+    pub warehouse_held: Option<i32>,
+    /// Orders the held figures of one SKU's events (µs: inventory's wall clock, strictly
+    /// increasing within the task that owns the SKU); the sink's Cassandra write time for them,
+    /// so the last change wins whatever the arrival order. `None` as for `held`.
+    #[avro(default = "null")]
+    #[serde(default)]
+    pub held_version: Option<i64>,
 }
 
 /// `inventory.released.v1` (key: order id): a hold was given back to stock.
@@ -155,6 +171,22 @@ pub struct InventoryReleased {
     #[avro(default = "null")]
     #[serde(default)]
     pub warehouse: Option<String>,
+    /// Units held on the SKU after this event, all warehouses: inventory's own figure (its
+    /// state is the source of truth), so readers never count hold rows. `None` in events
+    /// written before it existed.
+    #[avro(default = "null")]
+    #[serde(default)]
+    pub held: Option<i32>,
+    /// Units held in `warehouse` after this event; `None` as for `held`, and for a shortage.
+    #[avro(default = "null")]
+    #[serde(default)]
+    pub warehouse_held: Option<i32>,
+    /// Orders the held figures of one SKU's events (µs: inventory's wall clock, strictly
+    /// increasing within the task that owns the SKU); the sink's Cassandra write time for them,
+    /// so the last change wins whatever the arrival order. `None` as for `held`.
+    #[avro(default = "null")]
+    #[serde(default)]
+    pub held_version: Option<i64>,
 }
 
 /// `inventory.adjusted.v1` (key: SKU): the stock on hand changed outside a sale.

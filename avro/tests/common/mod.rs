@@ -260,6 +260,9 @@ pub fn inventory_reserved() -> Vec<InventoryReserved> {
         available,
         expires_at,
         warehouse: expires_at.map(|_| "WH-NORTH".to_owned()),
+        held: None,
+        warehouse_held: None,
+        held_version: None,
     };
     vec![
         event(ReservationStatus::Held, 2, 8, Some(AT + 600_000)),
@@ -278,6 +281,9 @@ pub fn inventory_released() -> Vec<InventoryReleased> {
         quantity: 2,
         reason: ReleaseReason::OrderCancelled,
         warehouse: Some("default".into()),
+        held: None,
+        warehouse_held: None,
+        held_version: None,
     }]
 }
 

@@ -525,6 +525,9 @@ mod driver {
             available,
             expires_at: None,
             warehouse: None,
+            held: None,
+            warehouse_held: None,
+            held_version: None,
         };
         d.pipe(
             topics::INVENTORY_RESERVED,
@@ -549,6 +552,9 @@ mod driver {
             quantity: 2,
             reason: ReleaseReason::OrderCancelled,
             warehouse: None,
+            held: None,
+            warehouse_held: None,
+            held_version: None,
         };
         d.pipe(
             topics::INVENTORY_RELEASED,

@@ -16,6 +16,20 @@
 //! recorded once whatever the retries. Every write that touches a hold sets its remaining TTL
 //! or deletes the row, so no hold leaves a cell that never expires. Offsets are committed after
 //! the writes (at-least-once); a timed-out write is retried with backoff.
+//!
+//! Held figures and tombstones: a hold's row is deleted when the hold is released or sold (and
+//! an expired one lapses by TTL), so a hot SKU's `reservation` partition fills with tombstones
+//! (one per ended hold, kept `gc_grace_seconds` = 1 h, then dropped at the next compaction of
+//! their sstable). No read of a SKU's figures scans that partition: `stock_level.held` and
+//! `stock_by_warehouse.held` (columns added by [`migrate`]) hold the units held on the SKU and
+//! per warehouse as the inventory processor computed them, carried on every
+//! `inventory.reserved.v1` / `inventory.released.v1` (`held`, `warehouse_held`) and written
+//! with the event's `held_version` (µs, strictly increasing per SKU) as write time, so the
+//! last change wins whatever the arrival order or replays ([`Write::Held`]). Hold rows remain
+//! for per-order point reads by `(sku, order_id)`, which do not read other rows' tombstones.
+//! TimeWindowCompactionStrategy would drop expired TTL'd rows by whole sstables, but explicit
+//! deletes shadowing rows in older windows defeat it (a window's tombstones cannot go before
+//! the data they shadow), so the table keeps the default compaction.
 
 use std::time::Duration;
 
@@ -84,7 +98,9 @@ pub async fn connect(nodes: &[String]) -> Result<Session, SinkError> {
 /// Creates the keyspace and tables if they are missing and brings an older keyspace up to date
 /// (run at start; never by hand; safe to run concurrently and again): adds
 /// `reservation.warehouse` to a table created before warehouses existed (its rows stay readable,
-/// their `warehouse` is `null`: the default warehouse) and creates `stock_by_warehouse`.
+/// their `warehouse` is `null`: the default warehouse), creates `stock_by_warehouse`, and adds
+/// `held` (int, units) to `stock_level` and `stock_by_warehouse` tables created before held
+/// figures were kept (`null` until the SKU's next hold event: readers then count its rows).
 pub async fn migrate(session: &Session, config: &CassandraSinkConfig) -> Result<(), SinkError> {
     let ks = &config.keyspace;
     let statements = [
@@ -95,6 +111,7 @@ pub async fn migrate(session: &Session, config: &CassandraSinkConfig) -> Result<
         ),
         // Holds of one SKU share a partition; expired rows are dropped by TTL and compaction
         // (TimeWindowCompactionStrategy would suit a TTL-only table; deletes keep STCS here).
+        // Only point reads by (sku, order_id) read it: a SKU's figures are in stock_level.
         format!(
             "CREATE TABLE IF NOT EXISTS {ks}.reservation (sku text, order_id text, quantity int, \
              expires_at timestamp, warehouse text, PRIMARY KEY ((sku), order_id)) \
@@ -102,11 +119,11 @@ pub async fn migrate(session: &Session, config: &CassandraSinkConfig) -> Result<
         ),
         format!(
             "CREATE TABLE IF NOT EXISTS {ks}.stock_level (sku text PRIMARY KEY, on_hand int, \
-             updated_at timestamp)"
+             updated_at timestamp, held int)"
         ),
         format!(
             "CREATE TABLE IF NOT EXISTS {ks}.stock_by_warehouse (sku text, warehouse text, \
-             on_hand int, updated_at timestamp, PRIMARY KEY ((sku), warehouse))"
+             on_hand int, updated_at timestamp, held int, PRIMARY KEY ((sku), warehouse))"
         ),
     ];
     // Several migrations may run at once (the API and the sink of one process, or instances):
@@ -116,25 +133,38 @@ pub async fn migrate(session: &Session, config: &CassandraSinkConfig) -> Result<
         session.query_unpaged(statement, &[]).await.map_err(cql)?;
         session.await_schema_agreement().await.map_err(cql)?;
     }
-    // A `reservation` table from before warehouses: add the column (again if a concurrent
-    // schema change lost it), until the server's live table has it. `system_schema` is not the
-    // test: with several processes altering at once it listed the column while statements
-    // naming it were still refused ("Undefined column name warehouse"); preparing one is.
-    let probe = format!("SELECT warehouse FROM {ks}.reservation LIMIT 1");
+    // Tables from before warehouses and before held figures get their columns.
+    add_column(session, ks, "reservation", "warehouse", "text").await?;
+    add_column(session, ks, "stock_level", "held", "int").await?;
+    add_column(session, ks, "stock_by_warehouse", "held", "int").await?;
+    Ok(())
+}
+
+/// Adds `column` to `{ks}.{table}` (again if a concurrent schema change lost it), until the
+/// server's live table has it. `system_schema` is not the test: with several processes altering
+/// at once it listed the column while statements naming it were still refused ("Undefined
+/// column name warehouse"); preparing one is.
+async fn add_column(
+    session: &Session,
+    ks: &str,
+    table: &str,
+    column: &str,
+    cql_type: &str,
+) -> Result<(), SinkError> {
+    let probe = format!("SELECT {column} FROM {ks}.{table} LIMIT 1");
     let mut attempt = 0;
     while !can_prepare(session, &probe).await? {
         attempt += 1;
         let added = session
             .query_unpaged(
-                format!("ALTER TABLE {ks}.reservation ADD warehouse text"),
+                format!("ALTER TABLE {ks}.{table} ADD {column} {cql_type}"),
                 &[],
             )
             .await;
         session.await_schema_agreement().await.map_err(cql)?;
         if attempt >= 5 && !can_prepare(session, &probe).await? {
             return Err(SinkError::Cassandra(format!(
-                "{ks}.reservation still has no warehouse column after {attempt} attempts \
-                 (last: {})",
+                "{ks}.{table} still has no {column} column after {attempt} attempts (last: {})",
                 added.map_or_else(|e| e.to_string(), |_| "applied".to_owned())
             )));
         }
@@ -160,6 +190,8 @@ struct Statements {
     delete_hold: PreparedStatement,
     set_stock: PreparedStatement,
     set_warehouse_stock: PreparedStatement,
+    set_held: PreparedStatement,
+    set_warehouse_held: PreparedStatement,
 }
 
 impl Statements {
@@ -189,6 +221,19 @@ impl Statements {
                 .prepare(format!(
                     "INSERT INTO {ks}.stock_by_warehouse (sku, warehouse, on_hand, updated_at) \
                      VALUES (?, ?, ?, ?) USING TIMESTAMP ?"
+                ))
+                .await
+                .map_err(cql)?,
+            set_held: session
+                .prepare(format!(
+                    "UPDATE {ks}.stock_level USING TIMESTAMP ? SET held = ? WHERE sku = ?"
+                ))
+                .await
+                .map_err(cql)?,
+            set_warehouse_held: session
+                .prepare(format!(
+                    "UPDATE {ks}.stock_by_warehouse USING TIMESTAMP ? SET held = ? \
+                     WHERE sku = ? AND warehouse = ?"
                 ))
                 .await
                 .map_err(cql)?,
@@ -251,11 +296,68 @@ pub enum Write {
         at_ms: i64,
         version: i64,
     },
+    /// Units held on the SKU (all warehouses) after an event, as inventory computed it;
+    /// `version` (the event's `held_version`, µs) is the write time.
+    Held {
+        sku: String,
+        held: i32,
+        version: i64,
+    },
+    /// Units held in one warehouse, versioned like [`Write::Held`].
+    WarehouseHeld {
+        sku: String,
+        warehouse: String,
+        held: i32,
+        version: i64,
+    },
+}
+
+/// The held figures an event carries (none in events from before inventory sent them).
+fn held_writes(
+    sku: &str,
+    warehouse: Option<&str>,
+    held: Option<i32>,
+    warehouse_held: Option<i32>,
+    version: Option<i64>,
+) -> Vec<Write> {
+    let Some(version) = version else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    if let Some(held) = held {
+        out.push(Write::Held {
+            sku: sku.to_owned(),
+            held,
+            version,
+        });
+    }
+    if let Some(held) = warehouse_held {
+        out.push(Write::WarehouseHeld {
+            sku: sku.to_owned(),
+            warehouse: warehouse.unwrap_or(DEFAULT_WAREHOUSE).to_owned(),
+            held,
+            version,
+        });
+    }
+    out
 }
 
 /// The writes for a reservation reply at wall-clock `now_ms`: a held hold with life left is
-/// upserted with its remaining TTL (rounded up); a lapsed one or a shortage writes nothing.
+/// upserted with its remaining TTL (rounded up); a lapsed one or a shortage writes no hold row.
+/// The SKU's held figures the event carries are written whatever the status.
 pub fn writes_for_reserved(e: &InventoryReserved, now_ms: i64) -> Vec<Write> {
+    let mut out = hold_row_for_reserved(e, now_ms);
+    out.extend(held_writes(
+        &e.sku,
+        e.warehouse.as_deref(),
+        e.held,
+        e.warehouse_held,
+        e.held_version,
+    ));
+    out
+}
+
+fn hold_row_for_reserved(e: &InventoryReserved, now_ms: i64) -> Vec<Write> {
     match (e.status, e.expires_at) {
         (ReservationStatus::Held, Some(expires_at)) if expires_at > now_ms => {
             let ttl_s = (expires_at - now_ms + 999) / 1_000;
@@ -276,13 +378,21 @@ pub fn writes_for_reserved(e: &InventoryReserved, now_ms: i64) -> Vec<Write> {
     }
 }
 
-/// A released hold's row goes.
+/// A released hold's row goes; the SKU's held figures the event carries are written.
 pub fn writes_for_released(e: &InventoryReleased) -> Vec<Write> {
-    vec![Write::DeleteHold {
+    let mut out = vec![Write::DeleteHold {
         sku: e.sku.clone(),
         order_id: e.order_id.clone(),
         at_us: e.occurred_at.saturating_mul(1_000),
-    }]
+    }];
+    out.extend(held_writes(
+        &e.sku,
+        e.warehouse.as_deref(),
+        e.held,
+        e.warehouse_held,
+        e.held_version,
+    ));
+    out
 }
 
 /// Stock on hand changes; a sale (`SOLD order <id>`) also ends that order's hold row.
@@ -381,6 +491,21 @@ async fn apply(session: &Session, st: &Statements, write: &Write) -> Result<(), 
                 )
                 .await
         }
+        Write::Held { sku, held, version } => {
+            session
+                .execute_unpaged(&st.set_held, (version, held, sku))
+                .await
+        }
+        Write::WarehouseHeld {
+            sku,
+            warehouse,
+            held,
+            version,
+        } => {
+            session
+                .execute_unpaged(&st.set_warehouse_held, (version, held, sku, warehouse))
+                .await
+        }
     };
     result.map(|_| ()).map_err(cql)
 }
@@ -435,9 +560,27 @@ pub async fn run(
     let released = names.name(topics::INVENTORY_RELEASED);
     let adjusted = names.name(topics::INVENTORY_ADJUSTED);
     consumer.subscribe(&[&reserved, &released, &adjusted])?;
+    // Positions, not "record + 1", so the commit marker after a transaction is committed too
+    // (`crate::positions`); the tick commits it while idle.
+    let mut committed = Vec::new();
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let message = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
+            _ = tick.tick() => {
+                // Every record received is applied here: the position is safe to commit.
+                let commit = crate::positions::commit_positions(
+                    &consumer,
+                    CommitMode::Sync,
+                    None,
+                    &mut committed,
+                );
+                if let Err(e) = commit {
+                    tracing::warn!(error = %e, "cassandra sink: offset commit failed; retrying");
+                }
+                continue;
+            }
             m = consumer.recv() => m?,
         };
         let topic = message.topic();
@@ -476,6 +619,6 @@ pub async fn run(
         for write in &writes {
             apply_with_retry(&session, &st, write, &shutdown).await?;
         }
-        consumer.commit_message(&message, CommitMode::Async)?;
+        crate::positions::commit_positions(&consumer, CommitMode::Async, None, &mut committed)?;
     }
 }

@@ -712,7 +712,9 @@ mod warehouses {
 mod cassandra_writes {
     use keel_avro::records::*;
 
-    use crate::inventory::sink::{Write, writes_for_adjusted, writes_for_reserved};
+    use crate::inventory::sink::{
+        Write, writes_for_adjusted, writes_for_released, writes_for_reserved,
+    };
 
     const T0: i64 = 1_700_000_000_000;
 
@@ -729,6 +731,9 @@ mod cassandra_writes {
             available: 3,
             expires_at,
             warehouse: Some("WH-2".into()),
+            held: None,
+            warehouse_held: None,
+            held_version: None,
         }
     }
 
@@ -819,6 +824,66 @@ mod cassandra_writes {
         assert!(matches!(
             writes_for_adjusted(&old, 8).as_slice(),
             [Write::Stock { on_hand: 10, .. }]
+        ));
+    }
+
+    #[test]
+    fn hold_events_write_the_skus_held_figures_they_carry_with_their_version() {
+        let held = |held, version| Write::Held {
+            sku: "SKU".into(),
+            held,
+            version,
+        };
+        let in_wh2 = |held, version| Write::WarehouseHeld {
+            sku: "SKU".into(),
+            warehouse: "WH-2".into(),
+            held,
+            version,
+        };
+        let hold = InventoryReserved {
+            held: Some(5),
+            warehouse_held: Some(3),
+            held_version: Some(41),
+            ..reserved(ReservationStatus::Held, Some(T0 + 5_000))
+        };
+        let writes = writes_for_reserved(&hold, T0);
+        assert!(matches!(writes[0], Write::Hold { .. }), "{writes:?}");
+        assert_eq!(writes[1..], [held(5, 41), in_wh2(3, 41)]);
+        // A shortage writes no hold row, but the figures still (they are the current ones).
+        let short = InventoryReserved {
+            warehouse: None,
+            held: Some(5),
+            held_version: Some(42),
+            ..reserved(ReservationStatus::Shortage, None)
+        };
+        assert_eq!(writes_for_reserved(&short, T0), [held(5, 42)]);
+        let release = InventoryReleased {
+            event_id: "e".into(),
+            sku: "SKU".into(),
+            occurred_at: T0,
+            causation_id: "c".into(),
+            correlation_id: "o1".into(),
+            order_id: "o1".into(),
+            quantity: 2,
+            reason: ReleaseReason::HoldExpired,
+            warehouse: Some("WH-2".into()),
+            held: Some(3),
+            warehouse_held: Some(1),
+            held_version: Some(43),
+        };
+        let writes = writes_for_released(&release);
+        assert!(matches!(writes[0], Write::DeleteHold { .. }), "{writes:?}");
+        assert_eq!(writes[1..], [held(3, 43), in_wh2(1, 43)]);
+        // Events from before inventory carried the figures: the hold row only.
+        let old = InventoryReleased {
+            held: None,
+            warehouse_held: None,
+            held_version: None,
+            ..release
+        };
+        assert!(matches!(
+            writes_for_released(&old).as_slice(),
+            [Write::DeleteHold { .. }]
         ));
     }
 }
@@ -1834,5 +1899,86 @@ mod driver {
         d.advance_wall_clock(Duration::from_millis(10_100))
             .expect("ticks");
         assert!(d.kv_get(orders, b"o1").expect("reads").is_none());
+    }
+
+    #[test]
+    fn hold_events_carry_the_skus_held_figures_after_them_in_increasing_versions() {
+        let (mut d, _) = driver();
+        let body = |w: &str, delta| {
+            InventoryCommandBody::Adjust(AdjustStock {
+                delta,
+                reason: "seed".into(),
+                warehouse: Some(w.into()),
+            })
+        };
+        send(&mut d, "a1", "SKU-H", body("WH-A", 5));
+        send(&mut d, "a2", "SKU-H", body("WH-B", 5));
+        let reserve = |order: &str, quantity, w: &str| {
+            InventoryCommandBody::Reserve(ReserveStock {
+                order_id: order.into(),
+                quantity,
+                warehouse: Some(w.into()),
+                hold_ttl_ms: Some(1_000),
+            })
+        };
+        send(&mut d, "r1", "SKU-H", reserve("o1", 2, "WH-A"));
+        send(&mut d, "r2", "SKU-H", reserve("o2", 1, "WH-B"));
+        send(&mut d, "r3", "SKU-H", reserve("o3", 9, "WH-A"));
+        send(
+            &mut d,
+            "x1",
+            "SKU-H",
+            InventoryCommandBody::Release(ReleaseStock {
+                order_id: "o1".into(),
+                reason: ReleaseReason::OrderCancelled,
+            }),
+        );
+        let reserved: Vec<(String, InventoryReserved)> = d
+            .read_output_as(topics::INVENTORY_RESERVED, &Utf8, &Json::new())
+            .expect("decodes");
+        let figures: Vec<_> = reserved
+            .iter()
+            .map(|(_, e)| (e.status, e.held, e.warehouse_held))
+            .collect();
+        assert_eq!(
+            figures,
+            [
+                (ReservationStatus::Held, Some(2), Some(2)),
+                (ReservationStatus::Held, Some(3), Some(1)),
+                (ReservationStatus::Shortage, Some(3), None),
+            ]
+        );
+        let released: Vec<(String, InventoryReleased)> = d
+            .read_output_as(topics::INVENTORY_RELEASED, &Utf8, &Json::new())
+            .expect("decodes");
+        assert_eq!(released.len(), 1, "{released:?}");
+        assert_eq!(
+            (released[0].1.held, released[0].1.warehouse_held),
+            (Some(1), Some(0))
+        );
+        // The expiry of o2 (WH-B): nothing held any more.
+        d.advance_wall_clock(Duration::from_millis(100))
+            .expect("ticks");
+        d.advance_wall_clock(Duration::from_millis(2_000))
+            .expect("ticks");
+        let expired: Vec<(String, InventoryReleased)> = d
+            .read_output_as(topics::INVENTORY_RELEASED, &Utf8, &Json::new())
+            .expect("decodes");
+        assert_eq!(expired.len(), 1, "{expired:?}");
+        assert_eq!(expired[0].1.reason, ReleaseReason::HoldExpired);
+        assert_eq!(
+            (expired[0].1.held, expired[0].1.warehouse_held),
+            (Some(0), Some(0))
+        );
+        let versions: Vec<i64> = reserved
+            .iter()
+            .map(|(_, e)| e.held_version)
+            .chain(released.iter().chain(&expired).map(|(_, e)| e.held_version))
+            .map(|v| v.expect("a version"))
+            .collect();
+        assert!(
+            versions.windows(2).all(|w| w[0] < w[1]),
+            "versions strictly increase: {versions:?}"
+        );
     }
 }

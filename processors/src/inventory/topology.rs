@@ -220,6 +220,7 @@ pub fn topology(
             interval,
             metrics: metrics.clone(),
             active_counted_at: None,
+            held_version: std::sync::atomic::AtomicI64::new(0),
         },
         &[SOURCE],
     )
@@ -275,6 +276,26 @@ pub struct InventoryProcessor {
     metrics: InventoryMetrics,
     /// When `inventory_holds_active` was last counted (wall clock, ms).
     active_counted_at: Option<i64>,
+    /// The last `held_version` given (µs; see [`InventoryProcessor::next_held_version`]).
+    held_version: std::sync::atomic::AtomicI64,
+}
+
+/// The SKU's held figures after a decision, carried on `inventory.reserved.v1` and
+/// `inventory.released.v1` so the Cassandra mirror stores them instead of counting hold rows.
+#[derive(Debug, Clone, Copy)]
+struct HeldAfter<'a> {
+    stock: &'a SkuStock,
+    version: i64,
+}
+
+impl HeldAfter<'_> {
+    fn total(&self) -> Option<i32> {
+        Some(to_i32(self.stock.total().held))
+    }
+
+    fn warehouse(&self, warehouse: Option<&str>) -> Option<i32> {
+        warehouse.map(|w| to_i32(self.stock.get(w).held))
+    }
 }
 
 /// How often the punctuator counts the active holds (a scan of the expiry timers).
@@ -426,6 +447,22 @@ fn to_i32(n: i64) -> i32 {
 }
 
 impl InventoryProcessor {
+    /// A version for the held figures of one decision: the wall clock `now_ms` in µs, or one
+    /// more than the last version when the clock has not moved past it (several decisions in
+    /// one millisecond), so one task's versions strictly increase. A SKU is owned by one task;
+    /// after a restart or a move the clock has moved on by more than the few µs a burst adds.
+    fn next_held_version(&self, now_ms: i64) -> i64 {
+        use std::sync::atomic::Ordering;
+        let wall = now_ms.saturating_mul(1_000);
+        let previous = self
+            .held_version
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| {
+                Some(wall.max(last.saturating_add(1)))
+            })
+            .unwrap_or_else(|last| last);
+        wall.max(previous.saturating_add(1))
+    }
+
     fn hot(&self) -> std::sync::MutexGuard<'_, HotSkus> {
         self.metrics
             .hot
@@ -515,8 +552,12 @@ impl InventoryProcessor {
         if let (Some(k), Some(h)) = (&key, &outcome.hold) {
             ctx.kv(HOLDS_STORE)?.put(k.clone(), to_json(h));
         }
+        let held = HeldAfter {
+            stock: &outcome.stock,
+            version: self.next_held_version(now),
+        };
         for effect in outcome.effects {
-            self.emit(ctx, sku, effect, cause, now)?;
+            self.emit(ctx, sku, effect, cause, now, held)?;
         }
         Ok(())
     }
@@ -528,6 +569,7 @@ impl InventoryProcessor {
         effect: Effect,
         cause: &Cause,
         now: i64,
+        held: HeldAfter<'_>,
     ) -> Result<(), ProcessError> {
         let holds = &self.metrics.holds;
         match effect {
@@ -561,6 +603,9 @@ impl InventoryProcessor {
                     quantity: to_i32(quantity),
                     available: to_i32(available),
                     expires_at,
+                    held: held.total(),
+                    warehouse_held: held.warehouse(warehouse.as_deref()),
+                    held_version: Some(held.version),
                     warehouse,
                 };
                 ctx.forward_to(TO_RESERVED, Record::new(order_id, event, now))?;
@@ -585,6 +630,9 @@ impl InventoryProcessor {
                     order_id: order_id.clone(),
                     quantity: to_i32(quantity),
                     reason,
+                    held: held.total(),
+                    warehouse_held: held.warehouse(Some(&warehouse)),
+                    held_version: Some(held.version),
                     warehouse: Some(warehouse),
                 };
                 ctx.forward_to(TO_RELEASED, Record::new(order_id, event, now))?;
@@ -632,6 +680,9 @@ impl InventoryProcessor {
                     quantity: to_i32(quantity),
                     available: to_i32(available),
                     expires_at: None,
+                    held: held.total(),
+                    warehouse_held: held.warehouse(Some(&warehouse)),
+                    held_version: Some(held.version),
                     warehouse: Some(warehouse),
                 };
                 ctx.forward_to(TO_RESERVED, Record::new(order_id, event, now))?;

@@ -16,6 +16,8 @@ use rdkafka::message::{BorrowedMessage, Message};
 use sqlx::{MySql, MySqlPool, Transaction};
 use tokio_util::sync::CancellationToken;
 
+use crate::positions::commit_positions;
+
 use super::logic::{
     CurrentOrder, OrderWrite, OutboxEvent, Plan, Rows, parse_status, plan_decision,
 };
@@ -35,6 +37,8 @@ pub enum Applied {
 /// Backoff between retries of a failed transaction: 100 ms doubling to 5 s.
 const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// How often an idle sink commits its position (past a transaction's commit marker).
+const COMMIT_IDLE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Consume `topic` (the saga's `order.decisions.v1`) as consumer group `group_id` until
 /// `shutdown`, applying each decision with [`apply_decision`] and committing its offset after
@@ -100,9 +104,22 @@ pub async fn run_order_sink_with(
         })?;
     tracing::info!(topic, group_id, "order sink started");
     let mut backoff = BACKOFF_START;
+    // Positions, not "record + 1", so the commit marker after a transaction is committed too
+    // (`crate::positions`); the tick commits it while idle.
+    let mut committed = Vec::new();
+    let mut tick = tokio::time::interval(COMMIT_IDLE_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut unprocessed = None;
     loop {
         let message = tokio::select! {
             () = shutdown.cancelled() => break,
+            _ = tick.tick() => {
+                // Every record received is applied here: the position is safe to commit.
+                if let Err(e) = commit_positions(&consumer, CommitMode::Sync, None, &mut committed) {
+                    tracing::warn!(error = %e, "order sink: offset commit failed");
+                }
+                continue;
+            }
             m = consumer.recv() => m,
         };
         let message = match message {
@@ -119,14 +136,21 @@ pub async fn run_order_sink_with(
             }
         };
         if !handle_with_retry(&message, topic, names, &codec, &pool, &shutdown).await? {
+            // Not applied: the final commit stops before it.
+            unprocessed = Some((
+                message.topic().to_owned(),
+                message.partition(),
+                message.offset(),
+            ));
             break;
         }
-        if let Err(e) = consumer.commit_message(&message, CommitMode::Async) {
+        if let Err(e) = commit_positions(&consumer, CommitMode::Async, None, &mut committed) {
             // The next commit covers it; a replay is absorbed by the decision id.
             tracing::warn!(error = %e, "order sink: offset commit failed");
         }
     }
-    if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+    let unprocessed = unprocessed.as_ref().map(|(t, p, o)| (t.as_str(), *p, *o));
+    if let Err(e) = commit_positions(&consumer, CommitMode::Sync, unprocessed, &mut committed) {
         tracing::debug!(error = %e, "order sink: final offset commit");
     }
     tracing::info!(topic, "order sink stopped");

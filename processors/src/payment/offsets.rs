@@ -54,6 +54,19 @@ impl OffsetTracker {
         }
     }
 
+    /// The consumer's positions (one past the last command received on each partition, or past
+    /// the commit markers and aborted records after it): a partition with nothing running has
+    /// every command received done, so its position is committable (a transaction's commit
+    /// marker must be committed too, or a caught-up group shows lag 1 forever).
+    pub(crate) fn consumer_positions(&mut self, positions: &[(Tp, i64)]) {
+        for (tp, pos) in positions {
+            let p = self.partitions.entry(tp.clone()).or_default();
+            if p.running.is_empty() && p.next_after_done.is_none_or(|n| *pos > n) {
+                p.next_after_done = Some(*pos);
+            }
+        }
+    }
+
     /// The positions to commit now (only those that moved forward), marked as committed.
     pub(crate) fn take_committable(&mut self) -> Vec<(Tp, i64)> {
         self.take_where(|_| true)

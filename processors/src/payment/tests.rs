@@ -316,6 +316,25 @@ fn offsets_are_never_committed_past_an_unfinished_command() {
 }
 
 #[test]
+fn the_consumer_position_past_a_commit_marker_is_committed_only_when_nothing_runs() {
+    let mut t = OffsetTracker::default();
+    t.start(&tp(0), 9);
+    // The consumer polled past the commit marker at 10: its position is 11.
+    t.consumer_positions(&[(tp(0), 11)]);
+    assert_eq!(t.take_committable(), vec![(tp(0), 9)], "9 still runs");
+    t.finish(&tp(0), 9);
+    assert_eq!(t.take_committable(), vec![(tp(0), 10)]);
+    t.consumer_positions(&[(tp(0), 11)]);
+    assert_eq!(t.take_committable(), vec![(tp(0), 11)], "past the marker");
+    t.consumer_positions(&[(tp(0), 11), (tp(1), 4)]);
+    assert_eq!(
+        t.take_committable(),
+        vec![(tp(1), 4)],
+        "nothing received on 1 yet"
+    );
+}
+
+#[test]
 fn a_failed_commit_is_retried_and_revoked_partitions_are_forgotten() {
     let mut t = OffsetTracker::default();
     t.start(&tp(0), 5);

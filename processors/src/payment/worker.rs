@@ -318,6 +318,12 @@ impl Worker {
     }
 
     fn commit(&self, mode: CommitMode) {
+        // Every command received is in the tracker (`dispatch`), so the consumer's position
+        // counts only where nothing runs.
+        match crate::positions::positions(&self.consumer, None) {
+            Ok(consumer) => lock(&self.tracker).consumer_positions(&consumer),
+            Err(e) => tracing::debug!(error = %e, "no consumer position"),
+        }
         let positions = lock(&self.tracker).take_committable();
         let Some(tpl) = positions_list(&positions) else {
             return;

@@ -77,6 +77,9 @@ fn reserved(sku: &str, status: ReservationStatus, id: &str) -> Input {
         available: 0,
         expires_at: Some(T0 + 600_000),
         warehouse: None,
+        held: None,
+        warehouse_held: None,
+        held_version: None,
     })
 }
 
@@ -800,6 +803,9 @@ fn any_input() -> impl Strategy<Value = Input> {
             quantity: 2,
             reason: ReleaseReason::HoldExpired,
             warehouse: None,
+            held: None,
+            warehouse_held: None,
+            held_version: None,
         })),
     ]
 }
@@ -1073,6 +1079,9 @@ mod driver {
                 quantity: 1,
                 reason: ReleaseReason::OrderCancelled,
                 warehouse: None,
+                held: None,
+                warehouse_held: None,
+                held_version: None,
             }),
             authorized("auth-foreign"),
             failed(PaymentFailureReason::Declined),
@@ -1480,6 +1489,9 @@ mod driver {
             quantity: 2,
             reason: ReleaseReason::HoldExpired,
             warehouse: None,
+            held: None,
+            warehouse_held: None,
+            held_version: None,
         });
         vec![
             place(),
