@@ -7,6 +7,7 @@ pub mod checkout;
 pub mod cpu;
 pub mod inventory;
 pub mod kstreams;
+mod open_loop;
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 

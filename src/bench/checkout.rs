@@ -39,14 +39,13 @@ use hdrhistogram::Histogram;
 use keel_avro::Codec;
 use keel_avro::records::{OrderDecision, OrderDecisionStatus, OrderStatus, OrderStatusChanged};
 use keel_processors::topics;
-use rdkafka::consumer::{Consumer as _, StreamConsumer};
 use rdkafka::message::Message as _;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde::Serialize;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::cpu;
+use super::open_loop::{self, Pacer, Requests, Sample};
 use crate::config::KeelConfig;
 
 /// `keel bench checkout` options.
@@ -184,6 +183,14 @@ struct OrderRec {
 }
 
 impl OrderRec {
+    /// Due → CONFIRMED.
+    fn sample(&self) -> Sample {
+        Sample {
+            due: self.due,
+            done: self.confirmed,
+        }
+    }
+
     fn settled(&self) -> bool {
         self.confirmed.is_some()
             || self.cancelled.is_some()
@@ -559,26 +566,10 @@ pub async fn run(config: &KeelConfig, args: &CheckoutArgs) -> anyhow::Result<Str
             pid,
         });
     }
-    for (name, pid) in cpu::stack_pids(&cpu::stack_pid_dir()) {
-        watched.push(cpu::Watched { name, pid });
-    }
-    watched.push(cpu::Watched {
-        name: "keel bench (this process)".into(),
-        pid: std::process::id(),
-    });
+    open_loop::watch_stack_and_self(&mut watched);
 
     // The measured run.
-    let progress = if args.no_progress {
-        indicatif::ProgressBar::hidden()
-    } else {
-        indicatif::ProgressBar::new(planned)
-    };
-    progress.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{spinner} {prefix} [{elapsed_precise}] {bar:30} {pos}/{len} due  {msg}",
-        )?
-        .progress_chars("=> "),
-    );
+    let progress = open_loop::progress_bar(args.no_progress, planned, "due")?;
     let stop_ticker = CancellationToken::new();
     let ticker = {
         let (progress, counters, stop) = (progress.clone(), counters.clone(), stop_ticker.clone());
@@ -608,10 +599,9 @@ pub async fn run(config: &KeelConfig, args: &CheckoutArgs) -> anyhow::Result<Str
         method: args.payment_method.clone(),
         tracker: tracker.clone(),
         counters: counters.clone(),
-        in_flight: Arc::new(tokio::sync::Semaphore::new(args.max_in_flight.max(1))),
-        tasks: tokio::task::JoinSet::new(),
         next: 1,
     };
+    let mut pacer = Pacer::new(args.max_in_flight);
     let idle = if args.idle_s > 0 {
         progress.set_prefix("idle baseline");
         let from = cpu::sample(&watched);
@@ -620,61 +610,44 @@ pub async fn run(config: &KeelConfig, args: &CheckoutArgs) -> anyhow::Result<Str
     } else {
         None
     };
-    if warmup.orders() > 0 {
-        progress.set_prefix("warming up");
-        let warmup_end = sender.run(warmup, None, Instant::now()).await;
-        tokio::time::sleep_until(warmup_end.into()).await;
-    }
+    pacer.warm_up(&mut sender, warmup, &progress).await;
     progress.set_prefix("measuring");
     let before = cpu::sample(&watched);
-    let t0 = Instant::now() + Duration::from_millis(10);
-    let mut step_start = t0;
-    let mut ramp_stopped_early = false;
-    let mut steps_run = Vec::new();
-    'steps: for (s, step) in steps.iter().enumerate() {
-        steps_run.push(*step);
-        step_start = sender.run(*step, Some(s), step_start).await;
-        // A ramp stops once Keel no longer keeps up: more than 1 % of the orders due in the
-        // last step-long window that ended --ramp-stop-ms ago were not confirmed within it.
-        if args.ramp && s + 1 < steps.len() {
-            let window = Duration::from_millis(args.ramp_stop_ms);
-            let now = Instant::now();
-            let (from, to) = (
-                now.checked_sub(window + Duration::from_secs(step.seconds)),
-                now.checked_sub(window),
+    let open_loop::Measured {
+        t0,
+        last_due,
+        steps_run,
+        ramp_stopped_early,
+    } = pacer
+        .measure(&mut sender, &steps, args.ramp, |step| {
+            // A ramp stops once Keel no longer keeps up: more than 1 % of the orders due in the
+            // last step-long window that ended --ramp-stop-ms ago were not confirmed within it.
+            let (judged, bad, stop) = open_loop::ramp_check(
+                lock(&tracker)
+                    .orders
+                    .iter()
+                    .filter(|r| r.step.is_some())
+                    .map(OrderRec::sample),
+                args.ramp_stop_ms,
+                step.seconds,
+                Instant::now(),
             );
-            let t = lock(&tracker);
-            let (mut judged, mut bad) = (0u64, 0u64);
-            for rec in t.orders.iter().filter(|r| r.step.is_some()) {
-                if from.is_some_and(|f| rec.due >= f) && to.is_some_and(|t| rec.due < t) {
-                    judged += 1;
-                    if rec.confirmed.is_none_or(|c| c - rec.due > window) {
-                        bad += 1;
-                    }
-                }
-            }
-            drop(t);
-            let stop = judged > 0 && bad * 100 > judged;
             say(
                 &progress,
                 format!(
                     "[bench] after {:.0} orders/s: {bad} of {judged} orders due {}–{} s ago not \
                      confirmed within {} ms{}",
                     step.rate,
-                    (window.as_secs() + step.seconds),
-                    window.as_secs(),
+                    args.ramp_stop_ms / 1000 + step.seconds,
+                    args.ramp_stop_ms / 1000,
                     args.ramp_stop_ms,
                     if stop { "; stopping the ramp" } else { "" }
                 ),
             );
-            if stop {
-                ramp_stopped_early = true;
-                break 'steps;
-            }
-        }
-    }
-    let last_due = Instant::now();
-    let Sender { mut tasks, .. } = sender;
+            stop
+        })
+        .await;
+    let mut tasks = pacer.into_tasks();
 
     // Drain: wait for every order to settle, or the drain timeout.
     progress.set_prefix("draining");
@@ -752,7 +725,7 @@ pub(crate) fn say(progress: &indicatif::ProgressBar, line: String) {
     }
 }
 
-/// Sends orders on schedule, each `POST /orders` in its own task.
+/// The orders a [`Pacer`] sends: each `POST /orders`.
 struct Sender {
     http: reqwest::Client,
     api: String,
@@ -760,56 +733,47 @@ struct Sender {
     method: String,
     tracker: Shared,
     counters: Arc<Counters>,
-    in_flight: Arc<tokio::sync::Semaphore>,
-    tasks: tokio::task::JoinSet<()>,
     /// The next order's index (its cart is `bench-<tag>-<index>`); 0 is the probe.
     next: usize,
 }
 
-impl Sender {
-    /// Sends `step.orders()` orders due `1/rate` apart from `start` (late ticks are sent at
-    /// once, never skipped); returns when the step's time is over.
-    async fn run(&mut self, step: Step, index: Option<usize>, start: Instant) -> Instant {
-        let period = Duration::from_secs_f64(1.0 / step.rate);
-        let mut interval = tokio::time::interval_at(start.into(), period);
-        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-        for _ in 0..step.orders() {
-            let due = interval.tick().await.into_std();
-            let i = self.next;
-            self.next += 1;
-            lock(&self.tracker).orders.push(OrderRec {
-                due,
-                step: index,
-                accepted: None,
-                order_id: None,
-                decided: None,
-                confirmed: None,
-                cancelled: None,
-                rejected: None,
-                error: None,
-            });
-            self.counters.sent.fetch_add(1, Ordering::Relaxed);
-            let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
-                self.counters.errors.fetch_add(1, Ordering::Relaxed);
-                lock(&self.tracker).orders[i].error = Some("client: in-flight limit".into());
-                continue;
-            };
-            let (http, api, tag, method, tracker, counters) = (
-                self.http.clone(),
-                self.api.clone(),
-                self.tag.clone(),
-                self.method.clone(),
-                self.tracker.clone(),
-                self.counters.clone(),
-            );
-            self.tasks.spawn(async move {
-                let _permit = permit;
-                let cart = format!("bench-{tag}-{i}");
-                post_order(&http, &api, &tag, i, &cart, &method, &tracker, &counters).await;
-            });
-            while self.tasks.try_join_next().is_some() {}
+impl Requests for Sender {
+    fn due(&mut self, due: Instant, step: Option<usize>) -> usize {
+        let i = self.next;
+        self.next += 1;
+        lock(&self.tracker).orders.push(OrderRec {
+            due,
+            step,
+            accepted: None,
+            order_id: None,
+            decided: None,
+            confirmed: None,
+            cancelled: None,
+            rejected: None,
+            error: None,
+        });
+        self.counters.sent.fetch_add(1, Ordering::Relaxed);
+        i
+    }
+
+    fn refused(&mut self, i: usize) {
+        self.counters.errors.fetch_add(1, Ordering::Relaxed);
+        lock(&self.tracker).orders[i].error = Some("client: in-flight limit".into());
+    }
+
+    fn send(&mut self, i: usize) -> impl Future<Output = ()> + Send + 'static {
+        let (http, api, tag, method, tracker, counters) = (
+            self.http.clone(),
+            self.api.clone(),
+            self.tag.clone(),
+            self.method.clone(),
+            self.tracker.clone(),
+            self.counters.clone(),
+        );
+        async move {
+            let cart = format!("bench-{tag}-{i}");
+            post_order(&http, &api, &tag, i, &cart, &method, &tracker, &counters).await;
         }
-        start + Duration::from_secs(step.seconds)
     }
 }
 
@@ -973,55 +937,18 @@ fn start_reader(
     counters: Arc<Counters>,
     stop: CancellationToken,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let mut client = ClientConfig::new();
-    client.set("bootstrap.servers", &config.kafka.bootstrap_servers);
-    for (k, v) in &config.kafka.client {
-        client.set(k, v);
-    }
-    client
-        .set("group.id", format!("keel-bench-checkout-{tag}"))
-        .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_committed")
-        .set("fetch.wait.max.ms", "10");
-    let consumer: StreamConsumer = client.create()?;
-    let mut tpl = TopicPartitionList::new();
-    for topic in [status_topic, decisions_topic] {
-        let metadata = consumer
-            .fetch_metadata(Some(topic), Duration::from_secs(10))
-            .with_context(|| format!("metadata of {topic}"))?;
-        let partitions: Vec<i32> = metadata
-            .topics()
-            .iter()
-            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-            .collect();
-        anyhow::ensure!(
-            !partitions.is_empty(),
-            "{topic} has no partitions: is `keel run` running with this topic prefix?"
-        );
-        for p in partitions {
-            let (_, high) = consumer
-                .fetch_watermarks(topic, p, Duration::from_secs(10))
-                .with_context(|| format!("the end of {topic}/{p}"))?;
-            tpl.add_partition_offset(topic, p, Offset::Offset(high))?;
-        }
-    }
-    consumer.assign(&tpl)?;
+    let consumer = open_loop::consumer_at_ends(
+        config,
+        &format!("keel-bench-checkout-{tag}"),
+        &[status_topic, decisions_topic],
+        "`keel run`",
+    )?;
     let codec = Codec::new(config.registry.clone())?;
     let (status_topic, decisions_topic) = (status_topic.to_owned(), decisions_topic.to_owned());
     Ok(tokio::spawn(async move {
-        loop {
-            let message = tokio::select! {
-                () = stop.cancelled() => break,
-                m = consumer.recv() => m,
-            };
-            let at = Instant::now();
-            let m = match message {
-                Ok(m) => m,
-                Err(e) => {
-                    tracing::warn!(error = %e, "reading the status events");
-                    continue;
-                }
-            };
+        while let Some((m, at)) =
+            open_loop::next_message(&consumer, &stop, "reading the status events").await
+        {
             let Some(payload) = m.payload() else { continue };
             let decoded = if m.topic() == status_topic {
                 codec
@@ -1085,7 +1012,7 @@ fn summarize(orders: &[OrderRec], s: Summary<'_>) -> CheckoutResult {
         }
     }
     let confirmed: Vec<&&OrderRec> = measured.iter().filter(|o| o.confirmed.is_some()).collect();
-    let lat = |o: &&&OrderRec| o.confirmed.map(|c| us(c.saturating_duration_since(o.due)));
+    let lat = |o: &&&OrderRec| o.sample().latency_us();
     let last_confirm = confirmed.iter().filter_map(|o| o.confirmed).max();
     let confirmed_per_second = last_confirm.map_or(0.0, |l| {
         confirmed.len() as f64 / l.saturating_duration_since(s.t0).as_secs_f64().max(1e-3)
@@ -1096,83 +1023,31 @@ fn summarize(orders: &[OrderRec], s: Summary<'_>) -> CheckoutResult {
         .enumerate()
         .map(|(i, step)| {
             let in_step: Vec<&&OrderRec> = measured.iter().filter(|o| o.step == Some(i)).collect();
-            let conf: Vec<u64> = in_step.iter().filter_map(lat).collect();
-            let l = latency(conf.iter().copied());
-            let due = in_step.len() as u64;
-            let ok = conf.len() as u64;
+            let f = open_loop::step_figures(
+                in_step.iter().map(|o| o.sample()),
+                s.args.p99_limit_ms,
+                s.args.ramp_stop_ms,
+            );
             StepResult {
                 rate: step.rate,
                 seconds: step.seconds,
-                due,
-                confirmed: ok,
+                due: f.due,
+                confirmed: f.done,
                 cancelled: in_step.iter().filter(|o| o.cancelled.is_some()).count() as u64,
                 errors: in_step.iter().filter(|o| o.error.is_some()).count() as u64,
                 unsettled: in_step.iter().filter(|o| !o.settled()).count() as u64,
-                sustained: due > 0
-                    && ok * 100 >= due * 99
-                    && l.p99_ms <= s.args.p99_limit_ms as f64,
-                kept_up: due > 0
-                    && conf
-                        .iter()
-                        .filter(|us| **us <= s.args.ramp_stop_ms * 1000)
-                        .count() as u64
-                        * 100
-                        >= due * 99,
-                confirmed_latency: l,
+                sustained: f.sustained,
+                kept_up: f.kept_up,
+                confirmed_latency: f.latency,
             }
         })
         .collect();
-    let (saturation_rate, p99_within_limit_rate) = if s.args.ramp {
-        (
-            steps
-                .iter()
-                .take_while(|st| st.kept_up)
-                .last()
-                .map(|st| st.rate),
-            steps
-                .iter()
-                .take_while(|st| st.sustained)
-                .last()
-                .map(|st| st.rate),
-        )
-    } else {
-        (None, None)
-    };
+    let (saturation_rate, p99_within_limit_rate) = open_loop::ramp_rates(
+        s.args.ramp,
+        steps.iter().map(|st| (st.rate, st.kept_up, st.sustained)),
+    );
     // Per second, by due time.
-    let mut by_second: BTreeMap<u64, (u64, Vec<u64>)> = BTreeMap::new();
-    let mut arrived: BTreeMap<u64, u64> = BTreeMap::new();
-    for o in &measured {
-        let sec = o.due.saturating_duration_since(s.t0).as_secs();
-        let e = by_second.entry(sec).or_default();
-        e.0 += 1;
-        if let Some(c) = o.confirmed {
-            e.1.push(us(c.saturating_duration_since(o.due)));
-            *arrived
-                .entry(c.saturating_duration_since(s.t0).as_secs())
-                .or_insert(0) += 1;
-        }
-    }
-    let last_sec = by_second
-        .keys()
-        .chain(arrived.keys())
-        .max()
-        .copied()
-        .unwrap_or(0);
-    let seconds = (0..=last_sec)
-        .map(|t| {
-            let (due, lats) = by_second.get(&t).cloned().unwrap_or_default();
-            let l = latency(lats.iter().copied());
-            Second {
-                t,
-                due,
-                confirmed: lats.len() as u64,
-                confirmed_arrived: arrived.get(&t).copied().unwrap_or(0),
-                p50_ms: l.p50_ms,
-                p99_ms: l.p99_ms,
-                max_ms: l.max_ms,
-            }
-        })
-        .collect();
+    let seconds = open_loop::per_second(measured.iter().map(|o| o.sample()), s.t0);
     let busiest = s
         .cpu
         .processes
@@ -1387,11 +1262,7 @@ fn render(r: &CheckoutResult, json: &std::path::Path, svg: &std::path::Path) -> 
     );
     row(
         "schedule (orders/s x s)",
-        r.schedule
-            .iter()
-            .map(|(rate, s)| format!("{rate:.0}x{s}"))
-            .collect::<Vec<_>>()
-            .join(" "),
+        open_loop::schedule_text(&r.schedule),
     );
     row(
         "due / accepted / confirmed",
@@ -1422,63 +1293,29 @@ fn render(r: &CheckoutResult, json: &std::path::Path, svg: &std::path::Path) -> 
     row("POST → CONFIRMED (order.status.changed)", l(&r.latency));
     row("POST → decided (order.decisions.v1)", l(&r.decided_latency));
     row("POST → 202", l(&r.post_latency));
-    for st in &r.steps {
-        row(
-            &format!("  step {:.0} orders/s x {} s", st.rate, st.seconds),
-            format!(
-                "confirmed {}/{}, p50 {:.0} ms, p99 {:.0} ms{}{}",
-                st.confirmed,
-                st.due,
-                st.confirmed_latency.p50_ms,
-                st.confirmed_latency.p99_ms,
-                if st.sustained {
-                    ""
-                } else {
-                    ", p99 over the limit"
-                },
-                if st.kept_up { "" } else { ", NOT kept up" }
-            ),
-        );
-    }
-    if r.mode == "ramp" {
-        row(
-            "saturation (highest rate kept up with)",
-            r.saturation_rate
-                .map_or_else(|| "none".to_owned(), |s| format!("{s:.0} orders/s")),
-        );
-        row(
-            "highest rate with p99 within the limit",
-            r.p99_within_limit_rate
-                .map_or_else(|| "none".to_owned(), |s| format!("{s:.0} orders/s")),
-        );
-    }
-    row(
-        "machine CPU busy",
-        r.cpu.machine_busy_percent.map_or_else(
-            || "?".to_owned(),
-            |b| {
-                format!(
-                    "{b:.0} % of {} cores over {:.1} s",
-                    r.cpu.cores, r.cpu.wall_seconds
-                )
-            },
-        ),
+    open_loop::step_rows(
+        &mut row,
+        "orders",
+        "confirmed",
+        0,
+        r.steps.iter().map(|st| open_loop::StepLine {
+            rate: st.rate,
+            seconds: st.seconds,
+            done: st.confirmed,
+            due: st.due,
+            latency: &st.confirmed_latency,
+            sustained: st.sustained,
+            kept_up: st.kept_up,
+        }),
     );
-    for p in &r.cpu.processes {
-        let idle = r
-            .cpu_idle
-            .as_ref()
-            .and_then(|i| i.processes.iter().find(|q| q.pid == p.pid))
-            .map(|q| format!(" (idle: {:.0} %)", q.percent_of_one_core))
-            .unwrap_or_default();
-        row(
-            &format!("  cpu {} (pid {})", p.name, p.pid),
-            format!(
-                "{:.1} s = {:.0} % of one core{idle}",
-                p.cpu_seconds, p.percent_of_one_core
-            ),
-        );
-    }
+    open_loop::ramp_rows(
+        &mut row,
+        r.mode == "ramp",
+        "orders",
+        r.saturation_rate,
+        r.p99_within_limit_rate,
+    );
+    open_loop::cpu_rows(&mut row, &r.cpu, r.cpu_idle.as_ref());
     row(
         "busiest process",
         format!(

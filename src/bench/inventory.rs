@@ -43,15 +43,15 @@ use keel_avro::records::{
     ReserveStock,
 };
 use keel_processors::topics;
-use rdkafka::consumer::{Consumer as _, StreamConsumer};
+use rdkafka::ClientConfig;
 use rdkafka::message::Message as _;
 use rdkafka::producer::FutureProducer;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use super::checkout::{ChartText, Latency, Machine, Second, Step, latency, say, us};
+use super::checkout::{ChartText, Latency, Machine, Second, Step, latency, say};
 use super::cpu;
+use super::open_loop::{self, Pacer, Requests, Sample};
 use crate::config::KeelConfig;
 
 /// The `reason` of the seeding `AdjustStock` commands (how the reader knows them).
@@ -170,6 +170,14 @@ struct Op {
 }
 
 impl Op {
+    /// Due → reply.
+    fn sample(&self) -> Sample {
+        Sample {
+            due: self.due,
+            done: self.reply.map(|(at, _)| at),
+        }
+    }
+
     fn settled(&self) -> bool {
         self.reply.is_some() || self.error.is_some()
     }
@@ -782,25 +790,9 @@ async fn measure(
             pid,
         });
     }
-    for (name, pid) in cpu::stack_pids(&cpu::stack_pid_dir()) {
-        watched.push(cpu::Watched { name, pid });
-    }
-    watched.push(cpu::Watched {
-        name: "keel bench (this process)".into(),
-        pid: std::process::id(),
-    });
+    open_loop::watch_stack_and_self(&mut watched);
 
-    let progress = if args.no_progress {
-        indicatif::ProgressBar::hidden()
-    } else {
-        indicatif::ProgressBar::new(planned)
-    };
-    progress.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{spinner} {prefix} [{elapsed_precise}] {bar:30} {pos}/{len} reserves  {msg}",
-        )?
-        .progress_chars("=> "),
-    );
+    let progress = open_loop::progress_bar(args.no_progress, planned, "reserves")?;
     let reserves_sent = Arc::new(AtomicU64::new(0));
     let stop_ticker = CancellationToken::new();
     let ticker = {
@@ -832,48 +824,32 @@ async fn measure(
     let mut sender = Sender {
         wire: wire.clone(),
         hot_share: args.hot_share,
-        in_flight: Arc::new(tokio::sync::Semaphore::new(args.max_in_flight.max(1))),
-        tasks: tokio::task::JoinSet::new(),
         next: 0,
         sent: reserves_sent,
     };
-    if warmup.orders() > 0 {
-        progress.set_prefix("warming up");
-        let end = sender.run(warmup, None, Instant::now()).await;
-        tokio::time::sleep_until(end.into()).await;
-    }
+    let mut pacer = Pacer::new(args.max_in_flight);
+    pacer.warm_up(&mut sender, warmup, &progress).await;
     progress.set_prefix("measuring");
     let before = cpu::sample(&watched);
-    let t0 = Instant::now() + Duration::from_millis(10);
-    let mut step_start = t0;
-    let mut ramp_stopped_early = false;
-    let mut steps_run = Vec::new();
-    for (s, step) in steps.iter().enumerate() {
-        steps_run.push(*step);
-        step_start = sender.run(*step, Some(s), step_start).await;
-        if args.ramp && s + 1 < steps.len() {
+    let open_loop::Measured {
+        t0,
+        last_due,
+        steps_run,
+        ramp_stopped_early,
+    } = pacer
+        .measure(&mut sender, steps, args.ramp, |step| {
             // Stop once inventory no longer keeps up: more than 1 % of the reserves due in the
             // last step-long window that ended --ramp-stop-ms ago were not answered within it.
-            let window = Duration::from_millis(args.ramp_stop_ms);
-            let now = Instant::now();
-            let (from, to) = (
-                now.checked_sub(window + Duration::from_secs(step.seconds)),
-                now.checked_sub(window),
+            let (judged, bad, stop) = open_loop::ramp_check(
+                lock(&tracker)
+                    .ops
+                    .iter()
+                    .filter(|o| o.kind == Kind::Reserve && o.step.is_some())
+                    .map(Op::sample),
+                args.ramp_stop_ms,
+                step.seconds,
+                Instant::now(),
             );
-            let (mut judged, mut bad) = (0u64, 0u64);
-            for op in lock(&tracker)
-                .ops
-                .iter()
-                .filter(|o| o.kind == Kind::Reserve && o.step.is_some())
-            {
-                if from.is_some_and(|f| op.due >= f) && to.is_some_and(|t| op.due < t) {
-                    judged += 1;
-                    if op.reply.is_none_or(|(at, _)| at - op.due > window) {
-                        bad += 1;
-                    }
-                }
-            }
-            let stop = judged > 0 && bad * 100 > judged;
             say(
                 &progress,
                 format!(
@@ -884,14 +860,10 @@ async fn measure(
                     if stop { "; stopping the ramp" } else { "" }
                 ),
             );
-            if stop {
-                ramp_stopped_early = true;
-                break;
-            }
-        }
-    }
-    let last_due = Instant::now();
-    let Sender { mut tasks, .. } = sender;
+            stop
+        })
+        .await;
+    let mut tasks = pacer.into_tasks();
 
     // Drain: every command answered (follow-ups included), or the drain timeout.
     progress.set_prefix("draining");
@@ -950,58 +922,46 @@ async fn measure(
     ))
 }
 
-/// Sends reserves on schedule, each in its own task.
+/// The reserves a [`Pacer`] sends, each on a random SKU (the hot one at `hot_share`).
 struct Sender {
     wire: Wire,
     hot_share: f64,
-    in_flight: Arc<tokio::sync::Semaphore>,
-    tasks: tokio::task::JoinSet<()>,
     /// The next reservation's number.
     next: u64,
     sent: Arc<AtomicU64>,
 }
 
-impl Sender {
-    /// Sends `step.orders()` reserves due `1/rate` apart from `start` (late ticks are sent at
-    /// once, never skipped); returns when the step's time is over.
-    async fn run(&mut self, step: Step, index: Option<usize>, start: Instant) -> Instant {
-        let period = Duration::from_secs_f64(1.0 / step.rate);
-        let mut interval = tokio::time::interval_at(start.into(), period);
-        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-        let skus = self.wire.skus.len();
-        for _ in 0..step.orders() {
-            let due = interval.tick().await.into_std();
-            let order = self.next;
-            self.next += 1;
-            let sku = pick_sku(
-                rand::random::<f64>(),
-                rand::random::<f64>(),
-                self.hot_share,
-                skus,
-            );
-            let i = lock(&self.wire.tracker).register(Op {
-                kind: Kind::Reserve,
-                order,
-                sku,
-                due,
-                step: index,
-                reply: None,
-                error: None,
-            });
-            self.sent.fetch_add(1, Ordering::Relaxed);
-            let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
-                self.wire.counters.errors.fetch_add(1, Ordering::Relaxed);
-                lock(&self.wire.tracker).ops[i].error = Some("client: in-flight limit".into());
-                continue;
-            };
-            let wire = self.wire.clone();
-            self.tasks.spawn(async move {
-                let _permit = permit;
-                wire.send(i).await;
-            });
-            while self.tasks.try_join_next().is_some() {}
-        }
-        start + Duration::from_secs(step.seconds)
+impl Requests for Sender {
+    fn due(&mut self, due: Instant, step: Option<usize>) -> usize {
+        let order = self.next;
+        self.next += 1;
+        let sku = pick_sku(
+            rand::random::<f64>(),
+            rand::random::<f64>(),
+            self.hot_share,
+            self.wire.skus.len(),
+        );
+        let i = lock(&self.wire.tracker).register(Op {
+            kind: Kind::Reserve,
+            order,
+            sku,
+            due,
+            step,
+            reply: None,
+            error: None,
+        });
+        self.sent.fetch_add(1, Ordering::Relaxed);
+        i
+    }
+
+    fn refused(&mut self, i: usize) {
+        self.wire.counters.errors.fetch_add(1, Ordering::Relaxed);
+        lock(&self.wire.tracker).ops[i].error = Some("client: in-flight limit".into());
+    }
+
+    fn send(&mut self, i: usize) -> impl Future<Output = ()> + Send + 'static {
+        let wire = self.wire.clone();
+        async move { wire.send(i).await }
     }
 }
 
@@ -1027,54 +987,17 @@ fn start_reader(
     let reserved = names.name(topics::INVENTORY_RESERVED);
     let released = names.name(topics::INVENTORY_RELEASED);
     let adjusted = names.name(topics::INVENTORY_ADJUSTED);
-    let mut client = ClientConfig::new();
-    client.set("bootstrap.servers", &config.kafka.bootstrap_servers);
-    for (k, v) in &config.kafka.client {
-        client.set(k, v);
-    }
-    client
-        .set("group.id", format!("keel-bench-inventory-{tag}"))
-        .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_committed")
-        .set("fetch.wait.max.ms", "10");
-    let consumer: StreamConsumer = client.create()?;
-    let mut tpl = TopicPartitionList::new();
-    for topic in [&reserved, &released, &adjusted] {
-        let metadata = consumer
-            .fetch_metadata(Some(topic), Duration::from_secs(10))
-            .with_context(|| format!("metadata of {topic}"))?;
-        let partitions: Vec<i32> = metadata
-            .topics()
-            .iter()
-            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-            .collect();
-        anyhow::ensure!(
-            !partitions.is_empty(),
-            "{topic} has no partitions: is keel running with this topic prefix?"
-        );
-        for p in partitions {
-            let (_, high) = consumer
-                .fetch_watermarks(topic, p, Duration::from_secs(10))
-                .with_context(|| format!("the end of {topic}/{p}"))?;
-            tpl.add_partition_offset(topic, p, Offset::Offset(high))?;
-        }
-    }
-    consumer.assign(&tpl)?;
+    let consumer = open_loop::consumer_at_ends(
+        config,
+        &format!("keel-bench-inventory-{tag}"),
+        &[&reserved, &released, &adjusted],
+        "keel",
+    )?;
     let prefix = format!("bench-{tag}-");
     Ok(tokio::spawn(async move {
-        loop {
-            let message = tokio::select! {
-                () = stop.cancelled() => break,
-                m = consumer.recv() => m,
-            };
-            let at = Instant::now();
-            let m = match message {
-                Ok(m) => m,
-                Err(e) => {
-                    tracing::warn!(error = %e, "reading inventory's replies");
-                    continue;
-                }
-            };
+        while let Some((m, at)) =
+            open_loop::next_message(&consumer, &stop, "reading inventory's replies").await
+        {
             let Some(payload) = m.payload() else { continue };
             let topic = m.topic();
             if topic == adjusted {
@@ -1309,8 +1232,7 @@ struct Summary<'a> {
 }
 
 fn lat(o: &Op) -> Option<u64> {
-    o.reply
-        .map(|(at, _)| us(at.saturating_duration_since(o.due)))
+    o.sample().latency_us()
 }
 
 /// Everything the result says, from the ops (the warm-up's excluded from the figures).
@@ -1346,85 +1268,33 @@ fn summarize(ops: &[Op], s: Summary<'_>) -> InventoryResult {
         .enumerate()
         .map(|(i, step)| {
             let in_step: Vec<&&Op> = reserves.iter().filter(|o| o.step == Some(i)).collect();
-            let lats: Vec<u64> = in_step.iter().filter_map(|o| lat(o)).collect();
-            let l = latency(lats.iter().copied());
-            let (due, ok) = (in_step.len() as u64, lats.len() as u64);
+            let f = open_loop::step_figures(
+                in_step.iter().map(|o| o.sample()),
+                s.args.p99_limit_ms,
+                s.args.ramp_stop_ms,
+            );
             StepResult {
                 rate: step.rate,
                 seconds: step.seconds,
-                reserves: due,
-                answered: ok,
+                reserves: f.due,
+                answered: f.done,
                 shortages: in_step
                     .iter()
                     .filter(|o| o.reply.is_some_and(|(_, r)| r == Reply::Shortage))
                     .count() as u64,
                 errors: in_step.iter().filter(|o| o.error.is_some()).count() as u64,
-                sustained: due > 0
-                    && ok * 100 >= due * 99
-                    && l.p99_ms <= s.args.p99_limit_ms as f64,
-                kept_up: due > 0
-                    && lats
-                        .iter()
-                        .filter(|us| **us <= s.args.ramp_stop_ms * 1000)
-                        .count() as u64
-                        * 100
-                        >= due * 99,
-                reserve_latency: l,
+                sustained: f.sustained,
+                kept_up: f.kept_up,
+                reserve_latency: f.latency,
             }
         })
         .collect();
-    let (saturation_rate, p99_within_limit_rate) = if s.args.ramp {
-        (
-            steps
-                .iter()
-                .take_while(|st| st.kept_up)
-                .last()
-                .map(|st| st.rate),
-            steps
-                .iter()
-                .take_while(|st| st.sustained)
-                .last()
-                .map(|st| st.rate),
-        )
-    } else {
-        (None, None)
-    };
+    let (saturation_rate, p99_within_limit_rate) = open_loop::ramp_rates(
+        s.args.ramp,
+        steps.iter().map(|st| (st.rate, st.kept_up, st.sustained)),
+    );
     // Per second, reserves by the second they were due in.
-    let mut by_second: BTreeMap<u64, (u64, Vec<u64>)> = BTreeMap::new();
-    let mut arrived: BTreeMap<u64, u64> = BTreeMap::new();
-    for o in &reserves {
-        let e = by_second
-            .entry(o.due.saturating_duration_since(s.t0).as_secs())
-            .or_default();
-        e.0 += 1;
-        if let Some((at, _)) = o.reply {
-            e.1.push(us(at.saturating_duration_since(o.due)));
-            *arrived
-                .entry(at.saturating_duration_since(s.t0).as_secs())
-                .or_insert(0) += 1;
-        }
-    }
-    let last_sec = by_second
-        .keys()
-        .chain(arrived.keys())
-        .max()
-        .copied()
-        .unwrap_or(0);
-    let seconds = (0..=last_sec)
-        .map(|t| {
-            let (due, lats) = by_second.get(&t).cloned().unwrap_or_default();
-            let l = latency(lats.iter().copied());
-            Second {
-                t,
-                due,
-                confirmed: lats.len() as u64,
-                confirmed_arrived: arrived.get(&t).copied().unwrap_or(0),
-                p50_ms: l.p50_ms,
-                p99_ms: l.p99_ms,
-                max_ms: l.max_ms,
-            }
-        })
-        .collect();
+    let seconds = open_loop::per_second(reserves.iter().map(|o| o.sample()), s.t0);
     InventoryResult {
         started_at: String::new(),
         machine: super::checkout::machine(),
@@ -1538,11 +1408,7 @@ fn render(r: &InventoryResult, json: &Path, svg: &Path) -> String {
     );
     row(
         "schedule (reserves/s x s)",
-        r.schedule
-            .iter()
-            .map(|(rate, s)| format!("{rate:.0}x{s}"))
-            .collect::<Vec<_>>()
-            .join(" "),
+        open_loop::schedule_text(&r.schedule),
     );
     row(
         "SKUs / hot share / stock per SKU",
@@ -1589,36 +1455,28 @@ fn render(r: &InventoryResult, json: &Path, svg: &Path) -> String {
     row("  on the hot SKU", l(&r.latency.reserve_hot_sku));
     row("confirm → SOLD", l(&r.latency.confirm));
     row("release → released", l(&r.latency.release));
-    for st in &r.steps {
-        row(
-            &format!("  step {:.0} reserves/s x {} s", st.rate, st.seconds),
-            format!(
-                "answered {}/{}, p50 {:.1} ms, p99 {:.1} ms{}{}",
-                st.answered,
-                st.reserves,
-                st.reserve_latency.p50_ms,
-                st.reserve_latency.p99_ms,
-                if st.sustained {
-                    ""
-                } else {
-                    ", p99 over the limit"
-                },
-                if st.kept_up { "" } else { ", NOT kept up" }
-            ),
-        );
-    }
-    if r.mode == "ramp" {
-        row(
-            "saturation (highest rate kept up with)",
-            r.saturation_rate
-                .map_or_else(|| "none".to_owned(), |s| format!("{s:.0} reserves/s")),
-        );
-        row(
-            "highest rate with p99 within the limit",
-            r.p99_within_limit_rate
-                .map_or_else(|| "none".to_owned(), |s| format!("{s:.0} reserves/s")),
-        );
-    }
+    open_loop::step_rows(
+        &mut row,
+        "reserves",
+        "answered",
+        1,
+        r.steps.iter().map(|st| open_loop::StepLine {
+            rate: st.rate,
+            seconds: st.seconds,
+            done: st.answered,
+            due: st.reserves,
+            latency: &st.reserve_latency,
+            sustained: st.sustained,
+            kept_up: st.kept_up,
+        }),
+    );
+    open_loop::ramp_rows(
+        &mut row,
+        r.mode == "ramp",
+        "reserves",
+        r.saturation_rate,
+        r.p99_within_limit_rate,
+    );
     let c = &r.consistency;
     row(
         "never negative",
@@ -1654,27 +1512,7 @@ fn render(r: &InventoryResult, json: &Path, svg: &Path) -> String {
         ),
     );
     row("unexpected replies", c.unexpected_replies.to_string());
-    row(
-        "machine CPU busy",
-        r.cpu.machine_busy_percent.map_or_else(
-            || "?".to_owned(),
-            |b| {
-                format!(
-                    "{b:.0} % of {} cores over {:.1} s",
-                    r.cpu.cores, r.cpu.wall_seconds
-                )
-            },
-        ),
-    );
-    for p in &r.cpu.processes {
-        row(
-            &format!("  cpu {} (pid {})", p.name, p.pid),
-            format!(
-                "{:.1} s = {:.0} % of one core",
-                p.cpu_seconds, p.percent_of_one_core
-            ),
-        );
-    }
+    open_loop::cpu_rows(&mut row, &r.cpu, None);
     row("result", json.display().to_string());
     row("chart", svg.display().to_string());
     out
