@@ -220,7 +220,7 @@ pub fn topology(
             interval,
             metrics: metrics.clone(),
             active_counted_at: None,
-            held_version: std::sync::atomic::AtomicI64::new(0),
+            held_version: std::cell::Cell::new(0),
         },
         &[SOURCE],
     )
@@ -277,7 +277,7 @@ pub struct InventoryProcessor {
     /// When `inventory_holds_active` was last counted (wall clock, ms).
     active_counted_at: Option<i64>,
     /// The last `held_version` given (µs; see [`InventoryProcessor::next_held_version`]).
-    held_version: std::sync::atomic::AtomicI64,
+    held_version: std::cell::Cell<i64>,
 }
 
 /// The SKU's held figures after a decision, carried on `inventory.reserved.v1` and
@@ -452,15 +452,11 @@ impl InventoryProcessor {
     /// one millisecond), so one task's versions strictly increase. A SKU is owned by one task;
     /// after a restart or a move the clock has moved on by more than the few µs a burst adds.
     fn next_held_version(&self, now_ms: i64) -> i64 {
-        use std::sync::atomic::Ordering;
-        let wall = now_ms.saturating_mul(1_000);
-        let previous = self
-            .held_version
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| {
-                Some(wall.max(last.saturating_add(1)))
-            })
-            .unwrap_or_else(|last| last);
-        wall.max(previous.saturating_add(1))
+        let next = now_ms
+            .saturating_mul(1_000)
+            .max(self.held_version.get().saturating_add(1));
+        self.held_version.set(next);
+        next
     }
 
     fn hot(&self) -> std::sync::MutexGuard<'_, HotSkus> {
