@@ -56,23 +56,27 @@ pub struct KeelConfig {
     pub metrics: crate::admin::MetricsSection,
 }
 
-/// Where the saga's view of a cart comes from.
+/// Where the saga's view of a cart comes from (`docs/adr/0002-cart-check-from-cdc.md`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CartSource {
-    /// The ingest API reads the cart from MariaDB and puts its lines in the place-order
-    /// command; the saga validates the command's own numbers.
-    #[default]
+    /// Opt-out: the ingest API reads the cart from MariaDB and puts its lines in the
+    /// place-order command; the saga validates only the command's own numbers, so a command
+    /// another producer writes straight to Kafka is not checked against any cart. Needs no
+    /// Kafka Connect.
     Api,
-    /// The saga checks every order against a carts table built from the cart service's CDC
-    /// topics (Debezium, registered by `keel run`): other producers' commands are checked too.
+    /// The default: the saga checks every place-order command — from the API or written
+    /// straight to Kafka — against a carts table built from the cart service's CDC topics
+    /// (Debezium, registered by `keel run`; needs Kafka Connect).
+    #[default]
     Cdc,
 }
 
-/// `[carts]`: the cart check. With `source = "cdc"`, `keel run` (role `saga`) creates the CDC
-/// topics `<topics.prefix><server_name>.<database>.carts|cart_items` with `[topics].partitions`
-/// and registers (PUT, idempotent) the Debezium connector `<streams.application_id>-carts-cdc`
-/// for the `mysql.url` database on `connect.url`.
+/// `[carts]`: the cart check. With `source = "cdc"` (the default), `keel run` (role `saga`)
+/// creates the CDC topics `<topics.prefix><server_name>.<database>.carts|cart_items` with
+/// `[topics].partitions` and registers (PUT, idempotent) the Debezium connector
+/// `<streams.application_id>-carts-cdc` for the `mysql.url` database on `connect.url`, and stops
+/// with an error naming both ways out (start Connect, or `source = "api"`) when it cannot.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CartsSection {
@@ -89,7 +93,7 @@ pub struct CartsSection {
 impl Default for CartsSection {
     fn default() -> Self {
         Self {
-            source: CartSource::Api,
+            source: CartSource::Cdc,
             server_name: "cdc".to_owned(),
             server_id: None,
             register_timeout_ms: 60_000,

@@ -82,7 +82,11 @@ pub fn ledger_connector(config: &KeelConfig) -> anyhow::Result<(ConnectorConfig,
     let (payments, heartbeats) =
         ledger::ledger_topics(&source.topic_prefix, &cdc.schema, &cdc.heartbeat_table);
     Ok((
-        ledger::ledger_tables(&source, &cdc),
+        ledger::ledger_tables(
+            &source,
+            &cdc,
+            &keel_connectors::RegistryValues::from_registry_url(&config.registry.url),
+        ),
         LedgerTopics {
             payments,
             heartbeats,

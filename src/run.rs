@@ -149,30 +149,58 @@ pub fn carts_cdc(
         kafka_bootstrap: config.kafka.bootstrap_servers.clone(),
         snapshot_mode: "initial".to_owned(),
     };
-    let connector = keel_connectors::carts::cart_tables(&source, &database);
+    let connector = keel_connectors::carts::cart_tables(
+        &source,
+        &database,
+        &keel_connectors::RegistryValues::from_registry_url(&config.registry.url),
+    );
     Ok(Some((
         keel_processors::carts::CdcTopics::new(&server, &database),
         connector,
     )))
 }
 
-/// Registers (PUT: create or update) the carts connector and waits until it runs.
+/// Registers (PUT: create or update) the carts connector and waits until it runs. Errors name
+/// the connector and Connect's URL, and say how to go on: start Connect, or opt out of the
+/// default with `[carts].source = "api"`.
 pub async fn register_carts_connector(
     config: &KeelConfig,
     connector: &keel_connectors::ConnectorConfig,
 ) -> anyhow::Result<()> {
+    const OPT_OUT: &str = "or set [carts].source = \"api\" (KEEL__CARTS__SOURCE=api) to check \
+                           carts in the API only, not the orders other producers write to Kafka";
     let connect = keel_connectors::ConnectClient::new(&config.connect.url);
-    connect
-        .apply(connector)
-        .await
-        .with_context(|| format!("registering connector {}", connector.name()))?;
+    if let Err(e) = connect.apply(connector).await {
+        let fix = match e {
+            keel_connectors::Error::Unreachable { .. } => {
+                "Start Kafka Connect (stack/keel-stack up, or keel stack up) and run again"
+            }
+            _ => "Fix what Connect says below (the connector needs the Debezium MySQL plugin)",
+        };
+        let context = format!(
+            "registering the carts connector {} on Kafka Connect at {}: the cart check of \
+             [carts].source = \"cdc\" (the default) streams the carts from MariaDB through \
+             it. {fix}, {OPT_OUT}",
+            connector.name(),
+            config.connect.url
+        );
+        return Err(anyhow::Error::new(e).context(context));
+    }
     connect
         .ensure_running(
             connector.name(),
             Duration::from_millis(config.carts.register_timeout_ms),
         )
         .await
-        .with_context(|| format!("connector {} is not running", connector.name()))?;
+        .with_context(|| {
+            format!(
+                "the carts connector {} is not running on Kafka Connect at {} (keel connectors \
+                 status shows why; it needs MariaDB's row binlog and the Debezium MySQL plugin), \
+                 {OPT_OUT}",
+                connector.name(),
+                config.connect.url
+            )
+        })?;
     tracing::info!(connector = connector.name(), "carts CDC connector running");
     Ok(())
 }

@@ -157,7 +157,9 @@ impl Codec {
             reason,
         })?;
         let schema_id = frame.schema_id;
-        let writer = self.writer_schema(&subject, schema_id, contract).await?;
+        let writer = self
+            .writer_schema(&subject, schema_id, contract.full_name)
+            .await?;
         let reader = contract.schema()?;
         let mismatch = |detail: String| Error::SchemaMismatch {
             subject: subject.clone(),
@@ -189,20 +191,55 @@ impl Codec {
         })
     }
 
+    /// Decode a payload read from `topic` with its writer schema alone (fetched by the frame's
+    /// id, cached like [`Codec::decode_from`]'s), into a generic Avro [`Value`] with that
+    /// schema's id. For topics whose schema is not one of Keel's contracts, e.g. Debezium's
+    /// table topics written through a registry converter. Errors as [`Codec::decode_from`]'s:
+    /// not framed, unknown id (after the patience), or a datum that does not decode are the
+    /// payload's fault; an unreachable registry is retriable.
+    pub async fn decode_generic(&self, topic: &str, payload: &[u8]) -> Result<(u32, Value)> {
+        let subject = self.subject(topic);
+        let frame = Frame::parse(payload).map_err(|reason| Error::NotFramed {
+            subject: subject.clone(),
+            reason,
+        })?;
+        let schema_id = frame.schema_id;
+        let writer = self
+            .writer_schema(&subject, schema_id, "its writer schema")
+            .await?;
+        let value =
+            read_datum(&writer.parsed, frame.datum).map_err(|detail| Error::AvroDecode {
+                subject: subject.clone(),
+                schema_id,
+                detail,
+            })?;
+        // apache_avro 0.22 reads a string, boolean or union cut off by the end of the input as
+        // a null instead of failing: a truncated datum shows as a value its schema refuses.
+        if !value.validate(&writer.parsed) {
+            return Err(Error::AvroDecode {
+                subject,
+                schema_id,
+                detail: "the datum is truncated (the value read does not fit its schema)"
+                    .to_owned(),
+            });
+        }
+        Ok((schema_id, value))
+    }
+
     /// The writer schema `schema_id`, from the converter's cache or the registry; a miss is
-    /// never cached (see the module docs).
+    /// never cached (see the module docs). `reader` names what it is read as, for errors.
     async fn writer_schema(
         &self,
         subject: &str,
         schema_id: u32,
-        contract: &Contract,
+        reader: &str,
     ) -> Result<Arc<schema_registry_converter::avro_common::AvroSchema>> {
         match self.inner.decoder.get_schema(schema_id).await {
             Ok(schema) => {
                 self.missing().remove(&schema_id);
                 Ok(schema)
             }
-            Err(e) => Err(self.fetch_error(subject, schema_id, contract, &e)),
+            Err(e) => Err(self.fetch_error(subject, schema_id, reader, &e)),
         }
     }
 
@@ -275,13 +312,7 @@ impl Codec {
         registry_error(subject, "register schema", e)
     }
 
-    fn fetch_error(
-        &self,
-        subject: &str,
-        schema_id: u32,
-        contract: &Contract,
-        e: &SRCError,
-    ) -> Error {
+    fn fetch_error(&self, subject: &str, schema_id: u32, reader: &str, e: &SRCError) -> Error {
         // The converter caches errors; only successes may stay (a miss is asked again).
         self.inner.decoder.remove_errors_from_cache();
         if raw_error_code(e) == Some(SCHEMA_NOT_FOUND) {
@@ -314,7 +345,7 @@ impl Codec {
                 subject: subject.to_owned(),
                 schema_id,
                 writer: "a schema that is not usable Avro".to_owned(),
-                reader: contract.full_name.to_owned(),
+                reader: reader.to_owned(),
                 detail: describe(e),
             };
         }
@@ -447,7 +478,8 @@ mod tests {
         let stub = stub_registry(contract.schema_source);
         let codec = codec(&stub.url, Duration::from_secs(60));
         let subject = codec.subject(contract.topic);
-        let first = block_on(codec.writer_schema(&subject, 7, contract)).expect_err("not yet");
+        let first =
+            block_on(codec.writer_schema(&subject, 7, contract.full_name)).expect_err("not yet");
         assert_eq!(
             first.fault(),
             crate::Fault::Dependency,
@@ -455,13 +487,56 @@ mod tests {
         );
         // The registry (a lagging replica) now has it.
         stub.known.store(true, Ordering::SeqCst);
-        let found = block_on(codec.writer_schema(&subject, 7, contract))
+        let found = block_on(codec.writer_schema(&subject, 7, contract.full_name))
             .expect("found once registered: the miss was not cached");
         assert_eq!(schema_name(&found.parsed), contract.full_name);
         // Successes are cached.
         let before = stub.lookups.load(Ordering::SeqCst);
-        block_on(codec.writer_schema(&subject, 7, contract)).expect("cached");
+        block_on(codec.writer_schema(&subject, 7, contract.full_name)).expect("cached");
         assert_eq!(stub.lookups.load(Ordering::SeqCst), before);
+    }
+
+    #[test]
+    fn a_foreign_value_decodes_generically_with_the_writer_schema_its_frame_names() {
+        const SCHEMA: &str = r#"{"type": "record", "name": "Value", "namespace": "cdc.keel.carts",
+            "fields": [{"name": "cart_id", "type": "string"},
+                       {"name": "__deleted", "type": ["null", "string"], "default": null}]}"#;
+        let stub = stub_registry(SCHEMA);
+        stub.known.store(true, Ordering::SeqCst);
+        let codec = codec(&stub.url, Duration::ZERO);
+        let schema = Schema::parse_str(SCHEMA).expect("schema");
+        let value = Value::Record(vec![
+            ("cart_id".into(), Value::String("c1".into())),
+            (
+                "__deleted".into(),
+                Value::Union(1, Box::new(Value::String("true".into()))),
+            ),
+        ]);
+        let datum = GenericDatumWriter::builder(&schema)
+            .build()
+            .and_then(|w| w.write_value_to_vec(value.clone()))
+            .expect("datum");
+        let (id, decoded) =
+            block_on(codec.decode_generic("cdc.keel.carts", &wire::frame(5065, &datum)))
+                .expect("decodes");
+        assert_eq!((id, decoded), (5065, value));
+        let json = block_on(codec.decode_generic("cdc.keel.carts", br#"{"cart_id":"c1"}"#))
+            .expect_err("JSON is not framed");
+        assert!(matches!(json, Error::NotFramed { .. }), "{json:?}");
+        assert_eq!(json.fault(), crate::Fault::Input);
+        let short =
+            block_on(codec.decode_generic("cdc.keel.carts", &wire::frame(5065, &datum[..2])))
+                .expect_err("a truncated datum");
+        assert!(
+            matches!(
+                short,
+                Error::AvroDecode {
+                    schema_id: 5065,
+                    ..
+                }
+            ),
+            "{short:?}"
+        );
     }
 
     #[test]
@@ -470,10 +545,12 @@ mod tests {
         let stub = stub_registry(contract.schema_source);
         let codec = codec(&stub.url, Duration::from_millis(200));
         let subject = codec.subject(contract.topic);
-        let first = block_on(codec.writer_schema(&subject, 9, contract)).expect_err("missing");
+        let first =
+            block_on(codec.writer_schema(&subject, 9, contract.full_name)).expect_err("missing");
         assert_eq!(first.fault(), crate::Fault::Dependency, "{first}");
         std::thread::sleep(Duration::from_millis(250));
-        let last = block_on(codec.writer_schema(&subject, 9, contract)).expect_err("missing");
+        let last =
+            block_on(codec.writer_schema(&subject, 9, contract.full_name)).expect_err("missing");
         assert!(
             matches!(last, Error::UnknownSchemaId { schema_id: 9, .. }),
             "{last:?}"

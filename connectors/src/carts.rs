@@ -1,6 +1,7 @@
 //! The cart service's tables (`carts`, `cart_items`) as the carts processor reads them: one
 //! topic per table, `<topic prefix>.<database>.<table>`, each record keyed by the cart id as a
-//! plain string and valued by the row itself as schemaless JSON.
+//! plain string and valued by the row itself as Avro in the Confluent wire format through the
+//! schema registry (ADR 0006).
 //!
 //! - keys: `message.key.columns` keys `cart_items` by `cart_id` (its primary key is
 //!   `(cart_id, sku)`), `ExtractField$Key` takes the bare id out of the key struct and the
@@ -9,14 +10,23 @@
 //! - values: `ExtractNewRecordState` unwraps the envelope to the row; a delete becomes the
 //!   deleted row with `"__deleted": "true"` (`delete.tombstone.handling.mode = rewrite`) rather
 //!   than a tombstone, because a `cart_items` key (the cart id) alone would not say which item
-//!   went; JSON without schemas until the CDC topics move to Avro (issue 11, `docs/adr/0002`);
+//!   went; `__deleted` is a nullable string field of the row's Avro record;
+//! - value format: [`ConnectorConfig::with_registry_values`] — Apicurio's registry converter,
+//!   subject `<topic>-value`, schema Debezium's (a record `<topic>.Value` of the table's
+//!   columns: `VARCHAR` → string, `INT` → int, `BIGINT` → long, `DATETIME(3)` →
+//!   `io.debezium.time.Timestamp`, a long of ms), 4-byte content ids (ADR 0006);
 //! - `snapshot.mode = initial`: carts that existed before the connector arrive too.
 
-use crate::config::{ConnectorConfig, MySqlSource};
+use crate::config::{ConnectorConfig, MySqlSource, RegistryValues};
 
 /// The connector streaming `<database>.carts` and `<database>.cart_items` of `source` (whose
-/// `databases`/`tables` are replaced) to `<source.topic_prefix>.<database>.carts|cart_items`.
-pub fn cart_tables(source: &MySqlSource, database: &str) -> ConnectorConfig {
+/// `databases`/`tables` are replaced) to `<source.topic_prefix>.<database>.carts|cart_items`,
+/// values through the registry converter of `registry`.
+pub fn cart_tables(
+    source: &MySqlSource,
+    database: &str,
+    registry: &RegistryValues,
+) -> ConnectorConfig {
     let source = MySqlSource {
         databases: vec![database.to_owned()],
         tables: vec![
@@ -28,15 +38,7 @@ pub fn cart_tables(source: &MySqlSource, database: &str) -> ConnectorConfig {
     };
     source
         .to_config()
-        .set(
-            "key.converter",
-            "org.apache.kafka.connect.storage.StringConverter",
-        )
-        .set(
-            "value.converter",
-            "org.apache.kafka.connect.json.JsonConverter",
-        )
-        .set("value.converter.schemas.enable", "false")
+        .with_registry_values(registry)
         .set(
             "message.key.columns",
             format!("{database}.carts:cart_id;{database}.cart_items:cart_id"),
@@ -72,7 +74,7 @@ mod tests {
     use crate::config::MySqlFlavor;
 
     #[test]
-    fn cart_rows_are_keyed_by_cart_id_as_plain_strings_and_unwrapped() {
+    fn cart_rows_are_keyed_by_cart_id_as_plain_strings_unwrapped_and_avro_through_the_registry() {
         let source = MySqlSource {
             name: "keel-carts-cdc".into(),
             flavor: MySqlFlavor::MariaDb,
@@ -87,7 +89,11 @@ mod tests {
             kafka_bootstrap: "127.0.0.1:9092".into(),
             snapshot_mode: "no_data".into(),
         };
-        let c = cart_tables(&source, "keel");
+        let c = cart_tables(
+            &source,
+            "keel",
+            &RegistryValues::from_registry_url("http://127.0.0.1:8080/apis/ccompat/v7"),
+        );
         assert_eq!(
             c.get("table.include.list"),
             Some("keel.carts,keel.cart_items")
@@ -99,6 +105,11 @@ mod tests {
         assert_eq!(
             c.get("key.converter"),
             Some("org.apache.kafka.connect.storage.StringConverter")
+        );
+        assert_eq!(c.get("value.converter"), Some(crate::AVRO_CONVERTER));
+        assert_eq!(
+            c.get("value.converter.apicurio.registry.url"),
+            Some("http://127.0.0.1:8080/apis/registry/v2")
         );
         assert_eq!(c.get("transforms.cartId.field"), Some("cart_id"));
         assert_eq!(c.get("snapshot.mode"), Some("initial"));

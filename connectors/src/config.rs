@@ -47,6 +47,38 @@ impl ConnectorConfig {
         &self.settings
     }
 
+    /// Keys as plain strings (`StringConverter`: no JSON quoting, so Kafka's murmur2 partitioner
+    /// sees the bare id) and values as Avro in the Confluent wire format through `registry`
+    /// (ADR 0006): the [`AVRO_CONVERTER`] registers the schema Debezium derives from the table
+    /// under the subject `<topic>-value` (`TopicIdStrategy`, as Keel's own subjects, group
+    /// `default`) on first use, the registry's compatibility rule deciding about a changed table
+    /// (`BACKWARD`, Keel's global level: an incompatible change fails the task with a 409
+    /// instead of writing), and frames each value with magic byte 0 and the schema's 4-byte
+    /// **content id** — the id the registry's Confluent API serves at `/schemas/ids/{id}`, so
+    /// `keel_avro::Codec` and Confluent clients resolve it. The id goes in the value, never in
+    /// headers.
+    pub fn with_registry_values(self, registry: &RegistryValues) -> Self {
+        const P: &str = "value.converter.apicurio.registry";
+        self.set(
+            "key.converter",
+            "org.apache.kafka.connect.storage.StringConverter",
+        )
+        .set("value.converter", AVRO_CONVERTER)
+        .set(format!("{P}.url"), &registry.url)
+        .set(format!("{P}.auto-register"), "true")
+        .set(
+            format!("{P}.artifact-resolver-strategy"),
+            "io.apicurio.registry.serde.strategy.TopicIdStrategy",
+        )
+        .set(format!("{P}.as-confluent"), "true")
+        .set(
+            format!("{P}.id-handler"),
+            "io.apicurio.registry.serde.Legacy4ByteIdHandler",
+        )
+        .set(format!("{P}.use-id"), "contentId")
+        .set(format!("{P}.headers.enabled"), "false")
+    }
+
     /// Values as schemaless JSON (the row image as a JSON object), keys as strings.
     pub fn with_json_values(self) -> Self {
         self.set(
@@ -59,6 +91,39 @@ impl ConnectorConfig {
             "org.apache.kafka.connect.json.JsonConverter",
         )
         .set("value.converter.schemas.enable", "false")
+    }
+}
+
+/// The Kafka Connect converter that writes values as Avro in the Confluent wire format through
+/// the schema registry (ADR 0006): Apicurio Registry's converter
+/// (`io.apicurio:apicurio-registry-utils-converter`), installed in Connect's `plugin.path` by
+/// `stack/servers/connect.sh` and the compose stack's Connect image.
+pub const AVRO_CONVERTER: &str = "io.apicurio.registry.utils.converter.AvroConverter";
+
+/// Where the [`AVRO_CONVERTER`] registers and looks up schemas: Apicurio Registry's native API
+/// (`…/apis/registry/v2`), the same registry Keel's codec reads through its Confluent API
+/// (`…/apis/ccompat/v7`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistryValues {
+    /// The registry's native v2 API, as Kafka Connect reaches it.
+    pub url: String,
+}
+
+impl RegistryValues {
+    /// From the Confluent-compatible URL Keel's codec uses (`[registry].url`): its
+    /// `/apis/ccompat/v7` (or `v6`) becomes `/apis/registry/v2`, the API the converter speaks;
+    /// any other URL is taken as the native API already.
+    pub fn from_registry_url(url: &str) -> Self {
+        let trimmed = url.trim_end_matches('/');
+        let base = ["/apis/ccompat/v7", "/apis/ccompat/v6"]
+            .iter()
+            .find_map(|suffix| trimmed.strip_suffix(suffix));
+        Self {
+            url: match base {
+                Some(base) => format!("{base}/apis/registry/v2"),
+                None => trimmed.to_owned(),
+            },
+        }
     }
 }
 
@@ -265,6 +330,39 @@ mod tests {
         assert_eq!(c.get("plugin.name"), Some("pgoutput"));
         assert_eq!(c.get("publication.autocreate.mode"), Some("filtered"));
         assert_eq!(c.get("table.include.list"), Some("public.payment_outbox"));
+    }
+
+    #[test]
+    fn registry_values_are_confluent_framed_avro_with_content_ids_and_plain_string_keys() {
+        let registry = RegistryValues::from_registry_url("http://127.0.0.1:8080/apis/ccompat/v7");
+        assert_eq!(registry.url, "http://127.0.0.1:8080/apis/registry/v2");
+        let c = mariadb().to_config().with_registry_values(&registry);
+        assert_eq!(
+            c.get("key.converter"),
+            Some("org.apache.kafka.connect.storage.StringConverter")
+        );
+        assert_eq!(c.get("value.converter"), Some(AVRO_CONVERTER));
+        let p = |k: &str| c.get(&format!("value.converter.apicurio.registry.{k}"));
+        assert_eq!(p("url"), Some("http://127.0.0.1:8080/apis/registry/v2"));
+        assert_eq!(p("auto-register"), Some("true"));
+        // 4-byte ids (magic 0 + id, Confluent's frame), the id ccompat serves: the content id.
+        assert_eq!(
+            p("id-handler"),
+            Some("io.apicurio.registry.serde.Legacy4ByteIdHandler")
+        );
+        assert_eq!(p("use-id"), Some("contentId"));
+        // In the value, not in headers (the converter's default).
+        assert_eq!(p("headers.enabled"), Some("false"));
+        assert_eq!(
+            p("artifact-resolver-strategy"),
+            Some("io.apicurio.registry.serde.strategy.TopicIdStrategy")
+        );
+        assert_eq!(c.get("value.converter.schemas.enable"), None);
+        // Another URL is the native API already.
+        assert_eq!(
+            RegistryValues::from_registry_url("http://registry:8080/apis/registry/v2/").url,
+            "http://registry:8080/apis/registry/v2"
+        );
     }
 
     #[test]

@@ -11,14 +11,17 @@
 //!   struct, and the `StringConverter` writes it without JSON quoting, so Kafka's murmur2
 //!   partitioner puts it where Keel's own producers put that order id;
 //! - values: **the Debezium envelope is kept** (`before`, `after`, `op`, `source` with `ts_ms`
-//!   and `lsn`), as schemaless JSON (ADR 0002: CDC values are JSON until the CDC topics move to
-//!   Avro). The consumer needs `op` (to tell a snapshot read from a change), `source.ts_ms` (for
+//!   and `lsn`), as Avro in the Confluent wire format through the registry converter
+//!   ([`ConnectorConfig::with_registry_values`], ADR 0006; subject `<topic>-value`, Debezium's
+//!   envelope schema `<topic>.Envelope`). The consumer needs `op` (to tell a snapshot read from a change), `source.ts_ms` (for
 //!   the CDC lag) and `source.lsn` (to drop the duplicates Debezium's at-least-once delivery
 //!   makes across restarts), which an unwrapped row would lose; decoded by
 //!   `keel_processors::cdc`. Deletes are followed by a tombstone (the consumer skips it);
-//! - types: `decimal.handling.mode = string` (a `NUMERIC` arrives as its exact decimal text,
-//!   never a float or schemaless base64), timestamps stay Debezium's (`TIMESTAMPTZ` is
-//!   `io.debezium.time.ZonedTimestamp`, an ISO-8601 string; `TIMESTAMP` is µs since the epoch);
+//! - types: `decimal.handling.mode = string` (a `NUMERIC` arrives as its exact decimal text, an
+//!   Avro `string`, never a float or Avro `bytes` with a `decimal` logical type), timestamps
+//!   stay Debezium's (`time.precision.mode` left at `adaptive`: `TIMESTAMPTZ` is
+//!   `io.debezium.time.ZonedTimestamp`, an ISO-8601 Avro `string`; `TIMESTAMP` is
+//!   `io.debezium.time.MicroTimestamp`, an Avro `long` of µs since the epoch);
 //! - heartbeats: every `heartbeat.interval.ms` the connector runs `heartbeat.action.query`, an
 //!   upsert into the heartbeat table, which is in the publication: its change travels through the
 //!   WAL behind every earlier change, so (1) the slot's confirmed position advances while the
@@ -32,7 +35,7 @@
 //! The heartbeat table (see [`heartbeat_table_ddl`]) must exist before the connector starts;
 //! `keel run --roles reconciliation` creates it.
 
-use crate::config::{ConnectorConfig, PostgresSource, PublicationMode};
+use crate::config::{ConnectorConfig, PostgresSource, PublicationMode, RegistryValues};
 
 /// Default name of the table the heartbeat query writes.
 pub const HEARTBEAT_TABLE: &str = "keel_cdc_heartbeat";
@@ -73,8 +76,13 @@ fn exact(topic: &str) -> String {
 }
 
 /// The connector streaming `<schema>.payments` and the heartbeat table of `source`'s database
-/// (its `tables` and `snapshot_mode` are replaced) to [`ledger_topics`].
-pub fn ledger_tables(source: &PostgresSource, cdc: &LedgerCdc) -> ConnectorConfig {
+/// (its `tables` and `snapshot_mode` are replaced) to [`ledger_topics`], values through the
+/// registry converter of `registry`.
+pub fn ledger_tables(
+    source: &PostgresSource,
+    cdc: &LedgerCdc,
+    registry: &RegistryValues,
+) -> ConnectorConfig {
     let schema = &cdc.schema;
     let beat = &cdc.heartbeat_table;
     let source = PostgresSource {
@@ -89,15 +97,7 @@ pub fn ledger_tables(source: &PostgresSource, cdc: &LedgerCdc) -> ConnectorConfi
     let name = source.name.replace('\'', "");
     source
         .to_config()
-        .set(
-            "key.converter",
-            "org.apache.kafka.connect.storage.StringConverter",
-        )
-        .set(
-            "value.converter",
-            "org.apache.kafka.connect.json.JsonConverter",
-        )
-        .set("value.converter.schemas.enable", "false")
+        .with_registry_values(registry)
         .set(
             "message.key.columns",
             format!("{schema}.payments:order_id;{schema}.{beat}:connector"),
@@ -169,9 +169,14 @@ mod tests {
         }
     }
 
+    fn registry() -> RegistryValues {
+        RegistryValues::from_registry_url("http://127.0.0.1:8080/apis/ccompat/v7")
+    }
+
     #[test]
     fn payments_are_keyed_by_order_id_as_plain_strings_and_keep_the_envelope() {
-        let c = ledger_tables(&source(), &LedgerCdc::default());
+        let c = ledger_tables(&source(), &LedgerCdc::default(), &registry());
+        assert_eq!(c.get("value.converter"), Some(crate::AVRO_CONVERTER));
         assert_eq!(
             c.get("table.include.list"),
             Some("public.payments,public.keel_cdc_heartbeat")
@@ -208,7 +213,7 @@ mod tests {
             heartbeat_interval_ms: 1_000,
             ..LedgerCdc::default()
         };
-        let c = ledger_tables(&source(), &cdc);
+        let c = ledger_tables(&source(), &cdc, &registry());
         assert_eq!(c.get("heartbeat.interval.ms"), Some("1000"));
         let query = c.get("heartbeat.action.query").expect("a heartbeat query");
         assert!(

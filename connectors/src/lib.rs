@@ -24,5 +24,8 @@ pub mod ledger;
 pub mod outbox;
 
 pub use client::{ConnectClient, ConnectorState, ConnectorStatus};
-pub use config::{ConnectorConfig, MySqlFlavor, MySqlSource, PostgresSource, PublicationMode};
+pub use config::{
+    AVRO_CONVERTER, ConnectorConfig, MySqlFlavor, MySqlSource, PostgresSource, PublicationMode,
+    RegistryValues,
+};
 pub use error::{Error, Result};

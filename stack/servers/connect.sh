@@ -5,6 +5,7 @@
 #
 #   jars     $(stack_cache_dir connect)/lib-<version>/   (Maven; ~/.m2 is the cache)
 #   plugins  $(stack_cache_dir connect)/plugins/debezium-connector-{mysql,mariadb,postgres}/
+#            $(stack_cache_dir connect)/plugins/apicurio-registry-converter/ (ADR 0006)
 #   config   $(stack_data_dir connect)/connect-distributed.properties (from stack/conf/connect/)
 #   state    topics keel-connect-{configs,offsets,status} on the broker (group keel-connect)
 #   log      $(stack_log_file connect)
@@ -18,12 +19,26 @@
 # worker classpath. The MariaDB connector is not served at 3.6.x by the Maven registry we
 # reach (3.6.0-3.6.3 and 3.5.1-3.5.2 are refused): 3.5.0.Final is the newest that resolves.
 # Versions can be overridden with KEEL_CONNECT_VERSION and KEEL_DEBEZIUM_*_VERSION.
+#
+# The table CDC topics (carts, cart_items, the payment ledger) are Avro in the Confluent wire
+# format through Apicurio Registry's Kafka Connect converter (docs/adr/0006-table-cdc-avro.md):
+# io.apicurio:apicurio-registry-utils-converter and its dependencies, resolved from Maven into
+# plugins/apicurio-registry-converter/ (its own class loader). 2.6.13.Final because no 3.x
+# version resolves from the Maven registry we reach (3.1.x-3.3.3: the jar is refused; 3.0.9:
+# its parent POM is refused); its v2 client talks to Apicurio 3.3.3's /apis/registry/v2.
+# Jars the worker itself provides (Kafka clients, Connect API/JSON, slf4j, compression codecs)
+# are left out, and a ServiceLoader manifest is added: plugin.discovery=service_load finds only
+# plugins that declare themselves, and the converter's jar does not.
+# KEEL_APICURIO_CONVERTER_VERSION overrides the version.
 
 connect_VERSION="${KEEL_CONNECT_VERSION:-${KEEL_KAFKA_VERSION:-4.3.1}}"
 connect_LOG4J_VERSION="${KEEL_KAFKA_LOG4J_VERSION:-2.25.4}"
 connect_DEBEZIUM_MYSQL_VERSION="${KEEL_DEBEZIUM_MYSQL_VERSION:-3.6.1.Final}"
 connect_DEBEZIUM_POSTGRES_VERSION="${KEEL_DEBEZIUM_POSTGRES_VERSION:-3.6.1.Final}"
 connect_DEBEZIUM_MARIADB_VERSION="${KEEL_DEBEZIUM_MARIADB_VERSION:-3.5.0.Final}"
+connect_APICURIO_CONVERTER_VERSION="${KEEL_APICURIO_CONVERTER_VERSION:-2.6.13.Final}"
+# The converter class Keel's table CDC connectors name (keel_connectors::AVRO_CONVERTER).
+connect_AVRO_CONVERTER="io.apicurio.registry.utils.converter.AvroConverter"
 # Where the JMX exporter agent serves the worker's metrics (KEEL_CONNECT_METRICS_PORT).
 connect_METRICS_PORT="${KEEL_CONNECT_METRICS_PORT:-9404}"
 # shellcheck disable=SC2034  # keel-stack reads connect_PORTS and connect_TIMEOUT indirectly
@@ -69,6 +84,35 @@ connect_install_plugin() {
   rm -rf "$tmp" "$tarball"   # ~/.m2 keeps the archive
 }
 
+# Resolve Apicurio's Kafka Connect converter with its dependencies into
+# plugins/apicurio-registry-converter/, once per version (see the header).
+connect_install_converter() {
+  local version="$connect_APICURIO_CONVERTER_VERSION" dest tmp manifest
+  dest="$(connect_plugin_dir)/apicurio-registry-converter"
+  if [ -f "$dest/.keel-version" ] && [ "$(cat "$dest/.keel-version")" = "$version" ]; then
+    return 0
+  fi
+  stack_log "connect: fetching io.apicurio:apicurio-registry-utils-converter:$version (registry converter)"
+  mkdir -p "$(connect_plugin_dir)"
+  tmp="$(mktemp -d "$(stack_cache_dir connect)/unpack.XXXXXX")" || return 1
+  # (in a subshell: stack_maven_libs' stack_die then fails only this step)
+  (stack_maven_libs "$tmp/lib" "io.apicurio:apicurio-registry-utils-converter:$version") || {
+    rm -rf "$tmp"; return 1; }
+  rm -f "$tmp"/lib/kafka-clients-*.jar "$tmp"/lib/connect-api-*.jar "$tmp"/lib/connect-json-*.jar \
+    "$tmp"/lib/slf4j-api-*.jar "$tmp"/lib/lz4-java-*.jar "$tmp"/lib/snappy-java-*.jar \
+    "$tmp"/lib/zstd-jni-*.jar "$tmp/lib/.complete"
+  manifest="$tmp/manifest"
+  mkdir -p "$manifest/META-INF/services"
+  printf '%s\n' "$connect_AVRO_CONVERTER" \
+    >"$manifest/META-INF/services/org.apache.kafka.connect.storage.Converter"
+  (cd "$manifest" && python3 -m zipfile -c "$tmp/lib/keel-converter-manifest.jar" META-INF) || {
+    rm -rf "$tmp"; return 1; }
+  printf '%s\n' "$version" >"$tmp/lib/.keel-version"
+  rm -rf "$dest"
+  mv "$tmp/lib" "$dest"
+  rm -rf "$tmp"
+}
+
 connect_install() {
   stack_jmx_exporter_install || return 1
   stack_maven_libs "$(connect_lib_dir)" \
@@ -81,6 +125,7 @@ connect_install() {
   connect_install_plugin debezium-connector-mysql "$connect_DEBEZIUM_MYSQL_VERSION" || return 1
   connect_install_plugin debezium-connector-mariadb "$connect_DEBEZIUM_MARIADB_VERSION" || return 1
   connect_install_plugin debezium-connector-postgres "$connect_DEBEZIUM_POSTGRES_VERSION" || return 1
+  connect_install_converter || return 1
 }
 
 connect_render_config() {

@@ -1,6 +1,8 @@
 //! One real checkout end to end through real servers: `keel psp-mock` and `keel run` as child
 //! processes against the local stack, orders placed through the HTTP API, outcomes read back
-//! from the API, MariaDB, PostgreSQL and Cassandra.
+//! from the API, MariaDB, PostgreSQL and Cassandra. The run keeps the default configuration's
+//! cart check (`[carts].source = "cdc"`: `keel run` registers the carts connector and the saga
+//! checks every order against the carts from MariaDB CDC).
 //!
 //! The run is isolated: its own topic prefix, application id, databases, keyspace and ports, so
 //! it shares the stack with other tests and earlier runs.
@@ -17,7 +19,10 @@ use sqlx::Connection;
 #[tokio::test(flavor = "multi_thread")]
 async fn a_checkout_goes_end_to_end_through_every_store() {
     let stack = Stack::from_env();
-    let (name, run) = Run::new(&stack).await;
+    let (name, mut run) = Run::new(&stack).await;
+    // The default configuration's cart check: every order against the carts from MariaDB CDC.
+    run.with_cart_cdc();
+    let connectors = run.connectors_guard();
     let (mug, plate) = ("SKU-MUG", "SKU-PLATE");
     let (mug_1, mug_2, plate_1) = (
         format!("{mug}:1:1250"),
@@ -51,7 +56,7 @@ async fn a_checkout_goes_end_to_end_through_every_store() {
     let _psp = run.spawn("psp-mock", &["psp-mock"]);
     let mut keel = run.spawn("keel run", &["run"]);
     let client = reqwest::Client::new();
-    wait_ready(&client, &run.api, Duration::from_secs(120)).await;
+    wait_ready(&client, &run.api, Duration::from_secs(180)).await;
     // Orders arrive after the runtime's periodic work has run at least once (lag sampling every
     // 5 s once blocked the stream thread for ~0.5 s per partition: a reply then took 15 s).
     tokio::time::sleep(Duration::from_secs(7)).await;
@@ -526,5 +531,6 @@ async fn a_checkout_goes_end_to_end_through_every_store() {
         .terminate(Duration::from_secs(60))
         .expect("keel run stops on SIGTERM");
     assert!(status.success(), "keel run exited with {status}");
+    drop(connectors);
     run.clean_up(&stack, &name).await;
 }

@@ -1,6 +1,7 @@
 //! The carts processor, keyed by cart id: a table of the cart service's carts built from its
 //! MariaDB/MySQL CDC topics (`<server>.<db>.carts`, `<server>.<db>.cart_items`, Debezium rows
-//! unwrapped to plain JSON, keys the cart id), and the cart checks the saga asks for (its
+//! unwrapped, Avro in the Confluent wire format through the registry (ADR 0006), keys the cart
+//! id), and the cart checks the saga asks for (its
 //! place-order commands re-keyed by cart id through a repartition topic). Each check is answered
 //! on `cart.checked.v1`, keyed by order id: `OK` with the cart's lines, or a reason
 //! (`CART_NOT_FOUND` after `[saga].cart_wait_ms`, `CART_EMPTY`, `CART_ALREADY_ORDERED`,

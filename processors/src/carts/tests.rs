@@ -310,8 +310,15 @@ mod driver {
         .expect("processed");
     }
 
+    /// A Debezium row as the registry converter writes it: Avro with the schema Debezium
+    /// registered for the table (`cdc/fixtures/`), Confluent-framed.
     fn cdc_row(d: &mut TestDriver, topic: &str, cart: &str, row: serde_json::Value) {
-        let bytes = serde_json::to_vec(&row).expect("json");
+        let schema = if topic == cdc().carts {
+            crate::cdc::testing::CARTS
+        } else {
+            crate::cdc::testing::CART_ITEMS
+        };
+        let bytes = crate::cdc::testing::avro(schema, row);
         d.pipe_raw(topic, Some(cart.as_bytes()), Some(&bytes), T0)
             .expect("processed");
     }
@@ -394,6 +401,55 @@ mod driver {
             .expect("ticks");
         let answers = checked(&mut d);
         assert_eq!(answers.len(), 1, "{answers:?}");
+        assert_eq!(answers[0].1.status, CartCheckStatus::CartNotFound);
+    }
+
+    #[test]
+    fn a_deleted_item_leaves_the_cart_so_the_order_waits_for_its_lines() {
+        let mut d = driver();
+        seed(&mut d, "cart-1");
+        // The delete arrives as the row with `__deleted = "true"` (ADR 0002), in Avro.
+        cdc_row(
+            &mut d,
+            &cdc().cart_items,
+            "cart-1",
+            serde_json::json!({"cart_id": "cart-1", "sku": "SKU-B", "quantity": 1,
+                "unit_price_minor": 500, "__deleted": "true"}),
+        );
+        assert!(d.dead_letters().is_empty());
+        place(&mut d, "order-1", "cart-1", "cmd-1");
+        assert!(
+            checked(&mut d).is_empty(),
+            "SKU-B left the cart: the lines differ, the order waits"
+        );
+    }
+
+    #[test]
+    fn a_schemaless_json_row_is_dead_lettered_with_why_and_changes_nothing() {
+        let mut d = driver();
+        // What Debezium's JsonConverter wrote before ADR 0006.
+        let json = serde_json::json!({"cart_id": "cart-1", "customer_id": "cust-1",
+            "currency": "EUR", "status": "OPEN", "__deleted": "false"});
+        let bytes = serde_json::to_vec(&json).expect("json");
+        d.pipe_raw(&cdc().carts, Some(b"cart-1"), Some(&bytes), T0)
+            .expect("processed");
+        let dead = d.dead_letters();
+        assert_eq!(dead.len(), 1, "{dead:?}");
+        let why = dead[0].headers.get_str("keel.error").unwrap_or_default();
+        assert!(
+            why.contains("not Avro in the Confluent wire format"),
+            "{why}"
+        );
+        assert!(why.contains(&cdc().carts), "{why}");
+        // The cart is still unknown: the order waits and then finds no cart.
+        place(&mut d, "order-1", "cart-1", "cmd-1");
+        assert!(checked(&mut d).is_empty());
+        d.advance_wall_clock(Duration::from_millis(100))
+            .expect("arms the punctuators");
+        d.advance_wall_clock(Duration::from_millis(2_100))
+            .expect("ticks");
+        let answers = checked(&mut d);
+        assert_eq!(answers.len(), 1);
         assert_eq!(answers[0].1.status, CartCheckStatus::CartNotFound);
     }
 

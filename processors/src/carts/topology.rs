@@ -2,8 +2,8 @@
 //!
 //! ```text
 //! saga ──(place-order, key cart id)──▶ <app>-cart-checks-repartition ─▶ cart-requests ─┐
-//! <server>.<db>.carts      (Debezium row as JSON, key cart id) ─▶ cdc-carts ──────────┼▶ carts ─▶ cart.checked.v1
-//! <server>.<db>.cart_items (Debezium row as JSON, key cart id) ─▶ cdc-cart-items ─────┘   (key order id)
+//! <server>.<db>.carts      (Debezium row as Avro, key cart id) ─▶ cdc-carts ──────────┼▶ carts ─▶ cart.checked.v1
+//! <server>.<db>.cart_items (Debezium row as Avro, key cart id) ─▶ cdc-cart-items ─────┘   (key order id)
 //! ```
 //!
 //! The three inputs are keyed by cart id and co-partitioned (the CDC topics are created with
@@ -27,6 +27,7 @@ use super::logic::{CartsEffect, CartsInput, Check, step};
 use super::state::{
     CARTS_STORE, CartHeader, CartItem, CartState, WAITS_STORE, split_wait_key, wait_key,
 };
+use crate::cdc::CdcValues;
 use crate::format::Format;
 use crate::timers::DueTimers;
 use crate::topics::{self, Topics};
@@ -85,13 +86,13 @@ pub fn add_to(
         CDC_CARTS_SOURCE,
         &[cdc.carts.as_str()],
         Utf8,
-        CdcSerde(Table::Carts),
+        CdcSerde::new(format, Table::Carts),
     )
     .add_source(
         CDC_ITEMS_SOURCE,
         &[cdc.cart_items.as_str()],
         Utf8,
-        CdcSerde(Table::CartItems),
+        CdcSerde::new(format, Table::CartItems),
     )
     .add_processor(
         PROCESSOR,
@@ -156,10 +157,25 @@ enum Table {
     CartItems,
 }
 
-/// Decodes a Debezium row (`ExtractNewRecordState`, deletes rewritten with `__deleted`,
-/// schemaless JSON) of `carts` or `cart_items`. A null value (a tombstone) is [`CartsInput::Ignore`].
-#[derive(Debug, Clone, Copy)]
-struct CdcSerde(Table);
+/// Decodes a Debezium row (`ExtractNewRecordState`, deletes rewritten with `__deleted`) of
+/// `carts` or `cart_items`: Avro in the Confluent wire format, read with its writer schema from
+/// the registry ([`CdcValues`], ADR 0006). A null value (a tombstone) is [`CartsInput::Ignore`];
+/// anything else that does not decode (schemaless JSON too) is a [`SerdeError`]: dead-lettered
+/// with why.
+#[derive(Debug, Clone)]
+struct CdcSerde {
+    table: Table,
+    values: CdcValues,
+}
+
+impl CdcSerde {
+    fn new(format: &Format, table: Table) -> Self {
+        Self {
+            table,
+            values: CdcValues::for_format(format),
+        }
+    }
+}
 
 fn text(row: &Value, field: &str, topic: &str) -> Result<String, SerdeError> {
     row.get(field)
@@ -187,13 +203,20 @@ impl Serde<CartsInput> for CdcSerde {
         let Some(bytes) = bytes else {
             return Ok(CartsInput::Ignore);
         };
-        let row: Value = serde_json::from_slice(bytes)
-            .map_err(|e| SerdeError(format!("{topic}: not a JSON row: {e}")))?;
+        let row: Value = self
+            .values
+            .decode(topic, bytes)
+            .map_err(|e| SerdeError(format!("{topic}: Debezium row: {e}")))?;
+        if !row.is_object() {
+            return Err(SerdeError(format!(
+                "{topic}: Debezium row: the value is not a record"
+            )));
+        }
         let deleted = matches!(
             row.get("__deleted"),
             Some(Value::String(s)) if s == "true"
         ) || row.get("__deleted") == Some(&Value::Bool(true));
-        Ok(match (self.0, deleted) {
+        Ok(match (self.table, deleted) {
             (Table::Carts, true) => CartsInput::HeaderDeleted,
             (Table::Carts, false) => CartsInput::Header(CartHeader {
                 customer_id: text(&row, "customer_id", topic)?,

@@ -1,9 +1,10 @@
 //! The Debezium change-event envelope, decoded into a typed [`Change<T>`].
 //!
-//! Input: a Kafka value written by Debezium's `JsonConverter`, either schemaless (the envelope
-//! itself: `{"before", "after", "op", "source", "ts_ms"}`) or with `schemas.enable = true`
-//! (`{"schema": …, "payload": <envelope>}`); a null value is a tombstone (Debezium writes one
-//! after each delete so compaction can drop the key).
+//! Input: a Kafka value of a Debezium table topic, Avro in the Confluent wire format written by
+//! the registry converter (ADR 0006), already read with its writer schema into a tree
+//! (`super::avro`: records as objects, unions as their branch): the envelope
+//! `{"before", "after", "op", "source", "ts_ms"}`. A null value is a tombstone (Debezium writes
+//! one after each delete so compaction can drop the key).
 //!
 //! - `op`: `c` create, `u` update, `d` delete, `r` read (a snapshot row), `t` truncate
 //!   (refused: it names no row).
@@ -14,8 +15,10 @@
 //!   and drops anything at or before it ([`Position::supersedes`]), which removes the duplicates
 //!   Debezium's at-least-once delivery makes after a connector restart.
 //! - Row images are [`Image`]s read column by column with typed getters: text, integers,
-//!   decimals (as minor units at a given scale, from `decimal.handling.mode = string` text or a
-//!   JSON number), and Debezium's temporal types ([`Temporal`]) as epoch milliseconds. A column
+//!   decimals (as minor units at a given scale, from the exact text of
+//!   `decimal.handling.mode = string`, Avro `string`, or an integer), and Debezium's temporal
+//!   types ([`Temporal`], Avro `int`/`long`/`string` per Debezium's mapping) as epoch
+//!   milliseconds. A column
 //!   holding Debezium's TOAST placeholder ([`UNAVAILABLE`]: an unchanged large value PostgreSQL
 //!   did not put in the WAL) reads as [`Field::Unchanged`]: the consumer keeps what it had and
 //!   never stores the placeholder.
@@ -31,10 +34,11 @@ pub const UNAVAILABLE: &str = "__debezium_unavailable_value";
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum DecodeError {
-    /// Not JSON at all.
-    #[error("not JSON: {0}")]
-    NotJson(String),
-    /// JSON, but not a Debezium envelope (no `op`, no `source`, wrong shapes).
+    /// Not Avro in the Confluent wire format, or a datum its writer schema does not read
+    /// (e.g. schemaless JSON as Debezium wrote before ADR 0006).
+    #[error("not Avro in the Confluent wire format: {0}")]
+    NotAvro(String),
+    /// Avro, but not a Debezium envelope (no `op`, no `source`, wrong shapes).
     #[error("not a Debezium envelope: {0}")]
     NotAnEnvelope(String),
     /// An `op` this decoder does not know (or one that names no row, such as `t`).
@@ -124,7 +128,8 @@ pub struct Source {
     pub position: Option<Position>,
 }
 
-/// A row image (`before` or `after`): column name → JSON value as Debezium wrote it.
+/// A row image (`before` or `after`): column name → value as Debezium wrote it (read from Avro
+/// into a JSON tree, see the module docs).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Image(Map<String, Value>);
 
@@ -373,24 +378,14 @@ fn snapshot_flag(v: Option<&Value>) -> bool {
     }
 }
 
-/// Decodes one Kafka value of a Debezium table topic. Errors say what was wrong; the caller
+/// Decodes one value of a Debezium table topic, already read from Avro into a tree
+/// (`super::avro`); `None` or a null is a tombstone. Errors say what was wrong; the caller
 /// dead-letters the record.
-pub fn decode<T: FromImage>(bytes: Option<&[u8]>) -> Result<Change<T>, DecodeError> {
-    let Some(bytes) = bytes else {
+pub fn decode<T: FromImage>(value: Option<&Value>) -> Result<Change<T>, DecodeError> {
+    let Some(value) = value.filter(|v| !v.is_null()) else {
         return Ok(Change::Tombstone);
     };
-    let value: Value =
-        serde_json::from_slice(bytes).map_err(|e| DecodeError::NotJson(e.to_string()))?;
-    let value = match value {
-        Value::Object(mut map) if map.contains_key("schema") && map.contains_key("payload") => {
-            map.remove("payload").unwrap_or(Value::Null)
-        }
-        other => other,
-    };
-    if value.is_null() {
-        return Ok(Change::Tombstone);
-    }
-    let envelope = object(&value, "the value")?;
+    let envelope = object(value, "the value")?;
     let op = envelope
         .get("op")
         .and_then(Value::as_str)

@@ -571,7 +571,8 @@ mod driver {
             "source": {"name": "ledger", "ts_ms": at, "snapshot": "false", "lsn": lsn,
                 "table": "payments"}
         });
-        let bytes = serde_json::to_vec(&envelope).expect("json");
+        // Avro as the registry converter writes it, with Debezium's envelope schema.
+        let bytes = crate::cdc::testing::avro(crate::cdc::testing::PAYMENTS, envelope);
         d.pipe_raw(PAYMENTS, Some(order.as_bytes()), Some(&bytes), at)
             .expect("processed");
     }
@@ -584,7 +585,10 @@ mod driver {
         d.pipe_raw(
             BEATS,
             Some(b"ledger-cdc"),
-            Some(&serde_json::to_vec(&beat).expect("json")),
+            Some(&crate::cdc::testing::avro(
+                crate::cdc::testing::HEARTBEAT,
+                beat,
+            )),
             at,
         )
         .expect("processed");
@@ -621,7 +625,10 @@ mod driver {
         d.pipe_raw(
             BEATS,
             Some(b"ledger-cdc"),
-            Some(&serde_json::to_vec(&beat).expect("json")),
+            Some(&crate::cdc::testing::avro(
+                crate::cdc::testing::HEARTBEAT,
+                beat,
+            )),
             at,
         )
         .expect("processed");
@@ -653,7 +660,12 @@ mod driver {
     #[test]
     fn an_envelope_that_does_not_decode_is_dead_lettered_with_why() {
         let (mut d, _) = driver();
-        d.pipe_raw(PAYMENTS, Some(b"o-2"), Some(b"{\"op\":\"c\"}"), 0)
+        // Avro with the envelope's schema, but an op that names no row.
+        let truncate = crate::cdc::testing::avro(
+            crate::cdc::testing::PAYMENTS,
+            json!({"op": "t", "source": {"name": "ledger", "ts_ms": 1, "lsn": 5}}),
+        );
+        d.pipe_raw(PAYMENTS, Some(b"o-2"), Some(&truncate), 0)
             .expect("processed");
         let dead = d.dead_letters();
         assert_eq!(dead.len(), 1);
@@ -661,7 +673,25 @@ mod driver {
             .headers
             .get_str(keel_topology::dlq_headers::ERROR)
             .expect("a reason");
-        assert!(why.contains("not a Debezium envelope"), "{why}");
+        assert!(why.contains("unsupported op"), "{why}");
+        // Schemaless JSON (what Debezium wrote before ADR 0006) is a poison record now.
+        d.pipe_raw(
+            PAYMENTS,
+            Some(b"o-2"),
+            Some(b"{\"op\":\"c\",\"source\":{\"ts_ms\":1}}"),
+            0,
+        )
+        .expect("processed");
+        let dead = d.dead_letters();
+        assert_eq!(dead.len(), 1);
+        let why = dead[0]
+            .headers
+            .get_str(keel_topology::dlq_headers::ERROR)
+            .expect("a reason");
+        assert!(
+            why.contains("not Avro in the Confluent wire format"),
+            "{why}"
+        );
         assert_eq!(
             dead[0]
                 .headers

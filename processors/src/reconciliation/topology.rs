@@ -2,8 +2,8 @@
 //!
 //! ```text
 //! order.decisions.v1                 (Avro OrderDecision, key order id) ─▶ decisions ─┐
-//! <server>.public.payments           (Debezium envelope JSON, key order id) ─▶ payments ─┼▶ reconciler ─▶ reconciliation.mismatches.v1
-//! <server>.public.keel_cdc_heartbeat (Debezium envelope JSON, key connector) ─▶ heartbeats ┘     (Avro ReconciliationMismatch, key order id)
+//! <server>.public.payments           (Debezium envelope Avro, key order id) ─▶ payments ─┼▶ reconciler ─▶ reconciliation.mismatches.v1
+//! <server>.public.keel_cdc_heartbeat (Debezium envelope Avro, key connector) ─▶ heartbeats ┘     (Avro ReconciliationMismatch, key order id)
 //! ```
 //!
 //! The three topics are read by one task per partition and must have the same partition count
@@ -32,7 +32,9 @@ use super::logic::{
 };
 use super::state::{DUE_STORE, ORDERS_STORE};
 use super::view::{ReconciliationMetrics, ReconciliationView};
-use crate::cdc::{CdcSerde, Change, DecodeError, FromImage, Image, Op, Position, Temporal};
+use crate::cdc::{
+    CdcSerde, CdcValues, Change, DecodeError, FromImage, Image, Op, Position, Temporal,
+};
 use crate::format::{Format, RecordSerde};
 use crate::timers::DueTimers;
 use crate::topics::{self, Topics};
@@ -152,13 +154,15 @@ pub fn topology(
         PAYMENTS,
         &[ledger.payments.as_str()],
         Utf8,
-        CdcSerde::<PaymentRow, ReconInput>::new(|c| ReconInput::Payment(Box::new(c))),
+        CdcSerde::<PaymentRow, ReconInput>::new(CdcValues::for_format(format), |c| {
+            ReconInput::Payment(Box::new(c))
+        }),
     )
     .add_source(
         HEARTBEATS,
         &[ledger.heartbeats.as_str()],
         Utf8,
-        CdcSerde::<Beat, ReconInput>::new(ReconInput::Heartbeat),
+        CdcSerde::<Beat, ReconInput>::new(CdcValues::for_format(format), ReconInput::Heartbeat),
     )
     .add_processor(
         PROCESSOR,

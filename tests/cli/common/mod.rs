@@ -96,6 +96,16 @@ impl Drop for Run {
         ) else {
             return;
         };
+        // The run's carts connector, whichever cart source its `keel run`s had (a test that
+        // passes on only some of the fixture's settings runs the default, "cdc"): a leftover
+        // connector would keep reading the binlog for good. Nothing to delete is no error.
+        let _ = Command::new(env!("CARGO_BIN_EXE_keel"))
+            .args(["connectors", "delete", &format!("{name}-carts-cdc")])
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
         // The test's own runtime may be the current thread: a fresh one on its own thread.
         let _ = std::thread::spawn(move || delete_topics(&bootstrap, &name)).join();
     }
@@ -337,6 +347,10 @@ impl Run {
                     "1.0".into(),
                 ),
                 ("KEEL__PAYMENT__RECONCILE_INTERVAL_MS".into(), "1000".into()),
+                // The default cart check (`"cdc"`) registers a Debezium connector per run: most
+                // tests keep the shared Connect light with the API's cart check instead; the
+                // ones that test the default call [`Run::with_cart_cdc`].
+                ("KEEL__CARTS__SOURCE".into(), "api".into()),
             ],
             api: format!("http://127.0.0.1:{api_port}"),
             admin: format!("http://127.0.0.1:{admin_port}"),
@@ -373,6 +387,14 @@ impl Run {
                 "2000".to_owned(),
             ),
         ]);
+    }
+
+    /// The cart check of the default configuration, `[carts].source = "cdc"`: drops the
+    /// fixture's `KEEL__CARTS__SOURCE=api`, so the built-in default applies. `keel run` then
+    /// registers the run's connector `<name>-carts-cdc`; hold a [`Run::connectors_guard`] (taken
+    /// after this call) to remove it ([`Run`]'s drop removes it too, as a last resort).
+    pub fn with_cart_cdc(&mut self) {
+        self.env.retain(|(k, _)| k != "KEEL__CARTS__SOURCE");
     }
 
     /// The invariant auditor's grace periods (`[audit]`) at `grace_ms`, checked every 200 ms, so
