@@ -144,7 +144,23 @@ fn ledger(app: &App) -> Result<&PgPool, Problem> {
     })
 }
 
-fn ledger_unavailable(e: impl std::fmt::Display) -> Problem {
+/// A failed ledger call: 503, except where PostgreSQL refused the request's own data
+/// (SQLSTATE class 22, e.g. 22021 for a NUL character), which no retry fixes: 422.
+fn ledger_unavailable<E: std::error::Error + 'static>(e: E) -> Problem {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+    while let Some(error) = source {
+        if let Some(sql) = error.downcast_ref::<sqlx::Error>()
+            && payment::is_data_error(sql)
+        {
+            tracing::info!(error = %e, "the payment ledger refused a request's data");
+            return Problem::new(
+                Kind::InvalidField,
+                "the request holds a value the payment ledger cannot store (such as a control \
+                 character)",
+            );
+        }
+        source = error.source();
+    }
     tracing::warn!(error = %e, "payment ledger call failed");
     Problem::new(
         Kind::DependencyUnavailable,
@@ -160,10 +176,14 @@ fn payment_not_found(id: &str) -> Problem {
     .field("id")
 }
 
-/// An id from the path: 1 to 64 characters, else no such payment.
+/// An id from the path: 1 to 64 characters, else no such payment; one with a control
+/// character is a 400 naming `id`.
 fn path_id(path: Result<Path<String>, PathRejection>) -> Result<String, Problem> {
     match path {
-        Ok(Path(id)) if !id.is_empty() && id.chars().count() <= 64 => Ok(id),
+        Ok(Path(id)) if !id.is_empty() && id.chars().count() <= 64 => {
+            crate::problem::control_char_in_path(&id, "id", "payment id")?;
+            Ok(id)
+        }
         Ok(Path(id)) => Err(payment_not_found(&id)),
         Err(e) => Err(crate::problem::path_problem(
             &e,
@@ -230,7 +250,8 @@ mod location_tests {
     responses(
         (status = 200, description = "The payment; status REQUESTED while only the API has \
             seen it", body = PaymentResource),
-        (status = 400, description = "The payment id is not valid UTF-8 once percent-decoded",
+        (status = 400, description = "The payment id is not valid UTF-8 once percent-decoded \
+            or holds a control character",
             body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such payment", body = Problem,
             content_type = "application/problem+json"),
@@ -275,7 +296,8 @@ async fn get_payment_inner(
     responses(
         (status = 200, description = "The order's payment; status REQUESTED while only the \
             API has seen it", body = PaymentResource),
-        (status = 400, description = "The order id is not valid UTF-8 once percent-decoded",
+        (status = 400, description = "The order id is not valid UTF-8 once percent-decoded or \
+            holds a control character",
             body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "The order has no payment (yet)", body = Problem,
             content_type = "application/problem+json"),
@@ -303,7 +325,10 @@ async fn get_order_payment_inner(
         .field("id")
     };
     let id = match path {
-        Ok(Path(id)) if !id.is_empty() && id.chars().count() <= 64 => id,
+        Ok(Path(id)) if !id.is_empty() && id.chars().count() <= 64 => {
+            crate::problem::control_char_in_path(&id, "id", "order id")?;
+            id
+        }
         Ok(Path(id)) => return Err(no_payment(&id)),
         Err(e) => {
             return Err(crate::problem::path_problem(
@@ -351,7 +376,8 @@ async fn get_order_payment_inner(
             body = RefundAccepted,
             headers(("Location" = String, description = "/payments/{paymentId}"))),
         (status = 400, description = "Malformed JSON, a missing, unknown or mistyped field, an \
-            empty body, or a missing or invalid Idempotency-Key", body = Problem,
+            empty body, a missing or invalid Idempotency-Key, or a payment id with a control \
+            character", body = Problem,
             content_type = "application/problem+json"),
         (status = 401, description = "Authentication is on and no accepted bearer token was sent",
             body = Problem, content_type = "application/problem+json"),
@@ -560,6 +586,10 @@ pub struct AmountBody {
     /// Three upper-case letters, e.g. `EUR`.
     pub currency: String,
 }
+
+/// The longest decline code a callback may carry (the PSP's codes are short identifiers such
+/// as `insufficient_funds`).
+const MAX_DECLINE_CODE_CHARS: usize = 64;
 
 /// The first invalid text, as a 422 naming `field`.
 fn check_text(field: &str, value: &str, max: usize) -> Option<Problem> {
@@ -1096,8 +1126,8 @@ async fn send_intent(
         (status = 202, description = "Accepted: the authorize command is on Kafka",
             body = PaymentAccepted,
             headers(("Location" = String, description = "/payments/{paymentId}"))),
-        (status = 400, description = "Malformed JSON or an unknown field", body = Problem,
-            content_type = "application/problem+json"),
+        (status = 400, description = "Malformed JSON, an unknown field, or a payment id with a \
+            control character", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Authentication is on and no accepted bearer token was sent",
             body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such payment", body = Problem,
@@ -1290,8 +1320,9 @@ fn verify_callback(app: &App, headers: &HeaderMap, raw: &[u8]) -> Result<(), Pro
             body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "The body is larger than max_body_bytes", body = Problem,
             content_type = "application/problem+json"),
-        (status = 422, description = "An empty event id, authorization id or reference, or an \
-            unknown outcome",
+        (status = 422, description = "An event id, authorization id or reference that is \
+            empty, longer than 255 characters or holds control characters, a decline code \
+            longer than 64 characters or with control characters, or an unknown outcome",
             body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Kafka, the registry or the ledger did not answer in time, \
             or too many requests are in progress", body = Problem,
@@ -1320,13 +1351,26 @@ async fn psp_callback_inner(
         ("authorization_id", &event.authorization_id),
         ("reference", &event.reference),
     ] {
-        if value.trim().is_empty() || value.chars().count() > 255 {
+        // Control characters (a NUL above all) are refused here: PostgreSQL cannot store
+        // them, and a forwarded one would be a command the payment service can never apply.
+        if value.trim().is_empty()
+            || value.chars().count() > 255
+            || value.chars().any(crate::model::is_unsafe_text_char)
+        {
             return Err(Problem::new(
                 Kind::InvalidField,
-                format!("{field} must be 1 to 255 characters"),
+                format!(
+                    "{field} must be 1 to 255 characters without control or bidirectional \
+                     formatting characters"
+                ),
             )
             .field(field));
         }
+    }
+    if let Some(code) = &event.decline_code
+        && let Some(problem) = check_text("decline_code", code, MAX_DECLINE_CODE_CHARS)
+    {
+        return Err(problem);
     }
     let keys = payment::locate_payment(ledger(app)?, &event.reference, &event.authorization_id)
         .await

@@ -49,7 +49,7 @@ pub enum Kind {
     CartAlreadyOrdered,
     /// 409: a request with the same Idempotency-Key is still being handled.
     RequestInProgress,
-    /// 409: the order's status does not allow the change.
+    /// 409: the resource's status (an order's, a payment's) does not allow the change.
     IllegalTransition,
     /// 409: the order already has a payment (or one was requested under another key).
     PaymentExists,
@@ -148,7 +148,7 @@ impl Kind {
             Self::MethodNotAllowed => "Method not allowed",
             Self::CartAlreadyOrdered => "The cart was already ordered",
             Self::RequestInProgress => "A request with this Idempotency-Key is in progress",
-            Self::IllegalTransition => "The order's status does not allow this",
+            Self::IllegalTransition => "The current status does not allow this",
             Self::PaymentExists => "The order already has a payment",
             Self::BodyTooLarge => "The body is too large",
             Self::UnsupportedMediaType => "Unsupported media type",
@@ -212,7 +212,7 @@ pub struct Problem {
     /// The offending field as a path (`shippingAddress.country`) or header name.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
-    /// For an illegal transition: the order's status now.
+    /// For an illegal transition: the resource's (order's or payment's) status now.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub current_status: Option<String>,
     /// Seconds to wait before retrying (also the `Retry-After` header), for 409 in progress
@@ -306,9 +306,30 @@ pub fn path_problem(
     }
 }
 
+/// A path id holding a control character (`/payments/%00`): the client's mistake, 400
+/// `invalid-path-parameter` naming `field`. No store keeps such an id (PostgreSQL refuses a
+/// NUL outright), so it is refused before any lookup rather than blamed on the store.
+pub fn control_char_in_path(id: &str, field: &str, what: &str) -> Result<(), Problem> {
+    if id.chars().any(char::is_control) {
+        return Err(Problem::new(
+            Kind::InvalidPathParameter,
+            format!("the {what} holds a control character"),
+        )
+        .field(field));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_path_id_with_a_control_character_is_a_400_naming_the_field() {
+        let p = control_char_in_path("a\u{0}b", "id", "payment id").expect_err("a problem");
+        assert_eq!((p.status, p.field.as_deref()), (400, Some("id")));
+        assert!(control_char_in_path("pay-1", "id", "payment id").is_ok());
+    }
 
     #[test]
     fn every_type_is_the_base_plus_its_slug() {

@@ -624,10 +624,14 @@ fn order_not_found(id: &str) -> Problem {
     .field("id")
 }
 
-/// An order id from the path: at most 64 characters, else no such order.
+/// An order id from the path: at most 64 characters, else no such order; one with a control
+/// character is a 400 naming `id`.
 fn order_id(path: Result<Path<String>, PathRejection>) -> Result<String, Problem> {
     match path {
-        Ok(Path(id)) if !id.is_empty() && id.chars().count() <= 64 => Ok(id),
+        Ok(Path(id)) if !id.is_empty() && id.chars().count() <= 64 => {
+            crate::problem::control_char_in_path(&id, "id", "order id")?;
+            Ok(id)
+        }
         Ok(Path(id)) => Err(order_not_found(&id)),
         Err(e) => Err(crate::problem::path_problem(
             &e,

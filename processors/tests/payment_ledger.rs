@@ -23,11 +23,47 @@ use sqlx::postgres::PgPoolOptions;
 use sqlx::{AssertSqlSafe, PgPool, Row};
 use tokio_util::sync::CancellationToken;
 
-/// A PostgreSQL database of its own for one test, dropped by [`TestPg::drop_db`].
+/// A PostgreSQL database of its own for one test, dropped by [`TestPg::drop_db`], or when
+/// the test panics before that, by `Drop`.
 struct TestPg {
     name: String,
+    admin_url: String,
     admin: PgPool,
     pool: PgPool,
+    dropped: bool,
+}
+
+impl Drop for TestPg {
+    fn drop(&mut self) {
+        if self.dropped {
+            return;
+        }
+        // A failed assertion unwound past `drop_db`: drop the database anyway, from a thread
+        // of its own (no await in `drop`, and the test's runtime is unwinding).
+        let (url, name) = (self.admin_url.clone(), self.name.clone());
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            runtime.block_on(async {
+                let admin = PgPoolOptions::new()
+                    .max_connections(1)
+                    .connect(&url)
+                    .await
+                    .ok()?;
+                let drop = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+                sqlx::raw_sql(AssertSqlSafe(drop))
+                    .execute(&admin)
+                    .await
+                    .ok()
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Some(_))) {
+            eprintln!("could not drop the test database {}", self.name);
+        }
+    }
 }
 
 impl TestPg {
@@ -51,10 +87,17 @@ impl TestPg {
             .connect(&format!("{base}/{name}"))
             .await?;
         payment::migrate(&pool).await?;
-        Ok(Self { name, admin, pool })
+        Ok(Self {
+            name,
+            admin_url: stack.postgres_url.clone(),
+            admin,
+            pool,
+            dropped: false,
+        })
     }
 
-    async fn drop_db(self) {
+    async fn drop_db(mut self) {
+        self.dropped = true;
         self.pool.close().await;
         let drop = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
         if let Err(e) = sqlx::raw_sql(AssertSqlSafe(drop))
@@ -693,18 +736,105 @@ async fn a_refund_beyond_the_capture_is_refused() -> anyhow::Result<()> {
     fx.finish().await
 }
 
+/// "A cancelled order's authorization is voided, a captured one refunded": a void of a
+/// captured (and partly refunded) payment refunds what is left, as a refund of its own
+/// (`void-<command id>`, its own PSP idempotency key) with a `payment.refunded.v1` event; a
+/// second delivery of the void changes nothing.
+#[tokio::test]
+async fn a_void_of_a_captured_payment_refunds_what_is_left() -> anyhow::Result<()> {
+    let fx = Fixture::start(quick_psp(), |_| {}).await?;
+    let result = void_after_capture(&fx).await;
+    let finished = fx.finish().await;
+    result?;
+    finished
+}
+
+async fn void_after_capture(fx: &Fixture) -> anyhow::Result<()> {
+    let o = order();
+    captured(fx, &o, 1_000).await?;
+    fx.send(&o, "refund-1", refund("r1", 300)).await?;
+    fx.wait_status(&o, "PARTIALLY_REFUNDED").await?;
+    let void = || {
+        PaymentCommandBody::Void(keel_avro::records::VoidPayment {
+            reason: "order cancelled".to_owned(),
+        })
+    };
+    fx.send(&o, "cancel-1", void()).await?;
+    fx.wait_status(&o, "REFUNDED").await?;
+    fx.send(&o, "cancel-1", void()).await?;
+    fx.send(&o, "cancel-2", void()).await?;
+    fx.wait_processed("cancel-2").await?;
+
+    let voided = refund_status(fx, "void-cancel-1").await?;
+    anyhow::ensure!(voided == ("SUCCEEDED".to_owned(), None), "{voided:?}");
+    let (refunded, reserved): (i64, i64) = sqlx::query_as(
+        "SELECT refunded_minor, refund_reserved_minor FROM payments WHERE payment_id = $1",
+    )
+    .bind(&o.payment_id)
+    .fetch_one(&fx.db.pool)
+    .await?;
+    anyhow::ensure!((refunded, reserved) == (1_000, 0), "{refunded}, {reserved}");
+    let stats = fx.psp_stats().await?;
+    anyhow::ensure!(
+        (stats.refunds, stats.voids) == (2, 0),
+        "one refund for the void, no void: {stats:?}"
+    );
+    let key: String = sqlx::query_scalar(
+        "SELECT idempotency_key FROM payment_attempts WHERE command_id = 'cancel-1'",
+    )
+    .fetch_one(&fx.db.pool)
+    .await?;
+    anyhow::ensure!(
+        key == format!("{}:refund:void-cancel-1", o.payment_id),
+        "{key}"
+    );
+    let refunded_events: Vec<_> = fx
+        .outbox(&o)
+        .await?
+        .into_iter()
+        .filter(|r| r.1 == fx.topics.refunded)
+        .collect();
+    anyhow::ensure!(
+        refunded_events.len() == 2,
+        "{} events",
+        refunded_events.len()
+    );
+    let event: PaymentRefunded = fx
+        .codec
+        .decode_from(&fx.topics.refunded, &refunded_events[1].2)
+        .await?;
+    anyhow::ensure!(
+        (event.refund_id.as_str(), event.amount.amount_minor) == ("void-cancel-1", 700),
+        "{event:?}"
+    );
+    Ok(())
+}
+
+/// Two refunds of 600 of a 1 000 capture, both queued on the payment's row lock (held here by
+/// another transaction until both wait, as any concurrent writer of the row would hold it):
+/// the ledger refuses one (`REFUSED`, `refund_exceeds_captured`) and asks the PSP once. Under
+/// READ COMMITTED a reservation read in the locking statement itself would see the snapshot
+/// from before the wait and miss the other refund's reservation.
 #[tokio::test]
 async fn concurrent_refunds_beyond_the_capture_refuse_one() -> anyhow::Result<()> {
-    let psp = PspMockConfig {
-        latency_min_ms: 300,
-        latency_max_ms: 400,
-        ..quick_psp()
-    };
-    let fx = Fixture::start(psp, |_| {}).await?;
+    let fx = Fixture::start(quick_psp(), |_| {}).await?;
+    // Errors, not panics, so the test database is dropped whatever happens.
+    let result = refunds_queued_on_the_row_lock(&fx).await;
+    let finished = fx.finish().await;
+    result?;
+    finished
+}
+
+async fn refunds_queued_on_the_row_lock(fx: &Fixture) -> anyhow::Result<()> {
     let o = order();
-    captured(&fx, &o, 1_000).await?;
-    // Different Kafka keys: the worker runs them at the same time; only the ledger's row lock
-    // and reservation keep the sum within the capture.
+    captured(fx, &o, 1_000).await?;
+
+    let mut holder = fx.db.pool.begin().await?;
+    sqlx::query("SELECT 1 FROM payments WHERE payment_id = $1 FOR UPDATE")
+        .bind(&o.payment_id)
+        .execute(&mut *holder)
+        .await?;
+    // Different Kafka keys: the worker runs both at once.
     fx.send_keyed(&o.order_id, &o, "refund-a", refund("ra", 600))
         .await?;
     fx.send_keyed(
@@ -714,30 +844,117 @@ async fn concurrent_refunds_beyond_the_capture_refuse_one() -> anyhow::Result<()
         refund("rb", 600),
     )
     .await?;
+    let start = Instant::now();
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+             AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(&fx.db.pool)
+        .await?;
+        if waiting >= 2 {
+            break;
+        }
+        if start.elapsed() > PATIENCE {
+            bail!("the two refunds never waited for the row lock ({waiting} waiting)");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    holder.commit().await?;
     fx.wait_processed("refund-a").await?;
     fx.wait_processed("refund-b").await?;
 
     let mut statuses = vec![
-        refund_status(&fx, "ra").await?.0,
-        refund_status(&fx, "rb").await?.0,
+        refund_status(fx, "ra").await?,
+        refund_status(fx, "rb").await?,
     ];
     statuses.sort();
-    assert_eq!(statuses, vec!["REFUSED", "SUCCEEDED"]);
-    let refunded: i64 =
-        sqlx::query_scalar("SELECT refunded_minor FROM payments WHERE payment_id = $1")
-            .bind(&o.payment_id)
-            .fetch_one(&fx.db.pool)
-            .await?;
-    assert_eq!(refunded, 600);
-    assert_eq!(fx.psp_stats().await?.refunds, 1, "the PSP was asked once");
+    let expected = vec![
+        (
+            "REFUSED".to_owned(),
+            Some("refund_exceeds_captured".to_owned()),
+        ),
+        ("SUCCEEDED".to_owned(), None),
+    ];
+    anyhow::ensure!(
+        statuses == expected,
+        "the ledger, not the PSP, must refuse the refund that would exceed the capture: \
+         {statuses:?}"
+    );
+    let (refunded, reserved): (i64, i64) = sqlx::query_as(
+        "SELECT refunded_minor, refund_reserved_minor FROM payments WHERE payment_id = $1",
+    )
+    .bind(&o.payment_id)
+    .fetch_one(&fx.db.pool)
+    .await?;
+    anyhow::ensure!(
+        (refunded, reserved) == (600, 0),
+        "refunded {refunded}, reserved {reserved}"
+    );
+    let stats: Stats = fx.psp_stats().await?;
+    let refund_attempts: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM payment_attempts WHERE payment_id = $1 AND kind = 'REFUND'",
+    )
+    .bind(&o.payment_id)
+    .fetch_one(&fx.db.pool)
+    .await?;
+    anyhow::ensure!(
+        (stats.refunds, refund_attempts) == (1, 1),
+        "the PSP must be asked for one refund only: {refund_attempts} attempts, {stats:?}"
+    );
     let events = fx
         .outbox(&o)
         .await?
         .into_iter()
         .filter(|r| r.1 == fx.topics.refunded)
         .count();
-    assert_eq!(events, 1);
-    fx.finish().await
+    anyhow::ensure!(events == 1, "{events} refund events");
+    Ok(())
+}
+
+/// A PSP callback whose event id PostgreSQL cannot store (a NUL character) must not stop the
+/// order's later payment commands: it is a bad command (skipped and counted), not a
+/// dependency failure retried for ever.
+#[tokio::test]
+async fn a_callback_whose_event_id_the_ledger_cannot_store_does_not_wedge_the_order()
+-> anyhow::Result<()> {
+    let psp = PspMockConfig {
+        pending_delay_ms: 600_000,
+        ..quick_psp()
+    };
+    let fx = Fixture::start(psp, |_| {}).await?;
+    let result = poison_callback_then_a_good_one(&fx).await;
+    let finished = fx.finish().await;
+    result?;
+    finished
+}
+
+async fn poison_callback_then_a_good_one(fx: &Fixture) -> anyhow::Result<()> {
+    let o = order();
+    let reference = pending(fx, &o).await?;
+    fx.send(
+        &o,
+        "cb-nul",
+        callback("evt_\u{0}_1", &reference, PspOutcome::Authorized),
+    )
+    .await?;
+    fx.send(
+        &o,
+        "cb-good",
+        callback("evt_good", &reference, PspOutcome::Authorized),
+    )
+    .await?;
+    fx.wait_processed("cb-good")
+        .await
+        .context("the order's next callback was never applied: the first one wedged it")?;
+    let status = fx.status(&o).await?;
+    anyhow::ensure!(status.as_deref() == Some("AUTHORIZED"), "{status:?}");
+    let skipped = metric(
+        &fx.metrics_text()?,
+        r#"payment_commands_total{result="skipped"}"#,
+    );
+    anyhow::ensure!(skipped == Some(1.0), "skipped: {skipped:?}");
+    Ok(())
 }
 
 #[tokio::test]
@@ -1209,4 +1426,113 @@ async fn psp_calls_in_flight_rise_during_a_call_and_fall_after_it() -> anyhow::R
         );
     }
     fx.finish().await
+}
+
+/// `[payment] max_in_flight` bounds the PSP calls open at once: six orders authorized
+/// together through a slow PSP with a bound of 2 never have more than 2 calls open at the PSP
+/// (its own count of requests in progress), and do use both.
+#[tokio::test]
+async fn psp_calls_in_flight_never_exceed_max_in_flight() -> anyhow::Result<()> {
+    let psp = PspMockConfig {
+        latency_min_ms: 300,
+        latency_max_ms: 300,
+        ..quick_psp()
+    };
+    let fx = Fixture::start(psp, |c| c.max_in_flight = 2).await?;
+    let result = six_orders_at_once(&fx).await;
+    let finished = fx.finish().await;
+    result?;
+    finished
+}
+
+async fn six_orders_at_once(fx: &Fixture) -> anyhow::Result<()> {
+    let orders: Vec<Order> = (0..6).map(|_| order()).collect();
+    for o in &orders {
+        fx.open_and_authorize(o, 1_000, "tok_visa").await?;
+    }
+    for o in &orders {
+        fx.wait_status(o, "AUTHORIZED").await?;
+    }
+    let stats = fx.psp_stats().await?;
+    anyhow::ensure!(
+        stats.authorizations == 6 && stats.max_requests_in_flight == 2,
+        "at most (and, with six orders waiting, exactly) 2 PSP calls at once: {stats:?}"
+    );
+    Ok(())
+}
+
+/// Migration 0004 moves the refund reservation onto the payment row: a ledger written before
+/// it (a payment with a PENDING and a SUCCEEDED refund) migrates to a reservation equal to its
+/// PENDING refunds, and the database then refuses a reservation beyond the capture.
+#[tokio::test]
+async fn existing_pending_refunds_migrate_into_the_reserved_amount() -> anyhow::Result<()> {
+    let stack = Stack::from_env();
+    let name = unique("keel_test");
+    let admin = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&stack.postgres_url)
+        .await?;
+    sqlx::raw_sql(AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&admin)
+        .await?;
+    let (base, _) = stack
+        .postgres_url
+        .rsplit_once('/')
+        .context("the PostgreSQL url has no database")?;
+    let pool = PgPoolOptions::new()
+        .max_connections(2)
+        .connect(&format!("{base}/{name}"))
+        .await?;
+    let result = migrate_old_ledger(&pool).await;
+    pool.close().await;
+    sqlx::raw_sql(AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+    )))
+    .execute(&admin)
+    .await?;
+    result
+}
+
+async fn migrate_old_ledger(pool: &PgPool) -> anyhow::Result<()> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations/payments");
+    let mut before = sqlx::migrate::Migrator::new(dir).await?;
+    before.migrations = before
+        .migrations
+        .iter()
+        .filter(|m| m.version < 4)
+        .cloned()
+        .collect::<Vec<_>>()
+        .into();
+    before.run(pool).await?;
+    sqlx::raw_sql(
+        "INSERT INTO payments (payment_id, order_id, customer_id, amount_minor, currency, \
+         payment_method, status, psp_reference, captured_minor, refunded_minor) VALUES \
+         ('pay-1', 'order-1', 'c', 1000, 'EUR', 'tok_visa', 'PARTIALLY_REFUNDED', 'auth_1', \
+          1000, 200), \
+         ('pay-2', 'order-2', 'c', 500, 'EUR', 'tok_visa', 'CAPTURED', 'auth_2', 500, 0); \
+         INSERT INTO refunds (refund_id, payment_id, amount_minor, reason, status) VALUES \
+         ('r1', 'pay-1', 200, 'x', 'SUCCEEDED'), ('r2', 'pay-1', 300, 'x', 'PENDING'), \
+         ('r3', 'pay-1', 100, 'x', 'PENDING'), ('r4', 'pay-1', 50, 'x', 'REFUSED');",
+    )
+    .execute(pool)
+    .await?;
+    payment::migrate(pool).await?;
+    let reserved: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT payment_id, refund_reserved_minor FROM payments ORDER BY payment_id",
+    )
+    .fetch_all(pool)
+    .await?;
+    anyhow::ensure!(
+        reserved == vec![("pay-1".to_owned(), 400), ("pay-2".to_owned(), 0)],
+        "{reserved:?}"
+    );
+    let beyond =
+        sqlx::query("UPDATE payments SET refund_reserved_minor = 801 WHERE payment_id = 'pay-1'")
+            .execute(pool)
+            .await;
+    anyhow::ensure!(
+        beyond.is_err(),
+        "refunded 200 + reserved 801 of a 1 000 capture must be refused"
+    );
+    Ok(())
 }

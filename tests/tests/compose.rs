@@ -88,6 +88,32 @@ fn every_local_server_has_a_compose_service_on_the_same_loopback_port() -> anyho
     Ok(())
 }
 
+/// The PSP mock runs in compose from Keel's own image, built from a Dockerfile in the
+/// repository that builds the `keel` binary, on the port `[payment].psp_url` defaults to.
+#[test]
+fn the_psp_mock_runs_from_keels_image_on_the_default_psp_port() -> anyhow::Result<()> {
+    let doc = compose()?;
+    let svc = &doc["services"]["psp-mock"];
+    assert!(svc.is_mapping(), "compose has no psp-mock");
+    assert_eq!(command_line(svc), "keel psp-mock");
+    assert_eq!(published_ports(svc), vec!["127.0.0.1:8090:8090".to_owned()]);
+    let dockerfile = svc["build"]["dockerfile"]
+        .as_str()
+        .ok_or_else(|| anyhow::anyhow!("psp-mock has no build.dockerfile"))?;
+    let root = repo();
+    let text = std::fs::read_to_string(root.join(dockerfile))?;
+    assert!(
+        text.contains("cargo build --release --locked --bin keel"),
+        "{dockerfile} does not build the keel binary"
+    );
+    let defaults = std::fs::read_to_string(root.join("config/default.toml"))?;
+    assert!(
+        defaults.contains("psp_url = \"http://127.0.0.1:8090\""),
+        "[payment].psp_url's default is not the port compose publishes"
+    );
+    Ok(())
+}
+
 #[test]
 fn databases_are_configured_for_cdc_and_kafka_for_transactions() -> anyhow::Result<()> {
     let doc = compose()?;

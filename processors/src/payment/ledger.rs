@@ -30,9 +30,7 @@ pub(crate) struct PaymentRow {
 
 const SELECT_PAYMENT: &str = "SELECT p.payment_id, p.order_id, p.customer_id, p.amount_minor, \
      p.currency::TEXT AS currency, p.payment_method, p.status, p.psp_reference, \
-     p.captured_minor, p.refunded_minor, \
-     (SELECT COALESCE(SUM(r.amount_minor), 0)::BIGINT FROM refunds r \
-       WHERE r.payment_id = p.payment_id AND r.status = 'PENDING') AS reserved \
+     p.captured_minor, p.refunded_minor, p.refund_reserved_minor AS reserved \
      FROM payments p";
 
 fn payment_row(row: &sqlx::postgres::PgRow) -> Result<PaymentRow> {
@@ -64,6 +62,10 @@ fn payment_row(row: &sqlx::postgres::PgRow) -> Result<PaymentRow> {
 }
 
 /// The payment `payment_id`, locked (`FOR UPDATE`) until the transaction ends.
+///
+/// Every column read here is a column of the locked row (no sub-select): under READ COMMITTED
+/// a statement that waited for the lock re-reads the locked row at its newest version, but a
+/// sub-select would still see the snapshot from before the wait (migration 0004).
 pub(crate) async fn lock_payment(
     conn: &mut PgConnection,
     payment_id: &str,
@@ -114,7 +116,8 @@ pub(crate) async fn insert_payment(conn: &mut PgConnection, row: &PaymentRow) ->
     Ok(done.rows_affected() == 1)
 }
 
-/// Store `state` (status, PSP reference, captured and refunded amounts) of `payment_id`.
+/// Store `state` (status, PSP reference, captured, refunded and reserved amounts) of
+/// `payment_id`.
 pub(crate) async fn save_state(
     conn: &mut PgConnection,
     payment_id: &str,
@@ -122,13 +125,15 @@ pub(crate) async fn save_state(
 ) -> Result<()> {
     sqlx::query(
         "UPDATE payments SET status = $2, psp_reference = $3, captured_minor = $4, \
-         refunded_minor = $5, updated_at = now() WHERE payment_id = $1",
+         refunded_minor = $5, refund_reserved_minor = $6, updated_at = now() \
+         WHERE payment_id = $1",
     )
     .bind(payment_id)
     .bind(state.status.as_str())
     .bind(&state.psp_reference)
     .bind(state.captured_minor)
     .bind(state.refunded_minor)
+    .bind(state.refund_reserved_minor)
     .execute(&mut *conn)
     .await
     .map_err(db("update a payment"))?;

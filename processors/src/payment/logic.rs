@@ -177,7 +177,12 @@ pub enum Input {
         amount_minor: i64,
         outcome: CallOutcome,
     },
-    Void,
+    /// Cancel the payment: an authorization is voided; a captured payment is refunded what
+    /// is still refundable, as refund `refund_id` (derived from the command id by the caller,
+    /// so a replay finds its refund).
+    Void {
+        refund_id: String,
+    },
     VoidResult(CallOutcome),
     Refund {
         refund_id: String,
@@ -441,7 +446,7 @@ pub fn decide(state: Option<&PaymentState>, input: &Input) -> Decision {
             _ => Decision::keep(state, "capture result changes nothing"),
         },
 
-        Input::Void => match (current.status, &current.psp_reference) {
+        Input::Void { refund_id } => match (current.status, &current.psp_reference) {
             (S::Intent, _) => {
                 next.status = S::Voided;
                 Decision::to(next, vec![])
@@ -457,6 +462,21 @@ pub fn decide(state: Option<&PaymentState>, input: &Input) -> Decision {
             (S::Authorizing, None) => {
                 next.status = S::Voided;
                 Decision::to(next, vec![Effect::Reconcile])
+            }
+            // A cancelled order's captured money goes back: refund what is left to refund.
+            (S::Captured | S::PartiallyRefunded, Some(reference))
+                if current.refundable_minor() > 0 =>
+            {
+                let amount_minor = current.refundable_minor();
+                next.refund_reserved_minor += amount_minor;
+                Decision::to(
+                    next,
+                    vec![Effect::CallRefund {
+                        refund_id: refund_id.clone(),
+                        psp_reference: reference.clone(),
+                        amount_minor,
+                    }],
+                )
             }
             _ => Decision::keep(state, "nothing to void"),
         },

@@ -202,6 +202,10 @@ impl Error {
     pub fn action(&self) -> Action {
         match self {
             Self::BadCommand { .. } => Action::Skip,
+            // The command carries data PostgreSQL refuses (SQLSTATE class 22: a NUL in a
+            // text, a value out of range): every retry fails the same way and would hold back
+            // the order's later commands for ever. It is a bad command.
+            Self::Database { source, .. } if is_data_error(source) => Action::Skip,
             Self::Database { .. } | Self::Psp { .. } | Self::Kafka { .. } => Action::Retry,
             Self::Avro(e) => match e.fault() {
                 keel_avro::Fault::Input => Action::Skip,
@@ -214,6 +218,13 @@ impl Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Whether PostgreSQL refused the data itself (SQLSTATE class 22, "data exception", e.g.
+/// 22021 for a NUL character in a text): the same statement with the same values can never
+/// succeed.
+pub fn is_data_error(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(e) if e.code().is_some_and(|c| c.starts_with("22")))
+}
 
 /// Apply the ledger migrations (`processors/migrations/payments`) to `pg`. Idempotent; call it
 /// at start before [`run`].

@@ -135,6 +135,12 @@ impl Call {
     }
 }
 
+/// The refund id of a void that found the payment captured: one per void command, so a
+/// replayed void finds its refund.
+pub(crate) fn void_refund_id(command_id: &str) -> String {
+    format!("void-{command_id}")
+}
+
 /// The idempotency key of a payment's authorization.
 pub(crate) fn authorize_key(payment_id: &str) -> String {
     format!("{payment_id}:authorize")
@@ -230,7 +236,7 @@ impl Service {
             }
             PaymentCommandBody::Void(void) => {
                 tracing::debug!(payment_id = cmd.payment_id, reason = void.reason, "void");
-                self.with_psp_call(cmd, Input::Void).await
+                self.void(cmd, &void.reason).await
             }
             PaymentCommandBody::Refund(refund) => self.refund(cmd, refund).await,
             PaymentCommandBody::PspCallback(callback) => self.callback(cmd, callback).await,
@@ -284,6 +290,73 @@ impl Service {
             source,
         })?;
         Ok(handled)
+    }
+
+    /// Cancel the payment: void its authorization, or refund a captured payment (refund
+    /// [`void_refund_id`], event `payment.refunded.v1`). A replay after a crash between the
+    /// refund's reservation and its answer calls the PSP again with the same key.
+    async fn void(&self, cmd: &PaymentCommand, reason: &str) -> Result<Handled> {
+        let refund_id = void_refund_id(&cmd.command_id);
+        let mut tx = self.begin().await?;
+        let Some(row) = ledger::lock_payment(&mut tx, &cmd.payment_id).await? else {
+            tracing::warn!(
+                payment_id = cmd.payment_id,
+                "void for an unknown payment ignored"
+            );
+            return self.finish(tx, cmd, Handled::Ignored).await;
+        };
+        match ledger::refund_status(&mut tx, &refund_id).await? {
+            Some((status, amount_minor)) if status == "PENDING" => {
+                let call = Call::Refund {
+                    refund_id,
+                    psp_reference: row.state.psp_reference.clone().unwrap_or_default(),
+                    amount_minor,
+                };
+                let attempt_id = self.begin_call(&mut tx, cmd, &row, &call).await?;
+                commit(tx, "commit a void's refund").await?;
+                return self.call_and_conclude(cmd, &row, &call, &attempt_id).await;
+            }
+            Some(_) => return self.finish(tx, cmd, Handled::Replayed).await,
+            None => {}
+        }
+        let decision = logic::decide(Some(&row.state), &Input::Void { refund_id });
+        let Some(call) = Call::from_effects(&decision.effects) else {
+            let handled = self.conclude(&mut tx, cmd, &row, &decision).await?;
+            return self.finish(tx, cmd, handled).await;
+        };
+        if let Call::Refund {
+            refund_id,
+            amount_minor,
+            ..
+        } = &call
+        {
+            tracing::info!(
+                payment_id = row.payment_id,
+                refund_id,
+                amount = amount_minor,
+                "void of a captured payment: refunding it"
+            );
+            ledger::insert_refund(
+                &mut tx,
+                &NewRefund {
+                    refund_id,
+                    payment_id: &row.payment_id,
+                    amount_minor: *amount_minor,
+                    reason,
+                    status: "PENDING",
+                    failure_code: None,
+                },
+            )
+            .await?;
+        }
+        if let Some(state) = &decision.state
+            && *state != row.state
+        {
+            ledger::save_state(&mut tx, &row.payment_id, state).await?;
+        }
+        let attempt_id = self.begin_call(&mut tx, cmd, &row, &call).await?;
+        commit(tx, "commit a PSP attempt").await?;
+        self.call_and_conclude(cmd, &row, &call, &attempt_id).await
     }
 
     async fn with_psp_call(&self, cmd: &PaymentCommand, input: Input) -> Result<Handled> {
@@ -510,10 +583,16 @@ impl Service {
                     );
                     return self.finish(tx, cmd, Handled::Applied).await;
                 }
-                match Call::from_effects(&decision.effects) {
-                    Some(call) => call,
-                    None => return self.finish(tx, cmd, Handled::Ignored).await,
+                let Some(call) = Call::from_effects(&decision.effects) else {
+                    return self.finish(tx, cmd, Handled::Ignored).await;
+                };
+                // The reservation, on the locked row (migration 0004).
+                if let Some(state) = &decision.state
+                    && *state != row.state
+                {
+                    ledger::save_state(&mut tx, &row.payment_id, state).await?;
                 }
+                call
             }
         };
         let attempt_id = self.begin_call(&mut tx, cmd, &row, &call).await?;

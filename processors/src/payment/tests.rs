@@ -196,7 +196,7 @@ fn refunds_beyond_the_capture_are_refused() {
 fn a_void_of_an_unknown_authorization_voids_and_reconciles() {
     let mut unknown = with(PaymentStatus::Authorizing);
     unknown.psp_reference = None;
-    let d = decide(Some(&unknown), &Input::Void);
+    let d = decide(Some(&unknown), &void());
     assert_eq!(d.state.expect("a state").status, PaymentStatus::Voided);
     assert_eq!(d.effects, vec![Effect::Reconcile]);
 }
@@ -233,7 +233,7 @@ fn any_input() -> impl Strategy<Value = Input> {
                 psp_reference: None
             }
         }),
-        Just(Input::Void),
+        Just(void()),
         Just(Input::VoidResult(CallOutcome::Succeeded {
             psp_reference: None
         })),
@@ -436,4 +436,64 @@ async fn an_authorization_waits_for_the_same_keys_call_in_progress_at_the_psp() 
     assert_eq!(stats.authorizations, 1, "{stats:?}");
     assert!(stats.authorization_calls >= 3, "{stats:?}");
     stop.cancel();
+}
+
+fn void() -> Input {
+    Input::Void {
+        refund_id: "void-cmd-1".to_owned(),
+    }
+}
+
+#[test]
+fn a_void_of_a_captured_payment_refunds_what_is_left_to_refund() {
+    let mut captured = with(PaymentStatus::PartiallyRefunded);
+    captured.captured_minor = 1_000;
+    captured.refunded_minor = 300;
+    captured.refund_reserved_minor = 200;
+    let d = decide(Some(&captured), &void());
+    let state = d.state.expect("a state");
+    assert_eq!(
+        (state.status, state.refund_reserved_minor),
+        (PaymentStatus::PartiallyRefunded, 700)
+    );
+    assert_eq!(
+        d.effects,
+        vec![Effect::CallRefund {
+            refund_id: "void-cmd-1".to_owned(),
+            psp_reference: captured.psp_reference.clone().expect("a reference"),
+            amount_minor: 500,
+        }]
+    );
+    let result = decide(
+        Some(&state),
+        &Input::RefundResult {
+            refund_id: "void-cmd-1".to_owned(),
+            amount_minor: 500,
+            outcome: CallOutcome::Succeeded {
+                psp_reference: Some("ref_v".to_owned()),
+            },
+        },
+    );
+    assert_eq!(
+        result.state.expect("a state").refund_reserved_minor,
+        200,
+        "the void's reservation is released"
+    );
+    assert!(matches!(
+        result.effects.as_slice(),
+        [Effect::EmitRefunded {
+            amount_minor: 500,
+            ..
+        }]
+    ));
+}
+
+#[test]
+fn a_void_of_a_fully_refunded_payment_changes_nothing() {
+    let mut refunded = with(PaymentStatus::Refunded);
+    refunded.captured_minor = 1_000;
+    refunded.refunded_minor = 1_000;
+    let d = decide(Some(&refunded), &void());
+    assert_eq!(d.state.as_ref(), Some(&refunded));
+    assert!(matches!(d.effects.as_slice(), [Effect::Ignore { .. }]));
 }

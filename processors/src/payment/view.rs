@@ -160,9 +160,7 @@ async fn load_in(
     let sql = format!(
         "SELECT p.payment_id, p.order_id, p.customer_id, p.status, p.amount_minor, \
          p.currency::TEXT AS currency, p.captured_minor, p.refunded_minor, p.payment_method, \
-         p.psp_reference, p.created_at, p.updated_at, \
-         (SELECT COALESCE(SUM(r.amount_minor), 0)::BIGINT FROM refunds r \
-           WHERE r.payment_id = p.payment_id AND r.status = 'PENDING') AS reserved \
+         p.psp_reference, p.created_at, p.updated_at, p.refund_reserved_minor AS reserved \
          FROM payments p WHERE {condition}"
     );
     let Some(row) = sqlx::query(sqlx::AssertSqlSafe(sql))

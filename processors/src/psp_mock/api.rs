@@ -155,6 +155,12 @@ pub struct Stats {
     /// Callback deliveries that the receiver acknowledged with 2xx (duplicates included).
     pub callbacks_delivered: u64,
     pub callbacks_failed: u64,
+    /// `/v1/...` requests being answered now (a client that gives up ends its request).
+    #[serde(default)]
+    pub requests_in_flight: u64,
+    /// The most `/v1/...` requests ever answered at once: how many calls a client had open.
+    #[serde(default)]
+    pub max_requests_in_flight: u64,
 }
 
 /// How the mock behaves, changeable at runtime through `PUT /admin/behaviour`. Rates are shares
@@ -173,6 +179,16 @@ pub struct Behaviour {
     pub duplicate_callback_rate: f64,
     /// How long a `pending` authorization stays pending before its callback.
     pub pending_delay_ms: u64,
+    /// Share of pending authorizations whose callback comes out of order: the decision is
+    /// made (and visible at `GET /v1/authorizations/{id}`) on time, but the callback is held
+    /// back `callback_reorder_delay_ms`, so it reaches the receiver after whatever the
+    /// receiver did meanwhile (a capture, a void, other payments' callbacks); with a duplicate,
+    /// one copy comes on time and the other that much later.
+    #[serde(default)]
+    pub callback_reorder_rate: f64,
+    /// How long an out-of-order callback is held back.
+    #[serde(default)]
+    pub callback_reorder_delay_ms: u64,
 }
 
 impl Behaviour {
@@ -184,6 +200,7 @@ impl Behaviour {
             ("error_rate", self.error_rate),
             ("timeout_rate", self.timeout_rate),
             ("duplicate_callback_rate", self.duplicate_callback_rate),
+            ("callback_reorder_rate", self.callback_reorder_rate),
         ] {
             if !(0.0..=1.0).contains(&rate) {
                 problems.push(format!("{name} must be within [0, 1], got {rate}"));
@@ -214,6 +231,12 @@ impl Behaviour {
                 .duplicate_callback_rate
                 .unwrap_or(self.duplicate_callback_rate),
             pending_delay_ms: patch.pending_delay_ms.unwrap_or(self.pending_delay_ms),
+            callback_reorder_rate: patch
+                .callback_reorder_rate
+                .unwrap_or(self.callback_reorder_rate),
+            callback_reorder_delay_ms: patch
+                .callback_reorder_delay_ms
+                .unwrap_or(self.callback_reorder_delay_ms),
         }
     }
 }
@@ -230,4 +253,6 @@ pub struct BehaviourPatch {
     pub timeout_delay_ms: Option<u64>,
     pub duplicate_callback_rate: Option<f64>,
     pub pending_delay_ms: Option<u64>,
+    pub callback_reorder_rate: Option<f64>,
+    pub callback_reorder_delay_ms: Option<u64>,
 }

@@ -20,7 +20,9 @@
 //! `<code>` (e.g. `tok_decline_insufficient_funds`); `tok_timeout` hangs `timeout_delay_ms`
 //! then authorizes (too late for the caller); `tok_error` → 502; `tok_pending` answers
 //! `pending`, then after `pending_delay_ms` decides and POSTs a signed [`api::CallbackEvent`]
-//! to `callback_url` (twice with probability `duplicate_callback_rate`); amounts ending in 99
+//! to `callback_url` (twice with probability `duplicate_callback_rate`; held back
+//! `callback_reorder_delay_ms` with probability `callback_reorder_rate`, so it arrives out of
+//! order with what happened meanwhile); amounts ending in 99
 //! minor units decline `do_not_honor`; any other token gets the seeded random mix of
 //! `timeout_rate`, `error_rate`, `decline_rate`.
 //!
@@ -65,6 +67,10 @@ pub struct PspMockConfig {
     pub duplicate_callback_rate: f64,
     /// How long `pending` lasts before the callback.
     pub pending_delay_ms: u64,
+    /// Share of pending authorizations whose callback is delivered out of order (held back
+    /// `callback_reorder_delay_ms` after the decision; see [`api::Behaviour`]).
+    pub callback_reorder_rate: f64,
+    pub callback_reorder_delay_ms: u64,
     /// Where callbacks go (e.g. the ingest API's `/psp/callbacks`); none: no callbacks.
     pub callback_url: Option<String>,
     /// The HMAC secret callbacks are signed with.
@@ -84,6 +90,8 @@ impl Default for PspMockConfig {
             timeout_delay_ms: 90_000,
             duplicate_callback_rate: 0.1,
             pending_delay_ms: 500,
+            callback_reorder_rate: 0.0,
+            callback_reorder_delay_ms: 2_000,
             callback_url: None,
             callback_secret: "keel-psp-dev-secret".to_owned(),
         }
@@ -102,6 +110,8 @@ impl PspMockConfig {
             timeout_delay_ms: self.timeout_delay_ms,
             duplicate_callback_rate: self.duplicate_callback_rate,
             pending_delay_ms: self.pending_delay_ms,
+            callback_reorder_rate: self.callback_reorder_rate,
+            callback_reorder_delay_ms: self.callback_reorder_delay_ms,
         }
     }
 

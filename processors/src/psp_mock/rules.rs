@@ -24,10 +24,12 @@ pub(crate) enum Outcome {
     Authorized,
     Declined(String),
     /// Answer `pending`; after `pending_delay_ms` decide `resolves_to` (None = authorized, else
-    /// the decline code) and call back, twice when `duplicate_callback`.
+    /// the decline code) and call back, twice when `duplicate_callback`, out of order (held
+    /// back `callback_reorder_delay_ms`) when `reordered`.
     Pending {
         resolves_to: Option<String>,
         duplicate_callback: bool,
+        reordered: bool,
     },
     /// Answer 502 and create nothing.
     Error,
@@ -73,6 +75,9 @@ pub(crate) fn plan(
     let roll: f64 = rng.random();
     let duplicate_roll: f64 = rng.random();
     let duplicate_callback = duplicate_roll < behaviour.duplicate_callback_rate;
+    // Drawn last, so the draws above (and every earlier outcome) stay what they were.
+    let reorder_roll: f64 = rng.random();
+    let reordered = reorder_roll < behaviour.callback_reorder_rate;
     let ends_in_99 = req.amount_minor.rem_euclid(100) == 99;
     let token = req.payment_method.as_str();
 
@@ -84,6 +89,7 @@ pub(crate) fn plan(
         Outcome::Pending {
             resolves_to: ends_in_99.then(|| DO_NOT_HONOR.to_owned()),
             duplicate_callback,
+            reordered,
         }
     } else if let Some(code) = token.strip_prefix("tok_decline_") {
         Outcome::Declined(code.to_owned())

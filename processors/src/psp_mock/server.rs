@@ -106,15 +106,48 @@ impl Shared {
 
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
     Router::new()
-        .route("/health", get(|| async { "ok" }))
         .route("/v1/authorizations", post(authorize))
         .route("/v1/authorizations/{id}", get(get_authorization))
         .route("/v1/authorizations/{id}/capture", post(capture))
         .route("/v1/authorizations/{id}/void", post(void))
         .route("/v1/refunds", post(refund))
+        .route_layer(axum::middleware::from_fn_with_state(
+            shared.clone(),
+            count_in_flight,
+        ))
+        .route("/health", get(|| async { "ok" }))
         .route("/admin/behaviour", get(get_behaviour).put(put_behaviour))
         .route("/admin/stats", get(get_stats))
         .with_state(shared)
+}
+
+/// Ends one request's share of `requests_in_flight`, also when the client gives up (the
+/// request's future is dropped).
+struct InFlight(Arc<Shared>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut book = self.0.book();
+        book.stats.requests_in_flight = book.stats.requests_in_flight.saturating_sub(1);
+    }
+}
+
+/// Count the `/v1/...` requests in progress and their high-water mark (`GET /admin/stats`).
+async fn count_in_flight(
+    State(shared): State<Arc<Shared>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    {
+        let mut book = shared.book();
+        book.stats.requests_in_flight += 1;
+        book.stats.max_requests_in_flight = book
+            .stats
+            .max_requests_in_flight
+            .max(book.stats.requests_in_flight);
+    }
+    let _in_flight = InFlight(shared);
+    next.run(request).await
 }
 
 fn json<T: Serialize>(status: StatusCode, body: &T) -> Response {
@@ -347,29 +380,46 @@ async fn execute_authorization(
     if let Outcome::Pending {
         resolves_to,
         duplicate_callback,
+        reordered,
     } = plan.outcome
     {
-        let delay = Duration::from_millis(shared.behaviour().pending_delay_ms);
+        let behaviour = shared.behaviour();
+        let delay = Duration::from_millis(behaviour.pending_delay_ms);
+        let held_back =
+            reordered.then(|| Duration::from_millis(behaviour.callback_reorder_delay_ms));
         tokio::spawn(resolve_pending(
             shared.clone(),
             plan.psp_id,
             plan.event_id,
             resolves_to,
-            duplicate_callback,
+            Delivery {
+                duplicate: duplicate_callback,
+                held_back,
+            },
             delay,
         ));
     }
     json(StatusCode::OK, &answer)
 }
 
-/// Decide a pending authorization after `delay`, then deliver its callback (twice when
-/// `duplicate`), each delivery retried with backoff.
+/// How a pending authorization's callback is delivered.
+#[derive(Debug, Clone, Copy)]
+struct Delivery {
+    /// Twice (the same event).
+    duplicate: bool,
+    /// Out of order: held back this long after the decision (with `duplicate`, only the
+    /// second copy is).
+    held_back: Option<Duration>,
+}
+
+/// Decide a pending authorization after `delay`, then deliver its callback as `delivery`
+/// says, each delivery retried with backoff.
 async fn resolve_pending(
     shared: Arc<Shared>,
     authorization_id: String,
     event_id: String,
     resolves_to: Option<String>,
-    duplicate: bool,
+    delivery: Delivery,
     delay: Duration,
 ) {
     tokio::select! {
@@ -410,9 +460,21 @@ async fn resolve_pending(
         decline_code,
     };
     let body = serde_json::to_vec(&event).unwrap_or_default();
-    for _ in 0..if duplicate { 2 } else { 1 } {
+    if delivery.duplicate {
         deliver(&shared, &url, &body).await;
     }
+    if let Some(held_back) = delivery.held_back {
+        tracing::debug!(
+            authorization_id = event.authorization_id,
+            held_back_ms = u64::try_from(held_back.as_millis()).unwrap_or(u64::MAX),
+            "PSP callback held back (out of order)"
+        );
+        tokio::select! {
+            () = tokio::time::sleep(held_back) => {}
+            () = shared.stopping.cancelled() => return,
+        }
+    }
+    deliver(&shared, &url, &body).await;
 }
 
 async fn deliver(shared: &Shared, url: &str, body: &[u8]) {

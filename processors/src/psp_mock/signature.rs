@@ -30,10 +30,11 @@ pub enum SignatureError {
     Mismatch,
 }
 
-fn mac(secret: &str, timestamp: i64, body: &[u8]) -> HmacSha256 {
+/// The MAC of `"{timestamp}.{body}"`, `timestamp` being the header's bytes exactly as sent.
+fn mac(secret: &str, timestamp: &[u8], body: &[u8]) -> HmacSha256 {
     let mut mac = <HmacSha256 as Mac>::new_from_slice(secret.as_bytes())
         .expect("HMAC accepts keys of any length");
-    mac.update(timestamp.to_string().as_bytes());
+    mac.update(timestamp);
     mac.update(b".");
     mac.update(body);
     mac
@@ -43,13 +44,18 @@ fn mac(secret: &str, timestamp: i64, body: &[u8]) -> HmacSha256 {
 pub fn sign(secret: &str, timestamp: i64, body: &[u8]) -> String {
     format!(
         "v1={}",
-        hex::encode(mac(secret, timestamp, body).finalize().into_bytes())
+        hex::encode(
+            mac(secret, timestamp.to_string().as_bytes(), body)
+                .finalize()
+                .into_bytes()
+        )
     )
 }
 
 /// Check a callback: the timestamp must be within `tolerance_s` of `now` (unix seconds) in both
 /// directions, and one of the `v1=` signatures must be the HMAC of `"{timestamp}.{raw_body}"`
-/// (compared in constant time by the `hmac` crate).
+/// (compared in constant time by the `hmac` crate). The timestamp header must be 1 to 19 ASCII
+/// digits (no sign, spaces or other spellings of the same number) and is signed exactly as sent.
 pub fn verify(
     secret: &str,
     header_ts: &str,
@@ -58,10 +64,11 @@ pub fn verify(
     now: i64,
     tolerance_s: u64,
 ) -> Result<(), SignatureError> {
-    let timestamp: i64 = header_ts
-        .trim()
-        .parse()
-        .map_err(|_| SignatureError::MalformedTimestamp(header_ts.to_owned()))?;
+    let malformed = || SignatureError::MalformedTimestamp(header_ts.to_owned());
+    if !(1..=19).contains(&header_ts.len()) || !header_ts.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(malformed());
+    }
+    let timestamp: i64 = header_ts.parse().map_err(|_| malformed())?;
     let tolerance = i64::try_from(tolerance_s).unwrap_or(i64::MAX);
     let age = now.saturating_sub(timestamp);
     if age > tolerance {
@@ -84,7 +91,7 @@ pub fn verify(
     if candidates.is_empty() {
         return Err(SignatureError::MalformedSignature);
     }
-    let expected = mac(secret, timestamp, raw_body);
+    let expected = mac(secret, header_ts.as_bytes(), raw_body);
     if candidates
         .iter()
         .any(|c| expected.clone().verify_slice(c).is_ok())

@@ -65,6 +65,10 @@ impl Running {
         (status, resp.json().await.expect("a JSON body"))
     }
 
+    async fn authorize_owned(&self, key: String) -> StatusCode {
+        self.authorize(&key, 1_000, "tok_visa").await.0
+    }
+
     async fn stats(&self) -> Stats {
         self.http
             .get(format!("{}/admin/stats", self.url))
@@ -267,6 +271,112 @@ async fn capture_void_and_refunds_never_exceed_the_capture() {
     assert_eq!((stats.captures, stats.voids, stats.refunds), (1, 0, 2));
 }
 
+/// With `callback_reorder_rate` 1 (set at runtime), a pending authorization is decided on
+/// time (the PSP already answers `authorized`) while its callback is held back: it arrives
+/// out of order, after what the receiver learned or did meanwhile. With a duplicate, one copy
+/// comes on time and the second only after the hold.
+#[tokio::test]
+async fn a_reordered_callback_arrives_after_the_decision_it_reports() {
+    let (url, received, stop_receiver) = callback_receiver().await;
+    let psp = start(PspMockConfig {
+        callback_url: Some(url),
+        pending_delay_ms: 50,
+        duplicate_callback_rate: 0.0,
+        ..PspMockConfig::default()
+    })
+    .await;
+    let changed = psp
+        .http
+        .put(format!("{}/admin/behaviour", psp.url))
+        .json(&json!({"callback_reorder_rate": 1.0, "callback_reorder_delay_ms": 1_500}))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(changed.status(), StatusCode::OK);
+    let (_, body) = psp.authorize("k-late", 1_000, "tok_pending").await;
+    let pending = answer(body);
+    assert_eq!(pending.status, AuthorizationStatus::Pending);
+
+    let status = |id: String| {
+        let (http, base) = (psp.http.clone(), psp.url.clone());
+        async move {
+            let view: serde_json::Value = http
+                .get(format!("{base}/v1/authorizations/{id}"))
+                .send()
+                .await
+                .expect("answer")
+                .json()
+                .await
+                .expect("JSON");
+            view["status"].as_str().unwrap_or_default().to_owned()
+        }
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while status(pending.id.clone()).await != "authorized" {
+        assert!(tokio::time::Instant::now() < deadline, "never decided");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        received.lock().expect("not poisoned").is_empty(),
+        "decided, but the callback must still be held back"
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while received.lock().expect("not poisoned").is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the callback never came"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop_receiver.cancel();
+    let deliveries = received.lock().expect("not poisoned").clone();
+    let event: CallbackEvent = serde_json::from_slice(&deliveries[0].1).expect("an event");
+    assert_eq!(
+        (event.authorization_id, event.outcome),
+        (pending.id, CallbackOutcome::Authorized)
+    );
+    let behaviour: serde_json::Value = psp
+        .http
+        .get(format!("{}/admin/behaviour", psp.url))
+        .send()
+        .await
+        .expect("answer")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(behaviour["callback_reorder_rate"], 1.0);
+    let bad = psp
+        .http
+        .put(format!("{}/admin/behaviour", psp.url))
+        .json(&json!({"callback_reorder_rate": 1.5}))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+}
+
+/// The stats count the `/v1` requests answered at once and keep their high-water mark.
+#[tokio::test]
+async fn the_stats_keep_the_most_requests_in_flight_at_once() {
+    let psp = start(PspMockConfig::default()).await;
+    let slow = psp
+        .http
+        .put(format!("{}/admin/behaviour", psp.url))
+        .json(&json!({"latency_min_ms": 300, "latency_max_ms": 300}))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(slow.status(), StatusCode::OK);
+    let calls = (0..3).map(|i| psp.authorize_owned(format!("k-par-{i}")));
+    futures::future::join_all(calls).await;
+    let stats = psp.stats().await;
+    assert_eq!(
+        (stats.requests_in_flight, stats.max_requests_in_flight),
+        (0, 3),
+        "{stats:?}"
+    );
+}
+
 #[tokio::test]
 async fn behaviour_changes_at_runtime_and_bad_values_are_refused() {
     let psp = start(PspMockConfig::default()).await;
@@ -436,6 +546,40 @@ fn signature_verify_accepts_its_own_and_rejects_tampering_and_stale_or_future_ti
         verify("secret", &now.to_string(), "sha1=abc", body, now, 300),
         Err(SignatureError::MalformedSignature)
     );
+}
+
+/// The timestamp header is signed as sent: other spellings of the same number ("+<ts>",
+/// "0<ts>", " <ts> ") are malformed, not verified against a re-printed number.
+#[test]
+fn signature_verify_accepts_only_plain_digits_as_the_timestamp() {
+    let body = br#"{"event_id":"evt_1","outcome":"authorized"}"#;
+    let now: i64 = 1_767_225_600;
+    let sig = sign("secret", now, body);
+    for spelling in [
+        format!("+{now}"),
+        format!(" {now} "),
+        format!("{now} "),
+        format!("-{now}"),
+        String::new(),
+        "1".repeat(20),
+    ] {
+        assert!(
+            matches!(
+                verify("secret", &spelling, &sig, body, now, 300),
+                Err(SignatureError::MalformedTimestamp(_))
+            ),
+            "{spelling:?}"
+        );
+    }
+    // Digits, but not the bytes that were signed.
+    assert_eq!(
+        verify("secret", &format!("0{now}"), &sig, body, now, 300),
+        Err(SignatureError::Mismatch)
+    );
+    assert!(matches!(
+        verify("secret", "9999999999999999999", &sig, body, now, 300),
+        Err(SignatureError::MalformedTimestamp(_) | SignatureError::InFuture { .. })
+    ));
 }
 
 #[test]
