@@ -121,7 +121,9 @@ fn producer(bootstrap: &str) -> anyhow::Result<BaseProducer> {
         .set("linger.ms", "20")
         .set("batch.size", "1000000")
         .set("compression.type", "lz4")
-        .set("queue.buffering.max.messages", "1000000")
+        // Bounded: with the whole 1M backlog queued at once the bench's own producer left
+        // ~150 MiB of freed-but-kept heap in the process whose RSS the bench reports.
+        .set("queue.buffering.max.messages", "100000")
         .create()?)
 }
 
@@ -192,6 +194,10 @@ pub(crate) trait Subject {
     fn commits(&self) -> Option<(u64, f64)>;
     /// The engine's process, for RSS and CPU.
     fn pid(&self) -> u32;
+    /// Bytes in RocksDB's block cache (memtables included), when the engine reports it.
+    fn state_memory_bytes(&self) -> Option<f64> {
+        None
+    }
     /// Stops the engine cleanly.
     fn stop(&mut self) -> anyhow::Result<()>;
 }
@@ -286,6 +292,22 @@ impl Subject for Keel {
         std::process::id()
     }
 
+    fn state_memory_bytes(&self) -> Option<f64> {
+        let handle = self.handle.as_ref()?;
+        handle
+            .registry()
+            .gather()
+            .iter()
+            .filter(|f| f.name() == "keel_state_memory_bytes")
+            .flat_map(|f| f.get_metric().iter())
+            .find(|m| {
+                m.get_label()
+                    .iter()
+                    .any(|l| l.name() == "kind" && l.value() == "block_cache_usage")
+            })
+            .map(|m| m.get_gauge().value())
+    }
+
     fn stop(&mut self) -> anyhow::Result<()> {
         if let Some(h) = self.handle.take() {
             h.shutdown()?;
@@ -317,6 +339,12 @@ pub struct Figures {
     pub rss_after_backlog_mib: f64,
     pub rss_peak_mib: f64,
     pub rss_after_restore_mib: f64,
+    /// The bench process before the engine started (Keel runs in it: the baseline of the
+    /// bench's own producer and reader).
+    pub rss_before_start_mib: f64,
+    /// RocksDB's block cache usage (memtables included) after the backlog and after restore.
+    pub state_memory_after_backlog_mib: Option<f64>,
+    pub state_memory_after_restore_mib: Option<f64>,
     pub state_dir_mib: f64,
     /// CPU seconds during the backlog drain: the engine's process and the broker.
     pub backlog_cpu_engine_s: f64,
@@ -425,6 +453,7 @@ fn phases(setup: &Setup, args: &EngineArgs, subject: &mut dyn Subject) -> anyhow
             pid: *pid,
         });
     }
+    let (rss_before_start, _) = cpu::rss_mib(std::process::id()).unwrap_or((0.0, 0.0));
     subject.start(setup)?;
     let started = Instant::now();
     watched[0].pid = subject.pid();
@@ -448,6 +477,7 @@ fn phases(setup: &Setup, args: &EngineArgs, subject: &mut dyn Subject) -> anyhow
     let cpu_backlog = cpu::between(&watched, &cpu_before, &cpu::sample(&watched));
     let steady = first.map_or(total, |f| f.elapsed().as_secs_f64());
     let (rss, hwm) = cpu::rss_mib(subject.pid()).unwrap_or((0.0, 0.0));
+    let state_memory_after_backlog = subject.state_memory_bytes().map(|b| b / 1048576.0);
     let store = dir_size(&setup.state_dir.join(&setup.app));
     eprintln!("[bench] {}: backlog drained in {total:.1}s", subject.name());
 
@@ -503,6 +533,7 @@ fn phases(setup: &Setup, args: &EngineArgs, subject: &mut dyn Subject) -> anyhow
     };
     let restore_secs = restore_start.elapsed().as_secs_f64();
     let (rss_after_restore, _) = cpu::rss_mib(subject.pid()).unwrap_or((0.0, 0.0));
+    let state_memory_after_restore = subject.state_memory_bytes().map(|b| b / 1048576.0);
     subject.stop()?;
 
     Ok(Figures {
@@ -524,6 +555,9 @@ fn phases(setup: &Setup, args: &EngineArgs, subject: &mut dyn Subject) -> anyhow
         rss_after_backlog_mib: rss,
         rss_peak_mib: hwm,
         rss_after_restore_mib: rss_after_restore,
+        rss_before_start_mib: rss_before_start,
+        state_memory_after_backlog_mib: state_memory_after_backlog,
+        state_memory_after_restore_mib: state_memory_after_restore,
         state_dir_mib: store as f64 / 1048576.0,
         backlog_cpu_engine_s: cpu_backlog
             .processes
@@ -599,6 +633,19 @@ fn render_one(args: &EngineArgs, f: &Figures) -> String {
         "RSS after restore (whole process)",
         format!("{:.0} MiB", f.rss_after_restore_mib),
     );
+    row(
+        "RSS before the engine started",
+        format!("{:.0} MiB", f.rss_before_start_mib),
+    );
+    if let (Some(backlog), Some(restore)) = (
+        f.state_memory_after_backlog_mib,
+        f.state_memory_after_restore_mib,
+    ) {
+        row(
+            "RocksDB block cache + memtables",
+            format!("{backlog:.0} MiB after backlog, {restore:.0} MiB after restore"),
+        );
+    }
     row(
         "state dir after backlog",
         format!("{:.0} MiB", f.state_dir_mib),

@@ -457,3 +457,72 @@ async fn apply_decision_reports_duplicates_and_stale_decisions() -> anyhow::Resu
     db.drop_db().await;
     result.unwrap_or_else(|panic| std::panic::resume_unwind(panic))
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_applies_each_decision_in_one_transaction_despite_duplicates_and_stale_ones()
+-> anyhow::Result<()> {
+    let stack = Stack::from_env();
+    let db = TestDb::create(&stack).await?;
+    let result = AssertUnwindSafe(async {
+        let codec = codec(&stack)?;
+        let names = keel_processors::topics::Topics::default();
+        let pool = &db.pool;
+        let (order_id, cart) = (unique("order"), unique("cart"));
+        let pending = decision(&order_id, &cart, 1, OrderDecisionStatus::Pending);
+        let confirmed = decision(&order_id, &cart, 2, OrderDecisionStatus::Confirmed);
+        // Another order's decision reusing the first decision's id: the history's primary key
+        // refuses it, and the transaction must go on without it.
+        let other = unique("order");
+        let mut dup = decision(&other, &unique("cart"), 1, OrderDecisionStatus::Pending);
+        dup.decision_id = pending.decision_id.clone();
+        let (third, third_cart) = (unique("order"), unique("cart"));
+        let after = decision(&third, &third_cart, 1, OrderDecisionStatus::Pending);
+        let batch = [&pending, &pending, &confirmed, &dup, &after];
+        let applied: Vec<Applied> = orders::apply_batch(pool, &codec, &names, &batch)
+            .await?
+            .into_iter()
+            .collect::<Result<_, _>>()?;
+        assert_eq!(
+            applied,
+            [
+                Applied::Written { outbox: true },
+                Applied::Stale,
+                Applied::Written { outbox: true },
+                Applied::Duplicate,
+                Applied::Written { outbox: true },
+            ]
+        );
+        let view = orders::load_order(pool, &order_id).await?.context("view")?;
+        assert_eq!(view.status, "CONFIRMED");
+        assert_eq!(view.timeline.len(), 2);
+        assert_eq!(orders::order_status(pool, &other).await?, None);
+        assert_eq!(
+            orders::order_status(pool, &third).await?.as_deref(),
+            Some("PENDING")
+        );
+        // One outbox row per written decision, none for the stale one or the duplicate.
+        let rows: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM order_outbox WHERE aggregate_id IN (?, ?, ?)")
+                .bind(&order_id)
+                .bind(&other)
+                .bind(&third)
+                .fetch_one(pool)
+                .await?;
+        assert_eq!(rows, 3);
+        // The same batch again (a replay after a crash before the offsets' commit) writes
+        // nothing.
+        let again: Vec<Applied> = orders::apply_batch(pool, &codec, &names, &batch)
+            .await?
+            .into_iter()
+            .collect::<Result<_, _>>()?;
+        assert!(
+            again.iter().all(|a| !matches!(a, Applied::Written { .. })),
+            "{again:?}"
+        );
+        anyhow::Ok(())
+    })
+    .catch_unwind()
+    .await;
+    db.drop_db().await;
+    result.unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+}

@@ -6,7 +6,9 @@
 //!
 //! * **Deduplicated per key.** Between two `take_changelog()` calls a store remembers only which
 //!   keys changed; the records carry each key's latest value. The topic is compacted, so only the
-//!   last value per key matters; taking once per commit interval sends one record per touched key.
+//!   last value per key matters; taking once per commit interval would send one record per
+//!   touched key. The stream runtime takes after every input record (so the commit does not
+//!   wait for the interval's changelog), which sends one record per write.
 //! * **Keys** are the store's keys. **Values** are the store's values, except for TTL and timer
 //!   stores whose values are `[1u8][time: i64 big-endian][payload]` (expiry or due time in
 //!   millis) so that restore can rebuild their time index.

@@ -15,8 +15,11 @@
 //! savepoint, undone newest first), so it costs one entry per write, not a copy of the set.
 //!
 //! A pending entry carries its own "waiting for the changelog" mark, so a write is one search
-//! of the pending map (the hot path of every `put`), and draining the changelog is one walk of
-//! it in key order.
+//! of the pending map (the hot path of every `put`). The keys that became unlogged since the
+//! last drain are also listed in order, so a drain costs one lookup per key written since the
+//! last one, not a walk of the whole interval's pending set: the runtime drains after every
+//! input record (sending the changelog while it processes), and the pending set holds the
+//! whole commit interval.
 
 use std::collections::{BTreeMap, btree_map};
 use std::fmt;
@@ -67,6 +70,10 @@ pub(crate) struct StoreCore {
     /// Pending primary entries marked `unlogged` (keys written since the last
     /// `take_changelog`).
     unlogged: usize,
+    /// The keys that became `unlogged` since the last drain, in that order. Every entry marked
+    /// `unlogged` has its key here; a key may also be here stale (its mark undone by a
+    /// savepoint rollback, or listed twice after one): the drain skips entries not marked.
+    unlogged_keys: Vec<Vec<u8>>,
     /// The open savepoint, if any.
     savepoint: Option<Savepoint>,
     applied_offset: Option<i64>,
@@ -120,6 +127,7 @@ impl StoreCore {
             columns,
             pending: vec![Pending::new(); columns.len()],
             unlogged: 0,
+            unlogged_keys: Vec::new(),
             savepoint: None,
             applied_offset,
             write_opts,
@@ -209,6 +217,7 @@ impl StoreCore {
                 }
                 if queue && !was_unlogged {
                     self.unlogged += 1;
+                    self.unlogged_keys.push(entry.key().clone());
                 }
                 entry.insert(PendingWrite {
                     value,
@@ -221,6 +230,7 @@ impl StoreCore {
                 }
                 if queue {
                     self.unlogged += 1;
+                    self.unlogged_keys.push(entry.key().clone());
                 }
                 entry.insert(PendingWrite {
                     value,
@@ -300,25 +310,57 @@ impl StoreCore {
     }
 
     /// Drains the changelog records of writes made since the last call, one per key with its
-    /// latest value.
+    /// latest value, in the order the keys were first written since the last drain.
     /// Ends any open savepoint: once taken, the records are the runtime's to send.
     pub(crate) fn take_changelog_into(&mut self, out: &mut Vec<ChangelogRecord>) {
+        out.reserve(self.unlogged);
+        let name = Arc::clone(&self.name);
+        let drained = self.drain_changelog(|key, value| {
+            out.push(ChangelogRecord {
+                store: Arc::clone(&name),
+                key: key.to_vec(),
+                value: value.map(<[u8]>::to_vec),
+            });
+            Ok::<(), std::convert::Infallible>(())
+        });
+        let Ok(_) = drained;
+    }
+
+    /// Hands `send` the changelog record of every key written since the last drain (its key
+    /// and latest value, `None` = tombstone), in the order the keys were first written since
+    /// then, borrowed from the pending set; returns how many. A record counts as taken once
+    /// `send` returned `Ok` for it: after an error, that key and the ones after it stay
+    /// unlogged. Ends any open savepoint: once taken, the records are the runtime's to send.
+    pub(crate) fn drain_changelog<E>(
+        &mut self,
+        mut send: impl FnMut(&[u8], Option<&[u8]>) -> std::result::Result<(), E>,
+    ) -> std::result::Result<usize, E> {
         self.savepoint = None;
         if self.unlogged == 0 {
-            return;
+            self.unlogged_keys.clear();
+            return Ok(0);
         }
-        out.reserve(self.unlogged);
-        for (key, write) in self.pending[PRIMARY].iter_mut() {
-            if write.unlogged {
-                write.unlogged = false;
-                out.push(ChangelogRecord {
-                    store: Arc::clone(&self.name),
-                    key: key.clone(),
-                    value: write.value.clone(),
-                });
+        let mut taken = 0;
+        let pending = &mut self.pending[PRIMARY];
+        for (i, key) in self.unlogged_keys.iter().enumerate() {
+            let Some(write) = pending.get_mut(key.as_slice()) else {
+                continue;
+            };
+            if !write.unlogged {
+                continue;
             }
+            if let Err(e) = send(key, write.value.as_deref()) {
+                self.unlogged_keys.drain(..i);
+                self.unlogged -= taken;
+                return Err(e);
+            }
+            write.unlogged = false;
+            taken += 1;
         }
+        debug_assert_eq!(taken, self.unlogged);
+        self.unlogged_keys.clear();
         self.unlogged = 0;
+        Ok(taken)
     }
 
     /// Applies the pending writes to RocksDB in one batch and records `changelog_offset` as
@@ -381,6 +423,7 @@ impl StoreCore {
             writes.clear();
         }
         self.unlogged = 0;
+        self.unlogged_keys.clear();
     }
 
     pub(crate) fn ensure_restorable(&self) -> Result<()> {
@@ -645,6 +688,108 @@ pub(crate) fn to_half_open(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn core(dir: &Path) -> StoreCore {
+        let mut config = crate::StateConfig::with_dir(dir);
+        config.block_cache_bytes = 8 << 20;
+        config.write_buffer_bytes = 4 << 20;
+        config.memtable_bytes = 1 << 20;
+        let env = StoreEnv::new(config, "rocks-test").expect("env");
+        StoreCore::open(&env, "s".into(), dir.join("s"), &["default"], None).expect("open")
+    }
+
+    fn drain(core: &mut StoreCore) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+        let mut out = Vec::new();
+        let Ok(_) = core.drain_changelog(|k, v| {
+            out.push((k.to_vec(), v.map(<[u8]>::to_vec)));
+            Ok::<(), std::convert::Infallible>(())
+        });
+        out
+    }
+
+    fn kv(k: &str, v: Option<&str>) -> (Vec<u8>, Option<Vec<u8>>) {
+        (k.as_bytes().to_vec(), v.map(|v| v.as_bytes().to_vec()))
+    }
+
+    #[test]
+    fn a_drain_after_every_write_sends_each_write_once_and_keeps_the_pending_set() {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut c = core(dir.path());
+        c.write(PRIMARY, b"b".to_vec(), Some(b"1".to_vec()), true);
+        c.write(PRIMARY, b"a".to_vec(), Some(b"1".to_vec()), true);
+        c.write(PRIMARY, b"b".to_vec(), Some(b"2".to_vec()), true);
+        assert_eq!(
+            drain(&mut c),
+            [kv("b", Some("2")), kv("a", Some("1"))],
+            "first-write order, latest value"
+        );
+        assert_eq!(drain(&mut c), [], "drained");
+        c.write(PRIMARY, b"a".to_vec(), None, true);
+        assert_eq!(drain(&mut c), [kv("a", None)], "written again: sent again");
+        assert_eq!(
+            c.pending_writes(),
+            2,
+            "the interval's writes wait for the commit"
+        );
+        assert_eq!(c.get(PRIMARY, b"b").expect("get"), Some(b"2".to_vec()));
+        c.commit(Some(7)).expect("commit");
+        assert_eq!(c.applied_offset(), Some(7));
+        assert_eq!(c.get(PRIMARY, b"a").expect("get"), None);
+        assert_eq!(c.get(PRIMARY, b"b").expect("get"), Some(b"2".to_vec()));
+    }
+
+    #[test]
+    fn a_rolled_back_write_is_not_drained_and_an_earlier_one_still_is() {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut c = core(dir.path());
+        c.write(PRIMARY, b"a".to_vec(), Some(b"1".to_vec()), true);
+        assert_eq!(drain(&mut c), [kv("a", Some("1"))]);
+        // Sent: a later record's write of `a` and of `b` are rolled back.
+        c.write(PRIMARY, b"k".to_vec(), Some(b"1".to_vec()), true);
+        c.set_savepoint();
+        c.write(PRIMARY, b"a".to_vec(), Some(b"2".to_vec()), true);
+        c.write(PRIMARY, b"b".to_vec(), Some(b"1".to_vec()), true);
+        c.write(PRIMARY, b"k".to_vec(), Some(b"2".to_vec()), true);
+        c.rollback_to_savepoint();
+        assert_eq!(c.unlogged_writes(), 1);
+        assert_eq!(
+            drain(&mut c),
+            [kv("k", Some("1"))],
+            "the rollback took back a and b (a's sent value stays)"
+        );
+        assert_eq!(c.get(PRIMARY, b"a").expect("get"), Some(b"1".to_vec()));
+        assert_eq!(c.get(PRIMARY, b"b").expect("get"), None);
+        // A key rolled back and written again is drained once.
+        c.set_savepoint();
+        c.write(PRIMARY, b"c".to_vec(), Some(b"1".to_vec()), true);
+        c.rollback_to_savepoint();
+        c.write(PRIMARY, b"c".to_vec(), Some(b"2".to_vec()), true);
+        assert_eq!(drain(&mut c), [kv("c", Some("2"))]);
+        c.abort();
+        assert_eq!(drain(&mut c), [], "an abort drops what was not drained");
+        assert_eq!(c.pending_writes(), 0);
+    }
+
+    #[test]
+    fn a_failed_send_leaves_that_record_and_the_rest_queued() {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut c = core(dir.path());
+        for k in ["a", "b", "c"] {
+            c.write(PRIMARY, k.as_bytes().to_vec(), Some(b"1".to_vec()), true);
+        }
+        let mut sent = 0;
+        let result = c.drain_changelog(|_, _| {
+            if sent == 1 {
+                return Err("queue full");
+            }
+            sent += 1;
+            Ok(())
+        });
+        assert_eq!(result, Err("queue full"));
+        assert_eq!(c.unlogged_writes(), 2);
+        assert_eq!(drain(&mut c), [kv("b", Some("1")), kv("c", Some("1"))]);
+        assert!(c.commit(None).is_ok());
+    }
 
     #[test]
     fn prefix_successor_is_the_first_key_past_the_prefix() {

@@ -138,8 +138,23 @@ impl Store {
         self.core_mut().take_changelog_into(out);
     }
 
+    /// Hands `send` the changelog record of every key written since the last drain, borrowed:
+    /// `(key, latest value)` (`None` = tombstone), in the order the keys were first written
+    /// since then; returns how many were taken. The runtime sends them into the open
+    /// transaction as they come (after each input record), so a commit only waits for the
+    /// tail. A record counts as taken once `send` returned `Ok` for it; after an error the rest
+    /// stay queued (the transaction aborts anyway, and [`abort`](Self::abort) drops them).
+    /// Ends any open savepoint.
+    pub fn drain_changelog<E>(
+        &mut self,
+        send: impl FnMut(&[u8], Option<&[u8]>) -> std::result::Result<(), E>,
+    ) -> std::result::Result<usize, E> {
+        self.core_mut().drain_changelog(send)
+    }
+
     /// Drains the changelog records of the writes made since the last call: one per key, with
-    /// its latest value (`None` = tombstone), in key order.
+    /// its latest value (`None` = tombstone), in the order the keys were first written since
+    /// the last drain. (A key written again after a drain gets a record again at the next.)
     pub fn take_changelog(&mut self) -> Vec<ChangelogRecord> {
         let mut out = Vec::new();
         self.take_changelog_into(&mut out);

@@ -92,6 +92,20 @@ async fn idle_plain_consumers_show_lag_zero_and_only_this_configurations_groups_
         "--group shows other groups: {payment:?}"
     );
 
+    // `--all`: every group of the cluster, so at least the default list's.
+    let all = lag_rows(&run, &["--all"]);
+    let groups = |rows: &[Value]| -> std::collections::BTreeSet<String> {
+        rows.iter()
+            .filter_map(|r| r["group"].as_str().map(str::to_owned))
+            .collect()
+    };
+    let (listed, everything) = (groups(&rows), groups(&all));
+    assert!(
+        listed.is_subset(&everything),
+        "--all misses groups of the default list: {:?}",
+        listed.difference(&everything).collect::<Vec<_>>()
+    );
+
     main.terminate(Duration::from_secs(30));
     run.clean_up(&stack, &name).await;
 }

@@ -162,3 +162,101 @@ impl Metrics {
         Self::register(&Registry::new(), application_id)
     }
 }
+
+/// RocksDB's memory across every store of one application, read from the state environment
+/// whenever the registry is gathered (so it is current, not a sample):
+/// `keel_state_memory_bytes{kind}` with `kind` = `block_cache_usage` (block cache and the
+/// memtables charged to it), `block_cache_pinned`, `block_cache_capacity`
+/// (`state.block_cache_bytes`), `write_buffer_usage` (memtables), `write_buffer_capacity`
+/// (`state.write_buffer_bytes`). Bytes.
+pub(crate) struct StateMemory {
+    env: keel_state::StoreEnv,
+    gauges: IntGaugeVec,
+}
+
+impl std::fmt::Debug for StateMemory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateMemory").finish_non_exhaustive()
+    }
+}
+
+impl StateMemory {
+    /// Registers the collector for `env` in `registry`.
+    pub(crate) fn register(
+        registry: &Registry,
+        application_id: &str,
+        env: keel_state::StoreEnv,
+    ) -> Result<()> {
+        let gauges = IntGaugeVec::new(
+            Opts::new(
+                "state_memory_bytes",
+                "RocksDB memory of the application's stores, by kind (block cache usage includes the memtables)",
+            )
+            .namespace("keel")
+            .const_label("application", application_id),
+            &["kind"],
+        )
+        .map_err(map)?;
+        registry
+            .register(Box::new(StateMemory { env, gauges }))
+            .map_err(map)
+    }
+}
+
+impl prometheus::core::Collector for StateMemory {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        self.gauges.desc()
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        let m = self.env.memory_usage();
+        let as_i64 = |v: usize| i64::try_from(v).unwrap_or(i64::MAX);
+        for (kind, value) in [
+            ("block_cache_usage", m.block_cache_usage),
+            ("block_cache_pinned", m.block_cache_pinned),
+            ("block_cache_capacity", m.block_cache_capacity),
+            ("write_buffer_usage", m.write_buffer_usage),
+            ("write_buffer_capacity", m.write_buffer_capacity),
+        ] {
+            self.gauges.with_label_values(&[kind]).set(as_i64(value));
+        }
+        self.gauges.collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_state_memory_is_read_when_gathered() {
+        let dir = std::env::temp_dir().join(format!("keel-metrics-{}", std::process::id()));
+        let mut config = keel_state::StateConfig::with_dir(&dir);
+        config.block_cache_bytes = 8 << 20;
+        config.write_buffer_bytes = 4 << 20;
+        config.memtable_bytes = 1 << 20;
+        let env = keel_state::StoreEnv::new(config, "mem").expect("env");
+        let registry = Registry::new();
+        StateMemory::register(&registry, "mem", env).expect("registered");
+        let kinds: std::collections::BTreeMap<String, i64> = registry
+            .gather()
+            .iter()
+            .filter(|f| f.name() == "keel_state_memory_bytes")
+            .flat_map(|f| f.get_metric().iter())
+            .map(|m| {
+                let kind = m
+                    .get_label()
+                    .iter()
+                    .find(|l| l.name() == "kind")
+                    .map(|l| l.value().to_owned())
+                    .unwrap_or_default();
+                (kind, m.get_gauge().value() as i64)
+            })
+            .collect();
+        assert_eq!(kinds.get("block_cache_capacity"), Some(&(8 << 20)));
+        assert_eq!(kinds.get("write_buffer_capacity"), Some(&(4 << 20)));
+        assert!(kinds.contains_key("block_cache_usage"), "{kinds:?}");
+        assert!(kinds.contains_key("write_buffer_usage"), "{kinds:?}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

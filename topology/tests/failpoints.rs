@@ -225,6 +225,78 @@ fn a_failure_after_the_flush_aborts_and_replays_to_a_clean_result() {
     scenario.teardown();
 }
 
+/// `topic`'s records per key (i64 values) under `isolation`, waiting up to `within` for
+/// `expected` of them (then 2 s more).
+fn changelog_by_key(topic: &str, isolation: &str, expected: usize) -> BTreeMap<String, Vec<i64>> {
+    use rdkafka::message::Message;
+    let records = runtime().block_on(async {
+        let c = keel_tests::kafka::consumer(&bootstrap(), isolation).expect("consumer");
+        keel_tests::kafka::read_topic(
+            &c,
+            topic,
+            expected,
+            Duration::from_secs(30),
+            Duration::from_secs(2),
+        )
+        .await
+        .expect("reads")
+    });
+    let pairs: Vec<(String, i64)> = records
+        .iter()
+        .map(|m| {
+            let k = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
+            let v = m.payload().map_or(i64::MIN, |p| {
+                i64::from_be_bytes(p.try_into().expect("8 bytes"))
+            });
+            (k, v)
+        })
+        .collect();
+    by_key(&pairs)
+}
+
+/// The stream thread sends each record's changelog records while it processes, not at the
+/// commit. An abort after they reached the broker (here: after the flush, so every one of them
+/// was acknowledged) must leave them invisible: the changelog's `read_committed` view equals a
+/// clean run's — one record per input record, each key's running sums in order, none from
+/// the aborted interval twice — and the store, restored or not, holds the clean sums.
+#[test]
+fn an_abort_after_the_changelog_reached_the_broker_leaves_its_committed_view_equal_to_a_clean_runs()
+{
+    let scenario = FailScenario::setup();
+    let (run, handle) = inject_and_compare("changelog_sent_abort", faults::AFTER_FLUSH, "1*return");
+    assert!(counter(&handle, "keel_aborts_total") >= 1.0);
+    handle.shutdown().expect("clean shutdown");
+    let data = input(1);
+    let want = expected_sums(&data);
+    let topic = keel_state::changelog_topic(&run.app, "sums");
+    let committed = changelog_by_key(&topic, "read_committed", data.len());
+    assert_eq!(
+        committed, want,
+        "the committed changelog is a clean run's: each write once, in order"
+    );
+    let all = changelog_by_key(&topic, "read_uncommitted", data.len() + 1);
+    let (all_count, committed_count): (usize, usize) = (
+        all.values().map(Vec::len).sum(),
+        committed.values().map(Vec::len).sum(),
+    );
+    assert!(
+        all_count > committed_count,
+        "the aborted interval's changelog records had reached the broker: {all_count} records \
+         in the log, {committed_count} committed"
+    );
+
+    // A restore from that changelog (the state directory wiped) skips the aborted records.
+    std::fs::remove_dir_all(&run.dir).expect("wipe the state directory");
+    let handle = run.start();
+    let more = input(11);
+    run.produce(&more);
+    let mut both = data.clone();
+    both.extend(more);
+    run.assert_clean(&handle, &both);
+    handle.shutdown().expect("clean shutdown");
+    scenario.teardown();
+}
+
 // Item 5: librdkafka's transactional error classes.
 
 #[test]

@@ -23,7 +23,7 @@ use sqlx::MySqlPool;
 use sqlx::migrate::Migrator;
 
 pub use cart::{Cart, CartItem, CartStatus, claim_cart, load_cart, seed_cart};
-pub use sink::{Applied, apply_decision, run_order_sink, run_order_sink_with};
+pub use sink::{Applied, apply_batch, apply_decision, run_order_sink, run_order_sink_with};
 pub use view::{
     AddressView, MoneyView, OrderItemView, OrderView, TimelineEntry, load_order, order_status,
 };

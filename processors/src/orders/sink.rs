@@ -1,5 +1,10 @@
 //! The order sink's I/O: consume `order.decisions.v1` and apply each decision to MySQL.
 //!
+//! Batching: the decisions already received when the sink takes a record share its MySQL
+//! transaction (up to [`BATCH_MAX`], never waiting to fill one), so a busy sink pays one commit
+//! (one redo-log flush) per batch instead of one per decision; a failed batch is rolled back and
+//! its records applied one by one with retries.
+//!
 //! Delivery: at-least-once from Kafka (offsets committed after the SQL transaction commits),
 //! exactly-once in MySQL: the decision id is `order_status_history`'s primary key, so a replayed
 //! decision inserts nothing and is skipped whole, and a decision older than the order's
@@ -8,15 +13,17 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use futures::FutureExt as _;
 use keel_avro::records::OrderDecision;
 use keel_avro::{Codec, Fault};
-use rdkafka::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::KafkaResult;
 use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use sqlx::{MySql, MySqlPool, Transaction};
 use tokio_util::sync::CancellationToken;
 
-use crate::positions::commit_positions;
+use crate::positions::{commit_positions, positions};
 
 use super::logic::{
     CurrentOrder, OrderWrite, OutboxEvent, Plan, Rows, parse_status, plan_decision,
@@ -37,6 +44,9 @@ pub enum Applied {
 /// Backoff between retries of a failed transaction: 100 ms doubling to 5 s.
 const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// At most this many decisions share one MySQL transaction: those already received when the
+/// sink takes the next record (it never waits to fill a batch).
+const BATCH_MAX: usize = 256;
 /// How often an idle sink commits its position (past a transaction's commit marker).
 const COMMIT_IDLE_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -109,7 +119,8 @@ pub async fn run_order_sink_with(
     let mut committed = Vec::new();
     let mut tick = tokio::time::interval(COMMIT_IDLE_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut unprocessed = None;
+    let mut unprocessed: Vec<(String, i32, i64)> = Vec::new();
+    let mut batch: Vec<BorrowedMessage<'_>> = Vec::with_capacity(BATCH_MAX);
     loop {
         let message = tokio::select! {
             () = shutdown.cancelled() => break,
@@ -135,13 +146,23 @@ pub async fn run_order_sink_with(
                 continue;
             }
         };
-        if !handle_with_retry(&message, topic, names, &codec, &pool, &shutdown).await? {
-            // Not applied: the final commit stops before it.
-            unprocessed = Some((
-                message.topic().to_owned(),
-                message.partition(),
-                message.offset(),
-            ));
+        // Whatever else has arrived already joins this record's transaction (never waits).
+        batch.clear();
+        batch.push(message);
+        while batch.len() < BATCH_MAX {
+            match consumer.recv().now_or_never() {
+                Some(Ok(m)) => batch.push(m),
+                // An error is met again (and handled) by the next `recv` above.
+                Some(Err(_)) | None => break,
+            }
+        }
+        let done = handle_batch(&batch, topic, names, &codec, &pool, &shutdown).await?;
+        if done < batch.len() {
+            // Not applied: the final commit stops before each partition's first such record.
+            unprocessed = batch[done..]
+                .iter()
+                .map(|m| (m.topic().to_owned(), m.partition(), m.offset()))
+                .collect();
             break;
         }
         if let Err(e) = commit_positions(&consumer, CommitMode::Async, None, &mut committed) {
@@ -149,12 +170,114 @@ pub async fn run_order_sink_with(
             tracing::warn!(error = %e, "order sink: offset commit failed");
         }
     }
-    let unprocessed = unprocessed.as_ref().map(|(t, p, o)| (t.as_str(), *p, *o));
-    if let Err(e) = commit_positions(&consumer, CommitMode::Sync, unprocessed, &mut committed) {
+    drop(batch);
+    let result = if unprocessed.is_empty() {
+        commit_positions(&consumer, CommitMode::Sync, None, &mut committed)
+    } else {
+        commit_before(&consumer, &unprocessed)
+    };
+    if let Err(e) = result {
         tracing::debug!(error = %e, "order sink: final offset commit");
     }
     tracing::info!(topic, "order sink stopped");
     Ok(())
+}
+
+/// Commits the consumer's positions, each partition capped at its first record in
+/// `unprocessed` (topic, partition, offset: received, not applied).
+fn commit_before(consumer: &StreamConsumer, unprocessed: &[(String, i32, i64)]) -> KafkaResult<()> {
+    let mut tpl = TopicPartitionList::new();
+    for ((t, p), position) in positions(consumer, None)? {
+        let cap = unprocessed
+            .iter()
+            .filter(|(ut, up, _)| *ut == t && *up == p)
+            .map(|(_, _, o)| *o)
+            .min();
+        let offset = cap.map_or(position, |c| c.min(position));
+        tpl.add_partition_offset(&t, p, Offset::Offset(offset))?;
+    }
+    if tpl.count() == 0 {
+        return Ok(());
+    }
+    consumer.commit(&tpl, CommitMode::Sync)
+}
+
+/// Apply `batch` (records in the order received) in one MySQL transaction ([`apply_batch`]);
+/// when that fails for a dependency (database, registry), roll it back and apply the records
+/// one by one with retries ([`handle_with_retry`]). A record that cannot be decoded or makes no
+/// rows is logged and skipped. Returns how many records, from the start, are done (applied or
+/// skipped): fewer than `batch.len()` only when shutdown came first.
+async fn handle_batch(
+    batch: &[BorrowedMessage<'_>],
+    topic: &str,
+    names: &crate::topics::Topics,
+    codec: &Codec,
+    pool: &MySqlPool,
+    shutdown: &CancellationToken,
+) -> Result<usize> {
+    let mut decisions = Vec::with_capacity(batch.len());
+    for message in batch {
+        let Some(payload) = message.payload() else {
+            tracing::warn!(
+                partition = message.partition(),
+                offset = message.offset(),
+                "order sink: skipping a record without a value"
+            );
+            continue;
+        };
+        match codec.decode_from::<OrderDecision>(topic, payload).await {
+            Ok(decision) => decisions.push((message, decision)),
+            // Skipped (input) or retried (dependency) by the one-by-one path.
+            Err(_) => return handle_each(batch, topic, names, codec, pool, shutdown).await,
+        }
+    }
+    let refs: Vec<&OrderDecision> = decisions.iter().map(|(_, d)| d).collect();
+    match apply_batch(pool, codec, names, &refs).await {
+        Ok(applied) => {
+            for ((message, decision), applied) in decisions.iter().zip(applied) {
+                match applied {
+                    Ok(applied) => tracing::debug!(
+                        partition = message.partition(),
+                        offset = message.offset(),
+                        ?applied,
+                        "order decision"
+                    ),
+                    Err(e) => tracing::error!(
+                        error = %e,
+                        topic,
+                        partition = message.partition(),
+                        offset = message.offset(),
+                        decision_id = %decision.decision_id,
+                        "order sink: skipping a record it cannot apply"
+                    ),
+                }
+            }
+            Ok(batch.len())
+        }
+        Err(e) if e.fault() == Fault::Bug => Err(e),
+        Err(e) => {
+            tracing::warn!(error = %e, records = batch.len(),
+                "order sink: a batch failed; applying its records one by one");
+            handle_each(batch, topic, names, codec, pool, shutdown).await
+        }
+    }
+}
+
+/// [`handle_with_retry`] for each record of `batch` in order; how many are done.
+async fn handle_each(
+    batch: &[BorrowedMessage<'_>],
+    topic: &str,
+    names: &crate::topics::Topics,
+    codec: &Codec,
+    pool: &MySqlPool,
+    shutdown: &CancellationToken,
+) -> Result<usize> {
+    for (i, message) in batch.iter().enumerate() {
+        if !handle_with_retry(message, topic, names, codec, pool, shutdown).await? {
+            return Ok(i);
+        }
+    }
+    Ok(batch.len())
 }
 
 /// Apply one record, retrying dependency failures until it is done or shutdown is asked.
@@ -236,7 +359,50 @@ pub async fn apply_decision(
     decision: &OrderDecision,
 ) -> Result<Applied> {
     let mut tx = pool.begin().await.map_err(sql("beginning a transaction"))?;
-    let current = load_current(&mut tx, &decision.order_id).await?;
+    let applied = apply_in(&mut tx, codec, names, decision).await?;
+    match applied {
+        Applied::Written { .. } => tx.commit().await.map_err(sql("committing a decision"))?,
+        Applied::Duplicate | Applied::Stale => tx.rollback().await.map_err(sql("rolling back"))?,
+    }
+    Ok(applied)
+}
+
+/// Apply `decisions` (in order; one order's decisions may follow each other) in ONE MySQL
+/// transaction, each as [`apply_decision`] would: one commit (one log flush) for the whole
+/// batch instead of one per decision. The outer error is a failure of the transaction (SQL,
+/// registry: nothing was written, retry; or a bug); the inner per decision is the input's fault
+/// ([`Error::InvalidDecision`]): that decision wrote nothing and the others are kept.
+pub async fn apply_batch(
+    pool: &MySqlPool,
+    codec: &Codec,
+    names: &crate::topics::Topics,
+    decisions: &[&OrderDecision],
+) -> Result<Vec<Result<Applied>>> {
+    let mut tx = pool.begin().await.map_err(sql("beginning a transaction"))?;
+    let mut results = Vec::with_capacity(decisions.len());
+    for decision in decisions {
+        match apply_in(&mut tx, codec, names, decision).await {
+            Ok(applied) => results.push(Ok(applied)),
+            Err(e) if e.fault() == Fault::Input => results.push(Err(e)),
+            Err(e) => return Err(e),
+        }
+    }
+    tx.commit()
+        .await
+        .map_err(sql("committing a batch of decisions"))?;
+    Ok(results)
+}
+
+/// One decision's reads and writes inside `tx`. [`Applied::Duplicate`] and [`Applied::Stale`]
+/// wrote nothing (a duplicate's failed history insert is undone by MySQL alone); an error of
+/// the input's fault comes before any write.
+async fn apply_in(
+    tx: &mut Transaction<'static, MySql>,
+    codec: &Codec,
+    names: &crate::topics::Topics,
+    decision: &OrderDecision,
+) -> Result<Applied> {
+    let current = load_current(tx, &decision.order_id).await?;
     let plan = plan_decision(current, decision, uuid::Uuid::new_v4().to_string())?;
     let rows = match plan {
         Plan::Stale { last_sequence } => {
@@ -246,32 +412,29 @@ pub async fn apply_decision(
                 last_sequence,
                 "order sink: stale decision"
             );
-            tx.rollback().await.map_err(sql("rolling back"))?;
             return Ok(Applied::Stale);
         }
         Plan::Apply(rows) => rows,
     };
-    // Encode before writing, so a registry failure holds no row locks for long.
     let payload = match &rows.outbox {
         Some(event) => Some(encode(codec, event).await?),
         None => None,
     };
-    if !insert_history(&mut tx, &rows).await? {
-        tx.rollback().await.map_err(sql("rolling back"))?;
+    if !insert_history(tx, &rows).await? {
         return Ok(Applied::Duplicate);
     }
-    write_order(&mut tx, &rows.order).await?;
+    write_order(tx, &rows.order).await?;
     if let Some(cart_id) = &rows.cart_ordered {
         sqlx::query(
             "UPDATE carts SET status = 'ORDERED', updated_at = UTC_TIMESTAMP(3) WHERE cart_id = ?",
         )
         .bind(cart_id)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await
         .map_err(sql("marking the cart ordered"))?;
     }
     if let Some(cart_id) = &rows.cart_released {
-        release_cart(&mut tx, cart_id, &decision.order_id).await?;
+        release_cart(tx, cart_id, &decision.order_id).await?;
     }
     if let (Some(event), Some(payload)) = (&rows.outbox, payload) {
         sqlx::query(
@@ -282,11 +445,10 @@ pub async fn apply_decision(
         .bind(event.order_id())
         .bind(event.topic(names))
         .bind(payload)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await
         .map_err(sql("inserting the outbox row"))?;
     }
-    tx.commit().await.map_err(sql("committing a decision"))?;
     Ok(Applied::Written {
         outbox: rows.outbox.is_some(),
     })

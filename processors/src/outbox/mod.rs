@@ -99,7 +99,9 @@ pub trait ClaimedBatch: Send {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RelayConfig {
-    /// How long to wait after a round that found nothing.
+    /// How long to wait after a round that found nothing. Every checkout waits for two relays
+    /// (payment, then order): half of this on average each, so it is short (50 ms); an idle
+    /// round is one indexed `SELECT ... FOR UPDATE SKIP LOCKED` that finds nothing.
     pub poll_interval_ms: u64,
     /// Rows claimed per round.
     pub batch_size: usize,
@@ -112,7 +114,7 @@ pub struct RelayConfig {
 impl Default for RelayConfig {
     fn default() -> Self {
         Self {
-            poll_interval_ms: 200,
+            poll_interval_ms: 50,
             batch_size: 500,
             delivery_timeout_ms: 30_000,
             client: BTreeMap::new(),

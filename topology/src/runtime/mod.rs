@@ -60,6 +60,7 @@ impl KafkaStreams {
         let partitions = admin::prepare_topics(&topology, &config)?;
         let env = StoreEnv::new(config.state.clone(), &config.application_id)?;
         let metrics = Metrics::register(&registry, &config.application_id)?;
+        crate::metrics::StateMemory::register(&registry, &config.application_id, env.clone())?;
         let shutdown = Arc::new(AtomicBool::new(false));
         let readers: Readers = Arc::new(RwLock::new(Default::default()));
         let topic_subs = topology

@@ -39,9 +39,27 @@ pub(super) fn restore_consumer(config: &StreamsConfig) -> Result<RestoreConsumer
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
         .set("fetch.wait.max.ms", "10")
-        .set("max.partition.fetch.bytes", "16777216")
+        .set(
+            "max.partition.fetch.bytes",
+            config.restore_fetch_bytes.to_string(),
+        )
         .set("isolation.level", "read_committed")
         .set("auto.offset.reset", "earliest");
+    kafka::set_default(
+        &mut rc,
+        "queued.min.messages",
+        kafka::memory_defaults::RESTORE_QUEUED_MIN_MESSAGES,
+    );
+    kafka::set_default(
+        &mut rc,
+        "queued.max.messages.kbytes",
+        kafka::memory_defaults::RESTORE_QUEUED_MAX_KBYTES,
+    );
+    kafka::set_default(
+        &mut rc,
+        "fetch.queue.backoff.ms",
+        kafka::memory_defaults::FETCH_QUEUE_BACKOFF_MS,
+    );
     RestoreConsumer::from_config_and_context(&rc, kafka::QuietEof)
         .map_err(Error::kafka("creating the restore consumer"))
 }
@@ -84,6 +102,26 @@ pub(super) fn group_consumer(
         // Feeds the consumer-lag gauge (`ThreadContext::stats`).
         cc.set("statistics.interval.ms", "5000");
     }
+    kafka::set_default(
+        &mut cc,
+        "queued.min.messages",
+        kafka::memory_defaults::GROUP_QUEUED_MIN_MESSAGES,
+    );
+    kafka::set_default(
+        &mut cc,
+        "queued.max.messages.kbytes",
+        kafka::memory_defaults::GROUP_QUEUED_MAX_KBYTES,
+    );
+    kafka::set_default(
+        &mut cc,
+        "max.partition.fetch.bytes",
+        kafka::memory_defaults::GROUP_MAX_PARTITION_FETCH_BYTES,
+    );
+    kafka::set_default(
+        &mut cc,
+        "fetch.queue.backoff.ms",
+        kafka::memory_defaults::FETCH_QUEUE_BACKOFF_MS,
+    );
     GroupConsumer::from_config_and_context(&cc, ThreadContext { core })
         .map_err(Error::kafka("creating the consumer"))
 }

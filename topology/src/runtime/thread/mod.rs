@@ -2,11 +2,13 @@
 //! exactly-once), the tasks of the partitions it owns, and the poll → process → commit loop.
 //!
 //! Exactly-once, per commit interval: `begin_transaction`; each polled record runs through its
-//! task and what the task produced is sent; at commit, every task's changelog records are sent
-//! to `<app>-<store>-changelog` (partition = the task's), the input positions go to
-//! `send_offsets_to_transaction`, the producer is flushed (delivery reports give the changelog
-//! offsets) and the transaction commits; only then do the stores apply their pending writes
-//! and remember those offsets. Any failure before that point aborts: the tasks drop their
+//! task, and what the task produced and the changelog records of the store writes it made
+//! (to `<app>-<store>-changelog`, partition = the task's) are sent into the open transaction
+//! at once, while the stores keep those writes pending; at commit, whatever changelog records
+//! are left are sent, the input positions go to `send_offsets_to_transaction`, the producer
+//! is flushed (only the tail is still in flight; delivery reports give the changelog offsets)
+//! and the transaction commits; only then do the stores apply their pending writes and
+//! remember those offsets. Any failure before that point aborts: the tasks drop their
 //! pending writes and output, and the consumer seeks back to the last committed offsets, so
 //! the interval is replayed as if it never ran.
 //!
@@ -120,6 +122,8 @@ struct Core {
     records_out: HashMap<String, prometheus::IntCounter>,
     /// The input topic names seen, shared by every record polled from them.
     topic_names: Vec<Arc<str>>,
+    /// Store name → its changelog topic (`<app>-<store>-changelog`), resolved once per store.
+    changelog_topics: HashMap<Arc<str>, String>,
     /// When wall-clock punctuators were last checked.
     last_wall_check: Instant,
     /// Last committed position per owned input partition (`None`: nothing committed yet).
@@ -192,6 +196,7 @@ pub(crate) fn run(index: usize, shared: Arc<Shared>, progress: &mut Progress) ->
         topic_metrics: HashMap::new(),
         records_out: HashMap::new(),
         topic_names: Vec::new(),
+        changelog_topics: HashMap::new(),
         last_wall_check: Instant::now(),
         committed: HashMap::new(),
         pending_assign: Vec::new(),

@@ -108,6 +108,10 @@ impl Core {
         self.origins.push(coordinates);
         let origin = self.origins.len();
         self.send_all(&output, origin)?;
+        // The record's store writes go out now, not at the commit: the commit then only waits
+        // for what is still in flight. (The stores keep them pending until the commit; an
+        // abort discards both.)
+        self.send_changelog(Some(id), wall)?;
         self.positions
             .insert((raw.topic.clone(), raw.partition), raw.offset + 1);
         self.dirty = true;
@@ -174,6 +178,7 @@ impl Core {
             output.extend(task.take_output());
         }
         self.send_all(&output, 0)?;
+        self.send_changelog(None, now)?;
         self.producer.poll(Duration::ZERO);
         Ok(())
     }

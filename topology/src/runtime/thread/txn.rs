@@ -6,6 +6,7 @@
 //! to the committed offsets. See [the module docs](super) for the commit point.
 
 use std::collections::{BTreeMap, HashMap};
+use std::ops::Bound;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -65,6 +66,18 @@ fn txn_action(error: &KafkaError) -> TxnAction {
         KafkaError::Transaction(e) if e.is_retriable() => TxnAction::Retry,
         _ => TxnAction::Abort,
     }
+}
+
+/// The changelog topic of `store`, resolved once per store name.
+fn changelog_topic<'a>(
+    topics: &'a mut HashMap<Arc<str>, String>,
+    env: &keel_state::StoreEnv,
+    store: &str,
+) -> &'a str {
+    if !topics.contains_key(store) {
+        topics.insert(store.into(), env.changelog_topic(store));
+    }
+    topics.get(store).map_or("", String::as_str)
 }
 
 /// The commit point passed: a failpoint that can only crash (`panic`), never return an error.
@@ -185,42 +198,10 @@ impl Core {
         }
         self.begin()?;
         let started = Instant::now();
-        let env = &self.shared.env;
-        let mut changelog_owner: HashMap<(String, i32), (TaskId, String)> = HashMap::new();
-        // One timestamp for the interval's changelog records, and the topic name resolved once
-        // per store (a task's records come store by store), not per record.
-        let timestamp = now_ms();
-        let no_headers = Headers::default();
-        for (id, task) in self.tasks.iter_mut() {
-            let mut current: Option<(Arc<str>, String)> = None;
-            for record in task.state_mut().take_changelog() {
-                if current
-                    .as_ref()
-                    .is_none_or(|(store, _)| **store != *record.store)
-                {
-                    let topic = env.changelog_topic(&record.store);
-                    changelog_owner
-                        .entry((topic.clone(), id.partition))
-                        .or_insert_with(|| (*id, record.store.to_string()));
-                    current = Some((Arc::clone(&record.store), topic));
-                }
-                let Some((_, topic)) = &current else {
-                    continue;
-                };
-                kafka::send_parts(
-                    &self.producer,
-                    kafka::Outgoing {
-                        topic,
-                        partition: Some(id.partition),
-                        key: Some(&record.key),
-                        value: record.value.as_deref(),
-                        timestamp,
-                        headers: &no_headers,
-                    },
-                    0,
-                )?;
-            }
-        }
+        // The changelog records went out with the records and punctuations that wrote them
+        // (`process`, `punctuate_wall_clock`); what is left (writes made outside both, e.g. in
+        // a processor's `init`) goes now.
+        self.send_changelog(None, now_ms())?;
         // Every transaction carries the position of every owned partition, moved or not, with
         // the group's metadata: the group coordinator refuses it from a member that lost its
         // partitions (paused past the session timeout), so a zombie cannot commit timer or
@@ -293,15 +274,23 @@ impl Core {
             committed_ms = started.elapsed().as_millis() as u64,
             "committed"
         );
-        // Committed: the stores may now apply what they held back.
+        // Committed: the stores may now apply what they held back, each with the offset of its
+        // last changelog record in the transaction. (Every task that sent in this transaction
+        // is still here: tasks leave only after a commit or an abort.)
         let delivered = self.producer.context().take_offsets();
         let mut per_task: BTreeMap<TaskId, Vec<(String, i64)>> = BTreeMap::new();
-        for (key, offset) in delivered {
-            if let Some((id, store)) = changelog_owner.get(&key) {
-                per_task
-                    .entry(*id)
-                    .or_default()
-                    .push((store.clone(), offset));
+        if !delivered.is_empty() {
+            for (id, task) in &self.tasks {
+                for store in task.state().stores() {
+                    let topic =
+                        changelog_topic(&mut self.changelog_topics, &self.shared.env, store.name());
+                    if let Some(offset) = delivered.get(&(topic.to_owned(), id.partition)) {
+                        per_task
+                            .entry(*id)
+                            .or_default()
+                            .push((store.name().to_owned(), *offset));
+                    }
+                }
             }
         }
         for task in self.tasks.values_mut() {
@@ -348,6 +337,52 @@ impl Core {
         self.export_counts();
         if self.last_sample.elapsed() >= SAMPLE_EVERY {
             self.sample(consumer);
+        }
+        Ok(())
+    }
+
+    /// Sends the changelog records queued by the stores of task `only` (every task: `None`)
+    /// since the last drain into the open transaction, timestamped `timestamp` (ms), to their
+    /// changelog partition (the task's). The stores keep the writes pending until the commit,
+    /// and an abort discards both the sent records (with the transaction) and the writes.
+    pub(super) fn send_changelog(&mut self, only: Option<TaskId>, timestamp: i64) -> Result<()> {
+        let no_headers = Headers::default();
+        let producer = &self.producer;
+        let env = &self.shared.env;
+        let topics = &mut self.changelog_topics;
+        let mut sent = 0;
+        let tasks = match only {
+            Some(id) => self
+                .tasks
+                .range_mut((Bound::Included(id), Bound::Included(id))),
+            None => self
+                .tasks
+                .range_mut((Bound::<TaskId>::Unbounded, Bound::Unbounded)),
+        };
+        for (id, task) in tasks {
+            for store in task.state_mut().stores_mut() {
+                if store.unlogged_writes() == 0 {
+                    continue;
+                }
+                let topic = changelog_topic(topics, env, store.name());
+                sent += store.drain_changelog(|key, value| {
+                    kafka::send_parts(
+                        producer,
+                        kafka::Outgoing {
+                            topic,
+                            partition: Some(id.partition),
+                            key: Some(key),
+                            value,
+                            timestamp,
+                            headers: &no_headers,
+                        },
+                        0,
+                    )
+                })?;
+            }
+        }
+        if sent > 0 {
+            self.dirty = true;
         }
         Ok(())
     }
