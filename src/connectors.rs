@@ -790,6 +790,16 @@ mod tests {
         assert!(!config.connectors.ledger, "off by default");
         assert_eq!(
             names(&config),
+            [
+                "shop-b-order-outbox",
+                "shop-b-payment-outbox",
+                "shop-b-carts-cdc"
+            ],
+            "the carts connector of the default cart check ([carts].source = \"cdc\")"
+        );
+        config.carts.source = crate::config::CartSource::Api;
+        assert_eq!(
+            names(&config),
             ["shop-b-order-outbox", "shop-b-payment-outbox"]
         );
         config.connectors.ledger = true;

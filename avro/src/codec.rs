@@ -213,16 +213,6 @@ impl Codec {
                 schema_id,
                 detail,
             })?;
-        // apache_avro 0.22 reads a string, boolean or union cut off by the end of the input as
-        // a null instead of failing: a truncated datum shows as a value its schema refuses.
-        if !value.validate(&writer.parsed) {
-            return Err(Error::AvroDecode {
-                subject,
-                schema_id,
-                detail: "the datum is truncated (the value read does not fit its schema)"
-                    .to_owned(),
-            });
-        }
         Ok((schema_id, value))
     }
 
@@ -372,14 +362,33 @@ pub(crate) fn write_datum<T: serde::Serialize>(
         .map_err(|e| e.to_string())
 }
 
-/// Read one Avro datum written with `schema`; trailing bytes are an error.
+/// Read one Avro datum written with `schema`; trailing bytes are an error, and so is a datum
+/// cut short. apache_avro 0.22 reads a string, boolean or union cut off by the end of the input
+/// as a null (a union as its branch 0) instead of failing: such a value either does not fit the
+/// schema, or encodes to more bytes than were read — a faithful read never does, since a
+/// writer's blocks and varints are at most as compact as the canonical encoding.
 pub(crate) fn read_datum(schema: &Schema, datum: &[u8]) -> std::result::Result<Value, String> {
     let mut rest = datum;
     let value = GenericDatumReader::builder(schema)
         .build()
         .and_then(|reader| reader.read_value(&mut rest))
         .map_err(|e| e.to_string())?;
-    if rest.is_empty() {
+    let truncated = || {
+        format!(
+            "the datum is truncated: the value read from its {} bytes does not fit its schema",
+            datum.len()
+        )
+    };
+    if !value.validate(schema) {
+        return Err(truncated());
+    }
+    let canonical = GenericDatumWriter::builder(schema)
+        .build()
+        .and_then(|writer| writer.write_value_to_vec(value.clone()))
+        .map_err(|e| e.to_string())?;
+    if canonical.len() > datum.len() - rest.len() {
+        Err(truncated())
+    } else if rest.is_empty() {
         Ok(value)
     } else {
         Err(format!(
@@ -537,6 +546,40 @@ mod tests {
             ),
             "{short:?}"
         );
+    }
+
+    /// Every cut of a record's datum is an error, never a value with nulls where the cut fell
+    /// (`decode_from` reads Keel's records through the same reader).
+    #[test]
+    fn a_datum_cut_short_anywhere_does_not_read() {
+        let schema = Schema::parse_str(
+            r#"{"type": "record", "name": "R", "fields": [
+                {"name": "id", "type": "string"},
+                {"name": "ok", "type": "boolean"},
+                {"name": "note", "type": ["null", "string"], "default": null}]}"#,
+        )
+        .expect("schema");
+        let value = Value::Record(vec![
+            ("id".into(), Value::String("order-1".into())),
+            ("ok".into(), Value::Boolean(true)),
+            (
+                "note".into(),
+                Value::Union(1, Box::new(Value::String("n".into()))),
+            ),
+        ]);
+        let datum = GenericDatumWriter::builder(&schema)
+            .build()
+            .and_then(|w| w.write_value_to_vec(value.clone()))
+            .expect("datum");
+        assert_eq!(read_datum(&schema, &datum), Ok(value));
+        for cut in 0..datum.len() {
+            let read = read_datum(&schema, &datum[..cut]);
+            assert!(
+                read.is_err(),
+                "{cut} of {} bytes read as {read:?}",
+                datum.len()
+            );
+        }
     }
 
     #[test]

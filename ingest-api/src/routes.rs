@@ -651,8 +651,9 @@ fn order_id(path: Result<Path<String>, PathRejection>) -> Result<String, Problem
     responses(
         (status = 200, description = "The order; status RECEIVED while only the API has seen it",
             body = OrderResource),
-        (status = 400, description = "The order id is not valid UTF-8 once percent-decoded",
-            body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "The order id is not valid UTF-8 once percent-decoded or \
+            holds a control character", body = Problem,
+            content_type = "application/problem+json"),
         (status = 404, description = "No such order", body = Problem,
             content_type = "application/problem+json"),
         (status = 503, description = "The database is unavailable or too many requests are in \
@@ -704,8 +705,9 @@ async fn get_order_inner(
     responses(
         (status = 202, description = "Accepted: the cancel command is on Kafka", body = Accepted,
             headers(("Location" = String, description = "/orders/{orderId}"))),
-        (status = 400, description = "Malformed JSON or an unknown or mistyped field",
-            body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Malformed JSON, an unknown or mistyped field, or an \
+            order id that is not UTF-8 or holds a control character", body = Problem,
+            content_type = "application/problem+json"),
         (status = 401, description = "Authentication is on and no accepted bearer token was sent",
             body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such order", body = Problem,

@@ -3,6 +3,9 @@
 //! registry subjects, the PSP mock on a free port and, where a test needs the ledger to move,
 //! the payment service itself (`keel_processors::payment::run`) consuming that topic.
 
+/// Input the ledger cannot store, and callback headers in other spellings (issue 9 audit).
+#[path = "payments/bad_input.rs"]
+mod bad_input;
 mod common;
 
 use std::collections::BTreeSet;

@@ -10,99 +10,9 @@
 //! 3. The callback's timestamp header was parsed and re-printed for the MAC, so `+<ts>`,
 //!    `0<ts>` or ` <ts> ` verified with the signature of `<ts>`. Only the bytes as sent verify.
 
-#![allow(dead_code)]
-
-mod common;
-
-use std::ops::Deref;
-use std::time::Duration;
-
-use anyhow::Context;
-use common::{Base, Deps, Server, TestEnv, send, with_database, with_env};
-use keel_avro::records::PaymentCommand;
-use keel_ingest_api::ApiConfig;
-use keel_processors::payment;
-use keel_processors::psp_mock::{SIGNATURE_HEADER, TIMESTAMP_HEADER, sign};
-use keel_tests::unique;
-use reqwest::StatusCode;
-use serde_json::json;
-use sqlx::postgres::PgPoolOptions;
-use sqlx::{AssertSqlSafe, PgPool};
-
-const SECRET: &str = "test-callback-secret";
-
-struct Env {
-    base: Base,
-    db: String,
-    admin: PgPool,
-    pg: PgPool,
-}
-
-impl Deref for Env {
-    type Target = Base;
-    fn deref(&self) -> &Base {
-        &self.base
-    }
-}
-
-impl TestEnv for Env {
-    async fn finish(self) {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        self.pg.close().await;
-        let drop = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.db);
-        if let Err(e) = sqlx::raw_sql(AssertSqlSafe(drop))
-            .execute(&self.admin)
-            .await
-        {
-            eprintln!("dropping {}: {e}", self.db);
-        }
-    }
-}
+use super::*;
 
 impl Env {
-    async fn new() -> anyhow::Result<Self> {
-        let base = Base::new("payapi9", "payments_commands9").await?;
-        let db = unique("keel_test");
-        let admin = PgPoolOptions::new()
-            .max_connections(1)
-            .connect(&base.stack.postgres_url)
-            .await
-            .context("connecting to PostgreSQL")?;
-        sqlx::raw_sql(AssertSqlSafe(format!("CREATE DATABASE {db}")))
-            .execute(&admin)
-            .await?;
-        let pg = PgPoolOptions::new()
-            .max_connections(4)
-            .connect(&with_database(&base.stack.postgres_url, &db)?)
-            .await?;
-        payment::migrate(&pg).await?;
-        Ok(Self {
-            base,
-            db,
-            admin,
-            pg,
-        })
-    }
-
-    fn config(&self) -> ApiConfig {
-        ApiConfig {
-            payments_topic: self.topic.clone(),
-            psp_callback_secret: SECRET.to_owned(),
-            psp_callback_tolerance_s: 300,
-            ..self.base.config()
-        }
-    }
-
-    async fn serve(&self) -> anyhow::Result<Server> {
-        let deps = Deps {
-            pool: self.unused_orders_pool()?,
-            ledger: Some(self.pg.clone()),
-            inventory: None,
-            ready: true,
-        };
-        self.base.serve(self.config(), deps).await
-    }
-
     /// An `AUTHORIZING` payment `pay-<unique>` with PSP reference `auth_<payment id>`.
     async fn authorizing_payment(&self) -> anyhow::Result<String> {
         let payment_id = unique("pay");
@@ -120,7 +30,7 @@ impl Env {
     }
 }
 
-fn signed(env: &Env, server: &Server, body: &serde_json::Value) -> reqwest::RequestBuilder {
+fn signed_json(env: &Env, server: &Server, body: &serde_json::Value) -> reqwest::RequestBuilder {
     let raw = serde_json::to_vec(body).expect("JSON");
     let now = chrono::Utc::now().timestamp();
     env.http
@@ -137,7 +47,7 @@ fn signed(env: &Env, server: &Server, body: &serde_json::Value) -> reqwest::Requ
 async fn a_signed_callback_with_a_nul_in_a_stored_field_is_422_and_not_forwarded()
 -> anyhow::Result<()> {
     with_env(Env::new().await?, |env| async move {
-        let server = env.serve().await?;
+        let server = env.serve(env.config(), None).await?;
         let payment_id = env.authorizing_payment().await?;
         for (field, body) in [
             (
@@ -152,7 +62,7 @@ async fn a_signed_callback_with_a_nul_in_a_stored_field_is_422_and_not_forwarded
                        "decline_code": "do_not\u{0}honor"}),
             ),
         ] {
-            let a = send(signed(&env, &server, &body)).await?;
+            let a = send(signed_json(&env, &server, &body)).await?;
             assert_eq!(
                 (a.status, a.body["field"].as_str()),
                 (StatusCode::UNPROCESSABLE_ENTITY, Some(field)),
@@ -174,7 +84,7 @@ async fn a_signed_callback_with_a_nul_in_a_stored_field_is_422_and_not_forwarded
 async fn a_nul_in_a_payment_id_or_callback_reference_is_a_client_error_not_a_503()
 -> anyhow::Result<()> {
     with_env(Env::new().await?, |env| async move {
-        let server = env.serve().await?;
+        let server = env.serve(env.config(), None).await?;
         let payment_id = env.authorizing_payment().await?;
         for (what, request) in [
             (
@@ -198,7 +108,7 @@ async fn a_nul_in_a_payment_id_or_callback_reference_is_a_client_error_not_a_503
             ),
             (
                 "callback reference with NUL",
-                signed(
+                signed_json(
                     &env,
                     &server,
                     &json!({"event_id": "evt_3", "authorization_id": "auth_nope",
@@ -229,7 +139,7 @@ async fn a_nul_in_a_payment_id_or_callback_reference_is_a_client_error_not_a_503
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_callback_timestamp_in_another_spelling_does_not_verify() -> anyhow::Result<()> {
     with_env(Env::new().await?, |env| async move {
-        let server = env.serve().await?;
+        let server = env.serve(env.config(), None).await?;
         let payment_id = env.authorizing_payment().await?;
         let raw = serde_json::to_vec(&json!({
             "event_id": "evt_ts", "authorization_id": format!("auth_{payment_id}"),
