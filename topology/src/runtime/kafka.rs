@@ -390,7 +390,8 @@ pub(crate) fn flush(producer: &Producer, timeout: Duration) -> Result<()> {
 }
 
 /// How often [`flush`] looks for delivery reports: a broker's acknowledgement takes a
-/// millisecond or more on loopback, so a check every 0.5 ms adds at most that to a commit.
+/// millisecond or more on loopback, so a check every 100 µs adds at most that (and the sleep's
+/// overshoot) to a commit; 500 µs made commits longer in the A/B of docs/BENCHMARKS.md.
 const FLUSH_CHECK: Duration = Duration::from_micros(100);
 
 /// Kafka's default partitioner: murmur2 of the serialized key, positive, modulo partitions.
