@@ -143,6 +143,14 @@ impl Env {
             refunded_topic: unique("pay_refunded"),
             ..PaymentConfig::default()
         };
+        // The worker's producer creates them (the broker auto-creates topics).
+        for t in [
+            &config.authorized_topic,
+            &config.failed_topic,
+            &config.refunded_topic,
+        ] {
+            self.topics.add_topic(t);
+        }
         let (bootstrap, codec, pg, topic, stop) = (
             self.stack.kafka_bootstrap.clone(),
             self.codec.clone(),

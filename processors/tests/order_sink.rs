@@ -12,6 +12,7 @@ use keel_avro::records::{
 };
 use keel_avro::{Codec, RegistryConfig};
 use keel_processors::orders::{self, Applied};
+use keel_tests::topics::TopicCleanup;
 use keel_tests::{PATIENCE, Stack, unique};
 use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -254,6 +255,7 @@ async fn decisions_scenario(stack: &Stack, pool: &MySqlPool) -> anyhow::Result<(
     orders::migrate(pool).await?;
     let codec = codec(stack)?;
     let topic = unique("order_decisions");
+    let _topic = TopicCleanup::new(stack.kafka_bootstrap.as_str()).topic(&topic);
     // One partition, so the marker written last proves everything before it was consumed.
     keel_tests::kafka::create_topics(&stack.kafka_bootstrap, &[&topic], 1).await?;
     let cart_id = unique("cart");

@@ -11,6 +11,7 @@ use keel_processors::outbox::{
     EVENT_ID_HEADER, MySqlOutbox, OutboxStore, PgOutbox, RelayConfig, run_relay,
 };
 use keel_processors::payment;
+use keel_tests::topics::TopicCleanup;
 use keel_tests::{PATIENCE, Stack, unique};
 use rdkafka::message::{Headers, Message, OwnedMessage};
 use sqlx::mysql::MySqlPoolOptions;
@@ -63,6 +64,7 @@ where
     F: Fn(Written) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
+    let _topic = TopicCleanup::new(stack.kafka_bootstrap.as_str()).topic(topic);
     keel_tests::kafka::create_topics(&stack.kafka_bootstrap, &[topic], 3).await?;
     let (first, second) = written.split_at(written.len() / 2);
     for row in first {
@@ -238,6 +240,7 @@ async fn one_relay_keeps_each_aggregates_order() -> anyhow::Result<()> {
     let stack = Stack::from_env();
     let (name, admin, pool) = pg_database(&stack).await?;
     let topic = unique("outbox_order");
+    let _topic = TopicCleanup::new(stack.kafka_bootstrap.as_str()).topic(&topic);
     keel_tests::kafka::create_topics(&stack.kafka_bootstrap, &[&topic], 3).await?;
     let written = rows(&topic);
     for row in &written {

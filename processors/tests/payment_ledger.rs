@@ -15,6 +15,7 @@ use keel_avro::{Codec, RegistryConfig};
 use keel_processors::outbox::{EVENT_ID_HEADER, PgOutbox, RelayConfig, run_relay};
 use keel_processors::payment::{self, PaymentConfig};
 use keel_processors::psp_mock::{IDEMPOTENCY_HEADER, PspMock, PspMockConfig, Stats};
+use keel_tests::topics::TopicCleanup;
 use keel_tests::{PATIENCE, Stack, unique};
 use rdkafka::ClientConfig;
 use rdkafka::message::{Headers, Message};
@@ -115,6 +116,8 @@ struct Topics {
     authorized: String,
     failed: String,
     refunded: String,
+    /// Deletes the four on drop.
+    _cleanup: TopicCleanup,
 }
 
 /// Everything one test runs against: database, PSP mock, topics, the worker.
@@ -151,11 +154,23 @@ impl Fixture {
         let stop = CancellationToken::new();
         tokio::spawn(mock.run(stop.clone()));
 
+        let (commands, authorized, failed, refunded) = (
+            unique("pay_cmd"),
+            unique("pay_authorized"),
+            unique("pay_failed"),
+            unique("pay_refunded"),
+        );
         let topics = Topics {
-            commands: unique("pay_cmd"),
-            authorized: unique("pay_authorized"),
-            failed: unique("pay_failed"),
-            refunded: unique("pay_refunded"),
+            _cleanup: TopicCleanup::new(stack.kafka_bootstrap.as_str()).topics([
+                &commands,
+                &authorized,
+                &failed,
+                &refunded,
+            ]),
+            commands,
+            authorized,
+            failed,
+            refunded,
         };
         keel_tests::kafka::create_topics(
             &stack.kafka_bootstrap,

@@ -96,3 +96,21 @@ kafka_healthy() {
   awk '/^===== .*: starting kafka =====$/ { ok = 0 } /Kafka Server started/ { ok = 1 }
        END { exit !ok }' "$(stack_log_file kafka)" 2>/dev/null
 }
+
+# Warns (stderr) when the broker's open files or its partition directories pass
+# KEEL_STACK_FD_WARN_PCT (default 80) % of its open-file limit: the broker keeps files open for
+# every partition, and leftover test topics once exhausted it ("Too many open files", then every
+# log dir failed). `keel-stack status` calls it; it does not change the exit status.
+kafka_fd_warning() {
+  local pid limit fds dirs most pct="${KEEL_STACK_FD_WARN_PCT:-80}"
+  pid="$(stack_pid kafka)" || return 0
+  limit="$(awk '/^Max open files/ { print $4 }' "/proc/$pid/limits" 2>/dev/null)"
+  [[ "$limit" =~ ^[0-9]+$ ]] || return 0 # unlimited, or not ours to read
+  fds="$(find "/proc/$pid/fd" -mindepth 1 -maxdepth 1 2>/dev/null | wc -l)"
+  dirs="$(find "$(kafka_log_dir)" -mindepth 1 -maxdepth 1 -type d 2>/dev/null | wc -l)"
+  most=$((fds > dirs ? fds : dirs))
+  [ $((most * 100)) -gt $((limit * pct)) ] || return 0
+  stack_log "warning: kafka has $fds open files and $dirs partition directories, over $pct % of its open-file limit $limit (ulimit -n)"
+  stack_log "  leftover test topics? restart it empty: stack/keel-stack down && rm -rf $(stack_data_dir kafka) && stack/keel-stack up"
+  stack_log "  (Connect's connectors live in Kafka and go too), or raise the limit: stack/keel-stack down, ulimit -n <higher>, stack/keel-stack up"
+}

@@ -17,6 +17,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{Run, wait_ready};
+use keel_tests::topics::TopicCleanup;
 use keel_tests::{Stack, unique};
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -176,6 +177,8 @@ fn the_kafka_streams_reference_builds_and_sums_a_small_input() {
     let stack = Stack::from_env();
     let name = unique("kstreams_ref");
     let (input, output) = (format!("{name}-in"), format!("{name}-out"));
+    // Its input and output, and the Kafka Streams application's (id `name`) internal topics.
+    let _topics = TopicCleanup::new(stack.kafka_bootstrap.as_str()).prefix(format!("{name}-"));
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", &stack.kafka_bootstrap)
         .create()

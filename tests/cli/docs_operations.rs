@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use common::Run;
 use keel_tests::kafka::create_topics;
+use keel_tests::topics::TopicCleanup;
 use keel_tests::{Stack, unique};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
@@ -253,6 +254,7 @@ async fn reset_takes_input_topics_and_removes_the_state_dir() {
     let bootstrap = Stack::from_env().kafka_bootstrap;
     let app = unique("docs_reset_app");
     let (a, b) = (unique("docs_reset_a"), unique("docs_reset_b"));
+    let _topics = TopicCleanup::new(bootstrap.as_str()).topics([&a, &b]);
     create_topics(&bootstrap, &[&a, &b], 1)
         .await
         .expect("topics");

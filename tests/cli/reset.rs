@@ -5,6 +5,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use keel_tests::kafka::create_topics;
+use keel_tests::topics::TopicCleanup;
 use keel_tests::{Stack, unique};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -30,6 +31,7 @@ async fn reset_finds_the_input_topics_and_rewinds_them() {
     let bootstrap = Stack::from_env().kafka_bootstrap;
     let app = unique("cli_reset_app");
     let topic = unique("cli_reset_in");
+    let _topic = TopicCleanup::new(bootstrap.as_str()).topic(&topic);
     create_topics(&bootstrap, &[&topic], 2)
         .await
         .expect("topic");

@@ -8,9 +8,10 @@
 //!
 //! Layout: [`Stack`] says where each server listens (from `KEEL_*` variables, defaulting to the
 //! local stack's ports); [`unique`] makes collision-free names; [`kafka`] has admin, producer and
-//! consumer helpers.
+//! consumer helpers; [`topics`] deletes a test's own topics when it ends.
 
 pub mod kafka;
+pub mod topics;
 
 use std::time::Duration;
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 use keel_connectors::config::{MySqlFlavor, MySqlSource, PostgresSource, PublicationMode};
 use keel_connectors::{ConnectClient, ConnectorConfig};
 use keel_tests::kafka::{consumer, create_topics, read_topic};
+use keel_tests::topics::TopicCleanup;
 use keel_tests::{PATIENCE, Stack, unique};
 use rdkafka::Message;
 use serde_json::Value;
@@ -72,6 +73,10 @@ async fn mariadb_connector_streams_a_snapshot_row_and_a_new_insert() -> anyhow::
     let stack = Stack::from_env();
     let table = unique("cdc_orders");
     let prefix = unique("dbz");
+    // Every topic the connector writes (its tables', its schema history) and its heartbeats.
+    let _topics = TopicCleanup::new(stack.kafka_bootstrap.as_str())
+        .prefix(format!("{prefix}."))
+        .topic(format!("__debezium-heartbeat.{prefix}"));
     let topic = format!("{prefix}.keel.{table}");
     create_topics(&stack.kafka_bootstrap, &[&topic], 1).await?;
 
@@ -131,6 +136,10 @@ async fn postgres_connector_streams_a_snapshot_row_and_a_new_insert() -> anyhow:
     let stack = Stack::from_env();
     let table = unique("cdc_payments");
     let prefix = unique("dbz");
+    // Every topic the connector writes (its tables', its schema history) and its heartbeats.
+    let _topics = TopicCleanup::new(stack.kafka_bootstrap.as_str())
+        .prefix(format!("{prefix}."))
+        .topic(format!("__debezium-heartbeat.{prefix}"));
     let topic = format!("{prefix}.public.{table}");
     create_topics(&stack.kafka_bootstrap, &[&topic], 1).await?;
 

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use keel_tests::kafka::{consumer, create_topics, payload_str, read_topic};
+use keel_tests::topics::TopicCleanup;
 use keel_tests::{PATIENCE, Stack, unique};
 use rdkafka::ClientConfig;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
@@ -29,6 +30,7 @@ fn send_batch(
 async fn read_committed_sees_the_committed_batch_and_not_the_aborted_one() -> anyhow::Result<()> {
     let stack = Stack::from_env();
     let topic = unique("tx_topic");
+    let _topic = TopicCleanup::new(stack.kafka_bootstrap.as_str()).topic(&topic);
     create_topics(&stack.kafka_bootstrap, &[&topic], 1).await?;
 
     let bootstrap = stack.kafka_bootstrap.clone();

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use keel_connectors::ConnectClient;
 use keel_connectors::config::{PostgresSource, PublicationMode};
 use keel_tests::kafka::create_topics;
+use keel_tests::topics::TopicCleanup;
 use keel_tests::{PATIENCE, Stack, unique};
 use serde_json::Value;
 // Table names in these statements come from `unique()` (hex digits), never from input.
@@ -111,6 +112,10 @@ async fn prometheus_scrapes_connector_status_and_debezium_lag_from_the_connect_w
     let client = reqwest::Client::new();
     let table = unique("metrics_cdc");
     let prefix = unique("dbzm");
+    // Every topic the connector writes (its tables', its schema history) and its heartbeats.
+    let _topics = TopicCleanup::new(stack.kafka_bootstrap.as_str())
+        .prefix(format!("{prefix}."))
+        .topic(format!("__debezium-heartbeat.{prefix}"));
     let topic = format!("{prefix}.public.{table}");
     create_topics(&stack.kafka_bootstrap, &[&topic], 1).await?;
 

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use keel_state::StateConfig;
 use keel_tests::kafka::create_topics;
+use keel_tests::topics::TopicCleanup;
 use keel_tests::{Stack, unique};
 use keel_topology::{KafkaStreams, StreamsConfig};
 use rand::{Rng, SeedableRng};
@@ -142,6 +143,10 @@ fn output_and_store_are_exactly_once_across_repeated_kill_9() {
         instance: "crashy".into(),
         threads: 2,
     };
+    // Declared before the children and the feeder: dropped after them.
+    let _topics = TopicCleanup::new(bootstrap.as_str())
+        .topics([&spec.input, &spec.output])
+        .prefix(format!("{}-", spec.app));
     std::fs::create_dir_all(&spec.state_dir).expect("state dir");
     let log = spec.state_dir.with_extension("log");
     runtime()
@@ -222,6 +227,10 @@ fn sigterm_finishes_the_transaction_and_leaves_checkpoints() {
         instance: "polite".into(),
         threads: 1,
     };
+    // Declared before the children and the feeder: dropped after them.
+    let _topics = TopicCleanup::new(bootstrap.as_str())
+        .topics([&spec.input, &spec.output])
+        .prefix(format!("{}-", spec.app));
     std::fs::create_dir_all(&spec.state_dir).expect("state dir");
     let log = spec.state_dir.with_extension("log");
     runtime()

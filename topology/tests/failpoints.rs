@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use fail::FailScenario;
 use keel_state::StateConfig;
 use keel_tests::kafka::create_topics;
+use keel_tests::topics::TopicCleanup;
 use keel_tests::{Stack, unique};
 use keel_topology::runtime::faults;
 use keel_topology::{KafkaStreams, StreamsConfig, StreamsHandle};
@@ -30,6 +31,8 @@ struct Run {
     input: String,
     output: String,
     dir: PathBuf,
+    /// Deletes the input, the output and the application's internal topics on drop.
+    _topics: TopicCleanup,
 }
 
 impl Drop for Run {
@@ -40,10 +43,18 @@ impl Drop for Run {
 
 impl Run {
     fn new(tag: &str) -> Self {
+        let (app, input, output) = (
+            unique(&format!("fp_{tag}_app")),
+            unique(&format!("fp_{tag}_in")),
+            unique(&format!("fp_{tag}_out")),
+        );
         let r = Run {
-            app: unique(&format!("fp_{tag}_app")),
-            input: unique(&format!("fp_{tag}_in")),
-            output: unique(&format!("fp_{tag}_out")),
+            _topics: TopicCleanup::new(bootstrap())
+                .topics([&input, &output])
+                .prefix(format!("{app}-")),
+            app,
+            input,
+            output,
             dir: std::env::temp_dir().join(unique(&format!("keel_fp_{tag}"))),
         };
         runtime()

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use keel_state::StateConfig;
 use keel_tests::kafka::create_topics;
+use keel_tests::topics::TopicCleanup;
 use keel_tests::{Stack, unique};
 use keel_topology::serde::{I64, Utf8};
 use keel_topology::{
@@ -31,6 +32,8 @@ struct Names {
     input: String,
     output: String,
     dir: PathBuf,
+    /// Deletes the input, the output and the application's internal topics on drop.
+    _topics: TopicCleanup,
 }
 
 impl Drop for Names {
@@ -40,10 +43,18 @@ impl Drop for Names {
 }
 
 fn names(tag: &str, partitions: i32) -> Names {
+    let (app, input, output) = (
+        unique(&format!("{tag}_app")),
+        unique(&format!("{tag}_in")),
+        unique(&format!("{tag}_out")),
+    );
     let n = Names {
-        app: unique(&format!("{tag}_app")),
-        input: unique(&format!("{tag}_in")),
-        output: unique(&format!("{tag}_out")),
+        _topics: TopicCleanup::new(bootstrap())
+            .topics([&input, &output])
+            .prefix(format!("{app}-")),
+        app,
+        input,
+        output,
         dir: std::env::temp_dir().join(unique(&format!("keel_{tag}"))),
     };
     runtime()
@@ -494,6 +505,9 @@ fn an_output_the_broker_refuses_ends_in_the_dead_letter_topic_and_the_stream_goe
     let input = unique("refused_in");
     let output = unique("refused_out");
     let dir = std::env::temp_dir().join(unique("keel_refused"));
+    let _topics = TopicCleanup::new(bootstrap())
+        .topics([&input, &output])
+        .prefix(format!("{app}-"));
     let dlq = format!("{app}-dlq");
     runtime().block_on(async {
         let admin: AdminClient<rdkafka::client::DefaultClientContext> = ClientConfig::new()
@@ -591,12 +605,15 @@ fn an_output_the_broker_refuses_ends_in_the_dead_letter_topic_and_the_stream_goe
 /// An application whose output topic takes batches of at most 2 KiB, and its input: `a`=1,
 /// then a 4 KiB key =2, then `a`=3. The running sum echoes its input's key, so the second
 /// output is one the broker refuses (the producer's own limit, 1 MB, lets it through).
-fn too_big(tag: &str) -> (String, String, String, PathBuf, String) {
+fn too_big(tag: &str) -> (String, String, String, PathBuf, String, TopicCleanup) {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     let app = unique(&format!("{tag}_app"));
     let input = unique(&format!("{tag}_in"));
     let output = unique(&format!("{tag}_out"));
     let dir = std::env::temp_dir().join(unique(&format!("keel_{tag}")));
+    let topics = TopicCleanup::new(bootstrap())
+        .topics([&input, &output])
+        .prefix(format!("{app}-"));
     runtime().block_on(async {
         let admin: AdminClient<rdkafka::client::DefaultClientContext> = ClientConfig::new()
             .set("bootstrap.servers", bootstrap())
@@ -626,7 +643,7 @@ fn too_big(tag: &str) -> (String, String, String, PathBuf, String) {
         producer.send(r).map_err(|(e, _)| e).expect("queued");
     }
     producer.flush(Duration::from_secs(30)).expect("flushed");
-    (app, input, output, dir, big)
+    (app, input, output, dir, big, topics)
 }
 
 #[test]
@@ -635,7 +652,7 @@ fn an_output_over_the_topics_max_message_bytes_ends_in_the_dead_letter_topic_and
     use keel_topology::dlq_headers;
     use rdkafka::message::{Headers as _, Message as _};
 
-    let (app, input, output, dir, big) = too_big("too_big");
+    let (app, input, output, dir, big, _topics) = too_big("too_big");
     let dlq = format!("{app}-dlq");
     let mut c = StreamsConfig::new(&app, bootstrap());
     c.state = StateConfig::with_dir(&dir);
@@ -690,7 +707,7 @@ fn an_output_over_the_topics_max_message_bytes_ends_in_the_dead_letter_topic_and
 
 #[test]
 fn an_output_over_the_topics_max_message_bytes_stops_the_application_under_the_stop_policy() {
-    let (app, input, output, dir, _big) = too_big("too_big_stop");
+    let (app, input, output, dir, _big, _topics) = too_big("too_big_stop");
     let mut c = StreamsConfig::new(&app, bootstrap());
     c.state = StateConfig::with_dir(&dir);
     c.instance_id = Some("one".to_owned());

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use keel_state::StateConfig;
 use keel_tests::kafka::{consumer, create_topics, read_topic};
+use keel_tests::topics::TopicCleanup;
 use keel_tests::{Stack, unique};
 use keel_topology::serde::{I64, Utf8};
 use keel_topology::{
@@ -32,13 +33,23 @@ struct Names {
     input: String,
     output: String,
     dir: PathBuf,
+    /// Deletes the input, the output and the application's internal topics on drop.
+    _topics: TopicCleanup,
 }
 
 fn names(tag: &str, partitions: i32) -> Names {
+    let (app, input, output) = (
+        unique(&format!("{tag}_app")),
+        unique(&format!("{tag}_in")),
+        unique(&format!("{tag}_out")),
+    );
     let n = Names {
-        app: unique(&format!("{tag}_app")),
-        input: unique(&format!("{tag}_in")),
-        output: unique(&format!("{tag}_out")),
+        _topics: TopicCleanup::new(bootstrap())
+            .topics([&input, &output])
+            .prefix(format!("{app}-")),
+        app,
+        input,
+        output,
         dir: std::env::temp_dir().join(unique(&format!("keel_{tag}"))),
     };
     runtime()
@@ -501,6 +512,7 @@ fn at_least_once_gives_the_same_output_on_a_clean_run() {
 fn topics_of_one_sub_topology_must_be_co_partitioned() {
     let n = names("copart", 2);
     let other = unique("copart_other");
+    let _other = TopicCleanup::new(bootstrap()).topic(&other);
     runtime()
         .block_on(create_topics(&bootstrap(), &[&other], 3))
         .expect("topic");
@@ -655,6 +667,7 @@ fn a_repartition_topic_brings_re_keyed_records_to_the_task_of_their_new_key() {
 fn a_sink_partitioner_places_records_on_the_broker() {
     let n = names("partitioner", 1);
     let output = unique("partitioner_out3");
+    let _output = TopicCleanup::new(bootstrap()).topic(&output);
     runtime()
         .block_on(create_topics(&bootstrap(), &[&output], 3))
         .expect("topic");
@@ -693,4 +706,22 @@ fn a_sink_partitioner_places_records_on_the_broker() {
         assert_eq!(i64::from(m.partition()), value % 3, "value {value}");
     }
     let _ = std::fs::remove_dir_all(&n.dir);
+}
+
+#[test]
+fn dropping_the_names_deletes_the_tests_topics_and_the_applications_internal_ones() {
+    let n = names("cleanup", 1);
+    let (input, output, app) = (n.input.clone(), n.output.clone(), n.app.clone());
+    // What a started application adds: its changelogs (and dead-letter, repartition topics).
+    let changelog = format!("{app}-sums-changelog");
+    runtime()
+        .block_on(create_topics(&bootstrap(), &[&changelog], 1))
+        .expect("changelog");
+    drop(n);
+    let left: Vec<String> = keel_tests::topics::list_topics(&bootstrap(), Duration::from_secs(10))
+        .expect("metadata")
+        .into_iter()
+        .filter(|t| *t == input || *t == output || t.starts_with(&format!("{app}-")))
+        .collect();
+    assert!(left.is_empty(), "left on the broker: {left:?}");
 }

@@ -20,6 +20,7 @@ use anyhow::Context;
 use futures::FutureExt;
 use keel_avro::{Codec, Record, RegistryConfig};
 use keel_ingest_api::{ApiConfig, ApiDeps, Endpoint, InventoryDeps, command_producer};
+use keel_tests::topics::TopicCleanup;
 use keel_tests::{Stack, unique};
 use rdkafka::Message;
 use reqwest::StatusCode;
@@ -41,6 +42,8 @@ pub struct Base {
     pub stop: CancellationToken,
     /// A client with a 30 s timeout.
     pub http: reqwest::Client,
+    /// Deletes [`Base::topic`] (and the topics named to it later) when the env drops.
+    pub topics: TopicCleanup,
 }
 
 /// What a server is started with besides its config and its producer.
@@ -73,8 +76,10 @@ impl Base {
             ..RegistryConfig::with_url(stack.registry_url.clone())
         })?;
         let topic = unique(topic);
+        let topics = TopicCleanup::new(stack.kafka_bootstrap.as_str()).topic(&topic);
         keel_tests::kafka::create_topics(&stack.kafka_bootstrap, &[&topic], 3).await?;
         Ok(Self {
+            topics,
             stack,
             codec,
             topic,

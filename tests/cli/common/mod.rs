@@ -7,6 +7,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use keel_tests::topics::{MIN_PREFIX_LEN, TopicCleanup};
 use keel_tests::{Stack, unique};
 use serde_json::{Value, json};
 use sqlx::Connection;
@@ -78,10 +79,11 @@ pub struct Run {
     pub state_dir: tempfile::TempDir,
 }
 
-/// A finished run deletes its topics (`<name>.*` under its prefix and the applications'
-/// `<name>-*` changelogs): a broker keeps every partition's files open, and a few hundred
-/// runs' leftovers exhaust its file descriptors ("Too many open files" stopped the shared
-/// broker once).
+/// A finished run deletes its topics (`<name>.*` under its prefix, the applications'
+/// `<name>-*` changelogs, repartition and dead-letter topics, and its connectors' Debezium
+/// heartbeat topic `__debezium-heartbeat.<name>.*`): a broker keeps every partition's files
+/// open, and a few hundred runs' leftovers exhaust its file descriptors ("Too many open files"
+/// stopped the shared broker once). See `keel_tests::topics`.
 impl Drop for Run {
     fn drop(&mut self) {
         let setting = |key: &str| {
@@ -106,46 +108,21 @@ impl Drop for Run {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
-        // The test's own runtime may be the current thread: a fresh one on its own thread.
-        let _ = std::thread::spawn(move || delete_topics(&bootstrap, &name)).join();
+        // `add_prefix` refuses (panics on) a prefix too short to hold a random name: a test
+        // that set one never reaches it from here.
+        let topics = TopicCleanup::new(bootstrap);
+        let prefixes = [
+            setting("KEEL__TOPICS__PREFIX"),
+            Some(format!("{name}-")),
+            Some(format!("__debezium-heartbeat.{name}.")),
+        ];
+        for prefix in prefixes.into_iter().flatten() {
+            if prefix.len() >= MIN_PREFIX_LEN {
+                topics.add_prefix(prefix);
+            }
+        }
+        drop(topics);
     }
-}
-
-fn delete_topics(bootstrap: &str, name: &str) {
-    use rdkafka::ClientConfig;
-    use rdkafka::admin::{AdminClient, AdminOptions};
-    use rdkafka::client::DefaultClientContext;
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-
-    let mut config = ClientConfig::new();
-    config.set("bootstrap.servers", bootstrap);
-    let Ok(consumer) = config.create::<BaseConsumer>() else {
-        return;
-    };
-    let Ok(metadata) = consumer.fetch_metadata(None, Duration::from_secs(10)) else {
-        return;
-    };
-    let topics: Vec<String> = metadata
-        .topics()
-        .iter()
-        .map(|t| t.name().to_owned())
-        .filter(|t| t.starts_with(&format!("{name}.")) || t.starts_with(&format!("{name}-")))
-        .collect();
-    if topics.is_empty() {
-        return;
-    }
-    let Ok(admin) = config.create::<AdminClient<DefaultClientContext>>() else {
-        return;
-    };
-    let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    else {
-        return;
-    };
-    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
-    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-    let _ = runtime.block_on(admin.delete_topics(&names, &options));
 }
 
 impl Run {
