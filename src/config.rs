@@ -174,6 +174,51 @@ pub struct StreamsSection {
     pub processing_guarantee: keel_topology::Guarantee,
     /// Root of the local RocksDB state (`<state_dir>/<application id>/<task>/<store>`).
     pub state_dir: std::path::PathBuf,
+    /// RocksDB's memory, per role.
+    pub rocksdb: RocksDbSection,
+}
+
+/// `[streams.rocksdb]`: RocksDB's memory of each role's stores (each role has one block cache
+/// and one write buffer budget that all its stores share). Defaults and the meaning of each
+/// setting: `keel_state::StateConfig`. `keel run` warns when the open stores' memtables take
+/// over half of `write_buffer_bytes` before holding anything.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RocksDbSection {
+    /// Block cache, memtables included (bytes).
+    pub block_cache_bytes: usize,
+    /// All memtables of the role's stores (bytes).
+    pub write_buffer_bytes: usize,
+    /// One memtable (bytes).
+    pub memtable_bytes: usize,
+    /// A memtable's arena block, charged per store that holds a key (bytes).
+    pub arena_block_bytes: usize,
+    /// A memtable's Bloom filter, in percent of `memtable_bytes` (0: none).
+    pub memtable_bloom_percent: u32,
+}
+
+impl Default for RocksDbSection {
+    fn default() -> Self {
+        let state = keel_state::StateConfig::default();
+        Self {
+            block_cache_bytes: state.block_cache_bytes,
+            write_buffer_bytes: state.write_buffer_bytes,
+            memtable_bytes: state.memtable_bytes,
+            arena_block_bytes: state.arena_block_bytes,
+            memtable_bloom_percent: state.memtable_bloom_percent,
+        }
+    }
+}
+
+impl RocksDbSection {
+    /// `state` with these settings.
+    pub fn apply(&self, state: &mut keel_state::StateConfig) {
+        state.block_cache_bytes = self.block_cache_bytes;
+        state.write_buffer_bytes = self.write_buffer_bytes;
+        state.memtable_bytes = self.memtable_bytes;
+        state.arena_block_bytes = self.arena_block_bytes;
+        state.memtable_bloom_percent = self.memtable_bloom_percent;
+    }
 }
 
 impl Default for StreamsSection {
@@ -186,6 +231,7 @@ impl Default for StreamsSection {
             commit_interval_ms: None,
             processing_guarantee: keel_topology::Guarantee::ExactlyOnce,
             state_dir: home.join(".local/state/keel/streams"),
+            rocksdb: RocksDbSection::default(),
         }
     }
 }
@@ -202,6 +248,7 @@ impl StreamsSection {
         config.commit_interval_ms = self.commit_interval_ms;
         config.processing_guarantee = self.processing_guarantee;
         config.state.dir = self.state_dir.clone();
+        self.rocksdb.apply(&mut config.state);
         config.client = kafka.client.clone();
         config
     }
@@ -331,6 +378,15 @@ impl KeelConfig {
                 self.topics.partitions
             ));
         }
+        let mut state = keel_state::StateConfig::with_dir(&self.streams.state_dir);
+        self.streams.rocksdb.apply(&mut state);
+        match state.validate() {
+            Ok(()) => {}
+            Err(keel_state::Error::Config { problems }) => {
+                out.extend(problems.iter().map(|p| format!("streams.rocksdb.{p}")));
+            }
+            Err(other) => out.push(format!("streams.rocksdb: {other}")),
+        }
         if self.streams.num_stream_threads == 0 {
             out.push("streams.num_stream_threads must be at least 1".to_owned());
         }
@@ -447,6 +503,28 @@ mod tests {
             assert_eq!(c.kafka.bootstrap_servers, "file:9092");
             assert_eq!(c.kafka.client.get("acks").map(String::as_str), Some("all"));
             assert_eq!(c.connect.url, "http://env:8083");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn rocksdb_memory_settings_reach_each_roles_state_and_are_validated() {
+        Jail::expect_with(|jail| {
+            jail.set_env("KEEL__STREAMS__ROCKSDB__WRITE_BUFFER_BYTES", "67108864");
+            jail.set_env("KEEL__STREAMS__ROCKSDB__BLOCK_CACHE_BYTES", "134217728");
+            let c = KeelConfig::load(None).map_err(|e| e.to_string())?;
+            let saga = c.streams.for_role("saga", &c.kafka);
+            assert_eq!(saga.state.write_buffer_bytes, 64 << 20);
+            assert_eq!(saga.state.block_cache_bytes, 128 << 20);
+            assert_eq!(
+                saga.state.arena_block_bytes,
+                keel_state::StateConfig::default().arena_block_bytes
+            );
+            jail.set_env("KEEL__STREAMS__ROCKSDB__ARENA_BLOCK_BYTES", "1");
+            let err = KeelConfig::load(None)
+                .expect_err("an arena block of 1 byte must be refused")
+                .to_string();
+            assert!(err.contains("streams.rocksdb.arena_block_bytes"), "{err}");
             Ok(())
         });
     }

@@ -29,6 +29,18 @@ pub struct StateConfig {
     pub write_buffer_bytes: usize,
     /// Size of one memtable of one store before it is flushed.
     pub memtable_bytes: usize,
+    /// Size of the blocks a memtable allocates its entries from (RocksDB `arena_block_size`).
+    /// The write buffer manager counts what a memtable has allocated, not what it holds
+    /// (RocksDB wiki, "Write Buffer Manager", since 5.6), so each store that holds a single key
+    /// charges one block to `write_buffer_bytes`. RocksDB's default, `memtable_bytes / 8`
+    /// (1 MiB), made 66 small stores (the checkout's) flush at every commit; 64 KiB does not.
+    pub arena_block_bytes: usize,
+    /// Size of each memtable's whole-key Bloom filter, in percent of `memtable_bytes` (RocksDB
+    /// `memtable_prefix_bloom_size_ratio` × 100); 0 turns it off. Allocated whole when the
+    /// memtable is created, so it too is charged per store: 2 % of 8 MiB is 164 KiB, ~10 bits
+    /// per key for a full memtable of ~50-byte entries. A get of a key no memtable holds then
+    /// skips their skip lists (the engine benchmark's profile, docs/BENCHMARKS.md).
+    pub memtable_bloom_percent: u32,
     /// RocksDB `max_open_files` per store; -1 keeps every SST open (index and filter blocks
     /// are in the block cache either way).
     pub max_open_files: i32,
@@ -50,6 +62,8 @@ impl Default for StateConfig {
             block_cache_bytes: 64 * MIB,
             write_buffer_bytes: 32 * MIB,
             memtable_bytes: 8 * MIB,
+            arena_block_bytes: 64 * 1024,
+            memtable_bloom_percent: 2,
             max_open_files: -1,
             background_jobs: 2,
             checkpoint_interval_records: 10_000,
@@ -91,6 +105,18 @@ impl StateConfig {
                 self.memtable_bytes, self.write_buffer_bytes
             ));
         }
+        if self.arena_block_bytes < 4 * 1024 || self.arena_block_bytes > self.memtable_bytes {
+            problems.push(format!(
+                "arena_block_bytes ({}) must be at least 4 KiB and at most memtable_bytes ({})",
+                self.arena_block_bytes, self.memtable_bytes
+            ));
+        }
+        if self.memtable_bloom_percent > 25 {
+            problems.push(format!(
+                "memtable_bloom_percent ({}) must be between 0 and 25",
+                self.memtable_bloom_percent
+            ));
+        }
         if self.max_open_files == 0 || self.max_open_files < -1 {
             problems.push(format!(
                 "max_open_files ({}) must be -1 (unlimited) or positive",
@@ -127,6 +153,8 @@ mod tests {
             block_cache_bytes: 10,
             write_buffer_bytes: 0,
             memtable_bytes: 1,
+            arena_block_bytes: 1,
+            memtable_bloom_percent: 26,
             max_open_files: 0,
             background_jobs: 0,
             checkpoint_interval_records: 1,
@@ -135,7 +163,7 @@ mod tests {
         let Err(Error::Config { problems }) = config.validate() else {
             panic!("invalid config accepted");
         };
-        assert_eq!(problems.len(), 6, "{problems:?}");
+        assert_eq!(problems.len(), 8, "{problems:?}");
     }
 
     #[test]

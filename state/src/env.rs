@@ -16,6 +16,7 @@ use std::fmt;
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use rocksdb::{BlockBasedOptions, Cache, DBCompressionType, LogLevel, Options, WriteBufferManager};
 
@@ -41,6 +42,37 @@ struct Inner {
     write_buffers: WriteBufferManager,
     /// RocksDB's in-memory file system, when `in_memory` is set; shared by every store.
     mem_env: Option<rocksdb::Env>,
+    /// Column families of the open stores: each has a memtable with a fixed charge.
+    open_memtables: Arc<AtomicUsize>,
+    /// Whether [`StoreEnv::lease_memtables`] has warned that the budget is too small.
+    warned: AtomicBool,
+}
+
+/// Counts a store's column families among the open memtables while it lives.
+#[derive(Debug)]
+pub(crate) struct MemtableLease {
+    count: usize,
+    open: Arc<AtomicUsize>,
+}
+
+impl Drop for MemtableLease {
+    fn drop(&mut self) {
+        self.open.fetch_sub(self.count, Ordering::Relaxed);
+    }
+}
+
+/// What one memtable charges to the write buffer budget as soon as it holds a key (bytes):
+/// its first arena block and its Bloom filter, allocated whole.
+pub(crate) fn memtable_fixed_bytes(config: &StateConfig) -> usize {
+    let bloom = config.memtable_bytes / 100 * config.memtable_bloom_percent as usize;
+    config.arena_block_bytes + bloom
+}
+
+/// `Some(fixed bytes)` when `memtables` memtables' fixed charge is over half of the write
+/// buffer budget: RocksDB then flushes memtables that hold next to nothing.
+pub(crate) fn budget_too_small(config: &StateConfig, memtables: usize) -> Option<usize> {
+    let fixed = memtables.saturating_mul(memtable_fixed_bytes(config));
+    (fixed > config.write_buffer_bytes / 2).then_some(fixed)
 }
 
 impl fmt::Debug for StoreEnv {
@@ -107,6 +139,8 @@ impl StoreEnv {
                 cache,
                 write_buffers,
                 mem_env,
+                open_memtables: Arc::new(AtomicUsize::new(0)),
+                warned: AtomicBool::new(false),
             }),
         })
     }
@@ -135,6 +169,34 @@ impl StoreEnv {
     /// The changelog topic of `store`: `<application.id>-<store>-changelog`.
     pub fn changelog_topic(&self, store: &str) -> String {
         changelog_topic(&self.inner.application_id, store)
+    }
+
+    /// Counts `column_families` memtables of store `store` as open until the lease is dropped,
+    /// and warns once when the open memtables' fixed charge ([`memtable_fixed_bytes`]) is over
+    /// half of `write_buffer_bytes`.
+    pub(crate) fn lease_memtables(&self, store: &str, column_families: usize) -> MemtableLease {
+        let open = &self.inner.open_memtables;
+        let now = open.fetch_add(column_families, Ordering::Relaxed) + column_families;
+        let config = &self.inner.config;
+        if let Some(fixed) = budget_too_small(config, now)
+            && !self.inner.warned.swap(true, Ordering::Relaxed)
+        {
+            tracing::warn!(
+                application_id = %self.inner.application_id,
+                store,
+                memtables = now,
+                fixed_bytes = fixed,
+                write_buffer_bytes = config.write_buffer_bytes,
+                "the open stores' memtables take over half of the write buffer budget before \
+                 holding anything; RocksDB will flush nearly empty memtables (many small SST \
+                 files and compactions): raise state.write_buffer_bytes (and \
+                 block_cache_bytes) or lower arena_block_bytes / memtable_bloom_percent"
+            );
+        }
+        MemtableLease {
+            count: column_families,
+            open: open.clone(),
+        }
     }
 
     /// RocksDB memory of every store of this environment.
@@ -230,13 +292,19 @@ impl StoreEnv {
     pub(crate) fn column_options(&self) -> Options {
         let mut opts = Options::default();
         opts.set_block_based_table_factory(&self.block_based_options());
-        opts.set_write_buffer_size(self.inner.config.memtable_bytes);
+        let config = &self.inner.config;
+        opts.set_write_buffer_size(config.memtable_bytes);
         opts.set_max_write_buffer_number(3);
-        // A whole-key Bloom filter per memtable (10 % of its size): a point lookup of a key no
-        // memtable holds (every get of a new key) skips their skip lists, which the profile of
-        // the engine benchmark showed as the largest RocksDB cost.
-        opts.set_memtable_prefix_bloom_ratio(0.1);
-        opts.set_memtable_whole_key_filtering(true);
+        // Small arena blocks and a small memtable Bloom filter: both are charged to the write
+        // buffer budget per store as soon as it holds a key (see `StateConfig`).
+        opts.set_arena_block_size(config.arena_block_bytes);
+        // A whole-key Bloom filter per memtable: a point lookup of a key no memtable holds
+        // (every get of a new key) skips their skip lists, which the profile of the engine
+        // benchmark showed as the largest RocksDB cost.
+        if config.memtable_bloom_percent > 0 {
+            opts.set_memtable_prefix_bloom_ratio(f64::from(config.memtable_bloom_percent) / 100.0);
+            opts.set_memtable_whole_key_filtering(true);
+        }
         opts.set_compression_type(DBCompressionType::Lz4);
         opts.set_level_compaction_dynamic_level_bytes(true);
         opts
@@ -284,5 +352,48 @@ pub(crate) fn lock_task_dir(task_id: &str, dir: &Path) -> Result<File> {
             path: dir.to_owned(),
         }),
         Err(TryLockError::Error(e)) => Err(Error::io("lock", &path, e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fixed_charge_of_a_memtable_is_its_first_arena_block_and_its_bloom_filter() {
+        let config = StateConfig::default();
+        // 64 KiB + 2 % of 8 MiB.
+        assert_eq!(memtable_fixed_bytes(&config), 65_536 + 2 * 83_886);
+    }
+
+    #[test]
+    fn the_budget_is_too_small_once_fixed_charges_pass_half_of_it() {
+        let config = StateConfig::default();
+        // The checkout: 66 stores fit the default 32 MiB budget with room to fill them.
+        assert_eq!(budget_too_small(&config, 66), None);
+        assert!(budget_too_small(&config, 80).is_some());
+        // RocksDB's own defaults (1 MiB blocks, the 10 % filter Keel had): 66 stores do not fit.
+        let old = StateConfig {
+            arena_block_bytes: config.memtable_bytes / 8,
+            memtable_bloom_percent: 10,
+            ..config
+        };
+        assert!(budget_too_small(&old, 66).is_some());
+        assert!(budget_too_small(&old, 5).is_none());
+    }
+
+    #[test]
+    fn a_lease_counts_its_column_families_until_dropped() -> Result<()> {
+        let dir = std::env::temp_dir().join(format!("keel-lease-{}", std::process::id()));
+        let env = StoreEnv::new(StateConfig::with_dir(&dir), "app")?;
+        let a = env.lease_memtables("a", 2);
+        let b = env.lease_memtables("b", 1);
+        assert_eq!(env.inner.open_memtables.load(Ordering::Relaxed), 3);
+        drop(a);
+        assert_eq!(env.inner.open_memtables.load(Ordering::Relaxed), 1);
+        drop(b);
+        assert_eq!(env.inner.open_memtables.load(Ordering::Relaxed), 0);
+        let _ = std::fs::remove_dir_all(&dir);
+        Ok(())
     }
 }

@@ -78,6 +78,8 @@ pub(crate) struct StoreCore {
     savepoint: Option<Savepoint>,
     applied_offset: Option<i64>,
     write_opts: WriteOptions,
+    /// This store's memtables, counted against the write buffer budget while it is open.
+    _memtables: crate::env::MemtableLease,
 }
 
 impl fmt::Debug for StoreCore {
@@ -120,6 +122,7 @@ impl StoreCore {
             })?;
         let mut write_opts = WriteOptions::default();
         write_opts.disable_wal(true);
+        let memtables = env.lease_memtables(&name, columns.len());
         let core = StoreCore {
             name,
             path,
@@ -131,6 +134,7 @@ impl StoreCore {
             savepoint: None,
             applied_offset,
             write_opts,
+            _memtables: memtables,
         };
         for col in 0..columns.len() {
             core.cf(col)?;

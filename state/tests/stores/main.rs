@@ -3,6 +3,7 @@
 
 mod common;
 mod kv;
+mod memory;
 mod model;
 mod task;
 mod timers;
