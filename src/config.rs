@@ -171,6 +171,10 @@ pub struct StreamsSection {
     pub num_stream_threads: usize,
     /// Default 100 ms under exactly-once (Kafka Streams' default).
     pub commit_interval_ms: Option<u64>,
+    /// A thread whose input ran dry commits once this long has passed since its last commit
+    /// (`keel_topology::StreamsConfig::min_commit_interval_ms`); `None`: every
+    /// `commit_interval_ms` only.
+    pub min_commit_interval_ms: Option<u64>,
     pub processing_guarantee: keel_topology::Guarantee,
     /// Root of the local RocksDB state (`<state_dir>/<application id>/<task>/<store>`).
     pub state_dir: std::path::PathBuf,
@@ -229,6 +233,7 @@ impl Default for StreamsSection {
             instance_id: None,
             num_stream_threads: 1,
             commit_interval_ms: None,
+            min_commit_interval_ms: None,
             processing_guarantee: keel_topology::Guarantee::ExactlyOnce,
             state_dir: home.join(".local/state/keel/streams"),
             rocksdb: RocksDbSection::default(),
@@ -246,6 +251,7 @@ impl StreamsSection {
         config.instance_id = self.instance_id.clone();
         config.num_stream_threads = self.num_stream_threads;
         config.commit_interval_ms = self.commit_interval_ms;
+        config.min_commit_interval_ms = self.min_commit_interval_ms;
         config.processing_guarantee = self.processing_guarantee;
         config.state.dir = self.state_dir.clone();
         self.rocksdb.apply(&mut config.state);

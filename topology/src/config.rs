@@ -21,6 +21,14 @@ pub struct StreamsConfig {
     /// How often the current transaction is committed; `None`: 100 ms under exactly-once,
     /// 30 s under at-least-once (Kafka Streams' defaults).
     pub commit_interval_ms: Option<u64>,
+    /// When set, a stream thread also commits as soon as its input runs dry, once this long
+    /// (ms) has passed since its last commit: at low load an output is visible to
+    /// `read_committed` readers about this long after its input arrived instead of up to
+    /// `commit_interval_ms`; under load the input never runs dry and commits stay at
+    /// `commit_interval_ms`, as large as before. More, smaller transactions cost the broker
+    /// CPU. `None` (the default): every `commit_interval_ms` only, as in Kafka Streams. At
+    /// most `commit_interval_ms`.
+    pub min_commit_interval_ms: Option<u64>,
     /// Stream threads in this instance; each has its own consumer and producer.
     pub num_stream_threads: usize,
     /// Stable identity of this instance. Transactional ids are `<application_id>-<instance_id>-<thread>`,
@@ -67,6 +75,7 @@ impl Default for StreamsConfig {
             bootstrap_servers: "127.0.0.1:9092".to_owned(),
             processing_guarantee: Guarantee::ExactlyOnce,
             commit_interval_ms: None,
+            min_commit_interval_ms: None,
             num_stream_threads: 1,
             instance_id: None,
             dead_letter_topic: None,
@@ -103,6 +112,12 @@ impl StreamsConfig {
                 Guarantee::AtLeastOnce => 30_000,
             });
         std::time::Duration::from_millis(ms)
+    }
+
+    /// [`min_commit_interval_ms`](Self::min_commit_interval_ms) as a duration.
+    pub fn min_commit_interval(&self) -> Option<std::time::Duration> {
+        self.min_commit_interval_ms
+            .map(std::time::Duration::from_millis)
     }
 
     pub fn dead_letter_topic(&self) -> String {
@@ -209,6 +224,15 @@ impl StreamsConfig {
         if self.commit_interval_ms == Some(0) {
             problems.push("commit_interval_ms must be greater than 0".to_owned());
         }
+        if let Some(min) = self.min_commit_interval_ms {
+            let interval = self.commit_interval().as_millis();
+            if min == 0 || u128::from(min) > interval {
+                problems.push(format!(
+                    "min_commit_interval_ms ({min}) must be greater than 0 and at most \
+                     commit_interval_ms ({interval})"
+                ));
+            }
+        }
         if self.restore_fetch_bytes < 64 * 1024 {
             problems.push(format!(
                 "restore_fetch_bytes ({}) must be at least 64 KiB",
@@ -258,6 +282,21 @@ mod tests {
 
     pub(super) static HOST_READS: std::sync::atomic::AtomicUsize =
         std::sync::atomic::AtomicUsize::new(0);
+
+    #[test]
+    fn a_min_commit_interval_must_be_positive_and_within_the_interval() {
+        let mut c = StreamsConfig::new("app", "localhost:9092");
+        c.min_commit_interval_ms = Some(20);
+        assert!(c.validate().is_ok());
+        for bad in [0, 101] {
+            c.min_commit_interval_ms = Some(bad);
+            let err = c.validate().expect_err("refused").to_string();
+            assert!(err.contains("min_commit_interval_ms"), "{err}");
+        }
+        c.commit_interval_ms = Some(1_000);
+        c.min_commit_interval_ms = Some(101);
+        assert!(c.validate().is_ok());
+    }
 
     #[test]
     fn the_host_name_is_read_once_per_process() {

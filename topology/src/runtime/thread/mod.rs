@@ -73,6 +73,8 @@ const KAFKA_TIMEOUT: Duration = Duration::from_secs(30);
 const SAMPLE_EVERY: Duration = Duration::from_secs(5);
 /// How often wall-clock punctuators are checked (the resolution of wall-clock punctuation).
 const WALL_CLOCK_CHECK: Duration = Duration::from_millis(10);
+/// How long a poll waits for input when the thread has nothing else to do.
+const IDLE_POLL: Duration = Duration::from_millis(50);
 
 /// Read access to the committed contents of the stores this process owns, by (store, partition).
 pub(crate) type Readers = Arc<RwLock<HashMap<(String, i32), CommittedReader>>>;
@@ -238,7 +240,7 @@ fn run_loop(consumer: &GroupConsumer, core: &Mutex<Core>) -> Result<()> {
     let mut backoff = Duration::from_millis(shared.config.retry_backoff_ms);
     let max_backoff = Duration::from_millis(shared.config.retry_backoff_max_ms);
     // While tasks restore, the poll only keeps the member alive and serves callbacks: no wait.
-    let mut poll_wait = Duration::from_millis(50);
+    let mut poll_wait = IDLE_POLL;
     while !shared.shutdown.load(Ordering::Relaxed) {
         let polled = consumer.poll(poll_wait);
         let mut c = lock(core);
@@ -247,7 +249,7 @@ fn run_loop(consumer: &GroupConsumer, core: &Mutex<Core>) -> Result<()> {
         }
         let mut step = c.step(consumer, polled, interval);
         poll_wait = if c.restoring.is_empty() {
-            Duration::from_millis(50)
+            c.poll_wait()
         } else {
             Duration::ZERO
         };
@@ -310,6 +312,33 @@ impl Core {
         self.shared.config.processing_guarantee == Guarantee::ExactlyOnce
     }
 
+    /// Whether this interval processed input or sent records that a commit would make visible.
+    fn has_uncommitted(&self) -> bool {
+        self.dirty || !self.positions.is_empty()
+    }
+
+    /// How long the next poll may wait for input: [`IDLE_POLL`], or, with commits on drained
+    /// input on ([`StreamsConfig::min_commit_interval_ms`]) and work to commit, only until
+    /// such a commit is allowed — so a poll that comes back empty after it means the input
+    /// ran dry.
+    fn poll_wait(&self) -> Duration {
+        match self.shared.config.min_commit_interval() {
+            Some(min) if self.has_uncommitted() => min
+                .saturating_sub(self.last_commit.elapsed())
+                .min(IDLE_POLL),
+            _ => IDLE_POLL,
+        }
+    }
+
+    /// A poll came back empty: commit now if commits on drained input are on, there is work
+    /// to commit and the last commit is at least `min_commit_interval_ms` ago.
+    fn commit_on_drained_input_due(&self) -> bool {
+        self.shared
+            .config
+            .min_commit_interval()
+            .is_some_and(|min| self.has_uncommitted() && self.last_commit.elapsed() >= min)
+    }
+
     /// One loop turn: set up newly assigned tasks, process the polled record, punctuate on the
     /// wall clock, commit when the interval is up.
     fn step(
@@ -340,6 +369,7 @@ impl Core {
         // back to the committed offsets, which fetches this record again.
         let held_back =
             matches!(&polled, Some(Ok(m)) if self.is_restoring(m.topic(), m.partition()));
+        let drained = matches!(&polled, None | Some(Err(KafkaError::PartitionEOF(_))));
         self.restore_slice(consumer)?;
         match polled {
             Some(Ok(_)) if held_back => {
@@ -394,7 +424,8 @@ impl Core {
             }
         }
         self.punctuate_wall_clock()?;
-        if self.last_commit.elapsed() >= interval {
+        if self.last_commit.elapsed() >= interval || (drained && self.commit_on_drained_input_due())
+        {
             self.commit(consumer)?;
         }
         Ok(())
