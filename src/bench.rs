@@ -1,13 +1,15 @@
 //! `keel bench engine`: the stream runtime's throughput, latency, restore speed and memory on
 //! this machine against the real broker. Workload: distinct keys, per record one store get, one
 //! put and one output (a running sum), exactly-once. Results go to docs/BENCHMARKS.md by hand,
-//! with the command that produced them.
+//! with the command that produced them. Each run has topics of its own (named by a random tag it
+//! prints) and deletes them once its engine stopped, also after a failed phase.
 
 pub mod checkout;
 pub mod cpu;
 pub mod inventory;
 pub mod kstreams;
 mod open_loop;
+mod topics;
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -402,10 +404,44 @@ fn measure(
         commit_interval_ms: args.commit_interval_ms,
         tag: tag.clone(),
     };
+    let prefixes = run_topic_prefixes(&setup);
+    eprintln!(
+        "[bench] {}: run {tag}, topics {}*",
+        subject.name(),
+        prefixes.join("*, ")
+    );
     let result = phases(&setup, args, subject);
     let _ = subject.stop();
     let _ = std::fs::remove_dir_all(&setup.state_dir);
+    // Once the engine stopped (a running one would create its topics again), also after a
+    // failed phase: a broker with too many partitions runs out of open files.
+    match futures::executor::block_on(topics::delete_topics_with_prefixes(
+        bootstrap,
+        std::iter::empty(),
+        &prefixes,
+        topics::CLEANUP_WITHIN,
+    )) {
+        Ok(deleted) => eprintln!(
+            "[bench] {}: deleted the run's {} topics",
+            subject.name(),
+            deleted.len()
+        ),
+        Err(e) => eprintln!(
+            "[bench] {}: could not delete the topics of run {tag}: {e:#}",
+            subject.name()
+        ),
+    }
     result
+}
+
+/// The prefixes of one run's topics: its input, its output and the engine's internal topics
+/// (`<app>-sums-changelog`, the dead-letter topic, ...). The tag makes them the run's own.
+fn run_topic_prefixes(setup: &Setup) -> Vec<String> {
+    vec![
+        setup.input.clone(),
+        setup.output.clone(),
+        format!("{}-", setup.app),
+    ]
 }
 
 fn phases(setup: &Setup, args: &EngineArgs, subject: &mut dyn Subject) -> anyhow::Result<Figures> {

@@ -43,7 +43,6 @@ use keel_avro::records::{
     ReserveStock,
 };
 use keel_processors::topics;
-use rdkafka::ClientConfig;
 use rdkafka::message::Message as _;
 use rdkafka::producer::FutureProducer;
 use serde::Serialize;
@@ -651,30 +650,19 @@ pub async fn run(
 /// Deletes the isolated run's topics (its prefix and its application's internal ones) and its
 /// keyspace; best effort.
 async fn clean_up(config: &KeelConfig) {
-    let mut client = ClientConfig::new();
-    client.set("bootstrap.servers", &config.kafka.bootstrap_servers);
-    for (k, v) in &config.kafka.client {
-        client.set(k, v);
-    }
-    if let Ok(admin) =
-        client.create::<rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext>>()
-        && let Ok(md) = admin.inner().fetch_metadata(None, Duration::from_secs(10))
+    let prefixes = [
+        config.topics.prefix.clone(),
+        format!("{}-", config.streams.application_id),
+    ];
+    if let Err(e) = super::topics::delete_topics_with_prefixes(
+        &config.kafka.bootstrap_servers,
+        &config.kafka.client,
+        &prefixes,
+        super::topics::CLEANUP_WITHIN,
+    )
+    .await
     {
-        let app = format!("{}-", config.streams.application_id);
-        let names: Vec<String> = md
-            .topics()
-            .iter()
-            .map(|t| t.name().to_owned())
-            .filter(|n| n.starts_with(&config.topics.prefix) || n.starts_with(&app))
-            .collect();
-        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-        if !refs.is_empty()
-            && let Err(e) = admin
-                .delete_topics(&refs, &rdkafka::admin::AdminOptions::new())
-                .await
-        {
-            tracing::warn!(error = %e, "deleting the bench's topics");
-        }
+        tracing::warn!(error = %e, "deleting the bench's topics");
     }
     if let Ok(session) = scylla::client::session_builder::SessionBuilder::new()
         .known_nodes(&config.cassandra.nodes)

@@ -21,9 +21,10 @@ mod docs_extract;
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use keel_tests::Stack;
+use keel_tests::topics::{TopicCleanup, list_topics};
 
 const DOC: &str = "docs/BENCHMARKS.md";
 const RELEASE_KEEL: &str = "~/.cache/keel/target/release/keel";
@@ -134,6 +135,71 @@ fn keel_bin() -> String {
     env!("CARGO_BIN_EXE_keel").to_owned()
 }
 
+/// One benchmark run's name, which every topic of the run contains, and the prefixes of its
+/// topics.
+#[derive(Debug)]
+struct RunTopics {
+    name: String,
+    prefixes: Vec<String>,
+}
+
+/// The runs `printed` announces: `keel bench engine`'s (`[bench] keel: run 0a1b2c3d, topics
+/// bench-in-0a1b2c3d*, bench-out-0a1b2c3d*, bench-0a1b2c3d-*`) and `bench/checkout-run`'s
+/// (`[checkout-run] keel_bench_…: API …`, topics `<name>.…` and `<name>-…`).
+fn runs_in(printed: &str) -> Vec<RunTopics> {
+    printed
+        .lines()
+        .filter_map(|line| {
+            if let Some(rest) = line.strip_prefix("[bench] ") {
+                let (tag, topics) = rest.split_once(": run ")?.1.split_once(", topics ")?;
+                Some(RunTopics {
+                    name: tag.to_owned(),
+                    prefixes: topics
+                        .split(", ")
+                        .map(|p| p.trim_end_matches('*').to_owned())
+                        .collect(),
+                })
+            } else {
+                let rest = line.strip_prefix("[checkout-run] ")?;
+                let name = rest.split_once(": API ")?.0;
+                Some(RunTopics {
+                    name: name.to_owned(),
+                    prefixes: vec![format!("{name}."), format!("{name}-")],
+                })
+            }
+        })
+        .collect()
+}
+
+/// Asserts that no topic whose name contains a run's name is left on `bootstrap` (the broker's
+/// metadata may take a moment to show a deletion: up to 10 s). What is left is deleted
+/// afterwards, so a failure does not leak it.
+fn assert_no_topics_left(bootstrap: &str, runs: &[RunTopics]) {
+    assert!(!runs.is_empty(), "no benchmark run announced its topics");
+    let _leftovers = runs
+        .iter()
+        .flat_map(|r| r.prefixes.iter())
+        .fold(TopicCleanup::new(bootstrap), |c, p| c.prefix(p.as_str()));
+    let within = Duration::from_secs(10);
+    let start = Instant::now();
+    loop {
+        let left: Vec<String> = list_topics(bootstrap, within)
+            .expect("the topics")
+            .into_iter()
+            .filter(|t| runs.iter().any(|r| t.contains(r.name.as_str())))
+            .collect();
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            start.elapsed() < within,
+            "the runs {runs:?} left {} topics: {left:?}",
+            left.len()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
 fn doc_commands() -> Vec<String> {
     docs_extract::all_commands()
         .into_iter()
@@ -153,6 +219,7 @@ fn the_engine_benchmark_commands_run_scaled_down() {
         .filter(|c| c.contains(" bench engine") && !c.starts_with("perf "))
         .collect();
     assert!(engine.len() >= 5, "{DOC}: {engine:?}");
+    let mut runs = Vec::new();
     for command in &engine {
         let words = scaled(
             command,
@@ -179,8 +246,49 @@ fn the_engine_benchmark_commands_run_scaled_down() {
                 printed.contains("records/s"),
                 "no throughput in:\n{printed}"
             );
+            runs.extend(runs_in(&printed));
         }
     }
+    assert_no_topics_left(&bootstrap, &runs);
+}
+
+#[test]
+fn the_engine_benchmark_deletes_every_topic_of_its_run() {
+    let bootstrap = Stack::from_env().kafka_bootstrap;
+    let command = "keel bench engine --records 3000 --keys 3000 --latency-seconds 1 --rate 300";
+    let words = scaled(command, &keel_bin(), "300", &[]);
+    let printed = run_words(
+        command,
+        &words,
+        &[("KEEL__KAFKA__BOOTSTRAP_SERVERS", &bootstrap)],
+    );
+    let runs = runs_in(&printed);
+    assert_eq!(runs.len(), 1, "one run announced in:\n{printed}");
+    assert_no_topics_left(&bootstrap, &runs);
+}
+
+#[test]
+fn bench_checkout_run_deletes_every_topic_of_its_run() {
+    let stack = Stack::from_env();
+    let keel = keel_bin();
+    let dir = tempfile::tempdir().expect("an output directory");
+    let command = format!(
+        "bench/checkout-run --rate 4 --duration-s 3 --skus 3 --warmup-s 1 --drain-timeout-s 90 \
+         --idle-s 1 --no-progress --out-dir {}",
+        dir.path().display()
+    );
+    let words = scaled(&command, &keel, "4", &[]);
+    let printed = run_words(
+        &command,
+        &words,
+        &[
+            ("KEEL_BIN", &keel),
+            ("KEEL__KAFKA__BOOTSTRAP_SERVERS", &stack.kafka_bootstrap),
+        ],
+    );
+    let runs = runs_in(&printed);
+    assert_eq!(runs.len(), 1, "one run announced in:\n{printed}");
+    assert_no_topics_left(&stack.kafka_bootstrap, &runs);
 }
 
 #[test]
@@ -239,6 +347,8 @@ fn the_checkout_and_inventory_benchmark_commands_run_scaled_down() {
         .filter(|c| c.contains("bench/checkout-run") || c.contains(" bench inventory"))
         .collect();
     assert!(commands.len() >= 8, "{DOC}: {commands:?}");
+    let stack = Stack::from_env();
+    let mut runs = Vec::new();
     for command in &commands {
         let checkout = command.contains("bench/checkout-run");
         let mut added: Vec<(&str, &str)> = vec![
@@ -265,8 +375,7 @@ fn the_checkout_and_inventory_benchmark_commands_run_scaled_down() {
             words[i + 1] = out_dir.clone();
         }
         if seen.insert(canonical(&words)) {
-            let stack = Stack::from_env();
-            run_words(
+            let printed = run_words(
                 command,
                 &words,
                 &[
@@ -274,8 +383,12 @@ fn the_checkout_and_inventory_benchmark_commands_run_scaled_down() {
                     ("KEEL__KAFKA__BOOTSTRAP_SERVERS", &stack.kafka_bootstrap),
                 ],
             );
+            if checkout {
+                runs.extend(runs_in(&printed));
+            }
         }
     }
+    assert_no_topics_left(&stack.kafka_bootstrap, &runs);
     let written = std::fs::read_dir(Path::new(&out_dir))
         .expect("the output directory")
         .count();
