@@ -17,18 +17,47 @@ use crate::runtime::kafka::{self, DeliveryLog, Producer};
 
 /// The thread's producer; under exactly-once its transactions are initialised (which also
 /// aborts whatever an earlier incarnation of this thread left open).
-pub(super) fn producer(config: &StreamsConfig, instance: &str, index: usize) -> Result<Producer> {
+///
+/// `known_topic`, a topic that exists, is asked about twice first (see [`connect`]).
+pub(super) fn producer(
+    config: &StreamsConfig,
+    instance: &str,
+    index: usize,
+    known_topic: Option<&str>,
+) -> Result<Producer> {
     let eos = config.processing_guarantee == Guarantee::ExactlyOnce;
     let pc = kafka::producer_config(config, instance, index);
     let producer = Producer::from_config_and_context(&pc, DeliveryLog::default())
         .map_err(Error::kafka("creating the producer"))?;
     if eos {
+        connect(&producer, known_topic);
         // Also aborts whatever an earlier incarnation of this thread left open.
         producer
             .init_transactions(KAFKA_TIMEOUT)
             .map_err(Error::kafka("init_transactions"))?;
     }
     Ok(producer)
+}
+
+/// Makes sure the producer has a connection to a broker it learnt from metadata before
+/// `init_transactions`. librdkafka looks for the transaction coordinator at once only when
+/// such a connection is up; otherwise it asks again after a fixed 500 ms (`rd_kafka_txn_coord_query`
+/// in librdkafka's rdkafka_txnmgr.c). Right after the producer is created only the bootstrap
+/// connection exists, and the first metadata answer replaces it by the brokers it names, so the
+/// second answer comes over one of those: with it, a thread's start (and every restart after a
+/// fence) no longer waits out those 500 ms (measured: 3–5 of 30 `init_transactions` on a new
+/// producer took 0.5 s instead of 0.05 s; none after two metadata requests). Best effort: an
+/// error here shows again, with its cause, in `init_transactions`.
+fn connect(producer: &Producer, known_topic: Option<&str>) {
+    let Some(topic) = known_topic else {
+        return;
+    };
+    for _ in 0..2 {
+        if let Err(e) = producer.client().fetch_metadata(Some(topic), KAFKA_TIMEOUT) {
+            tracing::debug!(error = %e, topic, "metadata before init_transactions");
+            return;
+        }
+    }
 }
 
 /// The consumer that reads changelogs during restore (committed records only, no group

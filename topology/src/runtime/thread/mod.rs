@@ -184,7 +184,8 @@ pub(crate) struct Progress {
 pub(crate) fn run(index: usize, shared: Arc<Shared>, progress: &mut Progress) -> Result<()> {
     let config = &shared.config;
     let instance = config.instance_id();
-    let producer = clients::producer(config, &instance, index)?;
+    let topics = shared.topology.source_topics(&config.application_id);
+    let producer = clients::producer(config, &instance, index, topics.first().map(String::as_str))?;
     let restore = clients::restore_consumer(config)?;
 
     let core = Arc::new(Mutex::new(Core {
@@ -216,7 +217,6 @@ pub(crate) fn run(index: usize, shared: Arc<Shared>, progress: &mut Progress) ->
     }));
 
     let consumer = clients::group_consumer(config, &instance, index, core.clone())?;
-    let topics = shared.topology.source_topics(&config.application_id);
     let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
     consumer
         .subscribe(&topic_refs)
