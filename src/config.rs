@@ -384,6 +384,16 @@ impl KeelConfig {
                 self.topics.partitions
             ));
         }
+        let role = self.streams.for_role("saga", &self.kafka);
+        if let Some(min) = role.min_commit_interval_ms {
+            let interval = role.commit_interval().as_millis();
+            if min == 0 || u128::from(min) > interval {
+                out.push(format!(
+                    "streams.min_commit_interval_ms = {min} must be greater than 0 and at most \
+                     streams.commit_interval_ms ({interval})"
+                ));
+            }
+        }
         let mut state = keel_state::StateConfig::with_dir(&self.streams.state_dir);
         self.streams.rocksdb.apply(&mut state);
         match state.validate() {
@@ -531,6 +541,23 @@ mod tests {
                 .expect_err("an arena block of 1 byte must be refused")
                 .to_string();
             assert!(err.contains("streams.rocksdb.arena_block_bytes"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn commits_on_drained_input_are_on_by_default_and_checked_against_the_interval() {
+        Jail::expect_with(|jail| {
+            let c = KeelConfig::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(
+                c.streams.for_role("saga", &c.kafka).min_commit_interval_ms,
+                Some(50)
+            );
+            jail.set_env("KEEL__STREAMS__COMMIT_INTERVAL_MS", "40");
+            let err = KeelConfig::load(None)
+                .expect_err("a minimum above the interval must be refused")
+                .to_string();
+            assert!(err.contains("streams.min_commit_interval_ms = 50"), "{err}");
             Ok(())
         });
     }
