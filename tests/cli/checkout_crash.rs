@@ -231,3 +231,21 @@ async fn kill_9_in_the_middle_of_200_checkouts_confirms_every_order_exactly_once
     assert!(status.success(), "keel run exited with {status}");
     run.clean_up(&stack, &name).await;
 }
+
+#[test]
+fn the_fixtures_ports_are_outside_the_kernels_ephemeral_range() {
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .expect("ip_local_port_range");
+    let mut bounds = range
+        .split_whitespace()
+        .map(|n| n.parse::<u16>().expect("a port"));
+    let (low, high) = (bounds.next().expect("low"), bounds.next().expect("high"));
+    for _ in 0..200 {
+        let port = common::free_port();
+        assert!(
+            !(low..=high).contains(&port),
+            "port {port} is in the ephemeral range {low}–{high}: an outgoing connection can take \
+             it while a restarted keel run waits to bind it"
+        );
+    }
+}

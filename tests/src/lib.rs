@@ -57,6 +57,26 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}_{:012x}", n & 0xffff_ffff_ffff)
 }
 
+/// Ports [`free_port`] hands out: below Linux's default ephemeral range (`ip_local_port_range`,
+/// 32768–60999), which the kernel draws outgoing connections' source ports from.
+pub const FIXTURE_PORTS: std::ops::Range<u16> = 20_000..32_768;
+
+/// A port nothing listens on, for a listener the test starts (and may restart). Not one the
+/// kernel would pick itself (`bind(0)`): a port from the ephemeral range can become the source
+/// port of an outgoing connection while its listener is down — even of a client retrying
+/// against it (TCP self-connect) — and the restarted server then cannot bind it (CI:
+/// "binding 127.0.0.1:34025: Address already in use" after tests/cli/checkout_crash.rs's
+/// `kill -9`).
+pub fn free_port() -> u16 {
+    for _ in 0..1_000 {
+        let port = FIXTURE_PORTS.start + rand::random::<u16>() % FIXTURE_PORTS.len() as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {FIXTURE_PORTS:?}")
+}
+
 /// How long a test waits for something that should happen within seconds on this stack.
 pub const PATIENCE: Duration = Duration::from_secs(60);
 

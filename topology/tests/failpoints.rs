@@ -7,14 +7,11 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use fail::FailScenario;
 use keel_state::StateConfig;
-use keel_tests::kafka::create_topics;
-use keel_tests::topics::TopicCleanup;
-use keel_tests::{Stack, unique};
+use keel_tests::Stack;
 use keel_topology::runtime::faults;
 use keel_topology::{KafkaStreams, StreamsConfig, StreamsHandle};
 use rdkafka::ClientConfig;
@@ -26,41 +23,12 @@ fn bootstrap() -> String {
     Stack::from_env().kafka_bootstrap
 }
 
-struct Run {
-    app: String,
-    input: String,
-    output: String,
-    dir: PathBuf,
-    /// Deletes the input, the output and the application's internal topics on drop.
-    _topics: TopicCleanup,
-}
-
-impl Drop for Run {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
+/// The test's names; its methods below produce, start and read.
+type Run = common::Names;
 
 impl Run {
     fn new(tag: &str) -> Self {
-        let (app, input, output) = (
-            unique(&format!("fp_{tag}_app")),
-            unique(&format!("fp_{tag}_in")),
-            unique(&format!("fp_{tag}_out")),
-        );
-        let r = Run {
-            _topics: TopicCleanup::new(bootstrap())
-                .topics([&input, &output])
-                .prefix(format!("{app}-")),
-            app,
-            input,
-            output,
-            dir: std::env::temp_dir().join(unique(&format!("keel_fp_{tag}"))),
-        };
-        runtime()
-            .block_on(create_topics(&bootstrap(), &[&r.input, &r.output], 2))
-            .expect("topics");
-        r
+        common::names(&bootstrap(), &format!("fp_{tag}"), 2)
     }
 
     fn produce(&self, records: &[(String, i64)]) {

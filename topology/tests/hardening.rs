@@ -21,50 +21,14 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
 
-use common::{by_key, runtime};
+use common::{Names, by_key, runtime};
 
 fn bootstrap() -> String {
     Stack::from_env().kafka_bootstrap
 }
 
-struct Names {
-    app: String,
-    input: String,
-    output: String,
-    dir: PathBuf,
-    /// Deletes the input, the output and the application's internal topics on drop.
-    _topics: TopicCleanup,
-}
-
-impl Drop for Names {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 fn names(tag: &str, partitions: i32) -> Names {
-    let (app, input, output) = (
-        unique(&format!("{tag}_app")),
-        unique(&format!("{tag}_in")),
-        unique(&format!("{tag}_out")),
-    );
-    let n = Names {
-        _topics: TopicCleanup::new(bootstrap())
-            .topics([&input, &output])
-            .prefix(format!("{app}-")),
-        app,
-        input,
-        output,
-        dir: std::env::temp_dir().join(unique(&format!("keel_{tag}"))),
-    };
-    runtime()
-        .block_on(create_topics(
-            &bootstrap(),
-            &[&n.input, &n.output],
-            partitions,
-        ))
-        .expect("topics");
-    n
+    common::names(&bootstrap(), tag, partitions)
 }
 
 fn config(n: &Names, dir: &Path) -> StreamsConfig {

@@ -4,9 +4,9 @@
 
 mod common;
 
-use common::{by_key, runtime};
+use common::{Names, by_key, runtime};
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -28,38 +28,8 @@ fn bootstrap() -> String {
     Stack::from_env().kafka_bootstrap
 }
 
-struct Names {
-    app: String,
-    input: String,
-    output: String,
-    dir: PathBuf,
-    /// Deletes the input, the output and the application's internal topics on drop.
-    _topics: TopicCleanup,
-}
-
 fn names(tag: &str, partitions: i32) -> Names {
-    let (app, input, output) = (
-        unique(&format!("{tag}_app")),
-        unique(&format!("{tag}_in")),
-        unique(&format!("{tag}_out")),
-    );
-    let n = Names {
-        _topics: TopicCleanup::new(bootstrap())
-            .topics([&input, &output])
-            .prefix(format!("{app}-")),
-        app,
-        input,
-        output,
-        dir: std::env::temp_dir().join(unique(&format!("keel_{tag}"))),
-    };
-    runtime()
-        .block_on(create_topics(
-            &bootstrap(),
-            &[&n.input, &n.output],
-            partitions,
-        ))
-        .expect("topics");
-    n
+    common::names(&bootstrap(), tag, partitions)
 }
 
 fn produce(topic: &str, records: &[(&str, Vec<u8>)]) {

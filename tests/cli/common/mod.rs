@@ -59,12 +59,7 @@ impl Drop for ConnectorsGuard {
     }
 }
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
+pub use keel_tests::free_port;
 
 pub struct Run {
     pub env: Vec<(String, String)>,

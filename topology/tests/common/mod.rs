@@ -422,3 +422,48 @@ pub fn assert_changelog_follows(
         );
     }
 }
+
+/// A test's own names: an application id, input and output topics and a state directory. The
+/// topics (and the application's internal `<app>-*` ones) are deleted and the directory removed
+/// when it drops.
+pub struct Names {
+    pub app: String,
+    pub input: String,
+    pub output: String,
+    pub dir: std::path::PathBuf,
+    _topics: keel_tests::topics::TopicCleanup,
+}
+
+impl Drop for Names {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Random names tagged `tag` on the broker at `bootstrap`, with the input and output topics
+/// created with `partitions` partitions.
+pub fn names(bootstrap: &str, tag: &str, partitions: i32) -> Names {
+    use keel_tests::unique;
+    let (app, input, output) = (
+        unique(&format!("{tag}_app")),
+        unique(&format!("{tag}_in")),
+        unique(&format!("{tag}_out")),
+    );
+    let n = Names {
+        _topics: keel_tests::topics::TopicCleanup::new(bootstrap)
+            .topics([&input, &output])
+            .prefix(format!("{app}-")),
+        app,
+        input,
+        output,
+        dir: std::env::temp_dir().join(unique(&format!("keel_{tag}"))),
+    };
+    runtime()
+        .block_on(keel_tests::kafka::create_topics(
+            bootstrap,
+            &[&n.input, &n.output],
+            partitions,
+        ))
+        .expect("topics");
+    n
+}

@@ -273,14 +273,14 @@ fn is_kafka_lib(dir: &Path) -> bool {
     })
 }
 
-/// Two distinct free ports on 127.0.0.1 (both held until both are known).
+/// Two distinct free ports on 127.0.0.1, outside the kernel's ephemeral range (the broker is
+/// restarted on them while clients keep reconnecting: [`keel_tests::free_port`]).
 fn free_ports() -> (u16, u16) {
-    let a = TcpListener::bind("127.0.0.1:0").expect("a free port");
-    let b = TcpListener::bind("127.0.0.1:0").expect("a free port");
-    (
-        a.local_addr().expect("port").port(),
-        b.local_addr().expect("port").port(),
-    )
+    let a = keel_tests::free_port();
+    let held = TcpListener::bind(("127.0.0.1", a)).expect("the first port");
+    let b = keel_tests::free_port();
+    drop(held);
+    (a, b)
 }
 
 /// A KRaft cluster id: 16 random bytes in URL-safe base64 without padding (22 characters).
