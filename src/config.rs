@@ -546,13 +546,14 @@ mod tests {
     }
 
     #[test]
-    fn commits_on_drained_input_are_on_by_default_and_checked_against_the_interval() {
+    fn commits_on_drained_input_are_off_by_default_and_checked_against_the_interval() {
         Jail::expect_with(|jail| {
             let c = KeelConfig::load(None).map_err(|e| e.to_string())?;
             assert_eq!(
                 c.streams.for_role("saga", &c.kafka).min_commit_interval_ms,
-                Some(50)
+                None
             );
+            jail.set_env("KEEL__STREAMS__MIN_COMMIT_INTERVAL_MS", "50");
             jail.set_env("KEEL__STREAMS__COMMIT_INTERVAL_MS", "40");
             let err = KeelConfig::load(None)
                 .expect_err("a minimum above the interval must be refused")
