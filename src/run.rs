@@ -244,7 +244,51 @@ pub async fn create_topics(config: &KeelConfig, topics: &[&str]) -> anyhow::Resu
             Err((topic, code)) => anyhow::bail!("cannot create topic {topic}: {code}"),
         }
     }
-    Ok(())
+    let names: Vec<String> = topics.iter().map(|t| (*t).to_owned()).collect();
+    tokio::task::spawn_blocking(move || wait_until_listed(&admin, &names, TOPICS_LISTED_WITHIN))
+        .await?
+}
+
+/// How long [`create_topics`] waits for the broker to list what it created.
+const TOPICS_LISTED_WITHIN: Duration = Duration::from_secs(30);
+
+/// Waits until the broker's metadata lists every topic of `names` with a leader for each
+/// partition. A consumer that subscribes to a topic its broker does not list yet leaves it out
+/// of its assignment until its next periodic metadata refresh (librdkafka's
+/// `topic.metadata.refresh.interval.ms`, 5 minutes): a role started right after the topics
+/// were created could miss one of its inputs for that long.
+fn wait_until_listed(
+    admin: &AdminClient<DefaultClientContext>,
+    names: &[String],
+    within: Duration,
+) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let metadata = admin
+            .inner()
+            .fetch_metadata(None, within)
+            .context("reading the topics' metadata")?;
+        let missing: Vec<&str> = names
+            .iter()
+            .map(String::as_str)
+            .filter(|name| {
+                !metadata.topics().iter().any(|t| {
+                    t.name() == *name
+                        && t.error().is_none()
+                        && !t.partitions().is_empty()
+                        && t.partitions().iter().all(|p| p.leader() >= 0)
+                })
+            })
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the broker did not list {missing:?} within {within:?} of creating them"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// Starts a stream application off the async runtime (its start talks to the broker).
