@@ -6,6 +6,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use keel_state::{StoreKind, TaskState};
+use rustc_hash::FxHashMap;
 
 use crate::error::{Action, Error, ProcessError, Result};
 use crate::processor::{
@@ -86,13 +87,16 @@ pub struct StreamTask {
     policy: BadRecordPolicy,
     output: Vec<OutRecord>,
     counters: TaskCounters,
-    /// Resolved topic → the source node of this task that reads it.
-    sources: HashMap<String, usize>,
+    /// Resolved topic → the source node of this task that reads it (looked up per record).
+    sources: FxHashMap<String, usize>,
     /// Partition counts of the topics sinks write to (for custom partitioners).
     sink_partitions: Arc<HashMap<String, i32>>,
     /// Per node since the last `take_node_counts`: records handed in, records forwarded.
     node_in: Vec<u64>,
     node_out: Vec<u64>,
+    /// What the running processor forwards, reused from record to record (empty between
+    /// processor calls).
+    forwarded: Vec<(usize, Payload)>,
 }
 
 impl std::fmt::Debug for StreamTask {
@@ -132,7 +136,7 @@ impl StreamTask {
         stores.sort_unstable();
         stores.dedup();
         let graph_len = graph.nodes.len();
-        let mut sources = HashMap::new();
+        let mut sources = FxHashMap::default();
         for (i, node) in graph.nodes.iter().enumerate() {
             if let NodeKind::Source { topics, .. } = &node.kind
                 && node.sub_topology == id.sub_topology
@@ -175,6 +179,7 @@ impl StreamTask {
             sink_partitions,
             node_in: vec![0; graph_len],
             node_out: vec![0; graph_len],
+            forwarded: Vec::new(),
         })
     }
 
@@ -268,13 +273,13 @@ impl StreamTask {
         let meta = raw.meta();
         // A source hands the decoded record to each child; extra children get their own
         // decode rather than requiring Clone of every record type.
-        let children = self.graph.children(source).to_vec();
-        let mut emitted = Vec::with_capacity(children.len());
+        let children = self.graph.children(source).len();
+        let mut emitted = Vec::with_capacity(children);
         // At least one decode, so a source with no children still checks its input.
-        for i in 0..children.len().max(1) {
+        for i in 0..children.max(1) {
             match decode(raw) {
                 Ok(payload) => {
-                    if let Some(&child) = children.get(i) {
+                    if let Some(&child) = self.graph.children(source).get(i) {
                         emitted.push((child, payload));
                     }
                 }
@@ -426,17 +431,17 @@ impl StreamTask {
                             self.id
                         )));
                     };
-                    let mut out = Vec::new();
+                    let mut out = std::mem::take(&mut self.forwarded);
                     let result = {
                         let mut ctx = self.context(node, meta, &mut out, wall_clock);
                         processor.process(&mut ctx, payload)
                     };
                     self.processors[node] = Some(processor);
+                    self.node_out[node] += if result.is_ok() { out.len() as u64 } else { 0 };
+                    queue.extend(out.drain(..));
+                    self.forwarded = out;
                     match result {
-                        Ok(()) => {
-                            self.node_out[node] += out.len() as u64;
-                            queue.extend(out);
-                        }
+                        Ok(()) => {}
                         Err(NodeFailure::WrongType { expected }) => {
                             return Err(Error::TypeMismatch {
                                 node: self.graph.node_name(node).to_owned(),
@@ -563,6 +568,13 @@ impl StreamTask {
     /// Takes the records produced since the last call (outputs, repartition, dead letters).
     pub(crate) fn take_output(&mut self) -> Vec<OutRecord> {
         std::mem::take(&mut self.output)
+    }
+
+    /// Like [`take_output`](Self::take_output), into `into` (emptied first), leaving `into`'s
+    /// old buffer to the task: with two buffers swapped per record, neither is reallocated.
+    pub(crate) fn swap_output(&mut self, into: &mut Vec<OutRecord>) {
+        into.clear();
+        std::mem::swap(&mut self.output, into);
     }
 
     /// The transaction aborted: drop unsent output and pending store writes, and roll stream

@@ -56,8 +56,17 @@ fn lag(end: i64, committed_or_log_start: i64) -> i64 {
 }
 
 impl Core {
-    /// Per-processor record counts since the last commit, into the metrics.
+    /// Per-processor record counts since the last commit, and the thread-local per-record
+    /// metrics (records in and out, record age, processing time), into the metrics.
     pub(super) fn export_counts(&mut self) {
+        for (records_in, age) in self.topic_metrics.values() {
+            records_in.flush();
+            age.flush();
+        }
+        for records_out in self.records_out.values() {
+            records_out.flush();
+        }
+        self.process_latency.flush();
         let metrics = &self.shared.metrics;
         for task in self.tasks.values_mut() {
             for (name, n_in, n_out) in task.take_node_counts() {

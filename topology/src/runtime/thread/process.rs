@@ -4,7 +4,7 @@
 //! from. Also the conversion of a polled Kafka message into a [`RawRecord`].
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use rdkafka::message::{Headers as _, Message};
 
@@ -38,9 +38,10 @@ impl Core {
             ))
         })?;
         let coordinates = (raw.topic.clone(), raw.partition, raw.offset);
-        let shared = self.shared.clone();
-        let mut poison = poisoned(&shared);
-        let output = if let Some(refused) = poison.refused.get_mut(&coordinates) {
+        let mut output = std::mem::take(&mut self.output);
+        output.clear();
+        let mut poison = poisoned(&self.shared);
+        if let Some(refused) = poison.refused.get_mut(&coordinates) {
             // Its output was refused in an earlier (aborted) try: the record leaves no trace
             // but its dead-letter copy, or the application stops, as for bad input.
             if task.policy() == BadRecordPolicy::Stop || refused.dead_lettered {
@@ -71,12 +72,13 @@ impl Core {
                 output = %refused.topic, error = %refused.reason,
                 "the broker refused this record's output; dead-lettering the record"
             );
-            vec![task.dead_letter(
+            output.push(task.dead_letter(
                 &raw,
                 format!("sink to {}", refused.topic),
                 format!("output refused by the broker: {}", refused.reason),
                 wall,
-            )]
+            ));
+            drop(poison);
         } else {
             drop(poison);
             if let Err(e) = task.process(&raw, wall) {
@@ -86,28 +88,29 @@ impl Core {
                 }
                 return Err(e);
             }
-            task.take_output()
-        };
+            task.swap_output(&mut output);
+        }
         let metrics = &self.shared.metrics;
         let (records_in, age) = self
             .topic_metrics
             .entry(raw.topic.clone())
             .or_insert_with(|| {
                 (
-                    metrics.records_in.with_label_values(&[&raw.topic]),
-                    metrics.end_to_end.with_label_values(&[&raw.topic]),
+                    metrics.records_in.with_label_values(&[&raw.topic]).local(),
+                    metrics.end_to_end.with_label_values(&[&raw.topic]).local(),
                 )
             });
         records_in.inc();
         if raw.timestamp > 0 {
             age.observe((wall - raw.timestamp).max(0) as f64 / 1000.0);
         }
-        metrics
-            .process_latency
+        self.process_latency
             .observe(started.elapsed().as_secs_f64());
         self.origins.push(coordinates);
         let origin = self.origins.len();
-        self.send_all(&output, origin)?;
+        let sent = self.send_all(&output, origin);
+        self.output = output;
+        sent?;
         // The record's store writes go out now, not at the commit: the commit then only waits
         // for what is still in flight. (The stores keep them pending until the commit; an
         // abort discards both.)
@@ -146,7 +149,8 @@ impl Core {
                             .shared
                             .metrics
                             .records_out
-                            .with_label_values(&[&out.topic]);
+                            .with_label_values(&[&out.topic])
+                            .local();
                         counter.inc();
                         self.records_out.insert(out.topic.clone(), counter);
                     }
@@ -179,7 +183,7 @@ impl Core {
         }
         self.send_all(&output, 0)?;
         self.send_changelog(None, now)?;
-        self.producer.poll(Duration::ZERO);
+        kafka::serve_delivery_reports(&self.producer);
         Ok(())
     }
 }

@@ -70,7 +70,7 @@ fn txn_action(error: &KafkaError) -> TxnAction {
 
 /// The changelog topic of `store`, resolved once per store name.
 fn changelog_topic<'a>(
-    topics: &'a mut HashMap<Arc<str>, String>,
+    topics: &'a mut rustc_hash::FxHashMap<Arc<str>, String>,
     env: &keel_state::StoreEnv,
     store: &str,
 ) -> &'a str {
@@ -250,6 +250,7 @@ impl Core {
         }
         let offsets_sent = started.elapsed();
         faults::check(faults::AFTER_OFFSETS)?;
+        let in_flight = self.producer.in_flight_count();
         kafka::flush(&self.producer, KAFKA_TIMEOUT)?;
         let flushed = started.elapsed();
         if let Some(failure) = self.producer.context().take_failure() {
@@ -270,6 +271,7 @@ impl Core {
             thread = self.index,
             changelog_sent_ms = sent.as_millis() as u64,
             offsets_sent_ms = offsets_sent.as_millis() as u64,
+            in_flight_at_flush = in_flight,
             flushed_ms = flushed.as_millis() as u64,
             committed_ms = started.elapsed().as_millis() as u64,
             "committed"
@@ -376,7 +378,7 @@ impl Core {
                             timestamp,
                             headers: &no_headers,
                         },
-                        0,
+                        kafka::CHANGELOG,
                     )
                 })?;
             }
