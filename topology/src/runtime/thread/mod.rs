@@ -139,6 +139,10 @@ struct Core {
     changelog_topics: FxHashMap<Arc<str>, String>,
     /// When wall-clock punctuators were last checked.
     last_wall_check: Instant,
+    /// The wall clock (epoch ms) as read at an instant, at most [`WALL_CLOCK_CHECK`] ago: a
+    /// record's wall-clock time is derived from it and the instant its step began
+    /// ([`Core::wall_ms`]), so a record costs two clock reads, not five.
+    wall_base: (Instant, i64),
     /// Last committed position per owned input partition (`None`: nothing committed yet).
     committed: HashMap<(String, i32), Option<i64>>,
     /// Partitions assigned by the last rebalance whose tasks are not set up yet.
@@ -214,6 +218,7 @@ pub(crate) fn run(index: usize, shared: Arc<Shared>, progress: &mut Progress) ->
         topic_names: Vec::new(),
         changelog_topics: FxHashMap::default(),
         last_wall_check: Instant::now(),
+        wall_base: (Instant::now(), now_ms()),
         committed: HashMap::new(),
         pending_assign: Vec::new(),
         corrupt: Vec::new(),
@@ -320,7 +325,35 @@ fn run_loop(consumer: &GroupConsumer, core: &Mutex<Core>) -> Result<()> {
     Ok(())
 }
 
+/// How long the next poll may wait for input: [`IDLE_POLL`] with nothing to commit; with work
+/// to commit, only until its commit is due: `commit_interval`, or with commits on drained input
+/// on ([`StreamsConfig::min_commit_interval_ms`]) `min_commit_interval`, after the last commit
+/// (`since_commit` ago), so a poll that comes back empty then means the input ran dry.
+/// Waiting the whole [`IDLE_POLL`] instead held a due commit until the next input arrived.
+fn poll_wait_for(
+    commit_interval: Duration,
+    min_commit_interval: Option<Duration>,
+    uncommitted: bool,
+    since_commit: Duration,
+) -> Duration {
+    if !uncommitted {
+        return IDLE_POLL;
+    }
+    min_commit_interval
+        .unwrap_or(commit_interval)
+        .saturating_sub(since_commit)
+        .min(IDLE_POLL)
+}
+
 impl Core {
+    /// The wall-clock time (epoch ms) at `now`, from the last reading of the wall clock (at
+    /// most [`WALL_CLOCK_CHECK`] old, so a step of the system clock shows within that).
+    fn wall_ms(&self, now: Instant) -> i64 {
+        let (at, wall) = self.wall_base;
+        let since = i64::try_from(now.saturating_duration_since(at).as_millis()).unwrap_or(0);
+        wall.saturating_add(since)
+    }
+
     fn eos(&self) -> bool {
         self.shared.config.processing_guarantee == Guarantee::ExactlyOnce
     }
@@ -330,17 +363,14 @@ impl Core {
         self.dirty || !self.positions.is_empty()
     }
 
-    /// How long the next poll may wait for input: [`IDLE_POLL`], or, with commits on drained
-    /// input on ([`StreamsConfig::min_commit_interval_ms`]) and work to commit, only until
-    /// such a commit is allowed — so a poll that comes back empty after it means the input
-    /// ran dry.
+    /// How long the next poll may wait for input ([`poll_wait_for`]).
     fn poll_wait(&self) -> Duration {
-        match self.shared.config.min_commit_interval() {
-            Some(min) if self.has_uncommitted() => min
-                .saturating_sub(self.last_commit.elapsed())
-                .min(IDLE_POLL),
-            _ => IDLE_POLL,
-        }
+        poll_wait_for(
+            self.shared.config.commit_interval(),
+            self.shared.config.min_commit_interval(),
+            self.has_uncommitted(),
+            self.last_commit.elapsed(),
+        )
     }
 
     /// A poll came back empty: commit now if commits on drained input are on, there is work
@@ -384,6 +414,7 @@ impl Core {
             matches!(&polled, Some(Ok(m)) if self.is_restoring(m.topic(), m.partition()));
         let drained = matches!(&polled, None | Some(Err(KafkaError::PartitionEOF(_))));
         self.restore_slice(consumer)?;
+        let now = Instant::now();
         match polled {
             Some(Ok(_)) if held_back => {
                 // Fetched before its partition was paused: the seek when the task starts
@@ -404,7 +435,7 @@ impl Core {
                     self.unprocessed = None;
                     before?;
                 }
-                self.process(raw)?;
+                self.process(raw, now)?;
                 if suspect {
                     self.commit(consumer)?;
                 }
@@ -436,8 +467,9 @@ impl Core {
                 tracing::warn!(thread = self.index, error = %e, "consumer error");
             }
         }
-        self.punctuate_wall_clock()?;
-        if self.last_commit.elapsed() >= interval || (drained && self.commit_on_drained_input_due())
+        self.punctuate_wall_clock(now)?;
+        if now.saturating_duration_since(self.last_commit) >= interval
+            || (drained && self.commit_on_drained_input_due())
         {
             self.commit(consumer)?;
         }
@@ -453,5 +485,46 @@ impl Core {
             thread: self.index,
             reason,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn with_work_to_commit_a_poll_waits_only_until_the_commit_is_due() {
+        assert_eq!(poll_wait_for(100 * MS, None, true, 95 * MS), 5 * MS);
+        assert_eq!(
+            poll_wait_for(100 * MS, None, true, 130 * MS),
+            Duration::ZERO
+        );
+        assert_eq!(
+            poll_wait_for(1_000 * MS, None, true, Duration::ZERO),
+            IDLE_POLL
+        );
+    }
+
+    #[test]
+    fn with_nothing_to_commit_a_poll_waits_the_idle_poll() {
+        assert_eq!(poll_wait_for(100 * MS, None, false, 95 * MS), IDLE_POLL);
+        assert_eq!(
+            poll_wait_for(100 * MS, Some(20 * MS), false, 95 * MS),
+            IDLE_POLL
+        );
+    }
+
+    #[test]
+    fn with_commits_on_drained_input_a_poll_waits_until_that_commit_is_allowed() {
+        assert_eq!(
+            poll_wait_for(100 * MS, Some(20 * MS), true, 5 * MS),
+            15 * MS
+        );
+        assert_eq!(
+            poll_wait_for(100 * MS, Some(20 * MS), true, 25 * MS),
+            Duration::ZERO
+        );
     }
 }

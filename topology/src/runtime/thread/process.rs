@@ -17,7 +17,9 @@ use crate::task::{self, BadRecordPolicy};
 use crate::topology::TaskId;
 
 impl Core {
-    pub(super) fn process(&mut self, raw: RawRecord) -> Result<()> {
+    /// Runs `raw` through its task; `started` is when this loop turn began (its processing
+    /// time and wall-clock time are taken from it).
+    pub(super) fn process(&mut self, raw: RawRecord, started: Instant) -> Result<()> {
         let Some(&sub) = self.shared.topic_subs.get(&*raw.topic) else {
             return Err(Error::Topology(format!(
                 "no sub-topology reads {:?}",
@@ -29,8 +31,7 @@ impl Core {
             partition: raw.partition,
         };
         self.begin()?;
-        let started = Instant::now();
-        let wall = now_ms();
+        let wall = self.wall_ms(started);
         let task = self.tasks.get_mut(&id).ok_or_else(|| {
             Error::Topology(format!(
                 "record from {}/{} but task {id} is not set up",
@@ -104,8 +105,11 @@ impl Core {
         if raw.timestamp > 0 {
             age.observe((wall - raw.timestamp).max(0) as f64 / 1000.0);
         }
-        self.process_latency
-            .observe(started.elapsed().as_secs_f64());
+        self.process_latency.observe(
+            Instant::now()
+                .saturating_duration_since(started)
+                .as_secs_f64(),
+        );
         self.origins.push(coordinates);
         let origin = self.origins.len();
         let sent = self.send_all(&output, origin);
@@ -163,13 +167,20 @@ impl Core {
         Ok(())
     }
 
-    pub(super) fn punctuate_wall_clock(&mut self) -> Result<()> {
-        if self.tasks.is_empty() || self.last_wall_check.elapsed() < WALL_CLOCK_CHECK {
+    /// Every [`WALL_CLOCK_CHECK`] (`now` is when this loop turn began): reads the wall clock
+    /// ([`Core::wall_ms`] derives from it) and runs the wall-clock punctuators that are due.
+    pub(super) fn punctuate_wall_clock(&mut self, now: Instant) -> Result<()> {
+        if now.saturating_duration_since(self.last_wall_check) < WALL_CLOCK_CHECK {
             return Ok(());
         }
-        self.last_wall_check = Instant::now();
+        self.last_wall_check = now;
+        let wall = now_ms();
+        self.wall_base = (now, wall);
+        if self.tasks.is_empty() {
+            return Ok(());
+        }
         self.begin()?;
-        let now = now_ms();
+        let now = wall;
         let mut output = Vec::new();
         for (id, task) in self.tasks.iter_mut() {
             if let Err(e) = task.punctuate(PunctuationType::WallClock, now, now) {
