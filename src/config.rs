@@ -324,6 +324,17 @@ fn default_replication() -> u32 {
 }
 
 impl KeelConfig {
+    /// The payment service's consumer group: `[payment].group_id`, or
+    /// `<streams.application_id>-payment` while it is left at its default (so two applications
+    /// on one cluster do not share it). Its dead letters go to `<group>-dlq`.
+    pub fn payment_group_id(&self) -> String {
+        if self.payment.group_id == keel_processors::payment::PaymentConfig::default().group_id {
+            format!("{}-payment", self.streams.application_id)
+        } else {
+            self.payment.group_id.clone()
+        }
+    }
+
     /// Defaults, then `file` (if given), then the environment; then validate.
     pub fn load(file: Option<&Path>) -> anyhow::Result<Self> {
         Self::from_figment(Self::figment(file))

@@ -84,12 +84,7 @@ pub fn keel_groups(config: &KeelConfig) -> Vec<String> {
         .collect();
     out.insert(format!("{app}-order-sink"));
     out.insert(format!("{app}-cassandra-sink"));
-    let payment = &config.payment.group_id;
-    if *payment == keel_processors::payment::PaymentConfig::default().group_id {
-        out.insert(format!("{app}-payment"));
-    } else {
-        out.insert(payment.clone());
-    }
+    out.insert(config.payment_group_id());
     out.into_iter().collect()
 }
 

@@ -214,6 +214,15 @@ pub async fn ensure_topics(config: &KeelConfig) -> anyhow::Result<()> {
         names.push(cdc.carts);
         names.push(cdc.cart_items);
     }
+    // The plain consumers' dead letters (`<group id>-dlq`, `keel_processors::dead_letter`).
+    let app = &config.streams.application_id;
+    for group in [
+        format!("{app}-order-sink"),
+        format!("{app}-cassandra-sink"),
+        config.payment_group_id(),
+    ] {
+        names.push(keel_processors::dead_letter::topic_for(&group));
+    }
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
     create_topics(config, &names).await
 }
@@ -421,13 +430,27 @@ pub async fn start_stream_roles(
             .await
             .with_context(|| "migrating the inventory keyspace (cassandra.keyspace)")?;
         let bootstrap = config.kafka.bootstrap_servers.clone();
+        let dead_letters = keel_processors::dead_letter::DeadLetters::new(
+            &bootstrap,
+            &config.kafka.client,
+            &sink_config.group_id,
+            "cassandra-sink",
+            &running.registry,
+        )?;
         let codec = codec.clone();
         let shutdown = running.shutdown.clone();
         let names = names.clone();
         running.tasks.spawn(async move {
-            let result =
-                inventory::sink::run(&bootstrap, &names, codec, session, sink_config, shutdown)
-                    .await;
+            let result = inventory::sink::run(
+                &bootstrap,
+                &names,
+                codec,
+                session,
+                sink_config,
+                dead_letters,
+                shutdown,
+            )
+            .await;
             ("cassandra sink", result.map_err(anyhow::Error::from))
         });
     }
@@ -540,9 +563,24 @@ pub async fn start_service_roles(
         let group = format!("{app}-order-sink");
         let names = names.clone();
         let settings = member_settings(config, "order-sink");
+        let dead_letters = keel_processors::dead_letter::DeadLetters::new(
+            &bootstrap,
+            &config.kafka.client,
+            &group,
+            "order-sink",
+            &running.registry,
+        )?;
         running.tasks.spawn(async move {
             let result = keel_processors::orders::run_order_sink_with(
-                &bootstrap, &group, &topic, &names, &settings, codec, pool, shutdown,
+                &bootstrap,
+                &group,
+                &topic,
+                &names,
+                &settings,
+                codec,
+                pool,
+                dead_letters,
+                shutdown,
             )
             .await;
             ("order sink", result.map_err(anyhow::Error::from))
@@ -553,9 +591,7 @@ pub async fn start_service_roles(
         payment.authorized_topic = names.name(topics::PAYMENT_AUTHORIZED);
         payment.failed_topic = names.name(topics::PAYMENT_FAILED);
         payment.refunded_topic = names.name(topics::PAYMENT_REFUNDED);
-        if payment.group_id == keel_processors::payment::PaymentConfig::default().group_id {
-            payment.group_id = format!("{app}-payment");
-        }
+        payment.group_id = config.payment_group_id();
         for (k, v) in member_settings(config, "payment") {
             payment.client.entry(k).or_insert(v);
         }

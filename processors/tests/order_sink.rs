@@ -11,10 +11,13 @@ use keel_avro::records::{
     OrderStatusChanged, ShippingAddress,
 };
 use keel_avro::{Codec, RegistryConfig};
+use keel_processors::dead_letter::{self, DeadLetters};
 use keel_processors::orders::{self, Applied};
 use keel_tests::topics::TopicCleanup;
 use keel_tests::{PATIENCE, Stack, unique};
+use keel_topology::dlq_headers;
 use rdkafka::ClientConfig;
+use rdkafka::message::{Header, Headers as _, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use sqlx::mysql::MySqlPoolOptions;
 use sqlx::{AssertSqlSafe, MySqlPool};
@@ -170,6 +173,13 @@ async fn run_sink_until(
         topic.to_owned(),
     );
     let (codec, sink_pool, stop) = (codec.clone(), pool.clone(), shutdown.clone());
+    let dead_letters = DeadLetters::new(
+        &bootstrap,
+        &Default::default(),
+        &group,
+        "order-sink",
+        &prometheus::Registry::new(),
+    )?;
     let sink = tokio::spawn(async move {
         orders::run_order_sink(
             &bootstrap,
@@ -178,6 +188,7 @@ async fn run_sink_until(
             &keel_processors::topics::Topics::default(),
             codec,
             sink_pool,
+            dead_letters,
             stop,
         )
         .await
@@ -527,4 +538,399 @@ async fn a_batch_applies_each_decision_in_one_transaction_despite_duplicates_and
     .await;
     db.drop_db().await;
     result.unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undecodable_record_is_dead_lettered_with_why_and_where_and_the_next_is_applied()
+-> anyhow::Result<()> {
+    let stack = Stack::from_env();
+    let db = TestDb::create(&stack).await?;
+    let result = AssertUnwindSafe(dead_letter_scenario(&stack, &db.pool))
+        .catch_unwind()
+        .await;
+    db.drop_db().await;
+    result.unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+}
+
+async fn dead_letter_scenario(stack: &Stack, pool: &MySqlPool) -> anyhow::Result<()> {
+    let codec = codec(stack)?;
+    let bootstrap = stack.kafka_bootstrap.clone();
+    let topic = unique("order_decisions");
+    let group = unique("order_sink");
+    let dlq = dead_letter::topic_for(&group);
+    assert_eq!(dlq, format!("{group}-dlq"));
+    let _topics = TopicCleanup::new(bootstrap.as_str())
+        .topic(&topic)
+        .topic(&dlq);
+    // One partition, so the decision written after the bad record proves it was passed.
+    keel_tests::kafka::create_topics(&bootstrap, &[&topic, &dlq], 1).await?;
+
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("enable.idempotence", "true")
+        .create()?;
+    // Not Confluent-framed Avro (no magic byte 0): the input's fault.
+    let bad: &[u8] = b"{\"order_id\": \"not avro\"}";
+    let delivered = producer
+        .send(
+            FutureRecord::to(&topic)
+                .key("bad-key")
+                .payload(bad)
+                .headers(OwnedHeaders::new().insert(Header {
+                    key: "trace",
+                    value: Some("t-1"),
+                })),
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|(e, _)| e)?;
+    let (partition, offset) = (delivered.partition, delivered.offset);
+    let good_id = unique("order");
+    let good = decision(&good_id, &unique("cart"), 1, OrderDecisionStatus::Rejected);
+    produce(&producer, &codec, &topic, &good).await?;
+
+    let registry = prometheus::Registry::new();
+    let dead_letters = DeadLetters::new(
+        &bootstrap,
+        &Default::default(),
+        &group,
+        "order-sink",
+        &registry,
+    )?;
+    let shutdown = CancellationToken::new();
+    let sink = tokio::spawn({
+        let (bootstrap, group, topic) = (bootstrap.clone(), group.clone(), topic.clone());
+        let (codec, pool, stop, dead_letters) = (
+            codec.clone(),
+            pool.clone(),
+            shutdown.clone(),
+            dead_letters.clone(),
+        );
+        async move {
+            orders::run_order_sink(
+                &bootstrap,
+                &group,
+                &topic,
+                &keel_processors::topics::Topics::default(),
+                codec,
+                pool,
+                dead_letters,
+                stop,
+            )
+            .await
+        }
+    });
+    let waited = wait_for_order(pool, &good_id).await;
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(30), sink)
+        .await
+        .context("the sink did not stop after shutdown")???;
+    waited.context("the good decision after the bad record")?;
+    assert_eq!(
+        orders::order_status(pool, &good_id).await?.as_deref(),
+        Some("REJECTED")
+    );
+
+    let reader = keel_tests::kafka::consumer(&bootstrap, "read_committed")?;
+    let letters =
+        keel_tests::kafka::read_topic(&reader, &dlq, 1, PATIENCE, Duration::from_secs(2)).await?;
+    assert_eq!(letters.len(), 1, "dead letters on {dlq}: {letters:?}");
+    let letter = &letters[0];
+    assert_eq!(
+        letter.payload(),
+        Some(bad),
+        "the value is the bad record's bytes"
+    );
+    assert_eq!(letter.key(), Some(&b"bad-key"[..]));
+    let headers = letter.headers().context("the dead letter has headers")?;
+    let header = |name: &str| -> Option<String> {
+        headers
+            .iter()
+            .filter(|h| h.key == name)
+            .last()
+            .and_then(|h| h.value)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+    };
+    assert_eq!(
+        header("trace").as_deref(),
+        Some("t-1"),
+        "original headers kept"
+    );
+    assert_eq!(header(dlq_headers::SOURCE_TOPIC), Some(topic.clone()));
+    assert_eq!(
+        header(dlq_headers::SOURCE_PARTITION),
+        Some(partition.to_string())
+    );
+    assert_eq!(header(dlq_headers::SOURCE_OFFSET), Some(offset.to_string()));
+    assert_eq!(
+        header(dlq_headers::PROCESSOR).as_deref(),
+        Some("order-sink")
+    );
+    let source_timestamp: i64 = header(dlq_headers::SOURCE_TIMESTAMP)
+        .context("no source timestamp")?
+        .parse()?;
+    assert!(source_timestamp > 0, "source timestamp {source_timestamp}");
+    let why = header(dlq_headers::ERROR).context("no error header")?;
+    assert!(!why.is_empty(), "the error header says why");
+
+    assert_eq!(dead_letters.count(&topic), 1);
+    let exported: f64 = registry
+        .gather()
+        .iter()
+        .filter(|f| f.name() == dead_letter::METRIC)
+        .flat_map(|f| f.get_metric().iter())
+        .filter(|m| {
+            m.get_label()
+                .iter()
+                .any(|l| l.name() == "sink" && l.value() == "order-sink")
+                && m.get_label()
+                    .iter()
+                    .any(|l| l.name() == "topic" && l.value() == topic)
+        })
+        .map(|m| m.get_counter().value())
+        .sum();
+    assert!((exported - 1.0).abs() < f64::EPSILON, "exported {exported}");
+    Ok(())
+}
+
+/// Starts the sink over `topic` as group `group` with `dead_letters`, until `shutdown`.
+fn spawn_sink(
+    stack: &Stack,
+    topic: &str,
+    group: &str,
+    codec: &Codec,
+    pool: &MySqlPool,
+    dead_letters: DeadLetters,
+    shutdown: &CancellationToken,
+) -> tokio::task::JoinHandle<orders::Result<()>> {
+    let (bootstrap, group, topic) = (
+        stack.kafka_bootstrap.clone(),
+        group.to_owned(),
+        topic.to_owned(),
+    );
+    let (codec, pool, stop) = (codec.clone(), pool.clone(), shutdown.clone());
+    tokio::spawn(async move {
+        orders::run_order_sink(
+            &bootstrap,
+            &group,
+            &topic,
+            &keel_processors::topics::Topics::default(),
+            codec,
+            pool,
+            dead_letters,
+            stop,
+        )
+        .await
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_whose_dead_letter_is_not_acknowledged_is_retried_not_passed() -> anyhow::Result<()>
+{
+    let stack = Stack::from_env();
+    let db = TestDb::create(&stack).await?;
+    let result = AssertUnwindSafe(unacknowledged_scenario(&stack, &db.pool))
+        .catch_unwind()
+        .await;
+    db.drop_db().await;
+    result.unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+}
+
+async fn unacknowledged_scenario(stack: &Stack, pool: &MySqlPool) -> anyhow::Result<()> {
+    let codec = codec(stack)?;
+    let bootstrap = stack.kafka_bootstrap.clone();
+    let topic = unique("order_decisions");
+    let group = unique("order_sink");
+    let dlq = dead_letter::topic_for(&group);
+    let _topics = TopicCleanup::new(bootstrap.as_str())
+        .topic(&topic)
+        .topic(&dlq);
+    keel_tests::kafka::create_topics(&bootstrap, &[&topic, &dlq], 1).await?;
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("enable.idempotence", "true")
+        .create()?;
+    let bad: &[u8] = b"not avro";
+    let delivered = producer
+        .send(
+            FutureRecord::to(&topic).key("bad-key").payload(bad),
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|(e, _)| e)?;
+    let good_id = unique("order");
+    let good = decision(&good_id, &unique("cart"), 1, OrderDecisionStatus::Rejected);
+    produce(&producer, &codec, &topic, &good).await?;
+
+    // First run: the dead-letter producer reaches no broker (nothing listens on port 1), so no
+    // write is ever acknowledged.
+    let unreachable = DeadLetters::new(
+        "127.0.0.1:1",
+        &[("message.timeout.ms".to_owned(), "1000".to_owned())]
+            .into_iter()
+            .collect(),
+        &group,
+        "order-sink",
+        &prometheus::Registry::new(),
+    )?;
+    let shutdown = CancellationToken::new();
+    let sink = spawn_sink(
+        stack,
+        &topic,
+        &group,
+        &codec,
+        pool,
+        unreachable.clone(),
+        &shutdown,
+    );
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let applied_early = orders::order_status(pool, &good_id).await?;
+    let still_running = !sink.is_finished();
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(10), sink)
+        .await
+        .context("the sink did not stop promptly while retrying a dead letter")???;
+    assert_eq!(
+        applied_early, None,
+        "the decision after the bad record was applied: the bad record was passed over"
+    );
+    assert!(still_running, "the sink stopped instead of retrying");
+    assert_eq!(unreachable.count(&topic), 0);
+
+    // Second run, same group, a working dead-letter producer: the bad record was not committed
+    // past, so it is read again, dead-lettered, and the decision after it applied.
+    let registry = prometheus::Registry::new();
+    let dead_letters = DeadLetters::new(
+        &bootstrap,
+        &Default::default(),
+        &group,
+        "order-sink",
+        &registry,
+    )?;
+    let shutdown = CancellationToken::new();
+    let sink = spawn_sink(
+        stack,
+        &topic,
+        &group,
+        &codec,
+        pool,
+        dead_letters.clone(),
+        &shutdown,
+    );
+    let waited = wait_for_order(pool, &good_id).await;
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(30), sink)
+        .await
+        .context("the sink did not stop after shutdown")???;
+    waited.context("the good decision in the second run")?;
+    let reader = keel_tests::kafka::consumer(&bootstrap, "read_committed")?;
+    let letters =
+        keel_tests::kafka::read_topic(&reader, &dlq, 1, PATIENCE, Duration::from_secs(2)).await?;
+    let offsets: Vec<Option<String>> = letters
+        .iter()
+        .map(|m| {
+            m.headers().and_then(|h| {
+                h.iter()
+                    .filter(|h| h.key == dlq_headers::SOURCE_OFFSET)
+                    .last()
+                    .and_then(|h| h.value)
+                    .map(|v| String::from_utf8_lossy(v).into_owned())
+            })
+        })
+        .collect();
+    assert_eq!(offsets, [Some(delivered.offset.to_string())]);
+    assert_eq!(letters[0].payload(), Some(bad));
+    assert_eq!(dead_letters.count(&topic), 1);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decision_no_rows_can_be_made_of_is_dead_lettered_and_the_next_is_applied()
+-> anyhow::Result<()> {
+    let stack = Stack::from_env();
+    let db = TestDb::create(&stack).await?;
+    let result = AssertUnwindSafe(invalid_decision_scenario(&stack, &db.pool))
+        .catch_unwind()
+        .await;
+    db.drop_db().await;
+    result.unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+}
+
+async fn invalid_decision_scenario(stack: &Stack, pool: &MySqlPool) -> anyhow::Result<()> {
+    let codec = codec(stack)?;
+    let bootstrap = stack.kafka_bootstrap.clone();
+    let topic = unique("order_decisions");
+    let group = unique("order_sink");
+    let dlq = dead_letter::topic_for(&group);
+    let _topics = TopicCleanup::new(bootstrap.as_str())
+        .topic(&topic)
+        .topic(&dlq);
+    keel_tests::kafka::create_topics(&bootstrap, &[&topic, &dlq], 1).await?;
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("enable.idempotence", "true")
+        .create()?;
+    // Decodes, but no row can be made of it (sequence 0): the input's fault. Both records are
+    // in the topic before the sink starts, so they usually share a batch.
+    let invalid_id = unique("order");
+    let invalid = decision(
+        &invalid_id,
+        &unique("cart"),
+        0,
+        OrderDecisionStatus::Rejected,
+    );
+    produce(&producer, &codec, &topic, &invalid).await?;
+    let good_id = unique("order");
+    let good = decision(&good_id, &unique("cart"), 1, OrderDecisionStatus::Rejected);
+    produce(&producer, &codec, &topic, &good).await?;
+
+    let dead_letters = DeadLetters::new(
+        &bootstrap,
+        &Default::default(),
+        &group,
+        "order-sink",
+        &prometheus::Registry::new(),
+    )?;
+    let shutdown = CancellationToken::new();
+    let sink = spawn_sink(
+        stack,
+        &topic,
+        &group,
+        &codec,
+        pool,
+        dead_letters.clone(),
+        &shutdown,
+    );
+    let waited = wait_for_order(pool, &good_id).await;
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(30), sink)
+        .await
+        .context("the sink did not stop after shutdown")???;
+    waited.context("the good decision after the invalid one")?;
+    assert_eq!(orders::order_status(pool, &invalid_id).await?, None);
+
+    let reader = keel_tests::kafka::consumer(&bootstrap, "read_committed")?;
+    let letters =
+        keel_tests::kafka::read_topic(&reader, &dlq, 1, PATIENCE, Duration::from_secs(2)).await?;
+    assert_eq!(letters.len(), 1, "dead letters on {dlq}: {letters:?}");
+    let letter = &letters[0];
+    let value = letter.payload().context("the dead letter has a value")?;
+    let decoded: OrderDecision = codec.decode_from(&topic, value).await?;
+    assert_eq!(
+        decoded, invalid,
+        "the value is the invalid decision as written"
+    );
+    let why = letter
+        .headers()
+        .and_then(|h| {
+            h.iter()
+                .filter(|h| h.key == dlq_headers::ERROR)
+                .last()
+                .and_then(|h| h.value)
+        })
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .context("no error header")?;
+    assert!(why.contains("sequence"), "why: {why}");
+    assert_eq!(dead_letters.count(&topic), 1);
+    Ok(())
 }

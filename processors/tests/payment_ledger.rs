@@ -116,7 +116,9 @@ struct Topics {
     authorized: String,
     failed: String,
     refunded: String,
-    /// Deletes the four on drop.
+    /// The worker's dead-letter topic, `<group id>-dlq`.
+    dlq: String,
+    /// Deletes the five on drop.
     _cleanup: TopicCleanup,
 }
 
@@ -160,7 +162,7 @@ impl Fixture {
             unique("pay_failed"),
             unique("pay_refunded"),
         );
-        let topics = Topics {
+        let mut topics = Topics {
             _cleanup: TopicCleanup::new(stack.kafka_bootstrap.as_str()).topics([
                 &commands,
                 &authorized,
@@ -171,6 +173,7 @@ impl Fixture {
             authorized,
             failed,
             refunded,
+            dlq: String::new(),
         };
         keel_tests::kafka::create_topics(
             &stack.kafka_bootstrap,
@@ -200,6 +203,9 @@ impl Fixture {
             ..PaymentConfig::default()
         };
         tune(&mut config);
+        topics.dlq = keel_processors::dead_letter::topic_for(&config.group_id);
+        topics._cleanup.add_topic(&topics.dlq);
+        keel_tests::kafka::create_topics(&stack.kafka_bootstrap, &[&topics.dlq], 1).await?;
         let registry = Arc::new(prometheus::Registry::new());
         let worker = {
             let (bootstrap, codec, pool) = (
@@ -928,8 +934,8 @@ async fn refunds_queued_on_the_row_lock(fx: &Fixture) -> anyhow::Result<()> {
 }
 
 /// A PSP callback whose event id PostgreSQL cannot store (a NUL character) must not stop the
-/// order's later payment commands: it is a bad command (skipped and counted), not a
-/// dependency failure retried for ever.
+/// order's later payment commands: it is a bad command (dead-lettered with why and where, and
+/// counted), not a dependency failure retried for ever.
 #[tokio::test]
 async fn a_callback_whose_event_id_the_ledger_cannot_store_does_not_wedge_the_order()
 -> anyhow::Result<()> {
@@ -969,6 +975,51 @@ async fn poison_callback_then_a_good_one(fx: &Fixture) -> anyhow::Result<()> {
         r#"payment_commands_total{result="skipped"}"#,
     );
     anyhow::ensure!(skipped == Some(1.0), "skipped: {skipped:?}");
+    let dead_lettered = metric(
+        &fx.metrics_text()?,
+        &format!(
+            r#"keel_sink_dead_letters_total{{sink="payment",topic="{}"}}"#,
+            fx.topics.commands
+        ),
+    );
+    anyhow::ensure!(
+        dead_lettered == Some(1.0),
+        "dead-lettered: {dead_lettered:?}"
+    );
+    let reader = keel_tests::kafka::consumer(&fx.stack.kafka_bootstrap, "read_committed")?;
+    let letters =
+        keel_tests::kafka::read_topic(&reader, &fx.topics.dlq, 1, PATIENCE, Duration::from_secs(2))
+            .await?;
+    anyhow::ensure!(letters.len() == 1, "dead letters: {letters:?}");
+    let letter = &letters[0];
+    let header = |name: &str| -> Option<String> {
+        letter.headers().and_then(|h| {
+            h.iter()
+                .filter(|h| h.key == name)
+                .last()
+                .and_then(|h| h.value)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+        })
+    };
+    anyhow::ensure!(
+        header(keel_topology::dlq_headers::SOURCE_TOPIC).as_ref() == Some(&fx.topics.commands),
+        "source topic {:?}",
+        header(keel_topology::dlq_headers::SOURCE_TOPIC)
+    );
+    anyhow::ensure!(
+        header(keel_topology::dlq_headers::PROCESSOR).as_deref() == Some("payment"),
+        "processor {:?}",
+        header(keel_topology::dlq_headers::PROCESSOR)
+    );
+    let why = header(keel_topology::dlq_headers::ERROR).unwrap_or_default();
+    anyhow::ensure!(!why.is_empty(), "no error header");
+    let value = letter.payload().context("the dead letter has a value")?;
+    let command: PaymentCommand = fx.codec.decode_from(&fx.topics.commands, value).await?;
+    anyhow::ensure!(
+        command.command_id == "cb-nul",
+        "dead-lettered {}",
+        command.command_id
+    );
     Ok(())
 }
 

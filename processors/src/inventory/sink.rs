@@ -15,7 +15,9 @@
 //! its SKU-keyed partition as write time (see [`writes_for_adjusted`]). Hold rows are upserts keyed by `(sku, order_id)`, so a hold is
 //! recorded once whatever the retries. Every write that touches a hold sets its remaining TTL
 //! or deletes the row, so no hold leaves a cell that never expires. Offsets are committed after
-//! the writes (at-least-once); a timed-out write is retried with backoff.
+//! the writes (at-least-once); a timed-out write is retried with backoff. An event that
+//! cannot be decoded goes to the dead-letter topic `<group id>-dlq` ([`crate::dead_letter`])
+//! before its offset is committed.
 //!
 //! Held figures and tombstones: a hold's row is deleted when the hold is released or sold (and
 //! an expired one lapses by TTL), so a hot SKU's `reservation` partition fills with tombstones
@@ -46,6 +48,7 @@ use scylla::statement::prepared::PreparedStatement;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
+use crate::dead_letter::DeadLetters;
 use crate::topics::{self, Topics};
 
 /// The `[cassandra]` section's sink settings.
@@ -80,6 +83,9 @@ pub enum SinkError {
     Cassandra(String),
     #[error("kafka: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
+    /// An undecodable event's dead-letter copy was not acknowledged: it is not passed over.
+    #[error("dead letters: {0}")]
+    DeadLetter(#[from] crate::dead_letter::Error),
 }
 
 fn cql(e: impl std::fmt::Display) -> SinkError {
@@ -534,13 +540,21 @@ async fn apply_with_retry(
 }
 
 /// Runs the sink until `shutdown`: consumes the inventory events (read_committed), writes
-/// Cassandra, commits offsets after the writes.
+/// Cassandra, commits offsets after the writes. An event that cannot be decoded (the input's
+/// fault) is written to the dead-letter topic by `dead_letters` (`<group_id>-dlq`: its key,
+/// value and headers plus `keel.error`, `keel.source.*` and `keel.processor`) and counted in
+/// `keel_sink_dead_letters_total` before its offset is committed; a dead-letter write the broker
+/// does not acknowledge stops the sink with [`SinkError::DeadLetter`] (the event is not passed
+/// over: a restart reads it again). An unreachable registry stops the sink
+/// ([`SinkError::Cassandra`]; a restart resumes from the last committed offset), and so does a
+/// registry or schema error that is Keel's own fault (a bug).
 pub async fn run(
     bootstrap: &str,
     names: &Topics,
     codec: Codec,
     session: Session,
     config: CassandraSinkConfig,
+    dead_letters: DeadLetters,
     shutdown: CancellationToken,
 ) -> Result<(), SinkError> {
     migrate(&session, &config).await?;
@@ -609,8 +623,24 @@ pub async fn run(
                         // last committed offset.
                         return Err(SinkError::Cassandra(format!("decoding {topic}: {e}")));
                     }
+                    Err(e) if e.fault() == keel_avro::Fault::Bug => {
+                        return Err(SinkError::Cassandra(format!("decoding {topic}: {e}")));
+                    }
                     Err(e) => {
-                        tracing::error!(topic, offset = message.offset(), error = %e, "undecodable inventory event skipped");
+                        // The input's fault: dead-lettered (acknowledged) before the commit.
+                        tracing::error!(
+                            topic,
+                            partition = message.partition(),
+                            offset = message.offset(),
+                            error = %e,
+                            "undecodable inventory event: dead-lettering it"
+                        );
+                        let why = e.to_string();
+                        tokio::select! {
+                            // Not committed: the next run reads the event again.
+                            () = shutdown.cancelled() => return Ok(()),
+                            sent = dead_letters.send(&message, &why) => sent?,
+                        }
                         Vec::new()
                     }
                 }

@@ -71,7 +71,7 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
-    /// Whose fault: the input's (skip it, log it), a dependency's (retry with backoff) or a bug
+    /// Whose fault: the input's (dead-letter it), a dependency's (retry with backoff) or a bug
     /// (stop).
     pub fn fault(&self) -> Fault {
         match self {

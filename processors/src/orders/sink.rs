@@ -9,6 +9,9 @@
 //! exactly-once in MySQL: the decision id is `order_status_history`'s primary key, so a replayed
 //! decision inserts nothing and is skipped whole, and a decision older than the order's
 //! `last_sequence` writes nothing. The outbox row is written in the same transaction.
+//!
+//! Bad input: a record that cannot be decoded or makes no rows goes to the dead-letter topic
+//! `<group id>-dlq` ([`crate::dead_letter`]) before the offset is committed past it.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -23,6 +26,7 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use sqlx::{MySql, MySqlPool, Transaction};
 use tokio_util::sync::CancellationToken;
 
+use crate::dead_letter::DeadLetters;
 use crate::positions::{commit_positions, positions};
 
 use super::logic::{
@@ -53,8 +57,13 @@ const COMMIT_IDLE_INTERVAL: Duration = Duration::from_secs(1);
 /// Consume `topic` (the saga's `order.decisions.v1`) as consumer group `group_id` until
 /// `shutdown`, applying each decision with [`apply_decision`] and committing its offset after
 /// the transaction. A record that cannot be decoded or makes no rows (the input's fault) is
-/// logged at error level and skipped; a database or registry failure is retried with backoff
-/// (the record is not skipped); a bug (Keel's own schemas) stops the sink with the error.
+/// written to the dead-letter topic by `dead_letters` (`<group_id>-dlq`: its key, value and
+/// headers plus `keel.error`, `keel.source.*` and `keel.processor`), counted in
+/// `keel_sink_dead_letters_total`, and only then passed over: its offset is committed after the
+/// broker acknowledged the copy (a failed write is retried with backoff, the record is never
+/// dropped). A database or registry failure is retried with backoff (the record is not
+/// skipped); a bug (Keel's own schemas) stops the sink with the error.
+#[allow(clippy::too_many_arguments)]
 pub async fn run_order_sink(
     bootstrap: &str,
     group_id: &str,
@@ -62,6 +71,7 @@ pub async fn run_order_sink(
     names: &crate::topics::Topics,
     codec: Codec,
     pool: MySqlPool,
+    dead_letters: DeadLetters,
     shutdown: CancellationToken,
 ) -> Result<()> {
     run_order_sink_with(
@@ -72,6 +82,7 @@ pub async fn run_order_sink(
         &BTreeMap::new(),
         codec,
         pool,
+        dead_letters,
         shutdown,
     )
     .await
@@ -89,6 +100,7 @@ pub async fn run_order_sink_with(
     consumer_settings: &BTreeMap<String, String>,
     codec: Codec,
     pool: MySqlPool,
+    dead_letters: DeadLetters,
     shutdown: CancellationToken,
 ) -> Result<()> {
     let mut client = ClientConfig::new();
@@ -156,7 +168,15 @@ pub async fn run_order_sink_with(
                 Some(Err(_)) | None => break,
             }
         }
-        let done = handle_batch(&batch, topic, names, &codec, &pool, &shutdown).await?;
+        let sink = Sink {
+            topic,
+            names,
+            codec: &codec,
+            pool: &pool,
+            dead_letters: &dead_letters,
+            shutdown: &shutdown,
+        };
+        let done = handle_batch(&batch, &sink).await?;
         if done < batch.len() {
             // Not applied: the final commit stops before each partition's first such record.
             unprocessed = batch[done..]
@@ -202,21 +222,25 @@ fn commit_before(consumer: &StreamConsumer, unprocessed: &[(String, i32, i64)]) 
     consumer.commit(&tpl, CommitMode::Sync)
 }
 
+/// What handling a record needs.
+struct Sink<'a> {
+    topic: &'a str,
+    names: &'a crate::topics::Topics,
+    codec: &'a Codec,
+    pool: &'a MySqlPool,
+    dead_letters: &'a DeadLetters,
+    shutdown: &'a CancellationToken,
+}
+
 /// Apply `batch` (records in the order received) in one MySQL transaction ([`apply_batch`]);
 /// when that fails for a dependency (database, registry), roll it back and apply the records
 /// one by one with retries ([`handle_with_retry`]). A record that cannot be decoded or makes no
-/// rows is logged and skipped. Returns how many records, from the start, are done (applied or
-/// skipped): fewer than `batch.len()` only when shutdown came first.
-async fn handle_batch(
-    batch: &[BorrowedMessage<'_>],
-    topic: &str,
-    names: &crate::topics::Topics,
-    codec: &Codec,
-    pool: &MySqlPool,
-    shutdown: &CancellationToken,
-) -> Result<usize> {
+/// rows is dead-lettered ([`dead_letter`]). Returns how many records, from the start, are done
+/// (applied or dead-lettered): fewer than `batch.len()` only when shutdown came first.
+async fn handle_batch(batch: &[BorrowedMessage<'_>], sink: &Sink<'_>) -> Result<usize> {
+    let topic = sink.topic;
     let mut decisions = Vec::with_capacity(batch.len());
-    for message in batch {
+    for (i, message) in batch.iter().enumerate() {
         let Some(payload) = message.payload() else {
             tracing::warn!(
                 partition = message.partition(),
@@ -225,16 +249,20 @@ async fn handle_batch(
             );
             continue;
         };
-        match codec.decode_from::<OrderDecision>(topic, payload).await {
-            Ok(decision) => decisions.push((message, decision)),
-            // Skipped (input) or retried (dependency) by the one-by-one path.
-            Err(_) => return handle_each(batch, topic, names, codec, pool, shutdown).await,
+        match sink
+            .codec
+            .decode_from::<OrderDecision>(topic, payload)
+            .await
+        {
+            Ok(decision) => decisions.push((i, message, decision)),
+            // Dead-lettered (input) or retried (dependency) by the one-by-one path.
+            Err(_) => return handle_each(batch, sink).await,
         }
     }
-    let refs: Vec<&OrderDecision> = decisions.iter().map(|(_, d)| d).collect();
-    match apply_batch(pool, codec, names, &refs).await {
+    let refs: Vec<&OrderDecision> = decisions.iter().map(|(_, _, d)| d).collect();
+    match apply_batch(sink.pool, sink.codec, sink.names, &refs).await {
         Ok(applied) => {
-            for ((message, decision), applied) in decisions.iter().zip(applied) {
+            for ((i, message, decision), applied) in decisions.iter().zip(applied) {
                 match applied {
                     Ok(applied) => tracing::debug!(
                         partition = message.partition(),
@@ -242,14 +270,21 @@ async fn handle_batch(
                         ?applied,
                         "order decision"
                     ),
-                    Err(e) => tracing::error!(
-                        error = %e,
-                        topic,
-                        partition = message.partition(),
-                        offset = message.offset(),
-                        decision_id = %decision.decision_id,
-                        "order sink: skipping a record it cannot apply"
-                    ),
+                    Err(e) => {
+                        tracing::error!(
+                            error = %e,
+                            topic,
+                            partition = message.partition(),
+                            offset = message.offset(),
+                            decision_id = %decision.decision_id,
+                            "order sink: dead-lettering a record it cannot apply"
+                        );
+                        if !dead_letter(message, &e, sink).await {
+                            // The batch's rows are committed; a replay of the records before
+                            // this one is absorbed by their decision ids.
+                            return Ok(*i);
+                        }
+                    }
                 }
             }
             Ok(batch.len())
@@ -258,22 +293,15 @@ async fn handle_batch(
         Err(e) => {
             tracing::warn!(error = %e, records = batch.len(),
                 "order sink: a batch failed; applying its records one by one");
-            handle_each(batch, topic, names, codec, pool, shutdown).await
+            handle_each(batch, sink).await
         }
     }
 }
 
 /// [`handle_with_retry`] for each record of `batch` in order; how many are done.
-async fn handle_each(
-    batch: &[BorrowedMessage<'_>],
-    topic: &str,
-    names: &crate::topics::Topics,
-    codec: &Codec,
-    pool: &MySqlPool,
-    shutdown: &CancellationToken,
-) -> Result<usize> {
+async fn handle_each(batch: &[BorrowedMessage<'_>], sink: &Sink<'_>) -> Result<usize> {
     for (i, message) in batch.iter().enumerate() {
-        if !handle_with_retry(message, topic, names, codec, pool, shutdown).await? {
+        if !handle_with_retry(message, sink).await? {
             return Ok(i);
         }
     }
@@ -281,15 +309,9 @@ async fn handle_each(
 }
 
 /// Apply one record, retrying dependency failures until it is done or shutdown is asked.
-/// `Ok(true)`: done (applied or skipped); `Ok(false)`: shutdown before it was applied.
-async fn handle_with_retry(
-    message: &BorrowedMessage<'_>,
-    topic: &str,
-    names: &crate::topics::Topics,
-    codec: &Codec,
-    pool: &MySqlPool,
-    shutdown: &CancellationToken,
-) -> Result<bool> {
+/// `Ok(true)`: done (applied or dead-lettered); `Ok(false)`: shutdown before it was done.
+async fn handle_with_retry(message: &BorrowedMessage<'_>, sink: &Sink<'_>) -> Result<bool> {
+    let topic = sink.topic;
     let Some(payload) = message.payload() else {
         tracing::warn!(
             partition = message.partition(),
@@ -300,8 +322,12 @@ async fn handle_with_retry(
     };
     let mut backoff = BACKOFF_START;
     loop {
-        let result = match codec.decode_from::<OrderDecision>(topic, payload).await {
-            Ok(decision) => apply_decision(pool, codec, names, &decision).await,
+        let result = match sink
+            .codec
+            .decode_from::<OrderDecision>(topic, payload)
+            .await
+        {
+            Ok(decision) => apply_decision(sink.pool, sink.codec, sink.names, &decision).await,
             Err(e) => Err(Error::Avro(e)),
         };
         match result {
@@ -321,18 +347,42 @@ async fn handle_with_retry(
                         topic,
                         partition = message.partition(),
                         offset = message.offset(),
-                        "order sink: skipping a record it cannot apply"
+                        "order sink: dead-lettering a record it cannot apply"
                     );
-                    return Ok(true);
+                    return Ok(dead_letter(message, &e, sink).await);
                 }
                 Fault::Bug => return Err(e),
                 Fault::Dependency => {
                     tracing::warn!(error = %e, "order sink: retrying a decision");
-                    if sleep_or_shutdown(shutdown, &mut backoff).await {
+                    if sleep_or_shutdown(sink.shutdown, &mut backoff).await {
                         return Ok(false);
                     }
                 }
             },
+        }
+    }
+}
+
+/// Writes `message` to the dead-letter topic (why: `error`), retrying a failed write with
+/// backoff as for any dependency: `true` once the broker acknowledged it, `false` if shutdown
+/// came first (the record is then not done: its offset is not committed; a copy the broker
+/// takes after all is a duplicate dead letter, not a loss).
+async fn dead_letter(message: &BorrowedMessage<'_>, error: &Error, sink: &Sink<'_>) -> bool {
+    let why = error.to_string();
+    let mut backoff = BACKOFF_START;
+    loop {
+        let sent = tokio::select! {
+            () = sink.shutdown.cancelled() => return false,
+            sent = sink.dead_letters.send(message, &why) => sent,
+        };
+        match sent {
+            Ok(()) => return true,
+            Err(e) => {
+                tracing::warn!(error = %e, "order sink: dead-letter write failed; retrying");
+                if sleep_or_shutdown(sink.shutdown, &mut backoff).await {
+                    return false;
+                }
+            }
         }
     }
 }

@@ -5,7 +5,8 @@
 //! - `payment_attempts_total{kind, outcome}` — attempts by kind (`authorize`, `capture`, `void`,
 //!   `refund`) and outcome (`succeeded`, `declined`, `pending`, `timeout`, `failed`).
 //! - `payment_psp_calls_in_flight` — HTTP requests to the PSP in progress.
-//! - `payment_commands_total{result}` — commands `applied`, `replayed`, `ignored`, `skipped`.
+//! - `payment_commands_total{result}` — commands `applied`, `replayed`, `ignored`, `skipped`
+//!   (bad commands, dead-lettered first: `crate::dead_letter`).
 //! - `payment_failure_rate` — share (0..1) of the last [`FAILURE_WINDOW`] finished
 //!   authorizations that did not succeed (`declined`, `timeout`, `failed`): a PSP call's answer,
 //!   or for a `pending` answer the callback that settles it. A stale callback (the payment had

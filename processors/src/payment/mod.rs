@@ -149,7 +149,8 @@ impl PaymentConfig {
 /// What to do about an [`Error`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
-    /// The command itself is bad: log it, count it, go on.
+    /// The command itself is bad: dead-letter it (`<group id>-dlq`, [`crate::dead_letter`]),
+    /// count it, go on.
     Skip,
     /// A dependency (PostgreSQL, the PSP, the registry, Kafka) failed: retry with backoff.
     Retry,
@@ -195,6 +196,9 @@ pub enum Error {
     Metrics(#[source] prometheus::Error),
     #[error("a command task failed: {0}")]
     Task(String),
+    /// The dead-letter writer could not be set up, or a dead letter was not acknowledged.
+    #[error(transparent)]
+    DeadLetter(#[from] crate::dead_letter::Error),
 }
 
 impl Error {
@@ -206,7 +210,9 @@ impl Error {
             // text, a value out of range): every retry fails the same way and would hold back
             // the order's later commands for ever. It is a bad command.
             Self::Database { source, .. } if is_data_error(source) => Action::Skip,
-            Self::Database { .. } | Self::Psp { .. } | Self::Kafka { .. } => Action::Retry,
+            Self::Database { .. } | Self::Psp { .. } | Self::Kafka { .. } | Self::DeadLetter(_) => {
+                Action::Retry
+            }
             Self::Avro(e) => match e.fault() {
                 keel_avro::Fault::Input => Action::Skip,
                 keel_avro::Fault::Dependency => Action::Retry,

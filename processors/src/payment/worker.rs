@@ -3,7 +3,8 @@
 //! orders concurrently, at most `max_in_flight` at once (a semaphore whose permit every received
 //! command holds until it is done, queued or running). Offsets are committed by hand, after the
 //! ledger transaction, never past an unfinished command (`offsets.rs`); a crash replays
-//! the unfinished tail, which the ledger absorbs.
+//! the unfinished tail, which the ledger absorbs. A bad command ([`Action::Skip`]) is finished
+//! only once its dead-letter copy (`<group id>-dlq`, [`crate::dead_letter`]) is acknowledged.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -29,6 +30,7 @@ use super::metrics::PaymentMetrics;
 use super::offsets::{OffsetTracker, Tp};
 use super::service::Service;
 use super::{Action, Error, PaymentConfig, Result, ledger, reconcile};
+use crate::dead_letter::DeadLetters;
 
 type Tracker = Arc<Mutex<OffsetTracker>>;
 
@@ -79,7 +81,8 @@ fn positions_list(positions: &[(Tp, i64)]) -> Option<TopicPartitionList> {
 /// Consume `commands_topic` (`payments.commands.v1`, Avro [`PaymentCommand`], key: order id)
 /// from `bootstrap` in `config.group_id` until `shutdown`; apply the ledger migrations first,
 /// run the reconciler of timed-out authorizations alongside, and register the payment metrics
-/// into `registry`. Returns when `shutdown` is cancelled (after letting running commands finish
+/// into `registry` (with `keel_sink_dead_letters_total{sink="payment"}`: a bad command goes to
+/// `<config.group_id>-dlq`, written through `bootstrap` with `config.client`). Returns when `shutdown` is cancelled (after letting running commands finish
 /// for up to `shutdown_grace_ms` and committing what is done), or with the error that stopped it
 /// (configuration, migration, a bug).
 pub async fn run(
@@ -94,6 +97,13 @@ pub async fn run(
     config.validate()?;
     ledger::migrate(&pg).await?;
     let metrics = PaymentMetrics::register(registry)?;
+    let dead_letters = DeadLetters::new(
+        bootstrap,
+        &config.client,
+        &config.group_id,
+        "payment",
+        registry,
+    )?;
     let service = Arc::new(Service::new(&config, pg, codec.clone(), metrics.clone())?);
     let tracker: Tracker = Arc::default();
 
@@ -142,6 +152,7 @@ pub async fn run(
         service,
         codec,
         metrics,
+        dead_letters,
         topic: commands_topic.to_owned(),
         permits: Arc::new(Semaphore::new(config.max_in_flight)),
         waiting: HashMap::new(),
@@ -185,6 +196,7 @@ struct Worker {
     service: Arc<Service>,
     codec: Codec,
     metrics: PaymentMetrics,
+    dead_letters: DeadLetters,
     topic: String,
     permits: Arc<Semaphore>,
     /// Keys with a running command → the commands waiting behind it.
@@ -250,14 +262,23 @@ impl Worker {
         let service = self.service.clone();
         let codec = self.codec.clone();
         let metrics = self.metrics.clone();
+        let dead_letters = self.dead_letters.clone();
         let topic = self.topic.clone();
         let shutdown = self.shutdown.clone();
         self.jobs.spawn(async move {
             let Received { message, permit } = received;
             let tp = (message.topic().to_owned(), message.partition());
             let offset = message.offset();
-            let (finished, fatal) =
-                process(&service, &codec, &metrics, &topic, &message, &shutdown).await;
+            let (finished, fatal) = process(
+                &service,
+                &codec,
+                &metrics,
+                &dead_letters,
+                &topic,
+                &message,
+                &shutdown,
+            )
+            .await;
             Done {
                 key,
                 tp,
@@ -336,11 +357,13 @@ impl Worker {
 }
 
 /// Decode and apply one command, retrying dependency failures with backoff until it is done or
-/// `shutdown`. Returns (finished, fatal error).
+/// `shutdown`; a bad command is done once its dead-letter copy is acknowledged (a failed write
+/// is retried likewise). Returns (finished, fatal error).
 async fn process(
     service: &Service,
     codec: &Codec,
     metrics: &PaymentMetrics,
+    dead_letters: &DeadLetters,
     topic: &str,
     message: &OwnedMessage,
     shutdown: &CancellationToken,
@@ -376,7 +399,24 @@ async fn process(
         };
         match error.action() {
             Action::Skip => {
-                tracing::error!(error = %error, "payment command skipped");
+                tracing::error!(error = %error, "payment command skipped: dead-lettering it");
+                let why = error.to_string();
+                let mut backoff = Duration::from_millis(100);
+                loop {
+                    let sent = tokio::select! {
+                        // Not finished: not committed, replayed by the next owner.
+                        () = shutdown.cancelled() => return (false, None),
+                        sent = dead_letters.send(message, &why) => sent,
+                    };
+                    let Err(e) = sent else { break };
+                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64,
+                        "payment dead letter not acknowledged; retrying");
+                    tokio::select! {
+                        () = shutdown.cancelled() => return (false, None),
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
                 metrics.command("skipped");
                 return (true, None);
             }
