@@ -43,6 +43,13 @@ use crate::wire::{self, Frame};
 const SCHEMA_NOT_FOUND: u32 = 40403;
 const SUBJECT_NOT_FOUND: u32 = 40401;
 
+/// How many times [`Codec::encode_to`] asks the registry again after a retriable failure (a
+/// call that failed in transit, a 5xx), waiting [`TRANSIENT_RETRY_BACKOFF`] and then four times
+/// that: a blip costs an encode ~250 ms, not an error.
+pub const TRANSIENT_RETRIES: u32 = 2;
+/// The first wait of [`TRANSIENT_RETRIES`].
+pub const TRANSIENT_RETRY_BACKOFF: Duration = Duration::from_millis(50);
+
 /// How long after its first "not found" a schema id is retried (as a retriable error) before
 /// it is the payload's fault.
 pub const DEFAULT_UNKNOWN_ID_PATIENCE: Duration = Duration::from_secs(10);
@@ -126,11 +133,25 @@ impl Codec {
                     contract.schema_source.to_owned(),
                 ),
             );
-            self.inner
-                .encoder
-                .encode_struct(record, &strategy)
-                .await
-                .map_err(|e| self.encode_error(&subject, contract, &e))
+            // A registry call that failed in transit (a pooled connection the server had closed,
+            // a restart) is asked again, twice, before the error goes to the caller: registering
+            // the same schema is idempotent. (Seen in CI: one "error sending request" between two
+            // successful registrations of the same test.)
+            let mut backoff = TRANSIENT_RETRY_BACKOFF;
+            let mut retries = TRANSIENT_RETRIES;
+            loop {
+                match self.inner.encoder.encode_struct(record, &strategy).await {
+                    Ok(bytes) => return Ok(bytes),
+                    Err(e) if e.retriable && retries > 0 => {
+                        retries -= 1;
+                        self.inner.encoder.remove_errors_from_cache();
+                        tracing::debug!(subject, error = %describe(&e), ?backoff, "registry call failed; asking again");
+                        tokio::time::sleep(backoff).await;
+                        backoff *= 4;
+                    }
+                    Err(e) => return Err(self.encode_error(&subject, contract, &e)),
+                }
+            }
         } else {
             let id = self.registered_id(&subject, contract).await?;
             let datum = write_datum(schema, record).map_err(|detail| Error::Encode {
@@ -465,6 +486,84 @@ mod tests {
             known,
             lookups,
         }
+    }
+
+    /// A registry that closes its first `drops` connections without an answer (a call that
+    /// fails in transit), then registers any schema under id 7. Counts the connections.
+    fn flaky_registry(drops: usize) -> (String, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let connections = Arc::new(AtomicUsize::new(0));
+        let seen = connections.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                if seen.fetch_add(1, Ordering::SeqCst) < drops {
+                    drop(stream);
+                    continue;
+                }
+                let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+                let mut length = 0;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        length = v.trim().parse().unwrap_or(0);
+                    }
+                }
+                let mut body = vec![0; length];
+                let _ = std::io::Read::read_exact(&mut reader, &mut body);
+                let answer = r#"{"id":7}"#;
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{answer}",
+                    answer.len()
+                );
+            }
+        });
+        (url, connections)
+    }
+
+    fn adjusted() -> crate::records::InventoryAdjusted {
+        crate::records::InventoryAdjusted {
+            event_id: "e-1".into(),
+            sku: "sku-1".into(),
+            occurred_at: 1,
+            causation_id: "c-1".into(),
+            correlation_id: "o-1".into(),
+            delta: 1,
+            on_hand: 1,
+            reason: "restock".into(),
+            warehouse: None,
+            warehouse_on_hand: None,
+        }
+    }
+
+    #[test]
+    fn a_registration_that_fails_in_transit_is_asked_again() {
+        let (url, connections) = flaky_registry(1);
+        let codec = codec(&url, Duration::ZERO);
+        let bytes = block_on(codec.encode(&adjusted())).expect("encoded on the second call");
+        assert_eq!(
+            &bytes[..5],
+            &[0, 0, 0, 0, 7],
+            "framed with the registered id"
+        );
+        assert_eq!(connections.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn a_registry_that_keeps_failing_in_transit_is_a_retriable_error() {
+        let (url, connections) = flaky_registry(usize::MAX);
+        let codec = codec(&url, Duration::ZERO);
+        let e = block_on(codec.encode(&adjusted())).expect_err("never answered");
+        assert_eq!(e.fault(), crate::Fault::Dependency, "{e}");
+        assert_eq!(
+            connections.load(Ordering::SeqCst),
+            1 + TRANSIENT_RETRIES as usize
+        );
     }
 
     fn codec(url: &str, patience: Duration) -> Codec {

@@ -540,6 +540,98 @@ async fn a_batch_applies_each_decision_in_one_transaction_despite_duplicates_and
     result.unwrap_or_else(|panic| std::panic::resume_unwind(panic))
 }
 
+/// What each dead-letter test starts from: a decisions topic and a sink group's dead-letter
+/// topic (one partition each, so a record written after a bad one proves the bad one was
+/// passed; both deleted at drop), and an idempotent producer.
+struct DlqCase {
+    codec: Codec,
+    bootstrap: String,
+    topic: String,
+    group: String,
+    dlq: String,
+    producer: FutureProducer,
+    _topics: TopicCleanup,
+}
+
+impl DlqCase {
+    async fn new(stack: &Stack) -> anyhow::Result<Self> {
+        let bootstrap = stack.kafka_bootstrap.clone();
+        let topic = unique("order_decisions");
+        let group = unique("order_sink");
+        let dlq = dead_letter::topic_for(&group);
+        let topics = TopicCleanup::new(bootstrap.as_str())
+            .topic(&topic)
+            .topic(&dlq);
+        keel_tests::kafka::create_topics(&bootstrap, &[&topic, &dlq], 1).await?;
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("enable.idempotence", "true")
+            .create()?;
+        Ok(Self {
+            codec: codec(stack)?,
+            bootstrap,
+            topic,
+            group,
+            dlq,
+            producer,
+            _topics: topics,
+        })
+    }
+
+    /// A dead-letter writer of the sink's group through the stack's broker, into `registry`.
+    fn dead_letters(&self, registry: &prometheus::Registry) -> anyhow::Result<DeadLetters> {
+        Ok(DeadLetters::new(
+            &self.bootstrap,
+            &Default::default(),
+            &self.group,
+            "order-sink",
+            registry,
+        )?)
+    }
+
+    /// Runs the sink with `dead_letters` until order `order_id` is in `pool`, then stops it.
+    async fn run_until_applied(
+        &self,
+        stack: &Stack,
+        pool: &MySqlPool,
+        dead_letters: DeadLetters,
+        order_id: &str,
+    ) -> anyhow::Result<()> {
+        let shutdown = CancellationToken::new();
+        let sink = spawn_sink(
+            stack,
+            &self.topic,
+            &self.group,
+            &self.codec,
+            pool,
+            dead_letters,
+            &shutdown,
+        );
+        let waited = wait_for_order(pool, order_id).await;
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(30), sink)
+            .await
+            .context("the sink did not stop after shutdown")???;
+        waited.with_context(|| format!("order {order_id} was not applied"))
+    }
+
+    /// The records on the dead-letter topic (at least one is waited for).
+    async fn letters(&self) -> anyhow::Result<Vec<rdkafka::message::OwnedMessage>> {
+        let reader = keel_tests::kafka::consumer(&self.bootstrap, "read_committed")?;
+        keel_tests::kafka::read_topic(&reader, &self.dlq, 1, PATIENCE, Duration::from_secs(2)).await
+    }
+}
+
+/// The last value of header `name` of `m`, as text.
+fn header(m: &impl Message, name: &str) -> Option<String> {
+    m.headers()?
+        .iter()
+        .filter(|h| h.key == name)
+        .last()
+        .and_then(|h| h.value)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_undecodable_record_is_dead_lettered_with_why_and_where_and_the_next_is_applied()
 -> anyhow::Result<()> {
@@ -553,33 +645,20 @@ async fn an_undecodable_record_is_dead_lettered_with_why_and_where_and_the_next_
 }
 
 async fn dead_letter_scenario(stack: &Stack, pool: &MySqlPool) -> anyhow::Result<()> {
-    let codec = codec(stack)?;
-    let bootstrap = stack.kafka_bootstrap.clone();
-    let topic = unique("order_decisions");
-    let group = unique("order_sink");
-    let dlq = dead_letter::topic_for(&group);
-    assert_eq!(dlq, format!("{group}-dlq"));
-    let _topics = TopicCleanup::new(bootstrap.as_str())
-        .topic(&topic)
-        .topic(&dlq);
-    // One partition, so the decision written after the bad record proves it was passed.
-    keel_tests::kafka::create_topics(&bootstrap, &[&topic, &dlq], 1).await?;
-
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &bootstrap)
-        .set("enable.idempotence", "true")
-        .create()?;
+    let case = DlqCase::new(stack).await?;
+    let (topic, group) = (&case.topic, &case.group);
+    assert_eq!(case.dlq, format!("{group}-dlq"));
     // Not Confluent-framed Avro (no magic byte 0): the input's fault.
     let bad: &[u8] = b"{\"order_id\": \"not avro\"}";
-    let delivered = producer
+    let delivered = case
+        .producer
         .send(
-            FutureRecord::to(&topic)
-                .key("bad-key")
-                .payload(bad)
-                .headers(OwnedHeaders::new().insert(Header {
+            FutureRecord::to(topic).key("bad-key").payload(bad).headers(
+                OwnedHeaders::new().insert(Header {
                     key: "trace",
                     value: Some("t-1"),
-                })),
+                }),
+            ),
             Duration::from_secs(10),
         )
         .await
@@ -587,54 +666,25 @@ async fn dead_letter_scenario(stack: &Stack, pool: &MySqlPool) -> anyhow::Result
     let (partition, offset) = (delivered.partition, delivered.offset);
     let good_id = unique("order");
     let good = decision(&good_id, &unique("cart"), 1, OrderDecisionStatus::Rejected);
-    produce(&producer, &codec, &topic, &good).await?;
+    produce(&case.producer, &case.codec, topic, &good).await?;
 
     let registry = prometheus::Registry::new();
-    let dead_letters = DeadLetters::new(
-        &bootstrap,
-        &Default::default(),
-        &group,
-        "order-sink",
-        &registry,
-    )?;
-    let shutdown = CancellationToken::new();
-    let sink = tokio::spawn({
-        let (bootstrap, group, topic) = (bootstrap.clone(), group.clone(), topic.clone());
-        let (codec, pool, stop, dead_letters) = (
-            codec.clone(),
-            pool.clone(),
-            shutdown.clone(),
-            dead_letters.clone(),
-        );
-        async move {
-            orders::run_order_sink(
-                &bootstrap,
-                &group,
-                &topic,
-                &keel_processors::topics::Topics::default(),
-                codec,
-                pool,
-                dead_letters,
-                stop,
-            )
-            .await
-        }
-    });
-    let waited = wait_for_order(pool, &good_id).await;
-    shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(30), sink)
+    let dead_letters = case.dead_letters(&registry)?;
+    case.run_until_applied(stack, pool, dead_letters.clone(), &good_id)
         .await
-        .context("the sink did not stop after shutdown")???;
-    waited.context("the good decision after the bad record")?;
+        .context("the good decision after the bad record")?;
     assert_eq!(
         orders::order_status(pool, &good_id).await?.as_deref(),
         Some("REJECTED")
     );
 
-    let reader = keel_tests::kafka::consumer(&bootstrap, "read_committed")?;
-    let letters =
-        keel_tests::kafka::read_topic(&reader, &dlq, 1, PATIENCE, Duration::from_secs(2)).await?;
-    assert_eq!(letters.len(), 1, "dead letters on {dlq}: {letters:?}");
+    let letters = case.letters().await?;
+    assert_eq!(
+        letters.len(),
+        1,
+        "dead letters on {}: {letters:?}",
+        case.dlq
+    );
     let letter = &letters[0];
     assert_eq!(
         letter.payload(),
@@ -642,38 +692,35 @@ async fn dead_letter_scenario(stack: &Stack, pool: &MySqlPool) -> anyhow::Result
         "the value is the bad record's bytes"
     );
     assert_eq!(letter.key(), Some(&b"bad-key"[..]));
-    let headers = letter.headers().context("the dead letter has headers")?;
-    let header = |name: &str| -> Option<String> {
-        headers
-            .iter()
-            .filter(|h| h.key == name)
-            .last()
-            .and_then(|h| h.value)
-            .map(|v| String::from_utf8_lossy(v).into_owned())
-    };
     assert_eq!(
-        header("trace").as_deref(),
+        header(letter, "trace").as_deref(),
         Some("t-1"),
         "original headers kept"
     );
-    assert_eq!(header(dlq_headers::SOURCE_TOPIC), Some(topic.clone()));
     assert_eq!(
-        header(dlq_headers::SOURCE_PARTITION),
+        header(letter, dlq_headers::SOURCE_TOPIC),
+        Some(topic.clone())
+    );
+    assert_eq!(
+        header(letter, dlq_headers::SOURCE_PARTITION),
         Some(partition.to_string())
     );
-    assert_eq!(header(dlq_headers::SOURCE_OFFSET), Some(offset.to_string()));
     assert_eq!(
-        header(dlq_headers::PROCESSOR).as_deref(),
+        header(letter, dlq_headers::SOURCE_OFFSET),
+        Some(offset.to_string())
+    );
+    assert_eq!(
+        header(letter, dlq_headers::PROCESSOR).as_deref(),
         Some("order-sink")
     );
-    let source_timestamp: i64 = header(dlq_headers::SOURCE_TIMESTAMP)
+    let source_timestamp: i64 = header(letter, dlq_headers::SOURCE_TIMESTAMP)
         .context("no source timestamp")?
         .parse()?;
     assert!(source_timestamp > 0, "source timestamp {source_timestamp}");
-    let why = header(dlq_headers::ERROR).context("no error header")?;
+    let why = header(letter, dlq_headers::ERROR).context("no error header")?;
     assert!(!why.is_empty(), "the error header says why");
 
-    assert_eq!(dead_letters.count(&topic), 1);
+    assert_eq!(dead_letters.count(topic), 1);
     let exported: f64 = registry
         .gather()
         .iter()
@@ -685,7 +732,7 @@ async fn dead_letter_scenario(stack: &Stack, pool: &MySqlPool) -> anyhow::Result
                 .any(|l| l.name() == "sink" && l.value() == "order-sink")
                 && m.get_label()
                     .iter()
-                    .any(|l| l.name() == "topic" && l.value() == topic)
+                    .any(|l| l.name() == "topic" && l.value() == topic.as_str())
         })
         .map(|m| m.get_counter().value())
         .sum();
@@ -737,30 +784,25 @@ async fn a_record_whose_dead_letter_is_not_acknowledged_is_retried_not_passed() 
 }
 
 async fn unacknowledged_scenario(stack: &Stack, pool: &MySqlPool) -> anyhow::Result<()> {
-    let codec = codec(stack)?;
-    let bootstrap = stack.kafka_bootstrap.clone();
-    let topic = unique("order_decisions");
-    let group = unique("order_sink");
-    let dlq = dead_letter::topic_for(&group);
-    let _topics = TopicCleanup::new(bootstrap.as_str())
-        .topic(&topic)
-        .topic(&dlq);
-    keel_tests::kafka::create_topics(&bootstrap, &[&topic, &dlq], 1).await?;
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &bootstrap)
-        .set("enable.idempotence", "true")
-        .create()?;
+    let case = DlqCase::new(stack).await?;
+    let DlqCase {
+        codec,
+        topic,
+        group,
+        producer,
+        ..
+    } = &case;
     let bad: &[u8] = b"not avro";
     let delivered = producer
         .send(
-            FutureRecord::to(&topic).key("bad-key").payload(bad),
+            FutureRecord::to(topic).key("bad-key").payload(bad),
             Duration::from_secs(10),
         )
         .await
         .map_err(|(e, _)| e)?;
     let good_id = unique("order");
     let good = decision(&good_id, &unique("cart"), 1, OrderDecisionStatus::Rejected);
-    produce(&producer, &codec, &topic, &good).await?;
+    produce(producer, codec, topic, &good).await?;
 
     // First run: the dead-letter producer reaches no broker (nothing listens on port 1), so no
     // write is ever acknowledged.
@@ -769,16 +811,16 @@ async fn unacknowledged_scenario(stack: &Stack, pool: &MySqlPool) -> anyhow::Res
         &[("message.timeout.ms".to_owned(), "1000".to_owned())]
             .into_iter()
             .collect(),
-        &group,
+        group,
         "order-sink",
         &prometheus::Registry::new(),
     )?;
     let shutdown = CancellationToken::new();
     let sink = spawn_sink(
         stack,
-        &topic,
-        &group,
-        &codec,
+        topic,
+        group,
+        codec,
         pool,
         unreachable.clone(),
         &shutdown,
@@ -795,52 +837,22 @@ async fn unacknowledged_scenario(stack: &Stack, pool: &MySqlPool) -> anyhow::Res
         "the decision after the bad record was applied: the bad record was passed over"
     );
     assert!(still_running, "the sink stopped instead of retrying");
-    assert_eq!(unreachable.count(&topic), 0);
+    assert_eq!(unreachable.count(topic), 0);
 
     // Second run, same group, a working dead-letter producer: the bad record was not committed
     // past, so it is read again, dead-lettered, and the decision after it applied.
-    let registry = prometheus::Registry::new();
-    let dead_letters = DeadLetters::new(
-        &bootstrap,
-        &Default::default(),
-        &group,
-        "order-sink",
-        &registry,
-    )?;
-    let shutdown = CancellationToken::new();
-    let sink = spawn_sink(
-        stack,
-        &topic,
-        &group,
-        &codec,
-        pool,
-        dead_letters.clone(),
-        &shutdown,
-    );
-    let waited = wait_for_order(pool, &good_id).await;
-    shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(30), sink)
+    let dead_letters = case.dead_letters(&prometheus::Registry::new())?;
+    case.run_until_applied(stack, pool, dead_letters.clone(), &good_id)
         .await
-        .context("the sink did not stop after shutdown")???;
-    waited.context("the good decision in the second run")?;
-    let reader = keel_tests::kafka::consumer(&bootstrap, "read_committed")?;
-    let letters =
-        keel_tests::kafka::read_topic(&reader, &dlq, 1, PATIENCE, Duration::from_secs(2)).await?;
+        .context("the good decision in the second run")?;
+    let letters = case.letters().await?;
     let offsets: Vec<Option<String>> = letters
         .iter()
-        .map(|m| {
-            m.headers().and_then(|h| {
-                h.iter()
-                    .filter(|h| h.key == dlq_headers::SOURCE_OFFSET)
-                    .last()
-                    .and_then(|h| h.value)
-                    .map(|v| String::from_utf8_lossy(v).into_owned())
-            })
-        })
+        .map(|m| header(m, dlq_headers::SOURCE_OFFSET))
         .collect();
     assert_eq!(offsets, [Some(delivered.offset.to_string())]);
     assert_eq!(letters[0].payload(), Some(bad));
-    assert_eq!(dead_letters.count(&topic), 1);
+    assert_eq!(dead_letters.count(topic), 1);
     Ok(())
 }
 
@@ -857,19 +869,13 @@ async fn a_decision_no_rows_can_be_made_of_is_dead_lettered_and_the_next_is_appl
 }
 
 async fn invalid_decision_scenario(stack: &Stack, pool: &MySqlPool) -> anyhow::Result<()> {
-    let codec = codec(stack)?;
-    let bootstrap = stack.kafka_bootstrap.clone();
-    let topic = unique("order_decisions");
-    let group = unique("order_sink");
-    let dlq = dead_letter::topic_for(&group);
-    let _topics = TopicCleanup::new(bootstrap.as_str())
-        .topic(&topic)
-        .topic(&dlq);
-    keel_tests::kafka::create_topics(&bootstrap, &[&topic, &dlq], 1).await?;
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &bootstrap)
-        .set("enable.idempotence", "true")
-        .create()?;
+    let case = DlqCase::new(stack).await?;
+    let DlqCase {
+        codec,
+        topic,
+        producer,
+        ..
+    } = &case;
     // Decodes, but no row can be made of it (sequence 0): the input's fault. Both records are
     // in the topic before the sink starts, so they usually share a batch.
     let invalid_id = unique("order");
@@ -879,58 +885,33 @@ async fn invalid_decision_scenario(stack: &Stack, pool: &MySqlPool) -> anyhow::R
         0,
         OrderDecisionStatus::Rejected,
     );
-    produce(&producer, &codec, &topic, &invalid).await?;
+    produce(producer, codec, topic, &invalid).await?;
     let good_id = unique("order");
     let good = decision(&good_id, &unique("cart"), 1, OrderDecisionStatus::Rejected);
-    produce(&producer, &codec, &topic, &good).await?;
+    produce(producer, codec, topic, &good).await?;
 
-    let dead_letters = DeadLetters::new(
-        &bootstrap,
-        &Default::default(),
-        &group,
-        "order-sink",
-        &prometheus::Registry::new(),
-    )?;
-    let shutdown = CancellationToken::new();
-    let sink = spawn_sink(
-        stack,
-        &topic,
-        &group,
-        &codec,
-        pool,
-        dead_letters.clone(),
-        &shutdown,
-    );
-    let waited = wait_for_order(pool, &good_id).await;
-    shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(30), sink)
+    let dead_letters = case.dead_letters(&prometheus::Registry::new())?;
+    case.run_until_applied(stack, pool, dead_letters.clone(), &good_id)
         .await
-        .context("the sink did not stop after shutdown")???;
-    waited.context("the good decision after the invalid one")?;
+        .context("the good decision after the invalid one")?;
     assert_eq!(orders::order_status(pool, &invalid_id).await?, None);
 
-    let reader = keel_tests::kafka::consumer(&bootstrap, "read_committed")?;
-    let letters =
-        keel_tests::kafka::read_topic(&reader, &dlq, 1, PATIENCE, Duration::from_secs(2)).await?;
-    assert_eq!(letters.len(), 1, "dead letters on {dlq}: {letters:?}");
+    let letters = case.letters().await?;
+    assert_eq!(
+        letters.len(),
+        1,
+        "dead letters on {}: {letters:?}",
+        case.dlq
+    );
     let letter = &letters[0];
     let value = letter.payload().context("the dead letter has a value")?;
-    let decoded: OrderDecision = codec.decode_from(&topic, value).await?;
+    let decoded: OrderDecision = codec.decode_from(topic, value).await?;
     assert_eq!(
         decoded, invalid,
         "the value is the invalid decision as written"
     );
-    let why = letter
-        .headers()
-        .and_then(|h| {
-            h.iter()
-                .filter(|h| h.key == dlq_headers::ERROR)
-                .last()
-                .and_then(|h| h.value)
-        })
-        .map(|v| String::from_utf8_lossy(v).into_owned())
-        .context("no error header")?;
+    let why = header(letter, dlq_headers::ERROR).context("no error header")?;
     assert!(why.contains("sequence"), "why: {why}");
-    assert_eq!(dead_letters.count(&topic), 1);
+    assert_eq!(dead_letters.count(topic), 1);
     Ok(())
 }
