@@ -477,6 +477,14 @@ impl StreamTask {
             .join(" or ")
     }
 
+    /// Whether a wall-clock punctuator is scheduled (the thread then polls at most
+    /// `WALL_CLOCK_CHECK` at a time, so it fires on time while the input is idle).
+    pub(crate) fn has_wall_clock_punctuators(&self) -> bool {
+        self.schedules
+            .iter()
+            .any(|s| s.kind == PunctuationType::WallClock)
+    }
+
     /// Fires the punctuators of `kind` that are due at `now`.
     pub(crate) fn punctuate(
         &mut self,

@@ -141,8 +141,12 @@ struct Core {
     last_wall_check: Instant,
     /// The wall clock (epoch ms) as read at an instant, at most [`WALL_CLOCK_CHECK`] ago: a
     /// record's wall-clock time is derived from it and the instant its step began
-    /// ([`Core::wall_ms`]), so a record costs two clock reads, not five.
+    /// ([`Core::wall_ms`]), so a record costs two clock reads (the step's start and its
+    /// processing time), not five.
     wall_base: (Instant, i64),
+    /// When the last loop turn began ([`Core::step`]): the next poll's wait is measured from
+    /// it, not from a clock read of its own.
+    step_started: Instant,
     /// Last committed position per owned input partition (`None`: nothing committed yet).
     committed: HashMap<(String, i32), Option<i64>>,
     /// Partitions assigned by the last rebalance whose tasks are not set up yet.
@@ -219,6 +223,7 @@ pub(crate) fn run(index: usize, shared: Arc<Shared>, progress: &mut Progress) ->
         changelog_topics: FxHashMap::default(),
         last_wall_check: Instant::now(),
         wall_base: (Instant::now(), now_ms()),
+        step_started: Instant::now(),
         committed: HashMap::new(),
         pending_assign: Vec::new(),
         corrupt: Vec::new(),
@@ -330,19 +335,27 @@ fn run_loop(consumer: &GroupConsumer, core: &Mutex<Core>) -> Result<()> {
 /// on ([`StreamsConfig::min_commit_interval_ms`]) `min_commit_interval`, after the last commit
 /// (`since_commit` ago), so a poll that comes back empty then means the input ran dry.
 /// Waiting the whole [`IDLE_POLL`] instead held a due commit until the next input arrived.
+/// With a wall-clock punctuator scheduled, at most [`WALL_CLOCK_CHECK`], the resolution of
+/// wall-clock punctuation: an idle thread used to fire them up to [`IDLE_POLL`] late.
 fn poll_wait_for(
     commit_interval: Duration,
     min_commit_interval: Option<Duration>,
     uncommitted: bool,
     since_commit: Duration,
+    wall_clock_punctuators: bool,
 ) -> Duration {
+    let longest = if wall_clock_punctuators {
+        WALL_CLOCK_CHECK
+    } else {
+        IDLE_POLL
+    };
     if !uncommitted {
-        return IDLE_POLL;
+        return longest;
     }
     min_commit_interval
         .unwrap_or(commit_interval)
         .saturating_sub(since_commit)
-        .min(IDLE_POLL)
+        .min(longest)
 }
 
 impl Core {
@@ -363,13 +376,18 @@ impl Core {
         self.dirty || !self.positions.is_empty()
     }
 
-    /// How long the next poll may wait for input ([`poll_wait_for`]).
+    /// How long the next poll may wait for input ([`poll_wait_for`]), measured from the start
+    /// of the last step (a commit in it moved `last_commit` past that: no wait is cut short).
     fn poll_wait(&self) -> Duration {
         poll_wait_for(
             self.shared.config.commit_interval(),
             self.shared.config.min_commit_interval(),
             self.has_uncommitted(),
-            self.last_commit.elapsed(),
+            self.step_started
+                .saturating_duration_since(self.last_commit),
+            self.tasks
+                .values()
+                .any(StreamTask::has_wall_clock_punctuators),
         )
     }
 
@@ -415,6 +433,7 @@ impl Core {
         let drained = matches!(&polled, None | Some(Err(KafkaError::PartitionEOF(_))));
         self.restore_slice(consumer)?;
         let now = Instant::now();
+        self.step_started = now;
         match polled {
             Some(Ok(_)) if held_back => {
                 // Fetched before its partition was paused: the seek when the task starts
@@ -496,22 +515,25 @@ mod tests {
 
     #[test]
     fn with_work_to_commit_a_poll_waits_only_until_the_commit_is_due() {
-        assert_eq!(poll_wait_for(100 * MS, None, true, 95 * MS), 5 * MS);
+        assert_eq!(poll_wait_for(100 * MS, None, true, 95 * MS, false), 5 * MS);
         assert_eq!(
-            poll_wait_for(100 * MS, None, true, 130 * MS),
+            poll_wait_for(100 * MS, None, true, 130 * MS, false),
             Duration::ZERO
         );
         assert_eq!(
-            poll_wait_for(1_000 * MS, None, true, Duration::ZERO),
+            poll_wait_for(1_000 * MS, None, true, Duration::ZERO, false),
             IDLE_POLL
         );
     }
 
     #[test]
     fn with_nothing_to_commit_a_poll_waits_the_idle_poll() {
-        assert_eq!(poll_wait_for(100 * MS, None, false, 95 * MS), IDLE_POLL);
         assert_eq!(
-            poll_wait_for(100 * MS, Some(20 * MS), false, 95 * MS),
+            poll_wait_for(100 * MS, None, false, 95 * MS, false),
+            IDLE_POLL
+        );
+        assert_eq!(
+            poll_wait_for(100 * MS, Some(20 * MS), false, 95 * MS, false),
             IDLE_POLL
         );
     }
@@ -519,12 +541,25 @@ mod tests {
     #[test]
     fn with_commits_on_drained_input_a_poll_waits_until_that_commit_is_allowed() {
         assert_eq!(
-            poll_wait_for(100 * MS, Some(20 * MS), true, 5 * MS),
+            poll_wait_for(100 * MS, Some(20 * MS), true, 5 * MS, false),
             15 * MS
         );
         assert_eq!(
-            poll_wait_for(100 * MS, Some(20 * MS), true, 25 * MS),
+            poll_wait_for(100 * MS, Some(20 * MS), true, 25 * MS, false),
             Duration::ZERO
         );
+    }
+
+    #[test]
+    fn with_a_wall_clock_punctuator_a_poll_waits_at_most_the_punctuation_resolution() {
+        assert_eq!(
+            poll_wait_for(100 * MS, None, false, 95 * MS, true),
+            WALL_CLOCK_CHECK
+        );
+        assert_eq!(
+            poll_wait_for(1_000 * MS, None, true, Duration::ZERO, true),
+            WALL_CLOCK_CHECK
+        );
+        assert_eq!(poll_wait_for(100 * MS, None, true, 95 * MS, true), 5 * MS);
     }
 }

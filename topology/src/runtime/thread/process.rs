@@ -40,7 +40,6 @@ impl Core {
         })?;
         let coordinates = (raw.topic.clone(), raw.partition, raw.offset);
         let mut output = std::mem::take(&mut self.output);
-        output.clear();
         let mut poison = poisoned(&self.shared);
         if let Some(refused) = poison.refused.get_mut(&coordinates) {
             // Its output was refused in an earlier (aborted) try: the record leaves no trace
@@ -68,6 +67,7 @@ impl Core {
                 });
             }
             refused.dead_lettered = true;
+            output.clear();
             tracing::warn!(
                 task = %id, topic = %raw.topic, partition = raw.partition, offset = raw.offset,
                 output = %refused.topic, error = %refused.reason,
