@@ -6,10 +6,13 @@
 //!
 //! The copy: the record's key, value and headers, then `keel.error` (why), `keel.source.topic`,
 //! `keel.source.partition`, `keel.source.offset`, `keel.source.timestamp` (ms; `-1` if the
-//! record has none) and `keel.processor` (the sink's name), as the runtime writes them (decimal
-//! text). Its timestamp is the time it is written. The producer is idempotent with
-//! `acks=all`, and [`DeadLetters::send`] returns only once the broker has acknowledged the copy:
-//! a sink commits its offset past the record after that, so a crash cannot lose it.
+//! record has none) and `keel.processor` (the sink's name): the runtime's own
+//! [`keel_topology::dlq_headers::for_source`] (decimal text) with the timestamp rule of
+//! [`keel_topology::timestamp_ms`], so a sink's dead letter and the runtime's say the same
+//! (the runtime adds `keel.task`). Its timestamp is the time it is written. The producer is
+//! idempotent with `acks=all`, and [`DeadLetters::send`] returns only once the broker has
+//! acknowledged the copy: a sink commits its offset past the record after that, so a crash
+//! cannot lose it.
 //!
 //! Counted in `keel_sink_dead_letters_total{sink, topic}` (`topic`: the source topic).
 
@@ -145,19 +148,17 @@ impl DeadLetters {
                 });
             }
         }
-        let timestamp = message.timestamp().to_millis().unwrap_or(-1).to_string();
-        let (partition_text, offset_text) = (partition.to_string(), offset.to_string());
-        for (key, value) in [
-            (dlq_headers::ERROR, why),
-            (dlq_headers::SOURCE_TOPIC, source_topic),
-            (dlq_headers::SOURCE_PARTITION, partition_text.as_str()),
-            (dlq_headers::SOURCE_OFFSET, offset_text.as_str()),
-            (dlq_headers::SOURCE_TIMESTAMP, timestamp.as_str()),
-            (dlq_headers::PROCESSOR, self.sink.as_str()),
-        ] {
+        for (key, value) in dlq_headers::for_source(
+            why,
+            source_topic,
+            partition,
+            offset,
+            keel_topology::timestamp_ms(message.timestamp()),
+            &self.sink,
+        ) {
             headers = headers.insert(Header {
                 key,
-                value: Some(value),
+                value: Some(value.as_str()),
             });
         }
         let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&self.topic)

@@ -4,22 +4,19 @@
 //! after it is applied; a dead letter the broker does not acknowledge stops the sink before
 //! the offset passes the bad event.
 
+mod common;
+
 use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use common::DlqSetup;
 use futures::FutureExt;
 use keel_avro::records::InventoryAdjusted;
-use keel_avro::{Codec, RegistryConfig};
-use keel_processors::dead_letter::{self, DeadLetters};
 use keel_processors::inventory::sink::{self, CassandraSinkConfig, SinkError};
 use keel_processors::topics::{self, Topics};
-use keel_tests::topics::TopicCleanup;
 use keel_tests::{PATIENCE, Stack, unique};
-use keel_topology::dlq_headers;
-use rdkafka::ClientConfig;
-use rdkafka::message::{Header, Headers as _, Message, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 use scylla::client::session::Session;
 use tokio_util::sync::CancellationToken;
 
@@ -58,46 +55,19 @@ async fn with_keyspace(unacknowledged_first: bool) -> anyhow::Result<()> {
 
 async fn scenario(stack: &Stack, keyspace: &str, unacknowledged_first: bool) -> anyhow::Result<()> {
     let bootstrap = stack.kafka_bootstrap.clone();
-    let prefix = format!("{}.", unique("dlq"));
-    let names = Topics::with_prefix(prefix.clone());
-    let group = unique("cassandra_sink");
-    let dlq = dead_letter::topic_for(&group);
-    let _topics = TopicCleanup::new(bootstrap.as_str())
-        .prefix(&prefix)
-        .topic(&dlq);
+    let names = Topics::with_prefix(format!("{}.", unique("dlq")));
     let inputs = [
         names.name(topics::INVENTORY_RESERVED),
         names.name(topics::INVENTORY_RELEASED),
         names.name(topics::INVENTORY_ADJUSTED),
     ];
     let adjusted = &inputs[2];
-    let mut create: Vec<&str> = inputs.iter().map(String::as_str).collect();
-    create.push(&dlq);
-    keel_tests::kafka::create_topics(&bootstrap, &create, 1).await?;
-    let codec = Codec::new(RegistryConfig {
-        subject_prefix: format!("{}-", unique("sink")),
-        ..RegistryConfig::with_url(stack.registry_url.clone())
-    })?;
-
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &bootstrap)
-        .set("enable.idempotence", "true")
-        .create()?;
+    let setup = DlqSetup::new(stack, "cassandra_sink", &inputs).await?;
+    let (group, codec, producer) = (&setup.group, &setup.codec, &setup.producer);
     // Not Confluent-framed Avro (no magic byte 0): the input's fault.
-    let bad: &[u8] = b"{\"sku\": \"not avro\"}";
-    let delivered = producer
-        .send(
-            FutureRecord::to(adjusted)
-                .key("MUG-BAD")
-                .payload(bad)
-                .headers(OwnedHeaders::new().insert(Header {
-                    key: "trace",
-                    value: Some("t-2"),
-                })),
-            Duration::from_secs(10),
-        )
-        .await
-        .map_err(|(e, _)| e)?;
+    let bad = setup
+        .send_poison(adjusted, "MUG-BAD", b"{\"sku\": \"not avro\"}", Some("t-2"))
+        .await?;
     let sku = unique("SKU");
     let now = chrono::Utc::now().timestamp_millis();
     let good = InventoryAdjusted {
@@ -131,15 +101,7 @@ async fn scenario(stack: &Stack, keyspace: &str, unacknowledged_first: bool) -> 
     let reader = sink::connect(std::slice::from_ref(&stack.cassandra_node)).await?;
     if unacknowledged_first {
         // Nothing listens on port 1: no dead-letter write is ever acknowledged.
-        let unreachable = DeadLetters::new(
-            "127.0.0.1:1",
-            &[("message.timeout.ms".to_owned(), "1000".to_owned())]
-                .into_iter()
-                .collect(),
-            &group,
-            "cassandra-sink",
-            &prometheus::Registry::new(),
-        )?;
+        let unreachable = setup.unreachable_dead_letters("cassandra-sink")?;
         let first = sink::connect(std::slice::from_ref(&stack.cassandra_node)).await?;
         let stopped = tokio::time::timeout(
             Duration::from_secs(30),
@@ -167,13 +129,7 @@ async fn scenario(stack: &Stack, keyspace: &str, unacknowledged_first: bool) -> 
         );
     }
     let registry = prometheus::Registry::new();
-    let dead_letters = DeadLetters::new(
-        &bootstrap,
-        &Default::default(),
-        &group,
-        "cassandra-sink",
-        &registry,
-    )?;
+    let dead_letters = setup.dead_letters("cassandra-sink", &registry)?;
     let shutdown = CancellationToken::new();
     let task = tokio::spawn({
         let (bootstrap, names, codec, stop, dead_letters) = (
@@ -204,67 +160,17 @@ async fn scenario(stack: &Stack, keyspace: &str, unacknowledged_first: bool) -> 
     let on_hand = waited.context("the good event after the bad one")?;
     assert_eq!(on_hand, 7);
 
-    let consumer = keel_tests::kafka::consumer(&bootstrap, "read_committed")?;
-    let letters =
-        keel_tests::kafka::read_topic(&consumer, &dlq, 1, PATIENCE, Duration::from_secs(2)).await?;
-    assert_eq!(letters.len(), 1, "dead letters on {dlq}: {letters:?}");
-    let letter = &letters[0];
+    let letters = setup.letters().await?;
     assert_eq!(
-        letter.payload(),
-        Some(bad),
-        "the value is the bad event's bytes"
+        letters.len(),
+        1,
+        "dead letters on {}: {letters:?}",
+        setup.dlq
     );
-    assert_eq!(letter.key(), Some(&b"MUG-BAD"[..]));
-    let headers = letter.headers().context("the dead letter has headers")?;
-    let header = |name: &str| -> Option<String> {
-        headers
-            .iter()
-            .filter(|h| h.key == name)
-            .last()
-            .and_then(|h| h.value)
-            .map(|v| String::from_utf8_lossy(v).into_owned())
-    };
-    assert_eq!(
-        header("trace").as_deref(),
-        Some("t-2"),
-        "original headers kept"
-    );
-    assert_eq!(header(dlq_headers::SOURCE_TOPIC).as_ref(), Some(adjusted));
-    assert_eq!(
-        header(dlq_headers::SOURCE_PARTITION),
-        Some(delivered.partition.to_string())
-    );
-    assert_eq!(
-        header(dlq_headers::SOURCE_OFFSET),
-        Some(delivered.offset.to_string())
-    );
-    assert_eq!(
-        header(dlq_headers::PROCESSOR).as_deref(),
-        Some("cassandra-sink")
-    );
-    let source_timestamp: i64 = header(dlq_headers::SOURCE_TIMESTAMP)
-        .context("no source timestamp")?
-        .parse()?;
-    assert!(source_timestamp > 0, "source timestamp {source_timestamp}");
-    let why = header(dlq_headers::ERROR).context("no error header")?;
-    assert!(!why.is_empty(), "the error header says why");
+    bad.assert_dead_letter(&letters[0], "cassandra-sink")?;
 
     assert_eq!(dead_letters.count(adjusted), 1);
-    let exported: f64 = registry
-        .gather()
-        .iter()
-        .filter(|f| f.name() == dead_letter::METRIC)
-        .flat_map(|f| f.get_metric().iter())
-        .filter(|m| {
-            m.get_label()
-                .iter()
-                .any(|l| l.name() == "sink" && l.value() == "cassandra-sink")
-                && m.get_label()
-                    .iter()
-                    .any(|l| l.name() == "topic" && l.value() == adjusted.as_str())
-        })
-        .map(|m| m.get_counter().value())
-        .sum();
+    let exported = common::exported(&registry, "cassandra-sink", adjusted);
     assert!((exported - 1.0).abs() < f64::EPSILON, "exported {exported}");
     Ok(())
 }

@@ -1,23 +1,26 @@
 //! The order sink against the real stack: Kafka (a random decisions topic), the schema registry
 //! and MariaDB (a fresh `keel_test_<random>` database, dropped at the end).
 
+mod common;
+
 use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use common::{DlqSetup, codec, header};
 use futures::FutureExt;
+use keel_avro::Codec;
 use keel_avro::records::{
     Money, OrderCreated, OrderDecision, OrderDecisionStatus, OrderLine, OrderStatus,
     OrderStatusChanged, ShippingAddress,
 };
-use keel_avro::{Codec, RegistryConfig};
-use keel_processors::dead_letter::{self, DeadLetters};
+use keel_processors::dead_letter::DeadLetters;
 use keel_processors::orders::{self, Applied};
 use keel_tests::topics::TopicCleanup;
 use keel_tests::{PATIENCE, Stack, unique};
 use keel_topology::dlq_headers;
 use rdkafka::ClientConfig;
-use rdkafka::message::{Header, Headers as _, Message, OwnedHeaders};
+use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use sqlx::mysql::MySqlPoolOptions;
 use sqlx::{AssertSqlSafe, MySqlPool};
@@ -67,13 +70,6 @@ impl TestDb {
             eprintln!("dropping {}: {e}", self.name);
         }
     }
-}
-
-fn codec(stack: &Stack) -> anyhow::Result<Codec> {
-    Ok(Codec::new(RegistryConfig {
-        subject_prefix: format!("{}-", unique("sink")),
-        ..RegistryConfig::with_url(stack.registry_url.clone())
-    })?)
 }
 
 fn decision(
@@ -540,53 +536,24 @@ async fn a_batch_applies_each_decision_in_one_transaction_despite_duplicates_and
     result.unwrap_or_else(|panic| std::panic::resume_unwind(panic))
 }
 
-/// What each dead-letter test starts from: a decisions topic and a sink group's dead-letter
-/// topic (one partition each, so a record written after a bad one proves the bad one was
-/// passed; both deleted at drop), and an idempotent producer.
+/// What each dead-letter test starts from: a decisions topic and the order sink's group with
+/// its dead-letter topic, a producer and a codec ([`DlqSetup`]).
 struct DlqCase {
-    codec: Codec,
-    bootstrap: String,
+    setup: DlqSetup,
     topic: String,
-    group: String,
-    dlq: String,
-    producer: FutureProducer,
-    _topics: TopicCleanup,
 }
 
 impl DlqCase {
     async fn new(stack: &Stack) -> anyhow::Result<Self> {
-        let bootstrap = stack.kafka_bootstrap.clone();
         let topic = unique("order_decisions");
-        let group = unique("order_sink");
-        let dlq = dead_letter::topic_for(&group);
-        let topics = TopicCleanup::new(bootstrap.as_str())
-            .topic(&topic)
-            .topic(&dlq);
-        keel_tests::kafka::create_topics(&bootstrap, &[&topic, &dlq], 1).await?;
-        let producer: FutureProducer = ClientConfig::new()
-            .set("bootstrap.servers", &bootstrap)
-            .set("enable.idempotence", "true")
-            .create()?;
-        Ok(Self {
-            codec: codec(stack)?,
-            bootstrap,
-            topic,
-            group,
-            dlq,
-            producer,
-            _topics: topics,
-        })
+        let setup = DlqSetup::new(stack, "order_sink", &[&topic]).await?;
+        Ok(Self { setup, topic })
     }
 
-    /// A dead-letter writer of the sink's group through the stack's broker, into `registry`.
+    /// A dead-letter writer of the order sink's group through the stack's broker, into
+    /// `registry`.
     fn dead_letters(&self, registry: &prometheus::Registry) -> anyhow::Result<DeadLetters> {
-        Ok(DeadLetters::new(
-            &self.bootstrap,
-            &Default::default(),
-            &self.group,
-            "order-sink",
-            registry,
-        )?)
+        self.setup.dead_letters("order-sink", registry)
     }
 
     /// Runs the sink with `dead_letters` until order `order_id` is in `pool`, then stops it.
@@ -601,8 +568,8 @@ impl DlqCase {
         let sink = spawn_sink(
             stack,
             &self.topic,
-            &self.group,
-            &self.codec,
+            &self.setup.group,
+            &self.setup.codec,
             pool,
             dead_letters,
             &shutdown,
@@ -614,22 +581,6 @@ impl DlqCase {
             .context("the sink did not stop after shutdown")???;
         waited.with_context(|| format!("order {order_id} was not applied"))
     }
-
-    /// The records on the dead-letter topic (at least one is waited for).
-    async fn letters(&self) -> anyhow::Result<Vec<rdkafka::message::OwnedMessage>> {
-        let reader = keel_tests::kafka::consumer(&self.bootstrap, "read_committed")?;
-        keel_tests::kafka::read_topic(&reader, &self.dlq, 1, PATIENCE, Duration::from_secs(2)).await
-    }
-}
-
-/// The last value of header `name` of `m`, as text.
-fn header(m: &impl Message, name: &str) -> Option<String> {
-    m.headers()?
-        .iter()
-        .filter(|h| h.key == name)
-        .last()
-        .and_then(|h| h.value)
-        .map(|v| String::from_utf8_lossy(v).into_owned())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -646,27 +597,20 @@ async fn an_undecodable_record_is_dead_lettered_with_why_and_where_and_the_next_
 
 async fn dead_letter_scenario(stack: &Stack, pool: &MySqlPool) -> anyhow::Result<()> {
     let case = DlqCase::new(stack).await?;
-    let (topic, group) = (&case.topic, &case.group);
-    assert_eq!(case.dlq, format!("{group}-dlq"));
+    let (topic, setup) = (&case.topic, &case.setup);
+    assert_eq!(setup.dlq, format!("{}-dlq", setup.group));
     // Not Confluent-framed Avro (no magic byte 0): the input's fault.
-    let bad: &[u8] = b"{\"order_id\": \"not avro\"}";
-    let delivered = case
-        .producer
-        .send(
-            FutureRecord::to(topic).key("bad-key").payload(bad).headers(
-                OwnedHeaders::new().insert(Header {
-                    key: "trace",
-                    value: Some("t-1"),
-                }),
-            ),
-            Duration::from_secs(10),
+    let bad = setup
+        .send_poison(
+            topic,
+            "bad-key",
+            b"{\"order_id\": \"not avro\"}",
+            Some("t-1"),
         )
-        .await
-        .map_err(|(e, _)| e)?;
-    let (partition, offset) = (delivered.partition, delivered.offset);
+        .await?;
     let good_id = unique("order");
     let good = decision(&good_id, &unique("cart"), 1, OrderDecisionStatus::Rejected);
-    produce(&case.producer, &case.codec, topic, &good).await?;
+    produce(&setup.producer, &setup.codec, topic, &good).await?;
 
     let registry = prometheus::Registry::new();
     let dead_letters = case.dead_letters(&registry)?;
@@ -678,64 +622,17 @@ async fn dead_letter_scenario(stack: &Stack, pool: &MySqlPool) -> anyhow::Result
         Some("REJECTED")
     );
 
-    let letters = case.letters().await?;
+    let letters = setup.letters().await?;
     assert_eq!(
         letters.len(),
         1,
         "dead letters on {}: {letters:?}",
-        case.dlq
+        setup.dlq
     );
-    let letter = &letters[0];
-    assert_eq!(
-        letter.payload(),
-        Some(bad),
-        "the value is the bad record's bytes"
-    );
-    assert_eq!(letter.key(), Some(&b"bad-key"[..]));
-    assert_eq!(
-        header(letter, "trace").as_deref(),
-        Some("t-1"),
-        "original headers kept"
-    );
-    assert_eq!(
-        header(letter, dlq_headers::SOURCE_TOPIC),
-        Some(topic.clone())
-    );
-    assert_eq!(
-        header(letter, dlq_headers::SOURCE_PARTITION),
-        Some(partition.to_string())
-    );
-    assert_eq!(
-        header(letter, dlq_headers::SOURCE_OFFSET),
-        Some(offset.to_string())
-    );
-    assert_eq!(
-        header(letter, dlq_headers::PROCESSOR).as_deref(),
-        Some("order-sink")
-    );
-    let source_timestamp: i64 = header(letter, dlq_headers::SOURCE_TIMESTAMP)
-        .context("no source timestamp")?
-        .parse()?;
-    assert!(source_timestamp > 0, "source timestamp {source_timestamp}");
-    let why = header(letter, dlq_headers::ERROR).context("no error header")?;
-    assert!(!why.is_empty(), "the error header says why");
+    bad.assert_dead_letter(&letters[0], "order-sink")?;
 
     assert_eq!(dead_letters.count(topic), 1);
-    let exported: f64 = registry
-        .gather()
-        .iter()
-        .filter(|f| f.name() == dead_letter::METRIC)
-        .flat_map(|f| f.get_metric().iter())
-        .filter(|m| {
-            m.get_label()
-                .iter()
-                .any(|l| l.name() == "sink" && l.value() == "order-sink")
-                && m.get_label()
-                    .iter()
-                    .any(|l| l.name() == "topic" && l.value() == topic.as_str())
-        })
-        .map(|m| m.get_counter().value())
-        .sum();
+    let exported = common::exported(&registry, "order-sink", topic);
     assert!((exported - 1.0).abs() < f64::EPSILON, "exported {exported}");
     Ok(())
 }
@@ -785,42 +682,22 @@ async fn a_record_whose_dead_letter_is_not_acknowledged_is_retried_not_passed() 
 
 async fn unacknowledged_scenario(stack: &Stack, pool: &MySqlPool) -> anyhow::Result<()> {
     let case = DlqCase::new(stack).await?;
-    let DlqCase {
-        codec,
-        topic,
-        group,
-        producer,
-        ..
-    } = &case;
-    let bad: &[u8] = b"not avro";
-    let delivered = producer
-        .send(
-            FutureRecord::to(topic).key("bad-key").payload(bad),
-            Duration::from_secs(10),
-        )
-        .await
-        .map_err(|(e, _)| e)?;
+    let (topic, setup) = (&case.topic, &case.setup);
+    let bad = setup
+        .send_poison(topic, "bad-key", b"not avro", None)
+        .await?;
     let good_id = unique("order");
     let good = decision(&good_id, &unique("cart"), 1, OrderDecisionStatus::Rejected);
-    produce(producer, codec, topic, &good).await?;
+    produce(&setup.producer, &setup.codec, topic, &good).await?;
 
-    // First run: the dead-letter producer reaches no broker (nothing listens on port 1), so no
-    // write is ever acknowledged.
-    let unreachable = DeadLetters::new(
-        "127.0.0.1:1",
-        &[("message.timeout.ms".to_owned(), "1000".to_owned())]
-            .into_iter()
-            .collect(),
-        group,
-        "order-sink",
-        &prometheus::Registry::new(),
-    )?;
+    // First run: the dead-letter producer reaches no broker, so no write is ever acknowledged.
+    let unreachable = setup.unreachable_dead_letters("order-sink")?;
     let shutdown = CancellationToken::new();
     let sink = spawn_sink(
         stack,
         topic,
-        group,
-        codec,
+        &setup.group,
+        &setup.codec,
         pool,
         unreachable.clone(),
         &shutdown,
@@ -845,13 +722,13 @@ async fn unacknowledged_scenario(stack: &Stack, pool: &MySqlPool) -> anyhow::Res
     case.run_until_applied(stack, pool, dead_letters.clone(), &good_id)
         .await
         .context("the good decision in the second run")?;
-    let letters = case.letters().await?;
+    let letters = setup.letters().await?;
     let offsets: Vec<Option<String>> = letters
         .iter()
         .map(|m| header(m, dlq_headers::SOURCE_OFFSET))
         .collect();
-    assert_eq!(offsets, [Some(delivered.offset.to_string())]);
-    assert_eq!(letters[0].payload(), Some(bad));
+    assert_eq!(offsets, [Some(bad.offset.to_string())]);
+    assert_eq!(letters[0].payload(), Some(bad.value));
     assert_eq!(dead_letters.count(topic), 1);
     Ok(())
 }
@@ -870,12 +747,7 @@ async fn a_decision_no_rows_can_be_made_of_is_dead_lettered_and_the_next_is_appl
 
 async fn invalid_decision_scenario(stack: &Stack, pool: &MySqlPool) -> anyhow::Result<()> {
     let case = DlqCase::new(stack).await?;
-    let DlqCase {
-        codec,
-        topic,
-        producer,
-        ..
-    } = &case;
+    let (topic, setup) = (&case.topic, &case.setup);
     // Decodes, but no row can be made of it (sequence 0): the input's fault. Both records are
     // in the topic before the sink starts, so they usually share a batch.
     let invalid_id = unique("order");
@@ -885,10 +757,10 @@ async fn invalid_decision_scenario(stack: &Stack, pool: &MySqlPool) -> anyhow::R
         0,
         OrderDecisionStatus::Rejected,
     );
-    produce(producer, codec, topic, &invalid).await?;
+    produce(&setup.producer, &setup.codec, topic, &invalid).await?;
     let good_id = unique("order");
     let good = decision(&good_id, &unique("cart"), 1, OrderDecisionStatus::Rejected);
-    produce(producer, codec, topic, &good).await?;
+    produce(&setup.producer, &setup.codec, topic, &good).await?;
 
     let dead_letters = case.dead_letters(&prometheus::Registry::new())?;
     case.run_until_applied(stack, pool, dead_letters.clone(), &good_id)
@@ -896,16 +768,16 @@ async fn invalid_decision_scenario(stack: &Stack, pool: &MySqlPool) -> anyhow::R
         .context("the good decision after the invalid one")?;
     assert_eq!(orders::order_status(pool, &invalid_id).await?, None);
 
-    let letters = case.letters().await?;
+    let letters = setup.letters().await?;
     assert_eq!(
         letters.len(),
         1,
         "dead letters on {}: {letters:?}",
-        case.dlq
+        setup.dlq
     );
     let letter = &letters[0];
     let value = letter.payload().context("the dead letter has a value")?;
-    let decoded: OrderDecision = codec.decode_from(topic, value).await?;
+    let decoded: OrderDecision = setup.codec.decode_from(topic, value).await?;
     assert_eq!(
         decoded, invalid,
         "the value is the invalid decision as written"

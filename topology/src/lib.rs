@@ -42,7 +42,7 @@ pub use keel_state::{Guarantee, StoreKind};
 pub use keel_state::{KeyValueStore, Timer, TimerStore, TtlEntry, TtlStore};
 pub use metrics::Metrics;
 pub use processor::{Context, Processor, Punctuation, PunctuationType};
-pub use record::{Headers, OutRecord, RawRecord, Record, RecordMeta};
+pub use record::{Headers, NO_TIMESTAMP, OutRecord, RawRecord, Record, RecordMeta, timestamp_ms};
 pub use reset::{ResetOptions, ResetReport, reset_application};
 pub use runtime::{KafkaStreams, StreamsHandle, default_partition, shutdown_on_signals};
 pub use task::{BadRecordPolicy, dlq_headers};

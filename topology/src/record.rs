@@ -85,12 +85,26 @@ pub struct RecordMeta {
     pub timestamp: i64,
 }
 
+/// The timestamp of a record that has none: Kafka's `NO_TIMESTAMP` (`-1`, what a Java
+/// `ConsumerRecord` says then). [`timestamp_ms`] gives it; a dead letter's
+/// `keel.source.timestamp` reads `-1` then ([`crate::dlq_headers::for_source`]).
+pub const NO_TIMESTAMP: i64 = -1;
+
+/// A consumed record's timestamp in ms since the epoch, or [`NO_TIMESTAMP`] if the broker
+/// record has none: the one rule the runtime's consumer and the plain consumers' sinks follow.
+pub fn timestamp_ms(timestamp: rdkafka::message::Timestamp) -> i64 {
+    timestamp.to_millis().unwrap_or(NO_TIMESTAMP)
+}
+
 /// An input record as the consumer (or the test driver) hands it over: bytes, not yet decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RawRecord {
     pub topic: Arc<str>,
     pub partition: i32,
     pub offset: i64,
+    /// Ms since the epoch; [`NO_TIMESTAMP`] if the broker record has none ([`timestamp_ms`]).
+    /// Processors see it as is; an output that keeps it is written with the time it is sent
+    /// (a negative timestamp goes to the producer as 0: "now").
     pub timestamp: i64,
     pub key: Option<Vec<u8>>,
     pub value: Option<Vec<u8>>,
@@ -118,4 +132,33 @@ pub struct OutRecord {
     pub value: Option<Vec<u8>>,
     pub timestamp: i64,
     pub headers: Headers,
+}
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::message::Timestamp;
+
+    use super::*;
+    use crate::dlq_headers;
+
+    #[test]
+    fn a_record_without_a_timestamp_reads_minus_one_in_its_dead_letter() {
+        for missing in [Timestamp::NotAvailable, Timestamp::CreateTime(-1)] {
+            assert_eq!(timestamp_ms(missing), NO_TIMESTAMP);
+        }
+        assert_eq!(timestamp_ms(Timestamp::LogAppendTime(1_700)), 1_700);
+        let headers =
+            dlq_headers::for_source("why", "t", 2, 7, timestamp_ms(Timestamp::NotAvailable), "p");
+        assert_eq!(
+            headers.map(|(name, value)| format!("{name}={value}")),
+            [
+                "keel.error=why",
+                "keel.source.topic=t",
+                "keel.source.partition=2",
+                "keel.source.offset=7",
+                "keel.source.timestamp=-1",
+                "keel.processor=p",
+            ]
+        );
+    }
 }

@@ -15,7 +15,8 @@ use crate::processor::{
 use crate::record::{Headers, OutRecord, RawRecord, RecordMeta};
 use crate::topology::{EncodeFailure, Graph, NodeKind, TaskId};
 
-/// Dead-letter header names (values are UTF-8).
+/// Dead-letter header names (values are UTF-8) and [`for_source`](dlq_headers::for_source),
+/// the one rule for their values, which the runtime and the plain consumers' sinks share.
 pub mod dlq_headers {
     pub const ERROR: &str = "keel.error";
     pub const SOURCE_TOPIC: &str = "keel.source.topic";
@@ -26,6 +27,31 @@ pub mod dlq_headers {
     /// The original record's timestamp (ms): a dead letter carries the time it was written, which
     /// the broker takes, not the original's, which it may refuse.
     pub const SOURCE_TIMESTAMP: &str = "keel.source.timestamp";
+
+    /// The dead-letter headers of the record at `topic`/`partition`@`offset` with `timestamp`
+    /// (ms since the epoch, or [`NO_TIMESTAMP`](crate::NO_TIMESTAMP) if it has none, as
+    /// [`timestamp_ms`](crate::timestamp_ms) gives it), which `processor` could not use because
+    /// of `why`. In this order: [`ERROR`], [`SOURCE_TOPIC`], [`SOURCE_PARTITION`],
+    /// [`SOURCE_OFFSET`], [`SOURCE_TIMESTAMP`], [`PROCESSOR`]; numbers as decimal text, so a
+    /// record without a timestamp reads `-1`. They go after the record's own headers; the
+    /// runtime adds [`TASK`] (the plain consumers' sinks have no task).
+    pub fn for_source(
+        why: &str,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        timestamp: i64,
+        processor: &str,
+    ) -> [(&'static str, String); 6] {
+        [
+            (ERROR, why.to_owned()),
+            (SOURCE_TOPIC, topic.to_owned()),
+            (SOURCE_PARTITION, partition.to_string()),
+            (SOURCE_OFFSET, offset.to_string()),
+            (SOURCE_TIMESTAMP, timestamp.to_string()),
+            (PROCESSOR, processor.to_owned()),
+        ]
+    }
 }
 
 /// What to do with a record that cannot be decoded or that a processor rejects as bad input.
@@ -348,9 +374,9 @@ impl StreamTask {
     }
 
     /// The dead-letter copy of input record `raw`: its key, value and headers, plus headers
-    /// saying why and where from. Its timestamp is `wall_clock`, which the broker takes (the
-    /// original's may be what the broker refused); the original's is in
-    /// [`dlq_headers::SOURCE_TIMESTAMP`].
+    /// saying why and where from ([`dlq_headers::for_source`], then [`dlq_headers::TASK`]). Its
+    /// timestamp is `wall_clock`, which the broker takes (the original's may be what the broker
+    /// refused); the original's is in [`dlq_headers::SOURCE_TIMESTAMP`] (`-1` if it has none).
     pub(crate) fn dead_letter(
         &mut self,
         raw: &RawRecord,
@@ -359,12 +385,16 @@ impl StreamTask {
         wall_clock: i64,
     ) -> OutRecord {
         let mut headers = raw.headers.clone();
-        headers.insert(dlq_headers::ERROR, why);
-        headers.insert(dlq_headers::SOURCE_TOPIC, raw.topic.as_bytes());
-        headers.insert(dlq_headers::SOURCE_PARTITION, raw.partition.to_string());
-        headers.insert(dlq_headers::SOURCE_OFFSET, raw.offset.to_string());
-        headers.insert(dlq_headers::SOURCE_TIMESTAMP, raw.timestamp.to_string());
-        headers.insert(dlq_headers::PROCESSOR, processor);
+        for (name, value) in dlq_headers::for_source(
+            &why,
+            &raw.topic,
+            raw.partition,
+            raw.offset,
+            raw.timestamp,
+            &processor,
+        ) {
+            headers.insert(name, value);
+        }
         headers.insert(dlq_headers::TASK, self.id.to_string());
         self.counters.dead_lettered += 1;
         OutRecord {

@@ -81,11 +81,39 @@ impl Default for CassandraSinkConfig {
 pub enum SinkError {
     #[error("cassandra: {0}")]
     Cassandra(String),
+    /// The schema registry could not be asked to decode the event at `record`
+    /// (`topic/partition@offset`): a dependency's fault. The event is not passed over: a
+    /// restart resumes from the last committed offset and reads it again.
+    #[error("decoding {record}: the schema registry is unreachable: {source}")]
+    RegistryUnreachable {
+        record: String,
+        #[source]
+        source: Box<keel_avro::Error>,
+    },
+    /// The event at `record` (`topic/partition@offset`) could not be decoded by Keel's own
+    /// fault (a registry answer or a schema Keel cannot use: a bug, not the input's fault, so
+    /// not dead-lettered). The event is not passed over.
+    #[error("decoding {record}: Keel's own fault (a bug), not the event's: {source}")]
+    Decoding {
+        record: String,
+        #[source]
+        source: Box<keel_avro::Error>,
+    },
     #[error("kafka: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
     /// An undecodable event's dead-letter copy was not acknowledged: it is not passed over.
     #[error("dead letters: {0}")]
     DeadLetter(#[from] crate::dead_letter::Error),
+}
+
+/// `message`'s `topic/partition@offset`.
+fn record_at(message: &impl Message) -> String {
+    format!(
+        "{}/{}@{}",
+        message.topic(),
+        message.partition(),
+        message.offset()
+    )
 }
 
 fn cql(e: impl std::fmt::Display) -> SinkError {
@@ -546,8 +574,8 @@ async fn apply_with_retry(
 /// `keel_sink_dead_letters_total` before its offset is committed; a dead-letter write the broker
 /// does not acknowledge stops the sink with [`SinkError::DeadLetter`] (the event is not passed
 /// over: a restart reads it again). An unreachable registry stops the sink
-/// ([`SinkError::Cassandra`]; a restart resumes from the last committed offset), and so does a
-/// registry or schema error that is Keel's own fault (a bug).
+/// ([`SinkError::RegistryUnreachable`]; a restart resumes from the last committed offset), and
+/// so does a registry or schema error that is Keel's own fault ([`SinkError::Decoding`]: a bug).
 pub async fn run(
     bootstrap: &str,
     names: &Topics,
@@ -621,10 +649,16 @@ pub async fn run(
                     Err(e) if e.fault() == keel_avro::Fault::Dependency => {
                         // The registry is unreachable: stop; the supervisor restarts from the
                         // last committed offset.
-                        return Err(SinkError::Cassandra(format!("decoding {topic}: {e}")));
+                        return Err(SinkError::RegistryUnreachable {
+                            record: record_at(&message),
+                            source: Box::new(e),
+                        });
                     }
                     Err(e) if e.fault() == keel_avro::Fault::Bug => {
-                        return Err(SinkError::Cassandra(format!("decoding {topic}: {e}")));
+                        return Err(SinkError::Decoding {
+                            record: record_at(&message),
+                            source: Box::new(e),
+                        });
                     }
                     Err(e) => {
                         // The input's fault: dead-lettered (acknowledged) before the commit.

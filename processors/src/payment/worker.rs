@@ -357,8 +357,9 @@ impl Worker {
 }
 
 /// Decode and apply one command, retrying dependency failures with backoff until it is done or
-/// `shutdown`; a bad command is done once its dead-letter copy is acknowledged (a failed write
-/// is retried likewise). Returns (finished, fatal error).
+/// `shutdown`; a bad command is done once its dead-letter copy is acknowledged (a write that is
+/// not is a dependency failure, [`Error::DeadLetter`]: the command is retried with the same
+/// backoff). Returns (finished, fatal error).
 async fn process(
     service: &Service,
     codec: &Codec,
@@ -397,39 +398,35 @@ async fn process(
             }
             Err(e) => e,
         };
-        match error.action() {
+        let error = match error.action() {
+            Action::Stop => return (false, Some(error)),
+            Action::Retry => error,
+            // Done once its dead-letter copy is acknowledged. A copy that is not is
+            // `Error::DeadLetter`, a retry: the offset must not pass the command, which is
+            // tried again (and dead-lettered again) after the backoff below.
             Action::Skip => {
                 tracing::error!(error = %error, "payment command skipped: dead-lettering it");
                 let why = error.to_string();
-                let mut backoff = Duration::from_millis(100);
-                loop {
-                    let sent = tokio::select! {
-                        // Not finished: not committed, replayed by the next owner.
-                        () = shutdown.cancelled() => return (false, None),
-                        sent = dead_letters.send(message, &why) => sent,
-                    };
-                    let Err(e) = sent else { break };
-                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64,
-                        "payment dead letter not acknowledged; retrying");
-                    tokio::select! {
-                        () = shutdown.cancelled() => return (false, None),
-                        () = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
-                }
-                metrics.command("skipped");
-                return (true, None);
-            }
-            Action::Stop => return (false, Some(error)),
-            Action::Retry => {
-                tracing::warn!(error = %error, retry_in_ms = backoff.as_millis() as u64,
-                    "payment command failed; retrying");
-                tokio::select! {
+                let sent = tokio::select! {
+                    // Not finished: not committed, replayed by the next owner.
                     () = shutdown.cancelled() => return (false, None),
-                    () = tokio::time::sleep(backoff) => {}
+                    sent = dead_letters.send(message, &why) => sent,
+                };
+                match sent {
+                    Ok(()) => {
+                        metrics.command("skipped");
+                        return (true, None);
+                    }
+                    Err(e) => Error::DeadLetter(e),
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(30));
             }
+        };
+        tracing::warn!(error = %error, retry_in_ms = backoff.as_millis() as u64,
+            "payment command failed; retrying");
+        tokio::select! {
+            () = shutdown.cancelled() => return (false, None),
+            () = tokio::time::sleep(backoff) => {}
         }
+        backoff = (backoff * 2).min(Duration::from_secs(30));
     }
 }

@@ -227,7 +227,7 @@ pub(super) fn to_raw(
         topic,
         partition: m.partition(),
         offset: m.offset(),
-        timestamp: m.timestamp().to_millis().unwrap_or(0),
+        timestamp: crate::record::timestamp_ms(m.timestamp()),
         key: m.key().map(<[u8]>::to_vec),
         value: m.payload().map(<[u8]>::to_vec),
         headers,
