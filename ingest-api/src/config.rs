@@ -5,6 +5,11 @@ use std::net::SocketAddr;
 
 use serde::Deserialize;
 
+/// The longest `idempotency_retention_hours` accepted: a year.
+const MAX_IDEMPOTENCY_RETENTION_HOURS: u64 = 24 * 365;
+/// The longest `idempotency_purge_interval_s` accepted: a day.
+const MAX_IDEMPOTENCY_PURGE_INTERVAL_S: u64 = 86_400;
+
 /// The `api` section of Keel's configuration. `Debug` shows the secrets as `<redacted>`.
 #[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -35,6 +40,12 @@ pub struct ApiConfig {
     /// How far a callback's `Keel-Psp-Timestamp` may be from now, in seconds, in either
     /// direction (older: a replay; newer: a forged or skewed clock); beyond it → 401.
     pub psp_callback_tolerance_s: u64,
+    /// How long an `Idempotency-Key` of `POST /orders` is remembered, in hours (1 to 8760):
+    /// within it a retry gets the first answer; after it the key's row is purged and the key
+    /// is new again ([`crate::idempotency::retention`]).
+    pub idempotency_retention_hours: u64,
+    /// How often the API purges expired `Idempotency-Key` rows, in seconds (1 to 86400).
+    pub idempotency_purge_interval_s: u64,
 }
 
 impl fmt::Debug for ApiConfig {
@@ -54,6 +65,14 @@ impl fmt::Debug for ApiConfig {
             .field("inventory_read_timeout_ms", &self.inventory_read_timeout_ms)
             .field("psp_callback_secret", &format_args!("<redacted>"))
             .field("psp_callback_tolerance_s", &self.psp_callback_tolerance_s)
+            .field(
+                "idempotency_retention_hours",
+                &self.idempotency_retention_hours,
+            )
+            .field(
+                "idempotency_purge_interval_s",
+                &self.idempotency_purge_interval_s,
+            )
             .finish()
     }
 }
@@ -73,6 +92,8 @@ impl Default for ApiConfig {
             psp_callback_secret: keel_processors::psp_mock::PspMockConfig::default()
                 .callback_secret,
             psp_callback_tolerance_s: 300,
+            idempotency_retention_hours: 24,
+            idempotency_purge_interval_s: 300,
         }
     }
 }
@@ -111,6 +132,28 @@ impl ApiConfig {
         if self.auth_tokens.iter().any(|t| t.trim().is_empty()) {
             problems.push("auth_tokens must not contain an empty token".to_owned());
         }
+        if !(1..=MAX_IDEMPOTENCY_RETENTION_HOURS).contains(&self.idempotency_retention_hours) {
+            problems.push(format!(
+                "idempotency_retention_hours must be between 1 and \
+                 {MAX_IDEMPOTENCY_RETENTION_HOURS} (a year), got {}",
+                self.idempotency_retention_hours
+            ));
+        } else if self.idempotency_retention_hours.saturating_mul(3_600_000)
+            <= self.produce_timeout_ms.saturating_add(30_000)
+        {
+            problems.push(
+                "idempotency_retention_hours must be longer than produce_timeout_ms + 30 s \
+                 (how long a request may hold its key)"
+                    .to_owned(),
+            );
+        }
+        if !(1..=MAX_IDEMPOTENCY_PURGE_INTERVAL_S).contains(&self.idempotency_purge_interval_s) {
+            problems.push(format!(
+                "idempotency_purge_interval_s must be between 1 and \
+                 {MAX_IDEMPOTENCY_PURGE_INTERVAL_S} (a day), got {}",
+                self.idempotency_purge_interval_s
+            ));
+        }
         if problems.is_empty() {
             Ok(())
         } else {
@@ -137,6 +180,8 @@ mod tests {
         assert_eq!(c.inventory_read_timeout_ms, 2_000);
         assert_eq!(c.psp_callback_secret, "keel-psp-dev-secret");
         assert_eq!(c.psp_callback_tolerance_s, 300);
+        assert_eq!(c.idempotency_retention_hours, 24);
+        assert_eq!(c.idempotency_purge_interval_s, 300);
         assert_eq!(c.validate(), Ok(()));
     }
 
@@ -163,6 +208,33 @@ mod tests {
         };
         let problems = c.validate().expect_err("invalid");
         assert_eq!(problems.len(), 3, "{problems:?}");
+    }
+
+    #[test]
+    fn idempotency_retention_and_purge_interval_are_bounded() {
+        for (hours, interval) in [(0, 300), (24 * 365 + 1, 300), (24, 0), (24, 86_401)] {
+            let c = ApiConfig {
+                idempotency_retention_hours: hours,
+                idempotency_purge_interval_s: interval,
+                ..ApiConfig::default()
+            };
+            let problems = c.validate().expect_err("invalid");
+            assert_eq!(problems.len(), 1, "{hours} h, {interval} s: {problems:?}");
+            assert!(problems[0].starts_with("idempotency_"), "{problems:?}");
+        }
+        let c = ApiConfig {
+            idempotency_retention_hours: 1,
+            produce_timeout_ms: 3_600_000,
+            ..ApiConfig::default()
+        };
+        let problems = c.validate().expect_err("a request may outlive its key");
+        assert!(problems[0].contains("produce_timeout_ms"), "{problems:?}");
+        let c = ApiConfig {
+            idempotency_retention_hours: 24 * 365,
+            idempotency_purge_interval_s: 86_400,
+            ..ApiConfig::default()
+        };
+        assert_eq!(c.validate(), Ok(()));
     }
 
     #[test]

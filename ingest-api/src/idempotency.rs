@@ -5,6 +5,10 @@
 //! and command id, so a command that did land is not placed twice under another id).
 //! Requests without a key get a row too (scope `auto`, key = order id): it is what lets
 //! `GET /orders/{id}` answer `RECEIVED` before the order sink has written the order.
+//! Rows are kept `[api].idempotency_retention_hours` (default 24 h), then purged in the
+//! background ([`retention`]).
+
+pub mod retention;
 
 use std::time::Duration;
 

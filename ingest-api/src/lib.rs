@@ -15,7 +15,8 @@
 //!   adjust, reserve, release ([`InventoryDeps`]).
 //! - [`body`] — reading JSON bodies into problems that name the field.
 //! - [`problem`] — [`Problem`] (`application/problem+json`) and its kinds.
-//! - [`idempotency`] — the `api_idempotency` table: claim, replay, release.
+//! - [`idempotency`] — the `api_idempotency` table: claim, replay, release; its retention and
+//!   background purge ([`idempotency::retention`]).
 //! - `command` — writing commands: encode, produce, wait for Kafka, or 503 (every route).
 //! - [`kafka`] — the idempotent `acks=all` murmur2 command producer with a delivery deadline.
 //! - [`metrics`] — the Prometheus metrics; [`openapi`] — [`ApiDoc`].
@@ -164,6 +165,13 @@ pub async fn spawn(
         addr: config.listen,
         source,
     })?;
+    // Expired Idempotency-Keys: purged until shutdown; a failed round is retried, never fatal.
+    tokio::spawn(idempotency::retention::run_purge(
+        deps.pool.clone(),
+        idempotency::retention::Retention::from_config(&config),
+        metrics.idempotency_keys_purged.clone(),
+        shutdown.clone(),
+    ));
     let app = routes::App::new(routes::Inner {
         in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
         token_hashes: routes::token_hashes(&config.auth_tokens),

@@ -6,13 +6,16 @@ use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, R
 use crate::{Error, Result};
 
 /// `keel_api_requests_total{route,method,status}`, `keel_api_request_duration_seconds{route}`,
-/// `keel_api_orders_accepted_total`, `keel_api_cancels_accepted_total`.
+/// `keel_api_orders_accepted_total`, `keel_api_cancels_accepted_total`,
+/// `keel_api_idempotency_keys_purged_total`.
 #[derive(Debug, Clone)]
 pub struct Metrics {
     pub requests: IntCounterVec,
     pub duration: HistogramVec,
     pub orders_accepted: IntCounter,
     pub cancels_accepted: IntCounter,
+    /// Expired `api_idempotency` rows deleted by the purge (`idempotency::retention`).
+    pub idempotency_keys_purged: IntCounter,
 }
 
 impl Metrics {
@@ -41,11 +44,16 @@ impl Metrics {
                 "keel_api_cancels_accepted_total",
                 "Cancels accepted (202): a cancel command Kafka confirmed",
             )?,
+            idempotency_keys_purged: IntCounter::new(
+                "keel_api_idempotency_keys_purged_total",
+                "Idempotency-Key rows deleted after [api].idempotency_retention_hours",
+            )?,
         };
         registry.register(Box::new(m.requests.clone()))?;
         registry.register(Box::new(m.duration.clone()))?;
         registry.register(Box::new(m.orders_accepted.clone()))?;
         registry.register(Box::new(m.cancels_accepted.clone()))?;
+        registry.register(Box::new(m.idempotency_keys_purged.clone()))?;
         Ok(m)
     }
 }

@@ -475,7 +475,9 @@ pub(crate) fn or_problem(result: Result<Response, Problem>) -> Response {
     summary = "Place an order from a cart",
     description = "Reads the cart, writes a place-order command to Kafka and answers once Kafka \
         confirmed it. With an Idempotency-Key, a retry with the same body gets the first answer \
-        (the same order id, whatever became of that order). A cart is ordered once: while its \
+        (the same order id, whatever became of that order) for idempotency_retention_hours \
+        after the first request (default 24 hours); after that the key is forgotten and may \
+        be used again. A cart is ordered once: while its \
         order is running or CONFIRMED, another request for it is a 409 cart-already-ordered. \
         An order that ended CANCELLED or REJECTED gives its cart back, so a new request for \
         the cart (a new Idempotency-Key, or none) is accepted as a new order with a fresh \
@@ -483,7 +485,8 @@ pub(crate) fn or_problem(result: Result<Response, Problem>) -> Response {
     request_body(content = PlaceOrderRequest, content_type = "application/json"),
     params(
         ("Idempotency-Key" = Option<String>, Header,
-            description = "Makes a retried request return the first answer (1-255 visible ASCII)"),
+            description = "Makes a retried request return the first answer (1-255 visible \
+                ASCII); kept idempotency_retention_hours (default 24 hours)"),
     ),
     security((), ("bearer" = [])),
     responses(

@@ -1,0 +1,151 @@
+//! How long `api_idempotency` remembers a key, and the API's background purge
+//! ([`run_purge`]) that forgets it afterwards, so the table does not grow without bound.
+//!
+//! The window is `[api].idempotency_retention_hours` (default 24 h, as Stripe keeps keys; the
+//! IETF draft "The Idempotency-Key HTTP Header Field" lets a server expire keys and asks it to
+//! document the window — the OpenAPI description of `POST /orders` and `docs/saga.md` do).
+//! Within it, a retry with the same key and body gets the first answer; after it the row is
+//! gone and the key is new again (a new request for a cart that is still ordered is then the
+//! usual 409 `cart-already-ordered`, so an expired key does not order a cart twice).
+//!
+//! Which rows go (`created_at` is when the row was claimed or last taken over, UTC):
+//! - Answered (`202`) rows older than the window **whose order is in `orders`**. Besides the
+//!   replay (what the window is about), these rows are read only by [`super::received_at`]:
+//!   `GET /orders/{id}` answering `RECEIVED`, and the cancel route asking whether the order
+//!   exists. Both ask it only when `orders` has no row for the order, and the order sink
+//!   writes that row about a second after the 202 (every decision on an order without a row
+//!   inserts one, `PENDING` or `REJECTED` alike). Purging a 202 row whose order row exists
+//!   therefore changes no answer of those routes; one whose order never reached `orders` (a
+//!   pipeline stopped for a day) is kept, or the accepted order would turn into a 404.
+//! - Failed (`503`) rows older than the window: a retry within it takes the row over with the
+//!   same ids; nothing else reads them.
+//! - In-progress (`NULL`) rows only older than **twice** the window. The claim code takes such
+//!   a row over (same ids) once it is older than `produce_timeout_ms + 30 s` (its process
+//!   died); the window is validated to be longer than that, so a row this old never belongs to
+//!   a request still running. It is kept one window longer than an answered row because it
+//!   is the only trace of a command that may have reached Kafka (its order and command ids).
+//!
+//! Rows go in batches of [`Retention::batch_size`] (`DELETE ... ORDER BY created_at LIMIT n`,
+//! repeated until a batch deletes fewer than `n`): each statement is its own short transaction
+//! walking the `created_at` index (`api_idempotency_created`, migration 0003) from the oldest
+//! row, so the purge never scans or locks the whole table. It runs against the database's
+//! clock, the one `created_at` is written with, so API hosts' clocks do not matter. A round
+//! that fails is logged and retried on the next tick; the API keeps serving.
+
+use std::time::Duration;
+
+use prometheus::IntCounter;
+use sqlx::MySqlPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::ApiConfig;
+
+/// Rows deleted per statement by the API's purge.
+pub const PURGE_BATCH: u32 = 1_000;
+
+/// What the purge keeps and how it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Answered and failed rows older than this go.
+    pub keep: Duration,
+    /// In-progress rows older than this go (twice [`Retention::keep`]).
+    pub keep_in_progress: Duration,
+    /// How often a round runs.
+    pub interval: Duration,
+    /// Rows deleted per statement (at least 1).
+    pub batch_size: u32,
+}
+
+impl Retention {
+    /// From `[api].idempotency_retention_hours` and `idempotency_purge_interval_s`, in batches
+    /// of [`PURGE_BATCH`].
+    pub fn from_config(config: &ApiConfig) -> Self {
+        let keep = Duration::from_secs(config.idempotency_retention_hours.saturating_mul(3_600));
+        Self {
+            keep,
+            keep_in_progress: keep.saturating_mul(2),
+            interval: Duration::from_secs(config.idempotency_purge_interval_s),
+            batch_size: PURGE_BATCH,
+        }
+    }
+}
+
+fn micros(d: Duration) -> i64 {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+}
+
+/// One round: deletes every expired row (the module docs say which), `batch_size` rows per
+/// statement, against the database's clock (`UTC_TIMESTAMP`, the clock `created_at` is
+/// written with). Returns how many rows went. Errors: the first failed statement (the rows of
+/// the batches before it are gone).
+pub async fn purge_once(pool: &MySqlPool, retention: &Retention) -> Result<u64, sqlx::Error> {
+    let limit = retention.batch_size.max(1);
+    let mut total = 0;
+    loop {
+        let deleted = sqlx::query(
+            "DELETE FROM api_idempotency \
+             WHERE created_at < UTC_TIMESTAMP(3) - INTERVAL ? MICROSECOND \
+             AND ((response_status IS NULL \
+                   AND created_at < UTC_TIMESTAMP(3) - INTERVAL ? MICROSECOND) \
+               OR (response_status = 202 AND EXISTS \
+                   (SELECT 1 FROM orders o WHERE o.order_id = api_idempotency.order_id)) \
+               OR (response_status IS NOT NULL AND response_status <> 202)) \
+             ORDER BY created_at LIMIT ?",
+        )
+        .bind(micros(retention.keep))
+        .bind(micros(retention.keep_in_progress))
+        .bind(limit)
+        .execute(pool)
+        .await?
+        .rows_affected();
+        total += deleted;
+        if deleted < u64::from(limit) {
+            return Ok(total);
+        }
+    }
+}
+
+/// Runs [`purge_once`] at once and then every [`Retention::interval`] until `shutdown` is
+/// cancelled (also mid-round), adding the rows deleted to `purged`
+/// (`keel_api_idempotency_keys_purged_total`). A failed round is logged and retried on the
+/// next tick; it never ends the task.
+pub async fn run_purge(
+    pool: MySqlPool,
+    retention: Retention,
+    purged: IntCounter,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let round = tokio::select! {
+            () = shutdown.cancelled() => return,
+            round = purge_once(&pool, &retention) => round,
+        };
+        match round {
+            Ok(0) => {}
+            Ok(deleted) => {
+                purged.inc_by(deleted);
+                tracing::info!(deleted, "expired Idempotency-Keys purged");
+            }
+            Err(e) => tracing::warn!(error = %e,
+                "purging expired Idempotency-Keys failed; retrying next interval"),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(retention.interval.max(Duration::from_millis(1))) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_window_comes_from_the_config_and_in_progress_rows_get_twice_it() {
+        let r = Retention::from_config(&ApiConfig::default());
+        assert_eq!(r.keep, Duration::from_secs(24 * 3_600));
+        assert_eq!(r.keep_in_progress, Duration::from_secs(48 * 3_600));
+        assert_eq!(r.interval, Duration::from_secs(300));
+        assert_eq!(r.batch_size, PURGE_BATCH);
+    }
+}
