@@ -78,6 +78,9 @@ pub(crate) struct StoreCore {
     savepoint: Option<Savepoint>,
     applied_offset: Option<i64>,
     write_opts: WriteOptions,
+    /// The options of every point read, made once: the `get` without options makes and frees
+    /// a C++ `ReadOptions` per call (every `get` of a key the store does not hold).
+    read_opts: ReadOptions,
     /// This store's memtables, counted against the write buffer budget while it is open.
     _memtables: crate::env::MemtableLease,
 }
@@ -134,6 +137,7 @@ impl StoreCore {
             savepoint: None,
             applied_offset,
             write_opts,
+            read_opts: ReadOptions::default(),
             _memtables: memtables,
         };
         for col in 0..columns.len() {
@@ -201,7 +205,7 @@ impl StoreCore {
         }
         let value = self
             .db
-            .get_pinned_cf(self.cf(col)?, key)
+            .get_pinned_cf_opt(self.cf(col)?, key, &self.read_opts)
             .map_err(|e| self.rocks_error("get", e))?;
         Ok(f(value.as_deref()))
     }

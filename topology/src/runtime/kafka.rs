@@ -11,6 +11,7 @@ use rdkafka::client::ClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer as _, ProducerContext};
+use rustc_hash::FxHashMap;
 
 use crate::config::StreamsConfig;
 use crate::error::{Error, Result};
@@ -147,7 +148,7 @@ pub(crate) const CHANGELOG: usize = usize::MAX;
 pub(crate) struct DeliveryLog {
     /// Per changelog topic, per partition (looked up by the delivered message's borrowed topic
     /// name: no allocation per delivery report).
-    last: Mutex<HashMap<String, HashMap<i32, i64>>>,
+    last: Mutex<FxHashMap<String, FxHashMap<i32, i64>>>,
     failure: Mutex<Option<DeliveryFailure>>,
     /// The origins of every refused record since the last call of `take_refused_origins`.
     refused: Mutex<Vec<usize>>,
@@ -268,7 +269,10 @@ impl ProducerContext for DeliveryLog {
                             *entry = (*entry).max(offset);
                         }
                         None => {
-                            last.insert(m.topic().to_owned(), HashMap::from([(partition, offset)]));
+                            last.insert(
+                                m.topic().to_owned(),
+                                FxHashMap::from_iter([(partition, offset)]),
+                            );
                         }
                     }
                 }

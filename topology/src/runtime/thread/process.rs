@@ -41,7 +41,13 @@ impl Core {
         let coordinates = (raw.topic.clone(), raw.partition, raw.offset);
         let mut output = std::mem::take(&mut self.output);
         let mut poison = poisoned(&self.shared);
-        if let Some(refused) = poison.refused.get_mut(&coordinates) {
+        // Almost always empty: no hash of the coordinates then.
+        let refused = if poison.refused.is_empty() {
+            None
+        } else {
+            poison.refused.get_mut(&coordinates)
+        };
+        if let Some(refused) = refused {
             // Its output was refused in an earlier (aborted) try: the record leaves no trace
             // but its dead-letter copy, or the application stops, as for bad input.
             if task.policy() == BadRecordPolicy::Stop || refused.dead_lettered {
