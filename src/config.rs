@@ -395,16 +395,9 @@ impl KeelConfig {
                 self.topics.partitions
             ));
         }
+        // The runtime's rule (every role shares these settings), named by keel's keys.
         let role = self.streams.for_role("saga", &self.kafka);
-        if let Some(min) = role.min_commit_interval_ms {
-            let interval = role.commit_interval().as_millis();
-            if min == 0 || u128::from(min) > interval {
-                out.push(format!(
-                    "streams.min_commit_interval_ms = {min} must be greater than 0 and at most \
-                     streams.commit_interval_ms ({interval})"
-                ));
-            }
-        }
+        out.extend(role.min_commit_interval_problem("streams."));
         let mut state = keel_state::StateConfig::with_dir(&self.streams.state_dir);
         self.streams.rocksdb.apply(&mut state);
         match state.validate() {
@@ -570,6 +563,21 @@ mod tests {
                 .expect_err("a minimum above the interval must be refused")
                 .to_string();
             assert!(err.contains("streams.min_commit_interval_ms = 50"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_min_commit_interval_problem_is_reported_once_under_keels_key() {
+        Jail::expect_with(|jail| {
+            jail.set_env("KEEL__STREAMS__MIN_COMMIT_INTERVAL_MS", "0");
+            let err = KeelConfig::load(None)
+                .expect_err("a minimum of 0 must be refused")
+                .to_string();
+            assert!(err.contains("streams.min_commit_interval_ms = 0"), "{err}");
+            assert!(err.contains("streams.commit_interval_ms (100)"), "{err}");
+            assert_eq!(err.matches("min_commit_interval_ms").count(), 1, "{err}");
+            assert_eq!(err.matches("\n  - ").count(), 1, "one problem: {err}");
             Ok(())
         });
     }

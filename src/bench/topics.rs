@@ -3,17 +3,13 @@
 //! A broker keeps files open for every partition of every topic it holds, so benchmark runs that
 //! leave their topics behind exhaust its file descriptors ("Too many open files"). Each run
 //! names its topics by prefixes only it can have (a random tag, or an isolated run's topic prefix
-//! and application id) and deletes every topic they match once its engine has stopped: one
-//! metadata request finds the names, one DeleteTopics request deletes them, the whole bounded by
-//! the caller's `within`.
+//! and application id) and deletes every topic they match once its engine has stopped, with
+//! [`keel_topology::runtime::delete_topics_matching`] (one metadata request, one DeleteTopics
+//! request), the whole bounded by the caller's `within`.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::Context as _;
 use rdkafka::ClientConfig;
-use rdkafka::admin::{AdminClient, AdminOptions};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::types::RDKafkaErrorCode;
 
 /// How long a run's cleanup may take (listing and deleting together).
 pub(crate) const CLEANUP_WITHIN: Duration = Duration::from_secs(15);
@@ -42,46 +38,18 @@ pub(crate) async fn delete_topics_with_prefixes<'a>(
         !prefixes.is_empty() && prefixes.iter().all(|p| !p.is_empty()),
         "topic prefixes {prefixes:?}: an empty one would match every topic"
     );
-    let start = Instant::now();
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", bootstrap);
     for (k, v) in client {
         config.set(k, v);
     }
-    let admin: AdminClient<DefaultClientContext> =
-        config.create().context("creating an admin client")?;
-    let doomed: Vec<String> = admin
-        .inner()
-        .fetch_metadata(None, within / 2)
-        .context("listing the topics")?
-        .topics()
-        .iter()
-        .map(|t| t.name())
-        .filter(|name| matches_any(prefixes, name))
-        .map(str::to_owned)
-        .collect();
-    if doomed.is_empty() {
-        return Ok(doomed);
-    }
-    let left = within
-        .saturating_sub(start.elapsed())
-        .max(Duration::from_secs(1));
-    // The broker answers once the deletions are done or `operation_timeout` passed.
-    let options = AdminOptions::new()
-        .request_timeout(Some(left))
-        .operation_timeout(Some(left.mul_f32(0.8)));
-    let names: Vec<&str> = doomed.iter().map(String::as_str).collect();
-    let failed: Vec<String> = admin
-        .delete_topics(&names, &options)
-        .await
-        .with_context(|| format!("deleting {} topics", names.len()))?
-        .into_iter()
-        .filter_map(Result::err)
-        .filter(|(_, code)| *code != RDKafkaErrorCode::UnknownTopicOrPartition)
-        .map(|(topic, code)| format!("{topic}: {code}"))
-        .collect();
-    anyhow::ensure!(failed.is_empty(), "could not delete {}", failed.join(", "));
-    Ok(doomed)
+    let deleted = keel_topology::runtime::delete_topics_matching(
+        &config,
+        |topic| matches_any(prefixes, topic),
+        within,
+    )
+    .await?;
+    Ok(deleted)
 }
 
 #[cfg(test)]

@@ -21,10 +21,10 @@
 //! ```
 
 use std::sync::{Mutex, PoisonError, mpsc};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rdkafka::ClientConfig;
-use rdkafka::admin::{AdminClient, AdminOptions};
+use rdkafka::admin::AdminClient;
 use rdkafka::client::DefaultClientContext;
 
 /// How long a cleanup may take (metadata and delete together); past it, the test goes on and
@@ -150,7 +150,8 @@ pub fn list_topics(bootstrap: &str, within: Duration) -> Result<Vec<String>, Str
     })
 }
 
-/// Deletes every topic on `bootstrap` that `owned` matches: one metadata request, then one
+/// Deletes every topic on `bootstrap` that `owned` matches with
+/// [`keel_topology::runtime::delete_topics_matching`]: one metadata request, then one
 /// DeleteTopics request for all of them; returns the names it asked to delete (those the broker
 /// could not delete are in the error). Runs on a thread of its own, so it works from `Drop`
 /// inside or outside an async runtime, and returns after `within` at the latest.
@@ -162,48 +163,30 @@ pub fn delete_owned(
     if owned.is_empty() {
         return Ok(Vec::new());
     }
-    let bootstrap = bootstrap.to_owned();
+    let client = client_config(bootstrap);
     let owned = owned.clone();
     on_own_thread(within, move || {
-        let start = Instant::now();
-        let admin = admin(&bootstrap)?;
-        let doomed: Vec<String> = names(&admin, within / 2)?
-            .into_iter()
-            .filter(|t| owned.matches(t))
-            .collect();
-        if doomed.is_empty() {
-            return Ok(doomed);
-        }
-        let left = within
-            .saturating_sub(start.elapsed())
-            .max(Duration::from_secs(1));
-        // The broker answers once the deletions are done or `operation_timeout` passed.
-        let options = AdminOptions::new()
-            .request_timeout(Some(left))
-            .operation_timeout(Some(left.mul_f32(0.8)));
-        let refs: Vec<&str> = doomed.iter().map(String::as_str).collect();
-        let results = futures::executor::block_on(admin.delete_topics(&refs, &options))
-            .map_err(|e| format!("deleting {} topics: {e}", doomed.len()))?;
-        let failed: Vec<String> = results
-            .into_iter()
-            .filter_map(Result::err)
-            // Deleted meanwhile (by a retry, or the test itself): what was asked for.
-            .filter(|(_, code)| *code != rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition)
-            .map(|(topic, code)| format!("{topic}: {code}"))
-            .collect();
-        if failed.is_empty() {
-            Ok(doomed)
-        } else {
-            Err(format!("could not delete {}", failed.join(", ")))
-        }
+        futures::executor::block_on(keel_topology::runtime::delete_topics_matching(
+            &client,
+            |topic| owned.matches(topic),
+            within,
+        ))
+        .map_err(|e| e.to_string())
     })
 }
 
-fn admin(bootstrap: &str) -> Result<AdminClient<DefaultClientContext>, String> {
-    ClientConfig::new()
+/// The admin client's settings: `bootstrap` only, librdkafka's log quiet.
+fn client_config(bootstrap: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
         .set("bootstrap.servers", bootstrap)
         // Errors come back as results; librdkafka's own log would only repeat them.
-        .set("log_level", "3")
+        .set("log_level", "3");
+    config
+}
+
+fn admin(bootstrap: &str) -> Result<AdminClient<DefaultClientContext>, String> {
+    client_config(bootstrap)
         .create()
         .map_err(|e| format!("admin client: {e}"))
 }

@@ -120,6 +120,22 @@ impl StreamsConfig {
             .map(std::time::Duration::from_millis)
     }
 
+    /// The rule on [`min_commit_interval_ms`](Self::min_commit_interval_ms): when set, above
+    /// 0 and at most the [commit interval](Self::commit_interval). `None` when it holds, else
+    /// the problem, naming the two settings `<prefix>min_commit_interval_ms` and
+    /// `<prefix>commit_interval_ms`: [`StreamsConfig::validate`] passes `""`, an application
+    /// whose own configuration sets them under a section passes its name (e.g. `"streams."`).
+    pub fn min_commit_interval_problem(&self, prefix: &str) -> Option<String> {
+        let min = self.min_commit_interval_ms?;
+        let interval = self.commit_interval().as_millis();
+        (min == 0 || u128::from(min) > interval).then(|| {
+            format!(
+                "{prefix}min_commit_interval_ms = {min} must be greater than 0 and at most \
+                 {prefix}commit_interval_ms ({interval})"
+            )
+        })
+    }
+
     pub fn dead_letter_topic(&self) -> String {
         self.dead_letter_topic
             .clone()
@@ -224,15 +240,7 @@ impl StreamsConfig {
         if self.commit_interval_ms == Some(0) {
             problems.push("commit_interval_ms must be greater than 0".to_owned());
         }
-        if let Some(min) = self.min_commit_interval_ms {
-            let interval = self.commit_interval().as_millis();
-            if min == 0 || u128::from(min) > interval {
-                problems.push(format!(
-                    "min_commit_interval_ms ({min}) must be greater than 0 and at most \
-                     commit_interval_ms ({interval})"
-                ));
-            }
-        }
+        problems.extend(self.min_commit_interval_problem(""));
         if self.restore_fetch_bytes < 64 * 1024 {
             problems.push(format!(
                 "restore_fetch_bytes ({}) must be at least 64 KiB",
@@ -296,6 +304,20 @@ mod tests {
         c.commit_interval_ms = Some(1_000);
         c.min_commit_interval_ms = Some(101);
         assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn the_min_commit_interval_problem_names_the_settings_under_the_callers_prefix() {
+        let mut c = StreamsConfig::new("app", "localhost:9092");
+        assert_eq!(c.min_commit_interval_problem("streams."), None);
+        c.min_commit_interval_ms = Some(101);
+        assert_eq!(
+            c.min_commit_interval_problem("streams.").as_deref(),
+            Some(
+                "streams.min_commit_interval_ms = 101 must be greater than 0 and at most \
+                 streams.commit_interval_ms (100)"
+            )
+        );
     }
 
     #[test]

@@ -1,12 +1,14 @@
 //! Before the threads start: the source topics must exist and be co-partitioned within each
-//! sub-topology; changelog, repartition and dead-letter topics are created if missing.
+//! sub-topology; changelog, repartition and dead-letter topics are created if missing. And
+//! [`delete_topics_matching`], which deletes a finished run's topics (tests, benchmarks).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
 use crate::config::StreamsConfig;
 use crate::error::{Error, Result};
@@ -190,4 +192,72 @@ pub(crate) fn prepare_topics(
         }
     }
     Ok(known)
+}
+
+/// Deletes every topic the broker lists whose name `doomed` accepts, with an admin client made
+/// from `client` (`bootstrap.servers` and any other librdkafka settings), and returns the names
+/// it asked the broker to delete (empty, and no DeleteTopics request, when none matched). One
+/// metadata request (at most `within / 2`) finds the names, one DeleteTopics request deletes
+/// them all; the whole takes about `within` at most (at least 1 s for the deletion). A topic
+/// deleted meanwhile by someone else counts as deleted.
+///
+/// For a finished run's own topics (a test's or a benchmark's): stop every client of them
+/// first, or a running producer creates them again (brokers auto-create topics).
+///
+/// Errors: [`Error::Kafka`] when the admin client cannot be created, the metadata or the
+/// DeleteTopics request fails, or the broker could not delete some of the topics (each named
+/// with its error code; the source is the first one's).
+pub async fn delete_topics_matching(
+    client: &ClientConfig,
+    doomed: impl Fn(&str) -> bool,
+    within: Duration,
+) -> Result<Vec<String>> {
+    let start = Instant::now();
+    let admin: AdminClient<DefaultClientContext> = client
+        .create()
+        .map_err(Error::kafka("creating an admin client"))?;
+    let names: Vec<String> = admin
+        .inner()
+        .fetch_metadata(None, within / 2)
+        .map_err(Error::kafka("listing the topics"))?
+        .topics()
+        .iter()
+        .map(|t| t.name())
+        .filter(|name| doomed(name))
+        .map(str::to_owned)
+        .collect();
+    if names.is_empty() {
+        return Ok(names);
+    }
+    let left = within
+        .saturating_sub(start.elapsed())
+        .max(Duration::from_secs(1));
+    // The broker answers once the deletions are done or `operation_timeout` passed.
+    let options = AdminOptions::new()
+        .request_timeout(Some(left))
+        .operation_timeout(Some(left.mul_f32(0.8)));
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let failed: Vec<(String, RDKafkaErrorCode)> = admin
+        .delete_topics(&refs, &options)
+        .await
+        .map_err(Error::kafka(format!("deleting {} topics", names.len())))?
+        .into_iter()
+        .filter_map(std::result::Result::err)
+        // Deleted meanwhile (by a retry, or the run itself): what was asked for.
+        .filter(|(_, code)| *code != RDKafkaErrorCode::UnknownTopicOrPartition)
+        .collect();
+    match failed.first() {
+        None => Ok(names),
+        Some((_, first)) => Err(Error::Kafka {
+            context: format!(
+                "could not delete {}",
+                failed
+                    .iter()
+                    .map(|(topic, code)| format!("{topic} ({code})"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            source: KafkaError::AdminOp(*first),
+        }),
+    }
 }

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use keel_state::StoreEnv;
 use prometheus::Registry;
 
+pub use self::admin::delete_topics_matching;
 pub use self::kafka::default_partition;
 use self::thread::{Readers, Shared};
 use crate::config::StreamsConfig;
