@@ -40,9 +40,10 @@ pub struct ApiConfig {
     /// How far a callback's `Keel-Psp-Timestamp` may be from now, in seconds, in either
     /// direction (older: a replay; newer: a forged or skewed clock); beyond it → 401.
     pub psp_callback_tolerance_s: u64,
-    /// How long an `Idempotency-Key` of `POST /orders` is remembered, in hours (1 to 8760):
-    /// within it a retry gets the first answer; after it the key's row is purged and the key
-    /// is new again ([`crate::idempotency::retention`]).
+    /// How long an `Idempotency-Key` is remembered, in hours (1 to 8760), one window for
+    /// every route that takes one (`POST /orders`, `POST /payments`,
+    /// `POST /payments/{id}/refund`): within it a retry gets the first answer; after it the
+    /// key's row is purged and the key is new again ([`crate::idempotency::retention`]).
     pub idempotency_retention_hours: u64,
     /// How often the API purges expired `Idempotency-Key` rows, in seconds (1 to 86400).
     pub idempotency_purge_interval_s: u64,

@@ -15,8 +15,8 @@
 //!   adjust, reserve, release ([`InventoryDeps`]).
 //! - [`body`] — reading JSON bodies into problems that name the field.
 //! - [`problem`] — [`Problem`] (`application/problem+json`) and its kinds.
-//! - [`idempotency`] — the `api_idempotency` table: claim, replay, release; its retention and
-//!   background purge ([`idempotency::retention`]).
+//! - [`idempotency`] — the `api_idempotency` table: claim, replay, release; the retention and
+//!   background purge of every key table, `api_payment_requests` too ([`idempotency::retention`]).
 //! - `command` — writing commands: encode, produce, wait for Kafka, or 503 (every route).
 //! - [`kafka`] — the idempotent `acks=all` murmur2 command producer with a delivery deadline.
 //! - [`metrics`] — the Prometheus metrics; [`openapi`] — [`ApiDoc`].
@@ -167,7 +167,10 @@ pub async fn spawn(
     })?;
     // Expired Idempotency-Keys: purged until shutdown; a failed round is retried, never fatal.
     tokio::spawn(idempotency::retention::run_purge(
-        deps.pool.clone(),
+        idempotency::retention::KeyStores {
+            orders: deps.pool.clone(),
+            ledger: deps.ledger.clone(),
+        },
         idempotency::retention::Retention::from_config(&config),
         metrics.idempotency_keys_purged.clone(),
         shutdown.clone(),

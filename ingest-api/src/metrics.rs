@@ -7,15 +7,16 @@ use crate::{Error, Result};
 
 /// `keel_api_requests_total{route,method,status}`, `keel_api_request_duration_seconds{route}`,
 /// `keel_api_orders_accepted_total`, `keel_api_cancels_accepted_total`,
-/// `keel_api_idempotency_keys_purged_total`.
+/// `keel_api_idempotency_keys_purged_total{table}`.
 #[derive(Debug, Clone)]
 pub struct Metrics {
     pub requests: IntCounterVec,
     pub duration: HistogramVec,
     pub orders_accepted: IntCounter,
     pub cancels_accepted: IntCounter,
-    /// Expired `api_idempotency` rows deleted by the purge (`idempotency::retention`).
-    pub idempotency_keys_purged: IntCounter,
+    /// Expired `Idempotency-Key` rows deleted by the purge (`idempotency::retention`), by
+    /// table (`api_idempotency`, `api_payment_requests`; both series exist from the start).
+    pub idempotency_keys_purged: IntCounterVec,
 }
 
 impl Metrics {
@@ -44,9 +45,12 @@ impl Metrics {
                 "keel_api_cancels_accepted_total",
                 "Cancels accepted (202): a cancel command Kafka confirmed",
             )?,
-            idempotency_keys_purged: IntCounter::new(
-                "keel_api_idempotency_keys_purged_total",
-                "Idempotency-Key rows deleted after [api].idempotency_retention_hours",
+            idempotency_keys_purged: IntCounterVec::new(
+                Opts::new(
+                    "keel_api_idempotency_keys_purged_total",
+                    "Idempotency-Key rows deleted after [api].idempotency_retention_hours, by table",
+                ),
+                &["table"],
             )?,
         };
         registry.register(Box::new(m.requests.clone()))?;
@@ -54,6 +58,9 @@ impl Metrics {
         registry.register(Box::new(m.orders_accepted.clone()))?;
         registry.register(Box::new(m.cancels_accepted.clone()))?;
         registry.register(Box::new(m.idempotency_keys_purged.clone()))?;
+        for table in crate::idempotency::retention::TABLES {
+            m.idempotency_keys_purged.with_label_values(&[table]);
+        }
         Ok(m)
     }
 }

@@ -23,7 +23,9 @@
 //! The keys of the payment writes live in `api_payment_requests` (ledger migration 0002, the
 //! API's own table; the payment service never reads it): a key is bound to its first body from
 //! the moment it is used, so the same key with another body is refused even before the payment
-//! service has applied the first command.
+//! service has applied the first command. Keys are kept `[api].idempotency_retention_hours`,
+//! then purged in the background ([`crate::idempotency::retention::payments`] says which rows
+//! go when, and why a key retried after that moves no money twice).
 //! - `POST /psp/callbacks` — the signature (`Keel-Psp-Signature`, HMAC-SHA256 over
 //!   `"{Keel-Psp-Timestamp}.{raw body}"`) is checked over the raw bytes before anything is
 //!   parsed; a timestamp older or newer than `psp_callback_tolerance_s` is refused. What does
@@ -362,12 +364,16 @@ async fn get_order_payment_inner(
     description = "Checks the amount against the ledger, writes a refund command to Kafka and \
         answers once Kafka confirmed it. The refund id is derived from the Idempotency-Key: a \
         retry with the same key and body is the same refund (answered 202 again, refunded \
-        once). The payment service checks the amount again; GET /payments/{id} shows the \
-        refund's status.",
+        once). The API remembers the key idempotency_retention_hours after the first request \
+        (default 24 hours); after that, once the payment service has applied the refund, the \
+        ledger answers a retry with that key (the same refund, never a second one). The \
+        payment service checks the amount again; GET /payments/{id} shows the refund's \
+        status.",
     params(
         ("id" = String, Path, description = "The payment id"),
         ("Idempotency-Key" = String, Header,
-            description = "Required: names the refund (1-255 visible ASCII)"),
+            description = "Required: names the refund (1-255 visible ASCII); kept \
+                idempotency_retention_hours (default 24 hours)"),
     ),
     request_body(content = RefundRequest, content_type = "application/json"),
     security((), ("bearer" = [])),
@@ -743,7 +749,8 @@ type KeyRow = (String, String, Option<i32>, Option<String>);
 /// Claim `slot` for a request hashing to `hash` about `payment_id`/`order_id`, with
 /// `command_id` if it is new. A row left in progress for longer than `stale_after` (its
 /// process died) or failed with 503 is taken over with its ids, so a command that did reach
-/// Kafka is not sent twice under two ids.
+/// Kafka is not sent twice under two ids. A row that vanishes between the insert and the read
+/// (released by its request, or purged as it expired) is claimed again.
 #[allow(clippy::too_many_arguments)]
 async fn claim_key(
     pg: &PgPool,
@@ -754,25 +761,27 @@ async fn claim_key(
     command_id: &str,
     stale_after: std::time::Duration,
 ) -> Result<KeyClaim, sqlx::Error> {
-    let inserted = sqlx::query(
-        "INSERT INTO api_payment_requests (scope, route, idem_key, request_hash, payment_id, \
-         order_id, command_id) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
-    )
-    .bind(slot.scope)
-    .bind(slot.route)
-    .bind(slot.key)
-    .bind(hash)
-    .bind(payment_id)
-    .bind(order_id)
-    .bind(command_id)
-    .execute(pg)
-    .await?;
-    if inserted.rows_affected() == 1 {
-        return Ok(KeyClaim::Owned {
-            command_id: command_id.to_owned(),
-        });
-    }
+    let mut vanished = false;
     for _ in 0..3 {
+        let inserted = sqlx::query(
+            "INSERT INTO api_payment_requests (scope, route, idem_key, request_hash, \
+             payment_id, order_id, command_id) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(slot.scope)
+        .bind(slot.route)
+        .bind(slot.key)
+        .bind(hash)
+        .bind(payment_id)
+        .bind(order_id)
+        .bind(command_id)
+        .execute(pg)
+        .await?;
+        if inserted.rows_affected() == 1 {
+            return Ok(KeyClaim::Owned {
+                command_id: command_id.to_owned(),
+            });
+        }
         let row: Option<KeyRow> = sqlx::query_as(
             "SELECT request_hash, command_id, response_status, response_body \
              FROM api_payment_requests WHERE scope = $1 AND route = $2 AND idem_key = $3",
@@ -782,9 +791,14 @@ async fn claim_key(
         .bind(slot.key)
         .fetch_optional(pg)
         .await?;
-        // The conflict was on another key's claim of the same payment.
         let Some((stored_hash, stored_command, status, body)) = row else {
-            return Ok(KeyClaim::Taken);
+            // The conflict was on another key's claim of the same payment, unless this key's
+            // row went between the two statements: then the insert succeeds on the next turn.
+            if vanished {
+                return Ok(KeyClaim::Taken);
+            }
+            vanished = true;
+            continue;
         };
         if stored_hash != hash {
             return Ok(KeyClaim::Mismatch);
@@ -820,7 +834,8 @@ async fn claim_key(
                 command_id: stored_command,
             });
         }
-        // Another retry took the failed row over a moment ago: read again.
+        // Another retry took the failed row over a moment ago: read again (the insert
+        // conflicts again and changes nothing).
     }
     Ok(KeyClaim::InProgress {
         command_id: command_id.to_owned(),
@@ -930,11 +945,16 @@ fn replayed(status: u16, body: String, location: Option<&str>) -> Response {
     description = "Writes a create-intent command to Kafka and answers once Kafka confirmed it; \
         the payment service then writes the payment (status INTENT) to the ledger. The payment \
         id is pay-<orderId>: one payment per order. A retry with the same Idempotency-Key and \
-        body gets the first answer; the same key with another body is a 422. Authorize it \
-        with POST /payments/{id}/confirm.",
+        body gets the first answer, and the same key with another body is a 422, for \
+        idempotency_retention_hours after the first request (default 24 hours); after that \
+        (once the payment service has written the payment) the key is forgotten, and a \
+        request with it is new: the ledger keeps one payment per order, so it is a 409 \
+        payment-exists with the payment's currentStatus, never a second payment. Authorize \
+        it with POST /payments/{id}/confirm.",
     params(
         ("Idempotency-Key" = String, Header,
-            description = "Required: names the request (1-255 visible ASCII)"),
+            description = "Required: names the request (1-255 visible ASCII); kept \
+                idempotency_retention_hours (default 24 hours)"),
     ),
     request_body(content = CreatePaymentRequest, content_type = "application/json"),
     security((), ("bearer" = [])),

@@ -247,13 +247,15 @@ fn order_body(cart_id: &str) -> Value {
     })
 }
 
-/// `keel_api_idempotency_keys_purged_total` as `/metrics` shows it.
+/// `keel_api_idempotency_keys_purged_total{table="api_idempotency"}` as `/metrics` shows it.
 async fn purged_metric(env: &Env, server: &Server) -> anyhow::Result<Option<u64>> {
     let metrics = send(env.http.get(server.url("/metrics"))).await?;
     Ok(metrics
         .text
         .lines()
-        .find_map(|l| l.strip_prefix("keel_api_idempotency_keys_purged_total "))
+        .find_map(|l| {
+            l.strip_prefix(r#"keel_api_idempotency_keys_purged_total{table="api_idempotency"} "#)
+        })
         .and_then(|v| v.trim().parse().ok()))
 }
 

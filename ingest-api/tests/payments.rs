@@ -7,6 +7,9 @@
 #[path = "payments/bad_input.rs"]
 mod bad_input;
 mod common;
+/// `api_payment_requests`' retention: the purge, and keys retried after it.
+#[path = "payments/key_retention.rs"]
+mod key_retention;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;

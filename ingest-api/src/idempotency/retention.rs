@@ -1,14 +1,19 @@
-//! How long `api_idempotency` remembers a key, and the API's background purge
-//! ([`run_purge`]) that forgets it afterwards, so the table does not grow without bound.
+//! How long the API remembers an `Idempotency-Key`, and the API's background purge
+//! ([`run_purge`]) that forgets it afterwards, so the key tables do not grow without bound:
+//! `api_idempotency` (MariaDB: `POST /orders`, this module) and `api_payment_requests` (the
+//! PostgreSQL ledger: `POST /payments`, `POST /payments/{id}/refund`, [`payments`]). One round
+//! purges both, each with its own rules; a table that fails does not stop the other.
 //!
 //! The window is `[api].idempotency_retention_hours` (default 24 h, as Stripe keeps keys; the
 //! IETF draft "The Idempotency-Key HTTP Header Field" lets a server expire keys and asks it to
-//! document the window — the OpenAPI description of `POST /orders` and `docs/saga.md` do).
+//! document the window — the OpenAPI descriptions of the routes that take a key and
+//! `docs/saga.md` do). It is one window for every key of the API.
 //! Within it, a retry with the same key and body gets the first answer; after it the row is
 //! gone and the key is new again (a new request for a cart that is still ordered is then the
 //! usual 409 `cart-already-ordered`, so an expired key does not order a cart twice).
 //!
-//! Which rows go (`created_at` is when the row was claimed or last taken over, UTC):
+//! Which rows of `api_idempotency` go (`created_at` is when the row was claimed or last taken
+//! over, UTC; [`payments`] says which rows of `api_payment_requests` go, and why):
 //! - Answered (`202`) rows older than the window **whose order is in `orders`**. Besides the
 //!   replay (what the window is about), these rows are read only by [`super::received_at`]:
 //!   `GET /orders/{id}` answering `RECEIVED`, and the cancel route asking whether the order
@@ -32,13 +37,31 @@
 //! clock, the one `created_at` is written with, so API hosts' clocks do not matter. A round
 //! that fails is logged and retried on the next tick; the API keeps serving.
 
+pub mod payments;
+
 use std::time::Duration;
 
-use prometheus::IntCounter;
-use sqlx::MySqlPool;
+use prometheus::IntCounterVec;
+use sqlx::{MySqlPool, PgPool};
 use tokio_util::sync::CancellationToken;
 
 use crate::ApiConfig;
+
+/// The table this module purges (the value of the metric's `table` label).
+pub const TABLE: &str = "api_idempotency";
+
+/// The values of `keel_api_idempotency_keys_purged_total`'s `table` label.
+pub const TABLES: [&str; 2] = [TABLE, payments::TABLE];
+
+/// Where the API keeps its keys: the orders database and, when the API has one, the payment
+/// ledger.
+#[derive(Debug, Clone)]
+pub struct KeyStores {
+    /// `api_idempotency`.
+    pub orders: MySqlPool,
+    /// `api_payment_requests`; `None`: the API has no ledger (its payment routes answer 503).
+    pub ledger: Option<PgPool>,
+}
 
 /// Rows deleted per statement by the API's purge.
 pub const PURGE_BATCH: u32 = 1_000;
@@ -74,7 +97,7 @@ fn micros(d: Duration) -> i64 {
     i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
 }
 
-/// One round: deletes every expired row (the module docs say which), `batch_size` rows per
+/// One round over `api_idempotency`: deletes every expired row (the module docs say which), `batch_size` rows per
 /// statement, against the database's clock (`UTC_TIMESTAMP`, the clock `created_at` is
 /// written with). Returns how many rows went. Errors: the first failed statement (the rows of
 /// the batches before it are gone).
@@ -105,29 +128,48 @@ pub async fn purge_once(pool: &MySqlPool, retention: &Retention) -> Result<u64, 
     }
 }
 
-/// Runs [`purge_once`] at once and then every [`Retention::interval`] until `shutdown` is
+/// One round over every key table of `stores`: [`purge_once`] on `api_idempotency`, then
+/// [`payments::purge_once`] on `api_payment_requests` when there is a ledger. Returns each
+/// table's outcome, by [`TABLES`] name (a table that failed does not stop the other).
+pub async fn purge_round(
+    stores: &KeyStores,
+    retention: &Retention,
+) -> Vec<(&'static str, Result<u64, sqlx::Error>)> {
+    let mut outcomes = vec![(TABLE, purge_once(&stores.orders, retention).await)];
+    if let Some(ledger) = &stores.ledger {
+        outcomes.push((
+            payments::TABLE,
+            payments::purge_once(ledger, retention).await,
+        ));
+    }
+    outcomes
+}
+
+/// Runs [`purge_round`] at once and then every [`Retention::interval`] until `shutdown` is
 /// cancelled (also mid-round), adding the rows deleted to `purged`
-/// (`keel_api_idempotency_keys_purged_total`). A failed round is logged and retried on the
-/// next tick; it never ends the task.
+/// (`keel_api_idempotency_keys_purged_total{table}`). A failed table is logged and retried on
+/// the next tick; it never ends the task.
 pub async fn run_purge(
-    pool: MySqlPool,
+    stores: KeyStores,
     retention: Retention,
-    purged: IntCounter,
+    purged: IntCounterVec,
     shutdown: CancellationToken,
 ) {
     loop {
         let round = tokio::select! {
             () = shutdown.cancelled() => return,
-            round = purge_once(&pool, &retention) => round,
+            round = purge_round(&stores, &retention) => round,
         };
-        match round {
-            Ok(0) => {}
-            Ok(deleted) => {
-                purged.inc_by(deleted);
-                tracing::info!(deleted, "expired Idempotency-Keys purged");
+        for (table, outcome) in round {
+            match outcome {
+                Ok(0) => {}
+                Ok(deleted) => {
+                    purged.with_label_values(&[table]).inc_by(deleted);
+                    tracing::info!(table, deleted, "expired Idempotency-Keys purged");
+                }
+                Err(e) => tracing::warn!(table, error = %e,
+                    "purging expired Idempotency-Keys failed; retrying next interval"),
             }
-            Err(e) => tracing::warn!(error = %e,
-                "purging expired Idempotency-Keys failed; retrying next interval"),
         }
         tokio::select! {
             () = shutdown.cancelled() => return,
