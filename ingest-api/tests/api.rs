@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use common::{
-    Answer, Base, Deps, Server, TOKEN, TestEnv, assert_agree, observe, op, send, with_database,
-    with_env,
+    Answer, Base, Deps, OrdersDb, Server, TOKEN, TestEnv, assert_agree, observe, op, send,
+    with_database, with_env,
 };
 use keel_avro::records::{
     Money, OrderCommand, OrderCommandBody, OrderDecision, OrderDecisionStatus, OrderLine,
@@ -22,15 +22,13 @@ use keel_processors::orders;
 use keel_tests::unique;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use sqlx::MySqlPool;
 use sqlx::mysql::MySqlPoolOptions;
-use sqlx::{AssertSqlSafe, MySqlPool};
 
 /// One database, topic and codec for a test; servers are started on it with [`Env::serve`].
 struct Env {
     base: Base,
-    db: String,
-    admin: MySqlPool,
-    pool: MySqlPool,
+    db: OrdersDb,
 }
 
 impl Deref for Env {
@@ -42,16 +40,7 @@ impl Deref for Env {
 
 impl TestEnv for Env {
     async fn finish(self) {
-        self.pool.close().await;
-        if let Err(e) = sqlx::raw_sql(AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS `{}`",
-            self.db
-        )))
-        .execute(&self.admin)
-        .await
-        {
-            eprintln!("dropping {}: {e}", self.db);
-        }
+        self.db.drop_database().await;
     }
 }
 
@@ -66,27 +55,8 @@ struct Setup {
 impl Env {
     async fn new() -> anyhow::Result<Self> {
         let base = Base::new("api", "orders_commands").await?;
-        let db = unique("keel_test");
-        let admin = MySqlPoolOptions::new()
-            .max_connections(1)
-            .connect(&base.stack.mysql_url)
-            .await
-            .context("connecting to MariaDB")?;
-        sqlx::raw_sql(AssertSqlSafe(format!("CREATE DATABASE `{db}`")))
-            .execute(&admin)
-            .await
-            .context("creating the test database (needs the keel\\_% grant)")?;
-        let pool = MySqlPoolOptions::new()
-            .max_connections(10)
-            .connect(&with_database(&base.stack.mysql_url, &db)?)
-            .await?;
-        orders::migrate(&pool).await?;
-        Ok(Self {
-            base,
-            db,
-            admin,
-            pool,
-        })
+        let db = OrdersDb::create(&base.stack.mysql_url, 10).await?;
+        Ok(Self { base, db })
     }
 
     fn setup(&self) -> Setup {
@@ -103,7 +73,7 @@ impl Env {
 
     async fn serve(&self, setup: Setup) -> anyhow::Result<Server> {
         let deps = Deps {
-            pool: setup.pool.unwrap_or_else(|| self.pool.clone()),
+            pool: setup.pool.unwrap_or_else(|| self.db.pool.clone()),
             ledger: None,
             inventory: None,
             ready: setup.ready,
@@ -115,7 +85,7 @@ impl Env {
 
     async fn seed_cart(&self, items: &[(&str, i32, i64)]) -> anyhow::Result<String> {
         let cart = unique("cart");
-        orders::seed_cart(&self.pool, &cart, "cust-42", "EUR", items).await?;
+        orders::seed_cart(&self.db.pool, &cart, "cust-42", "EUR", items).await?;
         Ok(cart)
     }
 
@@ -242,7 +212,7 @@ async fn an_accepted_order_is_on_kafka_with_the_carts_lines_and_readable_at_once
             source_offset: 7,
         };
         orders::apply_decision(
-            &env.pool,
+            &env.db.pool,
             &env.codec,
             &keel_processors::topics::Topics::default(),
             &decision,
@@ -373,7 +343,7 @@ async fn bad_inputs_are_problems_that_name_the_field() -> anyhow::Result<()> {
         let server = env.serve(setup).await?;
         let cart = env.seed_cart(&[("SKU-A", 1, 500)]).await?;
         let empty_cart = unique("cart");
-        orders::seed_cart::<&str>(&env.pool, &empty_cart, "cust-1", "EUR", &[]).await?;
+        orders::seed_cart::<&str>(&env.db.pool, &empty_cart, "cust-1", "EUR", &[]).await?;
         let valid = order_body(&cart);
         let without = |field: &str| {
             let mut v = valid.clone();
@@ -647,7 +617,7 @@ async fn with_auth_on_writes_need_a_bearer_token_and_nothing_is_written_without(
         let cancel = send(env.http.post(server.url("/orders/x/cancel"))).await?;
         assert_eq!(cancel.status, StatusCode::UNAUTHORIZED);
         let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM api_idempotency")
-            .fetch_one(&env.pool)
+            .fetch_one(&env.db.pool)
             .await?;
         assert_eq!(rows, 0, "nothing written");
         let commands = env.commands(0, Duration::from_secs(2)).await?;
@@ -709,7 +679,7 @@ async fn kafka_unreachable_is_503_with_retry_after_and_the_key_can_be_retried() 
         let (status, order_id): (Option<i32>, String) = sqlx::query_as(
             "SELECT response_status, order_id FROM api_idempotency WHERE idem_key = 'retry-me'",
         )
-        .fetch_one(&env.pool)
+        .fetch_one(&env.db.pool)
         .await?;
         assert_eq!(status, Some(503), "kept for a retry with the same order id");
         // Not a 404 and not RECEIVED: the order was never accepted.
@@ -813,7 +783,7 @@ async fn write_order(env: &Env, status: OrderDecisionStatus) -> anyhow::Result<S
     let order_id = unique("order");
     let mut decision = pending_decision(&order_id, &unique("cart"));
     orders::apply_decision(
-        &env.pool,
+        &env.db.pool,
         &env.codec,
         &keel_processors::topics::Topics::default(),
         &decision,
@@ -825,7 +795,7 @@ async fn write_order(env: &Env, status: OrderDecisionStatus) -> anyhow::Result<S
         decision.from_status = Some(OrderDecisionStatus::Pending);
         decision.status = status;
         orders::apply_decision(
-            &env.pool,
+            &env.db.pool,
             &env.codec,
             &keel_processors::topics::Topics::default(),
             &decision,
@@ -892,7 +862,7 @@ async fn the_openapi_document_and_the_routes_agree() -> anyhow::Result<()> {
         let ordered_cart = env.seed_cart(&[("SKU-A", 1, 500)]).await?;
         sqlx::query("UPDATE carts SET status = 'ORDERED' WHERE cart_id = ?")
             .bind(&ordered_cart)
-            .execute(&env.pool)
+            .execute(&env.db.pool)
             .await?;
         let pending = write_order(&env, OrderDecisionStatus::Pending).await?;
         let confirmed = write_order(&env, OrderDecisionStatus::Confirmed).await?;
@@ -1021,12 +991,12 @@ async fn a_retry_after_a_crash_returns_the_order_the_first_attempt_placed() -> a
              created_at = UTC_TIMESTAMP(3) - INTERVAL 1 HOUR WHERE idem_key = ?",
         )
         .bind(&key)
-        .execute(&env.pool)
+        .execute(&env.db.pool)
         .await?;
         // Meanwhile the saga decided PENDING and the sink wrote it (the cart is now ORDERED).
         let decision = pending_decision(&order_id, &cart);
         orders::apply_decision(
-            &env.pool,
+            &env.db.pool,
             &env.codec,
             &keel_processors::topics::Topics::default(),
             &decision,
@@ -1106,7 +1076,7 @@ async fn a_cancelled_order_gives_its_cart_back_to_a_new_key_but_not_to_its_own_r
             .to_owned();
         let names = keel_processors::topics::Topics::default();
         let pending = pending_decision(&order_id, &cart);
-        orders::apply_decision(&env.pool, &env.codec, &names, &pending).await?;
+        orders::apply_decision(&env.db.pool, &env.codec, &names, &pending).await?;
         let cancelled = OrderDecision {
             decision_id: format!("{order_id}/2"),
             sequence: 2,
@@ -1115,9 +1085,9 @@ async fn a_cancelled_order_gives_its_cart_back_to_a_new_key_but_not_to_its_own_r
             reason: Some("PAYMENT_DECLINED".into()),
             ..pending.clone()
         };
-        orders::apply_decision(&env.pool, &env.codec, &names, &cancelled).await?;
+        orders::apply_decision(&env.db.pool, &env.codec, &names, &cancelled).await?;
         // The same decision again (a replay) writes nothing, so it releases nothing twice.
-        let replay = orders::apply_decision(&env.pool, &env.codec, &names, &cancelled).await?;
+        let replay = orders::apply_decision(&env.db.pool, &env.codec, &names, &cancelled).await?;
         assert!(
             matches!(replay, orders::Applied::Stale | orders::Applied::Duplicate),
             "{replay:?}"
@@ -1129,7 +1099,7 @@ async fn a_cancelled_order_gives_its_cart_back_to_a_new_key_but_not_to_its_own_r
              created_at = UTC_TIMESTAMP(3) - INTERVAL 1 HOUR WHERE idem_key = ?",
         )
         .bind(&key)
-        .execute(&env.pool)
+        .execute(&env.db.pool)
         .await?;
         let retry = post_json(&env, &server, "/orders", &body, Some(&key)).await?;
         assert_eq!(retry.status, StatusCode::ACCEPTED, "{}", retry.text);
@@ -1137,7 +1107,7 @@ async fn a_cancelled_order_gives_its_cart_back_to_a_new_key_but_not_to_its_own_r
         let claims: i64 =
             sqlx::query_scalar("SELECT COUNT(*) FROM order_cart_claims WHERE cart_id = ?")
                 .bind(&cart)
-                .fetch_one(&env.pool)
+                .fetch_one(&env.db.pool)
                 .await?;
         assert_eq!(
             claims, 0,
@@ -1145,7 +1115,7 @@ async fn a_cancelled_order_gives_its_cart_back_to_a_new_key_but_not_to_its_own_r
         );
         let status: String = sqlx::query_scalar("SELECT status FROM carts WHERE cart_id = ?")
             .bind(&cart)
-            .fetch_one(&env.pool)
+            .fetch_one(&env.db.pool)
             .await?;
         assert_eq!(status, "OPEN");
 

@@ -10,7 +10,7 @@ use std::ops::Deref;
 use std::time::Duration;
 
 use anyhow::Context;
-use common::{Base, Deps, Server, TestEnv, send, with_database, with_env};
+use common::{Base, Deps, OrdersDb, Server, TestEnv, send, with_env};
 use keel_ingest_api::ApiConfig;
 use keel_ingest_api::idempotency::retention::{Retention, purge_once};
 use keel_ingest_api::idempotency::{AUTO_SCOPE, received_at};
@@ -18,15 +18,11 @@ use keel_processors::orders;
 use keel_tests::unique;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use sqlx::mysql::MySqlPoolOptions;
-use sqlx::{AssertSqlSafe, MySqlPool};
 
 /// One migrated database and a commands topic.
 struct Env {
     base: Base,
-    db: String,
-    admin: MySqlPool,
-    pool: MySqlPool,
+    db: OrdersDb,
 }
 
 impl Deref for Env {
@@ -38,48 +34,20 @@ impl Deref for Env {
 
 impl TestEnv for Env {
     async fn finish(self) {
-        self.pool.close().await;
-        if let Err(e) = sqlx::raw_sql(AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS `{}`",
-            self.db
-        )))
-        .execute(&self.admin)
-        .await
-        {
-            eprintln!("dropping {}: {e}", self.db);
-        }
+        self.db.drop_database().await;
     }
 }
 
 impl Env {
     async fn new() -> anyhow::Result<Self> {
         let base = Base::new("idem", "orders_commands").await?;
-        let db = unique("keel_test");
-        let admin = MySqlPoolOptions::new()
-            .max_connections(1)
-            .connect(&base.stack.mysql_url)
-            .await
-            .context("connecting to MariaDB")?;
-        sqlx::raw_sql(AssertSqlSafe(format!("CREATE DATABASE `{db}`")))
-            .execute(&admin)
-            .await
-            .context("creating the test database (needs the keel\\_% grant)")?;
-        let pool = MySqlPoolOptions::new()
-            .max_connections(5)
-            .connect(&with_database(&base.stack.mysql_url, &db)?)
-            .await?;
-        orders::migrate(&pool).await?;
-        Ok(Self {
-            base,
-            db,
-            admin,
-            pool,
-        })
+        let db = OrdersDb::create(&base.stack.mysql_url, 5).await?;
+        Ok(Self { base, db })
     }
 
     async fn serve(&self, config: ApiConfig) -> anyhow::Result<Server> {
         let deps = Deps {
-            pool: self.pool.clone(),
+            pool: self.db.pool.clone(),
             ledger: None,
             inventory: None,
             ready: true,
@@ -107,7 +75,7 @@ impl Env {
         .bind(status)
         .bind(status.map(|_| "{}"))
         .bind(age_minutes)
-        .execute(&self.pool)
+        .execute(&self.db.pool)
         .await?;
         Ok(())
     }
@@ -121,14 +89,14 @@ impl Env {
              UTC_TIMESTAMP(3))",
         )
         .bind(order_id)
-        .execute(&self.pool)
+        .execute(&self.db.pool)
         .await?;
         Ok(())
     }
 
     async fn keys(&self) -> anyhow::Result<BTreeSet<String>> {
         let keys: Vec<String> = sqlx::query_scalar("SELECT idem_key FROM api_idempotency")
-            .fetch_all(&self.pool)
+            .fetch_all(&self.db.pool)
             .await?;
         Ok(keys.into_iter().collect())
     }
@@ -176,10 +144,10 @@ async fn rows_older_than_the_retention_go_and_fresh_in_progress_and_unwritten_or
             .await?;
         env.key_row(AUTO_SCOPE, "old-unwritten", Some(202), 25 * HOUR)
             .await?;
-        let before = received_at(&env.pool, "order-old-unwritten").await?;
+        let before = received_at(&env.db.pool, "order-old-unwritten").await?;
         assert!(before.is_some(), "the row answers RECEIVED");
 
-        let purged = purge_once(&env.pool, &retention(1_000)).await?;
+        let purged = purge_once(&env.db.pool, &retention(1_000)).await?;
 
         assert_eq!(purged, 4);
         assert_eq!(
@@ -192,18 +160,18 @@ async fn rows_older_than_the_retention_go_and_fresh_in_progress_and_unwritten_or
             ])
         );
         assert_eq!(
-            received_at(&env.pool, "order-old-unwritten").await?,
+            received_at(&env.db.pool, "order-old-unwritten").await?,
             before,
             "an accepted order the sink has not written still answers RECEIVED, as before"
         );
-        let stored = orders::load_order(&env.pool, "order-old-answered").await?;
+        let stored = orders::load_order(&env.db.pool, "order-old-answered").await?;
         assert_eq!(
             stored.map(|o| o.status),
             Some("CONFIRMED".to_owned()),
             "the purged order's answer comes from `orders`"
         );
         assert_eq!(
-            purge_once(&env.pool, &retention(1_000)).await?,
+            purge_once(&env.db.pool, &retention(1_000)).await?,
             0,
             "a second round finds nothing"
         );
@@ -224,7 +192,7 @@ async fn a_backlog_larger_than_one_batch_goes_in_several_batches() -> anyhow::Re
                 .await?;
         }
 
-        let purged = purge_once(&env.pool, &retention(10)).await?;
+        let purged = purge_once(&env.db.pool, &retention(10)).await?;
 
         assert_eq!(purged, 25, "three batches: 10, 10, 5");
         assert_eq!(env.keys().await?, set(&["new-0", "new-1", "new-2"]));
@@ -271,7 +239,7 @@ async fn the_api_purges_expired_keys_in_the_background_and_a_replay_in_the_windo
             })
             .await?;
         let cart = unique("cart");
-        orders::seed_cart(&env.pool, &cart, "cust-42", "EUR", &[("SKU-A", 1, 500)]).await?;
+        orders::seed_cart(&env.db.pool, &cart, "cust-42", "EUR", &[("SKU-A", 1, 500)]).await?;
         let post = || {
             env.http
                 .post(server.url("/orders"))

@@ -1,6 +1,7 @@
-//! What the ingest API's integration tests (`api.rs`, `payments.rs`, `inventory.rs`) share:
-//! [`Base`], the part of every test env that is the same (the stack, a codec with random
-//! registry subjects, a random commands topic, an HTTP client, the servers' stop token);
+//! What the ingest API's integration tests (`api.rs`, `payments.rs`, `inventory.rs`,
+//! `idempotency_retention.rs`) share: [`Base`], the part of every test env that is the same
+//! (the stack, a codec with random registry subjects, a random commands topic, an HTTP client,
+//! the servers' stop token); [`OrdersDb`], a fresh MariaDB database with the orders schema;
 //! [`with_env`], which tears an env down whatever the test did; starting a server
 //! ([`Base::serve`]); sending requests ([`send`], [`Answer`]); reading the commands topic back
 //! ([`Base::commands`]); and the walk that checks the OpenAPI document against what the routes
@@ -25,7 +26,8 @@ use keel_tests::{Stack, unique};
 use rdkafka::Message;
 use reqwest::StatusCode;
 use serde_json::Value;
-use sqlx::{MySqlPool, PgPool};
+use sqlx::mysql::MySqlPoolOptions;
+use sqlx::{AssertSqlSafe, MySqlPool, PgPool};
 use tokio_util::sync::CancellationToken;
 
 /// The bearer token the tests that turn authentication on accept.
@@ -64,6 +66,51 @@ pub struct Server {
 impl Server {
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
+    }
+}
+
+/// A fresh MariaDB database (`keel_test_<random>`) with the orders schema migrated
+/// (`keel_processors::orders::migrate`); [`OrdersDb::drop_database`] drops it.
+pub struct OrdersDb {
+    pub name: String,
+    admin: MySqlPool,
+    pub pool: MySqlPool,
+}
+
+impl OrdersDb {
+    /// Creates and migrates the database on `mysql_url` (the `keel` user's `keel\_%` grant),
+    /// with a pool of `max_connections`.
+    pub async fn create(mysql_url: &str, max_connections: u32) -> anyhow::Result<Self> {
+        let name = unique("keel_test");
+        let admin = MySqlPoolOptions::new()
+            .max_connections(1)
+            .connect(mysql_url)
+            .await
+            .context("connecting to MariaDB")?;
+        sqlx::raw_sql(AssertSqlSafe(format!("CREATE DATABASE `{name}`")))
+            .execute(&admin)
+            .await
+            .context("creating the test database (needs the keel\\_% grant)")?;
+        let pool = MySqlPoolOptions::new()
+            .max_connections(max_connections)
+            .connect(&with_database(mysql_url, &name)?)
+            .await?;
+        keel_processors::orders::migrate(&pool).await?;
+        Ok(Self { name, admin, pool })
+    }
+
+    /// Closes the pool and drops the database (a failure is printed, not raised: teardown).
+    pub async fn drop_database(self) {
+        self.pool.close().await;
+        if let Err(e) = sqlx::raw_sql(AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS `{}`",
+            self.name
+        )))
+        .execute(&self.admin)
+        .await
+        {
+            eprintln!("dropping {}: {e}", self.name);
+        }
     }
 }
 
