@@ -137,12 +137,11 @@ struct Core {
     topic_names: Vec<Arc<str>>,
     /// Store name → its changelog topic (`<app>-<store>-changelog`), resolved once per store.
     changelog_topics: FxHashMap<Arc<str>, String>,
-    /// When wall-clock punctuators were last checked.
-    last_wall_check: Instant,
     /// The wall clock (epoch ms) as read at an instant, at most [`WALL_CLOCK_CHECK`] ago: a
     /// record's wall-clock time is derived from it and the instant its step began
     /// ([`Core::wall_ms`]), so a record costs two clock reads (the step's start and its
-    /// processing time), not five.
+    /// processing time), not five. The instant is also when wall-clock punctuators were last
+    /// checked.
     wall_base: (Instant, i64),
     /// When the last loop turn began ([`Core::step`]): the next poll's wait is measured from
     /// it, not from a clock read of its own.
@@ -221,7 +220,6 @@ pub(crate) fn run(index: usize, shared: Arc<Shared>, progress: &mut Progress) ->
         output: Vec::new(),
         topic_names: Vec::new(),
         changelog_topics: FxHashMap::default(),
-        last_wall_check: Instant::now(),
         wall_base: (Instant::now(), now_ms()),
         step_started: Instant::now(),
         committed: HashMap::new(),

@@ -176,20 +176,18 @@ impl Core {
     /// Every [`WALL_CLOCK_CHECK`] (`now` is when this loop turn began): reads the wall clock
     /// ([`Core::wall_ms`] derives from it) and runs the wall-clock punctuators that are due.
     pub(super) fn punctuate_wall_clock(&mut self, now: Instant) -> Result<()> {
-        if now.saturating_duration_since(self.last_wall_check) < WALL_CLOCK_CHECK {
+        if now.saturating_duration_since(self.wall_base.0) < WALL_CLOCK_CHECK {
             return Ok(());
         }
-        self.last_wall_check = now;
         let wall = now_ms();
         self.wall_base = (now, wall);
         if self.tasks.is_empty() {
             return Ok(());
         }
         self.begin()?;
-        let now = wall;
         let mut output = Vec::new();
         for (id, task) in self.tasks.iter_mut() {
-            if let Err(e) = task.punctuate(PunctuationType::WallClock, now, now) {
+            if let Err(e) = task.punctuate(PunctuationType::WallClock, wall, wall) {
                 let e = e.in_task(*id);
                 if e.action() == Action::RestoreTask {
                     self.corrupt.push(*id);
@@ -199,7 +197,7 @@ impl Core {
             output.extend(task.take_output());
         }
         self.send_all(&output, 0)?;
-        self.send_changelog(None, now)?;
+        self.send_changelog(None, wall)?;
         kafka::serve_delivery_reports(&self.producer);
         Ok(())
     }
