@@ -335,6 +335,26 @@ impl KeelConfig {
         }
     }
 
+    /// The order sink's consumer group: `<streams.application_id>-order-sink`.
+    pub fn order_sink_group_id(&self) -> String {
+        format!("{}-order-sink", self.streams.application_id)
+    }
+
+    /// The Cassandra sink's consumer group: `<streams.application_id>-cassandra-sink`.
+    pub fn cassandra_sink_group_id(&self) -> String {
+        format!("{}-cassandra-sink", self.streams.application_id)
+    }
+
+    /// The plain consumers' groups (not the stream roles'): the order sink, the Cassandra sink
+    /// and the payment service. Each has its dead-letter topic `<group>-dlq`.
+    pub fn plain_consumer_group_ids(&self) -> [String; 3] {
+        [
+            self.order_sink_group_id(),
+            self.cassandra_sink_group_id(),
+            self.payment_group_id(),
+        ]
+    }
+
     /// Defaults, then `file` (if given), then the environment; then validate.
     pub fn load(file: Option<&Path>) -> anyhow::Result<Self> {
         Self::from_figment(Self::figment(file))

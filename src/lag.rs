@@ -82,9 +82,7 @@ pub fn keel_groups(config: &KeelConfig) -> Vec<String> {
         .iter()
         .map(|role| format!("{app}-{role}"))
         .collect();
-    out.insert(format!("{app}-order-sink"));
-    out.insert(format!("{app}-cassandra-sink"));
-    out.insert(config.payment_group_id());
+    out.extend(config.plain_consumer_group_ids());
     out.into_iter().collect()
 }
 

@@ -215,12 +215,7 @@ pub async fn ensure_topics(config: &KeelConfig) -> anyhow::Result<()> {
         names.push(cdc.cart_items);
     }
     // The plain consumers' dead letters (`<group id>-dlq`, `keel_processors::dead_letter`).
-    let app = &config.streams.application_id;
-    for group in [
-        format!("{app}-order-sink"),
-        format!("{app}-cassandra-sink"),
-        config.payment_group_id(),
-    ] {
+    for group in config.plain_consumer_group_ids() {
         names.push(keel_processors::dead_letter::topic_for(&group));
     }
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
@@ -420,7 +415,7 @@ pub async fn start_stream_roles(
         let sink_config = inventory::sink::CassandraSinkConfig {
             keyspace: config.cassandra.keyspace.clone(),
             replication_factor: config.cassandra.replication_factor,
-            group_id: format!("{}-cassandra-sink", config.streams.application_id),
+            group_id: config.cassandra_sink_group_id(),
             consumer: member_settings(config, "cassandra-sink"),
         };
         // The keyspace is migrated here, before any role starts, so the API's migration and
@@ -542,7 +537,6 @@ pub async fn start_service_roles(
 ) -> anyhow::Result<()> {
     let names = config.topics.names();
     let bootstrap = config.kafka.bootstrap_servers.clone();
-    let app = config.streams.application_id.clone();
     let relay = roles.contains(&Role::Relay) && config.outbox.mode == OutboxMode::Relay;
     // One pool per database for the whole process, migrated once.
     let orders = if roles.contains(&Role::Api) || roles.contains(&Role::Sinks) || relay {
@@ -560,7 +554,7 @@ pub async fn start_service_roles(
     if let (true, Some(pool)) = (roles.contains(&Role::Sinks), &orders) {
         let (pool, codec, shutdown) = (pool.clone(), codec.clone(), running.shutdown.clone());
         let (bootstrap, topic) = (bootstrap.clone(), names.name(topics::ORDER_DECISIONS));
-        let group = format!("{app}-order-sink");
+        let group = config.order_sink_group_id();
         let names = names.clone();
         let settings = member_settings(config, "order-sink");
         let dead_letters = keel_processors::dead_letter::DeadLetters::new(
