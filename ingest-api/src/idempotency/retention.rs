@@ -102,10 +102,8 @@ fn micros(d: Duration) -> i64 {
 /// written with). Returns how many rows went. Errors: the first failed statement (the rows of
 /// the batches before it are gone).
 pub async fn purge_once(pool: &MySqlPool, retention: &Retention) -> Result<u64, sqlx::Error> {
-    let limit = retention.batch_size.max(1);
-    let mut total = 0;
-    loop {
-        let deleted = sqlx::query(
+    in_batches(retention, |limit| async move {
+        Ok(sqlx::query(
             "DELETE FROM api_idempotency \
              WHERE created_at < UTC_TIMESTAMP(3) - INTERVAL ? MICROSECOND \
              AND ((response_status IS NULL \
@@ -120,7 +118,26 @@ pub async fn purge_once(pool: &MySqlPool, retention: &Retention) -> Result<u64, 
         .bind(limit)
         .execute(pool)
         .await?
-        .rows_affected();
+        .rows_affected())
+    })
+    .await
+}
+
+/// Runs `batch` (one statement deleting at most the `limit` rows it is given, at least 1:
+/// [`Retention::batch_size`], returning how many went) until a batch deletes fewer than
+/// `limit`; the total. Errors: the first failed batch's (the batches before it are done).
+pub(crate) async fn in_batches<F, Fut>(
+    retention: &Retention,
+    mut batch: F,
+) -> Result<u64, sqlx::Error>
+where
+    F: FnMut(u32) -> Fut,
+    Fut: std::future::Future<Output = Result<u64, sqlx::Error>>,
+{
+    let limit = retention.batch_size.max(1);
+    let mut total = 0;
+    loop {
+        let deleted = batch(limit).await?;
         total += deleted;
         if deleted < u64::from(limit) {
             return Ok(total);

@@ -82,19 +82,14 @@ const PURGE_BATCH_SQL: &str = "DELETE FROM api_payment_requests WHERE ctid = ANY
 /// `created_at` is written with). Returns how many rows went. Errors: the first failed
 /// statement (the rows of the batches before it are gone).
 pub async fn purge_once(pg: &PgPool, retention: &Retention) -> Result<u64, sqlx::Error> {
-    let limit = retention.batch_size.max(1);
-    let mut total = 0;
-    loop {
-        let deleted = sqlx::query(PURGE_BATCH_SQL)
+    super::in_batches(retention, |limit| async move {
+        Ok(sqlx::query(PURGE_BATCH_SQL)
             .bind(retention.keep.as_secs_f64())
             .bind(retention.keep_in_progress.as_secs_f64())
             .bind(i64::from(limit))
             .execute(pg)
             .await?
-            .rows_affected();
-        total += deleted;
-        if deleted < u64::from(limit) {
-            return Ok(total);
-        }
-    }
+            .rows_affected())
+    })
+    .await
 }
