@@ -85,16 +85,15 @@ async fn a_record_without_a_timestamp_gets_the_same_dead_letter_headers_from_a_s
     builder
         .add_source("in", &[input.as_str()], Utf8, I64)
         .add_sink("out", &output, Utf8, I64, &["in"]);
+    // The dead-letter topic exists before the reader subscribes: a subscription to a topic
+    // the runtime has not created yet is only picked up at librdkafka's next metadata refresh
+    // (minutes), which made a CI run read nothing here.
+    let dlq = format!("{app}-dlq");
+    keel_tests::kafka::create_topics(&bootstrap, &[&dlq], 1).await?;
     let handle = KafkaStreams::new(builder.build()?, config)?.start()?;
     let reader = keel_tests::kafka::consumer(&bootstrap, "read_committed")?;
-    let from_runtime = keel_tests::kafka::read_topic(
-        &reader,
-        &format!("{app}-dlq"),
-        2,
-        PATIENCE,
-        Duration::from_secs(1),
-    )
-    .await;
+    let from_runtime =
+        keel_tests::kafka::read_topic(&reader, &dlq, 2, PATIENCE, Duration::from_secs(1)).await;
     tokio::task::block_in_place(|| handle.shutdown()).ok();
     let _ = std::fs::remove_dir_all(&dir);
     let from_runtime = from_runtime.context("the runtime's dead letters")?;
