@@ -1,8 +1,10 @@
 //! The engine under every store: one RocksDB instance with a pending write set on top.
 //!
-//! Writes go to an in-memory pending set per column family (`BTreeMap<key, Option<value>>`,
-//! `None` = delete) and are visible to reads at once; reads look in the pending set first and
-//! fall back to RocksDB, and iterators merge both. [`StoreCore::commit`] applies the pending set
+//! Writes go to an in-memory pending set per column family (a hash map from key to
+//! `Option<value>`, `None` = delete, that keeps the keys in the order they were first written)
+//! and are visible to reads at once; reads look in the pending set first and fall back to
+//! RocksDB, and iterators merge both (an iterator sorts the pending keys in its range when it is
+//! made: point reads and writes, the hot path, pay one hash lookup instead of a tree search). [`StoreCore::commit`] applies the pending set
 //! in one `WriteBatch`; [`StoreCore::abort`] drops it. RocksDB therefore only ever holds writes
 //! whose Kafka transaction committed. The write-ahead log is off: the changelog topic is the
 //! durable log, and a clean close flushes memtables before the checkpoint is written.
@@ -11,23 +13,25 @@
 //! before one input record; [`StoreCore::rollback_to_savepoint`] undoes every write made since
 //! (in every column family, index columns included) and un-queues the changelog records they
 //! queued, so a record that is dead-lettered halfway through the graph leaves no write behind.
-//! The savepoint is an undo log (the pending entry a key had before each write after the
-//! savepoint, undone newest first), so it costs one entry per write, not a copy of the set.
+//! The savepoint is an undo log (the position of each entry written after the savepoint and the
+//! entry it had before, undone newest first), so it costs one small entry per write, not a copy
+//! of the set. A key first written after the savepoint is the last entry when its undo comes,
+//! so undoing it is a pop.
 //!
-//! A pending entry carries its own "waiting for the changelog" mark, so a write is one search
-//! of the pending map (the hot path of every `put`). The keys that became unlogged since the
-//! last drain are also listed in order, so a drain costs one lookup per key written since the
-//! last one, not a walk of the whole interval's pending set: the runtime drains after every
-//! input record (sending the changelog while it processes), and the pending set holds the
-//! whole commit interval.
+//! A pending entry carries its own "waiting for the changelog" mark, so a write is one lookup
+//! of the pending map (the hot path of every `put`). The positions of the entries that became
+//! unlogged since the last drain are also listed in order, so a drain visits only the keys
+//! written since the last one, without a lookup: the runtime drains after every input record
+//! (sending the changelog while it processes), and the pending set holds the whole commit
+//! interval.
 
-use std::collections::{BTreeMap, btree_map};
 use std::fmt;
 use std::iter::Peekable;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
 
+use indexmap::map::Entry;
 use rocksdb::{
     ColumnFamily, ColumnFamilyDescriptor, DB, DBRawIteratorWithThreadMode, FlushOptions,
     ReadOptions, WriteBatch, WriteOptions,
@@ -41,7 +45,11 @@ use crate::types::RestoreBatch;
 /// Index of the primary column family (RocksDB's `default`), the one that is changelogged.
 pub(crate) const PRIMARY: usize = 0;
 
-type Pending = BTreeMap<Vec<u8>, PendingWrite>;
+/// The pending writes of one column family: a hash map that keeps first-write order, so an
+/// entry's position stays valid until the commit (entries are only ever appended, or popped by
+/// a savepoint rollback). The hasher is seeded per map: keys come from input records, and the
+/// map is emptied at every commit.
+type Pending = indexmap::IndexMap<Vec<u8>, PendingWrite, foldhash::fast::RandomState>;
 
 /// An uncommitted write of one key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,10 +62,13 @@ struct PendingWrite {
 }
 
 /// What the pending set looked like at a savepoint: per write since, in order, the column
-/// family, the key and the pending entry the key had just before that write (`None`: none).
+/// family, the entry's position and the pending entry the key had just before that write
+/// (`None`: none, the write appended it); and how long the unlogged list was.
 #[derive(Debug, Default)]
 struct Savepoint {
-    undo: Vec<(usize, Vec<u8>, Option<PendingWrite>)>,
+    open: bool,
+    undo: Vec<(usize, usize, Option<PendingWrite>)>,
+    unlogged_len: usize,
 }
 
 pub(crate) struct StoreCore {
@@ -70,12 +81,12 @@ pub(crate) struct StoreCore {
     /// Pending primary entries marked `unlogged` (keys written since the last
     /// `take_changelog`).
     unlogged: usize,
-    /// The keys that became `unlogged` since the last drain, in that order. Every entry marked
-    /// `unlogged` has its key here; a key may also be here stale (its mark undone by a
-    /// savepoint rollback, or listed twice after one): the drain skips entries not marked.
-    unlogged_keys: Vec<Vec<u8>>,
-    /// The open savepoint, if any.
-    savepoint: Option<Savepoint>,
+    /// The positions in the primary pending set of the entries that became `unlogged` since
+    /// the last drain, in that order; exactly the entries marked (a savepoint rollback cuts
+    /// the list back to its length at the savepoint).
+    unlogged_at: Vec<usize>,
+    /// The savepoint (its undo log is kept between records, so opening one allocates nothing).
+    savepoint: Savepoint,
     applied_offset: Option<i64>,
     write_opts: WriteOptions,
     /// The options of every point read, made once: the `get` without options makes and frees
@@ -131,10 +142,10 @@ impl StoreCore {
             path,
             db: Arc::new(db),
             columns,
-            pending: vec![Pending::new(); columns.len()],
+            pending: (0..columns.len()).map(|_| Pending::default()).collect(),
             unlogged: 0,
-            unlogged_keys: Vec::new(),
-            savepoint: None,
+            unlogged_at: Vec::new(),
+            savepoint: Savepoint::default(),
             applied_offset,
             write_opts,
             read_opts: ReadOptions::default(),
@@ -214,70 +225,80 @@ impl StoreCore {
     /// changelog; index columns and restored records are not.
     pub(crate) fn write(&mut self, col: usize, key: Vec<u8>, value: Option<Vec<u8>>, logged: bool) {
         let queue = logged && col == PRIMARY;
-        let savepoint = self.savepoint.as_mut();
-        match self.pending[col].entry(key) {
-            btree_map::Entry::Occupied(mut entry) => {
-                let was_unlogged = entry.get().unlogged;
-                if let Some(savepoint) = savepoint {
-                    savepoint
-                        .undo
-                        .push((col, entry.key().clone(), Some(entry.get().clone())));
+        let (at, was_unlogged) = match self.pending[col].entry(key) {
+            Entry::Occupied(mut entry) => {
+                let at = entry.index();
+                let write = entry.get_mut();
+                let was_unlogged = write.unlogged;
+                let before = std::mem::replace(
+                    write,
+                    PendingWrite {
+                        value,
+                        unlogged: was_unlogged || queue,
+                    },
+                );
+                if self.savepoint.open {
+                    self.savepoint.undo.push((col, at, Some(before)));
                 }
-                if queue && !was_unlogged {
-                    self.unlogged += 1;
-                    self.unlogged_keys.push(entry.key().clone());
-                }
-                entry.insert(PendingWrite {
-                    value,
-                    unlogged: was_unlogged || queue,
-                });
+                (at, was_unlogged)
             }
-            btree_map::Entry::Vacant(entry) => {
-                if let Some(savepoint) = savepoint {
-                    savepoint.undo.push((col, entry.key().clone(), None));
-                }
-                if queue {
-                    self.unlogged += 1;
-                    self.unlogged_keys.push(entry.key().clone());
-                }
+            Entry::Vacant(entry) => {
+                let at = entry.index();
                 entry.insert(PendingWrite {
                     value,
                     unlogged: queue,
                 });
+                if self.savepoint.open {
+                    self.savepoint.undo.push((col, at, None));
+                }
+                (at, false)
             }
+        };
+        if queue && !was_unlogged {
+            self.unlogged += 1;
+            self.unlogged_at.push(at);
         }
     }
 
     /// Marks the pending set as it is now (replacing any open savepoint), so that
     /// [`rollback_to_savepoint`](Self::rollback_to_savepoint) can return to it.
     pub(crate) fn set_savepoint(&mut self) {
-        self.savepoint = Some(Savepoint::default());
+        self.savepoint.open = true;
+        self.savepoint.undo.clear();
+        self.savepoint.unlogged_len = self.unlogged_at.len();
     }
 
     /// Undoes every write since the savepoint — pending entries of every column family and the
     /// changelog records they queued — and closes it. Without a savepoint, does nothing.
     pub(crate) fn rollback_to_savepoint(&mut self) {
-        let Some(savepoint) = self.savepoint.take() else {
+        if !self.savepoint.open {
             return;
-        };
-        for (col, key, before) in savepoint.undo.into_iter().rev() {
-            let restored_unlogged = before.as_ref().is_some_and(|w| w.unlogged);
-            let undone = match before {
-                Some(write) => self.pending[col].insert(key, write),
-                None => self.pending[col].remove(&key),
-            };
-            if restored_unlogged {
-                self.unlogged += 1;
-            }
-            if undone.is_some_and(|w| w.unlogged) {
-                self.unlogged -= 1;
+        }
+        self.savepoint.open = false;
+        for (col, at, before) in self.savepoint.undo.drain(..).rev() {
+            let pending = &mut self.pending[col];
+            match before {
+                Some(write) => {
+                    if let Some((_, current)) = pending.get_index_mut(at) {
+                        *current = write;
+                    }
+                }
+                None => {
+                    debug_assert_eq!(at + 1, pending.len(), "an appended entry is undone last");
+                    pending.pop();
+                }
             }
         }
+        // Every position listed since the savepoint belongs to a write just undone, which had
+        // no unlogged mark before it (else it would not have been listed).
+        let listed_since = self.unlogged_at.len() - self.savepoint.unlogged_len;
+        self.unlogged_at.truncate(self.savepoint.unlogged_len);
+        self.unlogged -= listed_since;
     }
 
     /// Keeps the writes since the savepoint and closes it.
     pub(crate) fn release_savepoint(&mut self) {
-        self.savepoint = None;
+        self.savepoint.open = false;
     }
 
     /// Iterates `[lower, upper)` of a column family, pending writes merged over RocksDB.
@@ -287,8 +308,7 @@ impl StoreCore {
         lower: Option<&[u8]>,
         upper: Option<&[u8]>,
     ) -> Result<StoreIter<'_>> {
-        // An empty or inverted range iterates nothing (and must not reach BTreeMap::range,
-        // which panics on inverted bounds).
+        // An empty or inverted range iterates nothing (RocksDB is not given inverted bounds).
         let upper = match (lower, upper) {
             (Some(l), Some(u)) if u < l => Some(l),
             _ => upper,
@@ -305,13 +325,17 @@ impl StoreCore {
             Some(l) => db.seek(l),
             None => db.seek_to_first(),
         }
-        let bounds = (
-            lower.map_or(Bound::Unbounded, Bound::Included),
-            upper.map_or(Bound::Unbounded, Bound::Excluded),
-        );
+        // The pending keys in range, sorted: one pass over the interval's pending set and a
+        // sort of what is in range, paid per iterator (iterators are rare next to point reads).
+        let mut pending: Vec<(&'_ [u8], &'_ PendingWrite)> = self.pending[col]
+            .iter()
+            .map(|(key, write)| (key.as_slice(), write))
+            .filter(|(key, _)| lower.is_none_or(|l| *key >= l) && upper.is_none_or(|u| *key < u))
+            .collect();
+        pending.sort_unstable_by(|a, b| a.0.cmp(b.0));
         Ok(StoreIter {
             core: self,
-            pending: self.pending[col].range::<[u8], _>(bounds).peekable(),
+            pending: pending.into_iter().peekable(),
             db,
             failed: false,
         })
@@ -343,22 +367,20 @@ impl StoreCore {
         &mut self,
         mut send: impl FnMut(&[u8], Option<&[u8]>) -> std::result::Result<(), E>,
     ) -> std::result::Result<usize, E> {
-        self.savepoint = None;
+        self.savepoint.open = false;
         if self.unlogged == 0 {
-            self.unlogged_keys.clear();
+            self.unlogged_at.clear();
             return Ok(0);
         }
         let mut taken = 0;
         let pending = &mut self.pending[PRIMARY];
-        for (i, key) in self.unlogged_keys.iter().enumerate() {
-            let Some(write) = pending.get_mut(key.as_slice()) else {
+        for (i, &at) in self.unlogged_at.iter().enumerate() {
+            let Some((key, write)) = pending.get_index_mut(at) else {
                 continue;
             };
-            if !write.unlogged {
-                continue;
-            }
+            debug_assert!(write.unlogged, "an unlogged position lists a marked entry");
             if let Err(e) = send(key, write.value.as_deref()) {
-                self.unlogged_keys.drain(..i);
+                self.unlogged_at.drain(..i);
                 self.unlogged -= taken;
                 return Err(e);
             }
@@ -366,7 +388,7 @@ impl StoreCore {
             taken += 1;
         }
         debug_assert_eq!(taken, self.unlogged);
-        self.unlogged_keys.clear();
+        self.unlogged_at.clear();
         self.unlogged = 0;
         Ok(taken)
     }
@@ -401,7 +423,7 @@ impl StoreCore {
                 std::io::Error::other("injected by failpoint store-apply"),
             ));
         }
-        self.savepoint = None;
+        self.savepoint.open = false;
         if self.pending.iter().any(|p| !p.is_empty()) {
             let mut batch = WriteBatch::default();
             for (col, writes) in self.pending.iter().enumerate() {
@@ -426,16 +448,16 @@ impl StoreCore {
 
     /// Drops every pending write and every changelog record not yet taken.
     pub(crate) fn abort(&mut self) {
-        self.savepoint = None;
+        self.savepoint.open = false;
         for writes in &mut self.pending {
             writes.clear();
         }
         self.unlogged = 0;
-        self.unlogged_keys.clear();
+        self.unlogged_at.clear();
     }
 
     pub(crate) fn ensure_restorable(&self) -> Result<()> {
-        let count: usize = self.pending.iter().map(BTreeMap::len).sum();
+        let count: usize = self.pending.iter().map(Pending::len).sum();
         if count == 0 {
             Ok(())
         } else {
@@ -524,7 +546,7 @@ impl StoreCore {
 /// pending deletes hiding committed entries. Yields an error (once, then ends) if RocksDB fails.
 pub struct StoreIter<'a> {
     core: &'a StoreCore,
-    pending: Peekable<btree_map::Range<'a, Vec<u8>, PendingWrite>>,
+    pending: Peekable<std::vec::IntoIter<(&'a [u8], &'a PendingWrite)>>,
     db: DBRawIteratorWithThreadMode<'a, DB>,
     failed: bool,
 }
@@ -556,7 +578,7 @@ impl Iterator for StoreIter<'_> {
                 (None, None) => return None,
                 (Some(_), None) => Ordering::Less,
                 (None, Some(_)) => Ordering::Greater,
-                (Some((pending_key, _)), Some(db_key)) => pending_key.as_slice().cmp(db_key),
+                (Some((pending_key, _)), Some(db_key)) => (*pending_key).cmp(db_key),
             };
             if order == Ordering::Greater {
                 let item = self.db.item().map(|(k, v)| (k.to_vec(), v.to_vec()));
@@ -574,7 +596,7 @@ impl Iterator for StoreIter<'_> {
                 },
             )) = self.pending.next()
             {
-                return Some(Ok((key.clone(), value.clone())));
+                return Some(Ok((key.to_vec(), value.clone())));
             }
             // A pending delete: skip it.
         }

@@ -1,5 +1,5 @@
-//! Model tests: random sequences of writes, commits, aborts, reopens, crashes and wipes against
-//! a `BTreeMap` model. After every step the store's visible state must equal the model's, and
+//! Model tests: random sequences of writes, savepoints and rollbacks, commits, aborts, reopens,
+//! crashes and wipes against a `BTreeMap` model. After every step the store's visible state must equal the model's, and
 //! what RocksDB holds must equal what the model committed.
 
 use std::collections::BTreeMap;
@@ -23,6 +23,39 @@ enum Lifecycle {
     Crash,
     /// Clean close, then the task directory is deleted; reopen restores from the changelog.
     Wipe,
+    /// Mark the pending writes (as the runtime does before each input record).
+    Savepoint,
+    /// Undo the writes since the savepoint (a dead-lettered record).
+    Rollback,
+    /// Keep them and close the savepoint.
+    Release,
+}
+
+/// The model's side of the lifecycle: what is visible after `life`, given what was committed
+/// and what was visible at the open savepoint (which every step but `Savepoint` closes).
+fn model_step<M: Clone>(
+    life: &Lifecycle,
+    visible: &mut M,
+    committed: &mut M,
+    mark: &mut Option<M>,
+) {
+    match life {
+        Lifecycle::Commit => *committed = visible.clone(),
+        Lifecycle::Drain | Lifecycle::Release => {}
+        Lifecycle::Savepoint => {
+            *mark = Some(visible.clone());
+            return;
+        }
+        Lifecycle::Rollback => {
+            if let Some(at_mark) = mark.take() {
+                *visible = at_mark;
+            }
+        }
+        Lifecycle::Abort | Lifecycle::Reopen | Lifecycle::Crash | Lifecycle::Wipe => {
+            *visible = committed.clone();
+        }
+    }
+    *mark = None;
 }
 
 fn lifecycle() -> impl Strategy<Value = Lifecycle> {
@@ -33,6 +66,9 @@ fn lifecycle() -> impl Strategy<Value = Lifecycle> {
         1 => Just(Lifecycle::Reopen),
         1 => Just(Lifecycle::Crash),
         1 => Just(Lifecycle::Wipe),
+        3 => Just(Lifecycle::Savepoint),
+        2 => Just(Lifecycle::Rollback),
+        1 => Just(Lifecycle::Release),
     ]
 }
 
@@ -78,6 +114,9 @@ fn step(
         }
         Lifecycle::Abort => log.abort(&mut task),
         Lifecycle::Drain => log.drain(&mut task),
+        Lifecycle::Savepoint => task.set_savepoint(),
+        Lifecycle::Rollback => task.rollback_to_savepoint(),
+        Lifecycle::Release => task.release_savepoint(),
         how => task = reopen(task, log, how)?,
     }
     Ok(task)
@@ -113,6 +152,7 @@ fn run_kv(ops: &[KvOp]) -> Result<(), Box<dyn std::error::Error>> {
     register(&mut task)?;
     let mut visible: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
     let mut committed = visible.clone();
+    let mut mark = None;
 
     for op in ops {
         match op {
@@ -126,11 +166,7 @@ fn run_kv(ops: &[KvOp]) -> Result<(), Box<dyn std::error::Error>> {
             }
             KvOp::Life(life) => {
                 task = step(&h, task, &mut log, life, register)?;
-                match life {
-                    Lifecycle::Commit => committed = visible.clone(),
-                    Lifecycle::Drain => {}
-                    _ => visible = committed.clone(),
-                }
+                model_step(life, &mut visible, &mut committed, &mut mark);
             }
         }
         let store = task.kv("kv")?;
@@ -189,6 +225,7 @@ fn run_ttl(ops: &[TtlOp]) -> Result<(), Box<dyn std::error::Error>> {
     register(&mut task)?;
     let mut visible = TtlModel::new();
     let mut committed = visible.clone();
+    let mut mark = None;
     let mut now = 0i64;
 
     for op in ops {
@@ -221,11 +258,7 @@ fn run_ttl(ops: &[TtlOp]) -> Result<(), Box<dyn std::error::Error>> {
             }
             TtlOp::Life(life) => {
                 task = step(&h, task, &mut log, life, register)?;
-                match life {
-                    Lifecycle::Commit => committed = visible.clone(),
-                    Lifecycle::Drain => {}
-                    _ => visible = committed.clone(),
-                }
+                model_step(life, &mut visible, &mut committed, &mut mark);
             }
         }
         let store = task.ttl("holds")?;
