@@ -100,7 +100,6 @@ pub struct TaskCounters {
 /// event time is implausible as bad input, and it will not move stream time).
 pub struct StreamTask {
     id: TaskId,
-    application_id: Arc<str>,
     graph: Arc<Graph>,
     processors: Vec<Option<Box<dyn ErasedProcessor>>>,
     state: TaskState,
@@ -115,14 +114,18 @@ pub struct StreamTask {
     counters: TaskCounters,
     /// Resolved topic → the source node of this task that reads it (looked up per record).
     sources: FxHashMap<String, usize>,
-    /// Partition counts of the topics sinks write to (for custom partitioners).
-    sink_partitions: Arc<HashMap<String, i32>>,
+    /// Per node: a sink's resolved topic and that topic's partition count (for custom
+    /// partitioners), resolved once here rather than per record.
+    sinks: Vec<Option<(String, Option<i32>)>>,
     /// Per node since the last `take_node_counts`: records handed in, records forwarded.
     node_in: Vec<u64>,
     node_out: Vec<u64>,
     /// What the running processor forwards, reused from record to record (empty between
     /// processor calls).
     forwarded: Vec<(usize, Payload)>,
+    /// The records still to run through the graph, reused from record to record (empty
+    /// between records).
+    queue: VecDeque<(usize, Payload)>,
 }
 
 impl std::fmt::Debug for StreamTask {
@@ -162,6 +165,18 @@ impl StreamTask {
         stores.sort_unstable();
         stores.dedup();
         let graph_len = graph.nodes.len();
+        let sinks = graph
+            .nodes
+            .iter()
+            .map(|node| match &node.kind {
+                NodeKind::Sink { topic, .. } => {
+                    let topic = topic.resolve(&application_id);
+                    let partitions = sink_partitions.get(&topic).copied();
+                    Some((topic, partitions))
+                }
+                _ => None,
+            })
+            .collect();
         let mut sources = FxHashMap::default();
         for (i, node) in graph.nodes.iter().enumerate() {
             if let NodeKind::Source { topics, .. } = &node.kind
@@ -190,7 +205,6 @@ impl StreamTask {
         }
         Ok(Self {
             id,
-            application_id,
             graph,
             processors,
             state,
@@ -202,10 +216,11 @@ impl StreamTask {
             output: Vec::new(),
             counters: TaskCounters::default(),
             sources,
-            sink_partitions,
+            sinks,
             node_in: vec![0; graph_len],
             node_out: vec![0; graph_len],
             forwarded: Vec::new(),
+            queue: VecDeque::new(),
         })
     }
 
@@ -249,7 +264,8 @@ impl StreamTask {
                 processor: self.graph.node_name(node).to_owned(),
                 source,
             })?;
-            self.run(emitted, None, wall_clock)?;
+            self.queue.extend(emitted);
+            self.run_queue(None, wall_clock)?;
         }
         self.mark_committed();
         Ok(())
@@ -300,16 +316,17 @@ impl StreamTask {
         // A source hands the decoded record to each child; extra children get their own
         // decode rather than requiring Clone of every record type.
         let children = self.graph.children(source).len();
-        let mut emitted = Vec::with_capacity(children);
+        debug_assert!(self.queue.is_empty());
         // At least one decode, so a source with no children still checks its input.
         for i in 0..children.max(1) {
             match decode(raw) {
                 Ok(payload) => {
                     if let Some(&child) = self.graph.children(source).get(i) {
-                        emitted.push((child, payload));
+                        self.queue.push_back((child, payload));
                     }
                 }
                 Err(e) => {
+                    self.queue.clear();
                     return self.bad_record(
                         raw,
                         self.graph.node_name(source).to_owned(),
@@ -328,7 +345,7 @@ impl StreamTask {
         };
         self.state.set_savepoint();
         self.stream_time = self.stream_time.max(raw.timestamp);
-        match self.run(emitted, Some(&meta), wall_clock) {
+        match self.run_queue(Some(&meta), wall_clock) {
             Ok(()) => self.state.release_savepoint(),
             Err(e) if e.action() == Action::DeadLetter => {
                 let (processor, why) = e.blame();
@@ -412,21 +429,25 @@ impl StreamTask {
         self.policy
     }
 
-    /// Runs emitted records through the graph until none is left.
-    fn run(
-        &mut self,
-        emitted: Vec<(usize, Payload)>,
-        meta: Option<&RecordMeta>,
-        wall_clock: i64,
-    ) -> Result<()> {
-        let mut queue: VecDeque<(usize, Payload)> = emitted.into();
-        while let Some((node, payload)) = queue.pop_front() {
+    /// Runs the queued records through the graph until none is left (or one fails: the queue
+    /// is emptied then too).
+    fn run_queue(&mut self, meta: Option<&RecordMeta>, wall_clock: i64) -> Result<()> {
+        let result = self.run_until_empty(meta, wall_clock);
+        if result.is_err() {
+            self.queue.clear();
+        }
+        result
+    }
+
+    fn run_until_empty(&mut self, meta: Option<&RecordMeta>, wall_clock: i64) -> Result<()> {
+        while let Some((node, payload)) = self.queue.pop_front() {
             self.node_in[node] += 1;
             match &self.graph.nodes[node].kind {
-                NodeKind::Sink { topic, encode } => {
-                    let topic = topic.resolve(&self.application_id);
-                    let partitions = self.sink_partitions.get(&topic).copied();
-                    let encoded = encode(&topic, payload, partitions).map_err(|e| match e {
+                NodeKind::Sink { encode, .. } => {
+                    let Some((topic, partitions)) = &self.sinks[node] else {
+                        unreachable!("every sink node has its resolved topic");
+                    };
+                    let encoded = encode(topic, payload, *partitions).map_err(|e| match e {
                         EncodeFailure::WrongType { expected } => Error::TypeMismatch {
                             node: self.graph.node_name(node).to_owned(),
                             from: self.parent_names(node),
@@ -444,7 +465,7 @@ impl StreamTask {
                         },
                     })?;
                     self.output.push(OutRecord {
-                        topic,
+                        topic: topic.clone(),
                         partition: encoded.partition,
                         key: encoded.key,
                         value: encoded.value,
@@ -468,7 +489,7 @@ impl StreamTask {
                     };
                     self.processors[node] = Some(processor);
                     self.node_out[node] += if result.is_ok() { out.len() as u64 } else { 0 };
-                    queue.extend(out.drain(..));
+                    self.queue.extend(out.drain(..));
                     self.forwarded = out;
                     match result {
                         Ok(()) => {}
@@ -553,7 +574,8 @@ impl StreamTask {
             })?;
             self.counters.punctuations += 1;
             self.node_out[node] += emitted.len() as u64;
-            self.run(emitted, None, wall_clock)?;
+            self.queue.extend(emitted);
+            self.run_queue(None, wall_clock)?;
         }
         Ok(())
     }

@@ -6,11 +6,12 @@
 //! copies of bad input are made by the task ([`StreamTask`](crate::task::StreamTask)).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, MutexGuard};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use rdkafka::producer::Producer as _;
 
-use super::{Core, Shared};
+use super::Core;
 use crate::error::{Error, ProcessError};
 use crate::runtime::kafka;
 
@@ -26,11 +27,33 @@ pub(crate) struct Poisoned {
     pub(super) suspects: HashSet<(Arc<str>, i32, i64)>,
 }
 
-pub(super) fn poisoned(shared: &Shared) -> MutexGuard<'_, Poisoned> {
-    shared
-        .poisoned
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
+/// The [`Poisoned`] records of the application, shared by its stream threads; kept across
+/// thread restarts. Every input record asks whether it is one of them, and almost always none
+/// was ever found: until one is, that question is an atomic load instead of a lock.
+#[derive(Debug, Default)]
+pub(crate) struct PoisonLedger {
+    entries: Mutex<Poisoned>,
+    /// Set (for good) before the first entry goes in.
+    ever_held: AtomicBool,
+}
+
+impl PoisonLedger {
+    /// The entries, to add to them.
+    pub(super) fn to_add(&self) -> MutexGuard<'_, Poisoned> {
+        self.ever_held.store(true, Ordering::Release);
+        self.lock()
+    }
+
+    /// The entries, to read or remove from; `None` while there never was one.
+    pub(super) fn if_any(&self) -> Option<MutexGuard<'_, Poisoned>> {
+        self.ever_held.load(Ordering::Acquire).then(|| self.lock())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Poisoned> {
+        self.entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 /// An input record whose output the broker refused.
@@ -69,7 +92,7 @@ impl Core {
         match (failure.refused(), input) {
             (true, Some(_)) if suspects.len() > 1 => {
                 tracing::warn!(thread = self.index, error = %failure, suspects = suspects.len(), "the broker refused a batch of outputs; replaying each of their inputs in a transaction of its own to find the one it refuses");
-                poisoned(&self.shared).suspects.extend(suspects);
+                self.shared.poisoned.to_add().suspects.extend(suspects);
                 // A refused batch leaves the idempotent producer's sequence numbers behind the
                 // broker's: a new producer (thread restart) starts clean.
                 self.producer_fatal = true;
@@ -81,7 +104,7 @@ impl Core {
                 let coordinates = suspects.pop().unwrap_or(coordinates);
                 self.producer_fatal = true;
                 let shared = self.shared.clone();
-                let mut poison = poisoned(&shared);
+                let mut poison = shared.poisoned.to_add();
                 poison.suspects.remove(&coordinates);
                 tracing::warn!(thread = self.index, error = %failure, input = ?coordinates, "the broker refused an output; the interval is replayed without it");
                 let entry = poison.refused.entry(coordinates).or_insert(Refused {

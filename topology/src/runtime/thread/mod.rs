@@ -59,8 +59,7 @@ use rdkafka::producer::Producer as _;
 use rdkafka::types::RDKafkaErrorCode;
 use rustc_hash::FxHashMap;
 
-pub(crate) use self::dead_letter::Poisoned;
-use self::dead_letter::poisoned;
+pub(crate) use self::dead_letter::PoisonLedger;
 use self::process::to_raw;
 use crate::config::StreamsConfig;
 use crate::error::{Action, Error, Result};
@@ -96,7 +95,7 @@ pub(crate) struct Shared {
     /// Partition counts of the source and (existing) sink topics.
     pub(crate) topic_partitions: Arc<HashMap<String, i32>>,
     /// Input records whose output the broker refused; kept across thread restarts.
-    pub(crate) poisoned: Mutex<Poisoned>,
+    pub(crate) poisoned: PoisonLedger,
 }
 
 fn now_ms() -> i64 {
@@ -439,8 +438,7 @@ impl Core {
             }
             Some(Ok(m)) => {
                 let raw = to_raw(&m, &mut self.topic_names);
-                let suspect = {
-                    let poisoned = poisoned(&self.shared);
+                let suspect = self.shared.poisoned.if_any().is_some_and(|poisoned| {
                     // Almost always empty: no hash of the coordinates then.
                     !poisoned.suspects.is_empty()
                         && poisoned.suspects.contains(&(
@@ -448,7 +446,7 @@ impl Core {
                             raw.partition,
                             raw.offset,
                         ))
-                };
+                });
                 if suspect {
                     // Alone in its transaction: commit what came before, then it. (The
                     // consumer's position is already past it: the commit must not be.)

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use rdkafka::message::{Headers as _, Message};
 
-use super::{Core, WALL_CLOCK_CHECK, now_ms, poisoned};
+use super::{Core, WALL_CLOCK_CHECK, now_ms};
 use crate::error::{Action, Error, ProcessError, Result};
 use crate::processor::PunctuationType;
 use crate::record::{Headers, RawRecord};
@@ -40,12 +40,11 @@ impl Core {
         })?;
         let coordinates = (raw.topic.clone(), raw.partition, raw.offset);
         let mut output = std::mem::take(&mut self.output);
-        let mut poison = poisoned(&self.shared);
+        let mut poison = self.shared.poisoned.if_any();
         // Almost always empty: no hash of the coordinates then.
-        let refused = if poison.refused.is_empty() {
-            None
-        } else {
-            poison.refused.get_mut(&coordinates)
+        let refused = match poison.as_mut() {
+            Some(poison) if !poison.refused.is_empty() => poison.refused.get_mut(&coordinates),
+            _ => None,
         };
         if let Some(refused) = refused {
             // Its output was refused in an earlier (aborted) try: the record leaves no trace

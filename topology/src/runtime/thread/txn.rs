@@ -15,7 +15,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::producer::{Producer as _, PurgeConfig};
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::{Core, GroupConsumer, KAFKA_TIMEOUT, SAMPLE_EVERY, now_ms, poisoned};
+use super::{Core, GroupConsumer, KAFKA_TIMEOUT, SAMPLE_EVERY, now_ms};
 use crate::error::{Error, Result, is_fenced};
 use crate::record::Headers;
 use crate::runtime::faults::{self, TxnAction};
@@ -317,10 +317,10 @@ impl Core {
                 .get(&(topic.to_string(), *partition))
                 .is_none_or(|committed| offset >= committed)
         };
-        let mut poison = poisoned(&self.shared);
-        poison.refused.retain(|k, _| pending(k));
-        poison.suspects.retain(pending);
-        drop(poison);
+        if let Some(mut poison) = self.shared.poisoned.if_any() {
+            poison.refused.retain(|k, _| pending(k));
+            poison.suspects.retain(pending);
+        }
         for (tp, offset) in to_commit {
             self.committed.insert(tp, Some(offset));
         }
