@@ -53,9 +53,21 @@ use crate::config::KeelConfig;
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-/// Makes jemalloc hand freed pages back to the OS at once (`dirty_decay_ms` 0, every arena)
+/// How long jemalloc keeps freed pages for reuse before it hands them back to the OS, in ms
+/// (its `dirty_decay_ms`; jemalloc's own default is 10,000).
+///
+/// 0 (every page back at once, the setting until 2026-11-30) made the stream thread fault each
+/// fetch's and each commit's buffers in again (page faults and the TLB-shootdown IPIs of the
+/// unmapping were most of the ~10 % of its time it spent in the kernel in the engine bench).
+/// 200 ms keeps about two commit intervals' worth of freed pages. `keel bench engine`,
+/// three alternated runs each, quiet (docs/BENCHMARKS.md): 0 → 365–371k records/s, RSS 61–62 MiB
+/// after the backlog and 55–56 after the restore; 200 → 393–412k, 71–80 and 77–85 MiB; 500 →
+/// 93–99 and 95–115 MiB; 1,000 → 90–100 and 121–136 MiB.
+const DIRTY_DECAY_MS: isize = 200;
+
+/// Makes jemalloc hand freed pages back to the OS after [`DIRTY_DECAY_MS`] (every arena)
 /// instead of keeping them 10 s, unless `MALLOC_CONF` is set (jemalloc read that string at start
-/// and it wins, e.g. `background_thread:true,dirty_decay_ms:30` for a faster restore).
+/// and it wins, e.g. `background_thread:true,dirty_decay_ms:1000`).
 ///
 /// Why (issue 14, ≤ 150 MB RSS with 1M keys): glibc's per-thread arenas kept what librdkafka's
 /// and RocksDB's threads freed. `keel bench engine --latency-seconds 3`, release, glibc → this,
@@ -70,7 +82,7 @@ fn return_freed_memory() {
         return;
     }
     // Arenas created from now on (lazily, as threads first allocate; at most 4 per core)...
-    if let Err(e) = "arenas.dirty_decay_ms\0".name().write(0isize) {
+    if let Err(e) = "arenas.dirty_decay_ms\0".name().write(DIRTY_DECAY_MS) {
         tracing::warn!(error = %e, "could not set jemalloc's dirty_decay_ms");
         return;
     }
@@ -79,7 +91,7 @@ fn return_freed_memory() {
         let _unused = format!("arena.{i}.dirty_decay_ms\0")
             .as_str()
             .name()
-            .write(0isize);
+            .write(DIRTY_DECAY_MS);
     }
 }
 
