@@ -11,7 +11,9 @@
 //!   (`--commit-interval-ms`, `--hot-share`, `--skus`, `--ramp-stop-ms`, `--vs kafka-streams`,
 //!   `KEEL__…=` prefixes) is kept as written;
 //! - `--out-dir` and perf's `-o`/`-i` files → a temporary directory (and `HOME`, for perf's
-//!   build-id cache, so the profiled binary is not kept in `~/.debug`).
+//!   build-id cache, so the profiled binary is not kept in `~/.debug`);
+//! - the state store's `store_path` example runs from the debug build (`--release` dropped) on
+//!   3,000 records.
 //!
 //! Commands that come out the same after scaling run once. `--vs kafka-streams` needs Maven and
 //! Java (skipped without them or with `KEEL_SKIP_KSTREAMS=1`, as `tests/cli/bench_checkout.rs`).
@@ -334,6 +336,32 @@ fn the_profile_recipe_runs_scaled_down() {
             );
         }
     }
+}
+
+#[test]
+fn the_store_path_example_runs_scaled_down() {
+    let commands: Vec<String> = doc_commands()
+        .into_iter()
+        .filter(|c| c.contains("--example store_path"))
+        .collect();
+    let [command] = commands.as_slice() else {
+        panic!("{DOC}: one store_path command, got {commands:?}");
+    };
+    // A debug build (CI has one; a release build of the example takes minutes) and 3,000 records
+    // instead of the doc's count: the command is checked, not the figure.
+    let mut words: Vec<String> = command
+        .split_whitespace()
+        .filter(|w| *w != "--release")
+        .map(str::to_owned)
+        .collect();
+    let count = words.last_mut().expect("the record count");
+    assert!(count.parse::<u64>().is_ok(), "{DOC}: {command}");
+    *count = "3000".to_owned();
+    let printed = run_words(command, &words, &[]);
+    assert!(
+        printed.contains("3000 records (3000 changelog records)"),
+        "every record's write drained once:\n{printed}"
+    );
 }
 
 #[test]
