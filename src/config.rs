@@ -175,6 +175,9 @@ pub struct StreamsSection {
     /// (`keel_topology::StreamsConfig::min_commit_interval_ms`); `None`: every
     /// `commit_interval_ms` only.
     pub min_commit_interval_ms: Option<u64>,
+    /// A thread commits early once its stores hold this many bytes of uncommitted writes
+    /// (`keel_topology::StreamsConfig::max_uncommitted_bytes`, 64 MiB).
+    pub max_uncommitted_bytes: usize,
     pub processing_guarantee: keel_topology::Guarantee,
     /// Root of the local RocksDB state (`<state_dir>/<application id>/<task>/<store>`).
     pub state_dir: std::path::PathBuf,
@@ -234,6 +237,7 @@ impl Default for StreamsSection {
             num_stream_threads: 1,
             commit_interval_ms: None,
             min_commit_interval_ms: None,
+            max_uncommitted_bytes: keel_topology::StreamsConfig::default().max_uncommitted_bytes,
             processing_guarantee: keel_topology::Guarantee::ExactlyOnce,
             state_dir: home.join(".local/state/keel/streams"),
             rocksdb: RocksDbSection::default(),
@@ -252,6 +256,7 @@ impl StreamsSection {
         config.num_stream_threads = self.num_stream_threads;
         config.commit_interval_ms = self.commit_interval_ms;
         config.min_commit_interval_ms = self.min_commit_interval_ms;
+        config.max_uncommitted_bytes = self.max_uncommitted_bytes;
         config.processing_guarantee = self.processing_guarantee;
         config.state.dir = self.state_dir.clone();
         self.rocksdb.apply(&mut config.state);
@@ -429,6 +434,9 @@ impl KeelConfig {
         }
         if self.streams.num_stream_threads == 0 {
             out.push("streams.num_stream_threads must be at least 1".to_owned());
+        }
+        if self.streams.max_uncommitted_bytes == 0 {
+            out.push("streams.max_uncommitted_bytes must be greater than 0".to_owned());
         }
         let valid_id = |s: &str| {
             !s.is_empty()

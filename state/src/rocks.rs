@@ -45,6 +45,16 @@ use crate::types::RestoreBatch;
 /// Index of the primary column family (RocksDB's `default`), the one that is changelogged.
 pub(crate) const PRIMARY: usize = 0;
 
+/// What one pending entry costs beyond its key and value bytes, for
+/// [`StoreCore::pending_bytes`]: the map's entry (hash, key and value headers, flag) and its
+/// index slot, rounded up.
+const PENDING_ENTRY_BYTES: usize = 80;
+
+/// The bytes `write` counts for one pending entry.
+fn entry_bytes(key: &[u8], write: &PendingWrite) -> usize {
+    PENDING_ENTRY_BYTES + key.len() + write.value.as_ref().map_or(0, Vec::len)
+}
+
 /// The pending writes of one column family: a hash map that keeps first-write order, so an
 /// entry's position stays valid until the commit (entries are only ever appended, or popped by
 /// a savepoint rollback). The hasher is seeded per map: keys come from input records, and the
@@ -87,6 +97,9 @@ pub(crate) struct StoreCore {
     unlogged_at: Vec<usize>,
     /// The savepoint (its undo log is kept between records, so opening one allocates nothing).
     savepoint: Savepoint,
+    /// Approximate memory of the pending writes of every column family ([`entry_bytes`] per
+    /// entry).
+    pending_bytes: usize,
     applied_offset: Option<i64>,
     write_opts: WriteOptions,
     /// The options of every point read, made once: the `get` without options makes and frees
@@ -146,6 +159,7 @@ impl StoreCore {
             unlogged: 0,
             unlogged_at: Vec::new(),
             savepoint: Savepoint::default(),
+            pending_bytes: 0,
             applied_offset,
             write_opts,
             read_opts: ReadOptions::default(),
@@ -175,6 +189,11 @@ impl StoreCore {
     }
 
     /// Keys whose latest write has not been taken for the changelog yet.
+    /// Approximate bytes the uncommitted writes hold (keys, values and the map's own entries).
+    pub(crate) fn pending_bytes(&self) -> usize {
+        self.pending_bytes
+    }
+
     pub(crate) fn unlogged_writes(&self) -> usize {
         self.unlogged
     }
@@ -228,15 +247,14 @@ impl StoreCore {
         let (at, was_unlogged) = match self.pending[col].entry(key) {
             Entry::Occupied(mut entry) => {
                 let at = entry.index();
-                let write = entry.get_mut();
-                let was_unlogged = write.unlogged;
-                let before = std::mem::replace(
-                    write,
-                    PendingWrite {
-                        value,
-                        unlogged: was_unlogged || queue,
-                    },
-                );
+                let was_unlogged = entry.get().unlogged;
+                let write = PendingWrite {
+                    value,
+                    unlogged: was_unlogged || queue,
+                };
+                self.pending_bytes += entry_bytes(entry.key(), &write);
+                self.pending_bytes -= entry_bytes(entry.key(), entry.get());
+                let before = std::mem::replace(entry.get_mut(), write);
                 if self.savepoint.open {
                     self.savepoint.undo.push((col, at, Some(before)));
                 }
@@ -244,10 +262,12 @@ impl StoreCore {
             }
             Entry::Vacant(entry) => {
                 let at = entry.index();
-                entry.insert(PendingWrite {
+                let write = PendingWrite {
                     value,
                     unlogged: queue,
-                });
+                };
+                self.pending_bytes += entry_bytes(entry.key(), &write);
+                entry.insert(write);
                 if self.savepoint.open {
                     self.savepoint.undo.push((col, at, None));
                 }
@@ -279,13 +299,17 @@ impl StoreCore {
             let pending = &mut self.pending[col];
             match before {
                 Some(write) => {
-                    if let Some((_, current)) = pending.get_index_mut(at) {
+                    if let Some((key, current)) = pending.get_index_mut(at) {
+                        self.pending_bytes += entry_bytes(key, &write);
+                        self.pending_bytes -= entry_bytes(key, current);
                         *current = write;
                     }
                 }
                 None => {
                     debug_assert_eq!(at + 1, pending.len(), "an appended entry is undone last");
-                    pending.pop();
+                    if let Some((key, write)) = pending.pop() {
+                        self.pending_bytes -= entry_bytes(&key, &write);
+                    }
                 }
             }
         }
@@ -441,6 +465,7 @@ impl StoreCore {
             for writes in &mut self.pending {
                 empty_keeping_room(writes);
             }
+            self.pending_bytes = 0;
         }
         self.applied_offset = applied_offset;
         Ok(())
@@ -452,6 +477,7 @@ impl StoreCore {
         for writes in &mut self.pending {
             empty_keeping_room(writes);
         }
+        self.pending_bytes = 0;
         self.unlogged = 0;
         self.unlogged_at.clear();
     }
@@ -835,6 +861,31 @@ mod tests {
         assert_eq!(c.unlogged_writes(), 2);
         assert_eq!(drain(&mut c), [kv("b", Some("1")), kv("c", Some("1"))]);
         assert!(c.commit(None).is_ok());
+    }
+
+    #[test]
+    fn pending_bytes_follow_writes_overwrites_rollbacks_and_the_commit() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let mut core = core(dir.path());
+        let entry = |key: &str, value: usize| PENDING_ENTRY_BYTES + key.len() + value;
+        core.write(PRIMARY, b"a".to_vec(), Some(vec![0; 10]), true);
+        assert_eq!(core.pending_bytes(), entry("a", 10));
+        core.set_savepoint();
+        core.write(PRIMARY, b"a".to_vec(), Some(vec![0; 100]), true);
+        core.write(PRIMARY, b"bb".to_vec(), None, true);
+        assert_eq!(core.pending_bytes(), entry("a", 100) + entry("bb", 0));
+        core.rollback_to_savepoint();
+        assert_eq!(
+            core.pending_bytes(),
+            entry("a", 10),
+            "the rollback gives the bytes back"
+        );
+        drain(&mut core);
+        core.commit(None).expect("commit");
+        assert_eq!(core.pending_bytes(), 0);
+        core.write(PRIMARY, b"c".to_vec(), Some(vec![1]), true);
+        core.abort();
+        assert_eq!(core.pending_bytes(), 0);
     }
 
     #[test]

@@ -171,6 +171,12 @@ impl Store {
         self.core().pending_writes()
     }
 
+    /// Approximate memory (bytes) of the writes waiting for commit: keys, values and a fixed
+    /// cost per entry.
+    pub fn pending_bytes(&self) -> usize {
+        self.core().pending_bytes()
+    }
+
     /// The changelog offset applied to RocksDB.
     pub fn applied_offset(&self) -> Option<i64> {
         self.core().applied_offset()
@@ -428,6 +434,12 @@ impl TaskState {
     pub fn store_mut(&mut self, name: &str) -> Result<&mut Store> {
         let index = self.index(name)?;
         Ok(&mut self.stores[index])
+    }
+
+    /// Approximate memory (bytes) of every store's writes waiting for commit
+    /// ([`Store::pending_bytes`]).
+    pub fn pending_bytes(&self) -> usize {
+        self.stores.iter().map(Store::pending_bytes).sum()
     }
 
     /// Every store, in registration order.

@@ -29,6 +29,12 @@ pub struct StreamsConfig {
     /// CPU. `None` (the default): every `commit_interval_ms` only, as in Kafka Streams. At
     /// most `commit_interval_ms`.
     pub min_commit_interval_ms: Option<u64>,
+    /// A stream thread commits early, before `commit_interval_ms` is up, once its tasks' stores
+    /// hold this many bytes of uncommitted writes (approximate: keys, values and a fixed cost
+    /// per entry). Uncommitted writes are held in memory until the commit, so this bounds that
+    /// memory whatever the interval and the input rate. Kafka Streams' equivalent is
+    /// `statestore.uncommitted.max.bytes` (KIP-892), whose default this is: 64 MiB.
+    pub max_uncommitted_bytes: usize,
     /// Stream threads in this instance; each has its own consumer and producer.
     pub num_stream_threads: usize,
     /// Stable identity of this instance. Transactional ids are `<application_id>-<instance_id>-<thread>`,
@@ -76,6 +82,7 @@ impl Default for StreamsConfig {
             processing_guarantee: Guarantee::ExactlyOnce,
             commit_interval_ms: None,
             min_commit_interval_ms: None,
+            max_uncommitted_bytes: 64 << 20,
             num_stream_threads: 1,
             instance_id: None,
             dead_letter_topic: None,
@@ -241,6 +248,9 @@ impl StreamsConfig {
             problems.push("commit_interval_ms must be greater than 0".to_owned());
         }
         problems.extend(self.min_commit_interval_problem(""));
+        if self.max_uncommitted_bytes == 0 {
+            problems.push("max_uncommitted_bytes must be greater than 0".to_owned());
+        }
         if self.restore_fetch_bytes < 64 * 1024 {
             problems.push(format!(
                 "restore_fetch_bytes ({}) must be at least 64 KiB",

@@ -721,3 +721,29 @@ fn with_a_min_commit_interval_a_drained_input_commits_without_waiting_out_the_in
     handle.shutdown().expect("clean shutdown");
     let _ = std::fs::remove_dir_all(&n.dir);
 }
+
+#[test]
+fn uncommitted_writes_over_max_uncommitted_bytes_commit_before_the_interval() {
+    let n = names("uncommitted", 2);
+    let mut c = config(&n, "one", &n.dir);
+    // An interval no test waits for: only the early commit can show the output.
+    c.commit_interval_ms = Some(60_000);
+    c.max_uncommitted_bytes = 1;
+    let handle = start(common::running_sums(&n.input, &n.output), c);
+    produce_owned(&n.input, &sums_input("k", [5, 7]));
+    let started = Instant::now();
+    let out = read_decoded(
+        &n.output,
+        2,
+        Duration::from_secs(20),
+        Duration::from_millis(200),
+    );
+    assert_eq!(
+        out,
+        vec![("k".to_owned(), 5), ("k".to_owned(), 12)],
+        "the outputs were not committed within 20 s of a 60 s interval"
+    );
+    assert!(started.elapsed() < Duration::from_secs(20));
+    handle.shutdown().expect("clean shutdown");
+    let _ = std::fs::remove_dir_all(&n.dir);
+}

@@ -397,6 +397,14 @@ impl Core {
             .is_some_and(|min| self.has_uncommitted() && self.last_commit.elapsed() >= min)
     }
 
+    /// The thread's tasks hold at least `max_uncommitted_bytes` of uncommitted store writes:
+    /// commit now rather than at the interval (their memory is bounded by that setting, not by
+    /// the interval times the input rate).
+    fn uncommitted_over_limit(&self) -> bool {
+        let held: usize = self.tasks.values().map(|t| t.state().pending_bytes()).sum();
+        held >= self.shared.config.max_uncommitted_bytes
+    }
+
     /// One loop turn: set up newly assigned tasks, process the polled record, punctuate on the
     /// wall clock, commit when the interval is up.
     fn step(
@@ -490,6 +498,7 @@ impl Core {
         self.punctuate_wall_clock(now)?;
         if now.saturating_duration_since(self.last_commit) >= interval
             || (drained && self.commit_on_drained_input_due())
+            || self.uncommitted_over_limit()
         {
             self.commit(consumer)?;
         }
