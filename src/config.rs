@@ -423,6 +423,7 @@ impl KeelConfig {
         // The runtime's rule (every role shares these settings), named by keel's keys.
         let role = self.streams.for_role("saga", &self.kafka);
         out.extend(role.min_commit_interval_problem("streams."));
+        out.extend(role.max_uncommitted_bytes_problem("streams."));
         let mut state = keel_state::StateConfig::with_dir(&self.streams.state_dir);
         self.streams.rocksdb.apply(&mut state);
         match state.validate() {
@@ -434,9 +435,6 @@ impl KeelConfig {
         }
         if self.streams.num_stream_threads == 0 {
             out.push("streams.num_stream_threads must be at least 1".to_owned());
-        }
-        if self.streams.max_uncommitted_bytes == 0 {
-            out.push("streams.max_uncommitted_bytes must be greater than 0".to_owned());
         }
         let valid_id = |s: &str| {
             !s.is_empty()

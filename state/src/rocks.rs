@@ -4,10 +4,11 @@
 //! `Option<value>`, `None` = delete, that keeps the keys in the order they were first written)
 //! and are visible to reads at once; reads look in the pending set first and fall back to
 //! RocksDB, and iterators merge both (an iterator sorts the pending keys in its range when it is
-//! made: point reads and writes, the hot path, pay one hash lookup instead of a tree search). [`StoreCore::commit`] applies the pending set
-//! in one `WriteBatch`; [`StoreCore::abort`] drops it. RocksDB therefore only ever holds writes
-//! whose Kafka transaction committed. The write-ahead log is off: the changelog topic is the
-//! durable log, and a clean close flushes memtables before the checkpoint is written.
+//! made: point reads and writes, the hot path, pay one hash lookup instead of a tree search).
+//! [`StoreCore::commit`] applies the pending set in one `WriteBatch`; [`StoreCore::abort`]
+//! drops it. RocksDB therefore only ever holds writes whose Kafka transaction committed. The
+//! write-ahead log is off: the changelog topic is the durable log, and a clean close flushes
+//! memtables before the checkpoint is written.
 //!
 //! Within a commit interval, a *savepoint* ([`StoreCore::set_savepoint`]) marks the pending set
 //! before one input record; [`StoreCore::rollback_to_savepoint`] undoes every write made since
@@ -188,12 +189,12 @@ impl StoreCore {
         self.pending[PRIMARY].len()
     }
 
-    /// Keys whose latest write has not been taken for the changelog yet.
     /// Approximate bytes the uncommitted writes hold (keys, values and the map's own entries).
     pub(crate) fn pending_bytes(&self) -> usize {
         self.pending_bytes
     }
 
+    /// Keys whose latest write has not been taken for the changelog yet.
     pub(crate) fn unlogged_writes(&self) -> usize {
         self.unlogged
     }

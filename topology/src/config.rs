@@ -143,6 +143,14 @@ impl StreamsConfig {
         })
     }
 
+    /// The rule on [`max_uncommitted_bytes`](Self::max_uncommitted_bytes): above 0. `None` when
+    /// it holds, else the problem naming `<prefix>max_uncommitted_bytes` (`prefix` as for
+    /// [`min_commit_interval_problem`](Self::min_commit_interval_problem)).
+    pub fn max_uncommitted_bytes_problem(&self, prefix: &str) -> Option<String> {
+        (self.max_uncommitted_bytes == 0)
+            .then(|| format!("{prefix}max_uncommitted_bytes must be greater than 0"))
+    }
+
     pub fn dead_letter_topic(&self) -> String {
         self.dead_letter_topic
             .clone()
@@ -248,9 +256,7 @@ impl StreamsConfig {
             problems.push("commit_interval_ms must be greater than 0".to_owned());
         }
         problems.extend(self.min_commit_interval_problem(""));
-        if self.max_uncommitted_bytes == 0 {
-            problems.push("max_uncommitted_bytes must be greater than 0".to_owned());
-        }
+        problems.extend(self.max_uncommitted_bytes_problem(""));
         if self.restore_fetch_bytes < 64 * 1024 {
             problems.push(format!(
                 "restore_fetch_bytes ({}) must be at least 64 KiB",
