@@ -245,26 +245,6 @@ impl Default for StreamsSection {
     }
 }
 
-impl StreamsSection {
-    /// The runtime settings of role `role` (`saga`, `inventory`) against `kafka`.
-    pub fn for_role(&self, role: &str, kafka: &KafkaConfig) -> keel_topology::StreamsConfig {
-        let mut config = keel_topology::StreamsConfig::new(
-            format!("{}-{role}", self.application_id),
-            kafka.bootstrap_servers.clone(),
-        );
-        config.instance_id = self.instance_id.clone();
-        config.num_stream_threads = self.num_stream_threads;
-        config.commit_interval_ms = self.commit_interval_ms;
-        config.min_commit_interval_ms = self.min_commit_interval_ms;
-        config.max_uncommitted_bytes = self.max_uncommitted_bytes;
-        config.processing_guarantee = self.processing_guarantee;
-        config.state.dir = self.state_dir.clone();
-        self.rocksdb.apply(&mut config.state);
-        config.client = kafka.client.clone();
-        config
-    }
-}
-
 impl TopicsSection {
     pub fn names(&self) -> keel_processors::topics::Topics {
         keel_processors::topics::Topics::with_prefix(self.prefix.clone())
@@ -293,7 +273,8 @@ impl Default for TopicsSection {
     }
 }
 
-/// Kafka: where the brokers are, plus librdkafka settings passed through untouched.
+/// Kafka: where the brokers are, plus librdkafka settings passed through untouched (those the
+/// stream runtime owns are refused: `keel_topology::StreamsConfig::problems`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaConfig {
@@ -329,6 +310,49 @@ fn default_replication() -> u32 {
 }
 
 impl KeelConfig {
+    /// The stream runtime's settings of role `role` (`saga`, `inventory`, `reconciliation`,
+    /// `audit`): application id `<streams.application_id>-<role>`, `[kafka]`'s brokers and
+    /// client settings, `[streams]`, and `[topics].replication_factor` for the internal topics
+    /// the runtime creates (changelogs, repartition topics, the dead-letter topic).
+    pub fn streams_for(&self, role: &str) -> keel_topology::StreamsConfig {
+        let streams = &self.streams;
+        let mut config = keel_topology::StreamsConfig::new(
+            format!("{}-{role}", streams.application_id),
+            self.kafka.bootstrap_servers.clone(),
+        );
+        config.instance_id = streams.instance_id.clone();
+        config.num_stream_threads = streams.num_stream_threads;
+        config.commit_interval_ms = streams.commit_interval_ms;
+        config.min_commit_interval_ms = streams.min_commit_interval_ms;
+        config.max_uncommitted_bytes = streams.max_uncommitted_bytes;
+        config.processing_guarantee = streams.processing_guarantee;
+        config.replication_factor = self.topics.replication_factor;
+        config.state.dir = streams.state_dir.clone();
+        streams.rocksdb.apply(&mut config.state);
+        config.client = self.kafka.client.clone();
+        config
+    }
+
+    /// Keel's key of a setting of [`streams_for`](Self::streams_for)'s configuration, from the
+    /// runtime's key as `keel_topology::StreamsConfig::problems` names it: where `streams_for`
+    /// takes it from. Settings Keel leaves at the runtime's defaults (the `consumer`/`producer`
+    /// maps, retry backoff, ...) are named as if under `[streams]`.
+    fn streams_key(runtime: &str) -> String {
+        if runtime == "bootstrap_servers" {
+            format!("kafka.{runtime}")
+        } else if runtime == "replication_factor" {
+            format!("topics.{runtime}")
+        } else if runtime == "state.dir" {
+            "streams.state_dir".to_owned()
+        } else if let Some(setting) = runtime.strip_prefix("client.") {
+            format!("kafka.client.{setting}")
+        } else if let Some(setting) = runtime.strip_prefix("state.") {
+            format!("streams.rocksdb.{setting}")
+        } else {
+            format!("streams.{runtime}")
+        }
+    }
+
     /// The payment service's consumer group: `[payment].group_id`, or
     /// `<streams.application_id>-payment` while it is left at its default (so two applications
     /// on one cluster do not share it). Its dead letters go to `<group>-dlq`.
@@ -387,9 +411,6 @@ impl KeelConfig {
     /// Every validation problem, not just the first.
     fn problems(&self) -> Vec<String> {
         let mut out = Vec::new();
-        if self.kafka.bootstrap_servers.trim().is_empty() {
-            out.push("kafka.bootstrap_servers is empty".to_owned());
-        }
         for (key, url, schemes) in [
             ("connect.url", &self.connect.url, &["http", "https"][..]),
             ("mysql.url", &self.mysql.url, &["mysql", "mariadb"][..]),
@@ -420,32 +441,13 @@ impl KeelConfig {
                 self.topics.partitions
             ));
         }
-        // The runtime's rule (every role shares these settings), named by keel's keys.
-        let role = self.streams.for_role("saga", &self.kafka);
-        out.extend(role.min_commit_interval_problem("streams."));
-        out.extend(role.max_uncommitted_bytes_problem("streams."));
-        let mut state = keel_state::StateConfig::with_dir(&self.streams.state_dir);
-        self.streams.rocksdb.apply(&mut state);
-        match state.validate() {
-            Ok(()) => {}
-            Err(keel_state::Error::Config { problems }) => {
-                out.extend(problems.iter().map(|p| format!("streams.rocksdb.{p}")));
-            }
-            Err(other) => out.push(format!("streams.rocksdb: {other}")),
-        }
-        if self.streams.num_stream_threads == 0 {
-            out.push("streams.num_stream_threads must be at least 1".to_owned());
-        }
-        let valid_id = |s: &str| {
-            !s.is_empty()
-                && s.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-        };
-        if !valid_id(&self.streams.application_id) {
-            out.push(format!(
-                "streams.application_id = {:?} must be letters, digits, '.', '_' or '-'",
-                self.streams.application_id
-            ));
+        // The runtime's rules (kafka.bootstrap_servers, kafka.client and [streams], RocksDB
+        // included), under Keel's keys. The roles' settings differ only in the application id,
+        // `<application_id>-<role>`, whose suffix changes no rule: one role is enough.
+        out.extend(self.streams_for("saga").problems(&Self::streams_key));
+        // "-saga" passes the runtime's rule on application ids; an empty one is Keel's own.
+        if self.streams.application_id.is_empty() {
+            out.push("streams.application_id is empty".to_owned());
         }
         if self.saga.cart_timeout_ms <= self.saga.cart_wait_ms {
             out.push(format!(
@@ -559,7 +561,7 @@ mod tests {
             jail.set_env("KEEL__STREAMS__ROCKSDB__WRITE_BUFFER_BYTES", "67108864");
             jail.set_env("KEEL__STREAMS__ROCKSDB__BLOCK_CACHE_BYTES", "134217728");
             let c = KeelConfig::load(None).map_err(|e| e.to_string())?;
-            let saga = c.streams.for_role("saga", &c.kafka);
+            let saga = c.streams_for("saga");
             assert_eq!(saga.state.write_buffer_bytes, 64 << 20);
             assert_eq!(saga.state.block_cache_bytes, 128 << 20);
             assert_eq!(
@@ -576,13 +578,24 @@ mod tests {
     }
 
     #[test]
+    fn topics_replication_factor_reaches_the_runtimes_internal_topics_and_is_checked() {
+        Jail::expect_with(|jail| {
+            jail.set_env("KEEL__TOPICS__REPLICATION_FACTOR", "3");
+            let c = KeelConfig::load(None).map_err(|e| e.to_string())?;
+            for role in ["saga", "inventory", "reconciliation", "audit"] {
+                assert_eq!(c.streams_for(role).replication_factor, 3, "{role}");
+            }
+            Ok(())
+        });
+        let problems = load_problems(&[("KEEL__TOPICS__REPLICATION_FACTOR", "0")], None);
+        assert_eq!(problems, ["topics.replication_factor must be at least 1"]);
+    }
+
+    #[test]
     fn commits_on_drained_input_are_off_by_default_and_checked_against_the_interval() {
         Jail::expect_with(|jail| {
             let c = KeelConfig::load(None).map_err(|e| e.to_string())?;
-            assert_eq!(
-                c.streams.for_role("saga", &c.kafka).min_commit_interval_ms,
-                None
-            );
+            assert_eq!(c.streams_for("saga").min_commit_interval_ms, None);
             jail.set_env("KEEL__STREAMS__MIN_COMMIT_INTERVAL_MS", "50");
             jail.set_env("KEEL__STREAMS__COMMIT_INTERVAL_MS", "40");
             let err = KeelConfig::load(None)
@@ -606,6 +619,85 @@ mod tests {
             assert_eq!(err.matches("\n  - ").count(), 1, "one problem: {err}");
             Ok(())
         });
+    }
+
+    /// The problems `KeelConfig::load` reports for the defaults with `env` set and `file` (if
+    /// any) layered in, one per element.
+    fn load_problems(env: &[(&str, &str)], file: Option<&str>) -> Vec<String> {
+        let mut problems = Vec::new();
+        Jail::expect_with(|jail| {
+            for (key, value) in env {
+                jail.set_env(key, value);
+            }
+            if let Some(text) = file {
+                jail.create_file("keel.toml", text)?;
+            }
+            let err = KeelConfig::load(file.map(|_| Path::new("keel.toml")))
+                .expect_err("an invalid configuration must be refused")
+                .to_string();
+            let list = err
+                .strip_prefix("invalid configuration:\n  - ")
+                .unwrap_or_else(|| panic!("a list of problems: {err}"));
+            problems = list.split("\n  - ").map(str::to_owned).collect();
+            Ok(())
+        });
+        problems
+    }
+
+    #[test]
+    fn a_zero_commit_interval_is_reported_once_under_keels_key() {
+        let problems = load_problems(&[("KEEL__STREAMS__COMMIT_INTERVAL_MS", "0")], None);
+        assert_eq!(
+            problems,
+            ["streams.commit_interval_ms must be greater than 0"],
+            "the runtime's rule, once, under Keel's key"
+        );
+    }
+
+    #[test]
+    fn zero_stream_threads_are_reported_once_under_keels_key() {
+        let problems = load_problems(&[("KEEL__STREAMS__NUM_STREAM_THREADS", "0")], None);
+        assert_eq!(problems, ["streams.num_stream_threads must be at least 1"]);
+    }
+
+    #[test]
+    fn application_id_and_state_dir_problems_are_reported_once_under_keels_keys() {
+        let problems = load_problems(
+            &[
+                ("KEEL__STREAMS__APPLICATION_ID", "my shop"),
+                ("KEEL__STREAMS__STATE_DIR", ""),
+            ],
+            None,
+        );
+        assert_eq!(problems.len(), 2, "{problems:#?}");
+        assert!(
+            problems[0].starts_with("streams.application_id \"my shop-saga\" must"),
+            "{problems:#?}"
+        );
+        assert_eq!(problems[1], "streams.state_dir must not be empty");
+        let problems = load_problems(&[("KEEL__STREAMS__APPLICATION_ID", "")], None);
+        assert_eq!(problems, ["streams.application_id is empty"]);
+    }
+
+    #[test]
+    fn client_settings_the_runtime_owns_are_refused_once_under_keels_keys() {
+        let problems = load_problems(
+            &[],
+            Some(
+                "[kafka.client]\n\"group.id\" = \"mine\"\n\"transactional.id\" = \"t\"\n\
+                 \"partitioner\" = \"random\"\n\"linger.ms\" = \"20\"\n",
+            ),
+        );
+        assert_eq!(problems.len(), 3, "{problems:#?}");
+        for (key, reason) in [
+            ("kafka.client.group.id", "is set by the runtime"),
+            ("kafka.client.transactional.id", "is set by the runtime"),
+            ("kafka.client.partitioner = \"random\"", "murmur2"),
+        ] {
+            let found: Vec<_> = problems.iter().filter(|p| p.starts_with(key)).collect();
+            assert_eq!(found.len(), 1, "{key} once: {problems:#?}");
+            assert!(found[0].contains(reason), "{key}: {problems:#?}");
+        }
     }
 
     #[test]

@@ -69,7 +69,7 @@ pub enum Selection {
     Groups(Vec<String>),
 }
 
-/// The stream applications `keel run` starts (`StreamsSection::for_role`).
+/// The stream applications `keel run` starts (`KeelConfig::streams_for`).
 const STREAM_ROLES: [&str; 4] = ["saga", "inventory", "reconciliation", "audit"];
 
 /// This configuration's consumer groups, as `keel run` names them (`src/run.rs`): the stream

@@ -343,7 +343,7 @@ impl Running {
 /// membership (`group.instance.id = <instance id>-<role>`) so a restarted process takes its
 /// partitions back at once instead of waiting out the old member's session.
 fn member_settings(config: &KeelConfig, role: &str) -> std::collections::BTreeMap<String, String> {
-    let instance = config.streams.for_role(role, &config.kafka).instance_id();
+    let instance = config.streams_for(role).instance_id();
     let mut settings = config.kafka.client.clone();
     settings.insert("group.instance.id".into(), format!("{instance}-{role}"));
     settings
@@ -377,7 +377,7 @@ pub async fn start_stream_roles(
             }
             None => saga::topology(&format, &names, &saga_config, metrics)?,
         };
-        let streams = config.streams.for_role("saga", &config.kafka);
+        let streams = config.streams_for("saga");
         running.streams.push(Arc::new(
             start_streams(topology, streams, running.registry.clone()).await?,
         ));
@@ -385,7 +385,7 @@ pub async fn start_stream_roles(
     if roles.contains(&Role::Inventory) {
         let metrics = inventory::InventoryMetrics::register(&running.registry)?;
         let topology = inventory::topology(&format, &names, &config.inventory, metrics)?;
-        let streams = config.streams.for_role("inventory", &config.kafka);
+        let streams = config.streams_for("inventory");
         running.streams.push(Arc::new(
             start_streams(topology, streams, running.registry.clone()).await?,
         ));
@@ -394,7 +394,7 @@ pub async fn start_stream_roles(
         let ledger = crate::reconciliation::prepare(config).await?;
         let (topology, view) =
             crate::reconciliation::topology(config, &format, &ledger, &running.registry)?;
-        let streams = config.streams.for_role("reconciliation", &config.kafka);
+        let streams = config.streams_for("reconciliation");
         running.streams.push(Arc::new(
             start_streams(topology, streams, running.registry.clone()).await?,
         ));
@@ -405,7 +405,7 @@ pub async fn start_stream_roles(
         let metrics = keel_processors::audit::AuditMetrics::register(&running.registry, &view)?;
         let settings = config.audit.settings(config.inventory.oversell);
         let topology = keel_processors::audit::topology(&format, &names, settings, view, metrics)?;
-        let streams = config.streams.for_role("audit", &config.kafka);
+        let streams = config.streams_for("audit");
         running.streams.push(Arc::new(
             start_streams(topology, streams, running.registry.clone()).await?,
         ));

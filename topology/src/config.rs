@@ -68,9 +68,9 @@ pub struct StreamsConfig {
     /// librdkafka settings for the consumers only (e.g. `session.timeout.ms`).
     pub consumer: BTreeMap<String, String>,
     /// librdkafka settings for the producers only (e.g. `linger.ms`, default 5, and
-    /// `compression.type`). Settings the runtime owns are refused by [`StreamsConfig::validate`]
-    /// with the reason: ids and isolation, a partitioner other than Kafka's murmur2,
-    /// `enable.idempotence = false`.
+    /// `compression.type`). Settings the runtime owns, in any of the three maps, are refused by
+    /// [`StreamsConfig::problems`] with the reason: ids and isolation, a partitioner other than
+    /// Kafka's murmur2, `enable.idempotence = false`.
     pub producer: BTreeMap<String, String>,
 }
 
@@ -127,30 +127,6 @@ impl StreamsConfig {
             .map(std::time::Duration::from_millis)
     }
 
-    /// The rule on [`min_commit_interval_ms`](Self::min_commit_interval_ms): when set, above
-    /// 0 and at most the [commit interval](Self::commit_interval). `None` when it holds, else
-    /// the problem, naming the two settings `<prefix>min_commit_interval_ms` and
-    /// `<prefix>commit_interval_ms`: [`StreamsConfig::validate`] passes `""`, an application
-    /// whose own configuration sets them under a section passes its name (e.g. `"streams."`).
-    pub fn min_commit_interval_problem(&self, prefix: &str) -> Option<String> {
-        let min = self.min_commit_interval_ms?;
-        let interval = self.commit_interval().as_millis();
-        (min == 0 || u128::from(min) > interval).then(|| {
-            format!(
-                "{prefix}min_commit_interval_ms = {min} must be greater than 0 and at most \
-                 {prefix}commit_interval_ms ({interval})"
-            )
-        })
-    }
-
-    /// The rule on [`max_uncommitted_bytes`](Self::max_uncommitted_bytes): above 0. `None` when
-    /// it holds, else the problem naming `<prefix>max_uncommitted_bytes` (`prefix` as for
-    /// [`min_commit_interval_problem`](Self::min_commit_interval_problem)).
-    pub fn max_uncommitted_bytes_problem(&self, prefix: &str) -> Option<String> {
-        (self.max_uncommitted_bytes == 0)
-            .then(|| format!("{prefix}max_uncommitted_bytes must be greater than 0"))
-    }
-
     pub fn dead_letter_topic(&self) -> String {
         self.dead_letter_topic
             .clone()
@@ -167,8 +143,8 @@ impl StreamsConfig {
     }
 
     /// librdkafka settings the runtime owns, or cannot honour, in the pass-through maps: each
-    /// with the reason (they used to be overwritten silently).
-    fn refused_client_settings(&self) -> Vec<String> {
+    /// with the reason (they used to be overwritten silently), named `name("<map>.<key>")`.
+    fn refused_client_settings(&self, name: &dyn Fn(&str) -> String) -> Vec<String> {
         const OWNED: [(&str, &str); 6] = [
             ("group.id", "the consumer group is the application_id"),
             (
@@ -201,7 +177,8 @@ impl StreamsConfig {
             for (key, why) in OWNED {
                 if map.contains_key(key) {
                     problems.push(format!(
-                        "{section}.{key} is set by the runtime and may not be overridden ({why})"
+                        "{} is set by the runtime and may not be overridden ({why})",
+                        name(&format!("{section}.{key}"))
                     ));
                 }
             }
@@ -210,11 +187,12 @@ impl StreamsConfig {
                     && !matches!(p.as_str(), "murmur2" | "murmur2_random")
                 {
                     problems.push(format!(
-                        "{section}.partitioner = {p:?} is refused: the runtime places keys with Kafka's \
+                        "{} = {p:?} is refused: the runtime places keys with Kafka's \
                          murmur2 partitioner (murmur2 or murmur2_random), as Kafka Streams does, so \
                          co-partitioned topics, repartition topics and interactive queries agree on \
                          a key's partition; to place one sink's records otherwise, give that sink a \
-                         partitioner (TopologyBuilder::add_sink_with_partitioner)"
+                         partitioner (TopologyBuilder::add_sink_with_partitioner)",
+                        name(&format!("{section}.partitioner"))
                     ));
                 }
                 if map
@@ -222,9 +200,10 @@ impl StreamsConfig {
                     .is_some_and(|v| v.eq_ignore_ascii_case("false"))
                 {
                     problems.push(format!(
-                        "{section}.enable.idempotence = false is refused: the runtime's producer is \
-                         idempotent (transactions require it; at-least-once keeps it against \
-                         duplicates and reordering on retries)"
+                        "{} = false is refused: the runtime's producer is idempotent \
+                         (transactions require it; at-least-once keeps it against duplicates and \
+                         reordering on retries)",
+                        name(&format!("{section}.enable.idempotence"))
                     ));
                 }
             }
@@ -232,8 +211,15 @@ impl StreamsConfig {
         problems
     }
 
-    /// Every problem at once.
-    pub fn validate(&self) -> Result<()> {
+    /// Every problem of this configuration at once (empty: valid), each naming the settings it
+    /// is about as the caller's configuration spells them. `name` maps the runtime's key — a
+    /// field (`commit_interval_ms`), `state.<field>` of [`StateConfig`] (`state.dir`), or
+    /// `<map>.<librdkafka key>` of a pass-through map (`client.group.id`,
+    /// `producer.partitioner`) — to the caller's: an application that fills this from its own
+    /// configuration passes where each setting comes from (Keel: `streams.commit_interval_ms`,
+    /// `kafka.client.group.id`), so its check reports every rule of the runtime once, in its
+    /// own words. [`validate`](Self::validate) names the runtime's keys.
+    pub fn problems(&self, name: &dyn Fn(&str) -> String) -> Vec<String> {
         let mut problems = Vec::new();
         let valid_name = |s: &str| {
             !s.is_empty()
@@ -242,42 +228,82 @@ impl StreamsConfig {
         };
         if !valid_name(&self.application_id) {
             problems.push(format!(
-                "application_id {:?} must be non-empty and use only [a-zA-Z0-9._-] (it names topics)",
+                "{} {:?} must be non-empty and use only [a-zA-Z0-9._-] (it names topics)",
+                name("application_id"),
                 self.application_id
             ));
         }
         if self.bootstrap_servers.trim().is_empty() {
-            problems.push("bootstrap_servers is empty".to_owned());
+            problems.push(format!("{} is empty", name("bootstrap_servers")));
         }
         if self.num_stream_threads == 0 {
-            problems.push("num_stream_threads must be at least 1".to_owned());
+            problems.push(format!("{} must be at least 1", name("num_stream_threads")));
         }
         if self.commit_interval_ms == Some(0) {
-            problems.push("commit_interval_ms must be greater than 0".to_owned());
+            problems.push(format!(
+                "{} must be greater than 0",
+                name("commit_interval_ms")
+            ));
         }
-        problems.extend(self.min_commit_interval_problem(""));
-        problems.extend(self.max_uncommitted_bytes_problem(""));
+        if let Some(min) = self.min_commit_interval_ms {
+            let interval = self.commit_interval().as_millis();
+            if min == 0 || u128::from(min) > interval {
+                problems.push(format!(
+                    "{} = {min} must be greater than 0 and at most {} ({interval})",
+                    name("min_commit_interval_ms"),
+                    name("commit_interval_ms")
+                ));
+            }
+        }
+        if self.max_uncommitted_bytes == 0 {
+            problems.push(format!(
+                "{} must be greater than 0",
+                name("max_uncommitted_bytes")
+            ));
+        }
         if self.restore_fetch_bytes < 64 * 1024 {
             problems.push(format!(
-                "restore_fetch_bytes ({}) must be at least 64 KiB",
+                "{} ({}) must be at least 64 KiB",
+                name("restore_fetch_bytes"),
                 self.restore_fetch_bytes
             ));
         }
         if self.replication_factor < 1 {
-            problems.push("replication_factor must be at least 1".to_owned());
+            problems.push(format!("{} must be at least 1", name("replication_factor")));
         }
         if let Some(id) = &self.instance_id
             && !valid_name(id)
         {
-            problems.push(format!("instance_id {id:?} must use only [a-zA-Z0-9._-]"));
+            problems.push(format!(
+                "{} {id:?} must use only [a-zA-Z0-9._-]",
+                name("instance_id")
+            ));
         }
         if self.retry_backoff_ms == 0 || self.retry_backoff_max_ms < self.retry_backoff_ms {
-            problems.push("retry_backoff_ms must be > 0 and <= retry_backoff_max_ms".to_owned());
+            problems.push(format!(
+                "{} must be > 0 and <= {}",
+                name("retry_backoff_ms"),
+                name("retry_backoff_max_ms")
+            ));
         }
-        if let Err(e) = self.state.validate() {
-            problems.push(format!("state: {e}"));
+        match self.state.validate() {
+            Ok(()) => {}
+            // Each of the state's problems starts with the field it is about.
+            Err(keel_state::Error::Config { problems: state }) => {
+                problems.extend(state.iter().map(|p| match p.split_once(' ') {
+                    Some((field, rest)) => format!("{} {rest}", name(&format!("state.{field}"))),
+                    None => format!("{}: {p}", name("state")),
+                }));
+            }
+            Err(other) => problems.push(format!("{}: {other}", name("state"))),
         }
-        problems.extend(self.refused_client_settings());
+        problems.extend(self.refused_client_settings(name));
+        problems
+    }
+
+    /// [`problems`](Self::problems) under the runtime's own keys, as an error listing them all.
+    pub fn validate(&self) -> Result<()> {
+        let problems = self.problems(&|key| key.to_owned());
         if problems.is_empty() {
             Ok(())
         } else {
@@ -323,17 +349,55 @@ mod tests {
     }
 
     #[test]
-    fn the_min_commit_interval_problem_names_the_settings_under_the_callers_prefix() {
+    fn problems_name_the_settings_as_the_caller_spells_them() {
+        let streams = |key: &str| match key.split_once('.') {
+            Some(("client", k)) => format!("kafka.client.{k}"),
+            Some(("state", k)) => format!("streams.rocksdb.{k}"),
+            _ => format!("streams.{key}"),
+        };
         let mut c = StreamsConfig::new("app", "localhost:9092");
-        assert_eq!(c.min_commit_interval_problem("streams."), None);
+        assert_eq!(c.problems(&streams), Vec::<String>::new());
         c.min_commit_interval_ms = Some(101);
+        c.num_stream_threads = 0;
+        c.state.arena_block_bytes = 1;
+        c.client.insert("group.id".into(), "mine".into());
+        c.producer
+            .insert("enable.idempotence".into(), "false".into());
+        let problems = c.problems(&streams);
+        assert_eq!(problems.len(), 5, "{problems:#?}");
         assert_eq!(
-            c.min_commit_interval_problem("streams.").as_deref(),
-            Some(
+            problems[..2],
+            [
+                "streams.num_stream_threads must be at least 1",
                 "streams.min_commit_interval_ms = 101 must be greater than 0 and at most \
-                 streams.commit_interval_ms (100)"
-            )
+                 streams.commit_interval_ms (100)",
+            ]
         );
+        assert!(
+            problems[2].starts_with("streams.rocksdb.arena_block_bytes (1) must be at least 4 KiB"),
+            "{problems:#?}"
+        );
+        assert!(
+            problems[3].starts_with("kafka.client.group.id is set by the runtime"),
+            "{problems:#?}"
+        );
+        assert!(
+            problems[4].starts_with("streams.producer.enable.idempotence = false is refused"),
+            "{problems:#?}"
+        );
+        // `validate` lists the same problems under the runtime's own keys.
+        let err = c.validate().expect_err("invalid").to_string();
+        for key in [
+            "\n  - num_stream_threads",
+            "\n  - min_commit_interval_ms = 101",
+            "at most commit_interval_ms (100)",
+            "\n  - state.arena_block_bytes (1)",
+            "\n  - client.group.id",
+            "\n  - producer.enable.idempotence",
+        ] {
+            assert!(err.contains(key), "{key} missing: {err}");
+        }
+        assert_eq!(err.matches("\n  - ").count(), 5, "{err}");
     }
 
     #[test]
