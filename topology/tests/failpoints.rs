@@ -51,6 +51,31 @@ impl Run {
         producer.flush(Duration::from_secs(30)).expect("flushed");
     }
 
+    /// As [`Run::produce`], each record in a transaction of its own.
+    fn produce_transactional(&self, records: &[(String, i64)]) {
+        let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap())
+            .set("partitioner", "murmur2_random")
+            .set("transactional.id", keel_tests::unique("fp_txn"))
+            .create()
+            .expect("producer");
+        let timeout = Duration::from_secs(30);
+        producer.init_transactions(timeout).expect("init");
+        for (k, v) in records {
+            let bytes = v.to_be_bytes();
+            producer.begin_transaction().expect("begin");
+            producer
+                .send(
+                    BaseRecord::to(&self.input)
+                        .key(k.as_str())
+                        .payload(&bytes[..]),
+                )
+                .map_err(|(e, _)| e)
+                .expect("queued");
+            producer.commit_transaction(timeout).expect("commit");
+        }
+    }
+
     fn start(&self) -> StreamsHandle {
         self.start_topology(common::running_sums(&self.input, &self.output))
     }
@@ -331,6 +356,30 @@ fn a_fatal_commit_error_restarts_the_thread_with_a_new_producer() {
         "1*return(fatal)",
     );
     assert!(handle.is_running(), "the thread restarted, the app runs");
+    handle.shutdown().expect("clean shutdown");
+    scenario.teardown();
+}
+
+/// A thread that restarts after a failed interval must not commit, while its consumer closes,
+/// positions past what that interval processed. Input written in transactions (a commit marker
+/// after each record, as Keel's own outputs are) and a thread whose tasks take a while to close:
+/// the consumer, sought back by the abort, fetches the interval again meanwhile, and the
+/// markers it serves on close move its position past the records the aborted interval had
+/// processed. The commit on revoke took that position, and the restarted thread went on from
+/// there: the interval's input was lost (seen in `keel run` after a refused output).
+#[test]
+fn a_restarted_thread_commits_no_position_past_its_aborted_interval() {
+    let scenario = FailScenario::setup();
+    let run = Run::new("close_positions");
+    let data = input(1);
+    run.produce_transactional(&data);
+    fail::cfg(faults::COMMIT_TRANSACTION, "1*return(fatal)").expect("failpoint");
+    fail::cfg(faults::TASK_CLOSE, "sleep(300)").expect("failpoint");
+    let handle = run.start();
+    run.assert_clean(&handle, &data);
+    assert!(used_up(faults::COMMIT_TRANSACTION), "the interval failed");
+    assert!(handle.is_running(), "the thread restarted, the app runs");
+    fail::remove(faults::TASK_CLOSE);
     handle.shutdown().expect("clean shutdown");
     scenario.teardown();
 }

@@ -28,6 +28,9 @@ pub const RESTORE_BATCH: &str = "restore-batch";
 pub const RESTORE_RECORD: &str = "restore-record";
 /// Setting up one newly assigned task (before its state is opened).
 pub const TASK_SET_UP: &str = "task-set-up";
+/// Closing one task, cleanly or not (before its state is closed; arm with `sleep(ms)` to
+/// stretch the close of a thread).
+pub const TASK_CLOSE: &str = "task-close";
 
 /// The argument of failpoint `name` when it is armed with `return(arg)` (`""` for a bare
 /// `return`); `None` when it is not armed. Other actions (`panic`, `sleep`) act here.

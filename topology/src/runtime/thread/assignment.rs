@@ -129,6 +129,17 @@ impl Core {
     }
 
     /// Whether the task reading `topic`/`partition` is still restoring.
+    /// Whether `topic`/`partition` belongs to a task of this thread that is running (set up
+    /// and restored).
+    pub(super) fn is_running(&self, topic: &str, partition: i32) -> bool {
+        self.shared.topic_subs.get(topic).is_some_and(|&sub| {
+            self.tasks.contains_key(&TaskId {
+                sub_topology: sub,
+                partition,
+            })
+        })
+    }
+
     pub(super) fn is_restoring(&self, topic: &str, partition: i32) -> bool {
         // Asked for every polled record: no topic lookup while nothing restores.
         !self.restoring.is_empty()

@@ -99,6 +99,7 @@ impl Core {
     /// theirs); on a clean close its processors' `close` runs and its stores checkpoint.
     pub(super) fn close_task(&mut self, mut task: StreamTask, clean: bool) {
         let id = task.id();
+        let _ = faults::injected(faults::TASK_CLOSE);
         tasks::withdraw_readers(&self.shared.readers, &task);
         if clean {
             task.close_processors(now_ms());

@@ -399,7 +399,7 @@ impl Core {
     /// and Kafka's tools). Kafka Streams commits the consumer's position; so does this. It is
     /// safe: every record polled is processed in this interval or the interval aborts, and
     /// the abort's seek resets the position, so a position ahead of ours skips only what the
-    /// application never sees.
+    /// application never sees. Only for the partitions of running tasks (see below).
     pub(super) fn committable_positions(
         &self,
         consumer: &GroupConsumer,
@@ -416,15 +416,19 @@ impl Core {
             let Offset::Offset(position) = e.offset() else {
                 continue;
             };
+            // Only a running task's partition: a task still restoring processed nothing (a
+            // record fetched before the pause moved the consumer's position past what it has
+            // seen), and once a thread closes its tasks (a restart after a failed interval),
+            // the consumer keeps fetching from where the abort sought it and, serving the
+            // commit markers it fetched, moves its position past records nothing processed,
+            // before the commit on revoke asks for it.
+            if !self.is_running(e.topic(), e.partition()) {
+                continue;
+            }
             let tp = (e.topic().to_owned(), e.partition());
             let Some(committed) = self.committed.get(&tp).copied() else {
                 continue;
             };
-            // A restoring task processed nothing: a record fetched before the pause moved
-            // the consumer's position past what the task has seen.
-            if self.is_restoring(&tp.0, tp.1) {
-                continue;
-            }
             let position = match &self.unprocessed {
                 Some((t, p, offset)) if *t == tp.0 && *p == tp.1 => position.min(*offset),
                 _ => position,
