@@ -88,6 +88,10 @@ pub struct CartsSection {
     pub server_id: Option<u32>,
     /// How long `keel run` waits for the connector to run (ms).
     pub register_timeout_ms: u64,
+    /// How long the carts processor remembers an order it answered or released, and keeps a
+    /// cart whose rows are gone after its last change, before deleting it (ms; 7 days; keel
+    /// run copies it to `SagaConfig::cart_retention_ms`).
+    pub retention_ms: u64,
 }
 
 impl Default for CartsSection {
@@ -97,7 +101,19 @@ impl Default for CartsSection {
             server_name: "cdc".to_owned(),
             server_id: None,
             register_timeout_ms: 60_000,
+            retention_ms: 7 * 24 * 3_600_000,
         }
+    }
+}
+
+impl CartsSection {
+    /// Every problem with these settings.
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.retention_ms == 0 {
+            out.push("carts.retention_ms must be above 0".to_owned());
+        }
+        out
     }
 }
 
@@ -491,6 +507,7 @@ impl KeelConfig {
                 self.saga.payment_timeout_ms, self.payment.psp_timeout_ms
             ));
         }
+        out.extend(self.carts.problems());
         out.extend(self.connectors.problems());
         out.extend(self.reconciliation.problems());
         out.extend(self.audit.problems());
@@ -724,6 +741,20 @@ mod tests {
             assert!(err.contains("registry.url"), "{err}");
             assert!(err.contains("postgres.url"), "{err}");
             assert!(err.contains("kafka.bootstrap_servers"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_carts_retention_defaults_to_7_days_and_must_be_above_0() {
+        Jail::expect_with(|jail| {
+            let c = KeelConfig::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(c.carts.retention_ms, 604_800_000);
+            jail.set_env("KEEL__CARTS__RETENTION_MS", "0");
+            let err = KeelConfig::load(None)
+                .expect_err("a retention of 0")
+                .to_string();
+            assert!(err.contains("carts.retention_ms must be above 0"), "{err}");
             Ok(())
         });
     }

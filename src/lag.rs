@@ -69,6 +69,22 @@ pub enum Selection {
     Groups(Vec<String>),
 }
 
+impl Selection {
+    /// An error naming `--group` for an empty group name (Kafka has no group ``; librdkafka
+    /// would refuse to make the client with "consumer queue not available"), before any client
+    /// is made.
+    pub fn check(&self) -> anyhow::Result<()> {
+        if let Self::Groups(groups) = self
+            && groups.iter().any(String::is_empty)
+        {
+            anyhow::bail!(
+                "--group must not be empty: a consumer group id has at least one character"
+            );
+        }
+        Ok(())
+    }
+}
+
 /// The stream applications `keel run` starts (`KeelConfig::streams_for`).
 const STREAM_ROLES: [&str; 4] = ["saga", "inventory", "reconciliation", "audit"];
 
@@ -246,6 +262,7 @@ fn measure_selected(
     config: &KeelConfig,
     selection: &Selection,
 ) -> anyhow::Result<(Vec<String>, Vec<PartitionLag>)> {
+    selection.check()?;
     let probe: BaseConsumer = client(config).create()?;
     let metadata = probe.fetch_metadata(None, TIMEOUT)?;
     let cluster: BTreeMap<String, Vec<i32>> = metadata
@@ -389,6 +406,19 @@ pub fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_empty_group_name_is_refused_naming_the_flag() {
+        let empty = Selection::Groups(vec!["app-saga".to_owned(), String::new()]);
+        let error = empty.check().expect_err("empty").to_string();
+        assert!(error.contains("--group must not be empty"), "{error}");
+        assert!(
+            Selection::Groups(vec!["app-saga".to_owned()])
+                .check()
+                .is_ok()
+        );
+        assert!(Selection::Keel.check().is_ok());
+    }
 
     #[test]
     fn the_default_list_is_this_configurations_groups_and_connects_only() {

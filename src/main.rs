@@ -476,6 +476,7 @@ async fn main() -> anyhow::Result<ExitCode> {
                     warehouse,
                 },
         } => {
+            seed::check_inventory_args(&skus, quantity, &reason, warehouse.as_deref())?;
             let config = KeelConfig::load(cli.config.as_deref())?;
             seed::inventory_in(&config, &skus, quantity, &reason, warehouse.as_deref()).await?;
             println!("{} SKU(s) seeded with {quantity} unit(s) each", skus.len());

@@ -369,6 +369,7 @@ pub async fn start_stream_roles(
         // `[inventory].oversell = "prevent"` makes the saga wait for the sale before CONFIRMED.
         let saga_config = saga::SagaConfig {
             oversell: config.inventory.oversell,
+            cart_retention_ms: config.carts.retention_ms,
             ..config.saga.clone()
         };
         let topology = match carts_cdc(config)? {

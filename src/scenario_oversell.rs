@@ -48,8 +48,9 @@ use crate::seed;
 pub struct OversellArgs {
     /// oversell: the hold TTL (ms) the running Keel must have (`[inventory].hold_ttl_ms`);
     /// default 2 minutes (issue 13), while `keel run` defaults to 10 minutes: start it with
-    /// KEEL__INVENTORY__HOLD_TTL_MS set to this value (e.g. 15000 for both).
-    #[arg(long, default_value_t = 120_000)]
+    /// KEEL__INVENTORY__HOLD_TTL_MS set to this value (e.g. 15000 for both). At least 1000, as
+    /// keel run requires of `[inventory].hold_ttl_ms`.
+    #[arg(long, default_value_t = 120_000, value_parser = hold_ttl_ms_arg)]
     pub hold_ttl_ms: u64,
     /// oversell: how long the PSP mock holds every authorization back (ms); default: the hold
     /// TTL + 15 s, or TTL + half the room left below the payment timeouts when that is less.
@@ -60,6 +61,41 @@ pub struct OversellArgs {
     /// it reports, and the expectations follow it.
     #[arg(long, value_parser = ["allow", "prevent"])]
     pub oversell: Option<String>,
+}
+
+/// The least `[inventory].hold_ttl_ms` keel run starts with (Cassandra TTLs are whole seconds:
+/// `src/config.rs`); `--hold-ttl-ms` below it names a Keel that cannot exist.
+const MIN_HOLD_TTL_MS: u64 = 1_000;
+
+/// `--hold-ttl-ms`: milliseconds, at least [`MIN_HOLD_TTL_MS`].
+fn hold_ttl_ms_arg(value: &str) -> Result<u64, String> {
+    let ms: u64 = value
+        .trim()
+        .parse()
+        .map_err(|e| format!("not a number of milliseconds: {e}"))?;
+    if ms < MIN_HOLD_TTL_MS {
+        return Err(format!(
+            "{ms} ms is below {MIN_HOLD_TTL_MS} ms, the least [inventory].hold_ttl_ms keel run \
+             accepts (Cassandra TTLs are whole seconds)"
+        ));
+    }
+    Ok(ms)
+}
+
+/// The check of the running Keel's hold TTL against `--hold-ttl-ms`: (expectation, passed,
+/// what was seen). The expectation states what is wanted, what was seen states the running
+/// value and, when they differ, the two ways to make them agree.
+fn ttl_check(wanted_ms: u64, running_ms: u64) -> (String, bool, String) {
+    let expectation =
+        format!("the running Keel's [inventory].hold_ttl_ms is {wanted_ms} (--hold-ttl-ms)");
+    if wanted_ms == running_ms {
+        return (expectation, true, format!("{running_ms} ms"));
+    }
+    let saw = format!(
+        "keel run has {running_ms} ms: restart keel run with \
+         KEEL__INVENTORY__HOLD_TTL_MS={wanted_ms}, or pass --hold-ttl-ms {running_ms} here"
+    );
+    (expectation, false, saw)
 }
 
 /// What gets the order B's unit back in time: B is placed once A's hold lapsed and must be
@@ -299,22 +335,8 @@ impl Oversell<'_> {
             return;
         };
         let ttl = ttl as u64;
-        report.check(
-            format!(
-                "the running Keel's [inventory].hold_ttl_ms is {}",
-                args.hold_ttl_ms
-            ),
-            ttl == args.hold_ttl_ms,
-            if ttl == args.hold_ttl_ms {
-                format!("{ttl} ms")
-            } else {
-                format!(
-                    "{ttl} ms: restart keel run with KEEL__INVENTORY__HOLD_TTL_MS={} or pass \
-                     --hold-ttl-ms {ttl}",
-                    args.hold_ttl_ms
-                )
-            },
-        );
+        let (expectation, passed, saw) = ttl_check(args.hold_ttl_ms, ttl);
+        report.check(expectation, passed, saw);
         if ttl != args.hold_ttl_ms {
             return;
         }
@@ -839,6 +861,35 @@ mod tests {
         assert_eq!(default_psp_delay(120_000, 30_000, 60_000), None);
         assert_eq!(default_psp_delay(30_000, 30_000, 60_000), None);
         assert_eq!(default_psp_delay(29_999, 30_000, 60_000), None);
+    }
+
+    #[test]
+    fn the_hold_ttl_flag_is_at_least_what_keel_run_accepts() {
+        assert_eq!(hold_ttl_ms_arg("15000"), Ok(15_000));
+        assert_eq!(hold_ttl_ms_arg("1000"), Ok(1_000));
+        for bad in ["0", "999", "-1", "x", ""] {
+            assert!(hold_ttl_ms_arg(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_ttl_check_says_what_runs_and_how_to_agree() {
+        assert_eq!(
+            ttl_check(120_000, 120_000),
+            (
+                "the running Keel's [inventory].hold_ttl_ms is 120000 (--hold-ttl-ms)".to_owned(),
+                true,
+                "120000 ms".to_owned()
+            )
+        );
+        let (expectation, passed, saw) = ttl_check(120_000, 3_000);
+        assert!(!passed);
+        assert!(expectation.contains("[inventory].hold_ttl_ms is 120000"));
+        assert_eq!(
+            saw,
+            "keel run has 3000 ms: restart keel run with KEEL__INVENTORY__HOLD_TTL_MS=120000, \
+             or pass --hold-ttl-ms 3000 here"
+        );
     }
 
     #[test]

@@ -58,6 +58,46 @@ pub async fn carts(
     Ok(())
 }
 
+/// The arguments of `keel inventory seed`, checked with the HTTP API's own rules before
+/// anything is sent (`keel_ingest_api::inventory`: the same SKUs, reasons and warehouses
+/// `POST /inventory/adjust` takes): every SKU of `--skus` 1 to 64 characters without whitespace
+/// or control characters, each once; `--quantity` 1 to the API's largest adjustment (1,000,000
+/// units: the seed adds stock); `--reason` 1 to 255 characters, not inventory's own `SOLD…` /
+/// `OVERSOLD…` in any case; `--warehouse` like a SKU. The error names the flag.
+pub fn check_inventory_args(
+    skus: &[String],
+    quantity: i32,
+    reason: &str,
+    warehouse: Option<&str>,
+) -> anyhow::Result<()> {
+    use keel_ingest_api::inventory::{MAX_ADJUST_DELTA, check_reason, check_sku, check_warehouse};
+    if skus.is_empty() {
+        anyhow::bail!(
+            "--skus names no SKU; give one or more, comma-separated (e.g. MUG-1,PLATE-1)"
+        );
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, sku) in skus.iter().enumerate() {
+        let at = format!("--skus: SKU {} of {} ({sku:?})", i + 1, skus.len());
+        check_sku("sku", sku).map_err(|p| anyhow::anyhow!("{at}: {}", p.detail))?;
+        if !seen.insert(sku.as_str()) {
+            anyhow::bail!("{at}: appears more than once; name each SKU once");
+        }
+    }
+    if !(1..=MAX_ADJUST_DELTA).contains(&i64::from(quantity)) {
+        anyhow::bail!(
+            "--quantity must be 1 to {MAX_ADJUST_DELTA} units (what the seed adds to each SKU; \
+             the API's largest adjustment), got {quantity}"
+        );
+    }
+    check_reason(reason).map_err(|p| anyhow::anyhow!("--reason: {}", p.detail))?;
+    if let Some(w) = warehouse {
+        check_warehouse("warehouse", w)
+            .map_err(|p| anyhow::anyhow!("--warehouse: {}", p.detail))?;
+    }
+    Ok(())
+}
+
 /// Adds `quantity` units of each SKU to stock on hand in the default warehouse (an
 /// `AdjustStock` command per SKU, with `reason`), waiting until Kafka has each command.
 pub async fn inventory(
@@ -110,4 +150,42 @@ pub async fn inventory_in(
             .with_context(|| format!("sending the stock of {sku} to {topic}"))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(skus: &[&str], quantity: i32, reason: &str, warehouse: Option<&str>) -> String {
+        let skus: Vec<String> = skus.iter().map(|s| (*s).to_owned()).collect();
+        match check_inventory_args(&skus, quantity, reason, warehouse) {
+            Ok(()) => String::new(),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn seed_arguments_follow_the_apis_rules_and_name_the_flag() {
+        assert_eq!(check(&["MUG-1", "PLATE-1"], 10, "seed", None), "");
+        assert_eq!(check(&["MUG-1"], 1_000_000, "seed", Some("WH-2")), "");
+        for (skus, quantity, reason, warehouse, flag) in [
+            (&[""][..], 10, "seed", None, "--skus: SKU 1 of 1"),
+            (&["A", "", "B"], 10, "seed", None, "--skus: SKU 2 of 3"),
+            (&["WS X"], 10, "seed", None, "--skus"),
+            (&["A", "A"], 10, "seed", None, "more than once"),
+            (&[], 10, "seed", None, "--skus"),
+            (&["A"], 0, "seed", None, "--quantity"),
+            (&["A"], -5, "seed", None, "--quantity"),
+            (&["A"], 1_000_001, "seed", None, "--quantity"),
+            (&["A"], 1, "oversold", None, "--reason"),
+            (&["A"], 1, " ", None, "--reason"),
+            (&["A"], 1, "seed", Some("WH 1"), "--warehouse"),
+        ] {
+            let error = check(skus, quantity, reason, warehouse);
+            assert!(
+                error.contains(flag),
+                "{skus:?} {quantity} {reason:?}: {error:?}"
+            );
+        }
+    }
 }

@@ -11,13 +11,22 @@
 //!
 //! **Unknown schema ids.** Only schemas found are cached. A registry replica that lags answers
 //! "schema not found" for an id that another replica has just issued, so a miss is asked
-//! again on the next call: for [`Codec::with_unknown_id_patience`] after an id's first miss
-//! (default [`DEFAULT_UNKNOWN_ID_PATIENCE`]) it is a retriable registry error
-//! ([`Fault::Dependency`](crate::Fault::Dependency): the caller retries with backoff), after
-//! that [`Error::UnknownSchemaId`] ([`Fault::Input`](crate::Fault::Input): the record is
-//! dead-lettered). An id found later is decoded as usual.
+//! again on the next call: for the window `[registry].unknown_id_patience_ms` after an id's
+//! first miss (10 s by default; [`Codec::with_unknown_id_patience`] in tests) it is
+//! [`Error::SchemaIdNotYetKnown`] ([`Fault::Dependency`](crate::Fault::Dependency): the caller
+//! waits and asks again), after that [`Error::UnknownSchemaId`]
+//! ([`Fault::Input`](crate::Fault::Input): the record is dead-lettered). An id found later is
+//! decoded as usual.
+//!
+//! The window is cut short where lag cannot explain a miss: Confluent-compatible registries
+//! hand out ids in increasing order (`[registry].increasing_ids`), so the replica that served
+//! an id held every lower one at that moment, and every replica holds them one window later.
+//! A miss for an id at or below an id this codec resolved (read a schema by, or was given at
+//! registration) is final once the window has passed since that resolution: in a running
+//! process, at once for any id below the ids it has been using. An id above every resolved id
+//! (one registered just now, on a replica this one lags behind) keeps its whole window.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -50,10 +59,6 @@ pub const TRANSIENT_RETRIES: u32 = 2;
 /// The first wait of [`TRANSIENT_RETRIES`].
 pub const TRANSIENT_RETRY_BACKOFF: Duration = Duration::from_millis(50);
 
-/// How long after its first "not found" a schema id is retried (as a retriable error) before
-/// it is the payload's fault.
-pub const DEFAULT_UNKNOWN_ID_PATIENCE: Duration = Duration::from_secs(10);
-
 /// Encoder and decoder of Keel's records in the Confluent wire format. Cheap to clone; clones
 /// share the schema caches.
 #[derive(Debug, Clone)]
@@ -69,15 +74,52 @@ struct Inner {
     decoder: AvroDecoder,
     /// Schema ids looked up by subject when auto-registration is off.
     looked_up: Mutex<HashMap<String, u32>>,
-    /// Schema ids the registry answered "not found" for, with the time of the first miss.
-    missing: Mutex<HashMap<u32, Instant>>,
+    /// What the registry answered about schema ids so far.
+    ids: Mutex<SeenIds>,
     unknown_id_patience: Duration,
+}
+
+/// The schema ids the registry answered about, with when.
+#[derive(Debug, Default)]
+struct SeenIds {
+    /// Ids it answered "not found" for (not found since), with the time of the first miss.
+    missing: HashMap<u32, Instant>,
+    /// Ids it resolved, with the time of the first answer.
+    resolved: BTreeMap<u32, Instant>,
+}
+
+impl SeenIds {
+    fn resolved(&mut self, id: u32) {
+        self.resolved.entry(id).or_insert_with(Instant::now);
+        self.missing.remove(&id);
+    }
+
+    /// When a miss for `id` (first missed at `first_miss`) stops being possible lag:
+    /// `patience` after the first miss or, with `increasing_ids`, `patience` after the first
+    /// resolution of any id at or above it, whichever comes first; with that id, if it decided.
+    fn final_at(
+        &self,
+        id: u32,
+        first_miss: Instant,
+        patience: Duration,
+        increasing_ids: bool,
+    ) -> (Instant, Option<u32>) {
+        let by_miss = first_miss + patience;
+        if !increasing_ids {
+            return (by_miss, None);
+        }
+        match self.resolved.range(id..).min_by_key(|(_, at)| **at) {
+            Some((above, at)) if *at + patience < by_miss => (*at + patience, Some(*above)),
+            _ => (by_miss, None),
+        }
+    }
 }
 
 impl Codec {
     /// A codec for `config` (validated here). Makes no call to the registry yet.
     pub fn new(config: RegistryConfig) -> Result<Self> {
         let settings = config.sr_settings()?;
+        let unknown_id_patience = config.unknown_id_patience();
         Ok(Self {
             inner: Arc::new(Inner {
                 encoder: AvroEncoder::new(settings.clone()),
@@ -85,15 +127,15 @@ impl Codec {
                 settings,
                 config,
                 looked_up: Mutex::new(HashMap::new()),
-                missing: Mutex::new(HashMap::new()),
-                unknown_id_patience: DEFAULT_UNKNOWN_ID_PATIENCE,
+                ids: Mutex::new(SeenIds::default()),
+                unknown_id_patience,
             }),
         })
     }
 
     /// How long a schema id the registry does not know is retried before decoding it is
-    /// [`Error::UnknownSchemaId`] (see the module docs); `Duration::ZERO`: at once. Call it
-    /// before cloning the codec.
+    /// [`Error::UnknownSchemaId`] (see the module docs), instead of the configuration's
+    /// `unknown_id_patience_ms`; `Duration::ZERO`: at once. Call it before cloning the codec.
     #[must_use]
     pub fn with_unknown_id_patience(mut self, patience: Duration) -> Self {
         if let Some(inner) = Arc::get_mut(&mut self.inner) {
@@ -141,7 +183,12 @@ impl Codec {
             let mut retries = TRANSIENT_RETRIES;
             loop {
                 match self.inner.encoder.encode_struct(record, &strategy).await {
-                    Ok(bytes) => return Ok(bytes),
+                    Ok(bytes) => {
+                        if let Ok(frame) = Frame::parse(&bytes) {
+                            self.ids().resolved(frame.schema_id);
+                        }
+                        return Ok(bytes);
+                    }
                     Err(e) if e.retriable && retries > 0 => {
                         retries -= 1;
                         self.inner.encoder.remove_errors_from_cache();
@@ -247,7 +294,7 @@ impl Codec {
     ) -> Result<Arc<schema_registry_converter::avro_common::AvroSchema>> {
         match self.inner.decoder.get_schema(schema_id).await {
             Ok(schema) => {
-                self.missing().remove(&schema_id);
+                self.ids().resolved(schema_id);
                 Ok(schema)
             }
             Err(e) => Err(self.fetch_error(subject, schema_id, reader, &e)),
@@ -284,6 +331,7 @@ impl Codec {
             Err(e) => return Err(registry_error(subject, "look up schema", &e)),
         };
         self.looked_up().insert(subject.to_owned(), id);
+        self.ids().resolved(id);
         Ok(id)
     }
 
@@ -295,10 +343,10 @@ impl Codec {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn missing(&self) -> std::sync::MutexGuard<'_, HashMap<u32, Instant>> {
+    fn ids(&self) -> std::sync::MutexGuard<'_, SeenIds> {
         // Inserts and removes of whole entries: a panic elsewhere cannot leave it torn.
         self.inner
-            .missing
+            .ids
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
     }
@@ -327,28 +375,40 @@ impl Codec {
         // The converter caches errors; only successes may stay (a miss is asked again).
         self.inner.decoder.remove_errors_from_cache();
         if raw_error_code(e) == Some(SCHEMA_NOT_FOUND) {
-            let first_miss = *self.missing().entry(schema_id).or_insert_with(Instant::now);
-            let waited = first_miss.elapsed();
-            if waited < self.inner.unknown_id_patience {
-                return Error::Registry {
+            let patience = self.inner.unknown_id_patience;
+            let (first_miss, (final_at, above)) = {
+                let mut ids = self.ids();
+                let first_miss = *ids.missing.entry(schema_id).or_insert_with(Instant::now);
+                let decided = ids.final_at(
+                    schema_id,
+                    first_miss,
+                    patience,
+                    self.inner.config.increasing_ids,
+                );
+                (first_miss, decided)
+            };
+            let now = Instant::now();
+            let waited = now.saturating_duration_since(first_miss);
+            if now < final_at {
+                return Error::SchemaIdNotYetKnown {
                     subject: subject.to_owned(),
-                    operation: "get schema by id",
-                    detail: format!(
-                        "schema id {schema_id} not found (yet: a registry replica may lag; \
-                         asked again for {:?} after the first miss, {waited:?} ago): {}",
-                        self.inner.unknown_id_patience,
-                        describe(e)
-                    ),
-                    retriable: true,
+                    schema_id,
+                    waited,
+                    remaining: final_at - now,
+                    patience,
                 };
             }
+            let why = match above {
+                Some(above) => format!(
+                    "not a lagging replica: ids increase, and id {above} was resolved more than \
+                     {patience:?} ago"
+                ),
+                None => format!("still unknown {waited:?} after the first miss"),
+            };
             return Error::UnknownSchemaId {
                 subject: subject.to_owned(),
                 schema_id,
-                detail: format!(
-                    "{} (still unknown {waited:?} after the first miss)",
-                    describe(e)
-                ),
+                detail: format!("{} ({why})", describe(e)),
             };
         }
         if e.error.contains("is not correct") || e.error.contains("cant be turned into a Schema") {
@@ -430,10 +490,11 @@ mod tests {
     use crate::records::OrderCreated;
 
     /// A registry that answers `GET /schemas/ids/<id>` with "schema not found" (40403) until
-    /// `known` is set, then with `schema`. Counts the lookups.
+    /// `known` is set (or for ids not in `known_ids`), then with `schema`. Counts the lookups.
     struct StubRegistry {
         url: String,
         known: Arc<AtomicBool>,
+        known_ids: Arc<Mutex<Vec<u32>>>,
         lookups: Arc<AtomicUsize>,
     }
 
@@ -441,8 +502,9 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         let known = Arc::new(AtomicBool::new(false));
+        let known_ids = Arc::new(Mutex::new(Vec::new()));
         let lookups = Arc::new(AtomicUsize::new(0));
-        let (k, l) = (known.clone(), lookups.clone());
+        let (k, ids, l) = (known.clone(), known_ids.clone(), lookups.clone());
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(mut stream) = stream else { continue };
@@ -462,7 +524,17 @@ mod tests {
                     )
                 } else {
                     l.fetch_add(1, Ordering::SeqCst);
-                    if k.load(Ordering::SeqCst) {
+                    let id: Option<u32> = request
+                        .split("/schemas/ids/")
+                        .nth(1)
+                        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+                        .and_then(|digits| digits.parse().ok());
+                    let listed = id.is_some_and(|id| {
+                        ids.lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .contains(&id)
+                    });
+                    if k.load(Ordering::SeqCst) || listed {
                         (
                             "200 OK",
                             serde_json::json!({ "schema": schema }).to_string(),
@@ -484,6 +556,7 @@ mod tests {
         StubRegistry {
             url,
             known,
+            known_ids,
             lookups,
         }
     }
@@ -702,6 +775,102 @@ mod tests {
             stub.lookups.load(Ordering::SeqCst),
             2,
             "every miss asked the registry again"
+        );
+    }
+
+    #[test]
+    fn a_miss_says_the_registry_does_not_know_the_id_and_how_long_it_is_asked_again() {
+        let contract = OrderCreated::contract();
+        let stub = stub_registry(contract.schema_source);
+        let codec = codec(&stub.url, Duration::from_secs(10));
+        let subject = codec.subject(contract.topic);
+        let miss = block_on(codec.writer_schema(&subject, 88_888_888, contract.full_name))
+            .expect_err("unknown");
+        assert_eq!(miss.fault(), crate::Fault::Dependency, "{miss}");
+        let text = miss.to_string();
+        assert!(
+            text.contains("the registry answered that it does not know schema id 88888888"),
+            "{text}"
+        );
+        assert!(text.contains("asked again for another"), "{text}");
+        assert!(!text.contains("unreachable"), "{text}");
+        assert_eq!(miss.schema_id(), Some(88_888_888));
+    }
+
+    /// Ids are handed out increasing: a replica that served id 7 had every lower id then, and
+    /// any replica has them one window later. A miss for 5 after that is final at once; a miss
+    /// for 9 (it may have been registered just now) still gets its window.
+    #[test]
+    fn a_miss_below_an_id_resolved_a_window_ago_is_final_at_once() {
+        let contract = OrderCreated::contract();
+        let stub = stub_registry(contract.schema_source);
+        stub.known_ids.lock().expect("ids").push(7);
+        let codec = codec(&stub.url, Duration::from_millis(300));
+        let subject = codec.subject(contract.topic);
+        block_on(codec.writer_schema(&subject, 7, contract.full_name)).expect("id 7 is known");
+        std::thread::sleep(Duration::from_millis(350));
+        let below =
+            block_on(codec.writer_schema(&subject, 5, contract.full_name)).expect_err("no 5");
+        assert!(
+            matches!(below, Error::UnknownSchemaId { schema_id: 5, .. }),
+            "a first miss below an id resolved a window ago is final: {below:?}"
+        );
+        let above =
+            block_on(codec.writer_schema(&subject, 9, contract.full_name)).expect_err("no 9");
+        assert_eq!(
+            above.fault(),
+            crate::Fault::Dependency,
+            "an id above every resolved one may be new: {above}"
+        );
+    }
+
+    /// The real lag case: id 7 was just resolved (from one replica); 5 may be registered just
+    /// before it and not yet on the replica that answers now, so its miss is retried.
+    #[test]
+    fn a_miss_below_an_id_resolved_just_now_is_asked_again() {
+        let contract = OrderCreated::contract();
+        let stub = stub_registry(contract.schema_source);
+        stub.known_ids.lock().expect("ids").push(7);
+        let codec = codec(&stub.url, Duration::from_secs(60));
+        let subject = codec.subject(contract.topic);
+        block_on(codec.writer_schema(&subject, 7, contract.full_name)).expect("id 7 is known");
+        let below =
+            block_on(codec.writer_schema(&subject, 5, contract.full_name)).expect_err("no 5");
+        assert_eq!(below.fault(), crate::Fault::Dependency, "{below}");
+        stub.known_ids.lock().expect("ids").push(5);
+        block_on(codec.writer_schema(&subject, 5, contract.full_name))
+            .expect("found once the replica has it");
+    }
+
+    #[test]
+    fn the_window_and_the_id_rule_come_from_the_configuration() {
+        let contract = OrderCreated::contract();
+        let stub = stub_registry(contract.schema_source);
+        stub.known_ids.lock().expect("ids").push(7);
+        let at_once = Codec::new(RegistryConfig {
+            unknown_id_patience_ms: 0,
+            ..RegistryConfig::with_url(&stub.url)
+        })
+        .expect("codec");
+        let subject = at_once.subject(contract.topic);
+        let miss =
+            block_on(at_once.writer_schema(&subject, 9, contract.full_name)).expect_err("unknown");
+        assert!(matches!(miss, Error::UnknownSchemaId { .. }), "{miss:?}");
+
+        let no_id_rule = Codec::new(RegistryConfig {
+            unknown_id_patience_ms: 300,
+            increasing_ids: false,
+            ..RegistryConfig::with_url(&stub.url)
+        })
+        .expect("codec");
+        block_on(no_id_rule.writer_schema(&subject, 7, contract.full_name)).expect("known");
+        std::thread::sleep(Duration::from_millis(350));
+        let below =
+            block_on(no_id_rule.writer_schema(&subject, 5, contract.full_name)).expect_err("no 5");
+        assert_eq!(
+            below.fault(),
+            crate::Fault::Dependency,
+            "without increasing ids a first miss gets its window: {below}"
         );
     }
 }

@@ -29,7 +29,25 @@ pub struct RegistryConfig {
     pub subject_prefix: String,
     /// Timeout of one registry HTTP call, in milliseconds.
     pub timeout_ms: u64,
+    /// How long, in milliseconds after the registry first answered "schema not found" (HTTP
+    /// 404, error code 40403) for a schema id read from a record, that id is asked again
+    /// before the record is the producer's fault (dead-lettered): the time a registry replica
+    /// may lag behind the one that issued the id. While it lasts the consumer waits on the
+    /// record (a stream thread holds its partitions). 0: an unknown id is final at once. At
+    /// most [`MAX_UNKNOWN_ID_PATIENCE_MS`].
+    pub unknown_id_patience_ms: u64,
+    /// The registry hands out schema ids in increasing order (Confluent's Schema Registry and
+    /// Apicurio do, for every schema registered through their API). Then a replica that served
+    /// an id held every lower id, so a miss for an id at or below one this process resolved
+    /// at least `unknown_id_patience_ms` ago cannot be lag and is final at once. Set `false`
+    /// when schemas are imported with ids of their own (Confluent's IMPORT mode, schema
+    /// linking): every miss then gets the whole window.
+    pub increasing_ids: bool,
 }
+
+/// The largest `unknown_id_patience_ms`: a stream thread waits at most 60 s on the registry
+/// for one record (`processors/src/format.rs`), so a longer window would not be kept there.
+pub const MAX_UNKNOWN_ID_PATIENCE_MS: u64 = 60_000;
 
 impl Default for RegistryConfig {
     fn default() -> Self {
@@ -39,6 +57,8 @@ impl Default for RegistryConfig {
             compatibility: CompatibilityLevel::Backward,
             subject_prefix: String::new(),
             timeout_ms: 10_000,
+            unknown_id_patience_ms: 10_000,
+            increasing_ids: true,
         }
     }
 }
@@ -70,6 +90,12 @@ impl RegistryConfig {
         if self.timeout_ms == 0 {
             problems.push("timeout_ms must be greater than 0".to_owned());
         }
+        if self.unknown_id_patience_ms > MAX_UNKNOWN_ID_PATIENCE_MS {
+            problems.push(format!(
+                "unknown_id_patience_ms must be at most {MAX_UNKNOWN_ID_PATIENCE_MS} (ms), got {}",
+                self.unknown_id_patience_ms
+            ));
+        }
         if let Some(bad) = self
             .subject_prefix
             .chars()
@@ -85,6 +111,11 @@ impl RegistryConfig {
         } else {
             Err(Error::Config { problems })
         }
+    }
+
+    /// `unknown_id_patience_ms` as a duration.
+    pub fn unknown_id_patience(&self) -> Duration {
+        Duration::from_millis(self.unknown_id_patience_ms)
     }
 
     /// Settings for `schema_registry_converter`, after validating.
@@ -164,6 +195,8 @@ mod tests {
         assert!(config.auto_register);
         assert_eq!(config.compatibility, CompatibilityLevel::Backward);
         assert_eq!(config.subject_prefix, "");
+        assert_eq!(config.unknown_id_patience(), Duration::from_secs(10));
+        assert!(config.increasing_ids);
         assert!(config.validate().is_ok());
     }
 
@@ -190,10 +223,11 @@ mod tests {
             url: "localhost:8080/".to_owned(),
             timeout_ms: 0,
             subject_prefix: "a b".to_owned(),
+            unknown_id_patience_ms: MAX_UNKNOWN_ID_PATIENCE_MS + 1,
             ..RegistryConfig::default()
         };
         match config.validate() {
-            Err(Error::Config { problems }) => assert_eq!(problems.len(), 4, "{problems:?}"),
+            Err(Error::Config { problems }) => assert_eq!(problems.len(), 5, "{problems:?}"),
             other => panic!("expected a config error, got {other:?}"),
         }
     }

@@ -2,6 +2,7 @@
 //! carried one, the schema id, so the runtime can dead-letter a record with headers that say why.
 
 use std::fmt;
+use std::time::Duration;
 
 /// `Result` with this crate's [`Error`].
 pub type Result<T> = std::result::Result<T, Error>;
@@ -61,6 +62,27 @@ pub enum Error {
         subject: String,
         schema_id: u32,
         detail: String,
+    },
+
+    /// The registry answered that it does not know the frame's schema id (HTTP 404, error
+    /// code 40403), but a registry replica may still lag behind the one that issued it: the id
+    /// is asked again (a retriable, dependency failure) for another `remaining`, then it is
+    /// [`Error::UnknownSchemaId`] (window: `[registry].unknown_id_patience_ms`, `patience`).
+    #[error(
+        "subject {subject}: the registry answered that it does not know schema id {schema_id} \
+         (HTTP 404; a registry replica may lag behind the one that issued it): asked again for \
+         another {remaining:?} (first miss {waited:?} ago; [registry].unknown_id_patience_ms \
+         = {patience:?})"
+    )]
+    SchemaIdNotYetKnown {
+        subject: String,
+        schema_id: u32,
+        /// Since the registry's first "not found" for the id.
+        waited: Duration,
+        /// Until the miss is final.
+        remaining: Duration,
+        /// The configured window.
+        patience: Duration,
     },
 
     /// The writer's schema (from the frame's id) cannot be read as the expected record type.
@@ -131,7 +153,8 @@ impl Error {
             | Self::AvroDecode { .. } => Fault::Input,
             Self::Registry {
                 retriable: true, ..
-            } => Fault::Dependency,
+            }
+            | Self::SchemaIdNotYetKnown { .. } => Fault::Dependency,
             Self::Registry {
                 retriable: false, ..
             }
@@ -148,6 +171,7 @@ impl Error {
         match self {
             Self::NotFramed { subject, .. }
             | Self::UnknownSchemaId { subject, .. }
+            | Self::SchemaIdNotYetKnown { subject, .. }
             | Self::SchemaMismatch { subject, .. }
             | Self::AvroDecode { subject, .. }
             | Self::Encode { subject, .. }
@@ -162,6 +186,7 @@ impl Error {
     pub fn schema_id(&self) -> Option<u32> {
         match self {
             Self::UnknownSchemaId { schema_id, .. }
+            | Self::SchemaIdNotYetKnown { schema_id, .. }
             | Self::SchemaMismatch { schema_id, .. }
             | Self::AvroDecode { schema_id, .. } => Some(*schema_id),
             _ => None,
@@ -173,6 +198,7 @@ impl Error {
         match self {
             Self::NotFramed { .. } => "not_framed",
             Self::UnknownSchemaId { .. } => "unknown_schema_id",
+            Self::SchemaIdNotYetKnown { .. } => "schema_id_not_yet_known",
             Self::SchemaMismatch { .. } => "schema_mismatch",
             Self::AvroDecode { .. } => "avro_decode",
             Self::Encode { .. } => "encode",

@@ -12,6 +12,8 @@
 //!   [`Record`] trait the typed records implement.
 //! - [`records`] — the typed records (serde + derived Avro schema), checked against their
 //!   `.avsc` by drift tests.
+//! - [`ids`] — the rule for the ids records carry and are keyed by (order ids, SKUs,
+//!   warehouses), shared by the API, the processors and the CLI.
 //! - [`wire`] — the Confluent frame (magic byte, schema id, datum); pure, no registry.
 //! - [`codec`] — [`Codec`]: encode a record for a topic, decode bytes into a record, with
 //!   schema ids cached.
@@ -26,6 +28,7 @@ pub mod codec;
 pub mod config;
 pub mod contract;
 pub mod error;
+pub mod ids;
 pub mod records;
 pub mod registry;
 mod resolve;

@@ -1,8 +1,9 @@
-//! Reading a JSON body the API's way: media type, size limit, and serde errors turned into
-//! problems that name the field and say why (instead of axum's plain-text rejections).
+//! Reading a JSON body the API's way: media type, content coding, size limit, and serde errors
+//! turned into problems that name the field and say why (instead of axum's plain-text
+//! rejections); and the headers the API reads once ([`single_header`]).
 
 use axum::body::Body;
-use axum::http::{HeaderMap, header};
+use axum::http::{HeaderMap, HeaderValue, header};
 use futures::StreamExt;
 use serde::de::DeserializeOwned;
 
@@ -17,14 +18,16 @@ pub enum Required {
 }
 
 /// Read at most `limit` bytes of `body` and parse them as `T`. Problems: 413 over the limit,
-/// 415 for a media type other than JSON, 400 for an empty body (when required), malformed
-/// JSON, a missing, unknown or mistyped field.
+/// 415 for a media type other than JSON or a content coding other than identity, 400 for an
+/// empty body (when required), a Content-Type sent twice, malformed JSON, a missing, unknown
+/// or mistyped field.
 pub async fn read_json<T: DeserializeOwned>(
     headers: &HeaderMap,
     body: Body,
     limit: usize,
     required: Required,
 ) -> Result<Option<T>, Problem> {
+    check_content_encoding(headers)?;
     if let Some(length) = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -67,9 +70,55 @@ fn too_large(limit: usize) -> Problem {
     )
 }
 
-/// `application/json`, optionally with parameters, or any `application/*+json`.
+/// The one value of the header `name` (e.g. `Idempotency-Key`), `None` when absent. A header
+/// the API reads as one value but sent more than once is a 400 `invalid-header` naming it:
+/// taking the first (or the last) would leave it to the intermediaries which one counts.
+pub fn single_header<'a>(
+    headers: &'a HeaderMap,
+    name: &str,
+) -> Result<Option<&'a HeaderValue>, Problem> {
+    let mut values = headers.get_all(name).iter();
+    let first = values.next();
+    let more = values.count();
+    if more > 0 {
+        return Err(Problem::new(
+            Kind::InvalidHeader,
+            format!(
+                "the {name} header was sent {} times; send it once",
+                more + 1
+            ),
+        )
+        .field(name));
+    }
+    Ok(first)
+}
+
+/// The body must come as sent (`Content-Encoding` absent or `identity`): a compressed body is
+/// 415 naming `Content-Encoding`, answered with `Accept-Encoding: identity`. Decoding it is
+/// refused rather than done: the body limit (`max_body_bytes`) is on the bytes received, and
+/// a signed body (the PSP's callback) is verified over exactly those.
+pub fn check_content_encoding(headers: &HeaderMap) -> Result<(), Problem> {
+    for value in headers.get_all(header::CONTENT_ENCODING) {
+        let text = value.to_str().unwrap_or("\u{fffd}");
+        for coding in text.split(',').map(str::trim).filter(|c| !c.is_empty()) {
+            if !coding.eq_ignore_ascii_case("identity") {
+                return Err(Problem::new(
+                    Kind::UnsupportedMediaType,
+                    format!(
+                        "Content-Encoding {coding:?} is not supported; send the body \
+                         uncompressed (identity)"
+                    ),
+                )
+                .field("Content-Encoding"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `application/json`, optionally with parameters, or any `application/*+json`; sent once.
 fn check_media_type(headers: &HeaderMap) -> Result<(), Problem> {
-    let Some(value) = headers.get(header::CONTENT_TYPE) else {
+    let Some(value) = single_header(headers, "Content-Type")? else {
         return Err(Problem::new(
             Kind::UnsupportedMediaType,
             "the request has no Content-Type; send application/json",
@@ -335,6 +384,46 @@ mod tests {
             ("unsupported-media-type", 415, Some("Content-Type"))
         );
         assert!(p.detail.contains("latin1"), "{}", p.detail);
+    }
+
+    #[test]
+    fn a_header_read_once_may_be_sent_once() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(single_header(&headers, "Idempotency-Key"), Ok(None));
+        headers.append("idempotency-key", "a1".parse().expect("value"));
+        assert!(
+            single_header(&headers, "Idempotency-Key")
+                .expect("one")
+                .is_some()
+        );
+        headers.append("idempotency-key", "a2".parse().expect("value"));
+        let p = single_header(&headers, "Idempotency-Key").expect_err("two");
+        assert_eq!(
+            (p.slug(), p.status, p.field.as_deref()),
+            ("invalid-header", 400, Some("Idempotency-Key"))
+        );
+    }
+
+    #[test]
+    fn only_the_identity_content_coding_is_accepted() {
+        let with = |values: &[&'static str]| {
+            let mut headers = HeaderMap::new();
+            for v in values {
+                headers.append(header::CONTENT_ENCODING, v.parse().expect("value"));
+            }
+            check_content_encoding(&headers)
+        };
+        assert_eq!(with(&[]), Ok(()));
+        assert_eq!(with(&["identity"]), Ok(()));
+        assert_eq!(with(&["Identity, identity"]), Ok(()));
+        for bad in [&["gzip"][..], &["identity, br"], &["identity", "deflate"]] {
+            let p = with(bad).expect_err("refused");
+            assert_eq!(
+                (p.slug(), p.status, p.field.as_deref()),
+                ("unsupported-media-type", 415, Some("Content-Encoding")),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

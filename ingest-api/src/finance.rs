@@ -5,8 +5,9 @@
 //! Served from the reconciliation role's in-process view
 //! (`keel_processors::reconciliation::ReconciliationView`): the API answers only for the
 //! partitions of the reconciliation application this process owns (listed in the answer), and
-//! a process without the `reconciliation` role answers `503` saying so, never an empty list that
-//! would read as "no mismatches".
+//! a process without the `reconciliation` role answers `501` `not-served-here` saying which role
+//! serves it — never an empty list that would read as "no mismatches", and never a `503` "retry
+//! later": this process will not serve it however often it is asked.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -28,17 +29,18 @@ use crate::routes::{App, json_response, to_json};
         (status = 200, description = "The open mismatches of the partitions this process \
             reconciles, and the freshness of the ledger data",
             body = keel_processors::reconciliation::FinanceReport),
-        (status = 503, description = "This process does not run the reconciliation role \
-            (keel run --roles ...,reconciliation)", body = Problem,
-            content_type = "application/problem+json",
-            headers(("Retry-After" = u32, description = "Seconds to wait"))),
+        (status = 501, description = "This process does not run the reconciliation role \
+            (not-served-here): ask a process started with keel run --roles \
+            ...,reconciliation; asking this one again never helps", body = Problem,
+            content_type = "application/problem+json"),
     )
 )]
 pub(crate) async fn get_reconciliation(State(app): State<App>) -> Response {
     let Some(view) = &app.0.finance else {
         return Problem::new(
-            Kind::DependencyUnavailable,
-            "this process does not run the reconciliation role; ask a process started with \
+            Kind::NotServedHere,
+            "this process does not run the reconciliation role, which serves \
+             GET /finance/reconciliation; ask a process started with \
              `keel run --roles ...,reconciliation`",
         )
         .into_response();

@@ -32,7 +32,14 @@
 //!   Kafka; the outcome is on `inventory.reserved.v1` / `inventory.released.v1` and in
 //!   `GET /inventory/{sku}` once the mirror has it (nothing of a short reservation stays held).
 //!
-//! Without [`InventoryDeps`] (no Cassandra session configured) every inventory route answers 503.
+//! An adjustment that would take stock below zero is answered 202 all the same: inventory is the
+//! authority and refuses it (dead letter, no `inventory.adjusted.v1`). The API does not refuse
+//! it early from the mirror: the mirror lags (a restock accepted a moment ago is not in it yet),
+//! and a retry of an adjustment inventory already applied — the same command id — would read
+//! as "below zero" and be refused, telling the client its applied adjustment was not.
+//!
+//! Without [`InventoryDeps`] (no Cassandra session configured) every inventory route answers 501
+//! `not-served-here`: asking this process again never helps.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -56,7 +63,7 @@ use tokio::sync::OnceCell;
 use utoipa::ToSchema;
 
 use crate::payments::derived_id;
-use crate::problem::{Kind, Problem};
+use crate::problem::{Kind, PathId, Problem};
 use crate::routes::{App, json_response, or_problem, required_idempotency_key, to_json};
 
 /// The largest `|delta|` of one adjustment.
@@ -65,8 +72,8 @@ pub const MAX_ADJUST_DELTA: i64 = 1_000_000;
 pub const MAX_LINE_QUANTITY: i64 = 1_000_000;
 /// The most lines (or SKUs) in one reserve or release request.
 pub const MAX_LINES: usize = 100;
-/// The longest SKU and order id, in characters.
-pub const MAX_ID_CHARS: usize = 64;
+/// The longest SKU and order id, in characters ([`keel_avro::ids::MAX_ID_CHARS`]).
+pub const MAX_ID_CHARS: usize = keel_avro::ids::MAX_ID_CHARS;
 
 /// What the inventory routes read: a Cassandra session and the keyspace of the inventory
 /// mirror (`keel_processors::inventory::sink`, tables `stock_level` and `reservation`).
@@ -308,15 +315,63 @@ fn invalid(field: impl Into<String>, detail: impl Into<String>) -> Problem {
     Problem::new(Kind::InvalidField, detail).field(field)
 }
 
-/// A SKU or order id: 1 to 64 characters without whitespace or control characters.
-fn check_id(field: &str, what: &str, value: &str) -> Result<(), Problem> {
-    let len = value.chars().count();
-    if len == 0 || len > MAX_ID_CHARS || value.chars().any(|c| c.is_whitespace() || c.is_control())
+/// A SKU (as in every body and `keel inventory seed`): 1 to 64 characters without whitespace
+/// or control characters; else a 422 naming `field`.
+pub fn check_sku(field: &str, sku: &str) -> Result<(), Problem> {
+    check_id(field, "sku", sku)
+}
+
+/// A warehouse name: the same rules as a SKU; else a 422 naming `field`.
+pub fn check_warehouse(field: &str, warehouse: &str) -> Result<(), Problem> {
+    check_id(field, "a warehouse", warehouse)
+}
+
+/// Reasons inventory writes itself when a hold is sold (`SOLD order …`, `OVERSOLD order …`):
+/// an adjustment may not pose as one, in any case ([`check_reason`]).
+pub const RESERVED_REASON_PREFIXES: [&str; 2] = ["SOLD", "OVERSOLD"];
+
+/// An adjustment's reason: 1 to 255 characters without control or bidirectional formatting
+/// characters, not starting with a [`RESERVED_REASON_PREFIXES`] entry in any letter case
+/// (`oversold …` too); else a 422 naming `reason`.
+pub fn check_reason(reason: &str) -> Result<(), Problem> {
+    let len = reason.trim().chars().count();
+    if len == 0
+        || reason.chars().count() > 255
+        || reason.chars().any(crate::model::is_unsafe_text_char)
     {
+        return Err(invalid(
+            "reason",
+            "reason must be 1 to 255 characters without control or bidirectional formatting characters",
+        ));
+    }
+    let start = reason.trim_start();
+    if RESERVED_REASON_PREFIXES.iter().any(|prefix| {
+        start
+            .get(..prefix.len())
+            .is_some_and(|head| head.eq_ignore_ascii_case(prefix))
+    }) {
+        return Err(invalid(
+            "reason",
+            format!(
+                "reasons starting with SOLD or OVERSOLD (in any letter case) are inventory's own \
+                 (sales of holds), got {}",
+                crate::model::shown(reason)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A SKU or order id: the rule every id keeps ([`keel_avro::ids`], which the processors
+/// enforce on commands from other producers).
+fn check_id(field: &str, what: &str, value: &str) -> Result<(), Problem> {
+    if !keel_avro::ids::is_valid_id(value) {
         return Err(invalid(
             field,
             format!(
-                "{what} must be 1 to {MAX_ID_CHARS} characters without whitespace, got {value:?}"
+                "{what} must be {}, got {}",
+                keel_avro::ids::ID_RULE,
+                keel_avro::ids::shown(value)
             ),
         ));
     }
@@ -359,9 +414,9 @@ fn check_skus<'a>(
 impl AdjustRequest {
     /// The first invalid value, as a 422 naming the field.
     pub fn validate(&self) -> Result<(), Problem> {
-        check_id("sku", "sku", &self.sku)?;
+        check_sku("sku", &self.sku)?;
         if let Some(w) = &self.warehouse {
-            check_id("warehouse", "a warehouse", w)?;
+            check_warehouse("warehouse", w)?;
         }
         // A range check, not `abs()`: -i64::MAX - 1 has no absolute value in i64.
         if self.delta == 0 || !(-MAX_ADJUST_DELTA..=MAX_ADJUST_DELTA).contains(&self.delta) {
@@ -374,23 +429,7 @@ impl AdjustRequest {
                 ),
             ));
         }
-        let len = self.reason.trim().chars().count();
-        if len == 0
-            || self.reason.chars().count() > 255
-            || self.reason.chars().any(crate::model::is_unsafe_text_char)
-        {
-            return Err(invalid(
-                "reason",
-                "reason must be 1 to 255 characters without control or bidirectional formatting characters",
-            ));
-        }
-        if self.reason.starts_with("SOLD") || self.reason.starts_with("OVERSOLD") {
-            return Err(invalid(
-                "reason",
-                "reasons starting with SOLD or OVERSOLD are inventory's own (sales of holds)",
-            ));
-        }
-        Ok(())
+        check_reason(&self.reason)
     }
 }
 
@@ -410,7 +449,7 @@ impl ReserveRequest {
                 ));
             }
             if let Some(w) = &line.warehouse {
-                check_id(&format!("lines[{i}].warehouse"), "a warehouse", w)?;
+                check_warehouse(&format!("lines[{i}].warehouse"), w)?;
             }
         }
         check_skus("lines", ".sku", self.lines.iter().map(|l| l.sku.as_str()))
@@ -443,8 +482,9 @@ impl ReleaseRequest {
 
 fn not_configured() -> Problem {
     Problem::new(
-        Kind::DependencyUnavailable,
-        "this API has no inventory store (Cassandra) configured; retry against one that has",
+        Kind::NotServedHere,
+        "this process serves no inventory routes: it has no inventory store (Cassandra) \
+         configured; ask a Keel API that has (keel run --roles ...,api)",
     )
 }
 
@@ -627,15 +667,20 @@ impl App {
         were kept counts its live reservation rows), available = onHand - held; the same per \
         warehouse in warehouses (stock_by_warehouse; stock and holds from before warehouses \
         existed count as the default warehouse's).",
-    params(("sku" = String, Path, description = "The SKU (1-64 characters)")),
+    params(("sku" = String, Path,
+        description = "The SKU (1-64 characters without whitespace or control characters)")),
     responses(
         (status = 200, description = "The SKU's stock", body = InventoryLevel),
-        (status = 400, description = "The sku is not valid UTF-8 once percent-decoded",
-            body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "The sku is no SKU (invalid-path-parameter, field sku): \
+            not valid UTF-8 once percent-decoded, a control character such as %00, whitespace, \
+            or more than 64 characters", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "The SKU was never stocked", body = Problem,
             content_type = "application/problem+json"),
-        (status = 503, description = "No inventory store is configured, Cassandra did not \
-            answer in time, or too many requests are in progress", body = Problem,
+        (status = 501, description = "This process has no inventory store configured \
+            (not-served-here): ask a Keel API that has one", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 503, description = "Cassandra did not answer in time, or too many requests \
+            are in progress", body = Problem,
             content_type = "application/problem+json",
             headers(("Retry-After" = u32, description = "Seconds to wait"))),
     )
@@ -651,18 +696,7 @@ async fn get_inventory_inner(
     app: &App,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, Problem> {
-    let sku = match path {
-        Ok(Path(sku)) if check_id("sku", "sku", &sku).is_ok() => sku,
-        Ok(Path(sku)) => return Err(sku_not_found(&sku)),
-        Err(e) => {
-            return Err(crate::problem::path_problem(
-                &e,
-                "sku",
-                "sku",
-                Kind::SkuNotFound,
-            ));
-        }
-    };
+    let sku = crate::problem::path_id(path, "sku", "sku", PathId::Sku, Kind::SkuNotFound)?;
     let level = app
         .inventory_level(&sku)
         .await?
@@ -678,8 +712,15 @@ async fn get_inventory_inner(
     description = "Writes an AdjustStock command (key: the SKU) to Kafka and answers once Kafka \
         confirmed it. The command id is derived from the caller and the Idempotency-Key: a \
         retry is the same command, applied once. The adjustment changes one warehouse (the \
-        default one when none is named); inventory refuses one that would take that warehouse's \
-        stock below zero or below what it holds.",
+        default one when none is named). The 202 says the command is on Kafka, not that it was \
+        applied: inventory refuses an adjustment that would take that warehouse's stock below \
+        zero or below what it holds, and the API does not refuse it early (GET \
+        /inventory/{sku} lags inventory, and a retry of an applied adjustment must still get \
+        202). A refused adjustment changes nothing: no inventory.adjusted.v1 event, onHand in \
+        GET /inventory/{sku} stays as it was, and the command goes to inventory's dead-letter \
+        topic (<application>-dlq, counted in keel_dead_letters_total). Read GET \
+        /inventory/{sku} (per warehouse) before removing stock, and after: an applied \
+        adjustment shows there within the mirror's lag.",
     params(
         ("Idempotency-Key" = String, Header,
             description = "Required: names the adjustment (1-255 visible ASCII)"),
@@ -690,18 +731,25 @@ async fn get_inventory_inner(
         (status = 202, description = "Accepted: the command is on Kafka", body = AdjustAccepted,
             headers(("Location" = String, description = "/inventory/{sku}"))),
         (status = 400, description = "Malformed JSON, a missing, unknown or mistyped field, an \
-            empty body, or a missing or invalid Idempotency-Key", body = Problem,
+            empty body, a missing or invalid Idempotency-Key, or Idempotency-Key, Content-Type \
+            or Authorization sent more than once (invalid-header)", body = Problem,
             content_type = "application/problem+json"),
         (status = 401, description = "Authentication is on and no accepted bearer token was sent",
             body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "The body is larger than max_body_bytes", body = Problem,
             content_type = "application/problem+json"),
-        (status = 415, description = "The body is not application/json", body = Problem,
+        (status = 415, description = "The body is not application/json, or has a \
+            Content-Encoding other than identity", body = Problem,
             content_type = "application/problem+json"),
-        (status = 422, description = "An invalid sku, a delta of 0 or beyond ±1,000,000, or an \
-            invalid reason", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "No inventory store is configured, Kafka or the registry \
-            did not answer in time, or too many requests are in progress", body = Problem,
+        (status = 422, description = "An invalid sku or warehouse, a delta of 0 or beyond \
+            ±1,000,000, or an invalid reason (empty, over 255 characters, control characters, \
+            or starting with SOLD or OVERSOLD in any letter case: inventory's own)",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 501, description = "This process has no inventory store configured \
+            (not-served-here): ask a Keel API that has one", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 503, description = "Kafka or the registry did not answer in time, or too \
+            many requests are in progress", body = Problem,
             content_type = "application/problem+json",
             headers(("Retry-After" = u32, description = "Seconds to wait"))),
     )
@@ -820,21 +868,26 @@ fn holds_accepted(order_id: &str, status: &str, commands: &[InventoryCommand]) -
     responses(
         (status = 202, description = "Accepted: every line's command is on Kafka",
             body = HoldsAccepted),
-        (status = 400, description = "Malformed JSON, a missing, unknown or mistyped field, or \
-            an empty body", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Malformed JSON, a missing, unknown or mistyped field, an \
+            empty body, or Content-Type or Authorization sent more than once (invalid-header)",
+            body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Authentication is on and no accepted bearer token was sent",
             body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "The body is larger than max_body_bytes", body = Problem,
             content_type = "application/problem+json"),
-        (status = 415, description = "The body is not application/json", body = Problem,
+        (status = 415, description = "The body is not application/json, or has a \
+            Content-Encoding other than identity", body = Problem,
             content_type = "application/problem+json"),
         (status = 422, description = "An invalid orderId, no lines or more than 100, a quantity \
             below 1 or above 1,000,000, a SKU twice, an invalid warehouse, a holdTtlMs outside \
             the configured bounds, or a SKU never stocked (unknown-sku); field names the line, \
             e.g. lines[1].quantity, or holdTtlMs", body = Problem,
             content_type = "application/problem+json"),
-        (status = 503, description = "No inventory store is configured, Cassandra, Kafka or the \
-            registry did not answer in time, or too many requests are in progress",
+        (status = 501, description = "This process has no inventory store configured \
+            (not-served-here): ask a Keel API that has one", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 503, description = "Cassandra, Kafka or the registry did not answer in time, \
+            or too many requests are in progress",
             body = Problem, content_type = "application/problem+json",
             headers(("Retry-After" = u32, description = "Seconds to wait"))),
     )
@@ -894,19 +947,24 @@ async fn reserve_inventory_inner(
     responses(
         (status = 202, description = "Accepted: every SKU's command is on Kafka",
             body = HoldsAccepted),
-        (status = 400, description = "Malformed JSON, a missing, unknown or mistyped field, or \
-            an empty body", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Malformed JSON, a missing, unknown or mistyped field, an \
+            empty body, or Content-Type or Authorization sent more than once (invalid-header)",
+            body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Authentication is on and no accepted bearer token was sent",
             body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "The body is larger than max_body_bytes", body = Problem,
             content_type = "application/problem+json"),
-        (status = 415, description = "The body is not application/json", body = Problem,
+        (status = 415, description = "The body is not application/json, or has a \
+            Content-Encoding other than identity", body = Problem,
             content_type = "application/problem+json"),
         (status = 422, description = "An invalid orderId, no SKUs or more than 100, a SKU twice, \
             or a SKU never stocked (unknown-sku); field names it, e.g. skus[1]", body = Problem,
             content_type = "application/problem+json"),
-        (status = 503, description = "No inventory store is configured, Cassandra, Kafka or the \
-            registry did not answer in time, or too many requests are in progress",
+        (status = 501, description = "This process has no inventory store configured \
+            (not-served-here): ask a Keel API that has one", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 503, description = "Cassandra, Kafka or the registry did not answer in time, \
+            or too many requests are in progress",
             body = Problem, content_type = "application/problem+json",
             headers(("Retry-After" = u32, description = "Seconds to wait"))),
     )
@@ -985,6 +1043,9 @@ mod tests {
             ("SKU-1", i64::MAX, "r", "delta"),
             ("SKU-1", 1, " ", "reason"),
             ("SKU-1", 1, "SOLD order x", "reason"),
+            ("SKU-1", 1, "oversold", "reason"),
+            ("SKU-1", 1, "Sold order x", "reason"),
+            ("SKU-1", 1, " OVERSOLD order x", "reason"),
         ] {
             let p = AdjustRequest {
                 sku: sku.into(),

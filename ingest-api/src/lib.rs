@@ -14,6 +14,7 @@
 //! - [`inventory`] — the inventory routes: read a SKU's stock from the Cassandra mirror,
 //!   adjust, reserve, release ([`InventoryDeps`]).
 //! - [`body`] — reading JSON bodies into problems that name the field.
+//! - [`currency`] — the ISO 4217 currency codes the API accepts and their minor units.
 //! - [`problem`] — [`Problem`] (`application/problem+json`) and its kinds.
 //! - [`idempotency`] — the `api_idempotency` table: claim, replay, release; the retention and
 //!   background purge of every key table, `api_payment_requests` too ([`idempotency::retention`]).
@@ -28,6 +29,7 @@
 pub mod body;
 mod command;
 pub mod config;
+pub mod currency;
 pub mod dashboard;
 pub mod finance;
 pub mod idempotency;
@@ -96,15 +98,16 @@ pub struct ApiDeps {
     /// The orders database (MariaDB), migrated with `keel_processors::orders::migrate`.
     pub pool: MySqlPool,
     /// The payment ledger (PostgreSQL, migrated with `keel_processors::payment::migrate`) that
-    /// the payment routes read; `None`: they answer 503 and the orders API works as before.
+    /// the payment routes read; `None`: they answer 501 `not-served-here` and the orders API
+    /// works as before.
     pub ledger: Option<PgPool>,
     /// The inventory mirror (Cassandra, migrated with `keel_processors::inventory::sink::migrate`)
     /// that `GET /inventory/{sku}` reads and reserve/release check SKUs against; `None`: the
-    /// inventory routes answer 503.
+    /// inventory routes answer 501 `not-served-here`.
     pub inventory: Option<InventoryDeps>,
     /// The reconciliation role's view when it runs in this process (`keel run --roles
     /// ...,reconciliation`), read by `GET /finance/reconciliation`; `None`: that route answers
-    /// 503.
+    /// 501 `not-served-here`.
     pub finance: Option<keel_processors::reconciliation::ReconciliationView>,
     /// The API registers its metrics here; `/metrics` renders all of it.
     pub registry: Registry,

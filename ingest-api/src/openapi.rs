@@ -31,7 +31,23 @@ use crate::routes;
         description = "Place and cancel orders, refund payments, take the PSP's callbacks and \
             adjust, reserve and release stock (commands on Kafka); read orders, payments and \
             stock back. Errors \
-            are application/problem+json with a stable type https://keel.dev/problems/<slug>."
+            are application/problem+json with a stable type https://keel.dev/problems/<slug>: \
+            4xx for the client's mistakes, naming the field or header (field); 503 with \
+            Retry-After when a dependency is slow or down (retry later); 501 not-served-here \
+            when this process does not run what serves the route (the reconciliation role, a \
+            ledger, an inventory store; ask another process, not this one again).\n\n\
+            Request rules of every route: a header the API reads once (Idempotency-Key, \
+            Content-Type, Authorization) sent twice is 400 invalid-header; bodies are \
+            uncompressed JSON in UTF-8 (a Content-Encoding other than identity is 415, answered \
+            with Accept-Encoding: identity); path ids (order, payment, SKU) are 1 to 64 \
+            characters without control characters (SKUs without whitespace too), else 400 \
+            invalid-path-parameter; money is an integer amountMinor in the minor unit of an \
+            active ISO 4217 currency (its exponent: 2 for EUR, 0 for JPY, 3 for BHD).\n\n\
+            Limits of the HTTP server itself, enforced before any route and answered with an \
+            empty body (not problem+json), over HTTP/1.1: a request line and headers larger \
+            than about 400 KiB or more than 100 header fields: 431; a request target (path \
+            and query) longer than 65,534 bytes: 414; a malformed request line or header: \
+            400. A body larger than max_body_bytes (16 KiB by default) is 413 problem+json."
     ),
     paths(
         routes::place_order,

@@ -137,11 +137,14 @@ pub struct PspCallbackBody {
     pub decline_code: Option<String>,
 }
 
+/// The ledger, or 501 `not-served-here` for a process without one: asking it again never
+/// helps.
 fn ledger(app: &App) -> Result<&PgPool, Problem> {
     app.0.ledger.as_ref().ok_or_else(|| {
         Problem::new(
-            Kind::DependencyUnavailable,
-            "this API has no payment ledger configured; retry against one that has",
+            Kind::NotServedHere,
+            "this process serves no payment routes: it has no payment ledger (PostgreSQL) \
+             configured; ask a Keel API that has (keel run --roles ...,api)",
         )
     })
 }
@@ -178,22 +181,16 @@ fn payment_not_found(id: &str) -> Problem {
     .field("id")
 }
 
-/// An id from the path: 1 to 64 characters, else no such payment; one with a control
-/// character is a 400 naming `id`.
+/// A payment id from the path: 1 to 64 characters without a control character, else a 400
+/// naming `id` ([`crate::problem::path_id`]).
 fn path_id(path: Result<Path<String>, PathRejection>) -> Result<String, Problem> {
-    match path {
-        Ok(Path(id)) if !id.is_empty() && id.chars().count() <= 64 => {
-            crate::problem::control_char_in_path(&id, "id", "payment id")?;
-            Ok(id)
-        }
-        Ok(Path(id)) => Err(payment_not_found(&id)),
-        Err(e) => Err(crate::problem::path_problem(
-            &e,
-            "id",
-            "payment id",
-            Kind::PaymentNotFound,
-        )),
-    }
+    crate::problem::path_id(
+        path,
+        "id",
+        "payment id",
+        crate::problem::PathId::Id,
+        Kind::PaymentNotFound,
+    )
 }
 
 fn now_s() -> i64 {
@@ -252,10 +249,13 @@ mod location_tests {
     responses(
         (status = 200, description = "The payment; status REQUESTED while only the API has \
             seen it", body = PaymentResource),
-        (status = 400, description = "The payment id is not valid UTF-8 once percent-decoded \
-            or holds a control character",
+        (status = 400, description = "The payment id is not valid UTF-8 once percent-decoded, \
+            holds a control character or is longer than 64 characters (invalid-path-parameter)",
             body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such payment", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 501, description = "This process has no payment ledger configured \
+            (not-served-here): ask a Keel API that has one", body = Problem,
             content_type = "application/problem+json"),
         (status = 503, description = "The ledger is unavailable or too many requests are in \
             progress", body = Problem, content_type = "application/problem+json",
@@ -298,10 +298,13 @@ async fn get_payment_inner(
     responses(
         (status = 200, description = "The order's payment; status REQUESTED while only the \
             API has seen it", body = PaymentResource),
-        (status = 400, description = "The order id is not valid UTF-8 once percent-decoded or \
-            holds a control character",
+        (status = 400, description = "The order id is not valid UTF-8 once percent-decoded, \
+            holds a control character or is longer than 64 characters (invalid-path-parameter)",
             body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "The order has no payment (yet)", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 501, description = "This process has no payment ledger configured \
+            (not-served-here): ask a Keel API that has one", body = Problem,
             content_type = "application/problem+json"),
         (status = 503, description = "The ledger is unavailable or too many requests are in \
             progress", body = Problem, content_type = "application/problem+json",
@@ -326,21 +329,13 @@ async fn get_order_payment_inner(
         )
         .field("id")
     };
-    let id = match path {
-        Ok(Path(id)) if !id.is_empty() && id.chars().count() <= 64 => {
-            crate::problem::control_char_in_path(&id, "id", "order id")?;
-            id
-        }
-        Ok(Path(id)) => return Err(no_payment(&id)),
-        Err(e) => {
-            return Err(crate::problem::path_problem(
-                &e,
-                "id",
-                "order id",
-                Kind::PaymentNotFound,
-            ));
-        }
-    };
+    let id = crate::problem::path_id(
+        path,
+        "id",
+        "order id",
+        crate::problem::PathId::Id,
+        Kind::PaymentNotFound,
+    )?;
     let pg = ledger(app)?;
     let resource = match payment::load_payment_by_order(pg, &id)
         .await
@@ -382,8 +377,9 @@ async fn get_order_payment_inner(
             body = RefundAccepted,
             headers(("Location" = String, description = "/payments/{paymentId}"))),
         (status = 400, description = "Malformed JSON, a missing, unknown or mistyped field, an \
-            empty body, a missing or invalid Idempotency-Key, or a payment id with a control \
-            character", body = Problem,
+            empty body, a missing or invalid Idempotency-Key, Idempotency-Key, Content-Type or \
+            Authorization sent more than once, or a payment id with a control character or \
+            longer than 64 characters", body = Problem,
             content_type = "application/problem+json"),
         (status = 401, description = "Authentication is on and no accepted bearer token was sent",
             body = Problem, content_type = "application/problem+json"),
@@ -391,11 +387,15 @@ async fn get_order_payment_inner(
             content_type = "application/problem+json"),
         (status = 413, description = "The body is larger than max_body_bytes", body = Problem,
             content_type = "application/problem+json"),
-        (status = 415, description = "The body is not application/json", body = Problem,
+        (status = 415, description = "The body is not application/json, or has a \
+            Content-Encoding other than identity", body = Problem,
             content_type = "application/problem+json"),
         (status = 422, description = "amountMinor is not positive or exceeds what may still be \
             refunded (refund-exceeds-captured), an invalid reason, or the Idempotency-Key was \
             used with another body", body = Problem, content_type = "application/problem+json"),
+        (status = 501, description = "This process has no payment ledger configured \
+            (not-served-here): ask a Keel API that has one", body = Problem,
+            content_type = "application/problem+json"),
         (status = 503, description = "Kafka, the registry or the ledger did not answer in time, \
             or too many requests are in progress", body = Problem,
             content_type = "application/problem+json",
@@ -587,9 +587,13 @@ pub struct CreatePaymentRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct AmountBody {
-    /// Minor units (cents for EUR), greater than 0 and at most [`MAX_AMOUNT_MINOR`].
+    /// The currency's minor units (ISO 4217's exponent: cents for EUR, whole yen for JPY, fils
+    /// (1/1000) for BHD), greater than 0 and at most [`MAX_AMOUNT_MINOR`].
     pub amount_minor: i64,
-    /// Three upper-case letters, e.g. `EUR`.
+    /// An active ISO 4217 currency code in upper case, e.g. `EUR`; not the X-codes that are no
+    /// money (`XXX`, `XTS`, `XAU`, `XDR`…), fund codes (`CLF`, `USN`…) or withdrawn codes
+    /// (`HRK`).
+    #[schema(pattern = "^[A-Z]{3}$", example = "EUR")]
     pub currency: String,
 }
 
@@ -647,12 +651,12 @@ impl CreatePaymentRequest {
             .field("amount.amountMinor"));
         }
         let c = &self.amount.currency;
-        if c.len() != 3 || !c.bytes().all(|b| b.is_ascii_uppercase()) {
+        if !crate::currency::is_currency_code(c) {
             return Err(Problem::new(
                 Kind::InvalidField,
                 format!(
-                    "amount.currency must be an ISO 4217 code of three upper-case letters such \
-                     as EUR, got {}",
+                    "amount.currency must be an active ISO 4217 currency code in upper case \
+                     such as EUR (not XXX, XTS, a metal, a fund or a withdrawn code), got {}",
                     crate::model::shown(c)
                 ),
             )
@@ -963,7 +967,8 @@ fn replayed(status: u16, body: String, location: Option<&str>) -> Response {
             body = PaymentAccepted,
             headers(("Location" = String, description = "/payments/{paymentId}"))),
         (status = 400, description = "Malformed JSON, a missing, unknown or mistyped field, an \
-            empty body, or a missing or invalid Idempotency-Key", body = Problem,
+            empty body, a missing or invalid Idempotency-Key, or Idempotency-Key, Content-Type \
+            or Authorization sent more than once (invalid-header)", body = Problem,
             content_type = "application/problem+json"),
         (status = 401, description = "Authentication is on and no accepted bearer token was sent",
             body = Problem, content_type = "application/problem+json"),
@@ -972,11 +977,15 @@ fn replayed(status: u16, body: String, location: Option<&str>) -> Response {
             body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "The body is larger than max_body_bytes", body = Problem,
             content_type = "application/problem+json"),
-        (status = 415, description = "The body is not application/json", body = Problem,
+        (status = 415, description = "The body is not application/json, or has a \
+            Content-Encoding other than identity", body = Problem,
             content_type = "application/problem+json"),
         (status = 422, description = "An invalid orderId, amount.amountMinor, amount.currency, \
             paymentMethod or customerId, or the Idempotency-Key was used with another body",
             body = Problem, content_type = "application/problem+json"),
+        (status = 501, description = "This process has no payment ledger configured \
+            (not-served-here): ask a Keel API that has one", body = Problem,
+            content_type = "application/problem+json"),
         (status = 503, description = "Kafka, the registry or the ledger did not answer in time, \
             or too many requests are in progress", body = Problem,
             content_type = "application/problem+json",
@@ -1146,8 +1155,10 @@ async fn send_intent(
         (status = 202, description = "Accepted: the authorize command is on Kafka",
             body = PaymentAccepted,
             headers(("Location" = String, description = "/payments/{paymentId}"))),
-        (status = 400, description = "Malformed JSON, an unknown field, or a payment id with a \
-            control character", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Malformed JSON, an unknown field, Content-Type or \
+            Authorization sent more than once, or a payment id with a control character or \
+            longer than 64 characters", body = Problem,
+            content_type = "application/problem+json"),
         (status = 401, description = "Authentication is on and no accepted bearer token was sent",
             body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such payment", body = Problem,
@@ -1156,7 +1167,11 @@ async fn send_intent(
             which)", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "The body is larger than max_body_bytes", body = Problem,
             content_type = "application/problem+json"),
-        (status = 415, description = "The body is not application/json", body = Problem,
+        (status = 415, description = "The body is not application/json, or has a \
+            Content-Encoding other than identity", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 501, description = "This process has no payment ledger configured \
+            (not-served-here): ask a Keel API that has one", body = Problem,
             content_type = "application/problem+json"),
         (status = 503, description = "Kafka, the registry or the ledger did not answer in time, \
             or too many requests are in progress", body = Problem,
@@ -1242,8 +1257,10 @@ async fn confirm_payment_inner(
     ))
 }
 
-/// Read at most `limit` bytes of `body`, untouched (the signature covers these exact bytes).
+/// Read at most `limit` bytes of `body`, untouched (the signature covers these exact bytes);
+/// a compressed body is 415 ([`crate::body::check_content_encoding`]).
 async fn read_raw(headers: &HeaderMap, body: Body, limit: usize) -> Result<Vec<u8>, Problem> {
+    crate::body::check_content_encoding(headers)?;
     let too_large = || {
         Problem::new(
             Kind::BodyTooLarge,
@@ -1280,7 +1297,15 @@ fn signature_refused(detail: String, field: &str) -> Problem {
     Problem::new(Kind::InvalidSignature, detail).field(field)
 }
 
+/// A signature header's text, sent once: a second timestamp or signature line is refused, not
+/// chosen from.
 fn header_text<'a>(headers: &'a HeaderMap, name: &str) -> Result<&'a str, Problem> {
+    if headers.get_all(name).iter().count() > 1 {
+        return Err(signature_refused(
+            format!("the {name} header was sent more than once; send it once"),
+            name,
+        ));
+    }
     headers
         .get(name)
         .ok_or_else(|| signature_refused(format!("the {name} header is missing"), name))?
@@ -1333,17 +1358,24 @@ fn verify_callback(app: &App, headers: &HeaderMap, raw: &[u8]) -> Result<(), Pro
         (status = 202, description = "Verified and on Kafka", body = CallbackAccepted),
         (status = 400, description = "Signed, but not a callback: malformed JSON or a missing \
             or mistyped field", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or malformed signature headers, a signature that \
-            does not match the body, or a timestamp outside the tolerance (invalid-signature)",
+        (status = 401, description = "Missing, repeated or malformed signature headers, a \
+            signature that does not match the body, or a timestamp outside the tolerance \
+            (invalid-signature)",
             body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "The callback names no payment the ledger knows",
             body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "The body is larger than max_body_bytes", body = Problem,
             content_type = "application/problem+json"),
+        (status = 415, description = "The body has a Content-Encoding other than identity \
+            (the signature covers the bytes as sent; send them uncompressed)", body = Problem,
+            content_type = "application/problem+json"),
         (status = 422, description = "An event id, authorization id or reference that is \
             empty, longer than 255 characters or holds control characters, a decline code \
             longer than 64 characters or with control characters, or an unknown outcome",
             body = Problem, content_type = "application/problem+json"),
+        (status = 501, description = "This process has no payment ledger configured \
+            (not-served-here): ask a Keel API that has one", body = Problem,
+            content_type = "application/problem+json"),
         (status = 503, description = "Kafka, the registry or the ledger did not answer in time, \
             or too many requests are in progress", body = Problem,
             content_type = "application/problem+json",

@@ -75,6 +75,9 @@ pub enum Kind {
     Overloaded,
     /// 503: not ready yet.
     NotReady,
+    /// 501: the route is Keel's, but this process does not serve it (the role or store behind it
+    /// does not run here); asking again here never helps, asking a process that has it does.
+    NotServedHere,
 }
 
 impl Kind {
@@ -116,6 +119,7 @@ impl Kind {
             Self::DependencyUnavailable => uri!("dependency-unavailable"),
             Self::Overloaded => uri!("overloaded"),
             Self::NotReady => uri!("not-ready"),
+            Self::NotServedHere => uri!("not-served-here"),
         }
     }
 
@@ -161,6 +165,7 @@ impl Kind {
             Self::DependencyUnavailable => "A dependency is unavailable; retry later",
             Self::Overloaded => "Too many requests in progress; retry later",
             Self::NotReady => "Not ready",
+            Self::NotServedHere => "This process does not serve this route",
         }
     }
 
@@ -194,6 +199,7 @@ impl Kind {
             Self::DependencyUnavailable | Self::Overloaded | Self::NotReady => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
+            Self::NotServedHere => StatusCode::NOT_IMPLEMENTED,
         }
     }
 }
@@ -269,6 +275,15 @@ impl IntoResponse for Problem {
         if let Some(seconds) = self.retry_after {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
+        // A refused content coding says which one is accepted (RFC 9110 §12.5.3).
+        if self.status == StatusCode::UNSUPPORTED_MEDIA_TYPE.as_u16()
+            && self.field.as_deref() == Some("Content-Encoding")
+        {
+            headers.insert(
+                header::ACCEPT_ENCODING,
+                HeaderValue::from_static("identity"),
+            );
+        }
         // A bearer challenge only where a bearer token helps (not for callback signatures).
         if self.type_ == Kind::Unauthorized.type_uri() {
             headers.insert(
@@ -278,6 +293,50 @@ impl IntoResponse for Problem {
         }
         response
     }
+}
+
+/// The longest id a path may carry (order, payment and SKU ids alike), in characters.
+pub const MAX_PATH_ID_CHARS: usize = 64;
+
+/// What a path id may hold besides the rules every id follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathId {
+    /// An order or payment id: 1 to [`MAX_PATH_ID_CHARS`] characters, no control character.
+    Id,
+    /// A SKU: the same, and no whitespace (as `sku` in a body).
+    Sku,
+}
+
+/// A path id as every route reads it (`/orders/{id}`, `/payments/{id}`, `/inventory/{sku}`):
+/// one that no resource can have is the client's mistake, 400 `invalid-path-parameter` naming
+/// `field` — not valid UTF-8 once percent-decoded, a control character (`%00`), more than
+/// [`MAX_PATH_ID_CHARS`] characters, whitespace in a SKU. A well-formed id is returned for the
+/// route to look up (404 when nothing has it). `what` names the id in the detail ("order id");
+/// any other rejection is `otherwise` (the route's not-found kind).
+pub fn path_id(
+    path: Result<axum::extract::Path<String>, PathRejection>,
+    field: &str,
+    what: &str,
+    rules: PathId,
+    otherwise: Kind,
+) -> Result<String, Problem> {
+    let id = match path {
+        Ok(axum::extract::Path(id)) => id,
+        Err(e) => return Err(path_problem(&e, field, what, otherwise)),
+    };
+    control_char_in_path(&id, field, what)?;
+    let invalid =
+        |detail: String| Err(Problem::new(Kind::InvalidPathParameter, detail).field(field));
+    let count = id.chars().count();
+    if count == 0 || count > MAX_PATH_ID_CHARS {
+        return invalid(format!(
+            "the {what} must be 1 to {MAX_PATH_ID_CHARS} characters, got {count}"
+        ));
+    }
+    if rules == PathId::Sku && id.chars().any(char::is_whitespace) {
+        return invalid(format!("the {what} must not hold whitespace"));
+    }
+    Ok(id)
 }
 
 /// The problem for a path parameter axum could not extract, in one place for every route with
@@ -329,6 +388,37 @@ mod tests {
         let p = control_char_in_path("a\u{0}b", "id", "payment id").expect_err("a problem");
         assert_eq!((p.status, p.field.as_deref()), (400, Some("id")));
         assert!(control_char_in_path("pay-1", "id", "payment id").is_ok());
+    }
+
+    #[test]
+    fn a_path_id_no_resource_can_have_is_a_400_naming_the_parameter() {
+        use axum::extract::Path;
+        let read = |id: &str, rules| {
+            path_id(
+                Ok(Path(id.to_owned())),
+                "sku",
+                "sku",
+                rules,
+                Kind::SkuNotFound,
+            )
+        };
+        assert_eq!(read("MUG-1", PathId::Sku), Ok("MUG-1".to_owned()));
+        assert_eq!(read("a b", PathId::Id), Ok("a b".to_owned()));
+        for (id, rules) in [
+            ("a\u{0}b", PathId::Sku),
+            ("a\u{0}b", PathId::Id),
+            ("", PathId::Id),
+            ("a b", PathId::Sku),
+            (&"x".repeat(65) as &str, PathId::Id),
+        ] {
+            let p = read(id, rules).expect_err(id);
+            assert_eq!(
+                (p.status, p.slug(), p.field.as_deref()),
+                (400, "invalid-path-parameter", Some("sku")),
+                "{id:?}"
+            );
+        }
+        assert!(read(&"x".repeat(64), PathId::Sku).is_ok());
     }
 
     #[test]

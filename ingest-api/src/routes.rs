@@ -36,7 +36,7 @@ use crate::model::{
 };
 use crate::openapi::ApiDoc;
 use crate::payments;
-use crate::problem::{Kind, Problem};
+use crate::problem::{Kind, PathId, Problem};
 
 /// `() -> bool`: whether the process is ready to take traffic.
 pub type ReadyFn = Arc<dyn Fn() -> bool + Send + Sync>;
@@ -203,13 +203,13 @@ pub(crate) struct Inner {
     pub producer: FutureProducer,
     pub codec: Codec,
     pub pool: MySqlPool,
-    /// The payment ledger (PostgreSQL), read by the payment routes; without it they answer 503.
+    /// The payment ledger (PostgreSQL), read by the payment routes; without it they answer 501.
     pub ledger: Option<PgPool>,
     /// The inventory mirror (Cassandra), read by the inventory routes; without it they answer
-    /// 503.
+    /// 501.
     pub inventory: Option<Inventory>,
     /// The reconciliation role's view, read by `GET /finance/reconciliation`; without it that
-    /// route answers 503.
+    /// route answers 501.
     pub finance: Option<keel_processors::reconciliation::ReconciliationView>,
     pub registry: Registry,
     pub ready: ReadyFn,
@@ -264,8 +264,7 @@ impl App {
         }
         let unauthorized =
             |detail: &str| Problem::new(Kind::Unauthorized, detail).field("Authorization");
-        let value = headers
-            .get(header::AUTHORIZATION)
+        let value = crate::body::single_header(headers, "Authorization")?
             .ok_or_else(|| unauthorized("send Authorization: Bearer <token>"))?
             .to_str()
             .map_err(|_| unauthorized("the Authorization header is not valid text"))?;
@@ -433,9 +432,10 @@ pub(crate) fn to_json<T: serde::Serialize>(value: &T) -> String {
     serde_json::to_string(value).unwrap_or_else(|_| "{}".to_owned())
 }
 
-/// The `Idempotency-Key` header: 1 to 255 visible ASCII characters.
+/// The `Idempotency-Key` header: 1 to 255 visible ASCII characters, sent once (two keys would
+/// leave it to chance which one names the request: 400 naming the header).
 pub(crate) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
-    let Some(value) = headers.get("idempotency-key") else {
+    let Some(value) = crate::body::single_header(headers, "Idempotency-Key")? else {
         return Ok(None);
     };
     let bad = || {
@@ -493,7 +493,8 @@ pub(crate) fn or_problem(result: Result<Response, Problem>) -> Response {
         (status = 202, description = "Accepted: the command is on Kafka", body = Accepted,
             headers(("Location" = String, description = "/orders/{orderId}"))),
         (status = 400, description = "Malformed JSON, a missing, unknown or mistyped field, an \
-            empty body, or an invalid Idempotency-Key", body = Problem,
+            empty body, an invalid Idempotency-Key, or Idempotency-Key, Content-Type or \
+            Authorization sent more than once (invalid-header)", body = Problem,
             content_type = "application/problem+json"),
         (status = 401, description = "Authentication is on and no accepted bearer token was sent",
             body = Problem, content_type = "application/problem+json"),
@@ -504,7 +505,8 @@ pub(crate) fn or_problem(result: Result<Response, Problem>) -> Response {
             content_type = "application/problem+json"),
         (status = 413, description = "The body is larger than max_body_bytes", body = Problem,
             content_type = "application/problem+json"),
-        (status = 415, description = "The body is not application/json", body = Problem,
+        (status = 415, description = "The body is not application/json, or has a \
+            Content-Encoding other than identity", body = Problem,
             content_type = "application/problem+json"),
         (status = 422, description = "An invalid field value, an unknown or empty cart, or the \
             Idempotency-Key was used with another body (a retry of a cancelled checkout with \
@@ -627,22 +629,10 @@ fn order_not_found(id: &str) -> Problem {
     .field("id")
 }
 
-/// An order id from the path: at most 64 characters, else no such order; one with a control
-/// character is a 400 naming `id`.
+/// An order id from the path: 1 to 64 characters without a control character, else a 400
+/// naming `id` ([`crate::problem::path_id`]).
 fn order_id(path: Result<Path<String>, PathRejection>) -> Result<String, Problem> {
-    match path {
-        Ok(Path(id)) if !id.is_empty() && id.chars().count() <= 64 => {
-            crate::problem::control_char_in_path(&id, "id", "order id")?;
-            Ok(id)
-        }
-        Ok(Path(id)) => Err(order_not_found(&id)),
-        Err(e) => Err(crate::problem::path_problem(
-            &e,
-            "id",
-            "order id",
-            Kind::OrderNotFound,
-        )),
-    }
+    crate::problem::path_id(path, "id", "order id", PathId::Id, Kind::OrderNotFound)
 }
 
 #[utoipa::path(
@@ -654,8 +644,9 @@ fn order_id(path: Result<Path<String>, PathRejection>) -> Result<String, Problem
     responses(
         (status = 200, description = "The order; status RECEIVED while only the API has seen it",
             body = OrderResource),
-        (status = 400, description = "The order id is not valid UTF-8 once percent-decoded or \
-            holds a control character", body = Problem,
+        (status = 400, description = "The order id is not valid UTF-8 once percent-decoded, \
+            holds a control character or is longer than 64 characters \
+            (invalid-path-parameter)", body = Problem,
             content_type = "application/problem+json"),
         (status = 404, description = "No such order", body = Problem,
             content_type = "application/problem+json"),
@@ -708,8 +699,9 @@ async fn get_order_inner(
     responses(
         (status = 202, description = "Accepted: the cancel command is on Kafka", body = Accepted,
             headers(("Location" = String, description = "/orders/{orderId}"))),
-        (status = 400, description = "Malformed JSON, an unknown or mistyped field, or an \
-            order id that is not UTF-8 or holds a control character", body = Problem,
+        (status = 400, description = "Malformed JSON, an unknown or mistyped field, \
+            Content-Type or Authorization sent more than once, or an order id that is not \
+            UTF-8, holds a control character or is longer than 64 characters", body = Problem,
             content_type = "application/problem+json"),
         (status = 401, description = "Authentication is on and no accepted bearer token was sent",
             body = Problem, content_type = "application/problem+json"),
@@ -719,7 +711,8 @@ async fn get_order_inner(
             (currentStatus says which)", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "The body is larger than max_body_bytes", body = Problem,
             content_type = "application/problem+json"),
-        (status = 415, description = "The body is not application/json", body = Problem,
+        (status = 415, description = "The body is not application/json, or has a \
+            Content-Encoding other than identity", body = Problem,
             content_type = "application/problem+json"),
         (status = 422, description = "An invalid reason", body = Problem,
             content_type = "application/problem+json"),

@@ -3,6 +3,11 @@
 //! 4xx `application/problem+json` naming the field (never a panic and a dropped connection,
 //! never a 5xx), and a path parameter that is not valid UTF-8 is a 400 naming it.
 //!
+//! The same for the mistakes of the break report (issue: bad-input pass): a header read once
+//! but sent twice, a compressed body, a currency ISO 4217 does not have, a reserved reason in
+//! lower case, a path id no resource can have; and a route this process does not serve is a
+//! 501 `not-served-here`, not a 503 "retry later".
+//!
 //! The server has no orders database, no ledger and a Cassandra session on a keyspace that is
 //! never created: every case must be refused before any of them is touched (a request that got
 //! that far would answer 503 and fail the test).
@@ -201,6 +206,290 @@ async fn a_path_parameter_that_is_not_utf8_is_400_naming_it() -> anyhow::Result<
                 "not a 400 naming the parameter:\n{}",
                 wrong.join("\n")
             );
+            Ok(())
+        },
+    )
+    .await
+}
+
+/// Like [`serve`], but whatever a request that is not refused would write goes nowhere shared:
+/// the commands topics are this env's own, and the orders database does not exist (a request
+/// that got to it answers 503 and fails the test). For the cases that a broken API would not
+/// refuse (a 202 would put a command on the topic).
+async fn serve_isolated(env: &Env) -> anyhow::Result<Server> {
+    let session = sink::connect(std::slice::from_ref(&env.stack.cassandra_node))
+        .await
+        .context("connecting to Cassandra")?;
+    let missing = sqlx::mysql::MySqlPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(std::time::Duration::from_secs(3))
+        .connect_lazy(&common::with_database(
+            &env.stack.mysql_url,
+            &unique("keel_missing"),
+        )?)?;
+    let deps = Deps {
+        pool: missing,
+        ledger: None,
+        inventory: Some(InventoryDeps {
+            session: Arc::new(session),
+            keyspace: unique("never_created"),
+            min_hold_ttl_ms: 10_000,
+            max_hold_ttl_ms: 3_600_000,
+        }),
+        ready: true,
+    };
+    let config = keel_ingest_api::ApiConfig {
+        orders_topic: env.topic.clone(),
+        payments_topic: env.topic.clone(),
+        inventory_topic: env.topic.clone(),
+        ..env.config()
+    };
+    env.serve(config, deps).await
+}
+
+/// One request the API must refuse: (what, request, status, problem slug, field).
+type Mistake = (
+    &'static str,
+    reqwest::RequestBuilder,
+    u16,
+    &'static str,
+    &'static str,
+);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_mistakes_are_4xx_problems_naming_the_field_or_header() -> anyhow::Result<()> {
+    with_env(
+        Env(Base::new("mistakes", "client_mistakes").await?),
+        |env| async move {
+            let server = serve_isolated(&env).await?;
+            let http = &env.http;
+            let order = r#"{"cartId":"no-such-cart","paymentMethod":"tok_visa","shippingAddress":
+                {"name":"Ada","line1":"1 Main St","city":"Berlin","postalCode":"10115",
+                 "country":"DE"}}"#;
+            let json = |path: &str, body: &str| {
+                http.post(server.url(path))
+                    .header("content-type", "application/json")
+                    .header("idempotency-key", unique("k"))
+                    .body(body.to_owned())
+            };
+            let intent = |currency: &str| {
+                json(
+                    "/payments",
+                    &format!(
+                        r#"{{"orderId":"o-1","amount":{{"amountMinor":100,"currency":"{currency}"}},
+                            "paymentMethod":"tok_visa"}}"#
+                    ),
+                )
+            };
+            let adjust = |reason: &str| {
+                json(
+                    "/inventory/adjust",
+                    &format!(r#"{{"sku":"MUG-1","delta":-1,"reason":"{reason}"}}"#),
+                )
+            };
+            let long = "x".repeat(65);
+            let cases: Vec<Mistake> = vec![
+                (
+                    "two Idempotency-Keys",
+                    http.post(server.url("/orders"))
+                        .header("content-type", "application/json")
+                        .header("idempotency-key", "a1")
+                        .header("idempotency-key", "a2")
+                        .body(order),
+                    400,
+                    "invalid-header",
+                    "Idempotency-Key",
+                ),
+                (
+                    "two Content-Types",
+                    http.post(server.url("/orders"))
+                        .header("content-type", "application/json")
+                        .header("content-type", "text/plain")
+                        .body(order),
+                    400,
+                    "invalid-header",
+                    "Content-Type",
+                ),
+                (
+                    "a gzip Content-Encoding on a plain body",
+                    json("/orders", order).header("content-encoding", "gzip"),
+                    415,
+                    "unsupported-media-type",
+                    "Content-Encoding",
+                ),
+                (
+                    "a gzip Content-Encoding on a PSP callback",
+                    http.post(server.url("/psp/callbacks"))
+                        .header("content-type", "application/json")
+                        .header("content-encoding", "gzip")
+                        .body("{}"),
+                    415,
+                    "unsupported-media-type",
+                    "Content-Encoding",
+                ),
+                (
+                    "currency ZZZ",
+                    intent("ZZZ"),
+                    422,
+                    "invalid-field",
+                    "amount.currency",
+                ),
+                (
+                    "currency XXX",
+                    intent("XXX"),
+                    422,
+                    "invalid-field",
+                    "amount.currency",
+                ),
+                (
+                    "currency XTS",
+                    intent("XTS"),
+                    422,
+                    "invalid-field",
+                    "amount.currency",
+                ),
+                (
+                    "reason oversold",
+                    adjust("oversold"),
+                    422,
+                    "invalid-field",
+                    "reason",
+                ),
+                (
+                    "reason Sold …",
+                    adjust("Sold order o-1"),
+                    422,
+                    "invalid-field",
+                    "reason",
+                ),
+                (
+                    "GET /inventory/%00",
+                    http.get(server.url("/inventory/%00")),
+                    400,
+                    "invalid-path-parameter",
+                    "sku",
+                ),
+                (
+                    "GET /inventory/a%20b",
+                    http.get(server.url("/inventory/a%20b")),
+                    400,
+                    "invalid-path-parameter",
+                    "sku",
+                ),
+                (
+                    "GET /inventory/<65 characters>",
+                    http.get(server.url(&format!("/inventory/{long}"))),
+                    400,
+                    "invalid-path-parameter",
+                    "sku",
+                ),
+                (
+                    "GET /orders/%00",
+                    http.get(server.url("/orders/%00")),
+                    400,
+                    "invalid-path-parameter",
+                    "id",
+                ),
+                (
+                    "GET /orders/<65 characters>",
+                    http.get(server.url(&format!("/orders/{long}"))),
+                    400,
+                    "invalid-path-parameter",
+                    "id",
+                ),
+                (
+                    "GET /payments/<65 characters>",
+                    http.get(server.url(&format!("/payments/{long}"))),
+                    400,
+                    "invalid-path-parameter",
+                    "id",
+                ),
+            ];
+            let mut wrong = Vec::new();
+            for (what, request, status, slug, field) in cases {
+                let answer = send(request).await?;
+                let ok = answer.status.as_u16() == status
+                    && answer.content_type() == "application/problem+json"
+                    && answer.slug() == slug
+                    && answer.body["field"] == field;
+                if !ok {
+                    wrong.push(format!(
+                        "{what}: {} {} {}",
+                        answer.status,
+                        answer.content_type(),
+                        answer.text
+                    ));
+                } else if status == 415 && answer.header("accept-encoding") != Some("identity") {
+                    wrong.push(format!("{what}: no Accept-Encoding: identity"));
+                }
+            }
+            assert!(
+                wrong.is_empty(),
+                "not the 4xx naming the field or header:\n{}",
+                wrong.join("\n")
+            );
+            // Nothing refused reached Kafka (a decode error means something of another kind did).
+            let written = env
+                .commands::<keel_avro::records::InventoryCommand>(
+                    0,
+                    std::time::Duration::from_secs(1),
+                )
+                .await?;
+            assert!(written.is_empty(), "{written:?}");
+            Ok(())
+        },
+    )
+    .await
+}
+
+/// A route whose role or store this process lacks says so with a 501 `not-served-here` (no
+/// Retry-After: asking again here never helps), not a 503 "retry later"; and a valid intent
+/// with an active currency gets that far.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_this_process_does_not_serve_is_501_saying_who_does() -> anyhow::Result<()> {
+    with_env(
+        Env(Base::new("notserved", "not_served").await?),
+        |env| async move {
+            let server = serve_isolated(&env).await?;
+            let intent = r#"{"orderId":"o-1","amount":{"amountMinor":100,"currency":"JPY"},
+                "paymentMethod":"tok_visa"}"#;
+            for (what, request, names) in [
+                (
+                    "GET /finance/reconciliation without the reconciliation role",
+                    env.http.get(server.url("/finance/reconciliation")),
+                    "reconciliation role",
+                ),
+                (
+                    "GET /payments/{id} without a ledger",
+                    env.http.get(server.url("/payments/pay-1")),
+                    "payment ledger",
+                ),
+                (
+                    "POST /payments (JPY) without a ledger",
+                    env.http
+                        .post(server.url("/payments"))
+                        .header("content-type", "application/json")
+                        .header("idempotency-key", unique("k"))
+                        .body(intent),
+                    "payment ledger",
+                ),
+            ] {
+                let answer = send(request).await?;
+                assert_eq!(
+                    (answer.status.as_u16(), answer.slug(), answer.content_type()),
+                    (501, "not-served-here", "application/problem+json"),
+                    "{what}: {}",
+                    answer.text
+                );
+                assert!(answer.header("retry-after").is_none(), "{what}");
+                assert!(
+                    answer.body["detail"]
+                        .as_str()
+                        .is_some_and(|d| d.contains(names)),
+                    "{what}: {}",
+                    answer.text
+                );
+            }
             Ok(())
         },
     )

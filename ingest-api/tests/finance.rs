@@ -1,6 +1,7 @@
 //! `GET /finance/reconciliation`: served from the reconciliation role's view when the process
-//! hosts it, `503` problem+json saying so when it does not; and, like the agreement tests of the
-//! other route files, every documented status is really answered.
+//! hosts it, `501` problem+json (`not-served-here`, no Retry-After: it never will be here)
+//! naming the role when it does not; and, like the agreement tests of the other route files,
+//! every documented status is really answered.
 
 mod common;
 
@@ -82,7 +83,17 @@ async fn the_finance_view_answers_from_the_reconciliation_role_or_says_it_is_not
     assert!(ok.body["asOf"].is_string(), "{}", ok.text);
 
     let not_here = send(base.http.get(without.url("/finance/reconciliation"))).await?;
-    assert_eq!(not_here.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        (not_here.status, not_here.slug()),
+        (StatusCode::NOT_IMPLEMENTED, "not-served-here"),
+        "{}",
+        not_here.text
+    );
+    assert!(
+        not_here.header("retry-after").is_none(),
+        "{}",
+        not_here.text
+    );
     assert!(
         not_here.text.contains("reconciliation role"),
         "{}",

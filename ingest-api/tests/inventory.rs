@@ -85,7 +85,7 @@ impl Env {
         }
     }
 
-    /// An API on this env's topic with `inventory` (`None`: the inventory routes answer 503).
+    /// An API on this env's topic with `inventory` (`None`: the inventory routes answer 501).
     async fn serve(
         &self,
         config: ApiConfig,
@@ -853,7 +853,28 @@ async fn the_openapi_document_and_the_inventory_routes_agree() -> anyhow::Result
         config.auth_tokens = vec![TOKEN.to_owned()];
         config.max_body_bytes = 1_024;
         let a = env.serve(config.clone(), Some(env.deps())).await?;
-        let b = env.serve(config, None).await?;
+        // Without an inventory store: 501 not-served-here.
+        let b = env.serve(config.clone(), None).await?;
+        // A store whose keyspace was never created and a Kafka nothing listens on: the 503s.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        let mut broken_config = config;
+        broken_config.produce_timeout_ms = 1_500;
+        let c = env
+            .base
+            .serve_with(
+                broken_config,
+                &closed.to_string(),
+                Deps {
+                    pool: env.unused_orders_pool()?,
+                    ledger: None,
+                    inventory: Some(InventoryDeps {
+                        keyspace: unique("never_created"),
+                        ..env.deps()
+                    }),
+                    ready: true,
+                },
+            )
+            .await?;
 
         let doc = send(env.http.get(a.url("/openapi.json"))).await?;
         let documented = documented(
@@ -883,6 +904,7 @@ async fn the_openapi_document_and_the_inventory_routes_agree() -> anyhow::Result
             ),
             (Endpoint::GetInventory, get(&a, "/inventory/%ff".to_owned())),
             (Endpoint::GetInventory, get(&b, format!("/inventory/{sku}"))),
+            (Endpoint::GetInventory, get(&c, format!("/inventory/{sku}"))),
             (
                 Endpoint::AdjustInventory,
                 post(&a, "/inventory/adjust").json(&json!({"sku": sku, "delta": 0, "reason": "x"})),
@@ -910,6 +932,7 @@ async fn the_openapi_document_and_the_inventory_routes_agree() -> anyhow::Result
                         .body("hi"),
                 ),
                 (endpoint, post(&b, path).json(ok)),
+                (endpoint, post(&c, path).json(ok)),
             ]);
         }
         requests.extend([

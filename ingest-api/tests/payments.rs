@@ -745,7 +745,20 @@ async fn the_openapi_document_and_the_payment_routes_agree() -> anyhow::Result<(
                 &env.stack.postgres_url,
                 &unique("keel_missing"),
             )?)?;
-        let b = env.serve(config, Some(broken)).await?;
+        let b = env.serve(config.clone(), Some(broken)).await?;
+        // Without a ledger: every payment route is 501 not-served-here.
+        let n = env
+            .base
+            .serve(
+                config,
+                common::Deps {
+                    pool: env.unused_orders_pool()?,
+                    ledger: None,
+                    inventory: None,
+                    ready: true,
+                },
+            )
+            .await?;
 
         let doc = send(env.http.get(a.url("/openapi.json"))).await?;
         let documented = documented(
@@ -955,6 +968,33 @@ async fn the_openapi_document_and_the_payment_routes_agree() -> anyhow::Result<(
             (
                 Endpoint::ConfirmPayment,
                 post(&b, &confirm_path(&intent.payment_id)),
+            ),
+            (
+                Endpoint::PspCallback,
+                signed(&env, &a, SECRET, now, good()).header("content-encoding", "gzip"),
+            ),
+            (
+                Endpoint::GetPayment,
+                get(&n, format!("/payments/{}", p.payment_id)),
+            ),
+            (
+                Endpoint::GetOrderPayment,
+                get(&n, format!("/orders/{}/payment", p.order_id)),
+            ),
+            (
+                Endpoint::RefundPayment,
+                post(&n, &refund_path(&p.payment_id))
+                    .header("Idempotency-Key", "k")
+                    .json(&ok_refund),
+            ),
+            (Endpoint::PspCallback, signed(&env, &n, SECRET, now, good())),
+            (
+                Endpoint::CreatePayment,
+                create(&n, "c8", &new_intent(&unique("order"))),
+            ),
+            (
+                Endpoint::ConfirmPayment,
+                post(&n, &confirm_path(&intent.payment_id)),
             ),
         ];
         let observed = observe(requests).await?;

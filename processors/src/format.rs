@@ -59,9 +59,12 @@ impl Format {
 /// How long a registry outage may block a stream thread before the record is given up as bad.
 const REGISTRY_PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// Runs `call` again while the registry is unreachable (`Fault::Dependency`), with backoff up to
-/// [`REGISTRY_PATIENCE`]: a registry outage pauses the task instead of dead-lettering every
-/// record. Input faults (bad bytes, unknown schema ids) fail at once.
+/// Runs `call` again while the registry fails (`Fault::Dependency`: unreachable, a 5xx, or a
+/// schema id it does not know yet within `[registry].unknown_id_patience_ms`), with backoff up
+/// to [`REGISTRY_PATIENCE`]: a registry outage pauses the task instead of dead-lettering every
+/// record. A not-yet-known id is asked again no later than when its window ends, so the wait
+/// is the window, not the window plus a backoff step. Input faults (bad bytes, an unknown id
+/// after its window) fail at once.
 fn retrying<T>(mut call: impl FnMut() -> keel_avro::Result<T>) -> Result<T, SerdeError> {
     let started = std::time::Instant::now();
     let mut backoff = std::time::Duration::from_millis(100);
@@ -72,8 +75,18 @@ fn retrying<T>(mut call: impl FnMut() -> keel_avro::Result<T>) -> Result<T, Serd
                 if e.fault() == keel_avro::Fault::Dependency
                     && started.elapsed() < REGISTRY_PATIENCE =>
             {
-                tracing::warn!(error = %e, ?backoff, "schema registry unreachable; retrying");
-                std::thread::sleep(backoff);
+                let wait = match &e {
+                    keel_avro::Error::SchemaIdNotYetKnown { remaining, .. } => {
+                        tracing::warn!(error = %e, wait = ?backoff.min(*remaining),
+                            "schema id not known to the registry (yet); asking again");
+                        backoff.min(*remaining)
+                    }
+                    _ => {
+                        tracing::warn!(error = %e, ?backoff, "schema registry call failed; retrying");
+                        backoff
+                    }
+                };
+                std::thread::sleep(wait);
                 backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
             }
             Err(e) => return Err(SerdeError(e.to_string())),

@@ -15,12 +15,14 @@
 //! - [`cdc`] — the Debezium envelope decoder; [`reconciliation`] — the saga vs the payment
 //!   ledger's CDC: mismatches, CDC lag, the finance view.
 //! - [`audit`] — the invariant auditor: the system's promises checked from its events.
-//! - [`dead_letter`] — the plain consumers' dead-letter writer (`<group id>-dlq`).
+//! - [`dead_letter`] — the plain consumers' dead-letter writer (`<group id>-dlq`);
+//!   [`command_key`] — a command record's key is its id, on its key's murmur2 partition.
 //! - [`topics`] — the topic names; [`format`] — Avro (or JSON under test) serdes for the runtime;
 //!   [`timers`] — the durable due-timer index the keyed processors arm, disarm and fire.
 pub mod audit;
 pub mod carts;
 pub mod cdc;
+pub mod command_key;
 pub mod dead_letter;
 pub mod format;
 pub mod inventory;

@@ -787,3 +787,56 @@ async fn invalid_decision_scenario(stack: &Stack, pool: &MySqlPool) -> anyhow::R
     assert_eq!(dead_letters.count(topic), 1);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tombstone_is_dead_lettered_with_why_and_the_next_decision_is_applied()
+-> anyhow::Result<()> {
+    let stack = Stack::from_env();
+    let db = TestDb::create(&stack).await?;
+    let result = AssertUnwindSafe(tombstone_scenario(&stack, &db.pool))
+        .catch_unwind()
+        .await;
+    db.drop_db().await;
+    result.unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+}
+
+/// `order.decisions.v1` is an event topic, not a compacted table: a record without a value is
+/// bad input, dead-lettered like an undecodable one (not skipped with a log line).
+async fn tombstone_scenario(stack: &Stack, pool: &MySqlPool) -> anyhow::Result<()> {
+    let case = DlqCase::new(stack).await?;
+    let (topic, setup) = (&case.topic, &case.setup);
+    let (partition, offset) = setup.send_raw(topic, "order-tombstone", None).await?;
+    let good_id = unique("order");
+    let good = decision(&good_id, &unique("cart"), 1, OrderDecisionStatus::Rejected);
+    produce(&setup.producer, &setup.codec, topic, &good).await?;
+
+    let registry = prometheus::Registry::new();
+    let dead_letters = case.dead_letters(&registry)?;
+    case.run_until_applied(stack, pool, dead_letters.clone(), &good_id)
+        .await
+        .context("the good decision after the tombstone")?;
+    let letters = setup.letters().await?;
+    assert_eq!(
+        letters.len(),
+        1,
+        "dead letters on {}: {letters:?}",
+        setup.dlq
+    );
+    let letter = &letters[0];
+    common::assert_from(
+        letter,
+        (topic, partition, offset),
+        "order-sink",
+        "tombstone",
+    )?;
+    assert_eq!(
+        letter.payload(),
+        None,
+        "a tombstone's dead letter has no value"
+    );
+    assert_eq!(letter.key(), Some(&b"order-tombstone"[..]));
+    assert_eq!(dead_letters.count(topic), 1);
+    let exported = common::exported(&registry, "order-sink", topic);
+    assert!((exported - 1.0).abs() < f64::EPSILON, "exported {exported}");
+    Ok(())
+}

@@ -126,10 +126,12 @@ impl TestDriver {
             )?,
         };
         let app: Arc<str> = self.config.application_id.as_str().into();
-        let sink_partitions: Arc<HashMap<String, i32>> = Arc::new(
+        // Every source and sink topic, as the runtime hands them to its tasks.
+        let topic_partitions: Arc<HashMap<String, i32>> = Arc::new(
             self.topology
-                .sink_topics(&app)
+                .source_topics(&app)
                 .into_iter()
+                .chain(self.topology.sink_topics(&app))
                 .map(|t| {
                     let n = self.partitions_of(&t);
                     (t, n)
@@ -154,7 +156,7 @@ impl TestDriver {
                     state,
                     format!("{app}-dlq"),
                     self.config.on_bad_record,
-                    sink_partitions.clone(),
+                    topic_partitions.clone(),
                 )?;
                 for plan in task.state().restore_plans() {
                     let log = self
@@ -194,6 +196,29 @@ impl TestDriver {
         headers: Headers,
     ) -> Result<()> {
         let partition = key.map_or(0, |k| default_partition(k, self.partitions_of(topic)));
+        self.pipe_to_partition(topic, partition, key, value, timestamp, headers)
+    }
+
+    /// Feeds one raw record to `partition` of `topic`, whatever its key: what a producer with
+    /// another partitioner than Kafka's default (murmur2) does.
+    ///
+    /// # Errors
+    /// [`Error::Topology`] if `topic` has no such partition.
+    pub fn pipe_to_partition(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        timestamp: i64,
+        headers: Headers,
+    ) -> Result<()> {
+        let partitions = self.partitions_of(topic);
+        if !(0..partitions).contains(&partition) {
+            return Err(Error::Topology(format!(
+                "{topic} has {partitions} partition(s); there is no partition {partition}"
+            )));
+        }
         let offset = self
             .offsets
             .entry((topic.to_owned(), partition))

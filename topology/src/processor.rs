@@ -290,8 +290,8 @@ impl Context<'_> {
         });
     }
 
-    /// Topic, partition, offset and timestamp of the input record being processed (`None` in
-    /// `init` and `punctuate`).
+    /// Topic, partition (and the topic's partition count, [`RecordMeta::partitions`]), offset
+    /// and timestamp of the input record being processed (`None` in `init` and `punctuate`).
     pub fn metadata(&self) -> Option<&RecordMeta> {
         self.meta
     }

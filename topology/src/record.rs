@@ -81,6 +81,11 @@ impl<K, V> Record<K, V> {
 pub struct RecordMeta {
     pub topic: Arc<str>,
     pub partition: i32,
+    /// How many partitions `topic` has, as the task knows it (the runtime's metadata at
+    /// start, the test driver's layout); `None` if unknown. With [`crate::default_partition`]
+    /// a processor can tell whether the record's key belongs on `partition`, i.e. whether its
+    /// producer used Kafka's default (murmur2) partitioner.
+    pub partitions: Option<i32>,
     pub offset: i64,
     pub timestamp: i64,
 }
@@ -112,10 +117,12 @@ pub struct RawRecord {
 }
 
 impl RawRecord {
+    /// Its metadata; `partitions` is left unknown (the task fills it in).
     pub fn meta(&self) -> RecordMeta {
         RecordMeta {
             topic: self.topic.clone(),
             partition: self.partition,
+            partitions: None,
             offset: self.offset,
             timestamp: self.timestamp,
         }

@@ -112,8 +112,9 @@ pub struct StreamTask {
     policy: BadRecordPolicy,
     output: Vec<OutRecord>,
     counters: TaskCounters,
-    /// Resolved topic → the source node of this task that reads it (looked up per record).
-    sources: FxHashMap<String, usize>,
+    /// Resolved topic → the source node of this task that reads it and the topic's partition
+    /// count if known (looked up per record; the count goes to [`RecordMeta::partitions`]).
+    sources: FxHashMap<String, (usize, Option<i32>)>,
     /// Per node: a sink's resolved topic and that topic's partition count (for custom
     /// partitioners), resolved once here rather than per record.
     sinks: Vec<Option<(String, Option<i32>)>>,
@@ -140,7 +141,9 @@ impl std::fmt::Debug for StreamTask {
 
 impl StreamTask {
     /// Makes the task's processors and registers its stores in `state` (not yet restored:
-    /// restore, then call [`StreamTask::init`]).
+    /// restore, then call [`StreamTask::init`]). `topic_partitions`: the partition count of
+    /// each resolved topic known (sinks with a partitioner need theirs; a source's reaches its
+    /// processors as [`RecordMeta::partitions`]).
     pub(crate) fn new(
         id: TaskId,
         application_id: Arc<str>,
@@ -148,7 +151,7 @@ impl StreamTask {
         mut state: TaskState,
         dead_letter_topic: String,
         policy: BadRecordPolicy,
-        sink_partitions: Arc<HashMap<String, i32>>,
+        topic_partitions: Arc<HashMap<String, i32>>,
     ) -> Result<Self> {
         let mut processors = Vec::with_capacity(graph.nodes.len());
         let mut stores: Vec<&str> = Vec::new();
@@ -171,7 +174,7 @@ impl StreamTask {
             .map(|node| match &node.kind {
                 NodeKind::Sink { topic, .. } => {
                     let topic = topic.resolve(&application_id);
-                    let partitions = sink_partitions.get(&topic).copied();
+                    let partitions = topic_partitions.get(&topic).copied();
                     Some((topic, partitions))
                 }
                 _ => None,
@@ -183,7 +186,9 @@ impl StreamTask {
                 && node.sub_topology == id.sub_topology
             {
                 for t in topics {
-                    sources.insert(t.resolve(&application_id), i);
+                    let topic = t.resolve(&application_id);
+                    let partitions = topic_partitions.get(&topic).copied();
+                    sources.insert(topic, (i, partitions));
                 }
             }
         }
@@ -302,7 +307,7 @@ impl StreamTask {
     /// nothing behind but its dead-letter record. (A processor's own fields are its business:
     /// they are not rolled back.)
     pub(crate) fn process(&mut self, raw: &RawRecord, wall_clock: i64) -> Result<()> {
-        let Some(&source) = self.sources.get(&*raw.topic) else {
+        let Some(&(source, partitions)) = self.sources.get(&*raw.topic) else {
             return Err(Error::Topology(format!(
                 "task {} got a record from {:?}, which none of its sources reads",
                 self.id, raw.topic
@@ -312,7 +317,10 @@ impl StreamTask {
         let NodeKind::Source { decode, .. } = &self.graph.nodes[source].kind else {
             unreachable!("position() matched a source");
         };
-        let meta = raw.meta();
+        let meta = RecordMeta {
+            partitions,
+            ..raw.meta()
+        };
         // A source hands the decoded record to each child; extra children get their own
         // decode rather than requiring Clone of every record type.
         let children = self.graph.children(source).len();

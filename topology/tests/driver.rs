@@ -206,6 +206,73 @@ fn a_sink_partitioner_picks_the_output_partition() {
     );
 }
 
+/// Forwards, per record, where it came from: `<partition>/<partition count>`.
+struct Whereabouts;
+
+impl keel_topology::Processor for Whereabouts {
+    type Key = String;
+    type Value = i64;
+
+    fn process(
+        &mut self,
+        ctx: &mut keel_topology::Context<'_>,
+        record: keel_topology::Record<String, i64>,
+    ) -> Result<(), keel_topology::ProcessError> {
+        let meta = ctx.metadata().expect("a record has metadata");
+        let text = format!("{}/{:?}", meta.partition, meta.partitions);
+        ctx.forward(record.with(String::new(), text));
+        Ok(())
+    }
+}
+
+#[test]
+fn a_processor_sees_its_records_partition_and_the_topics_partition_count() {
+    use keel_topology::{Headers, TopologyBuilder, default_partition};
+    let mut b = TopologyBuilder::new();
+    b.add_source("in", &["in"], Utf8, I64)
+        .add_processor("where", || Whereabouts, &["in"])
+        .add_sink("out", "out", Utf8, Utf8, &["where"]);
+    let config = DriverConfig {
+        partitions: [("in".to_owned(), 3)].into(),
+        ..DriverConfig::default()
+    };
+    let mut d = TestDriver::with_config(b.build().expect("valid"), config).expect("driver");
+    // Where murmur2 puts the key, then where another partitioner might.
+    let own = default_partition(b"k", 3);
+    let other = (own + 1) % 3;
+    pipe(&mut d, "k", 1, 1);
+    d.pipe_to_partition(
+        "in",
+        other,
+        Some(b"k"),
+        Some(&2i64.to_be_bytes()),
+        2,
+        Headers::default(),
+    )
+    .expect("processed");
+    let seen: Vec<String> = d
+        .read_output_as("out", &Utf8, &Utf8)
+        .expect("decodes")
+        .into_iter()
+        .map(|(_, v)| v)
+        .collect();
+    assert_eq!(
+        seen,
+        vec![format!("{own}/Some(3)"), format!("{other}/Some(3)")]
+    );
+    let err = d
+        .pipe_to_partition(
+            "in",
+            3,
+            Some(b"k"),
+            Some(&3i64.to_be_bytes()),
+            3,
+            Headers::default(),
+        )
+        .expect_err("no partition 3");
+    assert!(err.to_string().contains("no partition 3"), "{err}");
+}
+
 #[test]
 fn an_undecodable_record_does_not_move_stream_time() {
     // Stream-time punctuator every 10 s, a timer per key due 1 s after its record.

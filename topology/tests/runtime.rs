@@ -732,3 +732,51 @@ fn with_a_min_commit_interval_a_drained_input_commits_without_waiting_out_the_in
 fn uncommitted_writes_over_max_uncommitted_bytes_commit_before_the_interval() {
     assert_committed_before_the_interval("uncommitted", |c| c.max_uncommitted_bytes = 1);
 }
+
+/// Forwards, per record, where the runtime says it came from: `100 × partition count +
+/// partition` (`-100 + partition` when the count is unknown).
+struct Whereabouts;
+
+impl Processor for Whereabouts {
+    type Key = String;
+    type Value = i64;
+
+    fn process(
+        &mut self,
+        ctx: &mut Context<'_>,
+        record: Record<String, i64>,
+    ) -> Result<(), ProcessError> {
+        let meta = ctx.metadata().expect("a record has metadata");
+        let seen = i64::from(meta.partitions.unwrap_or(-1)) * 100 + i64::from(meta.partition);
+        let key = record.key.clone();
+        ctx.forward(record.with(key, seen));
+        Ok(())
+    }
+}
+
+#[test]
+fn a_processor_sees_the_partition_count_of_its_records_topic() {
+    let n = names("whereabouts", 3);
+    let keys: Vec<String> = (0..6).map(|i| format!("order-{i}")).collect();
+    let records: Vec<(String, Vec<u8>)> = keys
+        .iter()
+        .map(|k| (k.clone(), 1i64.to_be_bytes().to_vec()))
+        .collect();
+    produce_owned(&n.input, &records);
+    let mut b = TopologyBuilder::new();
+    b.add_source("in", &[&n.input], Utf8, I64)
+        .add_processor("where", || Whereabouts, &["in"])
+        .add_sink("out", &n.output, Utf8, I64, &["where"]);
+    let handle = start(b.build().expect("valid"), config(&n, "one", &n.dir));
+    let out = read_sums(&n.output, keys.len());
+    handle.shutdown().expect("clean shutdown");
+    assert_eq!(out.len(), keys.len(), "{out:?}");
+    for (key, seen) in out {
+        let partition = keel_topology::default_partition(key.as_bytes(), 3);
+        assert_eq!(
+            seen,
+            300 + i64::from(partition),
+            "{key}: partition {partition} of 3 (murmur2, as produced)"
+        );
+    }
+}

@@ -59,7 +59,7 @@ pub const TABLES: [&str; 2] = [TABLE, payments::TABLE];
 pub struct KeyStores {
     /// `api_idempotency`.
     pub orders: MySqlPool,
-    /// `api_payment_requests`; `None`: the API has no ledger (its payment routes answer 503).
+    /// `api_payment_requests`; `None`: the API has no ledger (its payment routes answer 501).
     pub ledger: Option<PgPool>,
 }
 

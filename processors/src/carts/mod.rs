@@ -7,7 +7,9 @@
 //! (`CART_NOT_FOUND` after `[saga].cart_wait_ms`, `CART_EMPTY`, `CART_ALREADY_ORDERED`,
 //! `CURRENCY_MISMATCH`). An `OK` claims the cart for the order; when the saga cancels that order
 //! it sends a cancel through the same repartition and the claim is released, so the cart can be
-//! ordered again. `docs/saga.md` ("Cart check") has the rules.
+//! ordered again. A cart whose rows are gone is deleted `[carts].retention_ms` after its last
+//! change, and an answered or released order is forgotten that long after (`logic.rs`,
+//! "Retention"). `docs/saga.md` ("Cart check") has the rules.
 //!
 //! - `logic.rs`: [`step`], the pure transition of one cart's state.
 //! - `state.rs`: [`CartState`] and the stores it lives in.
@@ -21,6 +23,9 @@ mod topology;
 #[cfg(test)]
 mod tests;
 
-pub use logic::{CartsEffect, CartsInput, Check, step};
+pub use logic::{CartsEffect, CartsInput, Check, Rules, step};
 pub use state::{CartHeader, CartItem, CartState};
-pub use topology::{CDC_CARTS_SOURCE, CHECKS_SINK, CartsProcessor, CdcTopics, add_to};
+pub use topology::{
+    CDC_CARTS_SOURCE, CHECKS_SINK, CartsMetrics, CartsProcessor, CartsSettings, CdcTopics,
+    SWEEP_LIMIT, add_to,
+};

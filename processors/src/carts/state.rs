@@ -1,7 +1,9 @@
 //! What the carts processor stores per cart: one [`CartState`] per cart id in the key-value
-//! store [`CARTS_STORE`] (key: the cart id as UTF-8; value: JSON), and one wait timer per
-//! (cart, order) in the timer store [`WAITS_STORE`] (key: `<cart id>\0<order id>`; due: epoch ms
-//! of wall-clock time). Both are changelogged by the runtime.
+//! store [`CARTS_STORE`] (key: the cart id as UTF-8; value: JSON), and in the timer store
+//! [`WAITS_STORE`] (due: epoch ms of wall-clock time) one wait timer per (cart, order)
+//! ([`wait_key`]: `<cart id>\0<order id>`) and, once a cart's rows are gone, the cart's retention
+//! timer ([`retention_key`]: `<cart id>\0\xff`). Both are changelogged by the runtime; a cart
+//! whose retention is over is deleted, so its changelog gets a tombstone and compacts it away.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -10,7 +12,8 @@ use serde::{Deserialize, Serialize};
 
 /// The key-value store of carts.
 pub const CARTS_STORE: &str = "carts-table";
-/// The timer store of orders waiting for their cart.
+/// The timer store of orders waiting for their cart (and, once a cart's rows are gone, of its
+/// retention).
 pub const WAITS_STORE: &str = "carts-waits";
 
 /// The `carts` row (from CDC).
@@ -56,13 +59,26 @@ pub struct CartState {
     pub claimed_by: Option<String>,
     /// Orders waiting for this cart, by order id.
     pub waiting: BTreeMap<String, Waiting>,
-    /// Orders answered already, by order id: a duplicate check changes nothing.
+    /// Orders answered already, by order id: a duplicate check changes nothing (for
+    /// `[carts].retention_ms` after the order's [`last_seen`](Self::last_seen)).
     pub answered: BTreeMap<String, CartCheckStatus>,
     /// Orders that ended without a sale and gave the cart back: a late check for one of them
-    /// changes nothing, so it never claims the cart again. (`default`: states stored before
-    /// releases existed decode.)
+    /// changes nothing, so it never claims the cart again (for `[carts].retention_ms` after the
+    /// order's [`last_seen`](Self::last_seen)). (`default`: states stored before releases
+    /// existed decode.)
     #[serde(default)]
     pub released: BTreeSet<String>,
+    /// When each order of `answered` / `released` was last answered or released (epoch ms of
+    /// wall-clock time); it is forgotten `[carts].retention_ms` later. An order without one (a
+    /// state stored before retention existed: `default`) counts from the cart's next step.
+    #[serde(default)]
+    pub last_seen: BTreeMap<String, i64>,
+    /// When the cart's entry is deleted (epoch ms of wall-clock time): set while its rows are
+    /// gone and no order waits, `[carts].retention_ms` after its last change; `None` otherwise.
+    /// (`default`: states stored before retention existed decode; the task's start-up sweep
+    /// sets it.)
+    #[serde(default)]
+    pub retire_at: Option<i64>,
 }
 
 impl CartState {
@@ -73,6 +89,21 @@ impl CartState {
 
     pub fn decode(bytes: &[u8]) -> Result<Self, serde_json::Error> {
         serde_json::from_slice(bytes)
+    }
+
+    /// The cart's rows are gone (or never came) — no `carts` row, no `cart_items` — and no order
+    /// waits for it: its entry only remembers claims and answers, and retires.
+    pub fn is_gone(&self) -> bool {
+        self.header.is_none() && self.items.is_empty() && self.waiting.is_empty()
+    }
+
+    /// Gone, and nothing left to remember (no claim, no answered or released order): the entry
+    /// is the same as no entry, for every input.
+    pub fn is_forgettable(&self) -> bool {
+        self.is_gone()
+            && self.claimed_by.is_none()
+            && self.answered.is_empty()
+            && self.released.is_empty()
     }
 
     /// The cart's lines, by SKU, in its currency.
@@ -100,6 +131,36 @@ pub fn wait_key(cart_id: &str, order_id: &str) -> Vec<u8> {
     key.push(0);
     key.extend_from_slice(order_id.as_bytes());
     key
+}
+
+/// The retention timer's key of `cart_id`: `<cart id>\0\xff`. Never a [`wait_key`] (which
+/// ends with a UTF-8 order id, and `\xff` is never UTF-8).
+pub fn retention_key(cart_id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(cart_id.len() + 2);
+    key.extend_from_slice(cart_id.as_bytes());
+    key.extend_from_slice(&[0, 0xff]);
+    key
+}
+
+/// What a timer of [`WAITS_STORE`] is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TimerKey {
+    /// An order's wait ([`wait_key`]).
+    Wait { cart_id: String, order_id: String },
+    /// A cart's retention ([`retention_key`]).
+    Retention { cart_id: String },
+}
+
+impl TimerKey {
+    /// Reads a timer's key; `None` for a key neither function wrote.
+    pub fn parse(key: &[u8]) -> Option<Self> {
+        if let Some(cart) = key.strip_suffix(&[0, 0xff]) {
+            let cart_id = std::str::from_utf8(cart).ok()?.to_owned();
+            return Some(Self::Retention { cart_id });
+        }
+        let (cart_id, order_id) = split_wait_key(key)?;
+        Some(Self::Wait { cart_id, order_id })
+    }
 }
 
 /// `(cart id, order id)` of a wait timer's key.

@@ -12,7 +12,14 @@
 //! co-partitioned with the saga's inputs. When the saga cancels an order it sends a cancel
 //! command through the same repartition (after that order's place-order, on the same
 //! partition): the order gives the cart back ([`CartsInput::Release`]).
+//!
+//! Retention (`logic.rs`, "Retention"): a gone cart's timer sits in the waits store
+//! ([`retention_key`]); when its retention is over the entry is deleted (a tombstone on its
+//! changelog) and `keel_carts_retired_total` counts it. After a task starts, its wall-clock
+//! punctuation also sweeps the store once, [`SWEEP_LIMIT`] carts at a time
+//! ([`CartsInput::Sweep`]), so carts stored before retention existed retire too.
 
+use std::ops::Bound;
 use std::time::Duration;
 
 use keel_avro::records::{CartChecked, OrderCommand, OrderCommandBody};
@@ -21,19 +28,52 @@ use keel_topology::{
     Context, ProcessError, Processor, Punctuation, PunctuationType, Record, SerdeError, StoreKind,
     TopologyBuilder,
 };
+use prometheus::{IntCounter, Opts, Registry};
 use serde_json::Value;
 
-use super::logic::{CartsEffect, CartsInput, Check, step};
+use super::logic::{CartsEffect, CartsInput, Check, Rules, step};
 use super::state::{
-    CARTS_STORE, CartHeader, CartItem, CartState, WAITS_STORE, split_wait_key, wait_key,
+    CARTS_STORE, CartHeader, CartItem, CartState, TimerKey, WAITS_STORE, retention_key, wait_key,
 };
 use crate::cdc::CdcValues;
 use crate::format::Format;
 use crate::timers::DueTimers;
 use crate::topics::{self, Topics};
 
-/// The orders waiting for their cart, one timer per `(cart, order)` ([`wait_key`]).
+/// The orders waiting for their cart, one timer per `(cart, order)` ([`wait_key`]), and the
+/// gone carts' retention, one timer per cart ([`retention_key`]).
 const WAITS: DueTimers = DueTimers::new(WAITS_STORE);
+
+/// How many stored carts the start-up sweep looks at per punctuation.
+pub const SWEEP_LIMIT: usize = 1_000;
+
+/// The carts processor's settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CartsSettings {
+    /// `[saga].cart_wait_ms` and `[carts].retention_ms`.
+    pub rules: Rules,
+    /// How often due waits and retentions are looked for (and the sweep moves on).
+    pub check_interval: Duration,
+}
+
+/// The carts processor's metrics (registered with the saga's, [`crate::saga::SagaMetrics`]).
+#[derive(Debug, Clone)]
+pub struct CartsMetrics {
+    /// `keel_carts_retired_total`: cart entries deleted from the carts store.
+    pub retired: IntCounter,
+}
+
+impl CartsMetrics {
+    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let retired = IntCounter::with_opts(Opts::new(
+            "keel_carts_retired_total",
+            "Cart entries deleted from the carts store: carts whose rows are gone, \
+             [carts].retention_ms after their last change (at once with nothing to remember)",
+        ))?;
+        registry.register(Box::new(retired.clone()))?;
+        Ok(Self { retired })
+    }
+}
 
 /// The Debezium topics of the cart service's tables (`<topic prefix>.<database>.<table>`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,15 +105,17 @@ const TO_SAGA: &str = "carts-to-saga";
 
 /// Adds the carts sub-topology to `b`: the saga processor `saga` forwards its place-order
 /// commands (key: cart id) to [`CHECKS_SINK`]; answers go to `cart.checked.v1`. An order waits
-/// at most `wait_ms` for its cart; waits are checked every `check_interval`.
+/// at most `settings.rules.wait_ms` for its cart, a gone cart retires
+/// `settings.rules.retention_ms` after its last change; timers are checked every
+/// `settings.check_interval`.
 pub fn add_to(
     b: &mut TopologyBuilder,
     format: &Format,
     names: &Topics,
     cdc: &CdcTopics,
     saga: &str,
-    wait_ms: i64,
-    check_interval: Duration,
+    settings: CartsSettings,
+    metrics: CartsMetrics,
 ) {
     b.add_repartition::<String, OrderCommand, _, _>(
         CHECKS,
@@ -97,8 +139,10 @@ pub fn add_to(
     .add_processor(
         PROCESSOR,
         move || CartsProcessor {
-            wait_ms,
-            interval: check_interval,
+            rules: settings.rules,
+            interval: settings.check_interval,
+            metrics: metrics.clone(),
+            sweep: Sweep::After(None),
         },
         &[CDC_CARTS_SOURCE, CDC_ITEMS_SOURCE, REQUESTS],
     )
@@ -238,11 +282,23 @@ impl Serde<CartsInput> for CdcSerde {
     }
 }
 
-/// Runs [`step`] for every CDC row, check and due wait of its task.
+/// Where the start-up sweep is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Sweep {
+    /// Next: the carts after this key (`None`: from the first).
+    After(Option<Vec<u8>>),
+    /// Every cart was looked at.
+    Done,
+}
+
+/// Runs [`step`] for every CDC row, check, due wait and due retention of its task, and sweeps
+/// its store once after it starts.
 #[derive(Debug)]
 pub struct CartsProcessor {
-    wait_ms: i64,
+    rules: Rules,
     interval: Duration,
+    metrics: CartsMetrics,
+    sweep: Sweep,
 }
 
 impl Processor for CartsProcessor {
@@ -250,6 +306,7 @@ impl Processor for CartsProcessor {
     type Value = CartsInput;
 
     fn init(&mut self, ctx: &mut Context<'_>) -> Result<(), ProcessError> {
+        self.sweep = Sweep::After(None);
         ctx.schedule("carts-waits", self.interval, PunctuationType::WallClock);
         Ok(())
     }
@@ -270,18 +327,47 @@ impl Processor for CartsProcessor {
         WAITS.fire_due(
             ctx,
             punctuation.timestamp,
-            |ctx, key, _| match split_wait_key(key) {
-                Some((cart_id, order_id)) => {
+            |ctx, key, _| match TimerKey::parse(key) {
+                Some(TimerKey::Wait { cart_id, order_id }) => {
                     self.apply(ctx, &cart_id, CartsInput::WaitOver { order_id })
+                }
+                Some(TimerKey::Retention { cart_id }) => {
+                    self.apply(ctx, &cart_id, CartsInput::RetentionOver)
                 }
                 None => Ok(()),
             },
         )?;
-        Ok(())
+        self.sweep_on(ctx)
     }
 }
 
 impl CartsProcessor {
+    /// Looks at the next [`SWEEP_LIMIT`] stored carts ([`CartsInput::Sweep`]), once through the
+    /// store after the task starts.
+    fn sweep_on(&mut self, ctx: &mut Context<'_>) -> Result<(), ProcessError> {
+        let keys = {
+            let Sweep::After(after) = &self.sweep else {
+                return Ok(());
+            };
+            let start = after.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
+            let kv = ctx.kv(CARTS_STORE)?;
+            let mut keys = Vec::new();
+            for entry in kv.range(start, Bound::Unbounded)?.take(SWEEP_LIMIT) {
+                keys.push(entry?.0);
+            }
+            keys
+        };
+        self.sweep = match keys.last() {
+            Some(last) if keys.len() == SWEEP_LIMIT => Sweep::After(Some(last.clone())),
+            _ => Sweep::Done,
+        };
+        for key in keys {
+            let cart_id = String::from_utf8_lossy(&key).into_owned();
+            self.apply(ctx, &cart_id, CartsInput::Sweep)?;
+        }
+        Ok(())
+    }
+
     fn apply(
         &self,
         ctx: &mut Context<'_>,
@@ -292,12 +378,14 @@ impl CartsProcessor {
             return Ok(());
         }
         let now = ctx.wall_clock_time();
-        let state = match ctx.kv(CARTS_STORE)?.get(cart_id.as_bytes())? {
-            Some(bytes) => CartState::decode(&bytes)
+        let stored = ctx.kv(CARTS_STORE)?.get(cart_id.as_bytes())?;
+        let state = match &stored {
+            Some(bytes) => CartState::decode(bytes)
                 .map_err(|e| ProcessError::Fatal(format!("cart {cart_id:?} is unreadable: {e}")))?,
             None => CartState::default(),
         };
-        let (state, effects) = step(state, cart_id, input, now, self.wait_ms);
+        let (state, effects) = step(state, cart_id, input, now, &self.rules);
+        let mut forget = false;
         for effect in effects {
             match effect {
                 CartsEffect::Answer {
@@ -330,10 +418,30 @@ impl CartsProcessor {
                 CartsEffect::StopWaiting { order_id } => {
                     WAITS.cancel(ctx, &wait_key(cart_id, &order_id))?;
                 }
+                CartsEffect::ArmRetention { at } => {
+                    WAITS.schedule(ctx, retention_key(cart_id), at)?;
+                }
+                CartsEffect::DisarmRetention => {
+                    WAITS.cancel(ctx, &retention_key(cart_id))?;
+                }
+                CartsEffect::Forget => forget = true,
             }
         }
-        ctx.kv(CARTS_STORE)?
-            .put(cart_id.as_bytes().to_vec(), state.encode());
+        if forget {
+            // Retired (or nothing to remember): the entry goes, its changelog gets a tombstone.
+            WAITS.cancel(ctx, &retention_key(cart_id))?;
+            if stored.is_some() {
+                ctx.kv(CARTS_STORE)?.delete(cart_id.as_bytes().to_vec());
+                self.metrics.retired.inc();
+            }
+            return Ok(());
+        }
+        // A duplicate leaves the cart as it was: no write, no changelog record.
+        let encoded = state.encode();
+        if stored.as_deref() != Some(encoded.as_slice()) {
+            ctx.kv(CARTS_STORE)?
+                .put(cart_id.as_bytes().to_vec(), encoded);
+        }
         Ok(())
     }
 }

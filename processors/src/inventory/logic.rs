@@ -3,6 +3,8 @@
 //! order's hold, applies the outcome and emits the events, in the task's transaction.
 //!
 //! Rules (tested in `tests.rs`):
+//! - a command is applied only if its key is its SKU and its SKU, order id and warehouse keep
+//!   the API's id rule ([`check_command`]); otherwise it is dead-lettered;
 //! - a hold is taken whole or not at all, from one warehouse: the preferred one if it has the
 //!   whole quantity available, else the first other warehouse by name that has
 //!   ([`SkuStock::pick`]); a warehouse's `held` never exceeds its `on_hand` through a reserve;
@@ -25,9 +27,13 @@
 
 use serde::{Deserialize, Serialize};
 
-use keel_avro::records::{DEFAULT_WAREHOUSE, ReleaseReason, ReservationStatus};
+use keel_avro::ids::{ID_RULE, is_valid_id, shown};
+use keel_avro::records::{
+    DEFAULT_WAREHOUSE, InventoryCommand, InventoryCommandBody, ReleaseReason, ReservationStatus,
+};
 
 use super::state::{Ended, Hold, HoldState, SkuStock};
+use crate::command_key::{KeyProblem, check_key};
 
 /// What `[inventory].oversell` chooses when a payment confirms a hold that lapsed and whose
 /// stock went to another order.
@@ -157,6 +163,13 @@ pub struct Outcome {
 /// Why a command cannot be applied: the command's fault (dead-lettered with this text).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
+    /// The record's key is not the command's SKU, or the SKU breaks the id rule
+    /// ([`check_command`]).
+    #[error(transparent)]
+    Key(#[from] KeyProblem),
+    /// Another id of the command (its order id, its warehouse) breaks the id rule.
+    #[error("the command's {field} {} is not a valid id: an id is {ID_RULE}", shown(.id))]
+    InvalidId { field: &'static str, id: String },
     #[error("quantity must be positive, got {0}")]
     NonPositiveQuantity(i64),
     #[error("order {0:?} has no hold on this SKU to confirm")]
@@ -198,6 +211,33 @@ impl Rules {
             ),
         }
     }
+}
+
+/// Checks a command on `inventory.commands.v1` before anything is read or applied, whoever wrote
+/// it (the saga, the order coordinator, the API, `keel inventory seed`, another system): its
+/// record's `key` is its SKU, and the SKU, the order id (reserve, release, confirm) and the
+/// warehouse (reserve, adjust) keep the id rule the API enforces ([`keel_avro::ids`]: 1 to 64
+/// characters without whitespace or control characters). An empty SKU would otherwise be
+/// stocked and mirrored (the Cassandra mirror refuses an empty partition key).
+pub fn check_command(key: &str, command: &InventoryCommand) -> Result<(), Refusal> {
+    check_key("sku", key, &command.sku)?;
+    let (order_id, warehouse) = match &command.command {
+        InventoryCommandBody::Reserve(r) => (Some(&r.order_id), r.warehouse.as_ref()),
+        InventoryCommandBody::Release(r) => (Some(&r.order_id), None),
+        InventoryCommandBody::Confirm(c) => (Some(&c.order_id), None),
+        InventoryCommandBody::Adjust(a) => (None, a.warehouse.as_ref()),
+    };
+    for (field, id) in [("order_id", order_id), ("warehouse", warehouse)] {
+        if let Some(id) = id
+            && !is_valid_id(id)
+        {
+            return Err(Refusal::InvalidId {
+                field,
+                id: id.clone(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Applies `input` to the SKU's `stock` and the order's `hold` at wall-clock `now` (ms).

@@ -3,7 +3,8 @@
 //! payment, adjust, and oversell made visible (`inventory_oversell_total`). What concerns a whole
 //! order (several SKUs, so several partitions) is the order coordinator's, keyed by order id.
 //!
-//! - `logic.rs`: [`decide`], the pure transition function for one SKU.
+//! - `logic.rs`: [`decide`], the pure transition function for one SKU, and [`check_command`],
+//!   what a command must be before it is applied (keyed by its SKU; ids by the API's rule).
 //! - `state.rs`: [`SkuStock`] (a [`StockLevel`] per warehouse), [`Hold`] and their stores.
 //! - `topology.rs`: [`topology`] and [`InventoryProcessor`] on the runtime.
 //! - `hot.rs`: [`hot::HotSkus`], the few hottest SKUs that get a stock gauge.
@@ -24,6 +25,6 @@ mod topology;
 #[cfg(test)]
 mod tests;
 
-pub use logic::{Effect, Input, Outcome, OversellPolicy, Refusal, Rules, decide};
+pub use logic::{Effect, Input, Outcome, OversellPolicy, Refusal, Rules, check_command, decide};
 pub use state::{Hold, HoldState, SkuStock, StockLevel};
 pub use topology::{InventoryConfig, InventoryMetrics, InventoryProcessor, topology};

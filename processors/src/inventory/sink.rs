@@ -15,9 +15,14 @@
 //! its SKU-keyed partition as write time (see [`writes_for_adjusted`]). Hold rows are upserts keyed by `(sku, order_id)`, so a hold is
 //! recorded once whatever the retries. Every write that touches a hold sets its remaining TTL
 //! or deletes the row, so no hold leaves a cell that never expires. Offsets are committed after
-//! the writes (at-least-once); a timed-out write is retried with backoff. An event that
-//! cannot be decoded goes to the dead-letter topic `<group id>-dlq` ([`crate::dead_letter`])
-//! before its offset is committed.
+//! the writes (at-least-once); a write that failed (a timeout, a node unavailable or
+//! overloaded, a lost connection) is retried with backoff, in place. An event the sink cannot
+//! use goes to the dead-letter topic `<group id>-dlq` ([`crate::dead_letter`]) before its
+//! offset is committed, and the sink goes on: a tombstone (these are event topics, not
+//! compacted tables), an event that cannot be decoded (not framed, a schema id the registry
+//! still does not know after `[registry].unknown_id_patience_ms`, a schema that does not
+//! resolve), and one Cassandra refuses to write for what it holds ([`SinkError::Refused`], e.g.
+//! an empty SKU: "Key may not be empty").
 //!
 //! Held figures and tombstones: a hold's row is deleted when the hold is released or sold (and
 //! an expired one lapses by TTL), so a hot SKU's `reservation` partition fills with tombstones
@@ -35,15 +40,16 @@
 
 use std::time::Duration;
 
-use keel_avro::Codec;
 use keel_avro::records::{
     DEFAULT_WAREHOUSE, InventoryAdjusted, InventoryReleased, InventoryReserved, ReservationStatus,
 };
+use keel_avro::{Codec, Fault};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::message::Message;
+use rdkafka::message::{BorrowedMessage, Message};
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
+use scylla::errors::{BadQuery, DbError, ExecutionError, RequestAttemptError};
 use scylla::statement::prepared::PreparedStatement;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
@@ -79,17 +85,16 @@ impl Default for CassandraSinkConfig {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SinkError {
+    /// A call to Cassandra failed (a timeout, a node unavailable or overloaded, a lost
+    /// connection, a schema problem): [`run`] retries a write that fails so, in place.
     #[error("cassandra: {0}")]
     Cassandra(String),
-    /// The schema registry could not be asked to decode the event at `record`
-    /// (`topic/partition@offset`): a dependency's fault. The event is not passed over: a
-    /// restart resumes from the last committed offset and reads it again.
-    #[error("decoding {record}: the schema registry is unreachable: {source}")]
-    RegistryUnreachable {
-        record: String,
-        #[source]
-        source: Box<keel_avro::Error>,
-    },
+    /// Cassandra refused a write for the values it carries, and will refuse it again: an
+    /// invalid request (e.g. "Key may not be empty" for an empty SKU) while the statement itself
+    /// still prepares, or a partition key too long to send. The input's fault: [`run`]
+    /// dead-letters the event.
+    #[error("cassandra refused the write: {0}")]
+    Refused(String),
     /// The event at `record` (`topic/partition@offset`) could not be decoded by Keel's own
     /// fault (a registry answer or a schema Keel cannot use: a bug, not the input's fault, so
     /// not dead-lettered). The event is not passed over.
@@ -118,6 +123,19 @@ fn record_at(message: &impl Message) -> String {
 
 fn cql(e: impl std::fmt::Display) -> SinkError {
     SinkError::Cassandra(e.to_string())
+}
+
+/// Whether `e` refuses a write for the values it carries (the same write is refused again,
+/// whatever the retries): an invalid request, or a partition key too long to send. An invalid
+/// request can also be a schema problem (a table or column gone), which is not the values'
+/// fault: [`apply`] tells the two apart by preparing the statement again. Timeouts,
+/// unavailable or overloaded nodes, lost connections and the rest are not refusals.
+pub fn refuses_the_values(e: &ExecutionError) -> bool {
+    matches!(
+        e,
+        ExecutionError::LastAttemptError(RequestAttemptError::DbError(DbError::Invalid, _))
+            | ExecutionError::BadQuery(BadQuery::ValuesTooLongForKey(..))
+    )
 }
 
 /// Connects to `nodes` (host:port).
@@ -291,7 +309,8 @@ impl Writer {
         })
     }
 
-    /// Applies `write` once (no retry).
+    /// Applies `write` once (no retry). Errors: [`SinkError::Refused`] for a write Cassandra
+    /// refuses for its values, [`SinkError::Cassandra`] otherwise.
     pub async fn apply(&self, session: &Session, write: &Write) -> Result<(), SinkError> {
         apply(session, &self.statements, write).await
     }
@@ -465,9 +484,34 @@ pub fn writes_for_adjusted(e: &InventoryAdjusted, offset: i64) -> Vec<Write> {
     out
 }
 
+/// Applies `write` once: [`SinkError::Refused`] if Cassandra refuses it for its values (see
+/// [`refuses_the_values`]; the statement is prepared again to rule out a schema problem),
+/// [`SinkError::Cassandra`] for any other failure.
 async fn apply(session: &Session, st: &Statements, write: &Write) -> Result<(), SinkError> {
+    let (statement, result) = execute(session, st, write).await;
+    match result {
+        Ok(()) => Ok(()),
+        Err(e) if refuses_the_values(&e) => {
+            match session.prepare(statement.get_statement()).await {
+                // The table and columns are there: it is the values Cassandra refuses.
+                Ok(_) => Err(SinkError::Refused(e.to_string())),
+                Err(prepare) => Err(SinkError::Cassandra(format!(
+                    "{e} (and the statement no longer prepares: {prepare})"
+                ))),
+            }
+        }
+        Err(e) => Err(cql(e)),
+    }
+}
+
+/// Executes `write`'s statement; the statement with the outcome.
+async fn execute<'s>(
+    session: &Session,
+    st: &'s Statements,
+    write: &Write,
+) -> (&'s PreparedStatement, Result<(), ExecutionError>) {
     let ts = |ms: i64| scylla::value::CqlTimestamp(ms);
-    let result = match write {
+    let (statement, result) = match write {
         Write::Hold {
             sku,
             order_id,
@@ -476,7 +520,8 @@ async fn apply(session: &Session, st: &Statements, write: &Write) -> Result<(), 
             ttl_s,
             at_us,
             warehouse,
-        } => {
+        } => (
+            &st.insert_hold,
             session
                 .execute_unpaged(
                     &st.insert_hold,
@@ -490,92 +535,251 @@ async fn apply(session: &Session, st: &Statements, write: &Write) -> Result<(), 
                         at_us,
                     ),
                 )
-                .await
-        }
+                .await,
+        ),
         Write::DeleteHold {
             sku,
             order_id,
             at_us,
-        } => {
+        } => (
+            &st.delete_hold,
             session
                 .execute_unpaged(&st.delete_hold, (at_us, sku, order_id))
-                .await
-        }
+                .await,
+        ),
         Write::Stock {
             sku,
             on_hand,
             at_ms,
             version: at_us,
-        } => {
+        } => (
+            &st.set_stock,
             session
                 .execute_unpaged(&st.set_stock, (sku, on_hand, ts(*at_ms), at_us))
-                .await
-        }
+                .await,
+        ),
         Write::WarehouseStock {
             sku,
             warehouse,
             on_hand,
             at_ms,
             version,
-        } => {
+        } => (
+            &st.set_warehouse_stock,
             session
                 .execute_unpaged(
                     &st.set_warehouse_stock,
                     (sku, warehouse, on_hand, ts(*at_ms), version),
                 )
-                .await
-        }
-        Write::Held { sku, held, version } => {
+                .await,
+        ),
+        Write::Held { sku, held, version } => (
+            &st.set_held,
             session
                 .execute_unpaged(&st.set_held, (version, held, sku))
-                .await
-        }
+                .await,
+        ),
         Write::WarehouseHeld {
             sku,
             warehouse,
             held,
             version,
-        } => {
+        } => (
+            &st.set_warehouse_held,
             session
                 .execute_unpaged(&st.set_warehouse_held, (version, held, sku, warehouse))
-                .await
-        }
+                .await,
+        ),
     };
-    result.map(|_| ()).map_err(cql)
+    (statement, result.map(|_| ()))
 }
 
-/// Applies `write`, retrying timeouts and unavailability with backoff until `shutdown`. The
-/// writes are idempotent (upserts and deletes with a fixed write time), so a retry of a write
-/// that did apply changes nothing.
-async fn apply_with_retry(
-    session: &Session,
-    st: &Statements,
-    write: &Write,
-    shutdown: &CancellationToken,
-) -> Result<(), SinkError> {
-    let mut backoff = Duration::from_millis(100);
+/// Backoff between retries of a failing write or registry call: 100 ms doubling to 5 s.
+const BACKOFF_START: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// `keel.error` of a dead-lettered tombstone.
+pub const TOMBSTONE: &str = "a tombstone (a record without a value) on an inventory event \
+                             topic: every inventory event has a value";
+
+/// What became of one event.
+enum Outcome {
+    /// Applied, or dead-lettered (acknowledged by the broker): its offset may be committed.
+    Done,
+    /// Shutdown came first: not done, its offset is not committed.
+    Shutdown,
+}
+
+/// What an event read as.
+enum Decoded {
+    /// The writes it makes.
+    Writes(Vec<Write>),
+    /// The input's fault (why): dead-letter it.
+    Unusable(String),
+    Shutdown,
+}
+
+/// What the sink needs for each event.
+struct Sink<'a> {
+    names: &'a Topics,
+    codec: &'a Codec,
+    session: &'a Session,
+    statements: &'a Statements,
+    dead_letters: &'a DeadLetters,
+    shutdown: &'a CancellationToken,
+}
+
+/// Sleeps `wait`; `true` if shutdown came first.
+async fn sleep_or_shutdown(shutdown: &CancellationToken, wait: Duration) -> bool {
+    tokio::select! {
+        () = shutdown.cancelled() => true,
+        () = tokio::time::sleep(wait) => false,
+    }
+}
+
+/// Applies `write`, retrying every failure but a refusal with backoff until `shutdown`:
+/// `Ok(true)` once applied, `Ok(false)` if shutdown came first, [`SinkError::Refused`] (the
+/// only error) if Cassandra refuses it for its values. The writes are idempotent (upserts and
+/// deletes with a fixed write time), so a retry of a write that did apply changes nothing.
+async fn apply_with_retry(write: &Write, sink: &Sink<'_>) -> Result<bool, SinkError> {
+    let mut backoff = BACKOFF_START;
     loop {
-        match apply(session, st, write).await {
-            Ok(()) => return Ok(()),
-            Err(e) if !shutdown.is_cancelled() => {
+        match apply(sink.session, sink.statements, write).await {
+            Ok(()) => return Ok(true),
+            Err(e @ SinkError::Refused(_)) => return Err(e),
+            Err(e) => {
                 tracing::warn!(error = %e, ?backoff, "cassandra write failed; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                if sleep_or_shutdown(sink.shutdown, backoff).await {
+                    return Ok(false);
+                }
+                backoff = (backoff * 2).min(BACKOFF_MAX);
             }
-            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// The writes of `message`'s event. A tombstone and an event that does not decode are
+/// [`Decoded::Unusable`]. A registry that fails (unreachable, a 5xx) or does not know the
+/// schema id yet (within `[registry].unknown_id_patience_ms` of the first miss: a replica may
+/// lag) is asked again with backoff, in place, until it answers or the id's window is over
+/// (then the id is the input's fault); a registry answer or schema that is Keel's own fault
+/// stops the sink ([`SinkError::Decoding`]).
+async fn decode(message: &BorrowedMessage<'_>, sink: &Sink<'_>) -> Result<Decoded, SinkError> {
+    let topic = message.topic();
+    let Some(bytes) = message.payload() else {
+        return Ok(Decoded::Unusable(TOMBSTONE.to_owned()));
+    };
+    let codec = sink.codec;
+    let mut backoff = BACKOFF_START;
+    loop {
+        let now = chrono::Utc::now().timestamp_millis();
+        let decoded = match sink.names.base(topic).unwrap_or(topic) {
+            topics::INVENTORY_RESERVED => codec
+                .decode_from::<InventoryReserved>(topic, bytes)
+                .await
+                .map(|e| writes_for_reserved(&e, now)),
+            topics::INVENTORY_RELEASED => codec
+                .decode_from::<InventoryReleased>(topic, bytes)
+                .await
+                .map(|e| writes_for_released(&e)),
+            _ => codec
+                .decode_from::<InventoryAdjusted>(topic, bytes)
+                .await
+                .map(|e| writes_for_adjusted(&e, message.offset())),
+        };
+        let e = match decoded {
+            Ok(writes) => return Ok(Decoded::Writes(writes)),
+            Err(e) => e,
+        };
+        match e.fault() {
+            Fault::Input => return Ok(Decoded::Unusable(e.to_string())),
+            Fault::Bug => {
+                return Err(SinkError::Decoding {
+                    record: record_at(message),
+                    source: Box::new(e),
+                });
+            }
+            Fault::Dependency => {
+                // A not-yet-known id is asked again no later than its window's end.
+                let wait = match &e {
+                    keel_avro::Error::SchemaIdNotYetKnown { remaining, .. } => {
+                        backoff.min(*remaining)
+                    }
+                    _ => backoff,
+                };
+                tracing::warn!(
+                    topic,
+                    partition = message.partition(),
+                    offset = message.offset(),
+                    error = %e,
+                    ?wait,
+                    "cassandra sink: asking the schema registry again"
+                );
+                if sleep_or_shutdown(sink.shutdown, wait).await {
+                    return Ok(Decoded::Shutdown);
+                }
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+        }
+    }
+}
+
+/// Applies `message`'s event, or dead-letters it if it is unusable ([`decode`]) or Cassandra
+/// refuses one of its writes (the writes before that one stay: each is idempotent and stands
+/// alone). A dead letter is acknowledged by the broker before this returns [`Outcome::Done`];
+/// one that is not stops the sink with [`SinkError::DeadLetter`].
+async fn handle(message: &BorrowedMessage<'_>, sink: &Sink<'_>) -> Result<Outcome, SinkError> {
+    let why = match decode(message, sink).await? {
+        Decoded::Shutdown => return Ok(Outcome::Shutdown),
+        Decoded::Unusable(why) => why,
+        Decoded::Writes(writes) => {
+            let mut refused = None;
+            for write in &writes {
+                match apply_with_retry(write, sink).await {
+                    Ok(true) => {}
+                    Ok(false) => return Ok(Outcome::Shutdown),
+                    Err(e) => {
+                        refused = Some(e.to_string());
+                        break;
+                    }
+                }
+            }
+            match refused {
+                None => return Ok(Outcome::Done),
+                Some(why) => why,
+            }
+        }
+    };
+    tracing::error!(
+        topic = message.topic(),
+        partition = message.partition(),
+        offset = message.offset(),
+        error = %why,
+        "cassandra sink: dead-lettering an inventory event it cannot use"
+    );
+    tokio::select! {
+        // Not committed: the next run reads the event again.
+        () = sink.shutdown.cancelled() => Ok(Outcome::Shutdown),
+        sent = sink.dead_letters.send(message, &why) => {
+            sent?;
+            Ok(Outcome::Done)
         }
     }
 }
 
 /// Runs the sink until `shutdown`: consumes the inventory events (read_committed), writes
-/// Cassandra, commits offsets after the writes. An event that cannot be decoded (the input's
-/// fault) is written to the dead-letter topic by `dead_letters` (`<group_id>-dlq`: its key,
-/// value and headers plus `keel.error`, `keel.source.*` and `keel.processor`) and counted in
-/// `keel_sink_dead_letters_total` before its offset is committed; a dead-letter write the broker
-/// does not acknowledge stops the sink with [`SinkError::DeadLetter`] (the event is not passed
-/// over: a restart reads it again). An unreachable registry stops the sink
-/// ([`SinkError::RegistryUnreachable`]; a restart resumes from the last committed offset), and
-/// so does a registry or schema error that is Keel's own fault ([`SinkError::Decoding`]: a bug).
+/// Cassandra, commits offsets after the writes. An event it cannot use — a tombstone, one that
+/// cannot be decoded (not framed, a schema id still unknown to the registry after
+/// `[registry].unknown_id_patience_ms`, a schema that does not resolve), one Cassandra refuses
+/// to write for its values ([`SinkError::Refused`]) — is written to the dead-letter topic by
+/// `dead_letters` (`<group_id>-dlq`: its key, value and headers plus `keel.error`,
+/// `keel.source.*` and `keel.processor`) and counted in `keel_sink_dead_letters_total` before
+/// its offset is committed, and the sink goes on; a dead-letter write the broker does not
+/// acknowledge stops the sink with [`SinkError::DeadLetter`] (the event is not passed over: a
+/// restart reads it again). A failing write (timeout, unavailable) and a failing registry
+/// (unreachable, or an id not known yet within its window) are retried with backoff in place,
+/// until `shutdown`; a registry or schema error that is Keel's own fault stops the sink
+/// ([`SinkError::Decoding`]: a bug).
 pub async fn run(
     bootstrap: &str,
     names: &Topics,
@@ -607,6 +811,14 @@ pub async fn run(
     let mut committed = Vec::new();
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let sink = Sink {
+        names,
+        codec: &codec,
+        session: &session,
+        statements: &st,
+        dead_letters: &dead_letters,
+        shutdown: &shutdown,
+    };
     loop {
         let message = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
@@ -625,64 +837,62 @@ pub async fn run(
             }
             m = consumer.recv() => m?,
         };
-        let topic = message.topic();
-        let writes = match message.payload() {
-            None => Vec::new(),
-            Some(bytes) => {
-                let now = chrono::Utc::now().timestamp_millis();
-                let decoded = match names.base(topic).unwrap_or(topic) {
-                    topics::INVENTORY_RESERVED => codec
-                        .decode_from::<InventoryReserved>(topic, bytes)
-                        .await
-                        .map(|e| writes_for_reserved(&e, now)),
-                    topics::INVENTORY_RELEASED => codec
-                        .decode_from::<InventoryReleased>(topic, bytes)
-                        .await
-                        .map(|e| writes_for_released(&e)),
-                    _ => codec
-                        .decode_from::<InventoryAdjusted>(topic, bytes)
-                        .await
-                        .map(|e| writes_for_adjusted(&e, message.offset())),
-                };
-                match decoded {
-                    Ok(writes) => writes,
-                    Err(e) if e.fault() == keel_avro::Fault::Dependency => {
-                        // The registry is unreachable: stop; the supervisor restarts from the
-                        // last committed offset.
-                        return Err(SinkError::RegistryUnreachable {
-                            record: record_at(&message),
-                            source: Box::new(e),
-                        });
-                    }
-                    Err(e) if e.fault() == keel_avro::Fault::Bug => {
-                        return Err(SinkError::Decoding {
-                            record: record_at(&message),
-                            source: Box::new(e),
-                        });
-                    }
-                    Err(e) => {
-                        // The input's fault: dead-lettered (acknowledged) before the commit.
-                        tracing::error!(
-                            topic,
-                            partition = message.partition(),
-                            offset = message.offset(),
-                            error = %e,
-                            "undecodable inventory event: dead-lettering it"
-                        );
-                        let why = e.to_string();
-                        tokio::select! {
-                            // Not committed: the next run reads the event again.
-                            () = shutdown.cancelled() => return Ok(()),
-                            sent = dead_letters.send(&message, &why) => sent?,
-                        }
-                        Vec::new()
-                    }
-                }
-            }
-        };
-        for write in &writes {
-            apply_with_retry(&session, &st, write, &shutdown).await?;
+        if let Outcome::Shutdown = handle(&message, &sink).await? {
+            return Ok(());
         }
         crate::positions::commit_positions(&consumer, CommitMode::Async, None, &mut committed)?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use scylla::errors::{BadQuery, DbError, ExecutionError, RequestAttemptError, WriteType};
+
+    use super::refuses_the_values;
+
+    fn db(error: DbError, message: &str) -> ExecutionError {
+        ExecutionError::LastAttemptError(RequestAttemptError::DbError(error, message.to_owned()))
+    }
+
+    #[test]
+    fn an_invalid_request_and_a_key_too_long_are_refusals_of_the_values() {
+        assert!(refuses_the_values(&db(
+            DbError::Invalid,
+            "Key may not be empty"
+        )));
+        assert!(refuses_the_values(&ExecutionError::BadQuery(
+            BadQuery::ValuesTooLongForKey(70_000, 65_535)
+        )));
+    }
+
+    #[test]
+    fn timeouts_unavailable_and_overloaded_nodes_are_not_refusals() {
+        for transient in [
+            db(DbError::Overloaded, "overloaded"),
+            db(DbError::IsBootstrapping, "bootstrapping"),
+            db(
+                DbError::Unavailable {
+                    consistency: scylla::statement::Consistency::One,
+                    required: 1,
+                    alive: 0,
+                },
+                "unavailable",
+            ),
+            db(
+                DbError::WriteTimeout {
+                    consistency: scylla::statement::Consistency::One,
+                    received: 0,
+                    required: 1,
+                    write_type: WriteType::Simple,
+                },
+                "timed out",
+            ),
+            ExecutionError::RequestTimeout(Duration::from_secs(12)),
+            ExecutionError::EmptyPlan,
+        ] {
+            assert!(!refuses_the_values(&transient), "{transient}");
+        }
     }
 }

@@ -27,6 +27,85 @@ fn stock(on_hand: i64) -> SkuStock {
     SkuStock::single(DEFAULT_WAREHOUSE, StockLevel { on_hand, held: 0 })
 }
 
+fn command(key_sku: &str, body: InventoryCommandBody) -> InventoryCommand {
+    InventoryCommand {
+        command_id: "c1".into(),
+        sku: key_sku.into(),
+        issued_at: T0,
+        causation_id: "test".into(),
+        correlation_id: "o1".into(),
+        command: body,
+    }
+}
+
+#[test]
+fn a_command_must_be_keyed_by_its_sku_and_carry_ids_by_the_apis_rule() {
+    use super::logic::check_command;
+    let reserve_in = |order: &str, warehouse: Option<&str>| {
+        InventoryCommandBody::Reserve(ReserveStock {
+            order_id: order.into(),
+            quantity: 1,
+            warehouse: warehouse.map(Into::into),
+            hold_ttl_ms: None,
+        })
+    };
+    let adjust_in = |warehouse: Option<&str>| {
+        InventoryCommandBody::Adjust(AdjustStock {
+            delta: 1,
+            reason: "seed".into(),
+            warehouse: warehouse.map(Into::into),
+        })
+    };
+    let release_of = |order: &str| {
+        InventoryCommandBody::Release(ReleaseStock {
+            order_id: order.into(),
+            reason: ReleaseReason::Compensation,
+        })
+    };
+    let confirm_of = |order: &str| {
+        InventoryCommandBody::Confirm(ConfirmReservation {
+            order_id: order.into(),
+        })
+    };
+    for ok in [
+        reserve_in("o1", None),
+        reserve_in("o1", Some("east")),
+        adjust_in(Some("west")),
+        release_of("o1"),
+        confirm_of("o1"),
+    ] {
+        assert_eq!(check_command("SKU-A", &command("SKU-A", ok)), Ok(()));
+    }
+    // The key is not the SKU: both named.
+    let why = check_command("SKU-B", &command("SKU-A", adjust_in(None)))
+        .expect_err("mismatch")
+        .to_string();
+    assert!(
+        why.contains("\"SKU-B\"") && why.contains("\"SKU-A\""),
+        "{why}"
+    );
+    // A SKU, order id or warehouse that breaks the rule, named by its field.
+    let long = "S".repeat(65);
+    for (key_sku, body, field) in [
+        ("", adjust_in(None), "sku"),
+        ("WS X", reserve_in("o1", None), "sku"),
+        (long.as_str(), adjust_in(None), "sku"),
+        ("SKU-A", reserve_in("", None), "order_id"),
+        ("SKU-A", release_of("o 1"), "order_id"),
+        ("SKU-A", confirm_of(""), "order_id"),
+        ("SKU-A", reserve_in("o1", Some("")), "warehouse"),
+        ("SKU-A", adjust_in(Some("north\tpole")), "warehouse"),
+    ] {
+        let why = check_command(key_sku, &command(key_sku, body))
+            .expect_err("refused")
+            .to_string();
+        assert!(
+            why.contains(&format!("command's {field} ")) && why.contains("1 to 64 characters"),
+            "{field}: {why}"
+        );
+    }
+}
+
 #[test]
 fn a_reserve_holds_whole_or_reports_a_shortage_with_what_is_available() {
     let o = decide(stock(5), None, reserve("o1", 3), T0, &RULES).expect("applies");
@@ -1532,6 +1611,112 @@ mod driver {
         )
         .expect("dead-lettered");
         assert_eq!(d.dead_letters().len(), 1);
+    }
+
+    fn dead_reasons(d: &mut TestDriver) -> Vec<String> {
+        d.dead_letters()
+            .iter()
+            .map(|r| {
+                keel_topology::task::dead_letter_reason(&r.headers)
+                    .unwrap_or_default()
+                    .to_owned()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_command_whose_sku_breaks_the_apis_sku_rule_is_dead_lettered_and_emits_nothing() {
+        let (mut d, _) = driver();
+        let long = "S".repeat(65);
+        let adjust = || {
+            InventoryCommandBody::Adjust(AdjustStock {
+                delta: 5,
+                reason: "seed".into(),
+                warehouse: None,
+            })
+        };
+        let reserve = || {
+            InventoryCommandBody::Reserve(ReserveStock {
+                order_id: "o1".into(),
+                quantity: 1,
+                warehouse: None,
+                hold_ttl_ms: None,
+            })
+        };
+        for (i, sku) in ["", "WS X", "tab\tsku", long.as_str()]
+            .into_iter()
+            .enumerate()
+        {
+            send(&mut d, &format!("adjust-{i}"), sku, adjust());
+            send(&mut d, &format!("reserve-{i}"), sku, reserve());
+            let why = dead_reasons(&mut d);
+            assert_eq!(why.len(), 2, "{sku:?}: {why:?}");
+            assert!(
+                why.iter().all(|w| w.contains("sku") && w.contains("64")),
+                "{why:?}"
+            );
+        }
+        assert!(d.read_output(topics::INVENTORY_ADJUSTED).is_empty());
+        assert!(d.read_output(topics::INVENTORY_RESERVED).is_empty());
+        // The rule's edge: 64 characters are a SKU.
+        send(&mut d, "adjust-64", &"S".repeat(64), adjust());
+        assert!(dead_reasons(&mut d).is_empty());
+        assert_eq!(d.read_output(topics::INVENTORY_ADJUSTED).len(), 1);
+    }
+
+    #[test]
+    fn an_inventory_command_on_a_partition_its_sku_does_not_hash_to_is_dead_lettered() {
+        const PARTITIONS: i32 = 3;
+        let metrics = InventoryMetrics::register(&Registry::new()).expect("metrics");
+        let t = crate::inventory::topology(
+            &Format::Json,
+            &crate::topics::Topics::default(),
+            &InventoryConfig::default(),
+            metrics,
+        )
+        .expect("topology");
+        let config = keel_topology::DriverConfig {
+            partitions: [(topics::INVENTORY_COMMANDS.to_owned(), PARTITIONS)].into(),
+            ..keel_topology::DriverConfig::default()
+        };
+        let mut d = TestDriver::with_config(t, config).expect("driver");
+        let command = InventoryCommand {
+            command_id: "a1".into(),
+            sku: "SKU-A".into(),
+            issued_at: T0,
+            causation_id: "ops".into(),
+            correlation_id: "a1".into(),
+            command: InventoryCommandBody::Adjust(AdjustStock {
+                delta: 5,
+                reason: "seed".into(),
+                warehouse: None,
+            }),
+        };
+        let bytes = serde_json::to_vec(&command).expect("json");
+        let right = keel_topology::default_partition(b"SKU-A", PARTITIONS);
+        for partition in [(right + 1) % PARTITIONS, right] {
+            d.pipe_to_partition(
+                topics::INVENTORY_COMMANDS,
+                partition,
+                Some(b"SKU-A"),
+                Some(&bytes),
+                T0,
+                keel_topology::Headers::default(),
+            )
+            .expect("processed");
+        }
+        let why = dead_reasons(&mut d);
+        assert_eq!(why.len(), 1, "only the misplaced copy: {why:?}");
+        assert!(
+            why[0].contains(&format!("partition {right}")) && why[0].contains("murmur2"),
+            "{}",
+            why[0]
+        );
+        assert_eq!(
+            d.read_output(topics::INVENTORY_ADJUSTED).len(),
+            1,
+            "the copy on the SKU's own partition is applied"
+        );
     }
 
     /// A reserve command as `POST /inventory/reserve` (`api`) or the saga writes it.

@@ -23,11 +23,12 @@ use serde::{Deserialize, Serialize};
 
 use super::coordinator::COMMAND_PREFIX;
 use super::hot::HotSkus;
-use super::logic::{Effect, Input, OversellPolicy, Rules, decide};
+use super::logic::{Effect, Input, OversellPolicy, Rules, check_command, decide};
 use super::state::{
     EXPIRY_STORE, HOLDS_STORE, Hold, SEEN_STORE, STOCK_STORE, SkuStock, hold_key, split_hold_key,
     to_json,
 };
+use crate::command_key::check_record_partition;
 use crate::format::Format;
 use crate::topics::{self, Topics};
 
@@ -316,12 +317,11 @@ impl Processor for InventoryProcessor {
         record: Record<String, InventoryCommand>,
     ) -> Result<(), ProcessError> {
         let command = record.value;
-        if command.sku != record.key {
-            return Err(ProcessError::BadInput(format!(
-                "key {:?} is not the command's sku {:?}",
-                record.key, command.sku
-            )));
-        }
+        check_command(&record.key, &command)
+            .map_err(|refusal| ProcessError::BadInput(refusal.to_string()))?;
+        // On the SKU's murmur2 partition, or another task would keep a second stock of it.
+        check_record_partition(&record.key, ctx.metadata())
+            .map_err(|problem| ProcessError::BadInput(problem.to_string()))?;
         let sku = command.sku.clone();
         let cause = Cause {
             id: command.command_id.clone(),

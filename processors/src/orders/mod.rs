@@ -59,6 +59,10 @@ pub enum Error {
         order_id: String,
         reason: String,
     },
+    /// A record without a value (a tombstone) on `topic`, the decisions topic: an event topic
+    /// where every record has one (the input's fault: dead-lettered).
+    #[error("a tombstone (a record without a value) on {topic}: every order decision has a value")]
+    Tombstone { topic: String },
     /// `seed_cart` was given a cart that cannot be stored.
     #[error("cart {cart_id}: {reason}")]
     InvalidCart { cart_id: String, reason: String },
@@ -77,7 +81,9 @@ impl Error {
         match self {
             Self::Sql { .. } | Self::Kafka { .. } => Fault::Dependency,
             Self::Avro(e) => e.fault(),
-            Self::InvalidDecision { .. } | Self::InvalidCart { .. } => Fault::Input,
+            Self::InvalidDecision { .. } | Self::InvalidCart { .. } | Self::Tombstone { .. } => {
+                Fault::Input
+            }
             Self::Migrate(_) | Self::CorruptRow { .. } => Fault::Bug,
         }
     }

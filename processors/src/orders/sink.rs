@@ -10,8 +10,11 @@
 //! decision inserts nothing and is skipped whole, and a decision older than the order's
 //! `last_sequence` writes nothing. The outbox row is written in the same transaction.
 //!
-//! Bad input: a record that cannot be decoded or makes no rows goes to the dead-letter topic
-//! `<group id>-dlq` ([`crate::dead_letter`]) before the offset is committed past it.
+//! Bad input: a record that cannot be decoded (including a schema id the registry still does
+//! not know after `[registry].unknown_id_patience_ms`), makes no rows, or has no value (a
+//! tombstone: the decisions topic is an event topic, not a compacted table) goes to the
+//! dead-letter topic `<group id>-dlq` ([`crate::dead_letter`]) before the offset is committed
+//! past it.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -56,13 +59,15 @@ const COMMIT_IDLE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Consume `topic` (the saga's `order.decisions.v1`) as consumer group `group_id` until
 /// `shutdown`, applying each decision with [`apply_decision`] and committing its offset after
-/// the transaction. A record that cannot be decoded or makes no rows (the input's fault) is
-/// written to the dead-letter topic by `dead_letters` (`<group_id>-dlq`: its key, value and
-/// headers plus `keel.error`, `keel.source.*` and `keel.processor`), counted in
-/// `keel_sink_dead_letters_total`, and only then passed over: its offset is committed after the
-/// broker acknowledged the copy (a failed write is retried with backoff, the record is never
-/// dropped). A database or registry failure is retried with backoff (the record is not
-/// skipped); a bug (Keel's own schemas) stops the sink with the error.
+/// the transaction. A record that cannot be decoded, makes no rows or is a tombstone
+/// ([`Error::Tombstone`]): the input's fault, is written to the dead-letter topic by
+/// `dead_letters` (`<group_id>-dlq`: its key, value and headers plus `keel.error`,
+/// `keel.source.*` and `keel.processor`), counted in `keel_sink_dead_letters_total`, and only
+/// then passed over: its offset is committed after the broker acknowledged the copy (a failed
+/// write is retried with backoff, the record is never dropped). A database or registry failure
+/// (including a schema id the registry does not know yet, within
+/// `[registry].unknown_id_patience_ms`) is retried with backoff (the record is not skipped); a
+/// bug (Keel's own schemas) stops the sink with the error.
 #[allow(clippy::too_many_arguments)]
 pub async fn run_order_sink(
     bootstrap: &str,
@@ -242,12 +247,8 @@ async fn handle_batch(batch: &[BorrowedMessage<'_>], sink: &Sink<'_>) -> Result<
     let mut decisions = Vec::with_capacity(batch.len());
     for (i, message) in batch.iter().enumerate() {
         let Some(payload) = message.payload() else {
-            tracing::warn!(
-                partition = message.partition(),
-                offset = message.offset(),
-                "order sink: skipping a record without a value"
-            );
-            continue;
+            // A tombstone: dead-lettered by the one-by-one path.
+            return handle_each(batch, sink).await;
         };
         match sink
             .codec
@@ -313,12 +314,17 @@ async fn handle_each(batch: &[BorrowedMessage<'_>], sink: &Sink<'_>) -> Result<u
 async fn handle_with_retry(message: &BorrowedMessage<'_>, sink: &Sink<'_>) -> Result<bool> {
     let topic = sink.topic;
     let Some(payload) = message.payload() else {
-        tracing::warn!(
+        let e = Error::Tombstone {
+            topic: message.topic().to_owned(),
+        };
+        tracing::error!(
+            error = %e,
+            topic,
             partition = message.partition(),
             offset = message.offset(),
-            "order sink: skipping a record without a value"
+            "order sink: dead-lettering a record it cannot apply"
         );
-        return Ok(true);
+        return Ok(dead_letter(message, &e, sink).await);
     };
     let mut backoff = BACKOFF_START;
     loop {
@@ -354,6 +360,14 @@ async fn handle_with_retry(message: &BorrowedMessage<'_>, sink: &Sink<'_>) -> Re
                 Fault::Bug => return Err(e),
                 Fault::Dependency => {
                     tracing::warn!(error = %e, "order sink: retrying a decision");
+                    // A schema id the registry does not know yet is asked again no later than
+                    // the end of its window.
+                    if let Error::Avro(keel_avro::Error::SchemaIdNotYetKnown {
+                        remaining, ..
+                    }) = &e
+                    {
+                        backoff = backoff.min(*remaining);
+                    }
                     if sleep_or_shutdown(sink.shutdown, &mut backoff).await {
                         return Ok(false);
                     }

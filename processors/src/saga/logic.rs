@@ -5,6 +5,9 @@
 //!
 //! Rules that hold for every input sequence (property-tested in `tests.rs`):
 //! - a duplicate (same command or event id) changes nothing and emits nothing;
+//! - a command whose key is not its order id (or whose order id breaks the id rule), and a
+//!   place-order under a new command id for an order id that has a saga, are [`Refusal`]s:
+//!   dead-lettered, nothing changes;
 //! - an event for an order without a saga, or for a SKU the order does not have, is
 //!   [`Ignored`] (valid, someone else's: no state, no effects, counted), never refused; only
 //!   undecodable records and commands the saga cannot carry out are dead-lettered;
@@ -17,6 +20,7 @@
 //!   `SALE_REFUSED` cancels it (`OVERSELL_PREVENTED`), voiding the payment and giving back what
 //!   was sold.
 
+use keel_avro::ids::{ID_RULE, is_valid_id, shown};
 use keel_avro::records::{
     AuthorizePayment, CapturePayment, CartCheckStatus, CartChecked, ConfirmReservation,
     CreatePaymentIntent, InventoryCommandBody, InventoryReleased, InventoryReserved,
@@ -26,6 +30,7 @@ use keel_avro::records::{
 };
 
 use super::state::{LineState, PaymentState, Reason, Saga, Step};
+use crate::command_key::{KeyProblem, check_key};
 use crate::topics;
 
 /// How long each step may wait (ms). Every timeout is configuration, so tests run the same
@@ -63,10 +68,14 @@ impl Default for Timeouts {
 pub enum Input {
     Place {
         command_id: String,
+        /// The order id inside the command; the record's key must be the same.
+        order_id: String,
         place: PlaceOrder,
     },
     Cancel {
         command_id: String,
+        /// The order id inside the command; the record's key must be the same.
+        order_id: String,
         reason: String,
     },
     Reserved(InventoryReserved),
@@ -190,6 +199,31 @@ pub enum Effect {
 /// orders that are not the saga's are [`Ignored`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
+    /// The command's key is not its order id (an empty key included), or that id breaks the id
+    /// rule ([`keel_avro::ids`]): checked before anything else, so such a command never starts
+    /// or touches a saga.
+    #[error(transparent)]
+    Key(#[from] KeyProblem),
+    /// A place-order command for an order id that has a saga, under another command id: a
+    /// second order that reuses an order id (another cart, other lines), or a producer that
+    /// retried with a fresh command id. The order stays as it is; a retry of the same command
+    /// (same command id) is a duplicate and changes nothing without a refusal.
+    #[error(
+        "order {} exists already ({status:?}, cart {}, placed by another command); place-order \
+         command {} (cart {}) for the same order id is not applied: a new order needs a new order \
+         id, and a producer's retry must keep its command id",
+        shown(.order_id),
+        shown(.cart_id),
+        shown(.command_id),
+        shown(.new_cart_id)
+    )]
+    OrderExists {
+        order_id: String,
+        status: OrderDecisionStatus,
+        cart_id: String,
+        command_id: String,
+        new_cart_id: String,
+    },
     /// A cancel for an order id with no saga (the API answers 404 before writing one).
     #[error("no saga for order {0:?}: a cancel must follow its place-order command")]
     UnknownOrder(String),
@@ -229,6 +263,8 @@ impl Outcome {
 }
 
 /// Applies `input` to the saga `state` (None: no saga for this order yet) at wall-clock `now`.
+/// `order_id` is the record's key, which [`Input::Place`] and [`Input::Cancel`] must carry as
+/// their own order id ([`Refusal::Key`]).
 pub fn decide(
     state: Option<Saga>,
     input: Input,
@@ -236,6 +272,11 @@ pub fn decide(
     now: i64,
     timeouts: &Timeouts,
 ) -> Result<Outcome, Refusal> {
+    // A command is the saga's only if its key is its order id: checked before the state is
+    // looked at, so a mis-keyed command neither starts a saga nor acts on another order's.
+    if let Input::Place { order_id: id, .. } | Input::Cancel { order_id: id, .. } = &input {
+        check_key("order_id", order_id, id)?;
+    }
     let Some(mut saga) = state else {
         return start(input, order_id, now, timeouts);
     };
@@ -254,8 +295,20 @@ pub fn decide(
     }
     let mut fx = Vec::new();
     match input {
-        // Another place-order for an existing order id: the order exists; nothing changes.
-        Input::Place { .. } => {}
+        // Another place-order (not a duplicate: its command id is new) for an existing order
+        // id: a conflict the producer must see. The saga stays as it was (a refusal writes
+        // nothing, so not even the command id is remembered).
+        Input::Place {
+            command_id, place, ..
+        } => {
+            return Err(Refusal::OrderExists {
+                order_id: saga.order_id,
+                status: saga.step.status(),
+                cart_id: saga.cart_id,
+                command_id,
+                new_cart_id: place.cart_id,
+            });
+        }
         Input::Cancel { reason, .. } => match saga.step {
             Step::AwaitingCart
             | Step::AwaitingInventory
@@ -379,7 +432,9 @@ pub fn decide(
 
 fn start(input: Input, order_id: &str, now: i64, timeouts: &Timeouts) -> Result<Outcome, Refusal> {
     let (command_id, place) = match input {
-        Input::Place { command_id, place } => (command_id, place),
+        Input::Place {
+            command_id, place, ..
+        } => (command_id, place),
         // A command to the saga that it cannot carry out: the producer's mistake (the API
         // answers 404 instead of writing it), dead-lettered so that someone sees why. Also a
         // cancel after `[saga].retention_ms` deleted the finished saga: too late either way.
@@ -612,8 +667,12 @@ pub fn validate(place: &PlaceOrder) -> Result<(), String> {
     let mut skus = std::collections::BTreeSet::new();
     let mut sum: i64 = 0;
     for (i, line) in place.lines.iter().enumerate() {
-        if line.sku.trim().is_empty() {
-            return Err(format!("lines[{i}].sku: must not be empty"));
+        // The API's rule for SKUs: inventory dead-letters a command for any other SKU.
+        if !is_valid_id(&line.sku) {
+            return Err(format!(
+                "lines[{i}].sku: {} is not a SKU: a SKU is {ID_RULE}",
+                shown(&line.sku)
+            ));
         }
         if !skus.insert(line.sku.as_str()) {
             return Err(format!("lines[{i}].sku: {:?} appears twice", line.sku));

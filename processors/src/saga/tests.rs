@@ -60,6 +60,7 @@ fn place_order(lines: Vec<OrderLine>) -> PlaceOrder {
 fn place() -> Input {
     Input::Place {
         command_id: "cmd-place".into(),
+        order_id: ORDER.into(),
         place: place_order(vec![line("SKU-A", 2, 1_000), line("SKU-B", 1, 500)]),
     }
 }
@@ -117,6 +118,7 @@ fn failed(reason: PaymentFailureReason) -> Input {
 fn cancel(id: &str) -> Input {
     Input::Cancel {
         command_id: id.into(),
+        order_id: ORDER.into(),
         reason: "changed my mind".into(),
     }
 }
@@ -351,10 +353,16 @@ fn an_invalid_order_is_rejected_without_touching_inventory() {
             "lines[1].sku",
         ),
         (vec![line("", 1, 100)], "lines[0].sku"),
+        (
+            vec![line("SKU-A", 1, 100), line("WS X", 1, 100)],
+            "lines[1].sku",
+        ),
+        (vec![line(&"S".repeat(65), 1, 100)], "lines[0].sku"),
         (vec![line("SKU-A", 1, -1)], "lines[0].unit_price"),
     ] {
         let (saga, fx) = run(vec![Input::Place {
             command_id: "p".into(),
+            order_id: ORDER.into(),
             place: place_order(lines),
         }]);
         assert_eq!(saga.step, Step::Rejected);
@@ -387,6 +395,81 @@ fn cancels_without_a_saga_and_cancels_of_finished_orders_are_refused() {
     let (confirmed, _) = run(vec![place(), held("SKU-A"), held("SKU-B"), authorized("a")]);
     let err = decide(Some(confirmed), cancel("c2"), ORDER, T0, &TIMEOUTS).expect_err("409");
     assert!(err.to_string().contains("Confirmed"), "{err}");
+}
+
+/// A place-order command for `order_id` with its own command id and cart.
+fn place_as(command_id: &str, order_id: &str, cart_id: &str) -> Input {
+    let mut place = place_order(vec![line("SKU-A", 2, 1_000), line("SKU-B", 1, 500)]);
+    place.cart_id = cart_id.into();
+    Input::Place {
+        command_id: command_id.into(),
+        order_id: order_id.into(),
+        place,
+    }
+}
+
+#[test]
+fn a_command_whose_key_is_empty_or_not_its_order_id_is_refused_naming_both() {
+    // (the record's key, the order id inside the command)
+    for (key, inside) in [("mmkey-x", "mm-x"), ("", "ek-x"), ("", ""), ("order-1", "")] {
+        let err = decide(None, place_as("p", inside, "cart-1"), key, T0, &TIMEOUTS)
+            .expect_err("the key is not the order id");
+        let why = err.to_string();
+        assert!(
+            why.contains(&format!("{key:?}")) && why.contains(&format!("{inside:?}")),
+            "{why}"
+        );
+    }
+    // The same for a cancel, even of an order that exists under the key.
+    let (saga, _) = run(vec![place()]);
+    let cancel_other = Input::Cancel {
+        command_id: "c".into(),
+        order_id: "order-2".into(),
+        reason: "x".into(),
+    };
+    let err = decide(Some(saga), cancel_other, ORDER, T0, &TIMEOUTS).expect_err("refused");
+    assert!(err.to_string().contains("\"order-2\""), "{err}");
+}
+
+#[test]
+fn an_order_id_that_breaks_the_id_rule_is_refused_even_when_the_key_agrees() {
+    let long = "o".repeat(65);
+    for bad in [long.as_str(), "order 1", "order\u{7}1"] {
+        let err = decide(None, place_as("p", bad, "cart-1"), bad, T0, &TIMEOUTS)
+            .expect_err("not a valid order id");
+        assert!(err.to_string().contains("order_id"), "{err}");
+    }
+    let ok = "o".repeat(64);
+    let outcome =
+        decide(None, place_as("p", &ok, "cart-1"), &ok, T0, &TIMEOUTS).expect("64 is fine");
+    assert_eq!(outcome.saga.map(|s| s.step), Some(Step::AwaitingInventory));
+}
+
+#[test]
+fn another_place_order_for_an_existing_order_is_refused_and_a_duplicate_changes_nothing() {
+    let (saga, _) = run(vec![place()]);
+    // A true duplicate (same command id): nothing, and no error.
+    let again = decide(Some(saga.clone()), place(), ORDER, T0, &TIMEOUTS).expect("a duplicate");
+    assert!(again.effects.is_empty(), "{:?}", again.effects);
+    assert_eq!(again.saga.as_ref(), Some(&saga));
+    // Another command (its own id, another cart) for the same order id: a conflict, refused
+    // with both commands' ids and carts, at every step.
+    let (confirmed, _) = run(vec![place(), held("SKU-A"), held("SKU-B"), authorized("a")]);
+    for existing in [saga, confirmed] {
+        let err = decide(
+            Some(existing),
+            place_as("cmd-other", ORDER, "cart-2"),
+            ORDER,
+            T0,
+            &TIMEOUTS,
+        )
+        .expect_err("a conflicting place-order");
+        assert!(matches!(err, Refusal::OrderExists { .. }), "{err:?}");
+        let why = err.to_string();
+        for part in ["\"order-1\"", "\"cmd-other\"", "\"cart-2\"", "\"cart-1\""] {
+            assert!(why.contains(part), "{part} in {why}");
+        }
+    }
 }
 
 #[test]
@@ -521,6 +604,7 @@ fn a_command_without_lines_reserves_the_carts_lines() {
         vec![
             Input::Place {
                 command_id: "p".into(),
+                order_id: ORDER.into(),
                 place,
             },
             cart_ok(),
@@ -1189,6 +1273,173 @@ mod driver {
         );
     }
 
+    fn reasons(d: &mut TestDriver) -> Vec<String> {
+        d.dead_letters()
+            .iter()
+            .map(|r| {
+                r.headers
+                    .get_str(dlq_headers::ERROR)
+                    .unwrap_or_default()
+                    .to_owned()
+            })
+            .collect()
+    }
+
+    /// A place-order command for `order_id` with its own command id and cart, as a producer
+    /// writes it.
+    fn place_command(command_id: &str, order_id: &str, cart_id: &str) -> OrderCommand {
+        let Input::Place { mut place, .. } = place() else {
+            unreachable!()
+        };
+        place.cart_id = cart_id.into();
+        OrderCommand {
+            order_id: order_id.into(),
+            correlation_id: order_id.into(),
+            ..command(OrderCommandBody::PlaceOrder(place), command_id)
+        }
+    }
+
+    fn pipe_keyed(d: &mut TestDriver, key: &str, command: &OrderCommand) {
+        d.pipe(
+            topics::ORDER_COMMANDS,
+            &key.to_owned(),
+            command,
+            T0,
+            &Utf8,
+            &Json::<OrderCommand>::new(),
+        )
+        .expect("processed");
+    }
+
+    #[test]
+    fn a_place_order_keyed_empty_or_other_than_its_order_id_is_dead_lettered_and_changes_nothing() {
+        let mut d = driver();
+        for (key, inside) in [("mmkey-x", "mm-x"), ("", "ek-x"), ("", "ek-y")] {
+            pipe_keyed(
+                &mut d,
+                key,
+                &place_command(&format!("cmd-{inside}"), inside, "cart-1"),
+            );
+            let why = reasons(&mut d);
+            assert_eq!(why.len(), 1, "{key:?}/{inside:?}: {why:?}");
+            assert!(
+                why[0].contains(&format!("{key:?}")) && why[0].contains(&format!("{inside:?}")),
+                "the reason names the key and the order id: {}",
+                why[0]
+            );
+            for id in [key, inside] {
+                assert!(
+                    d.kv_get(crate::saga::state::SAGAS_STORE, id.as_bytes())
+                        .expect("reads")
+                        .is_none(),
+                    "no saga under {id:?}"
+                );
+            }
+        }
+        assert!(out::<OrderDecision>(&mut d, topics::ORDER_DECISIONS).is_empty());
+        assert!(out::<InventoryCommand>(&mut d, topics::INVENTORY_COMMANDS).is_empty());
+        assert!(out::<PaymentCommand>(&mut d, topics::PAYMENT_COMMANDS).is_empty());
+    }
+
+    #[test]
+    fn a_second_place_order_for_an_order_id_is_dead_lettered_and_a_duplicate_is_not() {
+        let mut d = driver();
+        let first = place_command("cmd-1", ORDER, "cart-1");
+        pipe_keyed(&mut d, ORDER, &first);
+        assert_eq!(
+            out::<OrderDecision>(&mut d, topics::ORDER_DECISIONS).len(),
+            1
+        );
+        out::<InventoryCommand>(&mut d, topics::INVENTORY_COMMANDS);
+        let stored = d
+            .kv_get(crate::saga::state::SAGAS_STORE, ORDER.as_bytes())
+            .expect("reads");
+
+        // The same command again (a producer's retry): nothing, no dead letter.
+        pipe_keyed(&mut d, ORDER, &first);
+        assert!(reasons(&mut d).is_empty());
+
+        // Another command for the order id, with another cart: dead-lettered with why.
+        pipe_keyed(&mut d, ORDER, &place_command("cmd-2", ORDER, "cart-2"));
+        let why = reasons(&mut d);
+        assert_eq!(why.len(), 1, "{why:?}");
+        assert!(
+            why[0].contains("\"cmd-2\"") && why[0].contains("\"cart-2\""),
+            "{}",
+            why[0]
+        );
+        assert!(out::<OrderDecision>(&mut d, topics::ORDER_DECISIONS).is_empty());
+        assert!(out::<InventoryCommand>(&mut d, topics::INVENTORY_COMMANDS).is_empty());
+        assert_eq!(
+            d.kv_get(crate::saga::state::SAGAS_STORE, ORDER.as_bytes())
+                .expect("reads"),
+            stored,
+            "the saga is as it was"
+        );
+    }
+
+    #[test]
+    fn a_command_on_a_partition_its_key_does_not_hash_to_is_dead_lettered_naming_the_right_one() {
+        const PARTITIONS: i32 = 4;
+        let metrics =
+            crate::saga::SagaMetrics::register(&prometheus::Registry::new()).expect("metrics");
+        let names = crate::topics::Topics::default();
+        let topology =
+            crate::saga::topology(&Format::Json, &names, &SagaConfig::default(), metrics)
+                .expect("topology");
+        let config = keel_topology::DriverConfig {
+            partitions: names
+                .saga_inputs()
+                .into_iter()
+                .map(|t| (t, PARTITIONS))
+                .collect(),
+            ..keel_topology::DriverConfig::default()
+        };
+        let mut d = TestDriver::with_config(topology, config).expect("driver");
+        let key = "order-crc32";
+        let right = keel_topology::default_partition(key.as_bytes(), PARTITIONS);
+        let wrong = (right + 1) % PARTITIONS;
+        let bytes = serde_json::to_vec(&place_command("cmd-1", key, "cart-1")).expect("json");
+        d.pipe_to_partition(
+            topics::ORDER_COMMANDS,
+            wrong,
+            Some(key.as_bytes()),
+            Some(&bytes),
+            T0,
+            keel_topology::Headers::default(),
+        )
+        .expect("processed");
+        let why = reasons(&mut d);
+        assert_eq!(why.len(), 1, "{why:?}");
+        assert!(
+            why[0].contains(&format!("partition {right}")) && why[0].contains("murmur2"),
+            "names the key's partition and the partitioner: {}",
+            why[0]
+        );
+        assert!(out::<OrderDecision>(&mut d, topics::ORDER_DECISIONS).is_empty());
+        assert!(
+            d.kv_get(crate::saga::state::SAGAS_STORE, key.as_bytes())
+                .expect("reads")
+                .is_none()
+        );
+
+        // The same command where murmur2 puts it: placed.
+        d.pipe_to_partition(
+            topics::ORDER_COMMANDS,
+            right,
+            Some(key.as_bytes()),
+            Some(&bytes),
+            T0,
+            keel_topology::Headers::default(),
+        )
+        .expect("processed");
+        assert!(reasons(&mut d).is_empty());
+        let decisions: Vec<(String, OrderDecision)> = out(&mut d, topics::ORDER_DECISIONS);
+        assert_eq!(decisions.len(), 1);
+        assert_eq!(decisions[0].1.status, OrderDecisionStatus::Pending);
+        assert_eq!(decisions[0].1.source_partition, right);
+    }
+
     #[test]
     fn an_undecodable_reply_is_dead_lettered_and_the_next_record_is_processed() {
         let mut d = driver();
@@ -1288,12 +1539,16 @@ mod driver {
     /// Pipes `input` to the topic it comes from, as the runtime would read it.
     fn feed(d: &mut TestDriver, input: Input) {
         match input {
-            Input::Place { command_id, place } => pipe(
+            Input::Place {
+                command_id, place, ..
+            } => pipe(
                 d,
                 topics::ORDER_COMMANDS,
                 &command(OrderCommandBody::PlaceOrder(place), &command_id),
             ),
-            Input::Cancel { command_id, reason } => pipe(
+            Input::Cancel {
+                command_id, reason, ..
+            } => pipe(
                 d,
                 topics::ORDER_COMMANDS,
                 &command(

@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use super::logic::{Effect, Ignored, Input, Timeouts, decide};
 use super::state::{DEADLINES_STORE, OPEN_STORE, OpenSaga, SAGAS_STORE, Saga, Step};
 use crate::carts::CdcTopics;
+use crate::command_key::check_record_partition;
 use crate::format::Format;
 use crate::topics::{self, Topics};
 
@@ -47,6 +48,11 @@ pub struct SagaConfig {
     /// `[carts].source = "cdc"`: the saga's deadline for the cart check's answer (ms); keep it
     /// above `cart_wait_ms`, so the carts processor's answer comes first.
     pub cart_timeout_ms: u64,
+    /// Not a `[saga]` key: `keel run` copies `[carts].retention_ms` here. How long the carts
+    /// processor remembers an answered or released order, and keeps a cart whose rows are gone
+    /// after its last change, before deleting it (ms). 7 days by default.
+    #[serde(skip)]
+    pub cart_retention_ms: u64,
     /// Not a `[saga]` key: `keel run` copies `[inventory].oversell` here. With `prevent` the saga
     /// waits for inventory's answer to every confirm before `CONFIRMED` ([`Timeouts::wait_for_sale`]).
     #[serde(skip)]
@@ -63,6 +69,7 @@ impl Default for SagaConfig {
             metrics_interval_ms: 5_000,
             cart_wait_ms: 30_000,
             cart_timeout_ms: 60_000,
+            cart_retention_ms: 7 * 24 * 3_600_000,
             oversell: crate::inventory::OversellPolicy::Allow,
         }
     }
@@ -98,6 +105,8 @@ pub struct SagaMetrics {
     /// alone, by event (the topic's unprefixed name, e.g. `payment.authorized.v1`) and reason
     /// ([`Ignored::label`]: `no_saga`, `not_in_order`). Every series exists from the start.
     pub ignored: IntCounterVec,
+    /// The carts processor's (`[carts].source = "cdc"`): `keel_carts_retired_total`.
+    pub carts: crate::carts::CartsMetrics,
 }
 
 impl SagaMetrics {
@@ -158,6 +167,7 @@ impl SagaMetrics {
                 ignored.with_label_values(&[event, why.label()]);
             }
         }
+        let carts = crate::carts::CartsMetrics::register(registry)?;
         Ok(Self {
             open,
             oldest,
@@ -165,6 +175,7 @@ impl SagaMetrics {
             duration,
             compensations,
             ignored,
+            carts,
         })
     }
 }
@@ -211,6 +222,7 @@ fn build(
         timeouts.cart_ms = Some(i64::try_from(config.cart_timeout_ms).unwrap_or(i64::MAX));
     }
     let retention_ms = i64::try_from(config.retention_ms).unwrap_or(i64::MAX);
+    let carts_metrics = metrics.carts.clone();
     let metrics_interval = Duration::from_millis(config.metrics_interval_ms.max(1));
     let inputs = names.saga_inputs();
     let inputs: Vec<&str> = inputs.iter().map(String::as_str).collect();
@@ -261,14 +273,21 @@ fn build(
     .add_state_store(DEADLINES_STORE, StoreKind::Timer, &[PROCESSOR])
     .add_state_store(OPEN_STORE, StoreKind::KeyValue, &[PROCESSOR]);
     if let Some(cdc) = cdc {
+        let ms = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
         crate::carts::add_to(
             &mut b,
             format,
             names,
             cdc,
             PROCESSOR,
-            i64::try_from(config.cart_wait_ms).unwrap_or(i64::MAX),
-            interval,
+            crate::carts::CartsSettings {
+                rules: crate::carts::Rules {
+                    wait_ms: ms(config.cart_wait_ms),
+                    retention_ms: ms(config.cart_retention_ms),
+                },
+                check_interval: interval,
+            },
+            carts_metrics,
         );
     }
     b.build()
@@ -298,10 +317,12 @@ impl Serde<Input> for InputSerde {
                 match command.command {
                     OrderCommandBody::PlaceOrder(place) => Input::Place {
                         command_id: command.command_id,
+                        order_id: command.order_id,
                         place,
                     },
                     OrderCommandBody::CancelOrder(cancel) => Input::Cancel {
                         command_id: command.command_id,
+                        order_id: command.order_id,
                         reason: cancel.reason,
                     },
                 }
@@ -369,6 +390,15 @@ impl Processor for SagaProcessor {
         ctx: &mut Context<'_>,
         record: Record<String, Input>,
     ) -> Result<(), ProcessError> {
+        // A command must be on its key's murmur2 partition: the saga's state is kept there and
+        // every answer (keyed by order id, murmur2-partitioned) arrives there. Checked when the
+        // key is the command's order id; otherwise [`decide`] refuses it with both values.
+        if let Input::Place { order_id, .. } | Input::Cancel { order_id, .. } = &record.value
+            && *order_id == record.key
+        {
+            check_record_partition(&record.key, ctx.metadata())
+                .map_err(|problem| ProcessError::BadInput(problem.to_string()))?;
+        }
         let (topic, partition, offset) = ctx
             .metadata()
             .map(|m| (m.topic.to_string(), m.partition, m.offset))

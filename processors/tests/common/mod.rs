@@ -128,6 +128,26 @@ impl DlqSetup {
         })
     }
 
+    /// Writes `value` under `key` to `topic` (`None`: a tombstone, a record without a value);
+    /// where it landed (partition, offset).
+    pub async fn send_raw(
+        &self,
+        topic: &str,
+        key: &str,
+        value: Option<&[u8]>,
+    ) -> anyhow::Result<(i32, i64)> {
+        let mut record: FutureRecord<'_, str, [u8]> = FutureRecord::to(topic).key(key);
+        if let Some(value) = value {
+            record = record.payload(value);
+        }
+        let delivered = self
+            .producer
+            .send(record, Duration::from_secs(10))
+            .await
+            .map_err(|(e, _)| e)?;
+        Ok((delivered.partition, delivered.offset))
+    }
+
     /// The records on the dead-letter topic (read_committed; at least one is waited for).
     pub async fn letters(&self) -> anyhow::Result<Vec<OwnedMessage>> {
         let reader = keel_tests::kafka::consumer(&self.bootstrap, "read_committed")?;
@@ -216,4 +236,36 @@ pub fn exported(registry: &prometheus::Registry, sink: &str, topic: &str) -> f64
         })
         .map(|m| m.get_counter().value())
         .sum()
+}
+
+/// Asserts that `letter` is the dead letter of the record at `topic/partition@offset` from sink
+/// `processor`, and that its `keel.error` contains `why`.
+pub fn assert_from(
+    letter: &OwnedMessage,
+    (topic, partition, offset): (&str, i32, i64),
+    processor: &str,
+    why: &str,
+) -> anyhow::Result<()> {
+    assert_eq!(
+        header(letter, dlq_headers::SOURCE_TOPIC).as_deref(),
+        Some(topic)
+    );
+    assert_eq!(
+        header(letter, dlq_headers::SOURCE_PARTITION),
+        Some(partition.to_string())
+    );
+    assert_eq!(
+        header(letter, dlq_headers::SOURCE_OFFSET),
+        Some(offset.to_string())
+    );
+    assert_eq!(
+        header(letter, dlq_headers::PROCESSOR).as_deref(),
+        Some(processor)
+    );
+    let error = header(letter, dlq_headers::ERROR).context("no error header")?;
+    assert!(
+        error.contains(why),
+        "keel.error {error:?} does not say {why:?}"
+    );
+    Ok(())
 }
