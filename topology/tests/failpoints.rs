@@ -229,6 +229,38 @@ fn a_failure_after_the_flush_aborts_and_replays_to_a_clean_result() {
     scenario.teardown();
 }
 
+/// A dead letter counts once its transaction commits: the aborted interval's dead letter is
+/// not counted beside the replay's (`keel_dead_letters_total` said 2 for one dead letter).
+#[test]
+fn a_dead_letter_of_an_aborted_interval_is_counted_once() {
+    let scenario = FailScenario::setup();
+    let run = Run::new("dead_letter_count");
+    let data = input(1);
+    run.produce(&data);
+    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .create()
+        .expect("producer");
+    producer
+        .send(
+            BaseRecord::to(&run.input)
+                .partition(0)
+                .key("bad")
+                .payload(&b"not an i64"[..]),
+        )
+        .map_err(|(e, _)| e)
+        .expect("queued");
+    producer.flush(Duration::from_secs(30)).expect("flushed");
+    fail::cfg(faults::AFTER_FLUSH, "1*return").expect("failpoint");
+    let handle = run.start();
+    run.assert_clean(&handle, &data);
+    assert!(used_up(faults::AFTER_FLUSH), "an interval was aborted");
+    assert!(counter(&handle, "keel_aborts_total") >= 1.0);
+    assert_eq!(counter(&handle, "keel_dead_letters_total"), 1.0);
+    handle.shutdown().expect("clean shutdown");
+    scenario.teardown();
+}
+
 /// `topic`'s records per key (i64 values) under `isolation`, waiting up to `within` for
 /// `expected` of them (then 2 s more).
 fn changelog_by_key(topic: &str, isolation: &str, expected: usize) -> BTreeMap<String, Vec<i64>> {

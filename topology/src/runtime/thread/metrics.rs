@@ -57,7 +57,8 @@ fn lag(end: i64, committed_or_log_start: i64) -> i64 {
 
 impl Core {
     /// Per-processor record counts since the last commit, and the thread-local per-record
-    /// metrics (records in and out, record age, processing time), into the metrics.
+    /// metrics (records in and out, record age, processing time, dead letters), into the
+    /// metrics.
     pub(super) fn export_counts(&mut self) {
         for (records_in, age) in self.topic_metrics.values() {
             records_in.flush();
@@ -65,6 +66,9 @@ impl Core {
         }
         for records_out in self.records_out.values() {
             records_out.flush();
+        }
+        for dead_letters in self.dead_letters.values() {
+            dead_letters.flush();
         }
         self.process_latency.flush();
         let metrics = &self.shared.metrics;

@@ -129,6 +129,10 @@ struct Core {
     process_latency: LocalHistogram,
     /// Per output topic: the records-out counter (resolved once, like `topic_metrics`).
     records_out: FxHashMap<String, LocalIntCounter>,
+    /// Per source topic: the dead-letter counter, thread-local like `records_out`, but an
+    /// abort drops what it counted: a dead letter counts once its transaction commits (what
+    /// the aborted interval dead-lettered is dead-lettered again by the replay).
+    dead_letters: FxHashMap<String, LocalIntCounter>,
     /// The output of the record being processed; kept between records so its buffer is
     /// reused ([`StreamTask::swap_output`]).
     output: Vec<crate::record::OutRecord>,
@@ -216,6 +220,7 @@ pub(crate) fn run(index: usize, shared: Arc<Shared>, progress: &mut Progress) ->
         topic_metrics: FxHashMap::default(),
         process_latency: shared.metrics.process_latency.local(),
         records_out: FxHashMap::default(),
+        dead_letters: FxHashMap::default(),
         output: Vec::new(),
         topic_names: Vec::new(),
         changelog_topics: FxHashMap::default(),

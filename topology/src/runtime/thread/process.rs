@@ -144,11 +144,19 @@ impl Core {
                     .headers
                     .get_str(task::dlq_headers::SOURCE_TOPIC)
                     .unwrap_or("?");
-                self.shared
-                    .metrics
-                    .dead_letters
-                    .with_label_values(&[source])
-                    .inc();
+                match self.dead_letters.get(source) {
+                    Some(counter) => counter.inc(),
+                    None => {
+                        let counter = self
+                            .shared
+                            .metrics
+                            .dead_letters
+                            .with_label_values(&[source])
+                            .local();
+                        counter.inc();
+                        self.dead_letters.insert(source.to_owned(), counter);
+                    }
+                }
             } else {
                 // Resolved once per topic: a label lookup hashes and locks.
                 match self.records_out.get(out.topic.as_str()) {

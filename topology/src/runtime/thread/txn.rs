@@ -450,6 +450,9 @@ impl Core {
         self.txn_open = false;
         self.producer.context().clear();
         self.origins.clear();
+        for dead_letters in self.dead_letters.values() {
+            dead_letters.reset();
+        }
         for task in self.tasks.values_mut() {
             task.abort();
         }
