@@ -32,38 +32,33 @@ impl Run {
     }
 
     fn produce(&self, records: &[(String, i64)]) {
-        let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
-            .set("bootstrap.servers", bootstrap())
-            .set("partitioner", "murmur2_random")
-            .create()
-            .expect("producer");
-        for (k, v) in records {
-            let bytes = v.to_be_bytes();
-            producer
-                .send(
-                    BaseRecord::to(&self.input)
-                        .key(k.as_str())
-                        .payload(&bytes[..]),
-                )
-                .map_err(|(e, _)| e)
-                .expect("queued");
-        }
-        producer.flush(Duration::from_secs(30)).expect("flushed");
+        self.produce_with(records, false);
     }
 
-    /// As [`Run::produce`], each record in a transaction of its own.
+    /// As [`Run::produce`], each record in a transaction of its own (a commit marker after
+    /// each record, as Keel's own outputs are).
     fn produce_transactional(&self, records: &[(String, i64)]) {
-        let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        self.produce_with(records, true);
+    }
+
+    fn produce_with(&self, records: &[(String, i64)], transactional: bool) {
+        let mut config = ClientConfig::new();
+        config
             .set("bootstrap.servers", bootstrap())
-            .set("partitioner", "murmur2_random")
-            .set("transactional.id", keel_tests::unique("fp_txn"))
-            .create()
-            .expect("producer");
+            .set("partitioner", "murmur2_random");
+        if transactional {
+            config.set("transactional.id", keel_tests::unique("fp_txn"));
+        }
+        let producer: ThreadedProducer<DefaultProducerContext> = config.create().expect("producer");
         let timeout = Duration::from_secs(30);
-        producer.init_transactions(timeout).expect("init");
+        if transactional {
+            producer.init_transactions(timeout).expect("init");
+        }
         for (k, v) in records {
             let bytes = v.to_be_bytes();
-            producer.begin_transaction().expect("begin");
+            if transactional {
+                producer.begin_transaction().expect("begin");
+            }
             producer
                 .send(
                     BaseRecord::to(&self.input)
@@ -72,8 +67,11 @@ impl Run {
                 )
                 .map_err(|(e, _)| e)
                 .expect("queued");
-            producer.commit_transaction(timeout).expect("commit");
+            if transactional {
+                producer.commit_transaction(timeout).expect("commit");
+            }
         }
+        producer.flush(timeout).expect("flushed");
     }
 
     fn start(&self) -> StreamsHandle {

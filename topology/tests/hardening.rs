@@ -566,27 +566,18 @@ fn an_output_the_broker_refuses_ends_in_the_dead_letter_topic_and_the_stream_goe
     );
 }
 
-/// An application whose output topic takes batches of at most 2 KiB, and its input: `a`=1,
-/// then a 4 KiB key =2, then `a`=3. The running sum echoes its input's key, so the second
-/// output is one the broker refuses (the producer's own limit, 1 MB, lets it through).
-fn too_big(tag: &str) -> (String, String, String, PathBuf, String, TopicCleanup) {
+/// Creates `input` with `partitions` and `output` with one partition taking batches of at
+/// most 2 KiB (`max.message.bytes`), so an output over that is refused by the broker.
+fn create_refusing_topics(input: &str, partitions: i32, output: &str) {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-    let app = unique(&format!("{tag}_app"));
-    let input = unique(&format!("{tag}_in"));
-    let output = unique(&format!("{tag}_out"));
-    let dir = std::env::temp_dir().join(unique(&format!("keel_{tag}")));
-    let topics = TopicCleanup::new(bootstrap())
-        .topics([&input, &output])
-        .prefix(format!("{app}-"));
     runtime().block_on(async {
         let admin: AdminClient<rdkafka::client::DefaultClientContext> = ClientConfig::new()
             .set("bootstrap.servers", bootstrap())
             .create()
             .expect("admin");
-        // The input (and the changelog, the dead-letter topic) take the broker's default.
         let topics = [
-            NewTopic::new(&input, 1, TopicReplication::Fixed(1)),
-            NewTopic::new(&output, 1, TopicReplication::Fixed(1)).set("max.message.bytes", "2048"),
+            NewTopic::new(input, partitions, TopicReplication::Fixed(1)),
+            NewTopic::new(output, 1, TopicReplication::Fixed(1)).set("max.message.bytes", "2048"),
         ];
         for r in admin
             .create_topics(&topics, &AdminOptions::new())
@@ -596,6 +587,21 @@ fn too_big(tag: &str) -> (String, String, String, PathBuf, String, TopicCleanup)
             r.expect("topic");
         }
     });
+}
+
+/// An application whose output topic takes batches of at most 2 KiB, and its input: `a`=1,
+/// then a 4 KiB key =2, then `a`=3. The running sum echoes its input's key, so the second
+/// output is one the broker refuses (the producer's own limit, 1 MB, lets it through).
+fn too_big(tag: &str) -> (String, String, String, PathBuf, String, TopicCleanup) {
+    let app = unique(&format!("{tag}_app"));
+    let input = unique(&format!("{tag}_in"));
+    let output = unique(&format!("{tag}_out"));
+    let dir = std::env::temp_dir().join(unique(&format!("keel_{tag}")));
+    let topics = TopicCleanup::new(bootstrap())
+        .topics([&input, &output])
+        .prefix(format!("{app}-"));
+    // The input (and the changelog, the dead-letter topic) take the broker's default.
+    create_refusing_topics(&input, 1, &output);
     let big = "k".repeat(4096);
     let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap())
@@ -677,7 +683,6 @@ fn an_output_over_the_topics_max_message_bytes_ends_in_the_dead_letter_topic_and
 /// pins the timing of the loss this scenario once showed in `keel run`.)
 #[test]
 fn refused_outputs_from_several_partitions_lose_no_other_input() {
-    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     use rdkafka::message::Message as _;
 
     const PARTITIONS: i32 = 3;
@@ -688,23 +693,7 @@ fn refused_outputs_from_several_partitions_lose_no_other_input() {
     let _topics = TopicCleanup::new(bootstrap())
         .topics([&input, &output])
         .prefix(format!("{app}-"));
-    runtime().block_on(async {
-        let admin: AdminClient<rdkafka::client::DefaultClientContext> = ClientConfig::new()
-            .set("bootstrap.servers", bootstrap())
-            .create()
-            .expect("admin");
-        let topics = [
-            NewTopic::new(&input, PARTITIONS, TopicReplication::Fixed(1)),
-            NewTopic::new(&output, 1, TopicReplication::Fixed(1)).set("max.message.bytes", "2048"),
-        ];
-        for r in admin
-            .create_topics(&topics, &AdminOptions::new())
-            .await
-            .expect("created")
-        {
-            r.expect("topic");
-        }
-    });
+    create_refusing_topics(&input, PARTITIONS, &output);
     // Each record in a transaction of its own, as Keel's own outputs are: a commit marker
     // follows every record.
     let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
