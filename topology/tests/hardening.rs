@@ -32,13 +32,19 @@ fn names(tag: &str, partitions: i32) -> Names {
 }
 
 fn config(n: &Names, dir: &Path) -> StreamsConfig {
-    let mut c = StreamsConfig::new(&n.app, bootstrap());
+    let mut c = app_config(&n.app, dir);
+    c.consumer
+        .insert("statistics.interval.ms".into(), "500".into());
+    c
+}
+
+/// Application `app` with its state in `dir`, instance `one`, a 6 s session.
+fn app_config(app: &str, dir: &Path) -> StreamsConfig {
+    let mut c = StreamsConfig::new(app, bootstrap());
     c.state = StateConfig::with_dir(dir);
     c.instance_id = Some("one".to_owned());
     c.consumer
         .insert("session.timeout.ms".into(), "6000".into());
-    c.consumer
-        .insert("statistics.interval.ms".into(), "500".into());
     c
 }
 
@@ -511,12 +517,10 @@ fn an_output_the_broker_refuses_ends_in_the_dead_letter_topic_and_the_stream_goe
     }
     producer.flush(Duration::from_secs(30)).expect("flushed");
 
-    let mut c = StreamsConfig::new(&app, bootstrap());
-    c.state = StateConfig::with_dir(&dir);
-    c.instance_id = Some("one".to_owned());
-    c.consumer
-        .insert("session.timeout.ms".into(), "6000".into());
-    let handle = start(common::running_sums(&input, &output), c);
+    let handle = start(
+        common::running_sums(&input, &output),
+        app_config(&app, &dir),
+    );
     let out = common::read_decoded(
         &bootstrap(),
         &output,
@@ -624,12 +628,10 @@ fn an_output_over_the_topics_max_message_bytes_ends_in_the_dead_letter_topic_and
 
     let (app, input, output, dir, big, _topics) = too_big("too_big");
     let dlq = format!("{app}-dlq");
-    let mut c = StreamsConfig::new(&app, bootstrap());
-    c.state = StateConfig::with_dir(&dir);
-    c.instance_id = Some("one".to_owned());
-    c.consumer
-        .insert("session.timeout.ms".into(), "6000".into());
-    let handle = start(common::running_sums(&input, &output), c);
+    let handle = start(
+        common::running_sums(&input, &output),
+        app_config(&app, &dir),
+    );
     let out = common::read_decoded(
         &bootstrap(),
         &output,
@@ -725,12 +727,10 @@ fn refused_outputs_from_several_partitions_lose_no_other_input() {
         }
     }
 
-    let mut c = StreamsConfig::new(&app, bootstrap());
-    c.state = StateConfig::with_dir(&dir);
-    c.instance_id = Some("one".to_owned());
-    c.consumer
-        .insert("session.timeout.ms".into(), "6000".into());
-    let handle = start(common::running_sums(&input, &output), c);
+    let handle = start(
+        common::running_sums(&input, &output),
+        app_config(&app, &dir),
+    );
     let out = common::read_decoded(
         &bootstrap(),
         &output,
@@ -774,12 +774,8 @@ fn refused_outputs_from_several_partitions_lose_no_other_input() {
 #[test]
 fn an_output_over_the_topics_max_message_bytes_stops_the_application_under_the_stop_policy() {
     let (app, input, output, dir, _big, _topics) = too_big("too_big_stop");
-    let mut c = StreamsConfig::new(&app, bootstrap());
-    c.state = StateConfig::with_dir(&dir);
-    c.instance_id = Some("one".to_owned());
+    let mut c = app_config(&app, &dir);
     c.on_bad_record = keel_topology::BadRecordPolicy::Stop;
-    c.consumer
-        .insert("session.timeout.ms".into(), "6000".into());
     let handle = start(common::running_sums(&input, &output), c);
     let deadline = Instant::now() + Duration::from_secs(60);
     while handle.is_running() {
