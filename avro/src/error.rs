@@ -144,6 +144,19 @@ pub enum Error {
 }
 
 impl Error {
+    /// How long to wait before asking again after this error, given the caller's `backoff`: at
+    /// most until the end of the unknown-id window of a [`SchemaIdNotYetKnown`]
+    /// (`[registry].unknown_id_patience_ms`), so the record behind it waits the window and not
+    /// the window plus a backoff step; `backoff` for any other error.
+    ///
+    /// [`SchemaIdNotYetKnown`]: Error::SchemaIdNotYetKnown
+    pub fn retry_wait(&self, backoff: std::time::Duration) -> std::time::Duration {
+        match self {
+            Self::SchemaIdNotYetKnown { remaining, .. } => backoff.min(*remaining),
+            _ => backoff,
+        }
+    }
+
     /// Whose fault this is: the input's (dead-letter), a dependency's (retry) or a bug (stop).
     pub fn fault(&self) -> Fault {
         match self {

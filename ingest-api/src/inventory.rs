@@ -326,13 +326,10 @@ pub fn check_warehouse(field: &str, warehouse: &str) -> Result<(), Problem> {
     check_id(field, "a warehouse", warehouse)
 }
 
-/// Reasons inventory writes itself when a hold is sold (`SOLD order …`, `OVERSOLD order …`):
-/// an adjustment may not pose as one, in any case ([`check_reason`]).
-pub const RESERVED_REASON_PREFIXES: [&str; 2] = ["SOLD", "OVERSOLD"];
-
 /// An adjustment's reason: 1 to 255 characters without control or bidirectional formatting
-/// characters, not starting with a [`RESERVED_REASON_PREFIXES`] entry in any letter case
-/// (`oversold …` too); else a 422 naming `reason`.
+/// characters, not one of inventory's own sale reasons (starting with `SOLD` or `OVERSOLD` in any
+/// letter case, `oversold …` too: [`keel_avro::records::is_sale_reason`], the rule the inventory
+/// processor and its Cassandra mirror keep as well); else a 422 naming `reason`.
 pub fn check_reason(reason: &str) -> Result<(), Problem> {
     let len = reason.trim().chars().count();
     if len == 0
@@ -344,12 +341,7 @@ pub fn check_reason(reason: &str) -> Result<(), Problem> {
             "reason must be 1 to 255 characters without control or bidirectional formatting characters",
         ));
     }
-    let start = reason.trim_start();
-    if RESERVED_REASON_PREFIXES.iter().any(|prefix| {
-        start
-            .get(..prefix.len())
-            .is_some_and(|head| head.eq_ignore_ascii_case(prefix))
-    }) {
+    if keel_avro::records::is_sale_reason(reason) {
         return Err(invalid(
             "reason",
             format!(

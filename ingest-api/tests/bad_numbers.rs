@@ -8,9 +8,10 @@
 //! lower case, a path id no resource can have; and a route this process does not serve is a
 //! 501 `not-served-here`, not a 503 "retry later".
 //!
-//! The server has no orders database, no ledger and a Cassandra session on a keyspace that is
-//! never created: every case must be refused before any of them is touched (a request that got
-//! that far would answer 503 and fail the test).
+//! The server ([`serve`]) has an orders database that does not exist, no ledger, a Cassandra
+//! session on a keyspace that is never created and commands topics of its own: every case must
+//! be refused before any of them is touched (a request that got that far would answer 503 and
+//! fail the test), and a refusal that regresses writes to no shared topic or database.
 
 mod common;
 
@@ -36,12 +37,24 @@ impl TestEnv for Env {
     async fn finish(self) {}
 }
 
+/// The API server every test here talks to, with nothing shared to write to: the orders,
+/// payments and inventory topics are this env's own fresh topic (`unique`), the orders database
+/// does not exist (a request that got to it answers 503 and fails the test), there is no ledger,
+/// and the Cassandra keyspace is never created. So a refusal that regresses fails its test and
+/// leaves its command on a topic no one else reads, never on the shared default topics.
 async fn serve(env: &Env) -> anyhow::Result<Server> {
     let session = sink::connect(std::slice::from_ref(&env.stack.cassandra_node))
         .await
         .context("connecting to Cassandra")?;
+    let missing = sqlx::mysql::MySqlPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(std::time::Duration::from_secs(3))
+        .connect_lazy(&common::with_database(
+            &env.stack.mysql_url,
+            &unique("keel_missing"),
+        )?)?;
     let deps = Deps {
-        pool: env.unused_orders_pool()?,
+        pool: missing,
         ledger: None,
         inventory: Some(InventoryDeps {
             session: Arc::new(session),
@@ -51,7 +64,23 @@ async fn serve(env: &Env) -> anyhow::Result<Server> {
         }),
         ready: true,
     };
-    env.serve(env.config(), deps).await
+    let config = keel_ingest_api::ApiConfig {
+        orders_topic: env.topic.clone(),
+        payments_topic: env.topic.clone(),
+        inventory_topic: env.topic.clone(),
+        ..env.config()
+    };
+    env.serve(config, deps).await
+}
+
+/// Asserts that nothing reached the env's commands topic: every request was refused (a decode
+/// error means something of another kind, an order or payment command, did).
+async fn assert_nothing_written(env: &Env) -> anyhow::Result<()> {
+    let written = env
+        .commands::<keel_avro::records::InventoryCommand>(0, std::time::Duration::from_secs(1))
+        .await?;
+    assert!(written.is_empty(), "{written:?}");
+    Ok(())
 }
 
 /// JSON numbers as the client writes them (raw text: `-0`, `1e308` and 30-digit integers are
@@ -142,6 +171,7 @@ async fn extreme_numbers_in_every_numeric_field_are_4xx_naming_the_field() -> an
                 "not a 4xx naming the field:\n{}",
                 wrong.join("\n")
             );
+            assert_nothing_written(&env).await?;
             Ok(())
         },
     )
@@ -206,45 +236,11 @@ async fn a_path_parameter_that_is_not_utf8_is_400_naming_it() -> anyhow::Result<
                 "not a 400 naming the parameter:\n{}",
                 wrong.join("\n")
             );
+            assert_nothing_written(&env).await?;
             Ok(())
         },
     )
     .await
-}
-
-/// Like [`serve`], but whatever a request that is not refused would write goes nowhere shared:
-/// the commands topics are this env's own, and the orders database does not exist (a request
-/// that got to it answers 503 and fails the test). For the cases that a broken API would not
-/// refuse (a 202 would put a command on the topic).
-async fn serve_isolated(env: &Env) -> anyhow::Result<Server> {
-    let session = sink::connect(std::slice::from_ref(&env.stack.cassandra_node))
-        .await
-        .context("connecting to Cassandra")?;
-    let missing = sqlx::mysql::MySqlPoolOptions::new()
-        .max_connections(1)
-        .acquire_timeout(std::time::Duration::from_secs(3))
-        .connect_lazy(&common::with_database(
-            &env.stack.mysql_url,
-            &unique("keel_missing"),
-        )?)?;
-    let deps = Deps {
-        pool: missing,
-        ledger: None,
-        inventory: Some(InventoryDeps {
-            session: Arc::new(session),
-            keyspace: unique("never_created"),
-            min_hold_ttl_ms: 10_000,
-            max_hold_ttl_ms: 3_600_000,
-        }),
-        ready: true,
-    };
-    let config = keel_ingest_api::ApiConfig {
-        orders_topic: env.topic.clone(),
-        payments_topic: env.topic.clone(),
-        inventory_topic: env.topic.clone(),
-        ..env.config()
-    };
-    env.serve(config, deps).await
 }
 
 /// One request the API must refuse: (what, request, status, problem slug, field).
@@ -261,7 +257,7 @@ async fn client_mistakes_are_4xx_problems_naming_the_field_or_header() -> anyhow
     with_env(
         Env(Base::new("mistakes", "client_mistakes").await?),
         |env| async move {
-            let server = serve_isolated(&env).await?;
+            let server = serve(&env).await?;
             let http = &env.http;
             let order = r#"{"cartId":"no-such-cart","paymentMethod":"tok_visa","shippingAddress":
                 {"name":"Ada","line1":"1 Main St","city":"Berlin","postalCode":"10115",
@@ -428,14 +424,8 @@ async fn client_mistakes_are_4xx_problems_naming_the_field_or_header() -> anyhow
                 "not the 4xx naming the field or header:\n{}",
                 wrong.join("\n")
             );
-            // Nothing refused reached Kafka (a decode error means something of another kind did).
-            let written = env
-                .commands::<keel_avro::records::InventoryCommand>(
-                    0,
-                    std::time::Duration::from_secs(1),
-                )
-                .await?;
-            assert!(written.is_empty(), "{written:?}");
+            // Nothing refused reached Kafka.
+            assert_nothing_written(&env).await?;
             Ok(())
         },
     )
@@ -450,7 +440,7 @@ async fn a_route_this_process_does_not_serve_is_501_saying_who_does() -> anyhow:
     with_env(
         Env(Base::new("notserved", "not_served").await?),
         |env| async move {
-            let server = serve_isolated(&env).await?;
+            let server = serve(&env).await?;
             let intent = r#"{"orderId":"o-1","amount":{"amountMinor":100,"currency":"JPY"},
                 "paymentMethod":"tok_visa"}"#;
             for (what, request, names) in [

@@ -75,17 +75,16 @@ fn retrying<T>(mut call: impl FnMut() -> keel_avro::Result<T>) -> Result<T, Serd
                 if e.fault() == keel_avro::Fault::Dependency
                     && started.elapsed() < REGISTRY_PATIENCE =>
             {
-                let wait = match &e {
-                    keel_avro::Error::SchemaIdNotYetKnown { remaining, .. } => {
-                        tracing::warn!(error = %e, wait = ?backoff.min(*remaining),
+                let wait = e.retry_wait(backoff);
+                match &e {
+                    keel_avro::Error::SchemaIdNotYetKnown { .. } => {
+                        tracing::warn!(error = %e, ?wait,
                             "schema id not known to the registry (yet); asking again");
-                        backoff.min(*remaining)
                     }
                     _ => {
-                        tracing::warn!(error = %e, ?backoff, "schema registry call failed; retrying");
-                        backoff
+                        tracing::warn!(error = %e, ?wait, "schema registry call failed; retrying");
                     }
-                };
+                }
                 std::thread::sleep(wait);
                 backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
             }

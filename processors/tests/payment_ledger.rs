@@ -149,6 +149,16 @@ impl Fixture {
         psp: PspMockConfig,
         tune: impl FnOnce(&mut PaymentConfig),
     ) -> anyhow::Result<Self> {
+        Self::start_with(psp, tune, None).await
+    }
+
+    /// [`Fixture::start`] with the codec's unknown-id window (`[registry].unknown_id_patience_ms`)
+    /// set to `unknown_id_patience`, if given.
+    async fn start_with(
+        psp: PspMockConfig,
+        tune: impl FnOnce(&mut PaymentConfig),
+        unknown_id_patience: Option<Duration>,
+    ) -> anyhow::Result<Self> {
         let stack = Stack::from_env();
         let db = TestPg::create(&stack).await?;
         let mock = PspMock::bind(psp).await?;
@@ -190,6 +200,10 @@ impl Fixture {
             subject_prefix: format!("{}-", unique("pay")),
             ..RegistryConfig::with_url(stack.registry_url.clone())
         })?;
+        let codec = match unknown_id_patience {
+            Some(patience) => codec.with_unknown_id_patience(patience),
+            None => codec,
+        };
         let mut config = PaymentConfig {
             psp_url: psp_url.clone(),
             group_id: unique("pay_group"),
@@ -1019,6 +1033,80 @@ async fn poison_callback_then_a_good_one(fx: &Fixture) -> anyhow::Result<()> {
         command.command_id == "cb-nul",
         "dead-lettered {}",
         command.command_id
+    );
+    Ok(())
+}
+
+/// The unknown-id window of [`a_command_with_an_unknown_schema_id_is_dead_lettered_when_its_window_ends`].
+/// Backoff steps of 100, 200, 400, 800, 1,600 ms end 200 ms before it, so a backoff not capped
+/// at its end waits the next step (3.2 s) past it: 6.3 s in all, against 3.3 s capped (the
+/// test allows 1.5 s of slack for a loaded machine).
+const UNKNOWN_ID_WINDOW: Duration = Duration::from_millis(3_300);
+
+/// A command framed with a schema id the registry does not know (yet) is asked again for
+/// `[registry].unknown_id_patience_ms` (a replica may lag), then dead-lettered as the command's
+/// fault; the retries' backoff stops at the window's end, so the order's commands behind it
+/// wait the window, not the window and a backoff step past it.
+#[tokio::test]
+async fn a_command_with_an_unknown_schema_id_is_dead_lettered_when_its_window_ends()
+-> anyhow::Result<()> {
+    let fx = Fixture::start_with(quick_psp(), |_| {}, Some(UNKNOWN_ID_WINDOW)).await?;
+    let result = unknown_schema_id_then_a_good_command(&fx).await;
+    let finished = fx.finish().await;
+    result?;
+    finished
+}
+
+async fn unknown_schema_id_then_a_good_command(fx: &Fixture) -> anyhow::Result<()> {
+    let o = order();
+    let o = &o;
+    let intent = |id: &'static str| async move {
+        fx.send(
+            o,
+            id,
+            PaymentCommandBody::CreateIntent(CreatePaymentIntent {
+                customer_id: "customer-1".to_owned(),
+                amount: eur(1_000),
+                payment_method: "tok_visa".to_owned(),
+            }),
+        )
+        .await
+    };
+    // The worker owns the order's partition and applies its commands.
+    intent("intent-1").await?;
+    fx.wait_processed("intent-1").await?;
+    // Magic byte, schema id 88888888 (big-endian; the registry has no such id), a datum.
+    let mut framed = vec![0];
+    framed.extend_from_slice(&88_888_888_u32.to_be_bytes());
+    framed.extend_from_slice(b"zz");
+    let sent = Instant::now();
+    fx.producer
+        .send(
+            FutureRecord::to(&fx.topics.commands)
+                .key(&o.order_id)
+                .payload(&framed),
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|(e, _)| e)?;
+    intent("intent-2").await?;
+    fx.wait_processed("intent-2")
+        .await
+        .context("the order's command after the unknown id was never applied")?;
+    let took = sent.elapsed();
+    let skipped = metric(
+        &fx.metrics_text()?,
+        r#"payment_commands_total{result="skipped"}"#,
+    );
+    anyhow::ensure!(skipped == Some(1.0), "skipped: {skipped:?}");
+    anyhow::ensure!(
+        took >= UNKNOWN_ID_WINDOW,
+        "passed after {took:?}, before the window"
+    );
+    anyhow::ensure!(
+        took < UNKNOWN_ID_WINDOW + Duration::from_millis(1_500),
+        "the command behind the unknown id waited {took:?}: the backoff went past the \
+         {UNKNOWN_ID_WINDOW:?} window"
     );
     Ok(())
 }

@@ -16,6 +16,28 @@ pub const DEFAULT_WAREHOUSE: &str = "default";
 /// lines held); the saga's reserves (`correlation_id` = the order id) it leaves to the saga.
 pub const RESERVATION_CORRELATION_PREFIX: &str = "reservation:";
 
+/// How inventory's own adjustments for a sale of a hold begin (`SOLD order o-1`,
+/// `SOLD order o-1 after its hold lapsed`, `OVERSOLD order o-1`): reserved for inventory.
+/// See [`is_sale_reason`].
+pub const SALE_REASON_PREFIXES: [&str; 2] = ["SOLD", "OVERSOLD"];
+
+/// Whether an adjustment `reason` is a sale of a hold's: after leading whitespace, it starts
+/// with a [`SALE_REASON_PREFIXES`] entry in any ASCII letter case (`oversold …`, ` Sold …`).
+///
+/// One rule for everyone: the ingest API (and `keel inventory seed`) refuse such a reason
+/// with 422, the inventory processor dead-letters an `AdjustStock` carrying one (written
+/// straight to Kafka), and the Cassandra mirror ends the hold of an `InventoryAdjusted` whose
+/// reason is one (`correlation_id` is the order's id). `UNSOLD order …` (a compensation) is
+/// not a sale.
+pub fn is_sale_reason(reason: &str) -> bool {
+    let start = reason.trim_start();
+    SALE_REASON_PREFIXES.iter().any(|prefix| {
+        start
+            .get(..prefix.len())
+            .is_some_and(|head| head.eq_ignore_ascii_case(prefix))
+    })
+}
+
 /// `inventory.commands.v1` (key: SKU): the envelope every inventory command travels in.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, AvroSchema)]
 #[avro(namespace = "dev.keel.v1")]
@@ -213,4 +235,33 @@ pub struct InventoryAdjusted {
     #[avro(default = "null")]
     #[serde(default)]
     pub warehouse_on_hand: Option<i32>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_sale_reason;
+
+    #[test]
+    fn a_sale_reason_starts_with_sold_or_oversold_in_any_case_after_leading_whitespace() {
+        for sale in [
+            "SOLD order o-1",
+            "SOLD order o-1 after its hold lapsed",
+            "OVERSOLD order o-1",
+            "oversold order o-1",
+            "Sold",
+            " \tOVERSOLD order o-1",
+            "soldier",
+        ] {
+            assert!(is_sale_reason(sale), "{sale:?}");
+        }
+        for other in [
+            "UNSOLD order o-1 (compensation)",
+            "restock",
+            "",
+            "SOL",
+            "é SOLD",
+        ] {
+            assert!(!is_sale_reason(other), "{other:?}");
+        }
+    }
 }

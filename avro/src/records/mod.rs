@@ -25,7 +25,8 @@ pub use carts::{CartCheckStatus, CartChecked};
 pub use inventory::{
     AdjustStock, ConfirmReservation, DEFAULT_WAREHOUSE, InventoryAdjusted, InventoryCommand,
     InventoryCommandBody, InventoryReleased, InventoryReserved, RESERVATION_CORRELATION_PREFIX,
-    ReleaseReason, ReleaseStock, ReservationStatus, ReserveStock,
+    ReleaseReason, ReleaseStock, ReservationStatus, ReserveStock, SALE_REASON_PREFIXES,
+    is_sale_reason,
 };
 pub use orders::{
     CancelOrder, OrderCommand, OrderCommandBody, OrderCreated, OrderDecision, OrderDecisionStatus,

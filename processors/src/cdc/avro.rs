@@ -8,7 +8,9 @@
 //!
 //! Where the writer schemas come from ([`CdcValues`]):
 //! - [`Format::Avro`]: the schema registry, through [`keel_avro::Codec::decode_generic`] (ids
-//!   cached; an unreachable registry is retried with backoff, an unknown id dead-letters);
+//!   cached; a registry that fails, or does not know an id yet within
+//!   `[registry].unknown_id_patience_ms`, is asked again with backoff, a not-yet-known id no
+//!   later than its window's end; an id still unknown after it dead-letters);
 //! - [`Format::Json`] (the test driver, no registry): the process-wide [`LocalSchemas`], where
 //!   tests register the Debezium schemas they frame values with ([`frame_local`]).
 //!
@@ -114,8 +116,20 @@ fn registry_decode(
                 if e.fault() == keel_avro::Fault::Dependency
                     && started.elapsed() < REGISTRY_PATIENCE =>
             {
-                tracing::warn!(error = %e, ?backoff, topic, "schema registry unreachable; retrying");
-                std::thread::sleep(backoff);
+                // Worded as the stream path words it (`format.rs`); a not-yet-known id is asked
+                // again no later than its window's end.
+                let wait = e.retry_wait(backoff);
+                match &e {
+                    keel_avro::Error::SchemaIdNotYetKnown { .. } => {
+                        tracing::warn!(error = %e, ?wait, topic,
+                            "schema id not known to the registry (yet); asking again");
+                    }
+                    _ => {
+                        tracing::warn!(error = %e, ?wait, topic,
+                            "schema registry call failed; retrying");
+                    }
+                }
+                std::thread::sleep(wait);
                 backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
             }
             Err(e @ keel_avro::Error::NotFramed { .. }) => return Err(not_avro(e)),

@@ -4,7 +4,8 @@
 //!
 //! Rules (tested in `tests.rs`):
 //! - a command is applied only if its key is its SKU and its SKU, order id and warehouse keep
-//!   the API's id rule ([`check_command`]); otherwise it is dead-lettered;
+//!   the API's id rule, and an adjust's reason is not one of inventory's own sale reasons
+//!   ([`check_command`]); otherwise it is dead-lettered;
 //! - a hold is taken whole or not at all, from one warehouse: the preferred one if it has the
 //!   whole quantity available, else the first other warehouse by name that has
 //!   ([`SkuStock::pick`]); a warehouse's `held` never exceeds its `on_hand` through a reserve;
@@ -30,6 +31,7 @@ use serde::{Deserialize, Serialize};
 use keel_avro::ids::{ID_RULE, is_valid_id, shown};
 use keel_avro::records::{
     DEFAULT_WAREHOUSE, InventoryCommand, InventoryCommandBody, ReleaseReason, ReservationStatus,
+    is_sale_reason,
 };
 
 use super::state::{Ended, Hold, HoldState, SkuStock};
@@ -170,6 +172,14 @@ pub enum Refusal {
     /// Another id of the command (its order id, its warehouse) breaks the id rule.
     #[error("the command's {field} {} is not a valid id: an id is {ID_RULE}", shown(.id))]
     InvalidId { field: &'static str, id: String },
+    /// An adjust whose reason starts with SOLD or OVERSOLD in any letter case
+    /// ([`is_sale_reason`]): those are inventory's own (sales of holds), and the API refuses them.
+    #[error(
+        "an adjustment's reason may not start with SOLD or OVERSOLD (in any letter case): those \
+         are inventory's own (sales of holds), got {}",
+        shown(.0)
+    )]
+    SaleReason(String),
     #[error("quantity must be positive, got {0}")]
     NonPositiveQuantity(i64),
     #[error("order {0:?} has no hold on this SKU to confirm")]
@@ -217,7 +227,9 @@ impl Rules {
 /// it (the saga, the order coordinator, the API, `keel inventory seed`, another system): its
 /// record's `key` is its SKU, and the SKU, the order id (reserve, release, confirm) and the
 /// warehouse (reserve, adjust) keep the id rule the API enforces ([`keel_avro::ids`]: 1 to 64
-/// characters without whitespace or control characters). An empty SKU would otherwise be
+/// characters without whitespace or control characters), and an adjust's reason is not one of
+/// inventory's own sale reasons ([`is_sale_reason`], the API's rule too: the Cassandra mirror
+/// ends the hold of the adjustment's `correlation_id` for one). An empty SKU would otherwise be
 /// stocked and mirrored (the Cassandra mirror refuses an empty partition key).
 pub fn check_command(key: &str, command: &InventoryCommand) -> Result<(), Refusal> {
     check_key("sku", key, &command.sku)?;
@@ -236,6 +248,11 @@ pub fn check_command(key: &str, command: &InventoryCommand) -> Result<(), Refusa
                 id: id.clone(),
             });
         }
+    }
+    if let InventoryCommandBody::Adjust(a) = &command.command
+        && is_sale_reason(&a.reason)
+    {
+        return Err(Refusal::SaleReason(a.reason.clone()));
     }
     Ok(())
 }

@@ -448,7 +448,9 @@ pub fn writes_for_released(e: &InventoryReleased) -> Vec<Write> {
     out
 }
 
-/// Stock on hand changes; a sale (`SOLD order <id>`) also ends that order's hold row.
+/// Stock on hand changes; a sale (`SOLD order <id>`, `OVERSOLD order <id>`: any reason
+/// [`keel_avro::records::is_sale_reason`] accepts, in any letter case) also ends the hold row of
+/// the event's `correlation_id` (the order).
 ///
 /// The stock row's write time is `offset`, the event's offset in its partition: the topic is
 /// keyed by SKU, so one SKU's events are totally ordered there, and the last one wins whatever
@@ -474,7 +476,7 @@ pub fn writes_for_adjusted(e: &InventoryAdjusted, offset: i64) -> Vec<Write> {
             version: offset,
         });
     }
-    if e.reason.starts_with("SOLD") || e.reason.starts_with("OVERSOLD") {
+    if keel_avro::records::is_sale_reason(&e.reason) {
         out.push(Write::DeleteHold {
             sku: e.sku.clone(),
             order_id: e.correlation_id.clone(),
@@ -701,12 +703,7 @@ async fn decode(message: &BorrowedMessage<'_>, sink: &Sink<'_>) -> Result<Decode
             }
             Fault::Dependency => {
                 // A not-yet-known id is asked again no later than its window's end.
-                let wait = match &e {
-                    keel_avro::Error::SchemaIdNotYetKnown { remaining, .. } => {
-                        backoff.min(*remaining)
-                    }
-                    _ => backoff,
-                };
+                let wait = e.retry_wait(backoff);
                 tracing::warn!(
                     topic,
                     partition = message.partition(),

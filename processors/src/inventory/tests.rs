@@ -107,6 +107,49 @@ fn a_command_must_be_keyed_by_its_sku_and_carry_ids_by_the_apis_rule() {
 }
 
 #[test]
+fn an_adjust_posing_as_inventorys_own_sale_is_refused_in_any_letter_case_as_the_api_does() {
+    use super::logic::check_command;
+    let adjust = |reason: &str| {
+        command(
+            "SKU-A",
+            InventoryCommandBody::Adjust(AdjustStock {
+                delta: 1,
+                reason: reason.into(),
+                warehouse: None,
+            }),
+        )
+    };
+    for reason in [
+        "SOLD order o1",
+        "OVERSOLD order o1",
+        "oversold order o1",
+        "Sold order o1",
+        " OVERSOLD order o1",
+    ] {
+        // The API's verdict on the same reason, so the two cannot drift apart.
+        assert!(
+            keel_avro::records::is_sale_reason(reason),
+            "{reason:?} is a sale reason"
+        );
+        let why = check_command("SKU-A", &adjust(reason))
+            .expect_err(reason)
+            .to_string();
+        assert!(why.contains("SOLD or OVERSOLD"), "{reason:?}: {why}");
+    }
+    for reason in [
+        "restock",
+        "UNSOLD order o1 (compensation)",
+        "count correction",
+    ] {
+        assert_eq!(
+            check_command("SKU-A", &adjust(reason)),
+            Ok(()),
+            "{reason:?}"
+        );
+    }
+}
+
+#[test]
 fn a_reserve_holds_whole_or_reports_a_shortage_with_what_is_available() {
     let o = decide(stock(5), None, reserve("o1", 3), T0, &RULES).expect("applies");
     assert_eq!(
@@ -858,6 +901,39 @@ mod cassandra_writes {
                 .iter()
                 .any(|w| matches!(w, Write::DeleteHold { order_id, .. } if order_id == "o1"))
         );
+    }
+
+    #[test]
+    fn a_sale_ends_the_hold_row_whatever_the_letter_case_of_its_reason_and_nothing_else_does() {
+        let adjusted = |reason: &str| InventoryAdjusted {
+            event_id: "e".into(),
+            sku: "SKU".into(),
+            occurred_at: T0,
+            causation_id: "c".into(),
+            correlation_id: "o1".into(),
+            delta: -1,
+            on_hand: 1,
+            reason: reason.into(),
+            warehouse: None,
+            warehouse_on_hand: None,
+        };
+        let ends_hold = |reason: &str| {
+            writes_for_adjusted(&adjusted(reason), 7)
+                .iter()
+                .any(|w| matches!(w, Write::DeleteHold { order_id, .. } if order_id == "o1"))
+        };
+        for sale in [
+            "SOLD order o1",
+            "OVERSOLD order o1",
+            "oversold order o1",
+            "Sold order o1",
+            " SOLD order o1",
+        ] {
+            assert!(ends_hold(sale), "{sale:?}");
+        }
+        for other in ["restock", "UNSOLD order o1 (compensation)"] {
+            assert!(!ends_hold(other), "{other:?}");
+        }
     }
 
     #[test]
@@ -1660,6 +1736,32 @@ mod driver {
         assert!(d.read_output(topics::INVENTORY_RESERVED).is_empty());
         // The rule's edge: 64 characters are a SKU.
         send(&mut d, "adjust-64", &"S".repeat(64), adjust());
+        assert!(dead_reasons(&mut d).is_empty());
+        assert_eq!(d.read_output(topics::INVENTORY_ADJUSTED).len(), 1);
+    }
+
+    #[test]
+    fn an_adjust_posing_as_a_sale_is_dead_lettered_in_any_letter_case_and_counts_no_sale() {
+        let (mut d, metrics) = driver();
+        let adjust = |reason: &str| {
+            InventoryCommandBody::Adjust(AdjustStock {
+                delta: 5,
+                reason: reason.into(),
+                warehouse: None,
+            })
+        };
+        for (i, reason) in ["SOLD order o1", "oversold order o1", "Sold order o1"]
+            .into_iter()
+            .enumerate()
+        {
+            send(&mut d, &format!("adjust-{i}"), "SKU-A", adjust(reason));
+            let why = dead_reasons(&mut d);
+            assert_eq!(why.len(), 1, "{reason:?}: {why:?}");
+            assert!(why[0].contains("SOLD or OVERSOLD"), "{why:?}");
+        }
+        assert!(d.read_output(topics::INVENTORY_ADJUSTED).is_empty());
+        assert_eq!(metrics.holds.with_label_values(&["sold"]).get(), 0);
+        send(&mut d, "restock", "SKU-A", adjust("restock"));
         assert!(dead_reasons(&mut d).is_empty());
         assert_eq!(d.read_output(topics::INVENTORY_ADJUSTED).len(), 1);
     }

@@ -640,7 +640,9 @@ impl InventoryProcessor {
                 warehouse,
                 warehouse_on_hand,
             } => {
-                if reason.starts_with("SOLD") || reason.starts_with("OVERSOLD") {
+                // Only inventory's own sales carry such a reason: `check_command` dead-letters
+                // an adjust that does.
+                if keel_avro::records::is_sale_reason(&reason) {
                     holds.with_label_values(&["sold"]).inc();
                 }
                 let event = InventoryAdjusted {

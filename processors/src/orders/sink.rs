@@ -362,11 +362,8 @@ async fn handle_with_retry(message: &BorrowedMessage<'_>, sink: &Sink<'_>) -> Re
                     tracing::warn!(error = %e, "order sink: retrying a decision");
                     // A schema id the registry does not know yet is asked again no later than
                     // the end of its window.
-                    if let Error::Avro(keel_avro::Error::SchemaIdNotYetKnown {
-                        remaining, ..
-                    }) = &e
-                    {
-                        backoff = backoff.min(*remaining);
+                    if let Error::Avro(e) = &e {
+                        backoff = e.retry_wait(backoff);
                     }
                     if sleep_or_shutdown(sink.shutdown, &mut backoff).await {
                         return Ok(false);

@@ -357,9 +357,11 @@ impl Worker {
 }
 
 /// Decode and apply one command, retrying dependency failures with backoff until it is done or
-/// `shutdown`; a bad command is done once its dead-letter copy is acknowledged (a write that is
-/// not is a dependency failure, [`Error::DeadLetter`]: the command is retried with the same
-/// backoff). Returns (finished, fatal error).
+/// `shutdown` (a schema id the registry does not know yet: no later than the end of its
+/// `[registry].unknown_id_patience_ms` window, after which it is a bad command); a bad command
+/// is done once its dead-letter copy is acknowledged (a write that is not is a dependency
+/// failure, [`Error::DeadLetter`]: the command is retried with the same backoff). Returns
+/// (finished, fatal error).
 async fn process(
     service: &Service,
     codec: &Codec,
@@ -421,11 +423,18 @@ async fn process(
                 }
             }
         };
-        tracing::warn!(error = %error, retry_in_ms = backoff.as_millis() as u64,
+        // A schema id the registry does not know yet is asked again no later than its window's
+        // end (then it is the command's fault): the order's commands behind it wait the
+        // window, not the window and a backoff step past it.
+        let wait = match &error {
+            Error::Avro(e) => e.retry_wait(backoff),
+            _ => backoff,
+        };
+        tracing::warn!(error = %error, retry_in_ms = wait.as_millis() as u64,
             "payment command failed; retrying");
         tokio::select! {
             () = shutdown.cancelled() => return (false, None),
-            () = tokio::time::sleep(backoff) => {}
+            () = tokio::time::sleep(wait) => {}
         }
         backoff = (backoff * 2).min(Duration::from_secs(30));
     }
