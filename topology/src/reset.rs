@@ -1,7 +1,10 @@
 //! `keel reset`: rewinds an application so that restarting it replays its input
 //! deterministically — input offsets back to the start (or to a point in time), internal topics
 //! (changelogs, repartition topics) deleted, local state removed. Refuses while any member of
-//! the application's group is still running.
+//! the application's group is still running, or of another group named under its id
+//! (`<application_id>-…`: Keel runs its roles as `<app>-saga`, `<app>-inventory`, … and its
+//! sinks as `<app>-order-sink`, …), whose internal topics share the application's prefix and
+//! are never deleted with it.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -108,13 +111,37 @@ pub fn reset_application(options: &ResetOptions) -> Result<ResetReport> {
         )]));
     }
 
+    // Groups named under this application's id are other applications (or consumers) whose
+    // internal topics share its prefix (`<app>-saga-…-changelog` when resetting `<app>`; or
+    // `keel-saga-v2-…` when resetting `keel-saga`): none may run, and their topics stay.
+    let prefix = format!("{app}-");
+    let restore_group = format!("{app}-restore");
+    let all_groups = consumer
+        .fetch_group_list(None, TIMEOUT)
+        .map_err(Error::kafka("listing the groups"))?;
+    let nested: Vec<_> = all_groups
+        .groups()
+        .iter()
+        .filter(|g| g.name().starts_with(&prefix) && g.name() != restore_group)
+        .collect();
+    if let Some(g) = nested.iter().find(|g| !g.members().is_empty()) {
+        return Err(Error::Config(vec![format!(
+            "group {} (named under {app}, so its internal topics share the prefix {prefix}) still has {} member(s) (group state {}); stop it first, or give the application id it runs under",
+            g.name(),
+            g.members().len(),
+            g.state()
+        )]));
+    }
+    let others: Vec<String> = nested.iter().map(|g| format!("{}-", g.name())).collect();
+    let is_internal = |n: &str| {
+        n.starts_with(&prefix)
+            && (n.ends_with("-changelog") || n.ends_with("-repartition"))
+            && !others.iter().any(|other| n.starts_with(other.as_str()))
+    };
+
     let metadata = consumer
         .fetch_metadata(None, TIMEOUT)
         .map_err(Error::kafka("fetching metadata"))?;
-    let prefix = format!("{app}-");
-    let is_internal = |n: &str| {
-        n.starts_with(&prefix) && (n.ends_with("-changelog") || n.ends_with("-repartition"))
-    };
     let input_topics: Vec<String> = if options.input_topics.is_empty() {
         committed_topics(&consumer, &metadata)?
             .into_iter()
@@ -180,14 +207,11 @@ pub fn reset_application(options: &ResetOptions) -> Result<ResetReport> {
             .map_err(Error::kafka("committing the rewound offsets"))?;
     }
 
-    let prefix = format!("{app}-");
     let mut internal: Vec<String> = metadata
         .topics()
         .iter()
         .map(|t| t.name().to_owned())
-        .filter(|n| {
-            n.starts_with(&prefix) && (n.ends_with("-changelog") || n.ends_with("-repartition"))
-        })
+        .filter(|n| is_internal(n))
         .collect();
     internal.sort();
     if !internal.is_empty() {

@@ -452,6 +452,80 @@ fn reset_then_restart_reproduces_the_same_output_from_the_same_input() {
     let _ = std::fs::remove_dir_all(&n.dir);
 }
 
+/// Another application named under the reset one's id (Keel runs its roles as `<app>-saga`,
+/// `<app>-inventory`, …): while it runs the reset is refused, and once it stopped the reset
+/// deletes only the reset application's own internal topics, not the other's.
+#[test]
+fn reset_leaves_an_application_named_under_its_id_alone_and_refuses_while_it_runs() {
+    use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+    use rdkafka::{Offset, TopicPartitionList};
+
+    let n = names("reset_nested", 1);
+    let nested = format!("{}-saga", n.app);
+    let own = format!("{}-sums-changelog", n.app);
+    let theirs = format!("{nested}-sums-changelog");
+    runtime()
+        .block_on(create_topics(&bootstrap(), &[&own, &theirs], 1))
+        .expect("topics");
+    let member: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("group.id", &nested)
+        .set("session.timeout.ms", "6000")
+        .create()
+        .expect("consumer");
+    member.subscribe(&[theirs.as_str()]).expect("subscribed");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while member.assignment().map_or(0, |a| a.count()) == 0 {
+        assert!(Instant::now() < deadline, "the member never joined");
+        let _ = member.poll(Duration::from_millis(100));
+    }
+    let options = keel_topology::ResetOptions {
+        application_id: n.app.clone(),
+        bootstrap_servers: bootstrap(),
+        input_topics: vec![n.input.clone()],
+        to_timestamp: None,
+        state_dir: None,
+    };
+    let refused = keel_topology::reset_application(&options).expect_err("refused while it runs");
+    assert!(refused.to_string().contains(&nested), "{refused}");
+
+    // Stopped, its offsets committed: the group is still known.
+    let mut offsets = TopicPartitionList::new();
+    offsets
+        .add_partition_offset(&theirs, 0, Offset::Offset(0))
+        .expect("offset");
+    member
+        .commit(&offsets, CommitMode::Sync)
+        .expect("committed");
+    drop(member);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let report = loop {
+        match keel_topology::reset_application(&options) {
+            Ok(report) => break report,
+            Err(e) if e.to_string().contains("member") && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Err(e) => panic!("reset failed: {e}"),
+        }
+    };
+    assert_eq!(report.deleted_topics, vec![own], "{report}");
+    let probe: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .create()
+        .expect("consumer");
+    let metadata = probe
+        .fetch_metadata(Some(&theirs), Duration::from_secs(10))
+        .expect("metadata");
+    assert!(
+        metadata
+            .topics()
+            .iter()
+            .any(|t| t.name() == theirs && t.error().is_none()),
+        "{theirs} was deleted with {}",
+        n.app
+    );
+}
+
 #[test]
 fn at_least_once_gives_the_same_output_on_a_clean_run() {
     let n = names("alos", 2);
