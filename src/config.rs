@@ -697,6 +697,21 @@ mod tests {
     }
 
     #[test]
+    fn bootstrap_servers_among_the_client_settings_is_refused_naming_keels_key() {
+        let problems = load_problems(
+            &[],
+            Some("[kafka.client]\n\"bootstrap.servers\" = \"127.0.0.1:1\"\n"),
+        );
+        assert_eq!(
+            problems,
+            [
+                "kafka.client.bootstrap.servers is refused: the brokers are \
+                 kafka.bootstrap_servers (a second setting silently won over it)"
+            ]
+        );
+    }
+
+    #[test]
     fn client_settings_the_runtime_owns_are_refused_once_under_keels_keys() {
         let problems = load_problems(
             &[],

@@ -242,7 +242,16 @@ pub async fn create_topics(config: &KeelConfig, topics: &[&str]) -> anyhow::Resu
         })
         .collect();
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-    for result in admin.create_topics(&new, &opts).await? {
+    tracing::info!(brokers = %config.kafka.bootstrap_servers, topics = topics.len(),
+        "creating the topics that are missing");
+    let created = admin.create_topics(&new, &opts).await.with_context(|| {
+        format!(
+            "creating Keel's topics on the brokers at {} ([kafka].bootstrap_servers): are they \
+             running and reachable from here?",
+            config.kafka.bootstrap_servers
+        )
+    })?;
+    for result in created {
         match result {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((topic, code)) => anyhow::bail!("cannot create topic {topic}: {code}"),

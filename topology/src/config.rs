@@ -182,6 +182,13 @@ impl StreamsConfig {
                     ));
                 }
             }
+            if map.contains_key("bootstrap.servers") {
+                problems.push(format!(
+                    "{} is refused: the brokers are {} (a second setting silently won over it)",
+                    name(&format!("{section}.bootstrap.servers")),
+                    name("bootstrap_servers")
+                ));
+            }
             if section != "consumer" {
                 if let Some(p) = map.get("partitioner")
                     && !matches!(p.as_str(), "murmur2" | "murmur2_random")
