@@ -222,6 +222,53 @@ pub async fn ensure_topics(config: &KeelConfig) -> anyhow::Result<()> {
     create_topics(config, &names).await
 }
 
+/// The locks a `keel run` holds for its life, one per role but the API:
+/// `<state_dir>/<application_id>@<instance_id>.<role>.lock` (exclusive `flock`s, released when
+/// the process ends, however it ends). A second `keel run` of the same role, application and
+/// instance id on this machine would join that role's groups with the same static membership
+/// (`group.instance.id`) and fence the running one (whose sinks then exit with
+/// `FencedInstanceId`): it refuses to start instead, naming the lock. Processes with other
+/// roles, or only the API, share an instance id freely.
+fn lock_instance(
+    config: &KeelConfig,
+    roles: &BTreeSet<Role>,
+) -> anyhow::Result<Vec<std::fs::File>> {
+    let dir = &config.streams.state_dir;
+    let instance = config.streams_for("saga").instance_id();
+    let mut locks = Vec::new();
+    for role in roles.iter().filter(|r| **r != Role::Api) {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating the state directory {}", dir.display()))?;
+        let path = dir.join(format!(
+            "{}@{instance}.{}.lock",
+            config.streams.application_id,
+            role.name()
+        ));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => locks.push(file),
+            Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+                "another keel run with role {} of application {} and instance id {instance} is \
+                 running on this machine (it holds {}): a second one would take over its \
+                 consumer groups' static membership and fence it. Stop it first, or give this \
+                 one another [streams].instance_id",
+                role.name(),
+                config.streams.application_id,
+                path.display()
+            ),
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(e).with_context(|| format!("locking {}", path.display()));
+            }
+        }
+    }
+    Ok(locks)
+}
+
 /// Creates each of `topics` that does not exist yet with `[topics]` partitions and replication
 /// (through `[kafka]`'s client settings); an existing topic is left as it is.
 pub async fn create_topics(config: &KeelConfig, topics: &[&str]) -> anyhow::Result<()> {
@@ -714,6 +761,7 @@ pub async fn start_service_roles(
 
 /// `keel run`: topics, then every role in `roles`, then wait for a signal.
 pub async fn run(config: KeelConfig, roles: BTreeSet<Role>) -> anyhow::Result<()> {
+    let _instance = lock_instance(&config, &roles)?;
     ensure_topics(&config).await?;
     if roles.contains(&Role::Saga)
         && let Some((_, connector)) = carts_cdc(&config)?
