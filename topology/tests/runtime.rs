@@ -387,6 +387,21 @@ fn a_second_instance_takes_half_the_partitions_and_the_survivor_takes_all() {
     let _ = std::fs::remove_dir_all(&n.dir);
 }
 
+/// Resets `options`' application, asking again for up to 30 s while a stopped member's static
+/// membership has not lapsed yet.
+fn reset_once_members_lapse(options: &keel_topology::ResetOptions) -> keel_topology::ResetReport {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match keel_topology::reset_application(options) {
+            Ok(report) => return report,
+            Err(e) if e.to_string().contains("member") && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Err(e) => panic!("reset failed: {e}"),
+        }
+    }
+}
+
 #[test]
 fn reset_then_restart_reproduces_the_same_output_from_the_same_input() {
     let n = names("reset", 2);
@@ -411,16 +426,7 @@ fn reset_then_restart_reproduces_the_same_output_from_the_same_input() {
         state_dir: Some(n.dir.clone()),
     };
     // The stopped instance's static membership lapses after its session timeout (6 s here).
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let report = loop {
-        match keel_topology::reset_application(&options) {
-            Ok(report) => break report,
-            Err(e) if e.to_string().contains("member") && Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(500));
-            }
-            Err(e) => panic!("reset failed: {e}"),
-        }
-    };
+    let report = reset_once_members_lapse(&options);
     assert_eq!(report.rewound.len(), 2, "{report}");
     assert!(
         report.rewound.iter().all(|(_, _, offset)| *offset == 0),
@@ -498,16 +504,7 @@ fn reset_leaves_an_application_named_under_its_id_alone_and_refuses_while_it_run
         .commit(&offsets, CommitMode::Sync)
         .expect("committed");
     drop(member);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let report = loop {
-        match keel_topology::reset_application(&options) {
-            Ok(report) => break report,
-            Err(e) if e.to_string().contains("member") && Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(500));
-            }
-            Err(e) => panic!("reset failed: {e}"),
-        }
-    };
+    let report = reset_once_members_lapse(&options);
     assert_eq!(report.deleted_topics, vec![own], "{report}");
     let probe: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap())
