@@ -236,9 +236,11 @@ fn lock_instance(
     let dir = &config.streams.state_dir;
     let instance = config.streams_for("saga").instance_id();
     let mut locks = Vec::new();
-    for role in roles.iter().filter(|r| **r != Role::Api) {
+    if roles.iter().any(|r| *r != Role::Api) {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("creating the state directory {}", dir.display()))?;
+    }
+    for role in roles.iter().filter(|r| **r != Role::Api) {
         let path = dir.join(format!(
             "{}@{instance}.{}.lock",
             config.streams.application_id,

@@ -98,9 +98,14 @@ pub fn reset_application(options: &ResetOptions) -> Result<ResetReport> {
         .create()
         .map_err(Error::kafka("creating the reset consumer"))?;
 
+    // Groups named under this application's id are other applications (or consumers) whose
+    // internal topics share its prefix (`<app>-saga-…-changelog` when resetting `<app>`; or
+    // `keel-saga-v2-…` when resetting `keel-saga`): none may run, and their topics stay.
+    let prefix = format!("{app}-");
+    let restore_group = format!("{app}-restore");
     let groups = consumer
-        .fetch_group_list(Some(app), TIMEOUT)
-        .map_err(Error::kafka("describing the group"))?;
+        .fetch_group_list(None, TIMEOUT)
+        .map_err(Error::kafka("listing the groups"))?;
     if let Some(group) = groups.groups().iter().find(|g| g.name() == app)
         && !group.members().is_empty()
     {
@@ -110,16 +115,7 @@ pub fn reset_application(options: &ResetOptions) -> Result<ResetReport> {
             group.state()
         )]));
     }
-
-    // Groups named under this application's id are other applications (or consumers) whose
-    // internal topics share its prefix (`<app>-saga-…-changelog` when resetting `<app>`; or
-    // `keel-saga-v2-…` when resetting `keel-saga`): none may run, and their topics stay.
-    let prefix = format!("{app}-");
-    let restore_group = format!("{app}-restore");
-    let all_groups = consumer
-        .fetch_group_list(None, TIMEOUT)
-        .map_err(Error::kafka("listing the groups"))?;
-    let nested: Vec<_> = all_groups
+    let nested: Vec<_> = groups
         .groups()
         .iter()
         .filter(|g| g.name().starts_with(&prefix) && g.name() != restore_group)

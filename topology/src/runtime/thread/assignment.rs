@@ -128,7 +128,6 @@ impl Core {
         Ok(())
     }
 
-    /// Whether the task reading `topic`/`partition` is still restoring.
     /// Whether `topic`/`partition` belongs to a task of this thread that is running (set up
     /// and restored).
     pub(super) fn is_running(&self, topic: &str, partition: i32) -> bool {
@@ -140,6 +139,7 @@ impl Core {
         })
     }
 
+    /// Whether the task reading `topic`/`partition` is still restoring.
     pub(super) fn is_restoring(&self, topic: &str, partition: i32) -> bool {
         // Asked for every polled record: no topic lookup while nothing restores.
         !self.restoring.is_empty()

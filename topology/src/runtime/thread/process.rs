@@ -6,7 +6,10 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use prometheus::IntCounterVec;
+use prometheus::local::LocalIntCounter;
 use rdkafka::message::{Headers as _, Message};
+use rustc_hash::FxHashMap;
 
 use super::{Core, WALL_CLOCK_CHECK, now_ms};
 use crate::error::{Action, Error, ProcessError, Result};
@@ -15,6 +18,19 @@ use crate::record::{Headers, RawRecord};
 use crate::runtime::kafka;
 use crate::task::{self, BadRecordPolicy};
 use crate::topology::TaskId;
+
+/// The thread-local counter of `locals` labelled `label`, made from `family` the first
+/// time (a label lookup hashes and locks: resolved once per label, not per record).
+fn local_counter<'a>(
+    locals: &'a mut FxHashMap<String, LocalIntCounter>,
+    family: &IntCounterVec,
+    label: &str,
+) -> &'a LocalIntCounter {
+    if !locals.contains_key(label) {
+        locals.insert(label.to_owned(), family.with_label_values(&[label]).local());
+    }
+    &locals[label]
+}
 
 impl Core {
     /// Runs `raw` through its task; `started` is when this loop turn began (its processing
@@ -144,34 +160,20 @@ impl Core {
                     .headers
                     .get_str(task::dlq_headers::SOURCE_TOPIC)
                     .unwrap_or("?");
-                match self.dead_letters.get(source) {
-                    Some(counter) => counter.inc(),
-                    None => {
-                        let counter = self
-                            .shared
-                            .metrics
-                            .dead_letters
-                            .with_label_values(&[source])
-                            .local();
-                        counter.inc();
-                        self.dead_letters.insert(source.to_owned(), counter);
-                    }
-                }
+                local_counter(
+                    &mut self.dead_letters,
+                    &self.shared.metrics.dead_letters,
+                    source,
+                )
+                .inc();
             } else {
                 // Resolved once per topic: a label lookup hashes and locks.
-                match self.records_out.get(out.topic.as_str()) {
-                    Some(counter) => counter.inc(),
-                    None => {
-                        let counter = self
-                            .shared
-                            .metrics
-                            .records_out
-                            .with_label_values(&[&out.topic])
-                            .local();
-                        counter.inc();
-                        self.records_out.insert(out.topic.clone(), counter);
-                    }
-                }
+                local_counter(
+                    &mut self.records_out,
+                    &self.shared.metrics.records_out,
+                    &out.topic,
+                )
+                .inc();
             }
         }
         if !output.is_empty() {
