@@ -3,8 +3,9 @@
 //! command topic):
 //!
 //! - [`check_key`]: the key is the id the command is about — the order id on
-//!   `orders.commands.v1` and `payments.commands.v1`, the SKU on `inventory.commands.v1` — and
-//!   that id keeps the id rule ([`keel_avro::ids`]). The key routes the command to the task
+//!   `orders.commands.v1`, the SKU on `inventory.commands.v1` (the payment service does not
+//!   check: it keys nothing by the record's key, its ledger's rows are by order and payment id)
+//!   — and that id keeps the id rule ([`keel_avro::ids`]). The key routes the command to the task
 //!   that holds the entity's state; a key that is not the id would apply the command to
 //!   another entity (an empty key once confirmed and charged order `""`).
 //! - [`check_partition`]: the record sits on the partition Kafka's default partitioner
