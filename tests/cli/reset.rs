@@ -1,5 +1,8 @@
 //! `keel reset` end to end: it finds the application's input topics from its committed
-//! offsets, rewinds them (to the beginning or to a time), and refuses a malformed time.
+//! offsets, rewinds them (to the beginning or to a time), and refuses a malformed time; and a
+//! reset of the saga of a shop that took orders replays them without changing any.
+
+mod common;
 
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -96,4 +99,217 @@ async fn reset_finds_the_input_topics_and_rewinds_them() {
         "{}",
         text(&out.stderr)
     );
+}
+
+/// The total of every series of `name` on `url`'s `/metrics` whose line contains `label`.
+async fn metric_total(client: &reqwest::Client, url: &str, name: &str, label: &str) -> f64 {
+    let Ok(response) = client.get(format!("{url}/metrics")).send().await else {
+        return 0.0;
+    };
+    let text = response.text().await.unwrap_or_default();
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// What a shop shows of its orders: each order's status and reason, its payment's status,
+/// the stock of each SKU, and the PSP's counters of money moved.
+async fn shop_view(
+    client: &reqwest::Client,
+    run: &common::Run,
+    orders: &[String],
+    skus: &[&str],
+) -> serde_json::Value {
+    let get = |path: String| {
+        let client = client.clone();
+        async move {
+            client
+                .get(path)
+                .send()
+                .await
+                .expect("GET")
+                .json::<serde_json::Value>()
+                .await
+                .expect("JSON")
+        }
+    };
+    let mut view = serde_json::Map::new();
+    for id in orders {
+        let order = get(format!("{}/orders/{id}", run.api)).await;
+        let payment = get(format!("{}/orders/{id}/payment", run.api)).await;
+        view.insert(
+            id.clone(),
+            serde_json::json!([order["status"], order["reason"], payment["status"]]),
+        );
+    }
+    for sku in skus {
+        let level = get(format!("{}/inventory/{sku}", run.api)).await;
+        view.insert(
+            (*sku).to_owned(),
+            serde_json::json!([level["onHand"], level["held"]]),
+        );
+    }
+    let stats = run.psp_stats(client).await;
+    for counter in ["authorizations", "captures", "voids", "refunds"] {
+        view.insert(counter.to_owned(), stats[counter].clone());
+    }
+    serde_json::Value::Object(view)
+}
+
+/// Resetting the saga of a shop that confirmed, declined and short-stocked orders replays every
+/// order: the replay reads the inputs in fetch order (replies before the commands that caused
+/// them), decides each order as the first run did and compensates nothing — no order, payment or
+/// stock level changes, and the PSP moves no money. Before replies read ahead of their commands
+/// were kept (`saga-early`), the replay ignored them, timed the orders out and refunded the
+/// confirmed ones.
+#[tokio::test(flavor = "multi_thread")]
+async fn resetting_the_saga_of_a_shop_with_orders_changes_no_order_payment_or_stock() {
+    use std::time::Instant;
+
+    let stack = Stack::from_env();
+    let (name, mut run) = common::Run::new(&stack).await;
+    // Short deadlines, so a replay that waits for a reply it ignored shows within the test.
+    run.env.extend([
+        (
+            "KEEL__SAGA__INVENTORY_TIMEOUT_MS".to_owned(),
+            "4000".to_owned(),
+        ),
+        (
+            "KEEL__SAGA__PAYMENT_TIMEOUT_MS".to_owned(),
+            "8000".to_owned(),
+        ),
+    ]);
+    let pool = sqlx::MySqlPool::connect(&run.mysql_url)
+        .await
+        .expect("mysql");
+    keel_processors::orders::migrate(&pool)
+        .await
+        .expect("migrations");
+    // Six orders: four paid with tok_visa (one of them short of SKU-LOW, which has 3 units for
+    // 4 orders), two declined.
+    let mut carts = Vec::new();
+    for i in 0..6 {
+        let cart = format!("cart-{i}");
+        let items: Vec<(&str, i32, i64)> = vec![("SKU-A", 1, 1_000), ("SKU-LOW", 1, 500)];
+        keel_processors::orders::seed_cart(&pool, &cart, &format!("customer-{i}"), "EUR", &items)
+            .await
+            .expect("cart");
+        let token = if i % 3 == 2 {
+            "tok_decline_do_not_honor"
+        } else {
+            "tok_visa"
+        };
+        carts.push((cart, token));
+    }
+    run.ok(&["inventory", "seed", "--skus", "SKU-A", "--quantity", "100"]);
+    run.ok(&["inventory", "seed", "--skus", "SKU-LOW", "--quantity", "3"]);
+    let skus = ["SKU-A", "SKU-LOW"];
+
+    let _psp = run.spawn("psp-mock", &["psp-mock"]);
+    let mut keel = run.spawn("keel run", &["run"]);
+    let client = reqwest::Client::new();
+    common::wait_ready(&client, &run.api, Duration::from_secs(120)).await;
+    let mut orders = Vec::new();
+    for (i, (cart, token)) in carts.iter().enumerate() {
+        let body = common::place(&client, &run.api, cart, token, &format!("reset-{i}")).await;
+        let id = body["orderId"].as_str().expect("an order id").to_owned();
+        common::settled(&client, &run.api, &id, Duration::from_secs(60)).await;
+        orders.push(id);
+    }
+    let decided = metric_total(&client, &run.api, "saga_decisions_total", "").await;
+    // The sinks and mirrors catch up (payment captures, Cassandra holds) before the snapshot.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let before = shop_view(&client, &run, &orders, &skus).await;
+    let statuses: Vec<&str> = orders
+        .iter()
+        .map(|id| before[id][0].as_str().unwrap_or("?"))
+        .collect();
+    assert!(
+        statuses.contains(&"CONFIRMED") && statuses.contains(&"CANCELLED"),
+        "the shop has confirmed and cancelled orders: {before}"
+    );
+    let status = keel
+        .terminate(Duration::from_secs(60))
+        .expect("keel run stops");
+    assert!(status.success(), "keel run exited with {status}");
+
+    let saga = format!("{name}-saga");
+    let state_dir = run.state_dir.path().to_string_lossy().into_owned();
+    // A stopped instance's static membership lapses after the session timeout: until then
+    // the reset refuses, naming the members.
+    let start = Instant::now();
+    loop {
+        let out = run
+            .keel(&[
+                "reset",
+                "--application-id",
+                &saga,
+                "--state-dir",
+                &state_dir,
+            ])
+            .output()
+            .expect("keel reset runs");
+        let stderr = text(&out.stderr);
+        if out.status.success() {
+            break;
+        }
+        assert!(
+            stderr.contains("member") && start.elapsed() < Duration::from_secs(90),
+            "keel reset failed: {stderr}"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+
+    let mut keel = run.spawn("keel run (after the reset)", &["run"]);
+    common::wait_ready(&client, &run.api, Duration::from_secs(120)).await;
+    // The replay decides every order again (the order sink takes the decisions as
+    // duplicates); then longer than every deadline passes, so a saga still waiting shows.
+    let start = Instant::now();
+    loop {
+        let replayed = metric_total(&client, &run.api, "saga_decisions_total", "").await;
+        if replayed >= decided {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(90),
+            "the replay decided {replayed} of the first run's {decided} decisions"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let replayed = metric_total(&client, &run.api, "saga_decisions_total", "").await;
+    assert_eq!(
+        replayed, decided,
+        "the replay decided what the first run decided"
+    );
+    let compensations = metric_total(
+        &client,
+        &run.api,
+        "saga_compensations_total",
+        "void_payment",
+    )
+    .await;
+    assert_eq!(compensations, 0.0, "the replay voids no payment");
+    let kept = metric_total(&client, &run.api, "keel_saga_early_replies_total", "kept").await;
+    let applied = metric_total(
+        &client,
+        &run.api,
+        "keel_saga_early_replies_total",
+        "applied",
+    )
+    .await;
+    eprintln!("replay: {kept} replies read before their commands, {applied} applied");
+    assert_eq!(
+        kept, applied,
+        "every reply kept for its command was applied"
+    );
+    let after = shop_view(&client, &run, &orders, &skus).await;
+    assert_eq!(after, before, "the replay changed the shop");
+
+    let status = keel
+        .terminate(Duration::from_secs(60))
+        .expect("keel run stops");
+    assert!(status.success(), "keel run exited with {status}");
+    run.clean_up(&stack, &name).await;
 }

@@ -11,6 +11,11 @@
 //! - an event for an order without a saga, or for a SKU the order does not have, is
 //!   [`Ignored`] (valid, someone else's: no state, no effects, counted), never refused; only
 //!   undecodable records and commands the saga cannot carry out are dead-lettered;
+//! - a reply that answers a saga command not sent yet (causation `<order id>/c<n>` with `n`
+//!   above [`Saga::commands_issued`]), or releases a line still waiting for its reservation's
+//!   answer, is [`Ignored::Early`]: nothing changes, the id is not remembered, and the
+//!   topology keeps it until the saga has sent that command (a replay reads the input topics
+//!   in fetch order, so replies can come before their commands);
 //! - a terminal step (`Confirmed`, `Cancelled`, `Rejected`) never changes; late replies to a
 //!   terminal saga only compensate (a late hold is released, a late authorization voided);
 //! - every non-terminal step has a deadline, so no saga waits forever;
@@ -28,6 +33,8 @@ use keel_avro::records::{
     PaymentFailureReason, PlaceOrder, ReleaseReason, ReleaseStock, ReservationStatus, ReserveStock,
     VoidPayment,
 };
+
+use serde::{Deserialize, Serialize};
 
 use super::state::{LineState, PaymentState, Reason, Saga, Step};
 use crate::command_key::{KeyProblem, check_key};
@@ -63,8 +70,9 @@ impl Default for Timeouts {
     }
 }
 
-/// What the saga reacts to.
-#[derive(Debug, Clone, PartialEq)]
+/// What the saga reacts to. Serializable: a reply read ahead of its command is kept in the
+/// store `saga-early` until the saga sends that command ([`Ignored::Early`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Input {
     Place {
         command_id: String,
@@ -102,6 +110,34 @@ impl Input {
         }
     }
 
+    /// The causation id of a reply (an event on one of the saga's reply topics): the id of the
+    /// command it answers. `None` for commands and timers.
+    pub fn causation(&self) -> Option<&str> {
+        match self {
+            Self::Reserved(e) => Some(&e.causation_id),
+            Self::Released(e) => Some(&e.causation_id),
+            Self::Authorized(e) => Some(&e.causation_id),
+            Self::PaymentFailed(e) => Some(&e.causation_id),
+            Self::CartChecked(e) => Some(&e.causation_id),
+            Self::Place { .. } | Self::Cancel { .. } | Self::DeadlinePassed => None,
+        }
+    }
+
+    /// Whether this reply answers something the saga of `order_id` does: one of its commands
+    /// (causation `<order id>/c<n>`, the saga's command ids), or the lapse of one of its holds
+    /// (inventory's expiry release, causation `expiry:<sku>/<order id>`). Such a reply read
+    /// before there is a saga, or before the saga sent the command ([`Ignored::Early`]), is
+    /// kept for it; any other ignored event is dropped.
+    pub fn answers_the_saga_of(&self, order_id: &str) -> bool {
+        let Some(causation) = self.causation() else {
+            return false;
+        };
+        command_number(causation, order_id).is_some()
+            || matches!(self, Self::Released(e) if e.reason == ReleaseReason::HoldExpired
+                && causation.strip_prefix("expiry:").and_then(|c| c.strip_suffix(order_id))
+                    .is_some_and(|sku| sku.ends_with('/')))
+    }
+
     /// The unprefixed topic the input is read from (`payment.authorized.v1`, …; `deadline` for
     /// a timer): the `event` label of `keel_saga_events_ignored_total`.
     pub fn event(&self) -> &'static str {
@@ -134,17 +170,26 @@ pub enum Ignored {
     /// A reservation reply or release for a SKU the order does not have: a reservation made
     /// outside the checkout under the same order id. Nothing of the saga's is held by it.
     NotInOrder,
+    /// A reply read ahead of its cause: it answers a command the saga has not sent (yet), or
+    /// releases a hold whose reservation the saga has not seen answered. A replay reads the
+    /// saga's input topics in the order they are fetched, not in the order they were written
+    /// (`keel reset`, or a new `[streams].application_id` on the same topics), so an order's
+    /// replies can come before the commands the replay is about to send again. The topology
+    /// keeps the reply (store `saga-early`) and applies it once the saga has sent that command;
+    /// nothing of the saga changes until then.
+    Early,
 }
 
 impl Ignored {
     /// Every reason, for registering the counter's series at start.
-    pub const ALL: [Self; 2] = [Self::NoSaga, Self::NotInOrder];
+    pub const ALL: [Self; 3] = [Self::NoSaga, Self::NotInOrder, Self::Early];
 
     /// The `reason` label.
     pub fn label(self) -> &'static str {
         match self {
             Self::NoSaga => "no_saga",
             Self::NotInOrder => "not_in_order",
+            Self::Early => "early",
         }
     }
 
@@ -159,6 +204,13 @@ impl Ignored {
                 topics::CART_CHECKED,
             ],
             Self::NotInOrder => &[topics::INVENTORY_RESERVED, topics::INVENTORY_RELEASED],
+            Self::Early => &[
+                topics::INVENTORY_RESERVED,
+                topics::INVENTORY_RELEASED,
+                topics::PAYMENT_AUTHORIZED,
+                topics::PAYMENT_FAILED,
+                topics::CART_CHECKED,
+            ],
         }
     }
 }
@@ -191,6 +243,16 @@ pub enum Effect {
     /// (Re)arm the step's deadline at this wall-clock time (epoch ms).
     SetDeadline(i64),
     ClearDeadline,
+}
+
+impl Effect {
+    /// Whether the effect is a command the saga sends (and numbers: `<order id>/c<n>`).
+    pub fn is_command(&self) -> bool {
+        matches!(
+            self,
+            Self::Inventory { .. } | Self::Payment(_) | Self::CheckCart | Self::ReleaseCart
+        )
+    }
 }
 
 /// Why an input cannot be applied at all: the record's fault, so it goes to the dead-letter
@@ -253,6 +315,21 @@ impl Outcome {
         }
     }
 
+    /// `saga` after an applied input, with its effects; every command among them is counted in
+    /// [`Saga::commands_issued`], so the topology numbers them `<order id>/c<n>` from the count
+    /// before, in the order of `effects`.
+    fn applied(mut saga: Saga, effects: Vec<Effect>) -> Self {
+        let commands = effects.iter().filter(|e| e.is_command()).count();
+        saga.commands_issued = saga
+            .commands_issued
+            .saturating_add(u32::try_from(commands).unwrap_or(u32::MAX));
+        Self {
+            saga: Some(saga),
+            effects,
+            ignored: None,
+        }
+    }
+
     fn ignored(saga: Option<Saga>, why: Ignored) -> Self {
         Self {
             saga,
@@ -286,6 +363,9 @@ pub fn decide(
         && !saga.line_states.contains_key(sku)
     {
         return Ok(Outcome::ignored(Some(saga), Ignored::NotInOrder));
+    }
+    if is_early(&saga, &input) {
+        return Ok(Outcome::ignored(Some(saga), Ignored::Early));
     }
     if let Some(id) = input.id() {
         if saga.seen.contains(id) {
@@ -423,11 +503,31 @@ pub fn decide(
         fx.push(Effect::ReleaseCart);
     }
     saga.updated_at = now;
-    Ok(Outcome {
-        saga: Some(saga),
-        effects: fx,
-        ignored: None,
-    })
+    Ok(Outcome::applied(saga, fx))
+}
+
+/// The `n` of the saga command id `<order_id>/c<n>` ([`Saga::commands_issued`] counts them).
+fn command_number(command_id: &str, order_id: &str) -> Option<u32> {
+    let n = command_id.strip_prefix(order_id)?.strip_prefix("/c")?;
+    if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    n.parse().ok()
+}
+
+/// Whether `input` is a reply the saga cannot have caused yet ([`Ignored::Early`]): an answer
+/// to a command number it has not issued, or a release of a line still waiting for its
+/// reservation's answer.
+fn is_early(saga: &Saga, input: &Input) -> bool {
+    if input
+        .causation()
+        .and_then(|c| command_number(c, &saga.order_id))
+        .is_some_and(|n| n > saga.commands_issued)
+    {
+        return true;
+    }
+    matches!(input, Input::Released(e)
+        if saga.line_states.get(&e.sku) == Some(&LineState::Requested))
 }
 
 fn start(input: Input, order_id: &str, now: i64, timeouts: &Timeouts) -> Result<Outcome, Refusal> {
@@ -440,11 +540,11 @@ fn start(input: Input, order_id: &str, now: i64, timeouts: &Timeouts) -> Result<
         // cancel after `[saga].retention_ms` deleted the finished saga: too late either way.
         Input::Cancel { .. } => return Err(Refusal::UnknownOrder(order_id.to_owned())),
         // Events on the shared inventory and payment topics for an order the saga does not
-        // orchestrate (a reservation or payment made outside a checkout), or late ones after
-        // the retention deleted the saga. Not early ones: the saga sends the commands these
-        // answer (and asks for the cart check) after it exists, so a reply can only precede
-        // its saga if a producer invents it — which is no more the saga's than any other
-        // foreign event. Valid records addressed to someone else: ignored, counted.
+        // orchestrate (a reservation or payment made outside a checkout), late ones after the
+        // retention deleted the saga, or — in a replay, which reads the input topics in fetch
+        // order — replies read before the place-order command that caused them (the topology
+        // keeps those that answer a saga command, [`Input::answers_the_saga_of`]). Valid
+        // records: ignored, counted.
         Input::Reserved(_)
         | Input::Released(_)
         | Input::Authorized(_)
@@ -492,11 +592,7 @@ fn start(input: Input, order_id: &str, now: i64, timeouts: &Timeouts) -> Result<
             reason: Some(Reason::InvalidOrder),
             detail: Some(problem),
         });
-        return Ok(Outcome {
-            saga: Some(saga),
-            effects: fx,
-            ignored: None,
-        });
+        return Ok(Outcome::applied(saga, fx));
     }
     saga.sequence = 1;
     fx.push(Effect::Decide {
@@ -516,11 +612,7 @@ fn start(input: Input, order_id: &str, now: i64, timeouts: &Timeouts) -> Result<
         }
         None => reserve_lines(&mut saga, now, timeouts, &mut fx),
     }
-    Ok(Outcome {
-        saga: Some(saga),
-        effects: fx,
-        ignored: None,
-    })
+    Ok(Outcome::applied(saga, fx))
 }
 
 /// Sends a reserve command per line and waits for inventory.

@@ -12,6 +12,11 @@ use serde::{Deserialize, Serialize};
 pub const SAGAS_STORE: &str = "saga-state";
 /// The timer store of step deadlines (and, once a saga is terminal, of its retention).
 pub const DEADLINES_STORE: &str = "saga-deadlines";
+/// The timer store of replies read before the command they answer (`Ignored::Early` in
+/// `logic.rs`, or before the order's saga exists): key the order id, payload the replies (JSON,
+/// in the order read), due when they are dropped (`[saga].early_reply_retention_ms` after the
+/// last one was kept).
+pub const EARLY_STORE: &str = "saga-early";
 /// The key-value store of open (non-terminal) sagas: order id → [`OpenSaga`]. Small and
 /// bounded by the deadlines, so the metrics punctuator can scan it.
 pub const OPEN_STORE: &str = "saga-open";
@@ -207,7 +212,8 @@ pub struct Saga {
     pub payment_id: String,
     /// The sequence of the last decision sent to the order sink.
     pub sequence: i32,
-    /// Commands sent so far; the next command's id is `<order id>/c<commands_issued + 1>`.
+    /// Commands sent so far, counted by `decide` with the effects that send them; the
+    /// topology numbers an input's commands `<order id>/c<n>` after the count before it.
     pub commands_issued: u32,
     /// Ids of the commands and events already applied (duplicates change nothing).
     pub seen: BTreeSet<String>,

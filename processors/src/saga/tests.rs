@@ -850,6 +850,130 @@ fn under_allow_the_order_confirms_at_the_authorization_and_confirm_answers_chang
 
 // ---- the property model ----
 
+/// `input` as the service that answers the saga's command number `n` writes it: caused by
+/// `<order id>/c<n>` (the saga's command ids).
+fn answering(input: Input, n: u32) -> Input {
+    let causation = format!("{ORDER}/c{n}");
+    match input {
+        Input::Reserved(mut e) => {
+            e.causation_id = causation;
+            Input::Reserved(e)
+        }
+        Input::Released(mut e) => {
+            e.causation_id = causation;
+            Input::Released(e)
+        }
+        Input::Authorized(mut e) => {
+            e.causation_id = causation;
+            Input::Authorized(e)
+        }
+        Input::PaymentFailed(mut e) => {
+            e.causation_id = causation;
+            Input::PaymentFailed(e)
+        }
+        Input::CartChecked(mut e) => {
+            e.causation_id = causation;
+            Input::CartChecked(e)
+        }
+        other => panic!("{other:?} is not a reply"),
+    }
+}
+
+fn expired_hold(sku: &str) -> Input {
+    Input::Released(InventoryReleased {
+        event_id: format!("expired-{sku}"),
+        sku: sku.into(),
+        occurred_at: T0,
+        causation_id: format!("expiry:{sku}/{ORDER}"),
+        correlation_id: ORDER.into(),
+        order_id: ORDER.into(),
+        quantity: 1,
+        reason: ReleaseReason::HoldExpired,
+        warehouse: None,
+        held: None,
+        warehouse_held: None,
+        held_version: None,
+    })
+}
+
+#[test]
+fn a_reply_to_a_command_not_sent_yet_is_early_and_changes_nothing() {
+    let (saga, _) = run(vec![place()]);
+    assert_eq!(saga.commands_issued, 2, "one reserve per line");
+    for early in [
+        answering(authorized("a-1"), 4),
+        answering(failed(PaymentFailureReason::Declined), 3),
+        expired_hold("SKU-A"),
+    ] {
+        let outcome =
+            decide(Some(saga.clone()), early.clone(), ORDER, T0, &TIMEOUTS).expect("valid");
+        assert_eq!(outcome.ignored, Some(Ignored::Early), "{early:?}");
+        assert_eq!(
+            outcome.saga.as_ref(),
+            Some(&saga),
+            "nothing changes, not even seen ids"
+        );
+        assert!(outcome.effects.is_empty());
+    }
+    // Once the command is sent, the same reply applies: the authorization confirms.
+    let (saga, _) = run(vec![
+        place(),
+        answering(held("SKU-A"), 1),
+        answering(held("SKU-B"), 2),
+    ]);
+    assert_eq!(saga.commands_issued, 4);
+    let outcome = decide(
+        Some(saga),
+        answering(authorized("a-1"), 4),
+        ORDER,
+        T0,
+        &TIMEOUTS,
+    )
+    .expect("valid");
+    assert_eq!(outcome.ignored, None);
+    assert_eq!(outcome.saga.expect("a saga").step, Step::Confirmed);
+}
+
+#[test]
+fn an_authorization_that_answers_a_sent_command_after_a_cancel_is_still_voided() {
+    // Not early: its command went out before the cancel, so it is a late reply to compensate.
+    let (saga, fx) = run(vec![
+        place(),
+        answering(held("SKU-A"), 1),
+        answering(held("SKU-B"), 2),
+        cancel("cancel-1"),
+        answering(authorized("a-1"), 4),
+    ]);
+    assert_eq!(saga.step, Step::Cancelled);
+    assert!(payments(&fx).contains(&"void"), "{fx:?}");
+}
+
+#[test]
+fn only_replies_to_the_orders_own_saga_commands_answer_its_saga() {
+    let answers = |causation: &str| {
+        let Input::Authorized(mut e) = authorized("a-1") else {
+            unreachable!()
+        };
+        e.causation_id = causation.into();
+        Input::Authorized(e).answers_the_saga_of(ORDER)
+    };
+    assert!(answers("order-1/c4"));
+    for other in [
+        "order-10/c4",
+        "order-1/c",
+        "order-1/c4x",
+        "order-1c4",
+        "c",
+        "",
+        "order-1/c-1",
+    ] {
+        assert!(!answers(other), "{other:?}");
+    }
+    assert!(expired_hold("SKU-A").answers_the_saga_of(ORDER));
+    assert!(!expired_hold("SKU-A").answers_the_saga_of("der-1"));
+    assert!(!place().answers_the_saga_of(ORDER));
+}
+
 fn any_input() -> impl Strategy<Value = Input> {
     prop_oneof![
         Just(place()),
@@ -989,6 +1113,7 @@ mod driver {
             deadline_check_interval_ms: 100,
             retention_ms: 60_000,
             metrics_interval_ms: 100,
+            early_reply_retention_ms: 30_000,
             oversell,
             ..SagaConfig::default()
         };
@@ -1811,6 +1936,192 @@ mod driver {
         );
         let count = |kind: &str| commands.iter().filter(|c| c.as_str() == kind).count();
         assert_eq!((count("capture"), count("void")), (1, 0), "{commands:?}");
+    }
+
+    /// Each of the first run's inputs, as the services wrote them: replies caused by the
+    /// saga's own commands (`<order id>/c<n>`, numbered as the saga numbers them).
+    fn confirmed_run() -> Vec<Input> {
+        vec![
+            place(),
+            answering(held("SKU-A"), 1),
+            answering(held("SKU-B"), 2),
+            answering(authorized("a-1"), 4),
+        ]
+    }
+
+    fn shortage_run() -> Vec<Input> {
+        vec![
+            place(),
+            answering(held("SKU-A"), 1),
+            answering(reserved("SKU-B", ReservationStatus::Shortage, "short-b"), 2),
+        ]
+    }
+
+    fn declined_run() -> Vec<Input> {
+        vec![
+            place(),
+            answering(held("SKU-B"), 2),
+            answering(held("SKU-A"), 1),
+            answering(failed(PaymentFailureReason::Declined), 4),
+        ]
+    }
+
+    /// One of the first runs, and its inputs in an order a replay may read them: any
+    /// interleaving of the topics, each topic's inputs in the order they were written (one
+    /// order's records of a topic share a partition, which a replay reads in order).
+    fn replay_orders() -> impl Strategy<Value = (Vec<Input>, Vec<Input>)> {
+        prop_oneof![
+            Just(confirmed_run()),
+            Just(shortage_run()),
+            Just(declined_run()),
+        ]
+        .prop_flat_map(|run| (Just(run.clone()), Just(run).prop_shuffle()))
+        .prop_map(|(run, shuffled)| {
+            let mut by_topic: std::collections::BTreeMap<&str, std::collections::VecDeque<Input>> =
+                std::collections::BTreeMap::new();
+            for input in &run {
+                by_topic
+                    .entry(input.event())
+                    .or_default()
+                    .push_back(input.clone());
+            }
+            let replay = shuffled
+                .iter()
+                .map(|i| {
+                    by_topic
+                        .get_mut(i.event())
+                        .and_then(std::collections::VecDeque::pop_front)
+                        .expect("one per input")
+                })
+                .collect();
+            (run, replay)
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// A replay (`keel reset`, or a new application id on the same topics) reads the
+        /// saga's input topics in fetch order: an order's replies can come before the
+        /// place-order command whose saga sent the commands they answer, or before the
+        /// command the saga is about to send. Whatever the order, the replay decides as the
+        /// first run did and sends the same commands (duplicates to inventory and payments):
+        /// it compensates nothing the first run did not.
+        #[test]
+        fn a_replay_in_any_order_decides_as_the_first_run(
+            (first_run, replay) in replay_orders()
+        ) {
+            let (mut d, metrics) = driver_with_metrics();
+            for input in replay.clone() {
+                feed(&mut d, input);
+            }
+            let replayed = outcome_of(&mut d);
+            prop_assert_eq!(&replayed, &drive_outcome(first_run), "replay {:?}", replay);
+            prop_assert!(d.dead_letters().is_empty());
+            let early = |o: &str| metrics.early.with_label_values(&[o]).get();
+            prop_assert_eq!(early("kept"), early("applied"), "every kept reply is applied");
+            prop_assert!(
+                d.timer(crate::saga::state::EARLY_STORE, ORDER.as_bytes())
+                    .expect("reads")
+                    .is_none(),
+                "nothing is left kept"
+            );
+        }
+    }
+
+    /// (decisions, kinds of the commands sent) of what `d` wrote.
+    fn outcome_of(d: &mut TestDriver) -> (Vec<(OrderDecisionStatus, Option<String>)>, Vec<String>) {
+        let decisions = out::<OrderDecision>(d, topics::ORDER_DECISIONS)
+            .into_iter()
+            .map(|(_, x)| (x.status, x.reason))
+            .collect();
+        let mut commands: Vec<String> = out::<InventoryCommand>(d, topics::INVENTORY_COMMANDS)
+            .into_iter()
+            .map(|(sku, c)| format!("{}:{sku}", c.command_id))
+            .collect();
+        commands.extend(
+            out::<PaymentCommand>(d, topics::PAYMENT_COMMANDS)
+                .into_iter()
+                .map(|(_, c)| c.command_id),
+        );
+        commands.sort();
+        (decisions, commands)
+    }
+
+    fn drive_outcome(
+        inputs: Vec<Input>,
+    ) -> (Vec<(OrderDecisionStatus, Option<String>)>, Vec<String>) {
+        let mut d = driver();
+        for input in inputs {
+            feed(&mut d, input);
+        }
+        outcome_of(&mut d)
+    }
+
+    #[test]
+    fn the_first_run_of_each_replayed_path_decides_what_it_should() {
+        let status = |run: Vec<Input>| drive_outcome(run).0;
+        assert_eq!(
+            status(confirmed_run()),
+            vec![PENDING, (OrderDecisionStatus::Confirmed, None)]
+        );
+        assert_eq!(
+            status(shortage_run()),
+            vec![PENDING, cancelled("INSUFFICIENT_STOCK")]
+        );
+        assert_eq!(
+            status(declined_run()),
+            vec![PENDING, cancelled("PAYMENT_DECLINED")]
+        );
+    }
+
+    /// A reply whose command never comes (the saga was never placed, or took another path) is
+    /// dropped after `[saga].early_reply_retention_ms` (30 s here), counted, and leaves no saga.
+    #[test]
+    fn a_kept_reply_whose_command_never_comes_expires() {
+        use std::time::Duration;
+        let (mut d, metrics) = driver_with_metrics();
+        d.advance_wall_clock(Duration::from_millis(100))
+            .expect("arms the punctuators");
+        feed(&mut d, answering(authorized("a-1"), 4));
+        feed(&mut d, answering(authorized("a-1"), 4));
+        let early = |o: &str| metrics.early.with_label_values(&[o]).get();
+        assert_eq!(early("kept"), 1, "a duplicate is kept once");
+        assert!(
+            d.timer(crate::saga::state::EARLY_STORE, ORDER.as_bytes())
+                .expect("reads")
+                .is_some()
+        );
+        d.advance_wall_clock(Duration::from_millis(30_100))
+            .expect("the retention passes");
+        assert_eq!(early("expired"), 1);
+        assert!(
+            d.timer(crate::saga::state::EARLY_STORE, ORDER.as_bytes())
+                .expect("reads")
+                .is_none()
+        );
+        // The order placed afterwards is a fresh saga that the expired reply does not touch.
+        feed(&mut d, place());
+        feed(&mut d, answering(held("SKU-A"), 1));
+        feed(&mut d, answering(held("SKU-B"), 2));
+        let (decisions, _) = outcome_of(&mut d);
+        assert_eq!(
+            decisions,
+            vec![PENDING],
+            "still waiting for its authorization"
+        );
+        assert!(out::<OrderDecision>(&mut d, topics::ORDER_DECISIONS).is_empty());
+    }
+
+    /// Foreign events (not caused by a saga command) are not kept: a later saga under the
+    /// same order id never takes them for its own.
+    #[test]
+    fn events_not_caused_by_a_saga_command_are_not_kept() {
+        let (mut d, metrics) = driver_with_metrics();
+        for event in foreign_events() {
+            feed(&mut d, event);
+        }
+        assert_eq!(metrics.early.with_label_values(&["kept"]).get(), 0);
     }
 }
 

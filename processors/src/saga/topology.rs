@@ -19,7 +19,7 @@ use prometheus::{GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, Opts, Reg
 use serde::{Deserialize, Serialize};
 
 use super::logic::{Effect, Ignored, Input, Timeouts, decide};
-use super::state::{DEADLINES_STORE, OPEN_STORE, OpenSaga, SAGAS_STORE, Saga, Step};
+use super::state::{DEADLINES_STORE, EARLY_STORE, OPEN_STORE, OpenSaga, SAGAS_STORE, Saga, Step};
 use crate::carts::CdcTopics;
 use crate::command_key::check_record_partition;
 use crate::format::Format;
@@ -41,6 +41,12 @@ pub struct SagaConfig {
     pub retention_ms: u64,
     /// How often the open-saga gauges are refreshed (ms of wall-clock time).
     pub metrics_interval_ms: u64,
+    /// How long a reply read before the command it answers is kept for that command (ms of
+    /// wall-clock time, from the last reply kept for the order; [`Ignored::Early`]). A replay
+    /// (`keel reset`, a new application id) reads the input topics in fetch order, so an
+    /// order's replies can be read before its place-order command; they are applied once the
+    /// saga sends the command again. 1 hour by default.
+    pub early_reply_retention_ms: u64,
     /// `[carts].source = "cdc"`: how long the carts processor keeps an order whose cart has not
     /// arrived (or does not yet agree with the order) before answering with what it has —
     /// `CART_NOT_FOUND` when there is no cart (ms).
@@ -67,6 +73,7 @@ impl Default for SagaConfig {
             deadline_check_interval_ms: 1_000,
             retention_ms: 7 * 24 * 3_600_000,
             metrics_interval_ms: 5_000,
+            early_reply_retention_ms: 3_600_000,
             cart_wait_ms: 30_000,
             cart_timeout_ms: 60_000,
             cart_retention_ms: 7 * 24 * 3_600_000,
@@ -105,6 +112,11 @@ pub struct SagaMetrics {
     /// alone, by event (the topic's unprefixed name, e.g. `payment.authorized.v1`) and reason
     /// ([`Ignored::label`]: `no_saga`, `not_in_order`). Every series exists from the start.
     pub ignored: IntCounterVec,
+    /// `keel_saga_early_replies_total{outcome}`: replies read before the command they answer
+    /// ([`Ignored::Early`], or before the order's saga exists): `kept` for the command,
+    /// `applied` once the saga sent it, `expired` after `[saga].early_reply_retention_ms`
+    /// without it (or dropped beyond [`MAX_KEPT_PER_ORDER`]).
+    pub early: IntCounterVec,
     /// The carts processor's (`[carts].source = "cdc"`): `keel_carts_retired_total`.
     pub carts: crate::carts::CartsMetrics,
 }
@@ -153,6 +165,17 @@ impl SagaMetrics {
             ),
             &["event", "reason"],
         )?;
+        let early = IntCounterVec::new(
+            Opts::new(
+                "keel_saga_early_replies_total",
+                "Replies read before the command they answer: kept for it, applied once it was sent, or expired",
+            ),
+            &["outcome"],
+        )?;
+        for outcome in ["kept", "applied", "expired"] {
+            early.with_label_values(&[outcome]);
+        }
+        registry.register(Box::new(early.clone()))?;
         for c in [&open, &oldest] {
             registry.register(Box::new(c.clone()))?;
         }
@@ -175,6 +198,7 @@ impl SagaMetrics {
             duration,
             compensations,
             ignored,
+            early,
             carts,
         })
     }
@@ -222,6 +246,7 @@ fn build(
         timeouts.cart_ms = Some(i64::try_from(config.cart_timeout_ms).unwrap_or(i64::MAX));
     }
     let retention_ms = i64::try_from(config.retention_ms).unwrap_or(i64::MAX);
+    let early_retention_ms = i64::try_from(config.early_reply_retention_ms).unwrap_or(i64::MAX);
     let carts_metrics = metrics.carts.clone();
     let metrics_interval = Duration::from_millis(config.metrics_interval_ms.max(1));
     let inputs = names.saga_inputs();
@@ -243,6 +268,7 @@ fn build(
             timeouts,
             interval,
             retention_ms,
+            early_retention_ms,
             metrics_interval,
             metrics: metrics.clone(),
         },
@@ -271,7 +297,8 @@ fn build(
     )
     .add_state_store(SAGAS_STORE, StoreKind::KeyValue, &[PROCESSOR])
     .add_state_store(DEADLINES_STORE, StoreKind::Timer, &[PROCESSOR])
-    .add_state_store(OPEN_STORE, StoreKind::KeyValue, &[PROCESSOR]);
+    .add_state_store(OPEN_STORE, StoreKind::KeyValue, &[PROCESSOR])
+    .add_state_store(EARLY_STORE, StoreKind::Timer, &[PROCESSOR]);
     if let Some(cdc) = cdc {
         let ms = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
         crate::carts::add_to(
@@ -337,6 +364,32 @@ impl Serde<Input> for InputSerde {
     }
 }
 
+/// At most this many replies are kept per order ([`EARLY_STORE`]); beyond it the oldest is
+/// dropped (counted `expired`). A saga's own replies are a few per line: this only bounds a
+/// producer that writes many events answering one order's commands.
+pub const MAX_KEPT_PER_ORDER: usize = 256;
+
+/// A reply kept for the command it answers ([`Ignored::Early`], or read before the order's
+/// saga exists), with where it was read: its decisions name that source.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Kept {
+    input: Input,
+    topic: String,
+    partition: i32,
+    offset: i64,
+}
+
+impl Kept {
+    fn source(&self) -> Source {
+        Source {
+            topic: self.topic.clone(),
+            partition: self.partition,
+            offset: self.offset,
+            causation_id: self.input.id().unwrap_or_default().to_owned(),
+        }
+    }
+}
+
 /// Where the input that caused a decision came from.
 struct Source {
     topic: String,
@@ -351,6 +404,7 @@ pub struct SagaProcessor {
     timeouts: Timeouts,
     interval: Duration,
     retention_ms: i64,
+    early_retention_ms: i64,
     metrics_interval: Duration,
     metrics: SagaMetrics,
 }
@@ -409,7 +463,7 @@ impl Processor for SagaProcessor {
             offset,
             causation_id: record.value.id().unwrap_or_default().to_owned(),
         };
-        self.apply(ctx, &record.key, record.value, &source)
+        self.handle(ctx, &record.key, record.value, &source)
     }
 
     fn punctuate(
@@ -432,20 +486,167 @@ impl Processor for SagaProcessor {
                 offset: -1,
                 causation_id: format!("deadline:{order_id}@{}", timer.due),
             };
-            self.apply(ctx, &order_id, Input::DeadlinePassed, &source)?;
+            self.handle(ctx, &order_id, Input::DeadlinePassed, &source)?;
+        }
+        // Replies whose command never came: dropped.
+        let expired = ctx
+            .timers(EARLY_STORE)?
+            .due_at_most(punctuation.timestamp, 1_000)?;
+        for timer in expired {
+            let kept = decode_kept(&timer.key, &timer.payload)?;
+            tracing::debug!(
+                order_id = %String::from_utf8_lossy(&timer.key),
+                replies = kept.len(),
+                "replies kept for commands the saga never sent expire"
+            );
+            self.metrics
+                .early
+                .with_label_values(&["expired"])
+                .inc_by(kept.len() as u64);
         }
         Ok(())
     }
 }
 
+/// The replies kept for the order `key` ([`EARLY_STORE`]'s payload: JSON).
+fn decode_kept(key: &[u8], payload: &[u8]) -> Result<Vec<Kept>, ProcessError> {
+    serde_json::from_slice(payload).map_err(|e| {
+        ProcessError::Fatal(format!(
+            "replies kept for order {:?} are unreadable: {e}",
+            String::from_utf8_lossy(key)
+        ))
+    })
+}
+
 impl SagaProcessor {
-    fn apply(
+    /// Applies `input` ([`Self::apply`]); a reply the saga cannot use yet is kept for the
+    /// command it answers ([`Self::keep`]), and once the saga changed, the replies kept for
+    /// the order are tried again ([`Self::apply_kept`]).
+    fn handle(
         &self,
         ctx: &mut Context<'_>,
         order_id: &str,
         input: Input,
         source: &Source,
     ) -> Result<(), ProcessError> {
+        let event = input.event();
+        let keep = input.answers_the_saga_of(order_id).then(|| input.clone());
+        match self.apply(ctx, order_id, input, source)? {
+            None => self.apply_kept(ctx, order_id),
+            Some(why) => {
+                tracing::debug!(
+                    order_id,
+                    event,
+                    reason = why.label(),
+                    topic = %source.topic,
+                    partition = source.partition,
+                    offset = source.offset,
+                    "saga ignores an event that is not its own (yet)"
+                );
+                self.metrics
+                    .ignored
+                    .with_label_values(&[event, why.label()])
+                    .inc();
+                match (why, keep) {
+                    (Ignored::NoSaga | Ignored::Early, Some(input)) => {
+                        self.keep(ctx, order_id, input, source)
+                    }
+                    _ => Ok(()),
+                }
+            }
+        }
+    }
+
+    /// Keeps `input` for the order's saga until it sends the command the reply answers, or
+    /// `[saga].early_reply_retention_ms` passes. A reply kept already (same event id) is not
+    /// kept twice.
+    fn keep(
+        &self,
+        ctx: &mut Context<'_>,
+        order_id: &str,
+        input: Input,
+        source: &Source,
+    ) -> Result<(), ProcessError> {
+        let now = ctx.wall_clock_time();
+        let timers = ctx.timers(EARLY_STORE)?;
+        let mut kept = match timers.get(order_id.as_bytes())? {
+            Some(timer) => decode_kept(&timer.key, &timer.payload)?,
+            None => Vec::new(),
+        };
+        if kept.iter().any(|k| k.input.id() == input.id()) {
+            return Ok(());
+        }
+        if kept.len() >= MAX_KEPT_PER_ORDER {
+            kept.remove(0);
+            self.metrics.early.with_label_values(&["expired"]).inc();
+        }
+        kept.push(Kept {
+            input,
+            topic: source.topic.clone(),
+            partition: source.partition,
+            offset: source.offset,
+        });
+        let payload = serde_json::to_vec(&kept).unwrap_or_default();
+        timers.schedule(
+            order_id.as_bytes().to_vec(),
+            now.saturating_add(self.early_retention_ms),
+            payload,
+        )?;
+        self.metrics.early.with_label_values(&["kept"]).inc();
+        Ok(())
+    }
+
+    /// Tries the replies kept for `order_id` again, in the order they were read, until none
+    /// applies any more (one applied reply can make the next one's command sent).
+    fn apply_kept(&self, ctx: &mut Context<'_>, order_id: &str) -> Result<(), ProcessError> {
+        let Some(timer) = ctx.timers(EARLY_STORE)?.get(order_id.as_bytes())? else {
+            return Ok(());
+        };
+        let mut kept = decode_kept(&timer.key, &timer.payload)?;
+        let before = kept.len();
+        loop {
+            let tried = kept.len();
+            let mut waiting = Vec::with_capacity(tried);
+            for k in std::mem::take(&mut kept) {
+                match self.apply(ctx, order_id, k.input.clone(), &k.source())? {
+                    Some(Ignored::NoSaga | Ignored::Early) => waiting.push(k),
+                    outcome => {
+                        if let Some(why) = outcome {
+                            self.metrics
+                                .ignored
+                                .with_label_values(&[k.input.event(), why.label()])
+                                .inc();
+                        }
+                        self.metrics.early.with_label_values(&["applied"]).inc();
+                    }
+                }
+            }
+            kept = waiting;
+            if kept.is_empty() || kept.len() == tried {
+                break;
+            }
+        }
+        if kept.len() != before {
+            let timers = ctx.timers(EARLY_STORE)?;
+            if kept.is_empty() {
+                timers.cancel(order_id.as_bytes())?;
+            } else {
+                let payload = serde_json::to_vec(&kept).unwrap_or_default();
+                timers.schedule(order_id.as_bytes().to_vec(), timer.due, payload)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads the order's saga, applies [`decide`] and carries out its effects; `Some` if the
+    /// input was ignored (nothing written, nothing sent).
+    fn apply(
+        &self,
+        ctx: &mut Context<'_>,
+        order_id: &str,
+        input: Input,
+        source: &Source,
+    ) -> Result<Option<Ignored>, ProcessError> {
         let now = ctx.wall_clock_time();
         let stored = ctx.kv(SAGAS_STORE)?.get(order_id.as_bytes())?;
         let state = match &stored {
@@ -459,32 +660,20 @@ impl SagaProcessor {
             && saga.step.is_terminal()
         {
             ctx.kv(SAGAS_STORE)?.delete(order_id.as_bytes().to_vec());
-            return Ok(());
+            return Ok(None);
         }
         let step_before = state.as_ref().map(|s| s.step);
+        let mut command_number = state.as_ref().map_or(0, |s| s.commands_issued);
         let was_terminal = step_before.is_some_and(Step::is_terminal);
-        let event = input.event();
         let outcome = decide(state, input, order_id, now, &self.timeouts)
             .map_err(|refusal| ProcessError::BadInput(refusal.to_string()))?;
         if let Some(why) = outcome.ignored {
-            // A valid event for someone else: nothing is written, nothing is sent.
-            tracing::debug!(
-                order_id,
-                event,
-                reason = why.label(),
-                topic = %source.topic,
-                partition = source.partition,
-                offset = source.offset,
-                "saga ignores an event that is not its own"
-            );
-            self.metrics
-                .ignored
-                .with_label_values(&[event, why.label()])
-                .inc();
-            return Ok(());
+            // A valid event for someone else (or not yet the saga's): nothing is written,
+            // nothing is sent.
+            return Ok(Some(why));
         }
-        let Some(mut saga) = outcome.saga else {
-            return Ok(());
+        let Some(saga) = outcome.saga else {
+            return Ok(None);
         };
         for effect in outcome.effects {
             match effect {
@@ -493,7 +682,7 @@ impl SagaProcessor {
                         self.count_compensation("release_hold", &saga);
                     }
                     let command = InventoryCommand {
-                        command_id: next_command_id(&mut saga),
+                        command_id: next_command_id(order_id, &mut command_number),
                         sku: sku.clone(),
                         issued_at: now,
                         causation_id: source.causation_id.clone(),
@@ -507,7 +696,7 @@ impl SagaProcessor {
                         self.count_compensation("void_payment", &saga);
                     }
                     let command = PaymentCommand {
-                        command_id: next_command_id(&mut saga),
+                        command_id: next_command_id(order_id, &mut command_number),
                         payment_id: saga.payment_id.clone(),
                         order_id: order_id.to_owned(),
                         issued_at: now,
@@ -519,7 +708,7 @@ impl SagaProcessor {
                 }
                 Effect::CheckCart => {
                     let command = OrderCommand {
-                        command_id: next_command_id(&mut saga),
+                        command_id: next_command_id(order_id, &mut command_number),
                         order_id: order_id.to_owned(),
                         issued_at: now,
                         causation_id: source.causation_id.clone(),
@@ -540,7 +729,7 @@ impl SagaProcessor {
                 }
                 Effect::ReleaseCart => {
                     let command = OrderCommand {
-                        command_id: next_command_id(&mut saga),
+                        command_id: next_command_id(order_id, &mut command_number),
                         order_id: order_id.to_owned(),
                         issued_at: now,
                         causation_id: source.causation_id.clone(),
@@ -604,6 +793,10 @@ impl SagaProcessor {
                 }
             }
         }
+        debug_assert_eq!(
+            command_number, saga.commands_issued,
+            "decide counts every command"
+        );
         if saga.step.is_terminal() {
             if !was_terminal {
                 let due = now.saturating_add(self.retention_ms);
@@ -630,7 +823,7 @@ impl SagaProcessor {
             ctx.kv(SAGAS_STORE)?
                 .put(order_id.as_bytes().to_vec(), encoded);
         }
-        Ok(())
+        Ok(None)
     }
 
     /// Counts one compensating command under the saga's failure reason (`none` if it has none).
@@ -674,7 +867,8 @@ impl SagaProcessor {
     }
 }
 
-fn next_command_id(saga: &mut Saga) -> String {
-    saga.commands_issued += 1;
-    format!("{}/c{}", saga.order_id, saga.commands_issued)
+/// The id of the saga's next command (`decide` counted it in [`Saga::commands_issued`]).
+fn next_command_id(order_id: &str, issued: &mut u32) -> String {
+    *issued += 1;
+    format!("{order_id}/c{issued}")
 }
