@@ -10,7 +10,10 @@
 //! 2. **The stores themselves**, for what no topic carries (captures and voids exist only in
 //!    the ledger): `AT_MOST_ONE_CAPTURE` (PostgreSQL `payment_attempts`), `CONFIRMED_CAPTURED`
 //!    and `CANCELLED_NOT_AUTHORIZED` (MariaDB `orders` against PostgreSQL `payments`, after the
-//!    `[audit]` grace periods), `CAPTURED_EQUALS_CONFIRMED` (the global sums per currency, over
+//!    `[audit]` grace periods; a `CONFIRMED` order whose capture a compensation refunded — a
+//!    refund `void-<command id>`, the payment service's answer to a void of a captured payment
+//!    — is not captured, while a refund asked through `POST /payments/{id}/refund` is the
+//!    shop's business and leaves the capture standing), `CAPTURED_EQUALS_CONFIRMED` (the global sums per currency, over
 //!    orders and payments that have not changed within the grace).
 //!
 //! Exit status: 0 when nothing is violated, 1 otherwise (`NOT_CHECKED` is not a failure).
@@ -252,7 +255,9 @@ fn read_topic(
     group: &str,
     within: Duration,
 ) -> anyhow::Result<(Vec<Vec<u8>>, bool)> {
-    let consumer: BaseConsumer = client.create()?;
+    // Partition EOF is how this read knows it is done, not an error to print.
+    let consumer: BaseConsumer<keel_topology::QuietEof> =
+        client.create_with_context(keel_topology::QuietEof)?;
     let metadata = consumer
         .fetch_metadata(Some(topic), Duration::from_secs(10))
         .with_context(|| format!("metadata of {topic}"))?;
@@ -332,6 +337,9 @@ struct Payment {
     status: String,
     currency: String,
     captured_minor: i64,
+    /// A refund the saga's compensation made of this payment's capture (`void-<command id>`,
+    /// not refused or failed): the order was given up after its capture.
+    compensated_by: Option<String>,
     recent: bool,
 }
 
@@ -377,11 +385,15 @@ async fn check_stores(config: &KeelConfig) -> anyhow::Result<StoreVerdicts> {
 
     // Payments that captured something or changed within the grace, and every order that is
     // CONFIRMED or changed within the grace (recent rows are still settling).
-    let payments: Vec<(String, String, String, i64, bool)> = sqlx::query_as(
-        "SELECT order_id, status, currency, captured_minor, \
-         updated_at > now() - make_interval(secs => $1) \
-         FROM payments WHERE captured_minor > 0 OR status = 'AUTHORIZED' \
-         OR updated_at > now() - make_interval(secs => $1)",
+    // A compensation's refund is `void-<command id>` (processors/src/payment/service.rs,
+    // void_refund_id).
+    let payments: Vec<(String, String, String, i64, Option<String>, bool)> = sqlx::query_as(
+        "SELECT p.order_id, p.status, p.currency, p.captured_minor, \
+         (SELECT min(r.refund_id) FROM refunds r WHERE r.payment_id = p.payment_id \
+          AND r.refund_id LIKE 'void-%' AND r.status IN ('PENDING', 'SUCCEEDED')), \
+         p.updated_at > now() - make_interval(secs => $1) \
+         FROM payments p WHERE p.captured_minor > 0 OR p.status = 'AUTHORIZED' \
+         OR p.updated_at > now() - make_interval(secs => $1)",
     )
     .bind(grace_s)
     .fetch_all(&pg)
@@ -390,11 +402,12 @@ async fn check_stores(config: &KeelConfig) -> anyhow::Result<StoreVerdicts> {
     let payments: Vec<Payment> = payments
         .into_iter()
         .map(
-            |(order_id, status, currency, captured_minor, recent)| Payment {
+            |(order_id, status, currency, captured_minor, compensated_by, recent)| Payment {
                 order_id,
                 status,
                 currency: currency.trim().to_owned(),
                 captured_minor,
+                compensated_by,
                 recent,
             },
         )
@@ -508,6 +521,15 @@ fn compare(orders: &[Order], payments: &[Payment]) -> (Vec<String>, Vec<String>,
                         o.currency,
                         payment.map_or("missing", |p| p.status.as_str())
                     ));
+                } else if let Some(refund) = payment.and_then(|p| p.compensated_by.as_deref()) {
+                    confirmed_captured.push(format!(
+                        "order {}: CONFIRMED ({} {}) but a compensation refunded its capture \
+                         (refund {refund}, payment {})",
+                        o.order_id,
+                        o.total_minor,
+                        o.currency,
+                        payment.map_or("missing", |p| p.status.as_str())
+                    ));
                 }
             }
             "CANCELLED" => {
@@ -583,6 +605,7 @@ mod tests {
             status: status.into(),
             currency: "EUR".into(),
             captured_minor: captured,
+            compensated_by: None,
             recent,
         }
     }
@@ -627,6 +650,27 @@ mod tests {
             "{sums:?}"
         );
         assert!(sums[0].contains("o-4"), "{sums:?}");
+    }
+
+    /// A replayed saga that gave up a confirmed order refunds its capture (`void-…`): the
+    /// order is not captured any more, whatever MariaDB says. A refund the shop made through
+    /// the API is not a compensation.
+    #[test]
+    fn a_confirmed_order_whose_capture_a_compensation_refunded_is_not_captured() {
+        let orders = [
+            order("o-1", "CONFIRMED", 2_500, false),
+            order("o-2", "CONFIRMED", 900, false),
+        ];
+        let mut compensated = payment("o-1", "REFUNDED", 2_500, false);
+        compensated.compensated_by = Some("void-o-1/c9".into());
+        let refunded_on_request = payment("o-2", "REFUNDED", 900, false);
+        let (confirmed, _, sums) = compare(&orders, &[compensated, refunded_on_request]);
+        assert_eq!(confirmed.len(), 1, "{confirmed:?}");
+        assert!(
+            confirmed[0].contains("o-1") && confirmed[0].contains("void-o-1/c9"),
+            "{confirmed:?}"
+        );
+        assert!(sums.is_empty(), "{sums:?}");
     }
 
     fn record(state: AuditViolationState, opened_at: i64, event: &str) -> AuditViolation {

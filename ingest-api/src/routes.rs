@@ -500,7 +500,10 @@ pub(crate) fn or_problem(result: Result<Response, Problem>) -> Response {
             body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The cart was already ordered by an order that is \
             running or CONFIRMED (type cart-already-ordered; a CANCELLED or REJECTED order no \
-            longer holds its cart), or a request with this Idempotency-Key is in progress",
+            longer holds its cart), or a request with this Idempotency-Key is in progress \
+            (request-in-progress; if that request's process stopped mid-way, a retry takes it \
+            over, keeping its order id, once it has been in progress for [api].produce_timeout_ms \
+            (5 s by default) plus 30 seconds)",
             body = Problem,
             content_type = "application/problem+json"),
         (status = 413, description = "The body is larger than max_body_bytes", body = Problem,

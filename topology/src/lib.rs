@@ -44,6 +44,6 @@ pub use metrics::Metrics;
 pub use processor::{Context, Processor, Punctuation, PunctuationType};
 pub use record::{Headers, NO_TIMESTAMP, OutRecord, RawRecord, Record, RecordMeta, timestamp_ms};
 pub use reset::{ResetOptions, ResetReport, reset_application};
-pub use runtime::{KafkaStreams, StreamsHandle, default_partition, shutdown_on_signals};
+pub use runtime::{KafkaStreams, QuietEof, StreamsHandle, default_partition, shutdown_on_signals};
 pub use task::{BadRecordPolicy, dlq_headers};
 pub use topology::{SubTopology, TaskId, TopicName, Topology, TopologyBuilder};

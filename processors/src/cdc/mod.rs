@@ -1,4 +1,4 @@
-//! Consuming Debezium change events: the envelope decoder ([`envelope`]) and the runtime serde
+//! Consuming Debezium change events: the envelope decoder (`envelope.rs`) and the runtime serde
 //! ([`CdcSerde`]) that hands typed changes to a processor and sends what does not decode to the
 //! dead-letter topic with why (a [`SerdeError`] from a source is dead-lettered by the runtime,
 //! with the `keel.error`, `keel.source.*` headers — the rule the carts processor relies on too).

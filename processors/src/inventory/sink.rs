@@ -128,7 +128,7 @@ fn cql(e: impl std::fmt::Display) -> SinkError {
 /// Whether `e` refuses a write for the values it carries (the same write is refused again,
 /// whatever the retries): an invalid request, or a partition key too long to send. An invalid
 /// request can also be a schema problem (a table or column gone), which is not the values'
-/// fault: [`apply`] tells the two apart by preparing the statement again. Timeouts,
+/// fault: the sink's `apply` tells the two apart by preparing the statement again. Timeouts,
 /// unavailable or overloaded nodes, lost connections and the rest are not refusals.
 pub fn refuses_the_values(e: &ExecutionError) -> bool {
     matches!(

@@ -1,7 +1,7 @@
 //! The order sink's I/O: consume `order.decisions.v1` and apply each decision to MySQL.
 //!
 //! Batching: the decisions already received when the sink takes a record share its MySQL
-//! transaction (up to [`BATCH_MAX`], never waiting to fill one), so a busy sink pays one commit
+//! transaction (up to `BATCH_MAX`, never waiting to fill one), so a busy sink pays one commit
 //! (one redo-log flush) per batch instead of one per decision; a failed batch is rolled back and
 //! its records applied one by one with retries.
 //!

@@ -114,10 +114,11 @@ pub(crate) fn producer_config(
     pc
 }
 
-/// A client context that stays quiet about partition EOF (the restore consumer's end signal)
-/// and logs other client errors through `tracing`.
+/// A client context that stays quiet about partition EOF (the end signal of a consumer with
+/// `enable.partition.eof`: the restore consumer's, `keel audit`'s) and logs other client errors
+/// through `tracing`.
 #[derive(Debug, Default)]
-pub(crate) struct QuietEof;
+pub struct QuietEof;
 
 impl ClientContext for QuietEof {
     fn error(&self, error: KafkaError, reason: &str) {

@@ -19,7 +19,7 @@ use keel_state::StoreEnv;
 use prometheus::Registry;
 
 pub use self::admin::delete_topics_matching;
-pub use self::kafka::default_partition;
+pub use self::kafka::{QuietEof, default_partition};
 use self::thread::{Readers, Shared};
 use crate::config::StreamsConfig;
 use crate::error::{Error, Result};
