@@ -14,7 +14,6 @@
 //! both cases.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use anyhow::Context as _;
 use axum::Router;
@@ -24,7 +23,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use keel_ingest_api::Problem;
 use keel_ingest_api::problem::Kind;
-use keel_topology::StreamsHandle;
 use prometheus::{Encoder as _, TextEncoder};
 use serde::Deserialize;
 
@@ -75,7 +73,7 @@ impl MetricsSection {
 #[derive(Clone)]
 struct Admin {
     registry: prometheus::Registry,
-    streams: Arc<Vec<Arc<StreamsHandle>>>,
+    ready: keel_ingest_api::ReadyFn,
 }
 
 async fn health() -> Response {
@@ -87,14 +85,13 @@ async fn health() -> Response {
 }
 
 async fn ready(State(admin): State<Admin>) -> Response {
-    if Running::ready(&admin.streams) {
-        (
+    match (admin.ready)() {
+        Ok(()) => (
             StatusCode::OK,
             axum::Json(serde_json::json!({ "status": "READY" })),
         )
-            .into_response()
-    } else {
-        Problem::new(Kind::NotReady, "the process is starting or stopping").into_response()
+            .into_response(),
+        Err(why) => Problem::new(Kind::NotReady, why).into_response(),
     }
 }
 
@@ -140,7 +137,7 @@ pub async fn spawn(
         let bound = listener.local_addr()?;
         let admin = Admin {
             registry: running.registry.clone(),
-            streams: Arc::new(running.streams.clone()),
+            ready: running.readiness(),
         };
         let shutdown = running.shutdown.clone();
         running.tasks.spawn(async move {

@@ -57,6 +57,9 @@ pub struct ConnectorsSection {
     pub slot_name: Option<String>,
     /// How often the PostgreSQL connector writes its heartbeat row and confirms its position.
     pub heartbeat_interval_ms: u64,
+    /// How often `keel run` checks that the connectors it registered for its roles still run
+    /// (`src/connector_watch.rs`: log, `keel_connector_running`, `/ready`).
+    pub watch_interval_ms: u64,
     /// `keel connectors` also manages the reconciliation role's ledger connector
     /// (`[reconciliation]`), e.g. to register it ahead of `keel run --roles …,reconciliation`
     /// (which registers it too) or see it in `status`. Default false: it takes a replication
@@ -73,6 +76,7 @@ impl Default for ConnectorsSection {
             order_server_id: None,
             slot_name: None,
             heartbeat_interval_ms: 10_000,
+            watch_interval_ms: 10_000,
             ledger: false,
         }
     }
@@ -94,6 +98,9 @@ impl ConnectorsSection {
         }
         if self.register_timeout_ms == 0 {
             out.push("connectors.register_timeout_ms must be above 0".to_owned());
+        }
+        if self.watch_interval_ms == 0 {
+            out.push("connectors.watch_interval_ms must be above 0".to_owned());
         }
         out
     }

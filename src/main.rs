@@ -27,6 +27,7 @@ mod admin;
 mod audit;
 mod bench;
 mod config;
+mod connector_watch;
 mod connectors;
 mod lag;
 mod lag_metrics;

@@ -377,6 +377,8 @@ pub struct Running {
     pub registry: prometheus::Registry,
     /// The reconciliation role's view (`GET /finance/reconciliation`), when it runs here.
     pub finance: Option<keel_processors::reconciliation::ReconciliationView>,
+    /// The connectors this process registered that do not run (`src/connector_watch.rs`).
+    pub connectors: crate::connector_watch::ConnectorProblems,
 }
 
 impl std::fmt::Debug for Running {
@@ -389,11 +391,20 @@ impl std::fmt::Debug for Running {
 }
 
 impl Running {
-    /// Ready when every stream application runs and has its tasks assigned and restored.
-    pub fn ready(streams: &[Arc<StreamsHandle>]) -> bool {
-        streams
-            .iter()
-            .all(|s| s.is_running() && !s.local_stores().is_empty())
+    /// `/ready`'s answer: ready when every stream application runs with its tasks assigned
+    /// and restored, and every connector the process watches runs; else why not.
+    pub fn readiness(&self) -> keel_ingest_api::ReadyFn {
+        let streams = self.streams.clone();
+        let connectors = self.connectors.clone();
+        Arc::new(move || {
+            let streaming = streams
+                .iter()
+                .all(|s| s.is_running() && !s.local_stores().is_empty());
+            if !streaming {
+                return Err("the process is starting or stopping".to_owned());
+            }
+            connectors.describe().map_or(Ok(()), Err)
+        })
     }
 }
 
@@ -732,7 +743,6 @@ pub async fn start_service_roles(
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         let producer = keel_ingest_api::command_producer(&bootstrap, &api, &overrides)?;
-        let streams = running.streams.clone();
         let deps = keel_ingest_api::ApiDeps {
             producer,
             codec: codec.clone(),
@@ -746,7 +756,7 @@ pub async fn start_service_roles(
             }),
             registry: running.registry.clone(),
             finance: running.finance.clone(),
-            ready: Arc::new(move || Running::ready(&streams)),
+            ready: running.readiness(),
         };
         let served = keel_ingest_api::spawn(api, deps, running.shutdown.clone()).await?;
         tracing::info!(addr = %served.addr, "ingest API listening");
@@ -765,10 +775,13 @@ pub async fn start_service_roles(
 pub async fn run(config: KeelConfig, roles: BTreeSet<Role>) -> anyhow::Result<()> {
     let _instance = lock_instance(&config, &roles)?;
     ensure_topics(&config).await?;
+    // The connectors registered here are watched while the process runs.
+    let mut watched = Vec::new();
     if roles.contains(&Role::Saga)
         && let Some((_, connector)) = carts_cdc(&config)?
     {
         register_carts_connector(&config, &connector).await?;
+        watched.push(connector.name().to_owned());
     }
     // `[outbox].mode = "debezium"`: no relay; the relay role registers the outbox connectors.
     if roles.contains(&Role::Relay)
@@ -777,6 +790,7 @@ pub async fn run(config: KeelConfig, roles: BTreeSet<Role>) -> anyhow::Result<()
     {
         let connectors = crate::connectors::outbox_connectors(&config)?;
         crate::connectors::register(&config, &connectors).await?;
+        watched.extend(connectors.iter().map(|c| c.name().to_owned()));
     }
     // `[outbox].mode = "relay"`: not while this configuration's Debezium connectors publish too.
     if roles.contains(&Role::Relay) {
@@ -789,7 +803,23 @@ pub async fn run(config: KeelConfig, roles: BTreeSet<Role>) -> anyhow::Result<()
         tasks: JoinSet::new(),
         registry: prometheus::Registry::new(),
         finance: None,
+        connectors: crate::connector_watch::ConnectorProblems::default(),
     };
+    if !watched.is_empty() {
+        let watch = crate::connector_watch::spawn(
+            &config.connect.url,
+            watched,
+            Duration::from_millis(config.connectors.watch_interval_ms),
+            &running.registry,
+            running.connectors.clone(),
+            running.shutdown.clone(),
+        )?;
+        running.tasks.spawn(async move {
+            // The watch only reports; it ends with the process.
+            let _ = watch.await;
+            ("connector watch", Ok(()))
+        });
+    }
     start_stream_roles(&config, &roles, &codec, &mut running).await?;
     start_service_roles(&config, &roles, &codec, &mut running).await?;
     // /metrics, /health, /ready without the api role, and the lag sampler (src/admin.rs).

@@ -38,8 +38,9 @@ use crate::openapi::ApiDoc;
 use crate::payments;
 use crate::problem::{Kind, PathId, Problem};
 
-/// `() -> bool`: whether the process is ready to take traffic.
-pub type ReadyFn = Arc<dyn Fn() -> bool + Send + Sync>;
+/// Whether the process is ready to take traffic: `Ok(())`, or `Err(why)`, which `/ready`
+/// answers as a 503 problem with `why` as its detail.
+pub type ReadyFn = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 
 /// Every route the API serves; the router is built from this list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -826,16 +827,15 @@ pub(crate) async fn health() -> Response {
     )
 )]
 pub(crate) async fn ready(State(app): State<App>) -> Response {
-    if (app.0.ready)() {
-        json_response(
+    match (app.0.ready)() {
+        Ok(()) => json_response(
             StatusCode::OK,
             to_json(&StatusBody {
                 status: "READY".to_owned(),
             }),
             None,
-        )
-    } else {
-        Problem::new(Kind::NotReady, "the process is starting or stopping").into_response()
+        ),
+        Err(why) => Problem::new(Kind::NotReady, why).into_response(),
     }
 }
 

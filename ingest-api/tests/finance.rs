@@ -25,7 +25,7 @@ async fn serve(base: &Base, finance: Option<ReconciliationView>) -> anyhow::Resu
             inventory: None,
             finance,
             registry: prometheus::Registry::new(),
-            ready: Arc::new(|| true),
+            ready: Arc::new(|| Ok(())),
         },
         base.stop.clone(),
     )

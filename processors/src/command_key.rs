@@ -1,6 +1,7 @@
 //! What a processor checks about a command record's Kafka key before it applies the command,
 //! whoever produced it (the API, Keel's own processors, or another system writing straight to a
-//! command topic):
+//! command topic) — and the saga about every event it reads too (inventory's, the payment
+//! service's and the carts processor's replies, all keyed by order id):
 //!
 //! - [`check_key`]: the key is the id the command is about — the order id on
 //!   `orders.commands.v1`, the SKU on `inventory.commands.v1` (the payment service does not
@@ -15,7 +16,7 @@
 //!   partitioner (librdkafka's own default, `consistent_random`, is CRC32) would start state that
 //!   its answers never reach.
 //!
-//! A command that fails either is the producer's mistake: the processor dead-letters it with
+//! A record that fails either is the producer's mistake: the processor dead-letters it with
 //! the [`KeyProblem`] as the reason (`keel.error`) and applies nothing. Pure functions.
 
 use keel_avro::ids::{ID_RULE, is_valid_id, shown};
@@ -23,10 +24,10 @@ use keel_avro::ids::{ID_RULE, is_valid_id, shown};
 /// Why a command record's key cannot be trusted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KeyProblem {
-    /// The key is not the id inside the command (an empty key included).
+    /// The key is not the id inside the command or event (an empty key included).
     #[error(
-        "the record's key {} is not the command's {field} {}: a command must be keyed by its \
-         {field}, which routes it to the task that holds that state",
+        "the record's key {} is not the {field} {} inside it: a command or event must be keyed \
+         by its {field}, which routes it to the task that holds that state",
         shown(.key),
         shown(.id)
     )]

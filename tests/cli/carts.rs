@@ -9,6 +9,9 @@
 //!   Kafka whose cart does not exist, whose lines or whose currency disagree with the cart are
 //!   cancelled with their reason, one that agrees is `CONFIRMED`, and a second order of that
 //!   cart is `CART_ALREADY_ORDERED`;
+//! - the connector deleted under a running `keel run`: `/ready` answers 503 naming it and
+//!   `keel_connector_running` drops to 0 (before, nothing said so and every checkout became
+//!   `CART_NOT_FOUND`); `keel connectors register` makes the process ready again;
 //! - without Kafka Connect, `keel run` with the default stops at once and says what to do.
 
 mod common;
@@ -30,6 +33,10 @@ async fn orders_are_checked_against_carts_streamed_from_mariadb() {
     run.env.extend([
         ("KEEL__SAGA__CART_WAIT_MS".to_owned(), "4000".to_owned()),
         ("KEEL__SAGA__CART_TIMEOUT_MS".to_owned(), "20000".to_owned()),
+        (
+            "KEEL__CONNECTORS__WATCH_INTERVAL_MS".to_owned(),
+            "500".to_owned(),
+        ),
     ]);
     let connectors = run.connectors_guard();
     run.ok(&[
@@ -77,6 +84,53 @@ async fn orders_are_checked_against_carts_streamed_from_mariadb() {
         sent.elapsed() >= Duration::from_millis(3_500),
         "it waited for the cart first"
     );
+
+    // An operator deletes the connector under the running process.
+    let connector = format!("{name}-carts-cdc");
+    let running =
+        |value: &str| format!("keel_connector_running{{connector=\"{connector}\"}} {value}");
+    let metrics = client
+        .get(format!("{}/metrics", run.api))
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(metrics.contains(&running("1")), "{metrics}");
+    run.ok(&["connectors", "delete", &connector]);
+    let start = Instant::now();
+    let problem = loop {
+        let response = client
+            .get(format!("{}/ready", run.api))
+            .send()
+            .await
+            .expect("GET /ready");
+        if response.status() == 503 {
+            break response.text().await.expect("a problem");
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "/ready still answers {} with the connector deleted",
+            response.status()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        problem.contains(&connector) && problem.contains("not registered"),
+        "{problem}"
+    );
+    let metrics = client
+        .get(format!("{}/metrics", run.api))
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(metrics.contains(&running("0")), "{metrics}");
+    run.ok(&["connectors", "register"]);
+    wait_ready(&client, &run.api, Duration::from_secs(60)).await;
 
     keel.terminate(Duration::from_secs(60));
     drop(connectors);

@@ -178,7 +178,13 @@ impl Base {
                 inventory: deps.inventory,
                 finance: None,
                 registry: prometheus::Registry::new(),
-                ready: Arc::new(move || ready),
+                ready: Arc::new(move || {
+                    if ready {
+                        Ok(())
+                    } else {
+                        Err("the process is starting or stopping".to_owned())
+                    }
+                }),
             },
             self.stop.clone(),
         )

@@ -5,9 +5,9 @@
 //!
 //! Rules that hold for every input sequence (property-tested in `tests.rs`):
 //! - a duplicate (same command or event id) changes nothing and emits nothing;
-//! - a command whose key is not its order id (or whose order id breaks the id rule), and a
-//!   place-order under a new command id for an order id that has a saga, are [`Refusal`]s:
-//!   dead-lettered, nothing changes;
+//! - a command or event whose key is not its order id (or whose order id breaks the id rule),
+//!   and a place-order under a new command id for an order id that has a saga, are
+//!   [`Refusal`]s: dead-lettered, nothing changes;
 //! - an event for an order without a saga, or for a SKU the order does not have, is
 //!   [`Ignored`] (valid, someone else's: no state, no effects, counted), never refused; only
 //!   undecodable records and commands the saga cannot carry out are dead-lettered;
@@ -106,6 +106,20 @@ impl Input {
             Self::Authorized(e) => Some(&e.event_id),
             Self::PaymentFailed(e) => Some(&e.event_id),
             Self::CartChecked(e) => Some(&e.event_id),
+            Self::DeadlinePassed => None,
+        }
+    }
+
+    /// The order id inside the command or event (`None` for a timer): its record's key must be
+    /// the same ([`Refusal::Key`]).
+    pub fn order_id(&self) -> Option<&str> {
+        match self {
+            Self::Place { order_id, .. } | Self::Cancel { order_id, .. } => Some(order_id),
+            Self::Reserved(e) => Some(&e.order_id),
+            Self::Released(e) => Some(&e.order_id),
+            Self::Authorized(e) => Some(&e.order_id),
+            Self::PaymentFailed(e) => Some(&e.order_id),
+            Self::CartChecked(e) => Some(&e.order_id),
             Self::DeadlinePassed => None,
         }
     }
@@ -349,9 +363,10 @@ pub fn decide(
     now: i64,
     timeouts: &Timeouts,
 ) -> Result<Outcome, Refusal> {
-    // A command is the saga's only if its key is its order id: checked before the state is
-    // looked at, so a mis-keyed command neither starts a saga nor acts on another order's.
-    if let Input::Place { order_id: id, .. } | Input::Cancel { order_id: id, .. } = &input {
+    // A command or event is about the order its key names only if the key is its order id:
+    // checked before the state is looked at, so a mis-keyed command neither starts a saga nor
+    // acts on another order's, and a mis-keyed reply is not taken for the other order's.
+    if let Some(id) = input.order_id() {
         check_key("order_id", order_id, id)?;
     }
     let Some(mut saga) = state else {

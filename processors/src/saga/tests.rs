@@ -935,6 +935,25 @@ fn a_reply_to_a_command_not_sent_yet_is_early_and_changes_nothing() {
 }
 
 #[test]
+fn a_reply_keyed_by_another_order_is_refused_and_changes_nothing() {
+    // Applied before: a reply for order-2 keyed (and so routed) as order-1 held order-1's line.
+    let (saga, _) = run(vec![place()]);
+    let Input::Reserved(mut reply) = answering(held("SKU-A"), 1) else {
+        unreachable!()
+    };
+    reply.order_id = "order-2".into();
+    let refused = decide(Some(saga), Input::Reserved(reply), ORDER, T0, &TIMEOUTS);
+    let Err(Refusal::Key(problem)) = refused else {
+        panic!("not refused: {refused:?}");
+    };
+    let why = problem.to_string();
+    assert!(
+        why.contains("\"order-1\"") && why.contains("\"order-2\""),
+        "names both: {why}"
+    );
+}
+
+#[test]
 fn an_authorization_that_answers_a_sent_command_after_a_cancel_is_still_voided() {
     // Not early: its command went out before the cancel, so it is a late reply to compensate.
     let (saga, fx) = run(vec![
@@ -1563,6 +1582,27 @@ mod driver {
         assert_eq!(decisions.len(), 1);
         assert_eq!(decisions[0].1.status, OrderDecisionStatus::Pending);
         assert_eq!(decisions[0].1.source_partition, right);
+
+        // A reply for it on another partition (a producer with another partitioner): the
+        // saga's task there has no saga for it; dead-lettered, naming the right partition.
+        let Input::Reserved(mut reply) = held("SKU-A") else {
+            unreachable!()
+        };
+        reply.order_id = key.into();
+        reply.causation_id = format!("{key}/c1");
+        let bytes = serde_json::to_vec(&reply).expect("json");
+        d.pipe_to_partition(
+            topics::INVENTORY_RESERVED,
+            wrong,
+            Some(key.as_bytes()),
+            Some(&bytes),
+            T0,
+            keel_topology::Headers::default(),
+        )
+        .expect("processed");
+        let why = reasons(&mut d);
+        assert_eq!(why.len(), 1, "{why:?}");
+        assert!(why[0].contains(&format!("partition {right}")), "{}", why[0]);
     }
 
     #[test]

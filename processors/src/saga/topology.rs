@@ -444,12 +444,11 @@ impl Processor for SagaProcessor {
         ctx: &mut Context<'_>,
         record: Record<String, Input>,
     ) -> Result<(), ProcessError> {
-        // A command must be on its key's murmur2 partition: the saga's state is kept there and
-        // every answer (keyed by order id, murmur2-partitioned) arrives there. Checked when the
-        // key is the command's order id; otherwise [`decide`] refuses it with both values.
-        if let Input::Place { order_id, .. } | Input::Cancel { order_id, .. } = &record.value
-            && *order_id == record.key
-        {
+        // A command or event must be on its key's murmur2 partition: the saga's state is kept
+        // there and every answer (keyed by order id, murmur2-partitioned) arrives there.
+        // Checked when the key is the record's order id; otherwise [`decide`] refuses it with
+        // both values.
+        if record.value.order_id() == Some(record.key.as_str()) {
             check_record_partition(&record.key, ctx.metadata())
                 .map_err(|problem| ProcessError::BadInput(problem.to_string()))?;
         }
