@@ -48,15 +48,16 @@ impl ConnectorProblems {
         ))
     }
 
-    /// Records `name`'s state; returns whether it changed (so the watch logs transitions only).
+    /// Records `name`'s state; returns whether it went from running to not or back (so the
+    /// watch logs those transitions only, not each new reason while it stays down).
     fn set(&self, name: &str, problem: Option<String>) -> bool {
         let mut problems = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let before = problems.get(name).cloned();
-        match &problem {
+        let was_down = match &problem {
             Some(why) => problems.insert(name.to_owned(), why.clone()),
             None => problems.remove(name),
-        };
-        before != problem
+        }
+        .is_some();
+        was_down != problem.is_some()
     }
 }
 
@@ -64,6 +65,10 @@ impl ConnectorProblems {
 async fn check(connect: &ConnectClient, name: &str) -> Option<String> {
     match connect.status(name).await {
         Ok(status) if status.is_running() => None,
+        Ok(status) if status.tasks.is_empty() => Some(format!(
+            "has no task (connector {})",
+            status.connector.state
+        )),
         Ok(status) => Some(match status.short_failure() {
             Some(failure) => format!("is FAILED: {failure}"),
             None => format!("is not running ({})", status.summary()),
@@ -145,13 +150,21 @@ mod tests {
         let problems = ConnectorProblems::default();
         assert_eq!(problems.describe(), None);
         assert!(problems.set("a-carts-cdc", Some("is not registered".into())));
-        assert!(!problems.set("a-carts-cdc", Some("is not registered".into())));
         let detail = problems.describe().expect("a problem");
         assert!(
             detail.starts_with("connector a-carts-cdc is not registered;"),
             "{detail}"
         );
         assert!(detail.contains("keel connectors register"), "{detail}");
+        // Still down for another reason: no transition, the latest reason is shown.
+        assert!(!problems.set("a-carts-cdc", Some("is not running".into())));
+        assert!(
+            problems
+                .describe()
+                .is_some_and(|d| d.contains("a-carts-cdc is not running")),
+            "{:?}",
+            problems.describe()
+        );
         assert!(problems.set("a-carts-cdc", None));
         assert_eq!(problems.describe(), None);
     }
