@@ -307,15 +307,34 @@ pub async fn create_topics(config: &KeelConfig, topics: &[&str]) -> anyhow::Resu
         }
     }
     let names: Vec<String> = topics.iter().map(|t| (*t).to_owned()).collect();
-    tokio::task::spawn_blocking(move || wait_until_listed(&admin, &names, TOPICS_LISTED_WITHIN))
-        .await?
+    let counts = tokio::task::spawn_blocking(move || {
+        wait_until_listed(&admin, &names, TOPICS_LISTED_WITHIN)
+    })
+    .await??;
+    let other: Vec<String> = counts
+        .iter()
+        .filter(|(_, n)| **n != config.topics.partitions)
+        .map(|(topic, n)| format!("{topic} ({n})"))
+        .collect();
+    if !other.is_empty() {
+        tracing::warn!(
+            partitions = config.topics.partitions,
+            topics = other.join(", "),
+            "these topics exist with another partition count than [topics].partitions and are \
+             used as they are: Keel never changes an existing topic's partitions (more \
+             partitions send keys to other partitions than the ones their state and earlier \
+             records are on); to change it, start on new topics ([topics].prefix) or recreate \
+             them"
+        );
+    }
+    Ok(())
 }
 
 /// How long [`create_topics`] waits for the broker to list what it created.
 const TOPICS_LISTED_WITHIN: Duration = Duration::from_secs(30);
 
 /// Waits until the broker's metadata lists every topic of `names` with a leader for each
-/// partition. A consumer that subscribes to a topic its broker does not list yet leaves it out
+/// partition; returns each one's partition count. A consumer that subscribes to a topic its broker does not list yet leaves it out
 /// of its assignment until its next periodic metadata refresh (librdkafka's
 /// `topic.metadata.refresh.interval.ms`, 5 minutes): a role started right after the topics
 /// were created could miss one of its inputs for that long.
@@ -323,7 +342,7 @@ fn wait_until_listed(
     admin: &AdminClient<DefaultClientContext>,
     names: &[String],
     within: Duration,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<std::collections::BTreeMap<String, i32>> {
     let deadline = std::time::Instant::now() + within;
     loop {
         let metadata = admin
@@ -343,7 +362,15 @@ fn wait_until_listed(
             })
             .collect();
         if missing.is_empty() {
-            return Ok(());
+            return Ok(metadata
+                .topics()
+                .iter()
+                .filter(|t| names.iter().any(|n| n == t.name()))
+                .map(|t| {
+                    let count = i32::try_from(t.partitions().len()).unwrap_or(i32::MAX);
+                    (t.name().to_owned(), count)
+                })
+                .collect());
         }
         anyhow::ensure!(
             std::time::Instant::now() < deadline,
