@@ -89,14 +89,7 @@ async fn orders_are_checked_against_carts_streamed_from_mariadb() {
     let connector = format!("{name}-carts-cdc");
     let running =
         |value: &str| format!("keel_connector_running{{connector=\"{connector}\"}} {value}");
-    let metrics = client
-        .get(format!("{}/metrics", run.api))
-        .send()
-        .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = common::metrics_text(&client, &run.api).await;
     assert!(metrics.contains(&running("1")), "{metrics}");
     run.ok(&["connectors", "delete", &connector]);
     let start = Instant::now();
@@ -120,14 +113,7 @@ async fn orders_are_checked_against_carts_streamed_from_mariadb() {
         problem.contains(&connector) && problem.contains("not registered"),
         "{problem}"
     );
-    let metrics = client
-        .get(format!("{}/metrics", run.api))
-        .send()
-        .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = common::metrics_text(&client, &run.api).await;
     assert!(metrics.contains(&running("0")), "{metrics}");
     run.ok(&["connectors", "register"]);
     wait_ready(&client, &run.api, Duration::from_secs(60)).await;

@@ -103,11 +103,9 @@ async fn reset_finds_the_input_topics_and_rewinds_them() {
 
 /// The total of every series of `name` on `url`'s `/metrics` whose line contains `label`.
 async fn metric_total(client: &reqwest::Client, url: &str, name: &str, label: &str) -> f64 {
-    let Ok(response) = client.get(format!("{url}/metrics")).send().await else {
-        return 0.0;
-    };
-    let text = response.text().await.unwrap_or_default();
-    text.lines()
+    common::metrics_text(client, url)
+        .await
+        .lines()
         .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains(label))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()

@@ -852,31 +852,17 @@ fn under_allow_the_order_confirms_at_the_authorization_and_confirm_answers_chang
 
 /// `input` as the service that answers the saga's command number `n` writes it: caused by
 /// `<order id>/c<n>` (the saga's command ids).
-fn answering(input: Input, n: u32) -> Input {
-    let causation = format!("{ORDER}/c{n}");
-    match input {
-        Input::Reserved(mut e) => {
-            e.causation_id = causation;
-            Input::Reserved(e)
-        }
-        Input::Released(mut e) => {
-            e.causation_id = causation;
-            Input::Released(e)
-        }
-        Input::Authorized(mut e) => {
-            e.causation_id = causation;
-            Input::Authorized(e)
-        }
-        Input::PaymentFailed(mut e) => {
-            e.causation_id = causation;
-            Input::PaymentFailed(e)
-        }
-        Input::CartChecked(mut e) => {
-            e.causation_id = causation;
-            Input::CartChecked(e)
-        }
+fn answering(mut input: Input, n: u32) -> Input {
+    let causation = match &mut input {
+        Input::Reserved(e) => &mut e.causation_id,
+        Input::Released(e) => &mut e.causation_id,
+        Input::Authorized(e) => &mut e.causation_id,
+        Input::PaymentFailed(e) => &mut e.causation_id,
+        Input::CartChecked(e) => &mut e.causation_id,
         other => panic!("{other:?} is not a reply"),
-    }
+    };
+    *causation = format!("{ORDER}/c{n}");
+    input
 }
 
 fn expired_hold(sku: &str) -> Input {
@@ -1541,18 +1527,21 @@ mod driver {
         };
         let mut d = TestDriver::with_config(topology, config).expect("driver");
         let key = "order-crc32";
+        let pipe_on = |d: &mut TestDriver, topic: &str, partition: i32, bytes: &[u8]| {
+            d.pipe_to_partition(
+                topic,
+                partition,
+                Some(key.as_bytes()),
+                Some(bytes),
+                T0,
+                keel_topology::Headers::default(),
+            )
+            .expect("processed");
+        };
         let right = keel_topology::default_partition(key.as_bytes(), PARTITIONS);
         let wrong = (right + 1) % PARTITIONS;
         let bytes = serde_json::to_vec(&place_command("cmd-1", key, "cart-1")).expect("json");
-        d.pipe_to_partition(
-            topics::ORDER_COMMANDS,
-            wrong,
-            Some(key.as_bytes()),
-            Some(&bytes),
-            T0,
-            keel_topology::Headers::default(),
-        )
-        .expect("processed");
+        pipe_on(&mut d, topics::ORDER_COMMANDS, wrong, &bytes);
         let why = reasons(&mut d);
         assert_eq!(why.len(), 1, "{why:?}");
         assert!(
@@ -1568,15 +1557,7 @@ mod driver {
         );
 
         // The same command where murmur2 puts it: placed.
-        d.pipe_to_partition(
-            topics::ORDER_COMMANDS,
-            right,
-            Some(key.as_bytes()),
-            Some(&bytes),
-            T0,
-            keel_topology::Headers::default(),
-        )
-        .expect("processed");
+        pipe_on(&mut d, topics::ORDER_COMMANDS, right, &bytes);
         assert!(reasons(&mut d).is_empty());
         let decisions: Vec<(String, OrderDecision)> = out(&mut d, topics::ORDER_DECISIONS);
         assert_eq!(decisions.len(), 1);
@@ -1591,15 +1572,7 @@ mod driver {
         reply.order_id = key.into();
         reply.causation_id = format!("{key}/c1");
         let bytes = serde_json::to_vec(&reply).expect("json");
-        d.pipe_to_partition(
-            topics::INVENTORY_RESERVED,
-            wrong,
-            Some(key.as_bytes()),
-            Some(&bytes),
-            T0,
-            keel_topology::Headers::default(),
-        )
-        .expect("processed");
+        pipe_on(&mut d, topics::INVENTORY_RESERVED, wrong, &bytes);
         let why = reasons(&mut d);
         assert_eq!(why.len(), 1, "{why:?}");
         assert!(why[0].contains(&format!("partition {right}")), "{}", why[0]);

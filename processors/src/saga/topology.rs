@@ -542,10 +542,7 @@ impl SagaProcessor {
                     offset = source.offset,
                     "saga ignores an event that is not its own (yet)"
                 );
-                self.metrics
-                    .ignored
-                    .with_label_values(&[event, why.label()])
-                    .inc();
+                self.count_ignored(event, why);
                 match (why, keep) {
                     (Ignored::NoSaga | Ignored::Early, Some(input)) => {
                         self.keep(ctx, order_id, input, source)
@@ -611,10 +608,7 @@ impl SagaProcessor {
                     Some(Ignored::NoSaga | Ignored::Early) => waiting.push(k),
                     outcome => {
                         if let Some(why) = outcome {
-                            self.metrics
-                                .ignored
-                                .with_label_values(&[k.input.event(), why.label()])
-                                .inc();
+                            self.count_ignored(k.input.event(), why);
                         }
                         self.metrics.early.with_label_values(&["applied"]).inc();
                     }
@@ -823,6 +817,14 @@ impl SagaProcessor {
                 .put(order_id.as_bytes().to_vec(), encoded);
         }
         Ok(None)
+    }
+
+    /// Counts an input of `event` left alone for `why` (`keel_saga_events_ignored_total`).
+    fn count_ignored(&self, event: &str, why: Ignored) {
+        self.metrics
+            .ignored
+            .with_label_values(&[event, why.label()])
+            .inc();
     }
 
     /// Counts one compensating command under the saga's failure reason (`none` if it has none).

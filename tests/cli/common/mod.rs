@@ -242,6 +242,14 @@ pub async fn place(
     body
 }
 
+/// The text of `GET <base>/metrics` (empty when it cannot be read).
+pub async fn metrics_text(client: &reqwest::Client, base: &str) -> String {
+    match client.get(format!("{base}/metrics")).send().await {
+        Ok(response) => response.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    }
+}
+
 /// Polls `GET /orders/{id}` until its status is terminal; returns the order.
 pub async fn settled(client: &reqwest::Client, api: &str, id: &str, within: Duration) -> Value {
     let start = Instant::now();
