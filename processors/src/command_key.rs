@@ -47,7 +47,7 @@ pub enum KeyProblem {
          murmur2 of the key), but the record is on partition {partition}: its state and every \
          answer about it are on partition {expected}. Producers of this topic must use Kafka's \
          default (murmur2) partitioner (librdkafka: partitioner=murmur2_random; its own default, \
-         consistent_random, is CRC32); write the command again from such a producer",
+         consistent_random, is CRC32); write the record again from such a producer",
         shown(.key)
     )]
     WrongPartition {

@@ -12,8 +12,9 @@
 //!   [`Ignored`] (valid, someone else's: no state, no effects, counted), never refused; only
 //!   undecodable records and commands the saga cannot carry out are dead-lettered;
 //! - a reply that answers a saga command not sent yet (causation `<order id>/c<n>` with `n`
-//!   above [`Saga::commands_issued`]), or releases a line still waiting for its reservation's
-//!   answer, is [`Ignored::Early`]: nothing changes, the id is not remembered, and the
+//!   above [`Saga::commands_issued`]), an outcome of the saga's payment before it asked for
+//!   the payment, or a release of a line still waiting for its reservation's answer, is
+//!   [`Ignored::Early`]: nothing changes, the id is not remembered, and the
 //!   topology keeps it until the saga has sent that command (a replay reads the input topics
 //!   in fetch order, so replies can come before their commands);
 //! - a terminal step (`Confirmed`, `Cancelled`, `Rejected`) never changes; late replies to a
@@ -138,18 +139,30 @@ impl Input {
     }
 
     /// Whether this reply answers something the saga of `order_id` does: one of its commands
-    /// (causation `<order id>/c<n>`, the saga's command ids), or the lapse of one of its holds
-    /// (inventory's expiry release, causation `expiry:<sku>/<order id>`). Such a reply read
-    /// before there is a saga, or before the saga sent the command ([`Ignored::Early`]), is
-    /// kept for it; any other ignored event is dropped.
+    /// (causation `<order id>/c<n>`, the saga's command ids), the lapse of one of its holds
+    /// (inventory's expiry release, causation `expiry:<sku>/<order id>`), or the outcome of its
+    /// payment (`payment_id` = [`payment_id_of`] the order: an outcome settled by a PSP
+    /// callback is caused by the callback, not by the saga's authorize command). Such a reply
+    /// read before there is a saga, or before the saga sent the command ([`Ignored::Early`]),
+    /// is kept for it; any other ignored event is dropped.
     pub fn answers_the_saga_of(&self, order_id: &str) -> bool {
         let Some(causation) = self.causation() else {
             return false;
         };
         command_number(causation, order_id).is_some()
+            || self.payment_id() == Some(payment_id_of(order_id).as_str())
             || matches!(self, Self::Released(e) if e.reason == ReleaseReason::HoldExpired
                 && causation.strip_prefix("expiry:").and_then(|c| c.strip_suffix(order_id))
                     .is_some_and(|sku| sku.ends_with('/')))
+    }
+
+    /// The payment id of a payment outcome.
+    fn payment_id(&self) -> Option<&str> {
+        match self {
+            Self::Authorized(e) => Some(&e.payment_id),
+            Self::PaymentFailed(e) => Some(&e.payment_id),
+            _ => None,
+        }
     }
 
     /// The unprefixed topic the input is read from (`payment.authorized.v1`, …; `deadline` for
@@ -531,8 +544,8 @@ fn command_number(command_id: &str, order_id: &str) -> Option<u32> {
 }
 
 /// Whether `input` is a reply the saga cannot have caused yet ([`Ignored::Early`]): an answer
-/// to a command number it has not issued, or a release of a line still waiting for its
-/// reservation's answer.
+/// to a command number it has not issued, an outcome of its payment before it asked for the
+/// payment, or a release of a line still waiting for its reservation's answer.
 fn is_early(saga: &Saga, input: &Input) -> bool {
     if input
         .causation()
@@ -541,8 +554,17 @@ fn is_early(saga: &Saga, input: &Input) -> bool {
     {
         return true;
     }
+    if input.payment_id() == Some(saga.payment_id.as_str()) {
+        return saga.payment == PaymentState::NotRequested;
+    }
     matches!(input, Input::Released(e)
         if saga.line_states.get(&e.sku) == Some(&LineState::Requested))
+}
+
+/// The saga's payment id for `order_id`: `pay-<order id>` (no `/`, so it is one URL path
+/// segment).
+pub fn payment_id_of(order_id: &str) -> String {
+    format!("pay-{order_id}")
 }
 
 fn start(input: Input, order_id: &str, now: i64, timeouts: &Timeouts) -> Result<Outcome, Refusal> {
@@ -579,7 +601,7 @@ fn start(input: Input, order_id: &str, now: i64, timeouts: &Timeouts) -> Result<
         step: Step::AwaitingInventory,
         line_states: Default::default(),
         payment: PaymentState::NotRequested,
-        payment_id: format!("pay-{order_id}"),
+        payment_id: payment_id_of(order_id),
         sequence: 0,
         commands_issued: 0,
         seen: [command_id].into(),
