@@ -91,18 +91,18 @@ async fn check(connect: &ConnectClient, name: &str) -> Option<String> {
     }
 }
 
-/// Starts watching `names` on Connect at `url` every `interval` until `shutdown`, recording
-/// what it finds in `problems`; registers `keel_connector_running` in `registry` (every series
-/// 1 at start: `keel run` registered them and waited until they ran). Errors: the gauge cannot
-/// be registered.
-pub fn spawn(
+/// The watch of `names` on Connect at `url`, every `interval` until `shutdown`, recording what
+/// it finds in `problems` (a future for the caller to run); registers `keel_connector_running`
+/// in `registry` at once (every series 1: `keel run` registered them and waited until they
+/// ran). Errors: the gauge cannot be registered.
+pub fn watch(
     url: &str,
     names: Vec<String>,
     interval: Duration,
     registry: &Registry,
     problems: ConnectorProblems,
     shutdown: CancellationToken,
-) -> prometheus::Result<tokio::task::JoinHandle<()>> {
+) -> prometheus::Result<impl std::future::Future<Output = ()> + use<>> {
     let gauge = IntGaugeVec::new(
         Opts::new(
             "keel_connector_running",
@@ -115,8 +115,7 @@ pub fn spawn(
         gauge.with_label_values(&[name]).set(1);
     }
     let connect = ConnectClient::new(url);
-    let watched = problems;
-    let task = tokio::spawn(async move {
+    Ok(async move {
         // Per connector: whether the last check found it not running.
         let mut last_failed: BTreeMap<String, bool> = BTreeMap::new();
         loop {
@@ -136,7 +135,7 @@ pub fn spawn(
                 gauge
                     .with_label_values(&[name])
                     .set(i64::from(problem.is_none()));
-                if watched.set(name, problem.clone()) {
+                if problems.set(name, problem.clone()) {
                     match problem {
                         Some(why) => tracing::error!(
                             connector = %name,
@@ -148,8 +147,7 @@ pub fn spawn(
                 }
             }
         }
-    });
-    Ok(task)
+    })
 }
 
 #[cfg(test)]

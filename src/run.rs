@@ -334,10 +334,10 @@ pub async fn create_topics(config: &KeelConfig, topics: &[&str]) -> anyhow::Resu
 const TOPICS_LISTED_WITHIN: Duration = Duration::from_secs(30);
 
 /// Waits until the broker's metadata lists every topic of `names` with a leader for each
-/// partition; returns each one's partition count. A consumer that subscribes to a topic its broker does not list yet leaves it out
-/// of its assignment until its next periodic metadata refresh (librdkafka's
-/// `topic.metadata.refresh.interval.ms`, 5 minutes): a role started right after the topics
-/// were created could miss one of its inputs for that long.
+/// partition; returns each one's partition count. A consumer that subscribes to a topic its
+/// broker does not list yet leaves it out of its assignment until its next periodic metadata
+/// refresh (librdkafka's `topic.metadata.refresh.interval.ms`, 5 minutes): a role started
+/// right after the topics were created could miss one of its inputs for that long.
 fn wait_until_listed(
     admin: &AdminClient<DefaultClientContext>,
     names: &[String],
@@ -349,28 +349,28 @@ fn wait_until_listed(
             .inner()
             .fetch_metadata(None, within)
             .context("reading the topics' metadata")?;
+        // The topics of `names` listed with a leader for each partition, and their counts.
+        let listed: std::collections::BTreeMap<String, i32> = metadata
+            .topics()
+            .iter()
+            .filter(|t| {
+                names.iter().any(|n| n == t.name())
+                    && t.error().is_none()
+                    && !t.partitions().is_empty()
+                    && t.partitions().iter().all(|p| p.leader() >= 0)
+            })
+            .map(|t| {
+                let count = i32::try_from(t.partitions().len()).unwrap_or(i32::MAX);
+                (t.name().to_owned(), count)
+            })
+            .collect();
         let missing: Vec<&str> = names
             .iter()
             .map(String::as_str)
-            .filter(|name| {
-                !metadata.topics().iter().any(|t| {
-                    t.name() == *name
-                        && t.error().is_none()
-                        && !t.partitions().is_empty()
-                        && t.partitions().iter().all(|p| p.leader() >= 0)
-                })
-            })
+            .filter(|name| !listed.contains_key(*name))
             .collect();
         if missing.is_empty() {
-            return Ok(metadata
-                .topics()
-                .iter()
-                .filter(|t| names.iter().any(|n| n == t.name()))
-                .map(|t| {
-                    let count = i32::try_from(t.partitions().len()).unwrap_or(i32::MAX);
-                    (t.name().to_owned(), count)
-                })
-                .collect());
+            return Ok(listed);
         }
         anyhow::ensure!(
             std::time::Instant::now() < deadline,
@@ -833,7 +833,7 @@ pub async fn run(config: KeelConfig, roles: BTreeSet<Role>) -> anyhow::Result<()
         connectors: crate::connector_watch::ConnectorProblems::default(),
     };
     if !watched.is_empty() {
-        let watch = crate::connector_watch::spawn(
+        let watch = crate::connector_watch::watch(
             &config.connect.url,
             watched,
             Duration::from_millis(config.connectors.watch_interval_ms),
@@ -843,7 +843,7 @@ pub async fn run(config: KeelConfig, roles: BTreeSet<Role>) -> anyhow::Result<()
         )?;
         running.tasks.spawn(async move {
             // The watch only reports; it ends with the process.
-            let _ = watch.await;
+            watch.await;
             ("connector watch", Ok(()))
         });
     }

@@ -66,12 +66,7 @@ async fn kill_9_in_the_middle_of_200_checkouts_confirms_every_order_exactly_once
     // The payment deadline must outlast a restart (the default is 60 s).
     run.env
         .retain(|(k, _)| k != "KEEL__SAGA__PAYMENT_TIMEOUT_MS");
-    let seed_pool = sqlx::MySqlPool::connect(&run.mysql_url)
-        .await
-        .expect("mysql");
-    keel_processors::orders::migrate(&seed_pool)
-        .await
-        .expect("migrations");
+    let seed_pool = common::orders_pool(&run).await;
     for i in 0..ORDERS {
         let sku = format!("SKU-{}", i % 7);
         keel_processors::orders::seed_cart(

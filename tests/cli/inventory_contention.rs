@@ -17,12 +17,7 @@ const STOCK: i32 = 50;
 async fn two_hundred_orders_for_fifty_units_confirm_exactly_fifty() {
     let stack = Stack::from_env();
     let (name, run) = Run::new(&stack).await;
-    let pool = sqlx::MySqlPool::connect(&run.mysql_url)
-        .await
-        .expect("mysql");
-    keel_processors::orders::migrate(&pool)
-        .await
-        .expect("migrations");
+    let pool = common::orders_pool(&run).await;
     for i in 0..ORDERS {
         keel_processors::orders::seed_cart(
             &pool,

@@ -178,12 +178,7 @@ async fn resetting_the_saga_of_a_shop_with_orders_changes_no_order_payment_or_st
             "8000".to_owned(),
         ),
     ]);
-    let pool = sqlx::MySqlPool::connect(&run.mysql_url)
-        .await
-        .expect("mysql");
-    keel_processors::orders::migrate(&pool)
-        .await
-        .expect("migrations");
+    let pool = common::orders_pool(&run).await;
     // Six orders on SKU-LOW's 3 units: two paid with tok_visa, one with tok_pending (settled
     // by the PSP's callback: its authorization is caused by the callback, not by the saga's
     // command), two declined, and the last two of the paying ones short of SKU-LOW.

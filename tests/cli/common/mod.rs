@@ -242,6 +242,17 @@ pub async fn place(
     body
 }
 
+/// A pool on the run's MariaDB database with the order store's tables (to seed carts).
+pub async fn orders_pool(run: &Run) -> sqlx::MySqlPool {
+    let pool = sqlx::MySqlPool::connect(&run.mysql_url)
+        .await
+        .expect("mysql");
+    keel_processors::orders::migrate(&pool)
+        .await
+        .expect("migrations");
+    pool
+}
+
 /// The text of `GET <base>/metrics` (empty when it cannot be read).
 pub async fn metrics_text(client: &reqwest::Client, base: &str) -> String {
     match client.get(format!("{base}/metrics")).send().await {
