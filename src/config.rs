@@ -460,7 +460,17 @@ impl KeelConfig {
         // The runtime's rules (kafka.bootstrap_servers, kafka.client and [streams], RocksDB
         // included), under Keel's keys. The roles' settings differ only in the application id,
         // `<application_id>-<role>`, whose suffix changes no rule: one role is enough.
-        out.extend(self.streams_for("saga").problems(&Self::streams_key));
+        // A problem quoting the role's id (`<application_id>-saga`) quotes the configured one.
+        let (role_id, configured) = (
+            format!("{:?}", format!("{}-saga", self.streams.application_id)),
+            format!("{:?}", self.streams.application_id),
+        );
+        out.extend(
+            self.streams_for("saga")
+                .problems(&Self::streams_key)
+                .into_iter()
+                .map(|p| p.replacen(&role_id, &configured, 1)),
+        );
         // "-saga" passes the runtime's rule on application ids; an empty one is Keel's own.
         if self.streams.application_id.is_empty() {
             out.push("streams.application_id is empty".to_owned());
@@ -688,7 +698,7 @@ mod tests {
         );
         assert_eq!(problems.len(), 2, "{problems:#?}");
         assert!(
-            problems[0].starts_with("streams.application_id \"my shop-saga\" must"),
+            problems[0].starts_with("streams.application_id \"my shop\" must"),
             "{problems:#?}"
         );
         assert_eq!(problems[1], "streams.state_dir must not be empty");
