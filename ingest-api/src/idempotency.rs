@@ -205,6 +205,20 @@ pub async fn fail_retryable(pool: &MySqlPool, slot: &Slot) -> Result<(), sqlx::E
 }
 
 /// When the API accepted order `order_id` (202), if it did.
+/// Whether `order_id` is a checkout's: placed through `POST /orders` (a row here, from the
+/// moment the request claimed its key, before its command reaches Kafka) or written by the
+/// order sink (an order another system's producer placed).
+pub async fn is_checkout_order(pool: &MySqlPool, order_id: &str) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM api_idempotency WHERE order_id = ?) \
+             OR EXISTS (SELECT 1 FROM orders WHERE order_id = ?)",
+    )
+    .bind(order_id)
+    .bind(order_id)
+    .fetch_one(pool)
+    .await
+}
+
 pub async fn received_at(
     pool: &MySqlPool,
     order_id: &str,

@@ -865,6 +865,9 @@ fn holds_accepted(order_id: &str, status: &str, commands: &[InventoryCommand]) -
             body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Authentication is on and no accepted bearer token was sent",
             body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The orderId is a checkout's (checkout-order): its holds \
+            are the saga's; this route is for orders the saga does not run", body = Problem,
+            content_type = "application/problem+json"),
         (status = 413, description = "The body is larger than max_body_bytes", body = Problem,
             content_type = "application/problem+json"),
         (status = 415, description = "The body is not application/json, or has a \
@@ -901,6 +904,7 @@ async fn reserve_inventory_inner(
         .write_request(headers, body, ReserveRequest::validate)
         .await?;
     let deps = &app.inventory()?.deps;
+    crate::routes::refuse_checkout_order(app, &request.order_id, "POST /inventory/reserve").await?;
     request.check_ttl(deps.min_hold_ttl_ms, deps.max_hold_ttl_ms)?;
     let lines = request
         .lines
@@ -944,6 +948,9 @@ async fn reserve_inventory_inner(
             body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Authentication is on and no accepted bearer token was sent",
             body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The orderId is a checkout's (checkout-order): its holds \
+            are the saga's; this route is for orders the saga does not run", body = Problem,
+            content_type = "application/problem+json"),
         (status = 413, description = "The body is larger than max_body_bytes", body = Problem,
             content_type = "application/problem+json"),
         (status = 415, description = "The body is not application/json, or has a \
@@ -977,6 +984,8 @@ async fn release_inventory_inner(
     let (_, request) = app
         .write_request(headers, body, ReleaseRequest::validate)
         .await?;
+    app.inventory()?;
+    crate::routes::refuse_checkout_order(app, &request.order_id, "POST /inventory/release").await?;
     let lines = request
         .skus
         .iter()

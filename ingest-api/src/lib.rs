@@ -29,7 +29,6 @@
 pub mod body;
 mod command;
 pub mod config;
-pub mod currency;
 pub mod dashboard;
 pub mod finance;
 pub mod idempotency;

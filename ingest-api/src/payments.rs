@@ -57,9 +57,7 @@ use crate::idempotency;
 use crate::problem::{Kind, Problem};
 use crate::routes::{App, json_response, or_problem, required_idempotency_key, to_json};
 
-/// The largest amount (minor units) a request may carry: 2^53 - 1, the largest integer every
-/// JSON client reads exactly (RFC 8259 §6), and far from where sums of amounts overflow i64.
-pub const MAX_AMOUNT_MINOR: i64 = 9_007_199_254_740_991;
+pub use keel_processors::money::MAX_AMOUNT_MINOR;
 
 /// `POST /payments/{id}/refund`: give back part or all of what was captured.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -651,7 +649,7 @@ impl CreatePaymentRequest {
             .field("amount.amountMinor"));
         }
         let c = &self.amount.currency;
-        if !crate::currency::is_currency_code(c) {
+        if !keel_processors::money::is_currency_code(c) {
             return Err(Problem::new(
                 Kind::InvalidField,
                 format!(
@@ -973,7 +971,8 @@ fn replayed(status: u16, body: String, location: Option<&str>) -> Response {
         (status = 401, description = "Authentication is on and no accepted bearer token was sent",
             body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The order already has a payment, or another key requested \
-            one (payment-exists), or a request with this Idempotency-Key is in progress",
+            one (payment-exists), the orderId is a checkout's, whose payment is the saga's \
+            (checkout-order), or a request with this Idempotency-Key is in progress",
             body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "The body is larger than max_body_bytes", body = Problem,
             content_type = "application/problem+json"),
@@ -1010,6 +1009,7 @@ async fn create_payment_inner(
         .await?;
     let key = required_idempotency_key(headers, "a payment intent")?;
     let pg = ledger(app)?;
+    crate::routes::refuse_checkout_order(app, &request.order_id, "POST /payments").await?;
     let payment_id = format!("pay-{}", request.order_id);
     let canonical = serde_json::to_vec(&request).unwrap_or_default();
     let hash = idempotency::request_hash(CREATE_ROUTE, &canonical);

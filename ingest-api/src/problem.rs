@@ -53,6 +53,9 @@ pub enum Kind {
     IllegalTransition,
     /// 409: the order already has a payment (or one was requested under another key).
     PaymentExists,
+    /// 409: the order is a checkout (`POST /orders`, or an order the shop's order store
+    /// holds): its payment and holds are the saga's, not for the payment and stock routes.
+    CheckoutOrder,
     /// 413: the body is larger than `max_body_bytes`.
     BodyTooLarge,
     /// 415: not `application/json`.
@@ -108,6 +111,7 @@ impl Kind {
             Self::RequestInProgress => uri!("request-in-progress"),
             Self::IllegalTransition => uri!("illegal-transition"),
             Self::PaymentExists => uri!("payment-exists"),
+            Self::CheckoutOrder => uri!("checkout-order"),
             Self::BodyTooLarge => uri!("body-too-large"),
             Self::UnsupportedMediaType => uri!("unsupported-media-type"),
             Self::InvalidField => uri!("invalid-field"),
@@ -154,6 +158,7 @@ impl Kind {
             Self::RequestInProgress => "A request with this Idempotency-Key is in progress",
             Self::IllegalTransition => "The current status does not allow this",
             Self::PaymentExists => "The order already has a payment",
+            Self::CheckoutOrder => "The order is a checkout run by the saga",
             Self::BodyTooLarge => "The body is too large",
             Self::UnsupportedMediaType => "Unsupported media type",
             Self::InvalidField => "A field has an invalid value",
@@ -187,7 +192,8 @@ impl Kind {
             Self::CartAlreadyOrdered
             | Self::RequestInProgress
             | Self::IllegalTransition
-            | Self::PaymentExists => StatusCode::CONFLICT,
+            | Self::PaymentExists
+            | Self::CheckoutOrder => StatusCode::CONFLICT,
             Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::InvalidField

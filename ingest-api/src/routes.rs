@@ -403,7 +403,33 @@ impl App {
     }
 }
 
-fn database_unavailable(e: impl std::fmt::Display) -> Problem {
+/// 409 `checkout-order` when `order_id` is a checkout's ([`idempotency::is_checkout_order`]):
+/// `route` (a payment, a reservation, a release) is for orders the saga does not run. A
+/// payment under the order's payment id or a release of its holds would otherwise reach the
+/// saga's own (docs/saga.md, Inputs).
+pub(crate) async fn refuse_checkout_order(
+    app: &App,
+    order_id: &str,
+    route: &str,
+) -> Result<(), Problem> {
+    let checkout = idempotency::is_checkout_order(&app.0.pool, order_id)
+        .await
+        .map_err(database_unavailable)?;
+    if checkout {
+        return Err(Problem::new(
+            Kind::CheckoutOrder,
+            format!(
+                "order {} is a checkout (POST /orders): its payment and stock holds are the \
+                 saga's; {route} is for orders the saga does not run",
+                crate::model::shown(order_id)
+            ),
+        )
+        .field("orderId"));
+    }
+    Ok(())
+}
+
+pub(crate) fn database_unavailable(e: impl std::fmt::Display) -> Problem {
     tracing::warn!(error = %e, "database call failed");
     Problem::new(
         Kind::DependencyUnavailable,

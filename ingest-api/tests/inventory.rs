@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use common::{
-    Answer, Base, Deps, Server, TOKEN, TestEnv, assert_agree, documented, observe, send, with_env,
+    Answer, Base, Deps, OrdersDb, Server, TOKEN, TestEnv, assert_agree, documented, observe, send,
+    with_env,
 };
 use keel_avro::records::{InventoryCommand, InventoryCommandBody, ReleaseReason};
 use keel_ingest_api::{ApiConfig, Endpoint, InventoryDeps};
@@ -28,6 +29,8 @@ struct Env {
     base: Base,
     keyspace: String,
     session: Arc<Session>,
+    /// The routes refuse a checkout's order id, which they look up here.
+    orders: OrdersDb,
 }
 
 impl Deref for Env {
@@ -44,6 +47,7 @@ impl TestEnv for Env {
         if let Err(e) = self.session.query_unpaged(drop, &[]).await {
             eprintln!("dropping keyspace {}: {e}", self.keyspace);
         }
+        self.orders.drop_database().await;
     }
 }
 
@@ -62,10 +66,12 @@ impl Env {
             },
         )
         .await?;
+        let orders = OrdersDb::create(&base.stack.mysql_url, 4).await?;
         Ok(Self {
             base,
             keyspace,
             session: Arc::new(session),
+            orders,
         })
     }
 
@@ -92,7 +98,7 @@ impl Env {
         inventory: Option<InventoryDeps>,
     ) -> anyhow::Result<Server> {
         let deps = Deps {
-            pool: self.unused_orders_pool()?,
+            pool: self.orders.pool.clone(),
             ledger: None,
             inventory,
             ready: true,
@@ -564,6 +570,65 @@ async fn an_adjustment_is_a_decodable_command_and_a_retry_is_the_same_command() 
     .await
 }
 
+/// Break report 13, D2: `POST /inventory/release` for a checkout's order id freed its holds
+/// while the saga went on to confirm it; the sale then never took the stock. Reserve and release
+/// now refuse a checkout's order id (409 `checkout-order`) and send nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reserve_and_release_refuse_a_checkouts_order_id() -> anyhow::Result<()> {
+    with_env(Env::new().await?, |env| async move {
+        let server = env.serve(env.config(), Some(env.deps())).await?;
+        let sku = unique("SKU");
+        env.stock(&sku, 5).await?;
+        let checkout = unique("order");
+        sqlx::query(
+            "INSERT INTO api_idempotency (scope, idem_key, request_hash, order_id, command_id, \
+             created_at) VALUES ('auto', ?, '', ?, ?, NOW(3))",
+        )
+        .bind(&checkout)
+        .bind(&checkout)
+        .bind(uuid::Uuid::new_v4().to_string())
+        .execute(&env.orders.pool)
+        .await?;
+        for (path, body) in [
+            (
+                "/inventory/reserve",
+                json!({"orderId": checkout, "lines": [{"sku": sku, "quantity": 1}]}),
+            ),
+            (
+                "/inventory/release",
+                json!({"orderId": checkout, "skus": [sku]}),
+            ),
+        ] {
+            let a = send(post(&env, &server, path, &body)).await?;
+            assert_eq!(
+                (a.status, a.slug(), a.body["field"].as_str()),
+                (StatusCode::CONFLICT, "checkout-order", Some("orderId")),
+                "{path}: {}",
+                a.text
+            );
+            assert!(a.text.contains(&format!("POST {path}")), "{}", a.text);
+        }
+        let other = unique("order");
+        let a = send(post(
+            &env,
+            &server,
+            "/inventory/release",
+            &json!({"orderId": other, "skus": [sku]}),
+        ))
+        .await?;
+        assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.text);
+        let commands = env.commands(1, Duration::from_secs(2)).await?;
+        assert_eq!(
+            commands.len(),
+            1,
+            "only the other order's release: {commands:#?}"
+        );
+        assert_eq!(commands[0].1.correlation_id, other);
+        Ok(())
+    })
+    .await
+}
+
 /// Reserve and release write one command per line, keyed by its SKU, with ids derived from
 /// the order and the SKU: a retried request writes the same ids again (duplicates inventory
 /// ignores).
@@ -865,7 +930,7 @@ async fn the_openapi_document_and_the_inventory_routes_agree() -> anyhow::Result
                 broken_config,
                 &closed.to_string(),
                 Deps {
-                    pool: env.unused_orders_pool()?,
+                    pool: env.orders.pool.clone(),
                     ledger: None,
                     inventory: Some(InventoryDeps {
                         keyspace: unique("never_created"),
@@ -935,7 +1000,27 @@ async fn the_openapi_document_and_the_inventory_routes_agree() -> anyhow::Result
                 (endpoint, post(&c, path).json(ok)),
             ]);
         }
+        // A checkout's order id: 409 checkout-order.
+        let checkout = unique("order");
+        sqlx::query(
+            "INSERT INTO api_idempotency (scope, idem_key, request_hash, order_id, command_id, \
+             created_at) VALUES ('auto', ?, '', ?, ?, NOW(3))",
+        )
+        .bind(&checkout)
+        .bind(&checkout)
+        .bind(uuid::Uuid::new_v4().to_string())
+        .execute(&env.orders.pool)
+        .await?;
         requests.extend([
+            (
+                Endpoint::ReserveInventory,
+                post(&a, "/inventory/reserve")
+                    .json(&json!({"orderId": checkout, "lines": [{"sku": sku, "quantity": 1}]})),
+            ),
+            (
+                Endpoint::ReleaseInventory,
+                post(&a, "/inventory/release").json(&json!({"orderId": checkout, "skus": [sku]})),
+            ),
             (
                 Endpoint::ReserveInventory,
                 post(&a, "/inventory/reserve")

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use common::{
-    Answer, Base, Deps, Server, TOKEN, TestEnv, assert_agree, documented, observe, send,
+    Answer, Base, Deps, OrdersDb, Server, TOKEN, TestEnv, assert_agree, documented, observe, send,
     with_database, with_env,
 };
 use keel_avro::records::{
@@ -45,6 +45,8 @@ struct Env {
     db: String,
     admin: PgPool,
     pg: PgPool,
+    /// `POST /payments` refuses a checkout's order id, which it looks up here.
+    orders: OrdersDb,
 }
 
 impl Deref for Env {
@@ -65,6 +67,7 @@ impl TestEnv for Env {
         {
             eprintln!("dropping {}: {e}", self.db);
         }
+        self.orders.drop_database().await;
     }
 }
 
@@ -86,11 +89,13 @@ impl Env {
             .connect(&with_database(&base.stack.postgres_url, &db)?)
             .await?;
         payment::migrate(&pg).await?;
+        let orders = OrdersDb::create(&base.stack.mysql_url, 4).await?;
         Ok(Self {
             base,
             db,
             admin,
             pg,
+            orders,
         })
     }
 
@@ -106,7 +111,7 @@ impl Env {
     /// An API on this env's topic; `ledger` overrides the env's ledger.
     async fn serve(&self, config: ApiConfig, ledger: Option<PgPool>) -> anyhow::Result<Server> {
         let deps = Deps {
-            pool: self.unused_orders_pool()?,
+            pool: self.orders.pool.clone(),
             ledger: Some(ledger.unwrap_or_else(|| self.pg.clone())),
             inventory: None,
             ready: true,
@@ -752,7 +757,7 @@ async fn the_openapi_document_and_the_payment_routes_agree() -> anyhow::Result<(
             .serve(
                 config,
                 common::Deps {
-                    pool: env.unused_orders_pool()?,
+                    pool: env.orders.pool.clone(),
                     ledger: None,
                     inventory: None,
                     ready: true,
@@ -1130,6 +1135,66 @@ async fn a_payment_intent_is_one_command_per_key_and_reads_back_as_requested() -
         };
         assert_eq!(intent.amount, eur(2_500));
         assert_eq!(intent.payment_method, "tok_visa");
+        Ok(())
+    })
+    .await
+}
+
+/// Break report 13, D1: `POST /payments` for a checkout's order id opened the order's payment
+/// id (`pay-<order id>`) with another amount before the saga's own intent, and the order was
+/// confirmed for that amount. A checkout's order id — known from the moment `POST /orders`
+/// claimed its key, or from the order store for orders other producers placed — is now a 409
+/// `checkout-order`, and nothing is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payment_for_a_checkouts_order_id_is_refused() -> anyhow::Result<()> {
+    with_env(Env::new().await?, |env| async move {
+        let server = env.serve(env.config(), None).await?;
+        let (through_api, elsewhere) = (unique("order"), unique("order"));
+        sqlx::query(
+            "INSERT INTO api_idempotency (scope, idem_key, request_hash, order_id, command_id, \
+             created_at) VALUES ('auto', ?, '', ?, ?, NOW(3))",
+        )
+        .bind(&through_api)
+        .bind(&through_api)
+        .bind(uuid::Uuid::new_v4().to_string())
+        .execute(&env.orders.pool)
+        .await?;
+        sqlx::query(
+            "INSERT INTO orders (order_id, customer_id, cart_id, status, total_minor, currency, \
+             payment_method, last_sequence, created_at, updated_at) \
+             VALUES (?, 'c', 'cart', 'PENDING', 2500, 'EUR', 'tok_visa', 1, NOW(3), NOW(3))",
+        )
+        .bind(&elsewhere)
+        .execute(&env.orders.pool)
+        .await?;
+        for order_id in [&through_api, &elsewhere] {
+            let body = intent_body(order_id, 1, "tok_visa");
+            let a = send(create_payment(&env, &server, Some(order_id), &body)).await?;
+            assert_eq!(
+                (a.status, a.slug(), a.body["field"].as_str()),
+                (StatusCode::CONFLICT, "checkout-order", Some("orderId")),
+                "{}",
+                a.text
+            );
+            assert!(a.text.contains("POST /payments"), "{}", a.text);
+        }
+        // An order id nothing knows is still a payment of its own.
+        let other = unique("order");
+        let a = send(create_payment(
+            &env,
+            &server,
+            Some("k"),
+            &intent_body(&other, 1, "tok_visa"),
+        ))
+        .await?;
+        assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.text);
+        let commands = env.commands(1, Duration::from_secs(2)).await?;
+        assert_eq!(
+            commands.len(),
+            1,
+            "only the unknown order's intent: {commands:#?}"
+        );
+        assert_eq!(commands[0].0, other);
         Ok(())
     })
     .await

@@ -26,6 +26,7 @@ pub mod command_key;
 pub mod dead_letter;
 pub mod format;
 pub mod inventory;
+pub mod money;
 pub mod orders;
 pub mod outbox;
 pub mod payment;

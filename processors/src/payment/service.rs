@@ -896,5 +896,5 @@ pub(super) async fn commit(
 }
 
 fn valid_currency(currency: &str) -> bool {
-    currency.len() == 3 && currency.chars().all(|c| c.is_ascii_uppercase())
+    crate::money::is_currency_code(currency)
 }

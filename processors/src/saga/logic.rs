@@ -438,6 +438,21 @@ pub fn decide(
         Input::Released(released) => on_released(&mut saga, &released, &mut fx),
         Input::CartChecked(answer) => on_cart_checked(&mut saga, answer, now, timeouts, &mut fx),
         Input::Authorized(auth) => match saga.step {
+            // The payment id is the order's (`pay-<order id>`), so an authorization of another
+            // amount is of a payment someone else opened under it (`POST /payments` for this
+            // order id): confirming would capture that amount for the order. Void it, give the
+            // holds back.
+            Step::AwaitingPayment if auth.amount != saga.total => {
+                let detail = format!(
+                    "payment {} was authorized for {} {}, the order's total is {} {}",
+                    saga.payment_id,
+                    auth.amount.amount_minor,
+                    auth.amount.currency,
+                    saga.total.amount_minor,
+                    saga.total.currency
+                );
+                cancel(&mut saga, Reason::PaymentMismatch, Some(detail), &mut fx);
+            }
             Step::AwaitingPayment if timeouts.wait_for_sale => {
                 await_sale(&mut saga, &auth, now, timeouts, &mut fx);
             }
@@ -769,9 +784,10 @@ pub fn validate_header(place: &PlaceOrder) -> Result<(), String> {
         return Err("payment_method: must not be empty".to_owned());
     }
     let currency = &place.total.currency;
-    if currency.len() != 3 || !currency.bytes().all(|b| b.is_ascii_uppercase()) {
+    if !crate::money::is_currency_code(currency) {
         return Err(format!(
-            "total.currency: {currency:?} is not an ISO 4217 code (three upper-case letters)"
+            "total.currency: {currency:?} is not the code of a currency in use (ISO 4217 List \
+             One: EUR, USD, JPY ...; not XXX, test or fund codes)"
         ));
     }
     Ok(())
@@ -832,6 +848,15 @@ pub fn validate(place: &PlaceOrder) -> Result<(), String> {
         return Err(format!(
             "total.amount_minor: {} is not the sum of the lines ({sum})",
             place.total.amount_minor
+        ));
+    }
+    // The payment service authorizes amounts from 1 to MAX_AMOUNT_MINOR (the API's rule for
+    // every amount): an order outside them could never be paid.
+    if !(1..=crate::money::MAX_AMOUNT_MINOR).contains(&sum) {
+        return Err(format!(
+            "total.amount_minor: {sum} is not between 1 and {} (an order is paid for, in \
+             amounts every JSON client reads exactly)",
+            crate::money::MAX_AMOUNT_MINOR
         ));
     }
     Ok(())
@@ -931,8 +956,18 @@ fn on_released(saga: &mut Saga, released: &InventoryReleased, fx: &mut Vec<Effec
         return;
     }
     if released.reason != ReleaseReason::HoldExpired {
+        // The saga marks a line released before it sends the release: this one came from
+        // elsewhere (`POST /inventory/release` for this order id, another system's command).
+        // The order cannot be sold whole any more.
         saga.line_states
             .insert(released.sku.clone(), LineState::Released);
+        if matches!(saga.step, Step::AwaitingInventory | Step::AwaitingPayment) {
+            let detail = format!(
+                "{}: its hold was released ({:?}) by a command the saga did not send",
+                released.sku, released.reason
+            );
+            cancel(saga, Reason::HoldReleased, Some(detail), fx);
+        }
         return;
     }
     saga.line_states

@@ -168,6 +168,11 @@ pub enum Reason {
     /// `[inventory].oversell = "prevent"`: a line's hold lapsed while the payment was under
     /// way, its stock went to another order, and inventory refused the late sale.
     OversellPrevented,
+    /// The payment was authorized for another amount or currency than the order's total (a
+    /// payment opened under the order's payment id by someone else).
+    PaymentMismatch,
+    /// A line's hold was released by a command the saga did not send.
+    HoldReleased,
 }
 
 impl Reason {
@@ -190,6 +195,8 @@ impl Reason {
             Self::CartMismatch => "CART_MISMATCH",
             Self::CartTimeout => "CART_TIMEOUT",
             Self::OversellPrevented => "OVERSELL_PREVENTED",
+            Self::PaymentMismatch => "PAYMENT_MISMATCH",
+            Self::HoldReleased => "HOLD_RELEASED",
         }
     }
 }

@@ -207,6 +207,130 @@ fn a_checkout_reserves_every_line_then_authorizes_then_confirms_and_captures() {
     assert_eq!(saga.deadline, None, "a terminal saga waits for nothing");
 }
 
+/// Break report 13, D1: `POST /payments` for a checkout's order id opened `pay-<order>` for 1
+/// cent before the saga's own intent; the saga confirmed and captured the 1 cent for a 25.00
+/// EUR order.
+#[test]
+fn an_authorization_of_another_amount_is_voided_and_cancels_the_order() {
+    for amount in [eur(1), eur(2_499), Money::new(2_500, "USD")] {
+        let Input::Authorized(mut auth) = authorized("auth-other") else {
+            unreachable!()
+        };
+        auth.amount = amount.clone();
+        for timeouts in [TIMEOUTS, PREVENT_TIMEOUTS] {
+            let mut state = None;
+            let mut fx = Vec::new();
+            for input in [
+                place(),
+                held("SKU-A"),
+                held("SKU-B"),
+                Input::Authorized(auth.clone()),
+            ] {
+                let outcome = decide(state, input, ORDER, T0, &timeouts).expect("applies");
+                state = outcome.saga;
+                fx.extend(outcome.effects);
+            }
+            let saga = state.expect("a saga");
+            assert_eq!(saga.step, Step::Cancelled, "{amount:?}");
+            assert_eq!(saga.reason, Some(Reason::PaymentMismatch));
+            let detail = saga.detail.clone().unwrap_or_default();
+            assert!(
+                detail.contains(&format!("{} {}", amount.amount_minor, amount.currency))
+                    && detail.contains("2500 EUR"),
+                "{detail}"
+            );
+            assert_eq!(payments(&fx), vec!["intent", "authorize", "void"]);
+            let released: Vec<_> = inventory(&fx)
+                .into_iter()
+                .filter(|(_, c)| *c != "reserve")
+                .collect();
+            assert_eq!(
+                released,
+                vec![("SKU-A".into(), "release"), ("SKU-B".into(), "release")]
+            );
+        }
+    }
+}
+
+/// Break report 13, D2: `POST /inventory/release` for a checkout's order id freed its holds;
+/// the saga went on, confirmed and captured, and the sale never took the stock.
+#[test]
+fn a_hold_released_by_another_command_cancels_the_order() {
+    let foreign_release = |sku: &str| {
+        Input::Released(InventoryReleased {
+            event_id: format!("released-{sku}"),
+            sku: sku.into(),
+            occurred_at: T0,
+            causation_id: "api-release".into(),
+            correlation_id: ORDER.into(),
+            order_id: ORDER.into(),
+            quantity: 1,
+            reason: ReleaseReason::OrderCancelled,
+            warehouse: None,
+            held: None,
+            warehouse_held: None,
+            held_version: None,
+        })
+    };
+    // Waiting for the payment: the payment is voided, the other line released.
+    let (saga, fx) = run(vec![
+        place(),
+        held("SKU-A"),
+        held("SKU-B"),
+        foreign_release("SKU-A"),
+    ]);
+    assert_eq!(saga.step, Step::Cancelled);
+    assert_eq!(saga.reason, Some(Reason::HoldReleased));
+    assert!(
+        saga.detail
+            .as_deref()
+            .is_some_and(|d| d.starts_with("SKU-A: "))
+    );
+    assert_eq!(payments(&fx), vec!["intent", "authorize", "void"]);
+    let released: Vec<_> = inventory(&fx)
+        .into_iter()
+        .filter(|(_, c)| *c == "release")
+        .collect();
+    assert_eq!(released, vec![("SKU-B".into(), "release")]);
+    // A late authorization then changes nothing but its void.
+    let (saga, fx) = run(vec![
+        place(),
+        held("SKU-A"),
+        held("SKU-B"),
+        foreign_release("SKU-B"),
+        authorized("auth-late"),
+    ]);
+    assert_eq!(saga.step, Step::Cancelled);
+    assert!(!payments(&fx).contains(&"capture"));
+    // Waiting for the other line: cancelled at once, not at the inventory deadline.
+    let (saga, fx) = run(vec![place(), held("SKU-A"), foreign_release("SKU-A")]);
+    assert_eq!(saga.step, Step::Cancelled);
+    assert_eq!(saga.reason, Some(Reason::HoldReleased));
+    assert!(payments(&fx).is_empty());
+    assert!(inventory(&fx).contains(&("SKU-B".into(), "release")));
+}
+
+/// Break report 13, D3: a cart worth 0 was accepted; the payment service ignored its intent
+/// and the order held its stock until the payment deadline. Totals above 2^53 - 1 and the
+/// currency `XXX` passed too, which the API refuses for every amount.
+#[test]
+fn an_order_that_could_never_be_paid_is_invalid() {
+    let mut free = place_order(vec![line("SKU-A", 1, 0)]);
+    assert!(
+        super::logic::validate(&free)
+            .is_err_and(|e| e.starts_with("total.amount_minor: 0 is not between 1 and")),
+    );
+    free.lines = vec![line("SKU-A", 1, crate::money::MAX_AMOUNT_MINOR + 1)];
+    free.total = eur(crate::money::MAX_AMOUNT_MINOR + 1);
+    assert!(super::logic::validate(&free).is_err_and(|e| e.starts_with("total.amount_minor: ")));
+    let mut xxx = place_order(vec![line("SKU-A", 1, 100)]);
+    xxx.total.currency = "XXX".into();
+    xxx.lines[0].unit_price.currency = "XXX".into();
+    assert!(super::logic::validate(&xxx).is_err_and(|e| e.starts_with("total.currency: \"XXX\"")));
+    let top = place_order(vec![line("SKU-A", 1, crate::money::MAX_AMOUNT_MINOR)]);
+    assert_eq!(super::logic::validate(&top), Ok(()));
+}
+
 #[test]
 fn payment_is_asked_only_once_every_line_is_held() {
     let (saga, fx) = run(vec![place(), held("SKU-A")]);

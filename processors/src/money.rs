@@ -1,5 +1,7 @@
-//! Which currency codes the API takes: the active ISO 4217 currencies (List One), from the
-//! `iso_currency` crate's copy of the list, and their minor units.
+//! Money's rules, the same wherever an amount enters Keel (the API, a place-order command from
+//! another system's producer, a cart, a payment command): which currency codes are taken — the
+//! active ISO 4217 currencies (List One), from the `iso_currency` crate's copy of the list — their
+//! minor units, and the largest amount.
 //!
 //! Accepted: a code of a currency in use — `EUR`, `USD`, `JPY`, `BHD`, `CLP` … Refused:
 //! - codes ISO 4217 does not assign (`ZZZ`) or that are not upper case (`eur`);
@@ -17,6 +19,10 @@
 //! compared and summed as the integer it is, whatever the currency's exponent.
 
 use iso_currency::Currency;
+
+/// The largest amount (minor units) Keel takes: 2^53 - 1, the largest integer every JSON client
+/// reads exactly (RFC 8259 §6), and far from where sums of amounts overflow i64.
+pub const MAX_AMOUNT_MINOR: i64 = 9_007_199_254_740_991;
 
 /// The currency of `code` when the API accepts it (see the module doc).
 fn accepted(code: &str) -> Option<Currency> {
