@@ -1037,6 +1037,73 @@ async fn poison_callback_then_a_good_one(fx: &Fixture) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Break report 13, D3: an intent for 0 (or for a currency no payment has) was ignored with a
+/// warning; its order then waited for an outcome until the saga's payment deadline. It is a bad
+/// command: dead-lettered with why, counted, and the next commands go on.
+#[tokio::test]
+async fn an_intent_no_payment_can_have_is_dead_lettered_with_why() -> anyhow::Result<()> {
+    let fx = Fixture::start(quick_psp(), |_| {}).await?;
+    let result = invalid_intents_then_a_good_one(&fx).await;
+    let finished = fx.finish().await;
+    result?;
+    finished
+}
+
+async fn invalid_intents_then_a_good_one(fx: &Fixture) -> anyhow::Result<()> {
+    let (free, xxx, good) = (order(), order(), order());
+    for (o, id, amount) in [
+        (&free, "intent-zero", eur(0)),
+        (&xxx, "intent-xxx", Money::new(100, "XXX")),
+    ] {
+        fx.send(
+            o,
+            id,
+            PaymentCommandBody::CreateIntent(CreatePaymentIntent {
+                customer_id: "customer-1".to_owned(),
+                amount,
+                payment_method: "tok_visa".to_owned(),
+            }),
+        )
+        .await?;
+    }
+    fx.open_and_authorize(&good, 1_500, "tok_visa").await?;
+    fx.wait_status(&good, "AUTHORIZED").await?;
+    for o in [&free, &xxx] {
+        let status = fx.status(o).await?;
+        anyhow::ensure!(
+            status.is_none(),
+            "an invalid intent was written: {status:?}"
+        );
+    }
+    let skipped = metric(
+        &fx.metrics_text()?,
+        r#"payment_commands_total{result="skipped"}"#,
+    );
+    anyhow::ensure!(skipped == Some(2.0), "skipped: {skipped:?}");
+    let reader = keel_tests::kafka::consumer(&fx.stack.kafka_bootstrap, "read_committed")?;
+    let letters =
+        keel_tests::kafka::read_topic(&reader, &fx.topics.dlq, 2, PATIENCE, Duration::from_secs(2))
+            .await?;
+    anyhow::ensure!(letters.len() == 2, "dead letters: {letters:?}");
+    for letter in &letters {
+        let why = letter
+            .headers()
+            .and_then(|h| {
+                h.iter()
+                    .filter(|h| h.key == keel_topology::dlq_headers::ERROR)
+                    .last()
+                    .and_then(|h| h.value)
+                    .map(|v| String::from_utf8_lossy(v).into_owned())
+            })
+            .unwrap_or_default();
+        anyhow::ensure!(
+            why.contains("an amount is 1 to 9007199254740991 minor units of a currency in use"),
+            "why: {why}"
+        );
+    }
+    Ok(())
+}
+
 /// The unknown-id window of [`a_command_with_an_unknown_schema_id_is_dead_lettered_when_its_window_ends`].
 /// Backoff steps of 100, 200, 400, 800, 1,600 ms end 200 ms before it, so a backoff not capped
 /// at its end waits the next step (3.2 s) past it: 6.3 s in all, against 3.3 s capped (the

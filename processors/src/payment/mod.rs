@@ -192,6 +192,10 @@ pub enum Error {
         offset: i64,
         detail: String,
     },
+    /// A decoded command the service cannot apply as it is (an intent for an amount or a
+    /// currency no payment can have): dead-lettered with why.
+    #[error("invalid payment command {command_id}: {detail}")]
+    InvalidCommand { command_id: String, detail: String },
     #[error("cannot register the payment metrics: {0}")]
     Metrics(#[source] prometheus::Error),
     #[error("a command task failed: {0}")]
@@ -205,7 +209,7 @@ impl Error {
     /// Whether to skip, retry or stop; the one place that decides it.
     pub fn action(&self) -> Action {
         match self {
-            Self::BadCommand { .. } => Action::Skip,
+            Self::BadCommand { .. } | Self::InvalidCommand { .. } => Action::Skip,
             // The command carries data PostgreSQL refuses (SQLSTATE class 22: a NUL in a
             // text, a value out of range): every retry fails the same way and would hold back
             // the order's later commands for ever. It is a bad command.

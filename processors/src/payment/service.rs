@@ -251,21 +251,30 @@ impl Service {
                 currency: row.state.currency.clone(),
             },
         );
+        let amount = row.state.amount_minor;
+        if decision.state.is_none()
+            || !valid_currency(&row.state.currency)
+            || amount > crate::money::MAX_AMOUNT_MINOR
+        {
+            // Break report 13, D3: ignored with a warning, such an intent left its order
+            // waiting for an outcome until the saga's payment deadline.
+            return Err(Error::InvalidCommand {
+                command_id: cmd.command_id.clone(),
+                detail: format!(
+                    "intent of payment {} for {amount} {}: an amount is 1 to {} minor units of \
+                     a currency in use",
+                    row.payment_id,
+                    row.state.currency,
+                    crate::money::MAX_AMOUNT_MINOR
+                ),
+            });
+        }
         let mut tx = self.begin().await?;
         let mut handled = Handled::Ignored;
-        if decision.state.is_some() && valid_currency(&row.state.currency) {
-            if ledger::insert_payment(&mut tx, row).await? {
-                handled = Handled::Applied;
-            } else {
-                tracing::debug!(payment_id = row.payment_id, "payment intent exists");
-            }
+        if ledger::insert_payment(&mut tx, row).await? {
+            handled = Handled::Applied;
         } else {
-            tracing::warn!(
-                payment_id = row.payment_id,
-                amount = row.state.amount_minor,
-                currency = row.state.currency,
-                "invalid payment intent ignored"
-            );
+            tracing::debug!(payment_id = row.payment_id, "payment intent exists");
         }
         self.finish(tx, cmd, handled).await
     }
