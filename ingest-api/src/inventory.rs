@@ -792,7 +792,7 @@ async fn adjust_inventory_inner(
     Ok(json_response(
         StatusCode::ACCEPTED,
         body,
-        Some(&format!("/inventory/{}", request.sku)),
+        Some(&crate::routes::location("inventory", &request.sku)),
     ))
 }
 

@@ -211,30 +211,28 @@ pub fn derived_id(parts: &[&str]) -> String {
     uuid::Uuid::from_bytes(bytes).to_string()
 }
 
-/// `/payments/{id}` with the id percent-encoded as one path segment (RFC 3986 unreserved
-/// characters kept), so an id from another producer that holds `/` or spaces still resolves.
+/// `/payments/{id}`, the id one encoded path segment (an id from another producer that holds
+/// `/` or spaces still resolves).
 fn payment_location(payment_id: &str) -> String {
-    use std::fmt::Write as _;
-    let mut path = String::from("/payments/");
-    for b in payment_id.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            path.push(char::from(b));
-        } else {
-            let _ = write!(path, "%{b:02X}");
-        }
-    }
-    path
+    crate::routes::location("payments", payment_id)
 }
 
 #[cfg(test)]
 mod location_tests {
     #[test]
-    fn a_payment_location_is_one_encoded_path_segment() {
+    fn a_location_is_one_encoded_path_segment() {
         assert_eq!(super::payment_location("pay-1b2c"), "/payments/pay-1b2c");
         assert_eq!(
             super::payment_location("o 1/payment"),
             "/payments/o%201%2Fpayment"
         );
+        let sku = |s| crate::routes::location("inventory", s);
+        assert_eq!(sku("SKU-A_1.b~"), "/inventory/SKU-A_1.b~");
+        assert_eq!(sku("A?B-1"), "/inventory/A%3FB-1");
+        assert_eq!(sku("A/B-1"), "/inventory/A%2FB-1");
+        assert_eq!(sku("A%41-1"), "/inventory/A%2541-1");
+        assert_eq!(sku("A#1"), "/inventory/A%231");
+        assert_eq!(sku("été-1"), "/inventory/%C3%A9t%C3%A9-1");
     }
 }
 

@@ -438,7 +438,24 @@ pub(crate) fn database_unavailable(e: impl std::fmt::Display) -> Problem {
 }
 
 fn order_location(order_id: &str) -> String {
-    format!("/orders/{order_id}")
+    location("orders", order_id)
+}
+
+/// Everything but RFC 3986's unreserved characters (`A-Z a-z 0-9 - . _ ~`) is encoded.
+const PATH_SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// `/<collection>/<id>` with `id` percent-encoded as one path segment (UTF-8, RFC 3986 §2.1), so
+/// a `Location` resolves to the resource whatever the id holds: `?`, `/`, `%`, non-ASCII (a
+/// SKU may hold any of them; break report 13, D4).
+pub(crate) fn location(collection: &str, id: &str) -> String {
+    format!(
+        "/{collection}/{}",
+        percent_encoding::utf8_percent_encode(id, PATH_SEGMENT)
+    )
 }
 
 /// A JSON answer with a status and, when given, a `Location` (a path, e.g. `/orders/{id}`).

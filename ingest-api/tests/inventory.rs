@@ -518,6 +518,49 @@ async fn a_retried_hold_write_changes_nothing_and_a_release_shadows_a_late_retry
     .await
 }
 
+/// Break report 13, D4: the `Location` of an adjustment was `/inventory/<sku>` unencoded, so a
+/// SKU with `?` pointed at another SKU's stock and one with `/` at no route. Followed as a
+/// client follows it, it now reads the adjusted SKU.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_adjustments_location_reads_its_sku_whatever_the_sku_holds() -> anyhow::Result<()> {
+    with_env(Env::new().await?, |env| async move {
+        let server = env.serve(env.config(), Some(env.deps())).await?;
+        let tag = unique("S");
+        for (i, sku) in [
+            format!("{tag}?x-1"),
+            format!("{tag}/x-1"),
+            format!("{tag}%41-1"),
+            format!("{tag}#x-1"),
+            format!("{tag}-été"),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            env.stock(&sku, 7).await?;
+            let body = json!({"sku": sku, "delta": 1, "reason": "RESTOCK"});
+            let a = send(
+                post(&env, &server, "/inventory/adjust", &body)
+                    .header("Idempotency-Key", format!("{tag}-{i}")),
+            )
+            .await?;
+            assert_eq!(a.status, StatusCode::ACCEPTED, "{sku}: {}", a.text);
+            let location = a.header("location").map(str::to_owned);
+            let location = location.ok_or_else(|| anyhow::anyhow!("{sku}: no Location"))?;
+            assert!(location.is_ascii(), "{location}");
+            let got = send(env.http.get(server.url(&location))).await?;
+            assert_eq!(
+                got.status,
+                StatusCode::OK,
+                "{sku} at {location}: {}",
+                got.text
+            );
+            assert_eq!(got.body["sku"], json!(sku), "{location}");
+        }
+        Ok(())
+    })
+    .await
+}
+
 /// An adjustment is an `AdjustStock` command on the topic, keyed by the SKU, that decodes;
 /// a retry with the same Idempotency-Key is the same command id, another key another one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
