@@ -39,8 +39,8 @@ pub struct AuditArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
-    /// How long reading the auditor's topic may take, in seconds.
-    #[arg(long, default_value_t = 30)]
+    /// How long reading the auditor's topic may take, in seconds (at least 1).
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
     pub timeout_s: u64,
 }
 
@@ -127,7 +127,7 @@ fn verdict(
 /// Runs every check and builds the report.
 pub async fn run(config: &KeelConfig, args: &AuditArgs) -> anyhow::Result<AuditReport> {
     let examples = config.audit.examples;
-    let stream = read_verdicts(config, Duration::from_secs(args.timeout_s.max(1))).await?;
+    let stream = read_verdicts(config, Duration::from_secs(args.timeout_s)).await?;
     let mut verdicts = Vec::new();
     for invariant in [
         AuditInvariant::StockNonNegative,

@@ -185,12 +185,14 @@ enum Command {
     /// Rewind a stopped application so that its next start replays its input: input offsets
     /// to the beginning (or a time), internal topics deleted, local state removed.
     Reset(ResetArgs),
-    /// Run a checkout scenario against a running Keel and the stack (checkout-success,
-    /// psp-timeout, inventory-shortage): seed, place the order, observe every store, report
-    /// PASS/FAIL per expectation; exit 1 when any fails.
+    /// Run a scenario against a running Keel and the stack (checkout-success, psp-timeout,
+    /// inventory-shortage, oversell, schema-drift, reconciliation-lag; docs/scenarios.md):
+    /// drive it through public interfaces, observe every store, report PASS/FAIL per
+    /// expectation; exit 1 when any fails.
     Scenario(scenario::ScenarioArgs),
     /// The verdict on each of Keel's invariants (OK, or VIOLATED with a count and examples),
-    /// from the auditor's topic and the stores; exit 1 when any is violated.
+    /// from the auditor's topic and the stores; exit 1 when any is violated, 2 when the
+    /// verdicts could not be read (a script can tell the two apart).
     Audit(audit::AuditArgs),
 }
 
@@ -544,7 +546,13 @@ async fn main() -> anyhow::Result<ExitCode> {
         }
         Command::Audit(args) => {
             let config = KeelConfig::load(cli.config.as_deref())?;
-            let report = audit::run(&config, &args).await?;
+            let report = match audit::run(&config, &args).await {
+                Ok(report) => report,
+                Err(e) => {
+                    eprintln!("Error: {e:#}");
+                    return Ok(ExitCode::from(2));
+                }
+            };
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {

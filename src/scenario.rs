@@ -41,14 +41,20 @@ use crate::seed;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Name {
+    /// An order confirmed: the order, payment, stock and every topic checked.
     CheckoutSuccess,
+    /// The PSP answers after the payment service's timeout: CANCELLED PSP_TIMEOUT, the late
+    /// success voided, holds released.
     PspTimeout,
+    /// A cart wanting more than the stock: CANCELLED INSUFFICIENT_STOCK, nothing paid.
     InventoryShortage,
-    /// `src/scenario_oversell.rs`.
+    /// A hold lapses while its payment is held at the PSP and another order takes the unit
+    /// (`[inventory].oversell`; `src/scenario_oversell.rs`).
     Oversell,
-    /// `src/scenario_schema_drift.rs`.
+    /// A foreign producer writes schemas Keel does not have (`src/scenario_schema_drift.rs`).
     SchemaDrift,
-    /// `src/scenario_reconciliation.rs`.
+    /// The ledger's CDC connector paused while the ledger changes, then resumed
+    /// (`src/scenario_reconciliation.rs`).
     ReconciliationLag,
 }
 
@@ -65,6 +71,18 @@ impl Name {
     }
 }
 
+/// `--api`: an absolute http or https URL with a host; its trailing `/` dropped (paths are
+/// appended to it).
+pub(crate) fn api_url(value: &str) -> Result<String, String> {
+    let url = reqwest::Url::parse(value).map_err(|e| format!("not a URL: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return Err(format!(
+            "not an http(s) URL with a host (e.g. http://127.0.0.1:8080): {value}"
+        ));
+    }
+    Ok(value.trim_end_matches('/').to_owned())
+}
+
 /// `keel scenario` arguments.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ScenarioArgs {
@@ -74,8 +92,8 @@ pub struct ScenarioArgs {
     /// Print the report as JSON on stdout.
     #[arg(long)]
     pub json: bool,
-    /// Keel's API (default: http://<[api].listen>).
-    #[arg(long)]
+    /// Keel's API, an http(s) URL (default: http://<[api].listen>).
+    #[arg(long, value_parser = api_url)]
     pub api: Option<String>,
     /// Seconds to wait for the order to settle (and, after it, for each store to show the
     /// outcome). Default: 120, or the PSP mock's timeout delay plus 120 when that is longer.
@@ -352,7 +370,9 @@ impl Scenario<'_> {
                 return;
             }
             Err(e) => {
-                report.check("keel is ready (GET /ready)", false, format!("{e}"));
+                // reqwest's message leaves out the cause (connection refused, DNS, ...).
+                let why = format!("{:#}", anyhow::Error::new(e));
+                report.check("keel is ready (GET /ready)", false, why);
                 return;
             }
         }

@@ -8,6 +8,9 @@
 //! - `keel lag --group ''` said "Client creation error: rdkafka consumer queue not available".
 //! - `keel scenario oversell --hold-ttl-ms 0` asked for a Keel that cannot exist
 //!   (`[inventory].hold_ttl_ms` is at least 1000) and told the user to start one.
+//! - Break report 13: `keel scenario … --api not-a-url` said "builder error"; `keel audit
+//!   --timeout-s 0` read for 1 s instead and exited 1, the code of a violation;
+//!   `keel scenario --help` described three scenarios by their source files.
 //!
 //! Kafka is a port nothing listens on and the API another: whatever got past the check could
 //! send nothing anywhere, and would fail slowly and with another message than the one asserted.
@@ -115,4 +118,62 @@ fn scenario_oversell_refuses_a_hold_ttl_no_keel_runs_with() {
             &["--hold-ttl-ms", "1000"],
         );
     }
+}
+
+#[test]
+fn scenario_refuses_an_api_that_is_not_an_http_url() {
+    for api in ["not-a-url", "ftp://127.0.0.1:1", "127.0.0.1:8080"] {
+        refused(
+            &["scenario", "checkout-success", "--api", api],
+            &["--api", api],
+        );
+    }
+}
+
+#[test]
+fn audit_refuses_a_timeout_of_zero() {
+    refused(&["audit", "--timeout-s", "0"], &["--timeout-s", "0"]);
+}
+
+#[test]
+fn audit_that_cannot_read_its_verdicts_exits_2_not_the_violation_code() {
+    let (code, stderr, _) = keel(&["audit", "--timeout-s", "1"]);
+    assert_eq!(code, Some(2), "{stderr}");
+}
+
+#[test]
+fn scenario_help_says_what_every_scenario_does() {
+    let out = Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(["scenario", "--help"])
+        .output()
+        .expect("keel runs");
+    let help = String::from_utf8_lossy(&out.stdout);
+    for name in [
+        "checkout-success",
+        "psp-timeout",
+        "inventory-shortage",
+        "oversell",
+        "schema-drift",
+        "reconciliation-lag",
+    ] {
+        let line = help
+            .lines()
+            .find(|l| {
+                l.trim_start()
+                    .trim_start_matches("- ")
+                    .starts_with(&format!("{name}:"))
+            })
+            .unwrap_or_else(|| panic!("{name} is not described in:\n{help}"));
+        let said = line.split_once(':').map_or("", |(_, d)| d.trim());
+        assert!(
+            said.len() > 20 && !said.starts_with('`'),
+            "{name}: {said:?}\n{help}"
+        );
+    }
+    let top = Command::new(env!("CARGO_BIN_EXE_keel"))
+        .arg("--help")
+        .output()
+        .expect("keel runs");
+    let top = String::from_utf8_lossy(&top.stdout);
+    assert!(top.contains("reconciliation-lag"), "{top}");
 }
