@@ -13,7 +13,8 @@
 //!    `[audit]` grace periods; a `CONFIRMED` order whose capture a compensation refunded — a
 //!    refund `void-<command id>`, the payment service's answer to a void of a captured payment
 //!    — is not captured, while a refund asked through `POST /payments/{id}/refund` is the
-//!    shop's business and leaves the capture standing), `CAPTURED_EQUALS_CONFIRMED` (the global sums per currency, over
+//!    shop's business and leaves the capture standing; a capture of another amount or currency
+//!    than the total breaks it too), `CAPTURED_EQUALS_CONFIRMED` (the global sums per currency, over
 //!    orders and payments that have not changed within the grace).
 //!
 //! Exit status: 0 when nothing is violated, 1 otherwise (`NOT_CHECKED` is not a failure).
@@ -521,6 +522,15 @@ fn compare(orders: &[Order], payments: &[Payment]) -> (Vec<String>, Vec<String>,
                         o.currency,
                         payment.map_or("missing", |p| p.status.as_str())
                     ));
+                } else if let Some(p) = payment
+                    .filter(|p| p.captured_minor != o.total_minor || p.currency != o.currency)
+                {
+                    // Break report 13, D6: a payment opened under the order's payment id for
+                    // 1 cent was captured for a 24.00 EUR order and passed this check.
+                    confirmed_captured.push(format!(
+                        "order {}: CONFIRMED ({} {}) but its payment captured {} {}",
+                        o.order_id, o.total_minor, o.currency, p.captured_minor, p.currency
+                    ));
                 } else if let Some(refund) = payment.and_then(|p| p.compensated_by.as_deref()) {
                     confirmed_captured.push(format!(
                         "order {}: CONFIRMED ({} {}) but a compensation refunded its capture \
@@ -650,6 +660,25 @@ mod tests {
             "{sums:?}"
         );
         assert!(sums[0].contains("o-4"), "{sums:?}");
+    }
+
+    /// Break report 13, D6: an order captured for another amount than its total (1 cent of
+    /// 24.00 EUR) was OK per order and showed only in the per-currency sums, naming no order.
+    #[test]
+    fn a_confirmed_order_captured_for_another_amount_is_named() {
+        let orders = [
+            order("o-1", "CONFIRMED", 2_400, false),
+            order("o-2", "CONFIRMED", 900, false),
+        ];
+        let mut dollars = payment("o-2", "CAPTURED", 900, false);
+        dollars.currency = "USD".into();
+        let (confirmed, _, _) = compare(&orders, &[payment("o-1", "CAPTURED", 1, false), dollars]);
+        assert_eq!(confirmed.len(), 2, "{confirmed:?}");
+        assert!(
+            confirmed[0].contains("order o-1: CONFIRMED (2400 EUR) but its payment captured 1 EUR"),
+            "{confirmed:?}"
+        );
+        assert!(confirmed[1].contains("captured 900 USD"), "{confirmed:?}");
     }
 
     /// A replayed saga that gave up a confirmed order refunds its capture (`void-…`): the
