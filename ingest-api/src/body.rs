@@ -276,6 +276,23 @@ fn json_problem(path: &str, e: serde_json::Error) -> Problem {
                     format!("field {field} is not part of this request{expected}"),
                 )
                 .field(field)
+            } else if msg.starts_with("invalid type: floating point")
+                && msg
+                    .rsplit_once("expected ")
+                    .is_some_and(|(_, t)| t.starts_with('i') || t.starts_with('u'))
+            {
+                // serde_json reads an integer literal beyond u64 as a float: the client wrote a
+                // number where a number goes, out of range or with a fraction (break report 13,
+                // D5: it was a 400 "wrong type" there and a 422 just below u64::MAX).
+                let field = if root { "" } else { path };
+                let problem = Problem::new(
+                    Kind::InvalidField,
+                    format!(
+                        "field {field}: a whole number in range is expected, without a fraction \
+                         or an exponent ({msg})"
+                    ),
+                );
+                if root { problem } else { problem.field(path) }
             } else if msg.starts_with("invalid type") || msg.starts_with("invalid length") {
                 if root {
                     Problem::new(
@@ -352,6 +369,37 @@ mod tests {
             (p.slug(), p.field.as_deref()),
             ("missing-field", Some("inner.postalCode"))
         );
+    }
+
+    /// Break report 13, D5: 2^63 was a 422 and 2^64 a 400 "invalid type: floating point",
+    /// one kind of mistake answered two ways. A number where an integer goes is a 422 naming
+    /// the field, in range or not, with a fraction or not; a string there stays a 400.
+    #[test]
+    fn a_number_that_is_no_integer_in_range_is_422_naming_the_field() {
+        #[derive(Debug, Deserialize)]
+        #[serde(deny_unknown_fields, rename_all = "camelCase")]
+        #[allow(dead_code)]
+        struct Amount {
+            amount_minor: i64,
+        }
+        for number in [
+            "9223372036854775808",
+            "18446744073709551616",
+            "1000000000000000000000000000000",
+            "100.0",
+            "1e2",
+        ] {
+            let p = parse_json::<Amount>(format!(r#"{{"amountMinor":{number}}}"#).as_bytes())
+                .expect_err("refused");
+            assert_eq!(
+                (p.slug(), p.status, p.field.as_deref()),
+                ("invalid-field", 422, Some("amountMinor")),
+                "{number}: {}",
+                p.detail
+            );
+        }
+        let p = parse_json::<Amount>(br#"{"amountMinor":"1"}"#).expect_err("refused");
+        assert_eq!((p.slug(), p.status), ("wrong-type", 400));
     }
 
     #[test]

@@ -904,8 +904,8 @@ async fn reserve_inventory_inner(
         .write_request(headers, body, ReserveRequest::validate)
         .await?;
     let deps = &app.inventory()?.deps;
-    crate::routes::refuse_checkout_order(app, &request.order_id, "POST /inventory/reserve").await?;
     request.check_ttl(deps.min_hold_ttl_ms, deps.max_hold_ttl_ms)?;
+    crate::routes::refuse_checkout_order(app, &request.order_id, "POST /inventory/reserve").await?;
     let lines = request
         .lines
         .iter()

@@ -42,10 +42,14 @@ use crate::routes;
             with Accept-Encoding: identity); path ids (order, payment, SKU) are 1 to 64 \
             characters without control characters (SKUs without whitespace too), else 400 \
             invalid-path-parameter; money is an integer amountMinor in the minor unit of an \
-            active ISO 4217 currency (its exponent: 2 for EUR, 0 for JPY, 3 for BHD).\n\n\
+            active ISO 4217 currency (its exponent: 2 for EUR, 0 for JPY, 3 for BHD); integers \
+            (amountMinor, quantity, delta, holdTtlMs) are written as whole numbers without a \
+            fraction or an exponent (100, not 100.0 or 1e2), and one out of its range or with a \
+            fraction is 422 invalid-field. A method a route does not have is 405 \
+            method-not-allowed with an Allow header.\n\n\
             Limits of the HTTP server itself, enforced before any route and answered with an \
             empty body (not problem+json), over HTTP/1.1: a request line and headers larger \
-            than about 400 KiB or more than 100 header fields: 431; a request target (path \
+            than about 450 KiB or more than 100 header fields: 431; a request target (path \
             and query) longer than 65,534 bytes: 414; a malformed request line or header: \
             400. A body larger than max_body_bytes (16 KiB by default) is 413 problem+json."
     ),
