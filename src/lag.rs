@@ -148,6 +148,9 @@ struct Chosen {
     kind: plan::Kind,
     /// The topics its members are assigned (consumer protocol; empty without members).
     assigned: BTreeSet<String>,
+    /// Named with `--group` but unknown to the broker (not listed, or `Dead`: no members, no
+    /// committed offsets), most likely a typo.
+    unknown: bool,
 }
 
 /// The topics a listed group's members are assigned.
@@ -177,24 +180,33 @@ fn groups(
         for name in names {
             // Described one by one (not the whole cluster's listing); a group the broker cannot
             // describe is still asked, as a group without members.
+            // librdkafka lists the group first (ListGroups, which has every group with
+            // members or committed offsets) and describes it only when listed: absent from
+            // an answer, or `Dead`, the broker does not know it.
             let described = match consumer.fetch_group_list(Some(name), TIMEOUT) {
-                Ok(list) => list
-                    .groups()
-                    .iter()
-                    .find(|g| g.name() == name)
-                    .map(|g| (g.protocol_type().to_owned(), assigned(g))),
+                Ok(list) => Some(list.groups().iter().find(|g| g.name() == name).map_or(
+                    (String::new(), BTreeSet::new(), true),
+                    |g| {
+                        (
+                            g.protocol_type().to_owned(),
+                            assigned(g),
+                            g.state() == "Dead",
+                        )
+                    },
+                )),
                 Err(e) => {
                     tracing::debug!(group = %name, error = %e, "describing the group failed");
                     None
                 }
             };
-            let (protocol_type, assigned) = described.unwrap_or_default();
+            let (protocol_type, assigned, unknown) = described.unwrap_or_default();
             out.insert(
                 name.clone(),
                 Chosen {
                     name: name.clone(),
                     kind: plan::kind(&keel, app, name, &protocol_type),
                     assigned,
+                    unknown,
                 },
             );
         }
@@ -209,6 +221,7 @@ fn groups(
                     name: g.name().to_owned(),
                     kind: plan::kind(&keel, app, g.name(), g.protocol_type()),
                     assigned: assigned(g),
+                    unknown: false,
                 },
             );
         }
@@ -252,16 +265,13 @@ pub fn measure_groups(
     config: &KeelConfig,
     selection: &Selection,
 ) -> anyhow::Result<Vec<PartitionLag>> {
-    Ok(measure_selected(config, selection)?.1)
+    Ok(measure_selected(config, selection)?.rows)
 }
 
 /// [`measure_groups`], with the groups chosen (sorted; a group with members but no commit yet
 /// is among them and has no rows). Each group is asked only about the topics it reads
 /// ([`plan::requests`]), in bounded requests.
-fn measure_selected(
-    config: &KeelConfig,
-    selection: &Selection,
-) -> anyhow::Result<(Vec<String>, Vec<PartitionLag>)> {
+fn measure_selected(config: &KeelConfig, selection: &Selection) -> anyhow::Result<Measured> {
     selection.check()?;
     let probe: BaseConsumer = client(config).create()?;
     let metadata = probe.fetch_metadata(None, TIMEOUT)?;
@@ -333,18 +343,35 @@ fn measure_selected(
     for (tp, w) in partitions.into_iter().zip(fetched) {
         watermarks.insert(tp, w?);
     }
-    let names = chosen.iter().map(|g| g.name.clone()).collect();
-    let out = per_group
+    let rows = per_group
         .iter()
         .flat_map(|(group, offsets)| plan::rows(group, offsets, &watermarks))
         .collect();
-    Ok((names, out))
+    Ok(Measured {
+        groups: chosen.iter().map(|g| g.name.clone()).collect(),
+        unknown: chosen
+            .iter()
+            .filter(|g| g.unknown)
+            .map(|g| g.name.clone())
+            .collect(),
+        rows,
+    })
+}
+
+/// What one measurement found.
+struct Measured {
+    /// The groups chosen, sorted.
+    groups: Vec<String>,
+    /// Those of them the broker does not know (`--group` names only).
+    unknown: Vec<String>,
+    rows: Vec<PartitionLag>,
 }
 
 /// The table people read: one line per partition, and a total per group; a group of `groups`
 /// without rows (members, no commit yet: e.g. a consumer still on its first records) is named
-/// with "no committed offsets yet", as Kafka's own consumer-groups tool shows it with "-".
-pub fn render(groups: &[String], rows: &[PartitionLag]) -> String {
+/// with "no committed offsets yet", as Kafka's own consumer-groups tool shows it with "-", and
+/// one of `unknown` as unknown to the broker.
+pub fn render(groups: &[String], unknown: &[String], rows: &[PartitionLag]) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
     let _ = writeln!(
@@ -362,7 +389,12 @@ pub fn render(groups: &[String], rows: &[PartitionLag]) -> String {
         );
     }
     for group in groups {
-        if !totals.contains_key(group.as_str()) {
+        if unknown.contains(group) {
+            let _ = writeln!(
+                out,
+                "{group:<40} unknown to the broker: no members, no committed offsets (check the name)"
+            );
+        } else if !totals.contains_key(group.as_str()) {
             let _ = writeln!(out, "{group:<40} no committed offsets yet");
         }
     }
@@ -385,18 +417,27 @@ pub fn run(
 ) -> anyhow::Result<()> {
     let mut stdout = std::io::stdout();
     loop {
-        let (groups, rows) = measure_selected(config, selection)?;
+        let measured = measure_selected(config, selection)?;
         if json {
-            writeln!(stdout, "{}", serde_json::to_string(&rows)?)?;
+            writeln!(stdout, "{}", serde_json::to_string(&measured.rows)?)?;
         } else {
             if !once {
                 // Clear the screen and go home, as `top` does.
                 write!(stdout, "\x1b[2J\x1b[H")?;
             }
-            write!(stdout, "{}", render(&groups, &rows))?;
+            let table = render(&measured.groups, &measured.unknown, &measured.rows);
+            write!(stdout, "{table}")?;
         }
         stdout.flush()?;
         if once {
+            // A named group the broker does not know is most likely a typo: not the exit of
+            // an idle group (break report 13, D7).
+            anyhow::ensure!(
+                measured.unknown.is_empty(),
+                "the broker knows no group {} (no members, no committed offsets); `keel lag \
+                 --all` lists every group",
+                measured.unknown.join(", ")
+            );
             return Ok(());
         }
         std::thread::sleep(interval);
@@ -483,6 +524,7 @@ mod tests {
         let groups = ["keel-saga".to_owned(), "keel-payment".to_owned()];
         let text = render(
             &groups,
+            &[],
             &[row("keel-saga", 0, 5, 9), row("keel-saga", 1, 7, 7)],
         );
         assert_eq!(text.lines().count(), 5, "{text}");

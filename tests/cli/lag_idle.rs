@@ -109,3 +109,31 @@ async fn idle_plain_consumers_show_lag_zero_and_only_this_configurations_groups_
     main.terminate(Duration::from_secs(30));
     run.clean_up(&stack, &name).await;
 }
+
+/// Break report 13, D7: `keel lag --once --group <typo>` printed "no committed offsets yet" and
+/// exited 0, as for a real but idle group. A named group the broker does not know is said to be
+/// unknown, and `--once` fails naming it.
+#[test]
+fn a_named_group_the_broker_does_not_know_is_said_unknown_and_fails_once() {
+    let stack = Stack::from_env();
+    let typo = keel_tests::unique("nope-group");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(["lag", "--once", "--group", &typo])
+        .env("KEEL__KAFKA__BOOTSTRAP_SERVERS", &stack.kafka_bootstrap)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("keel lag runs");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(!out.status.success(), "exited 0: {stdout} {stderr}");
+    assert!(
+        stdout.contains(&typo) && stdout.contains("unknown to the broker"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains(&format!("the broker knows no group {typo}")),
+        "{stderr}"
+    );
+}
