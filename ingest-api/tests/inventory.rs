@@ -623,15 +623,7 @@ async fn reserve_and_release_refuse_a_checkouts_order_id() -> anyhow::Result<()>
         let sku = unique("SKU");
         env.stock(&sku, 5).await?;
         let checkout = unique("order");
-        sqlx::query(
-            "INSERT INTO api_idempotency (scope, idem_key, request_hash, order_id, command_id, \
-             created_at) VALUES ('auto', ?, '', ?, ?, NOW(3))",
-        )
-        .bind(&checkout)
-        .bind(&checkout)
-        .bind(uuid::Uuid::new_v4().to_string())
-        .execute(&env.orders.pool)
-        .await?;
+        common::claim_checkout(&env.orders.pool, &checkout).await?;
         for (path, body) in [
             (
                 "/inventory/reserve",
@@ -1045,15 +1037,7 @@ async fn the_openapi_document_and_the_inventory_routes_agree() -> anyhow::Result
         }
         // A checkout's order id: 409 checkout-order.
         let checkout = unique("order");
-        sqlx::query(
-            "INSERT INTO api_idempotency (scope, idem_key, request_hash, order_id, command_id, \
-             created_at) VALUES ('auto', ?, '', ?, ?, NOW(3))",
-        )
-        .bind(&checkout)
-        .bind(&checkout)
-        .bind(uuid::Uuid::new_v4().to_string())
-        .execute(&env.orders.pool)
-        .await?;
+        common::claim_checkout(&env.orders.pool, &checkout).await?;
         requests.extend([
             (
                 Endpoint::ReserveInventory,

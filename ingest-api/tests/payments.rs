@@ -1150,15 +1150,7 @@ async fn a_payment_for_a_checkouts_order_id_is_refused() -> anyhow::Result<()> {
     with_env(Env::new().await?, |env| async move {
         let server = env.serve(env.config(), None).await?;
         let (through_api, elsewhere) = (unique("order"), unique("order"));
-        sqlx::query(
-            "INSERT INTO api_idempotency (scope, idem_key, request_hash, order_id, command_id, \
-             created_at) VALUES ('auto', ?, '', ?, ?, NOW(3))",
-        )
-        .bind(&through_api)
-        .bind(&through_api)
-        .bind(uuid::Uuid::new_v4().to_string())
-        .execute(&env.orders.pool)
-        .await?;
+        common::claim_checkout(&env.orders.pool, &through_api).await?;
         sqlx::query(
             "INSERT INTO orders (order_id, customer_id, cart_id, status, total_minor, currency, \
              payment_method, last_sequence, created_at, updated_at) \

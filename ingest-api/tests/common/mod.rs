@@ -69,6 +69,21 @@ impl Server {
     }
 }
 
+/// Makes `order_id` a checkout's in `pool`'s orders database, as `POST /orders` does when it
+/// claims its key (a request without an Idempotency-Key: scope `auto`, key = order id).
+pub async fn claim_checkout(pool: &MySqlPool, order_id: &str) -> anyhow::Result<()> {
+    sqlx::query(
+        "INSERT INTO api_idempotency (scope, idem_key, request_hash, order_id, command_id, \
+         created_at) VALUES ('auto', ?, '', ?, ?, NOW(3))",
+    )
+    .bind(order_id)
+    .bind(order_id)
+    .bind(uuid::Uuid::new_v4().to_string())
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
 /// A fresh MariaDB database (`keel_test_<random>`) with the orders schema migrated
 /// (`keel_processors::orders::migrate`); [`OrdersDb::drop_database`] drops it.
 pub struct OrdersDb {

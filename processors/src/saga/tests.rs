@@ -88,6 +88,24 @@ fn held(sku: &str) -> Input {
     reserved(sku, ReservationStatus::Held, &format!("held-{sku}"))
 }
 
+/// A release of `sku`'s hold for [`ORDER`] that `causation` asked for.
+fn released(sku: &str, reason: ReleaseReason, causation: &str) -> Input {
+    Input::Released(InventoryReleased {
+        event_id: format!("released-{sku}"),
+        sku: sku.into(),
+        occurred_at: T0,
+        causation_id: causation.into(),
+        correlation_id: ORDER.into(),
+        order_id: ORDER.into(),
+        quantity: 1,
+        reason,
+        warehouse: None,
+        held: None,
+        warehouse_held: None,
+        held_version: None,
+    })
+}
+
 fn authorized(id: &str) -> Input {
     Input::Authorized(PaymentAuthorized {
         event_id: id.into(),
@@ -256,22 +274,7 @@ fn an_authorization_of_another_amount_is_voided_and_cancels_the_order() {
 /// the saga went on, confirmed and captured, and the sale never took the stock.
 #[test]
 fn a_hold_released_by_another_command_cancels_the_order() {
-    let foreign_release = |sku: &str| {
-        Input::Released(InventoryReleased {
-            event_id: format!("released-{sku}"),
-            sku: sku.into(),
-            occurred_at: T0,
-            causation_id: "api-release".into(),
-            correlation_id: ORDER.into(),
-            order_id: ORDER.into(),
-            quantity: 1,
-            reason: ReleaseReason::OrderCancelled,
-            warehouse: None,
-            held: None,
-            warehouse_held: None,
-            held_version: None,
-        })
-    };
+    let foreign_release = |sku: &str| released(sku, ReleaseReason::OrderCancelled, "api-release");
     // Waiting for the payment: the payment is voided, the other line released.
     let (saga, fx) = run(vec![
         place(),
@@ -1418,20 +1421,7 @@ mod driver {
         vec![
             held("SKU-A"),
             reserved("SKU-B", ReservationStatus::Shortage, "short-b"),
-            Input::Released(InventoryReleased {
-                event_id: "released-a".into(),
-                sku: "SKU-A".into(),
-                occurred_at: T0,
-                causation_id: "c".into(),
-                correlation_id: ORDER.into(),
-                order_id: ORDER.into(),
-                quantity: 1,
-                reason: ReleaseReason::OrderCancelled,
-                warehouse: None,
-                held: None,
-                warehouse_held: None,
-                held_version: None,
-            }),
+            released("SKU-A", ReleaseReason::OrderCancelled, "c"),
             // Another payment than the order's saga payment (`pay-<order id>`): the outcome
             // of the saga's own payment is the saga's, however it was settled.
             elsewhere(authorized("auth-foreign")),
