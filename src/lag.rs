@@ -373,10 +373,18 @@ struct Measured {
 /// one of `unknown` as unknown to the broker.
 pub fn render(groups: &[String], unknown: &[String], rows: &[PartitionLag]) -> String {
     use std::fmt::Write as _;
+    // Columns as wide as their longest name (at least 40 and 44), so a prefixed topic name
+    // does not push the numbers out of line.
+    let g = groups
+        .iter()
+        .map(String::len)
+        .chain(rows.iter().map(|r| r.group.len()))
+        .fold(40, usize::max);
+    let t = rows.iter().map(|r| r.topic.len()).fold(44, usize::max);
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<40} {:<44} {:>4} {:>10} {:>10} {:>8}",
+        "{:<g$} {:<t$} {:>4} {:>10} {:>10} {:>8}",
         "GROUP", "TOPIC", "PART", "COMMITTED", "END", "LAG"
     );
     let mut totals: BTreeMap<&str, i64> = BTreeMap::new();
@@ -384,7 +392,7 @@ pub fn render(groups: &[String], unknown: &[String], rows: &[PartitionLag]) -> S
         *totals.entry(&r.group).or_default() += r.lag;
         let _ = writeln!(
             out,
-            "{:<40} {:<44} {:>4} {:>10} {:>10} {:>8}",
+            "{:<g$} {:<t$} {:>4} {:>10} {:>10} {:>8}",
             r.group, r.topic, r.partition, r.committed, r.end, r.lag
         );
     }
@@ -392,14 +400,14 @@ pub fn render(groups: &[String], unknown: &[String], rows: &[PartitionLag]) -> S
         if unknown.contains(group) {
             let _ = writeln!(
                 out,
-                "{group:<40} unknown to the broker: no members, no committed offsets (check the name)"
+                "{group:<g$} unknown to the broker: no members, no committed offsets (check the name)"
             );
         } else if !totals.contains_key(group.as_str()) {
-            let _ = writeln!(out, "{group:<40} no committed offsets yet");
+            let _ = writeln!(out, "{group:<g$} no committed offsets yet");
         }
     }
     for (group, total) in totals {
-        let _ = writeln!(out, "{group:<40} total lag {total}");
+        let _ = writeln!(out, "{group:<g$} total lag {total}");
     }
     if rows.is_empty() && groups.is_empty() {
         let _ = writeln!(out, "(no committed offsets for the chosen groups yet)");
@@ -509,6 +517,30 @@ mod tests {
         let ours = keel_topic(&config);
         assert!(ours("run7.orders.commands.v1") && ours("run7.anything"));
         assert!(!ours("orders.commands.v1") && !ours("run70.orders.commands.v1"));
+    }
+
+    /// Break report 13: a prefixed topic name longer than the TOPIC column pushed PART,
+    /// COMMITTED, END and LAG out of line.
+    #[test]
+    fn long_topic_names_keep_the_columns_in_line() {
+        let row = |topic: &str| PartitionLag {
+            group: "keel-saga".into(),
+            topic: topic.into(),
+            partition: 0,
+            committed: 5,
+            end: 9,
+            lag: 4,
+        };
+        let long = "keel_brk13_025c3aad.inventory.reservations.requested.v1";
+        let text = render(
+            &["keel-saga".to_owned()],
+            &[],
+            &[row(long), row("orders.commands.v1")],
+        );
+        // Every column after TOPIC is right-aligned: in line, the header and the rows end at
+        // the same place.
+        let widths: Vec<usize> = text.lines().take(3).map(str::len).collect();
+        assert!(widths.windows(2).all(|w| w[0] == w[1]), "{text}");
     }
 
     #[test]
