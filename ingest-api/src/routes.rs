@@ -345,20 +345,6 @@ impl App {
             )
             .field("cartId"));
         }
-        // One cart, one order, before anything is sent (the cart's own status turns ORDERED
-        // only once the order sink has written the first order). An order that ends without a
-        // sale (CANCELLED, REJECTED) gives the cart back: the order sink deletes its claim and
-        // reopens the cart, so a new request (new key, new order id) claims it here.
-        let other = orders::claim_cart(&self.0.pool, &cart.cart_id, &slot.order_id)
-            .await
-            .map_err(database_unavailable)?;
-        if other.is_some() {
-            return Err(Problem::new(
-                Kind::CartAlreadyOrdered,
-                format!("cartId {:?}: the cart was already ordered", cart.cart_id),
-            )
-            .field("cartId"));
-        }
         let lines: Vec<OrderLine> = cart
             .items
             .iter()
@@ -375,6 +361,39 @@ impl App {
             )
             .field("cartId")
         })?;
+        // The saga rejects an order that could never be paid (processors/src/money.rs): say so
+        // now, naming the cart, before the cart is claimed (break report 13, D3).
+        let money = &total.amount_minor;
+        if !(1..=keel_processors::money::MAX_AMOUNT_MINOR).contains(money)
+            || !keel_processors::money::is_currency_code(&cart.currency)
+        {
+            return Err(Problem::new(
+                Kind::InvalidField,
+                format!(
+                    "cartId {:?}: the cart's total is {} {}: an order is paid for, 1 to {} minor \
+                     units of a currency in use",
+                    cart.cart_id,
+                    total.amount_minor,
+                    cart.currency,
+                    keel_processors::money::MAX_AMOUNT_MINOR
+                ),
+            )
+            .field("cartId"));
+        }
+        // One cart, one order, before anything is sent (the cart's own status turns ORDERED
+        // only once the order sink has written the first order). An order that ends without a
+        // sale (CANCELLED, REJECTED) gives the cart back: the order sink deletes its claim and
+        // reopens the cart, so a new request (new key, new order id) claims it here.
+        let other = orders::claim_cart(&self.0.pool, &cart.cart_id, &slot.order_id)
+            .await
+            .map_err(database_unavailable)?;
+        if other.is_some() {
+            return Err(Problem::new(
+                Kind::CartAlreadyOrdered,
+                format!("cartId {:?}: the cart was already ordered", cart.cart_id),
+            )
+            .field("cartId"));
+        }
         let a = &request.shipping_address;
         let command = OrderCommand {
             command_id: slot.command_id.clone(),

@@ -344,6 +344,18 @@ async fn bad_inputs_are_problems_that_name_the_field() -> anyhow::Result<()> {
         let cart = env.seed_cart(&[("SKU-A", 1, 500)]).await?;
         let empty_cart = unique("cart");
         orders::seed_cart::<&str>(&env.db.pool, &empty_cart, "cust-1", "EUR", &[]).await?;
+        // Break report 13, D3: carts no order could be paid for were accepted (202) and left
+        // their order waiting for a payment that never came.
+        let free_cart = env.seed_cart(&[("SKU-FREE", 2, 0)]).await?;
+        let xxx_cart = unique("cart");
+        orders::seed_cart(
+            &env.db.pool,
+            &xxx_cart,
+            "cust-1",
+            "XXX",
+            &[("SKU-X", 1, 100)],
+        )
+        .await?;
         let valid = order_body(&cart);
         let without = |field: &str| {
             let mut v = valid.clone();
@@ -473,6 +485,22 @@ async fn bad_inputs_are_problems_that_name_the_field() -> anyhow::Result<()> {
                 "application/json",
                 422,
                 "empty-cart",
+                Some("cartId"),
+            ),
+            (
+                "a cart worth nothing",
+                raw(&with("/cartId", json!(free_cart))),
+                "application/json",
+                422,
+                "invalid-field",
+                Some("cartId"),
+            ),
+            (
+                "a cart in no currency",
+                raw(&with("/cartId", json!(xxx_cart))),
+                "application/json",
+                422,
+                "invalid-field",
                 Some("cartId"),
             ),
             (
