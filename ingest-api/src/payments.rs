@@ -1162,7 +1162,8 @@ async fn send_intent(
         (status = 404, description = "No such payment", body = Problem,
             content_type = "application/problem+json"),
         (status = 409, description = "The payment is past its intent (currentStatus says \
-            which)", body = Problem, content_type = "application/problem+json"),
+            which), or it is a checkout's, which the saga authorizes (checkout-order)",
+            body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "The body is larger than max_body_bytes", body = Problem,
             content_type = "application/problem+json"),
         (status = 415, description = "The body is not application/json, or has a \
@@ -1227,6 +1228,9 @@ async fn confirm_payment_inner(
             None => return Err(payment_not_found(&id)),
         },
     };
+    // A checkout's payment is authorized by the saga, not through this route (break report
+    // 14, D4: a confirm of `pay-<order id>` was a 202 where the other routes answer 409).
+    crate::routes::refuse_checkout_order(app, &order_id, "POST /payments/{id}/confirm").await?;
     // One command per payment: a repeated confirm is de-duplicated by the payment service.
     let command_id = derived_id(&["confirm", &id]);
     let command = PaymentCommand {

@@ -1170,6 +1170,22 @@ async fn a_payment_for_a_checkouts_order_id_is_refused() -> anyhow::Result<()> {
             );
             assert!(a.text.contains("POST /payments"), "{}", a.text);
         }
+        // The saga's own intent for a checkout (written by the payment service): a confirm
+        // through the API is refused too (break report 14, D4).
+        let intent = env.insert_payment("INTENT", 0).await?;
+        common::claim_checkout(&env.orders.pool, &intent.order_id).await?;
+        let a = send(
+            env.http
+                .post(server.url(&format!("/payments/{}/confirm", intent.payment_id)))
+                .json(&json!({})),
+        )
+        .await?;
+        assert_eq!(
+            (a.status, a.slug()),
+            (StatusCode::CONFLICT, "checkout-order"),
+            "{}",
+            a.text
+        );
         // An order id nothing knows is still a payment of its own.
         let other = unique("order");
         let a = send(create_payment(
