@@ -702,8 +702,9 @@ async fn get_inventory_inner(
     tag = "inventory",
     summary = "Change a SKU's stock on hand (restock, correction, return)",
     description = "Writes an AdjustStock command (key: the SKU) to Kafka and answers once Kafka \
-        confirmed it. The command id is derived from the caller and the Idempotency-Key: a \
-        retry is the same command, applied once. The adjustment changes one warehouse (the \
+        confirmed it. The command id is derived from the caller, the Idempotency-Key and the \
+        body: a retry is the same command, applied once, and the same key with another body \
+        is another adjustment. The adjustment changes one warehouse (the \
         default one when none is named). The 202 says the command is on Kafka, not that it was \
         applied: inventory refuses an adjustment that would take that warehouse's stock below \
         zero or below what it holds, and the API does not refuse it early (GET \
@@ -715,7 +716,8 @@ async fn get_inventory_inner(
         adjustment shows there within the mirror's lag.",
     params(
         ("Idempotency-Key" = String, Header,
-            description = "Required: names the adjustment (1-255 visible ASCII)"),
+            description = "Required: names the adjustment with its body (1-255 visible \
+                ASCII)"),
     ),
     request_body(content = AdjustRequest, content_type = "application/json"),
     security((), ("bearer" = [])),
@@ -764,7 +766,12 @@ async fn adjust_inventory_inner(
         .await?;
     let key = required_idempotency_key(headers, "an adjustment")?;
     app.inventory()?;
-    let command_id = derived_id(&["inventory-adjust", &scope, &key]);
+    // The key names the adjustment together with its body: a retry (same key, same body) is
+    // the same command, applied once; the same key with another body is another adjustment.
+    // (Derived from the key alone, a changed delta was answered 202 and dropped by inventory
+    // as a duplicate: break report 14, D3. Inventory's routes keep no key store to answer 422.)
+    let canonical = serde_json::to_string(&request).unwrap_or_default();
+    let command_id = derived_id(&["inventory-adjust", &scope, &key, &canonical]);
     let delta = i32::try_from(request.delta)
         .map_err(|_| invalid("delta", format!("delta {} is out of range", request.delta)))?;
     let command = InventoryCommand {
@@ -846,7 +853,9 @@ fn holds_accepted(order_id: &str, status: &str, commands: &[InventoryCommand]) -
     summary = "Hold stock for an order: one ReserveStock command per line",
     description = "Checks every SKU against the stock table, writes one ReserveStock command per \
         line (key: the SKU) and answers once Kafka confirmed all of them. Command ids are \
-        derived from the order and the SKU: a retry is a duplicate inventory ignores. Whether a \
+        derived from the order and the SKU: a retry is a duplicate inventory ignores, and so \
+        is any later reserve of the same order and SKU (another quantity, or after a release: \
+        an order holds a SKU once; use another order id). Whether a \
         line is held or short is inventory's answer (inventory.reserved.v1). All or nothing: \
         when one line is short, inventory releases the lines it held for the order \
         (inventory.released.v1, reason COMPENSATION), so GET /inventory/{sku} ends with nothing \

@@ -587,9 +587,22 @@ async fn an_adjustment_is_a_decodable_command_and_a_retry_is_the_same_command() 
         let no_key = send(post(&env, &server, "/inventory/adjust", &body)).await?;
         assert_eq!(no_key.status, StatusCode::BAD_REQUEST, "{}", no_key.text);
         assert_eq!(no_key.body["field"], "Idempotency-Key");
+        // The same key with another body is another adjustment, not a duplicate inventory
+        // drops (break report 14, D3: +7 after +3 under one key was answered 202 and lost).
+        let changed = json!({"sku": sku, "delta": 7, "reason": "RESTOCK"});
+        let seven = send(
+            post(&env, &server, "/inventory/adjust", &changed).header("Idempotency-Key", "k-1"),
+        )
+        .await?;
+        assert_eq!(seven.status, StatusCode::ACCEPTED, "{}", seven.text);
+        assert_ne!(seven.body["commandId"], first.body["commandId"]);
 
-        let commands = env.commands(3, Duration::from_secs(1)).await?;
-        assert_eq!(commands.len(), 3, "{commands:#?}");
+        let commands = env.commands(4, Duration::from_secs(1)).await?;
+        assert_eq!(commands.len(), 4, "{commands:#?}");
+        let (commands, sevens): (Vec<_>, Vec<_>) = commands.into_iter().partition(
+            |(_, c)| !matches!(&c.command, InventoryCommandBody::Adjust(a) if a.delta == 7),
+        );
+        assert_eq!(sevens.len(), 1, "{sevens:#?}");
         let ids: Vec<&str> = commands
             .iter()
             .map(|(_, c)| c.command_id.as_str())
