@@ -71,6 +71,23 @@ impl Name {
     }
 }
 
+/// The HTTP client the scenarios talk to Keel's API with: a 10 s timeout and, when the
+/// configuration turns authentication on (`[api].auth_tokens`), its first token as the bearer
+/// token of every request (break report 14, D5: with authentication on every scenario failed
+/// with 401).
+pub(crate) fn api_client(config: &KeelConfig) -> anyhow::Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(10));
+    if let Some(token) = config.api.auth_tokens.first() {
+        let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+            .map_err(|_| anyhow::anyhow!("[api].auth_tokens: a token is not a header value"))?;
+        value.set_sensitive(true);
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+        builder = builder.default_headers(headers);
+    }
+    Ok(builder.build()?)
+}
+
 /// `--api`: an absolute http or https URL with a host; its trailing `/` dropped (paths are
 /// appended to it).
 pub(crate) fn api_url(value: &str) -> Result<String, String> {
@@ -264,9 +281,7 @@ pub async fn run(config: &KeelConfig, args: &ScenarioArgs) -> anyhow::Result<Rep
     let scenario = Scenario {
         config,
         api,
-        http: reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()?,
+        http: api_client(config)?,
         plan: plan(args.name),
         name: args.name,
         timeout,

@@ -120,10 +120,7 @@ pub(crate) async fn drive(
     suffix: &str,
     report: &mut Report,
 ) {
-    let http = match reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-    {
+    let http = match crate::scenario::api_client(config) {
         Ok(h) => h,
         Err(e) => {
             report.check("an HTTP client", false, format!("{e}"));

@@ -114,10 +114,7 @@ pub async fn drive(
 ) {
     let connector = crate::reconciliation::connector_name(config);
     let connect = ConnectClient::new(&config.connect.url);
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap_or_default();
+    let client = crate::scenario::api_client(config).unwrap_or_default();
     #[allow(clippy::cast_precision_loss)]
     let fresh = args
         .fresh_s

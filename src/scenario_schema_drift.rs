@@ -185,7 +185,7 @@ async fn run(
     cleanup: &mut Cleanup,
     report: &mut Report,
 ) {
-    let http = reqwest::Client::new();
+    let http = crate::scenario::api_client(config).unwrap_or_default();
     let ready = http.get(format!("{api}/ready")).send().await;
     let ok = matches!(&ready, Ok(r) if r.status().is_success());
     report.check(

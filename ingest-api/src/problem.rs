@@ -147,7 +147,7 @@ impl Kind {
             Self::InvalidHeader => "A header has an invalid value",
             Self::UnreadableBody => "The body could not be read",
             Self::InvalidPathParameter => "A path parameter is not valid",
-            Self::Unauthorized => "A bearer token is required",
+            Self::Unauthorized => "A valid bearer token is required",
             Self::InvalidSignature => "The callback's signature does not verify",
             Self::OrderNotFound => "No such order",
             Self::PaymentNotFound => "No such payment",
