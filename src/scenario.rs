@@ -917,12 +917,21 @@ fn scan_topics(
 ) -> anyhow::Result<BTreeSet<String>> {
     let consumer: BaseConsumer = client.create()?;
     let mut by_time = TopicPartitionList::new();
+    // Each partition's end before the time lookup: where to start when nothing at or after
+    // `from_ms` is there yet. (`Offset::End` was resolved only when fetching began, and a record
+    // written in between — Debezium's `order.status.changed` a moment after the order settled —
+    // was skipped: the check then waited its whole window and failed.)
+    let mut ends: BTreeMap<(String, i32), i64> = BTreeMap::new();
     for topic in topics {
         let metadata = consumer
             .fetch_metadata(Some(topic), Duration::from_secs(10))
             .with_context(|| format!("metadata of {topic}"))?;
         for t in metadata.topics() {
             for p in t.partitions() {
+                let (_, high) = consumer
+                    .fetch_watermarks(topic, p.id(), Duration::from_secs(10))
+                    .with_context(|| format!("the end of {topic}/{}", p.id()))?;
+                ends.insert((topic.clone(), p.id()), high);
                 by_time.add_partition_offset(topic, p.id(), Offset::Offset(from_ms))?;
             }
         }
@@ -930,10 +939,13 @@ fn scan_topics(
     let start = consumer.offsets_for_times(by_time, Duration::from_secs(10))?;
     let mut assign = TopicPartitionList::new();
     for e in start.elements() {
-        // No record at or after the time: nothing to read there yet, start at the end.
         let offset = match e.offset() {
             Offset::Offset(o) => Offset::Offset(o),
-            _ => Offset::End,
+            // No record at or after the time when asked: read what comes after the end that
+            // was there before asking.
+            _ => ends
+                .get(&(e.topic().to_owned(), e.partition()))
+                .map_or(Offset::Beginning, |&high| Offset::Offset(high)),
         };
         assign.add_partition_offset(e.topic(), e.partition(), offset)?;
     }
@@ -1003,6 +1015,60 @@ pub(crate) async fn stock_on_hand(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The CI run of c7015f4 failed `make demo` with "nothing on order.status.changed": the
+    /// record came a moment after the scan looked its partition up by time, and the scan
+    /// started at `Offset::End` as resolved later, past the record. Swept over delays between
+    /// the scan's start and the record, every record must be found.
+    #[test]
+    fn a_record_written_while_the_scan_starts_is_found() {
+        use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _};
+        let bootstrap = keel_tests::Stack::from_env().kafka_bootstrap;
+        let topic = keel_tests::unique("scan_race");
+        let _cleanup = keel_tests::topics::TopicCleanup::new(bootstrap.clone()).topic(&topic);
+        tokio::runtime::Runtime::new()
+            .expect("a runtime")
+            .block_on(keel_tests::kafka::create_topics(&bootstrap, &[&topic], 1))
+            .expect("the topic");
+        let producer: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("linger.ms", "0")
+            .create()
+            .expect("a producer");
+        let send = |key: &str| {
+            producer
+                .send(BaseRecord::to(&topic).key(key).payload("x"))
+                .expect("queued");
+            producer.flush(Duration::from_secs(10)).expect("written");
+        };
+        send("before");
+        let mut client = ClientConfig::new();
+        client
+            .set("bootstrap.servers", &bootstrap)
+            .set("group.id", keel_tests::unique("scan"))
+            .set("enable.auto.commit", "false");
+        let mut missed = Vec::new();
+        for delay_ms in (0u64..=200).step_by(5) {
+            std::thread::sleep(Duration::from_millis(5));
+            let from_ms = chrono::Utc::now().timestamp_millis();
+            let key = format!("k-{delay_ms}");
+            let keys: BTreeSet<String> = [key.clone()].into();
+            let topics = [topic.clone()];
+            let found = std::thread::scope(|scope| {
+                let scan = scope.spawn(|| {
+                    scan_topics(&client, &topics, &keys, from_ms, Duration::from_secs(3))
+                });
+                std::thread::sleep(Duration::from_millis(delay_ms));
+                send(&key);
+                scan.join().expect("the scan")
+            })
+            .expect("scanned");
+            if !found.contains(&topic) {
+                missed.push(delay_ms);
+            }
+        }
+        assert!(missed.is_empty(), "records missed at delays {missed:?} ms");
+    }
 
     #[test]
     fn decisions_are_read_from_the_prometheus_page_by_status_and_reason() {
