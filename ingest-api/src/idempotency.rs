@@ -204,7 +204,6 @@ pub async fn fail_retryable(pool: &MySqlPool, slot: &Slot) -> Result<(), sqlx::E
     Ok(())
 }
 
-/// When the API accepted order `order_id` (202), if it did.
 /// Whether `order_id` is a checkout's: placed through `POST /orders` (a row here, from the
 /// moment the request claimed its key, before its command reaches Kafka) or written by the
 /// order sink (an order another system's producer placed).
@@ -219,6 +218,7 @@ pub async fn is_checkout_order(pool: &MySqlPool, order_id: &str) -> Result<bool,
     .await
 }
 
+/// When the API accepted order `order_id` (202), if it did.
 pub async fn received_at(
     pool: &MySqlPool,
     order_id: &str,

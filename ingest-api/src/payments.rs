@@ -73,7 +73,7 @@ pub struct RefundRequest {
 impl RefundRequest {
     /// The first invalid value, as a 422 naming the field.
     pub fn validate(&self) -> Result<(), Problem> {
-        if !(1..=MAX_AMOUNT_MINOR).contains(&self.amount_minor) {
+        if !keel_processors::money::is_amount(self.amount_minor) {
             return Err(Problem::new(
                 Kind::InvalidField,
                 format!(
@@ -636,7 +636,7 @@ impl CreatePaymentRequest {
             )
             .field("orderId"));
         }
-        if !(1..=MAX_AMOUNT_MINOR).contains(&self.amount.amount_minor) {
+        if !keel_processors::money::is_amount(self.amount.amount_minor) {
             return Err(Problem::new(
                 Kind::InvalidField,
                 format!(

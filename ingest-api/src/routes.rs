@@ -363,10 +363,7 @@ impl App {
         })?;
         // The saga rejects an order that could never be paid (processors/src/money.rs): say so
         // now, naming the cart, before the cart is claimed (break report 13, D3).
-        let money = &total.amount_minor;
-        if !(1..=keel_processors::money::MAX_AMOUNT_MINOR).contains(money)
-            || !keel_processors::money::is_currency_code(&cart.currency)
-        {
+        if !keel_processors::money::is_payable(total.amount_minor, &cart.currency) {
             return Err(Problem::new(
                 Kind::InvalidField,
                 format!(

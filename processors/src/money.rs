@@ -24,6 +24,17 @@ use iso_currency::Currency;
 /// reads exactly (RFC 8259 §6), and far from where sums of amounts overflow i64.
 pub const MAX_AMOUNT_MINOR: i64 = 9_007_199_254_740_991;
 
+/// Whether `amount_minor` is an amount Keel takes: 1 to [`MAX_AMOUNT_MINOR`] minor units.
+pub fn is_amount(amount_minor: i64) -> bool {
+    (1..=MAX_AMOUNT_MINOR).contains(&amount_minor)
+}
+
+/// Whether a payment can be of `amount_minor` in `currency`: [`is_amount`] and
+/// [`is_currency_code`].
+pub fn is_payable(amount_minor: i64, currency: &str) -> bool {
+    is_amount(amount_minor) && is_currency_code(currency)
+}
+
 /// The currency of `code` when the API accepts it (see the module doc).
 fn accepted(code: &str) -> Option<Currency> {
     let currency = Currency::from_code(code)?;

@@ -451,6 +451,19 @@ pub enum StockInput {
 }
 
 /// Applies one stock figure of `sku` (see the module docs).
+/// Resolves the open `STOCK_NON_NEGATIVE` if stock on hand below zero opened it (it names no
+/// order; one a negative `available` opened waits for inventory's next answer).
+fn resolve_on_hand(state: &mut StockAudit, now: i64, out: &mut Vec<Output>) {
+    if state.open.as_ref().is_some_and(|v| v.order_id.is_none())
+        && let Some(violation) = state.open.take()
+    {
+        out.push(Output::Resolved {
+            violation,
+            resolved_at: now,
+        });
+    }
+}
+
 pub fn decide_stock(
     mut state: StockAudit,
     sku: &str,
@@ -478,14 +491,7 @@ pub fn decide_stock(
             // The sale's `inventory.adjusted.v1` (on hand below zero) reaches this task before
             // the oversell answer, which comes through the repartition topic: the violation it
             // opened was this allowed oversell's consequence (break report 14, D1).
-            if state.open.as_ref().is_some_and(|v| v.order_id.is_none())
-                && let Some(violation) = state.open.take()
-            {
-                out.push(Output::Resolved {
-                    violation,
-                    resolved_at: now,
-                });
-            }
+            resolve_on_hand(&mut state, now, &mut out);
             out.push(Output::Allowed(violation(
                 Some(order_id.clone()),
                 format!(
@@ -522,14 +528,8 @@ pub fn decide_stock(
         StockInput::Adjusted { on_hand } => {
             // Stock on hand back at zero or above (a restock) ends what on hand below zero
             // opened; what a negative `available` opened waits for inventory's next answer.
-            if on_hand >= 0
-                && state.open.as_ref().is_some_and(|v| v.order_id.is_none())
-                && let Some(violation) = state.open.take()
-            {
-                out.push(Output::Resolved {
-                    violation,
-                    resolved_at: now,
-                });
+            if on_hand >= 0 {
+                resolve_on_hand(&mut state, now, &mut out);
             }
             if on_hand < 0 && !state.allowed_deficit && state.open.is_none() {
                 let v = violation(None, format!("stock on hand of {sku} is {on_hand}"));

@@ -252,10 +252,7 @@ impl Service {
             },
         );
         let amount = row.state.amount_minor;
-        if decision.state.is_none()
-            || !valid_currency(&row.state.currency)
-            || amount > crate::money::MAX_AMOUNT_MINOR
-        {
+        if decision.state.is_none() || !crate::money::is_payable(amount, &row.state.currency) {
             // Break report 13, D3: ignored with a warning, such an intent left its order
             // waiting for an outcome until the saga's payment deadline.
             return Err(Error::InvalidCommand {
@@ -902,8 +899,4 @@ pub(super) async fn commit(
     tx.commit()
         .await
         .map_err(|source| Error::Database { operation, source })
-}
-
-fn valid_currency(currency: &str) -> bool {
-    crate::money::is_currency_code(currency)
 }

@@ -852,7 +852,7 @@ pub fn validate(place: &PlaceOrder) -> Result<(), String> {
     }
     // The payment service authorizes amounts from 1 to MAX_AMOUNT_MINOR (the API's rule for
     // every amount): an order outside them could never be paid.
-    if !(1..=crate::money::MAX_AMOUNT_MINOR).contains(&sum) {
+    if !crate::money::is_amount(sum) {
         return Err(format!(
             "total.amount_minor: {sum} is not between 1 and {} (an order is paid for, in \
              amounts every JSON client reads exactly)",

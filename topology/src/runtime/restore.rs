@@ -184,7 +184,7 @@ impl Restoring {
         let mut batch: Vec<(i64, Vec<u8>, Option<Vec<u8>>)> = Vec::new();
         let mut done = false;
         // While records flow the clock is read once per `CLOCK_EVERY` of them (and after any
-        // other poll): reading it per record was ~9 % of a restore (docs/BENCHMARKS.md).
+        // other poll): reading it per record was ~6 % of a restoring thread (docs/BENCHMARKS.md).
         let mut now = Instant::now();
         let mut since_clock = 0u32;
         // A record arrived since `last_progress` was set.
