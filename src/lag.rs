@@ -28,6 +28,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Write as _;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::groups::GroupInfo;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
@@ -319,7 +320,7 @@ fn measure_selected(config: &KeelConfig, selection: &Selection) -> anyhow::Resul
     for (group, offsets) in chosen.iter().zip(committed) {
         per_group.push((group.name.as_str(), offsets?));
     }
-    // One watermark fetch per partition of a topic some group has committed on, in parallel.
+    // The watermarks of every partition of a topic some group has committed on.
     let partitions: Vec<(String, i32)> = per_group
         .iter()
         .flat_map(|(_, offsets)| {
@@ -336,13 +337,7 @@ fn measure_selected(config: &KeelConfig, selection: &Selection) -> anyhow::Resul
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
-    let fetched = parallel(&partitions, |(topic, partition)| {
-        probe.fetch_watermarks(topic, *partition, TIMEOUT)
-    });
-    let mut watermarks: HashMap<(String, i32), (i64, i64)> = HashMap::new();
-    for (tp, w) in partitions.into_iter().zip(fetched) {
-        watermarks.insert(tp, w?);
-    }
+    let watermarks = watermarks(&probe, &partitions)?;
     let rows = per_group
         .iter()
         .flat_map(|(group, offsets)| plan::rows(group, offsets, &watermarks))
@@ -356,6 +351,54 @@ fn measure_selected(config: &KeelConfig, selection: &Selection) -> anyhow::Resul
             .collect(),
         rows,
     })
+}
+
+/// The (low, high) watermark of each of `partitions`: their earliest offsets in one ListOffsets
+/// round and their latest in another (one request per leader each, `offsets_for_times` with
+/// Kafka's special timestamps -2 and -1), not two requests per partition as
+/// `fetch_watermarks` makes (the lag sampler of a checkout's `keel run` sent ~20 a second that
+/// way, docs/BENCHMARKS.md). Same isolation level as `fetch_watermarks` (the client's). Errors: a
+/// partition the broker answers with an error, or no answer within 10 s.
+fn watermarks(
+    probe: &BaseConsumer,
+    partitions: &[(String, i32)],
+) -> anyhow::Result<HashMap<(String, i32), (i64, i64)>> {
+    let ask = |at: Offset| -> anyhow::Result<HashMap<(String, i32), i64>> {
+        let mut asked = TopicPartitionList::with_capacity(partitions.len());
+        for (topic, partition) in partitions {
+            asked.add_partition_offset(topic, *partition, at)?;
+        }
+        let answered = probe.offsets_for_times(asked, TIMEOUT)?;
+        answered
+            .elements()
+            .iter()
+            .map(|e| {
+                e.error().with_context(|| {
+                    format!("list offsets of {} [{}]", e.topic(), e.partition())
+                })?;
+                match e.offset() {
+                    Offset::Offset(o) => Ok(((e.topic().to_owned(), e.partition()), o)),
+                    other => anyhow::bail!(
+                        "list offsets of {} [{}]: answered {other:?}",
+                        e.topic(),
+                        e.partition()
+                    ),
+                }
+            })
+            .collect()
+    };
+    if partitions.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let low = ask(Offset::Beginning)?;
+    let high = ask(Offset::End)?;
+    partitions
+        .iter()
+        .map(|tp| match (low.get(tp), high.get(tp)) {
+            (Some(&l), Some(&h)) => Ok((tp.clone(), (l, h))),
+            _ => anyhow::bail!("list offsets: no answer for {} [{}]", tp.0, tp.1),
+        })
+        .collect()
 }
 
 /// What one measurement found.

@@ -21,8 +21,10 @@ use keel_avro::{Codec, RegistryConfig};
 use keel_processors::inventory::sink::{self, CassandraSinkConfig, SinkError};
 use keel_processors::topics::{self, Topics};
 use keel_tests::{PATIENCE, Stack, unique};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::FutureRecord;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use scylla::client::session::Session;
 use tokio_util::sync::CancellationToken;
 
@@ -370,6 +372,13 @@ async fn bad_event_scenario(stack: &Stack, keyspace: &str, bad: Bad) -> anyhow::
     );
     stopped??;
     assert_eq!(waited.context("the good event after the bad one")?, 7);
+    // The bad event and the good one: both passed, both committed once the sink stopped (it
+    // commits at most once a second while running; the last commit is on shutdown).
+    assert_eq!(
+        committed_offset(&setup.bootstrap, &setup.group, topic)?,
+        Some(2),
+        "what the sink committed on {topic} when it stopped"
+    );
     if matches!(bad, Bad::UnknownSchemaId) {
         assert!(
             took >= Duration::from_millis(WINDOW_MS),
@@ -395,6 +404,21 @@ async fn bad_event_scenario(stack: &Stack, keyspace: &str, bad: Bad) -> anyhow::
     }
     assert_eq!(dead_letters.count(topic), 1);
     Ok(())
+}
+
+/// The offset `group` committed on partition 0 of `topic`, if any.
+fn committed_offset(bootstrap: &str, group: &str, topic: &str) -> anyhow::Result<Option<i64>> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .create()?;
+    let mut asked = TopicPartitionList::new();
+    asked.add_partition(topic, 0);
+    let got = consumer.committed_offsets(asked, Duration::from_secs(10))?;
+    Ok(match got.find_partition(topic, 0).map(|e| e.offset()) {
+        Some(Offset::Offset(o)) => Some(o),
+        _ => None,
+    })
 }
 
 /// `stock_level`'s `on_hand`, or else `held`, of `sku` once the sink wrote one; an error if
