@@ -132,17 +132,23 @@ pub async fn register_all_topics(
     topic_prefix: &str,
 ) -> Result<Vec<Registered>> {
     let registry = SchemaRegistry::new(config)?;
-    registry
-        .set_global_compatibility(config.compatibility)
-        .await?;
+    let level = config.compatibility;
+    with_retries(REGISTER_BACKOFF, async || {
+        registry.set_global_compatibility(level).await
+    })
+    .await?;
     let mut registered = Vec::with_capacity(CONTRACTS.len());
     for contract in CONTRACTS {
         contract.schema()?;
         let subject = registry.subject(&format!("{topic_prefix}{}", contract.topic));
-        registry
-            .set_compatibility(&subject, config.compatibility)
-            .await?;
-        let version = registry.register(&subject, contract.schema_source).await?;
+        with_retries(REGISTER_BACKOFF, async || {
+            registry.set_compatibility(&subject, level).await
+        })
+        .await?;
+        let version = with_retries(REGISTER_BACKOFF, async || {
+            registry.register(&subject, contract.schema_source).await
+        })
+        .await?;
         tracing::info!(
             subject = %subject,
             schema_id = version.id,
@@ -159,6 +165,36 @@ pub async fn register_all_topics(
         });
     }
     Ok(registered)
+}
+
+/// How many times [`register_all_topics`] makes a registry call that failed for the registry
+/// (unreachable, no answer within `[registry].timeout_ms`, HTTP 5xx), and the first wait
+/// between tries (doubled each time). A registry that stalled for over 10 s once failed a
+/// `keel schemas register` (and with it `make demo`); every call it makes is idempotent (a PUT
+/// of a level, a POST of a schema the registry answers with the id it already has).
+const REGISTER_ATTEMPTS: u32 = 4;
+const REGISTER_BACKOFF: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// `call`, made again after a failure of the registry ([`crate::Fault::Dependency`]) up to
+/// [`REGISTER_ATTEMPTS`] times in all, waiting `backoff`, then twice that, and so on; any other
+/// error, or the last attempt's, is returned as it is.
+async fn with_retries<T>(
+    backoff: std::time::Duration,
+    mut call: impl AsyncFnMut() -> Result<T>,
+) -> Result<T> {
+    let mut wait = backoff;
+    let mut attempt = 1;
+    loop {
+        match call().await {
+            Err(e) if e.fault() == crate::Fault::Dependency && attempt < REGISTER_ATTEMPTS => {
+                tracing::warn!(error = %e, attempt, wait_ms = wait.as_millis() as u64, "schema registry call failed; trying again");
+                tokio::time::sleep(wait).await;
+                wait *= 2;
+                attempt += 1;
+            }
+            done => return done,
+        }
+    }
 }
 
 /// Judge every local schema against its subject's latest version (`keel schemas check`).
@@ -697,6 +733,129 @@ pub(crate) fn error_chain(e: &dyn StdError) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(f)
+    }
+
+    fn registry_down(retriable: bool) -> Error {
+        Error::Registry {
+            subject: "s".to_owned(),
+            operation: "set compatibility",
+            detail: "timed out".to_owned(),
+            retriable,
+        }
+    }
+
+    #[test]
+    fn a_registry_failure_is_tried_again_and_anything_else_is_not() {
+        let calls = std::cell::Cell::new(0);
+        let got = block_on(with_retries(std::time::Duration::ZERO, async || {
+            calls.set(calls.get() + 1);
+            if calls.get() < 3 {
+                Err(registry_down(true))
+            } else {
+                Ok(calls.get())
+            }
+        }));
+        assert_eq!(got.expect("the third call answered"), 3);
+
+        calls.set(0);
+        let got: Result<()> = block_on(with_retries(std::time::Duration::ZERO, async || {
+            calls.set(calls.get() + 1);
+            Err(registry_down(true))
+        }));
+        assert_eq!(
+            got.expect_err("never answered").fault(),
+            crate::Fault::Dependency
+        );
+        assert_eq!(calls.get(), REGISTER_ATTEMPTS);
+
+        calls.set(0);
+        let got: Result<()> = block_on(with_retries(std::time::Duration::ZERO, async || {
+            calls.set(calls.get() + 1);
+            Err(registry_down(false))
+        }));
+        assert_eq!(got.expect_err("refused").fault(), crate::Fault::Bug);
+        assert_eq!(calls.get(), 1, "a refusal is not asked again");
+    }
+
+    /// A registry on 127.0.0.1 that reads the first `stalls` requests and never answers them
+    /// (it closes the connection after 3 s), then answers every request `200 {"id":7}`: enough
+    /// for a PUT of a level, a registration and its look-up. Returns its URL and the requests
+    /// it got.
+    fn stalling_registry(
+        stalls: usize,
+    ) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        use std::io::{BufRead as _, Read as _, Write as _};
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let requests = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = requests.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let seen = seen.clone();
+                std::thread::spawn(move || {
+                    let mut reader = std::io::BufReader::new(stream.try_clone().expect("clone"));
+                    loop {
+                        let mut length = 0;
+                        let mut line = String::new();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        while line != "\r\n" {
+                            if let Some(v) =
+                                line.to_ascii_lowercase().strip_prefix("content-length:")
+                            {
+                                length = v.trim().parse().unwrap_or(0);
+                            }
+                            line.clear();
+                            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                                return;
+                            }
+                        }
+                        let mut body = vec![0; length];
+                        let _ = reader.read_exact(&mut body);
+                        if seen.fetch_add(1, Ordering::SeqCst) < stalls {
+                            std::thread::sleep(std::time::Duration::from_secs(3));
+                            return;
+                        }
+                        let answer = r#"{"id":7}"#;
+                        let _ = write!(
+                            stream,
+                            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
+                             content-length: {}\r\n\r\n{answer}",
+                            answer.len()
+                        );
+                    }
+                });
+            }
+        });
+        (url, requests)
+    }
+
+    #[test]
+    fn a_registry_that_stalls_on_one_call_does_not_fail_the_registration() {
+        let (url, requests) = stalling_registry(1);
+        let config = RegistryConfig {
+            timeout_ms: 300,
+            ..RegistryConfig::with_url(url)
+        };
+        let registered = block_on(register_all_topics(&config, "stall.")).expect("registered");
+        assert_eq!(registered.len(), CONTRACTS.len());
+        assert!(registered.iter().all(|r| r.schema_id == 7));
+        // The stalled PUT of the global level, its retry, then three calls per contract.
+        assert_eq!(
+            requests.load(std::sync::atomic::Ordering::SeqCst),
+            2 + 3 * CONTRACTS.len()
+        );
+    }
 
     const V1: &str = r#"{"type":"record","name":"T","namespace":"t","fields":[
         {"name":"a","type":"string"},{"name":"b","type":"long"}]}"#;
