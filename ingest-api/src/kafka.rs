@@ -3,9 +3,11 @@
 
 use std::time::Duration;
 
+use std::sync::Arc;
+
+use keel_processors::producer::AckedProducer;
 use rdkafka::ClientConfig;
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::util::Timeout;
+use rdkafka::producer::FutureRecord;
 
 use crate::config::ApiConfig;
 use crate::{Error, Result};
@@ -16,7 +18,7 @@ pub fn command_producer(
     bootstrap: &str,
     config: &ApiConfig,
     overrides: &[(String, String)],
-) -> Result<FutureProducer> {
+) -> Result<Arc<AckedProducer>> {
     let mut client = ClientConfig::new();
     client
         .set("bootstrap.servers", bootstrap)
@@ -32,10 +34,11 @@ pub fn command_producer(
     for (k, v) in overrides {
         client.set(k, v);
     }
-    client.create().map_err(|source| Error::Kafka {
+    let producer = AckedProducer::from_config(&client).map_err(|source| Error::Kafka {
         operation: "creating the command producer",
         source,
-    })
+    })?;
+    Ok(Arc::new(producer))
 }
 
 /// Why a command was not confirmed.
@@ -50,7 +53,7 @@ pub enum ProduceError {
 /// Send `payload` to `topic` with key `key` and wait until every in-sync replica has it, or
 /// `timeout` passes. Returns (partition, offset).
 pub async fn produce(
-    producer: &FutureProducer,
+    producer: &AckedProducer,
     topic: &str,
     key: &str,
     payload: &[u8],
@@ -58,10 +61,10 @@ pub async fn produce(
 ) -> std::result::Result<(i32, i64), ProduceError> {
     let record = FutureRecord::to(topic).key(key).payload(payload);
     // librdkafka fails the message itself at message.timeout.ms; this bound is a safety net.
-    let send = producer.send(record, Timeout::After(timeout));
+    let send = producer.send(record, timeout);
     match tokio::time::timeout(timeout + Duration::from_millis(500), send).await {
-        Ok(Ok(delivery)) => Ok((delivery.partition, delivery.offset)),
-        Ok(Err((e, _))) => Err(ProduceError::Kafka(e)),
+        Ok(Ok(delivered)) => Ok(delivered),
+        Ok(Err(e)) => Err(ProduceError::Kafka(e)),
         Err(_) => Err(ProduceError::Timeout(timeout)),
     }
 }

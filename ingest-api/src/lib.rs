@@ -46,8 +46,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use keel_avro::Codec;
+use keel_processors::producer::AckedProducer;
 use prometheus::Registry;
-use rdkafka::producer::FutureProducer;
 use sqlx::{MySqlPool, PgPool};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
@@ -92,7 +92,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// What the API needs from the process that hosts it.
 pub struct ApiDeps {
     /// The command producer, e.g. from [`command_producer`].
-    pub producer: FutureProducer,
+    pub producer: Arc<AckedProducer>,
     pub codec: Codec,
     /// The orders database (MariaDB), migrated with `keel_processors::orders::migrate`.
     pub pool: MySqlPool,

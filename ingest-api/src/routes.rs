@@ -18,8 +18,8 @@ use keel_avro::records::{
 };
 use keel_processors::orders::logic::lines_total;
 use keel_processors::orders::{self, CartStatus};
+use keel_processors::producer::AckedProducer;
 use prometheus::{Encoder, Registry, TextEncoder};
-use rdkafka::producer::FutureProducer;
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 use sqlx::{MySqlPool, PgPool};
@@ -201,7 +201,7 @@ pub(crate) struct App(pub(crate) Arc<Inner>);
 
 pub(crate) struct Inner {
     pub config: ApiConfig,
-    pub producer: FutureProducer,
+    pub producer: Arc<AckedProducer>,
     pub codec: Codec,
     pub pool: MySqlPool,
     /// The payment ledger (PostgreSQL), read by the payment routes; without it they answer 501.

@@ -17,6 +17,7 @@
 //! Counted in `keel_sink_dead_letters_total{sink, topic}` (`topic`: the source topic).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use keel_topology::dlq_headers;
@@ -24,8 +25,9 @@ use prometheus::{IntCounterVec, Opts, Registry};
 use rdkafka::ClientConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers as _, Message, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::util::Timeout;
+use rdkafka::producer::FutureRecord;
+
+use crate::producer::AckedProducer;
 
 /// The counter's name.
 pub const METRIC: &str = "keel_sink_dead_letters_total";
@@ -61,7 +63,7 @@ pub fn topic_for(group_id: &str) -> String {
 /// A sink's dead-letter writer. Cheap to clone (the producer is shared).
 #[derive(Clone)]
 pub struct DeadLetters {
-    producer: FutureProducer,
+    producer: Arc<AckedProducer>,
     topic: String,
     sink: String,
     counter: IntCounterVec,
@@ -101,7 +103,7 @@ impl DeadLetters {
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("partitioner", "murmur2_random");
-        let producer: FutureProducer = config.create().map_err(Error::Producer)?;
+        let producer = Arc::new(AckedProducer::from_config(&config).map_err(Error::Producer)?);
         let counter = IntCounterVec::new(
             Opts::new(
                 METRIC,
@@ -170,8 +172,8 @@ impl DeadLetters {
         if let Some(value) = message.payload() {
             record = record.payload(value);
         }
-        let sent = self.producer.send(record, Timeout::After(ACK_WITHIN)).await;
-        if let Err((source, _)) = sent {
+        let sent = self.producer.send(record, ACK_WITHIN).await;
+        if let Err(source) = sent {
             return Err(Error::Send {
                 topic: self.topic.clone(),
                 record: format!("{source_topic}/{partition}@{offset}"),

@@ -16,7 +16,8 @@
 //!   ledger's CDC: mismatches, CDC lag, the finance view.
 //! - [`audit`] — the invariant auditor: the system's promises checked from its events.
 //! - [`dead_letter`] — the plain consumers' dead-letter writer (`<group id>-dlq`);
-//!   [`command_key`] — a command record's key is its id, on its key's murmur2 partition.
+//!   [`command_key`] — a command record's key is its id, on its key's murmur2 partition;
+//!   [`producer`] — the plain producers' acknowledged send.
 //! - [`topics`] — the topic names; [`format`] — Avro (or JSON under test) serdes for the runtime;
 //!   [`timers`] — the durable due-timer index the keyed processors arm, disarm and fire.
 pub mod audit;
@@ -31,6 +32,7 @@ pub mod orders;
 pub mod outbox;
 pub mod payment;
 pub mod positions;
+pub mod producer;
 pub mod psp_mock;
 pub mod reconciliation;
 pub mod saga;

@@ -42,9 +42,9 @@ use keel_avro::records::{
     InventoryReleased, InventoryReserved, ReleaseReason, ReleaseStock, ReservationStatus,
     ReserveStock,
 };
+use keel_processors::producer::AckedProducer;
 use keel_processors::topics;
 use rdkafka::message::Message as _;
-use rdkafka::producer::FutureProducer;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
@@ -259,7 +259,7 @@ struct Counters {
 /// Everything a command sender needs.
 #[derive(Clone)]
 struct Wire {
-    producer: Arc<FutureProducer>,
+    producer: Arc<AckedProducer>,
     codec: Arc<Codec>,
     topic: String,
     tag: String,
@@ -704,11 +704,11 @@ async fn measure(
         .iter()
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    let producer = Arc::new(keel_ingest_api::command_producer(
+    let producer = keel_ingest_api::command_producer(
         &config.kafka.bootstrap_servers,
         &keel_ingest_api::ApiConfig::default(),
         &overrides,
-    )?);
+    )?;
     let wire = Wire {
         producer,
         codec: codec.clone(),

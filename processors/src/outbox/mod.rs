@@ -29,9 +29,11 @@ use std::time::Duration;
 
 use rdkafka::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
+
+use crate::producer::AckedProducer;
 
 pub use mysql::MySqlOutbox;
 pub use postgres::PgOutbox;
@@ -185,7 +187,7 @@ pub(crate) fn checked_table(table: &str) -> Result<String> {
 }
 
 /// The relay's producer: idempotent, `acks=all`, murmur2 partitioner, plus `config.client`.
-pub fn producer(bootstrap: &str, config: &RelayConfig) -> Result<FutureProducer> {
+pub fn producer(bootstrap: &str, config: &RelayConfig) -> Result<AckedProducer> {
     let mut client = ClientConfig::new();
     client
         .set("bootstrap.servers", bootstrap)
@@ -197,7 +199,7 @@ pub fn producer(bootstrap: &str, config: &RelayConfig) -> Result<FutureProducer>
     for (k, v) in &config.client {
         client.set(k, v);
     }
-    client.create().map_err(|source| Error::Kafka {
+    AckedProducer::from_config(&client).map_err(|source| Error::Kafka {
         operation: "create the outbox producer",
         source,
     })
@@ -206,7 +208,7 @@ pub fn producer(bootstrap: &str, config: &RelayConfig) -> Result<FutureProducer>
 /// One round: claim, publish, mark. Returns how many rows were published (0: none pending).
 pub async fn relay_once<S: OutboxStore>(
     store: &S,
-    producer: &FutureProducer,
+    producer: &AckedProducer,
     config: &RelayConfig,
 ) -> Result<usize> {
     let batch = store.claim_pending(config.batch_size).await?;
@@ -228,7 +230,7 @@ pub async fn relay_once<S: OutboxStore>(
     });
     // Enqueued in row order (join_all polls them in order), so one key's rows keep their order.
     let results = futures::future::join_all(deliveries).await;
-    if let Some((error, _)) = results.into_iter().find_map(Result::err) {
+    if let Some(error) = results.into_iter().find_map(Result::err) {
         batch.release().await?;
         return Err(Error::Kafka {
             operation: "deliver outbox rows",
