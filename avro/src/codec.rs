@@ -487,6 +487,7 @@ mod tests {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
     use super::*;
+    use crate::block_on;
     use crate::records::OrderCreated;
 
     /// A registry that answers `GET /schemas/ids/<id>` with "schema not found" (40403) until
@@ -643,14 +644,6 @@ mod tests {
         Codec::new(RegistryConfig::with_url(url))
             .expect("codec")
             .with_unknown_id_patience(patience)
-    }
-
-    fn block_on<F: std::future::Future>(f: F) -> F::Output {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime")
-            .block_on(f)
     }
 
     #[test]

@@ -34,6 +34,16 @@ pub mod registry;
 mod resolve;
 pub mod wire;
 
+/// Runs `f` to completion on a current-thread runtime (the unit tests' registry calls).
+#[cfg(test)]
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(f)
+}
+
 pub use codec::Codec;
 pub use config::{CompatibilityLevel, DEFAULT_REGISTRY_URL, RegistryConfig};
 pub use contract::{CONTRACTS, Contract, Envelope, Kind, Record, contract_for_topic};

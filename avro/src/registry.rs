@@ -733,14 +733,7 @@ pub(crate) fn error_chain(e: &dyn StdError) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn block_on<F: std::future::Future>(f: F) -> F::Output {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime")
-            .block_on(f)
-    }
+    use crate::block_on;
 
     fn registry_down(retriable: bool) -> Error {
         Error::Registry {
