@@ -363,40 +363,48 @@ fn watermarks(
     probe: &BaseConsumer,
     partitions: &[(String, i32)],
 ) -> anyhow::Result<HashMap<(String, i32), (i64, i64)>> {
-    let ask = |at: Offset| -> anyhow::Result<HashMap<(String, i32), i64>> {
-        let mut asked = TopicPartitionList::with_capacity(partitions.len());
-        for (topic, partition) in partitions {
-            asked.add_partition_offset(topic, *partition, at)?;
-        }
-        let answered = probe.offsets_for_times(asked, TIMEOUT)?;
-        answered
-            .elements()
-            .iter()
-            .map(|e| {
-                e.error().with_context(|| {
-                    format!("list offsets of {} [{}]", e.topic(), e.partition())
-                })?;
-                match e.offset() {
-                    Offset::Offset(o) => Ok(((e.topic().to_owned(), e.partition()), o)),
-                    other => anyhow::bail!(
-                        "list offsets of {} [{}]: answered {other:?}",
-                        e.topic(),
-                        e.partition()
-                    ),
-                }
-            })
-            .collect()
-    };
     if partitions.is_empty() {
         return Ok(HashMap::new());
     }
-    let low = ask(Offset::Beginning)?;
-    let high = ask(Offset::End)?;
+    let low = list_offsets(probe, partitions, Offset::Beginning)?;
+    let high = list_offsets(probe, partitions, Offset::End)?;
     partitions
         .iter()
         .map(|tp| match (low.get(tp), high.get(tp)) {
             (Some(&l), Some(&h)) => Ok((tp.clone(), (l, h))),
             _ => anyhow::bail!("list offsets: no answer for {} [{}]", tp.0, tp.1),
+        })
+        .collect()
+}
+
+/// The earliest (`Offset::Beginning`) or latest (`Offset::End`) offset of each of `partitions`
+/// in one ListOffsets round (one request per leader: `offsets_for_times` with Kafka's special
+/// timestamps -2 and -1), with `consumer`'s isolation level. Errors: a partition the broker
+/// answers with an error or without an offset, or no answer within 10 s.
+pub(crate) fn list_offsets(
+    consumer: &BaseConsumer,
+    partitions: &[(String, i32)],
+    at: Offset,
+) -> anyhow::Result<HashMap<(String, i32), i64>> {
+    let mut asked = TopicPartitionList::with_capacity(partitions.len());
+    for (topic, partition) in partitions {
+        asked.add_partition_offset(topic, *partition, at)?;
+    }
+    let answered = consumer.offsets_for_times(asked, TIMEOUT)?;
+    answered
+        .elements()
+        .iter()
+        .map(|e| {
+            e.error()
+                .with_context(|| format!("list offsets of {} [{}]", e.topic(), e.partition()))?;
+            match e.offset() {
+                Offset::Offset(o) => Ok(((e.topic().to_owned(), e.partition()), o)),
+                other => anyhow::bail!(
+                    "list offsets of {} [{}]: answered {other:?}",
+                    e.topic(),
+                    e.partition()
+                ),
+            }
         })
         .collect()
 }

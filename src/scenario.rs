@@ -921,21 +921,20 @@ fn scan_topics(
     // `from_ms` is there yet. (`Offset::End` was resolved only when fetching began, and a record
     // written in between — Debezium's `order.status.changed` a moment after the order settled —
     // was skipped: the check then waited its whole window and failed.)
-    let mut ends: BTreeMap<(String, i32), i64> = BTreeMap::new();
+    let mut partitions = Vec::new();
     for topic in topics {
         let metadata = consumer
             .fetch_metadata(Some(topic), Duration::from_secs(10))
             .with_context(|| format!("metadata of {topic}"))?;
         for t in metadata.topics() {
             for p in t.partitions() {
-                let (_, high) = consumer
-                    .fetch_watermarks(topic, p.id(), Duration::from_secs(10))
-                    .with_context(|| format!("the end of {topic}/{}", p.id()))?;
-                ends.insert((topic.clone(), p.id()), high);
+                partitions.push((topic.clone(), p.id()));
                 by_time.add_partition_offset(topic, p.id(), Offset::Offset(from_ms))?;
             }
         }
     }
+    let ends = crate::lag::list_offsets(&consumer, &partitions, Offset::End)
+        .context("the ends of the partitions")?;
     let start = consumer.offsets_for_times(by_time, Duration::from_secs(10))?;
     let mut assign = TopicPartitionList::new();
     for e in start.elements() {

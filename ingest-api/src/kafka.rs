@@ -1,9 +1,8 @@
 //! The command producer: idempotent, `acks=all`, Kafka's murmur2 partitioner, and a delivery
 //! deadline of `produce_timeout_ms` so an unreachable or slow cluster becomes a 503 quickly.
 
-use std::time::Duration;
-
 use std::sync::Arc;
+use std::time::Duration;
 
 use keel_processors::producer::AckedProducer;
 use rdkafka::ClientConfig;

@@ -19,9 +19,7 @@ use rdkafka::ClientConfig;
 use rdkafka::client::ClientContext;
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{Message, ToBytes};
-use rdkafka::producer::{
-    BaseProducer, BaseRecord, DeliveryResult, FutureRecord, Producer, ProducerContext,
-};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, FutureRecord, ProducerContext};
 use tokio::sync::oneshot;
 
 /// How long one poll of the polling thread waits for delivery reports: 100 ms, as rdkafka's own
@@ -109,7 +107,7 @@ impl AckedProducer {
         P: ToBytes + ?Sized,
     {
         let give_up = tokio::time::Instant::now() + queue_timeout;
-        let (tx, mut rx) = oneshot::channel();
+        let (tx, rx) = oneshot::channel();
         let mut base = BaseRecord::with_opaque_to(record.topic, Box::new(tx));
         base.partition = record.partition;
         base.key = record.key;
@@ -128,16 +126,11 @@ impl AckedProducer {
                 Err((e, _)) => return Err(e),
             }
         }
-        match (&mut rx).await {
+        match rx.await {
             Ok(outcome) => outcome,
             // librdkafka dropped the record without a report: only when the producer closes.
             Err(_) => Err(KafkaError::Canceled),
         }
-    }
-
-    /// Waits up to `timeout` for every record enqueued to be acknowledged or failed.
-    pub fn flush(&self, timeout: Duration) -> KafkaResult<()> {
-        self.producer.flush(timeout)
     }
 }
 

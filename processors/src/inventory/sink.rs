@@ -804,11 +804,11 @@ pub async fn run(
     let adjusted = names.name(topics::INVENTORY_ADJUSTED);
     consumer.subscribe(&[&reserved, &released, &adjusted])?;
     // Positions, not "record + 1", so the commit marker after a transaction is committed too
-    // (`crate::positions`); the tick commits it while idle.
+    // (`crate::positions`). The tick commits them, while events flow too: `select!` picks among
+    // the ready branches at random, so a due tick is taken within an event or two.
     let mut committed = Vec::new();
     let mut tick = tokio::time::interval(COMMIT_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_commit = tokio::time::Instant::now();
     let sink = Sink {
         names,
         codec: &codec,
@@ -834,7 +834,6 @@ pub async fn run(
                 if let Err(e) = commit {
                     tracing::warn!(error = %e, "cassandra sink: offset commit failed; retrying");
                 }
-                last_commit = tokio::time::Instant::now();
                 continue;
             }
             m = consumer.recv() => m?,
@@ -844,14 +843,10 @@ pub async fn run(
             final_commit(&consumer, Some(unprocessed), &mut committed);
             return Ok(());
         }
-        if last_commit.elapsed() >= COMMIT_INTERVAL {
-            crate::positions::commit_positions(&consumer, CommitMode::Async, None, &mut committed)?;
-            last_commit = tokio::time::Instant::now();
-        }
     }
 }
 
-/// How often the sink commits its positions, while events flow and while idle. An offset
+/// How often the sink commits its positions (the tick), while events flow and while idle. An offset
 /// commit per event was most of the broker's requests for this group (~80/s at 30 checkouts/s,
 /// docs/BENCHMARKS.md); a crash re-applies at most this much, which changes nothing (every
 /// write carries a fixed write time). Kafka's consumers auto-commit every 5 s by default.
