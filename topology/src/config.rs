@@ -57,11 +57,12 @@ pub struct StreamsConfig {
     /// Local state: directory, block cache and write buffer budget.
     pub state: StateConfig,
     /// Bytes the restore consumer fetches per changelog partition and request (librdkafka's
-    /// `max.partition.fetch.bytes` for it; default 4 MiB). librdkafka keeps one ~190-byte
-    /// message object per fetched record until it is consumed, so a fetch of small records
-    /// costs several times its size: 16 MiB of 20-byte changelog records was ~100 MiB of
-    /// process memory during a restore (and glibc kept much of it afterwards). Larger fetches
-    /// restore faster and hold more memory; at least 64 KiB.
+    /// `max.partition.fetch.bytes` for it; default 512 KiB; at least 64 KiB). librdkafka hands
+    /// a fetch's records to the consumer only once its broker thread has parsed the whole
+    /// response, so the restoring thread waits out each large fetch: 4 MiB restored 0.91–1.14M
+    /// records/s where 512 KiB restored 1.23–1.30M (docs/BENCHMARKS.md, "Restore: smaller
+    /// fetches"). librdkafka also keeps one ~190-byte message object per fetched record until
+    /// it is consumed, so a fetch of small records costs several times its size in memory.
     pub restore_fetch_bytes: usize,
     /// librdkafka settings for every client, passed through as-is.
     pub client: BTreeMap<String, String>,
@@ -93,7 +94,7 @@ impl Default for StreamsConfig {
             retry_backoff_ms: 100,
             retry_backoff_max_ms: 10_000,
             state: StateConfig::default(),
-            restore_fetch_bytes: 4 << 20,
+            restore_fetch_bytes: 512 << 10,
             client: BTreeMap::new(),
             consumer: BTreeMap::new(),
             producer: BTreeMap::new(),

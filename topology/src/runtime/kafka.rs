@@ -64,7 +64,7 @@ pub(crate) mod memory_defaults {
     pub(crate) const FETCH_QUEUE_BACKOFF_MS: &str = "10";
     /// The restore consumer: messages pre-fetched per partition (librdkafka: 100,000).
     pub(crate) const RESTORE_QUEUED_MIN_MESSAGES: &str = "50000";
-    /// The restore consumer: KiB pre-fetched in all (librdkafka: 65,536); eight of its 4 MiB
+    /// The restore consumer: KiB pre-fetched in all (librdkafka: 65,536); 64 of its 512 KiB
     /// partition fetches (`StreamsConfig::restore_fetch_bytes`). (librdkafka counts keys and
     /// values only: for small records, the message count above is what binds.)
     pub(crate) const RESTORE_QUEUED_MAX_KBYTES: &str = "32768";
